@@ -1,0 +1,68 @@
+//! The [`Engine`] trait: what storage needs from an ordered key-value store.
+
+use crate::Result;
+
+/// One write in a [`RawBatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawOp {
+    /// Set `key` to `value`.
+    Put(Vec<u8>, Vec<u8>),
+    /// Remove `key`.
+    Delete(Vec<u8>),
+}
+
+/// Writes applied atomically, in order: after a crash, all of them or none are present.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawBatch {
+    /// The writes.
+    pub ops: Vec<RawOp>,
+}
+
+impl RawBatch {
+    /// Adds a put.
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push(RawOp::Put(key, value));
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.ops.push(RawOp::Delete(key));
+    }
+
+    /// Whether the batch writes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// An ordered map from bytes to bytes with atomic batches. Keys compare as byte strings.
+///
+/// Determinism contract: for the same sequence of `write`s, every implementation holds the
+/// same keys and values and returns them in the same order; nothing here depends on time,
+/// randomness or thread scheduling. An error is an infrastructure failure, never a different
+/// answer: callers stop rather than continue on one replica with a different state.
+pub trait Engine: Send + Sync + 'static {
+    /// The value at exactly `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// A cursor for forward iteration. It sees at least every write completed before it was
+    /// created; whether it sees later ones is unspecified.
+    fn cursor(&self) -> Box<dyn Cursor + '_>;
+
+    /// Applies `batch` atomically. With `sync`, the batch is durable against a machine crash
+    /// when this returns; without, only against a process crash.
+    fn write(&self, batch: RawBatch, sync: bool) -> Result<()>;
+
+    /// Makes every completed write durable against a machine crash.
+    fn flush(&self) -> Result<()>;
+}
+
+/// Forward iteration over an [`Engine`].
+pub trait Cursor {
+    /// Moves to the first entry whose key is `>= key` and returns it.
+    fn seek(&mut self, key: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>>;
+
+    /// Moves to the entry after the current one and returns it. Before any `seek`, returns
+    /// the first entry.
+    fn next(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>>;
+}

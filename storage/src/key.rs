@@ -1,0 +1,78 @@
+//! [`StorageKey`]: the typed keys storage writes to an engine, and their encoding.
+
+use clock::Timestamp;
+
+use crate::keycode::{DecodeError, KeyDecoder, KeyEncoder};
+
+const META: u8 = 0x00;
+const VERSION: u8 = 0x01;
+
+/// A key in a shard's engine. All engine bytes are the encoding of one of these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageKey<'a> {
+    /// Shard bookkeeping, outside the user key space.
+    Meta(MetaKey),
+    /// One version of a user key, written at `ts`. Versions of a key sort newest first.
+    Version {
+        /// The user key.
+        key: &'a [u8],
+        /// The commit timestamp of this version.
+        ts: Timestamp,
+    },
+}
+
+/// Names of bookkeeping records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MetaKey {
+    /// The last window whose writes are applied (the watermark).
+    AppliedWindow,
+}
+
+impl MetaKey {
+    fn tag(self) -> u8 {
+        match self {
+            MetaKey::AppliedWindow => 0x01,
+        }
+    }
+}
+
+impl StorageKey<'_> {
+    /// The engine bytes of this key.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            StorageKey::Meta(meta) => KeyEncoder::new().u8(META).u8(meta.tag()).finish(),
+            StorageKey::Version { key, ts } => KeyEncoder::with_capacity(key.len() + 11)
+                .u8(VERSION)
+                .bytes(key)
+                .u64_desc(ts.as_u64())
+                .finish(),
+        }
+    }
+
+    /// Decodes a version key into its user key and timestamp.
+    pub fn decode_version(bytes: &[u8]) -> Result<(Vec<u8>, Timestamp), DecodeError> {
+        let mut d = KeyDecoder::new(bytes);
+        if d.u8()? != VERSION {
+            return Err(DecodeError { what: "version tag" });
+        }
+        let key = d.bytes()?;
+        let ts = Timestamp::from_u64(d.u64_desc()?);
+        d.finish()?;
+        Ok((key, ts))
+    }
+
+    /// The bytes every version of `key` starts with, and no other key does.
+    pub fn version_prefix(key: &[u8]) -> Vec<u8> {
+        KeyEncoder::with_capacity(key.len() + 3).u8(VERSION).bytes(key).finish()
+    }
+
+    /// The first engine key of the version space.
+    pub fn versions_start() -> Vec<u8> {
+        vec![VERSION]
+    }
+
+    /// The first engine key after the version space.
+    pub fn versions_end() -> Vec<u8> {
+        vec![VERSION + 1]
+    }
+}

@@ -1,0 +1,383 @@
+//! [`Mvcc`]: versioned user keys on an [`Engine`].
+//!
+//! Each write of a user key at timestamp `t` adds a version `(key, t)`; nothing is overwritten.
+//! A read at `t` sees, for each key, the newest version at or below `t` (or nothing, if that
+//! version is a deletion). Because versions of a key sort newest first (the timestamp is
+//! stored inverted), "newest at or below `t`" is the first entry at or after `(key, t)`:
+//!
+//! ```text
+//!   seek (k, t=7) ->  (k, 9)  (k, 7)  (k, 4)  (k2, 8) ...
+//!                             ^ first entry >= (k, 7) in engine order: the answer
+//! ```
+//!
+//! Windows write at strictly increasing timestamps, and a shard only serves reads at or below
+//! its applied watermark's timestamp (its safe time), so a read at `t` is repeatable: nothing is
+//! ever added at or below `t` afterwards. That is what makes reads at a timestamp snapshot
+//! reads without engine snapshots or locks.
+//!
+//! One [`VersionBatch`] carries all of a window's writes at the window's timestamp together
+//! with the new watermark, written in one atomic engine batch: after a crash, the watermark says
+//! exactly which windows are present.
+//!
+//! Garbage collection ([`Mvcc::gc`]) removes versions no read at or above a horizon can see:
+//! everything below the newest version at or below the horizon, and that version too if it is
+//! a deletion.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use clock::Timestamp;
+
+use crate::engine::{Engine, RawBatch};
+use crate::epoch::Epoch;
+use crate::key::{MetaKey, StorageKey};
+use crate::limits::Limits;
+use crate::range::KeyRange;
+use crate::{Result, StorageError};
+
+const TOMBSTONE: u8 = 0x00;
+const VALUE: u8 = 0x01;
+/// Deletions per engine batch when collecting garbage.
+const GC_BATCH: usize = 1024;
+
+/// A visible version of a key: its value and the timestamp it was written at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    /// When it was written.
+    pub ts: Timestamp,
+    /// The value.
+    pub value: Vec<u8>,
+}
+
+/// The last window a shard applied, and that window's timestamp (the shard's safe time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermark {
+    /// The window.
+    pub window: Epoch,
+    /// Its timestamp: every version the shard holds is at or below it.
+    pub ts: Timestamp,
+}
+
+/// What one [`Mvcc::gc`] pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcStats {
+    /// Versions looked at.
+    pub versions_seen: u64,
+    /// Versions removed.
+    pub versions_removed: u64,
+}
+
+/// The writes of one window on one shard, all at the window's timestamp. Writing a key twice
+/// keeps the last write, as applying the window's transactions in order would.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionBatch {
+    window: Epoch,
+    ts: Timestamp,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl VersionBatch {
+    /// An empty batch for `window`, writing at `ts`.
+    pub fn new(window: Epoch, ts: Timestamp) -> VersionBatch {
+        VersionBatch { window, ts, writes: BTreeMap::new() }
+    }
+
+    /// Sets `key` to `value`.
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.writes.insert(key.into(), Some(value.into()));
+    }
+
+    /// Deletes `key`.
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
+        self.writes.insert(key.into(), None);
+    }
+
+    /// The window.
+    pub fn window(&self) -> Epoch {
+        self.window
+    }
+
+    /// The timestamp the versions are written at.
+    pub fn ts(&self) -> Timestamp {
+        self.ts
+    }
+
+    /// The writes, in key order (`None` is a deletion).
+    pub fn writes(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        self.writes.iter().map(|(k, v)| (k.as_slice(), v.as_deref()))
+    }
+
+    /// Number of keys written.
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// Whether no key is written (the watermark still moves).
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+}
+
+/// Multi-version storage for one shard.
+pub struct Mvcc {
+    engine: Arc<dyn Engine>,
+    limits: Limits,
+    /// The watermark as last written; the lock also serialises [`Mvcc::apply`].
+    applied: Mutex<Option<Watermark>>,
+}
+
+impl std::fmt::Debug for Mvcc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mvcc").field("applied", &self.applied()).finish_non_exhaustive()
+    }
+}
+
+impl Mvcc {
+    /// Opens MVCC storage on `engine`, reading back the watermark it holds.
+    pub fn open(engine: Arc<dyn Engine>, limits: Limits) -> Result<Mvcc> {
+        let applied = match engine.get(&StorageKey::Meta(MetaKey::AppliedWindow).encode())? {
+            None => None,
+            Some(bytes) => Some(decode_watermark(&bytes)?),
+        };
+        Ok(Mvcc { engine, limits, applied: Mutex::new(applied) })
+    }
+
+    /// The limits writes are checked against.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The engine underneath.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    /// The last window applied, or `None` before the first.
+    pub fn applied(&self) -> Option<Watermark> {
+        *self.applied.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The value of `key` as of `at`: its newest version at or below `at`, unless that
+    /// version is a deletion.
+    pub fn get(&self, key: &[u8], at: Timestamp) -> Result<Option<Version>> {
+        Ok(match self.newest_version(key, at)? {
+            Some((ts, Some(value))) => Some(Version { ts, value }),
+            _ => None,
+        })
+    }
+
+    /// The timestamp of the newest write of `key` at or below `at`, deletions included. A
+    /// transaction that read `key` at some earlier timestamp uses this to see if it changed.
+    pub fn last_write(&self, key: &[u8], at: Timestamp) -> Result<Option<Timestamp>> {
+        Ok(self.newest_version(key, at)?.map(|(ts, _)| ts))
+    }
+
+    fn newest_version(
+        &self,
+        key: &[u8],
+        at: Timestamp,
+    ) -> Result<Option<(Timestamp, Option<Vec<u8>>)>> {
+        self.check_key(key)?;
+        let prefix = StorageKey::version_prefix(key);
+        let mut cursor = self.engine.cursor();
+        match cursor.seek(&StorageKey::Version { key, ts: at }.encode())? {
+            Some((k, v)) if k.starts_with(&prefix) => {
+                let (_, ts) = decode_version_key(&k)?;
+                Ok(Some((ts, decode_value(&v)?)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Up to `limit` keys in `range` with their values as of `at`, in key order. Deleted keys
+    /// are skipped and do not count towards the limit.
+    pub fn scan(
+        &self,
+        range: &KeyRange,
+        at: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Version)>> {
+        let mut out = Vec::new();
+        if limit == 0 || range.is_empty() {
+            return Ok(out);
+        }
+        let upper = match &range.end {
+            Some(end) => StorageKey::version_prefix(end),
+            None => StorageKey::versions_end(),
+        };
+        let mut cursor = self.engine.cursor();
+        let mut entry = cursor.seek(&StorageKey::version_prefix(&range.start))?;
+        while let Some((k, v)) = entry {
+            if k >= upper {
+                break;
+            }
+            let (key, ts) = decode_version_key(&k)?;
+            if ts > at {
+                // Too new: jump to this key's newest version at or below `at`.
+                entry = cursor.seek(&StorageKey::Version { key: &key, ts: at }.encode())?;
+                continue;
+            }
+            let after_key = after_versions_of(&key);
+            if let Some(value) = decode_value(&v)? {
+                out.push((key, Version { ts, value }));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            entry = cursor.seek(&after_key)?;
+        }
+        Ok(out)
+    }
+
+    /// Writes `batch` and moves the watermark to its window, atomically. Refuses, writing
+    /// nothing, a batch over the limits or for a window not after the watermark.
+    pub fn apply(&self, batch: &VersionBatch) -> Result<()> {
+        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(current) = *applied
+            && batch.window <= current.window
+        {
+            return Err(StorageError::WindowOutOfOrder {
+                window: batch.window,
+                applied: current.window,
+            });
+        }
+        let mut total = 0usize;
+        for (key, value) in batch.writes() {
+            self.check_key(key)?;
+            let value_len = value.map_or(0, <[u8]>::len);
+            if value_len > self.limits.max_value_bytes {
+                return Err(StorageError::ValueTooLarge {
+                    len: value_len,
+                    key_len: key.len(),
+                    max: self.limits.max_value_bytes,
+                });
+            }
+            total += key.len() + value_len;
+        }
+        if total > self.limits.max_batch_bytes {
+            return Err(StorageError::BatchTooLarge {
+                bytes: total,
+                max: self.limits.max_batch_bytes,
+            });
+        }
+
+        let mut raw = RawBatch::default();
+        for (key, value) in batch.writes() {
+            raw.put(StorageKey::Version { key, ts: batch.ts }.encode(), encode_value(value));
+        }
+        let watermark = Watermark { window: batch.window, ts: batch.ts };
+        raw.put(StorageKey::Meta(MetaKey::AppliedWindow).encode(), encode_watermark(watermark));
+        self.engine.write(raw, false)?;
+        *applied = Some(watermark);
+        Ok(())
+    }
+
+    /// Removes every version that no read at or above `horizon` can see. Reads below the
+    /// horizon may change answer afterwards; callers refuse them (the retention window).
+    pub fn gc(&self, horizon: Timestamp) -> Result<GcStats> {
+        let mut stats = GcStats::default();
+        let mut doomed = RawBatch::default();
+        let mut cursor = self.engine.cursor();
+        let end = StorageKey::versions_end();
+        // The key being walked, and whether its newest version at or below the horizon (the
+        // one reads at the horizon see) has been passed.
+        let mut current: Option<Vec<u8>> = None;
+        let mut horizon_version_seen = false;
+        let mut entry = cursor.seek(&StorageKey::versions_start())?;
+        while let Some((k, v)) = entry {
+            if k >= end {
+                break;
+            }
+            stats.versions_seen += 1;
+            let (key, ts) = decode_version_key(&k)?;
+            if current.as_deref() != Some(key.as_slice()) {
+                current = Some(key);
+                horizon_version_seen = false;
+            }
+            if ts > horizon {
+                // Visible to reads between the horizon and now: keep.
+            } else if !horizon_version_seen {
+                horizon_version_seen = true;
+                // What reads at the horizon see. A deletion reads the same as no version.
+                if decode_value(&v)?.is_none() {
+                    doomed.delete(k);
+                }
+            } else {
+                doomed.delete(k);
+            }
+            if doomed.ops.len() >= GC_BATCH {
+                stats.versions_removed += doomed.ops.len() as u64;
+                self.engine.write(std::mem::take(&mut doomed), false)?;
+            }
+            entry = cursor.next()?;
+        }
+        stats.versions_removed += doomed.ops.len() as u64;
+        if !doomed.is_empty() {
+            self.engine.write(doomed, false)?;
+        }
+        Ok(stats)
+    }
+
+    /// Makes everything applied so far durable against a machine crash.
+    pub fn flush(&self) -> Result<()> {
+        self.engine.flush()
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<()> {
+        if key.len() > self.limits.max_key_bytes {
+            return Err(StorageError::KeyTooLarge {
+                len: key.len(),
+                max: self.limits.max_key_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The engine key just after every version of `key` and before the next user key.
+fn after_versions_of(key: &[u8]) -> Vec<u8> {
+    let mut k = StorageKey::Version { key, ts: Timestamp::ZERO }.encode();
+    k.push(0);
+    k
+}
+
+fn decode_version_key(k: &[u8]) -> Result<(Vec<u8>, Timestamp)> {
+    StorageKey::decode_version(k).map_err(|e| StorageError::Corrupt(format!("{e} in {k:02x?}")))
+}
+
+fn encode_value(value: Option<&[u8]>) -> Vec<u8> {
+    match value {
+        None => vec![TOMBSTONE],
+        Some(v) => {
+            let mut out = Vec::with_capacity(v.len() + 1);
+            out.push(VALUE);
+            out.extend_from_slice(v);
+            out
+        }
+    }
+}
+
+fn decode_value(bytes: &[u8]) -> Result<Option<Vec<u8>>> {
+    match bytes.split_first() {
+        Some((&TOMBSTONE, [])) => Ok(None),
+        Some((&VALUE, v)) => Ok(Some(v.to_vec())),
+        _ => Err(StorageError::Corrupt(format!("bad version value {bytes:02x?}"))),
+    }
+}
+
+fn encode_watermark(w: Watermark) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    out.extend_from_slice(&w.window.0.to_be_bytes());
+    out.extend_from_slice(&w.ts.as_u64().to_be_bytes());
+    out
+}
+
+fn decode_watermark(bytes: &[u8]) -> Result<Watermark> {
+    let corrupt = || StorageError::Corrupt(format!("bad watermark {bytes:02x?}"));
+    let (window, ts) = bytes.split_first_chunk::<8>().ok_or_else(corrupt)?;
+    let ts: [u8; 8] = ts.try_into().map_err(|_| corrupt())?;
+    Ok(Watermark {
+        window: Epoch(u64::from_be_bytes(*window)),
+        ts: Timestamp::from_u64(u64::from_be_bytes(ts)),
+    })
+}

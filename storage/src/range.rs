@@ -1,0 +1,51 @@
+//! [`KeyRange`]: a half-open range of user keys.
+
+/// The user keys `start <= key < end`; no `end` means every key from `start` on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyRange {
+    /// First key in the range.
+    pub start: Vec<u8>,
+    /// First key after the range, or `None` for no upper bound.
+    pub end: Option<Vec<u8>>,
+}
+
+impl KeyRange {
+    /// The keys `start <= key < end`.
+    pub fn new(start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) -> KeyRange {
+        KeyRange { start: start.into(), end: Some(end.into()) }
+    }
+
+    /// Every key from `start` on.
+    pub fn from(start: impl Into<Vec<u8>>) -> KeyRange {
+        KeyRange { start: start.into(), end: None }
+    }
+
+    /// Every key.
+    pub fn all() -> KeyRange {
+        KeyRange { start: Vec::new(), end: None }
+    }
+
+    /// Every key that starts with `prefix`.
+    pub fn prefix(prefix: &[u8]) -> KeyRange {
+        // The end is the prefix with its last byte below 0xff incremented and the rest dropped;
+        // a prefix of only 0xff bytes has no end.
+        let mut end = prefix.to_vec();
+        while let Some(last) = end.pop() {
+            if last < 0xff {
+                end.push(last + 1);
+                return KeyRange { start: prefix.to_vec(), end: Some(end) };
+            }
+        }
+        KeyRange { start: prefix.to_vec(), end: None }
+    }
+
+    /// Whether `key` is in the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && self.end.as_deref().is_none_or(|end| key < end)
+    }
+
+    /// Whether the range holds no key at all.
+    pub fn is_empty(&self) -> bool {
+        self.end.as_deref().is_some_and(|end| end <= self.start.as_slice())
+    }
+}

@@ -1,0 +1,152 @@
+//! Crash atomicity on RocksDB: a process applying window batches is killed with SIGKILL at
+//! random moments. After every kill, each batch must be wholly present or wholly absent, and
+//! the watermark must name the last batch that is present.
+//!
+//! The bug this guards against: writing a window's versions and its watermark as separate
+//! writes. A kill between them leaves versions of a window the shard thinks it has not
+//! applied; replaying it would then apply it twice, or a reader would see half a window.
+//!
+//! The child is this same test binary running the ignored test `crash::child`, told where to
+//! write by an environment variable. Batch `e` is a pure function of `e`, so the parent can
+//! recompute what every window wrote.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clock::Timestamp;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use storage::{Epoch, Limits, Mvcc, RocksEngine, VersionBatch};
+
+use crate::common::{seeds, ts};
+
+const DIR_VAR: &str = "SEALDB_CRASH_CHILD_DIR";
+const KEYS: u64 = 64;
+const ROUNDS: usize = 40;
+/// What the child prints once the database is open (the test harness prefixes its own text).
+const READY: &str = "crash-child-ready";
+
+fn key(i: u64) -> Vec<u8> {
+    format!("key-{i:03}").into_bytes()
+}
+
+/// What window `e` writes: a few keys, some deleted, values naming the window.
+fn batch_for(e: u64) -> VersionBatch {
+    let mut rng = StdRng::seed_from_u64(e);
+    let mut batch = VersionBatch::new(Epoch(e), ts(e));
+    for _ in 0..rng.random_range(1..24) {
+        let k = key(rng.random_range(0..KEYS));
+        if rng.random_bool(0.1) {
+            batch.delete(k);
+        } else {
+            batch.put(k, format!("window {e}").into_bytes());
+        }
+    }
+    batch
+}
+
+fn open(dir: &std::path::Path) -> Mvcc {
+    Mvcc::open(Arc::new(RocksEngine::open(dir).unwrap()), Limits::default()).unwrap()
+}
+
+#[test]
+#[ignore = "child process of rocksdb_batches_survive_sigkill_whole_or_not_at_all"]
+fn child() {
+    let dir = std::env::var(DIR_VAR).expect("run by the crash test");
+    let mvcc = open(std::path::Path::new(&dir));
+    let mut e = mvcc.applied().map_or(0, |w| w.window.0);
+    println!("{READY}");
+    loop {
+        e += 1;
+        mvcc.apply(&batch_for(e)).unwrap();
+    }
+}
+
+#[test]
+fn rocksdb_batches_survive_sigkill_whole_or_not_at_all() {
+    let seed = seeds(1)[0];
+    eprintln!("crash test seed {seed} (rerun with SEALDB_SEED={seed})");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    // What the windows checked so far wrote, and the last window checked.
+    let mut state: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+    let mut last_watermark = 0;
+    for round in 0..ROUNDS {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "crash::child", "--ignored", "--nocapture", "--test-threads=1"])
+            .env(DIR_VAR, &db)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert!(
+            lines.any(|l| l.is_ok_and(|l| l.contains(READY))),
+            "round {round}: child never opened the database"
+        );
+        // The kill point: somewhere in the middle of a stream of applies.
+        std::thread::sleep(Duration::from_millis(rng.random_range(5..80)));
+        child.kill().unwrap(); // SIGKILL on Unix
+        child.wait().unwrap();
+
+        let mvcc = open(&db);
+        let watermark = mvcc.applied().map_or(0, |w| w.window.0);
+        assert!(watermark >= last_watermark, "round {round}: watermark went back");
+        check_windows_whole(&mvcc, last_watermark, watermark, &mut state, round);
+        last_watermark = watermark;
+    }
+    assert!(
+        last_watermark > ROUNDS as u64,
+        "the children applied only {last_watermark} windows: the test did not exercise crashes"
+    );
+}
+
+/// Windows `from + 1 ..= watermark` are wholly present (earlier ones were checked in earlier
+/// rounds and are in `state`), and nothing after the watermark is.
+fn check_windows_whole(
+    mvcc: &Mvcc,
+    from: u64,
+    watermark: u64,
+    state: &mut BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    round: usize,
+) {
+    if watermark > 0 {
+        assert_eq!(mvcc.applied().unwrap().ts, ts(watermark), "round {round}");
+    }
+    let name = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
+    for e in from + 1..=watermark {
+        for (k, v) in batch_for(e).writes() {
+            // Present: each write of window e is what a read at ts(e) sees, stamped ts(e).
+            assert_eq!(
+                mvcc.last_write(k, ts(e)).unwrap(),
+                Some(ts(e)),
+                "round {round}: window {e} (watermark {watermark}) lost its write of {}",
+                name(k)
+            );
+            let got = mvcc.get(k, ts(e)).unwrap().map(|v| v.value);
+            assert_eq!(got.as_deref(), v, "round {round}: window {e} key {}", name(k));
+            state.insert(k.to_vec(), v.map(<[u8]>::to_vec));
+        }
+    }
+    // Absent: no version anywhere above the watermark's timestamp.
+    for i in 0..KEYS {
+        let k = key(i);
+        let newest = mvcc.last_write(&k, Timestamp::MAX).unwrap();
+        assert!(
+            newest <= Some(ts(watermark)),
+            "round {round}: {} has a version at {newest:?}, above watermark {watermark}",
+            name(&k)
+        );
+        let got = mvcc.get(&k, Timestamp::MAX).unwrap().map(|v| v.value);
+        assert_eq!(
+            got,
+            state.get(&k).cloned().flatten(),
+            "round {round}: final state of {}",
+            name(&k)
+        );
+    }
+}

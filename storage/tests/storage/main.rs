@@ -1,0 +1,12 @@
+//! Storage tests, in one binary because every binary that links RocksDB costs link time.
+//!
+//! - `suite`: the behaviour every engine must have, run on both engines.
+//! - `model`: both engines side by side with a plain model, on seeded random operations.
+//! - `keys`: the key codec sorts as the typed keys do.
+//! - `crash`: RocksDB batches survive SIGKILL whole or not at all.
+
+mod common;
+mod crash;
+mod keys;
+mod model;
+mod suite;
