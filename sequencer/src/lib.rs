@@ -1,3 +1,44 @@
 //! The sequencer: orders read-write transactions into sealed, durable windows (DESIGN.md
-//! sections 2 and 6). Empty until the core engine issue; it exists so the workspace has its
-//! final shape: it may use `clock`, `storage` and `proto`, never `txn`.
+//! sections 2 and 6).
+//!
+//! Clients submit [`Entry`]s: an opaque payload, the shards it touches, and a client id. The
+//! sequencer collects them into the open window and seals it when `window_interval` has passed
+//! since its first entry or it reaches `max_window_entries` / `max_window_bytes`. Sealing
+//! assigns the next [`Epoch`] and a window timestamp from the HLC, strictly above the last
+//! window's, and appends the window to the [`WindowLog`] with one fsync. Only then is the
+//! window delivered to shards and are the submitters answered with a [`Receipt`].
+//!
+//! ```text
+//!   submit ─┐                          ┌─> shard 0: its slice of window e
+//!   submit ─┼─> open window ─seal─> log (fsync) ─┼─> shard 1: ...
+//!   submit ─┘   (epoch e, ts_e)        └─> receipts: (e, index), ts_e
+//! ```
+//!
+//! Guarantees:
+//!
+//! - Nothing is delivered or acknowledged before it is durable; the log is the source of truth
+//!   and shards recover by replaying it ([`Sequencer::subscribe`] from their watermark).
+//! - Epochs are consecutive; window timestamps strictly increase, across restarts too (the
+//!   log's last timestamp is observed by the clock on start).
+//! - A client id resubmitted while its entry is open or in one of the last `dedup_windows`
+//!   windows gets the original's receipt, marked duplicate: a retry never commits twice.
+//! - When idle, a [`Delivery::Tick`] every `window_interval` moves shards' safe time.
+//!
+//! The sealing decisions are a plain state machine ([`Sealer`]); [`Sequencer`] is the thread
+//! that runs it against the clock and the log. Not here: what entries mean (`txn`), and
+//! replication of the log (a later step, with `openraft`).
+
+mod error;
+mod ids;
+mod log;
+mod runner;
+mod sealer;
+mod window;
+
+pub use crate::error::SequencerError;
+pub use crate::ids::{ClientId, ShardId, TxnId};
+pub use crate::log::WindowLog;
+pub use crate::runner::{Delivery, Receipt, Sequencer};
+pub use crate::sealer::{Admission, Sealer, SealerConfig};
+pub use crate::window::{Entry, Window};
+pub use storage::Epoch;

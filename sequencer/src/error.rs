@@ -1,0 +1,53 @@
+//! [`SequencerError`]: what the sequencer can report.
+
+use std::path::PathBuf;
+
+use clock::Timestamp;
+use storage::Epoch;
+
+/// Sequencer failures. `Io` and `Corrupt` are infrastructure failures: the sequencer stops
+/// rather than acknowledge anything it could not make durable.
+#[derive(Debug, thiserror::Error)]
+pub enum SequencerError {
+    /// The log could not be read or written.
+    #[error("window log {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The log holds bytes that are not a valid window before its end.
+    #[error("window log {path} is corrupt at byte {offset}: {what}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Where the bad record starts.
+        offset: u64,
+        /// What is wrong.
+        what: String,
+    },
+    /// A window does not follow the last one in the log (a bug in the caller).
+    #[error("window {epoch} at {ts} does not follow window {last_epoch} at {last_ts}")]
+    OutOfOrder {
+        /// The window.
+        epoch: Epoch,
+        /// Its timestamp.
+        ts: Timestamp,
+        /// The last window in the log.
+        last_epoch: Epoch,
+        /// Its timestamp.
+        last_ts: Timestamp,
+    },
+    /// The entry is larger than a window may hold.
+    #[error("entry of {bytes} bytes exceeds the window size cap of {max} bytes")]
+    EntryTooLarge {
+        /// The entry's size.
+        bytes: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// The sequencer has stopped.
+    #[error("the sequencer is shutting down")]
+    ShuttingDown,
+}

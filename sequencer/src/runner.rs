@@ -1,0 +1,246 @@
+//! [`Sequencer`]: the thread that runs a [`Sealer`] against a real clock and the durable
+//! [`WindowLog`], and hands out receipts and windows.
+//!
+//! One thread owns the sealer and the log. Submissions arrive on a channel; whatever arrives
+//! while a window is being fsynced goes into the next one (group commit). For each sealed
+//! window, in order: append and fsync, then deliver it to every subscriber, then answer the
+//! submitters. If the log cannot be written, the sequencer stops: every waiting and later
+//! submission gets an error, and nothing unlogged is ever delivered.
+
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use clock::{Clock, Timestamp};
+use storage::Epoch;
+
+use crate::error::SequencerError;
+use crate::ids::TxnId;
+use crate::log::WindowLog;
+use crate::sealer::{Admission, Sealer, SealerConfig};
+use crate::window::{Entry, Window};
+
+/// Proof that an entry is in a durable window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// The entry's transaction id.
+    pub txn: TxnId,
+    /// The window's timestamp.
+    pub ts: Timestamp,
+    /// True if the client id was already logged: `txn` is the earlier entry's id.
+    pub duplicate: bool,
+}
+
+/// What subscribers receive, in order.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// A sealed, durable window. Epochs arrive consecutively.
+    Window(Arc<Window>),
+    /// An idle tick: no window will ever be stamped at or below this timestamp, so a shard
+    /// that has applied every window so far may serve reads up to it. Not logged: it holds no
+    /// entries, and the clock's persisted high-water mark keeps it a promise across restarts.
+    Tick(Timestamp),
+}
+
+type ReceiptSender = Sender<Result<Receipt, SequencerError>>;
+
+enum Command {
+    Submit(Entry, ReceiptSender),
+    Subscribe(Epoch, Sender<Delivery>),
+}
+
+/// A running sequencer. Dropping it (or [`Sequencer::shutdown`]) seals what is open, answers
+/// every submitter and stops the thread.
+pub struct Sequencer {
+    commands: Option<Sender<Command>>,
+    thread: Option<JoinHandle<Result<(), SequencerError>>>,
+}
+
+impl Sequencer {
+    /// Opens the log in `dir`, and starts sealing after the windows it holds, which it returns
+    /// for recovery. `clock` stamps windows; it should be persisted so timestamps keep rising
+    /// across restarts.
+    pub fn start(
+        dir: impl AsRef<std::path::Path>,
+        clock: Arc<Clock>,
+        config: SealerConfig,
+    ) -> Result<(Sequencer, Option<(Epoch, Timestamp)>), SequencerError> {
+        let (log, history) = WindowLog::open(dir)?;
+        let last = log.last();
+        if let Some((_, ts)) = last {
+            // Window timestamps keep rising even if the clock's own high-water mark is gone.
+            let _ = clock.observe(ts);
+        }
+        let origin = Instant::now();
+        let sealer = Sealer::new(config, &history, origin.elapsed());
+        drop(history);
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("sealdb-sequencer".into())
+            .spawn(move || {
+                Loop { sealer, log, clock, origin, subscribers: Vec::new(), waiters: Vec::new() }
+                    .run(rx)
+            })
+            .map_err(|e| SequencerError::Io { path: "sequencer thread".into(), source: e })?;
+        Ok((Sequencer { commands: Some(tx), thread: Some(thread) }, last))
+    }
+
+    /// Submits `entry`; the receiver yields its receipt once its window is durable.
+    pub fn submit(&self, entry: Entry) -> Receiver<Result<Receipt, SequencerError>> {
+        let (tx, rx) = mpsc::channel();
+        match &self.commands {
+            Some(commands) => {
+                if let Err(mpsc::SendError(Command::Submit(_, tx))) =
+                    commands.send(Command::Submit(entry, tx))
+                {
+                    let _ = tx.send(Err(SequencerError::ShuttingDown));
+                }
+            }
+            None => {
+                let _ = tx.send(Err(SequencerError::ShuttingDown));
+            }
+        }
+        rx
+    }
+
+    /// Every window from `from` on (read back from the log first), then live windows and
+    /// ticks, in order.
+    pub fn subscribe(&self, from: Epoch) -> Receiver<Delivery> {
+        let (tx, rx) = mpsc::channel();
+        if let Some(commands) = &self.commands {
+            let _ = commands.send(Command::Subscribe(from, tx));
+        }
+        rx
+    }
+
+    /// Seals what is open, answers its submitters and stops. Returns the error that stopped
+    /// the sequencer early, if any.
+    pub fn shutdown(mut self) -> Result<(), SequencerError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), SequencerError> {
+        self.commands = None;
+        match self.thread.take() {
+            Some(thread) => thread.join().unwrap_or(Err(SequencerError::ShuttingDown)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Sequencer {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::error!(error = %e, "sequencer stopped with an error");
+        }
+    }
+}
+
+struct Loop {
+    sealer: Sealer,
+    log: WindowLog,
+    clock: Arc<Clock>,
+    origin: Instant,
+    subscribers: Vec<Sender<Delivery>>,
+    /// For each index of the open window, who waits for its receipt (duplicates included).
+    waiters: Vec<Vec<(ReceiptSender, bool)>>,
+}
+
+impl Loop {
+    fn run(mut self, commands: Receiver<Command>) -> Result<(), SequencerError> {
+        let result = self.serve(&commands);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "sequencer stopping: the window log failed");
+            for (tx, _) in self.waiters.drain(..).flatten() {
+                let _ = tx.send(Err(SequencerError::ShuttingDown));
+            }
+            // Refuse whatever is still queued.
+            for command in commands.try_iter() {
+                if let Command::Submit(_, tx) = command {
+                    let _ = tx.send(Err(SequencerError::ShuttingDown));
+                }
+            }
+        }
+        result
+    }
+
+    fn serve(&mut self, commands: &Receiver<Command>) -> Result<(), SequencerError> {
+        loop {
+            let wait = self.sealer.time_to_seal(self.origin.elapsed());
+            match commands.recv_timeout(wait) {
+                Ok(command) => self.handle(command)?,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    if self.sealer.open_len() > 0 {
+                        self.seal()?;
+                    }
+                    return Ok(());
+                }
+            }
+            // Take whatever else has arrived, up to a window's worth, before sealing.
+            while self.sealer.open_len() < self.sealer.config().max_window_entries {
+                match commands.try_recv() {
+                    Ok(command) => self.handle(command)?,
+                    Err(_) => break,
+                }
+            }
+            if self.sealer.should_seal(self.origin.elapsed()) {
+                self.seal()?;
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) -> Result<(), SequencerError> {
+        match command {
+            Command::Submit(entry, tx) => {
+                match self.sealer.submit(entry, self.origin.elapsed()) {
+                    Ok(Admission::Queued { index }) => {
+                        debug_assert_eq!(index as usize, self.waiters.len());
+                        self.waiters.push(vec![(tx, false)]);
+                    }
+                    Ok(Admission::DuplicateOpen { index }) => {
+                        self.waiters[index as usize].push((tx, true));
+                    }
+                    Ok(Admission::DuplicateSealed(txn, ts)) => {
+                        let _ = tx.send(Ok(Receipt { txn, ts, duplicate: true }));
+                    }
+                    Err(bytes) => {
+                        let max = self.sealer.config().max_window_bytes;
+                        let _ = tx.send(Err(SequencerError::EntryTooLarge { bytes, max }));
+                    }
+                }
+                Ok(())
+            }
+            Command::Subscribe(from, sink) => {
+                for window in self.log.read_from(from)? {
+                    if sink.send(Delivery::Window(Arc::new(window))).is_err() {
+                        return Ok(());
+                    }
+                }
+                self.subscribers.push(sink);
+                Ok(())
+            }
+        }
+    }
+
+    fn seal(&mut self) -> Result<(), SequencerError> {
+        let now = self.origin.elapsed();
+        if self.sealer.open_len() == 0 {
+            let ts = self.clock.now().max(self.sealer.last_ts().next());
+            self.sealer.tick(ts, now);
+            self.subscribers.retain(|s| s.send(Delivery::Tick(ts)).is_ok());
+            return Ok(());
+        }
+        let window = self.sealer.seal(self.clock.now(), now);
+        self.log.append(&window)?;
+        let window = Arc::new(window);
+        self.subscribers.retain(|s| s.send(Delivery::Window(window.clone())).is_ok());
+        for (i, waiters) in self.waiters.drain(..).enumerate() {
+            for (tx, duplicate) in waiters {
+                let _ = tx.send(Ok(Receipt { txn: window.txn_id(i), ts: window.ts, duplicate }));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,341 @@
+//! [`Sealer`]: the sequencer's decisions, as plain data. No threads, no I/O, no clock reads:
+//! the shell passes in "now" (monotonic time, for the interval) and window timestamps (from
+//! the HLC), and performs the fsync and delivery the sealer's output calls for.
+//!
+//! ```text
+//!   submit(entry) --> open window [e0 e1 e2 ...]  --seal(ts)--> Window { epoch, ts, entries }
+//!                      sealed when: window_interval has passed since its first entry,
+//!                                   or it holds max_window_entries / max_window_bytes;
+//!                      when idle, a tick (an empty, unlogged window) every window_interval
+//! ```
+//!
+//! Invariants kept here:
+//!
+//! - Epochs are consecutive and window timestamps strictly increase, whatever the caller's
+//!   clock does: a timestamp not above the last one is raised to one tick above it.
+//! - A client id is in at most one entry among the open window and the recent windows
+//!   (`dedup_windows` of them): a resubmission gets the original's id instead of a new entry.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use clock::Timestamp;
+use storage::Epoch;
+
+use crate::ids::{ClientId, TxnId};
+use crate::window::{Entry, Window};
+
+/// When windows are sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealerConfig {
+    /// Seal a non-empty window this long after its first entry, and an empty one this long
+    /// after the previous window (default 5 ms).
+    pub window_interval: Duration,
+    /// Seal once a window holds this many entries (default 10,000).
+    pub max_window_entries: usize,
+    /// Seal once a window holds this many bytes of entries (default 16 MiB). An entry larger
+    /// than this is refused.
+    pub max_window_bytes: usize,
+    /// How many recent windows' client ids are remembered for deduplication (default 200,000:
+    /// about 17 minutes at the default interval).
+    pub dedup_windows: usize,
+}
+
+impl Default for SealerConfig {
+    fn default() -> SealerConfig {
+        SealerConfig {
+            window_interval: Duration::from_millis(5),
+            max_window_entries: 10_000,
+            max_window_bytes: 16 << 20,
+            dedup_windows: 200_000,
+        }
+    }
+}
+
+/// Where a submitted entry went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Added to the open window at this index; its id is known once the window is sealed.
+    Queued {
+        /// Index in the open window.
+        index: u32,
+    },
+    /// The client id is already in the open window, at this index.
+    DuplicateOpen {
+        /// Index of the earlier entry in the open window.
+        index: u32,
+    },
+    /// The client id is already in a sealed window: its id and the window's timestamp.
+    DuplicateSealed(TxnId, Timestamp),
+}
+
+/// The sequencer's state machine.
+#[derive(Debug)]
+pub struct Sealer {
+    config: SealerConfig,
+    next_epoch: Epoch,
+    last_ts: Timestamp,
+    open: Vec<Entry>,
+    open_bytes: usize,
+    /// When the open window got its first entry.
+    open_since: Option<Duration>,
+    /// When the last window was sealed.
+    last_sealed_at: Duration,
+    open_ids: HashMap<ClientId, u32>,
+    sealed_ids: HashMap<ClientId, (TxnId, Timestamp)>,
+    /// Client ids per recent window, oldest first, to forget them in order.
+    recent: VecDeque<Vec<ClientId>>,
+}
+
+impl Sealer {
+    /// A sealer continuing after `history` (the log's windows, oldest first), at time `now`.
+    pub fn new(config: SealerConfig, history: &[Window], now: Duration) -> Sealer {
+        let mut sealer = Sealer {
+            config,
+            next_epoch: Epoch(1),
+            last_ts: Timestamp::ZERO,
+            open: Vec::new(),
+            open_bytes: 0,
+            open_since: None,
+            last_sealed_at: now,
+            open_ids: HashMap::new(),
+            sealed_ids: HashMap::new(),
+            recent: VecDeque::new(),
+        };
+        let keep = history.len().saturating_sub(config.dedup_windows);
+        for w in history {
+            sealer.next_epoch = w.epoch.next();
+            sealer.last_ts = w.ts;
+        }
+        for w in &history[keep..] {
+            sealer.remember(w);
+        }
+        sealer
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SealerConfig {
+        &self.config
+    }
+
+    /// The epoch the open window will get.
+    pub fn next_epoch(&self) -> Epoch {
+        self.next_epoch
+    }
+
+    /// The timestamp of the last sealed window.
+    pub fn last_ts(&self) -> Timestamp {
+        self.last_ts
+    }
+
+    /// Entries in the open window.
+    pub fn open_len(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Adds `entry` to the open window, unless its client id was seen recently. Refuses an
+    /// entry larger than a window may hold, returning its size.
+    pub fn submit(&mut self, entry: Entry, now: Duration) -> Result<Admission, usize> {
+        if let Some(&(txn, ts)) = self.sealed_ids.get(&entry.client_id) {
+            return Ok(Admission::DuplicateSealed(txn, ts));
+        }
+        if let Some(&index) = self.open_ids.get(&entry.client_id) {
+            return Ok(Admission::DuplicateOpen { index });
+        }
+        let size = entry.size();
+        if size > self.config.max_window_bytes {
+            return Err(size);
+        }
+        let index = self.open.len() as u32;
+        self.open_ids.insert(entry.client_id, index);
+        self.open_bytes += size;
+        self.open.push(entry);
+        self.open_since.get_or_insert(now);
+        Ok(Admission::Queued { index })
+    }
+
+    /// Whether a window should be sealed now.
+    pub fn should_seal(&self, now: Duration) -> bool {
+        match self.open_since {
+            Some(since) => {
+                self.open.len() >= self.config.max_window_entries
+                    || self.open_bytes >= self.config.max_window_bytes
+                    || now.saturating_sub(since) >= self.config.window_interval
+            }
+            None => now.saturating_sub(self.last_sealed_at) >= self.config.window_interval,
+        }
+    }
+
+    /// How long until [`Sealer::should_seal`] turns true if nothing is submitted.
+    pub fn time_to_seal(&self, now: Duration) -> Duration {
+        let since = self.open_since.unwrap_or(self.last_sealed_at);
+        (since + self.config.window_interval).saturating_sub(now)
+    }
+
+    /// Seals the open window (possibly empty) at `ts`, or one tick above the last window's
+    /// timestamp if `ts` is not above it.
+    pub fn seal(&mut self, ts: Timestamp, now: Duration) -> Window {
+        let ts = ts.max(self.last_ts.next());
+        let window = Window { epoch: self.next_epoch, ts, entries: std::mem::take(&mut self.open) };
+        self.next_epoch = self.next_epoch.next();
+        self.last_ts = ts;
+        self.open_bytes = 0;
+        self.open_since = None;
+        self.last_sealed_at = now;
+        self.open_ids.clear();
+        self.remember(&window);
+        window
+    }
+
+    /// Records an idle tick at `ts` in place of an empty window: later windows are stamped
+    /// above it, and the idle interval starts again.
+    pub fn tick(&mut self, ts: Timestamp, now: Duration) {
+        debug_assert!(self.open.is_empty(), "a tick stands for an empty window");
+        self.last_ts = self.last_ts.max(ts);
+        self.last_sealed_at = now;
+    }
+
+    fn remember(&mut self, window: &Window) {
+        let ids: Vec<ClientId> = window.entries.iter().map(|e| e.client_id).collect();
+        for (i, id) in ids.iter().enumerate() {
+            self.sealed_ids.insert(*id, (window.txn_id(i), window.ts));
+        }
+        self.recent.push_back(ids);
+        while self.recent.len() > self.config.dedup_windows {
+            for id in self.recent.pop_front().unwrap_or_default() {
+                self.sealed_ids.remove(&id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::ids::ShardId;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn entry(id: u128) -> Entry {
+        Entry::new(ClientId(id), vec![ShardId(0)], Arc::from(vec![0u8; 10]))
+    }
+
+    fn sealer() -> Sealer {
+        Sealer::new(SealerConfig::default(), &[], Duration::ZERO)
+    }
+
+    fn ts(n: u64) -> Timestamp {
+        Timestamp::from_u64(n)
+    }
+
+    #[test]
+    fn a_window_is_sealed_one_interval_after_its_first_entry() {
+        let mut s = sealer();
+        s.submit(entry(1), 2 * MS).unwrap();
+        assert!(!s.should_seal(6 * MS));
+        assert_eq!(s.time_to_seal(6 * MS), MS);
+        assert!(s.should_seal(7 * MS));
+        let w = s.seal(ts(100), 7 * MS);
+        assert_eq!((w.epoch, w.ts, w.entries.len()), (Epoch(1), ts(100), 1));
+    }
+
+    #[test]
+    fn a_full_window_is_sealed_at_once() {
+        let config = SealerConfig { max_window_entries: 3, ..SealerConfig::default() };
+        let mut s = Sealer::new(config, &[], Duration::ZERO);
+        for id in 0..2 {
+            s.submit(entry(id), Duration::ZERO).unwrap();
+        }
+        assert!(!s.should_seal(Duration::ZERO));
+        s.submit(entry(2), Duration::ZERO).unwrap();
+        assert!(s.should_seal(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_window_over_its_byte_cap_is_sealed_and_an_oversize_entry_is_refused() {
+        let config = SealerConfig { max_window_bytes: 100, ..SealerConfig::default() };
+        let mut s = Sealer::new(config, &[], Duration::ZERO);
+        let big = Entry::new(ClientId(9), vec![ShardId(0)], Arc::from(vec![0u8; 200]));
+        assert!(s.submit(big, Duration::ZERO).is_err());
+        assert_eq!(s.open_len(), 0);
+        for id in 0..3 {
+            s.submit(entry(id), Duration::ZERO).unwrap(); // 30 bytes each
+        }
+        assert!(!s.should_seal(Duration::ZERO));
+        s.submit(entry(3), Duration::ZERO).unwrap();
+        assert!(s.should_seal(Duration::ZERO));
+    }
+
+    #[test]
+    fn epochs_are_consecutive_and_timestamps_rise_even_if_the_clock_does_not() {
+        let mut s = sealer();
+        let mut last = Timestamp::ZERO;
+        for (n, clock) in [50, 40, 40, 60, 10].into_iter().enumerate() {
+            s.submit(entry(n as u128), Duration::ZERO).unwrap();
+            let w = s.seal(ts(clock), Duration::ZERO);
+            assert_eq!(w.epoch, Epoch(n as u64 + 1));
+            assert!(w.ts > last, "window {} at {:?} after {last:?}", w.epoch, w.ts);
+            last = w.ts;
+        }
+    }
+
+    #[test]
+    fn an_idle_tick_raises_the_floor_for_later_windows() {
+        let mut s = sealer();
+        assert!(s.should_seal(5 * MS), "an idle sequencer ticks every interval");
+        s.tick(ts(500), 5 * MS);
+        assert!(!s.should_seal(6 * MS));
+        s.submit(entry(1), 6 * MS).unwrap();
+        let w = s.seal(ts(300), 11 * MS);
+        assert!(w.ts > ts(500));
+        assert_eq!(w.epoch, Epoch(1), "ticks take no epoch");
+    }
+
+    #[test]
+    fn a_resubmitted_client_id_is_not_queued_twice() {
+        let mut s = sealer();
+        assert_eq!(s.submit(entry(7), Duration::ZERO), Ok(Admission::Queued { index: 0 }));
+        assert_eq!(s.submit(entry(8), Duration::ZERO), Ok(Admission::Queued { index: 1 }));
+        assert_eq!(s.submit(entry(7), Duration::ZERO), Ok(Admission::DuplicateOpen { index: 0 }));
+        let w = s.seal(ts(10), Duration::ZERO);
+        assert_eq!(w.entries.len(), 2);
+        assert_eq!(
+            s.submit(entry(8), Duration::ZERO),
+            Ok(Admission::DuplicateSealed(TxnId { epoch: Epoch(1), index: 1 }, ts(10)))
+        );
+    }
+
+    #[test]
+    fn client_ids_are_forgotten_after_dedup_windows() {
+        let config = SealerConfig { dedup_windows: 2, ..SealerConfig::default() };
+        let mut s = Sealer::new(config, &[], Duration::ZERO);
+        s.submit(entry(1), Duration::ZERO).unwrap();
+        s.seal(ts(1), Duration::ZERO);
+        for id in 2..4 {
+            s.submit(entry(id), Duration::ZERO).unwrap();
+            s.seal(ts(id as u64), Duration::ZERO);
+        }
+        assert_eq!(s.submit(entry(1), Duration::ZERO), Ok(Admission::Queued { index: 0 }));
+        assert!(matches!(s.submit(entry(3), Duration::ZERO), Ok(Admission::DuplicateSealed(..))));
+    }
+
+    #[test]
+    fn a_sealer_rebuilt_from_history_continues_it() {
+        let mut s = sealer();
+        let mut history = Vec::new();
+        for id in 0..3 {
+            s.submit(entry(id), Duration::ZERO).unwrap();
+            history.push(s.seal(ts(10 + id as u64), Duration::ZERO));
+        }
+        let mut again = Sealer::new(SealerConfig::default(), &history, Duration::ZERO);
+        assert_eq!(again.next_epoch(), Epoch(4));
+        assert!(matches!(
+            again.submit(entry(1), Duration::ZERO),
+            Ok(Admission::DuplicateSealed(..))
+        ));
+        again.submit(entry(99), Duration::ZERO).unwrap();
+        assert!(again.seal(ts(0), Duration::ZERO).ts > ts(12));
+    }
+}

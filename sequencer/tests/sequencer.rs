@@ -1,0 +1,240 @@
+//! The durable log and the sequencer thread: what is acknowledged is logged, delivered in
+//! order and never duplicated, across restarts and torn writes.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clock::{Clock, ManualClock, Timestamp};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sequencer::{
+    ClientId, Delivery, Entry, Epoch, SealerConfig, Sequencer, SequencerError, ShardId, Window,
+    WindowLog,
+};
+
+fn entry(id: u128, shards: &[u32]) -> Entry {
+    let payload: Arc<[u8]> = Arc::from(id.to_le_bytes().to_vec());
+    Entry::new(ClientId(id), shards.iter().map(|&s| ShardId(s)).collect(), payload)
+}
+
+fn window(epoch: u64, ts: u64, ids: &[u128]) -> Window {
+    Window {
+        epoch: Epoch(epoch),
+        ts: Timestamp::from_u64(ts),
+        entries: ids.iter().map(|&id| entry(id, &[0, (id % 3) as u32])).collect(),
+    }
+}
+
+fn log_file(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("windows.log")
+}
+
+#[test]
+fn appended_windows_are_read_back_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let written: Vec<Window> =
+        (1..=5).map(|e| window(e, e * 100, &[e as u128, 1000 + e as u128])).collect();
+    {
+        let (mut log, old) = WindowLog::open(dir.path()).unwrap();
+        assert!(old.is_empty());
+        for w in &written {
+            log.append(w).unwrap();
+        }
+    }
+    let (log, read) = WindowLog::open(dir.path()).unwrap();
+    assert_eq!(read, written);
+    assert_eq!(log.last(), Some((Epoch(5), Timestamp::from_u64(500))));
+    assert_eq!(log.read_from(Epoch(4)).unwrap(), written[3..]);
+}
+
+#[test]
+fn a_window_out_of_order_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = WindowLog::open(dir.path()).unwrap();
+    log.append(&window(1, 100, &[1])).unwrap();
+    assert!(matches!(log.append(&window(3, 200, &[2])), Err(SequencerError::OutOfOrder { .. })));
+    assert!(matches!(log.append(&window(2, 100, &[2])), Err(SequencerError::OutOfOrder { .. })));
+    log.append(&window(2, 101, &[2])).unwrap();
+}
+
+#[test]
+fn a_torn_last_window_is_cut_off_and_every_earlier_one_kept() {
+    let seed = 7;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let written: Vec<Window> = (1..=20).map(|e| window(e, e * 10, &[e as u128; 1])).collect();
+    // Where each window's record ends in the file.
+    let mut ends = Vec::new();
+    {
+        let (mut log, _) = WindowLog::open(dir.path()).unwrap();
+        for w in &written {
+            log.append(w).unwrap();
+            ends.push(std::fs::metadata(log_file(dir.path())).unwrap().len() as usize);
+        }
+    }
+    let full = std::fs::read(log_file(dir.path())).unwrap();
+    for _ in 0..50 {
+        // Cut the file anywhere after the header, as a crash mid-append would.
+        let cut = rng.random_range(16..full.len());
+        std::fs::write(log_file(dir.path()), &full[..cut]).unwrap();
+        let (mut log, read) = WindowLog::open(dir.path()).unwrap();
+        let whole = ends.iter().filter(|&&end| end <= cut).count();
+        assert_eq!(
+            read,
+            written[..whole],
+            "seed {seed} cut {cut}: exactly the whole records survive"
+        );
+        // The log accepts the next window after the cut.
+        let next = read.len() as u64 + 1;
+        log.append(&window(next, next * 10, &[999])).unwrap();
+        drop(log);
+        let (_, again) = WindowLog::open(dir.path()).unwrap();
+        assert_eq!(again.len(), read.len() + 1);
+    }
+}
+
+#[test]
+fn damage_before_the_end_of_the_log_is_refused_not_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut log, _) = WindowLog::open(dir.path()).unwrap();
+        for e in 1..=3 {
+            log.append(&window(e, e * 10, &[e as u128])).unwrap();
+        }
+    }
+    let mut bytes = std::fs::read(log_file(dir.path())).unwrap();
+    bytes[16 + 8 + 3] ^= 0xff; // inside the first window's body
+    std::fs::write(log_file(dir.path()), &bytes).unwrap();
+    let err = WindowLog::open(dir.path()).unwrap_err();
+    assert!(matches!(err, SequencerError::Corrupt { .. }), "{err}");
+    assert_eq!(std::fs::read(log_file(dir.path())).unwrap(), bytes, "nothing was cut");
+}
+
+#[test]
+fn a_file_that_is_not_a_log_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(log_file(dir.path()), b"something else entirely").unwrap();
+    assert!(matches!(WindowLog::open(dir.path()), Err(SequencerError::Corrupt { .. })));
+}
+
+fn start(dir: &std::path::Path, clock: &Arc<Clock>) -> Sequencer {
+    Sequencer::start(dir, clock.clone(), SealerConfig::default()).unwrap().0
+}
+
+/// Every window a subscriber gets until it has seen `count` entries.
+fn collect(deliveries: &std::sync::mpsc::Receiver<Delivery>, count: usize) -> Vec<Arc<Window>> {
+    let mut windows = Vec::new();
+    let mut seen = 0;
+    while seen < count {
+        match deliveries.recv_timeout(Duration::from_secs(10)).expect("delivery") {
+            Delivery::Window(w) => {
+                seen += w.entries.len();
+                windows.push(w);
+            }
+            Delivery::Tick(_) => {}
+        }
+    }
+    windows
+}
+
+#[test]
+fn concurrent_submissions_get_distinct_receipts_for_durable_windows_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(Clock::system(Duration::ZERO));
+    let seq = Arc::new(start(dir.path(), &clock));
+    let deliveries = seq.subscribe(Epoch(1));
+    let threads: Vec<_> = (0..8u128)
+        .map(|t| {
+            let seq = seq.clone();
+            std::thread::spawn(move || {
+                (0..50u128)
+                    .map(|i| seq.submit(entry(t * 1000 + i, &[0])).recv().unwrap().unwrap())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let receipts: Vec<_> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let ids: BTreeSet<_> = receipts.iter().map(|r| r.txn).collect();
+    assert_eq!(ids.len(), 400, "every entry has its own id");
+    assert!(receipts.iter().all(|r| !r.duplicate));
+
+    let windows = collect(&deliveries, 400);
+    for (i, w) in windows.iter().enumerate() {
+        assert_eq!(w.epoch, Epoch(i as u64 + 1), "epochs arrive consecutively");
+        if i > 0 {
+            assert!(w.ts > windows[i - 1].ts);
+        }
+    }
+    // Each receipt names the entry the log holds at that position, and the window is durable.
+    drop(deliveries);
+    let (_, logged) = WindowLog::open(dir.path()).unwrap_or_else(|_| panic!("log"));
+    for r in &receipts {
+        let w = &logged[r.txn.epoch.0 as usize - 1];
+        assert_eq!(w.ts, r.ts);
+        assert!(w.entries.get(r.txn.index as usize).is_some());
+    }
+}
+
+#[test]
+fn an_idle_sequencer_keeps_ticking_with_rising_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(Clock::system(Duration::ZERO));
+    let seq = start(dir.path(), &clock);
+    let deliveries = seq.subscribe(Epoch(1));
+    let mut last = Timestamp::ZERO;
+    for _ in 0..5 {
+        match deliveries.recv_timeout(Duration::from_secs(5)).unwrap() {
+            Delivery::Tick(ts) => {
+                assert!(ts > last);
+                last = ts;
+            }
+            Delivery::Window(w) => panic!("nothing was submitted, got {w:?}"),
+        }
+    }
+    drop(seq);
+    let (_, logged) = WindowLog::open(dir.path()).unwrap();
+    assert!(logged.is_empty(), "ticks are not logged");
+}
+
+#[test]
+fn after_a_restart_windows_continue_above_the_old_ones_and_old_ids_stay_deduplicated() {
+    let dir = tempfile::tempdir().unwrap();
+    let wall = ManualClock::at_secs(1_700_000_000);
+    let clock = Arc::new(Clock::new(Arc::new(wall.clone()), Duration::ZERO));
+    let first = {
+        let seq = start(dir.path(), &clock);
+        let receipts: Vec<_> =
+            (0..3).map(|i| seq.submit(entry(i, &[0])).recv().unwrap().unwrap()).collect();
+        seq.shutdown().unwrap();
+        receipts
+    };
+    // Restart with a fresh, unpersisted clock whose wall time went back an hour.
+    wall.rewind(Duration::from_secs(3600));
+    let clock = Arc::new(Clock::new(Arc::new(wall.clone()), Duration::ZERO));
+    let (seq, last) = Sequencer::start(dir.path(), clock.clone(), SealerConfig::default()).unwrap();
+    assert_eq!(last.map(|(e, _)| e), Some(first.last().unwrap().txn.epoch));
+    let again = seq.submit(entry(1, &[0])).recv().unwrap().unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.txn, first[1].txn);
+    let new = seq.submit(entry(50, &[0])).recv().unwrap().unwrap();
+    assert!(!new.duplicate);
+    assert_eq!(new.txn.epoch, first.last().unwrap().txn.epoch.next());
+    assert!(new.ts > first.last().unwrap().ts, "{:?} after {:?}", new.ts, first.last().unwrap().ts);
+
+    // A subscriber from epoch 1 gets the old windows back from the log, then the new one.
+    let deliveries = seq.subscribe(Epoch(1));
+    let windows = collect(&deliveries, 4);
+    let epochs: Vec<u64> = windows.iter().map(|w| w.epoch.0).collect();
+    assert_eq!(epochs, (1..=new.txn.epoch.0).collect::<Vec<_>>());
+}
+
+#[test]
+fn entries_open_at_shutdown_are_sealed_and_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(Clock::system(Duration::ZERO));
+    let seq = start(dir.path(), &clock);
+    let pending = seq.submit(entry(1, &[0]));
+    seq.shutdown().unwrap();
+    assert!(pending.recv().unwrap().is_ok(), "what was open at shutdown is sealed and answered");
+}
