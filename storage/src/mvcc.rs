@@ -24,6 +24,7 @@
 //! a deletion.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 
 use clock::Timestamp;
@@ -198,8 +199,50 @@ impl Mvcc {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Version)>> {
         let mut out = Vec::new();
-        if limit == 0 || range.is_empty() {
+        if limit == 0 {
             return Ok(out);
+        }
+        self.walk_visible(range, at, |key, ts, value| {
+            if let Some(value) = decode_value(value)? {
+                out.push((key, Version { ts, value }));
+            }
+            Ok(if out.len() >= limit { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+        })?;
+        Ok(out)
+    }
+
+    /// The first key of `range` with a version written in `(after, upto]`, deletions
+    /// included: what an optimistic transaction that read `range` at `after` missed.
+    pub fn first_change(
+        &self,
+        range: &KeyRange,
+        after: Timestamp,
+        upto: Timestamp,
+    ) -> Result<Option<Vec<u8>>> {
+        let mut found = None;
+        if after < upto {
+            self.walk_visible(range, upto, |key, ts, _| {
+                Ok(if ts > after {
+                    found = Some(key);
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                })
+            })?;
+        }
+        Ok(found)
+    }
+
+    /// Calls `visit` with each key of `range` and its newest version at or below `at`
+    /// (deletions included, as stored), in key order, until it breaks.
+    fn walk_visible(
+        &self,
+        range: &KeyRange,
+        at: Timestamp,
+        mut visit: impl FnMut(Vec<u8>, Timestamp, &[u8]) -> Result<ControlFlow<()>>,
+    ) -> Result<()> {
+        if range.is_empty() {
+            return Ok(());
         }
         let upper = match &range.end {
             Some(end) => StorageKey::version_prefix(end),
@@ -218,15 +261,12 @@ impl Mvcc {
                 continue;
             }
             let after_key = after_versions_of(&key);
-            if let Some(value) = decode_value(&v)? {
-                out.push((key, Version { ts, value }));
-                if out.len() >= limit {
-                    break;
-                }
+            if visit(key, ts, &v)?.is_break() {
+                break;
             }
             entry = cursor.seek(&after_key)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Writes `batch` and moves the watermark to its window, atomically. Refuses, writing

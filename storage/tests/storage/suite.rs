@@ -161,6 +161,25 @@ fn gc_keeps_what_reads_at_the_horizon_see_and_drops_the_rest(f: &mut Fixture) {
     assert_eq!(again.versions_removed, 0, "gc is idempotent");
 }
 
+fn first_change_finds_writes_and_deletions_between_two_timestamps(f: &mut Fixture) {
+    f.mvcc().apply(&batch(1, &[("a", Some("1")), ("c", Some("1"))])).unwrap();
+    f.mvcc().apply(&batch(2, &[("c", None)])).unwrap();
+    f.mvcc().apply(&batch(3, &[("b", Some("3"))])).unwrap();
+    let change = |range: KeyRange, after: u64, upto: u64| {
+        f.mvcc()
+            .first_change(&range, ts(after), ts(upto))
+            .unwrap()
+            .map(|k| String::from_utf8(k).unwrap())
+    };
+    assert_eq!(change(KeyRange::all(), 1, 2), Some("c".into()), "a deletion is a change");
+    assert_eq!(change(KeyRange::all(), 1, 3), Some("b".into()), "the first changed key in order");
+    assert_eq!(change(KeyRange::all(), 0, 1), Some("a".into()));
+    assert_eq!(change(KeyRange::all(), 3, 9), None, "nothing after the last write");
+    assert_eq!(change(KeyRange::new("a", "b"), 1, 3), None, "a is unchanged since 1");
+    assert_eq!(change(KeyRange::new("c", "d"), 2, 3), None);
+    assert_eq!(change(KeyRange::all(), 2, 2), None, "an empty interval");
+}
+
 macro_rules! on_both_engines {
     ($($name:ident),* $(,)?) => {
         mod memory_engine {
@@ -182,4 +201,5 @@ on_both_engines!(
     a_window_at_or_below_the_watermark_is_refused_and_changes_nothing,
     oversize_keys_values_and_batches_are_refused_and_write_nothing,
     gc_keeps_what_reads_at_the_horizon_see_and_drops_the_rest,
+    first_change_finds_writes_and_deletions_between_two_timestamps,
 );

@@ -1,0 +1,589 @@
+//! The window executor: how one shard applies one sealed window (DESIGN.md section 4).
+//!
+//! Plain code: no threads, no I/O of its own, no clock. The caller supplies the window's
+//! entries for this shard, a reader of the snapshot the previous window left (`Snap(e-1)`,
+//! local and remote keys), and, between the two phases, the final verdicts of multi-shard
+//! entries from the verdict exchange.
+//!
+//! ```text
+//!   execute (A, B)                       exchange            finish (C, D)
+//!   every entry runs on Snap(e-1)  -->   local verdicts  --> committed writes in id order,
+//!   read/write sets; verdict per         of multi-shard      then single-shard losers re-run
+//!   entry from the reservations          entries, ANDed      in id order on the new state;
+//!                                                            multi-shard losers deferred
+//! ```
+//!
+//! **A. Snapshot execution.** Every entry runs against `Snap(e-1)`. A procedure records the keys
+//! it read, the ranges it scanned and its writes; touching a key outside its declared ranges
+//! aborts it. An interactive transaction brings its sets and fails here if a key or range it
+//! read has a version in `Snap(e-1)` newer than its `read_ts`.
+//!
+//! **B. Verdicts.** For each local key, the lowest id that writes it. Entry `i` loses on this
+//! shard if a lower id writes a key `i` writes (write-after-write) or a key or range `i` reads
+//! (read-after-write). An entry that aborted in A writes nothing but still needs its reads
+//! fresh for the abort to be final. A multi-shard entry commits iff every participant's local
+//! verdict is commit.
+//!
+//! **C. Apply.** Committed writes (local keys only) go into one [`VersionBatch`] at the window's
+//! timestamp. The caller writes it atomically with the watermark.
+//!
+//! **D. Fallback.** Interactive losers get [`Outcome::Conflict`]. Single-shard procedures that
+//! lost are re-executed one by one in id order against the state so far (the snapshot plus
+//! this window's writes) and their writes join the batch. Multi-shard procedures that lost
+//! are deferred to the front of the next window, identically on every participant.
+//!
+//! Ids: entries deferred from the previous window come first (among themselves in their
+//! original id order), then this window's entries in log order. Determinism: the result is a
+//! function of the inputs alone; maps are ordered; storage errors are returned, never turned
+//! into a verdict.
+
+use std::collections::BTreeMap;
+
+use clock::Timestamp;
+use sequencer::{ShardId, TxnId};
+use storage::{Epoch, KeyRange, Limits, StorageError, VersionBatch};
+
+use crate::outcome::{AbortReason, Decided, Outcome, Phase, SerialPosition};
+use crate::procedure::{Context, ProcError, Registry, Rows};
+use crate::request::{InteractiveCommit, Request};
+use crate::shard_map::ShardMap;
+
+/// Reads of the state at one fixed timestamp, for any key of the cluster.
+pub trait SnapshotRead {
+    /// The value of `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Up to `limit` keys of `range` with values, in order.
+    fn scan(&self, range: &KeyRange, limit: usize) -> Result<Rows, StorageError>;
+    /// The first key of `range` written after `after` (up to the snapshot's timestamp).
+    fn first_change(
+        &self,
+        range: &KeyRange,
+        after: Timestamp,
+    ) -> Result<Option<Vec<u8>>, StorageError>;
+}
+
+/// One entry of a window, as the executor takes it.
+#[derive(Debug, Clone)]
+pub struct Task {
+    /// Its id in the log (for a deferred entry, the id it was first logged with).
+    pub txn: TxnId,
+    /// True if it was deferred from the previous window.
+    pub deferred: bool,
+    /// Its participant shards.
+    pub participants: Vec<ShardId>,
+    /// The decoded request, or why it could not be decoded.
+    pub request: Result<Request, String>,
+}
+
+impl Task {
+    fn order(&self) -> (u8, u64, u32) {
+        (u8::from(!self.deferred), self.txn.epoch.0, self.txn.index)
+    }
+
+    fn multi_shard(&self) -> bool {
+        self.participants.len() > 1
+    }
+}
+
+/// A storage failure while executing: the shard must stop, not guess.
+#[derive(Debug, thiserror::Error)]
+#[error("window execution failed: {0}")]
+pub struct ExecError(pub String);
+
+impl From<StorageError> for ExecError {
+    fn from(e: StorageError) -> ExecError {
+        ExecError(e.to_string())
+    }
+}
+
+/// What running an entry on the snapshot produced.
+#[derive(Debug, Clone)]
+enum Ran {
+    Output(Vec<u8>),
+    Aborted(AbortReason),
+    /// Interactive validation against the snapshot failed on this key.
+    Stale(Vec<u8>),
+}
+
+#[derive(Debug)]
+struct Executed {
+    task: Task,
+    /// Local keys read and local parts of ranges scanned.
+    reads: Vec<Vec<u8>>,
+    scans: Vec<KeyRange>,
+    /// Every write (all shards); only local ones are applied here.
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    ran: Ran,
+    /// This shard's verdict.
+    local_commit: bool,
+    /// A key behind a lost verdict, for the conflict error.
+    conflict_key: Option<Vec<u8>>,
+}
+
+/// Executes windows for one shard.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    shard: ShardId,
+    map: ShardMap,
+    registry: Registry,
+    limits: Limits,
+}
+
+/// A window after phases A and B, waiting for the final verdicts of its multi-shard entries.
+#[derive(Debug)]
+pub struct Validated {
+    epoch: Epoch,
+    ts: Timestamp,
+    entries: Vec<Executed>,
+}
+
+/// The result of a window on one shard.
+#[derive(Debug)]
+pub struct WindowResult {
+    /// The writes to apply atomically with the watermark.
+    pub batch: VersionBatch,
+    /// Every entry's outcome, except deferred ones: validated entries in id order, then
+    /// fallbacks in id order.
+    pub outcomes: Vec<Decided>,
+    /// Multi-shard procedures that lost, for the front of the next window.
+    pub deferred: Vec<Task>,
+}
+
+impl Executor {
+    /// An executor for `shard`.
+    pub fn new(shard: ShardId, map: ShardMap, registry: Registry, limits: Limits) -> Executor {
+        Executor { shard, map, registry, limits }
+    }
+
+    /// The shard.
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    fn is_local(&self, key: &[u8]) -> bool {
+        self.map.shard_of(key) == self.shard
+    }
+
+    /// Phases A and B: runs `tasks` (in execution order) against `snapshot` and computes this
+    /// shard's verdicts.
+    pub fn execute(
+        &self,
+        epoch: Epoch,
+        ts: Timestamp,
+        tasks: Vec<Task>,
+        snapshot: &dyn SnapshotRead,
+    ) -> Result<Validated, ExecError> {
+        debug_assert!(tasks.windows(2).all(|w| w[0].order() < w[1].order()), "tasks out of order");
+        let mut entries = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            entries.push(self.run_on_snapshot(task, ts, snapshot)?);
+        }
+
+        // B. The lowest writer of each local key.
+        let mut lowest_writer: BTreeMap<&[u8], usize> = BTreeMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            for key in e.writes.keys().filter(|k| self.is_local(k)) {
+                lowest_writer.entry(key.as_slice()).or_insert(i);
+            }
+        }
+        let mut verdicts = Vec::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            let lower_writes = |k: &[u8]| lowest_writer.get(k).is_some_and(|&w| w < i);
+            let waw = e.writes.keys().find(|k| self.is_local(k) && lower_writes(k));
+            let raw = e.reads.iter().find(|k| lower_writes(k)).cloned().or_else(|| {
+                e.scans.iter().find_map(|r| {
+                    lowest_writer
+                        .range::<[u8], _>(range_bounds(r))
+                        .find(|&(_, &w)| w < i)
+                        .map(|(k, _)| k.to_vec())
+                })
+            });
+            let conflict = match (&e.ran, waw, raw) {
+                (Ran::Stale(k), _, _) => Some(k.clone()),
+                (_, Some(k), _) => Some(k.clone()),
+                (_, _, Some(k)) => Some(k),
+                _ => None,
+            };
+            verdicts.push(conflict);
+        }
+        for (e, conflict) in entries.iter_mut().zip(verdicts) {
+            e.local_commit = conflict.is_none();
+            e.conflict_key = conflict;
+        }
+        Ok(Validated { epoch, ts, entries })
+    }
+
+    /// Phase A for one entry.
+    fn run_on_snapshot(
+        &self,
+        task: Task,
+        ts: Timestamp,
+        snapshot: &dyn SnapshotRead,
+    ) -> Result<Executed, ExecError> {
+        let mut e = Executed {
+            reads: Vec::new(),
+            scans: Vec::new(),
+            writes: BTreeMap::new(),
+            ran: Ran::Output(Vec::new()),
+            local_commit: false,
+            conflict_key: None,
+            task,
+        };
+        match &e.task.request {
+            Err(why) => e.ran = Ran::Aborted(AbortReason::Malformed(why.clone())),
+            Ok(Request::Procedure { name, args, ranges }) => {
+                let mut ctx = ProcContext::new(ranges, snapshot, None, ts, self.limits);
+                e.ran = self.run_procedure(name, args, &mut ctx)?;
+                if matches!(e.ran, Ran::Output(_)) {
+                    e.writes = ctx.writes;
+                }
+                e.reads = ctx.reads.into_iter().filter(|k| self.is_local(k)).collect();
+                e.scans = self.clip_scans(&ctx.scans);
+            }
+            Ok(Request::Interactive(commit)) => {
+                e.ran = self.validate_interactive(commit, snapshot)?;
+                e.reads = commit.reads.iter().filter(|k| self.is_local(k)).cloned().collect();
+                e.scans = self.clip_scans(&commit.scans);
+                e.writes = commit.writes.iter().cloned().collect();
+                if let Some(reason) = self.check_write_limits(&e.writes) {
+                    e.ran = Ran::Aborted(reason);
+                    e.writes.clear();
+                }
+            }
+        }
+        Ok(e)
+    }
+
+    fn clip_scans(&self, scans: &[KeyRange]) -> Vec<KeyRange> {
+        scans.iter().map(|r| self.map.clip(r, self.shard)).filter(|r| !r.is_empty()).collect()
+    }
+
+    fn run_procedure(
+        &self,
+        name: &str,
+        args: &[u8],
+        ctx: &mut ProcContext<'_>,
+    ) -> Result<Ran, ExecError> {
+        let Some(procedure) = self.registry.get(name) else {
+            return Ok(Ran::Aborted(AbortReason::UnknownProcedure(name.to_string())));
+        };
+        Ok(match procedure.run(ctx, args) {
+            Ok(output) => match self.check_write_limits(&ctx.writes) {
+                Some(reason) => Ran::Aborted(reason),
+                None => Ran::Output(output),
+            },
+            Err(ProcError::Abort(reason)) => Ran::Aborted(AbortReason::User(reason)),
+            Err(ProcError::OutsideDeclaredRanges { key }) => {
+                Ran::Aborted(AbortReason::OutsideDeclaredRanges(key))
+            }
+            Err(ProcError::TooLarge(what)) => Ran::Aborted(AbortReason::TooLarge(what)),
+            Err(ProcError::Storage(e)) => return Err(ExecError(e)),
+        })
+    }
+
+    /// Whether the transaction's writes together exceed the batch limit.
+    fn check_write_limits(
+        &self,
+        writes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    ) -> Option<AbortReason> {
+        let mut total = 0usize;
+        for (k, v) in writes {
+            if k.len() > self.limits.max_key_bytes {
+                return Some(AbortReason::TooLarge(format!(
+                    "key of {} bytes exceeds the limit of {}",
+                    k.len(),
+                    self.limits.max_key_bytes
+                )));
+            }
+            let vlen = v.as_ref().map_or(0, Vec::len);
+            if vlen > self.limits.max_value_bytes {
+                return Some(AbortReason::TooLarge(format!(
+                    "value of {vlen} bytes exceeds the limit of {}",
+                    self.limits.max_value_bytes
+                )));
+            }
+            total += k.len() + vlen;
+        }
+        (total > self.limits.max_batch_bytes).then(|| {
+            AbortReason::TooLarge(format!(
+                "{total} bytes of writes exceed the limit of {}",
+                self.limits.max_batch_bytes
+            ))
+        })
+    }
+
+    /// Phase A for an interactive transaction: nothing it read (on this shard) may have
+    /// changed between its snapshot and `Snap(e-1)`.
+    fn validate_interactive(
+        &self,
+        commit: &InteractiveCommit,
+        snapshot: &dyn SnapshotRead,
+    ) -> Result<Ran, ExecError> {
+        for key in commit.reads.iter().filter(|k| self.is_local(k)) {
+            if snapshot.first_change(&point(key), commit.read_ts)?.is_some() {
+                return Ok(Ran::Stale(key.clone()));
+            }
+        }
+        for range in self.clip_scans(&commit.scans) {
+            if let Some(key) = snapshot.first_change(&range, commit.read_ts)? {
+                return Ok(Ran::Stale(key));
+            }
+        }
+        Ok(Ran::Output(Vec::new()))
+    }
+
+    /// Phases C and D, given the final verdicts of this window's multi-shard entries (the AND
+    /// of every participant's local verdict). `snapshot` is the same one `execute` read.
+    pub fn finish(
+        &self,
+        validated: Validated,
+        final_verdicts: &BTreeMap<TxnId, bool>,
+        snapshot: &dyn SnapshotRead,
+    ) -> Result<WindowResult, ExecError> {
+        let Validated { epoch, ts, entries } = validated;
+        let mut state: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        let mut outcomes = Vec::with_capacity(entries.len());
+        let mut fallbacks = Vec::new();
+        let mut deferred = Vec::new();
+        let at = |phase, task: &Task| Some(SerialPosition { epoch, phase, order: task.order() });
+        let decided = |txn, outcome, position| Decided { txn, outcome, position };
+
+        // C. Winners, in id order.
+        for e in entries {
+            let commit = if e.task.multi_shard() {
+                *final_verdicts.get(&e.task.txn).ok_or_else(|| {
+                    ExecError(format!("no final verdict for multi-shard entry {}", e.task.txn))
+                })?
+            } else {
+                e.local_commit
+            };
+            let txn = e.task.txn;
+            match (commit, e.ran) {
+                (true, Ran::Output(output)) => {
+                    for (k, v) in e.writes.into_iter().filter(|(k, _)| self.is_local(k)) {
+                        state.insert(k, v);
+                    }
+                    let position = at(Phase::Validated, &e.task);
+                    outcomes.push(decided(txn, Outcome::Committed { ts, output }, position));
+                }
+                (true, Ran::Aborted(reason)) => {
+                    let position = match reason {
+                        AbortReason::User(_) | AbortReason::OutsideDeclaredRanges(_) => {
+                            at(Phase::Validated, &e.task)
+                        }
+                        _ => None,
+                    };
+                    outcomes.push(decided(txn, Outcome::Aborted(reason), position));
+                }
+                (true, Ran::Stale(_)) => unreachable!("a stale read never wins a local verdict"),
+                (false, ran) => match (&e.task.request, ran) {
+                    // Refused for size on every shard alike: retrying cannot help.
+                    (Ok(Request::Interactive(_)), Ran::Aborted(reason)) => {
+                        outcomes.push(decided(txn, Outcome::Aborted(reason), None));
+                    }
+                    (Ok(Request::Interactive(_)), _) => {
+                        let key = e.conflict_key.clone();
+                        outcomes.push(decided(txn, Outcome::Conflict { key }, None));
+                    }
+                    _ if e.task.multi_shard() => deferred.push(e.task),
+                    _ => fallbacks.push(e.task),
+                },
+            }
+        }
+
+        // D. Single-shard losers, one by one on the state so far.
+        for task in fallbacks {
+            let Ok(Request::Procedure { name, args, ranges }) = &task.request else {
+                unreachable!("only procedures fall back");
+            };
+            let mut ctx = ProcContext::new(ranges, snapshot, Some(&state), ts, self.limits);
+            let ran = self.run_procedure(name, args, &mut ctx)?;
+            let position = at(Phase::Fallback, &task);
+            let outcome = match ran {
+                Ran::Output(output) => {
+                    let writes = std::mem::take(&mut ctx.writes);
+                    state.extend(writes);
+                    Outcome::Committed { ts, output }
+                }
+                Ran::Aborted(reason) => Outcome::Aborted(reason),
+                Ran::Stale(_) => unreachable!("procedures are never stale"),
+            };
+            outcomes.push(decided(task.txn, outcome, position));
+        }
+
+        let mut batch = VersionBatch::new(epoch, ts);
+        for (k, v) in state {
+            match v {
+                Some(v) => batch.put(k, v),
+                None => batch.delete(k),
+            }
+        }
+        for task in &mut deferred {
+            task.deferred = true;
+        }
+        Ok(WindowResult { batch, outcomes, deferred })
+    }
+}
+
+impl Validated {
+    /// This shard's local verdicts of the window's multi-shard entries, for the exchange.
+    pub fn local_verdicts(&self) -> Vec<(TxnId, bool)> {
+        self.entries
+            .iter()
+            .filter(|e| e.task.multi_shard())
+            .map(|e| (e.task.txn, e.local_commit))
+            .collect()
+    }
+
+    /// The window.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+}
+
+fn point(key: &[u8]) -> KeyRange {
+    let mut end = key.to_vec();
+    end.push(0);
+    KeyRange::new(key.to_vec(), end)
+}
+
+fn range_bounds(r: &KeyRange) -> (std::ops::Bound<&[u8]>, std::ops::Bound<&[u8]>) {
+    use std::ops::Bound;
+    let end = match &r.end {
+        Some(e) => Bound::Excluded(e.as_slice()),
+        None => Bound::Unbounded,
+    };
+    (Bound::Included(r.start.as_slice()), end)
+}
+
+/// The context a procedure runs against: declared ranges enforced, reads recorded, writes
+/// buffered, reads served from its own writes, then the window's state so far (fallback
+/// only), then the snapshot.
+struct ProcContext<'a> {
+    declared: &'a [KeyRange],
+    snapshot: &'a dyn SnapshotRead,
+    window_state: Option<&'a BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    now: Timestamp,
+    limits: Limits,
+    reads: Vec<Vec<u8>>,
+    scans: Vec<KeyRange>,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'a> ProcContext<'a> {
+    fn new(
+        declared: &'a [KeyRange],
+        snapshot: &'a dyn SnapshotRead,
+        window_state: Option<&'a BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+        now: Timestamp,
+        limits: Limits,
+    ) -> ProcContext<'a> {
+        ProcContext {
+            declared,
+            snapshot,
+            window_state,
+            now,
+            limits,
+            reads: Vec::new(),
+            scans: Vec::new(),
+            writes: BTreeMap::new(),
+        }
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<(), ProcError> {
+        if key.len() > self.limits.max_key_bytes {
+            return Err(ProcError::TooLarge(format!(
+                "key of {} bytes exceeds the limit of {}",
+                key.len(),
+                self.limits.max_key_bytes
+            )));
+        }
+        if !self.declared.iter().any(|r| r.contains(key)) {
+            return Err(ProcError::OutsideDeclaredRanges { key: key.to_vec() });
+        }
+        Ok(())
+    }
+
+    /// The pending value of `key` in this procedure's writes or the window's state.
+    fn pending(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        self.writes.get(key).or_else(|| self.window_state.and_then(|s| s.get(key))).cloned()
+    }
+}
+
+fn storage(e: StorageError) -> ProcError {
+    ProcError::Storage(e.to_string())
+}
+
+impl Context for ProcContext<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, ProcError> {
+        self.check_key(key)?;
+        self.reads.push(key.to_vec());
+        match self.pending(key) {
+            Some(v) => Ok(v),
+            None => self.snapshot.get(key).map_err(storage),
+        }
+    }
+
+    fn scan(&mut self, range: &KeyRange, limit: usize) -> Result<Rows, ProcError> {
+        let covered = self.declared.iter().any(|d| {
+            d.start <= range.start
+                && match (&d.end, &range.end) {
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                    (Some(d_end), Some(r_end)) => r_end <= d_end,
+                }
+        });
+        if !covered {
+            return Err(ProcError::OutsideDeclaredRanges { key: range.start.clone() });
+        }
+        self.scans.push(range.clone());
+        // Pending writes in the range, own writes over the window's state.
+        let mut pending: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        if let Some(state) = self.window_state {
+            pending.extend(
+                state.range::<[u8], _>(range_bounds(range)).map(|(k, v)| (k.clone(), v.clone())),
+            );
+        }
+        pending.extend(
+            self.writes.range::<[u8], _>(range_bounds(range)).map(|(k, v)| (k.clone(), v.clone())),
+        );
+        // Each pending deletion hides at most one snapshot row, so this many rows suffice.
+        let deletions = pending.values().filter(|v| v.is_none()).count();
+        let mut rows: BTreeMap<Vec<u8>, Vec<u8>> = self
+            .snapshot
+            .scan(range, limit.saturating_add(deletions))
+            .map_err(storage)?
+            .into_iter()
+            .collect();
+        for (k, v) in pending {
+            match v {
+                Some(v) => rows.insert(k, v),
+                None => rows.remove(&k),
+            };
+        }
+        Ok(rows.into_iter().take(limit).collect())
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), ProcError> {
+        self.check_key(key)?;
+        if value.len() > self.limits.max_value_bytes {
+            return Err(ProcError::TooLarge(format!(
+                "value of {} bytes exceeds the limit of {}",
+                value.len(),
+                self.limits.max_value_bytes
+            )));
+        }
+        self.writes.insert(key.to_vec(), Some(value.to_vec()));
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<(), ProcError> {
+        self.check_key(key)?;
+        self.writes.insert(key.to_vec(), None);
+        Ok(())
+    }
+
+    fn now(&self) -> Timestamp {
+        self.now
+    }
+}

@@ -1,0 +1,74 @@
+//! [`Outcome`]: how a read-write transaction ended, as every participant computes it.
+
+use clock::Timestamp;
+use storage::Epoch;
+
+/// Where a committed transaction sits in the serial order (DESIGN.md section 4): window by
+/// window; within a window, first the entries committed by validation in id order, then the
+/// re-executed single-shard procedures in id order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SerialPosition {
+    /// The window it committed in (later than its own for a deferred entry).
+    pub epoch: Epoch,
+    /// Validation or fallback.
+    pub phase: Phase,
+    /// Deferred entries first, then the window's own, each in id order.
+    pub order: (u8, u64, u32),
+}
+
+/// The part of a window a transaction committed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    /// Committed by validation against the previous window's snapshot.
+    Validated,
+    /// Re-executed serially after validation (single-shard procedures that lost).
+    Fallback,
+}
+
+/// Why a transaction was aborted. None of these is retryable: the same request would fail
+/// the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AbortReason {
+    /// The procedure aborted by its own logic.
+    User(String),
+    /// No procedure is registered under this name.
+    UnknownProcedure(String),
+    /// The procedure touched a key outside its declared ranges.
+    OutsideDeclaredRanges(Vec<u8>),
+    /// A key, value or the transaction's writes were over the limits.
+    TooLarge(String),
+    /// The log entry could not be decoded.
+    Malformed(String),
+}
+
+/// The end of a read-write transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its writes are applied at `ts`.
+    Committed {
+        /// The commit timestamp (the window's).
+        ts: Timestamp,
+        /// What a procedure returned (empty for interactive transactions).
+        output: Vec<u8>,
+    },
+    /// Validation failed: something it read changed. Retrying may succeed.
+    Conflict {
+        /// A key whose change caused it, when known: a hint from one participant shard (others
+        /// may name another key or none).
+        key: Option<Vec<u8>>,
+    },
+    /// It was aborted, changing nothing.
+    Aborted(AbortReason),
+}
+
+/// A transaction's outcome on one shard, with where it was decided in the serial order
+/// (commits and procedure aborts; `None` for conflicts and requests refused before running).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decided {
+    /// The transaction.
+    pub txn: sequencer::TxnId,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Its place in the serial order.
+    pub position: Option<SerialPosition>,
+}

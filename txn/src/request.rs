@@ -1,0 +1,116 @@
+//! [`Request`]: what a log entry asks a shard to do, and its encoding in the log (the
+//! `sealdb.v1.Entry` protobuf message).
+
+use clock::Timestamp;
+use prost::Message;
+use proto::v1;
+use storage::KeyRange;
+
+/// A read-write transaction as it travels through the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// A call of a registered procedure.
+    Procedure {
+        /// The procedure's name.
+        name: String,
+        /// Its arguments.
+        args: Vec<u8>,
+        /// The key ranges it declared.
+        ranges: Vec<KeyRange>,
+    },
+    /// The commit of an optimistic interactive transaction.
+    Interactive(InteractiveCommit),
+}
+
+/// What an interactive transaction did, for validation and apply.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct InteractiveCommit {
+    /// The snapshot it read at.
+    pub read_ts: Timestamp,
+    /// Keys it read (absent keys included).
+    pub reads: Vec<Vec<u8>>,
+    /// Ranges it scanned.
+    pub scans: Vec<KeyRange>,
+    /// Its writes: `None` deletes.
+    pub writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Request {
+    /// The key ranges the request touches, for routing.
+    pub fn ranges(&self) -> Vec<KeyRange> {
+        match self {
+            Request::Procedure { ranges, .. } => ranges.clone(),
+            Request::Interactive(c) => {
+                let point = |k: &Vec<u8>| {
+                    let mut end = k.clone();
+                    end.push(0);
+                    KeyRange::new(k.clone(), end)
+                };
+                c.reads
+                    .iter()
+                    .map(point)
+                    .chain(c.scans.iter().cloned())
+                    .chain(c.writes.iter().map(|(k, _)| point(k)))
+                    .collect()
+            }
+        }
+    }
+
+    /// The log payload.
+    pub fn encode(&self) -> Vec<u8> {
+        let kind = match self {
+            Request::Procedure { name, args, ranges } => {
+                v1::entry::Kind::Procedure(v1::ProcedureCall {
+                    name: name.clone(),
+                    args: args.clone(),
+                    ranges: ranges.iter().map(range_to_proto).collect(),
+                })
+            }
+            Request::Interactive(c) => v1::entry::Kind::Interactive(v1::InteractiveCommit {
+                read_ts: c.read_ts.as_u64(),
+                reads: c
+                    .reads
+                    .iter()
+                    .map(|k| v1::ReadVersion { key: k.clone(), version_ts: 0 })
+                    .collect(),
+                scans: c.scans.iter().map(range_to_proto).collect(),
+                writes: c
+                    .writes
+                    .iter()
+                    .map(|(k, v)| v1::Write { key: k.clone(), value: v.clone() })
+                    .collect(),
+            }),
+        };
+        v1::Entry { client_id: Vec::new(), kind: Some(kind) }.encode_to_vec()
+    }
+
+    /// Decodes a log payload. An undecodable payload is a deterministic error: every shard
+    /// refuses the same entry.
+    pub fn decode(payload: &[u8]) -> Result<Request, String> {
+        let entry = v1::Entry::decode(payload).map_err(|e| format!("malformed entry: {e}"))?;
+        match entry.kind {
+            Some(v1::entry::Kind::Procedure(p)) => Ok(Request::Procedure {
+                name: p.name,
+                args: p.args,
+                ranges: p.ranges.into_iter().map(range_from_proto).collect(),
+            }),
+            Some(v1::entry::Kind::Interactive(c)) => Ok(Request::Interactive(InteractiveCommit {
+                read_ts: Timestamp::from_u64(c.read_ts),
+                reads: c.reads.into_iter().map(|r| r.key).collect(),
+                scans: c.scans.into_iter().map(range_from_proto).collect(),
+                writes: c.writes.into_iter().map(|w| (w.key, w.value)).collect(),
+            })),
+            None => Err("malformed entry: no transaction in it".into()),
+        }
+    }
+}
+
+/// A key range on the wire.
+pub fn range_to_proto(r: &KeyRange) -> v1::KeyRange {
+    v1::KeyRange { start: r.start.clone(), end: r.end.clone() }
+}
+
+/// A key range from the wire.
+pub fn range_from_proto(r: v1::KeyRange) -> KeyRange {
+    KeyRange { start: r.start, end: r.end }
+}

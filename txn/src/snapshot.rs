@@ -1,0 +1,57 @@
+//! [`ShardsAt`]: a [`SnapshotRead`] over the MVCC storage of every shard at one timestamp.
+
+use std::sync::Arc;
+
+use clock::Timestamp;
+use storage::{KeyRange, Mvcc, StorageError};
+
+use crate::executor::SnapshotRead;
+use crate::procedure::Rows;
+use crate::shard_map::ShardMap;
+
+/// The state of the whole key space at `at`, reading each key from the shard that owns it.
+/// Every shard must have applied every window up to `at` (the caller waits for that).
+#[derive(Clone)]
+pub struct ShardsAt<'a> {
+    /// Storage of shard `i` at index `i`.
+    pub shards: &'a [Arc<Mvcc>],
+    /// Which shard owns which keys.
+    pub map: &'a ShardMap,
+    /// The timestamp read at.
+    pub at: Timestamp,
+}
+
+impl SnapshotRead for ShardsAt<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let shard = &self.shards[self.map.shard_of(key).0 as usize];
+        Ok(shard.get(key, self.at)?.map(|v| v.value))
+    }
+
+    fn scan(&self, range: &KeyRange, limit: usize) -> Result<Rows, StorageError> {
+        let mut rows = Vec::new();
+        for shard in self.map.shards_of(range) {
+            let part = self.map.clip(range, shard);
+            let left = limit - rows.len();
+            let found = self.shards[shard.0 as usize].scan(&part, self.at, left)?;
+            rows.extend(found.into_iter().map(|(k, v)| (k, v.value)));
+            if rows.len() >= limit {
+                break;
+            }
+        }
+        Ok(rows)
+    }
+
+    fn first_change(
+        &self,
+        range: &KeyRange,
+        after: Timestamp,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        for shard in self.map.shards_of(range) {
+            let part = self.map.clip(range, shard);
+            if let Some(key) = self.shards[shard.0 as usize].first_change(&part, after, self.at)? {
+                return Ok(Some(key));
+            }
+        }
+        Ok(None)
+    }
+}
