@@ -1,5 +1,10 @@
-//! Cross-crate integration tests, the fault-injection harness and simulations live in this
-//! crate's `tests/` directory, grouped by area into few binaries (each binary linking RocksDB
-//! costs link time). Per-crate tests live with their crate.
+//! Cross-crate integration tests and the tools they share. The tests live in this crate's
+//! `tests/` directory, grouped by area into few binaries (each binary linking RocksDB costs
+//! link time); per-crate tests live with their crate.
 //!
-//! No cross-crate tests exist yet: they arrive with the transaction engine.
+//! - [`history`]: records a list-append workload's operations as a Jepsen history (JSON
+//!   lines) and checks it with the `adya` checker, an oracle nobody here wrote. The
+//!   `checker` test proves the setup can fail: it must find the anomalies listed for the
+//!   reference histories in `../shared/histories/`.
+
+pub mod history;
