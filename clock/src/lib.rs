@@ -34,13 +34,19 @@
 //! cannot be seeded from a persisted high-water mark, so [`Clock`] keeps the HLC state itself
 //! (one atomic word) with `uhlc`'s update rule; see the README's "Departures from DESIGN.md".
 //!
+//! The log's logical time lives here too: an [`Epoch`] numbers sealed windows, and both
+//! storage (the applied-window watermark) and the sequencer use it without depending on each
+//! other.
+//!
 //! Not here: distributing time (that rides on every RPC, in the services) and deciding what to
 //! do when a node is out of bounds (the caller stops serving).
 
 mod clock;
+mod epoch;
 mod physical;
 mod timestamp;
 
 pub use crate::clock::{Clock, ClockError, ClockSkew, HIGH_WATER_LEASE};
+pub use crate::epoch::Epoch;
 pub use crate::physical::{ManualClock, OffsetClock, PhysicalClock, SystemClock};
 pub use crate::timestamp::Timestamp;

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
+use clock::Epoch;
 use clock::Timestamp;
-use storage::Epoch;
 
 /// Sequencer failures. `Io` and `Corrupt` are infrastructure failures: the sequencer stops
 /// rather than acknowledge anything it could not make durable.

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use storage::Epoch;
+use clock::Epoch;
 
 /// A shard: one range of the key space, applied by one shard server.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

@@ -41,4 +41,4 @@ pub use crate::log::WindowLog;
 pub use crate::runner::{Delivery, Receipt, Sequencer};
 pub use crate::sealer::{Admission, Sealer, SealerConfig};
 pub use crate::window::{Entry, Window};
-pub use storage::Epoch;
+pub use clock::Epoch;

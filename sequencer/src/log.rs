@@ -23,8 +23,8 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use clock::Epoch;
 use clock::Timestamp;
-use storage::Epoch;
 
 use crate::error::SequencerError;
 use crate::ids::{ClientId, ShardId};

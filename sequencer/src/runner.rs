@@ -12,8 +12,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use clock::Epoch;
 use clock::{Clock, Timestamp};
-use storage::Epoch;
 
 use crate::error::SequencerError;
 use crate::ids::TxnId;

@@ -19,8 +19,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use clock::Epoch;
 use clock::Timestamp;
-use storage::Epoch;
 
 use crate::ids::{ClientId, TxnId};
 use crate::window::{Entry, Window};

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use clock::Epoch;
 use clock::Timestamp;
-use storage::Epoch;
 
 use crate::ids::{ClientId, ShardId, TxnId};
 

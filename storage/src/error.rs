@@ -1,6 +1,6 @@
 //! [`StorageError`]: everything storage can report.
 
-use crate::epoch::Epoch;
+use clock::Epoch;
 
 /// Storage failures. Invalid input (the `*TooLarge` variants, `WindowOutOfOrder`) changes
 /// nothing and is the caller's to fix; `Engine` and `Corrupt` are infrastructure failures on

@@ -37,7 +37,6 @@
 //! log from its watermark (DESIGN.md section 6).
 
 mod engine;
-mod epoch;
 mod error;
 mod key;
 pub mod keycode;
@@ -48,7 +47,6 @@ mod range;
 mod rocks;
 
 pub use crate::engine::{Cursor, Engine, RawBatch, RawOp};
-pub use crate::epoch::Epoch;
 pub use crate::error::StorageError;
 pub use crate::key::{MetaKey, StorageKey};
 pub use crate::limits::Limits;
@@ -56,6 +54,7 @@ pub use crate::memory::MemoryEngine;
 pub use crate::mvcc::{GcStats, Mvcc, Version, VersionBatch, Watermark};
 pub use crate::range::KeyRange;
 pub use crate::rocks::RocksEngine;
+pub use clock::Epoch;
 
 /// Results of storage operations.
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;

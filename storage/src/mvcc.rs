@@ -30,11 +30,11 @@ use std::sync::{Arc, Mutex};
 use clock::Timestamp;
 
 use crate::engine::{Engine, RawBatch};
-use crate::epoch::Epoch;
 use crate::key::{MetaKey, StorageKey};
 use crate::limits::Limits;
 use crate::range::KeyRange;
 use crate::{Result, StorageError};
+use clock::Epoch;
 
 const TOMBSTONE: u8 = 0x00;
 const VALUE: u8 = 0x01;
