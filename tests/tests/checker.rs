@@ -1,4 +1,5 @@
-//! The history checker can fail: on the reference histories in `../shared/histories/` it
+//! The history checker can fail: on the reference histories (`tests/histories/`, a copy of the
+//! project's `shared/histories/`) it
 //! gives the verdicts Jepsen's own checker gave (listed in `expected.tsv`), and it finds the
 //! anomalies in the hand-written ones. The same `history::check` path checks sealdb's own
 //! histories, so a pass there means something.
@@ -8,10 +9,7 @@ use std::path::PathBuf;
 use tests::history::{Completion, Mop, Recorder, Workload, check};
 
 fn shared_histories() -> PathBuf {
-    // The repository's parent holds `shared/` (in CI too: a fresh clone with shared/ beside it).
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/histories");
-    assert!(dir.is_dir(), "reference histories not found at {}", dir.display());
-    dir
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("histories")
 }
 
 #[test]
