@@ -5,6 +5,6 @@
 //! - [`history`]: records a list-append workload's operations as a Jepsen history (JSON
 //!   lines) and checks it with the `adya` checker, an oracle nobody here wrote. The
 //!   `checker` test proves the setup can fail: it must find the anomalies listed for the
-//!   reference histories in `../shared/histories/`.
+//!   reference histories in `tests/histories/` (a copy of the project's shared set).
 
 pub mod history;
