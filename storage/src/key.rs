@@ -1,6 +1,6 @@
 //! [`StorageKey`]: the typed keys storage writes to an engine, and their encoding.
 
-use clock::Timestamp;
+use clock::{Epoch, Timestamp};
 
 use crate::keycode::{DecodeError, KeyDecoder, KeyEncoder};
 
@@ -26,12 +26,19 @@ pub enum StorageKey<'a> {
 pub enum MetaKey {
     /// The last window whose writes are applied (the watermark).
     AppliedWindow,
+    /// Entries the shard deferred to the window after its watermark.
+    Deferred,
+    /// The shard's local verdicts on the multi-shard entries of a window, for participants
+    /// that replay the window after a crash.
+    Verdicts(Epoch),
 }
 
 impl MetaKey {
-    fn tag(self) -> u8 {
+    fn encode(self, e: KeyEncoder) -> KeyEncoder {
         match self {
-            MetaKey::AppliedWindow => 0x01,
+            MetaKey::AppliedWindow => e.u8(0x01),
+            MetaKey::Deferred => e.u8(0x02),
+            MetaKey::Verdicts(epoch) => e.u8(0x03).u64(epoch.0),
         }
     }
 }
@@ -40,7 +47,7 @@ impl StorageKey<'_> {
     /// The engine bytes of this key.
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            StorageKey::Meta(meta) => KeyEncoder::new().u8(META).u8(meta.tag()).finish(),
+            StorageKey::Meta(meta) => meta.encode(KeyEncoder::new().u8(META)).finish(),
             StorageKey::Version { key, ts } => KeyEncoder::with_capacity(key.len() + 11)
                 .u8(VERSION)
                 .bytes(key)

@@ -75,12 +75,20 @@ pub struct VersionBatch {
     window: Epoch,
     ts: Timestamp,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Bookkeeping written in the same atomic batch (not versioned, not size-limited).
+    meta: BTreeMap<MetaKey, Vec<u8>>,
 }
 
 impl VersionBatch {
     /// An empty batch for `window`, writing at `ts`.
     pub fn new(window: Epoch, ts: Timestamp) -> VersionBatch {
-        VersionBatch { window, ts, writes: BTreeMap::new() }
+        VersionBatch { window, ts, writes: BTreeMap::new(), meta: BTreeMap::new() }
+    }
+
+    /// Also writes the bookkeeping record `key` (not the watermark, which the batch sets).
+    pub fn put_meta(&mut self, key: MetaKey, value: Vec<u8>) {
+        assert_ne!(key, MetaKey::AppliedWindow, "the watermark is the batch's own");
+        self.meta.insert(key, value);
     }
 
     /// Sets `key` to `value`.
@@ -156,6 +164,11 @@ impl Mvcc {
     /// The last window applied, or `None` before the first.
     pub fn applied(&self) -> Option<Watermark> {
         *self.applied.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A bookkeeping record written with a batch.
+    pub fn meta(&self, key: MetaKey) -> Result<Option<Vec<u8>>> {
+        self.engine.get(&StorageKey::Meta(key).encode())
     }
 
     /// The value of `key` as of `at`: its newest version at or below `at`, unless that
@@ -304,6 +317,9 @@ impl Mvcc {
         let mut raw = RawBatch::default();
         for (key, value) in batch.writes() {
             raw.put(StorageKey::Version { key, ts: batch.ts }.encode(), encode_value(value));
+        }
+        for (key, value) in &batch.meta {
+            raw.put(StorageKey::Meta(*key).encode(), value.clone());
         }
         let watermark = Watermark { window: batch.window, ts: batch.ts };
         raw.put(StorageKey::Meta(MetaKey::AppliedWindow).encode(), encode_watermark(watermark));

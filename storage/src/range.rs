@@ -15,6 +15,13 @@ impl KeyRange {
         KeyRange { start: start.into(), end: Some(end.into()) }
     }
 
+    /// The range holding exactly `key`.
+    pub fn point(key: &[u8]) -> KeyRange {
+        let mut end = key.to_vec();
+        end.push(0);
+        KeyRange { start: key.to_vec(), end: Some(end) }
+    }
+
     /// Every key from `start` on.
     pub fn from(start: impl Into<Vec<u8>>) -> KeyRange {
         KeyRange { start: start.into(), end: None }

@@ -47,6 +47,7 @@ use crate::outcome::{AbortReason, Decided, Outcome, Phase, SerialPosition};
 use crate::procedure::{Context, ProcError, Registry, Rows};
 use crate::request::{InteractiveCommit, Request};
 use crate::shard_map::ShardMap;
+use crate::snapshot::scan_over;
 
 /// Reads of the state at one fixed timestamp, for any key of the cluster.
 pub trait SnapshotRead {
@@ -320,7 +321,7 @@ impl Executor {
         snapshot: &dyn SnapshotRead,
     ) -> Result<Ran, ExecError> {
         for key in commit.reads.iter().filter(|k| self.is_local(k)) {
-            if snapshot.first_change(&point(key), commit.read_ts)?.is_some() {
+            if snapshot.first_change(&KeyRange::point(key), commit.read_ts)?.is_some() {
                 return Ok(Ran::Stale(key.clone()));
             }
         }
@@ -441,12 +442,6 @@ impl Validated {
     }
 }
 
-fn point(key: &[u8]) -> KeyRange {
-    let mut end = key.to_vec();
-    end.push(0);
-    KeyRange::new(key.to_vec(), end)
-}
-
 fn range_bounds(r: &KeyRange) -> (std::ops::Bound<&[u8]>, std::ops::Bound<&[u8]>) {
     use std::ops::Bound;
     let end = match &r.end {
@@ -547,21 +542,7 @@ impl Context for ProcContext<'_> {
         pending.extend(
             self.writes.range::<[u8], _>(range_bounds(range)).map(|(k, v)| (k.clone(), v.clone())),
         );
-        // Each pending deletion hides at most one snapshot row, so this many rows suffice.
-        let deletions = pending.values().filter(|v| v.is_none()).count();
-        let mut rows: BTreeMap<Vec<u8>, Vec<u8>> = self
-            .snapshot
-            .scan(range, limit.saturating_add(deletions))
-            .map_err(storage)?
-            .into_iter()
-            .collect();
-        for (k, v) in pending {
-            match v {
-                Some(v) => rows.insert(k, v),
-                None => rows.remove(&k),
-            };
-        }
-        Ok(rows.into_iter().take(limit).collect())
+        scan_over(self.snapshot, range, limit, pending).map_err(storage)
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), ProcError> {

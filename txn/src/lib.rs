@@ -9,20 +9,29 @@
 //!   serial order, which the tests check against a serial oracle.
 //! - [`ShardMap`]: range partitioning of keys to shards.
 //!
-//! Coming with the rest of the core engine issue: the embedded `Database` (sequencer plus
-//! shard threads), snapshots and interactive transactions for callers, and the gRPC client and
-//! services.
+//! - [`Database`]: sealdb in one process, the sequencer and shard threads around the
+//!   executor: [`Database::call`] for procedures, [`Database::snapshot`] for read-only
+//!   transactions ([`ReadAt`]), [`Database::transact`] and [`Database::begin`] for interactive
+//!   ones; every failure a caller sees is a [`TxnError`].
+//!
+//! Still to come: the gRPC client and services (cluster mode).
 
+mod database;
+mod error;
 mod executor;
 mod outcome;
 mod procedure;
 mod request;
 mod shard_map;
 mod snapshot;
+mod transaction;
 
+pub use crate::database::{Database, Options};
+pub use crate::error::TxnError;
 pub use crate::executor::{ExecError, Executor, SnapshotRead, Task, Validated, WindowResult};
 pub use crate::outcome::{AbortReason, Decided, Outcome, Phase, SerialPosition};
 pub use crate::procedure::{Context, ProcError, Procedure, Registry, Rows};
 pub use crate::request::{InteractiveCommit, Request, range_from_proto, range_to_proto};
 pub use crate::shard_map::{InvalidShardMap, ShardMap};
 pub use crate::snapshot::ShardsAt;
+pub use crate::transaction::{ReadAt, Snapshot, Transaction};

@@ -41,11 +41,7 @@ impl Request {
         match self {
             Request::Procedure { ranges, .. } => ranges.clone(),
             Request::Interactive(c) => {
-                let point = |k: &Vec<u8>| {
-                    let mut end = k.clone();
-                    end.push(0);
-                    KeyRange::new(k.clone(), end)
-                };
+                let point = |k: &Vec<u8>| KeyRange::point(k);
                 c.reads
                     .iter()
                     .map(point)

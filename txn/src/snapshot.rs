@@ -1,5 +1,6 @@
 //! [`ShardsAt`]: a [`SnapshotRead`] over the MVCC storage of every shard at one timestamp.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use clock::Timestamp;
@@ -54,4 +55,25 @@ impl SnapshotRead for ShardsAt<'_> {
         }
         Ok(None)
     }
+}
+
+/// Scans `range` of `snapshot` with `pending` writes (`None` deletes) laid over it: the first
+/// `limit` rows of the merged state.
+pub(crate) fn scan_over(
+    snapshot: &dyn SnapshotRead,
+    range: &KeyRange,
+    limit: usize,
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+) -> Result<Rows, StorageError> {
+    // Each pending deletion hides at most one snapshot row, so this many rows suffice.
+    let deletions = pending.values().filter(|v| v.is_none()).count();
+    let mut rows: BTreeMap<Vec<u8>, Vec<u8>> =
+        snapshot.scan(range, limit.saturating_add(deletions))?.into_iter().collect();
+    for (k, v) in pending {
+        match v {
+            Some(v) => rows.insert(k, v),
+            None => rows.remove(&k),
+        };
+    }
+    Ok(rows.into_iter().take(limit).collect())
 }

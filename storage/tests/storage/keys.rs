@@ -75,6 +75,9 @@ fn meta_keys_sort_before_every_version() {
     let lowest = StorageKey::Version { key: b"", ts: Timestamp::MAX }.encode();
     assert!(meta < lowest);
     assert!(meta < StorageKey::versions_start());
+    for other in [MetaKey::Deferred, MetaKey::Verdicts(storage::Epoch(u64::MAX))] {
+        assert!(StorageKey::Meta(other).encode() < StorageKey::versions_start());
+    }
 }
 
 #[test]
@@ -108,4 +111,6 @@ fn prefix_ranges_hold_exactly_the_keys_with_the_prefix() {
     assert_eq!(r.end.as_deref(), Some(&b"b"[..]));
     assert_eq!(KeyRange::prefix(b"\xff\xff").end, None);
     assert!(KeyRange::new("b", "a").is_empty() && !KeyRange::new("a", "b").is_empty());
+    let p = KeyRange::point(b"ab");
+    assert!(p.contains(b"ab") && !p.contains(b"ab\0") && !p.contains(b"a") && !p.contains(b"abc"));
 }

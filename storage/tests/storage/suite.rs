@@ -1,7 +1,7 @@
 //! What every engine must do, through the MVCC layer. Each test runs on both engines.
 
 use clock::Timestamp;
-use storage::{Epoch, KeyRange, Limits, StorageError, Version, VersionBatch};
+use storage::{Epoch, KeyRange, Limits, MetaKey, StorageError, Version, VersionBatch};
 
 use crate::common::{Fixture, Kind, ts};
 
@@ -93,6 +93,22 @@ fn the_watermark_is_read_back_after_reopening(f: &mut Fixture) {
     let w = f.mvcc().applied().unwrap();
     assert_eq!((w.window, w.ts), (Epoch(2), ts(2)));
     assert_eq!(value(f, "k", ts(2)), Some("v".into()));
+}
+
+fn bookkeeping_records_are_written_with_the_batch_and_read_back(f: &mut Fixture) {
+    let mut b = batch(1, &[("k", Some("v"))]);
+    b.put_meta(MetaKey::Verdicts(Epoch(1)), b"yes".to_vec());
+    b.put_meta(MetaKey::Deferred, b"none".to_vec());
+    f.mvcc().apply(&b).unwrap();
+    f.reopen();
+    assert_eq!(f.mvcc().meta(MetaKey::Verdicts(Epoch(1))).unwrap(), Some(b"yes".to_vec()));
+    assert_eq!(f.mvcc().meta(MetaKey::Verdicts(Epoch(2))).unwrap(), None);
+    assert_eq!(f.mvcc().meta(MetaKey::Deferred).unwrap(), Some(b"none".to_vec()));
+    assert_eq!(
+        scan_keys(f, KeyRange::all(), Timestamp::MAX, usize::MAX),
+        ["k"],
+        "meta is not user data"
+    );
 }
 
 fn a_window_at_or_below_the_watermark_is_refused_and_changes_nothing(f: &mut Fixture) {
@@ -202,4 +218,5 @@ on_both_engines!(
     oversize_keys_values_and_batches_are_refused_and_write_nothing,
     gc_keeps_what_reads_at_the_horizon_see_and_drops_the_rest,
     first_change_finds_writes_and_deletions_between_two_timestamps,
+    bookkeeping_records_are_written_with_the_batch_and_read_back,
 );

@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use crate::common::{num, point};
 use clock::Timestamp;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -31,16 +32,6 @@ fn key(shard: u32, i: u32) -> Vec<u8> {
 
 fn map() -> ShardMap {
     ShardMap::new(vec![b"k1".to_vec(), b"k2".to_vec()]).unwrap()
-}
-
-fn point(k: &[u8]) -> KeyRange {
-    let mut end = k.to_vec();
-    end.push(0);
-    KeyRange::new(k.to_vec(), end)
-}
-
-fn num(v: Option<Vec<u8>>) -> u64 {
-    v.map_or(0, |v| String::from_utf8(v).unwrap().parse().unwrap())
 }
 
 fn encode_keys(keys: &[Vec<u8>]) -> Vec<u8> {

@@ -1,0 +1,650 @@
+//! [`Database`]: sealdb in one process: the sequencer and N shards on threads (DESIGN.md
+//! section 9, embedded).
+//!
+//! ```text
+//!   call / commit ──> sequencer thread ──(durable windows, ticks)──> shard thread 0 ─┐
+//!        ^                                                          shard thread 1 ─┼─> RocksDB
+//!        └────────── outcome (from the entry's lowest participant) ─ shard thread N ─┘
+//! ```
+//!
+//! Each shard thread applies every window in epoch order with the [`Executor`]: it waits until
+//! every shard has applied the previous window (so `Snap(e-1)` is readable everywhere), runs
+//! phases A and B, exchanges local verdicts of multi-shard entries on a shared board, finishes,
+//! and writes the window's batch together with its watermark, its local verdicts and its
+//! deferred entries. After a crash, each shard resumes from its watermark: the sequencer
+//! replays the log from there, deferred entries come back from storage, and a participant that
+//! had already applied a window answers the exchange from its stored verdicts.
+//!
+//! A caller registers for its entry's outcome by client id before submitting, so an outcome
+//! can never arrive unobserved; the entry's lowest participant delivers it after the apply.
+//! Committed outcomes are acknowledged after commit-wait (`max_offset`, zero by default in
+//! one process).
+//!
+//! Procedures are registered in [`Options`] before opening, not afterwards: replay after a
+//! restart must find every procedure the log names.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use clock::{Clock, SystemClock, Timestamp};
+use sequencer::{
+    ClientId, Delivery, Entry, SealerConfig, Sequencer, SequencerError, ShardId, TxnId, Window,
+};
+use storage::{Engine, Epoch, Limits, MemoryEngine, MetaKey, Mvcc, RocksEngine};
+
+use crate::error::TxnError;
+use crate::executor::{Executor, Task};
+use crate::outcome::{AbortReason, Outcome};
+use crate::procedure::{Procedure, Registry};
+use crate::request::Request;
+use crate::shard_map::ShardMap;
+use crate::snapshot::ShardsAt;
+
+/// How to open a [`Database`].
+#[derive(Clone)]
+pub struct Options {
+    /// Number of shards when no `shard_map` is given (default: one per core).
+    pub shards: u32,
+    /// Which shard owns which keys (default: [`ShardMap::uniform`] over `shards`).
+    pub shard_map: Option<ShardMap>,
+    /// When windows are sealed.
+    pub sealer: SealerConfig,
+    /// Maximum clock offset; commit-wait lasts about this long (default 0 in one process).
+    pub max_offset: Duration,
+    /// Size limits.
+    pub limits: Limits,
+    /// How far back reads at a timestamp may go (default 60 s).
+    pub retention: Duration,
+    /// Keep shard data in memory (tests); the log still goes to a temporary directory.
+    pub in_memory: bool,
+    /// The procedures `call` can run.
+    pub procedures: Registry,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            shard_map: None,
+            sealer: SealerConfig::default(),
+            max_offset: Duration::ZERO,
+            limits: Limits::default(),
+            retention: Duration::from_secs(60),
+            in_memory: false,
+            procedures: Registry::new(),
+        }
+    }
+}
+
+impl Options {
+    /// Defaults, with shard data in memory.
+    pub fn in_memory() -> Options {
+        Options { in_memory: true, ..Options::default() }
+    }
+
+    /// Adds a procedure.
+    pub fn procedure(mut self, procedure: Arc<dyn Procedure>) -> Options {
+        self.procedures.register(procedure);
+        self
+    }
+}
+
+/// Per-shard progress, for waits on `Snap(e-1)` and safe time.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    applied: Epoch,
+    /// Every window at or below this timestamp is applied.
+    safe: Timestamp,
+}
+
+/// One multi-shard entry's verdicts so far.
+#[derive(Debug, Clone, Copy)]
+struct Tally {
+    votes: usize,
+    commit: bool,
+    readers: usize,
+}
+
+#[derive(Default)]
+struct Board {
+    tallies: BTreeMap<TxnId, Tally>,
+    /// Which shards' verdicts for which window are on the board.
+    posted: HashSet<(Epoch, ShardId)>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) clock: Arc<Clock>,
+    pub(crate) map: ShardMap,
+    pub(crate) registry: Registry,
+    pub(crate) limits: Limits,
+    pub(crate) retention: Duration,
+    pub(crate) shards: Vec<Arc<Mvcc>>,
+    progress: Mutex<Vec<Progress>>,
+    progress_changed: Condvar,
+    board: Mutex<Board>,
+    board_changed: Condvar,
+    waiters: Mutex<HashMap<ClientId, mpsc::Sender<Outcome>>>,
+    stopping: AtomicBool,
+    failure: Mutex<Option<String>>,
+    client_salt: u64,
+    next_client: AtomicU64,
+}
+
+impl Inner {
+    /// Waits until `done` holds for every shard's progress, asking `running` between waits
+    /// whether to give up.
+    fn wait_progress<E>(
+        &self,
+        done: impl Fn(&Progress) -> bool,
+        running: impl Fn() -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut progress = lock(&self.progress);
+        while !progress.iter().all(&done) {
+            running()?;
+            progress = self
+                .progress_changed
+                .wait_timeout(progress, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An embedded sealdb database.
+pub struct Database {
+    pub(crate) inner: Arc<Inner>,
+    sequencer: Option<Sequencer>,
+    threads: Vec<JoinHandle<()>>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Database {
+    /// Opens (or creates) the database in `path` and recovers whatever it holds.
+    pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Database, TxnError> {
+        let temp = if options.in_memory {
+            Some(tempfile::tempdir().map_err(|e| TxnError::Storage(e.to_string()))?)
+        } else {
+            None
+        };
+        let path = temp.as_ref().map_or(path.as_ref(), |t| t.path()).to_path_buf();
+        std::fs::create_dir_all(&path)
+            .map_err(|e| TxnError::Storage(format!("{}: {e}", path.display())))?;
+        let map = options.shard_map.clone().unwrap_or_else(|| ShardMap::uniform(options.shards));
+        let storage = |e: storage::StorageError| TxnError::Storage(e.to_string());
+
+        let clock = Clock::open(path.join("clock"), Arc::new(SystemClock), options.max_offset)
+            .map_err(|e| TxnError::Storage(e.to_string()))?;
+        let clock = Arc::new(clock);
+        let mut shards = Vec::new();
+        for s in map.shards() {
+            let engine: Arc<dyn Engine> = if options.in_memory {
+                Arc::new(MemoryEngine::new())
+            } else {
+                Arc::new(RocksEngine::open(path.join(format!("shard-{}", s.0))).map_err(storage)?)
+            };
+            shards.push(Arc::new(Mvcc::open(engine, options.limits).map_err(storage)?));
+        }
+        let progress = shards
+            .iter()
+            .map(|m| {
+                let w = m.applied();
+                Progress {
+                    applied: w.map_or(Epoch(0), |w| w.window),
+                    safe: w.map_or(Timestamp::ZERO, |w| w.ts),
+                }
+            })
+            .collect();
+        let (sequencer, _) = Sequencer::start(path.join("log"), clock.clone(), options.sealer)
+            .map_err(sequencer_error)?;
+        let inner = Arc::new(Inner {
+            clock,
+            map: map.clone(),
+            registry: options.procedures.clone(),
+            limits: options.limits,
+            retention: options.retention,
+            shards,
+            progress: Mutex::new(progress),
+            progress_changed: Condvar::new(),
+            board: Mutex::new(Board::default()),
+            board_changed: Condvar::new(),
+            waiters: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            client_salt: RandomState::new().hash_one(std::process::id()),
+            next_client: AtomicU64::new(0),
+        });
+        let mut threads = Vec::new();
+        for s in map.shards() {
+            let mvcc = &inner.shards[s.0 as usize];
+            let deferred = decode_deferred(
+                &mvcc.meta(MetaKey::Deferred).map_err(storage)?.unwrap_or_default(),
+            )
+            .map_err(TxnError::Storage)?;
+            let from = mvcc.applied().map_or(Epoch(1), |w| w.window.next());
+            let deliveries = sequencer.subscribe(from);
+            let executor =
+                Executor::new(s, map.clone(), options.procedures.clone(), options.limits);
+            let inner = inner.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("sealdb-shard-{}", s.0))
+                .spawn(move || {
+                    let shard_loop =
+                        ShardLoop { inner: inner.clone(), shard: s, executor, deferred };
+                    if let Err(e) = shard_loop.run(deliveries) {
+                        tracing::error!(shard = s.0, error = %e, "shard stopped");
+                        *lock(&inner.failure) = Some(e);
+                        inner.stopping.store(true, Ordering::SeqCst);
+                        inner.progress_changed.notify_all();
+                        inner.board_changed.notify_all();
+                        lock(&inner.waiters).clear();
+                    }
+                })
+                .map_err(|e| TxnError::Storage(e.to_string()))?;
+            threads.push(thread);
+        }
+        Ok(Database { inner, sequencer: Some(sequencer), threads, _temp: temp })
+    }
+
+    /// The shard map.
+    pub fn shard_map(&self) -> &ShardMap {
+        &self.inner.map
+    }
+
+    /// The database's clock.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    /// Calls the registered procedure `name` with `args`; returns its output once committed.
+    pub fn call(&self, name: &str, args: &[u8]) -> Result<Vec<u8>, TxnError> {
+        let procedure = self
+            .inner
+            .registry
+            .get(name)
+            .ok_or_else(|| TxnError::UnknownProcedure(name.to_string()))?;
+        let ranges = procedure
+            .ranges(args)
+            .map_err(|e| TxnError::Aborted(AbortReason::User(e.to_string())))?;
+        let request = Request::Procedure { name: name.to_string(), args: args.to_vec(), ranges };
+        match self.submit(&request)? {
+            Outcome::Committed { output, .. } => Ok(output),
+            Outcome::Aborted(reason) => Err(TxnError::Aborted(reason)),
+            Outcome::Conflict { key } => Err(TxnError::Conflict { key }),
+        }
+    }
+
+    /// Logs `request`, waits for its outcome and for commit-wait.
+    pub(crate) fn submit(&self, request: &Request) -> Result<Outcome, TxnError> {
+        self.check_running()?;
+        let participants: Vec<ShardId> = {
+            let mut p: Vec<ShardId> =
+                request.ranges().iter().flat_map(|r| self.inner.map.shards_of(r)).collect();
+            p.sort_unstable();
+            p.dedup();
+            p
+        };
+        if participants.is_empty() {
+            return Err(TxnError::Aborted(AbortReason::Malformed(
+                "the transaction touches no key".into(),
+            )));
+        }
+        let client = ClientId(
+            (u128::from(self.inner.client_salt) << 64)
+                | u128::from(self.inner.next_client.fetch_add(1, Ordering::Relaxed)),
+        );
+        let (tx, rx) = mpsc::channel();
+        lock(&self.inner.waiters).insert(client, tx);
+        let sequencer = self.sequencer.as_ref().ok_or(TxnError::ShuttingDown)?;
+        let entry = Entry::new(client, participants, request.encode().into());
+        let receipt = sequencer
+            .submit(entry)
+            .recv()
+            .map_err(|_| TxnError::ShuttingDown)
+            .and_then(|r| r.map_err(sequencer_error));
+        if let Err(e) = receipt {
+            lock(&self.inner.waiters).remove(&client);
+            return Err(e);
+        }
+        // Logged: from here on the outcome is decided by the shards.
+        let outcome = rx.recv().map_err(|_| match lock(&self.inner.failure).clone() {
+            Some(e) => TxnError::Storage(e),
+            None => TxnError::ShuttingDown,
+        })?;
+        if let Outcome::Committed { ts, .. } = &outcome {
+            self.inner.clock.commit_wait(*ts);
+        }
+        Ok(outcome)
+    }
+
+    pub(crate) fn check_running(&self) -> Result<(), TxnError> {
+        if let Some(e) = lock(&self.inner.failure).clone() {
+            return Err(TxnError::Storage(e));
+        }
+        if self.inner.stopping.load(Ordering::SeqCst) {
+            return Err(TxnError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Waits until every shard has applied every window at or below `ts`.
+    pub(crate) fn wait_safe(&self, ts: Timestamp) -> Result<(), TxnError> {
+        self.inner.wait_progress(|p| p.safe >= ts, || self.check_running())
+    }
+
+    /// The highest timestamp every shard has fully applied.
+    pub(crate) fn safe_ts(&self) -> Timestamp {
+        lock(&self.inner.progress).iter().map(|p| p.safe).min().unwrap_or(Timestamp::ZERO)
+    }
+
+    /// Seals and applies what was submitted, stops every thread and flushes storage.
+    pub fn close(mut self) -> Result<(), TxnError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), TxnError> {
+        let Some(sequencer) = self.sequencer.take() else { return Ok(()) };
+        let sealed = sequencer.shutdown().map_err(sequencer_error);
+        // Shards apply everything delivered, then see the channel close.
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        lock(&self.inner.waiters).clear();
+        for mvcc in &self.inner.shards {
+            mvcc.flush().map_err(|e| TxnError::Storage(e.to_string()))?;
+        }
+        sealed?;
+        match lock(&self.inner.failure).clone() {
+            Some(e) => Err(TxnError::Storage(e)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!(error = %e, "closing the database");
+        }
+    }
+}
+
+fn sequencer_error(e: SequencerError) -> TxnError {
+    match e {
+        SequencerError::ShuttingDown => TxnError::ShuttingDown,
+        SequencerError::EntryTooLarge { bytes, max } => TxnError::TooLarge(format!(
+            "transaction of {bytes} bytes exceeds the window cap of {max}"
+        )),
+        other => TxnError::Storage(other.to_string()),
+    }
+}
+
+struct ShardLoop {
+    inner: Arc<Inner>,
+    shard: ShardId,
+    executor: Executor,
+    deferred: Vec<(Task, ClientId)>,
+}
+
+impl ShardLoop {
+    fn run(mut self, deliveries: Receiver<Delivery>) -> Result<(), String> {
+        loop {
+            match deliveries.recv_timeout(Duration::from_millis(100)) {
+                Ok(Delivery::Window(w)) => self.apply(&w)?,
+                Ok(Delivery::Tick(ts)) => self.set_progress(None, ts),
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.inner.failure.lock().map(|f| f.is_some()).unwrap_or(true) {
+                        return Ok(());
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+        }
+    }
+
+    fn mvcc(&self) -> &Mvcc {
+        &self.inner.shards[self.shard.0 as usize]
+    }
+
+    fn set_progress(&self, applied: Option<Epoch>, safe: Timestamp) {
+        let mut progress = lock(&self.inner.progress);
+        let p = &mut progress[self.shard.0 as usize];
+        if let Some(e) = applied {
+            p.applied = e;
+        }
+        p.safe = p.safe.max(safe);
+        self.inner.progress_changed.notify_all();
+    }
+
+    fn apply(&mut self, window: &Window) -> Result<(), String> {
+        let (applied, prev_ts) =
+            self.mvcc().applied().map_or((Epoch(0), Timestamp::ZERO), |w| (w.window, w.ts));
+        if window.epoch <= applied {
+            return Ok(()); // replayed from the log, already applied
+        }
+        if window.epoch != applied.next() {
+            return Err(format!(
+                "shard {} got window {} after {applied}",
+                self.shard.0, window.epoch
+            ));
+        }
+        let e = window.epoch;
+        let mut clients: HashMap<TxnId, ClientId> = HashMap::new();
+        let mut tasks: Vec<Task> = Vec::new();
+        for (task, client) in std::mem::take(&mut self.deferred) {
+            clients.insert(task.txn, client);
+            tasks.push(task);
+        }
+        for (txn, entry) in window.slice(self.shard) {
+            clients.insert(txn, entry.client_id);
+            tasks.push(Task {
+                txn,
+                deferred: false,
+                participants: entry.participants.clone(),
+                request: Request::decode(&entry.payload),
+            });
+        }
+        let participants: BTreeMap<TxnId, Vec<ShardId>> =
+            tasks.iter().map(|t| (t.txn, t.participants.clone())).collect();
+        if tasks.iter().any(|t| t.participants.len() > 1) {
+            self.wait_all_applied(Epoch(e.0 - 1))?;
+        }
+        let snapshot = ShardsAt { shards: &self.inner.shards, map: &self.inner.map, at: prev_ts };
+        let validated =
+            self.executor.execute(e, window.ts, tasks, &snapshot).map_err(|e| e.to_string())?;
+        let local = validated.local_verdicts();
+        let finals = self.exchange(e, &local, &participants)?;
+        let result =
+            self.executor.finish(validated, &finals, &snapshot).map_err(|e| e.to_string())?;
+        let mut batch = result.batch;
+        if !local.is_empty() {
+            batch.put_meta(MetaKey::Verdicts(e), encode_verdicts(&local));
+        }
+        let deferred: Vec<(Task, ClientId)> = result
+            .deferred
+            .into_iter()
+            .map(|t| {
+                let c = clients[&t.txn];
+                (t, c)
+            })
+            .collect();
+        batch.put_meta(MetaKey::Deferred, encode_deferred(&deferred));
+        self.mvcc().apply(&batch).map_err(|e| e.to_string())?;
+        self.deferred = deferred;
+        self.set_progress(Some(e), window.ts);
+        for decided in result.outcomes {
+            let lowest = participants.get(&decided.txn).and_then(|p| p.first().copied());
+            if lowest == Some(self.shard)
+                && let Some(tx) = lock(&self.inner.waiters).remove(&clients[&decided.txn])
+            {
+                let _ = tx.send(decided.outcome);
+            }
+        }
+        Ok(())
+    }
+
+    fn wait_all_applied(&self, epoch: Epoch) -> Result<(), String> {
+        self.inner.wait_progress(
+            |p| p.applied >= epoch,
+            || match lock(&self.inner.failure).is_some() {
+                true => Err("another shard failed".to_string()),
+                false => Ok(()),
+            },
+        )
+    }
+
+    /// Posts this shard's local verdicts for window `e` and waits for every participant's.
+    fn exchange(
+        &self,
+        e: Epoch,
+        local: &[(TxnId, bool)],
+        participants: &BTreeMap<TxnId, Vec<ShardId>>,
+    ) -> Result<BTreeMap<TxnId, bool>, String> {
+        if local.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let mut board = lock(&self.inner.board);
+        post(&mut board, e, self.shard, local);
+        self.inner.board_changed.notify_all();
+        loop {
+            // Participants that applied this window before a restart answer from storage.
+            let others: HashSet<ShardId> =
+                local.iter().flat_map(|(t, _)| participants[t].iter().copied()).collect();
+            for p in others {
+                if !board.posted.contains(&(e, p))
+                    && lock(&self.inner.progress)[p.0 as usize].applied >= e
+                {
+                    let stored = self.inner.shards[p.0 as usize]
+                        .meta(MetaKey::Verdicts(e))
+                        .map_err(|e| e.to_string())?;
+                    post(&mut board, e, p, &decode_verdicts(&stored.unwrap_or_default())?);
+                }
+            }
+            let done = local.iter().all(|(t, _)| {
+                board.tallies.get(t).is_some_and(|v| v.votes == participants[t].len())
+            });
+            if done {
+                let mut finals = BTreeMap::new();
+                for (t, _) in local {
+                    let tally = board.tallies.get_mut(t).expect("tallied");
+                    finals.insert(*t, tally.commit);
+                    tally.readers += 1;
+                    if tally.readers == participants[t].len() {
+                        board.tallies.remove(t);
+                    }
+                }
+                return Ok(finals);
+            }
+            if lock(&self.inner.failure).is_some() {
+                return Err("another shard failed".into());
+            }
+            board = self
+                .inner
+                .board_changed
+                .wait_timeout(board, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+fn post(board: &mut Board, e: Epoch, shard: ShardId, verdicts: &[(TxnId, bool)]) {
+    if !board.posted.insert((e, shard)) {
+        return;
+    }
+    for (txn, commit) in verdicts {
+        let tally =
+            board.tallies.entry(*txn).or_insert(Tally { votes: 0, commit: true, readers: 0 });
+        tally.votes += 1;
+        tally.commit &= commit;
+    }
+}
+
+fn encode_verdicts(verdicts: &[(TxnId, bool)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(verdicts.len() * 13);
+    for (t, commit) in verdicts {
+        out.extend_from_slice(&t.epoch.0.to_le_bytes());
+        out.extend_from_slice(&t.index.to_le_bytes());
+        out.push(u8::from(*commit));
+    }
+    out
+}
+
+fn decode_verdicts(bytes: &[u8]) -> Result<Vec<(TxnId, bool)>, String> {
+    if !bytes.len().is_multiple_of(13) {
+        return Err("corrupt stored verdicts".into());
+    }
+    Ok(bytes
+        .chunks_exact(13)
+        .map(|c| {
+            let epoch = Epoch(u64::from_le_bytes(c[..8].try_into().expect("8 bytes")));
+            let index = u32::from_le_bytes(c[8..12].try_into().expect("4 bytes"));
+            (TxnId { epoch, index }, c[12] == 1)
+        })
+        .collect())
+}
+
+/// Deferred entries as stored: `count, (epoch, index, client, nparts, parts.., len, payload)*`.
+fn encode_deferred(deferred: &[(Task, ClientId)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(deferred.len() as u32).to_le_bytes());
+    for (task, client) in deferred {
+        let payload = task.request.as_ref().map(Request::encode).unwrap_or_default();
+        out.extend_from_slice(&task.txn.epoch.0.to_le_bytes());
+        out.extend_from_slice(&task.txn.index.to_le_bytes());
+        out.extend_from_slice(&client.0.to_le_bytes());
+        out.extend_from_slice(&(task.participants.len() as u32).to_le_bytes());
+        for p in &task.participants {
+            out.extend_from_slice(&p.0.to_le_bytes());
+        }
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&payload);
+    }
+    out
+}
+
+fn decode_deferred(bytes: &[u8]) -> Result<Vec<(Task, ClientId)>, String> {
+    let mut r = bytes;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        if r.len() < n {
+            return Err("corrupt stored deferred entries".into());
+        }
+        let (head, rest) = r.split_at(n);
+        r = rest;
+        Ok(head)
+    };
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let u32_of = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
+    let count = u32_of(take(4)?);
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let epoch = Epoch(u64::from_le_bytes(take(8)?.try_into().expect("8 bytes")));
+        let index = u32_of(take(4)?);
+        let client = ClientId(u128::from_le_bytes(take(16)?.try_into().expect("16 bytes")));
+        let nparts = u32_of(take(4)?);
+        let mut participants = Vec::new();
+        for _ in 0..nparts {
+            participants.push(ShardId(u32_of(take(4)?)));
+        }
+        let len = u32_of(take(4)?) as usize;
+        let request = Request::decode(take(len)?);
+        out.push((
+            Task { txn: TxnId { epoch, index }, deferred: true, participants, request },
+            client,
+        ));
+    }
+    Ok(out)
+}

@@ -1,0 +1,47 @@
+//! [`TxnError`]: every failure a caller of the database can see.
+
+use clock::Timestamp;
+
+use crate::outcome::AbortReason;
+
+/// Why a transaction, call or read did not succeed. Each variant says what to do next;
+/// none of them changed any data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TxnError {
+    /// Validation failed because something read changed. Retry (the `transact` helper does).
+    #[error("conflict{}: retry the transaction", .key.as_ref().map(|k| format!(" on key {k:?}")).unwrap_or_default())]
+    Conflict {
+        /// A key whose change caused it, when known (a hint).
+        key: Option<Vec<u8>>,
+    },
+    /// The transaction was aborted by its own logic or broke a rule; retrying will not help.
+    #[error("aborted: {0:?}")]
+    Aborted(AbortReason),
+    /// No procedure of this name is registered.
+    #[error("unknown procedure {0:?}")]
+    UnknownProcedure(String),
+    /// A key, value or the transaction's writes are over the limits (DESIGN.md section 8).
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// The read timestamp is older than the retention window.
+    #[error("read timestamp {ts} is outside the retention window (oldest readable: {oldest})")]
+    OutsideRetention {
+        /// The timestamp asked for.
+        ts: Timestamp,
+        /// The oldest timestamp still readable.
+        oldest: Timestamp,
+    },
+    /// The database is closing or closed.
+    #[error("the database is shutting down")]
+    ShuttingDown,
+    /// Storage or the log failed; the database stops rather than risk diverging.
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+impl TxnError {
+    /// Whether retrying the same transaction may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, TxnError::Conflict { .. })
+    }
+}

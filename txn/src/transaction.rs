@@ -1,0 +1,214 @@
+//! Read-only [`Snapshot`]s and optimistic interactive [`Transaction`]s (DESIGN.md section 3).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use clock::Timestamp;
+use storage::KeyRange;
+
+use crate::database::Database;
+use crate::error::TxnError;
+use crate::executor::SnapshotRead;
+use crate::outcome::Outcome;
+use crate::procedure::Rows;
+use crate::request::{InteractiveCommit, Request};
+use crate::snapshot::{ShardsAt, scan_over};
+
+/// Which state a read-only transaction reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadAt {
+    /// Everything acknowledged before the call: waits until every shard's safe time reaches
+    /// the current time (linearizable).
+    Latest,
+    /// The state at a past timestamp within the retention window.
+    At(Timestamp),
+    /// The state this long ago (waits only if the shards are further behind than that).
+    BoundedStaleness(Duration),
+}
+
+/// A consistent read-only view of the whole database at one timestamp. Never conflicts.
+pub struct Snapshot<'a> {
+    db: &'a Database,
+    ts: Timestamp,
+}
+
+impl Snapshot<'_> {
+    /// The timestamp read at.
+    pub fn ts(&self) -> Timestamp {
+        self.ts
+    }
+
+    fn view(&self) -> ShardsAt<'_> {
+        ShardsAt { shards: &self.db.inner.shards, map: &self.db.inner.map, at: self.ts }
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, TxnError> {
+        check_key(self.db, key)?;
+        self.view().get(key).map_err(storage_error)
+    }
+
+    /// Up to `limit` keys of `range` with values, in key order.
+    pub fn scan(&self, range: &KeyRange, limit: usize) -> Result<Rows, TxnError> {
+        self.view().scan(range, limit).map_err(storage_error)
+    }
+}
+
+fn storage_error(e: storage::StorageError) -> TxnError {
+    match e {
+        storage::StorageError::KeyTooLarge { .. } | storage::StorageError::ValueTooLarge { .. } => {
+            TxnError::TooLarge(e.to_string())
+        }
+        other => TxnError::Storage(other.to_string()),
+    }
+}
+
+fn check_key(db: &Database, key: &[u8]) -> Result<(), TxnError> {
+    let max = db.inner.limits.max_key_bytes;
+    if key.len() > max {
+        return Err(TxnError::TooLarge(format!(
+            "key of {} bytes exceeds the limit of {max}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+impl Database {
+    /// A read-only snapshot.
+    pub fn snapshot(&self, at: ReadAt) -> Result<Snapshot<'_>, TxnError> {
+        self.check_running()?;
+        let now = self.clock().now();
+        let ts = match at {
+            ReadAt::Latest => now,
+            ReadAt::At(ts) => {
+                let oldest = now.saturating_sub(self.inner.retention);
+                if ts < oldest {
+                    return Err(TxnError::OutsideRetention { ts, oldest });
+                }
+                ts
+            }
+            ReadAt::BoundedStaleness(d) => now.saturating_sub(d),
+        };
+        self.wait_safe(ts)?;
+        Ok(Snapshot { db: self, ts })
+    }
+
+    /// Starts an optimistic transaction reading at the newest state every shard has applied.
+    /// Most callers want [`Database::transact`], which also retries.
+    pub fn begin(&self) -> Result<Transaction<'_>, TxnError> {
+        self.check_running()?;
+        Ok(Transaction {
+            db: self,
+            read_ts: self.safe_ts(),
+            reads: BTreeSet::new(),
+            scans: Vec::new(),
+            writes: BTreeMap::new(),
+        })
+    }
+
+    /// Runs `body` in a transaction and commits it, retrying on conflicts with back-off (up to
+    /// 64 attempts) in the style of FoundationDB's `db.run`. `body` may run several times, so it
+    /// should have no effects outside the transaction.
+    pub fn transact<T>(
+        &self,
+        mut body: impl FnMut(&mut Transaction<'_>) -> Result<T, TxnError>,
+    ) -> Result<T, TxnError> {
+        let mut backoff = Duration::from_micros(200);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut tx = self.begin()?;
+            let result = body(&mut tx).and_then(|value| tx.commit().map(|_| value));
+            match result {
+                Err(e) if e.is_retryable() && attempt < 64 => {
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// An optimistic read-write transaction: reads at a snapshot, buffers writes, and is
+/// validated in the window its commit lands in. Dropping it without commit discards it.
+pub struct Transaction<'a> {
+    db: &'a Database,
+    read_ts: Timestamp,
+    reads: BTreeSet<Vec<u8>>,
+    scans: Vec<KeyRange>,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl Transaction<'_> {
+    /// The snapshot timestamp reads use.
+    pub fn read_ts(&self) -> Timestamp {
+        self.read_ts
+    }
+
+    fn view(&self) -> ShardsAt<'_> {
+        ShardsAt { shards: &self.db.inner.shards, map: &self.db.inner.map, at: self.read_ts }
+    }
+
+    /// The value of `key`: this transaction's own write if any, else the snapshot's.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, TxnError> {
+        check_key(self.db, key)?;
+        if let Some(v) = self.writes.get(key) {
+            return Ok(v.clone());
+        }
+        self.reads.insert(key.to_vec());
+        self.view().get(key).map_err(storage_error)
+    }
+
+    /// Up to `limit` keys of `range` with values, own writes included.
+    pub fn scan(&mut self, range: &KeyRange, limit: usize) -> Result<Rows, TxnError> {
+        self.scans.push(range.clone());
+        let pending = self
+            .writes
+            .iter()
+            .filter(|(k, _)| range.contains(k))
+            .map(|(k, v)| (k.clone(), v.clone()));
+        scan_over(&self.view(), range, limit, pending.collect()).map_err(storage_error)
+    }
+
+    /// Sets `key` to `value` when the transaction commits.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), TxnError> {
+        check_key(self.db, key)?;
+        let max = self.db.inner.limits.max_value_bytes;
+        if value.len() > max {
+            return Err(TxnError::TooLarge(format!(
+                "value of {} bytes exceeds the limit of {max}",
+                value.len()
+            )));
+        }
+        self.writes.insert(key.to_vec(), Some(value.to_vec()));
+        Ok(())
+    }
+
+    /// Deletes `key` when the transaction commits.
+    pub fn delete(&mut self, key: &[u8]) -> Result<(), TxnError> {
+        check_key(self.db, key)?;
+        self.writes.insert(key.to_vec(), None);
+        Ok(())
+    }
+
+    /// Submits the transaction and waits for its outcome. Returns the commit timestamp, or the
+    /// read timestamp for a transaction that neither read nor wrote anything.
+    pub fn commit(self) -> Result<Timestamp, TxnError> {
+        if self.reads.is_empty() && self.scans.is_empty() && self.writes.is_empty() {
+            return Ok(self.read_ts);
+        }
+        let request = Request::Interactive(InteractiveCommit {
+            read_ts: self.read_ts,
+            reads: self.reads.into_iter().collect(),
+            scans: self.scans,
+            writes: self.writes.into_iter().collect(),
+        });
+        match self.db.submit(&request)? {
+            Outcome::Committed { ts, .. } => Ok(ts),
+            Outcome::Conflict { key } => Err(TxnError::Conflict { key }),
+            Outcome::Aborted(reason) => Err(TxnError::Aborted(reason)),
+        }
+    }
+}

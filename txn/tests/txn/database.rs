@@ -1,0 +1,253 @@
+//! The embedded database end to end, on three shards.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::common::{num, point};
+use sequencer::SealerConfig;
+use storage::KeyRange;
+use txn::{
+    AbortReason, Context, Database, Options, ProcError, Procedure, ReadAt, ShardMap, TxnError,
+};
+
+const ACCOUNTS: u64 = 12;
+const INITIAL: u64 = 100;
+
+/// Accounts spread over the three shards: "a/..", "b/..", "c/..".
+fn account(i: u64) -> Vec<u8> {
+    format!("{}/{i:03}", ["a", "b", "c"][(i % 3) as usize]).into_bytes()
+}
+
+/// `transfer from to amount`: moves money between two accounts, aborting on overdraft.
+struct Transfer;
+
+fn transfer_args(from: u64, to: u64, amount: u64) -> Vec<u8> {
+    format!("{from} {to} {amount}").into_bytes()
+}
+
+fn parse(args: &[u8]) -> Vec<u64> {
+    String::from_utf8(args.to_vec()).unwrap().split(' ').map(|s| s.parse().unwrap()).collect()
+}
+
+impl Procedure for Transfer {
+    fn name(&self) -> &str {
+        "transfer"
+    }
+    fn ranges(&self, args: &[u8]) -> Result<Vec<KeyRange>, ProcError> {
+        let a = parse(args);
+        Ok(vec![point(&account(a[0])), point(&account(a[1]))])
+    }
+    fn run(&self, ctx: &mut dyn Context, args: &[u8]) -> Result<Vec<u8>, ProcError> {
+        let a = parse(args);
+        let (from, to) = (account(a[0]), account(a[1]));
+        let balance = num(ctx.get(&from)?);
+        if balance < a[2] {
+            return Err(ProcError::abort("insufficient funds"));
+        }
+        let other = num(ctx.get(&to)?);
+        ctx.put(&from, (balance - a[2]).to_string().as_bytes())?;
+        ctx.put(&to, (other + a[2]).to_string().as_bytes())?;
+        Ok(balance.to_string().into_bytes())
+    }
+}
+
+/// Writes a key it did not declare.
+struct Sneaky;
+
+impl Procedure for Sneaky {
+    fn name(&self) -> &str {
+        "sneaky"
+    }
+    fn ranges(&self, _: &[u8]) -> Result<Vec<KeyRange>, ProcError> {
+        Ok(vec![point(&account(0))])
+    }
+    fn run(&self, ctx: &mut dyn Context, _: &[u8]) -> Result<Vec<u8>, ProcError> {
+        ctx.put(&account(0), b"0")?;
+        ctx.put(&account(1), b"999")?;
+        Ok(Vec::new())
+    }
+}
+
+fn options() -> Options {
+    Options {
+        shard_map: Some(ShardMap::new(vec![b"b".to_vec(), b"c".to_vec()]).unwrap()),
+        sealer: SealerConfig {
+            window_interval: Duration::from_millis(2),
+            ..SealerConfig::default()
+        },
+        ..Options::in_memory()
+    }
+    .procedure(Arc::new(Transfer))
+    .procedure(Arc::new(Sneaky))
+}
+
+fn fund(db: &Database) {
+    db.transact(|tx| {
+        for i in 0..ACCOUNTS {
+            tx.put(&account(i), INITIAL.to_string().as_bytes())?;
+        }
+        Ok(())
+    })
+    .unwrap();
+}
+
+fn total(db: &Database) -> u64 {
+    let snap = db.snapshot(ReadAt::Latest).unwrap();
+    (0..ACCOUNTS).map(|i| num(snap.get(&account(i)).unwrap())).sum()
+}
+
+#[test]
+fn a_committed_call_is_visible_to_every_later_latest_snapshot() {
+    let db = Database::open("unused", options()).unwrap();
+    fund(&db);
+    let before = db.call("transfer", &transfer_args(0, 1, 30)).unwrap();
+    assert_eq!(before, b"100");
+    let snap = db.snapshot(ReadAt::Latest).unwrap();
+    assert_eq!(num(snap.get(&account(0)).unwrap()), 70);
+    assert_eq!(num(snap.get(&account(1)).unwrap()), 130);
+    let rows = snap.scan(&KeyRange::prefix(b"a/"), 100).unwrap();
+    assert_eq!(rows.len(), (ACCOUNTS / 3) as usize);
+    db.close().unwrap();
+}
+
+#[test]
+fn concurrent_transfers_across_shards_never_change_the_total() {
+    let db = Arc::new(Database::open("unused", options()).unwrap());
+    fund(&db);
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (db, done) = (db.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0;
+            while !done.load(Ordering::SeqCst) {
+                assert_eq!(total(&db), ACCOUNTS * INITIAL, "a snapshot saw a torn transfer");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let workers: Vec<_> = (0..6u64)
+        .map(|w| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                let mut committed = 0;
+                for n in 0..40u64 {
+                    let (from, to) = ((w * 7 + n) % ACCOUNTS, (w * 5 + n * 3 + 1) % ACCOUNTS);
+                    if from == to {
+                        continue;
+                    }
+                    // Half as procedures, half as interactive transactions.
+                    let ok = if n % 2 == 0 {
+                        db.call("transfer", &transfer_args(from, to, 7)).is_ok()
+                    } else {
+                        db.transact(|tx| {
+                            let a = num(tx.get(&account(from))?);
+                            let b = num(tx.get(&account(to))?);
+                            if a >= 7 {
+                                tx.put(&account(from), (a - 7).to_string().as_bytes())?;
+                                tx.put(&account(to), (b + 7).to_string().as_bytes())?;
+                            }
+                            Ok(())
+                        })
+                        .is_ok()
+                    };
+                    committed += u64::from(ok);
+                }
+                committed
+            })
+        })
+        .collect();
+    let committed: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    done.store(true, Ordering::SeqCst);
+    let reads = reader.join().unwrap();
+    assert!(committed > 100, "only {committed} transfers committed");
+    assert!(reads > 0);
+    assert_eq!(total(&db), ACCOUNTS * INITIAL);
+}
+
+#[test]
+fn concurrent_read_modify_writes_lose_no_update() {
+    let db = Arc::new(Database::open("unused", options()).unwrap());
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                for _ in 0..25 {
+                    db.transact(|tx| {
+                        let n = num(tx.get(b"b/counter")?);
+                        tx.put(b"b/counter", (n + 1).to_string().as_bytes())
+                    })
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(num(db.snapshot(ReadAt::Latest).unwrap().get(b"b/counter").unwrap()), 100);
+}
+
+#[test]
+fn reopening_recovers_every_acknowledged_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let on_disk = || Options { in_memory: false, ..options() };
+    {
+        let db = Database::open(dir.path(), on_disk()).unwrap();
+        fund(&db);
+        for n in 0..10 {
+            db.call("transfer", &transfer_args(n % ACCOUNTS, (n + 1) % ACCOUNTS, 5)).unwrap();
+        }
+        db.close().unwrap();
+    }
+    let db = Database::open(dir.path(), on_disk()).unwrap();
+    assert_eq!(total(&db), ACCOUNTS * INITIAL);
+    // Account 0 sent 5 and account 10 sent 5 to 11; 1..9 each received and sent 5.
+    assert_eq!(num(db.snapshot(ReadAt::Latest).unwrap().get(&account(0)).unwrap()), 95);
+    assert_eq!(num(db.snapshot(ReadAt::Latest).unwrap().get(&account(10)).unwrap()), 105);
+    db.call("transfer", &transfer_args(10, 0, 5)).unwrap();
+    assert_eq!(num(db.snapshot(ReadAt::Latest).unwrap().get(&account(0)).unwrap()), 100);
+}
+
+#[test]
+fn bad_requests_get_typed_errors_and_change_nothing() {
+    let db = Database::open("unused", options()).unwrap();
+    fund(&db);
+    let unknown = db.call("no-such-procedure", b"").unwrap_err();
+    assert_eq!(unknown, TxnError::UnknownProcedure("no-such-procedure".into()));
+    assert!(!unknown.is_retryable());
+
+    let broke = db.call("transfer", &transfer_args(0, 1, 1_000)).unwrap_err();
+    assert_eq!(broke, TxnError::Aborted(AbortReason::User("insufficient funds".into())));
+
+    let sneaky = db.call("sneaky", b"").unwrap_err();
+    assert!(matches!(sneaky, TxnError::Aborted(AbortReason::OutsideDeclaredRanges(_))), "{sneaky}");
+
+    let big = db.transact(|tx| tx.put(b"a/big", &vec![0u8; 1024 * 1024 + 1])).unwrap_err();
+    assert!(matches!(big, TxnError::TooLarge(_)), "{big}");
+    let long_key = db.transact(|tx| tx.put(&vec![b'a'; 10 * 1024 + 1], b"v")).unwrap_err();
+    assert!(matches!(long_key, TxnError::TooLarge(_)), "{long_key}");
+
+    let ancient = db.clock().now().saturating_sub(Duration::from_secs(3600));
+    let old = db.snapshot(ReadAt::At(ancient)).err().unwrap();
+    assert!(matches!(old, TxnError::OutsideRetention { .. }), "{old}");
+
+    let snap = db.snapshot(ReadAt::Latest).unwrap();
+    for i in 0..ACCOUNTS {
+        assert_eq!(num(snap.get(&account(i)).unwrap()), INITIAL, "account {i} changed");
+    }
+    assert_eq!(snap.get(b"a/big").unwrap(), None);
+}
+
+#[test]
+fn a_snapshot_at_a_past_timestamp_sees_the_state_then() {
+    let db = Database::open("unused", options()).unwrap();
+    fund(&db);
+    let then = db.snapshot(ReadAt::Latest).unwrap().ts();
+    db.call("transfer", &transfer_args(2, 3, 50)).unwrap();
+    let past = db.snapshot(ReadAt::At(then)).unwrap();
+    assert_eq!(num(past.get(&account(2)).unwrap()), INITIAL);
+    let now = db.snapshot(ReadAt::Latest).unwrap();
+    assert_eq!(num(now.get(&account(2)).unwrap()), INITIAL - 50);
+}

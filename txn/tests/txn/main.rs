@@ -1,0 +1,9 @@
+//! Transaction tests, in one binary (each binary linking RocksDB costs link time).
+//!
+//! - `executor`: the window executor against a serial oracle, and determinism.
+//! - `database`: the embedded database end to end: procedures, snapshots, interactive
+//!   transactions, the bank invariant, recovery after reopening, and bad input.
+
+mod common;
+mod database;
+mod executor;
