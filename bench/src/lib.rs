@@ -6,6 +6,9 @@
 //!
 //! Workloads so far:
 //!
+//! - [`micro`]: the transaction engine on an embedded database: `increment` (a procedure
+//!   doing read-modify-write of one random key), `transfer` (a procedure over two random keys,
+//!   often on two shards) and `interactive` (the same transfer as an interactive transaction).
 //! - [`mvcc`]: the storage layer alone on RocksDB: applies windows of versioned writes the way
 //!   a shard does, reads them back at timestamps, scans, collects garbage, and checks every
 //!   answer against an in-memory model. It is the end-to-end job until the transaction engine
@@ -13,5 +16,6 @@
 //!
 //! Not here: the engine itself; the harness only uses public APIs.
 
+pub mod micro;
 pub mod mvcc;
 pub mod report;

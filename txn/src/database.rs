@@ -40,7 +40,7 @@ use storage::{Engine, Epoch, Limits, MemoryEngine, MetaKey, Mvcc, RocksEngine};
 
 use crate::error::TxnError;
 use crate::executor::{Executor, Task};
-use crate::outcome::{AbortReason, Outcome};
+use crate::outcome::{AbortReason, Outcome, Phase};
 use crate::procedure::{Procedure, Registry};
 use crate::request::Request;
 use crate::shard_map::ShardMap;
@@ -134,6 +134,35 @@ pub(crate) struct Inner {
     failure: Mutex<Option<String>>,
     client_salt: u64,
     next_client: AtomicU64,
+    stats: StatCounters,
+}
+
+/// Counters behind [`Stats`].
+#[derive(Default)]
+struct StatCounters {
+    windows: AtomicU64,
+    entries: AtomicU64,
+    committed: AtomicU64,
+    fallbacks: AtomicU64,
+    conflicts: AtomicU64,
+    aborts: AtomicU64,
+}
+
+/// What the database has done since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Windows applied.
+    pub windows: u64,
+    /// Log entries in them.
+    pub entries: u64,
+    /// Transactions committed.
+    pub committed: u64,
+    /// Of those, single-shard procedures committed by re-execution after losing validation.
+    pub fallbacks: u64,
+    /// Interactive transactions that failed validation.
+    pub conflicts: u64,
+    /// Transactions aborted.
+    pub aborts: u64,
 }
 
 impl Inner {
@@ -223,6 +252,7 @@ impl Database {
             failure: Mutex::new(None),
             client_salt: RandomState::new().hash_one(std::process::id()),
             next_client: AtomicU64::new(0),
+            stats: StatCounters::default(),
         });
         let mut threads = Vec::new();
         for s in map.shards() {
@@ -259,6 +289,20 @@ impl Database {
     /// The shard map.
     pub fn shard_map(&self) -> &ShardMap {
         &self.inner.map
+    }
+
+    /// Counts of windows, entries and outcomes since opening.
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.stats;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            windows: get(&c.windows),
+            entries: get(&c.entries),
+            committed: get(&c.committed),
+            fallbacks: get(&c.fallbacks),
+            conflicts: get(&c.conflicts),
+            aborts: get(&c.aborts),
+        }
     }
 
     /// The database's clock.
@@ -483,11 +527,27 @@ impl ShardLoop {
         self.mvcc().apply(&batch).map_err(|e| e.to_string())?;
         self.deferred = deferred;
         self.set_progress(Some(e), window.ts);
+        let stats = &self.inner.stats;
+        if self.shard == ShardId(0) {
+            stats.windows.fetch_add(1, Ordering::Relaxed);
+            stats.entries.fetch_add(window.entries.len() as u64, Ordering::Relaxed);
+        }
         for decided in result.outcomes {
             let lowest = participants.get(&decided.txn).and_then(|p| p.first().copied());
-            if lowest == Some(self.shard)
-                && let Some(tx) = lock(&self.inner.waiters).remove(&clients[&decided.txn])
-            {
+            if lowest != Some(self.shard) {
+                continue;
+            }
+            let counter = match (&decided.outcome, decided.position) {
+                (Outcome::Committed { .. }, Some(p)) if p.phase == Phase::Fallback => {
+                    stats.committed.fetch_add(1, Ordering::Relaxed);
+                    &stats.fallbacks
+                }
+                (Outcome::Committed { .. }, _) => &stats.committed,
+                (Outcome::Conflict { .. }, _) => &stats.conflicts,
+                (Outcome::Aborted(_), _) => &stats.aborts,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            if let Some(tx) = lock(&self.inner.waiters).remove(&clients[&decided.txn]) {
                 let _ = tx.send(decided.outcome);
             }
         }

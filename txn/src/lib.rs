@@ -26,7 +26,7 @@ mod shard_map;
 mod snapshot;
 mod transaction;
 
-pub use crate::database::{Database, Options};
+pub use crate::database::{Database, Options, Stats};
 pub use crate::error::TxnError;
 pub use crate::executor::{ExecError, Executor, SnapshotRead, Task, Validated, WindowResult};
 pub use crate::outcome::{AbortReason, Decided, Outcome, Phase, SerialPosition};

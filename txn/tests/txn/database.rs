@@ -187,6 +187,10 @@ fn concurrent_read_modify_writes_lose_no_update() {
         t.join().unwrap();
     }
     assert_eq!(num(db.snapshot(ReadAt::Latest).unwrap().get(b"b/counter").unwrap()), 100);
+    let stats = db.stats();
+    assert_eq!(stats.committed, 100, "{stats:?}");
+    assert_eq!(stats.entries, stats.committed + stats.conflicts + stats.aborts, "{stats:?}");
+    assert!(stats.windows > 0 && stats.windows <= stats.entries, "{stats:?}");
 }
 
 #[test]
