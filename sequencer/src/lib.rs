@@ -22,7 +22,9 @@
 //!   log's last timestamp is observed by the clock on start).
 //! - A client id resubmitted while its entry is open or in one of the last `dedup_windows`
 //!   windows gets the original's receipt, marked duplicate: a retry never commits twice.
-//! - When idle, a [`Delivery::Tick`] every `window_interval` moves shards' safe time.
+//! - When idle, a [`Delivery::Tick`] every `window_interval` moves shards' safe time. A
+//!   [`WindowRequester`] asks for a logged (possibly empty) window instead, for entries that
+//!   were deferred to the next window.
 //!
 //! The sealing decisions are a plain state machine ([`Sealer`]); [`Sequencer`] is the thread
 //! that runs it against the clock and the log. Not here: what entries mean (`txn`), and
@@ -38,7 +40,7 @@ mod window;
 pub use crate::error::SequencerError;
 pub use crate::ids::{ClientId, ShardId, TxnId};
 pub use crate::log::WindowLog;
-pub use crate::runner::{Delivery, Receipt, Sequencer};
+pub use crate::runner::{Delivery, Receipt, Sequencer, WindowRequester};
 pub use crate::sealer::{Admission, Sealer, SealerConfig};
 pub use crate::window::{Entry, Window};
 pub use clock::Epoch;

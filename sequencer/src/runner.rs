@@ -48,6 +48,22 @@ type ReceiptSender = Sender<Result<Receipt, SequencerError>>;
 enum Command {
     Submit(Entry, ReceiptSender),
     Subscribe(Epoch, Sender<Delivery>),
+    /// Seal the next window and log it even if it is empty.
+    RequestWindow,
+    Shutdown,
+}
+
+/// Asks a running sequencer for a window: the next seal is logged even if it holds no entry.
+/// Entries deferred to "the next window" need one to exist. Cloneable; harmless after the
+/// sequencer stopped.
+#[derive(Clone)]
+pub struct WindowRequester(Sender<Command>);
+
+impl WindowRequester {
+    /// Requests a window.
+    pub fn request(&self) {
+        let _ = self.0.send(Command::RequestWindow);
+    }
 }
 
 /// A running sequencer. Dropping it (or [`Sequencer::shutdown`]) seals what is open, answers
@@ -79,8 +95,17 @@ impl Sequencer {
         let thread = std::thread::Builder::new()
             .name("sealdb-sequencer".into())
             .spawn(move || {
-                Loop { sealer, log, clock, origin, subscribers: Vec::new(), waiters: Vec::new() }
-                    .run(rx)
+                Loop {
+                    sealer,
+                    log,
+                    clock,
+                    origin,
+                    subscribers: Vec::new(),
+                    waiters: Vec::new(),
+                    window_requested: false,
+                    stopping: false,
+                }
+                .run(rx)
             })
             .map_err(|e| SequencerError::Io { path: "sequencer thread".into(), source: e })?;
         Ok((Sequencer { commands: Some(tx), thread: Some(thread) }, last))
@@ -114,6 +139,11 @@ impl Sequencer {
         rx
     }
 
+    /// A handle that requests windows (see [`WindowRequester`]).
+    pub fn window_requester(&self) -> Option<WindowRequester> {
+        self.commands.clone().map(WindowRequester)
+    }
+
     /// Seals what is open, answers its submitters and stops. Returns the error that stopped
     /// the sequencer early, if any.
     pub fn shutdown(mut self) -> Result<(), SequencerError> {
@@ -121,7 +151,9 @@ impl Sequencer {
     }
 
     fn stop(&mut self) -> Result<(), SequencerError> {
-        self.commands = None;
+        if let Some(commands) = self.commands.take() {
+            let _ = commands.send(Command::Shutdown);
+        }
         match self.thread.take() {
             Some(thread) => thread.join().unwrap_or(Err(SequencerError::ShuttingDown)),
             None => Ok(()),
@@ -145,6 +177,9 @@ struct Loop {
     subscribers: Vec<Sender<Delivery>>,
     /// For each index of the open window, who waits for its receipt (duplicates included).
     waiters: Vec<Vec<(ReceiptSender, bool)>>,
+    /// Log the next window even if it is empty.
+    window_requested: bool,
+    stopping: bool,
 }
 
 impl Loop {
@@ -171,12 +206,13 @@ impl Loop {
             match commands.recv_timeout(wait) {
                 Ok(command) => self.handle(command)?,
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    if self.sealer.open_len() > 0 {
-                        self.seal()?;
-                    }
-                    return Ok(());
+                Err(RecvTimeoutError::Disconnected) => self.stopping = true,
+            }
+            if self.stopping {
+                if self.sealer.open_len() > 0 {
+                    self.seal()?;
                 }
+                return Ok(());
             }
             // Take whatever else has arrived, up to a window's worth, before sealing.
             while self.sealer.open_len() < self.sealer.config().max_window_entries {
@@ -212,6 +248,14 @@ impl Loop {
                 }
                 Ok(())
             }
+            Command::RequestWindow => {
+                self.window_requested = true;
+                Ok(())
+            }
+            Command::Shutdown => {
+                self.stopping = true;
+                Ok(())
+            }
             Command::Subscribe(from, sink) => {
                 for window in self.log.read_from(from)? {
                     if sink.send(Delivery::Window(Arc::new(window))).is_err() {
@@ -226,12 +270,13 @@ impl Loop {
 
     fn seal(&mut self) -> Result<(), SequencerError> {
         let now = self.origin.elapsed();
-        if self.sealer.open_len() == 0 {
+        if self.sealer.open_len() == 0 && !std::mem::take(&mut self.window_requested) {
             let ts = self.clock.now().max(self.sealer.last_ts().next());
             self.sealer.tick(ts, now);
             self.subscribers.retain(|s| s.send(Delivery::Tick(ts)).is_ok());
             return Ok(());
         }
+        self.window_requested = false;
         let window = self.sealer.seal(self.clock.now(), now);
         self.log.append(&window)?;
         let window = Arc::new(window);

@@ -238,3 +238,22 @@ fn entries_open_at_shutdown_are_sealed_and_answered() {
     seq.shutdown().unwrap();
     assert!(pending.recv().unwrap().is_ok(), "what was open at shutdown is sealed and answered");
 }
+
+#[test]
+fn a_requested_window_is_logged_even_when_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(Clock::system(Duration::ZERO));
+    let seq = start(dir.path(), &clock);
+    let deliveries = seq.subscribe(Epoch(1));
+    seq.window_requester().unwrap().request();
+    let window = loop {
+        match deliveries.recv_timeout(Duration::from_secs(5)).expect("a window") {
+            Delivery::Window(w) => break w,
+            Delivery::Tick(_) => {}
+        }
+    };
+    assert_eq!((window.epoch, window.entries.len()), (Epoch(1), 0));
+    seq.shutdown().unwrap();
+    let (_, logged) = WindowLog::open(dir.path()).unwrap();
+    assert_eq!(logged.len(), 1, "the requested window is durable like any other");
+}

@@ -35,6 +35,7 @@ use std::time::Duration;
 use clock::{Clock, SystemClock, Timestamp};
 use sequencer::{
     ClientId, Delivery, Entry, SealerConfig, Sequencer, SequencerError, ShardId, TxnId, Window,
+    WindowRequester,
 };
 use storage::{Engine, Epoch, Limits, MemoryEngine, MetaKey, Mvcc, RocksEngine};
 
@@ -265,12 +266,13 @@ impl Database {
             let deliveries = sequencer.subscribe(from);
             let executor =
                 Executor::new(s, map.clone(), options.procedures.clone(), options.limits);
+            let requester = sequencer.window_requester().ok_or(TxnError::ShuttingDown)?;
             let inner = inner.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("sealdb-shard-{}", s.0))
                 .spawn(move || {
                     let shard_loop =
-                        ShardLoop { inner: inner.clone(), shard: s, executor, deferred };
+                        ShardLoop { inner: inner.clone(), shard: s, executor, deferred, requester };
                     if let Err(e) = shard_loop.run(deliveries) {
                         tracing::error!(shard = s.0, error = %e, "shard stopped");
                         *lock(&inner.failure) = Some(e);
@@ -361,10 +363,7 @@ impl Database {
             return Err(e);
         }
         // Logged: from here on the outcome is decided by the shards.
-        let outcome = rx.recv().map_err(|_| match lock(&self.inner.failure).clone() {
-            Some(e) => TxnError::Storage(e),
-            None => TxnError::ShuttingDown,
-        })?;
+        let outcome = rx.recv().map_err(|_| TxnError::OutcomeUnknown)?;
         if let Outcome::Committed { ts, .. } = &outcome {
             self.inner.clock.commit_wait(*ts);
         }
@@ -439,10 +438,15 @@ struct ShardLoop {
     shard: ShardId,
     executor: Executor,
     deferred: Vec<(Task, ClientId)>,
+    /// Deferred entries run at the front of the next window; this makes sure there is one.
+    requester: WindowRequester,
 }
 
 impl ShardLoop {
     fn run(mut self, deliveries: Receiver<Delivery>) -> Result<(), String> {
+        if !self.deferred.is_empty() {
+            self.requester.request(); // deferred before a restart
+        }
         loop {
             match deliveries.recv_timeout(Duration::from_millis(100)) {
                 Ok(Delivery::Window(w)) => self.apply(&w)?,
@@ -525,6 +529,9 @@ impl ShardLoop {
             .collect();
         batch.put_meta(MetaKey::Deferred, encode_deferred(&deferred));
         self.mvcc().apply(&batch).map_err(|e| e.to_string())?;
+        if !deferred.is_empty() {
+            self.requester.request();
+        }
         self.deferred = deferred;
         self.set_progress(Some(e), window.ts);
         let stats = &self.inner.stats;

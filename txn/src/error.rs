@@ -4,8 +4,9 @@ use clock::Timestamp;
 
 use crate::outcome::AbortReason;
 
-/// Why a transaction, call or read did not succeed. Each variant says what to do next;
-/// none of them changed any data.
+/// Why a transaction, call or read did not succeed. Each variant says what to do next; none
+/// of them changed any data, except that after [`TxnError::OutcomeUnknown`] the transaction
+/// may have committed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TxnError {
     /// Validation failed because something read changed. Retry (the `transact` helper does).
@@ -31,9 +32,14 @@ pub enum TxnError {
         /// The oldest timestamp still readable.
         oldest: Timestamp,
     },
-    /// The database is closing or closed.
+    /// The database is closing or closed; the transaction was not logged.
     #[error("the database is shutting down")]
     ShuttingDown,
+    /// The transaction was logged, but the database stopped before its outcome was known: it
+    /// may have committed, or may still commit when the database is reopened. Check before
+    /// retrying.
+    #[error("the outcome is unknown: the transaction was logged but the database stopped")]
+    OutcomeUnknown,
     /// Storage or the log failed; the database stops rather than risk diverging.
     #[error("storage failure: {0}")]
     Storage(String),
