@@ -122,18 +122,21 @@ fn start(dir: &std::path::Path, clock: &Arc<Clock>) -> Sequencer {
     Sequencer::start(dir, clock.clone(), SealerConfig::default()).unwrap().0
 }
 
-/// Every window a subscriber gets until it has seen `count` entries.
-fn collect(deliveries: &std::sync::mpsc::Receiver<Delivery>, count: usize) -> Vec<Arc<Window>> {
-    let mut windows = Vec::new();
-    let mut seen = 0;
-    while seen < count {
+/// The next window a subscriber gets, skipping ticks.
+fn next_window(deliveries: &std::sync::mpsc::Receiver<Delivery>) -> Arc<Window> {
+    loop {
         match deliveries.recv_timeout(Duration::from_secs(10)).expect("delivery") {
-            Delivery::Window(w) => {
-                seen += w.entries.len();
-                windows.push(w);
-            }
+            Delivery::Window(w) => return w,
             Delivery::Tick(_) => {}
         }
+    }
+}
+
+/// Every window a subscriber gets until it has seen `count` entries.
+fn collect(deliveries: &std::sync::mpsc::Receiver<Delivery>, count: usize) -> Vec<Arc<Window>> {
+    let mut windows: Vec<Arc<Window>> = Vec::new();
+    while windows.iter().map(|w| w.entries.len()).sum::<usize>() < count {
+        windows.push(next_window(deliveries));
     }
     windows
 }
@@ -246,12 +249,7 @@ fn a_requested_window_is_logged_even_when_empty() {
     let seq = start(dir.path(), &clock);
     let deliveries = seq.subscribe(Epoch(1));
     seq.window_requester().unwrap().request();
-    let window = loop {
-        match deliveries.recv_timeout(Duration::from_secs(5)).expect("a window") {
-            Delivery::Window(w) => break w,
-            Delivery::Tick(_) => {}
-        }
-    };
+    let window = next_window(&deliveries);
     assert_eq!((window.epoch, window.entries.len()), (Epoch(1), 0));
     seq.shutdown().unwrap();
     let (_, logged) = WindowLog::open(dir.path()).unwrap();
