@@ -114,7 +114,8 @@ struct Tally {
 
 #[derive(Default)]
 struct Board {
-    tallies: BTreeMap<TxnId, Tally>,
+    /// By window and entry: an entry deferred again is voted on afresh in its next window.
+    tallies: BTreeMap<(Epoch, TxnId), Tally>,
     /// Which shards' verdicts for which window are on the board.
     posted: HashSet<(Epoch, ShardId)>,
 }
@@ -364,7 +365,13 @@ impl Database {
         }
         // Logged: from here on the outcome is decided by the shards.
         let outcome = rx.recv().map_err(|_| TxnError::OutcomeUnknown)?;
-        if let Outcome::Committed { ts, .. } = &outcome {
+        // Commit-wait makes every clock in the cluster pass `ts`. With a zero offset there is
+        // one clock, this one, and its HLC is already past `ts` (it stamped the window), so
+        // every later timestamp is above it; waiting for the wall clock would only add the
+        // lead the clock may carry after a restart (up to one high-water lease per restart).
+        if let Outcome::Committed { ts, .. } = &outcome
+            && !self.inner.clock.max_offset().is_zero()
+        {
             self.inner.clock.commit_wait(*ts);
         }
         Ok(outcome)
@@ -582,6 +589,12 @@ impl ShardLoop {
             return Ok(BTreeMap::new());
         }
         let mut board = lock(&self.inner.board);
+        // Tallies of windows every shard has applied are finished with. (After a restart, a
+        // participant that had applied a window answers from storage and never reads the
+        // result, so its tallies are not removed by the readers count.)
+        let oldest = lock(&self.inner.progress).iter().map(|p| p.applied).min().unwrap_or_default();
+        board.tallies.retain(|(epoch, _), _| *epoch > oldest);
+        board.posted.retain(|(epoch, _)| *epoch > oldest);
         post(&mut board, e, self.shard, local);
         self.inner.board_changed.notify_all();
         loop {
@@ -599,16 +612,16 @@ impl ShardLoop {
                 }
             }
             let done = local.iter().all(|(t, _)| {
-                board.tallies.get(t).is_some_and(|v| v.votes == participants[t].len())
+                board.tallies.get(&(e, *t)).is_some_and(|v| v.votes == participants[t].len())
             });
             if done {
                 let mut finals = BTreeMap::new();
                 for (t, _) in local {
-                    let tally = board.tallies.get_mut(t).expect("tallied");
+                    let tally = board.tallies.get_mut(&(e, *t)).expect("tallied");
                     finals.insert(*t, tally.commit);
                     tally.readers += 1;
                     if tally.readers == participants[t].len() {
-                        board.tallies.remove(t);
+                        board.tallies.remove(&(e, *t));
                     }
                 }
                 return Ok(finals);
@@ -632,7 +645,7 @@ fn post(board: &mut Board, e: Epoch, shard: ShardId, verdicts: &[(TxnId, bool)])
     }
     for (txn, commit) in verdicts {
         let tally =
-            board.tallies.entry(*txn).or_insert(Tally { votes: 0, commit: true, readers: 0 });
+            board.tallies.entry((e, *txn)).or_insert(Tally { votes: 0, commit: true, readers: 0 });
         tally.votes += 1;
         tally.commit &= commit;
     }
