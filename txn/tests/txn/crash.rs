@@ -17,11 +17,10 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sequencer::SealerConfig;
 use storage::KeyRange;
-use txn::{Context, Database, Options, ProcError, Procedure, ReadAt, ShardMap};
+use txn::{Context, Database, Options, ProcError, Procedure, ReadAt};
 
-use crate::common::{num, point};
+use crate::common::{num, point, three_shards};
 
 const DIR_VAR: &str = "SEALDB_DB_CRASH_DIR";
 const ROUND_VAR: &str = "SEALDB_DB_CRASH_ROUND";
@@ -56,15 +55,7 @@ fn marker(name: &[u8]) -> Vec<u8> {
 }
 
 fn options() -> Options {
-    Options {
-        shard_map: Some(ShardMap::new(vec![b"b".to_vec(), b"c".to_vec()]).unwrap()),
-        sealer: SealerConfig {
-            window_interval: Duration::from_millis(2),
-            ..SealerConfig::default()
-        },
-        ..Options::default()
-    }
-    .procedure(Arc::new(Mark))
+    three_shards(false).procedure(Arc::new(Mark))
 }
 
 #[test]

@@ -4,12 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::common::{num, point};
-use sequencer::SealerConfig;
+use crate::common::{num, point, three_shards};
 use storage::KeyRange;
-use txn::{
-    AbortReason, Context, Database, Options, ProcError, Procedure, ReadAt, ShardMap, TxnError,
-};
+use txn::{AbortReason, Context, Database, Options, ProcError, Procedure, ReadAt, TxnError};
 
 const ACCOUNTS: u64 = 12;
 const INITIAL: u64 = 100;
@@ -70,16 +67,7 @@ impl Procedure for Sneaky {
 }
 
 fn options() -> Options {
-    Options {
-        shard_map: Some(ShardMap::new(vec![b"b".to_vec(), b"c".to_vec()]).unwrap()),
-        sealer: SealerConfig {
-            window_interval: Duration::from_millis(2),
-            ..SealerConfig::default()
-        },
-        ..Options::in_memory()
-    }
-    .procedure(Arc::new(Transfer))
-    .procedure(Arc::new(Sneaky))
+    three_shards(true).procedure(Arc::new(Transfer)).procedure(Arc::new(Sneaky))
 }
 
 fn fund(db: &Database) {
