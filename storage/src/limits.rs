@@ -1,4 +1,7 @@
-//! [`Limits`]: the sizes storage refuses to exceed (DESIGN.md section 8).
+//! [`Limits`]: the sizes storage refuses to exceed (DESIGN.md section 8), and the one place
+//! they are checked.
+
+use crate::StorageError;
 
 /// Size limits enforced on every write, with DESIGN.md's defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,5 +21,46 @@ impl Default for Limits {
             max_value_bytes: 1024 * 1024,
             max_batch_bytes: 10 * 1024 * 1024,
         }
+    }
+}
+
+impl Limits {
+    /// Refuses a key over the limit.
+    pub fn check_key(&self, key: &[u8]) -> Result<(), StorageError> {
+        if key.len() > self.max_key_bytes {
+            return Err(StorageError::KeyTooLarge { len: key.len(), max: self.max_key_bytes });
+        }
+        Ok(())
+    }
+
+    /// Refuses a value over the limit.
+    pub fn check_value(&self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        if value.len() > self.max_value_bytes {
+            return Err(StorageError::ValueTooLarge {
+                len: value.len(),
+                key_len: key.len(),
+                max: self.max_value_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a set of writes (`None` deletes) with any key or value over the limits, or
+    /// more bytes in all than one transaction may write.
+    pub fn check_writes<'a>(
+        &self,
+        writes: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    ) -> Result<(), StorageError> {
+        let mut total = 0usize;
+        for (key, value) in writes {
+            self.check_key(key)?;
+            let value = value.unwrap_or_default();
+            self.check_value(key, value)?;
+            total += key.len() + value.len();
+        }
+        if total > self.max_batch_bytes {
+            return Err(StorageError::BatchTooLarge { bytes: total, max: self.max_batch_bytes });
+        }
+        Ok(())
     }
 }

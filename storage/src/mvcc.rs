@@ -294,25 +294,7 @@ impl Mvcc {
                 applied: current.window,
             });
         }
-        let mut total = 0usize;
-        for (key, value) in batch.writes() {
-            self.check_key(key)?;
-            let value_len = value.map_or(0, <[u8]>::len);
-            if value_len > self.limits.max_value_bytes {
-                return Err(StorageError::ValueTooLarge {
-                    len: value_len,
-                    key_len: key.len(),
-                    max: self.limits.max_value_bytes,
-                });
-            }
-            total += key.len() + value_len;
-        }
-        if total > self.limits.max_batch_bytes {
-            return Err(StorageError::BatchTooLarge {
-                bytes: total,
-                max: self.limits.max_batch_bytes,
-            });
-        }
+        self.limits.check_writes(batch.writes())?;
 
         let mut raw = RawBatch::default();
         for (key, value) in batch.writes() {
@@ -380,13 +362,7 @@ impl Mvcc {
     }
 
     fn check_key(&self, key: &[u8]) -> Result<()> {
-        if key.len() > self.limits.max_key_bytes {
-            return Err(StorageError::KeyTooLarge {
-                len: key.len(),
-                max: self.limits.max_key_bytes,
-            });
-        }
-        Ok(())
+        self.limits.check_key(key)
     }
 }
 

@@ -287,30 +287,8 @@ impl Executor {
         &self,
         writes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     ) -> Option<AbortReason> {
-        let mut total = 0usize;
-        for (k, v) in writes {
-            if k.len() > self.limits.max_key_bytes {
-                return Some(AbortReason::TooLarge(format!(
-                    "key of {} bytes exceeds the limit of {}",
-                    k.len(),
-                    self.limits.max_key_bytes
-                )));
-            }
-            let vlen = v.as_ref().map_or(0, Vec::len);
-            if vlen > self.limits.max_value_bytes {
-                return Some(AbortReason::TooLarge(format!(
-                    "value of {vlen} bytes exceeds the limit of {}",
-                    self.limits.max_value_bytes
-                )));
-            }
-            total += k.len() + vlen;
-        }
-        (total > self.limits.max_batch_bytes).then(|| {
-            AbortReason::TooLarge(format!(
-                "{total} bytes of writes exceed the limit of {}",
-                self.limits.max_batch_bytes
-            ))
-        })
+        let writes = writes.iter().map(|(k, v)| (k.as_slice(), v.as_deref()));
+        self.limits.check_writes(writes).err().map(|e| AbortReason::TooLarge(e.to_string()))
     }
 
     /// Phase A for an interactive transaction: nothing it read (on this shard) may have
@@ -486,13 +464,7 @@ impl<'a> ProcContext<'a> {
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), ProcError> {
-        if key.len() > self.limits.max_key_bytes {
-            return Err(ProcError::TooLarge(format!(
-                "key of {} bytes exceeds the limit of {}",
-                key.len(),
-                self.limits.max_key_bytes
-            )));
-        }
+        self.limits.check_key(key).map_err(|e| ProcError::TooLarge(e.to_string()))?;
         if !self.declared.iter().any(|r| r.contains(key)) {
             return Err(ProcError::OutsideDeclaredRanges { key: key.to_vec() });
         }
@@ -547,13 +519,7 @@ impl Context for ProcContext<'_> {
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), ProcError> {
         self.check_key(key)?;
-        if value.len() > self.limits.max_value_bytes {
-            return Err(ProcError::TooLarge(format!(
-                "value of {} bytes exceeds the limit of {}",
-                value.len(),
-                self.limits.max_value_bytes
-            )));
-        }
+        self.limits.check_value(key, value).map_err(|e| ProcError::TooLarge(e.to_string()))?;
         self.writes.insert(key.to_vec(), Some(value.to_vec()));
         Ok(())
     }

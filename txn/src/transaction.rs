@@ -56,22 +56,15 @@ impl Snapshot<'_> {
 
 fn storage_error(e: storage::StorageError) -> TxnError {
     match e {
-        storage::StorageError::KeyTooLarge { .. } | storage::StorageError::ValueTooLarge { .. } => {
-            TxnError::TooLarge(e.to_string())
-        }
+        storage::StorageError::KeyTooLarge { .. }
+        | storage::StorageError::ValueTooLarge { .. }
+        | storage::StorageError::BatchTooLarge { .. } => TxnError::TooLarge(e.to_string()),
         other => TxnError::Storage(other.to_string()),
     }
 }
 
 fn check_key(db: &Database, key: &[u8]) -> Result<(), TxnError> {
-    let max = db.inner.limits.max_key_bytes;
-    if key.len() > max {
-        return Err(TxnError::TooLarge(format!(
-            "key of {} bytes exceeds the limit of {max}",
-            key.len()
-        )));
-    }
-    Ok(())
+    db.inner.limits.check_key(key).map_err(storage_error)
 }
 
 impl Database {
@@ -175,13 +168,7 @@ impl Transaction<'_> {
     /// Sets `key` to `value` when the transaction commits.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), TxnError> {
         check_key(self.db, key)?;
-        let max = self.db.inner.limits.max_value_bytes;
-        if value.len() > max {
-            return Err(TxnError::TooLarge(format!(
-                "value of {} bytes exceeds the limit of {max}",
-                value.len()
-            )));
-        }
+        self.db.inner.limits.check_value(key, value).map_err(storage_error)?;
         self.writes.insert(key.to_vec(), Some(value.to_vec()));
         Ok(())
     }
