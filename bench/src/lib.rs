@@ -11,11 +11,13 @@
 //!   often on two shards) and `interactive` (the same transfer as an interactive transaction).
 //! - [`mvcc`]: the storage layer alone on RocksDB: applies windows of versioned writes the way
 //!   a shard does, reads them back at timestamps, scans, collects garbage, and checks every
-//!   answer against an in-memory model. It is the end-to-end job until the transaction engine
-//!   and the TPC-C-like workload exist.
+//!   answer against an in-memory model.
+//! - [`tpcc`]: the TPC-C-like benchmark (the main job): load, run a mix of the five
+//!   transactions, check the consistency conditions.
 //!
 //! Not here: the engine itself; the harness only uses public APIs.
 
 pub mod micro;
 pub mod mvcc;
 pub mod report;
+pub mod tpcc;

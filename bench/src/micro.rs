@@ -1,5 +1,8 @@
 //! The micro-benchmark: closed-loop clients running one small transaction type as fast as
-//! they can against an embedded database, for a fixed duration.
+//! they can against an embedded database, for a fixed duration. Each client has one
+//! transaction outstanding at a time; clients are tasks on one tokio thread (`--driver
+//! async`, procedures) or OS threads (`--driver threads`, needed for interactive
+//! transactions, whose reads block).
 //!
 //! Keys are `u64` indexes scrambled by a bijection, so their first byte (what the default
 //! shard map splits on) is uniform and random keys spread evenly over the shards; two random
@@ -10,6 +13,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -32,11 +36,24 @@ pub enum Workload {
     Interactive,
 }
 
+/// How clients are run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// Each client is a task on one tokio thread, calling `Database::call_async`
+    /// (procedures only).
+    Async,
+    /// Each client is an OS thread making blocking calls.
+    Threads,
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct MicroOptions {
     /// The transaction type.
     pub workload: Workload,
+    /// How clients are run.
+    pub driver: Driver,
     /// Concurrent clients.
     pub clients: u32,
     /// How long to run.
@@ -49,6 +66,8 @@ pub struct MicroOptions {
     pub dir: Option<PathBuf>,
     /// Random seed.
     pub seed: u64,
+    /// Overrides the sealer's `seal_ahead` (0: seal on the interval only).
+    pub seal_ahead: Option<u64>,
 }
 
 /// What it measured.
@@ -56,6 +75,8 @@ pub struct MicroOptions {
 pub struct Report {
     /// The transaction type.
     pub workload: Workload,
+    /// How clients were run.
+    pub driver: Driver,
     /// Concurrent clients.
     pub clients: u32,
     /// Seconds measured.
@@ -142,6 +163,58 @@ impl Procedure for Transfer {
     }
 }
 
+fn client_rng(opts: &MicroOptions, client: u32) -> StdRng {
+    StdRng::seed_from_u64(opts.seed * 10_000 + u64::from(client))
+}
+
+/// Two distinct random keys.
+fn two_keys(rng: &mut StdRng, keys: u64) -> (u64, u64) {
+    let (i, j) = (rng.random_range(0..keys), rng.random_range(0..keys));
+    (i, if j == i { (i + 1) % keys } else { j })
+}
+
+/// Runs every client as a task on one tokio thread; the handle yields all their latencies.
+fn spawn_async_clients(
+    db: Arc<Database>,
+    stop: Arc<AtomicBool>,
+    opts: MicroOptions,
+) -> Result<JoinHandle<Result<Vec<Duration>, TxnError>>, String> {
+    if opts.workload == Workload::Interactive {
+        return Err("the async driver runs procedures only: use --driver threads".into());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok(std::thread::spawn(move || {
+        runtime.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            for c in 0..opts.clients {
+                let (db, stop, opts) = (db.clone(), stop.clone(), opts.clone());
+                tasks.spawn(async move {
+                    let mut rng = client_rng(&opts, c);
+                    let mut latencies = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let (i, j) = two_keys(&mut rng, opts.keys);
+                        let t = Instant::now();
+                        match opts.workload {
+                            Workload::Transfer => db.call_async("transfer", &args(&[i, j])).await?,
+                            _ => db.call_async("increment", &args(&[i])).await?,
+                        };
+                        latencies.push(t.elapsed());
+                    }
+                    Ok::<_, TxnError>(latencies)
+                });
+            }
+            let mut all = Vec::new();
+            while let Some(client) = tasks.join_next().await {
+                all.extend(client.expect("a client task panicked")?);
+            }
+            Ok(all)
+        })
+    }))
+}
+
 /// Runs the benchmark, printing progress to stderr.
 pub fn run(opts: &MicroOptions) -> Result<Report, String> {
     let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -151,38 +224,40 @@ pub fn run(opts: &MicroOptions) -> Result<Report, String> {
     if let Some(shards) = opts.shards {
         options.shards = shards;
     }
+    if let Some(ahead) = opts.seal_ahead {
+        options.sealer.seal_ahead = (ahead > 0).then_some(ahead);
+    }
     let shards = options.shards;
     let db = Arc::new(Database::open(&dir, options).map_err(|e| e.to_string())?);
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let clients: Vec<_> = (0..opts.clients)
-        .map(|c| {
-            let (db, stop, opts) = (db.clone(), stop.clone(), opts.clone());
-            std::thread::spawn(move || -> Result<Vec<Duration>, TxnError> {
-                let mut rng = StdRng::seed_from_u64(opts.seed * 10_000 + u64::from(c));
-                let mut latencies = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let (i, mut j) =
-                        (rng.random_range(0..opts.keys), rng.random_range(0..opts.keys));
-                    if j == i {
-                        j = (i + 1) % opts.keys;
+    let clients = match opts.driver {
+        Driver::Async => vec![spawn_async_clients(db.clone(), stop.clone(), opts.clone())?],
+        Driver::Threads => (0..opts.clients)
+            .map(|c| {
+                let (db, stop, opts) = (db.clone(), stop.clone(), opts.clone());
+                std::thread::spawn(move || -> Result<Vec<Duration>, TxnError> {
+                    let mut rng = client_rng(&opts, c);
+                    let mut latencies = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let (i, j) = two_keys(&mut rng, opts.keys);
+                        let t = Instant::now();
+                        match opts.workload {
+                            Workload::Increment => db.call("increment", &args(&[i])).map(drop)?,
+                            Workload::Transfer => db.call("transfer", &args(&[i, j])).map(drop)?,
+                            Workload::Interactive => db.transact(|tx| {
+                                let (a, b) = (num(tx.get(&key(i))?), num(tx.get(&key(j))?));
+                                tx.put(&key(i), &(a - 1).to_le_bytes())?;
+                                tx.put(&key(j), &(b + 1).to_le_bytes())
+                            })?,
+                        }
+                        latencies.push(t.elapsed());
                     }
-                    let t = Instant::now();
-                    match opts.workload {
-                        Workload::Increment => db.call("increment", &args(&[i])).map(drop)?,
-                        Workload::Transfer => db.call("transfer", &args(&[i, j])).map(drop)?,
-                        Workload::Interactive => db.transact(|tx| {
-                            let (a, b) = (num(tx.get(&key(i))?), num(tx.get(&key(j))?));
-                            tx.put(&key(i), &(a - 1).to_le_bytes())?;
-                            tx.put(&key(j), &(b + 1).to_le_bytes())
-                        })?,
-                    }
-                    latencies.push(t.elapsed());
-                }
-                Ok(latencies)
+                    Ok(latencies)
+                })
             })
-        })
-        .collect();
+            .collect(),
+    };
     let step = Duration::from_secs(5).min(opts.duration);
     while started.elapsed() < opts.duration {
         std::thread::sleep(step.min(opts.duration.saturating_sub(started.elapsed())));
@@ -214,6 +289,7 @@ pub fn run(opts: &MicroOptions) -> Result<Report, String> {
     let per_entry = |n: u64| if stats.entries == 0 { 0.0 } else { n as f64 / stats.entries as f64 };
     Ok(Report {
         workload: opts.workload,
+        driver: opts.driver,
         clients: opts.clients,
         duration_s: elapsed,
         keys: opts.keys,

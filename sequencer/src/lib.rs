@@ -3,7 +3,10 @@
 //!
 //! Clients submit [`Entry`]s: an opaque payload, the shards it touches, and a client id. The
 //! sequencer collects them into the open window and seals it when `window_interval` has passed
-//! since its first entry or it reaches `max_window_entries` / `max_window_bytes`. Sealing
+//! since its first entry or it reaches `max_window_entries` / `max_window_bytes`, or earlier,
+//! as soon as consumers report all but `seal_ahead` sealed windows applied (group commit that
+//! adapts to load: windows grow while shards are busy, and an idle system pays one fsync, not
+//! an interval). Sealing
 //! assigns the next [`Epoch`] and a window timestamp from the HLC, strictly above the last
 //! window's, and appends the window to the [`WindowLog`] with one fsync. Only then is the
 //! window delivered to shards and are the submitters answered with a [`Receipt`].
@@ -23,8 +26,8 @@
 //! - A client id resubmitted while its entry is open or in one of the last `dedup_windows`
 //!   windows gets the original's receipt, marked duplicate: a retry never commits twice.
 //! - When idle, a [`Delivery::Tick`] every `window_interval` moves shards' safe time. A
-//!   [`WindowRequester`] asks for a logged (possibly empty) window instead, for entries that
-//!   were deferred to the next window.
+//!   [`Feedback`] handle asks for a logged (possibly empty) window instead, for entries that
+//!   were deferred to the next window, and reports applied windows.
 //!
 //! The sealing decisions are a plain state machine ([`Sealer`]); [`Sequencer`] is the thread
 //! that runs it against the clock and the log. Not here: what entries mean (`txn`), and
@@ -40,7 +43,7 @@ mod window;
 pub use crate::error::SequencerError;
 pub use crate::ids::{ClientId, ShardId, TxnId};
 pub use crate::log::WindowLog;
-pub use crate::runner::{Delivery, Receipt, Sequencer, WindowRequester};
+pub use crate::runner::{Delivery, Feedback, OnReceipt, Receipt, Sequencer};
 pub use crate::sealer::{Admission, Sealer, SealerConfig};
 pub use crate::window::{Entry, Window};
 pub use clock::Epoch;

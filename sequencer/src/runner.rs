@@ -43,26 +43,35 @@ pub enum Delivery {
     Tick(Timestamp),
 }
 
-type ReceiptSender = Sender<Result<Receipt, SequencerError>>;
+/// Receives an entry's receipt (or why it was not logged), once, on the sequencer's thread:
+/// it must be quick and must not block.
+pub type OnReceipt = Box<dyn FnOnce(Result<Receipt, SequencerError>) + Send>;
 
 enum Command {
-    Submit(Entry, ReceiptSender),
+    Submit(Entry, OnReceipt),
     Subscribe(Epoch, Sender<Delivery>),
     /// Seal the next window and log it even if it is empty.
     RequestWindow,
+    /// Consumers have applied every window up to this epoch.
+    Applied(Epoch),
     Shutdown,
 }
 
-/// Asks a running sequencer for a window: the next seal is logged even if it holds no entry.
-/// Entries deferred to "the next window" need one to exist. Cloneable; harmless after the
-/// sequencer stopped.
+/// What consumers tell a running sequencer. Cloneable; harmless after the sequencer stopped.
 #[derive(Clone)]
-pub struct WindowRequester(Sender<Command>);
+pub struct Feedback(Sender<Command>);
 
-impl WindowRequester {
-    /// Requests a window.
-    pub fn request(&self) {
+impl Feedback {
+    /// Requests a window: the next seal is logged even if it holds no entry. Entries deferred
+    /// to "the next window" need one to exist.
+    pub fn request_window(&self) {
         let _ = self.0.send(Command::RequestWindow);
+    }
+
+    /// Reports every window up to `epoch` applied, so the next one may be sealed early (see
+    /// [`SealerConfig::seal_ahead`](crate::SealerConfig::seal_ahead)).
+    pub fn applied(&self, epoch: Epoch) {
+        let _ = self.0.send(Command::Applied(epoch));
     }
 }
 
@@ -114,19 +123,29 @@ impl Sequencer {
     /// Submits `entry`; the receiver yields its receipt once its window is durable.
     pub fn submit(&self, entry: Entry) -> Receiver<Result<Receipt, SequencerError>> {
         let (tx, rx) = mpsc::channel();
+        self.submit_then(
+            entry,
+            Box::new(move |receipt| {
+                let _ = tx.send(receipt);
+            }),
+        );
+        rx
+    }
+
+    /// Submits `entry`; `on_receipt` is called with its receipt once its window is durable,
+    /// or with the reason it will never be. Saves a caller that waits for something else
+    /// (the entry's outcome) a second wake-up.
+    pub fn submit_then(&self, entry: Entry, on_receipt: OnReceipt) {
         match &self.commands {
             Some(commands) => {
-                if let Err(mpsc::SendError(Command::Submit(_, tx))) =
-                    commands.send(Command::Submit(entry, tx))
+                if let Err(mpsc::SendError(Command::Submit(_, on_receipt))) =
+                    commands.send(Command::Submit(entry, on_receipt))
                 {
-                    let _ = tx.send(Err(SequencerError::ShuttingDown));
+                    on_receipt(Err(SequencerError::ShuttingDown));
                 }
             }
-            None => {
-                let _ = tx.send(Err(SequencerError::ShuttingDown));
-            }
+            None => on_receipt(Err(SequencerError::ShuttingDown)),
         }
-        rx
     }
 
     /// Every window from `from` on (read back from the log first), then live windows and
@@ -139,9 +158,9 @@ impl Sequencer {
         rx
     }
 
-    /// A handle that requests windows (see [`WindowRequester`]).
-    pub fn window_requester(&self) -> Option<WindowRequester> {
-        self.commands.clone().map(WindowRequester)
+    /// A handle for consumers' feedback (see [`Feedback`]).
+    pub fn feedback(&self) -> Option<Feedback> {
+        self.commands.clone().map(Feedback)
     }
 
     /// Seals what is open, answers its submitters and stops. Returns the error that stopped
@@ -176,7 +195,7 @@ struct Loop {
     origin: Instant,
     subscribers: Vec<Sender<Delivery>>,
     /// For each index of the open window, who waits for its receipt (duplicates included).
-    waiters: Vec<Vec<(ReceiptSender, bool)>>,
+    waiters: Vec<Vec<(OnReceipt, bool)>>,
     /// Log the next window even if it is empty.
     window_requested: bool,
     stopping: bool,
@@ -187,13 +206,13 @@ impl Loop {
         let result = self.serve(&commands);
         if let Err(e) = &result {
             tracing::error!(error = %e, "sequencer stopping: the window log failed");
-            for (tx, _) in self.waiters.drain(..).flatten() {
-                let _ = tx.send(Err(SequencerError::ShuttingDown));
+            for (on_receipt, _) in self.waiters.drain(..).flatten() {
+                on_receipt(Err(SequencerError::ShuttingDown));
             }
             // Refuse whatever is still queued.
             for command in commands.try_iter() {
-                if let Command::Submit(_, tx) = command {
-                    let _ = tx.send(Err(SequencerError::ShuttingDown));
+                if let Command::Submit(_, on_receipt) = command {
+                    on_receipt(Err(SequencerError::ShuttingDown));
                 }
             }
         }
@@ -229,27 +248,31 @@ impl Loop {
 
     fn handle(&mut self, command: Command) -> Result<(), SequencerError> {
         match command {
-            Command::Submit(entry, tx) => {
+            Command::Submit(entry, on_receipt) => {
                 match self.sealer.submit(entry, self.origin.elapsed()) {
                     Ok(Admission::Queued { index }) => {
                         debug_assert_eq!(index as usize, self.waiters.len());
-                        self.waiters.push(vec![(tx, false)]);
+                        self.waiters.push(vec![(on_receipt, false)]);
                     }
                     Ok(Admission::DuplicateOpen { index }) => {
-                        self.waiters[index as usize].push((tx, true));
+                        self.waiters[index as usize].push((on_receipt, true));
                     }
                     Ok(Admission::DuplicateSealed(txn, ts)) => {
-                        let _ = tx.send(Ok(Receipt { txn, ts, duplicate: true }));
+                        on_receipt(Ok(Receipt { txn, ts, duplicate: true }));
                     }
                     Err(bytes) => {
                         let max = self.sealer.config().max_window_bytes;
-                        let _ = tx.send(Err(SequencerError::EntryTooLarge { bytes, max }));
+                        on_receipt(Err(SequencerError::EntryTooLarge { bytes, max }));
                     }
                 }
                 Ok(())
             }
             Command::RequestWindow => {
                 self.window_requested = true;
+                Ok(())
+            }
+            Command::Applied(epoch) => {
+                self.sealer.applied(epoch);
                 Ok(())
             }
             Command::Shutdown => {
@@ -282,8 +305,8 @@ impl Loop {
         let window = Arc::new(window);
         self.subscribers.retain(|s| s.send(Delivery::Window(window.clone())).is_ok());
         for (i, waiters) in self.waiters.drain(..).enumerate() {
-            for (tx, duplicate) in waiters {
-                let _ = tx.send(Ok(Receipt { txn: window.txn_id(i), ts: window.ts, duplicate }));
+            for (on_receipt, duplicate) in waiters {
+                on_receipt(Ok(Receipt { txn: window.txn_id(i), ts: window.ts, duplicate }));
             }
         }
         Ok(())

@@ -5,7 +5,8 @@
 //! ```text
 //!   submit(entry) --> open window [e0 e1 e2 ...]  --seal(ts)--> Window { epoch, ts, entries }
 //!                      sealed when: window_interval has passed since its first entry,
-//!                                   or it holds max_window_entries / max_window_bytes;
+//!                                   or it holds max_window_entries / max_window_bytes,
+//!                                   or consumers have applied all but `seal_ahead` windows;
 //!                      when idle, a tick (an empty, unlogged window) every window_interval
 //! ```
 //!
@@ -39,6 +40,13 @@ pub struct SealerConfig {
     /// How many recent windows' client ids are remembered for deduplication (default 200,000:
     /// about 17 minutes at the default interval).
     pub dedup_windows: usize,
+    /// Group commit without waiting out the interval: a non-empty window is sealed at once
+    /// when fewer than this many sealed windows are still unapplied, as consumers report with
+    /// [`Sealer::applied`] (default 2: the next window is logged while the last one applies).
+    /// Under load, windows grow to whatever arrives during one apply; when idle, an entry
+    /// waits one fsync instead of `window_interval`. Without reports, or with `None`, windows
+    /// are sealed on the interval and the caps only.
+    pub seal_ahead: Option<u64>,
 }
 
 impl Default for SealerConfig {
@@ -48,6 +56,7 @@ impl Default for SealerConfig {
             max_window_entries: 10_000,
             max_window_bytes: 16 << 20,
             dedup_windows: 200_000,
+            seal_ahead: Some(2),
         }
     }
 }
@@ -85,6 +94,8 @@ pub struct Sealer {
     sealed_ids: HashMap<ClientId, (TxnId, Timestamp)>,
     /// Client ids per recent window, oldest first, to forget them in order.
     recent: VecDeque<Vec<ClientId>>,
+    /// The last epoch consumers reported applied.
+    applied: Epoch,
 }
 
 impl Sealer {
@@ -101,11 +112,13 @@ impl Sealer {
             open_ids: HashMap::new(),
             sealed_ids: HashMap::new(),
             recent: VecDeque::new(),
+            applied: Epoch(0),
         };
         let keep = history.len().saturating_sub(config.dedup_windows);
         for w in history {
             sealer.next_epoch = w.epoch.next();
             sealer.last_ts = w.ts;
+            sealer.applied = w.epoch; // until consumers say otherwise
         }
         for w in &history[keep..] {
             sealer.remember(w);
@@ -154,6 +167,16 @@ impl Sealer {
         Ok(Admission::Queued { index })
     }
 
+    /// Records that consumers have applied every window up to `epoch`.
+    pub fn applied(&mut self, epoch: Epoch) {
+        self.applied = self.applied.max(epoch);
+    }
+
+    /// Sealed windows consumers have not reported applied.
+    pub fn unapplied(&self) -> u64 {
+        (self.next_epoch.0 - 1).saturating_sub(self.applied.0)
+    }
+
     /// Whether a window should be sealed now.
     pub fn should_seal(&self, now: Duration) -> bool {
         match self.open_since {
@@ -161,6 +184,7 @@ impl Sealer {
                 self.open.len() >= self.config.max_window_entries
                     || self.open_bytes >= self.config.max_window_bytes
                     || now.saturating_sub(since) >= self.config.window_interval
+                    || self.config.seal_ahead.is_some_and(|ahead| self.unapplied() < ahead)
             }
             None => now.saturating_sub(self.last_sealed_at) >= self.config.window_interval,
         }
@@ -222,8 +246,13 @@ mod tests {
         Entry::new(ClientId(id), vec![ShardId(0)], Arc::from(vec![0u8; 10]))
     }
 
+    /// A sealer that seals on the interval and caps only.
     fn sealer() -> Sealer {
-        Sealer::new(SealerConfig::default(), &[], Duration::ZERO)
+        Sealer::new(config(), &[], Duration::ZERO)
+    }
+
+    fn config() -> SealerConfig {
+        SealerConfig { seal_ahead: None, ..SealerConfig::default() }
     }
 
     fn ts(n: u64) -> Timestamp {
@@ -243,7 +272,7 @@ mod tests {
 
     #[test]
     fn a_full_window_is_sealed_at_once() {
-        let config = SealerConfig { max_window_entries: 3, ..SealerConfig::default() };
+        let config = SealerConfig { max_window_entries: 3, ..config() };
         let mut s = Sealer::new(config, &[], Duration::ZERO);
         for id in 0..2 {
             s.submit(entry(id), Duration::ZERO).unwrap();
@@ -255,7 +284,7 @@ mod tests {
 
     #[test]
     fn a_window_over_its_byte_cap_is_sealed_and_an_oversize_entry_is_refused() {
-        let config = SealerConfig { max_window_bytes: 100, ..SealerConfig::default() };
+        let config = SealerConfig { max_window_bytes: 100, ..config() };
         let mut s = Sealer::new(config, &[], Duration::ZERO);
         let big = Entry::new(ClientId(9), vec![ShardId(0)], Arc::from(vec![0u8; 200]));
         assert!(s.submit(big, Duration::ZERO).is_err());
@@ -309,7 +338,7 @@ mod tests {
 
     #[test]
     fn client_ids_are_forgotten_after_dedup_windows() {
-        let config = SealerConfig { dedup_windows: 2, ..SealerConfig::default() };
+        let config = SealerConfig { dedup_windows: 2, ..config() };
         let mut s = Sealer::new(config, &[], Duration::ZERO);
         s.submit(entry(1), Duration::ZERO).unwrap();
         s.seal(ts(1), Duration::ZERO);
@@ -329,7 +358,7 @@ mod tests {
             s.submit(entry(id), Duration::ZERO).unwrap();
             history.push(s.seal(ts(10 + id as u64), Duration::ZERO));
         }
-        let mut again = Sealer::new(SealerConfig::default(), &history, Duration::ZERO);
+        let mut again = Sealer::new(config(), &history, Duration::ZERO);
         assert_eq!(again.next_epoch(), Epoch(4));
         assert!(matches!(
             again.submit(entry(1), Duration::ZERO),
@@ -337,5 +366,26 @@ mod tests {
         ));
         again.submit(entry(99), Duration::ZERO).unwrap();
         assert!(again.seal(ts(0), Duration::ZERO).ts > ts(12));
+    }
+
+    #[test]
+    fn a_window_is_sealed_early_while_consumers_keep_up() {
+        let config = SealerConfig { seal_ahead: Some(2), ..config() };
+        let mut s = Sealer::new(config, &[], Duration::ZERO);
+        assert!(!s.should_seal(Duration::ZERO), "nothing open, not idle for an interval");
+        s.submit(entry(1), Duration::ZERO).unwrap();
+        assert!(s.should_seal(Duration::ZERO), "nothing unapplied: seal at once");
+        s.seal(ts(1), Duration::ZERO);
+        s.submit(entry(2), Duration::ZERO).unwrap();
+        assert!(s.should_seal(Duration::ZERO), "one unapplied window, two allowed");
+        s.seal(ts(2), Duration::ZERO);
+        s.submit(entry(3), Duration::ZERO).unwrap();
+        assert_eq!(s.unapplied(), 2);
+        assert!(!s.should_seal(MS), "two unapplied: wait for the interval");
+        s.applied(Epoch(1));
+        assert!(s.should_seal(MS), "window 1 applied: seal");
+        s.applied(Epoch(0));
+        assert_eq!(s.unapplied(), 1, "reports never go backwards");
+        assert!(s.should_seal(5 * MS) && s.time_to_seal(5 * MS).is_zero());
     }
 }

@@ -248,10 +248,34 @@ fn a_requested_window_is_logged_even_when_empty() {
     let clock = Arc::new(Clock::system(Duration::ZERO));
     let seq = start(dir.path(), &clock);
     let deliveries = seq.subscribe(Epoch(1));
-    seq.window_requester().unwrap().request();
+    seq.feedback().unwrap().request_window();
     let window = next_window(&deliveries);
     assert_eq!((window.epoch, window.entries.len()), (Epoch(1), 0));
     seq.shutdown().unwrap();
     let (_, logged) = WindowLog::open(dir.path()).unwrap();
     assert_eq!(logged.len(), 1, "the requested window is durable like any other");
+}
+
+#[test]
+fn consumers_reporting_progress_get_windows_before_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(Clock::system(Duration::ZERO));
+    let config = SealerConfig {
+        window_interval: Duration::from_secs(3600),
+        seal_ahead: Some(1),
+        ..SealerConfig::default()
+    };
+    let (seq, _) = Sequencer::start(dir.path(), clock, config).unwrap();
+    let deliveries = seq.subscribe(Epoch(1));
+    // Nothing unapplied: the first entry is sealed at once, an hour before the interval.
+    let first = seq.submit(entry(1, &[0])).recv().unwrap().unwrap();
+    let window = next_window(&deliveries);
+    assert_eq!((window.epoch, window.entries.len()), (Epoch(1), 1));
+    // Window 1 is unapplied, so entry 2 waits until the consumer reports it applied.
+    let pending = seq.submit(entry(2, &[0]));
+    seq.feedback().unwrap().applied(Epoch(1));
+    let second = pending.recv().unwrap().unwrap();
+    assert_eq!(second.txn.epoch, Epoch(2));
+    assert!(second.ts > first.ts);
+    seq.shutdown().unwrap();
 }

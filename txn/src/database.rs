@@ -27,17 +27,18 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use clock::{Clock, SystemClock, Timestamp};
 use sequencer::{
-    ClientId, Delivery, Entry, SealerConfig, Sequencer, SequencerError, ShardId, TxnId, Window,
-    WindowRequester,
+    ClientId, Delivery, Entry, Feedback, SealerConfig, Sequencer, SequencerError, ShardId, TxnId,
+    Window,
 };
 use storage::{Engine, Epoch, Limits, MemoryEngine, MetaKey, Mvcc, RocksEngine};
+use tokio::sync::oneshot;
 
 use crate::error::TxnError;
 use crate::executor::{Executor, Task};
@@ -131,7 +132,7 @@ pub(crate) struct Inner {
     progress_changed: Condvar,
     board: Mutex<Board>,
     board_changed: Condvar,
-    waiters: Mutex<HashMap<ClientId, mpsc::Sender<Outcome>>>,
+    waiters: Waiters,
     stopping: AtomicBool,
     failure: Mutex<Option<String>>,
     client_salt: u64,
@@ -185,6 +186,41 @@ impl Inner {
                 .0;
         }
         Ok(())
+    }
+}
+
+/// Who waits for which entry's outcome, in stripes so 64 clients do not queue on one lock.
+/// A sender gets the outcome, or why the entry was never logged; dropped unanswered, it means
+/// the outcome is unknown.
+struct Waiters([Mutex<HashMap<ClientId, WaiterSender>>; 16]);
+
+/// What a waiter gets: the outcome, or why the entry was never logged.
+type Reply = Result<Outcome, TxnError>;
+type WaiterSender = oneshot::Sender<Reply>;
+
+impl Default for Waiters {
+    fn default() -> Waiters {
+        Waiters(std::array::from_fn(|_| Mutex::new(HashMap::new())))
+    }
+}
+
+impl Waiters {
+    fn stripe(&self, client: ClientId) -> MutexGuard<'_, HashMap<ClientId, WaiterSender>> {
+        lock(&self.0[client.0 as usize % self.0.len()])
+    }
+
+    fn insert(&self, client: ClientId, tx: WaiterSender) {
+        self.stripe(client).insert(client, tx);
+    }
+
+    fn remove(&self, client: ClientId) -> Option<WaiterSender> {
+        self.stripe(client).remove(&client)
+    }
+
+    fn clear(&self) {
+        for stripe in &self.0 {
+            lock(stripe).clear();
+        }
     }
 }
 
@@ -249,7 +285,7 @@ impl Database {
             progress_changed: Condvar::new(),
             board: Mutex::new(Board::default()),
             board_changed: Condvar::new(),
-            waiters: Mutex::new(HashMap::new()),
+            waiters: Waiters::default(),
             stopping: AtomicBool::new(false),
             failure: Mutex::new(None),
             client_salt: RandomState::new().hash_one(std::process::id()),
@@ -267,20 +303,20 @@ impl Database {
             let deliveries = sequencer.subscribe(from);
             let executor =
                 Executor::new(s, map.clone(), options.procedures.clone(), options.limits);
-            let requester = sequencer.window_requester().ok_or(TxnError::ShuttingDown)?;
+            let feedback = sequencer.feedback().ok_or(TxnError::ShuttingDown)?;
             let inner = inner.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("sealdb-shard-{}", s.0))
                 .spawn(move || {
                     let shard_loop =
-                        ShardLoop { inner: inner.clone(), shard: s, executor, deferred, requester };
+                        ShardLoop { inner: inner.clone(), shard: s, executor, deferred, feedback };
                     if let Err(e) = shard_loop.run(deliveries) {
                         tracing::error!(shard = s.0, error = %e, "shard stopped");
                         *lock(&inner.failure) = Some(e);
                         inner.stopping.store(true, Ordering::SeqCst);
                         inner.progress_changed.notify_all();
                         inner.board_changed.notify_all();
-                        lock(&inner.waiters).clear();
+                        inner.waiters.clear();
                     }
                 })
                 .map_err(|e| TxnError::Storage(e.to_string()))?;
@@ -314,7 +350,25 @@ impl Database {
     }
 
     /// Calls the registered procedure `name` with `args`; returns its output once committed.
+    /// Blocks the calling thread; inside an async runtime, use [`Database::call_async`].
     pub fn call(&self, name: &str, args: &[u8]) -> Result<Vec<u8>, TxnError> {
+        output(self.submit(&self.procedure_request(name, args)?)?)
+    }
+
+    /// [`Database::call`] for async callers: waits without holding a thread, so many
+    /// concurrent callers cost tasks, not threads.
+    pub async fn call_async(&self, name: &str, args: &[u8]) -> Result<Vec<u8>, TxnError> {
+        let outcome = self.start(&self.procedure_request(name, args)?)?.await;
+        let outcome = outcome.map_err(|_| TxnError::OutcomeUnknown)??;
+        if let Some(ts) = self.commit_wait_for(&outcome) {
+            while let Some(left) = self.inner.clock.commit_wait_remaining(ts) {
+                tokio::time::sleep(left).await;
+            }
+        }
+        output(outcome)
+    }
+
+    fn procedure_request(&self, name: &str, args: &[u8]) -> Result<Request, TxnError> {
         let procedure = self
             .inner
             .registry
@@ -323,16 +377,22 @@ impl Database {
         let ranges = procedure
             .ranges(args)
             .map_err(|e| TxnError::Aborted(AbortReason::User(e.to_string())))?;
-        let request = Request::Procedure { name: name.to_string(), args: args.to_vec(), ranges };
-        match self.submit(&request)? {
-            Outcome::Committed { output, .. } => Ok(output),
-            Outcome::Aborted(reason) => Err(TxnError::Aborted(reason)),
-            Outcome::Conflict { key } => Err(TxnError::Conflict { key }),
-        }
+        Ok(Request::Procedure { name: name.to_string(), args: args.to_vec(), ranges })
     }
 
     /// Logs `request`, waits for its outcome and for commit-wait.
     pub(crate) fn submit(&self, request: &Request) -> Result<Outcome, TxnError> {
+        let outcome =
+            self.start(request)?.blocking_recv().map_err(|_| TxnError::OutcomeUnknown)??;
+        if let Some(ts) = self.commit_wait_for(&outcome) {
+            self.inner.clock.commit_wait(ts);
+        }
+        Ok(outcome)
+    }
+
+    /// Registers for `request`'s outcome and submits it. The receiver gets the outcome, or why
+    /// the entry was never logged; if it is dropped unanswered, the outcome is unknown.
+    fn start(&self, request: &Request) -> Result<oneshot::Receiver<Reply>, TxnError> {
         self.check_running()?;
         let participants: Vec<ShardId> = {
             let mut p: Vec<ShardId> =
@@ -350,31 +410,35 @@ impl Database {
             (u128::from(self.inner.client_salt) << 64)
                 | u128::from(self.inner.next_client.fetch_add(1, Ordering::Relaxed)),
         );
-        let (tx, rx) = mpsc::channel();
-        lock(&self.inner.waiters).insert(client, tx);
         let sequencer = self.sequencer.as_ref().ok_or(TxnError::ShuttingDown)?;
+        let (tx, rx) = oneshot::channel();
+        self.inner.waiters.insert(client, tx);
         let entry = Entry::new(client, participants, request.encode().into());
-        let receipt = sequencer
-            .submit(entry)
-            .recv()
-            .map_err(|_| TxnError::ShuttingDown)
-            .and_then(|r| r.map_err(sequencer_error));
-        if let Err(e) = receipt {
-            lock(&self.inner.waiters).remove(&client);
-            return Err(e);
+        // One wake-up per transaction: the receipt matters only if the entry was not logged.
+        let inner = self.inner.clone();
+        sequencer.submit_then(
+            entry,
+            Box::new(move |receipt| {
+                if let Err(e) = receipt
+                    && let Some(tx) = inner.waiters.remove(client)
+                {
+                    let _ = tx.send(Err(sequencer_error(e)));
+                }
+            }),
+        );
+        Ok(rx)
+    }
+
+    /// The timestamp to commit-wait for, if any. Commit-wait makes every clock in the cluster
+    /// pass `ts`. With a zero offset there is one clock, this one, and its HLC is already past
+    /// `ts` (it stamped the window), so every later timestamp is above it; waiting for the
+    /// wall clock would only add the lead the clock may carry after a restart (up to one
+    /// high-water lease per restart).
+    fn commit_wait_for(&self, outcome: &Outcome) -> Option<Timestamp> {
+        match outcome {
+            Outcome::Committed { ts, .. } if !self.inner.clock.max_offset().is_zero() => Some(*ts),
+            _ => None,
         }
-        // Logged: from here on the outcome is decided by the shards.
-        let outcome = rx.recv().map_err(|_| TxnError::OutcomeUnknown)?;
-        // Commit-wait makes every clock in the cluster pass `ts`. With a zero offset there is
-        // one clock, this one, and its HLC is already past `ts` (it stamped the window), so
-        // every later timestamp is above it; waiting for the wall clock would only add the
-        // lead the clock may carry after a restart (up to one high-water lease per restart).
-        if let Outcome::Committed { ts, .. } = &outcome
-            && !self.inner.clock.max_offset().is_zero()
-        {
-            self.inner.clock.commit_wait(*ts);
-        }
-        Ok(outcome)
     }
 
     pub(crate) fn check_running(&self) -> Result<(), TxnError> {
@@ -410,7 +474,7 @@ impl Database {
             let _ = thread.join();
         }
         self.inner.stopping.store(true, Ordering::SeqCst);
-        lock(&self.inner.waiters).clear();
+        self.inner.waiters.clear();
         for mvcc in &self.inner.shards {
             mvcc.flush().map_err(|e| TxnError::Storage(e.to_string()))?;
         }
@@ -430,6 +494,14 @@ impl Drop for Database {
     }
 }
 
+fn output(outcome: Outcome) -> Result<Vec<u8>, TxnError> {
+    match outcome {
+        Outcome::Committed { output, .. } => Ok(output),
+        Outcome::Aborted(reason) => Err(TxnError::Aborted(reason)),
+        Outcome::Conflict { key } => Err(TxnError::Conflict { key }),
+    }
+}
+
 fn sequencer_error(e: SequencerError) -> TxnError {
     match e {
         SequencerError::ShuttingDown => TxnError::ShuttingDown,
@@ -446,13 +518,14 @@ struct ShardLoop {
     executor: Executor,
     deferred: Vec<(Task, ClientId)>,
     /// Deferred entries run at the front of the next window; this makes sure there is one.
-    requester: WindowRequester,
+    /// Also told when every shard has applied a window, so the next may be sealed early.
+    feedback: Feedback,
 }
 
 impl ShardLoop {
     fn run(mut self, deliveries: Receiver<Delivery>) -> Result<(), String> {
         if !self.deferred.is_empty() {
-            self.requester.request(); // deferred before a restart
+            self.feedback.request_window(); // deferred before a restart
         }
         loop {
             match deliveries.recv_timeout(Duration::from_millis(100)) {
@@ -477,7 +550,12 @@ impl ShardLoop {
         let p = &mut progress[self.shard.0 as usize];
         if let Some(e) = applied {
             p.applied = e;
+            // The last shard to apply window e lets the sequencer seal the next one early.
+            if progress.iter().all(|p| p.applied >= e) {
+                self.feedback.applied(e);
+            }
         }
+        let p = &mut progress[self.shard.0 as usize];
         p.safe = p.safe.max(safe);
         self.inner.progress_changed.notify_all();
     }
@@ -537,7 +615,7 @@ impl ShardLoop {
         batch.put_meta(MetaKey::Deferred, encode_deferred(&deferred));
         self.mvcc().apply(&batch).map_err(|e| e.to_string())?;
         if !deferred.is_empty() {
-            self.requester.request();
+            self.feedback.request_window();
         }
         self.deferred = deferred;
         self.set_progress(Some(e), window.ts);
@@ -561,8 +639,8 @@ impl ShardLoop {
                 (Outcome::Aborted(_), _) => &stats.aborts,
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            if let Some(tx) = lock(&self.inner.waiters).remove(&clients[&decided.txn]) {
-                let _ = tx.send(decided.outcome);
+            if let Some(tx) = self.inner.waiters.remove(clients[&decided.txn]) {
+                let _ = tx.send(Ok(decided.outcome));
             }
         }
         Ok(())

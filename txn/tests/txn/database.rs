@@ -243,3 +243,34 @@ fn a_snapshot_at_a_past_timestamp_sees_the_state_then() {
     let now = db.snapshot(ReadAt::Latest).unwrap();
     assert_eq!(num(now.get(&account(2)).unwrap()), INITIAL - 50);
 }
+
+#[test]
+fn async_callers_on_one_thread_commit_concurrently_with_commit_wait() {
+    // A 2 ms offset makes every commit wait on the runtime's timer, not on a thread.
+    let options = Options { max_offset: Duration::from_millis(2), ..options() };
+    let db = Arc::new(Database::open("unused", options).unwrap());
+    fund(&db);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let (committed, windows) = runtime.block_on(async {
+        let windows_before = db.stats().windows;
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..120u64 {
+            let db = db.clone();
+            tasks.spawn(async move {
+                let from = t % ACCOUNTS;
+                let to = (from + 1 + t % (ACCOUNTS - 1)) % ACCOUNTS;
+                db.call_async("transfer", &transfer_args(from, to, 1)).await.is_ok()
+            });
+        }
+        let mut committed = 0;
+        while let Some(ok) = tasks.join_next().await {
+            committed += u64::from(ok.unwrap());
+        }
+        (committed, db.stats().windows - windows_before)
+    });
+    assert_eq!(committed, 120, "every transfer commits (each account holds enough)");
+    assert!(windows < 120, "{windows} windows for 120 concurrent calls: they were batched");
+    assert_eq!(total(&db), ACCOUNTS * INITIAL);
+    let unknown = runtime.block_on(db.call_async("no-such-procedure", b"")).unwrap_err();
+    assert_eq!(unknown, TxnError::UnknownProcedure("no-such-procedure".into()));
+}

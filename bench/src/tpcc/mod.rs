@@ -1,0 +1,585 @@
+//! The TPC-C-like benchmark: schema, loader, the five transactions, a driver, and the
+//! consistency checks, on an embedded sealdb database (and on PostgreSQL for comparison).
+//!
+//! Departures from the specification, all on the side of a simpler harness: no terminals,
+//! keying or think times (each client runs its next transaction at once); Delivery runs as
+//! one ordinary transaction instead of a queued one; ITEM is copied per warehouse (read-only,
+//! so no transaction can tell); smaller populations are allowed for quick runs and marked in
+//! the report; `tpmc` counts committed New-Orders only (rolled-back ones are in `rollbacks`).
+
+pub mod check;
+pub mod random;
+pub mod schema;
+pub mod txns;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use txn::{AbortReason, Database, Options, ReadAt, ShardMap, TxnError};
+
+use crate::report::Latency;
+use random::{DISTRICTS, Population};
+use txns::{
+    CustomerRef, Delivery, Line, Load, LoadPart, NewOrder, OrderStatus, Payment, StockLevel,
+};
+
+/// The transaction mix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mix {
+    /// 45% New-Order, 43% Payment, 4% each of Order-Status, Delivery and Stock-Level.
+    Standard,
+    /// New-Order only.
+    NewOrder,
+    /// Half New-Order, half Payment (as Calvin's and Aria's papers report).
+    NewOrderPayment,
+}
+
+/// The five transaction types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// New-Order.
+    NewOrder,
+    /// Payment.
+    Payment,
+    /// Order-Status.
+    OrderStatus,
+    /// Delivery.
+    Delivery,
+    /// Stock-Level.
+    StockLevel,
+}
+
+impl Kind {
+    /// The name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::NewOrder => "new_order",
+            Kind::Payment => "payment",
+            Kind::OrderStatus => "order_status",
+            Kind::Delivery => "delivery",
+            Kind::StockLevel => "stock_level",
+        }
+    }
+}
+
+/// One transaction's inputs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Txn {
+    /// New-Order.
+    NewOrder(NewOrder),
+    /// Payment.
+    Payment(Payment),
+    /// Order-Status.
+    OrderStatus(OrderStatus),
+    /// Delivery.
+    Delivery(Delivery),
+    /// Stock-Level.
+    StockLevel(StockLevel),
+}
+
+impl Txn {
+    /// Its type.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Txn::NewOrder(_) => Kind::NewOrder,
+            Txn::Payment(_) => Kind::Payment,
+            Txn::OrderStatus(_) => Kind::OrderStatus,
+            Txn::Delivery(_) => Kind::Delivery,
+            Txn::StockLevel(_) => Kind::StockLevel,
+        }
+    }
+}
+
+/// How a transaction ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Done {
+    /// Committed (or, read-only, completed).
+    Committed,
+    /// New-Order's deliberate rollback on an unused item.
+    RolledBack,
+}
+
+/// Generates transactions for one client, as clause 2 and 5.2.3 describe.
+pub struct Generator {
+    rng: StdRng,
+    /// The client's home warehouse.
+    pub w: u32,
+    warehouses: u32,
+    pop: Population,
+    mix: Mix,
+    client: u64,
+    payments: u64,
+}
+
+impl Generator {
+    /// A generator for client `client` with home warehouse `w`.
+    pub fn new(
+        seed: u64,
+        client: u32,
+        w: u32,
+        warehouses: u32,
+        pop: Population,
+        mix: Mix,
+    ) -> Generator {
+        Generator {
+            rng: StdRng::seed_from_u64(seed.wrapping_mul(1_000_003) ^ u64::from(client)),
+            w,
+            warehouses,
+            pop,
+            mix,
+            client: u64::from(client),
+            payments: 0,
+        }
+    }
+
+    fn other_warehouse(&mut self) -> u32 {
+        if self.warehouses == 1 {
+            return self.w;
+        }
+        let o = self.rng.random_range(1..self.warehouses);
+        if o >= self.w { o + 1 } else { o }
+    }
+
+    fn customer(&mut self) -> CustomerRef {
+        if self.rng.random_range(1..=100) <= 60 {
+            CustomerRef::Last(random::run_last_name(&mut self.rng, self.pop))
+        } else {
+            CustomerRef::Id(random::customer_id(&mut self.rng, self.pop))
+        }
+    }
+
+    /// The next transaction.
+    pub fn next_txn(&mut self) -> Txn {
+        let x = self.rng.random_range(1..=100);
+        let kind = match self.mix {
+            Mix::NewOrder => Kind::NewOrder,
+            Mix::NewOrderPayment if x <= 50 => Kind::NewOrder,
+            Mix::NewOrderPayment => Kind::Payment,
+            Mix::Standard => match x {
+                1..=45 => Kind::NewOrder,
+                46..=88 => Kind::Payment,
+                89..=92 => Kind::OrderStatus,
+                93..=96 => Kind::Delivery,
+                _ => Kind::StockLevel,
+            },
+        };
+        let (w, rng) = (self.w, &mut self.rng);
+        let d = rng.random_range(1..=DISTRICTS);
+        match kind {
+            Kind::NewOrder => {
+                let c = random::customer_id(rng, self.pop);
+                let n = rng.random_range(5..=15);
+                let rollback = rng.random_range(1..=100) == 1;
+                let mut lines = Vec::with_capacity(n);
+                for k in 0..n {
+                    let i_id = if rollback && k == n - 1 {
+                        self.pop.items + 1 // unused: the order rolls back
+                    } else {
+                        random::item_id(&mut self.rng, self.pop)
+                    };
+                    let remote = self.rng.random_range(1..=100) == 1;
+                    let supply_w = if remote { self.other_warehouse() } else { w };
+                    let quantity = self.rng.random_range(1..=10);
+                    lines.push(Line { i_id, supply_w, quantity });
+                }
+                Txn::NewOrder(NewOrder { w, d, c, lines })
+            }
+            Kind::Payment => {
+                let remote = rng.random_range(1..=100) > 85;
+                let (c_w, c_d) = if remote {
+                    let c_d = self.rng.random_range(1..=DISTRICTS);
+                    (self.other_warehouse(), c_d)
+                } else {
+                    (w, d)
+                };
+                let customer = self.customer();
+                let amount = self.rng.random_range(100..=500_000);
+                self.payments += 1;
+                let h_id = self.client << 40 | self.payments;
+                Txn::Payment(Payment { w, d, c_w, c_d, customer, amount, h_id })
+            }
+            Kind::OrderStatus => Txn::OrderStatus(OrderStatus { w, d, customer: self.customer() }),
+            Kind::Delivery => Txn::Delivery(Delivery { w, carrier: rng.random_range(1..=10) }),
+            Kind::StockLevel => {
+                Txn::StockLevel(StockLevel { w, d, threshold: rng.random_range(10..=20) })
+            }
+        }
+    }
+}
+
+/// A database the driver can run transactions on.
+pub trait Backend: Send + Sync {
+    /// "sealdb" or "postgres".
+    fn name(&self) -> &'static str;
+    /// Runs `txn` to completion, retrying what the backend calls retryable and counting the
+    /// retries in `retries`.
+    fn execute(&self, txn: &Txn, retries: &mut u64) -> Result<Done, String>;
+    /// The consistency conditions' failures, read at one snapshot.
+    fn check(&self, warehouses: u32) -> Result<Vec<String>, String>;
+}
+
+/// sealdb, embedded.
+pub struct Sealdb {
+    /// The database.
+    pub db: Database,
+}
+
+/// The procedures the benchmark registers.
+pub fn procedures(options: Options) -> Options {
+    options
+        .procedure(Arc::new(txns::LoadProc))
+        .procedure(Arc::new(txns::NewOrderProc))
+        .procedure(Arc::new(txns::PaymentProc))
+        .procedure(Arc::new(txns::DeliveryProc))
+}
+
+/// A shard map that keeps each warehouse whole, spreading `warehouses` over `shards`.
+pub fn shard_map(warehouses: u32, shards: u32) -> ShardMap {
+    let shards = shards.clamp(1, warehouses.max(1));
+    let splits =
+        (1..shards).map(|k| schema::warehouse_start(1 + k * warehouses / shards)).collect();
+    ShardMap::new(splits).expect("warehouse starts are increasing")
+}
+
+impl Sealdb {
+    /// Opens an embedded database in `dir` (or in memory) for `warehouses`.
+    pub fn open(
+        dir: Option<&std::path::Path>,
+        warehouses: u32,
+        shards: u32,
+    ) -> Result<Sealdb, String> {
+        let mut options = procedures(Options::default());
+        options.shard_map = Some(shard_map(warehouses, shards));
+        let db = match dir {
+            Some(dir) => Database::open(dir, options),
+            None => Database::open("unused", Options { in_memory: true, ..options }),
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(Sealdb { db })
+    }
+
+    fn call(&self, name: &str, args: &[u8], retries: &mut u64) -> Result<Done, String> {
+        loop {
+            match self.db.call(name, args) {
+                Ok(_) => return Ok(Done::Committed),
+                Err(TxnError::Aborted(AbortReason::User(m))) if m == txns::ROLLBACK => {
+                    return Ok(Done::RolledBack);
+                }
+                Err(e) if e.is_retryable() => *retries += 1,
+                Err(e) => return Err(format!("{name}: {e}")),
+            }
+        }
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&mut txn::Snapshot<'_>) -> Result<T, txn::ProcError>,
+    ) -> Result<T, String> {
+        let mut snap = self.db.snapshot(ReadAt::Latest).map_err(|e| e.to_string())?;
+        f(&mut snap).map_err(|e| e.to_string())
+    }
+
+    /// Loads the population for `warehouses` with `workers` concurrent loader calls,
+    /// printing progress to stderr.
+    pub fn load(
+        &self,
+        warehouses: u32,
+        pop: Population,
+        seed: u64,
+        workers: usize,
+    ) -> Result<(), String> {
+        let exists =
+            self.db.snapshot(ReadAt::Latest).and_then(|s| s.get(&schema::warehouse_key(1)));
+        if exists.map_err(|e| e.to_string())?.is_some() {
+            return Err("the database already holds TPC-C data: use an empty directory".into());
+        }
+        let parts = load_parts(warehouses, pop, seed);
+        let next = AtomicUsize::new(0);
+        let failed = std::sync::Mutex::new(None);
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(part) = parts.get(i) else { return };
+                        let mut retries = 0;
+                        if let Err(e) = self.call(
+                            "tpcc.load",
+                            &postcard::to_stdvec(part).expect("args"),
+                            &mut retries,
+                        ) {
+                            *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                            next.store(parts.len(), Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                });
+            }
+            let mut last = Instant::now();
+            while next.load(Ordering::Relaxed) < parts.len() {
+                std::thread::sleep(Duration::from_millis(100));
+                if last.elapsed() >= Duration::from_secs(2) {
+                    last = Instant::now();
+                    let done = next.load(Ordering::Relaxed).min(parts.len());
+                    eprintln!(
+                        "  loading: {:>3}% ({done}/{} slices, {:.0} s)",
+                        done * 100 / parts.len(),
+                        parts.len(),
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        });
+        match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(format!("loading: {e}")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Backend for Sealdb {
+    fn name(&self) -> &'static str {
+        "sealdb"
+    }
+
+    fn execute(&self, txn: &Txn, retries: &mut u64) -> Result<Done, String> {
+        let args = |t: &dyn erased::Encode| t.encode();
+        match txn {
+            Txn::NewOrder(t) => self.call("tpcc.new_order", &args(t), retries),
+            Txn::Payment(t) => self.call("tpcc.payment", &args(t), retries),
+            Txn::Delivery(t) => self.call("tpcc.delivery", &args(t), retries),
+            Txn::OrderStatus(t) => self.read(|s| txns::order_status(s, t)).map(|_| Done::Committed),
+            Txn::StockLevel(t) => self.read(|s| txns::stock_level(s, t)).map(|_| Done::Committed),
+        }
+    }
+
+    fn check(&self, warehouses: u32) -> Result<Vec<String>, String> {
+        self.read(|s| check::check(s, warehouses))
+    }
+}
+
+mod erased {
+    /// Argument encoding for any transaction's inputs.
+    pub trait Encode {
+        fn encode(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Encode for T {
+        fn encode(&self) -> Vec<u8> {
+            postcard::to_stdvec(self).expect("inputs always serialize")
+        }
+    }
+}
+
+/// Every loader call for the population, small enough to keep each transaction well under a
+/// megabyte.
+pub fn load_parts(warehouses: u32, pop: Population, seed: u64) -> Vec<Load> {
+    let mut parts = Vec::new();
+    let chunks = |n: u32, size: u32| {
+        (1..=n).step_by(size as usize).map(move |from| (from, (from + size).min(n + 1)))
+    };
+    for w in 1..=warehouses {
+        let load = |part| Load { w, part, items: pop.items, customers: pop.customers, seed };
+        parts.push(load(LoadPart::Warehouse));
+        for (from, to) in chunks(pop.items, 2_000) {
+            parts.push(load(LoadPart::Items { from, to }));
+        }
+        for (from, to) in chunks(pop.items, 1_000) {
+            parts.push(load(LoadPart::Stock { from, to }));
+        }
+        for d in 1..=DISTRICTS {
+            for (from, to) in chunks(pop.customers, 500) {
+                parts.push(load(LoadPart::Customers { d, from, to }));
+            }
+            for (from, to) in chunks(pop.customers, 500) {
+                parts.push(load(LoadPart::Orders { d, from, to }));
+            }
+        }
+    }
+    parts
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct TpccOptions {
+    /// Warehouses.
+    pub warehouses: u32,
+    /// Concurrent clients, each with a home warehouse (client i: warehouse i mod W + 1).
+    pub clients: u32,
+    /// How long to run after loading.
+    pub duration: Duration,
+    /// The transaction mix.
+    pub mix: Mix,
+    /// The population per warehouse.
+    pub population: Population,
+    /// Random seed.
+    pub seed: u64,
+}
+
+/// Latency percentiles of one transaction type, in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct TypeLatency {
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Transactions measured.
+    pub count: usize,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// "sealdb" or "postgres".
+    pub backend: String,
+    /// Warehouses.
+    pub warehouses: u32,
+    /// Clients.
+    pub clients: u32,
+    /// Seconds measured.
+    pub duration_s: f64,
+    /// The mix.
+    pub mix: Mix,
+    /// Committed New-Orders per minute.
+    pub tpmc: f64,
+    /// Completed transactions of all types per second (rollbacks included).
+    pub throughput_tps: f64,
+    /// Per transaction type.
+    pub latency_ms: BTreeMap<String, TypeLatency>,
+    /// New-Orders rolled back on an unused item.
+    pub rollbacks: u64,
+    /// Retries after retryable failures (serialization failures, conflicts).
+    pub retries: u64,
+    /// True only if every consistency condition held after the run.
+    pub consistency: bool,
+    /// What failed, if anything.
+    pub consistency_failures: Vec<String>,
+    /// The population per warehouse.
+    pub population: Population,
+    /// True if the population is smaller than the specification's.
+    pub scaled: bool,
+    /// Seconds the load took.
+    pub load_s: f64,
+}
+
+/// Runs the clients against a loaded `backend`, then the consistency checks.
+pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<Report, String> {
+    let stop = AtomicBool::new(false);
+    let completed = AtomicU64::new(0);
+    let started = Instant::now();
+    type ClientResult = Result<(Vec<(Kind, Duration)>, u64, u64), String>;
+    let results: Vec<ClientResult> = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..opts.clients)
+            .map(|c| {
+                let (stop, completed) = (&stop, &completed);
+                let w = c % opts.warehouses + 1;
+                let mut generator =
+                    Generator::new(opts.seed, c, w, opts.warehouses, opts.population, opts.mix);
+                s.spawn(move || -> ClientResult {
+                    let (mut samples, mut rollbacks, mut retries) = (Vec::new(), 0, 0);
+                    while !stop.load(Ordering::Relaxed) {
+                        let txn = generator.next_txn();
+                        let t = Instant::now();
+                        match backend.execute(&txn, &mut retries) {
+                            Ok(Done::Committed) => {}
+                            Ok(Done::RolledBack) => rollbacks += 1,
+                            Err(e) => {
+                                stop.store(true, Ordering::Relaxed);
+                                return Err(e);
+                            }
+                        }
+                        samples.push((txn.kind(), t.elapsed()));
+                        completed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok((samples, rollbacks, retries))
+                })
+            })
+            .collect();
+        let mut report_at = Duration::from_secs(5);
+        while started.elapsed() < opts.duration && !stop.load(Ordering::Relaxed) {
+            let left = opts.duration.saturating_sub(started.elapsed());
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+            if started.elapsed() >= report_at {
+                let done = completed.load(Ordering::Relaxed);
+                eprintln!("  {:>4} s: {done} transactions", report_at.as_secs());
+                report_at += Duration::from_secs(5);
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        clients
+            .into_iter()
+            .map(|c| c.join().unwrap_or_else(|_| Err("a client panicked".into())))
+            .collect()
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let (mut by_kind, mut rollbacks, mut retries) = (BTreeMap::<Kind, Vec<Duration>>::new(), 0, 0);
+    for r in results {
+        let (samples, rb, rt) = r?;
+        rollbacks += rb;
+        retries += rt;
+        for (kind, d) in samples {
+            by_kind.entry(kind).or_default().push(d);
+        }
+    }
+    let total: usize = by_kind.values().map(Vec::len).sum();
+    let new_orders = by_kind.get(&Kind::NewOrder).map_or(0, Vec::len) as u64 - rollbacks;
+    let latency_ms = by_kind
+        .iter_mut()
+        .map(|(kind, samples)| {
+            let count = samples.len();
+            let l = Latency::of(samples);
+            (
+                kind.name().to_string(),
+                TypeLatency { p50: l.p50_ms, p95: l.p95_ms, p99: l.p99_ms, count },
+            )
+        })
+        .collect();
+    eprintln!("  checking consistency");
+    let failures = backend.check(opts.warehouses)?;
+    Ok(Report {
+        backend: backend.name().into(),
+        warehouses: opts.warehouses,
+        clients: opts.clients,
+        duration_s: elapsed,
+        mix: opts.mix,
+        tpmc: new_orders as f64 * 60.0 / elapsed,
+        throughput_tps: total as f64 / elapsed,
+        latency_ms,
+        rollbacks,
+        retries,
+        consistency: failures.is_empty(),
+        consistency_failures: failures,
+        population: opts.population,
+        scaled: opts.population.is_scaled(),
+        load_s,
+    })
+}
+
+/// Loads and runs the benchmark on an embedded sealdb in `dir` (or a temporary directory).
+pub fn run_sealdb(
+    opts: &TpccOptions,
+    dir: Option<PathBuf>,
+    shards: Option<u32>,
+) -> Result<Report, String> {
+    let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir = dir.unwrap_or_else(|| temp.path().join("tpcc"));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let backend = Sealdb::open(Some(&dir), opts.warehouses, shards.unwrap_or(cores))?;
+    eprintln!("  loading {} warehouse(s) into {}", opts.warehouses, dir.display());
+    let started = Instant::now();
+    backend.load(opts.warehouses, opts.population, opts.seed, 16)?;
+    let load_s = started.elapsed().as_secs_f64();
+    eprintln!("  loaded in {load_s:.1} s; running {} s", opts.duration.as_secs());
+    let report = drive(&backend, opts, load_s)?;
+    backend.db.close().map_err(|e| e.to_string())?;
+    Ok(report)
+}

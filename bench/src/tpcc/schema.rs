@@ -1,0 +1,323 @@
+//! The nine TPC-C tables (specification clause 1) as typed rows under order-preserving keys,
+//! plus two indexes.
+//!
+//! Every key starts with its warehouse id, so a key-range shard map split on warehouse
+//! boundaries keeps each warehouse on one shard:
+//!
+//! ```text
+//!   [w_id u32][table u8][primary key fields...]
+//! ```
+//!
+//! ITEM has no warehouse in the specification. It is read-only after the load, so each
+//! warehouse gets its own copy (as Calvin's TPC-C does), and New-Order reads items on its home
+//! shard. Money is in cents, rates in basis points (1/10,000), timestamps in microseconds.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use storage::KeyRange;
+use storage::keycode::KeyEncoder;
+
+/// Table tags, the byte after the warehouse id.
+mod tag {
+    pub const WAREHOUSE: u8 = 0;
+    pub const DISTRICT: u8 = 1;
+    pub const CUSTOMER: u8 = 2;
+    pub const CUSTOMER_BY_NAME: u8 = 3;
+    pub const HISTORY: u8 = 4;
+    pub const NEW_ORDER: u8 = 5;
+    pub const ORDER: u8 = 6;
+    pub const ORDER_BY_CUSTOMER: u8 = 7;
+    pub const ORDER_LINE: u8 = 8;
+    pub const ITEM: u8 = 9;
+    pub const STOCK: u8 = 10;
+    pub const DELIVERY_CURSOR: u8 = 11;
+}
+
+fn table(w: u32, t: u8) -> KeyEncoder {
+    KeyEncoder::with_capacity(24).u32(w).u8(t)
+}
+
+/// Where warehouse `w`'s keys begin: the shard map splits here.
+pub fn warehouse_start(w: u32) -> Vec<u8> {
+    KeyEncoder::new().u32(w).finish()
+}
+
+/// Every key of warehouse `w`.
+pub fn warehouse_range(w: u32) -> KeyRange {
+    KeyRange::prefix(&warehouse_start(w))
+}
+
+/// WAREHOUSE (w).
+pub fn warehouse_key(w: u32) -> Vec<u8> {
+    table(w, tag::WAREHOUSE).finish()
+}
+/// DISTRICT (w, d).
+pub fn district_key(w: u32, d: u32) -> Vec<u8> {
+    table(w, tag::DISTRICT).u32(d).finish()
+}
+/// Every district of warehouse `w`.
+pub fn districts(w: u32) -> KeyRange {
+    KeyRange::prefix(&table(w, tag::DISTRICT).finish())
+}
+/// CUSTOMER (w, d, c).
+pub fn customer_key(w: u32, d: u32, c: u32) -> Vec<u8> {
+    table(w, tag::CUSTOMER).u32(d).u32(c).finish()
+}
+/// Every customer of district (w, d).
+pub fn customers(w: u32, d: u32) -> KeyRange {
+    KeyRange::prefix(&table(w, tag::CUSTOMER).u32(d).finish())
+}
+/// Index entry: customers of (w, d) by last name, then first name.
+pub fn customer_name_key(w: u32, d: u32, last: &str, first: &str, c: u32) -> Vec<u8> {
+    table(w, tag::CUSTOMER_BY_NAME).u32(d).str(last).str(first).u32(c).finish()
+}
+/// The index entries of customers of (w, d) called `last`, ordered by first name.
+pub fn customers_named(w: u32, d: u32, last: &str) -> KeyRange {
+    KeyRange::prefix(&table(w, tag::CUSTOMER_BY_NAME).u32(d).str(last).finish())
+}
+/// The customer id at the end of an index entry's key.
+pub fn customer_of_name_key(key: &[u8]) -> u32 {
+    u32_at_end(key)
+}
+/// HISTORY (w, h_id): the specification gives history no key; `h_id` is unique per run.
+pub fn history_key(w: u32, h_id: u64) -> Vec<u8> {
+    table(w, tag::HISTORY).u64(h_id).finish()
+}
+/// NEW-ORDER (w, d, o).
+pub fn new_order_key(w: u32, d: u32, o: u32) -> Vec<u8> {
+    table(w, tag::NEW_ORDER).u32(d).u32(o).finish()
+}
+/// Every new-order row of district (w, d), oldest first.
+pub fn new_orders(w: u32, d: u32) -> KeyRange {
+    KeyRange::prefix(&table(w, tag::NEW_ORDER).u32(d).finish())
+}
+fn u32_at_end(key: &[u8]) -> u32 {
+    u32::from_be_bytes(key[key.len() - 4..].try_into().expect("4 bytes"))
+}
+
+/// The order id that ends a NEW-ORDER or ORDER key.
+pub fn order_id_at_end(key: &[u8]) -> u32 {
+    u32_at_end(key)
+}
+/// The district's oldest undelivered order id (not in the specification's schema): Delivery
+/// reads it instead of scanning NEW-ORDER from its start, which would walk every deleted row
+/// still within MVCC retention.
+pub fn delivery_cursor_key(w: u32, d: u32) -> Vec<u8> {
+    table(w, tag::DELIVERY_CURSOR).u32(d).finish()
+}
+/// ORDER (w, d, o).
+pub fn order_key(w: u32, d: u32, o: u32) -> Vec<u8> {
+    table(w, tag::ORDER).u32(d).u32(o).finish()
+}
+/// Every order of district (w, d).
+pub fn orders(w: u32, d: u32) -> KeyRange {
+    KeyRange::prefix(&table(w, tag::ORDER).u32(d).finish())
+}
+/// Index entry: orders of customer (w, d, c), newest first.
+pub fn customer_order_key(w: u32, d: u32, c: u32, o: u32) -> Vec<u8> {
+    table(w, tag::ORDER_BY_CUSTOMER).u32(d).u32(c).u64_desc(u64::from(o)).finish()
+}
+/// The index entries of customer (w, d, c), newest order first.
+pub fn customer_orders(w: u32, d: u32, c: u32) -> KeyRange {
+    KeyRange::prefix(&table(w, tag::ORDER_BY_CUSTOMER).u32(d).u32(c).finish())
+}
+/// The order id at the end of a customer-order index key.
+pub fn order_of_customer_order_key(key: &[u8]) -> u32 {
+    let desc = u64::from_be_bytes(key[key.len() - 8..].try_into().expect("8 bytes"));
+    (!desc) as u32
+}
+/// ORDER-LINE (w, d, o, n).
+pub fn order_line_key(w: u32, d: u32, o: u32, n: u32) -> Vec<u8> {
+    table(w, tag::ORDER_LINE).u32(d).u32(o).u32(n).finish()
+}
+/// The order lines of order (w, d, o).
+pub fn order_lines(w: u32, d: u32, o: u32) -> KeyRange {
+    KeyRange::prefix(&table(w, tag::ORDER_LINE).u32(d).u32(o).finish())
+}
+/// The order lines of orders `from..to` of district (w, d).
+pub fn order_lines_between(w: u32, d: u32, from: u32, to: u32) -> KeyRange {
+    let prefix = table(w, tag::ORDER_LINE).u32(d);
+    KeyRange::new(prefix.clone().u32(from).finish(), prefix.u32(to).finish())
+}
+/// Every order line of district (w, d).
+pub fn district_order_lines(w: u32, d: u32) -> KeyRange {
+    KeyRange::prefix(&table(w, tag::ORDER_LINE).u32(d).finish())
+}
+/// ITEM (i), warehouse `w`'s copy.
+pub fn item_key(w: u32, i: u32) -> Vec<u8> {
+    table(w, tag::ITEM).u32(i).finish()
+}
+/// STOCK (w, i).
+pub fn stock_key(w: u32, i: u32) -> Vec<u8> {
+    table(w, tag::STOCK).u32(i).finish()
+}
+
+/// The parts of an address every addressed table has.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Address {
+    /// Street, first line.
+    pub street_1: String,
+    /// Street, second line.
+    pub street_2: String,
+    /// City.
+    pub city: String,
+    /// Two letters.
+    pub state: String,
+    /// Nine characters.
+    pub zip: String,
+}
+
+/// WAREHOUSE.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Warehouse {
+    /// W_NAME.
+    pub name: String,
+    /// W_STREET_1 .. W_ZIP.
+    pub address: Address,
+    /// W_TAX, basis points.
+    pub tax: i64,
+    /// W_YTD, cents.
+    pub ytd: i64,
+}
+
+/// DISTRICT.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct District {
+    /// D_NAME.
+    pub name: String,
+    /// D_STREET_1 .. D_ZIP.
+    pub address: Address,
+    /// D_TAX, basis points.
+    pub tax: i64,
+    /// D_YTD, cents.
+    pub ytd: i64,
+    /// D_NEXT_O_ID.
+    pub next_o_id: u32,
+}
+
+/// CUSTOMER.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Customer {
+    /// C_FIRST.
+    pub first: String,
+    /// C_MIDDLE.
+    pub middle: String,
+    /// C_LAST.
+    pub last: String,
+    /// C_STREET_1 .. C_ZIP.
+    pub address: Address,
+    /// C_PHONE.
+    pub phone: String,
+    /// C_SINCE, microseconds.
+    pub since: u64,
+    /// C_CREDIT: "GC" or "BC".
+    pub credit: String,
+    /// C_CREDIT_LIM, cents.
+    pub credit_lim: i64,
+    /// C_DISCOUNT, basis points.
+    pub discount: i64,
+    /// C_BALANCE, cents.
+    pub balance: i64,
+    /// C_YTD_PAYMENT, cents.
+    pub ytd_payment: i64,
+    /// C_PAYMENT_CNT.
+    pub payment_cnt: u32,
+    /// C_DELIVERY_CNT.
+    pub delivery_cnt: u32,
+    /// C_DATA.
+    pub data: String,
+}
+
+/// HISTORY.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct History {
+    /// H_C_ID.
+    pub c_id: u32,
+    /// H_C_D_ID.
+    pub c_d_id: u32,
+    /// H_C_W_ID.
+    pub c_w_id: u32,
+    /// H_D_ID.
+    pub d_id: u32,
+    /// H_W_ID.
+    pub w_id: u32,
+    /// H_DATE, microseconds.
+    pub date: u64,
+    /// H_AMOUNT, cents.
+    pub amount: i64,
+    /// H_DATA.
+    pub data: String,
+}
+
+/// ORDER.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Order {
+    /// O_C_ID.
+    pub c_id: u32,
+    /// O_ENTRY_D, microseconds.
+    pub entry_d: u64,
+    /// O_CARRIER_ID, once delivered.
+    pub carrier_id: Option<u32>,
+    /// O_OL_CNT.
+    pub ol_cnt: u32,
+    /// O_ALL_LOCAL.
+    pub all_local: bool,
+}
+
+/// ORDER-LINE.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OrderLine {
+    /// OL_I_ID.
+    pub i_id: u32,
+    /// OL_SUPPLY_W_ID.
+    pub supply_w_id: u32,
+    /// OL_DELIVERY_D, microseconds, once delivered.
+    pub delivery_d: Option<u64>,
+    /// OL_QUANTITY.
+    pub quantity: u32,
+    /// OL_AMOUNT, cents.
+    pub amount: i64,
+    /// OL_DIST_INFO.
+    pub dist_info: String,
+}
+
+/// ITEM.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Item {
+    /// I_IM_ID.
+    pub im_id: u32,
+    /// I_NAME.
+    pub name: String,
+    /// I_PRICE, cents.
+    pub price: i64,
+    /// I_DATA.
+    pub data: String,
+}
+
+/// STOCK.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Stock {
+    /// S_QUANTITY.
+    pub quantity: i64,
+    /// S_DIST_01 .. S_DIST_10.
+    pub dist: Vec<String>,
+    /// S_YTD.
+    pub ytd: i64,
+    /// S_ORDER_CNT.
+    pub order_cnt: u32,
+    /// S_REMOTE_CNT.
+    pub remote_cnt: u32,
+    /// S_DATA.
+    pub data: String,
+}
+
+/// Encodes a row.
+pub fn encode<T: Serialize>(row: &T) -> Vec<u8> {
+    postcard::to_stdvec(row).expect("rows always serialize")
+}
+
+/// Decodes a row, naming the table on failure.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(bytes)
+        .map_err(|e| format!("corrupt {} row: {e}", std::any::type_name::<T>()))
+}

@@ -1,0 +1,146 @@
+//! The TPC-C-like benchmark end to end on an embedded database: a short run passes the
+//! consistency conditions, and the checks catch a database changed behind the transactions'
+//! backs. Input generation follows the specification's distributions.
+
+use std::time::Duration;
+
+use bench::tpcc::random::{self, Population};
+use bench::tpcc::schema::{self, District, decode, encode};
+use bench::tpcc::{Backend, Generator, Kind, Mix, Sealdb, TpccOptions, drive};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use txn::ReadAt;
+
+const SMALL: Population = Population { items: 2_000, customers: 120 };
+
+fn options(warehouses: u32, clients: u32, secs: u64) -> TpccOptions {
+    TpccOptions {
+        warehouses,
+        clients,
+        duration: Duration::from_secs(secs),
+        mix: Mix::Standard,
+        population: SMALL,
+        seed: 11,
+    }
+}
+
+fn loaded(warehouses: u32, dir: &std::path::Path) -> Sealdb {
+    let backend = Sealdb::open(Some(dir), warehouses, warehouses).unwrap();
+    backend.load(warehouses, SMALL, 11, 4).unwrap();
+    assert!(backend.check(warehouses).unwrap().is_empty(), "the loaded database is consistent");
+    backend
+}
+
+#[test]
+fn a_short_standard_run_passes_the_consistency_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = loaded(1, dir.path());
+    let report = drive(&backend, &options(1, 4, 10), 0.0).unwrap();
+    eprintln!("{report:#?}");
+    assert!(report.consistency, "{:?}", report.consistency_failures);
+    for kind in ["new_order", "payment", "order_status", "delivery", "stock_level"] {
+        let ran = report.latency_ms.get(kind).map_or(0, |l| l.count);
+        assert!(ran > 0, "no {kind} ran");
+    }
+    assert!(report.scaled);
+    assert!(report.tpmc > 0.0);
+}
+
+#[test]
+fn the_checks_catch_changes_made_behind_the_transactions_backs() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two warehouses on two shards: remote New-Order lines and Payments cross shards.
+    let backend = loaded(2, dir.path());
+    let report = drive(&backend, &options(2, 4, 3), 0.0).unwrap();
+    assert!(report.consistency, "{:?}", report.consistency_failures);
+    let db = &backend.db;
+
+    // Condition 1: one district's YTD changed directly.
+    db.transact(|tx| {
+        let key = schema::district_key(2, 3);
+        let mut district: District = decode(&tx.get(&key)?.unwrap()).unwrap();
+        district.ytd += 1;
+        tx.put(&key, &encode(&district))
+    })
+    .unwrap();
+    let failures = backend.check(2).unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(failures[0].starts_with("condition 1: warehouse 2:"), "{failures:?}");
+
+    // Condition 4: an order line removed from warehouse 1, district 5.
+    let line = db
+        .snapshot(ReadAt::Latest)
+        .unwrap()
+        .scan(&schema::district_order_lines(1, 5), 1)
+        .unwrap()
+        .remove(0)
+        .0;
+    db.transact(|tx| tx.delete(&line)).unwrap();
+    let failures = backend.check(2).unwrap();
+    assert!(
+        failures.iter().any(|f| f.starts_with("condition 4: warehouse 1 district 5:")),
+        "{failures:?}"
+    );
+
+    // Condition 3: a hole in warehouse 1 district 7's new-order rows.
+    let rows = db.snapshot(ReadAt::Latest).unwrap().scan(&schema::new_orders(1, 7), 3).unwrap();
+    assert_eq!(rows.len(), 3, "district 7 has undelivered orders");
+    db.transact(|tx| tx.delete(&rows[1].0)).unwrap();
+    let failures = backend.check(2).unwrap();
+    assert!(
+        failures.iter().any(|f| f.starts_with("condition 3: warehouse 1 district 7:")),
+        "{failures:?}"
+    );
+}
+
+#[test]
+fn last_names_follow_the_syllable_table() {
+    assert_eq!(random::last_name(0), "BARBARBAR");
+    assert_eq!(random::last_name(371), "PRICALLYOUGHT");
+    assert_eq!(random::last_name(999), "EINGEINGEING");
+}
+
+#[test]
+fn nurand_stays_in_range_and_is_skewed() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut counts = vec![0u32; 3_001];
+    for _ in 0..300_000 {
+        let c = random::nurand(&mut rng, 1023, 1, 3_000, random::C_ID);
+        assert!((1..=3_000).contains(&c));
+        counts[c as usize] += 1;
+    }
+    let max = *counts.iter().max().unwrap();
+    assert!(max > 300, "uniform would give each id about 100; the hottest got {max}");
+}
+
+#[test]
+fn the_standard_mix_and_its_inputs_follow_the_specification() {
+    let mut generator = Generator::new(3, 0, 1, 4, Population::STANDARD, Mix::Standard);
+    let n = 100_000;
+    let (mut kinds, mut remote_lines, mut lines, mut rollbacks, mut remote_payments) =
+        (std::collections::BTreeMap::new(), 0, 0, 0, 0);
+    for _ in 0..n {
+        let txn = generator.next_txn();
+        *kinds.entry(txn.kind()).or_insert(0) += 1;
+        match txn {
+            bench::tpcc::Txn::NewOrder(t) => {
+                assert!((5..=15).contains(&t.lines.len()));
+                lines += t.lines.len();
+                remote_lines += t.lines.iter().filter(|l| l.supply_w != 1).count();
+                rollbacks += usize::from(t.lines.iter().any(|l| l.i_id > 100_000));
+            }
+            bench::tpcc::Txn::Payment(t) => remote_payments += usize::from(t.c_w != 1),
+            _ => {}
+        }
+    }
+    let share = |k: Kind| f64::from(kinds[&k]) / f64::from(n);
+    assert!((share(Kind::NewOrder) - 0.45).abs() < 0.01);
+    assert!((share(Kind::Payment) - 0.43).abs() < 0.01);
+    for k in [Kind::OrderStatus, Kind::Delivery, Kind::StockLevel] {
+        assert!((share(k) - 0.04).abs() < 0.005, "{k:?}: {}", share(k));
+    }
+    let new_orders = kinds[&Kind::NewOrder] as f64;
+    assert!((rollbacks as f64 / new_orders - 0.01).abs() < 0.003, "{rollbacks} rollbacks");
+    assert!((remote_lines as f64 / lines as f64 - 0.01).abs() < 0.003);
+    assert!((remote_payments as f64 / f64::from(kinds[&Kind::Payment]) - 0.15).abs() < 0.01);
+}
