@@ -579,7 +579,19 @@ pub fn run_sealdb(
     backend.load(opts.warehouses, opts.population, opts.seed, 16)?;
     let load_s = started.elapsed().as_secs_f64();
     eprintln!("  loaded in {load_s:.1} s; running {} s", opts.duration.as_secs());
+    let before = backend.db.stats();
     let report = drive(&backend, opts, load_s)?;
+    let after = backend.db.stats();
+    let entries = after.entries - before.entries;
+    let windows = (after.windows - before.windows).max(1);
+    eprintln!(
+        "  engine: {windows} windows, {:.1} entries per window, {} single-shard procedures \
+         re-executed after losing validation ({:.1}% of entries), {} aborts",
+        entries as f64 / windows as f64,
+        after.fallbacks - before.fallbacks,
+        (after.fallbacks - before.fallbacks) as f64 * 100.0 / entries.max(1) as f64,
+        after.aborts - before.aborts,
+    );
     backend.db.close().map_err(|e| e.to_string())?;
     Ok(report)
 }
