@@ -547,16 +547,15 @@ impl ShardLoop {
 
     fn set_progress(&self, applied: Option<Epoch>, safe: Timestamp) {
         let mut progress = lock(&self.inner.progress);
-        let p = &mut progress[self.shard.0 as usize];
+        let me = self.shard.0 as usize;
         if let Some(e) = applied {
-            p.applied = e;
+            progress[me].applied = e;
             // The last shard to apply window e lets the sequencer seal the next one early.
             if progress.iter().all(|p| p.applied >= e) {
                 self.feedback.applied(e);
             }
         }
-        let p = &mut progress[self.shard.0 as usize];
-        p.safe = p.safe.max(safe);
+        progress[me].safe = progress[me].safe.max(safe);
         self.inner.progress_changed.notify_all();
     }
 

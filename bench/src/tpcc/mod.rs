@@ -311,11 +311,8 @@ impl Sealdb {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(part) = parts.get(i) else { return };
                         let mut retries = 0;
-                        if let Err(e) = self.call(
-                            "tpcc.load",
-                            &postcard::to_stdvec(part).expect("args"),
-                            &mut retries,
-                        ) {
+                        if let Err(e) = self.call("tpcc.load", &schema::encode(part), &mut retries)
+                        {
                             *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
                             next.store(parts.len(), Ordering::Relaxed);
                             return;
@@ -351,11 +348,10 @@ impl Backend for Sealdb {
     }
 
     fn execute(&self, txn: &Txn, retries: &mut u64) -> Result<Done, String> {
-        let args = |t: &dyn erased::Encode| t.encode();
         match txn {
-            Txn::NewOrder(t) => self.call("tpcc.new_order", &args(t), retries),
-            Txn::Payment(t) => self.call("tpcc.payment", &args(t), retries),
-            Txn::Delivery(t) => self.call("tpcc.delivery", &args(t), retries),
+            Txn::NewOrder(t) => self.call("tpcc.new_order", &schema::encode(t), retries),
+            Txn::Payment(t) => self.call("tpcc.payment", &schema::encode(t), retries),
+            Txn::Delivery(t) => self.call("tpcc.delivery", &schema::encode(t), retries),
             Txn::OrderStatus(t) => self.read(|s| txns::order_status(s, t)).map(|_| Done::Committed),
             Txn::StockLevel(t) => self.read(|s| txns::stock_level(s, t)).map(|_| Done::Committed),
         }
@@ -363,18 +359,6 @@ impl Backend for Sealdb {
 
     fn check(&self, warehouses: u32) -> Result<Vec<String>, String> {
         self.read(|s| check::check(s, warehouses))
-    }
-}
-
-mod erased {
-    /// Argument encoding for any transaction's inputs.
-    pub trait Encode {
-        fn encode(&self) -> Vec<u8>;
-    }
-    impl<T: serde::Serialize> Encode for T {
-        fn encode(&self) -> Vec<u8> {
-            postcard::to_stdvec(self).expect("inputs always serialize")
-        }
     }
 }
 

@@ -311,7 +311,7 @@ pub struct Stock {
     pub data: String,
 }
 
-/// Encodes a row.
+/// Encodes a row (or a procedure's arguments: the same format).
 pub fn encode<T: Serialize>(row: &T) -> Vec<u8> {
     postcard::to_stdvec(row).expect("rows always serialize")
 }
