@@ -31,6 +31,12 @@ struct RunArgs {
     json: Option<PathBuf>,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    Sealdb,
+    Postgres,
+}
+
 #[derive(Subcommand)]
 enum Workload {
     /// The TPC-C-like benchmark (the main job): load, run a transaction mix, check consistency.
@@ -58,6 +64,16 @@ enum Workload {
         /// Shards of the embedded database (default: one per core, at most one per warehouse).
         #[arg(long)]
         shards: Option<u32>,
+        /// The database to run on: sealdb embedded, or PostgreSQL for comparison.
+        #[arg(long, value_enum, default_value = "sealdb")]
+        backend: Backend,
+        /// PostgreSQL's URL (with --backend postgres), e.g. the one `bench/postgres.sh start`
+        /// prints. The benchmark creates its tables in the schema `tpcc`.
+        #[arg(long)]
+        pg_url: Option<String>,
+        /// Drop an existing `tpcc` schema in PostgreSQL instead of refusing to run.
+        #[arg(long)]
+        pg_replace: bool,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -118,6 +134,9 @@ fn main() -> ExitCode {
             scale_items,
             scale_customers,
             shards,
+            backend,
+            pg_url,
+            pg_replace,
             run: RunArgs { seed, dir, json },
         } => {
             if warehouses == 0 || clients == 0 || duration == 0 || shards == Some(0) {
@@ -143,11 +162,36 @@ fn main() -> ExitCode {
                 population,
                 seed,
             };
-            eprintln!(
-                "tpcc: sealdb embedded, {warehouses} warehouse(s), {clients} clients, {mix:?} mix, {duration} s{}",
-                if population.is_scaled() { " (SCALED population)" } else { "" }
-            );
-            finish(bench::tpcc::run_sealdb(&opts, dir, shards), json, |r| {
+            let scaled = if population.is_scaled() { " (SCALED population)" } else { "" };
+            let result = match (backend, pg_url) {
+                (Backend::Sealdb, None) => {
+                    eprintln!(
+                        "tpcc: sealdb embedded, {warehouses} warehouse(s), {clients} clients, {mix:?} mix, {duration} s{scaled}"
+                    );
+                    bench::tpcc::run_sealdb(&opts, dir, shards)
+                }
+                (Backend::Postgres, Some(url)) if dir.is_none() && shards.is_none() => {
+                    eprintln!(
+                        "tpcc: PostgreSQL at {url}, {warehouses} warehouse(s), {clients} clients, {mix:?} mix, {duration} s{scaled}"
+                    );
+                    bench::tpcc::run_postgres(&opts, &url, pg_replace)
+                }
+                (Backend::Postgres, Some(_)) => {
+                    eprintln!("error: --dir and --shards are for sealdb, not --backend postgres");
+                    return ExitCode::from(2);
+                }
+                (Backend::Postgres, None) => {
+                    eprintln!(
+                        "error: --backend postgres needs --pg-url (bench/postgres.sh start prints one)"
+                    );
+                    return ExitCode::from(2);
+                }
+                (Backend::Sealdb, Some(_)) => {
+                    eprintln!("error: --pg-url is for --backend postgres");
+                    return ExitCode::from(2);
+                }
+            };
+            finish(result, json, |r| {
                 print_tpcc(r);
                 r.consistency
             })

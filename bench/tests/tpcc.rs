@@ -26,7 +26,7 @@ fn options(warehouses: u32, clients: u32, secs: u64) -> TpccOptions {
 
 fn loaded(warehouses: u32, dir: &std::path::Path) -> Sealdb {
     let backend = Sealdb::open(Some(dir), warehouses, warehouses).unwrap();
-    backend.load(warehouses, SMALL, 11, 4).unwrap();
+    backend.load(warehouses, SMALL, 11).unwrap();
     assert!(backend.check(warehouses).unwrap().is_empty(), "the loaded database is consistent");
     backend
 }
@@ -143,4 +143,70 @@ fn the_standard_mix_and_its_inputs_follow_the_specification() {
     assert!((rollbacks as f64 / new_orders - 0.01).abs() < 0.003, "{rollbacks} rollbacks");
     assert!((remote_lines as f64 / lines as f64 - 0.01).abs() < 0.003);
     assert!((remote_payments as f64 / f64::from(kinds[&Kind::Payment]) - 0.15).abs() < 0.01);
+}
+
+/// PostgreSQL for the comparison backend's tests: `./dev test` starts one with
+/// `bench/postgres.sh` and sets `SEALDB_PG_URL`. Without it these tests print SKIPPED (CI sets
+/// `SEALDB_REQUIRE_PG=1`, which makes that a failure).
+fn postgres(schema: &str) -> Option<bench::tpcc::postgres::Postgres> {
+    let Ok(url) = std::env::var("SEALDB_PG_URL") else {
+        let required = std::env::var("SEALDB_REQUIRE_PG").is_ok_and(|v| v == "1");
+        assert!(!required, "SEALDB_REQUIRE_PG=1 but SEALDB_PG_URL is not set");
+        eprintln!("SKIPPED: SEALDB_PG_URL is not set (run the tests with ./dev test)");
+        return None;
+    };
+    Some(bench::tpcc::postgres::Postgres::create(&url, schema, true).unwrap())
+}
+
+#[test]
+fn postgres_loads_the_same_data_runs_the_mix_and_its_checks_can_fail() {
+    let Some(pg) = postgres("tpcc_test_run") else { return };
+    pg.load(2, SMALL, 11).unwrap();
+
+    // The same loader: PostgreSQL starts from the data sealdb starts from.
+    let dir = tempfile::tempdir().unwrap();
+    let sealdb = loaded(2, dir.path());
+    let (pg_w, pg_d) = pg.facts(2).unwrap();
+    let (mut s_w, mut s_d) = sealdb.read(|s| bench::tpcc::check::facts(s, 2)).unwrap();
+    s_d.iter_mut().for_each(|d| d.delivery_cursor = None);
+    s_w.sort_by_key(|f| f.w);
+    assert_eq!((pg_w, pg_d), (s_w, s_d));
+
+    let report = drive(&pg, &options(2, 4, 5), 0.0).unwrap();
+    eprintln!("{report:#?}");
+    assert_eq!(report.backend, "postgres");
+    assert!(report.consistency, "{:?}", report.consistency_failures);
+    for kind in ["new_order", "payment", "order_status", "delivery", "stock_level"] {
+        let ran = report.latency_ms.get(kind).map_or(0, |l| l.count);
+        assert!(ran > 0, "no {kind} ran");
+    }
+    assert!(report.rollbacks > 0 || report.latency_ms["new_order"].count < 1_000);
+
+    pg.batch_execute("UPDATE district SET d_ytd = d_ytd + 1 WHERE d_w_id = 2 AND d_id = 3")
+        .unwrap();
+    let failures = pg.check(2).unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(failures[0].starts_with("condition 1: warehouse 2:"), "{failures:?}");
+
+    pg.batch_execute(
+        "DELETE FROM new_order WHERE no_w_id = 1 AND no_d_id = 7 AND no_o_id = \
+         (SELECT min(no_o_id) + 1 FROM new_order WHERE no_w_id = 1 AND no_d_id = 7)",
+    )
+    .unwrap();
+    let failures = pg.check(2).unwrap();
+    assert!(
+        failures.iter().any(|f| f.starts_with("condition 3: warehouse 1 district 7:")),
+        "{failures:?}"
+    );
+}
+
+#[test]
+fn postgres_refuses_an_existing_schema_unless_told_to_replace_it() {
+    let Some(_pg) = postgres("tpcc_test_exists") else { return };
+    let url = std::env::var("SEALDB_PG_URL").unwrap();
+    let refused = bench::tpcc::postgres::Postgres::create(&url, "tpcc_test_exists", false);
+    let error = refused.err().expect("an existing schema is refused");
+    assert!(error.contains("already exists"), "{error}");
+    let bad = bench::tpcc::postgres::Postgres::create(&url, "tpcc; DROP", true);
+    assert!(bad.err().expect("refused").contains("identifier"));
 }

@@ -8,6 +8,7 @@
 //! the report; `tpmc` counts committed New-Orders only (rolled-back ones are in `rollbacks`).
 
 pub mod check;
+pub mod postgres;
 pub mod random;
 pub mod schema;
 pub mod txns;
@@ -223,6 +224,9 @@ pub trait Backend: Send + Sync {
     fn execute(&self, txn: &Txn, retries: &mut u64) -> Result<Done, String>;
     /// The consistency conditions' failures, read at one snapshot.
     fn check(&self, warehouses: u32) -> Result<Vec<String>, String>;
+    /// Loads the initial population of `warehouses` into an empty database, printing
+    /// progress to stderr. The same `seed` loads the same rows on every backend.
+    fn load(&self, warehouses: u32, pop: Population, seed: u64) -> Result<(), String>;
 }
 
 /// sealdb, embedded.
@@ -278,67 +282,58 @@ impl Sealdb {
         }
     }
 
-    fn read<T>(
+    /// Runs `f` on a `Latest` snapshot.
+    pub fn read<T>(
         &self,
         f: impl FnOnce(&mut txn::Snapshot<'_>) -> Result<T, txn::ProcError>,
     ) -> Result<T, String> {
         let mut snap = self.db.snapshot(ReadAt::Latest).map_err(|e| e.to_string())?;
         f(&mut snap).map_err(|e| e.to_string())
     }
+}
 
-    /// Loads the population for `warehouses` with `workers` concurrent loader calls,
-    /// printing progress to stderr.
-    pub fn load(
-        &self,
-        warehouses: u32,
-        pop: Population,
-        seed: u64,
-        workers: usize,
-    ) -> Result<(), String> {
-        let exists =
-            self.db.snapshot(ReadAt::Latest).and_then(|s| s.get(&schema::warehouse_key(1)));
-        if exists.map_err(|e| e.to_string())?.is_some() {
-            return Err("the database already holds TPC-C data: use an empty directory".into());
-        }
-        let parts = load_parts(warehouses, pop, seed);
-        let next = AtomicUsize::new(0);
-        let failed = std::sync::Mutex::new(None);
-        let started = Instant::now();
-        std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(part) = parts.get(i) else { return };
-                        let mut retries = 0;
-                        if let Err(e) = self.call("tpcc.load", &schema::encode(part), &mut retries)
-                        {
-                            *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
-                            next.store(parts.len(), Ordering::Relaxed);
-                            return;
-                        }
+/// Runs `load` on every part with `workers` threads, printing progress to stderr; stops at
+/// the first error.
+pub fn run_parts(
+    parts: &[Load],
+    workers: usize,
+    load: impl Fn(&Load) -> Result<(), String> + Sync,
+) -> Result<(), String> {
+    let next = AtomicUsize::new(0);
+    let failed = std::sync::Mutex::new(None);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(part) = parts.get(i) else { return };
+                    if let Err(e) = load(part) {
+                        *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                        next.store(parts.len(), Ordering::Relaxed);
+                        return;
                     }
-                });
-            }
-            let mut last = Instant::now();
-            while next.load(Ordering::Relaxed) < parts.len() {
-                std::thread::sleep(Duration::from_millis(100));
-                if last.elapsed() >= Duration::from_secs(2) {
-                    last = Instant::now();
-                    let done = next.load(Ordering::Relaxed).min(parts.len());
-                    eprintln!(
-                        "  loading: {:>3}% ({done}/{} slices, {:.0} s)",
-                        done * 100 / parts.len(),
-                        parts.len(),
-                        started.elapsed().as_secs_f64()
-                    );
                 }
-            }
-        });
-        match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            Some(e) => Err(format!("loading: {e}")),
-            None => Ok(()),
+            });
         }
+        let mut last = Instant::now();
+        while next.load(Ordering::Relaxed) < parts.len() {
+            std::thread::sleep(Duration::from_millis(100));
+            if last.elapsed() >= Duration::from_secs(2) {
+                last = Instant::now();
+                let done = next.load(Ordering::Relaxed).min(parts.len());
+                eprintln!(
+                    "  loading: {:>3}% ({done}/{} slices, {:.0} s)",
+                    done * 100 / parts.len(),
+                    parts.len(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    });
+    match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(e) => Err(format!("loading: {e}")),
+        None => Ok(()),
     }
 }
 
@@ -359,6 +354,19 @@ impl Backend for Sealdb {
 
     fn check(&self, warehouses: u32) -> Result<Vec<String>, String> {
         self.read(|s| check::check(s, warehouses))
+    }
+
+    fn load(&self, warehouses: u32, pop: Population, seed: u64) -> Result<(), String> {
+        let exists =
+            self.db.snapshot(ReadAt::Latest).and_then(|s| s.get(&schema::warehouse_key(1)));
+        if exists.map_err(|e| e.to_string())?.is_some() {
+            return Err("the database already holds TPC-C data: use an empty directory".into());
+        }
+        let parts = load_parts(warehouses, pop, seed);
+        // Loader calls are small transactions: many in flight fill the windows.
+        run_parts(&parts, 16, |part| {
+            self.call("tpcc.load", &schema::encode(part), &mut 0).map(|_| ())
+        })
     }
 }
 
@@ -558,11 +566,8 @@ pub fn run_sealdb(
     let dir = dir.unwrap_or_else(|| temp.path().join("tpcc"));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let backend = Sealdb::open(Some(&dir), opts.warehouses, shards.unwrap_or(cores))?;
-    eprintln!("  loading {} warehouse(s) into {}", opts.warehouses, dir.display());
-    let started = Instant::now();
-    backend.load(opts.warehouses, opts.population, opts.seed, 16)?;
-    let load_s = started.elapsed().as_secs_f64();
-    eprintln!("  loaded in {load_s:.1} s; running {} s", opts.duration.as_secs());
+    eprintln!("  database in {}", dir.display());
+    let load_s = load(&backend, opts)?;
     let before = backend.db.stats();
     let report = drive(&backend, opts, load_s)?;
     let after = backend.db.stats();
@@ -578,4 +583,22 @@ pub fn run_sealdb(
     );
     backend.db.close().map_err(|e| e.to_string())?;
     Ok(report)
+}
+
+/// Loads and runs the benchmark on PostgreSQL at `url`, in the schema `tpcc` (an existing one
+/// is refused unless `replace`).
+pub fn run_postgres(opts: &TpccOptions, url: &str, replace: bool) -> Result<Report, String> {
+    let backend = postgres::Postgres::create(url, "tpcc", replace)?;
+    let load_s = load(&backend, opts)?;
+    drive(&backend, opts, load_s)
+}
+
+/// Loads `backend`, returning the seconds it took.
+fn load(backend: &dyn Backend, opts: &TpccOptions) -> Result<f64, String> {
+    eprintln!("  loading {} warehouse(s) into {}", opts.warehouses, backend.name());
+    let started = Instant::now();
+    backend.load(opts.warehouses, opts.population, opts.seed)?;
+    let load_s = started.elapsed().as_secs_f64();
+    eprintln!("  loaded in {load_s:.1} s; running {} s", opts.duration.as_secs());
+    Ok(load_s)
 }

@@ -18,18 +18,30 @@ use storage::KeyRange;
 use storage::keycode::KeyEncoder;
 
 /// Table tags, the byte after the warehouse id.
-mod tag {
+pub mod tag {
+    /// WAREHOUSE.
     pub const WAREHOUSE: u8 = 0;
+    /// DISTRICT.
     pub const DISTRICT: u8 = 1;
+    /// CUSTOMER.
     pub const CUSTOMER: u8 = 2;
+    /// The customer-by-last-name index.
     pub const CUSTOMER_BY_NAME: u8 = 3;
+    /// HISTORY.
     pub const HISTORY: u8 = 4;
+    /// NEW-ORDER.
     pub const NEW_ORDER: u8 = 5;
+    /// ORDER.
     pub const ORDER: u8 = 6;
+    /// The orders-by-customer index.
     pub const ORDER_BY_CUSTOMER: u8 = 7;
+    /// ORDER-LINE.
     pub const ORDER_LINE: u8 = 8;
+    /// ITEM (a copy per warehouse).
     pub const ITEM: u8 = 9;
+    /// STOCK.
     pub const STOCK: u8 = 10;
+    /// The per-district delivery cursor.
     pub const DELIVERY_CURSOR: u8 = 11;
 }
 
