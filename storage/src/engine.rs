@@ -49,6 +49,13 @@ pub trait Engine: Send + Sync + 'static {
     /// created; whether it sees later ones is unspecified.
     fn cursor(&self) -> Box<dyn Cursor + '_>;
 
+    /// The first entry at or after `key`, if its key starts with `prefix`: one version lookup.
+    /// `prefix` is `StorageKey::version_prefix` of the user key `key` is a version of, which
+    /// lets an engine skip files without that key (RocksDB's prefix Bloom filters).
+    fn seek_in_prefix(&self, key: &[u8], prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        Ok(self.cursor().seek(key)?.filter(|(k, _)| k.starts_with(prefix)))
+    }
+
     /// Applies `batch` atomically. With `sync`, the batch is durable against a machine crash
     /// when this returns; without, only against a process crash.
     fn write(&self, batch: RawBatch, sync: bool) -> Result<()>;

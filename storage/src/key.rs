@@ -82,4 +82,19 @@ impl StorageKey<'_> {
     pub fn versions_end() -> Vec<u8> {
         vec![VERSION + 1]
     }
+
+    /// The version prefix (see [`StorageKey::version_prefix`]) of encoded engine bytes that
+    /// look like a version key, without decoding them: everything but the timestamp. Engines
+    /// use it to build per-key filters (RocksDB's prefix Bloom filters); `None` for other keys.
+    pub fn version_prefix_of(encoded: &[u8]) -> Option<&[u8]> {
+        match encoded.first() {
+            Some(&VERSION) if encoded.len() > TS_BYTES => {
+                Some(&encoded[..encoded.len() - TS_BYTES])
+            }
+            _ => None,
+        }
+    }
 }
+
+/// A version key ends with its timestamp, eight bytes.
+const TS_BYTES: usize = 8;

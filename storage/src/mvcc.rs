@@ -193,9 +193,9 @@ impl Mvcc {
     ) -> Result<Option<(Timestamp, Option<Vec<u8>>)>> {
         self.check_key(key)?;
         let prefix = StorageKey::version_prefix(key);
-        let mut cursor = self.engine.cursor();
-        match cursor.seek(&StorageKey::Version { key, ts: at }.encode())? {
-            Some((k, v)) if k.starts_with(&prefix) => {
+        let seek = StorageKey::Version { key, ts: at }.encode();
+        match self.engine.seek_in_prefix(&seek, &prefix)? {
+            Some((k, v)) => {
                 let (_, ts) = decode_version_key(&k)?;
                 Ok(Some((ts, decode_value(&v)?)))
             }

@@ -496,14 +496,18 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
                 })
             })
             .collect();
-        let mut report_at = Duration::from_secs(5);
+        let (mut report_at, mut reported) = (Duration::from_secs(5), 0);
         while started.elapsed() < opts.duration && !stop.load(Ordering::Relaxed) {
             let left = opts.duration.saturating_sub(started.elapsed());
             std::thread::sleep(left.min(Duration::from_millis(100)));
             if started.elapsed() >= report_at {
                 let done = completed.load(Ordering::Relaxed);
-                eprintln!("  {:>4} s: {done} transactions", report_at.as_secs());
-                report_at += Duration::from_secs(5);
+                eprintln!(
+                    "  {:>4} s: {done} transactions ({:.0}/s in the last 5 s)",
+                    report_at.as_secs(),
+                    (done - reported) as f64 / 5.0
+                );
+                (report_at, reported) = (report_at + Duration::from_secs(5), done);
             }
         }
         stop.store(true, Ordering::Relaxed);
