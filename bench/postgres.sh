@@ -69,9 +69,20 @@ fsync = on
 synchronous_commit = on
 EOF
   fi
-  if as_pg "$bin/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
+  if as_pg "$bin/pg_isready" -q -h 127.0.0.1 -p "$port"; then
     say "PostgreSQL is already running in $dir"
   else
+    # A server killed without cleaning up leaves its pid file; if that process is gone (or a
+    # zombie nobody reaped), the file is stale and would stop pg_ctl from starting a new one.
+    if [ -f "$dir/postmaster.pid" ]; then
+      local pid state
+      pid=$(head -n 1 "$dir/postmaster.pid")
+      state=$(ps -o stat= -p "$pid" 2>/dev/null || true)
+      if [ -z "$state" ] || [[ $state == Z* ]]; then
+        say "removing the stale pid file of a server that is gone (pid $pid)"
+        rm -f "$dir/postmaster.pid"
+      fi
+    fi
     say "starting PostgreSQL on 127.0.0.1:$port (log: $dir/server.log)"
     as_pg "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null
   fi
