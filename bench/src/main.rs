@@ -140,17 +140,15 @@ fn main() -> ExitCode {
             run: RunArgs { seed, dir, json },
         } => {
             if warehouses == 0 || clients == 0 || duration == 0 || shards == Some(0) {
-                eprintln!(
-                    "error: --warehouses, --clients, --duration and --shards must be at least 1"
+                return usage_error(
+                    "--warehouses, --clients, --duration and --shards must be at least 1",
                 );
-                return ExitCode::from(2);
             }
             if scale_items < 1 || !(10..=3_000).contains(&scale_customers) || scale_items > 100_000
             {
-                eprintln!(
-                    "error: --scale-items must be 1..=100000 and --scale-customers 10..=3000"
+                return usage_error(
+                    "--scale-items must be 1..=100000 and --scale-customers 10..=3000",
                 );
-                return ExitCode::from(2);
             }
             let population =
                 bench::tpcc::random::Population { items: scale_items, customers: scale_customers };
@@ -177,18 +175,17 @@ fn main() -> ExitCode {
                     bench::tpcc::run_postgres(&opts, &url, pg_replace)
                 }
                 (Backend::Postgres, Some(_)) => {
-                    eprintln!("error: --dir and --shards are for sealdb, not --backend postgres");
-                    return ExitCode::from(2);
+                    return usage_error(
+                        "--dir and --shards are for sealdb, not --backend postgres",
+                    );
                 }
                 (Backend::Postgres, None) => {
-                    eprintln!(
-                        "error: --backend postgres needs --pg-url (bench/postgres.sh start prints one)"
+                    return usage_error(
+                        "--backend postgres needs --pg-url (bench/postgres.sh start prints one)",
                     );
-                    return ExitCode::from(2);
                 }
                 (Backend::Sealdb, Some(_)) => {
-                    eprintln!("error: --pg-url is for --backend postgres");
-                    return ExitCode::from(2);
+                    return usage_error("--pg-url is for --backend postgres");
                 }
             };
             finish(result, json, |r| {
@@ -207,16 +204,14 @@ fn main() -> ExitCode {
             run: RunArgs { seed, dir, json },
         } => {
             if clients == 0 || duration == 0 || keys < 2 || shards == Some(0) {
-                eprintln!(
-                    "error: --clients, --duration and --shards must be at least 1, --keys at least 2"
+                return usage_error(
+                    "--clients, --duration and --shards must be at least 1, --keys at least 2",
                 );
-                return ExitCode::from(2);
             }
             use bench::micro::{Driver, Workload as W};
             let driver = match (driver, workload) {
                 (Some(Driver::Async), W::Interactive) => {
-                    eprintln!("error: interactive transactions need --driver threads");
-                    return ExitCode::from(2);
+                    return usage_error("interactive transactions need --driver threads");
                 }
                 (Some(d), _) => d,
                 (None, W::Interactive) => Driver::Threads,
@@ -254,8 +249,7 @@ fn main() -> ExitCode {
         }
         Workload::Mvcc { windows, writes, keys, value_bytes, run: RunArgs { seed, dir, json } } => {
             if windows == 0 || writes == 0 || keys == 0 {
-                eprintln!("error: --windows, --writes and --keys must be at least 1");
-                return ExitCode::from(2);
+                return usage_error("--windows, --writes and --keys must be at least 1");
             }
             let opts = bench::mvcc::Options { windows, writes, keys, value_bytes, seed, dir };
             eprintln!("mvcc: {windows} windows x {writes} writes over {keys} keys (seed {seed})");
@@ -276,6 +270,12 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+/// Reports bad flags: the message on stderr, exit code 2, nothing run.
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
 }
 
 /// Prints a report with `print` (which says whether its checks passed), saves it as JSON if

@@ -97,10 +97,12 @@ impl Session {
     /// Runs `txn` once, as one statement: one transaction at SERIALIZABLE.
     async fn run(&self, txn: &Txn) -> Result<(), tokio_postgres::Error> {
         let i = |v: u32| v as i32;
-        let customer = |c: &CustomerRef| match c {
-            CustomerRef::Id(c) => (i(*c), None),
-            CustomerRef::Last(last) => (0, Some(last.clone())),
-        };
+        fn customer(c: &CustomerRef) -> (i32, Option<&str>) {
+            match c {
+                CustomerRef::Id(c) => (*c as i32, None),
+                CustomerRef::Last(last) => (0, Some(last.as_str())),
+            }
+        }
         let c = &self.client;
         match txn {
             Txn::NewOrder(t) => {
