@@ -58,40 +58,85 @@ fn a_window_out_of_order_is_refused() {
     log.append(&window(2, 101, &[2])).unwrap();
 }
 
+/// Writes 20 windows and returns them, the file's bytes (preallocated zeros included), and
+/// where each window's record ends.
+fn written_log(dir: &std::path::Path) -> (Vec<Window>, Vec<u8>, Vec<usize>) {
+    let written: Vec<Window> = (1..=20).map(|e| window(e, e * 10, &[e as u128; 1])).collect();
+    let mut ends = Vec::new();
+    let (mut log, _) = WindowLog::open(dir).unwrap();
+    for w in &written {
+        log.append(w).unwrap();
+        ends.push(log.end() as usize);
+    }
+    drop(log);
+    let full = std::fs::read(log_file(dir)).unwrap();
+    assert!(full.len() > *ends.last().unwrap(), "the file is grown ahead of its records");
+    assert!(full[*ends.last().unwrap()..].iter().all(|&b| b == 0), "with zeros");
+    (written, full, ends)
+}
+
+/// Opens the damaged log, checks exactly the first `whole` windows survive, then that it
+/// takes the next window and keeps it across a reopen.
+fn check_cut(dir: &std::path::Path, written: &[Window], whole: usize, what: &str) {
+    let (mut log, read) = WindowLog::open(dir).unwrap();
+    assert_eq!(read, written[..whole], "{what}: exactly the whole records survive");
+    let next = whole as u64 + 1;
+    log.append(&window(next, next * 10, &[999])).unwrap();
+    drop(log);
+    let (_, again) = WindowLog::open(dir).unwrap();
+    assert_eq!(again.len(), whole + 1, "{what}: the next window is appended after the cut");
+}
+
 #[test]
-fn a_torn_last_window_is_cut_off_and_every_earlier_one_kept() {
+fn a_log_cut_short_loses_only_its_torn_last_window() {
     let seed = 7;
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
-    let written: Vec<Window> = (1..=20).map(|e| window(e, e * 10, &[e as u128; 1])).collect();
-    // Where each window's record ends in the file.
-    let mut ends = Vec::new();
-    {
-        let (mut log, _) = WindowLog::open(dir.path()).unwrap();
-        for w in &written {
-            log.append(w).unwrap();
-            ends.push(std::fs::metadata(log_file(dir.path())).unwrap().len() as usize);
-        }
-    }
-    let full = std::fs::read(log_file(dir.path())).unwrap();
+    let (written, full, ends) = written_log(dir.path());
     for _ in 0..50 {
-        // Cut the file anywhere after the header, as a crash mid-append would.
-        let cut = rng.random_range(16..full.len());
+        // Cut the file anywhere after the header, as a crash while growing a file would.
+        let cut = rng.random_range(16..ends[ends.len() - 1]);
         std::fs::write(log_file(dir.path()), &full[..cut]).unwrap();
-        let (mut log, read) = WindowLog::open(dir.path()).unwrap();
         let whole = ends.iter().filter(|&&end| end <= cut).count();
-        assert_eq!(
-            read,
-            written[..whole],
-            "seed {seed} cut {cut}: exactly the whole records survive"
-        );
-        // The log accepts the next window after the cut.
-        let next = read.len() as u64 + 1;
-        log.append(&window(next, next * 10, &[999])).unwrap();
-        drop(log);
-        let (_, again) = WindowLog::open(dir.path()).unwrap();
-        assert_eq!(again.len(), read.len() + 1);
+        check_cut(dir.path(), &written, whole, &format!("seed {seed} cut at {cut}"));
     }
+}
+
+#[test]
+fn a_last_record_partly_written_over_the_zeros_is_cut_off_and_every_earlier_one_kept() {
+    let seed = 11;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let (written, full, ends) = written_log(dir.path());
+    for _ in 0..100 {
+        // Records up to `last` were being written; any parts of the last one reached the disk
+        // (its frame included or not), and nothing after it.
+        let last = rng.random_range(0..written.len());
+        let start = if last == 0 { 16 } else { ends[last - 1] };
+        let mut bytes = full.clone();
+        bytes[ends[last]..].fill(0);
+        for _ in 0..rng.random_range(1..4) {
+            let from = rng.random_range(start..ends[last]);
+            let to = rng.random_range(from + 1..=ends[last]);
+            bytes[from..to].fill(0);
+        }
+        std::fs::write(log_file(dir.path()), &bytes).unwrap();
+        let intact = bytes[start..ends[last]] == full[start..ends[last]];
+        let whole = if intact { last + 1 } else { last };
+        check_cut(dir.path(), &written, whole, &format!("seed {seed} torn window {}", last + 1));
+    }
+}
+
+#[test]
+fn a_zeroed_record_before_valid_ones_is_refused_not_taken_for_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, full, ends) = written_log(dir.path());
+    let mut bytes = full.clone();
+    bytes[ends[4]..ends[5]].fill(0); // the sixth window's record
+    std::fs::write(log_file(dir.path()), &bytes).unwrap();
+    let err = WindowLog::open(dir.path()).unwrap_err();
+    assert!(matches!(err, SequencerError::Corrupt { .. }), "{err}");
+    assert_eq!(std::fs::read(log_file(dir.path())).unwrap(), bytes, "nothing was cut");
 }
 
 #[test]
