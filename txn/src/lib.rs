@@ -14,13 +14,14 @@
 //!   transactions ([`ReadAt`]), [`Database::transact`] and [`Database::begin`] for interactive
 //!   ones; every failure a caller sees is a [`TxnError`].
 //!
-//! Still to come: the gRPC client and services (cluster mode).
+//! - [`remote`]: cluster mode over gRPC; so far the sequencer's service and client.
 
 mod database;
 mod error;
 mod executor;
 mod outcome;
 mod procedure;
+pub mod remote;
 mod request;
 mod shard_map;
 mod snapshot;

@@ -4,8 +4,10 @@
 //! - `crash`: SIGKILL at random moments; acknowledged commits survive, once, on every shard.
 //! - `database`: the embedded database end to end: procedures, snapshots, interactive
 //!   transactions, the bank invariant, recovery after reopening, and bad input.
+//! - `remote_sequencer`: the sequencer's gRPC service and client on loopback.
 
 mod common;
 mod crash;
 mod database;
 mod executor;
+mod remote_sequencer;

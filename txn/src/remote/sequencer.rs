@@ -1,0 +1,356 @@
+//! The sequencer over gRPC: [`SequencerNode`] serves a [`Sequencer`] (submit an entry and get
+//! its receipt once its window is durable; subscribe to one shard's slices of the sealed
+//! windows from an epoch on), and [`RemoteSequencer`] calls it.
+//!
+//! A subscriber gets every window in epoch order, those without entries for its shard as
+//! empty slices, so that it can count windows and check none is missing; and the idle ticks,
+//! so that its safe time keeps moving. After a restart it subscribes again from the epoch
+//! after the last one it applied: windows before the live ones are read back from the log.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clock::{Clock, Epoch, Timestamp};
+use proto::v1;
+use proto::v1::sequencer_client::SequencerClient;
+use proto::v1::sequencer_server::{Sequencer as SequencerRpc, SequencerServer};
+use sequencer::{
+    ClientId, Delivery, Entry, Receipt, SealerConfig, Sequencer, SequencerError, ShardId, TxnId,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use super::{RemoteError, observe_request, observe_response, stamp};
+
+/// A sequencer serving gRPC on a TCP address. [`SequencerNode::shutdown`] stops serving,
+/// then seals what is open and answers its submitters.
+pub struct SequencerNode {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+    sequencer: Arc<Sequencer>,
+    /// Set on shutdown: subscriptions end at their next window or tick, so that the server's
+    /// graceful shutdown does not wait for them.
+    stopping: Arc<AtomicBool>,
+}
+
+impl SequencerNode {
+    /// Opens the log in `dir` and serves on `listen` (port 0 picks a free port; see
+    /// [`SequencerNode::addr`]). `shards` is the cluster's shard count: entries naming
+    /// another shard are refused. Must be called within a tokio runtime.
+    pub async fn start(
+        dir: &Path,
+        listen: SocketAddr,
+        clock: Arc<Clock>,
+        config: SealerConfig,
+        shards: u32,
+    ) -> Result<SequencerNode, String> {
+        let (sequencer, _) = Sequencer::start(dir, clock.clone(), config)
+            .map_err(|e| format!("sequencer in {}: {e}", dir.display()))?;
+        let sequencer = Arc::new(sequencer);
+        let listener =
+            TcpListener::bind(listen).await.map_err(|e| format!("listening on {listen}: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| format!("listening on {listen}: {e}"))?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let service = SequencerService {
+            sequencer: sequencer.clone(),
+            clock,
+            shards,
+            stopping: stopping.clone(),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(SequencerServer::new(service))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                }),
+        );
+        tracing::info!(%addr, shards, "sequencer serving");
+        Ok(SequencerNode { addr, stop: Some(stop), server: Some(server), sequencer, stopping })
+    }
+
+    /// The address it serves on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving (open subscriptions end), then shuts the sequencer down: what is open is
+    /// sealed and logged, and its submitters answered.
+    pub async fn shutdown(mut self) -> Result<(), String> {
+        self.stop_serving().await;
+        let sequencer = Arc::clone(&self.sequencer);
+        drop(self);
+        // The server's service held the other reference; with it gone this is the last.
+        match Arc::try_unwrap(sequencer) {
+            Ok(sequencer) => tokio::task::spawn_blocking(move || sequencer.shutdown())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string()),
+            Err(_) => Err("the sequencer is still in use".into()),
+        }
+    }
+
+    async fn stop_serving(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            match server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "sequencer server failed"),
+                Err(e) => tracing::error!(error = %e, "sequencer server task failed"),
+            }
+        }
+    }
+}
+
+impl Drop for SequencerNode {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+struct SequencerService {
+    sequencer: Arc<Sequencer>,
+    clock: Arc<Clock>,
+    shards: u32,
+    stopping: Arc<AtomicBool>,
+}
+
+impl SequencerService {
+    fn shard(&self, shard: u32) -> Result<ShardId, Status> {
+        if shard >= self.shards {
+            return Err(Status::invalid_argument(format!(
+                "no shard {shard}: the cluster has {} (0 to {})",
+                self.shards,
+                self.shards - 1
+            )));
+        }
+        Ok(ShardId(shard))
+    }
+}
+
+fn status_of(e: SequencerError) -> Status {
+    match e {
+        SequencerError::EntryTooLarge { .. } => Status::invalid_argument(e.to_string()),
+        SequencerError::ShuttingDown => Status::unavailable(e.to_string()),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl SequencerRpc for SequencerService {
+    async fn submit(
+        &self,
+        request: Request<v1::SubmitRequest>,
+    ) -> Result<Response<v1::SubmitResponse>, Status> {
+        let r = request.into_inner();
+        observe_request(&self.clock, r.hlc)?;
+        let id: [u8; 16] = r.client_id.as_slice().try_into().map_err(|_| {
+            Status::invalid_argument(format!(
+                "client_id must be 16 bytes, not {}",
+                r.client_id.len()
+            ))
+        })?;
+        if r.participants.is_empty() {
+            return Err(Status::invalid_argument("an entry must name at least one shard"));
+        }
+        let participants =
+            r.participants.iter().map(|&s| self.shard(s)).collect::<Result<Vec<_>, _>>()?;
+        let entry = Entry::new(ClientId(u128::from_le_bytes(id)), participants, r.payload.into());
+        let (tx, rx) = oneshot::channel();
+        self.sequencer.submit_then(
+            entry,
+            Box::new(move |receipt| {
+                let _ = tx.send(receipt);
+            }),
+        );
+        let receipt = rx
+            .await
+            .map_err(|_| Status::unavailable("the sequencer stopped"))?
+            .map_err(status_of)?;
+        Ok(Response::new(v1::SubmitResponse {
+            hlc: stamp(&self.clock),
+            txn: Some(v1::TxnId { epoch: receipt.txn.epoch.0, index: receipt.txn.index }),
+            window_ts: receipt.ts.as_u64(),
+            duplicate: receipt.duplicate,
+        }))
+    }
+
+    type SubscribeStream = ReceiverStream<Result<v1::WindowSlice, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let r = request.into_inner();
+        observe_request(&self.clock, r.hlc)?;
+        let shard = self.shard(r.shard)?;
+        let deliveries = self.sequencer.subscribe(Epoch(r.from_epoch.max(1)));
+        let (tx, rx) = mpsc::channel(256);
+        let clock = self.clock.clone();
+        let stopping = self.stopping.clone();
+        // The sequencer delivers on a blocking channel; this thread forwards one shard's
+        // slices until the subscriber goes away or the node stops (noticed at the next window
+        // or tick).
+        std::thread::Builder::new()
+            .name(format!("sealdb-subscriber-{}", shard.0))
+            .spawn(move || {
+                for delivery in deliveries {
+                    if stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let slice = match delivery {
+                        Delivery::Window(w) => v1::WindowSlice {
+                            hlc: stamp(&clock),
+                            epoch: w.epoch.0,
+                            window_ts: w.ts.as_u64(),
+                            entries: w
+                                .slice(shard)
+                                .map(|(txn, e)| v1::SlicedEntry {
+                                    index: txn.index,
+                                    participants: e.participants.iter().map(|p| p.0).collect(),
+                                    payload: e.payload.to_vec(),
+                                    client_id: e.client_id.0.to_le_bytes().to_vec(),
+                                })
+                                .collect(),
+                            tick: false,
+                        },
+                        Delivery::Tick(ts) => v1::WindowSlice {
+                            hlc: stamp(&clock),
+                            epoch: 0,
+                            window_ts: ts.as_u64(),
+                            entries: Vec::new(),
+                            tick: true,
+                        },
+                    };
+                    if tx.blocking_send(Ok(slice)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Status::internal(format!("starting a subscription: {e}")))?;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// What a subscriber receives, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SliceDelivery {
+    /// A durable window: its entries that touch the subscriber's shard, in log order.
+    Window {
+        /// The window's epoch; consecutive.
+        epoch: Epoch,
+        /// The window's timestamp.
+        ts: Timestamp,
+        /// Its entries for this shard, with their ids.
+        entries: Vec<(TxnId, Entry)>,
+    },
+    /// No window will be stamped at or below this timestamp.
+    Tick(Timestamp),
+}
+
+/// A client of a [`SequencerNode`], stamping its requests with `clock`.
+#[derive(Clone)]
+pub struct RemoteSequencer {
+    client: SequencerClient<Channel>,
+    clock: Arc<Clock>,
+}
+
+impl RemoteSequencer {
+    /// Connects to the sequencer at `addr` (`host:port`).
+    pub async fn connect(addr: &str, clock: Arc<Clock>) -> Result<RemoteSequencer, RemoteError> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| RemoteError::Refused(format!("address {addr:?}: {e}")))?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| RemoteError::Unavailable(format!("connecting to {addr}: {e}")))?;
+        Ok(RemoteSequencer { client: SequencerClient::new(channel), clock })
+    }
+
+    /// Submits `entry` and returns its receipt once its window is durable. After
+    /// [`RemoteError::Unavailable`] the entry may or may not be logged: submitting it again
+    /// (same client id) returns the original receipt, marked duplicate, if it was.
+    pub async fn submit(&self, entry: &Entry) -> Result<Receipt, RemoteError> {
+        let request = v1::SubmitRequest {
+            hlc: stamp(&self.clock),
+            participants: entry.participants.iter().map(|p| p.0).collect(),
+            payload: entry.payload.to_vec(),
+            client_id: entry.client_id.0.to_le_bytes().to_vec(),
+        };
+        let r = self.client.clone().submit(request).await?.into_inner();
+        observe_response(&self.clock, r.hlc)?;
+        let txn =
+            r.txn.ok_or_else(|| RemoteError::BadResponse("a receipt without an id".into()))?;
+        Ok(Receipt {
+            txn: TxnId { epoch: Epoch(txn.epoch), index: txn.index },
+            ts: Timestamp::from_u64(r.window_ts),
+            duplicate: r.duplicate,
+        })
+    }
+
+    /// `shard`'s slices of every window from `from` on, then the live ones and ticks.
+    pub async fn subscribe(
+        &self,
+        shard: ShardId,
+        from: Epoch,
+    ) -> Result<mpsc::Receiver<Result<SliceDelivery, RemoteError>>, RemoteError> {
+        let request =
+            v1::SubscribeRequest { hlc: stamp(&self.clock), shard: shard.0, from_epoch: from.0 };
+        let mut stream = self.client.clone().subscribe(request).await?.into_inner();
+        let (tx, rx) = mpsc::channel(256);
+        let clock = self.clock.clone();
+        tokio::spawn(async move {
+            loop {
+                let item = match stream.message().await {
+                    Ok(Some(slice)) => slice_delivery(&clock, slice),
+                    Ok(None) => {
+                        Err(RemoteError::Unavailable("the sequencer ended the stream".into()))
+                    }
+                    Err(status) => Err(status.into()),
+                };
+                let last = item.is_err();
+                if tx.send(item).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+fn slice_delivery(clock: &Clock, s: v1::WindowSlice) -> Result<SliceDelivery, RemoteError> {
+    observe_response(clock, s.hlc)?;
+    let ts = Timestamp::from_u64(s.window_ts);
+    if s.tick {
+        return Ok(SliceDelivery::Tick(ts));
+    }
+    let epoch = Epoch(s.epoch);
+    let entries = s
+        .entries
+        .into_iter()
+        .map(|e| {
+            let txn = TxnId { epoch, index: e.index };
+            let id: [u8; 16] = e.client_id.as_slice().try_into().map_err(|_| {
+                RemoteError::BadResponse(format!(
+                    "entry {txn}: a client id of {} bytes",
+                    e.client_id.len()
+                ))
+            })?;
+            let participants = e.participants.into_iter().map(ShardId).collect();
+            Ok((txn, Entry::new(ClientId(u128::from_le_bytes(id)), participants, e.payload.into())))
+        })
+        .collect::<Result<_, RemoteError>>()?;
+    Ok(SliceDelivery::Window { epoch, ts, entries })
+}
