@@ -37,14 +37,15 @@ use sequencer::{
     ClientId, Delivery, Entry, Feedback, SealerConfig, Sequencer, SequencerError, ShardId, TxnId,
     Window,
 };
-use storage::{Engine, Epoch, Limits, MemoryEngine, MetaKey, Mvcc, RocksEngine};
+use storage::{Engine, Epoch, Limits, MemoryEngine, Mvcc, RocksEngine};
 use tokio::sync::oneshot;
 
 use crate::error::TxnError;
-use crate::executor::{Executor, Task};
+use crate::executor::Executor;
 use crate::outcome::{AbortReason, Outcome, Phase};
 use crate::procedure::{Procedure, Registry};
 use crate::request::Request;
+use crate::shard::{Finals, Participants, ShardApplier, stored_verdicts};
 use crate::shard_map::ShardMap;
 use crate::snapshot::ShardsAt;
 
@@ -294,22 +295,19 @@ impl Database {
         });
         let mut threads = Vec::new();
         for s in map.shards() {
-            let mvcc = &inner.shards[s.0 as usize];
-            let deferred = decode_deferred(
-                &mvcc.meta(MetaKey::Deferred).map_err(storage)?.unwrap_or_default(),
-            )
-            .map_err(TxnError::Storage)?;
-            let from = mvcc.applied().map_or(Epoch(1), |w| w.window.next());
-            let deliveries = sequencer.subscribe(from);
             let executor =
                 Executor::new(s, map.clone(), options.procedures.clone(), options.limits);
+            let applier = ShardApplier::open(s, inner.shards[s.0 as usize].clone(), executor)
+                .map_err(TxnError::Storage)?;
+            let from = applier.next_epoch();
+            let deliveries = sequencer.subscribe(from);
             let feedback = sequencer.feedback().ok_or(TxnError::ShuttingDown)?;
             let inner = inner.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("sealdb-shard-{}", s.0))
                 .spawn(move || {
                     let shard_loop =
-                        ShardLoop { inner: inner.clone(), shard: s, executor, deferred, feedback };
+                        ShardLoop { inner: inner.clone(), shard: s, applier, feedback };
                     if let Err(e) = shard_loop.run(deliveries) {
                         tracing::error!(shard = s.0, error = %e, "shard stopped");
                         *lock(&inner.failure) = Some(e);
@@ -515,8 +513,7 @@ fn sequencer_error(e: SequencerError) -> TxnError {
 struct ShardLoop {
     inner: Arc<Inner>,
     shard: ShardId,
-    executor: Executor,
-    deferred: Vec<(Task, ClientId)>,
+    applier: ShardApplier,
     /// Deferred entries run at the front of the next window; this makes sure there is one.
     /// Also told when every shard has applied a window, so the next may be sealed early.
     feedback: Feedback,
@@ -524,7 +521,7 @@ struct ShardLoop {
 
 impl ShardLoop {
     fn run(mut self, deliveries: Receiver<Delivery>) -> Result<(), String> {
-        if !self.deferred.is_empty() {
+        if self.applier.has_deferred() {
             self.feedback.request_window(); // deferred before a restart
         }
         loop {
@@ -539,10 +536,6 @@ impl ShardLoop {
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
         }
-    }
-
-    fn mvcc(&self) -> &Mvcc {
-        &self.inner.shards[self.shard.0 as usize]
     }
 
     fn set_progress(&self, applied: Option<Epoch>, safe: Timestamp) {
@@ -560,74 +553,28 @@ impl ShardLoop {
     }
 
     fn apply(&mut self, window: &Window) -> Result<(), String> {
-        let (applied, prev_ts) =
-            self.mvcc().applied().map_or((Epoch(0), Timestamp::ZERO), |w| (w.window, w.ts));
-        if window.epoch <= applied {
+        let (inner, shard) = (self.inner.clone(), self.shard);
+        let Some(applied) = self.applier.apply(
+            window.epoch,
+            window.ts,
+            window.slice(self.shard),
+            |at| ShardsAt { shards: &inner.shards, map: &inner.map, at },
+            |previous| wait_all_applied(&inner, previous),
+            |e, local, participants| exchange(&inner, shard, e, local, participants),
+        )?
+        else {
             return Ok(()); // replayed from the log, already applied
-        }
-        if window.epoch != applied.next() {
-            return Err(format!(
-                "shard {} got window {} after {applied}",
-                self.shard.0, window.epoch
-            ));
-        }
-        let e = window.epoch;
-        let mut clients: HashMap<TxnId, ClientId> = HashMap::new();
-        let mut tasks: Vec<Task> = Vec::new();
-        for (task, client) in std::mem::take(&mut self.deferred) {
-            clients.insert(task.txn, client);
-            tasks.push(task);
-        }
-        for (txn, entry) in window.slice(self.shard) {
-            clients.insert(txn, entry.client_id);
-            tasks.push(Task {
-                txn,
-                deferred: false,
-                participants: entry.participants.clone(),
-                request: Request::decode(&entry.payload),
-            });
-        }
-        let participants: BTreeMap<TxnId, Vec<ShardId>> =
-            tasks.iter().map(|t| (t.txn, t.participants.clone())).collect();
-        if tasks.iter().any(|t| t.participants.len() > 1) {
-            self.wait_all_applied(Epoch(e.0 - 1))?;
-        }
-        let snapshot = ShardsAt { shards: &self.inner.shards, map: &self.inner.map, at: prev_ts };
-        let validated =
-            self.executor.execute(e, window.ts, tasks, &snapshot).map_err(|e| e.to_string())?;
-        let local = validated.local_verdicts();
-        let finals = self.exchange(e, &local, &participants)?;
-        let result =
-            self.executor.finish(validated, &finals, &snapshot).map_err(|e| e.to_string())?;
-        let mut batch = result.batch;
-        if !local.is_empty() {
-            batch.put_meta(MetaKey::Verdicts(e), encode_verdicts(&local));
-        }
-        let deferred: Vec<(Task, ClientId)> = result
-            .deferred
-            .into_iter()
-            .map(|t| {
-                let c = clients[&t.txn];
-                (t, c)
-            })
-            .collect();
-        batch.put_meta(MetaKey::Deferred, encode_deferred(&deferred));
-        self.mvcc().apply(&batch).map_err(|e| e.to_string())?;
-        if !deferred.is_empty() {
+        };
+        if applied.deferred {
             self.feedback.request_window();
         }
-        self.deferred = deferred;
-        self.set_progress(Some(e), window.ts);
+        self.set_progress(Some(window.epoch), window.ts);
         let stats = &self.inner.stats;
         if self.shard == ShardId(0) {
             stats.windows.fetch_add(1, Ordering::Relaxed);
             stats.entries.fetch_add(window.entries.len() as u64, Ordering::Relaxed);
         }
-        for decided in result.outcomes {
-            let lowest = participants.get(&decided.txn).and_then(|p| p.first().copied());
-            if lowest != Some(self.shard) {
-                continue;
-            }
+        for (decided, client) in applied.decided {
             let counter = match (&decided.outcome, decided.position) {
                 (Outcome::Committed { .. }, Some(p)) if p.phase == Phase::Fallback => {
                     stats.committed.fetch_add(1, Ordering::Relaxed);
@@ -638,81 +585,75 @@ impl ShardLoop {
                 (Outcome::Aborted(_), _) => &stats.aborts,
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            if let Some(tx) = self.inner.waiters.remove(clients[&decided.txn]) {
+            if let Some(tx) = self.inner.waiters.remove(client) {
                 let _ = tx.send(Ok(decided.outcome));
             }
         }
         Ok(())
     }
+}
 
-    fn wait_all_applied(&self, epoch: Epoch) -> Result<(), String> {
-        self.inner.wait_progress(
-            |p| p.applied >= epoch,
-            || match lock(&self.inner.failure).is_some() {
-                true => Err("another shard failed".to_string()),
-                false => Ok(()),
-            },
-        )
-    }
+/// Waits until every shard has applied window `epoch`.
+fn wait_all_applied(inner: &Inner, epoch: Epoch) -> Result<(), String> {
+    inner.wait_progress(
+        |p| p.applied >= epoch,
+        || match lock(&inner.failure).is_some() {
+            true => Err("another shard failed".to_string()),
+            false => Ok(()),
+        },
+    )
+}
 
-    /// Posts this shard's local verdicts for window `e` and waits for every participant's.
-    fn exchange(
-        &self,
-        e: Epoch,
-        local: &[(TxnId, bool)],
-        participants: &BTreeMap<TxnId, Vec<ShardId>>,
-    ) -> Result<BTreeMap<TxnId, bool>, String> {
-        if local.is_empty() {
-            return Ok(BTreeMap::new());
+/// Posts this shard's local verdicts for window `e` and waits for every participant's.
+fn exchange(
+    inner: &Inner,
+    shard: ShardId,
+    e: Epoch,
+    local: &[(TxnId, bool)],
+    participants: &Participants,
+) -> Result<Finals, String> {
+    let mut board = lock(&inner.board);
+    // Tallies of windows every shard has applied are finished with. (After a restart, a
+    // participant that had applied a window answers from storage and never reads the
+    // result, so its tallies are not removed by the readers count.)
+    let oldest = lock(&inner.progress).iter().map(|p| p.applied).min().unwrap_or_default();
+    board.tallies.retain(|(epoch, _), _| *epoch > oldest);
+    board.posted.retain(|(epoch, _)| *epoch > oldest);
+    post(&mut board, e, shard, local);
+    inner.board_changed.notify_all();
+    loop {
+        // Participants that applied this window before a restart answer from storage.
+        let others: HashSet<ShardId> =
+            local.iter().flat_map(|(t, _)| participants[t].iter().copied()).collect();
+        for p in others {
+            if !board.posted.contains(&(e, p)) && lock(&inner.progress)[p.0 as usize].applied >= e {
+                let stored = stored_verdicts(&inner.shards[p.0 as usize], e)?;
+                post(&mut board, e, p, &stored);
+            }
         }
-        let mut board = lock(&self.inner.board);
-        // Tallies of windows every shard has applied are finished with. (After a restart, a
-        // participant that had applied a window answers from storage and never reads the
-        // result, so its tallies are not removed by the readers count.)
-        let oldest = lock(&self.inner.progress).iter().map(|p| p.applied).min().unwrap_or_default();
-        board.tallies.retain(|(epoch, _), _| *epoch > oldest);
-        board.posted.retain(|(epoch, _)| *epoch > oldest);
-        post(&mut board, e, self.shard, local);
-        self.inner.board_changed.notify_all();
-        loop {
-            // Participants that applied this window before a restart answer from storage.
-            let others: HashSet<ShardId> =
-                local.iter().flat_map(|(t, _)| participants[t].iter().copied()).collect();
-            for p in others {
-                if !board.posted.contains(&(e, p))
-                    && lock(&self.inner.progress)[p.0 as usize].applied >= e
-                {
-                    let stored = self.inner.shards[p.0 as usize]
-                        .meta(MetaKey::Verdicts(e))
-                        .map_err(|e| e.to_string())?;
-                    post(&mut board, e, p, &decode_verdicts(&stored.unwrap_or_default())?);
+        let done = local.iter().all(|(t, _)| {
+            board.tallies.get(&(e, *t)).is_some_and(|v| v.votes == participants[t].len())
+        });
+        if done {
+            let mut finals = BTreeMap::new();
+            for (t, _) in local {
+                let tally = board.tallies.get_mut(&(e, *t)).expect("tallied");
+                finals.insert(*t, tally.commit);
+                tally.readers += 1;
+                if tally.readers == participants[t].len() {
+                    board.tallies.remove(&(e, *t));
                 }
             }
-            let done = local.iter().all(|(t, _)| {
-                board.tallies.get(&(e, *t)).is_some_and(|v| v.votes == participants[t].len())
-            });
-            if done {
-                let mut finals = BTreeMap::new();
-                for (t, _) in local {
-                    let tally = board.tallies.get_mut(&(e, *t)).expect("tallied");
-                    finals.insert(*t, tally.commit);
-                    tally.readers += 1;
-                    if tally.readers == participants[t].len() {
-                        board.tallies.remove(&(e, *t));
-                    }
-                }
-                return Ok(finals);
-            }
-            if lock(&self.inner.failure).is_some() {
-                return Err("another shard failed".into());
-            }
-            board = self
-                .inner
-                .board_changed
-                .wait_timeout(board, Duration::from_millis(50))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            return Ok(finals);
         }
+        if lock(&inner.failure).is_some() {
+            return Err("another shard failed".into());
+        }
+        board = inner
+            .board_changed
+            .wait_timeout(board, Duration::from_millis(50))
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
     }
 }
 
@@ -726,82 +667,4 @@ fn post(board: &mut Board, e: Epoch, shard: ShardId, verdicts: &[(TxnId, bool)])
         tally.votes += 1;
         tally.commit &= commit;
     }
-}
-
-fn encode_verdicts(verdicts: &[(TxnId, bool)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(verdicts.len() * 13);
-    for (t, commit) in verdicts {
-        out.extend_from_slice(&t.epoch.0.to_le_bytes());
-        out.extend_from_slice(&t.index.to_le_bytes());
-        out.push(u8::from(*commit));
-    }
-    out
-}
-
-fn decode_verdicts(bytes: &[u8]) -> Result<Vec<(TxnId, bool)>, String> {
-    if !bytes.len().is_multiple_of(13) {
-        return Err("corrupt stored verdicts".into());
-    }
-    Ok(bytes
-        .chunks_exact(13)
-        .map(|c| {
-            let epoch = Epoch(u64::from_le_bytes(c[..8].try_into().expect("8 bytes")));
-            let index = u32::from_le_bytes(c[8..12].try_into().expect("4 bytes"));
-            (TxnId { epoch, index }, c[12] == 1)
-        })
-        .collect())
-}
-
-/// Deferred entries as stored: `count, (epoch, index, client, nparts, parts.., len, payload)*`.
-fn encode_deferred(deferred: &[(Task, ClientId)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&(deferred.len() as u32).to_le_bytes());
-    for (task, client) in deferred {
-        let payload = task.request.as_ref().map(Request::encode).unwrap_or_default();
-        out.extend_from_slice(&task.txn.epoch.0.to_le_bytes());
-        out.extend_from_slice(&task.txn.index.to_le_bytes());
-        out.extend_from_slice(&client.0.to_le_bytes());
-        out.extend_from_slice(&(task.participants.len() as u32).to_le_bytes());
-        for p in &task.participants {
-            out.extend_from_slice(&p.0.to_le_bytes());
-        }
-        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(&payload);
-    }
-    out
-}
-
-fn decode_deferred(bytes: &[u8]) -> Result<Vec<(Task, ClientId)>, String> {
-    let mut r = bytes;
-    let mut take = |n: usize| -> Result<&[u8], String> {
-        if r.len() < n {
-            return Err("corrupt stored deferred entries".into());
-        }
-        let (head, rest) = r.split_at(n);
-        r = rest;
-        Ok(head)
-    };
-    if bytes.is_empty() {
-        return Ok(Vec::new());
-    }
-    let u32_of = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
-    let count = u32_of(take(4)?);
-    let mut out = Vec::new();
-    for _ in 0..count {
-        let epoch = Epoch(u64::from_le_bytes(take(8)?.try_into().expect("8 bytes")));
-        let index = u32_of(take(4)?);
-        let client = ClientId(u128::from_le_bytes(take(16)?.try_into().expect("16 bytes")));
-        let nparts = u32_of(take(4)?);
-        let mut participants = Vec::new();
-        for _ in 0..nparts {
-            participants.push(ShardId(u32_of(take(4)?)));
-        }
-        let len = u32_of(take(4)?) as usize;
-        let request = Request::decode(take(len)?);
-        out.push((
-            Task { txn: TxnId { epoch, index }, deferred: true, participants, request },
-            client,
-        ));
-    }
-    Ok(out)
 }

@@ -23,6 +23,7 @@ mod outcome;
 mod procedure;
 pub mod remote;
 mod request;
+mod shard;
 mod shard_map;
 mod snapshot;
 mod transaction;
