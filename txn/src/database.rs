@@ -42,9 +42,9 @@ use tokio::sync::oneshot;
 
 use crate::error::TxnError;
 use crate::executor::Executor;
-use crate::outcome::{AbortReason, Outcome, Phase};
+use crate::outcome::{Outcome, Phase};
 use crate::procedure::{Procedure, Registry};
-use crate::request::Request;
+use crate::request::{Request, participants, procedure_request};
 use crate::shard::{Finals, Participants, ShardApplier, stored_verdicts};
 use crate::shard_map::ShardMap;
 use crate::snapshot::ShardsAt;
@@ -367,15 +367,7 @@ impl Database {
     }
 
     fn procedure_request(&self, name: &str, args: &[u8]) -> Result<Request, TxnError> {
-        let procedure = self
-            .inner
-            .registry
-            .get(name)
-            .ok_or_else(|| TxnError::UnknownProcedure(name.to_string()))?;
-        let ranges = procedure
-            .ranges(args)
-            .map_err(|e| TxnError::Aborted(AbortReason::User(e.to_string())))?;
-        Ok(Request::Procedure { name: name.to_string(), args: args.to_vec(), ranges })
+        procedure_request(&self.inner.registry, name, args)
     }
 
     /// Logs `request`, waits for its outcome and for commit-wait.
@@ -392,18 +384,7 @@ impl Database {
     /// the entry was never logged; if it is dropped unanswered, the outcome is unknown.
     fn start(&self, request: &Request) -> Result<oneshot::Receiver<Reply>, TxnError> {
         self.check_running()?;
-        let participants: Vec<ShardId> = {
-            let mut p: Vec<ShardId> =
-                request.ranges().iter().flat_map(|r| self.inner.map.shards_of(r)).collect();
-            p.sort_unstable();
-            p.dedup();
-            p
-        };
-        if participants.is_empty() {
-            return Err(TxnError::Aborted(AbortReason::Malformed(
-                "the transaction touches no key".into(),
-            )));
-        }
+        let participants = participants(&self.inner.map, request)?;
         let client = ClientId(
             (u128::from(self.inner.client_salt) << 64)
                 | u128::from(self.inner.next_client.fetch_add(1, Ordering::Relaxed)),
@@ -492,7 +473,8 @@ impl Drop for Database {
     }
 }
 
-fn output(outcome: Outcome) -> Result<Vec<u8>, TxnError> {
+/// What a caller gets for an outcome: a procedure's output, or why it did not commit.
+pub(crate) fn output(outcome: Outcome) -> Result<Vec<u8>, TxnError> {
     match outcome {
         Outcome::Committed { output, .. } => Ok(output),
         Outcome::Aborted(reason) => Err(TxnError::Aborted(reason)),

@@ -40,6 +40,14 @@ pub enum TxnError {
     /// retrying.
     #[error("the outcome is unknown: the transaction was logged but the database stopped")]
     OutcomeUnknown,
+    /// A node of the cluster could not be reached (cluster mode). Nothing was logged: a
+    /// submission that may have been logged ends in [`TxnError::OutcomeUnknown`] instead.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A node's clock is more than `max_offset` away from this one's (cluster mode): the
+    /// message was refused (DESIGN.md section 5).
+    #[error("{0}")]
+    ClockSkew(String),
     /// Storage or the log failed; the database stops rather than risk diverging.
     #[error("storage failure: {0}")]
     Storage(String),

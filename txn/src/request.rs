@@ -4,7 +4,13 @@
 use clock::Timestamp;
 use prost::Message;
 use proto::v1;
+use sequencer::ShardId;
 use storage::KeyRange;
+
+use crate::error::TxnError;
+use crate::outcome::AbortReason;
+use crate::procedure::Registry;
+use crate::shard_map::ShardMap;
 
 /// A read-write transaction as it travels through the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +105,33 @@ impl Request {
             None => Err("malformed entry: no transaction in it".into()),
         }
     }
+}
+
+/// The request calling procedure `name` of `registry` with `args`, with the key ranges the
+/// procedure declares for them.
+pub(crate) fn procedure_request(
+    registry: &Registry,
+    name: &str,
+    args: &[u8],
+) -> Result<Request, TxnError> {
+    let procedure =
+        registry.get(name).ok_or_else(|| TxnError::UnknownProcedure(name.to_string()))?;
+    let ranges =
+        procedure.ranges(args).map_err(|e| TxnError::Aborted(AbortReason::User(e.to_string())))?;
+    Ok(Request::Procedure { name: name.to_string(), args: args.to_vec(), ranges })
+}
+
+/// The shards `request` touches, in order; refused if none.
+pub(crate) fn participants(map: &ShardMap, request: &Request) -> Result<Vec<ShardId>, TxnError> {
+    let mut p: Vec<ShardId> = request.ranges().iter().flat_map(|r| map.shards_of(r)).collect();
+    p.sort_unstable();
+    p.dedup();
+    if p.is_empty() {
+        return Err(TxnError::Aborted(AbortReason::Malformed(
+            "the transaction touches no key".into(),
+        )));
+    }
+    Ok(p)
 }
 
 /// A key range on the wire.

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use clock::Timestamp;
+use sequencer::ShardId;
 use storage::{KeyRange, Mvcc, StorageError};
 
 use crate::executor::SnapshotRead;
@@ -22,6 +23,25 @@ pub struct ShardsAt<'a> {
     pub at: Timestamp,
 }
 
+/// Up to `limit` rows of `range`, in key order: each shard's part of it in turn, read by
+/// `scan_part(shard, part, rows still wanted)`.
+pub(crate) fn scan_shards(
+    map: &ShardMap,
+    range: &KeyRange,
+    limit: usize,
+    mut scan_part: impl FnMut(ShardId, &KeyRange, usize) -> Result<Rows, StorageError>,
+) -> Result<Rows, StorageError> {
+    let mut rows = Vec::new();
+    for shard in map.shards_of(range) {
+        let part = map.clip(range, shard);
+        rows.extend(scan_part(shard, &part, limit - rows.len())?);
+        if rows.len() >= limit {
+            break;
+        }
+    }
+    Ok(rows)
+}
+
 impl SnapshotRead for ShardsAt<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         let shard = &self.shards[self.map.shard_of(key).0 as usize];
@@ -29,17 +49,10 @@ impl SnapshotRead for ShardsAt<'_> {
     }
 
     fn scan(&self, range: &KeyRange, limit: usize) -> Result<Rows, StorageError> {
-        let mut rows = Vec::new();
-        for shard in self.map.shards_of(range) {
-            let part = self.map.clip(range, shard);
-            let left = limit - rows.len();
-            let found = self.shards[shard.0 as usize].scan(&part, self.at, left)?;
-            rows.extend(found.into_iter().map(|(k, v)| (k, v.value)));
-            if rows.len() >= limit {
-                break;
-            }
-        }
-        Ok(rows)
+        scan_shards(self.map, range, limit, |shard, part, left| {
+            let found = self.shards[shard.0 as usize].scan(part, self.at, left)?;
+            Ok(found.into_iter().map(|(k, v)| (k, v.value)).collect())
+        })
     }
 
     fn first_change(

@@ -6,15 +6,27 @@
 //! `max_offset` ahead of its own physical clock (DESIGN.md section 5): a server answers
 //! `FAILED_PRECONDITION`, a client drops the response and returns [`RemoteError::ClockSkew`].
 //!
-//! So far: the sequencer ([`SequencerNode`], [`RemoteSequencer`]). Shard servers, the
-//! `Client` with the `Database`'s operations, and the `sealdb` binary are still to come.
+//! - [`SequencerNode`] serves the sequencer; [`RemoteSequencer`] calls it.
+//! - [`ShardNode`] applies one shard's windows and serves its reads, verdicts and outcomes.
+//! - [`Client`] runs procedures and reads at a timestamp against a [`Cluster`].
+//!
+//! Still to come: interactive transactions through the `Client`, the `sealdb` binary, the
+//! admin service and metrics.
 
+mod client;
 mod sequencer;
+mod shard;
 
+use ::sequencer::TxnId;
 use clock::{Clock, Timestamp};
+use proto::v1;
 use tonic::{Code, Status};
 
+use crate::outcome::{AbortReason, Outcome};
+
+pub use self::client::{Client, Cluster};
 pub use self::sequencer::{RemoteSequencer, SequencerNode, SliceDelivery};
+pub use self::shard::{MAX_SCAN_ROWS, ShardConfig, ShardNode};
 
 /// Failures of a call to another node.
 #[derive(Debug, thiserror::Error)]
@@ -64,4 +76,50 @@ fn observe_request(clock: &Clock, hlc: u64) -> Result<(), Status> {
 /// Observes an incoming response's timestamp, refusing it if it is too far ahead.
 fn observe_response(clock: &Clock, hlc: u64) -> Result<(), RemoteError> {
     clock.observe(Timestamp::from_u64(hlc)).map_err(|skew| RemoteError::ClockSkew(skew.to_string()))
+}
+
+/// An outcome on the wire.
+fn outcome_to_proto(txn: TxnId, outcome: &Outcome) -> v1::Outcome {
+    use v1::outcome::Result as R;
+    let id = Some(v1::TxnId { epoch: txn.epoch.0, index: txn.index });
+    let (commit_ts, result) = match outcome {
+        Outcome::Committed { ts, output } => {
+            (ts.as_u64(), R::Committed(v1::Committed { output: output.clone() }))
+        }
+        Outcome::Conflict { key } => {
+            (0, R::Conflict(v1::Conflict { key: key.clone().unwrap_or_default() }))
+        }
+        Outcome::Aborted(reason) => {
+            let (kind, reason, key) = match reason {
+                AbortReason::User(r) => ("user", r.clone(), Vec::new()),
+                AbortReason::UnknownProcedure(n) => ("unknown_procedure", n.clone(), Vec::new()),
+                AbortReason::OutsideDeclaredRanges(k) => {
+                    ("outside_declared_ranges", String::new(), k.clone())
+                }
+                AbortReason::TooLarge(r) => ("too_large", r.clone(), Vec::new()),
+                AbortReason::Malformed(r) => ("malformed", r.clone(), Vec::new()),
+            };
+            (0, R::Aborted(v1::Aborted { reason, kind: kind.into(), key }))
+        }
+    };
+    v1::Outcome { txn: id, commit_ts, result: Some(result) }
+}
+
+/// An outcome from the wire.
+fn outcome_from_proto(o: v1::Outcome) -> Result<Outcome, RemoteError> {
+    use v1::outcome::Result as R;
+    match o.result {
+        Some(R::Committed(c)) => {
+            Ok(Outcome::Committed { ts: Timestamp::from_u64(o.commit_ts), output: c.output })
+        }
+        Some(R::Conflict(c)) => Ok(Outcome::Conflict { key: (!c.key.is_empty()).then_some(c.key) }),
+        Some(R::Aborted(a)) => Ok(Outcome::Aborted(match a.kind.as_str() {
+            "unknown_procedure" => AbortReason::UnknownProcedure(a.reason),
+            "outside_declared_ranges" => AbortReason::OutsideDeclaredRanges(a.key),
+            "too_large" => AbortReason::TooLarge(a.reason),
+            "malformed" => AbortReason::Malformed(a.reason),
+            _ => AbortReason::User(a.reason),
+        })),
+        None => Err(RemoteError::BadResponse("an outcome without a result".into())),
+    }
 }

@@ -242,6 +242,16 @@ impl SequencerRpc for SequencerService {
             .map_err(|e| Status::internal(format!("starting a subscription: {e}")))?;
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+
+    async fn request_window(
+        &self,
+        request: Request<v1::RequestWindowRequest>,
+    ) -> Result<Response<v1::RequestWindowResponse>, Status> {
+        observe_request(&self.clock, request.into_inner().hlc)?;
+        let feedback = self.sequencer.feedback().ok_or_else(|| Status::unavailable("stopped"))?;
+        feedback.request_window();
+        Ok(Response::new(v1::RequestWindowResponse { hlc: stamp(&self.clock) }))
+    }
 }
 
 /// What a subscriber receives, in order.
@@ -279,6 +289,14 @@ impl RemoteSequencer {
         Ok(RemoteSequencer { client: SequencerClient::new(channel), clock })
     }
 
+    /// A client of the sequencer at `addr` that connects on first use (and reconnects after
+    /// failures), for nodes that start before the sequencer does.
+    pub fn lazy(addr: &str, clock: Arc<Clock>) -> Result<RemoteSequencer, String> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("sequencer address {addr:?}: {e}"))?;
+        Ok(RemoteSequencer { client: SequencerClient::new(endpoint.connect_lazy()), clock })
+    }
+
     /// Submits `entry` and returns its receipt once its window is durable. After
     /// [`RemoteError::Unavailable`] the entry may or may not be logged: submitting it again
     /// (same client id) returns the original receipt, marked duplicate, if it was.
@@ -298,6 +316,13 @@ impl RemoteSequencer {
             ts: Timestamp::from_u64(r.window_ts),
             duplicate: r.duplicate,
         })
+    }
+
+    /// Asks for the next window to be logged even if empty.
+    pub async fn request_window(&self) -> Result<(), RemoteError> {
+        let request = v1::RequestWindowRequest { hlc: stamp(&self.clock) };
+        let r = self.client.clone().request_window(request).await?.into_inner();
+        observe_response(&self.clock, r.hlc)
     }
 
     /// `shard`'s slices of every window from `from` on, then the live ones and ticks.

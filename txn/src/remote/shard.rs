@@ -1,0 +1,752 @@
+//! A shard server: [`ShardNode`] applies the sequencer's windows to one shard's storage with
+//! the same [`ShardApplier`] as the embedded database, and serves reads at a timestamp, its
+//! verdicts and its transactions' outcomes over gRPC.
+//!
+//! ```text
+//!   sequencer ──Subscribe(shard, from)──> apply thread ──> Mvcc (RocksDB or memory)
+//!                                          │    ^
+//!        peers' Get/Scan at ts_{e-1} <─────┘    └── peers' Verdicts(e), pulled
+//! ```
+//!
+//! How it reaches the other shards, where the embedded database shares memory:
+//!
+//! - A multi-shard entry reads the other participants' keys with `Get` and `Scan` at the
+//!   previous window's timestamp, which wait until that shard's safe time reaches it (it has
+//!   applied the previous window). MVCC keeps those versions, so a replay reads the same.
+//! - Participants pull each other's local verdicts (`Verdicts(e)`), which wait until the
+//!   shard has computed them, or read them from storage once it has applied the window: a
+//!   participant that restarts pulls again and gets the same answer.
+//! - Calls to a peer that fails are retried until it answers or this node stops: a window
+//!   cannot be applied without them.
+//!
+//! The apply thread subscribes from the window after its watermark, and again after the
+//! sequencer restarts. Outcomes are kept in memory for the entries whose lowest participant
+//! this shard is, and answered after commit-wait; after a restart, outcomes of windows applied
+//! before it are unknown (`NOT_FOUND`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ::sequencer::{ShardId, TxnId};
+use clock::{Clock, Epoch, Timestamp};
+use proto::v1;
+use proto::v1::shard_client::ShardClient;
+use proto::v1::shard_server::{Shard as ShardRpc, ShardServer};
+use storage::{Engine, KeyRange, Limits, MemoryEngine, Mvcc, RocksEngine, StorageError};
+use tokio::net::TcpListener;
+use tokio::runtime::Handle;
+use tokio::sync::{oneshot, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use super::{
+    RemoteError, RemoteSequencer, SliceDelivery, observe_request, observe_response,
+    outcome_to_proto, stamp,
+};
+use crate::executor::{Executor, SnapshotRead};
+use crate::outcome::Outcome;
+use crate::procedure::{Registry, Rows};
+use crate::request::{range_from_proto, range_to_proto};
+use crate::shard::{Finals, Participants, ShardApplier, stored_verdicts};
+use crate::shard_map::ShardMap;
+use crate::snapshot::scan_shards;
+
+/// Outcomes are kept for this many windows after their entry's.
+const OUTCOME_WINDOWS: u64 = 100_000;
+
+/// The most rows one `Scan` returns.
+pub const MAX_SCAN_ROWS: u32 = 10_000;
+
+/// How to run a shard server.
+#[derive(Clone)]
+pub struct ShardConfig {
+    /// This shard.
+    pub shard: ShardId,
+    /// The cluster's shard map (the same on every node).
+    pub map: ShardMap,
+    /// RocksDB directory; `None` keeps the data in memory (tests).
+    pub dir: Option<PathBuf>,
+    /// The sequencer's address (`host:port`).
+    pub sequencer: String,
+    /// Every shard's address, by shard id (this one's included).
+    pub peers: Vec<String>,
+    /// The procedures entries may call (the same on every node).
+    pub procedures: Registry,
+    /// Size limits.
+    pub limits: Limits,
+    /// How far back reads at a timestamp may go.
+    pub retention: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    applied: Epoch,
+    /// Every window at or below this timestamp is applied.
+    safe: Timestamp,
+}
+
+/// What the apply thread and the gRPC service share.
+struct State {
+    shard: ShardId,
+    map: ShardMap,
+    clock: Arc<Clock>,
+    mvcc: Arc<Mvcc>,
+    retention: Duration,
+    progress: Mutex<Progress>,
+    /// Local verdicts of windows being applied, for peers that pull them.
+    verdicts: Mutex<BTreeMap<Epoch, Vec<(TxnId, bool)>>>,
+    /// Outcomes of entries whose lowest participant this shard is.
+    outcomes: Mutex<HashMap<TxnId, Outcome>>,
+    /// The watermark at start: outcomes of windows up to it are unknown.
+    started_at: Epoch,
+    /// Bumped whenever progress, verdicts or outcomes change.
+    changed: watch::Sender<u64>,
+    stopping: AtomicBool,
+    failure: Mutex<Option<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl State {
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn progress(&self) -> Progress {
+        *lock(&self.progress)
+    }
+
+    fn check_running(&self) -> Result<(), Status> {
+        if let Some(e) = lock(&self.failure).clone() {
+            return Err(Status::internal(format!("shard {} failed: {e}", self.shard.0)));
+        }
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(Status::unavailable(format!("shard {} is stopping", self.shard.0)));
+        }
+        Ok(())
+    }
+
+    /// Waits until `ready` returns something.
+    async fn wait_for<T>(&self, mut ready: impl FnMut() -> Option<T>) -> Result<T, Status> {
+        let mut changes = self.changed.subscribe();
+        loop {
+            if let Some(t) = ready() {
+                return Ok(t);
+            }
+            self.check_running()?;
+            if changes.changed().await.is_err() {
+                return Err(Status::unavailable("stopping"));
+            }
+        }
+    }
+
+    /// Waits until reads at `ts` see every window at or below it. Reads for a window (a
+    /// peer's `Snap(e-1)`) are not limited to the retention window.
+    async fn wait_safe(&self, ts: Timestamp, for_window: bool) -> Result<(), Status> {
+        let oldest = self.clock.now().saturating_sub(self.retention);
+        if ts < oldest && !for_window {
+            return Err(Status::out_of_range(format!(
+                "read timestamp {ts} is outside the retention window (oldest readable: {oldest})"
+            )));
+        }
+        self.wait_for(|| (self.progress().safe >= ts).then_some(())).await
+    }
+
+    fn check_local(&self, key: &[u8]) -> Result<(), Status> {
+        let owner = self.map.shard_of(key);
+        if owner != self.shard {
+            return Err(Status::invalid_argument(format!(
+                "key {key:?} is on shard {}, not {}",
+                owner.0, self.shard.0
+            )));
+        }
+        Ok(())
+    }
+
+    fn fail(&self, e: String) {
+        tracing::error!(shard = self.shard.0, error = %e, "shard stopped");
+        *lock(&self.failure) = Some(e);
+        self.stopping.store(true, Ordering::SeqCst);
+        self.bump();
+    }
+}
+
+fn storage_status(e: StorageError) -> Status {
+    Status::internal(e.to_string())
+}
+
+/// A running shard server. [`ShardNode::shutdown`] stops it.
+pub struct ShardNode {
+    addr: SocketAddr,
+    state: Arc<State>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+    applier: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ShardNode {
+    /// Opens the shard's storage and serves on `listener`, applying windows from the
+    /// sequencer. Must be called within a multi-threaded tokio runtime.
+    pub async fn start(
+        config: ShardConfig,
+        listener: TcpListener,
+        clock: Arc<Clock>,
+    ) -> Result<ShardNode, String> {
+        let shard = config.shard;
+        if shard.0 >= config.map.len() || config.peers.len() != config.map.len() as usize {
+            return Err(format!(
+                "shard {} with {} peer addresses, for a map of {} shards",
+                shard.0,
+                config.peers.len(),
+                config.map.len()
+            ));
+        }
+        let engine: Arc<dyn Engine> = match &config.dir {
+            Some(dir) => Arc::new(RocksEngine::open(dir).map_err(|e| e.to_string())?),
+            None => Arc::new(MemoryEngine::new()),
+        };
+        let mvcc = Arc::new(Mvcc::open(engine, config.limits).map_err(|e| e.to_string())?);
+        let executor =
+            Executor::new(shard, config.map.clone(), config.procedures.clone(), config.limits);
+        let applier = ShardApplier::open(shard, mvcc.clone(), executor)?;
+        let watermark = mvcc.applied();
+        let progress = Progress {
+            applied: watermark.map_or(Epoch(0), |w| w.window),
+            safe: watermark.map_or(Timestamp::ZERO, |w| w.ts),
+        };
+        let state = Arc::new(State {
+            shard,
+            map: config.map.clone(),
+            clock: clock.clone(),
+            mvcc,
+            retention: config.retention,
+            progress: Mutex::new(progress),
+            verdicts: Mutex::new(BTreeMap::new()),
+            outcomes: Mutex::new(HashMap::new()),
+            started_at: progress.applied,
+            changed: watch::Sender::new(0),
+            stopping: AtomicBool::new(false),
+            failure: Mutex::new(None),
+        });
+        let peers = Peers::new(&config.peers, shard, clock.clone(), state.clone())?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let service = ShardService { state: state.clone() };
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ShardServer::new(service))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                }),
+        );
+        let sequencer = RemoteSequencer::lazy(&config.sequencer, clock)?;
+        let handle = Handle::current();
+        let thread_state = state.clone();
+        let applier = std::thread::Builder::new()
+            .name(format!("sealdb-shard-{}", shard.0))
+            .spawn(move || {
+                let mut apply =
+                    ApplyLoop { state: thread_state, applier, peers, sequencer, handle };
+                if let Err(e) = apply.run() {
+                    apply.state.fail(e);
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        tracing::info!(%addr, shard = shard.0, from = progress.applied.next().0, "shard serving");
+        Ok(ShardNode {
+            addr,
+            state,
+            stop: Some(stop),
+            server: Some(server),
+            applier: Some(applier),
+        })
+    }
+
+    /// The address it serves on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The last window applied.
+    pub fn applied(&self) -> Epoch {
+        self.state.progress().applied
+    }
+
+    /// Stops applying and serving.
+    pub async fn shutdown(mut self) {
+        self.state.stopping.store(true, Ordering::SeqCst);
+        self.state.bump();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        if let Some(applier) = self.applier.take() {
+            let _ = tokio::task::spawn_blocking(move || applier.join()).await;
+        }
+    }
+}
+
+impl Drop for ShardNode {
+    fn drop(&mut self) {
+        self.state.stopping.store(true, Ordering::SeqCst);
+        self.state.bump();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Clients of the other shards, retried until they answer or this node stops.
+struct Peers {
+    clients: Vec<Option<ShardClient<Channel>>>,
+    clock: Arc<Clock>,
+    state: Arc<State>,
+}
+
+/// How long to wait before calling a failed peer again.
+const PEER_RETRY: Duration = Duration::from_millis(20);
+
+impl Peers {
+    fn new(
+        addrs: &[String],
+        me: ShardId,
+        clock: Arc<Clock>,
+        state: Arc<State>,
+    ) -> Result<Peers, String> {
+        let clients = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| {
+                if i == me.0 as usize {
+                    return Ok(None);
+                }
+                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| format!("shard {i} address {addr:?}: {e}"))?;
+                Ok(Some(ShardClient::new(endpoint.connect_lazy())))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Peers { clients, clock, state })
+    }
+
+    /// Calls `shard` with `call` until it answers; gives up only when this node stops or the
+    /// peer refuses the request as invalid (a bug: the request would never succeed).
+    async fn call<T, F, Fut>(&self, shard: ShardId, mut call: F) -> Result<T, String>
+    where
+        F: FnMut(ShardClient<Channel>, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<(T, u64), Status>>,
+    {
+        let client = self.clients[shard.0 as usize]
+            .clone()
+            .ok_or_else(|| format!("shard {} called itself", shard.0))?;
+        loop {
+            match call(client.clone(), stamp(&self.clock)).await {
+                Ok((answer, hlc)) => match observe_response(&self.clock, hlc) {
+                    Ok(()) => return Ok(answer),
+                    Err(e) => tracing::warn!(peer = shard.0, error = %e, "refusing a response"),
+                },
+                Err(status) => match RemoteError::from(status) {
+                    RemoteError::Refused(why) => {
+                        return Err(format!("shard {} refused: {why}", shard.0));
+                    }
+                    e => tracing::debug!(peer = shard.0, error = %e, "peer call failed; retrying"),
+                },
+            }
+            if self.state.stopping.load(Ordering::SeqCst) {
+                return Err("stopping".into());
+            }
+            tokio::time::sleep(PEER_RETRY).await;
+        }
+    }
+
+    async fn get(
+        &self,
+        key: &[u8],
+        at: Timestamp,
+        window: Epoch,
+    ) -> Result<Option<Vec<u8>>, String> {
+        let shard = self.state.map.shard_of(key);
+        self.call(shard, |mut c, hlc| {
+            let request = v1::GetRequest {
+                hlc,
+                key: key.to_vec(),
+                read_ts: at.as_u64(),
+                for_window: window.0,
+            };
+            async move {
+                let r = c.get(request).await?.into_inner();
+                Ok((r.found.map(|kv| kv.value), r.hlc))
+            }
+        })
+        .await
+    }
+
+    async fn scan(
+        &self,
+        shard: ShardId,
+        range: &KeyRange,
+        at: Timestamp,
+        window: Epoch,
+        limit: usize,
+    ) -> Result<Rows, String> {
+        self.call(shard, |mut c, hlc| {
+            let request = v1::ScanRequest {
+                hlc,
+                range: Some(range_to_proto(range)),
+                read_ts: at.as_u64(),
+                limit: limit.min(MAX_SCAN_ROWS as usize) as u32,
+                for_window: window.0,
+            };
+            async move {
+                let r = c.scan(request).await?.into_inner();
+                Ok((r.rows.into_iter().map(|kv| (kv.key, kv.value)).collect(), r.hlc))
+            }
+        })
+        .await
+    }
+
+    async fn verdicts(&self, shard: ShardId, e: Epoch) -> Result<Vec<(TxnId, bool)>, String> {
+        self.call(shard, |mut c, hlc| async move {
+            let r = c.verdicts(v1::VerdictsRequest { hlc, epoch: e.0 }).await?.into_inner();
+            let verdicts = r
+                .verdicts
+                .into_iter()
+                .map(|v| (TxnId { epoch: Epoch(v.epoch), index: v.index }, v.commit))
+                .collect();
+            Ok((verdicts, r.hlc))
+        })
+        .await
+    }
+}
+
+/// `Snap(e-1)` across the cluster: this shard's keys from storage, others' from their shards.
+struct ClusterSnapshot<'a> {
+    state: &'a State,
+    peers: &'a Peers,
+    handle: &'a Handle,
+    /// The window being executed: this reads `Snap(window - 1)`.
+    window: Epoch,
+    at: Timestamp,
+}
+
+fn remote_error(e: String) -> StorageError {
+    StorageError::Engine(format!("remote read: {e}"))
+}
+
+impl SnapshotRead for ClusterSnapshot<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        if self.state.map.shard_of(key) == self.state.shard {
+            return Ok(self.state.mvcc.get(key, self.at)?.map(|v| v.value));
+        }
+        self.handle.block_on(self.peers.get(key, self.at, self.window)).map_err(remote_error)
+    }
+
+    fn scan(&self, range: &KeyRange, limit: usize) -> Result<Rows, StorageError> {
+        scan_shards(&self.state.map, range, limit, |shard, part, left| {
+            if shard == self.state.shard {
+                let found = self.state.mvcc.scan(part, self.at, left)?;
+                return Ok(found.into_iter().map(|(k, v)| (k, v.value)).collect());
+            }
+            self.handle
+                .block_on(self.peers.scan(shard, part, self.at, self.window, left))
+                .map_err(remote_error)
+        })
+    }
+
+    fn first_change(
+        &self,
+        range: &KeyRange,
+        after: Timestamp,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        // Validation reads only this shard's part of what a transaction read.
+        let part = self.state.map.clip(range, self.state.shard);
+        self.state.mvcc.first_change(&part, after, self.at)
+    }
+}
+
+struct ApplyLoop {
+    state: Arc<State>,
+    applier: ShardApplier,
+    peers: Peers,
+    sequencer: RemoteSequencer,
+    handle: Handle,
+}
+
+impl ApplyLoop {
+    fn run(&mut self) -> Result<(), String> {
+        let shard = self.state.shard;
+        while !self.state.stopping.load(Ordering::SeqCst) {
+            let from = self.applier.next_epoch();
+            let subscribed = self.handle.block_on(self.sequencer.subscribe(shard, from));
+            let mut deliveries = match subscribed {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::debug!(shard = shard.0, error = %e, "subscribing; retrying");
+                    std::thread::sleep(PEER_RETRY);
+                    continue;
+                }
+            };
+            if self.applier.has_deferred() {
+                self.request_window();
+            }
+            loop {
+                if self.state.stopping.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                let delivery = self.handle.block_on(async {
+                    tokio::time::timeout(Duration::from_millis(100), deliveries.recv()).await
+                });
+                match delivery {
+                    Err(_) => continue, // nothing yet; check for stopping
+                    Ok(None) => break,
+                    Ok(Some(Err(e))) => {
+                        tracing::info!(shard = shard.0, error = %e, "lost the sequencer; resubscribing");
+                        break;
+                    }
+                    Ok(Some(Ok(SliceDelivery::Tick(ts)))) => {
+                        let mut progress = lock(&self.state.progress);
+                        progress.safe = progress.safe.max(ts);
+                        drop(progress);
+                        self.state.bump();
+                    }
+                    Ok(Some(Ok(SliceDelivery::Window { epoch, ts, entries }))) => {
+                        self.apply(epoch, ts, &entries)?;
+                    }
+                }
+            }
+            std::thread::sleep(PEER_RETRY);
+        }
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        epoch: Epoch,
+        ts: Timestamp,
+        entries: &[(TxnId, ::sequencer::Entry)],
+    ) -> Result<(), String> {
+        let (state, peers, handle) = (&*self.state, &self.peers, &self.handle);
+        let applied = self.applier.apply(
+            epoch,
+            ts,
+            entries.iter().map(|(t, e)| (*t, e)),
+            |at| ClusterSnapshot { state, peers, handle, window: epoch, at },
+            // Remote reads wait for the other shards' safe time themselves.
+            |_| Ok(()),
+            |e, local, participants| exchange(state, peers, handle, e, local, participants),
+        )?;
+        let Some(applied) = applied else { return Ok(()) };
+        {
+            let mut progress = lock(&state.progress);
+            progress.applied = epoch;
+            progress.safe = progress.safe.max(ts);
+        }
+        lock(&state.verdicts).retain(|e, _| *e > epoch);
+        {
+            let mut outcomes = lock(&state.outcomes);
+            outcomes.extend(applied.decided.into_iter().map(|(d, _)| (d.txn, d.outcome)));
+            if epoch.0.is_multiple_of(1000) {
+                outcomes.retain(|t, _| t.epoch.0 + OUTCOME_WINDOWS > epoch.0);
+            }
+        }
+        state.bump();
+        if applied.deferred {
+            self.request_window();
+        }
+        Ok(())
+    }
+
+    fn request_window(&self) {
+        if let Err(e) = self.handle.block_on(self.sequencer.request_window()) {
+            // The sequencer is down; this shard asks again when it resubscribes.
+            tracing::warn!(shard = self.state.shard.0, error = %e, "requesting a window");
+        }
+    }
+}
+
+/// Publishes this shard's local verdicts of window `e`, pulls every other participant's, and
+/// combines them.
+fn exchange(
+    state: &State,
+    peers: &Peers,
+    handle: &Handle,
+    e: Epoch,
+    local: &[(TxnId, bool)],
+    participants: &Participants,
+) -> Result<Finals, String> {
+    lock(&state.verdicts).insert(e, local.to_vec());
+    state.bump();
+    let mut finals: Finals = local.iter().copied().collect();
+    let others: BTreeSet<ShardId> = local
+        .iter()
+        .flat_map(|(t, _)| participants[t].iter().copied())
+        .filter(|p| *p != state.shard)
+        .collect();
+    let pulled = handle.block_on(async {
+        let calls = others.iter().map(|&p| async move { (p, peers.verdicts(p, e).await) });
+        let mut out = Vec::new();
+        for call in calls {
+            out.push(call.await);
+        }
+        out
+    });
+    for (p, verdicts) in pulled {
+        let verdicts: BTreeMap<TxnId, bool> = verdicts?.into_iter().collect();
+        for (txn, commit) in finals.iter_mut() {
+            if participants[txn].contains(&p) {
+                let theirs = verdicts.get(txn).ok_or_else(|| {
+                    format!("shard {} has no verdict for {txn}, a participant: diverged", p.0)
+                })?;
+                *commit &= *theirs;
+            }
+        }
+    }
+    Ok(finals)
+}
+
+struct ShardService {
+    state: Arc<State>,
+}
+
+#[tonic::async_trait]
+impl ShardRpc for ShardService {
+    async fn get(
+        &self,
+        request: Request<v1::GetRequest>,
+    ) -> Result<Response<v1::GetResponse>, Status> {
+        let r = request.into_inner();
+        let state = &self.state;
+        observe_request(&state.clock, r.hlc)?;
+        state.check_local(&r.key)?;
+        let at = Timestamp::from_u64(r.read_ts);
+        state.wait_safe(at, r.for_window != 0).await?;
+        let found = state.mvcc.get(&r.key, at).map_err(storage_status)?.map(|v| v1::KeyValue {
+            key: r.key,
+            value: v.value,
+            version_ts: v.ts.as_u64(),
+        });
+        Ok(Response::new(v1::GetResponse { hlc: stamp(&state.clock), found }))
+    }
+
+    async fn scan(
+        &self,
+        request: Request<v1::ScanRequest>,
+    ) -> Result<Response<v1::ScanResponse>, Status> {
+        let r = request.into_inner();
+        let state = &self.state;
+        observe_request(&state.clock, r.hlc)?;
+        let range = range_from_proto(
+            r.range.ok_or_else(|| Status::invalid_argument("a scan needs a range"))?,
+        );
+        let mine = state.map.clip(&range, state.shard);
+        if mine != range {
+            return Err(Status::invalid_argument(format!(
+                "range {range:?} is not within shard {}",
+                state.shard.0
+            )));
+        }
+        if r.limit > MAX_SCAN_ROWS {
+            return Err(Status::invalid_argument(format!(
+                "limit {} is over the maximum of {MAX_SCAN_ROWS} rows",
+                r.limit
+            )));
+        }
+        let at = Timestamp::from_u64(r.read_ts);
+        state.wait_safe(at, r.for_window != 0).await?;
+        let rows = state
+            .mvcc
+            .scan(&range, at, r.limit as usize)
+            .map_err(storage_status)?
+            .into_iter()
+            .map(|(key, v)| v1::KeyValue { key, value: v.value, version_ts: v.ts.as_u64() })
+            .collect();
+        Ok(Response::new(v1::ScanResponse { hlc: stamp(&state.clock), rows }))
+    }
+
+    async fn verdicts(
+        &self,
+        request: Request<v1::VerdictsRequest>,
+    ) -> Result<Response<v1::VerdictBatch>, Status> {
+        let r = request.into_inner();
+        let state = &self.state;
+        observe_request(&state.clock, r.hlc)?;
+        let e = Epoch(r.epoch);
+        let verdicts = state
+            .wait_for(|| {
+                if let Some(v) = lock(&state.verdicts).get(&e) {
+                    return Some(Ok(v.clone()));
+                }
+                (state.progress().applied >= e).then(|| stored_verdicts(&state.mvcc, e))
+            })
+            .await?
+            .map_err(Status::internal)?;
+        Ok(Response::new(v1::VerdictBatch {
+            hlc: stamp(&state.clock),
+            epoch: e.0,
+            from_shard: state.shard.0,
+            verdicts: verdicts
+                .into_iter()
+                .map(|(t, commit)| v1::Verdict { index: t.index, commit, epoch: t.epoch.0 })
+                .collect(),
+        }))
+    }
+
+    async fn await_outcome(
+        &self,
+        request: Request<v1::AwaitOutcomeRequest>,
+    ) -> Result<Response<v1::AwaitOutcomeResponse>, Status> {
+        let r = request.into_inner();
+        let state = &self.state;
+        observe_request(&state.clock, r.hlc)?;
+        let id = r.txn.ok_or_else(|| Status::invalid_argument("which transaction?"))?;
+        let txn = TxnId { epoch: Epoch(id.epoch), index: id.index };
+        let outcome = state
+            .wait_for(|| {
+                if let Some(o) = lock(&state.outcomes).get(&txn) {
+                    return Some(Ok(o.clone()));
+                }
+                (txn.epoch <= state.started_at).then(|| {
+                    Err(Status::not_found(format!(
+                        "the outcome of {txn} is unknown: shard {} restarted since",
+                        state.shard.0
+                    )))
+                })
+            })
+            .await??;
+        if let Outcome::Committed { ts, .. } = &outcome
+            && !state.clock.max_offset().is_zero()
+        {
+            while let Some(left) = state.clock.commit_wait_remaining(*ts) {
+                tokio::time::sleep(left).await;
+            }
+        }
+        Ok(Response::new(v1::AwaitOutcomeResponse {
+            hlc: stamp(&state.clock),
+            outcome: Some(outcome_to_proto(txn, &outcome)),
+        }))
+    }
+
+    async fn status(
+        &self,
+        request: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::ShardStatus>, Status> {
+        let state = &self.state;
+        observe_request(&state.clock, request.into_inner().hlc)?;
+        let progress = state.progress();
+        Ok(Response::new(v1::ShardStatus {
+            hlc: stamp(&state.clock),
+            shard: state.shard.0,
+            applied_epoch: progress.applied.0,
+            safe_ts: progress.safe.as_u64(),
+            range: Some(range_to_proto(&state.map.range_of(state.shard))),
+        }))
+    }
+}
