@@ -8,6 +8,7 @@
 //! submission gets an error, and nothing unlogged is ever delivered.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -79,6 +80,8 @@ impl Feedback {
 /// every submitter and stops the thread.
 pub struct Sequencer {
     commands: Option<Sender<Command>>,
+    /// The last logged window's epoch and timestamp (raw), for status reports.
+    logged: Arc<(AtomicU64, AtomicU64)>,
     thread: Option<JoinHandle<Result<(), SequencerError>>>,
 }
 
@@ -101,6 +104,11 @@ impl Sequencer {
         let sealer = Sealer::new(config, &history, origin.elapsed());
         drop(history);
         let (tx, rx) = mpsc::channel();
+        let logged = Arc::new((
+            AtomicU64::new(last.map_or(0, |(e, _)| e.0)),
+            AtomicU64::new(last.map_or(0, |(_, ts)| ts.as_u64())),
+        ));
+        let loop_logged = logged.clone();
         let thread = std::thread::Builder::new()
             .name("sealdb-sequencer".into())
             .spawn(move || {
@@ -113,11 +121,12 @@ impl Sequencer {
                     waiters: Vec::new(),
                     window_requested: false,
                     stopping: false,
+                    logged: loop_logged,
                 }
                 .run(rx)
             })
             .map_err(|e| SequencerError::Io { path: "sequencer thread".into(), source: e })?;
-        Ok((Sequencer { commands: Some(tx), thread: Some(thread) }, last))
+        Ok((Sequencer { commands: Some(tx), logged, thread: Some(thread) }, last))
     }
 
     /// Submits `entry`; the receiver yields its receipt once its window is durable.
@@ -156,6 +165,12 @@ impl Sequencer {
             let _ = commands.send(Command::Subscribe(from, tx));
         }
         rx
+    }
+
+    /// The last window made durable: its epoch and timestamp (epoch 0 before the first).
+    pub fn last_logged(&self) -> (Epoch, Timestamp) {
+        let (epoch, ts) = &*self.logged;
+        (Epoch(epoch.load(Ordering::SeqCst)), Timestamp::from_u64(ts.load(Ordering::SeqCst)))
     }
 
     /// A handle for consumers' feedback (see [`Feedback`]).
@@ -199,6 +214,7 @@ struct Loop {
     /// Log the next window even if it is empty.
     window_requested: bool,
     stopping: bool,
+    logged: Arc<(AtomicU64, AtomicU64)>,
 }
 
 impl Loop {
@@ -302,6 +318,8 @@ impl Loop {
         self.window_requested = false;
         let window = self.sealer.seal(self.clock.now(), now);
         self.log.append(&window)?;
+        self.logged.1.store(window.ts.as_u64(), Ordering::SeqCst);
+        self.logged.0.store(window.epoch.0, Ordering::SeqCst);
         let window = Arc::new(window);
         self.subscribers.retain(|s| s.send(Delivery::Window(window.clone())).is_ok());
         for (i, waiters) in self.waiters.drain(..).enumerate() {

@@ -16,6 +16,7 @@
 //!
 //! - [`remote`]: cluster mode over gRPC; so far the sequencer's service and client.
 
+pub mod builtin;
 mod database;
 mod error;
 mod executor;

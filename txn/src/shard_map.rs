@@ -27,6 +27,11 @@ impl ShardMap {
         Ok(ShardMap { splits })
     }
 
+    /// The split keys.
+    pub fn splits(&self) -> &[Vec<u8>] {
+        &self.splits
+    }
+
     /// One shard owning everything.
     pub fn single() -> ShardMap {
         ShardMap { splits: Vec::new() }

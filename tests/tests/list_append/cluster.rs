@@ -12,12 +12,11 @@ use sequencer::{SealerConfig, ShardId};
 use storage::Limits;
 use tests::history::Recorder;
 use tokio::net::TcpListener;
-use txn::remote::{Client, Cluster, SequencerNode, ShardConfig, ShardNode};
-use txn::{Registry, ShardMap};
+use txn::ShardMap;
+use txn::remote::{Client, Cluster, Layout, SequencerNode, ShardConfig, ShardNode};
 
 use crate::{
-    CLIENTS, ListAppend, TXNS_PER_CLIENT, check_strict_serializable, encode_ops, random_ops,
-    record, with_reads,
+    CLIENTS, TXNS_PER_CLIENT, check_strict_serializable, encode_ops, random_ops, record, with_reads,
 };
 
 /// Clocks may differ by this much; commit-wait lasts about as long.
@@ -36,31 +35,32 @@ struct LocalCluster {
 
 async fn start_cluster(shards: u32) -> LocalCluster {
     let dirs = tempfile::tempdir().unwrap();
-    let map = ShardMap::new(vec![b"b".to_vec(), b"c".to_vec()]).unwrap();
-    assert_eq!(map.len(), shards);
-    let mut procedures = Registry::new();
-    procedures.register(Arc::new(ListAppend));
+    let map = ShardMap::uniform(shards);
+    let procedures = txn::builtin::registry();
     let config = SealerConfig {
         window_interval: Duration::from_millis(2),
         seal_ahead: None,
         ..SealerConfig::default()
     };
+    let mut listeners = Vec::new();
+    for _ in 0..shards {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs: Vec<String> =
+        listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
+    let layout = Layout { shards: addrs.clone(), map: map.clone() };
     let sequencer = SequencerNode::start(
         &dirs.path().join("log"),
         "127.0.0.1:0".parse().unwrap(),
         clock(),
         config,
-        shards,
+        layout,
     )
     .await
     .unwrap();
-    let mut listeners = Vec::new();
-    for _ in 0..shards {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
     let cluster = Cluster {
         sequencer: sequencer.addr().to_string(),
-        shards: listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect(),
+        shards: addrs,
         map: map.clone(),
         procedures: procedures.clone(),
     };
@@ -86,7 +86,9 @@ async fn list_append_over_a_cluster_is_strictly_serializable() {
     let seed = std::env::var("SEALDB_SEED").map_or(7, |s| s.parse().unwrap());
     eprintln!("cluster list-append seed {seed} (rerun with SEALDB_SEED={seed})");
     let local = start_cluster(3).await;
-    let client = Arc::new(Client::new(&local.cluster, clock()).unwrap());
+    // The client learns the layout from the sequencer's admin service.
+    let client = Arc::new(Client::connect(&local.cluster.sequencer, clock()).await.unwrap());
+    assert_eq!(client.shard_map(), &local.cluster.map);
     let history = Arc::new(Recorder::new());
     let next_value = Arc::new(AtomicU64::new(1));
     let tasks: Vec<_> = (0..CLIENTS)

@@ -10,9 +10,10 @@ use sequencer::SealerConfig;
 use tests::history::{Mop, Recorder};
 use txn::{Database, Options, ShardMap, TxnError};
 
+use txn::builtin::{ListAppend, decode_list, encode_list, list_key};
+
 use crate::{
-    CLIENTS, ListAppend, TXNS_PER_CLIENT, check_strict_serializable, decode_list, encode_list,
-    encode_ops, random_ops, record, storage_key, with_reads,
+    CLIENTS, TXNS_PER_CLIENT, check_strict_serializable, encode_ops, random_ops, record, with_reads,
 };
 
 /// Runs `ops` as an interactive transaction; returns them with the lists read.
@@ -22,12 +23,13 @@ fn interactive(db: &Database, ops: &[Mop]) -> Result<Vec<Mop>, TxnError> {
         for op in ops {
             match op {
                 Mop::Read(k, _) => {
-                    done.push(Mop::Read(*k, Some(decode_list(tx.get(&storage_key(*k))?))))
+                    let list = decode_list(tx.get(&list_key(*k))?.as_deref()).unwrap();
+                    done.push(Mop::Read(*k, Some(list)))
                 }
                 Mop::Append(k, v) => {
-                    let mut list = decode_list(tx.get(&storage_key(*k))?);
+                    let mut list = decode_list(tx.get(&list_key(*k))?.as_deref()).unwrap();
                     list.push(*v);
-                    tx.put(&storage_key(*k), &encode_list(&list))?;
+                    tx.put(&list_key(*k), &encode_list(&list))?;
                     done.push(op.clone());
                 }
             }
@@ -41,7 +43,7 @@ fn concurrent_list_append_histories_are_strictly_serializable() {
     let seed = std::env::var("SEALDB_SEED").map_or(7, |s| s.parse().unwrap());
     eprintln!("list-append seed {seed} (rerun with SEALDB_SEED={seed})");
     let options = Options {
-        shard_map: Some(ShardMap::new(vec![b"b".to_vec(), b"c".to_vec()]).unwrap()),
+        shard_map: Some(ShardMap::uniform(3)),
         sealer: SealerConfig {
             window_interval: Duration::from_millis(2),
             ..SealerConfig::default()

@@ -19,91 +19,29 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rand::Rng;
 use rand::rngs::StdRng;
-use storage::KeyRange;
 use tests::history::{Completion, Mop, Recorder, Workload, check};
-use txn::{Context, ProcError, Procedure, TxnError};
+use txn::TxnError;
+use txn::builtin::{ListOp, decode_list_output, encode_list_ops};
 
 pub(crate) const KEYS: u64 = 8;
 pub(crate) const CLIENTS: u64 = 6;
 pub(crate) const TXNS_PER_CLIENT: u64 = 60;
 
-/// Key `k`'s list, on shard `k % 3`.
-pub(crate) fn storage_key(k: u64) -> Vec<u8> {
-    format!("{}/list/{k}", ["a", "b", "c"][(k % 3) as usize]).into_bytes()
-}
-
-pub(crate) fn decode_list(v: Option<Vec<u8>>) -> Vec<u64> {
-    match v {
-        None => Vec::new(),
-        Some(v) => String::from_utf8(v).unwrap().split(',').map(|x| x.parse().unwrap()).collect(),
-    }
-}
-
-pub(crate) fn encode_list(list: &[u64]) -> Vec<u8> {
-    list.iter().map(u64::to_string).collect::<Vec<_>>().join(",").into_bytes()
-}
-
-/// Micro-ops as procedure arguments: "r:3 a:5:17" reads key 3, appends 17 to key 5.
+/// `list_append` arguments for a history's micro-ops.
 pub(crate) fn encode_ops(ops: &[Mop]) -> Vec<u8> {
-    let parts: Vec<String> = ops
+    let ops: Vec<ListOp> = ops
         .iter()
         .map(|m| match m {
-            Mop::Read(k, _) => format!("r:{k}"),
-            Mop::Append(k, v) => format!("a:{k}:{v}"),
+            Mop::Read(k, _) => ListOp::Read(*k),
+            Mop::Append(k, v) => ListOp::Append(*k, *v),
         })
         .collect();
-    parts.join(" ").into_bytes()
+    encode_list_ops(&ops)
 }
 
-pub(crate) fn decode_ops(args: &[u8]) -> Vec<Mop> {
-    String::from_utf8(args.to_vec())
-        .unwrap()
-        .split(' ')
-        .map(|op| {
-            let f: Vec<&str> = op.split(':').collect();
-            match f[0] {
-                "r" => Mop::Read(f[1].parse().unwrap(), None),
-                _ => Mop::Append(f[1].parse().unwrap(), f[2].parse().unwrap()),
-            }
-        })
-        .collect()
-}
-
-/// Runs list-append micro-ops deterministically; returns the ops with the lists read.
-pub(crate) struct ListAppend;
-
-impl Procedure for ListAppend {
-    fn name(&self) -> &str {
-        "list_append"
-    }
-    fn ranges(&self, args: &[u8]) -> Result<Vec<KeyRange>, ProcError> {
-        let keys = decode_ops(args).into_iter().map(|m| match m {
-            Mop::Read(k, _) | Mop::Append(k, _) => k,
-        });
-        Ok(keys.map(|k| KeyRange::point(&storage_key(k))).collect())
-    }
-    fn run(&self, ctx: &mut dyn Context, args: &[u8]) -> Result<Vec<u8>, ProcError> {
-        let mut reads = Vec::new();
-        for op in decode_ops(args) {
-            match op {
-                Mop::Read(k, _) => reads.push(encode_list(&decode_list(ctx.get(&storage_key(k))?))),
-                Mop::Append(k, v) => {
-                    let mut list = decode_list(ctx.get(&storage_key(k))?);
-                    list.push(v);
-                    ctx.put(&storage_key(k), &encode_list(&list))?;
-                }
-            }
-        }
-        Ok(reads.join(&b";"[..]))
-    }
-}
-
-/// Fills in the lists read, from a procedure's output.
+/// Fills in the lists read, from a `list_append` call's output.
 pub(crate) fn with_reads(ops: &[Mop], output: &[u8]) -> Vec<Mop> {
-    let text = String::from_utf8(output.to_vec()).unwrap();
-    let mut reads = text
-        .split(';')
-        .map(|l| if l.is_empty() { Vec::new() } else { decode_list(Some(l.as_bytes().to_vec())) });
+    let mut reads = decode_list_output(output).unwrap().into_iter();
     ops.iter()
         .map(|m| match m {
             Mop::Read(k, _) => Mop::Read(*k, Some(reads.next().unwrap())),

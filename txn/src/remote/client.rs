@@ -21,6 +21,7 @@ use std::time::Duration;
 use ::sequencer::{ClientId, Entry, ShardId, TxnId};
 use clock::{Clock, Timestamp};
 use proto::v1;
+use proto::v1::admin_client::AdminClient;
 use proto::v1::shard_client::ShardClient;
 use storage::KeyRange;
 use tonic::Code;
@@ -95,6 +96,22 @@ impl Client {
             salt,
             next: AtomicU64::new(0),
         })
+    }
+
+    /// Connects to the cluster whose sequencer is at `addr`: asks it for the cluster's layout
+    /// (shard addresses and map). Calls may use the built-in procedures
+    /// ([`builtin::registry`](crate::builtin::registry)); [`Client::new`] takes others.
+    pub async fn connect(addr: &str, clock: Arc<Clock>) -> Result<Client, TxnError> {
+        let status = cluster_status(addr, &clock).await?;
+        let map = ShardMap::new(status.splits)
+            .map_err(|e| TxnError::Unavailable(format!("the sequencer at {addr} sent {e}")))?;
+        let cluster = Cluster {
+            sequencer: addr.to_string(),
+            shards: status.shard_addrs,
+            map,
+            procedures: crate::builtin::registry(),
+        };
+        Client::new(&cluster, clock)
     }
 
     /// The shard map.
@@ -250,6 +267,25 @@ impl Client {
         }
         Ok(rows)
     }
+}
+
+/// The status report of the cluster whose sequencer is at `addr`.
+pub async fn cluster_status(
+    addr: &str,
+    clock: &Clock,
+) -> Result<v1::ClusterStatusResponse, TxnError> {
+    let unavailable = |e: String| TxnError::Unavailable(format!("sequencer at {addr}: {e}"));
+    let endpoint =
+        Endpoint::from_shared(format!("http://{addr}")).map_err(|e| unavailable(e.to_string()))?;
+    let channel = endpoint.connect().await.map_err(|e| unavailable(e.to_string()))?;
+    let request = v1::ClusterStatusRequest { hlc: stamp(clock) };
+    let status = AdminClient::new(channel)
+        .cluster_status(request)
+        .await
+        .map_err(|s| read_error(s.into()))?
+        .into_inner();
+    observe_response(clock, status.hlc).map_err(read_error)?;
+    Ok(status)
 }
 
 fn read_error(e: RemoteError) -> TxnError {

@@ -13,6 +13,7 @@
 //! Still to come: interactive transactions through the `Client`, the `sealdb` binary, the
 //! admin service and metrics.
 
+mod admin;
 mod client;
 mod sequencer;
 mod shard;
@@ -24,7 +25,8 @@ use tonic::{Code, Status};
 
 use crate::outcome::{AbortReason, Outcome};
 
-pub use self::client::{Client, Cluster};
+pub use self::admin::Layout;
+pub use self::client::{Client, Cluster, cluster_status};
 pub use self::sequencer::{RemoteSequencer, SequencerNode, SliceDelivery};
 pub use self::shard::{MAX_SCAN_ROWS, ShardConfig, ShardNode};
 

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clock::{Clock, Epoch, Timestamp};
 use proto::v1;
+use proto::v1::admin_server::AdminServer;
 use proto::v1::sequencer_client::SequencerClient;
 use proto::v1::sequencer_server::{Sequencer as SequencerRpc, SequencerServer};
 use sequencer::{
@@ -25,6 +26,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use super::admin::{AdminService, Layout};
 use super::{RemoteError, observe_request, observe_response, stamp};
 
 /// A sequencer serving gRPC on a TCP address. [`SequencerNode::shutdown`] stops serving,
@@ -41,15 +43,23 @@ pub struct SequencerNode {
 
 impl SequencerNode {
     /// Opens the log in `dir` and serves on `listen` (port 0 picks a free port; see
-    /// [`SequencerNode::addr`]). `shards` is the cluster's shard count: entries naming
-    /// another shard are refused. Must be called within a tokio runtime.
+    /// [`SequencerNode::addr`]) the sequencer and the admin service, which tells clients the
+    /// cluster's `layout`. Entries naming a shard outside it are refused. Must be called
+    /// within a tokio runtime.
     pub async fn start(
         dir: &Path,
         listen: SocketAddr,
         clock: Arc<Clock>,
         config: SealerConfig,
-        shards: u32,
+        layout: Layout,
     ) -> Result<SequencerNode, String> {
+        let shards = layout.map.len();
+        if layout.shards.len() != shards as usize {
+            return Err(format!(
+                "{} shard addresses for a map of {shards} shards",
+                layout.shards.len()
+            ));
+        }
         let (sequencer, _) = Sequencer::start(dir, clock.clone(), config)
             .map_err(|e| format!("sequencer in {}: {e}", dir.display()))?;
         let sequencer = Arc::new(sequencer);
@@ -57,6 +67,7 @@ impl SequencerNode {
             TcpListener::bind(listen).await.map_err(|e| format!("listening on {listen}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| format!("listening on {listen}: {e}"))?;
         let stopping = Arc::new(AtomicBool::new(false));
+        let admin = AdminService::new(sequencer.clone(), clock.clone(), layout)?;
         let service = SequencerService {
             sequencer: sequencer.clone(),
             clock,
@@ -67,6 +78,7 @@ impl SequencerNode {
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(SequencerServer::new(service))
+                .add_service(AdminServer::new(admin))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                     let _ = stopped.await;
                 }),
@@ -86,7 +98,7 @@ impl SequencerNode {
         self.stop_serving().await;
         let sequencer = Arc::clone(&self.sequencer);
         drop(self);
-        // The server's service held the other reference; with it gone this is the last.
+        // The services held the other references; with them gone this is the last.
         match Arc::try_unwrap(sequencer) {
             Ok(sequencer) => tokio::task::spawn_blocking(move || sequencer.shutdown())
                 .await

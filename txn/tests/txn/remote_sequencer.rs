@@ -11,7 +11,8 @@ use proto::v1;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sequencer::{ClientId, Entry, SealerConfig, ShardId, TxnId, WindowLog};
-use txn::remote::{RemoteError, RemoteSequencer, SequencerNode, SliceDelivery};
+use txn::ShardMap;
+use txn::remote::{Layout, RemoteError, RemoteSequencer, SequencerNode, SliceDelivery};
 
 const SHARDS: u32 = 3;
 const MAX_OFFSET: Duration = Duration::from_millis(100);
@@ -30,8 +31,16 @@ fn clock() -> Arc<Clock> {
     clock_shifted(None, None)
 }
 
+/// A layout of `SHARDS` shards (their addresses are never called here).
+fn layout() -> Layout {
+    Layout {
+        shards: (0..SHARDS).map(|s| format!("127.0.0.1:{}", 1 + s)).collect(),
+        map: ShardMap::uniform(SHARDS),
+    }
+}
+
 async fn start(dir: &Path, config: SealerConfig) -> SequencerNode {
-    SequencerNode::start(dir, "127.0.0.1:0".parse().unwrap(), clock(), config, SHARDS)
+    SequencerNode::start(dir, "127.0.0.1:0".parse().unwrap(), clock(), config, layout())
         .await
         .unwrap()
 }
@@ -226,7 +235,7 @@ async fn a_peer_whose_clock_is_beyond_max_offset_is_refused_and_one_within_it_ob
         "127.0.0.1:0".parse().unwrap(),
         server_clock.clone(),
         SealerConfig::default(),
-        SHARDS,
+        layout(),
     )
     .await
     .unwrap();

@@ -1,0 +1,87 @@
+//! The admin service, served by the sequencer node: the cluster's layout for clients, and
+//! its status (the last logged window, each shard's applied window and safe time, lag).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::sequencer::Sequencer;
+use clock::Clock;
+use proto::v1;
+use proto::v1::admin_server::Admin;
+use proto::v1::shard_client::ShardClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use super::{observe_request, stamp};
+use crate::shard_map::ShardMap;
+
+/// Where a cluster's shards are and which keys each owns: the same on every node.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Every shard's address (`host:port`), by shard id.
+    pub shards: Vec<String>,
+    /// Which shard owns which keys.
+    pub map: ShardMap,
+}
+
+/// How long a status report waits for each shard.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub(super) struct AdminService {
+    sequencer: Arc<Sequencer>,
+    clock: Arc<Clock>,
+    layout: Layout,
+    shards: Vec<ShardClient<Channel>>,
+}
+
+impl AdminService {
+    pub(super) fn new(
+        sequencer: Arc<Sequencer>,
+        clock: Arc<Clock>,
+        layout: Layout,
+    ) -> Result<AdminService, String> {
+        let shards = layout
+            .shards
+            .iter()
+            .map(|addr| {
+                Endpoint::from_shared(format!("http://{addr}"))
+                    .map(|e| ShardClient::new(e.timeout(STATUS_TIMEOUT).connect_lazy()))
+                    .map_err(|e| format!("shard address {addr:?}: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(AdminService { sequencer, clock, layout, shards })
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn cluster_status(
+        &self,
+        request: Request<v1::ClusterStatusRequest>,
+    ) -> Result<Response<v1::ClusterStatusResponse>, Status> {
+        observe_request(&self.clock, request.into_inner().hlc)?;
+        let (epoch, ts) = self.sequencer.last_logged();
+        let mut shards = Vec::new();
+        let mut unreachable = Vec::new();
+        for (i, client) in self.shards.iter().enumerate() {
+            let asked = v1::StatusRequest { hlc: stamp(&self.clock) };
+            match client.clone().status(asked).await {
+                Ok(status) => shards.push(status.into_inner()),
+                Err(e) => unreachable.push(format!(
+                    "shard {i} at {}: {}",
+                    self.layout.shards[i],
+                    e.message()
+                )),
+            }
+        }
+        Ok(Response::new(v1::ClusterStatusResponse {
+            hlc: stamp(&self.clock),
+            sealed_epoch: epoch.0,
+            sealed_ts: ts.as_u64(),
+            shards,
+            shard_addrs: self.layout.shards.clone(),
+            splits: self.layout.map.splits().to_vec(),
+            unreachable,
+        }))
+    }
+}
