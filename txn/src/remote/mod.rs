@@ -15,6 +15,7 @@
 
 mod admin;
 mod client;
+mod config;
 mod sequencer;
 mod shard;
 
@@ -27,6 +28,7 @@ use crate::outcome::{AbortReason, Outcome};
 
 pub use self::admin::Layout;
 pub use self::client::{Client, Cluster, cluster_status};
+pub use self::config::{NodeConfig, Role};
 pub use self::sequencer::{RemoteSequencer, SequencerNode, SliceDelivery};
 pub use self::shard::{MAX_SCAN_ROWS, ShardConfig, ShardNode};
 

@@ -1,0 +1,222 @@
+//! A node's configuration file (TOML), as `sealdb start --config FILE` reads it, validated
+//! before anything starts:
+//!
+//! ```toml
+//! role = "shard"                    # or "sequencer"
+//! listen = "127.0.0.1:7101"         # where this node serves
+//! data_dir = "/var/lib/sealdb/s0"   # its log or its RocksDB, and its clock's high-water mark
+//! shard = 0                         # which shard (shard role only)
+//! max_offset_ms = 5                 # bound on clock offsets; commit-wait lasts about this long
+//!
+//! [cluster]                         # the same on every node
+//! sequencer = "127.0.0.1:7100"
+//! shards = ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]
+//! split_keys = ["g", "p"]           # optional: shard i owns [split i-1, split i); the default
+//!                                   # splits the first key byte evenly
+//!
+//! [window]                          # optional (sequencer role)
+//! interval_ms = 5
+//! max_entries = 10000
+//! max_bytes = 16777216
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ::sequencer::{SealerConfig, ShardId};
+use serde::Deserialize;
+
+use super::Layout;
+use crate::shard_map::ShardMap;
+
+/// What a node does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Orders entries into durable windows; serves the admin service.
+    Sequencer,
+    /// Applies one shard's windows and serves its reads.
+    Shard,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    role: Role,
+    listen: String,
+    data_dir: PathBuf,
+    shard: Option<u32>,
+    #[serde(default = "default_max_offset_ms")]
+    max_offset_ms: u64,
+    cluster: ClusterFile,
+    #[serde(default)]
+    window: WindowFile,
+}
+
+fn default_max_offset_ms() -> u64 {
+    5
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterFile {
+    sequencer: String,
+    shards: Vec<String>,
+    split_keys: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowFile {
+    interval_ms: Option<u64>,
+    max_entries: Option<usize>,
+    max_bytes: Option<usize>,
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// What the node does.
+    pub role: Role,
+    /// Where it serves.
+    pub listen: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Its shard (shard role).
+    pub shard: Option<ShardId>,
+    /// The bound on clock offsets.
+    pub max_offset: Duration,
+    /// The sequencer's address.
+    pub sequencer: String,
+    /// The shards and their keys.
+    pub layout: Layout,
+    /// When windows are sealed (sequencer role).
+    pub sealer: SealerConfig,
+}
+
+impl NodeConfig {
+    /// Parses and validates a configuration file's text. The error says what is wrong, in
+    /// terms of the file.
+    pub fn parse(text: &str) -> Result<NodeConfig, String> {
+        let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
+        let listen: SocketAddr = file
+            .listen
+            .parse()
+            .map_err(|e| format!("listen = {:?}: {e} (expected host:port)", file.listen))?;
+        let cluster = &file.cluster;
+        if cluster.shards.is_empty() {
+            return Err("cluster.shards: a cluster needs at least one shard".into());
+        }
+        for (i, addr) in std::iter::once(&cluster.sequencer).chain(&cluster.shards).enumerate() {
+            if addr.parse::<SocketAddr>().is_err() && !addr.contains(':') {
+                let what = if i == 0 {
+                    "cluster.sequencer".to_string()
+                } else {
+                    format!("cluster.shards[{}]", i - 1)
+                };
+                return Err(format!("{what} = {addr:?}: expected host:port"));
+            }
+        }
+        let n = cluster.shards.len() as u32;
+        let map = match &cluster.split_keys {
+            None => ShardMap::uniform(n),
+            Some(splits) => {
+                if splits.len() + 1 != cluster.shards.len() {
+                    return Err(format!(
+                        "cluster.split_keys: {} split keys for {} shards (need one fewer \
+                         than shards)",
+                        splits.len(),
+                        n
+                    ));
+                }
+                ShardMap::new(splits.iter().map(|s| s.as_bytes().to_vec()).collect()).map_err(
+                    |e| format!("cluster.split_keys: shard ranges overlap or are empty: {e}"),
+                )?
+            }
+        };
+        if n > 256 && cluster.split_keys.is_none() {
+            return Err("cluster.split_keys: more than 256 shards need explicit split keys".into());
+        }
+        let shard = match (file.role, file.shard) {
+            (Role::Shard, None) => return Err("shard: a shard node must say which shard".into()),
+            (Role::Shard, Some(s)) if s >= n => {
+                return Err(format!("shard = {s}: the cluster has shards 0 to {}", n - 1));
+            }
+            (Role::Sequencer, Some(_)) => {
+                return Err("shard: only shard nodes have one (role = \"sequencer\")".into());
+            }
+            (_, s) => s.map(ShardId),
+        };
+        let defaults = SealerConfig::default();
+        let window = &file.window;
+        let sealer = SealerConfig {
+            window_interval: window
+                .interval_ms
+                .map_or(defaults.window_interval, Duration::from_millis),
+            max_window_entries: window.max_entries.unwrap_or(defaults.max_window_entries),
+            max_window_bytes: window.max_bytes.unwrap_or(defaults.max_window_bytes),
+            // Sealing ahead needs every shard's progress; a cluster seals on the interval.
+            seal_ahead: None,
+            ..defaults
+        };
+        if sealer.window_interval.is_zero() || sealer.max_window_entries == 0 {
+            return Err("window: interval_ms and max_entries must be above 0".into());
+        }
+        Ok(NodeConfig {
+            role: file.role,
+            listen,
+            data_dir: file.data_dir,
+            shard,
+            max_offset: Duration::from_millis(file.max_offset_ms),
+            sequencer: cluster.sequencer.clone(),
+            layout: Layout { shards: cluster.shards.clone(), map },
+            sealer,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+role = "shard"
+listen = "127.0.0.1:7101"
+data_dir = "/tmp/s1"
+shard = 1
+
+[cluster]
+sequencer = "127.0.0.1:7100"
+shards = ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]
+split_keys = ["g", "p"]
+"#;
+
+    fn error(text: &str) -> String {
+        NodeConfig::parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn a_good_file_is_read_with_defaults_for_what_it_leaves_out() {
+        let c = NodeConfig::parse(GOOD).unwrap();
+        assert_eq!(c.role, Role::Shard);
+        assert_eq!(c.shard, Some(ShardId(1)));
+        assert_eq!(c.max_offset, Duration::from_millis(5));
+        assert_eq!(c.layout.map.shard_of(b"h"), ShardId(1));
+        assert_eq!(c.sealer.window_interval, Duration::from_millis(5));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        assert!(
+            error(&GOOD.replace("split_keys = [\"g\", \"p\"]", "split_keys = [\"p\", \"g\"]"))
+                .contains("overlap")
+        );
+        assert!(error(&GOOD.replace("[\"g\", \"p\"]", "[\"g\"]")).contains("1 split keys for 3"));
+        assert!(error(&GOOD.replace("shard = 1", "shard = 3")).contains("shards 0 to 2"));
+        assert!(error(&GOOD.replace("shard = 1\n", "")).contains("which shard"));
+        assert!(error(&GOOD.replace("127.0.0.1:7101\"\n", "nowhere\"\n")).contains("listen"));
+        assert!(error(&GOOD.replace("role = \"shard\"", "role = \"leader\"")).contains("role"));
+        assert!(error(&format!("{GOOD}\ncolour = 3")).contains("colour"));
+    }
+}

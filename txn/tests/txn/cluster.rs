@@ -1,0 +1,242 @@
+//! A cluster of real processes (`sealdb start`) on loopback: a sequencer and three shards,
+//! clients running Jepsen's list-append workload through the network, and SIGKILL of a
+//! shard and of the sequencer while they run. The history must be strictly serializable
+//! (`adya`), and every acknowledged append must be in its list exactly once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clock::Clock;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tests::history::{Completion, Mop, Recorder, Workload, check};
+use txn::builtin::{ListOp, decode_list, decode_list_output, encode_list_ops, list_key};
+use txn::remote::{Client, cluster_status};
+use txn::{ReadAt, TxnError};
+
+const SHARDS: usize = 3;
+const KEYS: u64 = 10;
+const CLIENTS: u64 = 8;
+
+/// A free port on 127.0.0.1 (bound and released; nothing else here takes ports).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One node: its configuration file, and its process while running.
+struct Node {
+    name: String,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sealdb"))
+            .arg("start")
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Writes the configuration files of a sequencer and `SHARDS` shards under `dir`.
+fn cluster(dir: &Path) -> (String, Vec<Node>) {
+    let sequencer = format!("127.0.0.1:{}", free_port());
+    let shards: Vec<String> = (0..SHARDS).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let layout = format!(
+        "[cluster]\nsequencer = \"{sequencer}\"\nshards = [{}]\n\n[window]\ninterval_ms = 2\n",
+        shards.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ")
+    );
+    let mut nodes = Vec::new();
+    let roles = std::iter::once(("sequencer".to_string(), "sequencer", &sequencer, String::new()))
+        .chain(
+            shards
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("shard-{i}"), "shard", a, format!("shard = {i}\n"))),
+        );
+    for (name, role, listen, shard) in roles {
+        let data = dir.join(&name);
+        let text = format!(
+            "role = \"{role}\"\nlisten = \"{listen}\"\ndata_dir = \"{}\"\n{shard}max_offset_ms = 1\n\n{layout}",
+            data.display()
+        );
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, text).unwrap();
+        nodes.push(Node { log: dir.join(format!("{name}.log")), name, config, child: None });
+    }
+    (sequencer, nodes)
+}
+
+/// Waits until every shard answers the sequencer's status report.
+async fn wait_ready(sequencer: &str, clock: &Clock) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(s) = cluster_status(sequencer, clock).await
+            && s.shards.len() == SHARDS
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the cluster did not come up in 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn to_list_ops(ops: &[Mop]) -> Vec<ListOp> {
+    ops.iter()
+        .map(|m| match m {
+            Mop::Read(k, _) => ListOp::Read(*k),
+            Mop::Append(k, v) => ListOp::Append(*k, *v),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_append_stays_strictly_serializable_through_sigkill_of_a_shard_and_the_sequencer() {
+    let seed: u64 =
+        std::env::var("SEALDB_SEED").map_or_else(|_| rand::random(), |s| s.parse().unwrap());
+    eprintln!("cluster fault test seed {seed} (rerun with SEALDB_SEED={seed})");
+    let dir = tempfile::tempdir().unwrap();
+    let (sequencer, mut nodes) = cluster(dir.path());
+    for node in &mut nodes {
+        node.start();
+    }
+    let clock = Arc::new(Clock::system(Duration::from_millis(1)));
+    wait_ready(&sequencer, &clock).await;
+    let client = Arc::new(Client::connect(&sequencer, clock.clone()).await.unwrap());
+
+    let history = Arc::new(Recorder::new());
+    let next_value = Arc::new(AtomicU64::new(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|process| {
+            let (client, history, next_value, stop) =
+                (client.clone(), history.clone(), next_value.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1000) + process);
+                let mut outcomes: HashMap<&'static str, u64> = HashMap::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let ops: Vec<Mop> = (0..rng.random_range(1..5))
+                        .map(|_| {
+                            let k = rng.random_range(0..KEYS);
+                            match rng.random_bool(0.5) {
+                                true => Mop::Read(k, None),
+                                false => Mop::Append(k, next_value.fetch_add(1, Ordering::SeqCst)),
+                            }
+                        })
+                        .collect();
+                    history.invoke(process, &ops);
+                    let args = encode_list_ops(&to_list_ops(&ops));
+                    match client.call("list_append", &args).await {
+                        Ok(output) => {
+                            let mut reads = decode_list_output(&output).unwrap().into_iter();
+                            let done: Vec<Mop> = ops
+                                .iter()
+                                .map(|m| match m {
+                                    Mop::Read(k, _) => Mop::Read(*k, Some(reads.next().unwrap())),
+                                    other => other.clone(),
+                                })
+                                .collect();
+                            history.complete(process, Completion::Ok, &done);
+                            *outcomes.entry("ok").or_default() += 1;
+                        }
+                        Err(TxnError::OutcomeUnknown) => {
+                            // May or may not have committed: Jepsen's "info".
+                            history.complete(process, Completion::Info, &ops);
+                            *outcomes.entry("unknown").or_default() += 1;
+                            // An info operation ends its process in Jepsen's model.
+                            return outcomes;
+                        }
+                        Err(e) => panic!("seed {seed}: unexpected error {e}"),
+                    }
+                }
+                outcomes
+            })
+        })
+        .collect();
+
+    let run = |d| tokio::time::sleep(Duration::from_millis(d));
+    run(1500).await;
+    let shard = 2;
+    eprintln!("SIGKILL {}", nodes[1 + shard].name);
+    nodes[1 + shard].kill();
+    run(300).await;
+    nodes[1 + shard].start();
+    run(1500).await;
+    let before = cluster_status(&sequencer, &clock).await.unwrap();
+    eprintln!("SIGKILL sequencer at window {}", before.sealed_epoch);
+    nodes[0].kill();
+    run(300).await;
+    nodes[0].start();
+    wait_ready(&sequencer, &clock).await;
+    run(1500).await;
+    let after = cluster_status(&sequencer, &clock).await.unwrap();
+    assert!(after.sealed_epoch > before.sealed_epoch, "windows go on after the restart");
+    assert!(after.sealed_ts > before.sealed_ts, "and their timestamps keep rising");
+    stop.store(true, Ordering::SeqCst);
+    let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+    for w in workers {
+        for (k, n) in w.await.unwrap() {
+            *totals.entry(k).or_default() += n;
+        }
+    }
+    eprintln!("seed {seed}: {totals:?}");
+    assert!(
+        totals.get("ok").copied().unwrap_or(0) > 100,
+        "seed {seed}: too few commits: {totals:?}"
+    );
+
+    // Every acknowledged append is in its list, once; no value is anywhere twice.
+    let ts = client.read_ts(ReadAt::Latest);
+    let text = history.to_jsonl();
+    for k in 0..KEYS {
+        let stored = client.get(&list_key(k), ts).await.unwrap();
+        let list = decode_list(stored.as_deref()).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for v in &list {
+            assert!(seen.insert(*v), "seed {seed}: value {v} twice in list {k}: applied twice");
+        }
+        for line in text.lines().filter(|l| l.contains("\"type\":\"ok\"")) {
+            let op: serde_json::Value = serde_json::from_str(line).unwrap();
+            for mop in op["value"].as_array().unwrap() {
+                if mop[0] == "append" && mop[1] == k {
+                    let v = mop[2].as_u64().unwrap();
+                    assert!(seen.contains(&v), "seed {seed}: acknowledged append {v} to {k} lost");
+                }
+            }
+        }
+    }
+    let verdict = check(&text, Workload::ListAppend, "strict-serializable").unwrap();
+    if verdict.valid != Some(true) {
+        let path = std::env::temp_dir().join(format!("sealdb-cluster-faults-{seed}.jsonl"));
+        std::fs::write(&path, &text).unwrap();
+        panic!("seed {seed}: {verdict:?}; history written to {}", path.display());
+    }
+}
