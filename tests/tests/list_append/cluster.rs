@@ -1,29 +1,48 @@
 //! A cluster on loopback: one sequencer and three shard servers (in this process, each with
-//! its own gRPC server and storage), and clients calling procedures over the network.
+//! its own gRPC server, storage and clock), and clients calling procedures over the network:
+//! list-append histories with clocks in sync and with clocks offset within `max_offset`, a
+//! client beyond it, and bad requests over the wire.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use clock::Clock;
+use clock::{Clock, OffsetClock, PhysicalClock, SystemClock};
+use proto::v1;
+use proto::v1::shard_client::ShardClient;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use sequencer::{SealerConfig, ShardId};
-use storage::Limits;
+use sequencer::{ClientId, Entry, SealerConfig, ShardId};
+use storage::{KeyRange, Limits};
 use tests::history::Recorder;
 use tokio::net::TcpListener;
-use txn::ShardMap;
-use txn::remote::{Client, Cluster, Layout, SequencerNode, ShardConfig, ShardNode};
+use txn::builtin::put_args;
+use txn::remote::{
+    Client, Cluster, Layout, RemoteSequencer, SequencerNode, ShardConfig, ShardNode,
+};
+use txn::{AbortReason, Context, ProcError, Procedure, ReadAt, ShardMap, TxnError};
 
 use crate::{
     CLIENTS, TXNS_PER_CLIENT, check_strict_serializable, encode_ops, random_ops, record, with_reads,
 };
 
 /// Clocks may differ by this much; commit-wait lasts about as long.
-const MAX_OFFSET: Duration = Duration::from_millis(2);
+const MAX_OFFSET: Duration = Duration::from_millis(20);
 
 fn clock() -> Arc<Clock> {
     Arc::new(Clock::system(MAX_OFFSET))
+}
+
+/// A clock `ms` milliseconds ahead of the system clock (behind if negative).
+fn offset_clock(ms: i64) -> Arc<Clock> {
+    let system: Arc<dyn PhysicalClock> = Arc::new(SystemClock);
+    let d = Duration::from_millis(ms.unsigned_abs());
+    let physical: Arc<dyn PhysicalClock> = match ms {
+        0 => system,
+        ms if ms > 0 => Arc::new(OffsetClock::ahead(system, d)),
+        _ => Arc::new(OffsetClock::behind(system, d)),
+    };
+    Arc::new(Clock::new(physical, MAX_OFFSET))
 }
 
 struct LocalCluster {
@@ -33,7 +52,9 @@ struct LocalCluster {
     _dirs: tempfile::TempDir,
 }
 
-async fn start_cluster(shards: u32) -> LocalCluster {
+/// Starts a sequencer and one shard per clock in `shard_clocks`.
+async fn start_cluster(shard_clocks: Vec<Arc<Clock>>) -> LocalCluster {
+    let shards = shard_clocks.len() as u32;
     let dirs = tempfile::tempdir().unwrap();
     let map = ShardMap::uniform(shards);
     let procedures = txn::builtin::registry();
@@ -65,7 +86,7 @@ async fn start_cluster(shards: u32) -> LocalCluster {
         procedures: procedures.clone(),
     };
     let mut nodes = Vec::new();
-    for (s, listener) in listeners.into_iter().enumerate() {
+    for (s, (listener, clock)) in listeners.into_iter().zip(shard_clocks).enumerate() {
         let config = ShardConfig {
             shard: ShardId(s as u32),
             map: map.clone(),
@@ -76,19 +97,22 @@ async fn start_cluster(shards: u32) -> LocalCluster {
             limits: Limits::default(),
             retention: Duration::from_secs(60),
         };
-        nodes.push(ShardNode::start(config, listener, clock()).await.unwrap());
+        nodes.push(ShardNode::start(config, listener, clock).await.unwrap());
     }
     LocalCluster { sequencer, shards: nodes, cluster, _dirs: dirs }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_append_over_a_cluster_is_strictly_serializable() {
-    let seed = std::env::var("SEALDB_SEED").map_or(7, |s| s.parse().unwrap());
-    eprintln!("cluster list-append seed {seed} (rerun with SEALDB_SEED={seed})");
-    let local = start_cluster(3).await;
-    // The client learns the layout from the sequencer's admin service.
-    let client = Arc::new(Client::connect(&local.cluster.sequencer, clock()).await.unwrap());
-    assert_eq!(client.shard_map(), &local.cluster.map);
+impl LocalCluster {
+    async fn stop(self) {
+        for shard in self.shards {
+            shard.shutdown().await;
+        }
+        self.sequencer.shutdown().await.unwrap();
+    }
+}
+
+/// Runs the list-append workload through `client` and checks its history.
+async fn run_list_append(client: Arc<Client>, name: &str, seed: u64) {
     let history = Arc::new(Recorder::new());
     let next_value = Arc::new(AtomicU64::new(1));
     let tasks: Vec<_> = (0..CLIENTS)
@@ -116,9 +140,131 @@ async fn list_append_over_a_cluster_is_strictly_serializable() {
         committed += task.await.unwrap();
     }
     assert_eq!(committed, CLIENTS * TXNS_PER_CLIENT, "procedures never conflict");
-    check_strict_serializable(&history, "cluster-list-append", seed);
-    for shard in local.shards {
-        shard.shutdown().await;
+    check_strict_serializable(&history, name, seed);
+}
+
+fn seed() -> u64 {
+    let seed = std::env::var("SEALDB_SEED").map_or(7, |s| s.parse().unwrap());
+    eprintln!("cluster list-append seed {seed} (rerun with SEALDB_SEED={seed})");
+    seed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_append_over_a_cluster_is_strictly_serializable() {
+    let seed = seed();
+    let local = start_cluster(vec![clock(), clock(), clock()]).await;
+    // The client learns the layout from the sequencer's admin service.
+    let client = Arc::new(Client::connect(&local.cluster.sequencer, clock()).await.unwrap());
+    assert_eq!(client.shard_map(), &local.cluster.map);
+    run_list_append(client, "cluster-list-append", seed).await;
+    local.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clocks_offset_within_max_offset_keep_histories_strictly_serializable() {
+    let seed = seed();
+    // Any two clocks here are less than MAX_OFFSET (20 ms) apart.
+    let local = start_cluster(vec![offset_clock(8), offset_clock(-8), offset_clock(0)]).await;
+    let client =
+        Arc::new(Client::connect(&local.cluster.sequencer, offset_clock(5)).await.unwrap());
+    run_list_append(client, "cluster-offset-list-append", seed).await;
+    // A client 100 ms ahead is refused, by the sequencer and by the shards.
+    let skewed = Client::connect(&local.cluster.sequencer, offset_clock(100)).await;
+    assert!(matches!(skewed, Err(TxnError::ClockSkew(_))), "{:?}", skewed.err());
+    let skewed = Client::new(&local.cluster, offset_clock(100)).unwrap();
+    let err = skewed.call("kv.put", &put_args(b"k", b"v")).await.unwrap_err();
+    assert!(matches!(err, TxnError::ClockSkew(_)), "{err}");
+    let err = skewed.get(b"k", skewed.read_ts(ReadAt::Latest)).await.unwrap_err();
+    assert!(matches!(err, TxnError::ClockSkew(_)), "{err}");
+    // Nothing it sent was logged or applied.
+    let client = Client::new(&local.cluster, clock()).unwrap();
+    assert_eq!(client.get(b"k", client.read_ts(ReadAt::Latest)).await.unwrap(), None);
+    local.stop().await;
+}
+
+/// A procedure this client knows and the servers do not.
+struct OnlyHere;
+
+impl Procedure for OnlyHere {
+    fn name(&self) -> &str {
+        "only_here"
     }
-    local.sequencer.shutdown().await.unwrap();
+    fn ranges(&self, _: &[u8]) -> Result<Vec<KeyRange>, ProcError> {
+        Ok(vec![KeyRange::point(b"k")])
+    }
+    fn run(&self, ctx: &mut dyn Context, _: &[u8]) -> Result<Vec<u8>, ProcError> {
+        ctx.put(b"k", b"changed")?;
+        Ok(Vec::new())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_over_the_wire_get_clear_errors_and_change_nothing() {
+    let local = start_cluster(vec![clock(), clock(), clock()]).await;
+    let mut cluster = local.cluster.clone();
+    cluster.procedures.register(Arc::new(OnlyHere));
+    let client = Client::new(&cluster, clock()).unwrap();
+    client.call("kv.put", &put_args(b"k", b"original")).await.unwrap();
+    // A procedure no server registered: logged, and aborted by every shard alike.
+    let err = client.call("only_here", b"").await.unwrap_err();
+    assert!(
+        matches!(&err, TxnError::Aborted(AbortReason::UnknownProcedure(n)) if n == "only_here"),
+        "{err}"
+    );
+    // A name nobody knows is refused before it is sent.
+    let err = client.call("nowhere", b"").await.unwrap_err();
+    assert!(matches!(err, TxnError::UnknownProcedure(_)), "{err}");
+    // Malformed arguments, an oversize value.
+    let err = client.call("list_append", b"r:x").await.unwrap_err();
+    assert!(matches!(err, TxnError::Aborted(AbortReason::User(_))), "{err}");
+    let big = vec![7u8; 2 << 20];
+    let err = client.call("kv.put", &put_args(b"k", &big)).await.unwrap_err();
+    assert!(matches!(err, TxnError::Aborted(AbortReason::TooLarge(_))), "{err}");
+    assert_eq!(
+        client.get(b"k", client.read_ts(ReadAt::Latest)).await.unwrap().as_deref(),
+        Some(&b"original"[..]),
+        "nothing changed"
+    );
+    // A payload that is not an entry, sent straight to the sequencer: every participant
+    // aborts it the same way, and the others go on.
+    let sequencer = RemoteSequencer::connect(&cluster.sequencer, clock()).await.unwrap();
+    let garbage =
+        Entry::new(ClientId(42), vec![ShardId(0), ShardId(1)], Arc::from(&b"\xff\x01junk"[..]));
+    let receipt = sequencer.submit(&garbage).await.unwrap();
+    let mut shard0 = ShardClient::connect(format!("http://{}", cluster.shards[0])).await.unwrap();
+    let outcome = shard0
+        .await_outcome(v1::AwaitOutcomeRequest {
+            hlc: 0,
+            txn: Some(v1::TxnId { epoch: receipt.txn.epoch.0, index: receipt.txn.index }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .outcome
+        .unwrap();
+    match outcome.result.unwrap() {
+        v1::outcome::Result::Aborted(a) => assert_eq!(a.kind, "malformed", "{a:?}"),
+        other => panic!("expected an abort, got {other:?}"),
+    }
+    client.call("kv.put", &put_args(b"k", b"after")).await.unwrap();
+    // Reads of another shard's key, and oversize scans, are refused by the shard.
+    let elsewhere =
+        (0..=255u8).map(|b| vec![b]).find(|k| cluster.map.shard_of(k) != ShardId(0)).unwrap();
+    let status = shard0
+        .get(v1::GetRequest { hlc: 0, key: elsewhere, read_ts: 0, for_window: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let status = shard0
+        .scan(v1::ScanRequest {
+            hlc: 0,
+            range: Some(v1::KeyRange { start: vec![0], end: Some(vec![1]) }),
+            read_ts: 0,
+            limit: txn::remote::MAX_SCAN_ROWS + 1,
+            for_window: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    local.stop().await;
 }
