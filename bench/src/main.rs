@@ -77,6 +77,13 @@ enum Workload {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Runs one cluster node with the benchmark's procedures registered (as `sealdb start`
+    /// does with the built-in ones), for `micro --cluster`.
+    Node {
+        /// The node's TOML configuration (see `sealdb start`).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// The transaction engine on an embedded database: closed-loop clients for a duration.
     Micro {
         /// The transaction type.
@@ -102,6 +109,15 @@ enum Workload {
         /// on the 5 ms interval only).
         #[arg(long)]
         seal_ahead: Option<u64>,
+        /// Run against a cluster over the network instead: the sequencer's address of one
+        /// started with `bench node`, or `local:N` to start a sequencer and N shard processes
+        /// here first (procedures only).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// With `--cluster local:N`: the nodes' max clock offset in ms; commit-wait lasts
+        /// about this long.
+        #[arg(long, default_value_t = 1)]
+        max_offset_ms: u64,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -201,6 +217,8 @@ fn main() -> ExitCode {
             keys,
             shards,
             seal_ahead,
+            cluster,
+            max_offset_ms,
             run: RunArgs { seed, dir, json },
         } => {
             if clients == 0 || duration == 0 || keys < 2 || shards == Some(0) {
@@ -229,16 +247,35 @@ fn main() -> ExitCode {
                 seed,
                 seal_ahead,
             };
+            let target = match cluster.as_deref() {
+                None => None,
+                Some(c) => match c.strip_prefix("local:").map(str::parse::<u32>) {
+                    Some(Ok(n)) if (1..=64).contains(&n) => {
+                        Some(bench::micro::ClusterTarget::Local { shards: n, max_offset_ms })
+                    }
+                    Some(_) => return usage_error("--cluster local:N needs N from 1 to 64"),
+                    None => Some(bench::micro::ClusterTarget::Addr(c.to_string())),
+                },
+            };
+            if target.is_some() && (shards.is_some() || seal_ahead.is_some()) {
+                return usage_error("--shards and --seal-ahead are for the embedded database");
+            }
             eprintln!(
-                "micro: {workload:?}, {clients} clients ({driver:?}), {keys} keys, {} s",
-                duration.as_secs()
+                "micro: {workload:?}, {clients} clients ({driver:?}), {keys} keys, {} s{}",
+                duration.as_secs(),
+                cluster.as_deref().map(|c| format!(", cluster {c}")).unwrap_or_default()
             );
-            finish(bench::micro::run(&opts), json, |r| {
+            let result = match &target {
+                None => bench::micro::run(&opts),
+                Some(t) => bench::micro::run_cluster(&opts, t),
+            };
+            let rate = |r: Option<f64>| r.map_or("n/a".to_string(), |r| format!("{r:.4}"));
+            finish(result, json, |r| {
                 println!("throughput_tps      {:>10.0}", r.throughput_tps);
                 println!("p50_ms              {:>10.3}", r.p50_ms);
                 println!("p99_ms              {:>10.3}", r.p99_ms);
-                println!("conflict_rate       {:>10.4}", r.conflict_rate);
-                println!("fallback_rate       {:>10.4}", r.fallback_rate);
+                println!("conflict_rate       {:>10}", rate(r.conflict_rate));
+                println!("fallback_rate       {:>10}", rate(r.fallback_rate));
                 println!("mean_window_entries {:>10.1}", r.mean_window_entries);
                 println!(
                     "committed           {:>10}  shards {}  consistent: {}",
@@ -246,6 +283,27 @@ fn main() -> ExitCode {
                 );
                 r.consistent
             })
+        }
+        Workload::Node { config } => {
+            let node = std::fs::read_to_string(&config)
+                .map_err(|e| e.to_string())
+                .and_then(|text| txn::remote::NodeConfig::parse(&text));
+            let node = match node {
+                Ok(n) => n,
+                Err(e) => return usage_error(&format!("{}: {e}", config.display())),
+            };
+            txn::remote::init_logging();
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => return usage_error(&e.to_string()),
+            };
+            match runtime.block_on(txn::remote::run_node(node, bench::micro::procedures())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Workload::Mvcc { windows, writes, keys, value_bytes, run: RunArgs { seed, dir, json } } => {
             if windows == 0 || writes == 0 || keys == 0 {

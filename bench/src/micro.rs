@@ -10,17 +10,21 @@
 //! sum of all counters equals the number of committed increments, or all balances sum to zero
 //! after transfers.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use clock::Clock;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use storage::KeyRange;
-use txn::{Context, Database, Options, ProcError, Procedure, ReadAt, TxnError};
+use txn::remote::{Client, Cluster, LocalProcesses, LocalSpec};
+use txn::{Context, Database, Options, ProcError, Procedure, ReadAt, Registry, ShardMap, TxnError};
 
 use crate::report::Latency;
 
@@ -91,12 +95,19 @@ pub struct Report {
     pub p50_ms: f64,
     /// 99th percentile commit latency (ms).
     pub p99_ms: f64,
-    /// Interactive commits that failed validation, per log entry.
-    pub conflict_rate: f64,
-    /// Procedures committed by re-execution after losing validation, per log entry.
-    pub fallback_rate: f64,
-    /// Log entries per window.
+    /// Interactive commits that failed validation, per log entry (`null` against a cluster,
+    /// whose shards do not report it yet).
+    pub conflict_rate: Option<f64>,
+    /// Procedures committed by re-execution after losing validation, per log entry (`null`
+    /// against a cluster).
+    pub fallback_rate: Option<f64>,
+    /// Log entries per window (against a cluster: committed calls per logged window).
     pub mean_window_entries: f64,
+    /// Where it ran: `embedded`, or the cluster's sequencer address.
+    pub target: String,
+    /// The cluster's `max_offset` in ms when it started the cluster itself (commit-wait lasts
+    /// about this long), else `null`.
+    pub max_offset_ms: Option<u64>,
     /// Transactions committed.
     pub committed: u64,
     /// True if the workload's invariant held afterwards.
@@ -173,6 +184,188 @@ fn two_keys(rng: &mut StdRng, keys: u64) -> (u64, u64) {
     (i, if j == i { (i + 1) % keys } else { j })
 }
 
+/// The procedures a cluster node must register for the micro-benchmark (with the built-in
+/// ones): `bench node` runs nodes with them.
+pub fn procedures() -> Registry {
+    let mut registry = txn::builtin::registry();
+    registry.register(Arc::new(Increment));
+    registry.register(Arc::new(Transfer));
+    registry
+}
+
+/// Which cluster to run against.
+#[derive(Debug, Clone)]
+pub enum ClusterTarget {
+    /// A running cluster whose sequencer is at this address (its nodes must register
+    /// [`procedures`]: started with `bench node`).
+    Addr(String),
+    /// Start one here first: `bench node` processes on 127.0.0.1, stopped afterwards.
+    Local {
+        /// Shard processes.
+        shards: u32,
+        /// The nodes' `max_offset` (commit-wait lasts about this long).
+        max_offset_ms: u64,
+    },
+}
+
+/// Runs the benchmark's procedure workloads against a cluster, through the network.
+pub fn run_cluster(opts: &MicroOptions, target: &ClusterTarget) -> Result<Report, String> {
+    if opts.workload == Workload::Interactive {
+        return Err("interactive transactions do not run against a cluster yet".into());
+    }
+    let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut local = None;
+    let (addr, max_offset_ms) = match target {
+        ClusterTarget::Addr(addr) => (addr.clone(), None),
+        ClusterTarget::Local { shards, max_offset_ms } => {
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let dir = opts.dir.clone().unwrap_or_else(|| temp.path().join("cluster"));
+            let spec = LocalSpec {
+                command: vec![exe.display().to_string(), "node".into()],
+                dir,
+                shards: *shards,
+                port: None,
+                max_offset_ms: *max_offset_ms,
+                window_ms: 2,
+            };
+            let processes = LocalProcesses::spawn(&spec)?;
+            eprintln!(
+                "  local cluster: sequencer {}, shards {} (max_offset {max_offset_ms} ms)",
+                processes.sequencer,
+                processes.shards.join(", ")
+            );
+            let addr = processes.sequencer.clone();
+            local = Some(processes);
+            (addr, Some(*max_offset_ms))
+        }
+    };
+    let result = runtime.block_on(drive_cluster(opts, &addr, max_offset_ms));
+    if let Some(local) = local {
+        local.stop();
+    }
+    result
+}
+
+async fn drive_cluster(
+    opts: &MicroOptions,
+    addr: &str,
+    max_offset_ms: Option<u64>,
+) -> Result<Report, String> {
+    let clock = Arc::new(Clock::system(Duration::from_millis(max_offset_ms.unwrap_or(5))));
+    // Wait for every shard to answer (a local cluster is still starting).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        match txn::remote::cluster_status(addr, &clock).await {
+            Ok(s) if s.unreachable.is_empty() => break s,
+            Ok(_) | Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(s) => return Err(format!("shards unreachable: {:?}", s.unreachable)),
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let map = ShardMap::new(status.splits.clone()).map_err(|e| e.to_string())?;
+    let cluster = Cluster {
+        sequencer: addr.to_string(),
+        shards: status.shard_addrs.clone(),
+        map,
+        procedures: procedures(),
+    };
+    let client = Arc::new(Client::new(&cluster, clock.clone()).map_err(|e| e.to_string())?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let first_epoch = status.sealed_epoch;
+    let started = Instant::now();
+    let caller = client.clone();
+    let call: Call = Arc::new(move |name, args| {
+        let client = caller.clone();
+        Box::pin(async move { client.call(name, &args).await })
+    });
+    let mut tasks = spawn_procedure_clients(call, stop.clone(), opts);
+    let step = Duration::from_secs(5).min(opts.duration);
+    while started.elapsed() < opts.duration {
+        tokio::time::sleep(step.min(opts.duration.saturating_sub(started.elapsed()))).await;
+        eprintln!("  {:>5.1} s", started.elapsed().as_secs_f64());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    while let Some(client) = tasks.join_next().await {
+        latencies.extend(client.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let windows =
+        txn::remote::cluster_status(addr, &clock).await.map_err(|e| e.to_string())?.sealed_epoch
+            - first_epoch;
+    // The invariant, read at one timestamp.
+    let ts = client.read_ts(ReadAt::Latest);
+    let rows = client.scan(&KeyRange::all(), ts, usize::MAX).await.map_err(|e| e.to_string())?;
+    let sum: i64 = rows.iter().map(|(_, v)| num(Some(v.clone()))).sum();
+    let committed = latencies.len() as u64;
+    let consistent = match opts.workload {
+        // A cluster started before this run may hold earlier increments.
+        Workload::Increment => sum >= committed as i64,
+        Workload::Transfer | Workload::Interactive => sum == 0,
+    };
+    let latency = Latency::of(&mut latencies);
+    Ok(Report {
+        workload: opts.workload,
+        driver: Driver::Async,
+        clients: opts.clients,
+        duration_s: elapsed,
+        keys: opts.keys,
+        shards: status.shard_addrs.len() as u32,
+        throughput_tps: committed as f64 / elapsed,
+        p50_ms: latency.p50_ms,
+        p99_ms: latency.p99_ms,
+        conflict_rate: None,
+        fallback_rate: None,
+        mean_window_entries: if windows == 0 { 0.0 } else { committed as f64 / windows as f64 },
+        committed,
+        consistent,
+        target: addr.to_string(),
+        max_offset_ms,
+    })
+}
+
+/// A procedure call, embedded or over the network.
+type Call = Arc<
+    dyn Fn(&'static str, Vec<u8>) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, TxnError>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Starts `opts.clients` closed-loop clients of the workload's procedure as tasks on the
+/// current runtime; each yields its latencies once `stop` is set.
+fn spawn_procedure_clients(
+    call: Call,
+    stop: Arc<AtomicBool>,
+    opts: &MicroOptions,
+) -> tokio::task::JoinSet<Result<Vec<Duration>, TxnError>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..opts.clients {
+        let (call, stop, opts) = (call.clone(), stop.clone(), opts.clone());
+        tasks.spawn(async move {
+            let mut rng = client_rng(&opts, c);
+            let mut latencies = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let (i, j) = two_keys(&mut rng, opts.keys);
+                let t = Instant::now();
+                match opts.workload {
+                    Workload::Transfer => call("transfer", args(&[i, j])).await?,
+                    _ => call("increment", args(&[i])).await?,
+                };
+                latencies.push(t.elapsed());
+            }
+            Ok(latencies)
+        });
+    }
+    tasks
+}
+
 /// Runs every client as a task on one tokio thread; the handle yields all their latencies.
 fn spawn_async_clients(
     db: Arc<Database>,
@@ -188,24 +381,11 @@ fn spawn_async_clients(
         .map_err(|e| e.to_string())?;
     Ok(std::thread::spawn(move || {
         runtime.block_on(async {
-            let mut tasks = tokio::task::JoinSet::new();
-            for c in 0..opts.clients {
-                let (db, stop, opts) = (db.clone(), stop.clone(), opts.clone());
-                tasks.spawn(async move {
-                    let mut rng = client_rng(&opts, c);
-                    let mut latencies = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        let (i, j) = two_keys(&mut rng, opts.keys);
-                        let t = Instant::now();
-                        match opts.workload {
-                            Workload::Transfer => db.call_async("transfer", &args(&[i, j])).await?,
-                            _ => db.call_async("increment", &args(&[i])).await?,
-                        };
-                        latencies.push(t.elapsed());
-                    }
-                    Ok::<_, TxnError>(latencies)
-                });
-            }
+            let call: Call = Arc::new(move |name, args| {
+                let db = db.clone();
+                Box::pin(async move { db.call_async(name, &args).await })
+            });
+            let mut tasks = spawn_procedure_clients(call, stop, &opts);
             let mut all = Vec::new();
             while let Some(client) = tasks.join_next().await {
                 all.extend(client.expect("a client task panicked")?);
@@ -297,8 +477,10 @@ pub fn run(opts: &MicroOptions) -> Result<Report, String> {
         throughput_tps: latencies.len() as f64 / elapsed,
         p50_ms: latency.p50_ms,
         p99_ms: latency.p99_ms,
-        conflict_rate: per_entry(stats.conflicts),
-        fallback_rate: per_entry(stats.fallbacks),
+        conflict_rate: Some(per_entry(stats.conflicts)),
+        fallback_rate: Some(per_entry(stats.fallbacks)),
+        target: "embedded".into(),
+        max_offset_ms: None,
         mean_window_entries: if stats.windows == 0 {
             0.0
         } else {

@@ -14,19 +14,16 @@
 //! SIGINT or SIGTERM.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use clock::{Clock, SystemClock};
-use storage::{KeyRange, Limits};
-use tokio::net::TcpListener;
+use clock::Clock;
+use storage::KeyRange;
 use tokio::signal::unix::{SignalKind, signal};
 use txn::ReadAt;
 use txn::builtin::put_args;
-use txn::remote::{
-    Client, NodeConfig, Role, SequencerNode, ShardConfig, ShardNode, cluster_status,
-};
+use txn::remote::{Client, LocalProcesses, LocalSpec, NodeConfig, cluster_status, run_node};
 
 #[derive(Parser)]
 #[command(name = "sealdb", version, about = "sealdb: a Calvin-style transactional layer")]
@@ -90,14 +87,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    txn::remote::init_logging();
     let cli = Cli::parse();
     if let Cmd::Dev { shards, dir, port } = &cli.command {
         return match dev(*shards, dir, *port) {
@@ -132,7 +122,7 @@ async fn run(command: Cmd) -> Result<(), String> {
                 .map_err(|e| format!("{}: {e}", config.display()))?;
             let node =
                 NodeConfig::parse(&text).map_err(|e| format!("{}: {e}", config.display()))?;
-            start(node).await
+            run_node(node, txn::builtin::registry()).await
         }
         Cmd::Put { key, value, addr } => {
             let client = Client::connect(&addr, clock()).await.map_err(|e| e.to_string())?;
@@ -182,124 +172,20 @@ async fn run(command: Cmd) -> Result<(), String> {
     }
 }
 
-/// Runs a node until SIGINT or SIGTERM.
-async fn start(config: NodeConfig) -> Result<(), String> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
-    let clock =
-        Clock::open(config.data_dir.join("clock"), Arc::new(SystemClock), config.max_offset)
-            .map_err(|e| e.to_string())?;
-    let clock = Arc::new(clock);
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let stop = async move {
-        tokio::select! {
-            _ = interrupt.recv() => "SIGINT",
-            _ = terminate.recv() => "SIGTERM",
-        }
-    };
-    match config.role {
-        Role::Sequencer => {
-            let node = SequencerNode::start(
-                &config.data_dir.join("log"),
-                config.listen,
-                clock,
-                config.sealer,
-                config.layout,
-            )
-            .await?;
-            println!("sequencer listening on {}", node.addr());
-            let why = stop.await;
-            tracing::info!(signal = why, "stopping");
-            node.shutdown().await
-        }
-        Role::Shard => {
-            let shard = config.shard.expect("validated: a shard node has a shard");
-            let listener = TcpListener::bind(config.listen)
-                .await
-                .map_err(|e| format!("listening on {}: {e}", config.listen))?;
-            let shard_config = ShardConfig {
-                shard,
-                map: config.layout.map.clone(),
-                dir: Some(config.data_dir.join("rocksdb")),
-                sequencer: config.sequencer.clone(),
-                peers: config.layout.shards.clone(),
-                procedures: txn::builtin::registry(),
-                limits: Limits::default(),
-                retention: std::time::Duration::from_secs(60),
-            };
-            let node = ShardNode::start(shard_config, listener, clock).await?;
-            println!("shard {} listening on {}", shard.0, node.addr());
-            let why = stop.await;
-            tracing::info!(signal = why, "stopping");
-            node.shutdown().await;
-            Ok(())
-        }
-    }
-}
-
-/// Writes a node's configuration for the development cluster.
-fn dev_config(
-    dir: &Path,
-    name: &str,
-    role: &str,
-    listen: &str,
-    shard: Option<u32>,
-    cluster: &str,
-) -> Result<PathBuf, String> {
-    let data = dir.join(name);
-    let shard = shard.map(|s| format!("shard = {s}\n")).unwrap_or_default();
-    let text = format!(
-        "role = \"{role}\"\nlisten = \"{listen}\"\ndata_dir = {:?}\n{shard}max_offset_ms = 1\n\n{cluster}",
-        data.display().to_string()
-    );
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(path)
-}
-
 /// Runs a sequencer and `shards` shard processes on 127.0.0.1 until Ctrl-C.
 fn dev(shards: u32, dir: &Path, port: u16) -> Result<(), String> {
-    if shards == 0 || u32::from(port) + shards > 65535 {
-        return Err(format!("--shards {shards} from port {port}: out of range"));
-    }
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let dir = dir.canonicalize().map_err(|e| e.to_string())?;
-    let sequencer = format!("127.0.0.1:{port}");
-    let addrs: Vec<String> =
-        (1..=shards).map(|i| format!("127.0.0.1:{}", u32::from(port) + i)).collect();
-    let cluster = format!(
-        "[cluster]\nsequencer = \"{sequencer}\"\nshards = [{}]\n",
-        addrs.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ")
-    );
-    let mut configs = vec![dev_config(&dir, "sequencer", "sequencer", &sequencer, None, &cluster)?];
-    for (i, addr) in addrs.iter().enumerate() {
-        configs.push(dev_config(
-            &dir,
-            &format!("shard-{i}"),
-            "shard",
-            addr,
-            Some(i as u32),
-            &cluster,
-        )?);
-    }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut children: Vec<Child> = Vec::new();
-    for config in &configs {
-        let log = config.with_extension("log");
-        let log = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let err = log.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(&exe)
-            .arg("start")
-            .arg("--config")
-            .arg(config)
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", exe.display()))?;
-        children.push(child);
-    }
-    println!("sealdb dev cluster: sequencer on {sequencer}, shards on {}", addrs.join(", "));
+    let spec = LocalSpec {
+        command: vec![exe.display().to_string(), "start".into()],
+        dir: dir.to_path_buf(),
+        shards,
+        port: Some(port),
+        max_offset_ms: 1,
+        window_ms: 5,
+    };
+    let local = LocalProcesses::spawn(&spec)?;
+    let sequencer = local.sequencer.clone();
+    println!("sealdb dev cluster: sequencer on {sequencer}, shards on {}", local.shards.join(", "));
     println!("configuration, data and logs in {}", dir.display());
     println!("try:  sealdb put hello world --addr {sequencer}");
     println!("      sealdb get hello --addr {sequencer}");
@@ -315,13 +201,7 @@ fn dev(shards: u32, dir: &Path, port: u16) -> Result<(), String> {
         }
         Ok::<(), String>(())
     })?;
-    // Shards first, then the sequencer, each with SIGTERM: a clean stop.
-    for child in children.iter_mut().rev() {
-        if let Ok(pid) = i32::try_from(child.id()) {
-            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
-        }
-        let _ = child.wait();
-    }
+    local.stop();
     println!("stopped");
     Ok(())
 }

@@ -16,6 +16,7 @@
 mod admin;
 mod client;
 mod config;
+mod node;
 mod sequencer;
 mod shard;
 
@@ -29,6 +30,7 @@ use crate::outcome::{AbortReason, Outcome};
 pub use self::admin::Layout;
 pub use self::client::{Client, Cluster, cluster_status};
 pub use self::config::{NodeConfig, Role};
+pub use self::node::{LocalProcesses, LocalSpec, init_logging, run_node};
 pub use self::sequencer::{RemoteSequencer, SequencerNode, SliceDelivery};
 pub use self::shard::{MAX_SCAN_ROWS, ShardConfig, ShardNode};
 

@@ -4,8 +4,6 @@
 //! (`adya`), and every acknowledged append must be in its list exactly once.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -15,85 +13,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tests::history::{Completion, Mop, Recorder, Workload, check};
 use txn::builtin::{ListOp, decode_list, decode_list_output, encode_list_ops, list_key};
-use txn::remote::{Client, cluster_status};
+use txn::remote::{Client, LocalProcesses, LocalSpec, cluster_status};
 use txn::{ReadAt, TxnError};
 
 const SHARDS: usize = 3;
 const KEYS: u64 = 10;
 const CLIENTS: u64 = 8;
-
-/// A free port on 127.0.0.1 (bound and released; nothing else here takes ports).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// One node: its configuration file, and its process while running.
-struct Node {
-    name: String,
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sealdb"))
-            .arg("start")
-            .arg("--config")
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        let mut child = self.child.take().expect("running");
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Writes the configuration files of a sequencer and `SHARDS` shards under `dir`.
-fn cluster(dir: &Path) -> (String, Vec<Node>) {
-    let sequencer = format!("127.0.0.1:{}", free_port());
-    let shards: Vec<String> = (0..SHARDS).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-    let layout = format!(
-        "[cluster]\nsequencer = \"{sequencer}\"\nshards = [{}]\n\n[window]\ninterval_ms = 2\n",
-        shards.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ")
-    );
-    let mut nodes = Vec::new();
-    let roles = std::iter::once(("sequencer".to_string(), "sequencer", &sequencer, String::new()))
-        .chain(
-            shards
-                .iter()
-                .enumerate()
-                .map(|(i, a)| (format!("shard-{i}"), "shard", a, format!("shard = {i}\n"))),
-        );
-    for (name, role, listen, shard) in roles {
-        let data = dir.join(&name);
-        let text = format!(
-            "role = \"{role}\"\nlisten = \"{listen}\"\ndata_dir = \"{}\"\n{shard}max_offset_ms = 1\n\n{layout}",
-            data.display()
-        );
-        let config = dir.join(format!("{name}.toml"));
-        std::fs::write(&config, text).unwrap();
-        nodes.push(Node { log: dir.join(format!("{name}.log")), name, config, child: None });
-    }
-    (sequencer, nodes)
-}
 
 /// Waits until every shard answers the sequencer's status report.
 async fn wait_ready(sequencer: &str, clock: &Clock) {
@@ -124,10 +49,16 @@ async fn list_append_stays_strictly_serializable_through_sigkill_of_a_shard_and_
         std::env::var("SEALDB_SEED").map_or_else(|_| rand::random(), |s| s.parse().unwrap());
     eprintln!("cluster fault test seed {seed} (rerun with SEALDB_SEED={seed})");
     let dir = tempfile::tempdir().unwrap();
-    let (sequencer, mut nodes) = cluster(dir.path());
-    for node in &mut nodes {
-        node.start();
-    }
+    let mut nodes = LocalProcesses::spawn(&LocalSpec {
+        command: vec![env!("CARGO_BIN_EXE_sealdb").into(), "start".into()],
+        dir: dir.path().to_path_buf(),
+        shards: SHARDS as u32,
+        port: None,
+        max_offset_ms: 1,
+        window_ms: 2,
+    })
+    .unwrap();
+    let sequencer = nodes.sequencer.clone();
     let clock = Arc::new(Clock::system(Duration::from_millis(1)));
     wait_ready(&sequencer, &clock).await;
     let client = Arc::new(Client::connect(&sequencer, clock.clone()).await.unwrap());
@@ -185,16 +116,16 @@ async fn list_append_stays_strictly_serializable_through_sigkill_of_a_shard_and_
     let run = |d| tokio::time::sleep(Duration::from_millis(d));
     run(1500).await;
     let shard = 2;
-    eprintln!("SIGKILL {}", nodes[1 + shard].name);
-    nodes[1 + shard].kill();
+    eprintln!("SIGKILL shard {shard}");
+    nodes.kill(1 + shard).unwrap();
     run(300).await;
-    nodes[1 + shard].start();
+    nodes.start(1 + shard).unwrap();
     run(1500).await;
     let before = cluster_status(&sequencer, &clock).await.unwrap();
     eprintln!("SIGKILL sequencer at window {}", before.sealed_epoch);
-    nodes[0].kill();
+    nodes.kill(0).unwrap();
     run(300).await;
-    nodes[0].start();
+    nodes.start(0).unwrap();
     wait_ready(&sequencer, &clock).await;
     run(1500).await;
     let after = cluster_status(&sequencer, &clock).await.unwrap();

@@ -1,0 +1,228 @@
+//! Running one node from its configuration until SIGINT or SIGTERM, and starting a whole
+//! cluster of node processes on 127.0.0.1 ([`LocalProcesses`], for `sealdb dev`, the
+//! benchmark's `--cluster local:N` and the fault tests).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clock::{Clock, SystemClock};
+use storage::Limits;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::{NodeConfig, Role, SequencerNode, ShardConfig, ShardNode};
+use crate::procedure::Registry;
+
+/// Sends a node's logs to stderr through `tracing`, filtered by `RUST_LOG` (default `info`),
+/// in colour on a terminal only.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Runs the node `config` describes, with `procedures` registered, until SIGINT or SIGTERM;
+/// then stops it cleanly. Prints the address it listens on to stdout once it serves.
+pub async fn run_node(config: NodeConfig, procedures: Registry) -> Result<(), String> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
+    let clock =
+        Clock::open(config.data_dir.join("clock"), Arc::new(SystemClock), config.max_offset)
+            .map_err(|e| e.to_string())?;
+    let clock = Arc::new(clock);
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let stop = async move {
+        tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        }
+    };
+    match config.role {
+        Role::Sequencer => {
+            let node = SequencerNode::start(
+                &config.data_dir.join("log"),
+                config.listen,
+                clock,
+                config.sealer,
+                config.layout,
+            )
+            .await?;
+            println!("sequencer listening on {}", node.addr());
+            let why = stop.await;
+            tracing::info!(signal = why, "stopping");
+            node.shutdown().await
+        }
+        Role::Shard => {
+            let shard = config.shard.ok_or("a shard node needs its shard")?;
+            let listener = TcpListener::bind(config.listen)
+                .await
+                .map_err(|e| format!("listening on {}: {e}", config.listen))?;
+            let shard_config = ShardConfig {
+                shard,
+                map: config.layout.map.clone(),
+                dir: Some(config.data_dir.join("rocksdb")),
+                sequencer: config.sequencer.clone(),
+                peers: config.layout.shards.clone(),
+                procedures,
+                limits: Limits::default(),
+                retention: Duration::from_secs(60),
+            };
+            let node = ShardNode::start(shard_config, listener, clock).await?;
+            println!("shard {} listening on {}", shard.0, node.addr());
+            let why = stop.await;
+            tracing::info!(signal = why, "stopping");
+            node.shutdown().await;
+            Ok(())
+        }
+    }
+}
+
+/// How to start a local cluster of node processes.
+#[derive(Debug, Clone)]
+pub struct LocalSpec {
+    /// The program and the arguments before `--config FILE` that run one node, e.g. the
+    /// `sealdb` binary and `start`.
+    pub command: Vec<String>,
+    /// Where configurations, data and logs go.
+    pub dir: PathBuf,
+    /// Shard processes.
+    pub shards: u32,
+    /// The sequencer's port, shards on the ports after it; `None` picks free ports.
+    pub port: Option<u16>,
+    /// The clocks' bound (commit-wait lasts about this long).
+    pub max_offset_ms: u64,
+    /// The sequencer's window interval.
+    pub window_ms: u64,
+}
+
+/// A running local cluster: a sequencer process and shard processes on 127.0.0.1. Dropping it
+/// kills them; [`LocalProcesses::stop`] stops them cleanly.
+pub struct LocalProcesses {
+    /// The sequencer's address.
+    pub sequencer: String,
+    /// The shards' addresses.
+    pub shards: Vec<String>,
+    nodes: Vec<(PathBuf, Option<Child>)>,
+    command: Vec<String>,
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+impl LocalProcesses {
+    /// Writes the nodes' configurations under `spec.dir` and starts them.
+    pub fn spawn(spec: &LocalSpec) -> Result<LocalProcesses, String> {
+        if spec.shards == 0 || spec.command.is_empty() {
+            return Err("a local cluster needs a command and at least one shard".into());
+        }
+        std::fs::create_dir_all(&spec.dir).map_err(|e| format!("{}: {e}", spec.dir.display()))?;
+        let dir = spec.dir.canonicalize().map_err(|e| e.to_string())?;
+        let ports: Vec<u16> = match spec.port {
+            Some(p) if u32::from(p) + spec.shards <= 65535 => {
+                (0..=spec.shards).map(|i| p + i as u16).collect()
+            }
+            Some(p) => return Err(format!("{} shards from port {p}: out of range", spec.shards)),
+            None => (0..=spec.shards).map(|_| free_port()).collect::<Result<_, _>>()?,
+        };
+        let addr = |p: &u16| format!("127.0.0.1:{p}");
+        let sequencer = addr(&ports[0]);
+        let shards: Vec<String> = ports[1..].iter().map(addr).collect();
+        let cluster = format!(
+            "[cluster]\nsequencer = \"{sequencer}\"\nshards = [{}]\n\n[window]\ninterval_ms = {}\n",
+            shards.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", "),
+            spec.window_ms
+        );
+        let mut nodes = Vec::new();
+        let roles = std::iter::once(("sequencer".to_string(), "sequencer", &sequencer, None))
+            .chain(
+                shards.iter().enumerate().map(|(i, a)| (format!("shard-{i}"), "shard", a, Some(i))),
+            );
+        for (name, role, listen, shard) in roles {
+            let shard = shard.map(|s| format!("shard = {s}\n")).unwrap_or_default();
+            let data = dir.join(&name).display().to_string();
+            let text = format!(
+                "role = \"{role}\"\nlisten = \"{listen}\"\ndata_dir = {data:?}\n{shard}\
+                 max_offset_ms = {}\n\n{cluster}",
+                spec.max_offset_ms
+            );
+            let config = dir.join(format!("{name}.toml"));
+            std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
+            nodes.push((config, None));
+        }
+        let mut local = LocalProcesses { sequencer, shards, nodes, command: spec.command.clone() };
+        for i in 0..local.nodes.len() {
+            local.start(i)?;
+        }
+        Ok(local)
+    }
+
+    /// Node `i`'s configuration file (0 is the sequencer, 1 + s shard s).
+    pub fn config(&self, i: usize) -> &Path {
+        &self.nodes[i].0
+    }
+
+    /// Starts node `i` (0 is the sequencer, 1 + s shard s); its output goes to a `.log` file
+    /// next to its configuration.
+    pub fn start(&mut self, i: usize) -> Result<(), String> {
+        let (config, child) = &mut self.nodes[i];
+        if child.is_some() {
+            return Err(format!("{} is running", config.display()));
+        }
+        let log_path = config.with_extension("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let (program, args) = self.command.split_first().expect("checked non-empty");
+        let spawned = Command::new(program)
+            .args(args)
+            .arg("--config")
+            .arg(&*config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting {program}: {e}"))?;
+        *child = Some(spawned);
+        Ok(())
+    }
+
+    /// Kills node `i` with SIGKILL, as a crash would.
+    pub fn kill(&mut self, i: usize) -> Result<(), String> {
+        let mut child = self.nodes[i].1.take().ok_or("not running")?;
+        child.kill().map_err(|e| e.to_string())?;
+        child.wait().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Stops every node with SIGTERM, shards first, and waits for them.
+    pub fn stop(mut self) {
+        for (_, child) in self.nodes.iter_mut().rev() {
+            if let Some(mut child) = child.take() {
+                let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+impl Drop for LocalProcesses {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.nodes {
+            if let Some(mut child) = child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
