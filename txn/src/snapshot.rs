@@ -78,15 +78,28 @@ pub(crate) fn scan_over(
     limit: usize,
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 ) -> Result<Rows, StorageError> {
-    // Each pending deletion hides at most one snapshot row, so this many rows suffice.
-    let deletions = pending.values().filter(|v| v.is_none()).count();
-    let mut rows: BTreeMap<Vec<u8>, Vec<u8>> =
-        snapshot.scan(range, limit.saturating_add(deletions))?.into_iter().collect();
+    let rows = snapshot.scan(range, rows_needed(limit, &pending))?;
+    Ok(overlay(rows, pending, limit))
+}
+
+/// How many snapshot rows a scan with `pending` writes needs for `limit` merged rows: each
+/// pending deletion hides at most one snapshot row.
+pub(crate) fn rows_needed(limit: usize, pending: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> usize {
+    limit.saturating_add(pending.values().filter(|v| v.is_none()).count())
+}
+
+/// The first `limit` rows of `rows` (in key order) with `pending` writes laid over them.
+pub(crate) fn overlay(
+    rows: Rows,
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    limit: usize,
+) -> Rows {
+    let mut rows: BTreeMap<Vec<u8>, Vec<u8>> = rows.into_iter().collect();
     for (k, v) in pending {
         match v {
             Some(v) => rows.insert(k, v),
             None => rows.remove(&k),
         };
     }
-    Ok(rows.into_iter().take(limit).collect())
+    rows.into_iter().take(limit).collect()
 }

@@ -13,6 +13,8 @@
 //!   the shard again until it answers; a shard that restarted since does not know outcomes of
 //!   windows it applied before, and the call returns [`TxnError::OutcomeUnknown`].
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,9 +32,11 @@ use tonic::transport::{Channel, Endpoint};
 use super::{RemoteError, RemoteSequencer, observe_response, outcome_from_proto, stamp};
 use crate::database::output;
 use crate::error::TxnError;
+use crate::outcome::Outcome;
 use crate::procedure::{Registry, Rows};
-use crate::request::{participants, procedure_request, range_to_proto};
+use crate::request::{InteractiveCommit, Request, participants, procedure_request, range_to_proto};
 use crate::shard_map::ShardMap;
+use crate::snapshot::{overlay, rows_needed};
 use crate::transaction::ReadAt;
 
 /// How long a call keeps trying to reach a node before giving up.
@@ -123,13 +127,67 @@ impl Client {
     /// committed, durable and past commit-wait.
     pub async fn call(&self, name: &str, args: &[u8]) -> Result<Vec<u8>, TxnError> {
         let request = procedure_request(&self.procedures, name, args)?;
-        let participants = participants(&self.map, &request)?;
+        output(self.run(&request).await?)
+    }
+
+    /// Logs `request` and waits for its outcome (past commit-wait if committed).
+    async fn run(&self, request: &Request) -> Result<Outcome, TxnError> {
+        let participants = participants(&self.map, request)?;
         let id = ClientId(
             (u128::from(self.salt) << 64) | u128::from(self.next.fetch_add(1, Ordering::Relaxed)),
         );
         let entry = Entry::new(id, participants.clone(), request.encode().into());
         let txn = self.submit(&entry).await?;
-        output(self.outcome(participants[0], txn).await?)
+        self.outcome(participants[0], txn).await
+    }
+
+    /// Starts an optimistic transaction reading at the current time (its first read waits
+    /// for the shard's safe time to pass it). Most callers want [`Client::transact`].
+    pub fn begin(&self) -> RemoteTransaction<'_> {
+        RemoteTransaction {
+            client: self,
+            read_ts: self.clock.now(),
+            reads: BTreeSet::new(),
+            scans: Vec::new(),
+            writes: BTreeMap::new(),
+        }
+    }
+
+    /// Runs `body` in a transaction and commits it, retrying on conflicts with back-off (up
+    /// to 64 attempts), as [`Database::transact`](crate::Database::transact) does. `body` gets
+    /// the transaction and hands it back with its result, so that the future it returns owns
+    /// it (and can be sent to another task):
+    ///
+    /// ```ignore
+    /// let v = client.transact(|mut tx| async move {
+    ///     let v = tx.get(b"k").await?;
+    ///     tx.put(b"k", b"new");
+    ///     Ok((tx, v))
+    /// }).await?;
+    /// ```
+    ///
+    /// `body` may run several times, so it should have no effects outside the transaction.
+    pub async fn transact<'c, T, F, Fut>(&'c self, mut body: F) -> Result<T, TxnError>
+    where
+        F: FnMut(RemoteTransaction<'c>) -> Fut,
+        Fut: Future<Output = Result<(RemoteTransaction<'c>, T), TxnError>>,
+    {
+        let mut backoff = Duration::from_micros(200);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = match body(self.begin()).await {
+                Ok((tx, value)) => tx.commit().await.map(|_| value),
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(e) if e.is_retryable() && attempt < 64 => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Logs `entry`, resubmitting it after failures that leave its fate unknown.
@@ -162,11 +220,7 @@ impl Client {
     }
 
     /// The outcome of logged entry `txn`, from its lowest participant.
-    async fn outcome(
-        &self,
-        shard: ShardId,
-        txn: TxnId,
-    ) -> Result<crate::outcome::Outcome, TxnError> {
+    async fn outcome(&self, shard: ShardId, txn: TxnId) -> Result<Outcome, TxnError> {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             let request = v1::AwaitOutcomeRequest {
@@ -286,6 +340,76 @@ pub async fn cluster_status(
         .into_inner();
     observe_response(clock, status.hlc).map_err(read_error)?;
     Ok(status)
+}
+
+/// An optimistic read-write transaction through a [`Client`]: reads at a timestamp, buffers
+/// writes, and is validated in the window its commit lands in, as the embedded
+/// [`Transaction`](crate::Transaction) is. Dropping it without commit discards it.
+pub struct RemoteTransaction<'a> {
+    client: &'a Client,
+    read_ts: Timestamp,
+    reads: BTreeSet<Vec<u8>>,
+    scans: Vec<KeyRange>,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl RemoteTransaction<'_> {
+    /// The timestamp reads use.
+    pub fn read_ts(&self) -> Timestamp {
+        self.read_ts
+    }
+
+    /// The value of `key`: this transaction's own write if any, else the one at `read_ts`.
+    pub async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, TxnError> {
+        if let Some(v) = self.writes.get(key) {
+            return Ok(v.clone());
+        }
+        self.reads.insert(key.to_vec());
+        self.client.get(key, self.read_ts).await
+    }
+
+    /// Up to `limit` keys of `range` with values, own writes included.
+    pub async fn scan(&mut self, range: &KeyRange, limit: usize) -> Result<Rows, TxnError> {
+        self.scans.push(range.clone());
+        let pending: BTreeMap<Vec<u8>, Option<Vec<u8>>> = self
+            .writes
+            .iter()
+            .filter(|(k, _)| range.contains(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let rows = self.client.scan(range, self.read_ts, rows_needed(limit, &pending)).await?;
+        Ok(overlay(rows, pending, limit))
+    }
+
+    /// Sets `key` to `value` when the transaction commits.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.writes.insert(key.to_vec(), Some(value.to_vec()));
+    }
+
+    /// Deletes `key` when the transaction commits.
+    pub fn delete(&mut self, key: &[u8]) {
+        self.writes.insert(key.to_vec(), None);
+    }
+
+    /// Submits the transaction and waits for its outcome: the commit timestamp, or the read
+    /// timestamp for a transaction that neither read nor wrote anything. Sizes are checked by
+    /// the shards (an oversize write aborts it with `TooLarge`).
+    pub async fn commit(self) -> Result<Timestamp, TxnError> {
+        if self.reads.is_empty() && self.scans.is_empty() && self.writes.is_empty() {
+            return Ok(self.read_ts);
+        }
+        let request = Request::Interactive(InteractiveCommit {
+            read_ts: self.read_ts,
+            reads: self.reads.into_iter().collect(),
+            scans: self.scans,
+            writes: self.writes.into_iter().collect(),
+        });
+        match self.client.run(&request).await? {
+            Outcome::Committed { ts, .. } => Ok(ts),
+            Outcome::Conflict { key } => Err(TxnError::Conflict { key }),
+            Outcome::Aborted(reason) => Err(TxnError::Aborted(reason)),
+        }
+    }
 }
 
 fn read_error(e: RemoteError) -> TxnError {

@@ -8,10 +8,11 @@
 //!
 //! - [`SequencerNode`] serves the sequencer; [`RemoteSequencer`] calls it.
 //! - [`ShardNode`] applies one shard's windows and serves its reads, verdicts and outcomes.
-//! - [`Client`] runs procedures and reads at a timestamp against a [`Cluster`].
+//! - [`Client`] runs procedures, interactive transactions ([`RemoteTransaction`]) and reads
+//!   at a timestamp against a cluster.
+//! - [`NodeConfig`], [`run_node`] and [`LocalProcesses`] run nodes (the `sealdb` binary).
 //!
-//! Still to come: interactive transactions through the `Client`, the `sealdb` binary, the
-//! admin service and metrics.
+//! Still to come: Prometheus metrics.
 
 mod admin;
 mod client;
@@ -28,7 +29,7 @@ use tonic::{Code, Status};
 use crate::outcome::{AbortReason, Outcome};
 
 pub use self::admin::Layout;
-pub use self::client::{Client, Cluster, cluster_status};
+pub use self::client::{Client, Cluster, RemoteTransaction, cluster_status};
 pub use self::config::{NodeConfig, Role};
 pub use self::node::{LocalProcesses, LocalSpec, init_logging, run_node};
 pub use self::sequencer::{RemoteSequencer, SequencerNode, SliceDelivery};
@@ -65,6 +66,12 @@ impl From<Status> for RemoteError {
             _ => RemoteError::Unavailable(format!("{}: {message}", status.code())),
         }
     }
+}
+
+/// A server's connections from `listener`, with Nagle's algorithm off: small responses go
+/// out at once instead of waiting for the peer's delayed ACK (40 ms on Linux).
+fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// This node's timestamp for an outgoing message.

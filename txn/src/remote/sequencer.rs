@@ -22,12 +22,12 @@ use sequencer::{
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use super::admin::{AdminService, Layout};
-use super::{RemoteError, observe_request, observe_response, stamp};
+use super::{RemoteError, incoming, observe_request, observe_response, stamp};
 
 /// A sequencer serving gRPC on a TCP address. [`SequencerNode::shutdown`] stops serving,
 /// then seals what is open and answers its submitters.
@@ -79,7 +79,7 @@ impl SequencerNode {
             tonic::transport::Server::builder()
                 .add_service(SequencerServer::new(service))
                 .add_service(AdminServer::new(admin))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                .serve_with_incoming_shutdown(incoming(listener), async {
                     let _ = stopped.await;
                 }),
         );

@@ -40,18 +40,17 @@ use storage::{Engine, KeyRange, Limits, MemoryEngine, Mvcc, RocksEngine, Storage
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use super::{
-    RemoteError, RemoteSequencer, SliceDelivery, observe_request, observe_response,
+    RemoteError, RemoteSequencer, SliceDelivery, incoming, observe_request, observe_response,
     outcome_to_proto, stamp,
 };
 use crate::executor::{Executor, SnapshotRead};
 use crate::outcome::Outcome;
 use crate::procedure::{Registry, Rows};
-use crate::request::{range_from_proto, range_to_proto};
+use crate::request::{Request as TxnRequest, range_from_proto, range_to_proto};
 use crate::shard::{Finals, Participants, ShardApplier, stored_verdicts};
 use crate::shard_map::ShardMap;
 use crate::snapshot::scan_shards;
@@ -235,14 +234,14 @@ impl ShardNode {
             stopping: AtomicBool::new(false),
             failure: Mutex::new(None),
         });
-        let peers = Peers::new(&config.peers, shard, clock.clone(), state.clone())?;
+        let peers = Arc::new(Peers::new(&config.peers, shard, clock.clone(), state.clone())?);
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let (stop, stopped) = oneshot::channel::<()>();
         let service = ShardService { state: state.clone() };
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(ShardServer::new(service))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                .serve_with_incoming_shutdown(incoming(listener), async {
                     let _ = stopped.await;
                 }),
         );
@@ -427,10 +426,12 @@ impl Peers {
     }
 }
 
-/// `Snap(e-1)` across the cluster: this shard's keys from storage, others' from their shards.
+/// `Snap(e-1)` across the cluster: this shard's keys from storage, others' from their shards
+/// (fetched together before the window runs where a procedure declared them as points).
 struct ClusterSnapshot<'a> {
     state: &'a State,
-    peers: &'a Peers,
+    peers: &'a Arc<Peers>,
+    prefetched: &'a HashMap<Vec<u8>, Option<Vec<u8>>>,
     handle: &'a Handle,
     /// The window being executed: this reads `Snap(window - 1)`.
     window: Epoch,
@@ -445,6 +446,9 @@ impl SnapshotRead for ClusterSnapshot<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         if self.state.map.shard_of(key) == self.state.shard {
             return Ok(self.state.mvcc.get(key, self.at)?.map(|v| v.value));
+        }
+        if let Some(value) = self.prefetched.get(key) {
+            return Ok(value.clone());
         }
         self.handle.block_on(self.peers.get(key, self.at, self.window)).map_err(remote_error)
     }
@@ -475,7 +479,7 @@ impl SnapshotRead for ClusterSnapshot<'_> {
 struct ApplyLoop {
     state: Arc<State>,
     applier: ShardApplier,
-    peers: Peers,
+    peers: Arc<Peers>,
     sequencer: RemoteSequencer,
     handle: Handle,
 }
@@ -534,11 +538,20 @@ impl ApplyLoop {
         entries: &[(TxnId, ::sequencer::Entry)],
     ) -> Result<(), String> {
         let (state, peers, handle) = (&*self.state, &self.peers, &self.handle);
+        let prefetched = match state.mvcc.applied() {
+            Some(w) if w.window >= epoch => HashMap::new(), // a replay: nothing runs
+            w => {
+                let at = w.map_or(Timestamp::ZERO, |w| w.ts);
+                let keys = remote_points(state, entries);
+                handle.block_on(prefetch(peers, keys, at, epoch))?
+            }
+        };
+        let prefetched = &prefetched;
         let applied = self.applier.apply(
             epoch,
             ts,
             entries.iter().map(|(t, e)| (*t, e)),
-            |at| ClusterSnapshot { state, peers, handle, window: epoch, at },
+            |at| ClusterSnapshot { state, peers, prefetched, handle, window: epoch, at },
             // Remote reads wait for the other shards' safe time themselves.
             |_| Ok(()),
             |e, local, participants| exchange(state, peers, handle, e, local, participants),
@@ -572,11 +585,55 @@ impl ApplyLoop {
     }
 }
 
+/// The keys on other shards that this window's multi-shard procedures declared as points:
+/// they will read them (or may), so they are fetched together before the window runs.
+fn remote_points(state: &State, entries: &[(TxnId, ::sequencer::Entry)]) -> BTreeSet<Vec<u8>> {
+    let mut keys = BTreeSet::new();
+    for (_, entry) in entries.iter().filter(|(_, e)| e.participants.len() > 1) {
+        if let Ok(TxnRequest::Procedure { ranges, .. }) = TxnRequest::decode(&entry.payload) {
+            for r in ranges {
+                let point = r.end.as_deref().is_some_and(|end| {
+                    end.len() == r.start.len() + 1
+                        && end.starts_with(&r.start)
+                        && end.ends_with(&[0])
+                });
+                if point && state.map.shard_of(&r.start) != state.shard {
+                    keys.insert(r.start);
+                }
+            }
+        }
+    }
+    keys
+}
+
+/// Reads `keys` from their shards at `at` for window `e`, all at once.
+async fn prefetch(
+    peers: &Arc<Peers>,
+    keys: BTreeSet<Vec<u8>>,
+    at: Timestamp,
+    e: Epoch,
+) -> Result<HashMap<Vec<u8>, Option<Vec<u8>>>, String> {
+    let mut calls = tokio::task::JoinSet::new();
+    for key in keys {
+        let peers = peers.clone();
+        calls.spawn(async move {
+            let value = peers.get(&key, at, e).await;
+            value.map(|v| (key, v))
+        });
+    }
+    let mut found = HashMap::new();
+    while let Some(call) = calls.join_next().await {
+        let (key, value) = call.map_err(|e| e.to_string())??;
+        found.insert(key, value);
+    }
+    Ok(found)
+}
+
 /// Publishes this shard's local verdicts of window `e`, pulls every other participant's, and
 /// combines them.
 fn exchange(
     state: &State,
-    peers: &Peers,
+    peers: &Arc<Peers>,
     handle: &Handle,
     e: Epoch,
     local: &[(TxnId, bool)],
@@ -591,12 +648,12 @@ fn exchange(
         .filter(|p| *p != state.shard)
         .collect();
     let pulled = handle.block_on(async {
-        let calls = others.iter().map(|&p| async move { (p, peers.verdicts(p, e).await) });
-        let mut out = Vec::new();
-        for call in calls {
-            out.push(call.await);
+        let mut calls = tokio::task::JoinSet::new();
+        for p in others {
+            let peers = peers.clone();
+            calls.spawn(async move { (p, peers.verdicts(p, e).await) });
         }
-        out
+        calls.join_all().await
     });
     for (p, verdicts) in pulled {
         let verdicts: BTreeMap<TxnId, bool> = verdicts?.into_iter().collect();
