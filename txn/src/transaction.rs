@@ -91,13 +91,7 @@ impl Database {
     /// Most callers want [`Database::transact`], which also retries.
     pub fn begin(&self) -> Result<Transaction<'_>, TxnError> {
         self.check_running()?;
-        Ok(Transaction {
-            db: self,
-            read_ts: self.safe_ts(),
-            reads: BTreeSet::new(),
-            scans: Vec::new(),
-            writes: BTreeMap::new(),
-        })
+        Ok(Transaction { db: self, buffer: Buffer::new(self.safe_ts()) })
     }
 
     /// Runs `body` in a transaction and commits it, retrying on conflicts with back-off (up to
@@ -107,20 +101,102 @@ impl Database {
         &self,
         mut body: impl FnMut(&mut Transaction<'_>) -> Result<T, TxnError>,
     ) -> Result<T, TxnError> {
-        let mut backoff = Duration::from_micros(200);
-        let mut attempt = 0;
+        let mut retry = Retry::default();
         loop {
-            attempt += 1;
             let mut tx = self.begin()?;
             let result = body(&mut tx).and_then(|value| tx.commit().map(|_| value));
-            match result {
-                Err(e) if e.is_retryable() && attempt < 64 => {
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_millis(20));
-                }
-                other => return other,
+            match result.map_err(|e| retry.after(e)) {
+                Err(Ok(wait)) => std::thread::sleep(wait),
+                Err(Err(e)) => return Err(e),
+                Ok(value) => return Ok(value),
             }
         }
+    }
+}
+
+/// How `transact` helpers retry: conflicts only, up to 64 attempts, with a back-off from
+/// 0.2 ms doubling to 20 ms.
+pub(crate) struct Retry {
+    attempt: u32,
+    backoff: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Retry {
+        Retry { attempt: 0, backoff: Duration::from_micros(200) }
+    }
+}
+
+impl Retry {
+    /// After an attempt failed with `e`: how long to wait before the next, or `e` to return.
+    pub(crate) fn after(&mut self, e: TxnError) -> Result<Duration, TxnError> {
+        self.attempt += 1;
+        if !e.is_retryable() || self.attempt >= 64 {
+            return Err(e);
+        }
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(Duration::from_millis(20));
+        Ok(wait)
+    }
+}
+
+/// What an optimistic transaction read and will write, embedded or remote.
+pub(crate) struct Buffer {
+    pub(crate) read_ts: Timestamp,
+    reads: BTreeSet<Vec<u8>>,
+    scans: Vec<KeyRange>,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl Buffer {
+    pub(crate) fn new(read_ts: Timestamp) -> Buffer {
+        Buffer { read_ts, reads: BTreeSet::new(), scans: Vec::new(), writes: BTreeMap::new() }
+    }
+
+    /// This transaction's own write of `key`, if any; otherwise notes the read.
+    pub(crate) fn read(&mut self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        if let Some(v) = self.writes.get(key) {
+            return Some(v.clone());
+        }
+        self.reads.insert(key.to_vec());
+        None
+    }
+
+    /// Notes a scan of `range`; returns this transaction's writes in it.
+    pub(crate) fn scan(&mut self, range: &KeyRange) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+        self.scans.push(range.clone());
+        self.writes
+            .iter()
+            .filter(|(k, _)| range.contains(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Buffers a write (`None` deletes).
+    pub(crate) fn write(&mut self, key: &[u8], value: Option<&[u8]>) {
+        self.writes.insert(key.to_vec(), value.map(<[u8]>::to_vec));
+    }
+
+    /// The commit's log entry, or `None` if it neither read nor wrote anything.
+    pub(crate) fn into_request(self) -> Option<Request> {
+        if self.reads.is_empty() && self.scans.is_empty() && self.writes.is_empty() {
+            return None;
+        }
+        Some(Request::Interactive(InteractiveCommit {
+            read_ts: self.read_ts,
+            reads: self.reads.into_iter().collect(),
+            scans: self.scans,
+            writes: self.writes.into_iter().collect(),
+        }))
+    }
+}
+
+/// A commit's timestamp, or why it did not commit.
+pub(crate) fn commit_ts(outcome: Outcome) -> Result<Timestamp, TxnError> {
+    match outcome {
+        Outcome::Committed { ts, .. } => Ok(ts),
+        Outcome::Conflict { key } => Err(TxnError::Conflict { key }),
+        Outcome::Aborted(reason) => Err(TxnError::Aborted(reason)),
     }
 }
 
@@ -128,74 +204,56 @@ impl Database {
 /// validated in the window its commit lands in. Dropping it without commit discards it.
 pub struct Transaction<'a> {
     db: &'a Database,
-    read_ts: Timestamp,
-    reads: BTreeSet<Vec<u8>>,
-    scans: Vec<KeyRange>,
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    buffer: Buffer,
 }
 
 impl Transaction<'_> {
     /// The snapshot timestamp reads use.
     pub fn read_ts(&self) -> Timestamp {
-        self.read_ts
+        self.buffer.read_ts
     }
 
     fn view(&self) -> ShardsAt<'_> {
-        ShardsAt { shards: &self.db.inner.shards, map: &self.db.inner.map, at: self.read_ts }
+        ShardsAt { shards: &self.db.inner.shards, map: &self.db.inner.map, at: self.buffer.read_ts }
     }
 
     /// The value of `key`: this transaction's own write if any, else the snapshot's.
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, TxnError> {
         check_key(self.db, key)?;
-        if let Some(v) = self.writes.get(key) {
-            return Ok(v.clone());
+        if let Some(own) = self.buffer.read(key) {
+            return Ok(own);
         }
-        self.reads.insert(key.to_vec());
         self.view().get(key).map_err(storage_error)
     }
 
     /// Up to `limit` keys of `range` with values, own writes included.
     pub fn scan(&mut self, range: &KeyRange, limit: usize) -> Result<Rows, TxnError> {
-        self.scans.push(range.clone());
-        let pending = self
-            .writes
-            .iter()
-            .filter(|(k, _)| range.contains(k))
-            .map(|(k, v)| (k.clone(), v.clone()));
-        scan_over(&self.view(), range, limit, pending.collect()).map_err(storage_error)
+        let pending = self.buffer.scan(range);
+        scan_over(&self.view(), range, limit, pending).map_err(storage_error)
     }
 
     /// Sets `key` to `value` when the transaction commits.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), TxnError> {
         check_key(self.db, key)?;
         self.db.inner.limits.check_value(key, value).map_err(storage_error)?;
-        self.writes.insert(key.to_vec(), Some(value.to_vec()));
+        self.buffer.write(key, Some(value));
         Ok(())
     }
 
     /// Deletes `key` when the transaction commits.
     pub fn delete(&mut self, key: &[u8]) -> Result<(), TxnError> {
         check_key(self.db, key)?;
-        self.writes.insert(key.to_vec(), None);
+        self.buffer.write(key, None);
         Ok(())
     }
 
     /// Submits the transaction and waits for its outcome. Returns the commit timestamp, or the
     /// read timestamp for a transaction that neither read nor wrote anything.
     pub fn commit(self) -> Result<Timestamp, TxnError> {
-        if self.reads.is_empty() && self.scans.is_empty() && self.writes.is_empty() {
-            return Ok(self.read_ts);
-        }
-        let request = Request::Interactive(InteractiveCommit {
-            read_ts: self.read_ts,
-            reads: self.reads.into_iter().collect(),
-            scans: self.scans,
-            writes: self.writes.into_iter().collect(),
-        });
-        match self.db.submit(&request)? {
-            Outcome::Committed { ts, .. } => Ok(ts),
-            Outcome::Conflict { key } => Err(TxnError::Conflict { key }),
-            Outcome::Aborted(reason) => Err(TxnError::Aborted(reason)),
+        let read_ts = self.buffer.read_ts;
+        match self.buffer.into_request() {
+            None => Ok(read_ts),
+            Some(request) => commit_ts(self.db.submit(&request)?),
         }
     }
 }

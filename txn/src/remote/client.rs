@@ -13,7 +13,6 @@
 //!   the shard again until it answers; a shard that restarted since does not know outcomes of
 //!   windows it applied before, and the call returns [`TxnError::OutcomeUnknown`].
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
@@ -34,10 +33,11 @@ use crate::database::output;
 use crate::error::TxnError;
 use crate::outcome::Outcome;
 use crate::procedure::{Registry, Rows};
-use crate::request::{InteractiveCommit, Request, participants, procedure_request, range_to_proto};
+use crate::request::{Request, participants, procedure_request, range_to_proto};
 use crate::shard_map::ShardMap;
 use crate::snapshot::{overlay, rows_needed};
 use crate::transaction::ReadAt;
+use crate::transaction::{Buffer, Retry, commit_ts};
 
 /// How long a call keeps trying to reach a node before giving up.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -144,13 +144,7 @@ impl Client {
     /// Starts an optimistic transaction reading at the current time (its first read waits
     /// for the shard's safe time to pass it). Most callers want [`Client::transact`].
     pub fn begin(&self) -> RemoteTransaction<'_> {
-        RemoteTransaction {
-            client: self,
-            read_ts: self.clock.now(),
-            reads: BTreeSet::new(),
-            scans: Vec::new(),
-            writes: BTreeMap::new(),
-        }
+        RemoteTransaction { client: self, buffer: Buffer::new(self.clock.now()) }
     }
 
     /// Runs `body` in a transaction and commits it, retrying on conflicts with back-off (up
@@ -172,20 +166,16 @@ impl Client {
         F: FnMut(RemoteTransaction<'c>) -> Fut,
         Fut: Future<Output = Result<(RemoteTransaction<'c>, T), TxnError>>,
     {
-        let mut backoff = Duration::from_micros(200);
-        let mut attempt = 0;
+        let mut retry = Retry::default();
         loop {
-            attempt += 1;
             let result = match body(self.begin()).await {
                 Ok((tx, value)) => tx.commit().await.map(|_| value),
                 Err(e) => Err(e),
             };
-            match result {
-                Err(e) if e.is_retryable() && attempt < 64 => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(20));
-                }
-                other => return other,
+            match result.map_err(|e| retry.after(e)) {
+                Err(Ok(wait)) => tokio::time::sleep(wait).await,
+                Err(Err(e)) => return Err(e),
+                Ok(value) => return Ok(value),
             }
         }
     }
@@ -347,67 +337,49 @@ pub async fn cluster_status(
 /// [`Transaction`](crate::Transaction) is. Dropping it without commit discards it.
 pub struct RemoteTransaction<'a> {
     client: &'a Client,
-    read_ts: Timestamp,
-    reads: BTreeSet<Vec<u8>>,
-    scans: Vec<KeyRange>,
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    buffer: Buffer,
 }
 
 impl RemoteTransaction<'_> {
     /// The timestamp reads use.
     pub fn read_ts(&self) -> Timestamp {
-        self.read_ts
+        self.buffer.read_ts
     }
 
     /// The value of `key`: this transaction's own write if any, else the one at `read_ts`.
     pub async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, TxnError> {
-        if let Some(v) = self.writes.get(key) {
-            return Ok(v.clone());
+        match self.buffer.read(key) {
+            Some(own) => Ok(own),
+            None => self.client.get(key, self.buffer.read_ts).await,
         }
-        self.reads.insert(key.to_vec());
-        self.client.get(key, self.read_ts).await
     }
 
     /// Up to `limit` keys of `range` with values, own writes included.
     pub async fn scan(&mut self, range: &KeyRange, limit: usize) -> Result<Rows, TxnError> {
-        self.scans.push(range.clone());
-        let pending: BTreeMap<Vec<u8>, Option<Vec<u8>>> = self
-            .writes
-            .iter()
-            .filter(|(k, _)| range.contains(k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let rows = self.client.scan(range, self.read_ts, rows_needed(limit, &pending)).await?;
+        let pending = self.buffer.scan(range);
+        let needed = rows_needed(limit, &pending);
+        let rows = self.client.scan(range, self.buffer.read_ts, needed).await?;
         Ok(overlay(rows, pending, limit))
     }
 
     /// Sets `key` to `value` when the transaction commits.
     pub fn put(&mut self, key: &[u8], value: &[u8]) {
-        self.writes.insert(key.to_vec(), Some(value.to_vec()));
+        self.buffer.write(key, Some(value));
     }
 
     /// Deletes `key` when the transaction commits.
     pub fn delete(&mut self, key: &[u8]) {
-        self.writes.insert(key.to_vec(), None);
+        self.buffer.write(key, None);
     }
 
     /// Submits the transaction and waits for its outcome: the commit timestamp, or the read
     /// timestamp for a transaction that neither read nor wrote anything. Sizes are checked by
     /// the shards (an oversize write aborts it with `TooLarge`).
     pub async fn commit(self) -> Result<Timestamp, TxnError> {
-        if self.reads.is_empty() && self.scans.is_empty() && self.writes.is_empty() {
-            return Ok(self.read_ts);
-        }
-        let request = Request::Interactive(InteractiveCommit {
-            read_ts: self.read_ts,
-            reads: self.reads.into_iter().collect(),
-            scans: self.scans,
-            writes: self.writes.into_iter().collect(),
-        });
-        match self.client.run(&request).await? {
-            Outcome::Committed { ts, .. } => Ok(ts),
-            Outcome::Conflict { key } => Err(TxnError::Conflict { key }),
-            Outcome::Aborted(reason) => Err(TxnError::Aborted(reason)),
+        let read_ts = self.buffer.read_ts;
+        match self.buffer.into_request() {
+            None => Ok(read_ts),
+            Some(request) => commit_ts(self.client.run(&request).await?),
         }
     }
 }
