@@ -21,3 +21,69 @@ pub mod micro;
 pub mod mvcc;
 pub mod report;
 pub mod tpcc;
+
+/// Every procedure a cluster node running the benchmarks needs (`bench node`): the built-in
+/// ones, the micro-benchmark's and TPC-C's.
+pub fn node_procedures() -> txn::Registry {
+    let mut registry = micro::procedures();
+    registry.merge(&tpcc::procedures_registry());
+    registry
+}
+
+/// Which cluster a benchmark runs against (`--cluster`).
+#[derive(Debug, Clone)]
+pub enum ClusterTarget {
+    /// A running cluster whose sequencer is at this address. Its nodes must register
+    /// [`node_procedures`] (started with `bench node`); for TPC-C its shard map should keep
+    /// warehouses whole.
+    Addr(String),
+    /// Start one here first: `bench node` processes on 127.0.0.1, stopped afterwards.
+    Local {
+        /// Shard processes.
+        shards: u32,
+        /// The nodes' `max_offset` (commit-wait lasts about this long).
+        max_offset_ms: u64,
+    },
+}
+
+impl ClusterTarget {
+    /// Parses `--cluster`: `local:N` (1 to 64 shards) or a sequencer's address.
+    pub fn parse(flag: &str, max_offset_ms: u64) -> Result<ClusterTarget, String> {
+        match flag.strip_prefix("local:").map(str::parse::<u32>) {
+            Some(Ok(shards)) if (1..=64).contains(&shards) => {
+                Ok(ClusterTarget::Local { shards, max_offset_ms })
+            }
+            Some(_) => Err("--cluster local:N needs N from 1 to 64".into()),
+            None => Ok(ClusterTarget::Addr(flag.to_string())),
+        }
+    }
+}
+
+/// A client of the cluster whose sequencer is at `addr`, once every shard answers (a cluster
+/// just started may need a moment; gives up after 30 s), with the last window it had logged
+/// then. Call within a tokio runtime.
+pub async fn connect_when_ready(
+    addr: &str,
+    clock: std::sync::Arc<clock::Clock>,
+) -> Result<(txn::remote::Client, u64), String> {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        match txn::remote::cluster_status(addr, &clock).await {
+            Ok(s) if s.unreachable.is_empty() => break s,
+            Ok(_) | Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(s) => return Err(format!("shards unreachable: {:?}", s.unreachable)),
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let cluster = txn::remote::Cluster {
+        sequencer: addr.to_string(),
+        shards: status.shard_addrs.clone(),
+        map: txn::ShardMap::new(status.splits.clone()).map_err(|e| e.to_string())?,
+        procedures: node_procedures(),
+    };
+    let client = txn::remote::Client::new(&cluster, clock).map_err(|e| e.to_string())?;
+    Ok((client, status.sealed_epoch))
+}

@@ -74,6 +74,15 @@ enum Workload {
         /// Drop an existing `tpcc` schema in PostgreSQL instead of refusing to run.
         #[arg(long)]
         pg_replace: bool,
+        /// Run sealdb as a cluster over the network: the sequencer's address of an empty
+        /// cluster started with `bench node`, or `local:N` to start a sequencer and N shard
+        /// processes here first (warehouses spread evenly over them).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// With `--cluster local:N`: the nodes' max clock offset in ms; commit-wait lasts
+        /// about this long.
+        #[arg(long, default_value_t = 1)]
+        max_offset_ms: u64,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -153,6 +162,8 @@ fn main() -> ExitCode {
             backend,
             pg_url,
             pg_replace,
+            cluster,
+            max_offset_ms,
             run: RunArgs { seed, dir, json },
         } => {
             if warehouses == 0 || clients == 0 || duration == 0 || shards == Some(0) {
@@ -177,7 +188,26 @@ fn main() -> ExitCode {
                 seed,
             };
             let scaled = if population.is_scaled() { " (SCALED population)" } else { "" };
+            let target =
+                match cluster.as_deref().map(|c| bench::ClusterTarget::parse(c, max_offset_ms)) {
+                    None => None,
+                    Some(Ok(t)) => Some(t),
+                    Some(Err(e)) => return usage_error(&e),
+                };
             let result = match (backend, pg_url) {
+                (Backend::Sealdb, None) if target.is_some() => {
+                    if dir.is_some() || shards.is_some() {
+                        return usage_error("--dir and --shards are for the embedded database");
+                    }
+                    let c = cluster.unwrap_or_default();
+                    eprintln!(
+                        "tpcc: sealdb cluster {c}, {warehouses} warehouse(s), {clients} clients, {mix:?} mix, {duration} s{scaled}"
+                    );
+                    bench::tpcc::cluster::run_cluster(&opts, target.as_ref().expect("checked"))
+                }
+                (Backend::Postgres, _) if target.is_some() => {
+                    return usage_error("--cluster is for --backend sealdb");
+                }
                 (Backend::Sealdb, None) => {
                     eprintln!(
                         "tpcc: sealdb embedded, {warehouses} warehouse(s), {clients} clients, {mix:?} mix, {duration} s{scaled}"
@@ -247,16 +277,12 @@ fn main() -> ExitCode {
                 seed,
                 seal_ahead,
             };
-            let target = match cluster.as_deref() {
-                None => None,
-                Some(c) => match c.strip_prefix("local:").map(str::parse::<u32>) {
-                    Some(Ok(n)) if (1..=64).contains(&n) => {
-                        Some(bench::micro::ClusterTarget::Local { shards: n, max_offset_ms })
-                    }
-                    Some(_) => return usage_error("--cluster local:N needs N from 1 to 64"),
-                    None => Some(bench::micro::ClusterTarget::Addr(c.to_string())),
-                },
-            };
+            let target =
+                match cluster.as_deref().map(|c| bench::ClusterTarget::parse(c, max_offset_ms)) {
+                    None => None,
+                    Some(Ok(t)) => Some(t),
+                    Some(Err(e)) => return usage_error(&e),
+                };
             if target.is_some() && (shards.is_some() || seal_ahead.is_some()) {
                 return usage_error("--shards and --seal-ahead are for the embedded database");
             }
@@ -297,7 +323,7 @@ fn main() -> ExitCode {
                 Ok(r) => r,
                 Err(e) => return usage_error(&e.to_string()),
             };
-            match runtime.block_on(txn::remote::run_node(node, bench::micro::procedures())) {
+            match runtime.block_on(txn::remote::run_node(node, bench::node_procedures())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -23,9 +23,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use storage::KeyRange;
-use txn::remote::{Client, Cluster, LocalProcesses, LocalSpec};
-use txn::{Context, Database, Options, ProcError, Procedure, ReadAt, Registry, ShardMap, TxnError};
+use txn::remote::{LocalProcesses, LocalSpec};
+use txn::{Context, Database, Options, ProcError, Procedure, ReadAt, Registry, TxnError};
 
+use crate::ClusterTarget;
 use crate::report::Latency;
 
 /// Which transaction the clients run.
@@ -193,21 +194,6 @@ pub fn procedures() -> Registry {
     registry
 }
 
-/// Which cluster to run against.
-#[derive(Debug, Clone)]
-pub enum ClusterTarget {
-    /// A running cluster whose sequencer is at this address (its nodes must register
-    /// [`procedures`]: started with `bench node`).
-    Addr(String),
-    /// Start one here first: `bench node` processes on 127.0.0.1, stopped afterwards.
-    Local {
-        /// Shard processes.
-        shards: u32,
-        /// The nodes' `max_offset` (commit-wait lasts about this long).
-        max_offset_ms: u64,
-    },
-}
-
 /// Runs the benchmark's procedure workloads against a cluster, through the network.
 pub fn run_cluster(opts: &MicroOptions, target: &ClusterTarget) -> Result<Report, String> {
     if opts.workload == Workload::Interactive {
@@ -232,6 +218,7 @@ pub fn run_cluster(opts: &MicroOptions, target: &ClusterTarget) -> Result<Report
                 port: None,
                 max_offset_ms: *max_offset_ms,
                 window_ms: 2,
+                split_keys: Vec::new(),
             };
             let processes = LocalProcesses::spawn(&spec)?;
             eprintln!(
@@ -258,27 +245,9 @@ async fn drive_cluster(
 ) -> Result<Report, String> {
     let clock = Arc::new(Clock::system(Duration::from_millis(max_offset_ms.unwrap_or(5))));
     // Wait for every shard to answer (a local cluster is still starting).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        match txn::remote::cluster_status(addr, &clock).await {
-            Ok(s) if s.unreachable.is_empty() => break s,
-            Ok(_) | Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Ok(s) => return Err(format!("shards unreachable: {:?}", s.unreachable)),
-            Err(e) => return Err(e.to_string()),
-        }
-    };
-    let map = ShardMap::new(status.splits.clone()).map_err(|e| e.to_string())?;
-    let cluster = Cluster {
-        sequencer: addr.to_string(),
-        shards: status.shard_addrs.clone(),
-        map,
-        procedures: procedures(),
-    };
-    let client = Arc::new(Client::new(&cluster, clock.clone()).map_err(|e| e.to_string())?);
+    let (client, first_epoch) = crate::connect_when_ready(addr, clock.clone()).await?;
+    let client = Arc::new(client);
     let stop = Arc::new(AtomicBool::new(false));
-    let first_epoch = status.sealed_epoch;
     let started = Instant::now();
     let caller = client.clone();
     let call: Call = Arc::new(move |name, args| {
@@ -317,7 +286,7 @@ async fn drive_cluster(
         clients: opts.clients,
         duration_s: elapsed,
         keys: opts.keys,
-        shards: status.shard_addrs.len() as u32,
+        shards: client.shard_map().len(),
         throughput_tps: committed as f64 / elapsed,
         p50_ms: latency.p50_ms,
         p99_ms: latency.p99_ms,

@@ -1,6 +1,7 @@
 //! The TPC-C-like benchmark end to end on an embedded database: a short run passes the
 //! consistency conditions, and the checks catch a database changed behind the transactions'
-//! backs. Input generation follows the specification's distributions.
+//! backs. The same short run on a cluster of `bench node` processes. Input generation follows
+//! the specification's distributions.
 
 use std::time::Duration;
 
@@ -44,6 +45,31 @@ fn a_short_standard_run_passes_the_consistency_checks() {
     }
     assert!(report.scaled);
     assert!(report.tpmc > 0.0);
+}
+
+#[test]
+fn a_short_run_on_a_cluster_of_processes_passes_the_consistency_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two warehouses on two shard processes: remote lines and payments cross the network.
+    let local = txn::remote::LocalProcesses::spawn(&txn::remote::LocalSpec {
+        command: vec![env!("CARGO_BIN_EXE_bench").into(), "node".into()],
+        dir: dir.path().to_path_buf(),
+        shards: 2,
+        port: None,
+        max_offset_ms: 1,
+        window_ms: 2,
+        split_keys: bench::tpcc::shard_map(2, 2).splits().to_vec(),
+    })
+    .unwrap();
+    let target = bench::ClusterTarget::Addr(local.sequencer.clone());
+    let report = bench::tpcc::cluster::run_cluster(&options(2, 4, 5), &target).unwrap();
+    local.stop();
+    assert_eq!(report.backend, "sealdb-cluster");
+    assert!(report.consistency, "{:?}", report.consistency_failures);
+    for kind in ["new_order", "payment", "order_status", "delivery", "stock_level"] {
+        let ran = report.latency_ms.get(kind).map_or(0, |l| l.count);
+        assert!(ran > 0, "no {kind} ran");
+    }
 }
 
 #[test]

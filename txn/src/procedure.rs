@@ -100,4 +100,11 @@ impl Registry {
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Procedure>> {
         self.procedures.get(name)
     }
+
+    /// Adds every procedure of `other`, replacing any of the same name.
+    pub fn merge(&mut self, other: &Registry) {
+        for (name, p) in &other.procedures {
+            self.procedures.insert(name.clone(), p.clone());
+        }
+    }
 }

@@ -8,6 +8,7 @@
 //! the report; `tpmc` counts committed New-Orders only (rolled-back ones are in `rollbacks`).
 
 pub mod check;
+pub mod cluster;
 pub mod postgres;
 pub mod random;
 pub mod schema;
@@ -235,13 +236,28 @@ pub struct Sealdb {
     pub db: Database,
 }
 
+/// The benchmark's procedures: the loader and the three read-write transactions.
+fn procedure_list() -> [Arc<dyn txn::Procedure>; 4] {
+    [
+        Arc::new(txns::LoadProc),
+        Arc::new(txns::NewOrderProc),
+        Arc::new(txns::PaymentProc),
+        Arc::new(txns::DeliveryProc),
+    ]
+}
+
 /// The procedures the benchmark registers.
 pub fn procedures(options: Options) -> Options {
-    options
-        .procedure(Arc::new(txns::LoadProc))
-        .procedure(Arc::new(txns::NewOrderProc))
-        .procedure(Arc::new(txns::PaymentProc))
-        .procedure(Arc::new(txns::DeliveryProc))
+    procedure_list().into_iter().fold(options, Options::procedure)
+}
+
+/// The benchmark's procedures, for a cluster node (`bench node`) or client.
+pub fn procedures_registry() -> txn::Registry {
+    let mut registry = txn::Registry::new();
+    for p in procedure_list() {
+        registry.register(p);
+    }
+    registry
 }
 
 /// A shard map that keeps each warehouse whole, spreading `warehouses` over `shards`.
@@ -598,7 +614,7 @@ pub fn run_postgres(opts: &TpccOptions, url: &str, replace: bool) -> Result<Repo
 }
 
 /// Loads `backend`, returning the seconds it took.
-fn load(backend: &dyn Backend, opts: &TpccOptions) -> Result<f64, String> {
+pub(crate) fn load(backend: &dyn Backend, opts: &TpccOptions) -> Result<f64, String> {
     eprintln!("  loading {} warehouse(s) into {}", opts.warehouses, backend.name());
     let started = Instant::now();
     backend.load(opts.warehouses, opts.population, opts.seed)?;

@@ -182,6 +182,7 @@ fn dev(shards: u32, dir: &Path, port: u16) -> Result<(), String> {
         port: Some(port),
         max_offset_ms: 1,
         window_ms: 5,
+        split_keys: Vec::new(),
     };
     let local = LocalProcesses::spawn(&spec)?;
     let sequencer = local.sequencer.clone();

@@ -69,7 +69,8 @@ pub struct Client {
 
 impl Client {
     /// A client of `cluster`, stamping its messages with `clock`. Connects lazily: the first
-    /// call finds out if a node is down.
+    /// call finds out if a node is down. Must be called within a tokio runtime, which its
+    /// connections then use.
     pub fn new(cluster: &Cluster, clock: Arc<Clock>) -> Result<Client, TxnError> {
         if cluster.shards.len() != cluster.map.len() as usize {
             return Err(TxnError::Unavailable(format!(

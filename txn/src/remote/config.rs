@@ -13,6 +13,7 @@
 //! shards = ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]
 //! split_keys = ["g", "p"]           # optional: shard i owns [split i-1, split i); the default
 //!                                   # splits the first key byte evenly
+//! # split_keys_hex = ["00000002"]   # or binary split keys, in hex
 //!
 //! [window]                          # optional (sequencer role)
 //! interval_ms = 5
@@ -64,6 +65,14 @@ struct ClusterFile {
     sequencer: String,
     shards: Vec<String>,
     split_keys: Option<Vec<String>>,
+    split_keys_hex: Option<Vec<String>>,
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,7 +128,21 @@ impl NodeConfig {
             }
         }
         let n = cluster.shards.len() as u32;
-        let map = match &cluster.split_keys {
+        let splits: Option<Vec<Vec<u8>>> = match (&cluster.split_keys, &cluster.split_keys_hex) {
+            (Some(_), Some(_)) => {
+                return Err("cluster: split_keys and split_keys_hex: give one of them".into());
+            }
+            (Some(keys), None) => Some(keys.iter().map(|s| s.as_bytes().to_vec()).collect()),
+            (None, Some(keys)) => Some(
+                keys.iter()
+                    .map(|k| {
+                        unhex(k).ok_or_else(|| format!("cluster.split_keys_hex: {k:?} is not hex"))
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            (None, None) => None,
+        };
+        let map = match splits {
             None => ShardMap::uniform(n),
             Some(splits) => {
                 if splits.len() + 1 != cluster.shards.len() {
@@ -130,12 +153,12 @@ impl NodeConfig {
                         n
                     ));
                 }
-                ShardMap::new(splits.iter().map(|s| s.as_bytes().to_vec()).collect()).map_err(
-                    |e| format!("cluster.split_keys: shard ranges overlap or are empty: {e}"),
-                )?
+                ShardMap::new(splits).map_err(|e| {
+                    format!("cluster.split_keys: shard ranges overlap or are empty: {e}")
+                })?
             }
         };
-        if n > 256 && cluster.split_keys.is_none() {
+        if n > 256 && cluster.split_keys.is_none() && cluster.split_keys_hex.is_none() {
             return Err("cluster.split_keys: more than 256 shards need explicit split keys".into());
         }
         let shard = match (file.role, file.shard) {
@@ -218,5 +241,10 @@ split_keys = ["g", "p"]
         assert!(error(&GOOD.replace("127.0.0.1:7101\"\n", "nowhere\"\n")).contains("listen"));
         assert!(error(&GOOD.replace("role = \"shard\"", "role = \"leader\"")).contains("role"));
         assert!(error(&format!("{GOOD}\ncolour = 3")).contains("colour"));
+        let hex = GOOD.replace("split_keys = [\"g\", \"p\"]", "split_keys_hex = [\"67\", \"7x\"]");
+        assert!(error(&hex).contains("\"7x\" is not hex"));
+        let hex = GOOD.replace("split_keys = [\"g\", \"p\"]", "split_keys_hex = [\"67\", \"70\"]");
+        let c = NodeConfig::parse(&hex).unwrap();
+        assert_eq!(c.layout.map.splits(), &[b"g".to_vec(), b"p".to_vec()]);
     }
 }

@@ -101,6 +101,9 @@ pub struct LocalSpec {
     pub max_offset_ms: u64,
     /// The sequencer's window interval.
     pub window_ms: u64,
+    /// The shard map's split keys (one fewer than shards); empty splits the first key byte
+    /// evenly.
+    pub split_keys: Vec<Vec<u8>>,
 }
 
 /// A running local cluster: a sequencer process and shard processes on 127.0.0.1. Dropping it
@@ -112,6 +115,10 @@ pub struct LocalProcesses {
     pub shards: Vec<String>,
     nodes: Vec<(PathBuf, Option<Child>)>,
     command: Vec<String>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn free_port() -> Result<u16, String> {
@@ -137,9 +144,20 @@ impl LocalProcesses {
         let addr = |p: &u16| format!("127.0.0.1:{p}");
         let sequencer = addr(&ports[0]);
         let shards: Vec<String> = ports[1..].iter().map(addr).collect();
+        let quoted = |items: Vec<String>| {
+            items.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ")
+        };
+        let splits = match spec.split_keys.is_empty() {
+            true => String::new(),
+            false => format!(
+                "split_keys_hex = [{}]\n",
+                quoted(spec.split_keys.iter().map(|k| hex(k)).collect())
+            ),
+        };
         let cluster = format!(
-            "[cluster]\nsequencer = \"{sequencer}\"\nshards = [{}]\n\n[window]\ninterval_ms = {}\n",
-            shards.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", "),
+            "[cluster]\nsequencer = \"{sequencer}\"\nshards = [{}]\n{splits}\n[window]\n\
+             interval_ms = {}\n",
+            quoted(shards.clone()),
             spec.window_ms
         );
         let mut nodes = Vec::new();

@@ -56,6 +56,7 @@ async fn list_append_stays_strictly_serializable_through_sigkill_of_a_shard_and_
         port: None,
         max_offset_ms: 1,
         window_ms: 2,
+        split_keys: Vec::new(),
     })
     .unwrap();
     let sequencer = nodes.sequencer.clone();

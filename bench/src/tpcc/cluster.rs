@@ -1,0 +1,147 @@
+//! The TPC-C-like benchmark against a sealdb cluster, through the network: the same
+//! procedures (run by the shard servers, which `bench node` starts with them registered), the
+//! read-only transactions as reads at one timestamp through the [`Client`], and the same
+//! loader and checks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clock::{Clock, Timestamp};
+use storage::KeyRange;
+use tokio::runtime::{Handle, Runtime};
+use txn::remote::{Client, LocalProcesses, LocalSpec};
+use txn::{AbortReason, ProcError, ReadAt, Rows, TxnError};
+
+use super::txns::{self, Reader};
+use super::{Backend, Done, Population, Report, TpccOptions, Txn, check, drive, load_parts};
+use super::{run_parts, schema, shard_map};
+use crate::ClusterTarget;
+
+/// sealdb over the network.
+pub struct RemoteSealdb {
+    client: Client,
+    runtime: Runtime,
+}
+
+/// Reads at one timestamp through the client: a read-only transaction over the network.
+struct RemoteReader<'a> {
+    client: &'a Client,
+    handle: &'a Handle,
+    ts: Timestamp,
+}
+
+fn storage(e: TxnError) -> ProcError {
+    ProcError::Storage(e.to_string())
+}
+
+impl Reader for RemoteReader<'_> {
+    fn read(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, ProcError> {
+        self.handle.block_on(self.client.get(key, self.ts)).map_err(storage)
+    }
+    fn range(&mut self, range: &KeyRange, limit: usize) -> Result<Rows, ProcError> {
+        self.handle.block_on(self.client.scan(range, self.ts, limit)).map_err(storage)
+    }
+}
+
+impl RemoteSealdb {
+    /// Connects to the cluster whose sequencer is at `addr`, waiting up to 30 s for every
+    /// shard to answer.
+    pub fn connect(addr: &str, max_offset: Duration) -> Result<RemoteSealdb, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let clock = Arc::new(Clock::system(max_offset));
+        let (client, _) = runtime.block_on(crate::connect_when_ready(addr, clock))?;
+        Ok(RemoteSealdb { client, runtime })
+    }
+
+    fn call(&self, name: &str, args: &[u8], retries: &mut u64) -> Result<Done, String> {
+        loop {
+            match self.runtime.block_on(self.client.call(name, args)) {
+                Ok(_) => return Ok(Done::Committed),
+                Err(TxnError::Aborted(AbortReason::User(m))) if m == txns::ROLLBACK => {
+                    return Ok(Done::RolledBack);
+                }
+                Err(e) if e.is_retryable() => *retries += 1,
+                Err(e) => return Err(format!("{name}: {e}")),
+            }
+        }
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&mut RemoteReader<'_>) -> Result<T, ProcError>,
+    ) -> Result<T, String> {
+        let ts = self.client.read_ts(ReadAt::Latest);
+        let mut reader = RemoteReader { client: &self.client, handle: self.runtime.handle(), ts };
+        f(&mut reader).map_err(|e| e.to_string())
+    }
+}
+
+impl Backend for RemoteSealdb {
+    fn name(&self) -> &'static str {
+        "sealdb-cluster"
+    }
+
+    fn execute(&self, txn: &Txn, retries: &mut u64) -> Result<Done, String> {
+        match txn {
+            Txn::NewOrder(t) => self.call("tpcc.new_order", &schema::encode(t), retries),
+            Txn::Payment(t) => self.call("tpcc.payment", &schema::encode(t), retries),
+            Txn::Delivery(t) => self.call("tpcc.delivery", &schema::encode(t), retries),
+            Txn::OrderStatus(t) => self.read(|r| txns::order_status(r, t)).map(|_| Done::Committed),
+            Txn::StockLevel(t) => self.read(|r| txns::stock_level(r, t)).map(|_| Done::Committed),
+        }
+    }
+
+    fn check(&self, warehouses: u32) -> Result<Vec<String>, String> {
+        self.read(|r| check::check(r, warehouses))
+    }
+
+    fn load(&self, warehouses: u32, pop: Population, seed: u64) -> Result<(), String> {
+        if self.read(|r| r.read(&schema::warehouse_key(1)))?.is_some() {
+            return Err("the cluster already holds TPC-C data: start an empty one".into());
+        }
+        let parts = load_parts(warehouses, pop, seed);
+        run_parts(&parts, 16, |part| {
+            self.call("tpcc.load", &schema::encode(part), &mut 0).map(|_| ())
+        })
+    }
+}
+
+/// Loads and runs the benchmark on a cluster.
+pub fn run_cluster(opts: &TpccOptions, target: &ClusterTarget) -> Result<Report, String> {
+    let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (addr, max_offset_ms, local) = match target {
+        ClusterTarget::Addr(addr) => (addr.clone(), 5, None),
+        ClusterTarget::Local { shards, max_offset_ms } => {
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let spec = LocalSpec {
+                command: vec![exe.display().to_string(), "node".into()],
+                dir: temp.path().join("cluster"),
+                shards: (*shards).min(opts.warehouses),
+                port: None,
+                max_offset_ms: *max_offset_ms,
+                window_ms: 2,
+                split_keys: shard_map(opts.warehouses, *shards).splits().to_vec(),
+            };
+            let local = LocalProcesses::spawn(&spec)?;
+            eprintln!(
+                "  local cluster: sequencer {}, shards {} (max_offset {max_offset_ms} ms)",
+                local.sequencer,
+                local.shards.join(", ")
+            );
+            (local.sequencer.clone(), *max_offset_ms, Some(local))
+        }
+    };
+    let result =
+        RemoteSealdb::connect(&addr, Duration::from_millis(max_offset_ms)).and_then(|backend| {
+            let load_s = super::load(&backend, opts)?;
+            drive(&backend, opts, load_s)
+        });
+    if let Some(local) = local {
+        local.stop();
+    }
+    result
+}
