@@ -80,8 +80,8 @@ impl Feedback {
 /// every submitter and stops the thread.
 pub struct Sequencer {
     commands: Option<Sender<Command>>,
-    /// The last logged window's epoch and timestamp (raw), for status reports.
-    logged: Arc<(AtomicU64, AtomicU64)>,
+    /// What the log has taken, for status reports and metrics.
+    logged: Arc<LogCounters>,
     thread: Option<JoinHandle<Result<(), SequencerError>>>,
 }
 
@@ -104,10 +104,11 @@ impl Sequencer {
         let sealer = Sealer::new(config, &history, origin.elapsed());
         drop(history);
         let (tx, rx) = mpsc::channel();
-        let logged = Arc::new((
-            AtomicU64::new(last.map_or(0, |(e, _)| e.0)),
-            AtomicU64::new(last.map_or(0, |(_, ts)| ts.as_u64())),
-        ));
+        let logged = Arc::new(LogCounters {
+            epoch: AtomicU64::new(last.map_or(0, |(e, _)| e.0)),
+            ts: AtomicU64::new(last.map_or(0, |(_, ts)| ts.as_u64())),
+            ..LogCounters::default()
+        });
         let loop_logged = logged.clone();
         let thread = std::thread::Builder::new()
             .name("sealdb-sequencer".into())
@@ -169,8 +170,18 @@ impl Sequencer {
 
     /// The last window made durable: its epoch and timestamp (epoch 0 before the first).
     pub fn last_logged(&self) -> (Epoch, Timestamp) {
-        let (epoch, ts) = &*self.logged;
-        (Epoch(epoch.load(Ordering::SeqCst)), Timestamp::from_u64(ts.load(Ordering::SeqCst)))
+        let c = &*self.logged;
+        (Epoch(c.epoch.load(Ordering::SeqCst)), Timestamp::from_u64(c.ts.load(Ordering::SeqCst)))
+    }
+
+    /// What this sequencer has logged since it started.
+    pub fn stats(&self) -> SequencerStats {
+        let c = &*self.logged;
+        SequencerStats {
+            windows: c.windows.load(Ordering::Relaxed),
+            entries: c.entries.load(Ordering::Relaxed),
+            append_seconds: c.append_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
     }
 
     /// A handle for consumers' feedback (see [`Feedback`]).
@@ -214,7 +225,30 @@ struct Loop {
     /// Log the next window even if it is empty.
     window_requested: bool,
     stopping: bool,
-    logged: Arc<(AtomicU64, AtomicU64)>,
+    logged: Arc<LogCounters>,
+}
+
+/// Counters the sequencer thread keeps for readers on other threads.
+#[derive(Default)]
+struct LogCounters {
+    /// The last logged window's epoch and timestamp (raw).
+    epoch: AtomicU64,
+    ts: AtomicU64,
+    /// Since start: windows and entries logged, and time spent appending (write + fsync).
+    windows: AtomicU64,
+    entries: AtomicU64,
+    append_nanos: AtomicU64,
+}
+
+/// What a sequencer has logged since it started ([`Sequencer::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SequencerStats {
+    /// Windows made durable.
+    pub windows: u64,
+    /// Entries in them.
+    pub entries: u64,
+    /// Seconds spent appending them (write and fsync).
+    pub append_seconds: f64,
 }
 
 impl Loop {
@@ -317,9 +351,14 @@ impl Loop {
         }
         self.window_requested = false;
         let window = self.sealer.seal(self.clock.now(), now);
+        let started = Instant::now();
         self.log.append(&window)?;
-        self.logged.1.store(window.ts.as_u64(), Ordering::SeqCst);
-        self.logged.0.store(window.epoch.0, Ordering::SeqCst);
+        let c = &*self.logged;
+        c.append_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        c.windows.fetch_add(1, Ordering::Relaxed);
+        c.entries.fetch_add(window.entries.len() as u64, Ordering::Relaxed);
+        c.ts.store(window.ts.as_u64(), Ordering::SeqCst);
+        c.epoch.store(window.epoch.0, Ordering::SeqCst);
         let window = Arc::new(window);
         self.subscribers.retain(|s| s.send(Delivery::Window(window.clone())).is_ok());
         for (i, waiters) in self.waiters.drain(..).enumerate() {

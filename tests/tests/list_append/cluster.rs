@@ -184,7 +184,39 @@ async fn list_append_over_a_cluster_is_strictly_serializable() {
     let client = Arc::new(Client::connect(&local.cluster.sequencer, clock()).await.unwrap());
     assert_eq!(client.shard_map(), &local.cluster.map);
     run_list_append(client, "cluster-list-append", seed).await;
+    // The nodes' Prometheus metrics count what happened.
+    let sequencer = scrape(local.sequencer.metrics_source()).await;
+    assert!(metric(&sequencer, "sealdb_sequencer_windows_logged_total") > 0.0, "{sequencer}");
+    assert!(metric(&sequencer, "sealdb_sequencer_entries_logged_total") >= 360.0, "{sequencer}");
+    let mut committed = 0.0;
+    for shard in &local.shards {
+        let text = scrape(shard.metrics_source()).await;
+        assert!(metric(&text, "sealdb_shard_windows_applied_total") > 0.0, "{text}");
+        committed += metric(&text, "sealdb_shard_committed_total");
+    }
+    assert!(committed >= (CLIENTS * TXNS_PER_CLIENT / 2) as f64, "{committed} commits counted");
     local.stop().await;
+}
+
+/// Serves `source` on a free port and fetches `/metrics` over HTTP.
+async fn scrape(source: Arc<dyn Fn() -> Vec<txn::remote::Metric> + Send + Sync>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(txn::remote::serve_metrics(listener, source));
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    server.abort();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    response
+}
+
+/// The value of metric `name` in a scrape.
+fn metric(text: &str, name: &str) -> f64 {
+    let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap();
+    line[name.len() + 1..].parse().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -240,6 +240,12 @@ impl Client {
         }
     }
 
+    /// A read-only transaction at `at`, as [`Database::snapshot`](crate::Database::snapshot)
+    /// gives: its reads wait for each shard's safe time to reach its timestamp.
+    pub fn snapshot(&self, at: ReadAt) -> RemoteSnapshot<'_> {
+        RemoteSnapshot { client: self, ts: self.read_ts(at) }
+    }
+
     /// The timestamp a read-only transaction reads at.
     pub fn read_ts(&self, at: ReadAt) -> Timestamp {
         match at {
@@ -331,6 +337,29 @@ pub async fn cluster_status(
         .into_inner();
     observe_response(clock, status.hlc).map_err(read_error)?;
     Ok(status)
+}
+
+/// A consistent read-only view of the cluster at one timestamp ([`Client::snapshot`]).
+pub struct RemoteSnapshot<'a> {
+    client: &'a Client,
+    ts: Timestamp,
+}
+
+impl RemoteSnapshot<'_> {
+    /// The timestamp read at.
+    pub fn ts(&self) -> Timestamp {
+        self.ts
+    }
+
+    /// The value of `key`.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, TxnError> {
+        self.client.get(key, self.ts).await
+    }
+
+    /// Up to `limit` keys of `range` with values, in key order.
+    pub async fn scan(&self, range: &KeyRange, limit: usize) -> Result<Rows, TxnError> {
+        self.client.scan(range, self.ts, limit).await
+    }
 }
 
 /// An optimistic read-write transaction through a [`Client`]: reads at a timestamp, buffers

@@ -7,6 +7,7 @@
 //! data_dir = "/var/lib/sealdb/s0"   # its log or its RocksDB, and its clock's high-water mark
 //! shard = 0                         # which shard (shard role only)
 //! max_offset_ms = 5                 # bound on clock offsets; commit-wait lasts about this long
+//! metrics_listen = "127.0.0.1:9101" # optional: Prometheus metrics at GET /metrics
 //!
 //! [cluster]                         # the same on every node
 //! sequencer = "127.0.0.1:7100"
@@ -50,6 +51,7 @@ struct File {
     shard: Option<u32>,
     #[serde(default = "default_max_offset_ms")]
     max_offset_ms: u64,
+    metrics_listen: Option<String>,
     cluster: ClusterFile,
     #[serde(default)]
     window: WindowFile,
@@ -96,6 +98,8 @@ pub struct NodeConfig {
     pub shard: Option<ShardId>,
     /// The bound on clock offsets.
     pub max_offset: Duration,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// The sequencer's address.
     pub sequencer: String,
     /// The shards and their keys.
@@ -113,6 +117,13 @@ impl NodeConfig {
             .listen
             .parse()
             .map_err(|e| format!("listen = {:?}: {e} (expected host:port)", file.listen))?;
+        let metrics_listen = match &file.metrics_listen {
+            None => None,
+            Some(m) => Some(
+                m.parse::<SocketAddr>()
+                    .map_err(|e| format!("metrics_listen = {m:?}: {e} (expected host:port)"))?,
+            ),
+        };
         let cluster = &file.cluster;
         if cluster.shards.is_empty() {
             return Err("cluster.shards: a cluster needs at least one shard".into());
@@ -192,6 +203,7 @@ impl NodeConfig {
             data_dir: file.data_dir,
             shard,
             max_offset: Duration::from_millis(file.max_offset_ms),
+            metrics_listen,
             sequencer: cluster.sequencer.clone(),
             layout: Layout { shards: cluster.shards.clone(), map },
             sealer,

@@ -11,12 +11,12 @@
 //! - [`Client`] runs procedures, interactive transactions ([`RemoteTransaction`]) and reads
 //!   at a timestamp against a cluster.
 //! - [`NodeConfig`], [`run_node`] and [`LocalProcesses`] run nodes (the `sealdb` binary).
-//!
-//! Still to come: Prometheus metrics.
+//! - [`serve_metrics`]: Prometheus metrics over HTTP.
 
 mod admin;
 mod client;
 mod config;
+mod metrics;
 mod node;
 mod sequencer;
 mod shard;
@@ -29,8 +29,9 @@ use tonic::{Code, Status};
 use crate::outcome::{AbortReason, Outcome};
 
 pub use self::admin::Layout;
-pub use self::client::{Client, Cluster, RemoteTransaction, cluster_status};
+pub use self::client::{Client, Cluster, RemoteSnapshot, RemoteTransaction, cluster_status};
 pub use self::config::{NodeConfig, Role};
+pub use self::metrics::{Metric, render, serve_metrics};
 pub use self::node::{LocalProcesses, LocalSpec, init_logging, run_node};
 pub use self::sequencer::{RemoteSequencer, SequencerNode, SliceDelivery};
 pub use self::shard::{MAX_SCAN_ROWS, ShardConfig, ShardNode};

@@ -56,6 +56,7 @@ pub async fn run_node(config: NodeConfig, procedures: Registry) -> Result<(), St
             )
             .await?;
             println!("sequencer listening on {}", node.addr());
+            metrics(config.metrics_listen, node.metrics_source()).await?;
             let why = stop.await;
             tracing::info!(signal = why, "stopping");
             node.shutdown().await
@@ -77,12 +78,27 @@ pub async fn run_node(config: NodeConfig, procedures: Registry) -> Result<(), St
             };
             let node = ShardNode::start(shard_config, listener, clock).await?;
             println!("shard {} listening on {}", shard.0, node.addr());
+            metrics(config.metrics_listen, node.metrics_source()).await?;
             let why = stop.await;
             tracing::info!(signal = why, "stopping");
             node.shutdown().await;
             Ok(())
         }
     }
+}
+
+/// Serves `source`'s metrics on `listen`, if given, for as long as the runtime runs.
+async fn metrics(
+    listen: Option<std::net::SocketAddr>,
+    source: Arc<dyn Fn() -> Vec<super::Metric> + Send + Sync>,
+) -> Result<(), String> {
+    if let Some(addr) = listen {
+        let listener =
+            TcpListener::bind(addr).await.map_err(|e| format!("metrics_listen {addr}: {e}"))?;
+        tracing::info!(%addr, "metrics at /metrics");
+        tokio::spawn(super::serve_metrics(listener, source));
+    }
+    Ok(())
 }
 
 /// How to start a local cluster of node processes.

@@ -27,6 +27,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use super::admin::{AdminService, Layout};
+use super::metrics::Metric;
 use super::{RemoteError, incoming, observe_request, observe_response, stamp};
 
 /// A sequencer serving gRPC on a TCP address. [`SequencerNode::shutdown`] stops serving,
@@ -90,6 +91,38 @@ impl SequencerNode {
     /// The address it serves on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// A function returning the sequencer's metrics, for
+    /// [`serve_metrics`](super::serve_metrics).
+    pub fn metrics_source(&self) -> Arc<dyn Fn() -> Vec<Metric> + Send + Sync> {
+        let sequencer = self.sequencer.clone();
+        Arc::new(move || {
+            let stats = sequencer.stats();
+            let (epoch, _) = sequencer.last_logged();
+            vec![
+                Metric::counter(
+                    "sealdb_sequencer_windows_logged_total",
+                    "Windows made durable since the sequencer started.",
+                    stats.windows as f64,
+                ),
+                Metric::counter(
+                    "sealdb_sequencer_entries_logged_total",
+                    "Entries in them (window sizes: entries / windows).",
+                    stats.entries as f64,
+                ),
+                Metric::counter(
+                    "sealdb_sequencer_append_seconds_total",
+                    "Time spent appending windows to the log (write and fsync).",
+                    stats.append_seconds,
+                ),
+                Metric::gauge(
+                    "sealdb_sequencer_last_epoch",
+                    "The last window made durable.",
+                    epoch.0 as f64,
+                ),
+            ]
+        })
     }
 
     /// Stops serving (open subscriptions end), then shuts the sequencer down: what is open is

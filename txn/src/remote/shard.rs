@@ -43,12 +43,13 @@ use tokio::sync::{oneshot, watch};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use super::metrics::{Metric, ShardCounters};
 use super::{
     RemoteError, RemoteSequencer, SliceDelivery, incoming, observe_request, observe_response,
     outcome_to_proto, stamp,
 };
 use crate::executor::{Executor, SnapshotRead};
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, Phase};
 use crate::procedure::{Registry, Rows};
 use crate::request::{Request as TxnRequest, range_from_proto, range_to_proto};
 use crate::shard::{Finals, Participants, ShardApplier, stored_verdicts};
@@ -107,6 +108,7 @@ struct State {
     changed: watch::Sender<u64>,
     stopping: AtomicBool,
     failure: Mutex<Option<String>>,
+    counters: ShardCounters,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -233,6 +235,7 @@ impl ShardNode {
             changed: watch::Sender::new(0),
             stopping: AtomicBool::new(false),
             failure: Mutex::new(None),
+            counters: ShardCounters::default(),
         });
         let peers = Arc::new(Peers::new(&config.peers, shard, clock.clone(), state.clone())?);
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -278,6 +281,17 @@ impl ShardNode {
         self.state.progress().applied
     }
 
+    /// The shard's metrics now.
+    pub fn metrics(&self) -> Vec<Metric> {
+        shard_metrics(&self.state)
+    }
+
+    /// A function returning the shard's metrics, for [`serve_metrics`](super::serve_metrics).
+    pub fn metrics_source(&self) -> Arc<dyn Fn() -> Vec<Metric> + Send + Sync> {
+        let state = self.state.clone();
+        Arc::new(move || shard_metrics(&state))
+    }
+
     /// Stops applying and serving.
     pub async fn shutdown(mut self) {
         self.state.stopping.store(true, Ordering::SeqCst);
@@ -302,6 +316,60 @@ impl Drop for ShardNode {
             let _ = stop.send(());
         }
     }
+}
+
+fn shard_metrics(state: &State) -> Vec<Metric> {
+    let c = &state.counters;
+    let get = ShardCounters::get;
+    let progress = state.progress();
+    let lag = state.clock.physical_now().duration_since(progress.safe);
+    let answered = get(&c.commits_answered);
+    vec![
+        Metric::counter("sealdb_shard_windows_applied_total", "Windows applied.", get(&c.windows)),
+        Metric::counter(
+            "sealdb_shard_entries_applied_total",
+            "Log entries in the windows applied (this shard's slices).",
+            get(&c.entries),
+        ),
+        Metric::counter(
+            "sealdb_shard_committed_total",
+            "Transactions committed whose lowest participant is this shard.",
+            get(&c.committed),
+        ),
+        Metric::counter(
+            "sealdb_shard_fallbacks_total",
+            "Of those, single-shard procedures re-executed after losing validation.",
+            get(&c.fallbacks),
+        ),
+        Metric::counter(
+            "sealdb_shard_conflicts_total",
+            "Interactive transactions that failed validation.",
+            get(&c.conflicts),
+        ),
+        Metric::counter("sealdb_shard_aborts_total", "Transactions aborted.", get(&c.aborts)),
+        Metric::counter(
+            "sealdb_shard_seal_to_apply_seconds_sum",
+            "Sum over applied windows of the time from the window's timestamp to its apply.",
+            get(&c.seal_to_apply_nanos) / 1e9,
+        ),
+        Metric::counter(
+            "sealdb_shard_commit_seconds_sum",
+            "Sum over answered commits of the time from the window's timestamp to the answer \
+             (commit-wait included).",
+            get(&c.commit_nanos) / 1e9,
+        ),
+        Metric::counter("sealdb_shard_commit_seconds_count", "Commits answered.", answered),
+        Metric::gauge(
+            "sealdb_shard_applied_epoch",
+            "The last window applied.",
+            progress.applied.0 as f64,
+        ),
+        Metric::gauge(
+            "sealdb_shard_safe_time_lag_seconds",
+            "How far the shard's safe time is behind its physical clock.",
+            lag.as_secs_f64(),
+        ),
+    ]
 }
 
 /// Clients of the other shards, retried until they answer or this node stops.
@@ -563,6 +631,23 @@ impl ApplyLoop {
             progress.safe = progress.safe.max(ts);
         }
         lock(&state.verdicts).retain(|e, _| *e > epoch);
+        let c = &state.counters;
+        ShardCounters::add(&c.windows, 1);
+        ShardCounters::add(&c.entries, entries.len() as u64);
+        let since = state.clock.physical_now().duration_since(ts);
+        ShardCounters::add(&c.seal_to_apply_nanos, since.as_nanos() as u64);
+        for (d, _) in &applied.decided {
+            let counter = match (&d.outcome, d.position) {
+                (Outcome::Committed { .. }, Some(p)) if p.phase == Phase::Fallback => {
+                    ShardCounters::add(&c.committed, 1);
+                    &c.fallbacks
+                }
+                (Outcome::Committed { .. }, _) => &c.committed,
+                (Outcome::Conflict { .. }, _) => &c.conflicts,
+                (Outcome::Aborted(_), _) => &c.aborts,
+            };
+            ShardCounters::add(counter, 1);
+        }
         {
             let mut outcomes = lock(&state.outcomes);
             outcomes.extend(applied.decided.into_iter().map(|(d, _)| (d.txn, d.outcome)));
@@ -784,6 +869,12 @@ impl ShardRpc for ShardService {
             while let Some(left) = state.clock.commit_wait_remaining(*ts) {
                 tokio::time::sleep(left).await;
             }
+        }
+        if let Outcome::Committed { ts, .. } = &outcome {
+            let c = &state.counters;
+            let since = state.clock.physical_now().duration_since(*ts);
+            ShardCounters::add(&c.commit_nanos, since.as_nanos() as u64);
+            ShardCounters::add(&c.commits_answered, 1);
         }
         Ok(Response::new(v1::AwaitOutcomeResponse {
             hlc: stamp(&state.clock),

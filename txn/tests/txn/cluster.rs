@@ -146,10 +146,10 @@ async fn list_append_stays_strictly_serializable_through_sigkill_of_a_shard_and_
     );
 
     // Every acknowledged append is in its list, once; no value is anywhere twice.
-    let ts = client.read_ts(ReadAt::Latest);
+    let snapshot = client.snapshot(ReadAt::Latest);
     let text = history.to_jsonl();
     for k in 0..KEYS {
-        let stored = client.get(&list_key(k), ts).await.unwrap();
+        let stored = snapshot.get(&list_key(k)).await.unwrap();
         let list = decode_list(stored.as_deref()).unwrap();
         let mut seen = std::collections::HashSet::new();
         for v in &list {
