@@ -18,7 +18,7 @@ use tests::history::{Mop, Recorder};
 use tokio::net::TcpListener;
 use txn::builtin::{decode_list, encode_list, list_key, put_args};
 use txn::remote::{
-    Client, Cluster, Layout, RemoteSequencer, SequencerNode, ShardConfig, ShardNode,
+    Client, Cluster, Layout, RemoteSequencer, SequencerNode, ShardConfig, ShardNode, cluster_status,
 };
 use txn::{AbortReason, Context, ProcError, Procedure, ReadAt, ShardMap, TxnError};
 
@@ -238,6 +238,28 @@ async fn clocks_offset_within_max_offset_keep_histories_strictly_serializable() 
     // Nothing it sent was logged or applied.
     let client = Client::new(&local.cluster, clock()).unwrap();
     assert_eq!(client.get(b"k", client.read_ts(ReadAt::Latest)).await.unwrap(), None);
+    local.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_whose_clock_is_beyond_max_offset_is_refused_and_the_others_go_on() {
+    // Shard 2's clock is 100 ms ahead: the sequencer refuses its subscription, and the
+    // admin service its status answers.
+    let local = start_cluster(vec![clock(), clock(), offset_clock(100)]).await;
+    let client = Client::new(&local.cluster, clock()).unwrap();
+    let key = (0..=255u8).map(|b| vec![b]).find(|k| local.cluster.map.shard_of(k) == ShardId(0));
+    let key = key.unwrap();
+    client.call("kv.put", &put_args(&key, b"v")).await.unwrap();
+    let status = cluster_status(&local.cluster.sequencer, &clock()).await.unwrap();
+    assert_eq!(status.unreachable.len(), 1, "{:?}", status.unreachable);
+    assert!(
+        status.unreachable[0].contains("shard 2") && status.unreachable[0].contains("clock skew")
+    );
+    assert!(status.shards.iter().all(|s| s.shard != 2));
+    // Its subscription was refused too (what `remote_sequencer` tests show for any skewed
+    // subscriber): it applied nothing, while the others applied the window.
+    assert_eq!(local.shards[2].applied(), sequencer::Epoch(0), "shard 2 applied nothing");
+    assert!(local.shards[0].applied() > sequencer::Epoch(0));
     local.stop().await;
 }
 

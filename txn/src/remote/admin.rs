@@ -12,7 +12,7 @@ use proto::v1::shard_client::ShardClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use super::{observe_request, stamp};
+use super::{observe_request, observe_response, stamp};
 use crate::shard_map::ShardMap;
 
 /// Where a cluster's shards are and which keys each owns: the same on every node.
@@ -65,13 +65,17 @@ impl Admin for AdminService {
         let mut unreachable = Vec::new();
         for (i, client) in self.shards.iter().enumerate() {
             let asked = v1::StatusRequest { hlc: stamp(&self.clock) };
+            let addr = &self.layout.shards[i];
             match client.clone().status(asked).await {
-                Ok(status) => shards.push(status.into_inner()),
-                Err(e) => unreachable.push(format!(
-                    "shard {i} at {}: {}",
-                    self.layout.shards[i],
-                    e.message()
-                )),
+                Ok(status) => {
+                    let status = status.into_inner();
+                    // A shard whose clock is beyond max_offset is refused like any peer.
+                    match observe_response(&self.clock, status.hlc) {
+                        Ok(()) => shards.push(status),
+                        Err(e) => unreachable.push(format!("shard {i} at {addr}: {e}")),
+                    }
+                }
+                Err(e) => unreachable.push(format!("shard {i} at {addr}: {}", e.message())),
             }
         }
         Ok(Response::new(v1::ClusterStatusResponse {

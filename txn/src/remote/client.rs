@@ -266,7 +266,7 @@ impl Client {
         };
         let r = self.shards[shard.0 as usize]
             .clone()
-            .get(request)
+            .get(with_deadline(request))
             .await
             .map_err(|s| read_error(s.into()))?
             .into_inner();
@@ -296,7 +296,7 @@ impl Client {
                 };
                 let r = self.shards[shard.0 as usize]
                     .clone()
-                    .scan(request)
+                    .scan(with_deadline(request))
                     .await
                     .map_err(|s| read_error(s.into()))?
                     .into_inner();
@@ -414,9 +414,18 @@ impl RemoteTransaction<'_> {
     }
 }
 
+/// A read waits for the shard's safe time; a shard that cannot catch up (cut off from the
+/// sequencer, its clock refused) would keep it waiting. After [`PATIENCE`] it is an error.
+fn with_deadline<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(PATIENCE);
+    request
+}
+
 fn read_error(e: RemoteError) -> TxnError {
     match e {
         RemoteError::ClockSkew(why) => TxnError::ClockSkew(why),
+        RemoteError::Unavailable(why) => TxnError::Unavailable(why),
         other => TxnError::Unavailable(other.to_string()),
     }
 }
