@@ -56,8 +56,9 @@ use crate::shard::{Finals, Participants, ShardApplier, stored_verdicts};
 use crate::shard_map::ShardMap;
 use crate::snapshot::scan_shards;
 
-/// Outcomes are kept for this many windows after their entry's.
-const OUTCOME_WINDOWS: u64 = 100_000;
+/// Outcomes are kept for this many windows after their entry's (20 s of 2 ms windows under
+/// load; longer when windows are sparser), then forgotten: asking later gets `NOT_FOUND`.
+const OUTCOME_WINDOWS: u64 = 10_000;
 
 /// The most rows one `Scan` returns.
 pub const MAX_SCAN_ROWS: u32 = 10_000;
@@ -651,7 +652,7 @@ impl ApplyLoop {
         {
             let mut outcomes = lock(&state.outcomes);
             outcomes.extend(applied.decided.into_iter().map(|(d, _)| (d.txn, d.outcome)));
-            if epoch.0.is_multiple_of(1000) {
+            if epoch.0.is_multiple_of(100) {
                 outcomes.retain(|t, _| t.epoch.0 + OUTCOME_WINDOWS > epoch.0);
             }
         }
@@ -855,9 +856,17 @@ impl ShardRpc for ShardService {
                 if let Some(o) = lock(&state.outcomes).get(&txn) {
                     return Some(Ok(o.clone()));
                 }
-                (txn.epoch <= state.started_at).then(|| {
-                    Err(Status::not_found(format!(
+                if txn.epoch <= state.started_at {
+                    return Some(Err(Status::not_found(format!(
                         "the outcome of {txn} is unknown: shard {} restarted since",
+                        state.shard.0
+                    ))));
+                }
+                let applied = state.progress().applied;
+                (txn.epoch.0 + OUTCOME_WINDOWS <= applied.0).then(|| {
+                    Err(Status::not_found(format!(
+                        "the outcome of {txn} is forgotten: shard {} keeps outcomes for \
+                         {OUTCOME_WINDOWS} windows",
                         state.shard.0
                     )))
                 })
