@@ -41,6 +41,9 @@ impl Reader for RemoteReader<'_> {
     fn range(&mut self, range: &KeyRange, limit: usize) -> Result<Rows, ProcError> {
         self.handle.block_on(self.client.scan(range, self.ts, limit)).map_err(storage)
     }
+    fn read_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, ProcError> {
+        self.handle.block_on(self.client.get_many(keys, self.ts)).map_err(storage)
+    }
 }
 
 impl RemoteSealdb {

@@ -26,6 +26,10 @@ pub trait Reader {
     fn read(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, ProcError>;
     /// Up to `limit` rows of `range`, in key order.
     fn range(&mut self, range: &KeyRange, limit: usize) -> Result<Rows, ProcError>;
+    /// The values of `keys`, in order (readers that can read them at once do).
+    fn read_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, ProcError> {
+        keys.iter().map(|k| self.read(k)).collect()
+    }
 }
 
 impl Reader for &mut dyn Context {
@@ -390,9 +394,11 @@ pub fn stock_level(r: &mut impl Reader, t: &StockLevel) -> Result<usize, ProcErr
         let line: OrderLine = decode(&value).map_err(ProcError::Abort)?;
         items.insert(line.i_id);
     }
+    let keys: Vec<Vec<u8>> = items.into_iter().map(|i| stock_key(t.w, i)).collect();
     let mut low = 0;
-    for i in items {
-        let stock: Stock = row(r, &stock_key(t.w, i))?;
+    for (key, value) in keys.iter().zip(r.read_many(&keys)?) {
+        let value = value.ok_or_else(|| ProcError::abort(format!("no stock row at {key:?}")))?;
+        let stock: Stock = decode(&value).map_err(ProcError::Abort)?;
         low += usize::from(stock.quantity < t.threshold);
     }
     Ok(low)

@@ -15,8 +15,10 @@
 
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use ::sequencer::{ClientId, Entry, ShardId, TxnId};
@@ -272,6 +274,35 @@ impl Client {
             .into_inner();
         observe_response(&self.clock, r.hlc).map_err(read_error)?;
         Ok(r.found.map(|kv| kv.value))
+    }
+
+    /// The values of `keys` at `ts`, read concurrently (one round trip's latency, not one per
+    /// key).
+    pub async fn get_many(
+        &self,
+        keys: &[Vec<u8>],
+        ts: Timestamp,
+    ) -> Result<Vec<Option<Vec<u8>>>, TxnError> {
+        type Read<'a> =
+            Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>, TxnError>> + Send + 'a>>;
+        let mut reads: Vec<Read<'_>> =
+            keys.iter().map(|k| Box::pin(self.get(k, ts)) as Read<'_>).collect();
+        let mut results: Vec<Option<Result<Option<Vec<u8>>, TxnError>>> =
+            keys.iter().map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut done = true;
+            for (read, result) in reads.iter_mut().zip(results.iter_mut()) {
+                if result.is_none() {
+                    match read.as_mut().poll(cx) {
+                        Poll::Ready(r) => *result = Some(r),
+                        Poll::Pending => done = false,
+                    }
+                }
+            }
+            if done { Poll::Ready(()) } else { Poll::Pending }
+        })
+        .await;
+        results.into_iter().map(|r| r.expect("every read finished")).collect()
     }
 
     /// Up to `limit` keys of `range` with their values at `ts`, in order.
