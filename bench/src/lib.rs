@@ -59,6 +59,60 @@ impl ClusterTarget {
     }
 }
 
+/// A cluster a benchmark runs against, started by it or not.
+pub struct RunningCluster {
+    /// The sequencer's address.
+    pub addr: String,
+    /// The nodes' `max_offset` when the benchmark started them.
+    pub max_offset_ms: Option<u64>,
+    local: Option<txn::remote::LocalProcesses>,
+}
+
+impl RunningCluster {
+    /// Stops the nodes if the benchmark started them.
+    pub fn stop(self) {
+        if let Some(local) = self.local {
+            local.stop();
+        }
+    }
+}
+
+impl ClusterTarget {
+    /// The cluster's address, after starting `bench node` processes in `dir` for `Local`,
+    /// with the shard map `map(shards)`.
+    pub fn start(
+        &self,
+        dir: std::path::PathBuf,
+        map: impl FnOnce(u32) -> txn::ShardMap,
+    ) -> Result<RunningCluster, String> {
+        let (shards, max_offset_ms) = match self {
+            ClusterTarget::Addr(addr) => {
+                return Ok(RunningCluster { addr: addr.clone(), max_offset_ms: None, local: None });
+            }
+            ClusterTarget::Local { shards, max_offset_ms } => (*shards, *max_offset_ms),
+        };
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let map = map(shards);
+        let spec = txn::remote::LocalSpec {
+            command: vec![exe.display().to_string(), "node".into()],
+            dir,
+            shards: map.len(),
+            port: None,
+            max_offset_ms,
+            window_ms: 2,
+            split_keys: map.splits().to_vec(),
+        };
+        let local = txn::remote::LocalProcesses::spawn(&spec)?;
+        eprintln!(
+            "  local cluster: sequencer {}, shards {} (max_offset {max_offset_ms} ms)",
+            local.sequencer,
+            local.shards.join(", ")
+        );
+        let addr = local.sequencer.clone();
+        Ok(RunningCluster { addr, max_offset_ms: Some(max_offset_ms), local: Some(local) })
+    }
+}
+
 /// A client of the cluster whose sequencer is at `addr`, once every shard answers (a cluster
 /// just started may need a moment; gives up after 30 s), with the last window it had logged
 /// then. Call within a tokio runtime.
@@ -78,12 +132,8 @@ pub async fn connect_when_ready(
             Err(e) => return Err(e.to_string()),
         }
     };
-    let cluster = txn::remote::Cluster {
-        sequencer: addr.to_string(),
-        shards: status.shard_addrs.clone(),
-        map: txn::ShardMap::new(status.splits.clone()).map_err(|e| e.to_string())?,
-        procedures: node_procedures(),
-    };
-    let client = txn::remote::Client::new(&cluster, clock).map_err(|e| e.to_string())?;
+    let client = txn::remote::Client::connect_with(addr, clock, node_procedures())
+        .await
+        .map_err(|e| e.to_string())?;
     Ok((client, status.sealed_epoch))
 }

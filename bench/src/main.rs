@@ -31,6 +31,30 @@ struct RunArgs {
     json: Option<PathBuf>,
 }
 
+/// Running sealdb as a cluster (tpcc with its default backend; micro with procedures).
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// Run over the network against a cluster: the sequencer's address of an empty cluster
+    /// started with `bench node`, or `local:N` to start a sequencer and N shard processes
+    /// here first (TPC-C spreads warehouses evenly over them).
+    #[arg(long)]
+    cluster: Option<String>,
+    /// With `--cluster local:N`: the nodes' max clock offset in ms; commit-wait lasts about
+    /// this long.
+    #[arg(long, default_value_t = 1)]
+    max_offset_ms: u64,
+}
+
+impl ClusterArgs {
+    /// The cluster asked for, if any.
+    fn target(&self) -> Result<Option<bench::ClusterTarget>, String> {
+        self.cluster
+            .as_deref()
+            .map(|c| bench::ClusterTarget::parse(c, self.max_offset_ms))
+            .transpose()
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Backend {
     Sealdb,
@@ -74,15 +98,8 @@ enum Workload {
         /// Drop an existing `tpcc` schema in PostgreSQL instead of refusing to run.
         #[arg(long)]
         pg_replace: bool,
-        /// Run sealdb as a cluster over the network: the sequencer's address of an empty
-        /// cluster started with `bench node`, or `local:N` to start a sequencer and N shard
-        /// processes here first (warehouses spread evenly over them).
-        #[arg(long)]
-        cluster: Option<String>,
-        /// With `--cluster local:N`: the nodes' max clock offset in ms; commit-wait lasts
-        /// about this long.
-        #[arg(long, default_value_t = 1)]
-        max_offset_ms: u64,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -118,15 +135,8 @@ enum Workload {
         /// on the 5 ms interval only).
         #[arg(long)]
         seal_ahead: Option<u64>,
-        /// Run against a cluster over the network instead: the sequencer's address of one
-        /// started with `bench node`, or `local:N` to start a sequencer and N shard processes
-        /// here first (procedures only).
-        #[arg(long)]
-        cluster: Option<String>,
-        /// With `--cluster local:N`: the nodes' max clock offset in ms; commit-wait lasts
-        /// about this long.
-        #[arg(long, default_value_t = 1)]
-        max_offset_ms: u64,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -163,7 +173,6 @@ fn main() -> ExitCode {
             pg_url,
             pg_replace,
             cluster,
-            max_offset_ms,
             run: RunArgs { seed, dir, json },
         } => {
             if warehouses == 0 || clients == 0 || duration == 0 || shards == Some(0) {
@@ -188,18 +197,16 @@ fn main() -> ExitCode {
                 seed,
             };
             let scaled = if population.is_scaled() { " (SCALED population)" } else { "" };
-            let target =
-                match cluster.as_deref().map(|c| bench::ClusterTarget::parse(c, max_offset_ms)) {
-                    None => None,
-                    Some(Ok(t)) => Some(t),
-                    Some(Err(e)) => return usage_error(&e),
-                };
+            let target = match cluster.target() {
+                Ok(t) => t,
+                Err(e) => return usage_error(&e),
+            };
             let result = match (backend, pg_url) {
                 (Backend::Sealdb, None) if target.is_some() => {
                     if dir.is_some() || shards.is_some() {
                         return usage_error("--dir and --shards are for the embedded database");
                     }
-                    let c = cluster.unwrap_or_default();
+                    let c = cluster.cluster.unwrap_or_default();
                     eprintln!(
                         "tpcc: sealdb cluster {c}, {warehouses} warehouse(s), {clients} clients, {mix:?} mix, {duration} s{scaled}"
                     );
@@ -248,7 +255,6 @@ fn main() -> ExitCode {
             shards,
             seal_ahead,
             cluster,
-            max_offset_ms,
             run: RunArgs { seed, dir, json },
         } => {
             if clients == 0 || duration == 0 || keys < 2 || shards == Some(0) {
@@ -277,19 +283,17 @@ fn main() -> ExitCode {
                 seed,
                 seal_ahead,
             };
-            let target =
-                match cluster.as_deref().map(|c| bench::ClusterTarget::parse(c, max_offset_ms)) {
-                    None => None,
-                    Some(Ok(t)) => Some(t),
-                    Some(Err(e)) => return usage_error(&e),
-                };
+            let target = match cluster.target() {
+                Ok(t) => t,
+                Err(e) => return usage_error(&e),
+            };
             if target.is_some() && (shards.is_some() || seal_ahead.is_some()) {
                 return usage_error("--shards and --seal-ahead are for the embedded database");
             }
             eprintln!(
                 "micro: {workload:?}, {clients} clients ({driver:?}), {keys} keys, {} s{}",
                 duration.as_secs(),
-                cluster.as_deref().map(|c| format!(", cluster {c}")).unwrap_or_default()
+                cluster.cluster.as_deref().map(|c| format!(", cluster {c}")).unwrap_or_default()
             );
             let result = match &target {
                 None => bench::micro::run(&opts),

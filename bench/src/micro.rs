@@ -12,7 +12,6 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -23,8 +22,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use storage::KeyRange;
-use txn::remote::{LocalProcesses, LocalSpec};
-use txn::{Context, Database, Options, ProcError, Procedure, ReadAt, Registry, TxnError};
+use txn::{Context, Database, Options, ProcError, Procedure, ReadAt, Registry, ShardMap, TxnError};
 
 use crate::ClusterTarget;
 use crate::report::Latency;
@@ -205,36 +203,10 @@ pub fn run_cluster(opts: &MicroOptions, target: &ClusterTarget) -> Result<Report
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let mut local = None;
-    let (addr, max_offset_ms) = match target {
-        ClusterTarget::Addr(addr) => (addr.clone(), None),
-        ClusterTarget::Local { shards, max_offset_ms } => {
-            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-            let dir = opts.dir.clone().unwrap_or_else(|| temp.path().join("cluster"));
-            let spec = LocalSpec {
-                command: vec![exe.display().to_string(), "node".into()],
-                dir,
-                shards: *shards,
-                port: None,
-                max_offset_ms: *max_offset_ms,
-                window_ms: 2,
-                split_keys: Vec::new(),
-            };
-            let processes = LocalProcesses::spawn(&spec)?;
-            eprintln!(
-                "  local cluster: sequencer {}, shards {} (max_offset {max_offset_ms} ms)",
-                processes.sequencer,
-                processes.shards.join(", ")
-            );
-            let addr = processes.sequencer.clone();
-            local = Some(processes);
-            (addr, Some(*max_offset_ms))
-        }
-    };
-    let result = runtime.block_on(drive_cluster(opts, &addr, max_offset_ms));
-    if let Some(local) = local {
-        local.stop();
-    }
+    let dir = opts.dir.clone().unwrap_or_else(|| temp.path().join("cluster"));
+    let cluster = target.start(dir, ShardMap::uniform)?;
+    let result = runtime.block_on(drive_cluster(opts, &cluster.addr, cluster.max_offset_ms));
+    cluster.stop();
     result
 }
 
@@ -249,12 +221,7 @@ async fn drive_cluster(
     let client = Arc::new(client);
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let caller = client.clone();
-    let call: Call = Arc::new(move |name, args| {
-        let client = caller.clone();
-        Box::pin(async move { client.call(name, &args).await })
-    });
-    let mut tasks = spawn_procedure_clients(call, stop.clone(), opts);
+    let mut tasks = spawn_procedure_clients(client.clone(), stop.clone(), opts);
     let step = Duration::from_secs(5).min(opts.duration);
     while started.elapsed() < opts.duration {
         tokio::time::sleep(step.min(opts.duration.saturating_sub(started.elapsed()))).await;
@@ -300,23 +267,37 @@ async fn drive_cluster(
     })
 }
 
-/// A procedure call, embedded or over the network.
-type Call = Arc<
-    dyn Fn(&'static str, Vec<u8>) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, TxnError>> + Send>>
-        + Send
-        + Sync,
->;
+/// What runs procedure calls asynchronously: the embedded database or a cluster's client.
+trait Caller: Send + Sync + 'static {
+    fn call(
+        &self,
+        name: &'static str,
+        args: Vec<u8>,
+    ) -> impl Future<Output = Result<Vec<u8>, TxnError>> + Send;
+}
+
+impl Caller for Database {
+    async fn call(&self, name: &'static str, args: Vec<u8>) -> Result<Vec<u8>, TxnError> {
+        self.call_async(name, &args).await
+    }
+}
+
+impl Caller for txn::remote::Client {
+    async fn call(&self, name: &'static str, args: Vec<u8>) -> Result<Vec<u8>, TxnError> {
+        txn::remote::Client::call(self, name, &args).await
+    }
+}
 
 /// Starts `opts.clients` closed-loop clients of the workload's procedure as tasks on the
 /// current runtime; each yields its latencies once `stop` is set.
 fn spawn_procedure_clients(
-    call: Call,
+    caller: Arc<impl Caller>,
     stop: Arc<AtomicBool>,
     opts: &MicroOptions,
 ) -> tokio::task::JoinSet<Result<Vec<Duration>, TxnError>> {
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..opts.clients {
-        let (call, stop, opts) = (call.clone(), stop.clone(), opts.clone());
+        let (caller, stop, opts) = (caller.clone(), stop.clone(), opts.clone());
         tasks.spawn(async move {
             let mut rng = client_rng(&opts, c);
             let mut latencies = Vec::new();
@@ -324,8 +305,8 @@ fn spawn_procedure_clients(
                 let (i, j) = two_keys(&mut rng, opts.keys);
                 let t = Instant::now();
                 match opts.workload {
-                    Workload::Transfer => call("transfer", args(&[i, j])).await?,
-                    _ => call("increment", args(&[i])).await?,
+                    Workload::Transfer => caller.call("transfer", args(&[i, j])).await?,
+                    _ => caller.call("increment", args(&[i])).await?,
                 };
                 latencies.push(t.elapsed());
             }
@@ -350,11 +331,7 @@ fn spawn_async_clients(
         .map_err(|e| e.to_string())?;
     Ok(std::thread::spawn(move || {
         runtime.block_on(async {
-            let call: Call = Arc::new(move |name, args| {
-                let db = db.clone();
-                Box::pin(async move { db.call_async(name, &args).await })
-            });
-            let mut tasks = spawn_procedure_clients(call, stop, &opts);
+            let mut tasks = spawn_procedure_clients(db, stop, &opts);
             let mut all = Vec::new();
             while let Some(client) = tasks.join_next().await {
                 all.extend(client.expect("a client task panicked")?);

@@ -9,12 +9,12 @@ use std::time::Duration;
 use clock::{Clock, Timestamp};
 use storage::KeyRange;
 use tokio::runtime::{Handle, Runtime};
-use txn::remote::{Client, LocalProcesses, LocalSpec};
-use txn::{AbortReason, ProcError, ReadAt, Rows, TxnError};
+use txn::remote::Client;
+use txn::{ProcError, ReadAt, Rows, TxnError};
 
 use super::txns::{self, Reader};
 use super::{Backend, Done, Population, Report, TpccOptions, Txn, check, drive, load_parts};
-use super::{run_parts, schema, shard_map};
+use super::{call_until_done, run_parts, schema, shard_map};
 use crate::ClusterTarget;
 
 /// sealdb over the network.
@@ -61,16 +61,7 @@ impl RemoteSealdb {
     }
 
     fn call(&self, name: &str, args: &[u8], retries: &mut u64) -> Result<Done, String> {
-        loop {
-            match self.runtime.block_on(self.client.call(name, args)) {
-                Ok(_) => return Ok(Done::Committed),
-                Err(TxnError::Aborted(AbortReason::User(m))) if m == txns::ROLLBACK => {
-                    return Ok(Done::RolledBack);
-                }
-                Err(e) if e.is_retryable() => *retries += 1,
-                Err(e) => return Err(format!("{name}: {e}")),
-            }
-        }
+        call_until_done(name, retries, || self.runtime.block_on(self.client.call(name, args)))
     }
 
     fn read<T>(
@@ -116,35 +107,12 @@ impl Backend for RemoteSealdb {
 /// Loads and runs the benchmark on a cluster.
 pub fn run_cluster(opts: &TpccOptions, target: &ClusterTarget) -> Result<Report, String> {
     let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let (addr, max_offset_ms, local) = match target {
-        ClusterTarget::Addr(addr) => (addr.clone(), 5, None),
-        ClusterTarget::Local { shards, max_offset_ms } => {
-            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-            let spec = LocalSpec {
-                command: vec![exe.display().to_string(), "node".into()],
-                dir: temp.path().join("cluster"),
-                shards: (*shards).min(opts.warehouses),
-                port: None,
-                max_offset_ms: *max_offset_ms,
-                window_ms: 2,
-                split_keys: shard_map(opts.warehouses, *shards).splits().to_vec(),
-            };
-            let local = LocalProcesses::spawn(&spec)?;
-            eprintln!(
-                "  local cluster: sequencer {}, shards {} (max_offset {max_offset_ms} ms)",
-                local.sequencer,
-                local.shards.join(", ")
-            );
-            (local.sequencer.clone(), *max_offset_ms, Some(local))
-        }
-    };
-    let result =
-        RemoteSealdb::connect(&addr, Duration::from_millis(max_offset_ms)).and_then(|backend| {
-            let load_s = super::load(&backend, opts)?;
-            drive(&backend, opts, load_s)
-        });
-    if let Some(local) = local {
-        local.stop();
-    }
+    let cluster = target.start(temp.path().join("cluster"), |n| shard_map(opts.warehouses, n))?;
+    let max_offset = Duration::from_millis(cluster.max_offset_ms.unwrap_or(5));
+    let result = RemoteSealdb::connect(&cluster.addr, max_offset).and_then(|backend| {
+        let load_s = super::load(&backend, opts)?;
+        drive(&backend, opts, load_s)
+    });
+    cluster.stop();
     result
 }

@@ -286,16 +286,7 @@ impl Sealdb {
     }
 
     fn call(&self, name: &str, args: &[u8], retries: &mut u64) -> Result<Done, String> {
-        loop {
-            match self.db.call(name, args) {
-                Ok(_) => return Ok(Done::Committed),
-                Err(TxnError::Aborted(AbortReason::User(m))) if m == txns::ROLLBACK => {
-                    return Ok(Done::RolledBack);
-                }
-                Err(e) if e.is_retryable() => *retries += 1,
-                Err(e) => return Err(format!("{name}: {e}")),
-            }
-        }
+        call_until_done(name, retries, || self.db.call(name, args))
     }
 
     /// Runs `f` on a `Latest` snapshot.
@@ -305,6 +296,25 @@ impl Sealdb {
     ) -> Result<T, String> {
         let mut snap = self.db.snapshot(ReadAt::Latest).map_err(|e| e.to_string())?;
         f(&mut snap).map_err(|e| e.to_string())
+    }
+}
+
+/// Runs a sealdb procedure call (`call`) until it is done: committed, or rolled back on
+/// purpose; retryable failures are retried and counted in `retries`.
+pub(crate) fn call_until_done(
+    name: &str,
+    retries: &mut u64,
+    mut call: impl FnMut() -> Result<Vec<u8>, TxnError>,
+) -> Result<Done, String> {
+    loop {
+        match call() {
+            Ok(_) => return Ok(Done::Committed),
+            Err(TxnError::Aborted(AbortReason::User(m))) if m == txns::ROLLBACK => {
+                return Ok(Done::RolledBack);
+            }
+            Err(e) if e.is_retryable() => *retries += 1,
+            Err(e) => return Err(format!("{name}: {e}")),
+        }
     }
 }
 

@@ -20,10 +20,11 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use clock::Clock;
 use storage::KeyRange;
-use tokio::signal::unix::{SignalKind, signal};
 use txn::ReadAt;
 use txn::builtin::put_args;
-use txn::remote::{Client, LocalProcesses, LocalSpec, NodeConfig, cluster_status, run_node};
+use txn::remote::{
+    Client, LocalProcesses, LocalSpec, NodeConfig, cluster_status, run_node, stop_signals,
+};
 
 #[derive(Parser)]
 #[command(name = "sealdb", version, about = "sealdb: a Calvin-style transactional layer")]
@@ -194,12 +195,7 @@ fn dev(shards: u32, dir: &Path, port: u16) -> Result<(), String> {
     println!("Ctrl-C stops the cluster.");
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-        let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
+        stop_signals()?.await;
         Ok::<(), String>(())
     })?;
     local.stop();

@@ -109,15 +109,20 @@ impl Client {
     /// (shard addresses and map). Calls may use the built-in procedures
     /// ([`builtin::registry`](crate::builtin::registry)); [`Client::new`] takes others.
     pub async fn connect(addr: &str, clock: Arc<Clock>) -> Result<Client, TxnError> {
+        Client::connect_with(addr, clock, crate::builtin::registry()).await
+    }
+
+    /// [`Client::connect`] for a cluster whose nodes register `procedures`.
+    pub async fn connect_with(
+        addr: &str,
+        clock: Arc<Clock>,
+        procedures: Registry,
+    ) -> Result<Client, TxnError> {
         let status = cluster_status(addr, &clock).await?;
         let map = ShardMap::new(status.splits)
             .map_err(|e| TxnError::Unavailable(format!("the sequencer at {addr} sent {e}")))?;
-        let cluster = Cluster {
-            sequencer: addr.to_string(),
-            shards: status.shard_addrs,
-            map,
-            procedures: crate::builtin::registry(),
-        };
+        let cluster =
+            Cluster { sequencer: addr.to_string(), shards: status.shard_addrs, map, procedures };
         Client::new(&cluster, clock)
     }
 

@@ -2,6 +2,7 @@
 //! cluster of node processes on 127.0.0.1 ([`LocalProcesses`], for `sealdb dev`, the
 //! benchmark's `--cluster local:N` and the fault tests).
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -28,6 +29,19 @@ pub fn init_logging() {
         .init();
 }
 
+/// Installs handlers for SIGINT and SIGTERM now; the future resolves, to the signal's name,
+/// when the first of them arrives. Call within a tokio runtime.
+pub fn stop_signals() -> Result<impl Future<Output = &'static str>, String> {
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        }
+    })
+}
+
 /// Runs the node `config` describes, with `procedures` registered, until SIGINT or SIGTERM;
 /// then stops it cleanly. Prints the address it listens on to stdout once it serves.
 pub async fn run_node(config: NodeConfig, procedures: Registry) -> Result<(), String> {
@@ -37,14 +51,7 @@ pub async fn run_node(config: NodeConfig, procedures: Registry) -> Result<(), St
         Clock::open(config.data_dir.join("clock"), Arc::new(SystemClock), config.max_offset)
             .map_err(|e| e.to_string())?;
     let clock = Arc::new(clock);
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let stop = async move {
-        tokio::select! {
-            _ = interrupt.recv() => "SIGINT",
-            _ = terminate.recv() => "SIGTERM",
-        }
-    };
+    let stop = stop_signals()?;
     match config.role {
         Role::Sequencer => {
             let node = SequencerNode::start(

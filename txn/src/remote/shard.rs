@@ -759,6 +759,10 @@ struct ShardService {
     state: Arc<State>,
 }
 
+fn key_value(key: Vec<u8>, version: storage::Version) -> v1::KeyValue {
+    v1::KeyValue { key, value: version.value, version_ts: version.ts.as_u64() }
+}
+
 #[tonic::async_trait]
 impl ShardRpc for ShardService {
     async fn get(
@@ -771,11 +775,8 @@ impl ShardRpc for ShardService {
         state.check_local(&r.key)?;
         let at = Timestamp::from_u64(r.read_ts);
         state.wait_safe(at, r.for_window != 0).await?;
-        let found = state.mvcc.get(&r.key, at).map_err(storage_status)?.map(|v| v1::KeyValue {
-            key: r.key,
-            value: v.value,
-            version_ts: v.ts.as_u64(),
-        });
+        let found =
+            state.mvcc.get(&r.key, at).map_err(storage_status)?.map(|v| key_value(r.key, v));
         Ok(Response::new(v1::GetResponse { hlc: stamp(&state.clock), found }))
     }
 
@@ -809,7 +810,7 @@ impl ShardRpc for ShardService {
             .scan(&range, at, r.limit as usize)
             .map_err(storage_status)?
             .into_iter()
-            .map(|(key, v)| v1::KeyValue { key, value: v.value, version_ts: v.ts.as_u64() })
+            .map(|(key, v)| key_value(key, v))
             .collect();
         Ok(Response::new(v1::ScanResponse { hlc: stamp(&state.clock), rows }))
     }
