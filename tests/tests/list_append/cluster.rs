@@ -52,12 +52,15 @@ struct LocalCluster {
     _dirs: tempfile::TempDir,
 }
 
-/// Starts a sequencer and one shard per clock in `shard_clocks`.
+/// Starts a sequencer and one shard per clock in `shard_clocks`, with the built-in
+/// procedures and the tests' own.
 async fn start_cluster(shard_clocks: Vec<Arc<Clock>>) -> LocalCluster {
     let shards = shard_clocks.len() as u32;
     let dirs = tempfile::tempdir().unwrap();
     let map = ShardMap::uniform(shards);
-    let procedures = txn::builtin::registry();
+    let mut procedures = txn::builtin::registry();
+    procedures.register(Arc::new(Fill));
+    procedures.register(Arc::new(CountRemote));
     let config = SealerConfig {
         window_interval: Duration::from_millis(2),
         seal_ahead: None,
@@ -260,6 +263,68 @@ async fn a_shard_whose_clock_is_beyond_max_offset_is_refused_and_the_others_go_o
     // subscriber): it applied nothing, while the others applied the window.
     assert_eq!(local.shards[2].applied(), sequencer::Epoch(0), "shard 2 applied nothing");
     assert!(local.shards[0].applied() > sequencer::Epoch(0));
+    local.stop().await;
+}
+
+/// Rows that `Fill` writes, on shard 1 of 3 (first byte 0x60), more than one scan page.
+const FILLED: u32 = txn::remote::MAX_SCAN_ROWS + 500;
+
+fn filled_range() -> KeyRange {
+    KeyRange::prefix(b"\x60fill/")
+}
+
+/// Writes `FILLED` rows in `filled_range()`.
+struct Fill;
+
+impl Procedure for Fill {
+    fn name(&self) -> &str {
+        "test.fill"
+    }
+    fn ranges(&self, _: &[u8]) -> Result<Vec<KeyRange>, ProcError> {
+        Ok(vec![filled_range()])
+    }
+    fn run(&self, ctx: &mut dyn Context, _: &[u8]) -> Result<Vec<u8>, ProcError> {
+        for i in 0..FILLED {
+            let key: Vec<u8> = filled_range().start.into_iter().chain(i.to_be_bytes()).collect();
+            ctx.put(&key, b"x")?;
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// On shard 0, counts every row of `filled_range()` (on shard 1) and returns the count.
+struct CountRemote;
+
+impl Procedure for CountRemote {
+    fn name(&self) -> &str {
+        "test.count_remote"
+    }
+    fn ranges(&self, _: &[u8]) -> Result<Vec<KeyRange>, ProcError> {
+        Ok(vec![KeyRange::point(b"\x10count"), filled_range()])
+    }
+    fn run(&self, ctx: &mut dyn Context, _: &[u8]) -> Result<Vec<u8>, ProcError> {
+        let n = ctx.scan(&filled_range(), usize::MAX)?.len() as u64;
+        ctx.put(b"\x10count", &n.to_le_bytes())?;
+        Ok(n.to_le_bytes().to_vec())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scans_longer_than_a_page_read_every_row_across_shards() {
+    let local = start_cluster(vec![clock(), clock(), clock()]).await;
+    let mut cluster = local.cluster.clone();
+    cluster.procedures.register(Arc::new(Fill));
+    cluster.procedures.register(Arc::new(CountRemote));
+    let client = Client::new(&cluster, clock()).unwrap();
+    assert_eq!(cluster.map.shard_of(&filled_range().start), ShardId(1));
+    assert_eq!(cluster.map.shard_of(b"\x10count"), ShardId(0));
+    client.call("test.fill", b"").await.unwrap();
+    // A procedure on shard 0 reads shard 1's rows over the network.
+    let counted = client.call("test.count_remote", b"").await.unwrap();
+    assert_eq!(u64::from_le_bytes(counted.try_into().unwrap()), u64::from(FILLED));
+    // And a client's scan reads them too.
+    let rows = client.snapshot(ReadAt::Latest).scan(&filled_range(), usize::MAX).await.unwrap();
+    assert_eq!(rows.len(), FILLED as usize);
     local.stop().await;
 }
 

@@ -30,7 +30,7 @@ use storage::KeyRange;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
-use super::{RemoteError, RemoteSequencer, observe_response, outcome_from_proto, stamp};
+use super::{RemoteError, RemoteSequencer, observe_response, outcome_from_proto, paged, stamp};
 use crate::database::output;
 use crate::error::TxnError;
 use crate::outcome::Outcome;
@@ -281,6 +281,31 @@ impl Client {
         Ok(r.found.map(|kv| kv.value))
     }
 
+    /// One `Scan` request: up to `n` rows of `range`, all on `shard`.
+    async fn scan_page(
+        &self,
+        shard: ShardId,
+        range: KeyRange,
+        n: usize,
+        ts: Timestamp,
+    ) -> Result<Rows, TxnError> {
+        let request = v1::ScanRequest {
+            hlc: stamp(&self.clock),
+            range: Some(range_to_proto(&range)),
+            read_ts: ts.as_u64(),
+            limit: n as u32,
+            for_window: 0,
+        };
+        let r = self.shards[shard.0 as usize]
+            .clone()
+            .scan(with_deadline(request))
+            .await
+            .map_err(|s| read_error(s.into()))?
+            .into_inner();
+        observe_response(&self.clock, r.hlc).map_err(read_error)?;
+        Ok(r.rows.into_iter().map(|kv| (kv.key, kv.value)).collect())
+    }
+
     /// The values of `keys` at `ts`, read concurrently (one round trip's latency, not one per
     /// key).
     pub async fn get_many(
@@ -319,35 +344,9 @@ impl Client {
     ) -> Result<Rows, TxnError> {
         let mut rows = Vec::new();
         for shard in self.map.shards_of(range) {
-            let mut part = self.map.clip(range, shard);
-            // One shard's part, a page of rows at a time.
-            while rows.len() < limit {
-                let page = (limit - rows.len()).min(super::MAX_SCAN_ROWS as usize);
-                let request = v1::ScanRequest {
-                    hlc: stamp(&self.clock),
-                    range: Some(range_to_proto(&part)),
-                    read_ts: ts.as_u64(),
-                    limit: page as u32,
-                    for_window: 0,
-                };
-                let r = self.shards[shard.0 as usize]
-                    .clone()
-                    .scan(with_deadline(request))
-                    .await
-                    .map_err(|s| read_error(s.into()))?
-                    .into_inner();
-                observe_response(&self.clock, r.hlc).map_err(read_error)?;
-                let got = r.rows.len();
-                let last = r.rows.last().map(|kv| kv.key.clone());
-                rows.extend(r.rows.into_iter().map(|kv| (kv.key, kv.value)));
-                match last {
-                    Some(mut after) if got == page => {
-                        after.push(0);
-                        part.start = after;
-                    }
-                    _ => break,
-                }
-            }
+            let part = self.map.clip(range, shard);
+            let left = limit - rows.len();
+            rows.extend(paged(part, left, |r, n| self.scan_page(shard, r, n, ts)).await?);
             if rows.len() >= limit {
                 break;
             }

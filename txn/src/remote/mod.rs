@@ -22,11 +22,15 @@ mod sequencer;
 mod shard;
 
 use ::sequencer::TxnId;
+use std::future::Future;
+
 use clock::{Clock, Timestamp};
 use proto::v1;
+use storage::KeyRange;
 use tonic::{Code, Status};
 
 use crate::outcome::{AbortReason, Outcome};
+use crate::procedure::Rows;
 
 pub use self::admin::Layout;
 pub use self::client::{Client, Cluster, RemoteSnapshot, RemoteTransaction, cluster_status};
@@ -73,6 +77,29 @@ impl From<Status> for RemoteError {
 /// out at once instead of waiting for the peer's delayed ACK (40 ms on Linux).
 fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// Up to `limit` rows of `range` (one shard's part of a scan), read a page of at most
+/// [`MAX_SCAN_ROWS`] at a time: `page(range, n)` reads up to `n` rows of `range`.
+async fn paged<E, F, Fut>(mut range: KeyRange, limit: usize, mut page: F) -> Result<Rows, E>
+where
+    F: FnMut(KeyRange, usize) -> Fut,
+    Fut: Future<Output = Result<Rows, E>>,
+{
+    let mut rows = Vec::new();
+    while rows.len() < limit {
+        let n = (limit - rows.len()).min(MAX_SCAN_ROWS as usize);
+        let got = page(range.clone(), n).await?;
+        let full = got.len() == n;
+        if let Some((last, _)) = got.last() {
+            range.start = last.iter().copied().chain([0]).collect();
+        }
+        rows.extend(got);
+        if !full {
+            break;
+        }
+    }
+    Ok(rows)
 }
 
 /// This node's timestamp for an outgoing message.

@@ -46,7 +46,7 @@ use tonic::{Request, Response, Status};
 use super::metrics::{Metric, ShardCounters};
 use super::{
     RemoteError, RemoteSequencer, SliceDelivery, incoming, observe_request, observe_response,
-    outcome_to_proto, stamp,
+    outcome_to_proto, paged, stamp,
 };
 use crate::executor::{Executor, SnapshotRead};
 use crate::outcome::{Outcome, Phase};
@@ -465,18 +465,20 @@ impl Peers {
         window: Epoch,
         limit: usize,
     ) -> Result<Rows, String> {
-        self.call(shard, |mut c, hlc| {
-            let request = v1::ScanRequest {
-                hlc,
-                range: Some(range_to_proto(range)),
-                read_ts: at.as_u64(),
-                limit: limit.min(MAX_SCAN_ROWS as usize) as u32,
-                for_window: window.0,
-            };
-            async move {
-                let r = c.scan(request).await?.into_inner();
-                Ok((r.rows.into_iter().map(|kv| (kv.key, kv.value)).collect(), r.hlc))
-            }
+        paged(range.clone(), limit, |range, n| {
+            self.call(shard, move |mut c, hlc| {
+                let request = v1::ScanRequest {
+                    hlc,
+                    range: Some(range_to_proto(&range)),
+                    read_ts: at.as_u64(),
+                    limit: n as u32,
+                    for_window: window.0,
+                };
+                async move {
+                    let r = c.scan(request).await?.into_inner();
+                    Ok((r.rows.into_iter().map(|kv| (kv.key, kv.value)).collect(), r.hlc))
+                }
+            })
         })
         .await
     }
