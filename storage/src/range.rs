@@ -22,6 +22,15 @@ impl KeyRange {
         KeyRange { start: key.to_vec(), end: Some(end) }
     }
 
+    /// The one key this range holds, if it is a [`KeyRange::point`].
+    pub fn as_point(&self) -> Option<&[u8]> {
+        let end = self.end.as_deref()?;
+        let is_point = end.len() == self.start.len() + 1
+            && end.starts_with(&self.start)
+            && end.last() == Some(&0);
+        is_point.then_some(self.start.as_slice())
+    }
+
     /// Every key from `start` on.
     pub fn from(start: impl Into<Vec<u8>>) -> KeyRange {
         KeyRange { start: start.into(), end: None }

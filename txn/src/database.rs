@@ -42,10 +42,10 @@ use tokio::sync::oneshot;
 
 use crate::error::TxnError;
 use crate::executor::Executor;
-use crate::outcome::{Outcome, Phase};
+use crate::outcome::Outcome;
 use crate::procedure::{Procedure, Registry};
 use crate::request::{Request, participants, procedure_request};
-use crate::shard::{Finals, Participants, ShardApplier, stored_verdicts};
+use crate::shard::{Finals, OutcomeCounters, Participants, ShardApplier, stored_verdicts};
 use crate::shard_map::ShardMap;
 use crate::snapshot::ShardsAt;
 
@@ -146,10 +146,7 @@ pub(crate) struct Inner {
 struct StatCounters {
     windows: AtomicU64,
     entries: AtomicU64,
-    committed: AtomicU64,
-    fallbacks: AtomicU64,
-    conflicts: AtomicU64,
-    aborts: AtomicU64,
+    outcomes: OutcomeCounters,
 }
 
 /// What the database has done since it was opened.
@@ -335,10 +332,10 @@ impl Database {
         Stats {
             windows: get(&c.windows),
             entries: get(&c.entries),
-            committed: get(&c.committed),
-            fallbacks: get(&c.fallbacks),
-            conflicts: get(&c.conflicts),
-            aborts: get(&c.aborts),
+            committed: get(&c.outcomes.committed),
+            fallbacks: get(&c.outcomes.fallbacks),
+            conflicts: get(&c.outcomes.conflicts),
+            aborts: get(&c.outcomes.aborts),
         }
     }
 
@@ -557,16 +554,7 @@ impl ShardLoop {
             stats.entries.fetch_add(window.entries.len() as u64, Ordering::Relaxed);
         }
         for (decided, client) in applied.decided {
-            let counter = match (&decided.outcome, decided.position) {
-                (Outcome::Committed { .. }, Some(p)) if p.phase == Phase::Fallback => {
-                    stats.committed.fetch_add(1, Ordering::Relaxed);
-                    &stats.fallbacks
-                }
-                (Outcome::Committed { .. }, _) => &stats.committed,
-                (Outcome::Conflict { .. }, _) => &stats.conflicts,
-                (Outcome::Aborted(_), _) => &stats.aborts,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
+            stats.outcomes.count(&decided);
             if let Some(tx) = self.inner.waiters.remove(client) {
                 let _ = tx.send(Ok(decided.outcome));
             }

@@ -9,13 +9,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use clock::Timestamp;
 use sequencer::{ClientId, Entry, ShardId, TxnId};
 use storage::{Epoch, MetaKey, Mvcc};
 
 use crate::executor::{Executor, SnapshotRead, Task};
-use crate::outcome::Decided;
+use crate::outcome::{Decided, Outcome, Phase};
 use crate::request::Request;
 
 /// Final verdicts of multi-shard entries, by entry.
@@ -137,6 +138,36 @@ impl ShardApplier {
             })
             .collect();
         Ok(Some(WindowApplied { decided, deferred: any_deferred }))
+    }
+}
+
+/// How many decided transactions ended each way, counted where their outcome is reported
+/// (the lowest participant).
+#[derive(Default)]
+pub(crate) struct OutcomeCounters {
+    /// Committed, fallbacks included.
+    pub(crate) committed: AtomicU64,
+    /// Single-shard procedures committed by re-execution after losing validation.
+    pub(crate) fallbacks: AtomicU64,
+    /// Interactive transactions that failed validation.
+    pub(crate) conflicts: AtomicU64,
+    /// Aborted.
+    pub(crate) aborts: AtomicU64,
+}
+
+impl OutcomeCounters {
+    /// Counts `decided`.
+    pub(crate) fn count(&self, decided: &Decided) {
+        let counter = match (&decided.outcome, decided.position) {
+            (Outcome::Committed { .. }, Some(p)) if p.phase == Phase::Fallback => {
+                self.committed.fetch_add(1, Ordering::Relaxed);
+                &self.fallbacks
+            }
+            (Outcome::Committed { .. }, _) => &self.committed,
+            (Outcome::Conflict { .. }, _) => &self.conflicts,
+            (Outcome::Aborted(_), _) => &self.aborts,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 

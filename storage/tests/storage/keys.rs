@@ -114,3 +114,13 @@ fn prefix_ranges_hold_exactly_the_keys_with_the_prefix() {
     let p = KeyRange::point(b"ab");
     assert!(p.contains(b"ab") && !p.contains(b"ab\0") && !p.contains(b"a") && !p.contains(b"abc"));
 }
+
+#[test]
+fn only_point_ranges_have_a_point() {
+    assert_eq!(KeyRange::point(b"ab").as_point(), Some(&b"ab"[..]));
+    assert_eq!(KeyRange::point(b"").as_point(), Some(&b""[..]));
+    assert_eq!(KeyRange::prefix(b"ab").as_point(), None);
+    assert_eq!(KeyRange::new("ab", "ab\x01").as_point(), None);
+    assert_eq!(KeyRange::new("ab", "ac\0").as_point(), None);
+    assert_eq!(KeyRange::from("ab").as_point(), None);
+}

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::shard::OutcomeCounters;
+
 /// One metric's current value.
 pub struct Metric {
     /// Its name, `sealdb_...`.
@@ -48,10 +50,8 @@ pub fn render(metrics: &[Metric]) -> String {
 pub(crate) struct ShardCounters {
     pub(crate) windows: AtomicU64,
     pub(crate) entries: AtomicU64,
-    pub(crate) committed: AtomicU64,
-    pub(crate) fallbacks: AtomicU64,
-    pub(crate) conflicts: AtomicU64,
-    pub(crate) aborts: AtomicU64,
+    /// Outcomes of the entries whose lowest participant is this shard.
+    pub(crate) outcomes: OutcomeCounters,
     /// Sum over applied windows of (time applied - window timestamp), in nanoseconds.
     pub(crate) seal_to_apply_nanos: AtomicU64,
     /// Sum over answered outcomes of (time answered - window timestamp), commit-wait

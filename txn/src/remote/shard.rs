@@ -49,7 +49,7 @@ use super::{
     outcome_to_proto, paged, stamp,
 };
 use crate::executor::{Executor, SnapshotRead};
-use crate::outcome::{Outcome, Phase};
+use crate::outcome::Outcome;
 use crate::procedure::{Registry, Rows};
 use crate::request::{Request as TxnRequest, range_from_proto, range_to_proto};
 use crate::shard::{Finals, Participants, ShardApplier, stored_verdicts};
@@ -335,19 +335,23 @@ fn shard_metrics(state: &State) -> Vec<Metric> {
         Metric::counter(
             "sealdb_shard_committed_total",
             "Transactions committed whose lowest participant is this shard.",
-            get(&c.committed),
+            get(&c.outcomes.committed),
         ),
         Metric::counter(
             "sealdb_shard_fallbacks_total",
             "Of those, single-shard procedures re-executed after losing validation.",
-            get(&c.fallbacks),
+            get(&c.outcomes.fallbacks),
         ),
         Metric::counter(
             "sealdb_shard_conflicts_total",
             "Interactive transactions that failed validation.",
-            get(&c.conflicts),
+            get(&c.outcomes.conflicts),
         ),
-        Metric::counter("sealdb_shard_aborts_total", "Transactions aborted.", get(&c.aborts)),
+        Metric::counter(
+            "sealdb_shard_aborts_total",
+            "Transactions aborted.",
+            get(&c.outcomes.aborts),
+        ),
         Metric::counter(
             "sealdb_shard_seal_to_apply_seconds_sum",
             "Sum over applied windows of the time from the window's timestamp to its apply.",
@@ -640,16 +644,7 @@ impl ApplyLoop {
         let since = state.clock.physical_now().duration_since(ts);
         ShardCounters::add(&c.seal_to_apply_nanos, since.as_nanos() as u64);
         for (d, _) in &applied.decided {
-            let counter = match (&d.outcome, d.position) {
-                (Outcome::Committed { .. }, Some(p)) if p.phase == Phase::Fallback => {
-                    ShardCounters::add(&c.committed, 1);
-                    &c.fallbacks
-                }
-                (Outcome::Committed { .. }, _) => &c.committed,
-                (Outcome::Conflict { .. }, _) => &c.conflicts,
-                (Outcome::Aborted(_), _) => &c.aborts,
-            };
-            ShardCounters::add(counter, 1);
+            c.outcomes.count(d);
         }
         {
             let mut outcomes = lock(&state.outcomes);
@@ -679,14 +674,9 @@ fn remote_points(state: &State, entries: &[(TxnId, ::sequencer::Entry)]) -> BTre
     let mut keys = BTreeSet::new();
     for (_, entry) in entries.iter().filter(|(_, e)| e.participants.len() > 1) {
         if let Ok(TxnRequest::Procedure { ranges, .. }) = TxnRequest::decode(&entry.payload) {
-            for r in ranges {
-                let point = r.end.as_deref().is_some_and(|end| {
-                    end.len() == r.start.len() + 1
-                        && end.starts_with(&r.start)
-                        && end.ends_with(&[0])
-                });
-                if point && state.map.shard_of(&r.start) != state.shard {
-                    keys.insert(r.start);
+            for key in ranges.iter().filter_map(KeyRange::as_point) {
+                if state.map.shard_of(key) != state.shard {
+                    keys.insert(key.to_vec());
                 }
             }
         }
