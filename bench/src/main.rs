@@ -115,10 +115,10 @@ enum Workload {
         /// The transaction type.
         #[arg(long, value_enum, default_value = "increment")]
         workload: bench::micro::Workload,
-        /// How clients run: tasks on one thread (async; the default for procedures) or one
-        /// thread each (threads; the default, and the only choice, for interactive).
-        #[arg(long, value_enum)]
-        driver: Option<bench::micro::Driver>,
+        /// How clients run: tasks on one thread (async, embedded or cluster) or one thread
+        /// each making blocking calls (threads, embedded only).
+        #[arg(long, value_enum, default_value = "async")]
+        driver: bench::micro::Driver,
         /// Concurrent clients.
         #[arg(long, default_value_t = 64)]
         clients: u32,
@@ -262,15 +262,6 @@ fn main() -> ExitCode {
                     "--clients, --duration and --shards must be at least 1, --keys at least 2",
                 );
             }
-            use bench::micro::{Driver, Workload as W};
-            let driver = match (driver, workload) {
-                (Some(Driver::Async), W::Interactive) => {
-                    return usage_error("interactive transactions need --driver threads");
-                }
-                (Some(d), _) => d,
-                (None, W::Interactive) => Driver::Threads,
-                (None, _) => Driver::Async,
-            };
             let duration = std::time::Duration::from_secs(duration);
             let opts = bench::micro::MicroOptions {
                 workload,
@@ -289,6 +280,9 @@ fn main() -> ExitCode {
             };
             if target.is_some() && (shards.is_some() || seal_ahead.is_some()) {
                 return usage_error("--shards and --seal-ahead are for the embedded database");
+            }
+            if target.is_some() && driver == bench::micro::Driver::Threads {
+                return usage_error("--driver threads is for the embedded database");
             }
             eprintln!(
                 "micro: {workload:?}, {clients} clients ({driver:?}), {keys} keys, {} s{}",

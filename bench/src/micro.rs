@@ -1,8 +1,8 @@
 //! The micro-benchmark: closed-loop clients running one small transaction type as fast as
-//! they can against an embedded database, for a fixed duration. Each client has one
-//! transaction outstanding at a time; clients are tasks on one tokio thread (`--driver
-//! async`, procedures) or OS threads (`--driver threads`, needed for interactive
-//! transactions, whose reads block).
+//! they can against an embedded database or a cluster, for a fixed duration. Each client has
+//! one transaction outstanding at a time. Clients are tasks on one tokio thread (`--driver
+//! async`, the default), written once against `txn::Store` for both targets, or OS threads
+//! making the embedded database's blocking calls (`--driver threads`).
 //!
 //! Keys are `u64` indexes scrambled by a bijection, so their first byte (what the default
 //! shard map splits on) is uniform and random keys spread evenly over the shards; two random
@@ -10,7 +10,6 @@
 //! sum of all counters equals the number of committed increments, or all balances sum to zero
 //! after transfers.
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +21,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use storage::KeyRange;
-use txn::{Context, Database, Options, ProcError, Procedure, ReadAt, Registry, ShardMap, TxnError};
+use txn::{
+    Context, Database, Options, ProcError, Procedure, ReadAt, Registry, ShardMap, Store,
+    StoreTransaction, TxnError,
+};
 
 use crate::ClusterTarget;
 use crate::report::Latency;
@@ -43,8 +45,7 @@ pub enum Workload {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Driver {
-    /// Each client is a task on one tokio thread, calling `Database::call_async`
-    /// (procedures only).
+    /// Each client is a task on one tokio thread, using the database through `txn::Store`.
     Async,
     /// Each client is an OS thread making blocking calls.
     Threads,
@@ -194,9 +195,6 @@ pub fn procedures() -> Registry {
 
 /// Runs the benchmark's procedure workloads against a cluster, through the network.
 pub fn run_cluster(opts: &MicroOptions, target: &ClusterTarget) -> Result<Report, String> {
-    if opts.workload == Workload::Interactive {
-        return Err("interactive transactions do not run against a cluster yet".into());
-    }
     let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -221,7 +219,7 @@ async fn drive_cluster(
     let client = Arc::new(client);
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let mut tasks = spawn_procedure_clients(client.clone(), stop.clone(), opts);
+    let mut tasks = spawn_clients(client.clone(), stop.clone(), opts);
     let step = Duration::from_secs(5).min(opts.duration);
     while started.elapsed() < opts.duration {
         tokio::time::sleep(step.min(opts.duration.saturating_sub(started.elapsed()))).await;
@@ -267,37 +265,17 @@ async fn drive_cluster(
     })
 }
 
-/// What runs procedure calls asynchronously: the embedded database or a cluster's client.
-trait Caller: Send + Sync + 'static {
-    fn call(
-        &self,
-        name: &'static str,
-        args: Vec<u8>,
-    ) -> impl Future<Output = Result<Vec<u8>, TxnError>> + Send;
-}
-
-impl Caller for Database {
-    async fn call(&self, name: &'static str, args: Vec<u8>) -> Result<Vec<u8>, TxnError> {
-        self.call_async(name, &args).await
-    }
-}
-
-impl Caller for txn::remote::Client {
-    async fn call(&self, name: &'static str, args: Vec<u8>) -> Result<Vec<u8>, TxnError> {
-        txn::remote::Client::call(self, name, &args).await
-    }
-}
-
-/// Starts `opts.clients` closed-loop clients of the workload's procedure as tasks on the
-/// current runtime; each yields its latencies once `stop` is set.
-fn spawn_procedure_clients(
-    caller: Arc<impl Caller>,
+/// Starts `opts.clients` closed-loop clients of the workload as tasks on the current runtime,
+/// against the embedded database or a cluster alike; each yields its latencies once `stop`
+/// is set.
+fn spawn_clients<S: Store + 'static>(
+    store: Arc<S>,
     stop: Arc<AtomicBool>,
     opts: &MicroOptions,
 ) -> tokio::task::JoinSet<Result<Vec<Duration>, TxnError>> {
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..opts.clients {
-        let (caller, stop, opts) = (caller.clone(), stop.clone(), opts.clone());
+        let (store, stop, opts) = (store.clone(), stop.clone(), opts.clone());
         tasks.spawn(async move {
             let mut rng = client_rng(&opts, c);
             let mut latencies = Vec::new();
@@ -305,9 +283,10 @@ fn spawn_procedure_clients(
                 let (i, j) = two_keys(&mut rng, opts.keys);
                 let t = Instant::now();
                 match opts.workload {
-                    Workload::Transfer => caller.call("transfer", args(&[i, j])).await?,
-                    _ => caller.call("increment", args(&[i])).await?,
-                };
+                    Workload::Increment => store.call("increment", &args(&[i])).await.map(drop)?,
+                    Workload::Transfer => store.call("transfer", &args(&[i, j])).await.map(drop)?,
+                    Workload::Interactive => interactive_transfer(&*store, i, j).await?,
+                }
                 latencies.push(t.elapsed());
             }
             Ok(latencies)
@@ -316,22 +295,31 @@ fn spawn_procedure_clients(
     tasks
 }
 
+/// The transfer as an interactive transaction, retried on conflicts.
+async fn interactive_transfer<S: Store>(store: &S, i: u64, j: u64) -> Result<(), TxnError> {
+    store
+        .transact(|mut tx| async move {
+            let (a, b) = (num(tx.get(&key(i)).await?), num(tx.get(&key(j)).await?));
+            tx.put(&key(i), &(a - 1).to_le_bytes())?;
+            tx.put(&key(j), &(b + 1).to_le_bytes())?;
+            Ok((tx, ()))
+        })
+        .await
+}
+
 /// Runs every client as a task on one tokio thread; the handle yields all their latencies.
 fn spawn_async_clients(
     db: Arc<Database>,
     stop: Arc<AtomicBool>,
     opts: MicroOptions,
 ) -> Result<JoinHandle<Result<Vec<Duration>, TxnError>>, String> {
-    if opts.workload == Workload::Interactive {
-        return Err("the async driver runs procedures only: use --driver threads".into());
-    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .map_err(|e| e.to_string())?;
     Ok(std::thread::spawn(move || {
         runtime.block_on(async {
-            let mut tasks = spawn_procedure_clients(db, stop, &opts);
+            let mut tasks = spawn_clients(db, stop, &opts);
             let mut all = Vec::new();
             while let Some(client) = tasks.join_next().await {
                 all.extend(client.expect("a client task panicked")?);

@@ -131,6 +131,8 @@ pub(crate) struct Inner {
     pub(crate) shards: Vec<Arc<Mvcc>>,
     progress: Mutex<Vec<Progress>>,
     progress_changed: Condvar,
+    /// The same, for async waiters.
+    progress_notify: tokio::sync::Notify,
     board: Mutex<Board>,
     board_changed: Condvar,
     waiters: Waiters,
@@ -281,6 +283,7 @@ impl Database {
             shards,
             progress: Mutex::new(progress),
             progress_changed: Condvar::new(),
+            progress_notify: tokio::sync::Notify::new(),
             board: Mutex::new(Board::default()),
             board_changed: Condvar::new(),
             waiters: Waiters::default(),
@@ -310,6 +313,7 @@ impl Database {
                         *lock(&inner.failure) = Some(e);
                         inner.stopping.store(true, Ordering::SeqCst);
                         inner.progress_changed.notify_all();
+                        inner.progress_notify.notify_waiters();
                         inner.board_changed.notify_all();
                         inner.waiters.clear();
                     }
@@ -353,14 +357,7 @@ impl Database {
     /// [`Database::call`] for async callers: waits without holding a thread, so many
     /// concurrent callers cost tasks, not threads.
     pub async fn call_async(&self, name: &str, args: &[u8]) -> Result<Vec<u8>, TxnError> {
-        let outcome = self.start(&self.procedure_request(name, args)?)?.await;
-        let outcome = outcome.map_err(|_| TxnError::OutcomeUnknown)??;
-        if let Some(ts) = self.commit_wait_for(&outcome) {
-            while let Some(left) = self.inner.clock.commit_wait_remaining(ts) {
-                tokio::time::sleep(left).await;
-            }
-        }
-        output(outcome)
+        output(self.submit_async(&self.procedure_request(name, args)?).await?)
     }
 
     fn procedure_request(&self, name: &str, args: &[u8]) -> Result<Request, TxnError> {
@@ -373,6 +370,17 @@ impl Database {
             self.start(request)?.blocking_recv().map_err(|_| TxnError::OutcomeUnknown)??;
         if let Some(ts) = self.commit_wait_for(&outcome) {
             self.inner.clock.commit_wait(ts);
+        }
+        Ok(outcome)
+    }
+
+    /// [`Database::submit`] for async callers.
+    pub(crate) async fn submit_async(&self, request: &Request) -> Result<Outcome, TxnError> {
+        let outcome = self.start(request)?.await.map_err(|_| TxnError::OutcomeUnknown)??;
+        if let Some(ts) = self.commit_wait_for(&outcome) {
+            while let Some(left) = self.inner.clock.commit_wait_remaining(ts) {
+                tokio::time::sleep(left).await;
+            }
         }
         Ok(outcome)
     }
@@ -430,6 +438,21 @@ impl Database {
     /// Waits until every shard has applied every window at or below `ts`.
     pub(crate) fn wait_safe(&self, ts: Timestamp) -> Result<(), TxnError> {
         self.inner.wait_progress(|p| p.safe >= ts, || self.check_running())
+    }
+
+    /// [`Database::wait_safe`] for async callers: waits on a notification, not a thread.
+    pub(crate) async fn wait_safe_async(&self, ts: Timestamp) -> Result<(), TxnError> {
+        loop {
+            let changed = self.inner.progress_notify.notified();
+            let mut changed = std::pin::pin!(changed);
+            // Registered before the check, so a change after it is not missed.
+            changed.as_mut().enable();
+            if lock(&self.inner.progress).iter().all(|p| p.safe >= ts) {
+                return Ok(());
+            }
+            self.check_running()?;
+            let _ = tokio::time::timeout(Duration::from_millis(50), changed).await;
+        }
     }
 
     /// The highest timestamp every shard has fully applied.
@@ -529,6 +552,7 @@ impl ShardLoop {
         }
         progress[me].safe = progress[me].safe.max(safe);
         self.inner.progress_changed.notify_all();
+        self.inner.progress_notify.notify_waiters();
     }
 
     fn apply(&mut self, window: &Window) -> Result<(), String> {

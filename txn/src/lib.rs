@@ -14,7 +14,10 @@
 //!   transactions ([`ReadAt`]), [`Database::transact`] and [`Database::begin`] for interactive
 //!   ones; every failure a caller sees is a [`TxnError`].
 //!
-//! - [`remote`]: cluster mode over gRPC; so far the sequencer's service and client.
+//! - [`remote`]: cluster mode over gRPC: the sequencer, shard and admin services, the nodes
+//!   the `sealdb` binary runs, and the [`Client`](remote::Client).
+//! - [`Store`]: what `Database` and `Client` both offer (async), so code written against one
+//!   runs against the other.
 
 pub mod builtin;
 mod database;
@@ -27,6 +30,7 @@ mod request;
 mod shard;
 mod shard_map;
 mod snapshot;
+mod store;
 mod transaction;
 
 pub use crate::database::{Database, Options, Stats};
@@ -37,4 +41,5 @@ pub use crate::procedure::{Context, ProcError, Procedure, Registry, Rows};
 pub use crate::request::{InteractiveCommit, Request, range_from_proto, range_to_proto};
 pub use crate::shard_map::{InvalidShardMap, ShardMap};
 pub use crate::snapshot::ShardsAt;
+pub use crate::store::{Store, StoreSnapshot, StoreTransaction};
 pub use crate::transaction::{ReadAt, Snapshot, Transaction};

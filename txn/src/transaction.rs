@@ -13,6 +13,7 @@ use crate::outcome::Outcome;
 use crate::procedure::Rows;
 use crate::request::{InteractiveCommit, Request};
 use crate::snapshot::{ShardsAt, scan_over};
+use crate::store::{Store, StoreSnapshot, StoreTransaction};
 
 /// Which state a read-only transaction reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,21 +71,26 @@ fn check_key(db: &Database, key: &[u8]) -> Result<(), TxnError> {
 impl Database {
     /// A read-only snapshot.
     pub fn snapshot(&self, at: ReadAt) -> Result<Snapshot<'_>, TxnError> {
-        self.check_running()?;
-        let now = self.clock().now();
-        let ts = match at {
-            ReadAt::Latest => now,
-            ReadAt::At(ts) => {
-                let oldest = now.saturating_sub(self.inner.retention);
-                if ts < oldest {
-                    return Err(TxnError::OutsideRetention { ts, oldest });
-                }
-                ts
-            }
-            ReadAt::BoundedStaleness(d) => now.saturating_sub(d),
-        };
+        let ts = self.snapshot_ts(at)?;
         self.wait_safe(ts)?;
         Ok(Snapshot { db: self, ts })
+    }
+
+    /// The timestamp a snapshot at `at` reads at, once the shards are safe there.
+    fn snapshot_ts(&self, at: ReadAt) -> Result<Timestamp, TxnError> {
+        self.check_running()?;
+        let now = self.clock().now();
+        match at {
+            ReadAt::Latest => Ok(now),
+            ReadAt::At(ts) => {
+                let oldest = now.saturating_sub(self.inner.retention);
+                match ts < oldest {
+                    true => Err(TxnError::OutsideRetention { ts, oldest }),
+                    false => Ok(ts),
+                }
+            }
+            ReadAt::BoundedStaleness(d) => Ok(now.saturating_sub(d)),
+        }
     }
 
     /// Starts an optimistic transaction reading at the newest state every shard has applied.
@@ -254,6 +260,69 @@ impl Transaction<'_> {
         match self.buffer.into_request() {
             None => Ok(read_ts),
             Some(request) => commit_ts(self.db.submit(&request)?),
+        }
+    }
+}
+
+impl Store for Database {
+    type Snapshot<'a> = Snapshot<'a>;
+    type Transaction<'a> = Transaction<'a>;
+
+    async fn call(&self, name: &str, args: &[u8]) -> Result<Vec<u8>, TxnError> {
+        self.call_async(name, args).await
+    }
+
+    async fn snapshot(&self, at: ReadAt) -> Result<Snapshot<'_>, TxnError> {
+        let ts = self.snapshot_ts(at)?;
+        self.wait_safe_async(ts).await?;
+        Ok(Snapshot { db: self, ts })
+    }
+
+    fn begin(&self) -> Result<Transaction<'_>, TxnError> {
+        Database::begin(self)
+    }
+}
+
+impl StoreSnapshot for Snapshot<'_> {
+    fn ts(&self) -> Timestamp {
+        self.ts
+    }
+
+    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, TxnError> {
+        Snapshot::get(self, key)
+    }
+
+    async fn scan(&self, range: &KeyRange, limit: usize) -> Result<Rows, TxnError> {
+        Snapshot::scan(self, range, limit)
+    }
+}
+
+impl StoreTransaction for Transaction<'_> {
+    fn read_ts(&self) -> Timestamp {
+        self.buffer.read_ts
+    }
+
+    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, TxnError> {
+        Transaction::get(self, key)
+    }
+
+    async fn scan(&mut self, range: &KeyRange, limit: usize) -> Result<Rows, TxnError> {
+        Transaction::scan(self, range, limit)
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), TxnError> {
+        Transaction::put(self, key, value)
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<(), TxnError> {
+        Transaction::delete(self, key)
+    }
+
+    async fn commit(self) -> Result<Timestamp, TxnError> {
+        let read_ts = self.buffer.read_ts;
+        match self.buffer.into_request() {
+            None => Ok(read_ts),
+            Some(request) => commit_ts(self.db.submit_async(&request).await?),
         }
     }
 }

@@ -4,27 +4,21 @@
 //! client beyond it, and bad requests over the wire.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use clock::{Clock, OffsetClock, PhysicalClock, SystemClock};
 use proto::v1;
 use proto::v1::shard_client::ShardClient;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use sequencer::{ClientId, Entry, SealerConfig, ShardId};
 use storage::{KeyRange, Limits};
-use tests::history::{Mop, Recorder};
 use tokio::net::TcpListener;
-use txn::builtin::{decode_list, encode_list, list_key, put_args};
+use txn::builtin::put_args;
 use txn::remote::{
     Client, Cluster, Layout, RemoteSequencer, SequencerNode, ShardConfig, ShardNode, cluster_status,
 };
 use txn::{AbortReason, Context, ProcError, Procedure, ReadAt, ShardMap, TxnError};
 
-use crate::{
-    CLIENTS, TXNS_PER_CLIENT, check_strict_serializable, encode_ops, random_ops, record, with_reads,
-};
+use crate::{CLIENTS, TXNS_PER_CLIENT, run_list_append};
 
 /// Clocks may differ by this much; commit-wait lasts about as long.
 const MAX_OFFSET: Duration = Duration::from_millis(20);
@@ -112,65 +106,6 @@ impl LocalCluster {
         }
         self.sequencer.shutdown().await.unwrap();
     }
-}
-
-/// Runs the list-append workload through `client` and checks its history.
-async fn run_list_append(client: Arc<Client>, name: &str, seed: u64) {
-    let history = Arc::new(Recorder::new());
-    let next_value = Arc::new(AtomicU64::new(1));
-    let tasks: Vec<_> = (0..CLIENTS)
-        .map(|process| {
-            let (client, history, next_value) =
-                (client.clone(), history.clone(), next_value.clone());
-            tokio::spawn(async move {
-                let mut rng = StdRng::seed_from_u64(seed * 1000 + process);
-                let mut committed = 0;
-                for _ in 0..TXNS_PER_CLIENT {
-                    let ops = random_ops(&mut rng, &next_value);
-                    history.invoke(process, &ops);
-                    let result = if rng.random_bool(0.5) {
-                        interactive(&client, &ops).await
-                    } else {
-                        client
-                            .call("list_append", &encode_ops(&ops))
-                            .await
-                            .map(|out| with_reads(&ops, &out))
-                    };
-                    committed += u64::from(record(&history, process, &ops, result));
-                }
-                committed
-            })
-        })
-        .collect();
-    let mut committed = 0;
-    for task in tasks {
-        committed += task.await.unwrap();
-    }
-    assert!(committed > CLIENTS * TXNS_PER_CLIENT / 2, "only {committed} transactions committed");
-    check_strict_serializable(&history, name, seed);
-}
-
-/// Runs `ops` as an interactive transaction through the client; returns them with the lists
-/// read.
-async fn interactive(client: &Client, ops: &[Mop]) -> Result<Vec<Mop>, TxnError> {
-    client
-        .transact(|mut tx| async move {
-            let mut done = Vec::new();
-            for op in ops {
-                let (Mop::Read(k, _) | Mop::Append(k, _)) = op;
-                let mut list = decode_list(tx.get(&list_key(*k)).await?.as_deref()).unwrap();
-                match op {
-                    Mop::Read(..) => done.push(Mop::Read(*k, Some(list))),
-                    Mop::Append(_, v) => {
-                        list.push(*v);
-                        tx.put(&list_key(*k), &encode_list(&list));
-                        done.push(op.clone());
-                    }
-                }
-            }
-            Ok((tx, done))
-        })
-        .await
 }
 
 fn seed() -> u64 {

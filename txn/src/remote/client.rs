@@ -38,8 +38,8 @@ use crate::procedure::{Registry, Rows};
 use crate::request::{Request, participants, procedure_request, range_to_proto};
 use crate::shard_map::ShardMap;
 use crate::snapshot::{overlay, rows_needed};
-use crate::transaction::ReadAt;
-use crate::transaction::{Buffer, Retry, commit_ts};
+use crate::store::{Store, StoreSnapshot, StoreTransaction};
+use crate::transaction::{Buffer, ReadAt, commit_ts};
 
 /// How long a call keeps trying to reach a node before giving up.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -153,39 +153,6 @@ impl Client {
     /// for the shard's safe time to pass it). Most callers want [`Client::transact`].
     pub fn begin(&self) -> RemoteTransaction<'_> {
         RemoteTransaction { client: self, buffer: Buffer::new(self.clock.now()) }
-    }
-
-    /// Runs `body` in a transaction and commits it, retrying on conflicts with back-off (up
-    /// to 64 attempts), as [`Database::transact`](crate::Database::transact) does. `body` gets
-    /// the transaction and hands it back with its result, so that the future it returns owns
-    /// it (and can be sent to another task):
-    ///
-    /// ```ignore
-    /// let v = client.transact(|mut tx| async move {
-    ///     let v = tx.get(b"k").await?;
-    ///     tx.put(b"k", b"new");
-    ///     Ok((tx, v))
-    /// }).await?;
-    /// ```
-    ///
-    /// `body` may run several times, so it should have no effects outside the transaction.
-    pub async fn transact<'c, T, F, Fut>(&'c self, mut body: F) -> Result<T, TxnError>
-    where
-        F: FnMut(RemoteTransaction<'c>) -> Fut,
-        Fut: Future<Output = Result<(RemoteTransaction<'c>, T), TxnError>>,
-    {
-        let mut retry = Retry::default();
-        loop {
-            let result = match body(self.begin()).await {
-                Ok((tx, value)) => tx.commit().await.map(|_| value),
-                Err(e) => Err(e),
-            };
-            match result.map_err(|e| retry.after(e)) {
-                Err(Ok(wait)) => tokio::time::sleep(wait).await,
-                Err(Err(e)) => return Err(e),
-                Ok(value) => return Ok(value),
-            }
-        }
     }
 
     /// Logs `entry`, resubmitting it after failures that leave its fate unknown.
@@ -462,5 +429,75 @@ fn read_error(e: RemoteError) -> TxnError {
         RemoteError::ClockSkew(why) => TxnError::ClockSkew(why),
         RemoteError::Unavailable(why) => TxnError::Unavailable(why),
         other => TxnError::Unavailable(other.to_string()),
+    }
+}
+
+/// The cluster side of [`Store`]: the inherent methods, and [`Store::transact`] with the
+/// same retry policy as the embedded database's:
+///
+/// ```ignore
+/// use txn::Store;
+/// let v = client.transact(|mut tx| async move {
+///     let v = tx.get(b"k").await?;
+///     tx.put(b"k", b"new")?;
+///     Ok((tx, v))
+/// }).await?;
+/// ```
+impl Store for Client {
+    type Snapshot<'a> = RemoteSnapshot<'a>;
+    type Transaction<'a> = RemoteTransaction<'a>;
+
+    async fn call(&self, name: &str, args: &[u8]) -> Result<Vec<u8>, TxnError> {
+        Client::call(self, name, args).await
+    }
+
+    async fn snapshot(&self, at: ReadAt) -> Result<RemoteSnapshot<'_>, TxnError> {
+        Ok(Client::snapshot(self, at))
+    }
+
+    fn begin(&self) -> Result<RemoteTransaction<'_>, TxnError> {
+        Ok(Client::begin(self))
+    }
+}
+
+impl StoreSnapshot for RemoteSnapshot<'_> {
+    fn ts(&self) -> Timestamp {
+        self.ts
+    }
+
+    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, TxnError> {
+        RemoteSnapshot::get(self, key).await
+    }
+
+    async fn scan(&self, range: &KeyRange, limit: usize) -> Result<Rows, TxnError> {
+        RemoteSnapshot::scan(self, range, limit).await
+    }
+}
+
+impl StoreTransaction for RemoteTransaction<'_> {
+    fn read_ts(&self) -> Timestamp {
+        self.buffer.read_ts
+    }
+
+    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, TxnError> {
+        RemoteTransaction::get(self, key).await
+    }
+
+    async fn scan(&mut self, range: &KeyRange, limit: usize) -> Result<Rows, TxnError> {
+        RemoteTransaction::scan(self, range, limit).await
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), TxnError> {
+        RemoteTransaction::put(self, key, value);
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<(), TxnError> {
+        RemoteTransaction::delete(self, key);
+        Ok(())
+    }
+
+    async fn commit(self) -> Result<Timestamp, TxnError> {
+        RemoteTransaction::commit(self).await
     }
 }
