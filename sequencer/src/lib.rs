@@ -43,7 +43,9 @@ mod window;
 pub use crate::error::SequencerError;
 pub use crate::ids::{ClientId, ShardId, TxnId};
 pub use crate::log::WindowLog;
-pub use crate::runner::{Delivery, Feedback, OnReceipt, Receipt, Sequencer, SequencerStats};
+pub use crate::runner::{
+    Delivery, Feedback, OnReceipt, Receipt, Sequencer, SequencerStats, WINDOW_SIZE_BOUNDS,
+};
 pub use crate::sealer::{Admission, Sealer, SealerConfig};
 pub use crate::window::{Entry, Window};
 pub use clock::Epoch;

@@ -181,6 +181,7 @@ impl Sequencer {
             windows: c.windows.load(Ordering::Relaxed),
             entries: c.entries.load(Ordering::Relaxed),
             append_seconds: c.append_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            window_sizes: std::array::from_fn(|i| c.window_sizes[i].load(Ordering::Relaxed)),
         }
     }
 
@@ -238,7 +239,14 @@ struct LogCounters {
     windows: AtomicU64,
     entries: AtomicU64,
     append_nanos: AtomicU64,
+    /// Windows logged by size: per bucket of [`WINDOW_SIZE_BOUNDS`], then above them all.
+    window_sizes: [AtomicU64; WINDOW_SIZE_BOUNDS.len() + 1],
 }
+
+/// Upper bounds of the window-size buckets in [`SequencerStats::window_sizes`]: entries per
+/// logged window, in powers of two.
+pub const WINDOW_SIZE_BOUNDS: [u64; 14] =
+    [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192];
 
 /// What a sequencer has logged since it started ([`Sequencer::stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -249,6 +257,9 @@ pub struct SequencerStats {
     pub entries: u64,
     /// Seconds spent appending them (write and fsync).
     pub append_seconds: f64,
+    /// How many windows had how many entries: `window_sizes[i]` had at most
+    /// `WINDOW_SIZE_BOUNDS[i]` and more than the bound before; the last counts the rest.
+    pub window_sizes: [u64; WINDOW_SIZE_BOUNDS.len() + 1],
 }
 
 impl Loop {
@@ -357,6 +368,9 @@ impl Loop {
         c.append_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         c.windows.fetch_add(1, Ordering::Relaxed);
         c.entries.fetch_add(window.entries.len() as u64, Ordering::Relaxed);
+        let size = window.entries.len() as u64;
+        let bucket = WINDOW_SIZE_BOUNDS.iter().position(|b| size <= *b);
+        c.window_sizes[bucket.unwrap_or(WINDOW_SIZE_BOUNDS.len())].fetch_add(1, Ordering::Relaxed);
         c.ts.store(window.ts.as_u64(), Ordering::SeqCst);
         c.epoch.store(window.epoch.0, Ordering::SeqCst);
         let window = Arc::new(window);

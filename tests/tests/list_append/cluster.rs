@@ -125,14 +125,25 @@ async fn list_append_over_a_cluster_is_strictly_serializable() {
     // The nodes' Prometheus metrics count what happened.
     let sequencer = scrape(local.sequencer.metrics_source()).await;
     assert!(metric(&sequencer, "sealdb_sequencer_windows_logged_total") > 0.0, "{sequencer}");
-    assert!(metric(&sequencer, "sealdb_sequencer_entries_logged_total") >= 360.0, "{sequencer}");
-    let mut committed = 0.0;
+    let entries = metric(&sequencer, "sealdb_sequencer_entries_logged_total");
+    assert!(entries >= 360.0, "{sequencer}");
+    // Window sizes: one observation per logged window, summing to the entries.
+    let windows = metric(&sequencer, "sealdb_sequencer_windows_logged_total");
+    assert_eq!(metric(&sequencer, "sealdb_sequencer_window_entries_count"), windows);
+    assert_eq!(metric(&sequencer, "sealdb_sequencer_window_entries_sum"), entries);
+    assert_eq!(metric(&sequencer, "sealdb_sequencer_window_entries_bucket{le=\"+Inf\"}"), windows);
+    let (mut committed, mut answered) = (0.0, 0.0);
     for shard in &local.shards {
         let text = scrape(shard.metrics_source()).await;
-        assert!(metric(&text, "sealdb_shard_windows_applied_total") > 0.0, "{text}");
+        let applied = metric(&text, "sealdb_shard_windows_applied_total");
+        assert!(applied > 0.0, "{text}");
+        assert_eq!(metric(&text, "sealdb_shard_seal_to_apply_seconds_count"), applied, "{text}");
         committed += metric(&text, "sealdb_shard_committed_total");
+        answered += metric(&text, "sealdb_shard_commit_seconds_count");
     }
     assert!(committed >= (CLIENTS * TXNS_PER_CLIENT / 2) as f64, "{committed} commits counted");
+    // Every commit was answered to the client that waited for it.
+    assert_eq!(answered, committed);
     local.stop().await;
 }
 

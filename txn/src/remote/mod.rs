@@ -35,7 +35,7 @@ use crate::procedure::Rows;
 pub use self::admin::Layout;
 pub use self::client::{Client, Cluster, RemoteSnapshot, RemoteTransaction, cluster_status};
 pub use self::config::{NodeConfig, Role};
-pub use self::metrics::{Metric, render, serve_metrics};
+pub use self::metrics::{LATENCY_BOUNDS, Metric, Value, render, serve_metrics};
 pub use self::node::{LocalProcesses, LocalSpec, init_logging, run_node, stop_signals};
 pub use self::sequencer::{RemoteSequencer, SequencerNode, SliceDelivery};
 pub use self::shard::{MAX_SCAN_ROWS, ShardConfig, ShardNode};

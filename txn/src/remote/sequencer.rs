@@ -19,6 +19,7 @@ use proto::v1::sequencer_client::SequencerClient;
 use proto::v1::sequencer_server::{Sequencer as SequencerRpc, SequencerServer};
 use sequencer::{
     ClientId, Delivery, Entry, Receipt, SealerConfig, Sequencer, SequencerError, ShardId, TxnId,
+    WINDOW_SIZE_BOUNDS,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -108,7 +109,14 @@ impl SequencerNode {
                 ),
                 Metric::counter(
                     "sealdb_sequencer_entries_logged_total",
-                    "Entries in them (window sizes: entries / windows).",
+                    "Entries in them.",
+                    stats.entries as f64,
+                ),
+                Metric::histogram(
+                    "sealdb_sequencer_window_entries",
+                    "Entries per logged window.",
+                    &WINDOW_SIZE_BOUNDS.map(|b| b as f64),
+                    &stats.window_sizes,
                     stats.entries as f64,
                 ),
                 Metric::counter(

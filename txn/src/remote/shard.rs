@@ -324,7 +324,6 @@ fn shard_metrics(state: &State) -> Vec<Metric> {
     let get = ShardCounters::get;
     let progress = state.progress();
     let lag = state.clock.physical_now().duration_since(progress.safe);
-    let answered = get(&c.commits_answered);
     vec![
         Metric::counter("sealdb_shard_windows_applied_total", "Windows applied.", get(&c.windows)),
         Metric::counter(
@@ -352,18 +351,15 @@ fn shard_metrics(state: &State) -> Vec<Metric> {
             "Transactions aborted.",
             get(&c.outcomes.aborts),
         ),
-        Metric::counter(
-            "sealdb_shard_seal_to_apply_seconds_sum",
-            "Sum over applied windows of the time from the window's timestamp to its apply.",
-            get(&c.seal_to_apply_nanos) / 1e9,
+        c.seal_to_apply.metric(
+            "sealdb_shard_seal_to_apply_seconds",
+            "Per applied window, the time from the window's timestamp to its apply.",
         ),
-        Metric::counter(
-            "sealdb_shard_commit_seconds_sum",
-            "Sum over answered commits of the time from the window's timestamp to the answer \
+        c.commit.metric(
+            "sealdb_shard_commit_seconds",
+            "Per answered commit, the time from its window's timestamp to the answer \
              (commit-wait included).",
-            get(&c.commit_nanos) / 1e9,
         ),
-        Metric::counter("sealdb_shard_commit_seconds_count", "Commits answered.", answered),
         Metric::gauge(
             "sealdb_shard_applied_epoch",
             "The last window applied.",
@@ -641,8 +637,7 @@ impl ApplyLoop {
         let c = &state.counters;
         ShardCounters::add(&c.windows, 1);
         ShardCounters::add(&c.entries, entries.len() as u64);
-        let since = state.clock.physical_now().duration_since(ts);
-        ShardCounters::add(&c.seal_to_apply_nanos, since.as_nanos() as u64);
+        c.seal_to_apply.observe(state.clock.physical_now().duration_since(ts));
         for (d, _) in &applied.decided {
             c.outcomes.count(d);
         }
@@ -874,9 +869,7 @@ impl ShardRpc for ShardService {
         }
         if let Outcome::Committed { ts, .. } = &outcome {
             let c = &state.counters;
-            let since = state.clock.physical_now().duration_since(*ts);
-            ShardCounters::add(&c.commit_nanos, since.as_nanos() as u64);
-            ShardCounters::add(&c.commits_answered, 1);
+            c.commit.observe(state.clock.physical_now().duration_since(*ts));
         }
         Ok(Response::new(v1::AwaitOutcomeResponse {
             hlc: stamp(&state.clock),
