@@ -36,6 +36,7 @@
 //! sequencer's). Shard writes are not fsynced; after a machine crash the shard replays the
 //! log from its watermark (DESIGN.md section 6).
 
+mod cache;
 mod engine;
 mod error;
 mod key;
@@ -51,7 +52,7 @@ pub use crate::error::StorageError;
 pub use crate::key::{MetaKey, StorageKey};
 pub use crate::limits::Limits;
 pub use crate::memory::MemoryEngine;
-pub use crate::mvcc::{GcStats, Mvcc, Version, VersionBatch, Watermark};
+pub use crate::mvcc::{DEFAULT_ROW_CACHE_BYTES, GcStats, Mvcc, Version, VersionBatch, Watermark};
 pub use crate::range::KeyRange;
 pub use crate::rocks::RocksEngine;
 pub use clock::Epoch;

@@ -19,16 +19,21 @@
 //! with the new watermark, written in one atomic engine batch: after a crash, the watermark says
 //! exactly which windows are present.
 //!
+//! Point reads go through a row cache of each key's newest version (`cache.rs`), which every
+//! apply writes through; scans read the engine.
+//!
 //! Garbage collection ([`Mvcc::gc`]) removes versions no read at or above a horizon can see:
 //! everything below the newest version at or below the horizon, and that version too if it is
 //! a deletion.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use clock::Timestamp;
 
+use crate::cache::{Newest, RowCache};
 use crate::engine::{Engine, RawBatch};
 use crate::key::{MetaKey, StorageKey};
 use crate::limits::Limits;
@@ -127,12 +132,19 @@ impl VersionBatch {
     }
 }
 
+/// Bytes of newest versions a shard keeps in memory by default ([`Mvcc::open_with_cache`]).
+pub const DEFAULT_ROW_CACHE_BYTES: usize = 128 << 20;
+
 /// Multi-version storage for one shard.
 pub struct Mvcc {
     engine: Arc<dyn Engine>,
     limits: Limits,
     /// The watermark as last written; the lock also serialises [`Mvcc::apply`].
     applied: Mutex<Option<Watermark>>,
+    /// The watermark's timestamp, for readers that must not wait for an apply's lock.
+    applied_ts: AtomicU64,
+    /// Newest versions of recently used keys.
+    cache: RowCache,
 }
 
 impl std::fmt::Debug for Mvcc {
@@ -142,13 +154,30 @@ impl std::fmt::Debug for Mvcc {
 }
 
 impl Mvcc {
-    /// Opens MVCC storage on `engine`, reading back the watermark it holds.
+    /// Opens MVCC storage on `engine`, reading back the watermark it holds, with a row cache
+    /// of [`DEFAULT_ROW_CACHE_BYTES`].
     pub fn open(engine: Arc<dyn Engine>, limits: Limits) -> Result<Mvcc> {
+        Mvcc::open_with_cache(engine, limits, DEFAULT_ROW_CACHE_BYTES)
+    }
+
+    /// [`Mvcc::open`] with a row cache of about `cache_bytes` (0: none): the newest versions
+    /// of recently used keys, which serve point reads at or above them (see `cache.rs`).
+    pub fn open_with_cache(
+        engine: Arc<dyn Engine>,
+        limits: Limits,
+        cache_bytes: usize,
+    ) -> Result<Mvcc> {
         let applied = match engine.get(&StorageKey::Meta(MetaKey::AppliedWindow).encode())? {
             None => None,
             Some(bytes) => Some(decode_watermark(&bytes)?),
         };
-        Ok(Mvcc { engine, limits, applied: Mutex::new(applied) })
+        Ok(Mvcc {
+            engine,
+            limits,
+            applied: Mutex::new(applied),
+            applied_ts: AtomicU64::new(applied.map_or(0, |w| w.ts.as_u64())),
+            cache: RowCache::new(cache_bytes),
+        })
     }
 
     /// The limits writes are checked against.
@@ -174,8 +203,25 @@ impl Mvcc {
     /// The value of `key` as of `at`: its newest version at or below `at`, unless that
     /// version is a deletion.
     pub fn get(&self, key: &[u8], at: Timestamp) -> Result<Option<Version>> {
-        Ok(match self.newest_version(key, at)? {
-            Some((ts, Some(value))) => Some(Version { ts, value }),
+        self.check_key(key)?;
+        let newest = match self.cache.get(key, at) {
+            Some(newest) => newest,
+            None => {
+                // The ticket before the watermark: a batch applied after it voids the ticket.
+                let ticket = self.cache.ticket();
+                let current = at.as_u64() >= self.applied_ts.load(Ordering::SeqCst);
+                let newest = match self.newest_version(key, at)? {
+                    Some((ts, value)) => Newest::Version(ts, value),
+                    None => Newest::Nothing,
+                };
+                if let Some(ticket) = ticket.filter(|_| current) {
+                    self.cache.fill(ticket, key, newest.clone());
+                }
+                newest
+            }
+        };
+        Ok(match newest {
+            Newest::Version(ts, Some(value)) => Some(Version { ts, value }),
             _ => None,
         })
     }
@@ -305,9 +351,17 @@ impl Mvcc {
         }
         let watermark = Watermark { window: batch.window, ts: batch.ts };
         raw.put(StorageKey::Meta(MetaKey::AppliedWindow).encode(), encode_watermark(watermark));
-        self.engine.write(raw, false)?;
-        *applied = Some(watermark);
-        Ok(())
+        self.cache.begin_apply();
+        let written = self.engine.write(raw, false);
+        if written.is_ok() {
+            for (key, value) in batch.writes() {
+                self.cache.write_through(key, Newest::Version(batch.ts, value.map(<[u8]>::to_vec)));
+            }
+            self.applied_ts.store(batch.ts.as_u64(), Ordering::SeqCst);
+            *applied = Some(watermark);
+        }
+        self.cache.end_apply();
+        written
     }
 
     /// Removes every version that no read at or above `horizon` can see. Reads below the

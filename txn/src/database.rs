@@ -64,6 +64,9 @@ pub struct Options {
     pub limits: Limits,
     /// How far back reads at a timestamp may go (default 60 s).
     pub retention: Duration,
+    /// Bytes of each shard's row cache: the newest versions of recently used keys, which
+    /// serve most reads of window execution (default 128 MiB; 0 turns it off).
+    pub row_cache_bytes: usize,
     /// Keep shard data in memory (tests); the log still goes to a temporary directory.
     pub in_memory: bool,
     /// The procedures `call` can run.
@@ -79,6 +82,7 @@ impl Default for Options {
             max_offset: Duration::ZERO,
             limits: Limits::default(),
             retention: Duration::from_secs(60),
+            row_cache_bytes: storage::DEFAULT_ROW_CACHE_BYTES,
             in_memory: false,
             procedures: Registry::new(),
         }
@@ -260,7 +264,8 @@ impl Database {
             } else {
                 Arc::new(RocksEngine::open(path.join(format!("shard-{}", s.0))).map_err(storage)?)
             };
-            shards.push(Arc::new(Mvcc::open(engine, options.limits).map_err(storage)?));
+            let mvcc = Mvcc::open_with_cache(engine, options.limits, options.row_cache_bytes);
+            shards.push(Arc::new(mvcc.map_err(storage)?));
         }
         let progress = shards
             .iter()

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use clock::Timestamp;
-use storage::{Engine, Limits, MemoryEngine, Mvcc, RocksEngine};
+use storage::{DEFAULT_ROW_CACHE_BYTES, Engine, Limits, MemoryEngine, Mvcc, RocksEngine};
 
 /// Which engine a fixture runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +16,8 @@ pub enum Kind {
 pub struct Fixture {
     pub kind: Kind,
     pub limits: Limits,
+    /// The row cache's budget.
+    pub cache_bytes: usize,
     dir: tempfile::TempDir,
     memory: MemoryEngine,
     pub mvcc: Option<Mvcc>,
@@ -27,9 +29,19 @@ impl Fixture {
     }
 
     pub fn with_limits(kind: Kind, limits: Limits) -> Fixture {
+        Fixture::with(kind, limits, DEFAULT_ROW_CACHE_BYTES)
+    }
+
+    /// A fixture whose row cache holds about `cache_bytes` (0: none).
+    pub fn with_cache(kind: Kind, cache_bytes: usize) -> Fixture {
+        Fixture::with(kind, Limits::default(), cache_bytes)
+    }
+
+    fn with(kind: Kind, limits: Limits, cache_bytes: usize) -> Fixture {
         let mut f = Fixture {
             kind,
             limits,
+            cache_bytes,
             dir: tempfile::tempdir().unwrap(),
             memory: MemoryEngine::new(),
             mvcc: None,
@@ -49,7 +61,7 @@ impl Fixture {
             Kind::Memory => Arc::new(self.memory.clone()),
             Kind::Rocks => Arc::new(RocksEngine::open(self.dir.path().join("db")).unwrap()),
         };
-        self.mvcc = Some(Mvcc::open(engine, self.limits).unwrap());
+        self.mvcc = Some(Mvcc::open_with_cache(engine, self.limits, self.cache_bytes).unwrap());
     }
 }
 

@@ -1,0 +1,160 @@
+//! [`RowCache`]: each key's newest version, in memory, in front of the engine's point reads.
+//!
+//! A shard executes window `e` against `Snap(e-1)`: the newest state it has. Those reads are
+//! most of the work of executing a window, and each is a seek in the engine. The cache keeps,
+//! for recently used keys, the newest version the shard holds (or the fact that it holds
+//! none), so such a read is a hash lookup.
+//!
+//! What stays true:
+//!
+//! - **An entry is the key's newest version.** [`Mvcc::apply`](crate::Mvcc::apply) writes
+//!   every version it adds through to the cache (inserting it), after the engine write and
+//!   before the watermark moves. So a cached version at `ts` answers any read at or above
+//!   `ts` (nothing newer exists at or below the watermark, and reads wait for the
+//!   watermark); a read below `ts` goes to the engine.
+//! - **A read fills the cache only if no batch was applied meanwhile.** A generation counter
+//!   is odd while a batch is being applied. A reader takes the generation before it reads
+//!   the engine, at or above the watermark, and inserts what it read only if the generation
+//!   is unchanged, checked under the entry's stripe lock; a batch's write-through takes the
+//!   same lock after making the generation odd. So a fill can never overwrite a newer
+//!   version with an older one, even if the newer one was evicted in between.
+//! - **Garbage collection does not touch it.** It removes only versions no read at or above
+//!   the horizon sees, and a newest version only if it is a deletion, which reads the same as
+//!   no version.
+//!
+//! It serves [`Mvcc::get`](crate::Mvcc::get) only: scans and change checks read the engine.
+//! Memory is bounded by a byte budget split over stripes, each evicting its least recently
+//! used entries; a budget of zero turns the cache off.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use clock::Timestamp;
+use lru::LruCache;
+
+/// Stripes, each with its own lock and share of the budget.
+const STRIPES: usize = 32;
+/// What an entry costs beyond its key and value bytes (map slot, list links, allocations).
+const ENTRY_OVERHEAD: usize = 96;
+
+/// A key's newest version as the cache holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Newest {
+    /// The shard holds no version of the key.
+    Nothing,
+    /// The newest version: its timestamp and value (`None`: a deletion).
+    Version(Timestamp, Option<Vec<u8>>),
+}
+
+impl Newest {
+    fn bytes(&self) -> usize {
+        match self {
+            Newest::Nothing => 0,
+            Newest::Version(_, value) => value.as_ref().map_or(0, Vec::len),
+        }
+    }
+}
+
+/// Permission to fill the cache with what a read returns, if no batch is applied before.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FillTicket(u64);
+
+/// Each key's newest version, for recently read or written keys.
+pub(crate) struct RowCache {
+    stripes: Vec<Mutex<Stripe>>,
+    /// Bytes each stripe may hold.
+    stripe_budget: usize,
+    /// Odd while a batch is being applied; rises by two per batch.
+    generation: AtomicU64,
+}
+
+struct Stripe {
+    rows: LruCache<Vec<u8>, Newest>,
+    bytes: usize,
+}
+
+impl RowCache {
+    /// A cache holding about `budget` bytes (0: none).
+    pub(crate) fn new(budget: usize) -> RowCache {
+        let stripes = if budget == 0 { 0 } else { STRIPES };
+        RowCache {
+            stripes: (0..stripes)
+                .map(|_| Mutex::new(Stripe { rows: LruCache::unbounded(), bytes: 0 }))
+                .collect(),
+            stripe_budget: budget / STRIPES,
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    fn stripe(&self, key: &[u8]) -> Option<MutexGuard<'_, Stripe>> {
+        if self.stripes.is_empty() {
+            return None;
+        }
+        // FNV-1a: cheap, and spreads keys that share long prefixes.
+        let hash = key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        });
+        let stripe = &self.stripes[(hash % self.stripes.len() as u64) as usize];
+        Some(stripe.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// `key`'s newest version as of a read at `at`, if the cache can answer it.
+    pub(crate) fn get(&self, key: &[u8], at: Timestamp) -> Option<Newest> {
+        let mut stripe = self.stripe(key)?;
+        match stripe.rows.get(key)? {
+            Newest::Version(ts, _) if *ts > at => None,
+            newest => Some(newest.clone()),
+        }
+    }
+
+    /// A ticket for filling the cache with a read about to be made, or `None` while a batch
+    /// is being applied.
+    pub(crate) fn ticket(&self) -> Option<FillTicket> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        (generation.is_multiple_of(2) && !self.stripes.is_empty()).then_some(FillTicket(generation))
+    }
+
+    /// Caches what a read at or above the watermark found, unless a batch was applied since
+    /// `ticket` was taken.
+    pub(crate) fn fill(&self, ticket: FillTicket, key: &[u8], newest: Newest) {
+        let Some(mut stripe) = self.stripe(key) else { return };
+        if self.generation.load(Ordering::SeqCst) == ticket.0 {
+            self.insert(&mut stripe, key, newest);
+        }
+    }
+
+    /// Marks the start of a batch's apply: fills taken before it are refused from now on.
+    pub(crate) fn begin_apply(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Records a version the batch being applied wrote.
+    pub(crate) fn write_through(&self, key: &[u8], newest: Newest) {
+        if let Some(mut stripe) = self.stripe(key) {
+            self.insert(&mut stripe, key, newest);
+        }
+    }
+
+    /// Marks the end of a batch's apply.
+    pub(crate) fn end_apply(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn insert(&self, stripe: &mut Stripe, key: &[u8], newest: Newest) {
+        let cost = key.len() + newest.bytes() + ENTRY_OVERHEAD;
+        if cost > self.stripe_budget {
+            if let Some(old) = stripe.rows.pop(key) {
+                stripe.bytes -= key.len() + old.bytes() + ENTRY_OVERHEAD;
+            }
+            return;
+        }
+        stripe.bytes += cost;
+        if let Some(old) = stripe.rows.put(key.to_vec(), newest) {
+            stripe.bytes -= key.len() + old.bytes() + ENTRY_OVERHEAD;
+        }
+        while stripe.bytes > self.stripe_budget {
+            let Some((k, old)) = stripe.rows.pop_lru() else { break };
+            stripe.bytes -= k.len() + old.bytes() + ENTRY_OVERHEAD;
+        }
+    }
+}
