@@ -19,8 +19,11 @@
 //!
 //! Guarantees:
 //!
-//! - Nothing is delivered or acknowledged before it is durable; the log is the source of truth
-//!   and shards recover by replaying it ([`Sequencer::subscribe`] from their watermark).
+//! - Nothing is acknowledged before it is durable, nor delivered as durable; the log is the
+//!   source of truth and shards recover by replaying it ([`Sequencer::subscribe`] from their
+//!   watermark). A consumer in the same process may take windows as they are sealed
+//!   ([`Sequencer::subscribe_ahead`]) to execute them during the fsync, and writes nothing of
+//!   a window before its [`Delivery::Durable`].
 //! - Epochs are consecutive; window timestamps strictly increase, across restarts too (the
 //!   log's last timestamp is observed by the clock on start).
 //! - A client id resubmitted while its entry is open or in one of the last `dedup_windows`

@@ -3,7 +3,8 @@
 //!
 //! One thread owns the sealer and the log. Submissions arrive on a channel; whatever arrives
 //! while a window is being fsynced goes into the next one (group commit). For each sealed
-//! window, in order: append and fsync, then deliver it to every subscriber, then answer the
+//! window, in order: hand it to subscribers that execute ahead, append and fsync, then
+//! deliver it to every other subscriber (and its durability to those ahead), then answer the
 //! submitters. If the log cannot be written, the sequencer stops: every waiting and later
 //! submission gets an error, and nothing unlogged is ever delivered.
 
@@ -36,8 +37,12 @@ pub struct Receipt {
 /// What subscribers receive, in order.
 #[derive(Debug, Clone)]
 pub enum Delivery {
-    /// A sealed, durable window. Epochs arrive consecutively.
+    /// A sealed window. Epochs arrive consecutively. Through [`Sequencer::subscribe`] it is
+    /// durable already; through [`Sequencer::subscribe_ahead`] it is durable once the
+    /// [`Delivery::Durable`] that follows it arrives.
     Window(Arc<Window>),
+    /// The window just delivered is durable (only through [`Sequencer::subscribe_ahead`]).
+    Durable(Epoch),
     /// An idle tick: no window will ever be stamped at or below this timestamp, so a shard
     /// that has applied every window so far may serve reads up to it. Not logged: it holds no
     /// entries, and the clock's persisted high-water mark keeps it a promise across restarts.
@@ -50,7 +55,7 @@ pub type OnReceipt = Box<dyn FnOnce(Result<Receipt, SequencerError>) + Send>;
 
 enum Command {
     Submit(Entry, OnReceipt),
-    Subscribe(Epoch, Sender<Delivery>),
+    Subscribe(Epoch, Subscriber),
     /// Seal the next window and log it even if it is empty.
     RequestWindow,
     /// Consumers have applied every window up to this epoch.
@@ -159,11 +164,23 @@ impl Sequencer {
     }
 
     /// Every window from `from` on (read back from the log first), then live windows and
-    /// ticks, in order.
+    /// ticks, in order; each window once it is durable.
     pub fn subscribe(&self, from: Epoch) -> Receiver<Delivery> {
-        let (tx, rx) = mpsc::channel();
+        self.subscribe_with(from, false)
+    }
+
+    /// [`Sequencer::subscribe`], but each live window is delivered as soon as it is sealed,
+    /// before its fsync, followed by [`Delivery::Durable`] once it is durable. A consumer may
+    /// work on the window meanwhile (execute it), but must not write or acknowledge anything
+    /// of it before `Durable`: if the log fails, `Durable` never comes and the channel closes.
+    pub fn subscribe_ahead(&self, from: Epoch) -> Receiver<Delivery> {
+        self.subscribe_with(from, true)
+    }
+
+    fn subscribe_with(&self, from: Epoch, ahead: bool) -> Receiver<Delivery> {
+        let (sink, rx) = mpsc::channel();
         if let Some(commands) = &self.commands {
-            let _ = commands.send(Command::Subscribe(from, tx));
+            let _ = commands.send(Command::Subscribe(from, Subscriber { sink, ahead }));
         }
         rx
     }
@@ -220,13 +237,29 @@ struct Loop {
     log: WindowLog,
     clock: Arc<Clock>,
     origin: Instant,
-    subscribers: Vec<Sender<Delivery>>,
+    subscribers: Vec<Subscriber>,
     /// For each index of the open window, who waits for its receipt (duplicates included).
     waiters: Vec<Vec<(OnReceipt, bool)>>,
     /// Log the next window even if it is empty.
     window_requested: bool,
     stopping: bool,
     logged: Arc<LogCounters>,
+}
+
+/// Where a subscription's deliveries go.
+struct Subscriber {
+    sink: Sender<Delivery>,
+    /// Gets windows before their fsync, then [`Delivery::Durable`].
+    ahead: bool,
+}
+
+impl Subscriber {
+    /// Sends a durable window: followed by `Durable` for a subscriber ahead. False if the
+    /// subscriber has gone.
+    fn send_durable(&self, window: &Arc<Window>) -> bool {
+        self.sink.send(Delivery::Window(window.clone())).is_ok()
+            && (!self.ahead || self.sink.send(Delivery::Durable(window.epoch)).is_ok())
+    }
 }
 
 /// Counters the sequencer thread keeps for readers on other threads.
@@ -340,13 +373,13 @@ impl Loop {
                 self.stopping = true;
                 Ok(())
             }
-            Command::Subscribe(from, sink) => {
+            Command::Subscribe(from, subscriber) => {
                 for window in self.log.read_from(from)? {
-                    if sink.send(Delivery::Window(Arc::new(window))).is_err() {
+                    if !subscriber.send_durable(&Arc::new(window)) {
                         return Ok(());
                     }
                 }
-                self.subscribers.push(sink);
+                self.subscribers.push(subscriber);
                 Ok(())
             }
         }
@@ -357,11 +390,14 @@ impl Loop {
         if self.sealer.open_len() == 0 && !std::mem::take(&mut self.window_requested) {
             let ts = self.clock.now().max(self.sealer.last_ts().next());
             self.sealer.tick(ts, now);
-            self.subscribers.retain(|s| s.send(Delivery::Tick(ts)).is_ok());
+            self.subscribers.retain(|s| s.sink.send(Delivery::Tick(ts)).is_ok());
             return Ok(());
         }
         self.window_requested = false;
-        let window = self.sealer.seal(self.clock.now(), now);
+        let window = Arc::new(self.sealer.seal(self.clock.now(), now));
+        // Subscribers ahead work on the window during its fsync.
+        self.subscribers
+            .retain(|s| !s.ahead || s.sink.send(Delivery::Window(window.clone())).is_ok());
         let started = Instant::now();
         self.log.append(&window)?;
         let c = &*self.logged;
@@ -373,8 +409,10 @@ impl Loop {
         c.window_sizes[bucket.unwrap_or(WINDOW_SIZE_BOUNDS.len())].fetch_add(1, Ordering::Relaxed);
         c.ts.store(window.ts.as_u64(), Ordering::SeqCst);
         c.epoch.store(window.epoch.0, Ordering::SeqCst);
-        let window = Arc::new(window);
-        self.subscribers.retain(|s| s.send(Delivery::Window(window.clone())).is_ok());
+        self.subscribers.retain(|s| match s.ahead {
+            true => s.sink.send(Delivery::Durable(window.epoch)).is_ok(),
+            false => s.sink.send(Delivery::Window(window.clone())).is_ok(),
+        });
         for (i, waiters) in self.waiters.drain(..).enumerate() {
             for (on_receipt, duplicate) in waiters {
                 on_receipt(Ok(Receipt { txn: window.txn_id(i), ts: window.ts, duplicate }));

@@ -172,7 +172,7 @@ fn next_window(deliveries: &std::sync::mpsc::Receiver<Delivery>) -> Arc<Window> 
     loop {
         match deliveries.recv_timeout(Duration::from_secs(10)).expect("delivery") {
             Delivery::Window(w) => return w,
-            Delivery::Tick(_) => {}
+            Delivery::Tick(_) | Delivery::Durable(_) => {}
         }
     }
 }
@@ -237,7 +237,7 @@ fn an_idle_sequencer_keeps_ticking_with_rising_timestamps() {
                 assert!(ts > last);
                 last = ts;
             }
-            Delivery::Window(w) => panic!("nothing was submitted, got {w:?}"),
+            other => panic!("nothing was submitted, got {other:?}"),
         }
     }
     drop(seq);
@@ -323,4 +323,57 @@ fn consumers_reporting_progress_get_windows_before_the_interval() {
     assert_eq!(second.txn.epoch, Epoch(2));
     assert!(second.ts > first.ts);
     seq.shutdown().unwrap();
+}
+
+/// A subscriber ahead gets each window when it is sealed and then, once the append and fsync
+/// have returned, `Durable` for it, before anything else; windows replayed after a restart
+/// come with their `Durable` at once.
+#[test]
+fn a_subscriber_ahead_gets_each_window_then_its_durability_after_the_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(Clock::system(Duration::ZERO));
+    let seq = Arc::new(start(dir.path(), &clock));
+    let deliveries = seq.subscribe_ahead(Epoch(1));
+    let submitter = {
+        let seq = seq.clone();
+        std::thread::spawn(move || {
+            for i in 0..200u128 {
+                seq.submit(entry(i, &[0])).recv().unwrap().unwrap();
+            }
+        })
+    };
+    let (mut entries, mut expected) = (0, Epoch(1));
+    while entries < 200 {
+        match deliveries.recv_timeout(Duration::from_secs(10)).expect("delivery") {
+            Delivery::Tick(_) => {}
+            Delivery::Durable(e) => panic!("window {e} reported durable before it was delivered"),
+            Delivery::Window(w) => {
+                assert_eq!(w.epoch, expected);
+                match deliveries.recv_timeout(Duration::from_secs(10)).expect("delivery") {
+                    Delivery::Durable(e) => assert_eq!(e, w.epoch),
+                    other => panic!("after window {}: {other:?}", w.epoch),
+                }
+                assert!(seq.last_logged().0 >= w.epoch, "durable before the append returned");
+                entries += w.entries.len();
+                expected = expected.next();
+            }
+        }
+    }
+    submitter.join().unwrap();
+    drop(deliveries);
+    let last = seq.last_logged().0;
+    drop(Arc::into_inner(seq).unwrap());
+
+    let seq = start(dir.path(), &clock);
+    let replay = seq.subscribe_ahead(Epoch(1));
+    for epoch in 1..=last.0 {
+        match replay.recv_timeout(Duration::from_secs(10)).unwrap() {
+            Delivery::Window(w) => assert_eq!(w.epoch, Epoch(epoch)),
+            other => panic!("replaying window {epoch}: {other:?}"),
+        }
+        match replay.recv_timeout(Duration::from_secs(10)).unwrap() {
+            Delivery::Durable(e) => assert_eq!(e, Epoch(epoch)),
+            other => panic!("replaying window {epoch}: {other:?}"),
+        }
+    }
 }

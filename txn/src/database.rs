@@ -11,7 +11,9 @@
 //! every shard has applied the previous window (so `Snap(e-1)` is readable everywhere), runs
 //! phases A and B, exchanges local verdicts of multi-shard entries on a shared board, finishes,
 //! and writes the window's batch together with its watermark, its local verdicts and its
-//! deferred entries. After a crash, each shard resumes from its watermark: the sequencer
+//! deferred entries. Shards take each window as soon as it is sealed and execute it while the
+//! sequencer fsyncs it; the write waits until the window is durable, so nothing of a window
+//! the log lost is ever stored or answered. After a crash, each shard resumes from its watermark: the sequencer
 //! replays the log from there, deferred entries come back from storage, and a participant that
 //! had already applied a window answers the exchange from its stored verdicts.
 //!
@@ -305,7 +307,8 @@ impl Database {
             let applier = ShardApplier::open(s, inner.shards[s.0 as usize].clone(), executor)
                 .map_err(TxnError::Storage)?;
             let from = applier.next_epoch();
-            let deliveries = sequencer.subscribe(from);
+            // Each shard executes a window while it is fsynced, and writes it once durable.
+            let deliveries = sequencer.subscribe_ahead(from);
             let feedback = sequencer.feedback().ok_or(TxnError::ShuttingDown)?;
             let inner = inner.clone();
             let thread = std::thread::Builder::new()
@@ -533,8 +536,11 @@ impl ShardLoop {
         }
         loop {
             match deliveries.recv_timeout(Duration::from_millis(100)) {
-                Ok(Delivery::Window(w)) => self.apply(&w)?,
+                Ok(Delivery::Window(w)) => self.apply(&w, &deliveries)?,
                 Ok(Delivery::Tick(ts)) => self.set_progress(None, ts),
+                Ok(Delivery::Durable(e)) => {
+                    return Err(format!("window {e} reported durable out of turn"));
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     if self.inner.failure.lock().map(|f| f.is_some()).unwrap_or(true) {
                         return Ok(());
@@ -560,7 +566,9 @@ impl ShardLoop {
         self.inner.progress_notify.notify_waiters();
     }
 
-    fn apply(&mut self, window: &Window) -> Result<(), String> {
+    /// Applies `window`, delivered before its fsync: it is executed at once, and written
+    /// once `deliveries` says it is durable (the sequencer sends nothing else in between).
+    fn apply(&mut self, window: &Window, deliveries: &Receiver<Delivery>) -> Result<(), String> {
         let (inner, shard) = (self.inner.clone(), self.shard);
         let Some(applied) = self.applier.apply(
             window.epoch,
@@ -569,6 +577,15 @@ impl ShardLoop {
             |at| ShardsAt { shards: &inner.shards, map: &inner.map, at },
             |previous| wait_all_applied(&inner, previous),
             |e, local, participants| exchange(&inner, shard, e, local, participants),
+            || match deliveries.recv() {
+                Ok(Delivery::Durable(e)) if e == window.epoch => Ok(()),
+                Ok(other) => {
+                    Err(format!("expected window {} durable, got {other:?}", window.epoch))
+                }
+                Err(_) => {
+                    Err(format!("the sequencer stopped before window {} was durable", window.epoch))
+                }
+            },
         )?
         else {
             return Ok(()); // replayed from the log, already applied

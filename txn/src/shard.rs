@@ -67,8 +67,11 @@ impl ShardApplier {
     /// Applies window `epoch` at `ts`, of which `slice` is this shard's entries in log order.
     /// `snapshot(ts_{e-1})` reads `Snap(e-1)` of any key; `wait_for_peers(e-1)` is called first
     /// if a multi-shard entry will read other shards; `exchange` gets this shard's local
-    /// verdicts and returns every participant's combined. `None` if the window was applied
-    /// already (a replay).
+    /// verdicts and returns every participant's combined; `durable` returns once the window is
+    /// durable, and nothing is written before. `None` if the window was applied already (a
+    /// replay).
+    // The four closures are exactly where embedded and cluster shards differ.
+    #[expect(clippy::too_many_arguments)]
     pub(crate) fn apply<'w, S: SnapshotRead>(
         &mut self,
         epoch: Epoch,
@@ -77,10 +80,12 @@ impl ShardApplier {
         snapshot: impl FnOnce(Timestamp) -> S,
         wait_for_peers: impl FnOnce(Epoch) -> Result<(), String>,
         exchange: impl FnOnce(Epoch, &[(TxnId, bool)], &Participants) -> Result<Finals, String>,
+        durable: impl FnOnce() -> Result<(), String>,
     ) -> Result<Option<WindowApplied>, String> {
         let (applied, prev_ts) =
             self.mvcc.applied().map_or((Epoch(0), Timestamp::ZERO), |w| (w.window, w.ts));
         if epoch <= applied {
+            durable()?;
             return Ok(None);
         }
         if epoch != applied.next() {
@@ -125,6 +130,7 @@ impl ShardApplier {
             .map(|(c, t)| (t, c))
             .collect();
         batch.put_meta(MetaKey::Deferred, encode_deferred(&deferred));
+        durable()?;
         self.mvcc.apply(&batch).map_err(|e| e.to_string())?;
         let any_deferred = !deferred.is_empty();
         self.deferred = deferred;

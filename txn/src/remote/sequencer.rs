@@ -286,6 +286,8 @@ impl SequencerRpc for SequencerService {
                             entries: Vec::new(),
                             tick: true,
                         },
+                        // Windows come durable on this subscription.
+                        Delivery::Durable(_) => continue,
                     };
                     if tx.blocking_send(Ok(slice)).is_err() {
                         return;

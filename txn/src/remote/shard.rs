@@ -626,6 +626,8 @@ impl ApplyLoop {
             // Remote reads wait for the other shards' safe time themselves.
             |_| Ok(()),
             |e, local, participants| exchange(state, peers, handle, e, local, participants),
+            // Windows come durable from the sequencer's service.
+            || Ok(()),
         )?;
         let Some(applied) = applied else { return Ok(()) };
         {
