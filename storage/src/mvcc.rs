@@ -229,15 +229,17 @@ impl Mvcc {
     /// The timestamp of the newest write of `key` at or below `at`, deletions included. A
     /// transaction that read `key` at some earlier timestamp uses this to see if it changed.
     pub fn last_write(&self, key: &[u8], at: Timestamp) -> Result<Option<Timestamp>> {
+        self.check_key(key)?;
         Ok(self.newest_version(key, at)?.map(|(ts, _)| ts))
     }
 
+    /// The newest version of `key` at or below `at`, deletions included. The caller has
+    /// checked the key.
     fn newest_version(
         &self,
         key: &[u8],
         at: Timestamp,
     ) -> Result<Option<(Timestamp, Option<Vec<u8>>)>> {
-        self.check_key(key)?;
         let prefix = StorageKey::version_prefix(key);
         let seek = StorageKey::Version { key, ts: at }.encode();
         match self.engine.seek_in_prefix(&seek, &prefix)? {

@@ -13,9 +13,10 @@
 //! and writes the window's batch together with its watermark, its local verdicts and its
 //! deferred entries. Shards take each window as soon as it is sealed and execute it while the
 //! sequencer fsyncs it; the write waits until the window is durable, so nothing of a window
-//! the log lost is ever stored or answered. After a crash, each shard resumes from its watermark: the sequencer
-//! replays the log from there, deferred entries come back from storage, and a participant that
-//! had already applied a window answers the exchange from its stored verdicts.
+//! the log lost is ever stored or answered. After a crash, each shard resumes from its
+//! watermark: the sequencer replays the log from there, deferred entries come back from
+//! storage, and a participant that had already applied a window answers the exchange from its
+//! stored verdicts.
 //!
 //! A caller registers for its entry's outcome by client id before submitting, so an outcome
 //! can never arrive unobserved; the entry's lowest participant delivers it after the apply.
@@ -175,6 +176,12 @@ pub struct Stats {
 }
 
 impl Inner {
+    /// Wakes everyone waiting on shards' progress, threads and tasks.
+    fn progress_moved(&self) {
+        self.progress_changed.notify_all();
+        self.progress_notify.notify_waiters();
+    }
+
     /// Waits until `done` holds for every shard's progress, asking `running` between waits
     /// whether to give up.
     fn wait_progress<E>(
@@ -320,8 +327,7 @@ impl Database {
                         tracing::error!(shard = s.0, error = %e, "shard stopped");
                         *lock(&inner.failure) = Some(e);
                         inner.stopping.store(true, Ordering::SeqCst);
-                        inner.progress_changed.notify_all();
-                        inner.progress_notify.notify_waiters();
+                        inner.progress_moved();
                         inner.board_changed.notify_all();
                         inner.waiters.clear();
                     }
@@ -562,8 +568,7 @@ impl ShardLoop {
             }
         }
         progress[me].safe = progress[me].safe.max(safe);
-        self.inner.progress_changed.notify_all();
-        self.inner.progress_notify.notify_waiters();
+        self.inner.progress_moved();
     }
 
     /// Applies `window`, delivered before its fsync: it is executed at once, and written
