@@ -62,6 +62,13 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Makes every completed write durable against a machine crash.
     fn flush(&self) -> Result<()>;
+
+    /// Rewrites what is stored into the engine's most compact form for reading, as after a
+    /// bulk load; the contents stay the same. Takes time and I/O in proportion to the data.
+    /// Engines with nothing to compact do nothing.
+    fn compact(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Forward iteration over an [`Engine`].

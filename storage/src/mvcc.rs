@@ -417,6 +417,11 @@ impl Mvcc {
         self.engine.flush()
     }
 
+    /// Compacts the engine's storage ([`Engine::compact`]); what reads see is unchanged.
+    pub fn compact(&self) -> Result<()> {
+        self.engine.compact()
+    }
+
     fn check_key(&self, key: &[u8]) -> Result<()> {
         self.limits.check_key(key)
     }

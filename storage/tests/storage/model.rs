@@ -125,9 +125,14 @@ fn run(seed: u64) {
                 }
             }
             96..98 => {
-                // Into SST files (with their prefix Bloom filters), then on reading from them.
+                // Into SST files (with their prefix Bloom filters), then on reading from them;
+                // or further, all into one sorted run.
+                let compact = rng.random_bool(0.5);
                 for f in &engines {
-                    f.mvcc().engine().flush().unwrap();
+                    match compact {
+                        true => f.mvcc().compact().unwrap(),
+                        false => f.mvcc().engine().flush().unwrap(),
+                    }
                 }
             }
             _ => {
