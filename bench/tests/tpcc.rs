@@ -197,6 +197,32 @@ fn postgres_loads_the_same_data_runs_the_mix_and_its_checks_can_fail() {
     s_d.iter_mut().for_each(|d| d.delivery_cursor = None);
     s_w.sort_by_key(|f| f.w);
     assert_eq!((pg_w, pg_d), (s_w, s_d));
+    // STOCK, two keys a row in sealdb, is one row in PostgreSQL: the loader joins them.
+    for (w, i) in [(1, 1), (1, SMALL.items), (2, 777)] {
+        let (stock, info) = sealdb
+            .read(|s| {
+                let stock: schema::Stock = bench::tpcc::txns::row(s, &schema::stock_key(w, i))?;
+                let info: schema::StockInfo =
+                    bench::tpcc::txns::row(s, &schema::stock_info_key(w, i))?;
+                Ok((stock, info))
+            })
+            .unwrap();
+        let text = |s: &str| format!("'{}'", s.replace('\'', "''"));
+        let dist: Vec<String> = info.dist.iter().map(|d| text(d)).collect();
+        pg.batch_execute(&format!(
+            "DO $$ BEGIN IF (SELECT s_quantity = {} AND s_ytd = {} AND s_order_cnt = {} \
+             AND s_remote_cnt = {} AND s_dist = ARRAY[{}] AND s_data = {} FROM stock \
+             WHERE s_w_id = {w} AND s_i_id = {i}) IS NOT TRUE THEN \
+             RAISE EXCEPTION 'stock ({w}, {i}) differs'; END IF; END $$",
+            stock.quantity,
+            stock.ytd,
+            stock.order_cnt,
+            stock.remote_cnt,
+            dist.join(", "),
+            text(&info.data),
+        ))
+        .unwrap();
+    }
 
     let report = drive(&pg, &options(2, 4, 5), 0.0).unwrap();
     eprintln!("{report:#?}");

@@ -7,6 +7,7 @@
 //! with binary COPY: both databases start from identical data. The consistency conditions are
 //! the same facts gathered with SQL, judged by [`check::failures`].
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -379,9 +380,18 @@ const I: Type = Type::INT4;
 const B: Type = Type::INT8;
 const T: Type = Type::TEXT;
 
+/// STOCK's unchanging columns from the same loader slice, by (warehouse, item), for joining
+/// onto its counters.
+type StockInfos = HashMap<(u32, u32), schema::StockInfo>;
+
 /// A loaded key and value as a PostgreSQL row: its table tag and columns. The indexes and the
-/// delivery cursor have no row (PostgreSQL indexes the tables itself).
-fn columns(key: &[u8], value: &[u8]) -> Result<Option<(u8, Vec<Value>)>, String> {
+/// delivery cursor have no row (PostgreSQL indexes the tables itself); STOCK's two parts make
+/// one row, at its counters' key.
+fn columns(
+    key: &[u8],
+    value: &[u8],
+    stock_infos: &mut StockInfos,
+) -> Result<Option<(u8, Vec<Value>)>, String> {
     fn v<T: ToSql + Send + Sync + 'static>(x: T) -> Value {
         Box::new(x)
     }
@@ -445,8 +455,12 @@ fn columns(key: &[u8], value: &[u8]) -> Result<Option<(u8, Vec<Value>)>, String>
         }
         tag::STOCK => {
             let r: schema::Stock = schema::decode(value)?;
-            row.extend([i(next(&mut k)?), v(r.quantity), v(r.dist), v(r.ytd)]);
-            row.extend([i(r.order_cnt), i(r.remote_cnt), v(r.data)]);
+            let item = next(&mut k)?;
+            let info = stock_infos
+                .remove(&(w, item))
+                .ok_or_else(|| format!("loader wrote stock ({w}, {item}) without the rest"))?;
+            row.extend([i(item), v(r.quantity), v(info.dist), v(r.ytd)]);
+            row.extend([i(r.order_cnt), i(r.remote_cnt), v(info.data)]);
         }
         _ => return Ok(None),
     }
@@ -458,11 +472,21 @@ async fn copy_part(client: &Client, part: &Load, now: Timestamp) -> Result<(), S
     let mut ctx = Collect { now, rows: Vec::new() };
     txns::LoadProc.run(&mut ctx, &schema::encode(part)).map_err(|e| e.to_string())?;
     let mut by_table: Vec<Vec<Vec<Value>>> = TABLES.iter().map(|_| Vec::new()).collect();
+    let mut stock_infos = StockInfos::new();
     for (key, value) in &ctx.rows {
-        if let Some((table, row)) = columns(key, value)? {
+        let mut k = KeyDecoder::new(key);
+        if let (Ok(w), Ok(tag::STOCK_INFO), Ok(item)) = (k.u32(), k.u8(), k.u32()) {
+            stock_infos.insert((w, item), schema::decode(value)?);
+        }
+    }
+    for (key, value) in &ctx.rows {
+        if let Some((table, row)) = columns(key, value, &mut stock_infos)? {
             let at = TABLES.iter().position(|t| t.0 == table).expect("every row's table is known");
             by_table[at].push(row);
         }
+    }
+    if let Some((w, item)) = stock_infos.keys().next() {
+        return Err(format!("loader wrote the rest of stock ({w}, {item}) without its counters"));
     }
     for ((_, name, types), rows) in TABLES.iter().zip(by_table) {
         if rows.is_empty() {

@@ -203,6 +203,7 @@ impl Procedure for NewOrderProc {
         for l in &t.lines {
             r.push(KeyRange::point(&item_key(w, l.i_id)));
             r.push(KeyRange::point(&stock_key(l.supply_w, l.i_id)));
+            r.push(KeyRange::point(&stock_info_key(l.supply_w, l.i_id)));
         }
         Ok(r)
     }
@@ -234,6 +235,7 @@ impl Procedure for NewOrderProc {
             let item: Item = decode(&item).map_err(ProcError::Abort)?;
             let key = stock_key(l.supply_w, l.i_id);
             let mut stock: Stock = row(&mut ctx, &key)?;
+            let info: StockInfo = row(&mut ctx, &stock_info_key(l.supply_w, l.i_id))?;
             let q = i64::from(l.quantity);
             stock.quantity =
                 if stock.quantity >= q + 10 { stock.quantity - q } else { stock.quantity - q + 91 };
@@ -250,7 +252,7 @@ impl Procedure for NewOrderProc {
                 delivery_d: None,
                 quantity: l.quantity,
                 amount,
-                dist_info: stock.dist[(d - 1) as usize].clone(),
+                dist_info: info.dist[(d - 1) as usize].clone(),
             };
             put(ctx, &order_line_key(w, d, o, n as u32 + 1), &line)?;
             total += amount;
@@ -524,13 +526,16 @@ impl Procedure for LoadProc {
                 for i in from..to {
                     let stock = Stock {
                         quantity: rng.random_range(10..=100),
-                        dist: (0..DISTRICTS).map(|_| random::astring(&mut rng, 24, 24)).collect(),
                         ytd: 0,
                         order_cnt: 0,
                         remote_cnt: 0,
+                    };
+                    let info = StockInfo {
+                        dist: (0..DISTRICTS).map(|_| random::astring(&mut rng, 24, 24)).collect(),
                         data: random::data_with_original(&mut rng),
                     };
                     put(ctx, &stock_key(w, i), &stock)?;
+                    put(ctx, &stock_info_key(w, i), &info)?;
                 }
             }
             LoadPart::Customers { d, from, to } => {
