@@ -270,8 +270,9 @@ pub fn shard_map(warehouses: u32, shards: u32) -> ShardMap {
 
 /// Row cache for the whole embedded database, split evenly over its shards: the 2 GiB of
 /// `shared_buffers` that `bench/postgres.sh` gives PostgreSQL, so both keep the same memory
-/// for rows. A warehouse's hot rows (stock, items, customers) take about 90 MiB of it; the
-/// database's default (128 MiB per shard) would evict them from two warehouses a shard.
+/// for rows. By row sizes, a warehouse's stock, items and customers come to roughly 90 MiB
+/// with the cache's overhead; the database's default (128 MiB per shard) evicted them from
+/// two warehouses a shard, and New-Order read RocksDB on each miss.
 pub const ROW_CACHE_BYTES: usize = 2 << 30;
 
 impl Sealdb {
