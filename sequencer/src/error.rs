@@ -17,6 +17,13 @@ pub enum SequencerError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// Another process (or another log in this one) holds the directory's lock: two writers
+    /// would lose each other's acknowledged windows.
+    #[error("{path} is locked: another sequencer or node is using this directory")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
     /// The log holds bytes that are not a valid window before its end.
     #[error("window log {path} is corrupt at byte {offset}: {what}")]
     Corrupt {

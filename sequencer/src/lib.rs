@@ -45,7 +45,7 @@ mod window;
 
 pub use crate::error::SequencerError;
 pub use crate::ids::{ClientId, ShardId, TxnId};
-pub use crate::log::WindowLog;
+pub use crate::log::{LogReader, WindowLog, lock_dir};
 pub use crate::runner::{
     Delivery, Feedback, OnReceipt, Receipt, Sequencer, SequencerStats, WINDOW_SIZE_BOUNDS,
 };

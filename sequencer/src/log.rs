@@ -30,7 +30,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use clock::Epoch;
 use clock::Timestamp;
@@ -54,6 +55,10 @@ pub const PREALLOCATE: u64 = 8 << 20;
 pub struct WindowLog {
     path: PathBuf,
     file: File,
+    /// `LOCK` in the log's directory, locked exclusively while the log is open.
+    _lock: File,
+    /// What readers on other threads need: where windows start, and the durable end.
+    reader: LogReader,
     last: Option<(Epoch, Timestamp)>,
     /// Where the next record goes: the end of the records.
     end: u64,
@@ -67,6 +72,7 @@ impl WindowLog {
     pub fn open(dir: impl AsRef<Path>) -> Result<(WindowLog, Vec<Window>), SequencerError> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        let lock = lock_dir(dir)?;
         let path = dir.join(FILE_NAME);
         let io = |e| io_error(&path, e);
         let mut file = OpenOptions::new()
@@ -82,7 +88,7 @@ impl WindowLog {
             file.sync_all().map_err(io)?;
             File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error(dir, e))?;
         }
-        let Records { windows, end, torn } = read_all(&path, &mut file)?;
+        let Records { windows, end, torn, index } = read_all(&path, &mut file)?;
         if torn {
             tracing::warn!(path = %path.display(), end, "cutting off a torn last window");
             file.set_len(end).map_err(io)?;
@@ -90,7 +96,12 @@ impl WindowLog {
         }
         let allocated = file.metadata().map_err(io)?.len();
         let last = windows.last().map(|w| (w.epoch, w.ts));
-        Ok((WindowLog { path, file, last, end, allocated }, windows))
+        let reader = LogReader {
+            path: path.clone(),
+            index: Arc::new(RwLock::new(index)),
+            durable_end: Arc::new(AtomicU64::new(end)),
+        };
+        Ok((WindowLog { path, file, _lock: lock, reader, last, end, allocated }, windows))
     }
 
     /// Where the records end (the file goes on with preallocated zeros).
@@ -128,6 +139,11 @@ impl WindowLog {
         let io = |e| io_error(&self.path, e);
         self.file.write_all_at(&record, self.end).map_err(io)?;
         self.file.sync_data().map_err(io)?;
+        if window.epoch.0.is_multiple_of(INDEX_EVERY) || self.last.is_none() {
+            let mut index = self.reader.index.write().unwrap_or_else(|e| e.into_inner());
+            index.push((window.epoch, self.end));
+        }
+        self.reader.durable_end.store(end, Ordering::Release);
         self.end = end;
         self.last = Some((window.epoch, window.ts));
         Ok(())
@@ -152,9 +168,75 @@ impl WindowLog {
 
     /// Every window from `from` on, read back from the file (for a subscriber catching up).
     pub fn read_from(&self, from: Epoch) -> Result<Vec<Window>, SequencerError> {
-        let mut file = File::open(&self.path).map_err(|e| io_error(&self.path, e))?;
-        let Records { mut windows, .. } = read_all(&self.path, &mut file)?;
-        windows.retain(|w| w.epoch >= from);
+        self.reader.read(from, usize::MAX, usize::MAX)
+    }
+
+    /// A reader of this log's durable windows, for other threads.
+    pub fn reader(&self) -> LogReader {
+        self.reader.clone()
+    }
+}
+
+/// One window in this many is indexed by where its record starts, so a reader from an epoch
+/// starts at most this many records before it.
+const INDEX_EVERY: u64 = 256;
+
+/// Reads durable windows of a [`WindowLog`] from an epoch on, on any thread, while the log is
+/// appended to. It reads only what the log has made durable, and from the indexed record at
+/// or before the epoch asked for, not from the start of the file.
+#[derive(Debug, Clone)]
+pub struct LogReader {
+    path: PathBuf,
+    /// The first window's record start, then every [`INDEX_EVERY`]th window's, in order.
+    index: Arc<RwLock<Vec<(Epoch, u64)>>>,
+    /// Where the durable records end.
+    durable_end: Arc<AtomicU64>,
+}
+
+impl LogReader {
+    /// Up to `max` durable windows from `from` on, in order, stopping early once they hold
+    /// `max_bytes` of records (at least one window is read if there is one). Fewer than `max`
+    /// only at the end of the log or at `max_bytes`.
+    pub fn read(
+        &self,
+        from: Epoch,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Window>, SequencerError> {
+        let end = self.durable_end.load(Ordering::Acquire);
+        let start = {
+            let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+            let at = index.partition_point(|(epoch, _)| *epoch <= from);
+            at.checked_sub(1).map_or(MAGIC.len() as u64, |i| index[i].1)
+        };
+        let io = |e| io_error(&self.path, e);
+        let file = File::open(&self.path).map_err(io)?;
+        let mut file = io::BufReader::with_capacity(1 << 16, file);
+        file.seek(SeekFrom::Start(start)).map_err(io)?;
+        let (mut at, mut bytes, mut windows) = (start, 0usize, Vec::new());
+        while at < end && windows.len() < max && bytes < max_bytes {
+            let mut frame = [0u8; FRAME];
+            file.read_exact(&mut frame).map_err(io)?;
+            let len = u32::from_le_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
+            let mut record = frame.to_vec();
+            record.resize(FRAME + len, 0);
+            file.read_exact(&mut record[FRAME..]).map_err(io)?;
+            let corrupt = |what: String| SequencerError::Corrupt {
+                path: self.path.clone(),
+                offset: at,
+                what,
+            };
+            let (window, _) = match record_at(&record) {
+                Some(Ok(decoded)) => decoded,
+                Some(Err(what)) => return Err(corrupt(what)),
+                None => return Err(corrupt("a durable record does not check".into())),
+            };
+            at += record.len() as u64;
+            if window.epoch >= from {
+                bytes += record.len();
+                windows.push(window);
+            }
+        }
         Ok(windows)
     }
 }
@@ -167,6 +249,8 @@ fn io_error(path: &Path, source: io::Error) -> SequencerError {
 struct Records {
     /// Every whole window, in order.
     windows: Vec<Window>,
+    /// Where the first window's record starts, then every [`INDEX_EVERY`]th window's.
+    index: Vec<(Epoch, u64)>,
     /// Where the whole records end.
     end: u64,
     /// True if a torn record follows them (not just zeros).
@@ -199,6 +283,7 @@ fn read_all(path: &Path, file: &mut File) -> Result<Records, SequencerError> {
     }
     let mut offset = MAGIC.len();
     let mut windows: Vec<Window> = Vec::new();
+    let mut index = Vec::new();
     while offset < bytes.len() {
         let next = windows.last().map_or(Epoch(1), |w| w.epoch.next());
         let rest = &bytes[offset..];
@@ -208,12 +293,12 @@ fn read_all(path: &Path, file: &mut File) -> Result<Records, SequencerError> {
             None => {
                 let end = offset as u64;
                 if rest.iter().all(|&b| b == 0) {
-                    return Ok(Records { windows, end, torn: false });
+                    return Ok(Records { windows, end, torn: false, index });
                 }
                 if valid_record_in(rest, next) {
                     return Err(corrupt(end, "a bad record before valid ones".into()));
                 }
-                return Ok(Records { windows, end, torn: true });
+                return Ok(Records { windows, end, torn: true, index });
             }
         };
         if let Some(prev) = windows.last()
@@ -227,10 +312,13 @@ fn read_all(path: &Path, file: &mut File) -> Result<Records, SequencerError> {
                 ),
             ));
         }
+        if window.epoch.0.is_multiple_of(INDEX_EVERY) || windows.is_empty() {
+            index.push((window.epoch, offset as u64));
+        }
         windows.push(window);
         offset += len;
     }
-    Ok(Records { windows, end: offset as u64, torn: false })
+    Ok(Records { windows, end: offset as u64, torn: false, index })
 }
 
 /// The record at the start of `bytes` and its length with the frame: `None` if there is no
@@ -256,6 +344,24 @@ fn valid_record_in(bytes: &[u8], first: Epoch) -> bool {
         (first.0..first.0 + DAMAGE_HORIZON).contains(&epoch)
             && matches!(record_at(&bytes[at - FRAME..]), Some(Ok((w, _))) if w.epoch.0 == epoch)
     })
+}
+
+/// Locks `dir/LOCK` exclusively for as long as the returned file is open (an advisory
+/// `flock`, released when the file is closed, by a crash too), or refuses if another process
+/// or another open log holds it. The log locks its directory; a node locks its data directory.
+pub fn lock_dir(dir: &Path) -> Result<File, SequencerError> {
+    let path = dir.join("LOCK");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_error(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(SequencerError::Locked { path }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_error(&path, e)),
+    }
 }
 
 fn encode(w: &Window) -> Vec<u8> {

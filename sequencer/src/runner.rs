@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -19,7 +19,7 @@ use clock::{Clock, Timestamp};
 
 use crate::error::SequencerError;
 use crate::ids::TxnId;
-use crate::log::WindowLog;
+use crate::log::{LogReader, WindowLog};
 use crate::sealer::{Admission, Sealer, SealerConfig};
 use crate::window::{Entry, Window};
 
@@ -87,7 +87,9 @@ pub struct Sequencer {
     commands: Option<Sender<Command>>,
     /// What the log has taken, for status reports and metrics.
     logged: Arc<LogCounters>,
-    thread: Option<JoinHandle<Result<(), SequencerError>>>,
+    /// Reads durable windows for subscribers catching up, off the sequencer's thread.
+    reader: LogReader,
+    thread: std::sync::Mutex<Option<JoinHandle<Result<(), SequencerError>>>>,
 }
 
 impl Sequencer {
@@ -100,6 +102,7 @@ impl Sequencer {
         config: SealerConfig,
     ) -> Result<(Sequencer, Option<(Epoch, Timestamp)>), SequencerError> {
         let (log, history) = WindowLog::open(dir)?;
+        let reader = log.reader();
         let last = log.last();
         if let Some((_, ts)) = last {
             // Window timestamps keep rising even if the clock's own high-water mark is gone.
@@ -132,7 +135,8 @@ impl Sequencer {
                 .run(rx)
             })
             .map_err(|e| SequencerError::Io { path: "sequencer thread".into(), source: e })?;
-        Ok((Sequencer { commands: Some(tx), logged, thread: Some(thread) }, last))
+        let thread = std::sync::Mutex::new(Some(thread));
+        Ok((Sequencer { commands: Some(tx), logged, reader, thread }, last))
     }
 
     /// Submits `entry`; the receiver yields its receipt once its window is durable.
@@ -177,12 +181,32 @@ impl Sequencer {
         self.subscribe_with(from, true)
     }
 
+    /// [`Sequencer::subscribe`] for a consumer that may fall behind (one across the network):
+    /// at most `capacity` deliveries wait for it. One that falls further behind is dropped
+    /// (its channel closes) rather than hold memory or the sequencer up, and catches up from
+    /// the log ([`Sequencer::log_reader`]) before it subscribes again. The windows before the
+    /// live ones are read on the sequencer's thread: subscribe from near the end of the log.
+    pub fn subscribe_bounded(&self, from: Epoch, capacity: usize) -> Receiver<Delivery> {
+        let (sink, rx) = mpsc::sync_channel(capacity);
+        self.add_subscriber(from, Subscriber { sink: Sink::Bounded(sink), ahead: false });
+        rx
+    }
+
+    /// Reads durable windows from the log on the caller's thread.
+    pub fn log_reader(&self) -> LogReader {
+        self.reader.clone()
+    }
+
     fn subscribe_with(&self, from: Epoch, ahead: bool) -> Receiver<Delivery> {
         let (sink, rx) = mpsc::channel();
-        if let Some(commands) = &self.commands {
-            let _ = commands.send(Command::Subscribe(from, Subscriber { sink, ahead }));
-        }
+        self.add_subscriber(from, Subscriber { sink: Sink::Unbounded(sink), ahead });
         rx
+    }
+
+    fn add_subscriber(&self, from: Epoch, subscriber: Subscriber) {
+        if let Some(commands) = &self.commands {
+            let _ = commands.send(Command::Subscribe(from, subscriber));
+        }
     }
 
     /// The last window made durable: its epoch and timestamp (epoch 0 before the first).
@@ -207,26 +231,23 @@ impl Sequencer {
         self.commands.clone().map(Feedback)
     }
 
-    /// Seals what is open, answers its submitters and stops. Returns the error that stopped
-    /// the sequencer early, if any.
-    pub fn shutdown(mut self) -> Result<(), SequencerError> {
-        self.stop()
-    }
-
-    fn stop(&mut self) -> Result<(), SequencerError> {
-        if let Some(commands) = self.commands.take() {
+    /// Seals what is open, answers its submitters and stops; later submissions are refused
+    /// ([`SequencerError::ShuttingDown`]) and subscriptions end. Returns the error that
+    /// stopped the sequencer early, if any. Callers may still hold it (it may be shared):
+    /// only the first call does anything.
+    pub fn shutdown(&self) -> Result<(), SequencerError> {
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(thread) = thread else { return Ok(()) };
+        if let Some(commands) = &self.commands {
             let _ = commands.send(Command::Shutdown);
         }
-        match self.thread.take() {
-            Some(thread) => thread.join().unwrap_or(Err(SequencerError::ShuttingDown)),
-            None => Ok(()),
-        }
+        thread.join().unwrap_or(Err(SequencerError::ShuttingDown))
     }
 }
 
 impl Drop for Sequencer {
     fn drop(&mut self) {
-        if let Err(e) = self.stop() {
+        if let Err(e) = self.shutdown() {
             tracing::error!(error = %e, "sequencer stopped with an error");
         }
     }
@@ -248,17 +269,39 @@ struct Loop {
 
 /// Where a subscription's deliveries go.
 struct Subscriber {
-    sink: Sender<Delivery>,
+    sink: Sink,
     /// Gets windows before their fsync, then [`Delivery::Durable`].
     ahead: bool,
 }
 
+/// A subscriber's channel: unbounded for consumers in this process, which keep up or stop
+/// it; bounded for the others ([`Sequencer::subscribe_bounded`]).
+enum Sink {
+    Unbounded(Sender<Delivery>),
+    Bounded(SyncSender<Delivery>),
+}
+
 impl Subscriber {
+    /// Sends `delivery`. False if the subscriber has gone, or is too far behind to keep.
+    fn send(&self, delivery: Delivery) -> bool {
+        match &self.sink {
+            Sink::Unbounded(sink) => sink.send(delivery).is_ok(),
+            Sink::Bounded(sink) => match sink.try_send(delivery) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    tracing::warn!("dropping a subscriber that fell behind; it must catch up");
+                    false
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            },
+        }
+    }
+
     /// Sends a durable window: followed by `Durable` for a subscriber ahead. False if the
     /// subscriber has gone.
     fn send_durable(&self, window: &Arc<Window>) -> bool {
-        self.sink.send(Delivery::Window(window.clone())).is_ok()
-            && (!self.ahead || self.sink.send(Delivery::Durable(window.epoch)).is_ok())
+        self.send(Delivery::Window(window.clone()))
+            && (!self.ahead || self.send(Delivery::Durable(window.epoch)))
     }
 }
 
@@ -343,6 +386,9 @@ impl Loop {
     fn handle(&mut self, command: Command) -> Result<(), SequencerError> {
         match command {
             Command::Submit(entry, on_receipt) => {
+                if !self.sealer.fits(&entry) {
+                    self.seal()?;
+                }
                 match self.sealer.submit(entry, self.origin.elapsed()) {
                     Ok(Admission::Queued { index }) => {
                         debug_assert_eq!(index as usize, self.waiters.len());
@@ -390,14 +436,13 @@ impl Loop {
         if self.sealer.open_len() == 0 && !std::mem::take(&mut self.window_requested) {
             let ts = self.clock.now().max(self.sealer.last_ts().next());
             self.sealer.tick(ts, now);
-            self.subscribers.retain(|s| s.sink.send(Delivery::Tick(ts)).is_ok());
+            self.subscribers.retain(|s| s.send(Delivery::Tick(ts)));
             return Ok(());
         }
         self.window_requested = false;
         let window = Arc::new(self.sealer.seal(self.clock.now(), now));
         // Subscribers ahead work on the window during its fsync.
-        self.subscribers
-            .retain(|s| !s.ahead || s.sink.send(Delivery::Window(window.clone())).is_ok());
+        self.subscribers.retain(|s| !s.ahead || s.send(Delivery::Window(window.clone())));
         let started = Instant::now();
         self.log.append(&window)?;
         let c = &*self.logged;
@@ -410,8 +455,8 @@ impl Loop {
         c.ts.store(window.ts.as_u64(), Ordering::SeqCst);
         c.epoch.store(window.epoch.0, Ordering::SeqCst);
         self.subscribers.retain(|s| match s.ahead {
-            true => s.sink.send(Delivery::Durable(window.epoch)).is_ok(),
-            false => s.sink.send(Delivery::Window(window.clone())).is_ok(),
+            true => s.send(Delivery::Durable(window.epoch)),
+            false => s.send(Delivery::Window(window.clone())),
         });
         for (i, waiters) in self.waiters.drain(..).enumerate() {
             for (on_receipt, duplicate) in waiters {

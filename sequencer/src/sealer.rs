@@ -14,6 +14,8 @@
 //!
 //! - Epochs are consecutive and window timestamps strictly increase, whatever the caller's
 //!   clock does: a timestamp not above the last one is raised to one tick above it.
+//! - A window's entries take at most `max_window_bytes` ([`Entry::size`]): an entry that would
+//!   pass it goes into the next window ([`Sealer::fits`]), and a larger one is refused.
 //! - A client id is in at most one entry among the open window and the recent windows
 //!   (`dedup_windows` of them): a resubmission gets the original's id instead of a new entry.
 
@@ -167,6 +169,13 @@ impl Sealer {
         Ok(Admission::Queued { index })
     }
 
+    /// Whether `entry` fits in the open window: its bytes would stay within
+    /// `max_window_bytes`, or the window is empty. The shell seals the window first if not,
+    /// so that no window is larger than the cap (whatever receives one can take it).
+    pub fn fits(&self, entry: &Entry) -> bool {
+        self.open.is_empty() || self.open_bytes + entry.size() <= self.config.max_window_bytes
+    }
+
     /// Records that consumers have applied every window up to `epoch`.
     pub fn applied(&mut self, epoch: Epoch) {
         self.applied = self.applied.max(epoch);
@@ -284,17 +293,47 @@ mod tests {
 
     #[test]
     fn a_window_over_its_byte_cap_is_sealed_and_an_oversize_entry_is_refused() {
-        let config = SealerConfig { max_window_bytes: 100, ..config() };
+        assert_eq!(entry(0).size(), 63);
+        let config = SealerConfig { max_window_bytes: 4 * 63, ..config() };
         let mut s = Sealer::new(config, &[], Duration::ZERO);
         let big = Entry::new(ClientId(9), vec![ShardId(0)], Arc::from(vec![0u8; 200]));
         assert!(s.submit(big, Duration::ZERO).is_err());
         assert_eq!(s.open_len(), 0);
         for id in 0..3 {
-            s.submit(entry(id), Duration::ZERO).unwrap(); // 30 bytes each
+            s.submit(entry(id), Duration::ZERO).unwrap(); // 63 bytes each
         }
         assert!(!s.should_seal(Duration::ZERO));
         s.submit(entry(3), Duration::ZERO).unwrap();
         assert!(s.should_seal(Duration::ZERO));
+    }
+
+    /// Regression: a window could end up to twice its cap (an entry was added whenever the
+    /// window was not yet full), and a window slice over the receivers' message limit wedged
+    /// every shard. No window is larger than the cap now.
+    #[test]
+    fn no_window_is_larger_than_its_byte_cap() {
+        let config = SealerConfig { max_window_bytes: 1000, ..config() };
+        let mut s = Sealer::new(config, &[], Duration::ZERO);
+        let mut windows = Vec::new();
+        for id in 0..40u128 {
+            let e = Entry::new(
+                ClientId(id),
+                vec![ShardId(0)],
+                Arc::from(vec![0u8; 90 + id as usize * 7]),
+            );
+            if !s.fits(&e) {
+                windows.push(s.seal(ts(id as u64 + 1), Duration::ZERO));
+            }
+            s.submit(e, Duration::ZERO).unwrap();
+        }
+        windows.push(s.seal(ts(100), Duration::ZERO));
+        assert!(windows.len() > 5, "{} windows", windows.len());
+        for w in &windows {
+            let bytes: usize = w.entries.iter().map(Entry::size).sum();
+            assert!(bytes <= 1000, "window {} holds {bytes} bytes", w.epoch);
+        }
+        let total: usize = windows.iter().map(|w| w.entries.len()).sum();
+        assert_eq!(total, 40, "every entry is in a window");
     }
 
     #[test]

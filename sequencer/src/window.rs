@@ -7,6 +7,9 @@ use clock::Timestamp;
 
 use crate::ids::{ClientId, ShardId, TxnId};
 
+/// What an entry takes besides its payload and participants, at most, in any encoding.
+pub const ENTRY_OVERHEAD: usize = 48;
+
 /// One read-write transaction as the sequencer sees it: an opaque payload, the shards it
 /// touches, and the client's id for deduplication.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,9 +35,11 @@ impl Entry {
         self.participants.binary_search(&shard).is_ok()
     }
 
-    /// Bytes the entry takes in a window, for the size cap.
+    /// Bytes the entry takes in a window, for the size cap: at least what it takes in the log
+    /// and in a protobuf `SlicedEntry` (client id, index, participants, payload, and their
+    /// tags and lengths), so a window within the cap is a slice within it too.
     pub fn size(&self) -> usize {
-        16 + 4 * self.participants.len() + self.payload.len()
+        ENTRY_OVERHEAD + 5 * self.participants.len() + self.payload.len()
     }
 }
 

@@ -52,8 +52,10 @@ pub use crate::error::StorageError;
 pub use crate::key::{MetaKey, StorageKey};
 pub use crate::limits::Limits;
 pub use crate::memory::MemoryEngine;
-pub use crate::mvcc::{DEFAULT_ROW_CACHE_BYTES, GcStats, Mvcc, Version, VersionBatch, Watermark};
-pub use crate::range::KeyRange;
+pub use crate::mvcc::{
+    DEFAULT_ROW_CACHE_BYTES, GcStats, Mvcc, Version, VersionBatch, VersionRows, Watermark,
+};
+pub use crate::range::{KeyRange, Quoted};
 pub use crate::rocks::RocksEngine;
 pub use clock::Epoch;
 

@@ -45,6 +45,19 @@ impl Limits {
         Ok(())
     }
 
+    /// Refuses a key range whose bounds could not be keys within the limit: its start must be
+    /// a key within it, and its end at most one byte longer (the end of a
+    /// [`KeyRange::point`](crate::KeyRange::point) on the longest key).
+    pub fn check_range(&self, range: &crate::KeyRange) -> Result<(), StorageError> {
+        self.check_key(&range.start)?;
+        match &range.end {
+            Some(end) if end.len() > self.max_key_bytes + 1 => {
+                Err(StorageError::KeyTooLarge { len: end.len(), max: self.max_key_bytes + 1 })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Refuses a set of writes (`None` deletes) with any key or value over the limits, or
     /// more bytes in all than one transaction may write.
     pub fn check_writes<'a>(

@@ -135,6 +135,9 @@ impl VersionBatch {
 /// Bytes of newest versions a shard keeps in memory by default ([`Mvcc::open_with_cache`]).
 pub const DEFAULT_ROW_CACHE_BYTES: usize = 128 << 20;
 
+/// Keys with the versions read, in key order: what a scan returns.
+pub type VersionRows = Vec<(Vec<u8>, Version)>;
+
 /// Multi-version storage for one shard.
 pub struct Mvcc {
     engine: Arc<dyn Engine>,
@@ -253,23 +256,34 @@ impl Mvcc {
 
     /// Up to `limit` keys in `range` with their values as of `at`, in key order. Deleted keys
     /// are skipped and do not count towards the limit.
-    pub fn scan(
+    pub fn scan(&self, range: &KeyRange, at: Timestamp, limit: usize) -> Result<VersionRows> {
+        Ok(self.scan_bounded(range, at, limit, usize::MAX)?.0)
+    }
+
+    /// [`Mvcc::scan`], stopping also once the rows hold `max_bytes` of keys and values (the
+    /// row that crosses it included, so at least one row is returned if there is one). The
+    /// flag is true if it stopped for `limit` or `max_bytes`: there may be more rows.
+    pub fn scan_bounded(
         &self,
         range: &KeyRange,
         at: Timestamp,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Version)>> {
+        max_bytes: usize,
+    ) -> Result<(VersionRows, bool)> {
         let mut out = Vec::new();
         if limit == 0 {
-            return Ok(out);
+            return Ok((out, true));
         }
+        let (mut bytes, mut stopped) = (0usize, false);
         self.walk_visible(range, at, |key, ts, value| {
             if let Some(value) = decode_value(value)? {
+                bytes = bytes.saturating_add(key.len() + value.len());
                 out.push((key, Version { ts, value }));
             }
-            Ok(if out.len() >= limit { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+            stopped = out.len() >= limit || bytes >= max_bytes;
+            Ok(if stopped { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
         })?;
-        Ok(out)
+        Ok((out, stopped))
     }
 
     /// The first key of `range` with a version written in `(after, upto]`, deletions

@@ -60,8 +60,53 @@ impl KeyRange {
         key >= self.start.as_slice() && self.end.as_deref().is_none_or(|end| key < end)
     }
 
+    /// The range for a message: its bounds [`Quoted`].
+    pub fn quoted(&self) -> String {
+        match &self.end {
+            Some(end) => format!("[{}, {})", Quoted(&self.start), Quoted(end)),
+            None => format!("[{}, end)", Quoted(&self.start)),
+        }
+    }
+
     /// Whether the range holds no key at all.
     pub fn is_empty(&self) -> bool {
         self.end.as_deref().is_some_and(|end| end <= self.start.as_slice())
+    }
+}
+
+/// A user key for a message: the key itself when short, else its first bytes and its length,
+/// so that an error about a 10 KiB key does not carry 10 KiB (`{:?}`-style escaping).
+#[derive(Clone, Copy)]
+pub struct Quoted<'a>(pub &'a [u8]);
+
+/// How many bytes of a key [`Quoted`] shows.
+const QUOTED_BYTES: usize = 32;
+
+impl std::fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = self.0;
+        if key.len() <= QUOTED_BYTES {
+            return write!(f, "\"{}\"", key.escape_ascii());
+        }
+        write!(f, "\"{}\"... ({} bytes)", key[..QUOTED_BYTES].escape_ascii(), key.len())
+    }
+}
+
+impl std::fmt::Debug for Quoted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Quoted;
+
+    #[test]
+    fn a_long_key_is_quoted_by_its_first_bytes_and_its_length() {
+        assert_eq!(Quoted(b"acct/1").to_string(), "\"acct/1\"");
+        let long = vec![b'x'; 60 * 1024];
+        let quoted = Quoted(&long).to_string();
+        assert_eq!(quoted, format!("\"{}\"... (61440 bytes)", "x".repeat(32)));
     }
 }

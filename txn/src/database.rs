@@ -47,7 +47,7 @@ use crate::error::TxnError;
 use crate::executor::Executor;
 use crate::outcome::Outcome;
 use crate::procedure::{Procedure, Registry};
-use crate::request::{Request, participants, procedure_request};
+use crate::request::{Request, participants, procedure_request, refused};
 use crate::shard::{Finals, OutcomeCounters, Participants, ShardApplier, stored_verdicts};
 use crate::shard_map::ShardMap;
 use crate::snapshot::ShardsAt;
@@ -419,6 +419,7 @@ impl Database {
     /// the entry was never logged; if it is dropped unanswered, the outcome is unknown.
     fn start(&self, request: &Request) -> Result<oneshot::Receiver<Reply>, TxnError> {
         self.check_running()?;
+        request.check(&self.inner.limits).map_err(refused)?;
         let participants = participants(&self.inner.map, request)?;
         let client = ClientId(
             (u128::from(self.inner.client_salt) << 64)

@@ -10,7 +10,7 @@ use crate::outcome::AbortReason;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TxnError {
     /// Validation failed because something read changed. Retry (the `transact` helper does).
-    #[error("conflict{}: retry the transaction", .key.as_ref().map(|k| format!(" on key {k:?}")).unwrap_or_default())]
+    #[error("conflict{}: retry the transaction", .key.as_ref().map(|k| format!(" on key {}", storage::Quoted(k))).unwrap_or_default())]
     Conflict {
         /// A key whose change caused it, when known (a hint).
         key: Option<Vec<u8>>,

@@ -230,6 +230,14 @@ impl Executor {
             conflict_key: None,
             task,
         };
+        if let Ok(request) = &e.task.request
+            && let Err(reason) = request.check(&self.limits)
+        {
+            // Logged by a node that did not check it: refused here, before any read, alike
+            // on every participant.
+            e.ran = Ran::Aborted(reason);
+            return Ok(e);
+        }
         match &e.task.request {
             Err(why) => e.ran = Ran::Aborted(AbortReason::Malformed(why.clone())),
             Ok(Request::Procedure { name, args, ranges }) => {
@@ -429,11 +437,57 @@ fn range_bounds(r: &KeyRange) -> (std::ops::Bound<&[u8]>, std::ops::Bound<&[u8]>
     (Bound::Included(r.start.as_slice()), end)
 }
 
+/// A procedure's declared ranges, merged into disjoint ranges in key order, so that checking
+/// a key or a range against them takes a binary search, not a pass over every range (a call
+/// may declare thousands).
+struct Declared(Vec<KeyRange>);
+
+impl Declared {
+    fn new(ranges: &[KeyRange]) -> Declared {
+        let mut sorted: Vec<&KeyRange> = ranges.iter().filter(|r| !r.is_empty()).collect();
+        sorted.sort_by(|a, b| a.start.cmp(&b.start));
+        let mut merged: Vec<KeyRange> = Vec::new();
+        for r in sorted {
+            match merged.last_mut() {
+                // Overlapping or touching: `r` starts at or before the last one's end.
+                Some(last) if last.end.as_ref().is_none_or(|end| r.start <= *end) => {
+                    last.end = match (&last.end, &r.end) {
+                        (Some(a), Some(b)) => Some(a.max(b).clone()),
+                        _ => None,
+                    };
+                }
+                _ => merged.push(r.clone()),
+            }
+        }
+        Declared(merged)
+    }
+
+    /// The merged range that could hold keys from `start` on: the last one starting at or
+    /// before it.
+    fn around(&self, start: &[u8]) -> Option<&KeyRange> {
+        let at = self.0.partition_point(|r| r.start.as_slice() <= start);
+        at.checked_sub(1).map(|i| &self.0[i])
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        self.around(key).is_some_and(|r| r.contains(key))
+    }
+
+    /// Whether every key of `range` is declared (ranges are merged, so one must hold it).
+    fn covers(&self, range: &KeyRange) -> bool {
+        self.around(&range.start).is_some_and(|d| match (&d.end, &range.end) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(d_end), Some(r_end)) => r_end <= d_end,
+        })
+    }
+}
+
 /// The context a procedure runs against: declared ranges enforced, reads recorded, writes
 /// buffered, reads served from its own writes, then the window's state so far (fallback
 /// only), then the snapshot.
 struct ProcContext<'a> {
-    declared: &'a [KeyRange],
+    declared: Declared,
     snapshot: &'a dyn SnapshotRead,
     window_state: Option<&'a BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     now: Timestamp,
@@ -452,7 +506,7 @@ impl<'a> ProcContext<'a> {
         limits: Limits,
     ) -> ProcContext<'a> {
         ProcContext {
-            declared,
+            declared: Declared::new(declared),
             snapshot,
             window_state,
             now,
@@ -465,7 +519,7 @@ impl<'a> ProcContext<'a> {
 
     fn check_key(&self, key: &[u8]) -> Result<(), ProcError> {
         self.limits.check_key(key).map_err(|e| ProcError::TooLarge(e.to_string()))?;
-        if !self.declared.iter().any(|r| r.contains(key)) {
+        if !self.declared.contains(key) {
             return Err(ProcError::OutsideDeclaredRanges { key: key.to_vec() });
         }
         Ok(())
@@ -492,15 +546,7 @@ impl Context for ProcContext<'_> {
     }
 
     fn scan(&mut self, range: &KeyRange, limit: usize) -> Result<Rows, ProcError> {
-        let covered = self.declared.iter().any(|d| {
-            d.start <= range.start
-                && match (&d.end, &range.end) {
-                    (None, _) => true,
-                    (Some(_), None) => false,
-                    (Some(d_end), Some(r_end)) => r_end <= d_end,
-                }
-        });
-        if !covered {
+        if !self.declared.covers(range) {
             return Err(ProcError::OutsideDeclaredRanges { key: range.start.clone() });
         }
         self.scans.push(range.clone());

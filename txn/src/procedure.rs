@@ -24,7 +24,7 @@ pub enum ProcError {
     #[error("aborted: {0}")]
     Abort(String),
     /// It touched a key outside the ranges it declared.
-    #[error("key {key:?} is outside the procedure's declared ranges")]
+    #[error("key {} is outside the procedure's declared ranges", storage::Quoted(key))]
     OutsideDeclaredRanges {
         /// The key.
         key: Vec<u8>,

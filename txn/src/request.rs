@@ -5,7 +5,7 @@ use clock::Timestamp;
 use prost::Message;
 use proto::v1;
 use sequencer::ShardId;
-use storage::KeyRange;
+use storage::{KeyRange, Limits};
 
 use crate::error::TxnError;
 use crate::outcome::AbortReason;
@@ -54,6 +54,30 @@ impl Request {
                     .chain(c.scans.iter().cloned())
                     .chain(c.writes.iter().map(|(k, _)| point(k)))
                     .collect()
+            }
+        }
+    }
+
+    /// Refuses a request no shard could run within `limits`: a key, range bound or value
+    /// over the limits, or more bytes of writes than one transaction may make. The sequencer
+    /// refuses such a request before it is logged; a shard that finds one in the log anyway
+    /// (an older node logged it) aborts it, the same way on every participant, before it
+    /// reads anything. Sizes only: whether a procedure exists, and what it writes, are
+    /// decided when it runs.
+    pub fn check(&self, limits: &Limits) -> Result<(), AbortReason> {
+        let too_large = |e: storage::StorageError| AbortReason::TooLarge(e.to_string());
+        match self {
+            Request::Procedure { ranges, .. } => {
+                if ranges.is_empty() {
+                    return Err(AbortReason::Malformed("a procedure call declares no key".into()));
+                }
+                ranges.iter().try_for_each(|r| limits.check_range(r)).map_err(too_large)
+            }
+            Request::Interactive(c) => {
+                c.reads.iter().try_for_each(|k| limits.check_key(k)).map_err(too_large)?;
+                c.scans.iter().try_for_each(|r| limits.check_range(r)).map_err(too_large)?;
+                let writes = c.writes.iter().map(|(k, v)| (k.as_slice(), v.as_deref()));
+                limits.check_writes(writes).map_err(too_large)
             }
         }
     }
@@ -119,6 +143,14 @@ pub(crate) fn procedure_request(
     let ranges =
         procedure.ranges(args).map_err(|e| TxnError::Aborted(AbortReason::User(e.to_string())))?;
     Ok(Request::Procedure { name: name.to_string(), args: args.to_vec(), ranges })
+}
+
+/// The error a caller gets for a request [`Request::check`] refused.
+pub(crate) fn refused(reason: AbortReason) -> TxnError {
+    match reason {
+        AbortReason::TooLarge(why) => TxnError::TooLarge(why),
+        reason => TxnError::Aborted(reason),
+    }
 }
 
 /// The shards `request` touches, in order; refused if none.

@@ -64,6 +64,11 @@ impl ShardApplier {
         !self.deferred.is_empty()
     }
 
+    /// The entries deferred to the next window: logged, not yet decided.
+    pub(crate) fn deferred_ids(&self) -> impl Iterator<Item = TxnId> + '_ {
+        self.deferred.iter().map(|(task, _)| task.txn)
+    }
+
     /// Applies window `epoch` at `ts`, of which `slice` is this shard's entries in log order.
     /// `snapshot(ts_{e-1})` reads `Snap(e-1)` of any key; `wait_for_peers(e-1)` is called first
     /// if a multi-shard entry will read other shards; `exchange` gets this shard's local

@@ -14,7 +14,8 @@ use storage::{KeyRange, Limits};
 use tokio::net::TcpListener;
 use txn::builtin::put_args;
 use txn::remote::{
-    Client, Cluster, Layout, RemoteSequencer, SequencerNode, ShardConfig, ShardNode, cluster_status,
+    Client, Cluster, Layout, RefusalKind, RemoteError, RemoteSequencer, SequencerNode, ShardConfig,
+    ShardNode, cluster_status,
 };
 use txn::{AbortReason, Context, ProcError, Procedure, ReadAt, ShardMap, TxnError};
 
@@ -23,12 +24,12 @@ use crate::{CLIENTS, TXNS_PER_CLIENT, run_list_append};
 /// Clocks may differ by this much; commit-wait lasts about as long.
 const MAX_OFFSET: Duration = Duration::from_millis(20);
 
-fn clock() -> Arc<Clock> {
+pub(crate) fn clock() -> Arc<Clock> {
     Arc::new(Clock::system(MAX_OFFSET))
 }
 
 /// A clock `ms` milliseconds ahead of the system clock (behind if negative).
-fn offset_clock(ms: i64) -> Arc<Clock> {
+pub(crate) fn offset_clock(ms: i64) -> Arc<Clock> {
     let system: Arc<dyn PhysicalClock> = Arc::new(SystemClock);
     let d = Duration::from_millis(ms.unsigned_abs());
     let physical: Arc<dyn PhysicalClock> = match ms {
@@ -39,20 +40,28 @@ fn offset_clock(ms: i64) -> Arc<Clock> {
     Arc::new(Clock::new(physical, MAX_OFFSET))
 }
 
-struct LocalCluster {
-    sequencer: SequencerNode,
-    shards: Vec<ShardNode>,
-    cluster: Cluster,
+pub(crate) struct LocalCluster {
+    pub(crate) sequencer: SequencerNode,
+    pub(crate) shards: Vec<ShardNode>,
+    pub(crate) cluster: Cluster,
     _dirs: tempfile::TempDir,
 }
 
 /// Starts a sequencer and one shard per clock in `shard_clocks`, with the built-in
 /// procedures and the tests' own.
-async fn start_cluster(shard_clocks: Vec<Arc<Clock>>) -> LocalCluster {
+pub(crate) async fn start_cluster(shard_clocks: Vec<Arc<Clock>>) -> LocalCluster {
+    start_cluster_with(clock(), shard_clocks, txn::builtin::registry()).await
+}
+
+/// [`start_cluster`] with the sequencer's clock and more procedures.
+pub(crate) async fn start_cluster_with(
+    sequencer_clock: Arc<Clock>,
+    shard_clocks: Vec<Arc<Clock>>,
+    mut procedures: txn::Registry,
+) -> LocalCluster {
     let shards = shard_clocks.len() as u32;
     let dirs = tempfile::tempdir().unwrap();
     let map = ShardMap::uniform(shards);
-    let mut procedures = txn::builtin::registry();
     procedures.register(Arc::new(Fill));
     procedures.register(Arc::new(CountRemote));
     let config = SealerConfig {
@@ -70,7 +79,7 @@ async fn start_cluster(shard_clocks: Vec<Arc<Clock>>) -> LocalCluster {
     let sequencer = SequencerNode::start(
         &dirs.path().join("log"),
         "127.0.0.1:0".parse().unwrap(),
-        clock(),
+        sequencer_clock,
         config,
         layout,
     )
@@ -100,7 +109,7 @@ async fn start_cluster(shard_clocks: Vec<Arc<Clock>>) -> LocalCluster {
 }
 
 impl LocalCluster {
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         for shard in self.shards {
             shard.shutdown().await;
         }
@@ -148,7 +157,9 @@ async fn list_append_over_a_cluster_is_strictly_serializable() {
 }
 
 /// Serves `source` on a free port and fetches `/metrics` over HTTP.
-async fn scrape(source: Arc<dyn Fn() -> Vec<txn::remote::Metric> + Send + Sync>) -> String {
+pub(crate) async fn scrape(
+    source: Arc<dyn Fn() -> Vec<txn::remote::Metric> + Send + Sync>,
+) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -163,7 +174,7 @@ async fn scrape(source: Arc<dyn Fn() -> Vec<txn::remote::Metric> + Send + Sync>)
 }
 
 /// The value of metric `name` in a scrape.
-fn metric(text: &str, name: &str) -> f64 {
+pub(crate) fn metric(text: &str, name: &str) -> f64 {
     let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap();
     line[name.len() + 1..].parse().unwrap()
 }
@@ -209,6 +220,31 @@ async fn a_shard_whose_clock_is_beyond_max_offset_is_refused_and_the_others_go_o
     // subscriber): it applied nothing, while the others applied the window.
     assert_eq!(local.shards[2].applied(), sequencer::Epoch(0), "shard 2 applied nothing");
     assert!(local.shards[0].applied() > sequencer::Epoch(0));
+    // Regression: it went on serving (reads, verdicts, status) with a clock it could not
+    // trust, and the cluster stalled. It fences itself, saying why, once it finds the
+    // sequencer and its peers refuse its clock.
+    let mut shard2 =
+        ShardClient::connect(format!("http://{}", local.cluster.shards[2])).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let fenced = loop {
+        match shard2.status(v1::StatusRequest { hlc: 0 }).await {
+            Err(status) if status.code() == tonic::Code::Unavailable => break status,
+            other => assert!(std::time::Instant::now() < deadline, "not fenced: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        fenced.message().contains("fenced") && fenced.message().contains("clock"),
+        "{fenced:?}"
+    );
+    // The others go on, single-shard and across shards 0 and 1.
+    let other = (0..=255u8).map(|b| vec![b]).find(|k| local.cluster.map.shard_of(k) == ShardId(1));
+    let other = other.unwrap();
+    let mut tx = client.begin();
+    tx.put(&key, b"both");
+    tx.put(&other, b"both");
+    tx.commit().await.unwrap();
+    assert_eq!(client.get(&other, client.read_ts(ReadAt::Latest)).await.unwrap().unwrap(), b"both");
     local.stop().await;
 }
 
@@ -317,27 +353,18 @@ async fn bad_requests_over_the_wire_get_clear_errors_and_change_nothing() {
         Some(&b"original"[..]),
         "nothing changed"
     );
-    // A payload that is not an entry, sent straight to the sequencer: every participant
-    // aborts it the same way, and the others go on.
+    // A payload that is not an entry, sent straight to the sequencer: refused before it is
+    // logged (every shard would have to replay it), and the others go on.
     let sequencer = RemoteSequencer::connect(&cluster.sequencer, clock()).await.unwrap();
     let garbage =
         Entry::new(ClientId(42), vec![ShardId(0), ShardId(1)], Arc::from(&b"\xff\x01junk"[..]));
-    let receipt = sequencer.submit(&garbage).await.unwrap();
-    let mut shard0 = ShardClient::connect(format!("http://{}", cluster.shards[0])).await.unwrap();
-    let outcome = shard0
-        .await_outcome(v1::AwaitOutcomeRequest {
-            hlc: 0,
-            txn: Some(v1::TxnId { epoch: receipt.txn.epoch.0, index: receipt.txn.index }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .outcome
-        .unwrap();
-    match outcome.result.unwrap() {
-        v1::outcome::Result::Aborted(a) => assert_eq!(a.kind, "malformed", "{a:?}"),
-        other => panic!("expected an abort, got {other:?}"),
+    match sequencer.submit(&garbage).await {
+        Err(RemoteError::Refused { kind: RefusalKind::Malformed, why }) => {
+            assert!(why.contains("malformed entry"), "{why}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
     }
+    let mut shard0 = ShardClient::connect(format!("http://{}", cluster.shards[0])).await.unwrap();
     client.call("kv.put", &put_args(b"k", b"after")).await.unwrap();
     // Reads of another shard's key, and oversize scans, are refused by the shard.
     let elsewhere =

@@ -12,9 +12,13 @@
 //!
 //! - `embedded`: the embedded `Database`;
 //! - `cluster`: a sequencer and three shard servers on loopback, through the `Client`.
+//!
+//! And `hardening`: the same loopback cluster at its edges (oversize and forged requests,
+//! bursts that make windows large, impossible waits, a clock out of bounds).
 
 mod cluster;
 mod embedded;
+mod hardening;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

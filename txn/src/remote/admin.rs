@@ -12,7 +12,7 @@ use proto::v1::shard_client::ShardClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use super::{observe_request, observe_response, stamp};
+use super::{observe_request, observe_response, sized, stamp};
 use crate::shard_map::ShardMap;
 
 /// Where a cluster's shards are and which keys each owns: the same on every node.
@@ -45,7 +45,7 @@ impl AdminService {
             .iter()
             .map(|addr| {
                 Endpoint::from_shared(format!("http://{addr}"))
-                    .map(|e| ShardClient::new(e.timeout(STATUS_TIMEOUT).connect_lazy()))
+                    .map(|e| sized!(ShardClient::new(e.timeout(STATUS_TIMEOUT).connect_lazy())))
                     .map_err(|e| format!("shard address {addr:?}: {e}"))
             })
             .collect::<Result<_, _>>()?;

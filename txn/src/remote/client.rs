@@ -30,7 +30,10 @@ use storage::KeyRange;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
-use super::{RemoteError, RemoteSequencer, observe_response, outcome_from_proto, paged, stamp};
+use super::{
+    RefusalKind, RemoteError, RemoteSequencer, observe_response, outcome_from_proto, paged, sized,
+    stamp,
+};
 use crate::database::output;
 use crate::error::TxnError;
 use crate::outcome::Outcome;
@@ -88,7 +91,7 @@ impl Client {
             .iter()
             .map(|addr| {
                 Endpoint::from_shared(format!("http://{addr}"))
-                    .map(|e| ShardClient::new(e.connect_lazy()))
+                    .map(|e| sized!(ShardClient::new(e.connect_lazy())))
                     .map_err(|e| TxnError::Unavailable(format!("shard address {addr:?}: {e}")))
             })
             .collect::<Result<_, _>>()?;
@@ -163,16 +166,19 @@ impl Client {
             attempts += 1;
             match self.sequencer.submit(entry).await {
                 Ok(receipt) => return Ok(receipt.txn),
-                Err(RemoteError::Refused(why)) if why.contains("exceeds") => {
+                // Refused for what the entry is: every attempt of it was, so none is logged.
+                Err(RemoteError::Refused { kind: RefusalKind::TooLarge, why }) => {
                     return Err(TxnError::TooLarge(why));
                 }
-                Err(RemoteError::Refused(why) | RemoteError::BadResponse(why)) => {
+                Err(RemoteError::Refused { kind, why }) if kind != RefusalKind::Busy => {
                     return Err(TxnError::Unavailable(format!("the sequencer refused: {why}")));
                 }
-                // Refused on the way in: nothing logged.
+                // Refused on the way in, and no earlier attempt may have been logged.
                 Err(RemoteError::ClockSkew(why)) if attempts == 1 => {
                     return Err(TxnError::ClockSkew(why));
                 }
+                // Everything else may have logged it: resubmit (the log deduplicates it)
+                // until the sequencer answers, or give up with the outcome unknown.
                 Err(e) => {
                     if tokio::time::Instant::now() >= deadline {
                         tracing::warn!(error = %e, attempts, "giving up on the sequencer");
@@ -192,7 +198,8 @@ impl Client {
                 hlc: stamp(&self.clock),
                 txn: Some(v1::TxnId { epoch: txn.epoch.0, index: txn.index }),
             };
-            let answer = self.shards[shard.0 as usize].clone().await_outcome(request).await;
+            let answer =
+                self.shards[shard.0 as usize].clone().await_outcome(with_deadline(request)).await;
             match answer {
                 Ok(r) => {
                     let r = r.into_inner();
@@ -248,14 +255,15 @@ impl Client {
         Ok(r.found.map(|kv| kv.value))
     }
 
-    /// One `Scan` request: up to `n` rows of `range`, all on `shard`.
+    /// One `Scan` request: up to `n` rows of `range`, all on `shard`, and whether there may
+    /// be more.
     async fn scan_page(
         &self,
         shard: ShardId,
         range: KeyRange,
         n: usize,
         ts: Timestamp,
-    ) -> Result<Rows, TxnError> {
+    ) -> Result<(Rows, bool), TxnError> {
         let request = v1::ScanRequest {
             hlc: stamp(&self.clock),
             range: Some(range_to_proto(&range)),
@@ -270,7 +278,7 @@ impl Client {
             .map_err(|s| read_error(s.into()))?
             .into_inner();
         observe_response(&self.clock, r.hlc).map_err(read_error)?;
-        Ok(r.rows.into_iter().map(|kv| (kv.key, kv.value)).collect())
+        Ok((r.rows.into_iter().map(|kv| (kv.key, kv.value)).collect(), r.more))
     }
 
     /// The values of `keys` at `ts`, read concurrently (one round trip's latency, not one per
@@ -332,7 +340,7 @@ pub async fn cluster_status(
         Endpoint::from_shared(format!("http://{addr}")).map_err(|e| unavailable(e.to_string()))?;
     let channel = endpoint.connect().await.map_err(|e| unavailable(e.to_string()))?;
     let request = v1::ClusterStatusRequest { hlc: stamp(clock) };
-    let status = AdminClient::new(channel)
+    let status = sized!(AdminClient::new(channel))
         .cluster_status(request)
         .await
         .map_err(|s| read_error(s.into()))?

@@ -29,7 +29,9 @@ use std::time::Duration;
 use ::sequencer::{SealerConfig, ShardId};
 use serde::Deserialize;
 
-use super::Layout;
+use storage::Limits;
+
+use super::{Layout, MAX_WINDOW_BYTES};
 use crate::shard_map::ShardMap;
 
 /// What a node does.
@@ -113,17 +115,17 @@ impl NodeConfig {
     /// terms of the file.
     pub fn parse(text: &str) -> Result<NodeConfig, String> {
         let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
-        let listen: SocketAddr = file
-            .listen
-            .parse()
-            .map_err(|e| format!("listen = {:?}: {e} (expected host:port)", file.listen))?;
+        let listen = resolve("listen", &file.listen)?;
         let metrics_listen = match &file.metrics_listen {
             None => None,
-            Some(m) => Some(
-                m.parse::<SocketAddr>()
-                    .map_err(|e| format!("metrics_listen = {m:?}: {e} (expected host:port)"))?,
-            ),
+            Some(m) => Some(resolve("metrics_listen", m)?),
         };
+        if file.max_offset_ms > MAX_OFFSET_MS {
+            return Err(format!(
+                "max_offset_ms = {}: at most {MAX_OFFSET_MS} (commit-wait lasts about this long)",
+                file.max_offset_ms
+            ));
+        }
         let cluster = &file.cluster;
         if cluster.shards.is_empty() {
             return Err("cluster.shards: a cluster needs at least one shard".into());
@@ -194,8 +196,24 @@ impl NodeConfig {
             seal_ahead: None,
             ..defaults
         };
-        if sealer.window_interval.is_zero() || sealer.max_window_entries == 0 {
-            return Err("window: interval_ms and max_entries must be above 0".into());
+        let interval_ms = sealer.window_interval.as_millis();
+        if !(1..=MAX_INTERVAL_MS).contains(&interval_ms) {
+            return Err(format!("window.interval_ms = {interval_ms}: from 1 to {MAX_INTERVAL_MS}"));
+        }
+        if !(1..=MAX_WINDOW_ENTRIES).contains(&sealer.max_window_entries) {
+            return Err(format!(
+                "window.max_entries = {}: from 1 to {MAX_WINDOW_ENTRIES}",
+                sealer.max_window_entries
+            ));
+        }
+        // A window must hold the largest transaction (10 MiB of writes, and a margin for its
+        // reads and ranges), and a shard must accept it.
+        let min_bytes = Limits::default().max_batch_bytes + (1 << 20);
+        if !(min_bytes..=MAX_WINDOW_BYTES).contains(&sealer.max_window_bytes) {
+            return Err(format!(
+                "window.max_bytes = {}: from {min_bytes} to {MAX_WINDOW_BYTES}",
+                sealer.max_window_bytes
+            ));
         }
         Ok(NodeConfig {
             role: file.role,
@@ -209,6 +227,23 @@ impl NodeConfig {
             sealer,
         })
     }
+}
+
+/// The largest `max_offset_ms`: beyond it commit-wait would stall every write for seconds.
+const MAX_OFFSET_MS: u64 = 10_000;
+/// The longest window interval (an idle cluster's safe time moves once per interval).
+const MAX_INTERVAL_MS: u128 = 10_000;
+/// The most entries a window may be configured to hold.
+const MAX_WINDOW_ENTRIES: usize = 1_000_000;
+
+/// The address `value` (`host:port`, a name or an IP) of setting `what`: its first address.
+fn resolve(what: &str, value: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    let mut addrs = std::net::ToSocketAddrs::to_socket_addrs(value)
+        .map_err(|e| format!("{what} = {value:?}: {e} (expected host:port)"))?;
+    addrs.next().ok_or_else(|| format!("{what} = {value:?}: the name has no address"))
 }
 
 #[cfg(test)]
@@ -253,10 +288,28 @@ split_keys = ["g", "p"]
         assert!(error(&GOOD.replace("127.0.0.1:7101\"\n", "nowhere\"\n")).contains("listen"));
         assert!(error(&GOOD.replace("role = \"shard\"", "role = \"leader\"")).contains("role"));
         assert!(error(&format!("{GOOD}\ncolour = 3")).contains("colour"));
+        // Regression: these were accepted, and submits hung or every request panicked.
+        let window = |w: &str| format!("{GOOD}\n[window]\n{w}\n");
+        assert!(error(&window("interval_ms = 18446744073709551615")).contains("interval_ms"));
+        assert!(error(&window("interval_ms = 0")).contains("interval_ms"));
+        assert!(error(&window("max_bytes = 1000")).contains("max_bytes"));
+        assert!(error(&window("max_bytes = 1000000000")).contains("max_bytes"));
+        assert!(error(&window("max_entries = 0")).contains("max_entries"));
+        let offset = GOOD.replace("shard = 1\n", "shard = 1\nmax_offset_ms = 10000000000000\n");
+        assert!(error(&offset).contains("max_offset_ms"));
         let hex = GOOD.replace("split_keys = [\"g\", \"p\"]", "split_keys_hex = [\"67\", \"7x\"]");
         assert!(error(&hex).contains("\"7x\" is not hex"));
         let hex = GOOD.replace("split_keys = [\"g\", \"p\"]", "split_keys_hex = [\"67\", \"70\"]");
         let c = NodeConfig::parse(&hex).unwrap();
         assert_eq!(c.layout.map.splits(), &[b"g".to_vec(), b"p".to_vec()]);
+    }
+
+    /// Regression: `listen = "localhost:7221"` was refused as not an address.
+    #[test]
+    fn host_names_are_accepted_where_addresses_are() {
+        let c = NodeConfig::parse(&GOOD.replace("\"127.0.0.1:7101\"\nd", "\"localhost:7101\"\nd"))
+            .unwrap();
+        assert!(c.listen.ip().is_loopback(), "{}", c.listen);
+        assert_eq!(c.listen.port(), 7101);
     }
 }

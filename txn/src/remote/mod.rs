@@ -23,9 +23,13 @@ mod shard;
 
 use ::sequencer::TxnId;
 use std::future::Future;
+use std::sync::Arc;
+use std::task::Poll;
 
 use clock::{Clock, Timestamp};
+use prost::Message;
 use proto::v1;
+pub use proto::v1::RefusalKind;
 use storage::KeyRange;
 use tonic::{Code, Status};
 
@@ -38,7 +42,26 @@ pub use self::config::{NodeConfig, Role};
 pub use self::metrics::{LATENCY_BOUNDS, Metric, Value, render, serve_metrics};
 pub use self::node::{LocalProcesses, LocalSpec, init_logging, run_node, stop_signals};
 pub use self::sequencer::{RemoteSequencer, SequencerNode, SliceDelivery};
-pub use self::shard::{MAX_SCAN_ROWS, ShardConfig, ShardNode};
+pub use self::shard::{MAX_SCAN_ROWS, SCAN_RESPONSE_BYTES, ShardConfig, ShardNode};
+
+/// The largest gRPC message any sealdb server or client sends or accepts. Every server and
+/// client is built with it ([`sized`]), so what one side may send the other accepts.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// The largest window a sequencer may be configured to seal (`max_window_bytes`): a shard's
+/// slice of a window (at most the window's entries, [`sequencer::Entry::size`], and a small
+/// header) stays well below [`MAX_MESSAGE_BYTES`], so every logged entry is deliverable.
+pub const MAX_WINDOW_BYTES: usize = 32 << 20;
+
+/// A generated gRPC client or server with the message limits of [`MAX_MESSAGE_BYTES`].
+macro_rules! sized {
+    ($service:expr) => {
+        $service
+            .max_decoding_message_size($crate::remote::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size($crate::remote::MAX_MESSAGE_BYTES)
+    };
+}
+use sized;
 
 /// Failures of a call to another node.
 #[derive(Debug, thiserror::Error)]
@@ -47,10 +70,16 @@ pub enum RemoteError {
     /// Nothing was done by a refused request; a refused response's effect is unknown.
     #[error("clock skew: {0}")]
     ClockSkew(String),
-    /// The request was invalid (a malformed id, an unknown shard, an oversize entry); nothing
-    /// changed. Retrying the same request will not help.
-    #[error("refused: {0}")]
-    Refused(String),
+    /// The request was invalid (a malformed id, an unknown shard, an oversize entry) or over
+    /// a bound; nothing changed. Retrying the same request will not help, unless `kind` is
+    /// [`RefusalKind::Busy`].
+    #[error("refused: {why}")]
+    Refused {
+        /// Which rule, as the server said in the status details.
+        kind: RefusalKind,
+        /// The server's message.
+        why: String,
+    },
     /// The node could not be reached or stopped. For a submission, whether it was logged is
     /// unknown: submit it again with the same client id, which the log deduplicates.
     #[error("unavailable: {0}")]
@@ -66,39 +95,183 @@ impl From<Status> for RemoteError {
         match status.code() {
             Code::FailedPrecondition => RemoteError::ClockSkew(message),
             Code::InvalidArgument | Code::ResourceExhausted | Code::OutOfRange => {
-                RemoteError::Refused(message)
+                let kind =
+                    v1::Refusal::decode(status.details()).map_or(RefusalKind::Other, |r| r.kind());
+                RemoteError::Refused { kind, why: message }
             }
             _ => RemoteError::Unavailable(format!("{}: {message}", status.code())),
         }
     }
 }
 
-/// A server's connections from `listener`, with Nagle's algorithm off: small responses go
-/// out at once instead of waiting for the peer's delayed ACK (40 ms on Linux).
-fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+/// A refusal: nothing changed, and the status details say which rule (`kind`).
+fn refuse(code: Code, kind: RefusalKind, message: impl Into<String>) -> Status {
+    let details = v1::Refusal { kind: kind.into() }.encode_to_vec();
+    Status::with_details(code, message, details.into())
 }
 
-/// Up to `limit` rows of `range` (one shard's part of a scan), read a page of at most
-/// [`MAX_SCAN_ROWS`] at a time: `page(range, n)` reads up to `n` rows of `range`.
+/// A request breaking the protocol's rules.
+fn malformed(message: impl Into<String>) -> Status {
+    refuse(Code::InvalidArgument, RefusalKind::Malformed, message)
+}
+
+/// How long a stopping node waits for its server's open requests and connections to finish,
+/// and for its apply thread, before it stops without them.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A running gRPC server task.
+type ServerTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// Waits for `server`, told to stop, to finish its open requests, for at most
+/// [`STOP_GRACE`]; then drops what is left (an idle or stalled connection must not keep a
+/// node from stopping).
+async fn stop_server(mut server: ServerTask, node: &str) {
+    match tokio::time::timeout(STOP_GRACE, &mut server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(node, error = %e, "server failed"),
+        Ok(Err(e)) => tracing::error!(node, error = %e, "server task failed"),
+        Err(_) => {
+            tracing::warn!(node, "connections still open after the grace period; closing them");
+            server.abort();
+        }
+    }
+}
+
+/// The most connections one server keeps open; it closes the ones past it at once (a node
+/// out of file descriptors cannot write its log or its clock).
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// The most requests (HTTP/2 streams) open at once on one connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+
+/// A gRPC server with sealdb's bounds: streams per connection, keepalive probes that close
+/// connections to peers that went away, and a limit on streams reset before they are served
+/// (the HTTP/2 rapid-reset attack).
+fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .http2_max_pending_accept_reset_streams(Some(256))
+}
+
+/// A server's connections from `listener`, at most [`MAX_CONNECTIONS`] open at once, with
+/// Nagle's algorithm off: small responses go out at once instead of waiting for the peer's
+/// delayed ACK (40 ms on Linux). The listener closes when the server drops the stream.
+fn incoming(
+    listener: tokio::net::TcpListener,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Connection>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = tx.closed() => return,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                // Out of descriptors, or a connection reset before it was accepted: the
+                // server goes on, and the limit below keeps it from running out again.
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                tracing::warn!(max = MAX_CONNECTIONS, "too many connections; closing a new one");
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            if tx.send(Ok(Connection { stream, _permit: permit })).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// An accepted connection, counted against [`MAX_CONNECTIONS`] until it is closed.
+struct Connection {
+    stream: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tonic::transport::server::Connected for Connection {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for Connection {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Connection {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Up to `limit` rows of `range` (one shard's part of a scan), read a page at a time:
+/// `page(range, n)` reads up to `n` (at most [`MAX_SCAN_ROWS`]) rows of `range`, and says
+/// whether it stopped early (for `n` or for the response size bound).
 async fn paged<E, F, Fut>(mut range: KeyRange, limit: usize, mut page: F) -> Result<Rows, E>
 where
     F: FnMut(KeyRange, usize) -> Fut,
-    Fut: Future<Output = Result<Rows, E>>,
+    Fut: Future<Output = Result<(Rows, bool), E>>,
 {
     let mut rows = Vec::new();
     while rows.len() < limit {
         let n = (limit - rows.len()).min(MAX_SCAN_ROWS as usize);
-        let got = page(range.clone(), n).await?;
-        let full = got.len() == n;
-        if let Some((last, _)) = got.last() {
-            range.start = last.iter().copied().chain([0]).collect();
-        }
+        let (got, more) = page(range.clone(), n).await?;
+        let Some((last, _)) = got.last() else { break };
+        range.start = last.iter().copied().chain([0]).collect();
         rows.extend(got);
-        if !full {
+        if !more {
             break;
         }
     }
+    rows.truncate(limit);
     Ok(rows)
 }
 

@@ -45,8 +45,11 @@ pub fn stop_signals() -> Result<impl Future<Output = &'static str>, String> {
 /// Runs the node `config` describes, with `procedures` registered, until SIGINT or SIGTERM;
 /// then stops it cleanly. Prints the address it listens on to stdout once it serves.
 pub async fn run_node(config: NodeConfig, procedures: Registry) -> Result<(), String> {
+    exit_on_panic();
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
+    // One node per data directory: two would write over each other's log, storage and clock.
+    let _lock = ::sequencer::lock_dir(&config.data_dir).map_err(|e| e.to_string())?;
     let clock =
         Clock::open(config.data_dir.join("clock"), Arc::new(SystemClock), config.max_offset)
             .map_err(|e| e.to_string())?;
@@ -92,6 +95,19 @@ pub async fn run_node(config: NodeConfig, procedures: Registry) -> Result<(), St
             Ok(())
         }
     }
+}
+
+/// Makes any panic end the process (status 70) once it is reported. A panic in a node is a
+/// bug or a failure it cannot go on from (the clock's high-water mark could not be written,
+/// out of file descriptors): a node with a dead apply thread must not stay up applying
+/// nothing. What was acknowledged is durable in the log; a restart replays the rest.
+fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!(%info, "a node thread panicked; exiting");
+        std::process::exit(70);
+    }));
 }
 
 /// Serves `source`'s metrics on `listen`, if given, for as long as the runtime runs.

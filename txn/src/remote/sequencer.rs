@@ -19,17 +19,24 @@ use proto::v1::sequencer_client::SequencerClient;
 use proto::v1::sequencer_server::{Sequencer as SequencerRpc, SequencerServer};
 use sequencer::{
     ClientId, Delivery, Entry, Receipt, SealerConfig, Sequencer, SequencerError, ShardId, TxnId,
-    WINDOW_SIZE_BOUNDS,
+    WINDOW_SIZE_BOUNDS, Window,
 };
+use storage::Limits;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use super::admin::{AdminService, Layout};
 use super::metrics::Metric;
-use super::{RemoteError, incoming, observe_request, observe_response, stamp};
+use super::{
+    MAX_WINDOW_BYTES, RefusalKind, RemoteError, incoming, malformed, observe_request,
+    observe_response, refuse, server, sized, stamp, stop_server,
+};
+use crate::outcome::AbortReason;
+use crate::request::{Request as TxnRequest, participants};
+use crate::shard_map::ShardMap;
 
 /// A sequencer serving gRPC on a TCP address. [`SequencerNode::shutdown`] stops serving,
 /// then seals what is open and answers its submitters.
@@ -55,6 +62,12 @@ impl SequencerNode {
         config: SealerConfig,
         layout: Layout,
     ) -> Result<SequencerNode, String> {
+        if config.max_window_bytes > MAX_WINDOW_BYTES {
+            return Err(format!(
+                "a window cap of {} bytes is over the most a shard accepts ({MAX_WINDOW_BYTES})",
+                config.max_window_bytes
+            ));
+        }
         let shards = layout.map.len();
         if layout.shards.len() != shards as usize {
             return Err(format!(
@@ -69,18 +82,22 @@ impl SequencerNode {
             TcpListener::bind(listen).await.map_err(|e| format!("listening on {listen}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| format!("listening on {listen}: {e}"))?;
         let stopping = Arc::new(AtomicBool::new(false));
+        let map = layout.map.clone();
         let admin = AdminService::new(sequencer.clone(), clock.clone(), layout)?;
         let service = SequencerService {
             sequencer: sequencer.clone(),
             clock,
             shards,
+            subscriptions: Arc::new(tokio::sync::Semaphore::new(MAX_SUBSCRIPTIONS)),
+            map,
+            limits: Limits::default(),
             stopping: stopping.clone(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(SequencerServer::new(service))
-                .add_service(AdminServer::new(admin))
+            server()
+                .add_service(sized!(SequencerServer::new(service)))
+                .add_service(sized!(AdminServer::new(admin)))
                 .serve_with_incoming_shutdown(incoming(listener), async {
                     let _ = stopped.await;
                 }),
@@ -137,16 +154,13 @@ impl SequencerNode {
     /// sealed and logged, and its submitters answered.
     pub async fn shutdown(mut self) -> Result<(), String> {
         self.stop_serving().await;
+        // Connections that outlived the server's graceful stop may still hold the sequencer;
+        // it stops all the same, and refuses what they send.
         let sequencer = Arc::clone(&self.sequencer);
-        drop(self);
-        // The services held the other references; with them gone this is the last.
-        match Arc::try_unwrap(sequencer) {
-            Ok(sequencer) => tokio::task::spawn_blocking(move || sequencer.shutdown())
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string()),
-            Err(_) => Err("the sequencer is still in use".into()),
-        }
+        tokio::task::spawn_blocking(move || sequencer.shutdown())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
     }
 
     async fn stop_serving(&mut self) {
@@ -155,11 +169,7 @@ impl SequencerNode {
             let _ = stop.send(());
         }
         if let Some(server) = self.server.take() {
-            match server.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "sequencer server failed"),
-                Err(e) => tracing::error!(error = %e, "sequencer server task failed"),
-            }
+            stop_server(server, "sequencer").await;
         }
     }
 }
@@ -177,13 +187,19 @@ struct SequencerService {
     sequencer: Arc<Sequencer>,
     clock: Arc<Clock>,
     shards: u32,
+    /// One permit per open subscription.
+    subscriptions: Arc<tokio::sync::Semaphore>,
+    /// The cluster's shard map: the participants of an entry follow from its keys.
+    map: ShardMap,
+    /// The shards' limits, which every logged entry must be within.
+    limits: Limits,
     stopping: Arc<AtomicBool>,
 }
 
 impl SequencerService {
     fn shard(&self, shard: u32) -> Result<ShardId, Status> {
         if shard >= self.shards {
-            return Err(Status::invalid_argument(format!(
+            return Err(malformed(format!(
                 "no shard {shard}: the cluster has {} (0 to {})",
                 self.shards,
                 self.shards - 1
@@ -193,9 +209,41 @@ impl SequencerService {
     }
 }
 
+impl SequencerService {
+    /// The participants of an entry with `payload`, if every shard could run it: it decodes,
+    /// its keys are within the limits, and it touches some key. A bad entry in the log would
+    /// reach every shard that replays it, so it is refused here, before it is logged. The
+    /// participants come from this node's shard map, never from the client: `claimed`, if
+    /// given, must be exactly them (a client with another map is told so).
+    fn admit(&self, payload: &[u8], claimed: Vec<u32>) -> Result<Vec<ShardId>, Status> {
+        let request = TxnRequest::decode(payload).map_err(malformed)?;
+        request.check(&self.limits).map_err(|reason| match reason {
+            AbortReason::TooLarge(why) => refuse(Code::InvalidArgument, RefusalKind::TooLarge, why),
+            reason => malformed(format!("{reason:?}")),
+        })?;
+        let participants =
+            participants(&self.map, &request).map_err(|e| malformed(e.to_string()))?;
+        if !claimed.is_empty() {
+            let mut claimed: Vec<ShardId> = claimed.into_iter().map(ShardId).collect();
+            claimed.sort_unstable();
+            claimed.dedup();
+            if claimed != participants {
+                return Err(malformed(format!(
+                    "participants {:?} do not match the entry's keys, which are on shards {:?}",
+                    claimed.iter().map(|s| s.0).collect::<Vec<_>>(),
+                    participants.iter().map(|s| s.0).collect::<Vec<_>>()
+                )));
+            }
+        }
+        Ok(participants)
+    }
+}
+
 fn status_of(e: SequencerError) -> Status {
     match e {
-        SequencerError::EntryTooLarge { .. } => Status::invalid_argument(e.to_string()),
+        SequencerError::EntryTooLarge { .. } => {
+            refuse(Code::InvalidArgument, RefusalKind::TooLarge, e.to_string())
+        }
         SequencerError::ShuttingDown => Status::unavailable(e.to_string()),
         other => Status::internal(other.to_string()),
     }
@@ -210,16 +258,9 @@ impl SequencerRpc for SequencerService {
         let r = request.into_inner();
         observe_request(&self.clock, r.hlc)?;
         let id: [u8; 16] = r.client_id.as_slice().try_into().map_err(|_| {
-            Status::invalid_argument(format!(
-                "client_id must be 16 bytes, not {}",
-                r.client_id.len()
-            ))
+            malformed(format!("client_id must be 16 bytes, not {}", r.client_id.len()))
         })?;
-        if r.participants.is_empty() {
-            return Err(Status::invalid_argument("an entry must name at least one shard"));
-        }
-        let participants =
-            r.participants.iter().map(|&s| self.shard(s)).collect::<Result<Vec<_>, _>>()?;
+        let participants = self.admit(&r.payload, r.participants)?;
         let entry = Entry::new(ClientId(u128::from_le_bytes(id)), participants, r.payload.into());
         let (tx, rx) = oneshot::channel();
         self.sequencer.submit_then(
@@ -249,52 +290,35 @@ impl SequencerRpc for SequencerService {
         let r = request.into_inner();
         observe_request(&self.clock, r.hlc)?;
         let shard = self.shard(r.shard)?;
-        let deliveries = self.sequencer.subscribe(Epoch(r.from_epoch.max(1)));
-        let (tx, rx) = mpsc::channel(256);
-        let clock = self.clock.clone();
-        let stopping = self.stopping.clone();
-        // The sequencer delivers on a blocking channel; this thread forwards one shard's
-        // slices until the subscriber goes away or the node stops (noticed at the next window
-        // or tick).
+        let permit = self.subscriptions.clone().try_acquire_owned().map_err(|_| {
+            refuse(
+                Code::ResourceExhausted,
+                RefusalKind::Busy,
+                format!("the sequencer serves at most {MAX_SUBSCRIPTIONS} subscriptions"),
+            )
+        })?;
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+        let forward = Forward {
+            sequencer: self.sequencer.clone(),
+            clock: self.clock.clone(),
+            stopping: self.stopping.clone(),
+            handle: tokio::runtime::Handle::current(),
+            shard,
+            tx,
+        };
+        let from = Epoch(r.from_epoch.max(1));
+        // One thread per subscription (there are at most MAX_SUBSCRIPTIONS): it reads the
+        // windows it is behind from the log, then forwards live ones, until the subscriber goes
+        // away, stalls, falls behind, or the node stops.
         std::thread::Builder::new()
             .name(format!("sealdb-subscriber-{}", shard.0))
             .spawn(move || {
-                for delivery in deliveries {
-                    if stopping.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let slice = match delivery {
-                        Delivery::Window(w) => v1::WindowSlice {
-                            hlc: stamp(&clock),
-                            epoch: w.epoch.0,
-                            window_ts: w.ts.as_u64(),
-                            entries: w
-                                .slice(shard)
-                                .map(|(txn, e)| v1::SlicedEntry {
-                                    index: txn.index,
-                                    participants: e.participants.iter().map(|p| p.0).collect(),
-                                    payload: e.payload.to_vec(),
-                                    client_id: e.client_id.0.to_le_bytes().to_vec(),
-                                })
-                                .collect(),
-                            tick: false,
-                        },
-                        Delivery::Tick(ts) => v1::WindowSlice {
-                            hlc: stamp(&clock),
-                            epoch: 0,
-                            window_ts: ts.as_u64(),
-                            entries: Vec::new(),
-                            tick: true,
-                        },
-                        // Windows come durable on this subscription.
-                        Delivery::Durable(_) => continue,
-                    };
-                    if tx.blocking_send(Ok(slice)).is_err() {
-                        return;
-                    }
+                let _permit = permit;
+                if let Err(status) = forward.run(from) {
+                    let _ = forward.send(Err(status));
                 }
             })
-            .map_err(|e| Status::internal(format!("starting a subscription: {e}")))?;
+            .map_err(|e| Status::unavailable(format!("starting a subscription: {e}")))?;
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -306,6 +330,108 @@ impl SequencerRpc for SequencerService {
         let feedback = self.sequencer.feedback().ok_or_else(|| Status::unavailable("stopped"))?;
         feedback.request_window();
         Ok(Response::new(v1::RequestWindowResponse { hlc: stamp(&self.clock) }))
+    }
+}
+
+/// The most subscriptions a sequencer serves at once (shards subscribe once each; the rest
+/// are refused as busy).
+pub const MAX_SUBSCRIPTIONS: usize = 64;
+
+/// Slices buffered for a subscriber's stream; the sequencer itself keeps at most
+/// [`LIVE_BACKLOG`] deliveries for it.
+const SUBSCRIBER_QUEUE: usize = 16;
+
+/// Live deliveries a subscriber may fall behind before it is dropped (to catch up from the
+/// log when it subscribes again).
+const LIVE_BACKLOG: usize = 4096;
+
+/// A subscriber more windows than this behind reads them from the log on its own thread
+/// before it joins the live ones (which the sequencer's thread fills in from the log).
+const CATCH_UP_GAP: u64 = 256;
+
+/// Windows, and bytes of them, read from the log at once while catching up.
+const CATCH_UP_WINDOWS: usize = 64;
+const CATCH_UP_BYTES: usize = 8 << 20;
+
+/// A subscriber that takes nothing for this long is dropped.
+const SUBSCRIBER_STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// One subscription's forwarding thread.
+struct Forward {
+    sequencer: Arc<Sequencer>,
+    clock: Arc<Clock>,
+    stopping: Arc<AtomicBool>,
+    handle: tokio::runtime::Handle,
+    shard: ShardId,
+    tx: mpsc::Sender<Result<v1::WindowSlice, Status>>,
+}
+
+impl Forward {
+    /// Forwards windows from `from` on until the subscription ends. An error ends it with a
+    /// status for the subscriber; `Ok` ends it quietly.
+    fn run(&self, mut from: Epoch) -> Result<(), Status> {
+        let reader = self.sequencer.log_reader();
+        while self.sequencer.last_logged().0.0 >= from.0.saturating_add(CATCH_UP_GAP) {
+            let windows = reader
+                .read(from, CATCH_UP_WINDOWS, CATCH_UP_BYTES)
+                .map_err(|e| Status::internal(format!("reading the log: {e}")))?;
+            for window in windows {
+                from = window.epoch.next();
+                if self.stopping.load(Ordering::SeqCst) || !self.send(Ok(self.slice(&window))) {
+                    return Ok(());
+                }
+            }
+        }
+        for delivery in self.sequencer.subscribe_bounded(from, LIVE_BACKLOG) {
+            if self.stopping.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let slice = match delivery {
+                Delivery::Window(w) => self.slice(&w),
+                Delivery::Tick(ts) => v1::WindowSlice {
+                    hlc: stamp(&self.clock),
+                    epoch: 0,
+                    window_ts: ts.as_u64(),
+                    entries: Vec::new(),
+                    tick: true,
+                },
+                // Windows come durable on this subscription.
+                Delivery::Durable(_) => continue,
+            };
+            if !self.send(Ok(slice)) {
+                return Ok(());
+            }
+        }
+        // The sequencer dropped it (it fell behind) or stopped: the subscriber resubscribes.
+        Err(Status::unavailable("the subscription fell behind or the sequencer stopped"))
+    }
+
+    /// This shard's slice of `window`.
+    fn slice(&self, w: &Window) -> v1::WindowSlice {
+        v1::WindowSlice {
+            hlc: stamp(&self.clock),
+            epoch: w.epoch.0,
+            window_ts: w.ts.as_u64(),
+            entries: w
+                .slice(self.shard)
+                .map(|(txn, e)| v1::SlicedEntry {
+                    index: txn.index,
+                    participants: e.participants.iter().map(|p| p.0).collect(),
+                    payload: e.payload.to_vec(),
+                    client_id: e.client_id.0.to_le_bytes().to_vec(),
+                })
+                .collect(),
+            tick: false,
+        }
+    }
+
+    /// Hands `item` to the subscriber's stream; false if it has gone or stalled.
+    fn send(&self, item: Result<v1::WindowSlice, Status>) -> bool {
+        let sent = self.handle.block_on(self.tx.send_timeout(item, SUBSCRIBER_STALL));
+        if let Err(mpsc::error::SendTimeoutError::Timeout(_)) = sent {
+            tracing::warn!(shard = self.shard.0, "dropping a subscriber that stopped reading");
+        }
+        sent.is_ok()
     }
 }
 
@@ -325,6 +451,9 @@ pub enum SliceDelivery {
     Tick(Timestamp),
 }
 
+/// How long a submission waits for its receipt.
+const SUBMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A client of a [`SequencerNode`], stamping its requests with `clock`.
 #[derive(Clone)]
 pub struct RemoteSequencer {
@@ -335,13 +464,16 @@ pub struct RemoteSequencer {
 impl RemoteSequencer {
     /// Connects to the sequencer at `addr` (`host:port`).
     pub async fn connect(addr: &str, clock: Arc<Clock>) -> Result<RemoteSequencer, RemoteError> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| RemoteError::Refused(format!("address {addr:?}: {e}")))?;
+        let endpoint =
+            Endpoint::from_shared(format!("http://{addr}")).map_err(|e| RemoteError::Refused {
+                kind: RefusalKind::Malformed,
+                why: format!("address {addr:?}: {e}"),
+            })?;
         let channel = endpoint
             .connect()
             .await
             .map_err(|e| RemoteError::Unavailable(format!("connecting to {addr}: {e}")))?;
-        Ok(RemoteSequencer { client: SequencerClient::new(channel), clock })
+        Ok(RemoteSequencer { client: sized!(SequencerClient::new(channel)), clock })
     }
 
     /// A client of the sequencer at `addr` that connects on first use (and reconnects after
@@ -349,12 +481,15 @@ impl RemoteSequencer {
     pub fn lazy(addr: &str, clock: Arc<Clock>) -> Result<RemoteSequencer, String> {
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| format!("sequencer address {addr:?}: {e}"))?;
-        Ok(RemoteSequencer { client: SequencerClient::new(endpoint.connect_lazy()), clock })
+        Ok(RemoteSequencer { client: sized!(SequencerClient::new(endpoint.connect_lazy())), clock })
     }
 
     /// Submits `entry` and returns its receipt once its window is durable. After
-    /// [`RemoteError::Unavailable`] the entry may or may not be logged: submitting it again
-    /// (same client id) returns the original receipt, marked duplicate, if it was.
+    /// [`RemoteError::Unavailable`] or [`RemoteError::BadResponse`] the entry may or may not
+    /// be logged: submitting it again (same client id) returns the original receipt, marked
+    /// duplicate, if it was. [`RemoteError::ClockSkew`] and [`RemoteError::Refused`] mean the
+    /// sequencer refused this request: nothing of it was logged. (A receipt whose clock is too
+    /// far ahead is a bad response, not a refusal: the entry is logged.)
     pub async fn submit(&self, entry: &Entry) -> Result<Receipt, RemoteError> {
         let request = v1::SubmitRequest {
             hlc: stamp(&self.clock),
@@ -362,8 +497,13 @@ impl RemoteSequencer {
             payload: entry.payload.to_vec(),
             client_id: entry.client_id.0.to_le_bytes().to_vec(),
         };
+        // The sequencer answers once the window is durable: a wedged one must not keep the
+        // caller forever (the entry's fate is then unknown, as after any failure).
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(SUBMIT_TIMEOUT);
         let r = self.client.clone().submit(request).await?.into_inner();
-        observe_response(&self.clock, r.hlc)?;
+        observe_response(&self.clock, r.hlc)
+            .map_err(|e| RemoteError::BadResponse(format!("a receipt refused: {e}")))?;
         let txn =
             r.txn.ok_or_else(|| RemoteError::BadResponse("a receipt without an id".into()))?;
         Ok(Receipt {

@@ -36,17 +36,18 @@ use clock::{Clock, Epoch, Timestamp};
 use proto::v1;
 use proto::v1::shard_client::ShardClient;
 use proto::v1::shard_server::{Shard as ShardRpc, ShardServer};
-use storage::{Engine, KeyRange, Limits, MemoryEngine, Mvcc, RocksEngine, StorageError};
+use storage::{Engine, KeyRange, Limits, MemoryEngine, Mvcc, Quoted, RocksEngine, StorageError};
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use super::metrics::{Metric, ShardCounters};
 use super::{
-    RemoteError, RemoteSequencer, SliceDelivery, incoming, observe_request, observe_response,
-    outcome_to_proto, paged, stamp,
+    RefusalKind, RemoteError, RemoteSequencer, STOP_GRACE, SliceDelivery, incoming, malformed,
+    observe_request, observe_response, outcome_to_proto, paged, refuse, server, sized, stamp,
+    stop_server,
 };
 use crate::executor::{Executor, SnapshotRead};
 use crate::outcome::Outcome;
@@ -62,6 +63,10 @@ const OUTCOME_WINDOWS: u64 = 10_000;
 
 /// The most rows one `Scan` returns.
 pub const MAX_SCAN_ROWS: u32 = 10_000;
+
+/// A `Scan` stops once its rows hold this many bytes of keys and values (the row crossing it
+/// included): a response stays well below every receiver's message limit.
+pub const SCAN_RESPONSE_BYTES: usize = 4 << 20;
 
 /// How to run a shard server.
 #[derive(Clone)]
@@ -103,12 +108,16 @@ struct State {
     verdicts: Mutex<BTreeMap<Epoch, Vec<(TxnId, bool)>>>,
     /// Outcomes of entries whose lowest participant this shard is.
     outcomes: Mutex<HashMap<TxnId, Outcome>>,
+    /// Entries deferred to the window after the last applied: logged, not yet decided.
+    deferred: Mutex<BTreeSet<TxnId>>,
     /// The watermark at start: outcomes of windows up to it are unknown.
     started_at: Epoch,
     /// Bumped whenever progress, verdicts or outcomes change.
     changed: watch::Sender<u64>,
     stopping: AtomicBool,
     failure: Mutex<Option<String>>,
+    /// Why this shard serves nothing: its clock is beyond `max_offset` of the cluster's.
+    fenced: Mutex<Option<String>>,
     counters: ShardCounters,
 }
 
@@ -129,22 +138,45 @@ impl State {
         if let Some(e) = lock(&self.failure).clone() {
             return Err(Status::internal(format!("shard {} failed: {e}", self.shard.0)));
         }
+        if let Some(why) = lock(&self.fenced).clone() {
+            return Err(Status::unavailable(format!("shard {} is fenced: {why}", self.shard.0)));
+        }
         if self.stopping.load(Ordering::SeqCst) {
             return Err(Status::unavailable(format!("shard {} is stopping", self.shard.0)));
         }
         Ok(())
     }
 
-    /// Waits until `ready` returns something.
+    /// Waits until `ready` returns something, for at most [`WAIT_LIMIT`]: no request holds
+    /// the server longer, whatever it asks for (a caller that still wants it asks again).
     async fn wait_for<T>(&self, mut ready: impl FnMut() -> Option<T>) -> Result<T, Status> {
         let mut changes = self.changed.subscribe();
-        loop {
-            if let Some(t) = ready() {
-                return Ok(t);
+        let wait = async {
+            loop {
+                if let Some(t) = ready() {
+                    return Ok(t);
+                }
+                self.check_running()?;
+                if changes.changed().await.is_err() {
+                    return Err(Status::unavailable("stopping"));
+                }
             }
-            self.check_running()?;
+        };
+        tokio::time::timeout(WAIT_LIMIT, wait).await.unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!(
+                "shard {} did not get there in {} s; ask again",
+                self.shard.0,
+                WAIT_LIMIT.as_secs()
+            )))
+        })
+    }
+
+    /// Resolves once the shard is stopping.
+    async fn stopped(&self) {
+        let mut changes = self.changed.subscribe();
+        while !self.stopping.load(Ordering::SeqCst) {
             if changes.changed().await.is_err() {
-                return Err(Status::unavailable("stopping"));
+                return;
             }
         }
     }
@@ -152,21 +184,43 @@ impl State {
     /// Waits until reads at `ts` see every window at or below it. Reads for a window (a
     /// peer's `Snap(e-1)`) are not limited to the retention window.
     async fn wait_safe(&self, ts: Timestamp, for_window: bool) -> Result<(), Status> {
-        let oldest = self.clock.now().saturating_sub(self.retention);
+        let now = self.clock.now();
+        let oldest = now.saturating_sub(self.retention);
         if ts < oldest && !for_window {
-            return Err(Status::out_of_range(format!(
-                "read timestamp {ts} is outside the retention window (oldest readable: {oldest})"
-            )));
+            return Err(refuse(
+                Code::OutOfRange,
+                RefusalKind::OutsideRetention,
+                format!(
+                    "read timestamp {ts} is outside the retention window (oldest readable: \
+                     {oldest})"
+                ),
+            ));
+        }
+        // The request's clock was observed, so a reader's "latest" is at most now: a later
+        // timestamp names a time that may never be reached by any window.
+        let latest = now.saturating_add(self.clock.max_offset());
+        if ts > latest {
+            return Err(refuse(
+                Code::OutOfRange,
+                RefusalKind::Future,
+                format!("read timestamp {ts} is in the future (latest readable: {latest})"),
+            ));
         }
         self.wait_for(|| (self.progress().safe >= ts).then_some(())).await
     }
 
     fn check_local(&self, key: &[u8]) -> Result<(), Status> {
+        self.mvcc
+            .limits()
+            .check_key(key)
+            .map_err(|e| refuse(Code::InvalidArgument, RefusalKind::TooLarge, e.to_string()))?;
         let owner = self.map.shard_of(key);
         if owner != self.shard {
-            return Err(Status::invalid_argument(format!(
-                "key {key:?} is on shard {}, not {}",
-                owner.0, self.shard.0
+            return Err(malformed(format!(
+                "key {} is on shard {}, not {}",
+                Quoted(key),
+                owner.0,
+                self.shard.0
             )));
         }
         Ok(())
@@ -232,10 +286,12 @@ impl ShardNode {
             progress: Mutex::new(progress),
             verdicts: Mutex::new(BTreeMap::new()),
             outcomes: Mutex::new(HashMap::new()),
+            deferred: Mutex::new(BTreeSet::new()),
             started_at: progress.applied,
             changed: watch::Sender::new(0),
             stopping: AtomicBool::new(false),
             failure: Mutex::new(None),
+            fenced: Mutex::new(None),
             counters: ShardCounters::default(),
         });
         let peers = Arc::new(Peers::new(&config.peers, shard, clock.clone(), state.clone())?);
@@ -243,11 +299,12 @@ impl ShardNode {
         let (stop, stopped) = oneshot::channel::<()>();
         let service = ShardService { state: state.clone() };
         let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(ShardServer::new(service))
-                .serve_with_incoming_shutdown(incoming(listener), async {
+            server().add_service(sized!(ShardServer::new(service))).serve_with_incoming_shutdown(
+                incoming(listener),
+                async {
                     let _ = stopped.await;
-                }),
+                },
+            ),
         );
         let sequencer = RemoteSequencer::lazy(&config.sequencer, clock)?;
         let handle = Handle::current();
@@ -301,10 +358,15 @@ impl ShardNode {
             let _ = stop.send(());
         }
         if let Some(server) = self.server.take() {
-            let _ = server.await;
+            stop_server(server, "shard").await;
         }
+        // The apply thread stops at its next step; a window half-executed is not written, and
+        // is applied again after a restart (what is written is only ever a whole window).
         if let Some(applier) = self.applier.take() {
-            let _ = tokio::task::spawn_blocking(move || applier.join()).await;
+            let joined = tokio::task::spawn_blocking(move || applier.join());
+            if tokio::time::timeout(STOP_GRACE, joined).await.is_err() {
+                tracing::warn!(shard = self.state.shard.0, "the apply thread did not stop in time");
+            }
         }
     }
 }
@@ -380,6 +442,16 @@ struct Peers {
     state: Arc<State>,
 }
 
+/// The longest a request waits for the shard (safe time, verdicts, an outcome) before it is
+/// answered `DEADLINE_EXCEEDED`.
+const WAIT_LIMIT: Duration = Duration::from_secs(30);
+
+/// How often a shard whose clock is refused tries the sequencer again.
+const FENCED_RETRY: Duration = Duration::from_secs(1);
+
+/// How long a shard waits for each peer's status when it checks whose clock is off.
+const CLOCK_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How long to wait before calling a failed peer again.
 const PEER_RETRY: Duration = Duration::from_millis(20);
 
@@ -399,7 +471,7 @@ impl Peers {
                 }
                 let endpoint = Endpoint::from_shared(format!("http://{addr}"))
                     .map_err(|e| format!("shard {i} address {addr:?}: {e}"))?;
-                Ok(Some(ShardClient::new(endpoint.connect_lazy())))
+                Ok(Some(sized!(ShardClient::new(endpoint.connect_lazy()))))
             })
             .collect::<Result<_, String>>()?;
         Ok(Peers { clients, clock, state })
@@ -415,24 +487,59 @@ impl Peers {
         let client = self.clients[shard.0 as usize]
             .clone()
             .ok_or_else(|| format!("shard {} called itself", shard.0))?;
+        let mut attempt = 0u64;
         loop {
-            match call(client.clone(), stamp(&self.clock)).await {
+            attempt += 1;
+            let answer = tokio::select! {
+                answer = call(client.clone(), stamp(&self.clock)) => answer,
+                () = self.state.stopped() => return Err("stopping".into()),
+            };
+            let failure = match answer {
                 Ok((answer, hlc)) => match observe_response(&self.clock, hlc) {
                     Ok(()) => return Ok(answer),
-                    Err(e) => tracing::warn!(peer = shard.0, error = %e, "refusing a response"),
+                    Err(e) => e,
                 },
                 Err(status) => match RemoteError::from(status) {
-                    RemoteError::Refused(why) => {
+                    RemoteError::Refused { why, .. } => {
                         return Err(format!("shard {} refused: {why}", shard.0));
                     }
-                    e => tracing::debug!(peer = shard.0, error = %e, "peer call failed; retrying"),
+                    e => e,
                 },
+            };
+            // A window waits for this: say so, without flooding the log.
+            if attempt == 10 || attempt.is_multiple_of(500) {
+                tracing::warn!(peer = shard.0, attempt, error = %failure, "peer call failing; retrying");
+            } else {
+                tracing::debug!(peer = shard.0, error = %failure, "peer call failed; retrying");
             }
             if self.state.stopping.load(Ordering::SeqCst) {
                 return Err("stopping".into());
             }
             tokio::time::sleep(PEER_RETRY).await;
         }
+    }
+
+    /// How many other shards accept this shard's clock and how many refuse it (or send a
+    /// clock this one refuses), asking each once; those that do not answer count for neither.
+    async fn clock_agreement(&self) -> (usize, usize) {
+        let mut calls = tokio::task::JoinSet::new();
+        for client in self.clients.iter().flatten() {
+            let (mut client, clock) = (client.clone(), self.clock.clone());
+            calls.spawn(async move {
+                let mut request = tonic::Request::new(v1::StatusRequest { hlc: stamp(&clock) });
+                request.set_timeout(CLOCK_CHECK_TIMEOUT);
+                match client.status(request).await {
+                    Ok(r) => Some(observe_response(&clock, r.into_inner().hlc).is_ok()),
+                    Err(status) if status.code() == Code::FailedPrecondition => Some(false),
+                    // A fenced peer says why; its clock is not this one's problem.
+                    Err(_) => None,
+                }
+            });
+        }
+        let answers = calls.join_all().await;
+        let agree = answers.iter().filter(|a| **a == Some(true)).count();
+        let disagree = answers.iter().filter(|a| **a == Some(false)).count();
+        (agree, disagree)
     }
 
     async fn get(
@@ -476,7 +583,8 @@ impl Peers {
                 };
                 async move {
                     let r = c.scan(request).await?.into_inner();
-                    Ok((r.rows.into_iter().map(|kv| (kv.key, kv.value)).collect(), r.hlc))
+                    let rows: Rows = r.rows.into_iter().map(|kv| (kv.key, kv.value)).collect();
+                    Ok(((rows, r.more), r.hlc))
                 }
             })
         })
@@ -563,6 +671,11 @@ impl ApplyLoop {
             let subscribed = self.handle.block_on(self.sequencer.subscribe(shard, from));
             let mut deliveries = match subscribed {
                 Ok(d) => d,
+                Err(RemoteError::ClockSkew(why)) => {
+                    self.clock_skew(&why);
+                    std::thread::sleep(FENCED_RETRY);
+                    continue;
+                }
                 Err(e) => {
                     tracing::debug!(shard = shard.0, error = %e, "subscribing; retrying");
                     std::thread::sleep(PEER_RETRY);
@@ -582,24 +695,74 @@ impl ApplyLoop {
                 match delivery {
                     Err(_) => continue, // nothing yet; check for stopping
                     Ok(None) => break,
+                    Ok(Some(Err(RemoteError::ClockSkew(why)))) => {
+                        self.clock_skew(&why);
+                        std::thread::sleep(FENCED_RETRY);
+                        break;
+                    }
                     Ok(Some(Err(e))) => {
                         tracing::info!(shard = shard.0, error = %e, "lost the sequencer; resubscribing");
                         break;
                     }
-                    Ok(Some(Ok(SliceDelivery::Tick(ts)))) => {
-                        let mut progress = lock(&self.state.progress);
-                        progress.safe = progress.safe.max(ts);
-                        drop(progress);
-                        self.state.bump();
+                    Ok(Some(Ok(delivery))) if lock(&self.state.fenced).is_some() => {
+                        // The sequencer's clock and ours agree again.
+                        tracing::warn!(shard = shard.0, "clock back within bounds; serving");
+                        *lock(&self.state.fenced) = None;
+                        self.deliver(delivery)?;
                     }
-                    Ok(Some(Ok(SliceDelivery::Window { epoch, ts, entries }))) => {
-                        self.apply(epoch, ts, &entries)?;
-                    }
+                    Ok(Some(Ok(delivery))) => self.deliver(delivery)?,
                 }
             }
             std::thread::sleep(PEER_RETRY);
         }
         Ok(())
+    }
+
+    fn deliver(&mut self, delivery: SliceDelivery) -> Result<(), String> {
+        match delivery {
+            SliceDelivery::Tick(ts) => {
+                let mut progress = lock(&self.state.progress);
+                progress.safe = progress.safe.max(ts);
+                drop(progress);
+                self.state.bump();
+                Ok(())
+            }
+            SliceDelivery::Window { epoch, ts, entries } => self.apply(epoch, ts, &entries),
+        }
+    }
+
+    /// The sequencer refused this shard's clock, or this shard the sequencer's. If most of
+    /// the other shards refuse this shard's clock too (or there are none to ask), this shard
+    /// is the one out of bounds: it fences itself, serving nothing (reads at a timestamp and
+    /// commit-wait are only safe within `max_offset`) until the clocks agree again. If most
+    /// of them accept it, the sequencer is the one out of bounds: nothing to fence here.
+    fn clock_skew(&self, why: &str) {
+        let shard = self.state.shard.0;
+        let (agree, disagree) = self.handle.block_on(self.peers.clock_agreement());
+        if agree > disagree {
+            tracing::error!(
+                shard,
+                agree,
+                disagree,
+                error = why,
+                "the sequencer's clock is beyond max_offset of this shard's and most peers'"
+            );
+            return;
+        }
+        let mut fenced = lock(&self.state.fenced);
+        if fenced.is_none() {
+            tracing::error!(
+                shard,
+                agree,
+                disagree,
+                error = why,
+                "fencing: this shard's clock is beyond max_offset of the cluster's; serving \
+                 nothing until it is back within bounds"
+            );
+        }
+        *fenced = Some(format!("its clock is out of bounds ({why})"));
+        drop(fenced);
+        self.state.bump();
     }
 
     fn apply(
@@ -630,12 +793,6 @@ impl ApplyLoop {
             || Ok(()),
         )?;
         let Some(applied) = applied else { return Ok(()) };
-        {
-            let mut progress = lock(&state.progress);
-            progress.applied = epoch;
-            progress.safe = progress.safe.max(ts);
-        }
-        lock(&state.verdicts).retain(|e, _| *e > epoch);
         let c = &state.counters;
         ShardCounters::add(&c.windows, 1);
         ShardCounters::add(&c.entries, entries.len() as u64);
@@ -643,13 +800,22 @@ impl ApplyLoop {
         for (d, _) in &applied.decided {
             c.outcomes.count(d);
         }
+        // Outcomes, then the deferred entries, then progress: `AwaitOutcome` reads them in the
+        // reverse order, so a waiter that sees the window applied finds its outcome.
         {
             let mut outcomes = lock(&state.outcomes);
             outcomes.extend(applied.decided.into_iter().map(|(d, _)| (d.txn, d.outcome)));
             if epoch.0.is_multiple_of(100) {
-                outcomes.retain(|t, _| t.epoch.0 + OUTCOME_WINDOWS > epoch.0);
+                outcomes.retain(|t, _| t.epoch.0.saturating_add(OUTCOME_WINDOWS) > epoch.0);
             }
         }
+        *lock(&state.deferred) = self.applier.deferred_ids().collect();
+        {
+            let mut progress = lock(&state.progress);
+            progress.applied = epoch;
+            progress.safe = progress.safe.max(ts);
+        }
+        lock(&state.verdicts).retain(|e, _| *e > epoch);
         state.bump();
         if applied.deferred {
             self.request_window();
@@ -669,10 +835,12 @@ impl ApplyLoop {
 /// they will read them (or may), so they are fetched together before the window runs.
 fn remote_points(state: &State, entries: &[(TxnId, ::sequencer::Entry)]) -> BTreeSet<Vec<u8>> {
     let mut keys = BTreeSet::new();
+    let limits = state.mvcc.limits();
     for (_, entry) in entries.iter().filter(|(_, e)| e.participants.len() > 1) {
         if let Ok(TxnRequest::Procedure { ranges, .. }) = TxnRequest::decode(&entry.payload) {
             for key in ranges.iter().filter_map(KeyRange::as_point) {
-                if state.map.shard_of(key) != state.shard {
+                // A key over the limit is never read: the entry aborts before it runs.
+                if state.map.shard_of(key) != state.shard && limits.check_key(key).is_ok() {
                     keys.insert(key.to_vec());
                 }
             }
@@ -761,6 +929,7 @@ impl ShardRpc for ShardService {
         let r = request.into_inner();
         let state = &self.state;
         observe_request(&state.clock, r.hlc)?;
+        state.check_running()?;
         state.check_local(&r.key)?;
         let at = Timestamp::from_u64(r.read_ts);
         state.wait_safe(at, r.for_window != 0).await?;
@@ -776,32 +945,37 @@ impl ShardRpc for ShardService {
         let r = request.into_inner();
         let state = &self.state;
         observe_request(&state.clock, r.hlc)?;
+        state.check_running()?;
         let range = range_from_proto(
             r.range.ok_or_else(|| Status::invalid_argument("a scan needs a range"))?,
         );
+        state
+            .mvcc
+            .limits()
+            .check_range(&range)
+            .map_err(|e| refuse(Code::InvalidArgument, RefusalKind::TooLarge, e.to_string()))?;
         let mine = state.map.clip(&range, state.shard);
         if mine != range {
-            return Err(Status::invalid_argument(format!(
-                "range {range:?} is not within shard {}",
+            return Err(malformed(format!(
+                "range {} is not within shard {}",
+                range.quoted(),
                 state.shard.0
             )));
         }
         if r.limit > MAX_SCAN_ROWS {
-            return Err(Status::invalid_argument(format!(
+            return Err(malformed(format!(
                 "limit {} is over the maximum of {MAX_SCAN_ROWS} rows",
                 r.limit
             )));
         }
         let at = Timestamp::from_u64(r.read_ts);
         state.wait_safe(at, r.for_window != 0).await?;
-        let rows = state
+        let (rows, more) = state
             .mvcc
-            .scan(&range, at, r.limit as usize)
-            .map_err(storage_status)?
-            .into_iter()
-            .map(|(key, v)| key_value(key, v))
-            .collect();
-        Ok(Response::new(v1::ScanResponse { hlc: stamp(&state.clock), rows }))
+            .scan_bounded(&range, at, r.limit as usize, SCAN_RESPONSE_BYTES)
+            .map_err(storage_status)?;
+        let rows = rows.into_iter().map(|(key, v)| key_value(key, v)).collect();
+        Ok(Response::new(v1::ScanResponse { hlc: stamp(&state.clock), rows, more }))
     }
 
     async fn verdicts(
@@ -811,6 +985,7 @@ impl ShardRpc for ShardService {
         let r = request.into_inner();
         let state = &self.state;
         observe_request(&state.clock, r.hlc)?;
+        state.check_running()?;
         let e = Epoch(r.epoch);
         let verdicts = state
             .wait_for(|| {
@@ -839,10 +1014,17 @@ impl ShardRpc for ShardService {
         let r = request.into_inner();
         let state = &self.state;
         observe_request(&state.clock, r.hlc)?;
+        state.check_running()?;
         let id = r.txn.ok_or_else(|| Status::invalid_argument("which transaction?"))?;
         let txn = TxnId { epoch: Epoch(id.epoch), index: id.index };
         let outcome = state
             .wait_for(|| {
+                // Read in the reverse of the order the apply thread writes them (outcomes,
+                // then the deferred entries, then progress), so that an outcome recorded
+                // while this runs is never missed: if the window counted as applied here,
+                // its outcomes are in the map.
+                let applied = state.progress().applied;
+                let deferred = lock(&state.deferred).contains(&txn);
                 if let Some(o) = lock(&state.outcomes).get(&txn) {
                     return Some(Ok(o.clone()));
                 }
@@ -852,11 +1034,17 @@ impl ShardRpc for ShardService {
                         state.shard.0
                     ))));
                 }
-                let applied = state.progress().applied;
-                (txn.epoch.0 + OUTCOME_WINDOWS <= applied.0).then(|| {
-                    Err(Status::not_found(format!(
+                if txn.epoch.0.saturating_add(OUTCOME_WINDOWS) <= applied.0 {
+                    return Some(Err(Status::not_found(format!(
                         "the outcome of {txn} is forgotten: shard {} keeps outcomes for \
                          {OUTCOME_WINDOWS} windows",
+                        state.shard.0
+                    ))));
+                }
+                // Its window is applied and it was not deferred to a later one: it never was.
+                (txn.epoch <= applied && !deferred).then(|| {
+                    Err(Status::not_found(format!(
+                        "shard {} has no transaction {txn} whose lowest participant it is",
                         state.shard.0
                     )))
                 })
@@ -885,6 +1073,7 @@ impl ShardRpc for ShardService {
     ) -> Result<Response<v1::ShardStatus>, Status> {
         let state = &self.state;
         observe_request(&state.clock, request.into_inner().hlc)?;
+        state.check_running()?;
         let progress = state.progress();
         Ok(Response::new(v1::ShardStatus {
             hlc: stamp(&state.clock),

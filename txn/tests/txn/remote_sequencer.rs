@@ -11,8 +11,10 @@ use proto::v1;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sequencer::{ClientId, Entry, SealerConfig, ShardId, TxnId, WindowLog};
-use txn::ShardMap;
-use txn::remote::{Layout, RemoteError, RemoteSequencer, SequencerNode, SliceDelivery};
+use txn::remote::{
+    Layout, RefusalKind, RemoteError, RemoteSequencer, SequencerNode, SliceDelivery,
+};
+use txn::{InteractiveCommit, Request, ShardMap};
 
 const SHARDS: u32 = 3;
 const MAX_OFFSET: Duration = Duration::from_millis(100);
@@ -49,8 +51,26 @@ async fn connect(node: &SequencerNode, clock: Arc<Clock>) -> RemoteSequencer {
     RemoteSequencer::connect(&node.addr().to_string(), clock).await.unwrap()
 }
 
+/// An entry with client id `id` claiming participants `shards`: an interactive commit that
+/// writes a key on each of them (on shard 0 for a shard the cluster does not have), so the
+/// sequencer, which checks entries before it logs them, takes it when the claim is right.
 fn entry(id: u128, shards: &[u32]) -> Entry {
-    let payload: Arc<[u8]> = Arc::from(format!("payload of {id}").into_bytes());
+    sized_entry(id, shards, format!("payload of {id}").as_bytes())
+}
+
+fn sized_entry(id: u128, shards: &[u32], value: &[u8]) -> Entry {
+    let map = ShardMap::uniform(SHARDS);
+    let writes = shards
+        .iter()
+        .map(|&s| {
+            let s = if s < SHARDS { s } else { 0 };
+            let first = (0..=255u8).find(|b| map.shard_of(&[*b]) == ShardId(s)).unwrap();
+            let key = [&[first][..], &id.to_be_bytes()].concat();
+            (key, Some(value.to_vec()))
+        })
+        .collect();
+    let commit = InteractiveCommit { read_ts: Timestamp::ZERO, writes, ..Default::default() };
+    let payload: Arc<[u8]> = Request::Interactive(commit).encode().into();
     Entry::new(ClientId(id), shards.iter().map(|&s| ShardId(s)).collect(), payload)
 }
 
@@ -191,15 +211,17 @@ async fn bad_submissions_are_refused_with_reasons_and_nothing_is_logged() {
     let node = start(dir.path(), config).await;
     let client = connect(&node, clock()).await;
     let refused = |r: Result<sequencer::Receipt, RemoteError>| match r {
-        Err(RemoteError::Refused(why)) => why,
+        Err(RemoteError::Refused { kind, why }) => (kind, why),
         other => panic!("expected a refusal, got {other:?}"),
     };
-    let why = refused(client.submit(&entry(1, &[SHARDS])).await);
-    assert!(why.contains("no shard 3"), "{why}");
-    let why = refused(client.submit(&entry(2, &[])).await);
-    assert!(why.contains("at least one shard"), "{why}");
-    let huge = Entry::new(ClientId(3), vec![ShardId(0)], Arc::from(vec![7u8; 8192]));
-    let why = refused(client.submit(&huge).await);
+    // Participants follow from the keys: a claim of others is refused.
+    let (kind, why) = refused(client.submit(&entry(1, &[SHARDS])).await);
+    assert_eq!(kind, RefusalKind::Malformed);
+    assert!(why.contains("participants [3] do not match"), "{why}");
+    let (_, why) = refused(client.submit(&entry(2, &[])).await);
+    assert!(why.contains("touches no key"), "{why}");
+    let (kind, why) = refused(client.submit(&sized_entry(3, &[0], &[7u8; 8192])).await);
+    assert_eq!(kind, RefusalKind::TooLarge);
     assert!(why.contains("exceeds the window size cap"), "{why}");
     // A malformed client id, sent as raw protobuf.
     let mut raw = v1::sequencer_client::SequencerClient::connect(format!("http://{}", node.addr()))
@@ -217,7 +239,7 @@ async fn bad_submissions_are_refused_with_reasons_and_nothing_is_logged() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("16 bytes"), "{}", status.message());
     match client.subscribe(ShardId(9), Epoch(1)).await {
-        Err(RemoteError::Refused(why)) => assert!(why.contains("no shard 9"), "{why}"),
+        Err(RemoteError::Refused { why, .. }) => assert!(why.contains("no shard 9"), "{why}"),
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
     }
     // A good entry still goes through, and it is the only one logged.
@@ -252,10 +274,14 @@ async fn a_peer_whose_clock_is_beyond_max_offset_is_refused_and_one_within_it_ob
     let stamped = near.now();
     let receipt = connect(&node, near).await.submit(&entry(2, &[0])).await.unwrap();
     assert!(receipt.ts > stamped, "the window is stamped after the request it observed");
-    // A client 1 s behind: the server's answers are too far ahead of it, so it refuses them
-    // (the entry itself was logged: a refused response's effect is unknown).
+    // A client 1 s behind: the server's answers are too far ahead of it, so it refuses them.
+    // The entry itself was logged, so that is a bad response (effect unknown), never a
+    // refusal of the request.
     let behind = connect(&node, clock_shifted(None, Some(Duration::from_secs(1)))).await;
-    assert!(matches!(behind.submit(&entry(3, &[0])).await, Err(RemoteError::ClockSkew(_))));
+    match behind.submit(&entry(3, &[0])).await {
+        Err(RemoteError::BadResponse(why)) => assert!(why.contains("clock skew"), "{why}"),
+        other => panic!("expected a refused receipt, got {other:?}"),
+    }
     node.shutdown().await.unwrap();
     assert_eq!(logged_ids(dir.path()), vec![2, 3]);
 }
