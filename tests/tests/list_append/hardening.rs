@@ -286,3 +286,31 @@ async fn a_remote_scan_of_many_megabytes_reads_every_row() {
     assert_eq!(rows.len() as u64, ROWS);
     local.stop().await;
 }
+
+/// Defect: `RequestWindow` let any caller make the sequencer log an empty window at every
+/// seal, about 200 a second. It now names the last window the caller has (a later one is
+/// refused) and is honoured at most once per 20 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requested_windows_are_rate_limited_and_must_follow_the_log() {
+    let local = start().await;
+    let sequencer = RemoteSequencer::connect(&local.cluster.sequencer, clock()).await.unwrap();
+    let windows = |text: &str| metric(text, "sealdb_sequencer_windows_logged_total");
+    let before = windows(&scrape(local.sequencer.metrics_source()).await);
+    let started = std::time::Instant::now();
+    for _ in 0..300 {
+        let (last, _) = local.sequencer.last_logged();
+        sequencer.request_window(last).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let elapsed = started.elapsed();
+    let forced = windows(&scrape(local.sequencer.metrics_source()).await) - before;
+    let bound = (elapsed.as_millis() / 20 + 2) as f64;
+    assert!(forced <= bound, "{forced} empty windows logged in {elapsed:?} (at most {bound})");
+    assert!(forced >= 1.0, "requests are honoured");
+    let (last, _) = local.sequencer.last_logged();
+    match sequencer.request_window(sequencer::Epoch(last.0 + 5)).await {
+        Err(RemoteError::Refused { kind: RefusalKind::Future, .. }) => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    local.stop().await;
+}

@@ -89,6 +89,7 @@ impl SequencerNode {
             clock,
             shards,
             subscriptions: Arc::new(tokio::sync::Semaphore::new(MAX_SUBSCRIPTIONS)),
+            forced: Arc::default(),
             map,
             limits: Limits::default(),
             stopping: stopping.clone(),
@@ -109,6 +110,11 @@ impl SequencerNode {
     /// The address it serves on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The last window made durable: its epoch and timestamp (epoch 0 before the first).
+    pub fn last_logged(&self) -> (Epoch, Timestamp) {
+        self.sequencer.last_logged()
     }
 
     /// A function returning the sequencer's metrics, for
@@ -189,6 +195,8 @@ struct SequencerService {
     shards: u32,
     /// One permit per open subscription.
     subscriptions: Arc<tokio::sync::Semaphore>,
+    /// Empty windows asked for by `RequestWindow`.
+    forced: Arc<ForcedWindows>,
     /// The cluster's shard map: the participants of an entry follow from its keys.
     map: ShardMap,
     /// The shards' limits, which every logged entry must be within.
@@ -326,10 +334,60 @@ impl SequencerRpc for SequencerService {
         &self,
         request: Request<v1::RequestWindowRequest>,
     ) -> Result<Response<v1::RequestWindowResponse>, Status> {
-        observe_request(&self.clock, request.into_inner().hlc)?;
-        let feedback = self.sequencer.feedback().ok_or_else(|| Status::unavailable("stopped"))?;
-        feedback.request_window();
+        let r = request.into_inner();
+        observe_request(&self.clock, r.hlc)?;
+        let (last, _) = self.sequencer.last_logged();
+        if r.after_epoch > last.0 {
+            return Err(refuse(
+                Code::OutOfRange,
+                RefusalKind::Future,
+                format!("window {} is not logged yet (the last is {last})", r.after_epoch),
+            ));
+        }
+        if r.after_epoch == last.0 {
+            let feedback =
+                self.sequencer.feedback().ok_or_else(|| Status::unavailable("stopped"))?;
+            self.forced.request(feedback);
+        }
         Ok(Response::new(v1::RequestWindowResponse { hlc: stamp(&self.clock) }))
+    }
+}
+
+/// Requests for a window when idle, passed on at most once per [`FORCED_SPACING`]: a caller
+/// (any caller, until peer-only calls are authenticated) cannot make the sequencer log more
+/// than 50 empty windows a second. A request inside the spacing is passed on at its end, so
+/// none is lost.
+#[derive(Default)]
+struct ForcedWindows {
+    /// When the next request may be passed on at once, and whether one is waiting for it.
+    next: std::sync::Mutex<(Option<tokio::time::Instant>, bool)>,
+}
+
+/// The least time between two windows logged on request.
+const FORCED_SPACING: std::time::Duration = std::time::Duration::from_millis(20);
+
+impl ForcedWindows {
+    fn request(self: &Arc<Self>, feedback: sequencer::Feedback) {
+        let now = tokio::time::Instant::now();
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        match *next {
+            // One is waiting for its turn: this one is merged into it.
+            (_, true) => {}
+            (Some(at), false) if at > now => {
+                // Its turn is at `at`; the one after it, a spacing later.
+                *next = (Some(at + FORCED_SPACING), true);
+                let this = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(at).await;
+                    this.next.lock().unwrap_or_else(|e| e.into_inner()).1 = false;
+                    feedback.request_window();
+                });
+            }
+            _ => {
+                *next = (Some(now + FORCED_SPACING), false);
+                feedback.request_window();
+            }
+        }
     }
 }
 
@@ -513,9 +571,10 @@ impl RemoteSequencer {
         })
     }
 
-    /// Asks for the next window to be logged even if empty.
-    pub async fn request_window(&self) -> Result<(), RemoteError> {
-        let request = v1::RequestWindowRequest { hlc: stamp(&self.clock) };
+    /// Asks for a window after `after` (the last one the caller has) to be logged even if
+    /// empty, unless there is one already.
+    pub async fn request_window(&self, after: Epoch) -> Result<(), RemoteError> {
+        let request = v1::RequestWindowRequest { hlc: stamp(&self.clock), after_epoch: after.0 };
         let r = self.client.clone().request_window(request).await?.into_inner();
         observe_response(&self.clock, r.hlc)
     }

@@ -823,8 +823,10 @@ impl ApplyLoop {
         Ok(())
     }
 
+    /// Asks for a window after the last one applied: deferred entries wait for it.
     fn request_window(&self) {
-        if let Err(e) = self.handle.block_on(self.sequencer.request_window()) {
+        let after = self.state.progress().applied;
+        if let Err(e) = self.handle.block_on(self.sequencer.request_window(after)) {
             // The sequencer is down; this shard asks again when it resubscribes.
             tracing::warn!(shard = self.state.shard.0, error = %e, "requesting a window");
         }
