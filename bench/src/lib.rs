@@ -43,17 +43,20 @@ pub enum ClusterTarget {
         shards: u32,
         /// The nodes' `max_offset` (commit-wait lasts about this long).
         max_offset_ms: u64,
+        /// TLS with client certificates on every hop (certificates made for the run).
+        secure: bool,
     },
 }
 
 impl ClusterTarget {
     /// Parses `--cluster`: `local:N` (1 to 64 shards) or a sequencer's address.
-    pub fn parse(flag: &str, max_offset_ms: u64) -> Result<ClusterTarget, String> {
+    pub fn parse(flag: &str, max_offset_ms: u64, secure: bool) -> Result<ClusterTarget, String> {
         match flag.strip_prefix("local:").map(str::parse::<u32>) {
             Some(Ok(shards)) if (1..=64).contains(&shards) => {
-                Ok(ClusterTarget::Local { shards, max_offset_ms })
+                Ok(ClusterTarget::Local { shards, max_offset_ms, secure })
             }
             Some(_) => Err("--cluster local:N needs N from 1 to 64".into()),
+            None if secure => Err("--secure is for --cluster local:N".into()),
             None => Ok(ClusterTarget::Addr(flag.to_string())),
         }
     }
@@ -65,6 +68,8 @@ pub struct RunningCluster {
     pub addr: String,
     /// The nodes' `max_offset` when the benchmark started them.
     pub max_offset_ms: Option<u64>,
+    /// The clients' certificate, when the cluster runs TLS.
+    pub tls: Option<txn::remote::Tls>,
     local: Option<txn::remote::LocalProcesses>,
 }
 
@@ -85,12 +90,21 @@ impl ClusterTarget {
         dir: std::path::PathBuf,
         map: impl FnOnce(u32) -> txn::ShardMap,
     ) -> Result<RunningCluster, String> {
-        let (shards, max_offset_ms) = match self {
+        let (shards, max_offset_ms, secure) = match self {
             ClusterTarget::Addr(addr) => {
-                return Ok(RunningCluster { addr: addr.clone(), max_offset_ms: None, local: None });
+                let addr = addr.clone();
+                return Ok(RunningCluster { addr, max_offset_ms: None, tls: None, local: None });
             }
-            ClusterTarget::Local { shards, max_offset_ms } => (*shards, *max_offset_ms),
+            ClusterTarget::Local { shards, max_offset_ms, secure } => {
+                (*shards, *max_offset_ms, *secure)
+            }
         };
+        let tls_dir = secure.then(|| dir.join("certs"));
+        if let Some(certs) = &tls_dir {
+            txn::remote::make_certificates(&[])?.write(certs)?;
+        }
+        let tls =
+            tls_dir.as_deref().map(|d| txn::remote::Tls::load_dir(d, "client")).transpose()?;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let map = map(shards);
         let spec = txn::remote::LocalSpec {
@@ -101,15 +115,18 @@ impl ClusterTarget {
             max_offset_ms,
             window_ms: 2,
             split_keys: map.splits().to_vec(),
+            tls_dir,
         };
         let local = txn::remote::LocalProcesses::spawn(&spec)?;
         eprintln!(
-            "  local cluster: sequencer {}, shards {} (max_offset {max_offset_ms} ms)",
+            "  local cluster: sequencer {}, shards {} (max_offset {max_offset_ms} ms{})",
             local.sequencer,
-            local.shards.join(", ")
+            local.shards.join(", "),
+            if secure { ", TLS" } else { "" }
         );
         let addr = local.sequencer.clone();
-        Ok(RunningCluster { addr, max_offset_ms: Some(max_offset_ms), local: Some(local) })
+        let max_offset_ms = Some(max_offset_ms);
+        Ok(RunningCluster { addr, max_offset_ms, tls, local: Some(local) })
     }
 }
 
@@ -119,11 +136,12 @@ impl ClusterTarget {
 pub async fn connect_when_ready(
     addr: &str,
     clock: std::sync::Arc<clock::Clock>,
+    tls: Option<txn::remote::Tls>,
 ) -> Result<(txn::remote::Client, u64), String> {
     use std::time::{Duration, Instant};
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        match txn::remote::cluster_status(addr, &clock).await {
+        match txn::remote::cluster_status(addr, &clock, tls.as_ref()).await {
             Ok(s) if s.unreachable.is_empty() => break s,
             Ok(_) | Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -132,7 +150,7 @@ pub async fn connect_when_ready(
             Err(e) => return Err(e.to_string()),
         }
     };
-    let client = txn::remote::Client::connect_with(addr, clock, node_procedures())
+    let client = txn::remote::Client::connect_with(addr, clock, node_procedures(), tls)
         .await
         .map_err(|e| e.to_string())?;
     Ok((client, status.sealed_epoch))

@@ -43,6 +43,9 @@ struct ClusterArgs {
     /// this long.
     #[arg(long, default_value_t = 1)]
     max_offset_ms: u64,
+    /// With `--cluster local:N`: TLS with client certificates on every hop.
+    #[arg(long)]
+    secure: bool,
 }
 
 impl ClusterArgs {
@@ -50,7 +53,7 @@ impl ClusterArgs {
     fn target(&self) -> Result<Option<bench::ClusterTarget>, String> {
         self.cluster
             .as_deref()
-            .map(|c| bench::ClusterTarget::parse(c, self.max_offset_ms))
+            .map(|c| bench::ClusterTarget::parse(c, self.max_offset_ms, self.secure))
             .transpose()
     }
 }

@@ -26,8 +26,8 @@ use txn::{
     StoreTransaction, TxnError,
 };
 
-use crate::ClusterTarget;
 use crate::report::Latency;
+use crate::{ClusterTarget, RunningCluster};
 
 /// Which transaction the clients run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -203,19 +203,17 @@ pub fn run_cluster(opts: &MicroOptions, target: &ClusterTarget) -> Result<Report
         .map_err(|e| e.to_string())?;
     let dir = opts.dir.clone().unwrap_or_else(|| temp.path().join("cluster"));
     let cluster = target.start(dir, ShardMap::uniform)?;
-    let result = runtime.block_on(drive_cluster(opts, &cluster.addr, cluster.max_offset_ms));
+    let result = runtime.block_on(drive_cluster(opts, &cluster));
     cluster.stop();
     result
 }
 
-async fn drive_cluster(
-    opts: &MicroOptions,
-    addr: &str,
-    max_offset_ms: Option<u64>,
-) -> Result<Report, String> {
-    let clock = Arc::new(Clock::system(Duration::from_millis(max_offset_ms.unwrap_or(5))));
+async fn drive_cluster(opts: &MicroOptions, cluster: &RunningCluster) -> Result<Report, String> {
+    let (addr, tls) = (cluster.addr.as_str(), cluster.tls.clone());
+    let max_offset = Duration::from_millis(cluster.max_offset_ms.unwrap_or(5));
+    let clock = Arc::new(Clock::system(max_offset));
     // Wait for every shard to answer (a local cluster is still starting).
-    let (client, first_epoch) = crate::connect_when_ready(addr, clock.clone()).await?;
+    let (client, first_epoch) = crate::connect_when_ready(addr, clock.clone(), tls).await?;
     let client = Arc::new(client);
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
@@ -231,9 +229,11 @@ async fn drive_cluster(
         latencies.extend(client.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let windows =
-        txn::remote::cluster_status(addr, &clock).await.map_err(|e| e.to_string())?.sealed_epoch
-            - first_epoch;
+    let windows = txn::remote::cluster_status(addr, &clock, cluster.tls.as_ref())
+        .await
+        .map_err(|e| e.to_string())?
+        .sealed_epoch
+        - first_epoch;
     // The invariant, read at one timestamp.
     let ts = client.read_ts(ReadAt::Latest);
     let rows = client.scan(&KeyRange::all(), ts, usize::MAX).await.map_err(|e| e.to_string())?;
@@ -261,7 +261,7 @@ async fn drive_cluster(
         committed,
         consistent,
         target: addr.to_string(),
-        max_offset_ms,
+        max_offset_ms: cluster.max_offset_ms,
     })
 }
 

@@ -10,7 +10,8 @@ pub struct Limits {
     pub max_key_bytes: usize,
     /// Largest value, in bytes (default 1 MiB).
     pub max_value_bytes: usize,
-    /// Largest sum of key and value bytes in one batch (default 10 MiB).
+    /// Largest sum of key and value bytes one transaction writes (default 10 MiB). A window's
+    /// batch holds many transactions and may be larger.
     pub max_batch_bytes: usize,
 }
 
@@ -58,22 +59,33 @@ impl Limits {
         }
     }
 
-    /// Refuses a set of writes (`None` deletes) with any key or value over the limits, or
-    /// more bytes in all than one transaction may write.
+    /// Refuses one transaction's writes (`None` deletes) with any key or value over the
+    /// limits, or more bytes in all than one transaction may write.
     pub fn check_writes<'a>(
         &self,
         writes: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
     ) -> Result<(), StorageError> {
+        let total = self.check_each(writes)?;
+        if total > self.max_batch_bytes {
+            return Err(StorageError::BatchTooLarge { bytes: total, max: self.max_batch_bytes });
+        }
+        Ok(())
+    }
+
+    /// Refuses writes with any key or value over the limits, whatever their total (a window's
+    /// writes, of any number of transactions each within [`Limits::check_writes`]); returns
+    /// their total bytes.
+    pub fn check_each<'a>(
+        &self,
+        writes: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    ) -> Result<usize, StorageError> {
         let mut total = 0usize;
         for (key, value) in writes {
             self.check_key(key)?;
             let value = value.unwrap_or_default();
             self.check_value(key, value)?;
-            total += key.len() + value.len();
+            total = total.saturating_add(key.len() + value.len());
         }
-        if total > self.max_batch_bytes {
-            return Err(StorageError::BatchTooLarge { bytes: total, max: self.max_batch_bytes });
-        }
-        Ok(())
+        Ok(total)
     }
 }

@@ -356,7 +356,9 @@ impl Mvcc {
                 applied: current.window,
             });
         }
-        self.limits.check_writes(batch.writes())?;
+        // Each key and value; not the total: a window's batch holds many transactions, each
+        // checked on its own (a window refused here could never be applied, on any replica).
+        self.limits.check_each(batch.writes())?;
 
         let mut raw = RawBatch::default();
         for (key, value) in batch.writes() {

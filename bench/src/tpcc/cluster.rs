@@ -49,14 +49,18 @@ impl Reader for RemoteReader<'_> {
 impl RemoteSealdb {
     /// Connects to the cluster whose sequencer is at `addr`, waiting up to 30 s for every
     /// shard to answer.
-    pub fn connect(addr: &str, max_offset: Duration) -> Result<RemoteSealdb, String> {
+    pub fn connect(
+        addr: &str,
+        max_offset: Duration,
+        tls: Option<txn::remote::Tls>,
+    ) -> Result<RemoteSealdb, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
         let clock = Arc::new(Clock::system(max_offset));
-        let (client, _) = runtime.block_on(crate::connect_when_ready(addr, clock))?;
+        let (client, _) = runtime.block_on(crate::connect_when_ready(addr, clock, tls))?;
         Ok(RemoteSealdb { client, runtime })
     }
 
@@ -109,7 +113,8 @@ pub fn run_cluster(opts: &TpccOptions, target: &ClusterTarget) -> Result<Report,
     let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let cluster = target.start(temp.path().join("cluster"), |n| shard_map(opts.warehouses, n))?;
     let max_offset = Duration::from_millis(cluster.max_offset_ms.unwrap_or(5));
-    let result = RemoteSealdb::connect(&cluster.addr, max_offset).and_then(|backend| {
+    let tls = cluster.tls.clone();
+    let result = RemoteSealdb::connect(&cluster.addr, max_offset, tls).and_then(|backend| {
         let load_s = super::load(&backend, opts)?;
         drive(&backend, opts, load_s)
     });

@@ -14,8 +14,8 @@ use storage::{KeyRange, Limits};
 use tokio::net::TcpListener;
 use txn::builtin::put_args;
 use txn::remote::{
-    Client, Cluster, Layout, RefusalKind, RemoteError, RemoteSequencer, SequencerNode, ShardConfig,
-    ShardNode, cluster_status,
+    Certificates, Client, Cluster, Layout, RefusalKind, RemoteError, RemoteSequencer,
+    SequencerNode, ShardConfig, ShardNode, Tls, cluster_status, make_certificates,
 };
 use txn::{AbortReason, Context, ProcError, Procedure, ReadAt, ShardMap, TxnError};
 
@@ -44,21 +44,28 @@ pub(crate) struct LocalCluster {
     pub(crate) sequencer: SequencerNode,
     pub(crate) shards: Vec<ShardNode>,
     pub(crate) cluster: Cluster,
+    /// The cluster's certificates, when it runs TLS.
+    pub(crate) certs: Option<Certificates>,
     _dirs: tempfile::TempDir,
 }
 
 /// Starts a sequencer and one shard per clock in `shard_clocks`, with the built-in
 /// procedures and the tests' own.
 pub(crate) async fn start_cluster(shard_clocks: Vec<Arc<Clock>>) -> LocalCluster {
-    start_cluster_with(clock(), shard_clocks, txn::builtin::registry()).await
+    start_cluster_with(clock(), shard_clocks, txn::builtin::registry(), false).await
 }
 
-/// [`start_cluster`] with the sequencer's clock and more procedures.
+/// [`start_cluster`] with the sequencer's clock, more procedures, and TLS on every hop
+/// (`secure`: the cluster's `Cluster::tls` is a client certificate).
 pub(crate) async fn start_cluster_with(
     sequencer_clock: Arc<Clock>,
     shard_clocks: Vec<Arc<Clock>>,
     mut procedures: txn::Registry,
+    secure: bool,
 ) -> LocalCluster {
+    let certs = secure.then(|| make_certificates(&[]).unwrap());
+    let node_tls = certs.as_ref().map(|c| tls(c, &c.node));
+    let client_tls = certs.as_ref().map(|c| tls(c, &c.client));
     let shards = shard_clocks.len() as u32;
     let dirs = tempfile::tempdir().unwrap();
     let map = ShardMap::uniform(shards);
@@ -82,6 +89,7 @@ pub(crate) async fn start_cluster_with(
         sequencer_clock,
         config,
         layout,
+        node_tls.clone(),
     )
     .await
     .unwrap();
@@ -90,6 +98,7 @@ pub(crate) async fn start_cluster_with(
         shards: addrs,
         map: map.clone(),
         procedures: procedures.clone(),
+        tls: client_tls,
     };
     let mut nodes = Vec::new();
     for (s, (listener, clock)) in listeners.into_iter().zip(shard_clocks).enumerate() {
@@ -102,10 +111,16 @@ pub(crate) async fn start_cluster_with(
             procedures: procedures.clone(),
             limits: Limits::default(),
             retention: Duration::from_secs(60),
+            tls: node_tls.clone(),
         };
         nodes.push(ShardNode::start(config, listener, clock).await.unwrap());
     }
-    LocalCluster { sequencer, shards: nodes, cluster, _dirs: dirs }
+    LocalCluster { sequencer, shards: nodes, cluster, certs, _dirs: dirs }
+}
+
+/// The TLS material of `identity` (a certificate and its key) in a cluster with `certs`.
+pub(crate) fn tls(certs: &Certificates, (cert, key): &(String, String)) -> Tls {
+    Tls::from_pem(certs.ca.as_bytes(), cert.as_bytes(), key.as_bytes())
 }
 
 impl LocalCluster {
@@ -210,7 +225,7 @@ async fn a_shard_whose_clock_is_beyond_max_offset_is_refused_and_the_others_go_o
     let key = (0..=255u8).map(|b| vec![b]).find(|k| local.cluster.map.shard_of(k) == ShardId(0));
     let key = key.unwrap();
     client.call("kv.put", &put_args(&key, b"v")).await.unwrap();
-    let status = cluster_status(&local.cluster.sequencer, &clock()).await.unwrap();
+    let status = cluster_status(&local.cluster.sequencer, &clock(), None).await.unwrap();
     assert_eq!(status.unreachable.len(), 1, "{:?}", status.unreachable);
     assert!(
         status.unreachable[0].contains("shard 2") && status.unreachable[0].contains("clock skew")

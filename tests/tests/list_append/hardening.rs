@@ -26,7 +26,7 @@ fn key_on(map: &ShardMap, shard: u32, name: &[u8]) -> Vec<u8> {
 async fn start() -> LocalCluster {
     let mut procedures = txn::builtin::registry();
     procedures.register(Arc::new(ScanRemote));
-    start_cluster_with(clock(), vec![clock(), clock(), clock()], procedures).await
+    start_cluster_with(clock(), vec![clock(), clock(), clock()], procedures, false).await
 }
 
 /// Entries the sequencer has logged so far.
@@ -175,9 +175,13 @@ async fn a_receipt_refused_for_clock_skew_is_an_unknown_outcome_not_a_failure() 
     // The whole cluster runs 100 ms ahead (beyond the 20 ms bound) of this client, which the
     // sequencer accepts (the client is behind) but whose receipts the client refuses.
     let ahead = || offset_clock(100);
-    let local =
-        start_cluster_with(ahead(), vec![ahead(), ahead(), ahead()], txn::builtin::registry())
-            .await;
+    let local = start_cluster_with(
+        ahead(),
+        vec![ahead(), ahead(), ahead()],
+        txn::builtin::registry(),
+        false,
+    )
+    .await;
     let client = Client::new(&local.cluster, clock()).unwrap();
     let err = client.call("kv.put", &put_args(b"skewed", b"written")).await.unwrap_err();
     assert_eq!(err, TxnError::OutcomeUnknown);

@@ -14,11 +14,13 @@
 //! - `cluster`: a sequencer and three shard servers on loopback, through the `Client`.
 //!
 //! And `hardening`: the same loopback cluster at its edges (oversize and forged requests,
-//! bursts that make windows large, impossible waits, a clock out of bounds).
+//! bursts that make windows large, impossible waits, a clock out of bounds); `secure`: the
+//! same over TLS with client certificates, and who may call what.
 
 mod cluster;
 mod embedded;
 mod hardening;
+mod secure;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

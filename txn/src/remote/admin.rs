@@ -9,10 +9,10 @@ use clock::Clock;
 use proto::v1;
 use proto::v1::admin_server::Admin;
 use proto::v1::shard_client::ShardClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::{observe_request, observe_response, sized, stamp};
+use super::{Tls, endpoint, observe_request, observe_response, sized, stamp};
 use crate::shard_map::ShardMap;
 
 /// Where a cluster's shards are and which keys each owns: the same on every node.
@@ -39,14 +39,15 @@ impl AdminService {
         sequencer: Arc<Sequencer>,
         clock: Arc<Clock>,
         layout: Layout,
+        tls: Option<&Tls>,
     ) -> Result<AdminService, String> {
         let shards = layout
             .shards
             .iter()
             .map(|addr| {
-                Endpoint::from_shared(format!("http://{addr}"))
+                endpoint(addr, tls)
                     .map(|e| sized!(ShardClient::new(e.timeout(STATUS_TIMEOUT).connect_lazy())))
-                    .map_err(|e| format!("shard address {addr:?}: {e}"))
+                    .map_err(|e| format!("shard: {e}"))
             })
             .collect::<Result<_, _>>()?;
         Ok(AdminService { sequencer, clock, layout, shards })

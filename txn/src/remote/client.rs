@@ -28,11 +28,11 @@ use proto::v1::admin_client::AdminClient;
 use proto::v1::shard_client::ShardClient;
 use storage::KeyRange;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::{
-    RefusalKind, RemoteError, RemoteSequencer, observe_response, outcome_from_proto, paged, sized,
-    stamp,
+    RefusalKind, RemoteError, RemoteSequencer, Tls, endpoint, observe_response, outcome_from_proto,
+    paged, sized, stamp,
 };
 use crate::database::output;
 use crate::error::TxnError;
@@ -59,6 +59,8 @@ pub struct Cluster {
     pub map: ShardMap,
     /// The registered procedures (a client computes a call's key ranges with them).
     pub procedures: Registry,
+    /// The client's certificate and the cluster's CA, if the cluster runs TLS.
+    pub tls: Option<Tls>,
 }
 
 /// A connection to a sealdb cluster.
@@ -84,15 +86,16 @@ impl Client {
                 cluster.map.len()
             )));
         }
-        let sequencer = RemoteSequencer::lazy(&cluster.sequencer, clock.clone())
+        let tls = cluster.tls.as_ref();
+        let sequencer = RemoteSequencer::lazy(&cluster.sequencer, clock.clone(), tls)
             .map_err(TxnError::Unavailable)?;
         let shards = cluster
             .shards
             .iter()
             .map(|addr| {
-                Endpoint::from_shared(format!("http://{addr}"))
+                endpoint(addr, tls)
                     .map(|e| sized!(ShardClient::new(e.connect_lazy())))
-                    .map_err(|e| TxnError::Unavailable(format!("shard address {addr:?}: {e}")))
+                    .map_err(|e| TxnError::Unavailable(format!("shard: {e}")))
             })
             .collect::<Result<_, _>>()?;
         // Client ids must not repeat across clients: a random salt per client.
@@ -112,20 +115,22 @@ impl Client {
     /// (shard addresses and map). Calls may use the built-in procedures
     /// ([`builtin::registry`](crate::builtin::registry)); [`Client::new`] takes others.
     pub async fn connect(addr: &str, clock: Arc<Clock>) -> Result<Client, TxnError> {
-        Client::connect_with(addr, clock, crate::builtin::registry()).await
+        Client::connect_with(addr, clock, crate::builtin::registry(), None).await
     }
 
-    /// [`Client::connect`] for a cluster whose nodes register `procedures`.
+    /// [`Client::connect`] for a cluster whose nodes register `procedures`, over TLS with
+    /// `tls` (this client's certificate and the cluster's CA).
     pub async fn connect_with(
         addr: &str,
         clock: Arc<Clock>,
         procedures: Registry,
+        tls: Option<Tls>,
     ) -> Result<Client, TxnError> {
-        let status = cluster_status(addr, &clock).await?;
+        let status = cluster_status(addr, &clock, tls.as_ref()).await?;
         let map = ShardMap::new(status.splits)
             .map_err(|e| TxnError::Unavailable(format!("the sequencer at {addr} sent {e}")))?;
-        let cluster =
-            Cluster { sequencer: addr.to_string(), shards: status.shard_addrs, map, procedures };
+        let sequencer = addr.to_string();
+        let cluster = Cluster { sequencer, shards: status.shard_addrs, map, procedures, tls };
         Client::new(&cluster, clock)
     }
 
@@ -334,10 +339,10 @@ impl Client {
 pub async fn cluster_status(
     addr: &str,
     clock: &Clock,
+    tls: Option<&Tls>,
 ) -> Result<v1::ClusterStatusResponse, TxnError> {
     let unavailable = |e: String| TxnError::Unavailable(format!("sequencer at {addr}: {e}"));
-    let endpoint =
-        Endpoint::from_shared(format!("http://{addr}")).map_err(|e| unavailable(e.to_string()))?;
+    let endpoint = endpoint(addr, tls).map_err(unavailable)?;
     let channel = endpoint.connect().await.map_err(|e| unavailable(e.to_string()))?;
     let request = v1::ClusterStatusRequest { hlc: stamp(clock) };
     let status = sized!(AdminClient::new(channel))

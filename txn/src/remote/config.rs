@@ -20,6 +20,11 @@
 //! interval_ms = 5
 //! max_entries = 10000
 //! max_bytes = 16777216
+//!
+//! [tls]                             # optional: TLS with client certificates on every hop
+//! ca = "certs/ca.pem"               # the cluster's CA
+//! cert = "certs/node.pem"           # this node's certificate (valid for "node.sealdb")
+//! key = "certs/node.key"
 //! ```
 
 use std::net::SocketAddr;
@@ -31,7 +36,7 @@ use serde::Deserialize;
 
 use storage::Limits;
 
-use super::{Layout, MAX_WINDOW_BYTES};
+use super::{Layout, MAX_WINDOW_BYTES, Tls};
 use crate::shard_map::ShardMap;
 
 /// What a node does.
@@ -57,6 +62,15 @@ struct File {
     cluster: ClusterFile,
     #[serde(default)]
     window: WindowFile,
+    tls: Option<TlsFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 fn default_max_offset_ms() -> u64 {
@@ -108,6 +122,9 @@ pub struct NodeConfig {
     pub layout: Layout,
     /// When windows are sealed (sequencer role).
     pub sealer: SealerConfig,
+    /// The node's certificate and key and the cluster's CA (`[tls]`); `None` runs without
+    /// TLS.
+    pub tls: Option<Tls>,
 }
 
 impl NodeConfig {
@@ -215,7 +232,12 @@ impl NodeConfig {
                 sealer.max_window_bytes
             ));
         }
+        let tls = match &file.tls {
+            None => None,
+            Some(t) => Some(Tls::load(&t.ca, &t.cert, &t.key).map_err(|e| format!("tls: {e}"))?),
+        };
         Ok(NodeConfig {
+            tls,
             role: file.role,
             listen,
             data_dir: file.data_dir,

@@ -20,6 +20,7 @@ mod metrics;
 mod node;
 mod sequencer;
 mod shard;
+mod tls;
 
 use ::sequencer::TxnId;
 use std::future::Future;
@@ -43,6 +44,7 @@ pub use self::metrics::{LATENCY_BOUNDS, Metric, Value, render, serve_metrics};
 pub use self::node::{LocalProcesses, LocalSpec, init_logging, run_node, stop_signals};
 pub use self::sequencer::{RemoteSequencer, SequencerNode, SliceDelivery};
 pub use self::shard::{MAX_SCAN_ROWS, SCAN_RESPONSE_BYTES, ShardConfig, ShardNode};
+pub use self::tls::{CLIENT_NAME, Certificates, NODE_NAME, Tls, make_certificates};
 
 /// The largest gRPC message any sealdb server or client sends or accepts. Every server and
 /// client is built with it ([`sized`]), so what one side may send the other accepts.
@@ -94,6 +96,9 @@ impl From<Status> for RemoteError {
         let message = status.message().to_string();
         match status.code() {
             Code::FailedPrecondition => RemoteError::ClockSkew(message),
+            Code::PermissionDenied | Code::Unauthenticated => {
+                RemoteError::Refused { kind: RefusalKind::NotAllowed, why: message }
+            }
             Code::InvalidArgument | Code::ResourceExhausted | Code::OutOfRange => {
                 let kind =
                     v1::Refusal::decode(status.details()).map_or(RefusalKind::Other, |r| r.kind());
@@ -147,12 +152,46 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// A gRPC server with sealdb's bounds: streams per connection, keepalive probes that close
 /// connections to peers that went away, and a limit on streams reset before they are served
 /// (the HTTP/2 rapid-reset attack).
-fn server() -> tonic::transport::Server {
-    tonic::transport::Server::builder()
+/// With `tls`, it presents the node's certificate and requires one from every caller
+/// ([`Tls`]).
+fn server(tls: Option<&Tls>) -> Result<tonic::transport::Server, String> {
+    let server = tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-        .http2_max_pending_accept_reset_streams(Some(256))
+        .http2_max_pending_accept_reset_streams(Some(256));
+    match tls {
+        Some(tls) => server.tls_config(tls.server()).map_err(|e| format!("TLS: {e}")),
+        None => Ok(server),
+    }
+}
+
+/// Where to reach the node at `addr` (`host:port`): over TLS, presenting this party's
+/// certificate and accepting only a cluster node's, when `tls` is given.
+pub fn endpoint(addr: &str, tls: Option<&Tls>) -> Result<tonic::transport::Endpoint, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| format!("address {addr:?}: {e}"))?;
+    match tls {
+        Some(tls) => endpoint.tls_config(tls.client()).map_err(|e| format!("TLS for {addr}: {e}")),
+        None => Ok(endpoint),
+    }
+}
+
+/// Says in the log what a node without TLS exposes; warns when that is beyond loopback.
+fn warn_if_insecure(addr: std::net::SocketAddr, tls: Option<&Tls>, node: &str) {
+    if tls.is_some() {
+        return;
+    }
+    if addr.ip().is_loopback() {
+        tracing::info!(node, %addr, "serving without TLS (loopback only)");
+    } else {
+        tracing::warn!(
+            node, %addr,
+            "serving without TLS beyond loopback: traffic is not encrypted, callers are not \
+             authenticated and peer-only calls are open to anyone"
+        );
+    }
 }
 
 /// A server's connections from `listener`, at most [`MAX_CONNECTIONS`] open at once, with

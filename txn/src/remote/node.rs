@@ -63,6 +63,7 @@ pub async fn run_node(config: NodeConfig, procedures: Registry) -> Result<(), St
                 clock,
                 config.sealer,
                 config.layout,
+                config.tls,
             )
             .await?;
             println!("sequencer listening on {}", node.addr());
@@ -85,6 +86,7 @@ pub async fn run_node(config: NodeConfig, procedures: Registry) -> Result<(), St
                 procedures,
                 limits: Limits::default(),
                 retention: Duration::from_secs(60),
+                tls: config.tls,
             };
             let node = ShardNode::start(shard_config, listener, clock).await?;
             println!("shard {} listening on {}", shard.0, node.addr());
@@ -143,6 +145,9 @@ pub struct LocalSpec {
     /// The shard map's split keys (one fewer than shards); empty splits the first key byte
     /// evenly.
     pub split_keys: Vec<Vec<u8>>,
+    /// A directory of certificates from [`make_certificates`](super::make_certificates): the
+    /// nodes run TLS with `node.pem` and `node.key`. `None` runs without TLS.
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// A running local cluster: a sequencer process and shard processes on 127.0.0.1. Dropping it
@@ -193,9 +198,22 @@ impl LocalProcesses {
                 quoted(spec.split_keys.iter().map(|k| hex(k)).collect())
             ),
         };
+        let tls = match &spec.tls_dir {
+            None => String::new(),
+            Some(d) => {
+                let d = d.canonicalize().map_err(|e| format!("{}: {e}", d.display()))?;
+                let file = |name: &str| d.join(name).display().to_string();
+                format!(
+                    "\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+                    file("ca.pem"),
+                    file("node.pem"),
+                    file("node.key")
+                )
+            }
+        };
         let cluster = format!(
             "[cluster]\nsequencer = \"{sequencer}\"\nshards = [{}]\n{splits}\n[window]\n\
-             interval_ms = {}\n",
+             interval_ms = {}\n{tls}",
             quoted(shards.clone()),
             spec.window_ms
         );

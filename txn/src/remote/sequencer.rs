@@ -25,14 +25,15 @@ use storage::Limits;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use super::admin::{AdminService, Layout};
 use super::metrics::Metric;
+use super::tls::require_node;
 use super::{
-    MAX_WINDOW_BYTES, RefusalKind, RemoteError, incoming, malformed, observe_request,
-    observe_response, refuse, server, sized, stamp, stop_server,
+    MAX_WINDOW_BYTES, RefusalKind, RemoteError, Tls, endpoint, incoming, malformed,
+    observe_request, observe_response, refuse, server, sized, stamp, stop_server, warn_if_insecure,
 };
 use crate::outcome::AbortReason;
 use crate::request::{Request as TxnRequest, participants};
@@ -61,6 +62,7 @@ impl SequencerNode {
         clock: Arc<Clock>,
         config: SealerConfig,
         layout: Layout,
+        tls: Option<Tls>,
     ) -> Result<SequencerNode, String> {
         if config.max_window_bytes > MAX_WINDOW_BYTES {
             return Err(format!(
@@ -83,7 +85,7 @@ impl SequencerNode {
         let addr = listener.local_addr().map_err(|e| format!("listening on {listen}: {e}"))?;
         let stopping = Arc::new(AtomicBool::new(false));
         let map = layout.map.clone();
-        let admin = AdminService::new(sequencer.clone(), clock.clone(), layout)?;
+        let admin = AdminService::new(sequencer.clone(), clock.clone(), layout, tls.as_ref())?;
         let service = SequencerService {
             sequencer: sequencer.clone(),
             clock,
@@ -92,17 +94,19 @@ impl SequencerNode {
             forced: Arc::default(),
             map,
             limits: Limits::default(),
+            secure: tls.is_some(),
             stopping: stopping.clone(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(
-            server()
+            server(tls.as_ref())?
                 .add_service(sized!(SequencerServer::new(service)))
                 .add_service(sized!(AdminServer::new(admin)))
                 .serve_with_incoming_shutdown(incoming(listener), async {
                     let _ = stopped.await;
                 }),
         );
+        warn_if_insecure(addr, tls.as_ref(), "sequencer");
         tracing::info!(%addr, shards, "sequencer serving");
         Ok(SequencerNode { addr, stop: Some(stop), server: Some(server), sequencer, stopping })
     }
@@ -201,6 +205,8 @@ struct SequencerService {
     map: ShardMap,
     /// The shards' limits, which every logged entry must be within.
     limits: Limits,
+    /// Serving TLS: peer-only calls need a node's certificate.
+    secure: bool,
     stopping: Arc<AtomicBool>,
 }
 
@@ -295,6 +301,7 @@ impl SequencerRpc for SequencerService {
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        require_node(&request, self.secure)?;
         let r = request.into_inner();
         observe_request(&self.clock, r.hlc)?;
         let shard = self.shard(r.shard)?;
@@ -334,6 +341,7 @@ impl SequencerRpc for SequencerService {
         &self,
         request: Request<v1::RequestWindowRequest>,
     ) -> Result<Response<v1::RequestWindowResponse>, Status> {
+        require_node(&request, self.secure)?;
         let r = request.into_inner();
         observe_request(&self.clock, r.hlc)?;
         let (last, _) = self.sequencer.last_logged();
@@ -522,11 +530,17 @@ pub struct RemoteSequencer {
 impl RemoteSequencer {
     /// Connects to the sequencer at `addr` (`host:port`).
     pub async fn connect(addr: &str, clock: Arc<Clock>) -> Result<RemoteSequencer, RemoteError> {
-        let endpoint =
-            Endpoint::from_shared(format!("http://{addr}")).map_err(|e| RemoteError::Refused {
-                kind: RefusalKind::Malformed,
-                why: format!("address {addr:?}: {e}"),
-            })?;
+        RemoteSequencer::connect_tls(addr, clock, None).await
+    }
+
+    /// [`RemoteSequencer::connect`], over TLS with `tls`.
+    pub async fn connect_tls(
+        addr: &str,
+        clock: Arc<Clock>,
+        tls: Option<&Tls>,
+    ) -> Result<RemoteSequencer, RemoteError> {
+        let endpoint = endpoint(addr, tls)
+            .map_err(|why| RemoteError::Refused { kind: RefusalKind::Malformed, why })?;
         let channel = endpoint
             .connect()
             .await
@@ -536,9 +550,12 @@ impl RemoteSequencer {
 
     /// A client of the sequencer at `addr` that connects on first use (and reconnects after
     /// failures), for nodes that start before the sequencer does.
-    pub fn lazy(addr: &str, clock: Arc<Clock>) -> Result<RemoteSequencer, String> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("sequencer address {addr:?}: {e}"))?;
+    pub fn lazy(
+        addr: &str,
+        clock: Arc<Clock>,
+        tls: Option<&Tls>,
+    ) -> Result<RemoteSequencer, String> {
+        let endpoint = endpoint(addr, tls).map_err(|e| format!("sequencer: {e}"))?;
         Ok(RemoteSequencer { client: sized!(SequencerClient::new(endpoint.connect_lazy())), clock })
     }
 

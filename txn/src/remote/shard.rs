@@ -40,14 +40,15 @@ use storage::{Engine, KeyRange, Limits, MemoryEngine, Mvcc, Quoted, RocksEngine,
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use super::metrics::{Metric, ShardCounters};
+use super::tls::require_node;
 use super::{
-    RefusalKind, RemoteError, RemoteSequencer, STOP_GRACE, SliceDelivery, incoming, malformed,
-    observe_request, observe_response, outcome_to_proto, paged, refuse, server, sized, stamp,
-    stop_server,
+    RefusalKind, RemoteError, RemoteSequencer, STOP_GRACE, SliceDelivery, Tls, endpoint, incoming,
+    malformed, observe_request, observe_response, outcome_to_proto, paged, refuse, server, sized,
+    stamp, stop_server, warn_if_insecure,
 };
 use crate::executor::{Executor, SnapshotRead};
 use crate::outcome::Outcome;
@@ -87,6 +88,8 @@ pub struct ShardConfig {
     pub limits: Limits,
     /// How far back reads at a timestamp may go.
     pub retention: Duration,
+    /// TLS for its server and its calls to the sequencer and peers; `None` runs without.
+    pub tls: Option<Tls>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -294,19 +297,20 @@ impl ShardNode {
             fenced: Mutex::new(None),
             counters: ShardCounters::default(),
         });
-        let peers = Arc::new(Peers::new(&config.peers, shard, clock.clone(), state.clone())?);
+        let tls = config.tls.as_ref();
+        let peers = Arc::new(Peers::new(&config.peers, shard, clock.clone(), state.clone(), tls)?);
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let service = ShardService { state: state.clone() };
+        let service = ShardService { state: state.clone(), secure: tls.is_some() };
         let server = tokio::spawn(
-            server().add_service(sized!(ShardServer::new(service))).serve_with_incoming_shutdown(
-                incoming(listener),
-                async {
+            server(tls)?
+                .add_service(sized!(ShardServer::new(service)))
+                .serve_with_incoming_shutdown(incoming(listener), async {
                     let _ = stopped.await;
-                },
-            ),
+                }),
         );
-        let sequencer = RemoteSequencer::lazy(&config.sequencer, clock)?;
+        let sequencer = RemoteSequencer::lazy(&config.sequencer, clock, tls)?;
+        warn_if_insecure(addr, tls, "shard");
         let handle = Handle::current();
         let thread_state = state.clone();
         let applier = std::thread::Builder::new()
@@ -461,6 +465,7 @@ impl Peers {
         me: ShardId,
         clock: Arc<Clock>,
         state: Arc<State>,
+        tls: Option<&Tls>,
     ) -> Result<Peers, String> {
         let clients = addrs
             .iter()
@@ -469,8 +474,7 @@ impl Peers {
                 if i == me.0 as usize {
                     return Ok(None);
                 }
-                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| format!("shard {i} address {addr:?}: {e}"))?;
+                let endpoint = endpoint(addr, tls).map_err(|e| format!("shard {i}: {e}"))?;
                 Ok(Some(sized!(ShardClient::new(endpoint.connect_lazy()))))
             })
             .collect::<Result<_, String>>()?;
@@ -916,6 +920,8 @@ fn exchange(
 
 struct ShardService {
     state: Arc<State>,
+    /// Serving TLS: peer-only calls need a node's certificate.
+    secure: bool,
 }
 
 fn key_value(key: Vec<u8>, version: storage::Version) -> v1::KeyValue {
@@ -928,6 +934,9 @@ impl ShardRpc for ShardService {
         &self,
         request: Request<v1::GetRequest>,
     ) -> Result<Response<v1::GetResponse>, Status> {
+        if request.get_ref().for_window != 0 {
+            require_node(&request, self.secure)?;
+        }
         let r = request.into_inner();
         let state = &self.state;
         observe_request(&state.clock, r.hlc)?;
@@ -944,6 +953,9 @@ impl ShardRpc for ShardService {
         &self,
         request: Request<v1::ScanRequest>,
     ) -> Result<Response<v1::ScanResponse>, Status> {
+        if request.get_ref().for_window != 0 {
+            require_node(&request, self.secure)?;
+        }
         let r = request.into_inner();
         let state = &self.state;
         observe_request(&state.clock, r.hlc)?;
@@ -984,6 +996,7 @@ impl ShardRpc for ShardService {
         &self,
         request: Request<v1::VerdictsRequest>,
     ) -> Result<Response<v1::VerdictBatch>, Status> {
+        require_node(&request, self.secure)?;
         let r = request.into_inner();
         let state = &self.state;
         observe_request(&state.clock, r.hlc)?;

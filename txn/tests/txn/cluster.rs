@@ -1,7 +1,8 @@
 //! A cluster of real processes (`sealdb start`) on loopback: a sequencer and three shards,
 //! clients running Jepsen's list-append workload through the network, and SIGKILL of a
 //! shard and of the sequencer while they run. The history must be strictly serializable
-//! (`adya`), and every acknowledged append must be in its list exactly once.
+//! (`adya`), and every acknowledged append must be in its list exactly once. The nodes run TLS
+//! with client certificates (`sealdb cert`, a `[tls]` section in each configuration).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tests::history::{Completion, Mop, Recorder, Workload, check};
 use txn::builtin::{ListOp, decode_list, decode_list_output, encode_list_ops, list_key};
-use txn::remote::{Client, LocalProcesses, LocalSpec, cluster_status};
+use txn::remote::{Client, LocalProcesses, LocalSpec, Tls, cluster_status, make_certificates};
 use txn::{ReadAt, TxnError};
 
 const SHARDS: usize = 3;
@@ -21,10 +22,10 @@ const KEYS: u64 = 10;
 const CLIENTS: u64 = 8;
 
 /// Waits until every shard answers the sequencer's status report.
-async fn wait_ready(sequencer: &str, clock: &Clock) {
+async fn wait_ready(sequencer: &str, clock: &Clock, tls: &Tls) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(s) = cluster_status(sequencer, clock).await
+        if let Ok(s) = cluster_status(sequencer, clock, Some(tls)).await
             && s.shards.len() == SHARDS
         {
             return;
@@ -49,6 +50,10 @@ async fn list_append_stays_strictly_serializable_through_sigkill_of_a_shard_and_
         std::env::var("SEALDB_SEED").map_or_else(|_| rand::random(), |s| s.parse().unwrap());
     eprintln!("cluster fault test seed {seed} (rerun with SEALDB_SEED={seed})");
     let dir = tempfile::tempdir().unwrap();
+    // Over TLS with client certificates, as `sealdb dev --secure` runs.
+    let certs = dir.path().join("certs");
+    make_certificates(&[]).unwrap().write(&certs).unwrap();
+    let tls = Tls::load_dir(&certs, "client").unwrap();
     let mut nodes = LocalProcesses::spawn(&LocalSpec {
         command: vec![env!("CARGO_BIN_EXE_sealdb").into(), "start".into()],
         dir: dir.path().to_path_buf(),
@@ -57,12 +62,15 @@ async fn list_append_stays_strictly_serializable_through_sigkill_of_a_shard_and_
         max_offset_ms: 1,
         window_ms: 2,
         split_keys: Vec::new(),
+        tls_dir: Some(certs),
     })
     .unwrap();
     let sequencer = nodes.sequencer.clone();
     let clock = Arc::new(Clock::system(Duration::from_millis(1)));
-    wait_ready(&sequencer, &clock).await;
-    let client = Arc::new(Client::connect(&sequencer, clock.clone()).await.unwrap());
+    wait_ready(&sequencer, &clock, &tls).await;
+    let registry = txn::builtin::registry();
+    let client = Client::connect_with(&sequencer, clock.clone(), registry, Some(tls.clone()));
+    let client = Arc::new(client.await.unwrap());
 
     let history = Arc::new(Recorder::new());
     let next_value = Arc::new(AtomicU64::new(1));
@@ -122,14 +130,14 @@ async fn list_append_stays_strictly_serializable_through_sigkill_of_a_shard_and_
     run(300).await;
     nodes.start(1 + shard).unwrap();
     run(1500).await;
-    let before = cluster_status(&sequencer, &clock).await.unwrap();
+    let before = cluster_status(&sequencer, &clock, Some(&tls)).await.unwrap();
     eprintln!("SIGKILL sequencer at window {}", before.sealed_epoch);
     nodes.kill(0).unwrap();
     run(300).await;
     nodes.start(0).unwrap();
-    wait_ready(&sequencer, &clock).await;
+    wait_ready(&sequencer, &clock, &tls).await;
     run(1500).await;
-    let after = cluster_status(&sequencer, &clock).await.unwrap();
+    let after = cluster_status(&sequencer, &clock, Some(&tls)).await.unwrap();
     assert!(after.sealed_epoch > before.sealed_epoch, "windows go on after the restart");
     assert!(after.sealed_ts > before.sealed_ts, "and their timestamps keep rising");
     stop.store(true, Ordering::SeqCst);

@@ -274,3 +274,28 @@ fn async_callers_on_one_thread_commit_concurrently_with_commit_wait() {
     let unknown = runtime.block_on(db.call_async("no-such-procedure", b"")).unwrap_err();
     assert_eq!(unknown, TxnError::UnknownProcedure("no-such-procedure".into()));
 }
+
+/// Regression: a window's batch was held to one transaction's limit (10 MiB of writes), so
+/// twelve transactions of 1 MiB sealed into one window stopped the shard, and every reopen
+/// stopped again at the same window. Each transaction is within the limit: all commit.
+#[test]
+fn a_window_of_many_large_transactions_commits_them_all() {
+    let mut options = three_shards(true);
+    // One long window for all of them.
+    options.sealer.window_interval = Duration::from_millis(300);
+    options.sealer.seal_ahead = None;
+    let db = Arc::new(Database::open("unused", options).unwrap());
+    let writers: Vec<_> = (0..12u8)
+        .map(|i| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                db.transact(|tx| tx.put(&[b'a', i], &vec![i; 1 << 20])).map(|_| i)
+            })
+        })
+        .collect();
+    for writer in writers {
+        let i = writer.join().unwrap().unwrap();
+        let value = db.snapshot(ReadAt::Latest).unwrap().get(&[b'a', i]).unwrap();
+        assert_eq!(value, Some(vec![i; 1 << 20]));
+    }
+}

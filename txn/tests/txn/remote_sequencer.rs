@@ -42,7 +42,7 @@ fn layout() -> Layout {
 }
 
 async fn start(dir: &Path, config: SealerConfig) -> SequencerNode {
-    SequencerNode::start(dir, "127.0.0.1:0".parse().unwrap(), clock(), config, layout())
+    SequencerNode::start(dir, "127.0.0.1:0".parse().unwrap(), clock(), config, layout(), None)
         .await
         .unwrap()
 }
@@ -258,6 +258,7 @@ async fn a_peer_whose_clock_is_beyond_max_offset_is_refused_and_one_within_it_ob
         server_clock.clone(),
         SealerConfig::default(),
         layout(),
+        None,
     )
     .await
     .unwrap();
