@@ -546,6 +546,9 @@ impl Context for ProcContext<'_> {
     }
 
     fn scan(&mut self, range: &KeyRange, limit: usize) -> Result<Rows, ProcError> {
+        // Checked here, alike on every participant, so that no storage or peer is ever asked
+        // for a range it would refuse.
+        self.limits.check_range(range).map_err(|e| ProcError::TooLarge(e.to_string()))?;
         if !self.declared.covers(range) {
             return Err(ProcError::OutsideDeclaredRanges { key: range.start.clone() });
         }

@@ -318,3 +318,35 @@ async fn requested_windows_are_rate_limited_and_must_follow_the_log() {
     }
     local.stop().await;
 }
+
+/// Defect: every `Subscribe` got its own OS thread and an unbounded queue, and re-read the
+/// whole log on the sequencer's one thread: 2,000 subscriptions that never read held 2,000
+/// threads and over 1 GiB, and slowed every put. Subscriptions are bounded now; one past the
+/// bound is refused as busy, the cluster goes on, and closed ones free their place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_past_the_bound_are_refused_and_closed_ones_free_their_place() {
+    let local = start().await;
+    let client = Client::new(&local.cluster, clock()).unwrap();
+    let sequencer = RemoteSequencer::connect(&local.cluster.sequencer, clock()).await.unwrap();
+    let mut open = Vec::new();
+    let mut busy = 0;
+    for _ in 0..txn::remote::MAX_SUBSCRIPTIONS + 10 {
+        match sequencer.subscribe(ShardId(0), sequencer::Epoch(1)).await {
+            Ok(stream) => open.push(stream),
+            Err(RemoteError::Refused { kind: RefusalKind::Busy, .. }) => busy += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // The three shards hold one each.
+    assert_eq!(open.len(), txn::remote::MAX_SUBSCRIPTIONS - 3);
+    assert_eq!(busy, 13);
+    client.call("kv.put", &put_args(b"during", b"v")).await.unwrap();
+    assert_eq!(read(&client, b"during").await.as_deref(), Some(&b"v"[..]));
+    drop(open);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sequencer.subscribe(ShardId(0), sequencer::Epoch(1)).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "closed subscriptions were not freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    local.stop().await;
+}

@@ -42,7 +42,7 @@ pub use self::client::{Client, Cluster, RemoteSnapshot, RemoteTransaction, clust
 pub use self::config::{NodeConfig, Role};
 pub use self::metrics::{LATENCY_BOUNDS, Metric, Value, render, serve_metrics};
 pub use self::node::{LocalProcesses, LocalSpec, init_logging, run_node, stop_signals};
-pub use self::sequencer::{RemoteSequencer, SequencerNode, SliceDelivery};
+pub use self::sequencer::{MAX_SUBSCRIPTIONS, RemoteSequencer, SequencerNode, SliceDelivery};
 pub use self::shard::{MAX_SCAN_ROWS, SCAN_RESPONSE_BYTES, ShardConfig, ShardNode};
 pub use self::tls::{CLIENT_NAME, Certificates, NODE_NAME, Tls, make_certificates};
 

@@ -280,6 +280,29 @@ impl LocalProcesses {
         Ok(())
     }
 
+    /// Stops node `i` with SIGTERM and waits for it, for at most `patience`: its exit status,
+    /// or an error if it is still running then (it is killed).
+    pub fn terminate(
+        &mut self,
+        i: usize,
+        patience: Duration,
+    ) -> Result<std::process::ExitStatus, String> {
+        let mut child = self.nodes[i].1.take().ok_or("not running")?;
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("still running {patience:?} after SIGTERM"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops every node with SIGTERM, shards first, and waits for them.
     pub fn stop(mut self) {
         for (_, child) in self.nodes.iter_mut().rev() {

@@ -19,8 +19,8 @@ use rand::{Rng, SeedableRng};
 use sequencer::{ShardId, TxnId};
 use storage::{Epoch, KeyRange, Limits, MemoryEngine, Mvcc};
 use txn::{
-    Context, Decided, Executor, InteractiveCommit, Outcome, ProcError, Procedure, Registry,
-    Request, Rows, SerialPosition, ShardMap, ShardsAt, SnapshotRead, Task,
+    AbortReason, Context, Decided, Executor, InteractiveCommit, Outcome, ProcError, Procedure,
+    Registry, Request, Rows, SerialPosition, ShardMap, ShardsAt, SnapshotRead, Task,
 };
 
 const SHARDS: u32 = 3;
@@ -104,7 +104,27 @@ fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(Arc::new(ReadModifyWrite));
     r.register(Arc::new(ScanSum));
+    r.register(Arc::new(LongScan));
     r
+}
+
+/// Declares shard 0's key 0 and everything from shard 1's keys on, and scans a range inside
+/// that whose start is a key over the limit.
+struct LongScan;
+
+impl Procedure for LongScan {
+    fn name(&self) -> &str {
+        "long_scan"
+    }
+    fn ranges(&self, _: &[u8]) -> Result<Vec<KeyRange>, ProcError> {
+        Ok(vec![point(&key(0, 0)), KeyRange::from(key(1, 0))])
+    }
+    fn run(&self, ctx: &mut dyn Context, _: &[u8]) -> Result<Vec<u8>, ProcError> {
+        let start = [key(1, 0), vec![b'x'; 20 * 1024]].concat();
+        ctx.scan(&KeyRange::from(start), 10)?;
+        ctx.put(&key(0, 0), b"1")?;
+        Ok(Vec::new())
+    }
 }
 
 /// A serial execution context over a plain map.
@@ -480,4 +500,25 @@ fn applying_the_same_windows_twice_gives_byte_identical_shards() {
         assert!(!a.is_empty());
         assert_eq!(a, b, "seed {seed}: a replay produced different bytes");
     }
+}
+
+/// Regression: a procedure could scan, inside its declared ranges, a range whose bound is a
+/// key over the limit. A peer shard refuses such a read, and the reading shard stopped on the
+/// refusal (every replica would). The context refuses it first: the entry aborts, alike on
+/// every participant, and nothing is read.
+#[test]
+fn a_scan_with_a_bound_over_the_key_limit_aborts_on_every_participant() {
+    let mut cluster = Cluster::new();
+    let call = Request::Procedure {
+        name: "long_scan".into(),
+        args: Vec::new(),
+        ranges: LongScan.ranges(b"").unwrap(),
+    };
+    let decided = cluster.run_window(&[(TxnId { epoch: Epoch(1), index: 0 }, call)]);
+    let outcomes: Vec<&Outcome> = decided.iter().flatten().map(|d| &d.outcome).collect();
+    assert_eq!(outcomes.len(), SHARDS as usize, "every shard is a participant: {outcomes:?}");
+    for outcome in outcomes {
+        assert!(matches!(outcome, Outcome::Aborted(AbortReason::TooLarge(_))), "{outcome:?}");
+    }
+    assert_eq!(cluster.shards[0].get(&key(0, 0), Timestamp::MAX).unwrap(), None);
 }
