@@ -6,12 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use clock::{Clock, OffsetClock, PhysicalClock, SystemClock};
 use prost::Message;
 use proto::v1;
 use proto::v1::shard_client::ShardClient;
 use sequencer::{ClientId, Entry, ShardId};
 use storage::KeyRange;
-use txn::builtin::put_args;
+use txn::builtin::{put_args, registry};
 use txn::remote::{Client, RefusalKind, RemoteError, RemoteSequencer};
 use txn::{Context, InteractiveCommit, ProcError, Procedure, ReadAt, Request, ShardMap, TxnError};
 
@@ -348,5 +349,80 @@ async fn subscriptions_past_the_bound_are_refused_and_closed_ones_free_their_pla
         assert!(std::time::Instant::now() < deadline, "closed subscriptions were not freed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    local.stop().await;
+}
+
+/// A clock `ms` milliseconds off the system clock, in a cluster whose bound is 5 ms.
+fn clock_5ms_bound(ms: i64) -> Arc<Clock> {
+    let system: Arc<dyn PhysicalClock> = Arc::new(SystemClock);
+    let d = Duration::from_millis(ms.unsigned_abs());
+    let physical: Arc<dyn PhysicalClock> = match ms {
+        0 => system,
+        ms if ms > 0 => Arc::new(OffsetClock::ahead(system, d)),
+        _ => Arc::new(OffsetClock::behind(system, d)),
+    };
+    Arc::new(Clock::new(physical, Duration::from_millis(5)))
+}
+
+/// Defect: with a 5 ms bound, one shard at +10 ms or -10 ms stalled the whole cluster, even
+/// transactions that did not touch it: none completed for 30-40 s. The shard now fences
+/// itself, and every transaction that does not need it completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_ten_milliseconds_off_fences_itself_and_the_rest_goes_on() {
+    for off in [10, -10] {
+        let shards = vec![clock_5ms_bound(0), clock_5ms_bound(0), clock_5ms_bound(off)];
+        let local = start_cluster_with(clock_5ms_bound(0), shards, registry(), false).await;
+        let map = local.cluster.map.clone();
+        let client = Client::new(&local.cluster, clock_5ms_bound(0)).unwrap();
+        for i in 0..20u8 {
+            let (k0, k1) = (key_on(&map, 0, &[i]), key_on(&map, 1, &[i]));
+            client.call("kv.put", &put_args(&k0, b"one")).await.unwrap();
+            let mut tx = client.begin();
+            tx.put(&k0, b"both");
+            tx.put(&k1, b"both");
+            tx.commit().await.unwrap_or_else(|e| panic!("shard 2 at {off} ms: {e}"));
+        }
+        let mut shard2 =
+            ShardClient::connect(format!("http://{}", local.cluster.shards[2])).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match shard2.status(v1::StatusRequest { hlc: 0 }).await {
+                Err(status) if status.message().contains("fenced") => break,
+                other => assert!(
+                    std::time::Instant::now() < deadline,
+                    "shard 2 at {off} ms is not fenced: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        local.stop().await;
+    }
+}
+
+/// The other side of fencing: when the sequencer is the node out of bounds (100 ms ahead of
+/// every shard, with a 20 ms bound), the shards agree among themselves and stay up, and the
+/// sequencer fences itself: entries are refused as clock skew, nothing is logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequencer_out_of_bounds_fences_itself_and_the_shards_stay_up() {
+    let shards = vec![clock(), clock(), clock()];
+    let local = start_cluster_with(offset_clock(100), shards, registry(), false).await;
+    let sequencer = RemoteSequencer::connect(&local.cluster.sequencer, clock()).await.unwrap();
+    let entry = |id| Entry::new(ClientId(id), vec![], writing(&[b"\x10fenced"], b"v"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut id = 0;
+    let why = loop {
+        id += 1;
+        match sequencer.submit(&entry(id)).await {
+            Err(RemoteError::ClockSkew(why)) if why.contains("fenced") => break why,
+            other => assert!(std::time::Instant::now() < deadline, "not fenced: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(why.contains("max_offset"), "{why}");
+    let before = logged_entries(&local).await;
+    assert!(sequencer.submit(&entry(id + 1)).await.is_err());
+    assert_eq!(logged_entries(&local).await, before, "a fenced sequencer logs nothing");
+    let mut shard0 = shard_client(&local, 0).await;
+    assert!(shard0.status(v1::StatusRequest { hlc: 0 }).await.is_ok(), "shards are not fenced");
     local.stop().await;
 }

@@ -314,6 +314,37 @@ where
     Ok(rows)
 }
 
+/// How long a node waits for each shard's status when it checks whose clock is off.
+const CLOCK_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How many of `shards` accept this node's clock and how many refuse it (or answer with a
+/// clock this node refuses), asking each once; those that do not answer (down, or fenced)
+/// count for neither. A node that most others disagree with is the one out of bounds.
+async fn clock_agreement<'a>(
+    shards: impl IntoIterator<
+        Item = &'a proto::v1::shard_client::ShardClient<tonic::transport::Channel>,
+    >,
+    clock: &Arc<Clock>,
+) -> (usize, usize) {
+    let mut calls = tokio::task::JoinSet::new();
+    for client in shards {
+        let (mut client, clock) = (client.clone(), clock.clone());
+        calls.spawn(async move {
+            let mut request = tonic::Request::new(v1::StatusRequest { hlc: stamp(&clock) });
+            request.set_timeout(CLOCK_CHECK_TIMEOUT);
+            match client.status(request).await {
+                Ok(r) => Some(observe_response(&clock, r.into_inner().hlc).is_ok()),
+                Err(status) if status.code() == Code::FailedPrecondition => Some(false),
+                Err(_) => None,
+            }
+        });
+    }
+    let answers = calls.join_all().await;
+    let agree = answers.iter().filter(|a| **a == Some(true)).count();
+    let disagree = answers.iter().filter(|a| **a == Some(false)).count();
+    (agree, disagree)
+}
+
 /// This node's timestamp for an outgoing message.
 fn stamp(clock: &Clock) -> u64 {
     clock.now().as_u64()

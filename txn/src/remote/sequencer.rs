@@ -17,6 +17,7 @@ use proto::v1;
 use proto::v1::admin_server::AdminServer;
 use proto::v1::sequencer_client::SequencerClient;
 use proto::v1::sequencer_server::{Sequencer as SequencerRpc, SequencerServer};
+use proto::v1::shard_client::ShardClient;
 use sequencer::{
     ClientId, Delivery, Entry, Receipt, SealerConfig, Sequencer, SequencerError, ShardId, TxnId,
     WINDOW_SIZE_BOUNDS, Window,
@@ -32,8 +33,9 @@ use super::admin::{AdminService, Layout};
 use super::metrics::Metric;
 use super::tls::require_node;
 use super::{
-    MAX_WINDOW_BYTES, RefusalKind, RemoteError, Tls, endpoint, incoming, malformed,
-    observe_request, observe_response, refuse, server, sized, stamp, stop_server, warn_if_insecure,
+    MAX_WINDOW_BYTES, RefusalKind, RemoteError, Tls, clock_agreement, endpoint, incoming,
+    malformed, observe_request, observe_response, refuse, server, sized, stamp, stop_server,
+    warn_if_insecure,
 };
 use crate::outcome::AbortReason;
 use crate::request::{Request as TxnRequest, participants};
@@ -49,6 +51,8 @@ pub struct SequencerNode {
     /// Set on shutdown: subscriptions end at their next window or tick, so that the server's
     /// graceful shutdown does not wait for them.
     stopping: Arc<AtomicBool>,
+    /// Checks the sequencer's clock against the shards' ([`watch_clock`]).
+    clock_watch: tokio::task::JoinHandle<()>,
 }
 
 impl SequencerNode {
@@ -85,6 +89,13 @@ impl SequencerNode {
         let addr = listener.local_addr().map_err(|e| format!("listening on {listen}: {e}"))?;
         let stopping = Arc::new(AtomicBool::new(false));
         let map = layout.map.clone();
+        let fenced: Fenced = Arc::default();
+        let shard_clients = layout
+            .shards
+            .iter()
+            .map(|a| endpoint(a, tls.as_ref()).map(|e| ShardClient::new(e.connect_lazy())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let clock_watch = tokio::spawn(watch_clock(shard_clients, clock.clone(), fenced.clone()));
         let admin = AdminService::new(sequencer.clone(), clock.clone(), layout, tls.as_ref())?;
         let service = SequencerService {
             sequencer: sequencer.clone(),
@@ -95,6 +106,7 @@ impl SequencerNode {
             map,
             limits: Limits::default(),
             secure: tls.is_some(),
+            fenced,
             stopping: stopping.clone(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
@@ -108,7 +120,14 @@ impl SequencerNode {
         );
         warn_if_insecure(addr, tls.as_ref(), "sequencer");
         tracing::info!(%addr, shards, "sequencer serving");
-        Ok(SequencerNode { addr, stop: Some(stop), server: Some(server), sequencer, stopping })
+        Ok(SequencerNode {
+            addr,
+            stop: Some(stop),
+            server: Some(server),
+            sequencer,
+            stopping,
+            clock_watch,
+        })
     }
 
     /// The address it serves on.
@@ -174,6 +193,7 @@ impl SequencerNode {
     }
 
     async fn stop_serving(&mut self) {
+        self.clock_watch.abort();
         self.stopping.store(true, Ordering::SeqCst);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -186,6 +206,7 @@ impl SequencerNode {
 
 impl Drop for SequencerNode {
     fn drop(&mut self) {
+        self.clock_watch.abort();
         self.stopping.store(true, Ordering::SeqCst);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -208,6 +229,46 @@ struct SequencerService {
     /// Serving TLS: peer-only calls need a node's certificate.
     secure: bool,
     stopping: Arc<AtomicBool>,
+    /// Why the sequencer takes no entries: its clock is out of bounds ([`watch_clock`]).
+    fenced: Fenced,
+}
+
+/// Why a sequencer is fenced, if it is.
+type Fenced = Arc<std::sync::Mutex<Option<String>>>;
+
+/// How often the sequencer checks its clock against the shards'.
+const CLOCK_WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Every [`CLOCK_WATCH_INTERVAL`], asks the shards whether they accept the sequencer's clock.
+/// If most of those that answer do not, the sequencer is the node out of bounds: it fences
+/// itself, refusing entries (`FAILED_PRECONDITION`, nothing logged) until they agree again.
+/// Its windows would carry timestamps the shards refuse, and its safe-time promises could not
+/// be trusted.
+async fn watch_clock(shards: Vec<ShardClient<Channel>>, clock: Arc<Clock>, fenced: Fenced) {
+    loop {
+        tokio::time::sleep(CLOCK_WATCH_INTERVAL).await;
+        let (agree, disagree) = clock_agreement(&shards, &clock).await;
+        let out = disagree > agree;
+        let mut fence = fenced.lock().unwrap_or_else(|e| e.into_inner());
+        match (out, fence.is_some()) {
+            (true, false) => {
+                tracing::error!(
+                    agree,
+                    disagree,
+                    "fencing: the sequencer's clock is beyond max_offset of most shards'; \
+                     refusing entries until it is back within bounds"
+                );
+                *fence = Some(format!(
+                    "its clock is beyond max_offset of {disagree} of the shards that answered"
+                ));
+            }
+            (false, true) => {
+                tracing::warn!(agree, "the sequencer's clock is back within bounds; serving");
+                *fence = None;
+            }
+            _ => {}
+        }
+    }
 }
 
 impl SequencerService {
@@ -271,6 +332,9 @@ impl SequencerRpc for SequencerService {
     ) -> Result<Response<v1::SubmitResponse>, Status> {
         let r = request.into_inner();
         observe_request(&self.clock, r.hlc)?;
+        if let Some(why) = self.fenced.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Err(Status::failed_precondition(format!("the sequencer is fenced: {why}")));
+        }
         let id: [u8; 16] = r.client_id.as_slice().try_into().map_err(|_| {
             malformed(format!("client_id must be 16 bytes, not {}", r.client_id.len()))
         })?;

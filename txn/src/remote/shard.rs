@@ -46,9 +46,9 @@ use tonic::{Code, Request, Response, Status};
 use super::metrics::{Metric, ShardCounters};
 use super::tls::require_node;
 use super::{
-    RefusalKind, RemoteError, RemoteSequencer, STOP_GRACE, SliceDelivery, Tls, endpoint, incoming,
-    malformed, observe_request, observe_response, outcome_to_proto, paged, refuse, server, sized,
-    stamp, stop_server, warn_if_insecure,
+    RefusalKind, RemoteError, RemoteSequencer, STOP_GRACE, SliceDelivery, Tls, clock_agreement,
+    endpoint, incoming, malformed, observe_request, observe_response, outcome_to_proto, paged,
+    refuse, server, sized, stamp, stop_server, warn_if_insecure,
 };
 use crate::executor::{Executor, SnapshotRead};
 use crate::outcome::Outcome;
@@ -453,9 +453,6 @@ const WAIT_LIMIT: Duration = Duration::from_secs(30);
 /// How often a shard whose clock is refused tries the sequencer again.
 const FENCED_RETRY: Duration = Duration::from_secs(1);
 
-/// How long a shard waits for each peer's status when it checks whose clock is off.
-const CLOCK_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// How long to wait before calling a failed peer again.
 const PEER_RETRY: Duration = Duration::from_millis(20);
 
@@ -521,29 +518,6 @@ impl Peers {
             }
             tokio::time::sleep(PEER_RETRY).await;
         }
-    }
-
-    /// How many other shards accept this shard's clock and how many refuse it (or send a
-    /// clock this one refuses), asking each once; those that do not answer count for neither.
-    async fn clock_agreement(&self) -> (usize, usize) {
-        let mut calls = tokio::task::JoinSet::new();
-        for client in self.clients.iter().flatten() {
-            let (mut client, clock) = (client.clone(), self.clock.clone());
-            calls.spawn(async move {
-                let mut request = tonic::Request::new(v1::StatusRequest { hlc: stamp(&clock) });
-                request.set_timeout(CLOCK_CHECK_TIMEOUT);
-                match client.status(request).await {
-                    Ok(r) => Some(observe_response(&clock, r.into_inner().hlc).is_ok()),
-                    Err(status) if status.code() == Code::FailedPrecondition => Some(false),
-                    // A fenced peer says why; its clock is not this one's problem.
-                    Err(_) => None,
-                }
-            });
-        }
-        let answers = calls.join_all().await;
-        let agree = answers.iter().filter(|a| **a == Some(true)).count();
-        let disagree = answers.iter().filter(|a| **a == Some(false)).count();
-        (agree, disagree)
     }
 
     async fn get(
@@ -742,7 +716,8 @@ impl ApplyLoop {
     /// of them accept it, the sequencer is the one out of bounds: nothing to fence here.
     fn clock_skew(&self, why: &str) {
         let shard = self.state.shard.0;
-        let (agree, disagree) = self.handle.block_on(self.peers.clock_agreement());
+        let peers = self.peers.clients.iter().flatten();
+        let (agree, disagree) = self.handle.block_on(clock_agreement(peers, &self.peers.clock));
         if agree > disagree {
             tracing::error!(
                 shard,
