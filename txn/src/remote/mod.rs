@@ -143,8 +143,23 @@ async fn stop_server(mut server: ServerTask, node: &str) {
 }
 
 /// The most connections one server keeps open; it closes the ones past it at once (a node
-/// out of file descriptors cannot write its log or its clock).
+/// out of file descriptors cannot write its log or its clock). Lower where the process may
+/// open fewer files: see [`connection_limit`].
 pub const MAX_CONNECTIONS: usize = 1024;
+
+/// How many connections a server keeps open: [`MAX_CONNECTIONS`], or a quarter of the files
+/// this process may open (its soft `RLIMIT_NOFILE`, from `/proc/self/limits`) if that is
+/// less, so that a flood of connections leaves descriptors for storage, the log and the clock.
+pub fn connection_limit() -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits").ok().and_then(|limits| {
+        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+        line.split_whitespace().nth(3)?.parse::<usize>().ok()
+    });
+    match soft {
+        Some(files) => (files / 4).clamp(8, MAX_CONNECTIONS),
+        None => MAX_CONNECTIONS,
+    }
+}
 
 /// The most requests (HTTP/2 streams) open at once on one connection.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
@@ -194,14 +209,18 @@ fn warn_if_insecure(addr: std::net::SocketAddr, tls: Option<&Tls>, node: &str) {
     }
 }
 
-/// A server's connections from `listener`, at most [`MAX_CONNECTIONS`] open at once, with
+/// How long a new connection may stay silent before it is closed.
+const FIRST_BYTES: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A server's connections from `listener`, at most [`connection_limit`] open at once, with
 /// Nagle's algorithm off: small responses go out at once instead of waiting for the peer's
 /// delayed ACK (40 ms on Linux). The listener closes when the server drops the stream.
 fn incoming(
     listener: tokio::net::TcpListener,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Connection>> {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let max = connection_limit();
+    let permits = Arc::new(tokio::sync::Semaphore::new(max));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -219,19 +238,25 @@ fn incoming(
                 }
             };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
-                tracing::warn!(max = MAX_CONNECTIONS, "too many connections; closing a new one");
+                tracing::warn!(max, "too many connections; closing a new one");
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            if tx.send(Ok(Connection { stream, _permit: permit })).await.is_err() {
-                return;
-            }
+            // A connection must start talking soon: one that does not is closed, so that
+            // sockets left idle cannot hold the server's places for good.
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let first = tokio::time::timeout(FIRST_BYTES, stream.peek(&mut [0u8; 1])).await;
+                if let Ok(Ok(1..)) = first {
+                    let _ = tx.send(Ok(Connection { stream, _permit: permit })).await;
+                }
+            });
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-/// An accepted connection, counted against [`MAX_CONNECTIONS`] until it is closed.
+/// An accepted connection, counted against [`connection_limit`] until it is closed.
 struct Connection {
     stream: tokio::net::TcpStream,
     _permit: tokio::sync::OwnedSemaphorePermit,

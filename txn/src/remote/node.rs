@@ -91,10 +91,20 @@ pub async fn run_node(config: NodeConfig, procedures: Registry) -> Result<(), St
             let node = ShardNode::start(shard_config, listener, clock).await?;
             println!("shard {} listening on {}", shard.0, node.addr());
             metrics(config.metrics_listen, node.metrics_source()).await?;
-            let why = stop.await;
-            tracing::info!(signal = why, "stopping");
+            // Until a signal, or until the shard cannot go on: then the process exits with
+            // an error instead of lingering up and applying nothing.
+            let failed = tokio::select! {
+                why = stop => {
+                    tracing::info!(signal = why, "stopping");
+                    None
+                }
+                why = node.failed() => Some(why),
+            };
             node.shutdown().await;
-            Ok(())
+            match failed {
+                None => Ok(()),
+                Some(why) => Err(format!("shard {} stopped: {why}", shard.0)),
+            }
         }
     }
 }

@@ -338,6 +338,21 @@ impl ShardNode {
         self.addr
     }
 
+    /// Resolves, with why, once the shard has failed and stopped applying (storage or the
+    /// log failed under it, or a peer refused what it must have): the node should exit
+    /// rather than linger serving stale reads.
+    pub async fn failed(&self) -> String {
+        let mut changes = self.state.changed.subscribe();
+        loop {
+            if let Some(why) = lock(&self.state.failure).clone() {
+                return why;
+            }
+            if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// The last window applied.
     pub fn applied(&self) -> Epoch {
         self.state.progress().applied

@@ -256,3 +256,63 @@ async fn sigterm_stops_loaded_nodes_with_idle_connections_cleanly() {
     }
     nodes.stop();
 }
+
+/// Regression: a flood of connections ran a node out of file descriptors, and the shard's
+/// apply thread panicked (the clock's high-water write) while the process stayed up applying
+/// nothing. A server now keeps at most a quarter of its file limit in connections and closes
+/// the others at once, so the node keeps descriptors for its storage, log and clock and goes
+/// on serving (a connection that stays silent for 5 s is closed, so idle sockets do not hold
+/// its places for good); a shard that fails all the same exits instead of lingering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_connections_leaves_a_node_with_few_descriptors_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every node may open 256 files: a server keeps at most 64 connections.
+    let limited = "ulimit -n 256 && exec \"$0\" start \"$@\"";
+    let nodes = LocalProcesses::spawn(&LocalSpec {
+        command: vec![
+            "bash".into(),
+            "-c".into(),
+            limited.into(),
+            env!("CARGO_BIN_EXE_sealdb").into(),
+        ],
+        dir: dir.path().to_path_buf(),
+        shards: SHARDS as u32,
+        port: None,
+        max_offset_ms: 1,
+        window_ms: 2,
+        split_keys: Vec::new(),
+        tls_dir: None,
+    })
+    .unwrap();
+    let sequencer = nodes.sequencer.clone();
+    let clock = Arc::new(Clock::system(Duration::from_millis(1)));
+    wait_ready(&sequencer, &clock, None).await;
+    let client = Client::connect(&sequencer, clock.clone()).await.unwrap();
+    let shard0 = nodes.shards[0].clone();
+    let flood: Vec<std::net::TcpStream> = (0..400)
+        .map(|_| {
+            let stream = std::net::TcpStream::connect(&shard0).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            stream
+        })
+        .collect();
+    // The shard closes what is past its limit: those read end-of-stream.
+    let flood = tokio::task::spawn_blocking(move || {
+        let closed = flood
+            .iter()
+            .filter(|s| matches!(std::io::Read::read(&mut &**s, &mut [0u8; 64]), Ok(0)))
+            .count();
+        (flood, closed)
+    });
+    let (flood, closed) = flood.await.unwrap();
+    assert!(closed >= 400 - 64, "only {closed} of 400 connections were closed");
+    // Shard 0 (keys below 0x55) still applies windows and serves reads.
+    for i in 0..20 {
+        let key = format!("\x10/{i}");
+        client.call("kv.put", &txn::builtin::put_args(key.as_bytes(), b"v")).await.unwrap();
+        let got = client.get(key.as_bytes(), client.read_ts(ReadAt::Latest)).await.unwrap();
+        assert_eq!(got.as_deref(), Some(&b"v"[..]));
+    }
+    drop(flood);
+    nodes.stop();
+}
