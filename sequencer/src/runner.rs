@@ -215,6 +215,12 @@ impl Sequencer {
         (Epoch(c.epoch.load(Ordering::SeqCst)), Timestamp::from_u64(c.ts.load(Ordering::SeqCst)))
     }
 
+    /// Why the sequencer stopped taking entries early (its log failed), if it has: a node
+    /// should then exit rather than linger.
+    pub fn failure(&self) -> Option<String> {
+        self.logged.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// What this sequencer has logged since it started.
     pub fn stats(&self) -> SequencerStats {
         let c = &*self.logged;
@@ -317,6 +323,8 @@ struct LogCounters {
     append_nanos: AtomicU64,
     /// Windows logged by size: per bucket of [`WINDOW_SIZE_BOUNDS`], then above them all.
     window_sizes: [AtomicU64; WINDOW_SIZE_BOUNDS.len() + 1],
+    /// Why the sequencer stopped early (the log failed), once it has.
+    failure: std::sync::Mutex<Option<String>>,
 }
 
 /// Upper bounds of the window-size buckets in [`SequencerStats::window_sizes`]: entries per
@@ -343,6 +351,7 @@ impl Loop {
         let result = self.serve(&commands);
         if let Err(e) = &result {
             tracing::error!(error = %e, "sequencer stopping: the window log failed");
+            *self.logged.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
             for (on_receipt, _) in self.waiters.drain(..).flatten() {
                 on_receipt(Err(SequencerError::ShuttingDown));
             }

@@ -68,9 +68,18 @@ pub async fn run_node(config: NodeConfig, procedures: Registry) -> Result<(), St
             .await?;
             println!("sequencer listening on {}", node.addr());
             metrics(config.metrics_listen, node.metrics_source()).await?;
-            let why = stop.await;
-            tracing::info!(signal = why, "stopping");
-            node.shutdown().await
+            let failed = tokio::select! {
+                why = stop => {
+                    tracing::info!(signal = why, "stopping");
+                    None
+                }
+                why = node.failed() => Some(why),
+            };
+            let stopped = node.shutdown().await;
+            match failed {
+                None => stopped,
+                Some(why) => Err(format!("the sequencer stopped: {why}")),
+            }
         }
         Role::Shard => {
             let shard = config.shard.ok_or("a shard node needs its shard")?;

@@ -140,6 +140,17 @@ impl SequencerNode {
         self.sequencer.last_logged()
     }
 
+    /// Resolves, with why, once the sequencer has stopped taking entries because its log
+    /// failed: the node should exit rather than linger.
+    pub async fn failed(&self) -> String {
+        loop {
+            if let Some(why) = self.sequencer.failure() {
+                return why;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// A function returning the sequencer's metrics, for
     /// [`serve_metrics`](super::serve_metrics).
     pub fn metrics_source(&self) -> Arc<dyn Fn() -> Vec<Metric> + Send + Sync> {
