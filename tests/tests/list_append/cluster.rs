@@ -30,6 +30,11 @@ pub(crate) fn clock() -> Arc<Clock> {
 
 /// A clock `ms` milliseconds ahead of the system clock (behind if negative).
 pub(crate) fn offset_clock(ms: i64) -> Arc<Clock> {
+    offset_clock_bounded(ms, MAX_OFFSET)
+}
+
+/// [`offset_clock`] in a cluster whose bound is `max_offset`.
+pub(crate) fn offset_clock_bounded(ms: i64, max_offset: Duration) -> Arc<Clock> {
     let system: Arc<dyn PhysicalClock> = Arc::new(SystemClock);
     let d = Duration::from_millis(ms.unsigned_abs());
     let physical: Arc<dyn PhysicalClock> = match ms {
@@ -37,7 +42,7 @@ pub(crate) fn offset_clock(ms: i64) -> Arc<Clock> {
         ms if ms > 0 => Arc::new(OffsetClock::ahead(system, d)),
         _ => Arc::new(OffsetClock::behind(system, d)),
     };
-    Arc::new(Clock::new(physical, MAX_OFFSET))
+    Arc::new(Clock::new(physical, max_offset))
 }
 
 pub(crate) struct LocalCluster {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use clock::{Clock, OffsetClock, PhysicalClock, SystemClock};
+use clock::Clock;
 use prost::Message;
 use proto::v1;
 use proto::v1::shard_client::ShardClient;
@@ -16,7 +16,9 @@ use txn::builtin::{put_args, registry};
 use txn::remote::{Client, RefusalKind, RemoteError, RemoteSequencer};
 use txn::{Context, InteractiveCommit, ProcError, Procedure, ReadAt, Request, ShardMap, TxnError};
 
-use crate::cluster::{LocalCluster, clock, metric, offset_clock, scrape, start_cluster_with};
+use crate::cluster::{
+    LocalCluster, clock, metric, offset_clock, offset_clock_bounded, scrape, start_cluster_with,
+};
 
 /// A key named `name` on `shard` of a uniform map.
 fn key_on(map: &ShardMap, shard: u32, name: &[u8]) -> Vec<u8> {
@@ -354,14 +356,7 @@ async fn subscriptions_past_the_bound_are_refused_and_closed_ones_free_their_pla
 
 /// A clock `ms` milliseconds off the system clock, in a cluster whose bound is 5 ms.
 fn clock_5ms_bound(ms: i64) -> Arc<Clock> {
-    let system: Arc<dyn PhysicalClock> = Arc::new(SystemClock);
-    let d = Duration::from_millis(ms.unsigned_abs());
-    let physical: Arc<dyn PhysicalClock> = match ms {
-        0 => system,
-        ms if ms > 0 => Arc::new(OffsetClock::ahead(system, d)),
-        _ => Arc::new(OffsetClock::behind(system, d)),
-    };
-    Arc::new(Clock::new(physical, Duration::from_millis(5)))
+    offset_clock_bounded(ms, Duration::from_millis(5))
 }
 
 /// Defect: with a 5 ms bound, one shard at +10 ms or -10 ms stalled the whole cluster, even

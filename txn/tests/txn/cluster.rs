@@ -21,6 +21,30 @@ const SHARDS: usize = 3;
 const KEYS: u64 = 10;
 const CLIENTS: u64 = 8;
 
+/// A local cluster of `SHARDS` shards with 2 ms windows and a 1 ms bound, each node run by
+/// `command` (followed by `--config FILE`), over TLS with the certificates in `tls_dir`.
+fn spec(
+    dir: &std::path::Path,
+    command: Vec<String>,
+    tls_dir: Option<std::path::PathBuf>,
+) -> LocalSpec {
+    LocalSpec {
+        command,
+        dir: dir.to_path_buf(),
+        shards: SHARDS as u32,
+        port: None,
+        max_offset_ms: 1,
+        window_ms: 2,
+        split_keys: Vec::new(),
+        tls_dir,
+    }
+}
+
+/// `sealdb start`.
+fn sealdb_start() -> Vec<String> {
+    vec![env!("CARGO_BIN_EXE_sealdb").into(), "start".into()]
+}
+
 /// Waits until every shard answers the sequencer's status report.
 async fn wait_ready(sequencer: &str, clock: &Clock, tls: Option<&Tls>) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -54,17 +78,7 @@ async fn list_append_stays_strictly_serializable_through_sigkill_of_a_shard_and_
     let certs = dir.path().join("certs");
     make_certificates(&[]).unwrap().write(&certs).unwrap();
     let tls = Tls::load_dir(&certs, "client").unwrap();
-    let mut nodes = LocalProcesses::spawn(&LocalSpec {
-        command: vec![env!("CARGO_BIN_EXE_sealdb").into(), "start".into()],
-        dir: dir.path().to_path_buf(),
-        shards: SHARDS as u32,
-        port: None,
-        max_offset_ms: 1,
-        window_ms: 2,
-        split_keys: Vec::new(),
-        tls_dir: Some(certs),
-    })
-    .unwrap();
+    let mut nodes = LocalProcesses::spawn(&spec(dir.path(), sealdb_start(), Some(certs))).unwrap();
     let sequencer = nodes.sequencer.clone();
     let clock = Arc::new(Clock::system(Duration::from_millis(1)));
     wait_ready(&sequencer, &clock, Some(&tls)).await;
@@ -189,17 +203,7 @@ async fn list_append_stays_strictly_serializable_through_sigkill_of_a_shard_and_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_loaded_nodes_with_idle_connections_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = LocalProcesses::spawn(&LocalSpec {
-        command: vec![env!("CARGO_BIN_EXE_sealdb").into(), "start".into()],
-        dir: dir.path().to_path_buf(),
-        shards: SHARDS as u32,
-        port: None,
-        max_offset_ms: 1,
-        window_ms: 2,
-        split_keys: Vec::new(),
-        tls_dir: None,
-    })
-    .unwrap();
+    let mut nodes = LocalProcesses::spawn(&spec(dir.path(), sealdb_start(), None)).unwrap();
     let sequencer = nodes.sequencer.clone();
     let clock = Arc::new(Clock::system(Duration::from_millis(1)));
     wait_ready(&sequencer, &clock, None).await;
@@ -268,21 +272,11 @@ async fn a_flood_of_connections_leaves_a_node_with_few_descriptors_serving() {
     let dir = tempfile::tempdir().unwrap();
     // Every node may open 256 files: a server keeps at most 64 connections.
     let limited = "ulimit -n 256 && exec \"$0\" start \"$@\"";
-    let nodes = LocalProcesses::spawn(&LocalSpec {
-        command: vec![
-            "bash".into(),
-            "-c".into(),
-            limited.into(),
-            env!("CARGO_BIN_EXE_sealdb").into(),
-        ],
-        dir: dir.path().to_path_buf(),
-        shards: SHARDS as u32,
-        port: None,
-        max_offset_ms: 1,
-        window_ms: 2,
-        split_keys: Vec::new(),
-        tls_dir: None,
-    })
+    let nodes = LocalProcesses::spawn(&spec(
+        dir.path(),
+        vec!["bash".into(), "-c".into(), limited.into(), env!("CARGO_BIN_EXE_sealdb").into()],
+        None,
+    ))
     .unwrap();
     let sequencer = nodes.sequencer.clone();
     let clock = Arc::new(Clock::system(Duration::from_millis(1)));
