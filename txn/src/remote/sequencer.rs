@@ -516,6 +516,9 @@ impl Forward {
             let windows = reader
                 .read(from, CATCH_UP_WINDOWS, CATCH_UP_BYTES)
                 .map_err(|e| Status::internal(format!("reading the log: {e}")))?;
+            if windows.is_empty() {
+                break; // the rest comes with the live windows
+            }
             for window in windows {
                 from = window.epoch.next();
                 if self.stopping.load(Ordering::SeqCst) || !self.send(Ok(self.slice(&window))) {

@@ -286,3 +286,43 @@ async fn a_peer_whose_clock_is_beyond_max_offset_is_refused_and_one_within_it_ob
     node.shutdown().await.unwrap();
     assert_eq!(logged_ids(dir.path()), vec![2, 3]);
 }
+
+/// A subscriber far behind (more windows than the sequencer hands out live) reads the windows
+/// it missed from the log on its own thread, in chunks, then joins the live ones: every
+/// window arrives once, in order, with no gap where the two meet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_far_behind_catches_up_from_the_log_then_follows_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SealerConfig {
+        window_interval: Duration::from_millis(1),
+        seal_ahead: None,
+        ..SealerConfig::default()
+    };
+    let node = start(dir.path(), config).await;
+    let client = connect(&node, clock()).await;
+    // One entry a window: 600 windows, more than twice the catch-up gap.
+    let mut expected = BTreeMap::new();
+    for id in 0..600u128 {
+        let e = entry(5000 + id, &[0]);
+        let receipt = client.submit(&e).await.unwrap();
+        expected.insert(receipt.txn, e);
+    }
+    let mut deliveries = client.subscribe(ShardId(0), Epoch(1)).await.unwrap();
+    // And more while it catches up.
+    let live = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut more = BTreeMap::new();
+            for id in 600..650u128 {
+                let e = entry(5000 + id, &[0]);
+                more.insert(client.submit(&e).await.unwrap().txn, e);
+            }
+            more
+        })
+    };
+    let more = live.await.unwrap();
+    expected.extend(more);
+    let seen = entries_from(&mut deliveries, Epoch(1), expected.len()).await;
+    assert_eq!(seen, expected, "every window once, in order, old and live");
+    node.shutdown().await.unwrap();
+}
