@@ -118,7 +118,19 @@ impl Target {
         let procedures = txn::builtin::registry();
         Client::connect_with(&self.addr, clock(), procedures, self.tls()?)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| self.explain(e.to_string()))
+    }
+
+    /// `error`, with a hint when a connection failed and no certificates were given: the
+    /// cluster may run TLS.
+    fn explain(&self, error: String) -> String {
+        match &self.certs {
+            None if error.contains("transport error") => format!(
+                "{error} (if the cluster runs TLS, pass --certs DIR with ca.pem, client.pem \
+                 and client.key)"
+            ),
+            _ => error,
+        }
     }
 }
 
@@ -201,8 +213,9 @@ async fn run(command: Cmd) -> Result<(), String> {
         Cmd::Status { target } => {
             let tls = target.tls()?;
             let addr = &target.addr;
-            let status =
-                cluster_status(addr, &clock(), tls.as_ref()).await.map_err(|e| e.to_string())?;
+            let status = cluster_status(addr, &clock(), tls.as_ref())
+                .await
+                .map_err(|e| target.explain(e.to_string()))?;
             let sealed = clock::Timestamp::from_u64(status.sealed_ts);
             println!("sequencer {addr}: last window {} at {sealed}", status.sealed_epoch);
             for s in &status.shards {
