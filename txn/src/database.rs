@@ -323,7 +323,12 @@ impl Database {
                 .spawn(move || {
                     let shard_loop =
                         ShardLoop { inner: inner.clone(), shard: s, applier, feedback };
-                    if let Err(e) = shard_loop.run(deliveries) {
+                    // A panic (a bug, or a procedure that panics) fails the database like any
+                    // error: otherwise the other shards and every caller would wait forever.
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        shard_loop.run(deliveries)
+                    }));
+                    if let Err(e) = run.unwrap_or_else(|panic| Err(panicked(&*panic))) {
                         tracing::error!(shard = s.0, error = %e, "shard stopped");
                         *lock(&inner.failure) = Some(e);
                         inner.stopping.store(true, Ordering::SeqCst);
@@ -629,6 +634,16 @@ impl ShardLoop {
         }
         Ok(())
     }
+}
+
+/// What a caught panic says, as a failure.
+pub(crate) fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into());
+    format!("a shard thread panicked: {message}")
 }
 
 /// Waits until every shard has applied window `epoch`.

@@ -50,6 +50,7 @@ use super::{
     endpoint, incoming, malformed, observe_request, observe_response, outcome_to_proto, paged,
     refuse, server, sized, stamp, stop_server, warn_if_insecure,
 };
+use crate::database::panicked;
 use crate::executor::{Executor, SnapshotRead};
 use crate::outcome::Outcome;
 use crate::procedure::{Registry, Rows};
@@ -316,10 +317,14 @@ impl ShardNode {
         let applier = std::thread::Builder::new()
             .name(format!("sealdb-shard-{}", shard.0))
             .spawn(move || {
+                let state = thread_state.clone();
                 let mut apply =
                     ApplyLoop { state: thread_state, applier, peers, sequencer, handle };
-                if let Err(e) = apply.run() {
-                    apply.state.fail(e);
+                // A panic fails the shard like any error, so that waiting callers are
+                // answered (a node process also exits on it).
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply.run()));
+                if let Err(e) = run.unwrap_or_else(|panic| Err(panicked(&*panic))) {
+                    state.fail(e);
                 }
             })
             .map_err(|e| e.to_string())?;

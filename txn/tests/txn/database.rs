@@ -299,3 +299,49 @@ fn a_window_of_many_large_transactions_commits_them_all() {
         assert_eq!(value, Some(vec![i; 1 << 20]));
     }
 }
+
+/// Panics when it runs: a bug in a procedure.
+struct Explode;
+
+impl Procedure for Explode {
+    fn name(&self) -> &str {
+        "explode"
+    }
+    fn ranges(&self, _: &[u8]) -> Result<Vec<KeyRange>, ProcError> {
+        Ok(vec![point(b"a/boom"), point(b"b/boom")])
+    }
+    fn run(&self, _: &mut dyn Context, _: &[u8]) -> Result<Vec<u8>, ProcError> {
+        panic!("explode was called")
+    }
+}
+
+/// Regression: when one shard thread panicked, the other shards waited for it forever, and
+/// so did every caller. A panic now fails the database like a storage failure: callers are
+/// answered (the outcome of the one that was in flight is unknown) and later calls refused.
+#[test]
+fn a_panicking_shard_thread_fails_every_waiting_caller() {
+    let db = Arc::new(Database::open("unused", options().procedure(Arc::new(Explode))).unwrap());
+    fund(&db);
+    let (tx, rx) = std::sync::mpsc::channel();
+    for name in ["explode", "transfer"] {
+        let (db, tx) = (db.clone(), tx.clone());
+        std::thread::spawn(move || {
+            let args = if name == "transfer" { transfer_args(0, 1, 1) } else { Vec::new() };
+            let _ = tx.send((name, db.call(name, &args)));
+        });
+    }
+    for _ in 0..2 {
+        let (name, result) =
+            rx.recv_timeout(Duration::from_secs(20)).expect("every caller is answered");
+        if name == "explode" {
+            assert!(
+                matches!(result, Err(TxnError::OutcomeUnknown | TxnError::Storage(_))),
+                "{result:?}"
+            );
+        }
+    }
+    match db.call("transfer", &transfer_args(0, 1, 1)) {
+        Err(TxnError::Storage(why)) => assert!(why.contains("panicked"), "{why}"),
+        other => panic!("expected the failure, got {other:?}"),
+    }
+}
