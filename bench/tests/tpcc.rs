@@ -25,6 +25,15 @@ fn options(warehouses: u32, clients: u32, secs: u64) -> TpccOptions {
     }
 }
 
+/// About 1% of New-Orders name an unused item and roll back (TPC-C 2.4.1.4): the run must
+/// have rolled some back, and not many more.
+fn assert_rollbacks_about_one_percent(report: &bench::tpcc::Report) {
+    let new_orders = report.latency_ms["new_order"].count as f64;
+    assert!(new_orders >= 500.0, "too few New-Orders ({new_orders}) to check rollbacks");
+    let share = report.rollbacks as f64 / new_orders;
+    assert!((0.002..0.03).contains(&share), "{} rollbacks of {new_orders}", report.rollbacks);
+}
+
 fn loaded(warehouses: u32, dir: &std::path::Path) -> Sealdb {
     let backend = Sealdb::open(Some(dir), warehouses, warehouses).unwrap();
     backend.load(warehouses, SMALL, 11).unwrap();
@@ -45,6 +54,7 @@ fn a_short_standard_run_passes_the_consistency_checks() {
     }
     assert!(report.scaled);
     assert!(report.tpmc > 0.0);
+    assert_rollbacks_about_one_percent(&report);
 }
 
 #[test]
@@ -233,7 +243,7 @@ fn postgres_loads_the_same_data_runs_the_mix_and_its_checks_can_fail() {
         let ran = report.latency_ms.get(kind).map_or(0, |l| l.count);
         assert!(ran > 0, "no {kind} ran");
     }
-    assert!(report.rollbacks > 0 || report.latency_ms["new_order"].count < 1_000);
+    assert_rollbacks_about_one_percent(&report);
 
     pg.batch_execute("UPDATE district SET d_ytd = d_ytd + 1 WHERE d_w_id = 2 AND d_id = 3")
         .unwrap();

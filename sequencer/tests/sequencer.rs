@@ -247,6 +247,8 @@ fn concurrent_submissions_get_distinct_receipts_for_durable_windows_in_order() {
             })
         })
         .collect();
+    // The client ids in the order the receipts are collected below.
+    let submitted_ids = || (0..8u128).flat_map(|t| (0..50u128).map(move |i| t * 1000 + i));
     let receipts: Vec<_> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
     let ids: BTreeSet<_> = receipts.iter().map(|r| r.txn).collect();
     assert_eq!(ids.len(), 400, "every entry has its own id");
@@ -263,10 +265,11 @@ fn concurrent_submissions_get_distinct_receipts_for_durable_windows_in_order() {
     // (the log is locked while the sequencer runs: read it through the sequencer's reader).
     drop(deliveries);
     let logged = seq.log_reader().read(Epoch(1), usize::MAX, usize::MAX).unwrap();
-    for r in &receipts {
+    for (r, id) in receipts.iter().zip(submitted_ids()) {
         let w = &logged[r.txn.epoch.0 as usize - 1];
         assert_eq!(w.ts, r.ts);
-        assert!(w.entries.get(r.txn.index as usize).is_some());
+        let e = &w.entries[r.txn.index as usize];
+        assert_eq!(e.client_id, ClientId(id), "the receipt names the entry that was submitted");
     }
 }
 

@@ -146,10 +146,14 @@ fn oversize_keys_and_values_are_refused_and_write_nothing(f: &mut Fixture) {
     assert_eq!(f.mvcc().applied().unwrap().window, Epoch(1));
     assert_eq!(scan_keys(f, KeyRange::all(), Timestamp::MAX, usize::MAX), ["ok"]);
     assert_eq!(value(f, "ok", Timestamp::MAX), Some("1".into()));
-    // A key exactly at the limit is fine.
+    // A key and a value exactly at the limits are fine, and read back whole.
     let mut b = VersionBatch::new(Epoch(2), ts(2));
-    b.put(vec![b'k'; limits.max_key_bytes], vec![b'v'; limits.max_value_bytes]);
+    let (key, value) = (vec![b'k'; limits.max_key_bytes], vec![b'v'; limits.max_value_bytes]);
+    b.put(key.clone(), value.clone());
     f.mvcc().apply(&b).unwrap();
+    assert_eq!(f.mvcc().get(&key, Timestamp::MAX).unwrap().unwrap().value, value);
+    f.reopen();
+    assert_eq!(f.mvcc().get(&key, Timestamp::MAX).unwrap().unwrap().value, value);
 }
 
 /// Regression: applying a window refused a batch over one transaction's limit (10 MiB), so

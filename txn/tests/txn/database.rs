@@ -70,6 +70,17 @@ fn options() -> Options {
     three_shards(true).procedure(Arc::new(Transfer)).procedure(Arc::new(Sneaky))
 }
 
+/// Whether a transaction committed. A procedure's own abort (insufficient funds) or a
+/// conflict that outlasted the retries is an answer; any other error (an unknown outcome, a
+/// storage failure) fails the test rather than count as "not committed".
+fn did_commit<T>(result: Result<T, TxnError>) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(TxnError::Aborted(AbortReason::User(_)) | TxnError::Conflict { .. }) => false,
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
 fn fund(db: &Database) {
     db.transact(|tx| {
         for i in 0..ACCOUNTS {
@@ -127,9 +138,9 @@ fn concurrent_transfers_across_shards_never_change_the_total() {
                     }
                     // Half as procedures, half as interactive transactions.
                     let ok = if n % 2 == 0 {
-                        db.call("transfer", &transfer_args(from, to, 7)).is_ok()
+                        did_commit(db.call("transfer", &transfer_args(from, to, 7)))
                     } else {
-                        db.transact(|tx| {
+                        did_commit(db.transact(|tx| {
                             let a = num(tx.get(&account(from))?);
                             let b = num(tx.get(&account(to))?);
                             if a >= 7 {
@@ -137,8 +148,7 @@ fn concurrent_transfers_across_shards_never_change_the_total() {
                                 tx.put(&account(to), (b + 7).to_string().as_bytes())?;
                             }
                             Ok(())
-                        })
-                        .is_ok()
+                        }))
                     };
                     committed += u64::from(ok);
                 }
@@ -259,7 +269,7 @@ fn async_callers_on_one_thread_commit_concurrently_with_commit_wait() {
             tasks.spawn(async move {
                 let from = t % ACCOUNTS;
                 let to = (from + 1 + t % (ACCOUNTS - 1)) % ACCOUNTS;
-                db.call_async("transfer", &transfer_args(from, to, 1)).await.is_ok()
+                did_commit(db.call_async("transfer", &transfer_args(from, to, 1)).await)
             });
         }
         let mut committed = 0;
@@ -344,4 +354,43 @@ fn a_panicking_shard_thread_fails_every_waiting_caller() {
         Err(TxnError::Storage(why)) => assert!(why.contains("panicked"), "{why}"),
         other => panic!("expected the failure, got {other:?}"),
     }
+}
+
+/// Interactive scans: a scan sees the snapshot with the transaction's own writes over it (a
+/// put shows, a delete hides), and a scanned range is validated at commit: a key inserted into
+/// it by a transaction that committed after the snapshot (a phantom) makes the commit a
+/// conflict, and nothing of it is applied. A write beside the range does not.
+#[test]
+fn an_interactive_scan_sees_its_own_writes_and_a_phantom_in_its_range_is_a_conflict() {
+    let db = Database::open("unused", options()).unwrap();
+    db.transact(|tx| {
+        tx.put(b"b/1", b"one")?;
+        tx.put(b"b/3", b"three")
+    })
+    .unwrap();
+    let range = KeyRange::prefix(b"b/");
+
+    let mut tx = db.begin().unwrap();
+    tx.put(b"b/2", b"two").unwrap();
+    tx.delete(b"b/3").unwrap();
+    let keys: Vec<Vec<u8>> = tx.scan(&range, 10).unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, vec![b"b/1".to_vec(), b"b/2".to_vec()], "own put shown, own delete hidden");
+    assert_eq!(tx.scan(&range, 1).unwrap().len(), 1, "the limit holds with own writes");
+    tx.put(b"c/summary", b"2 rows").unwrap();
+    // A phantom: another transaction inserts into the scanned range and commits first.
+    db.transact(|other| other.put(b"b/0", b"zero")).unwrap();
+    let err = tx.commit().unwrap_err();
+    assert!(matches!(err, TxnError::Conflict { .. }), "{err}");
+    let snap = db.snapshot(ReadAt::Latest).unwrap();
+    assert_eq!(snap.get(b"c/summary").unwrap(), None, "nothing of the conflicting one applied");
+    assert_eq!(snap.get(b"b/3").unwrap().as_deref(), Some(&b"three"[..]));
+
+    // The same scan with a write beside the range, not in it: it commits.
+    let mut tx = db.begin().unwrap();
+    assert_eq!(tx.scan(&range, 10).unwrap().len(), 3);
+    tx.put(b"c/summary", b"3 rows").unwrap();
+    db.transact(|other| other.put(b"c/elsewhere", b"x")).unwrap();
+    tx.commit().unwrap();
+    let snap = db.snapshot(ReadAt::Latest).unwrap();
+    assert_eq!(snap.get(b"c/summary").unwrap().as_deref(), Some(&b"3 rows"[..]));
 }

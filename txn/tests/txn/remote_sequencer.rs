@@ -112,8 +112,8 @@ async fn entries_from(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submissions_are_logged_once_and_each_shard_sees_its_slices_in_order() {
-    let seed: u64 = rand::random();
-    println!("seed {seed}");
+    let seed: u64 = std::env::var("SEALDB_SEED").map_or(17, |s| s.parse().unwrap());
+    eprintln!("sequencer service seed {seed} (rerun with SEALDB_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let node = start(dir.path(), SealerConfig::default()).await;
