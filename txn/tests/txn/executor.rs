@@ -361,8 +361,13 @@ fn check_seed(seed: u64, paths: &mut Paths) {
                         apply(&mut state, writes);
                         committed += 1;
                     }
-                    (Err(ProcError::Abort(reason)), Outcome::Aborted(_)) => {
-                        let _ = reason;
+                    (Err(ProcError::Abort(reason)), Outcome::Aborted(got)) => {
+                        assert_eq!(
+                            got,
+                            &txn::AbortReason::User(reason),
+                            "seed {seed}: {txn} at {position:?} aborted for another reason than \
+                             in the serial order"
+                        );
                     }
                     (serial_result, engine) => panic!(
                         "seed {seed}: {txn} at {position:?}: serial execution gave {serial_result:?}, the engine {engine:?}"
