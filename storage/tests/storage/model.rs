@@ -1,6 +1,9 @@
 //! Both engines side by side with a plain model of multi-version storage, on seeded random
 //! operation sequences. Any divergence fails with the seed and the operation.
 //!
+//! Besides reads and scans, the two questions optimistic validation asks are compared:
+//! `last_write` (did a key change) and `first_change` (did anything in a range).
+//!
 //! The model never forgets a version. Reads are only issued at or above the highest GC
 //! horizon so far, so a GC that changed any answer there shows up as a divergence. Each
 //! engine runs with a large row cache, a small one that evicts all the time, and none.
@@ -34,6 +37,22 @@ impl Model {
     fn get(&self, key: &[u8], at: Timestamp) -> Option<Version> {
         let (ts, v) = self.versions.get(key)?.range(..=at).next_back()?;
         v.clone().map(|value| Version { ts: *ts, value })
+    }
+
+    /// The timestamp of the newest write of `key` at or below `at`, deletions included.
+    fn last_write(&self, key: &[u8], at: Timestamp) -> Option<Timestamp> {
+        self.versions.get(key)?.range(..=at).next_back().map(|(ts, _)| *ts)
+    }
+
+    /// The first key of `range` with a write (deletions included) in `(after, upto]`.
+    fn first_change(&self, range: &KeyRange, after: Timestamp, upto: Timestamp) -> Option<Vec<u8>> {
+        self.versions
+            .iter()
+            .filter(|(k, _)| range.contains(k))
+            .find(|(_, versions)| {
+                after < upto && versions.range(..=upto).any(|(ts, _)| *ts > after)
+            })
+            .map(|(k, _)| k.clone())
     }
 
     fn scan(&self, range: &KeyRange, at: Timestamp, limit: usize) -> Vec<(Vec<u8>, Version)> {
@@ -103,7 +122,7 @@ fn run(seed: u64) {
                     );
                 }
             }
-            65..90 => {
+            65..86 => {
                 let (a, b) = (random_key(&mut rng), random_key(&mut rng));
                 let range =
                     if rng.random_bool(0.2) { KeyRange::from(a) } else { KeyRange::new(a, b) };
@@ -114,6 +133,39 @@ fn run(seed: u64) {
                     assert_eq!(
                         got, expected,
                         "seed {seed} step {step} {:?}: scan {range:?} at {read_at:?} limit {limit}",
+                        f.kind
+                    );
+                }
+            }
+            // What interactive validation asks: did a key change after a read, did anything
+            // in a range. Reads are at or above the GC horizon, so every write after them is
+            // kept; a write at or below it may be gone (GC drops a deletion there), so only
+            // whether the last write is above the horizon is compared, and then exactly.
+            86..88 => {
+                let key = random_key(&mut rng);
+                let upto = ts(rng.random_range(read_at.as_u64() / 16..=window + 1));
+                let above = |t: Option<Timestamp>| t.filter(|t| *t > horizon);
+                let expected = above(model.last_write(&key, upto));
+                for f in &engines {
+                    let got = above(f.mvcc().last_write(&key, upto).unwrap());
+                    assert_eq!(
+                        got, expected,
+                        "seed {seed} step {step} {:?} cache {}: last_write {key:02x?} at {upto:?}",
+                        f.kind, f.cache_bytes
+                    );
+                }
+            }
+            88..90 => {
+                let (a, b) = (random_key(&mut rng), random_key(&mut rng));
+                let range =
+                    if rng.random_bool(0.2) { KeyRange::from(a) } else { KeyRange::new(a, b) };
+                let upto = ts(rng.random_range(read_at.as_u64() / 16..=window + 1));
+                let expected = model.first_change(&range, read_at, upto);
+                for f in &engines {
+                    let got = f.mvcc().first_change(&range, read_at, upto).unwrap();
+                    assert_eq!(
+                        got, expected,
+                        "seed {seed} step {step} {:?}: first_change {range:?} in ({read_at:?}, {upto:?}]",
                         f.kind
                     );
                 }
