@@ -66,6 +66,23 @@ pub(crate) struct RowCache {
     stripe_budget: usize,
     /// Odd while a batch is being applied; rises by two per batch.
     generation: AtomicU64,
+    /// Reads answered from the cache, reads that were not, and fills refused because a batch
+    /// was applied while the read was made.
+    hits: AtomicU64,
+    misses: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// What a row cache has done since it was opened ([`Mvcc::cache_stats`](crate::Mvcc::cache_stats)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Point reads the cache answered.
+    pub hits: u64,
+    /// Point reads it could not answer (read from the engine).
+    pub misses: u64,
+    /// Of those, reads whose result was not cached because a batch was being applied, or was
+    /// applied, while they read the engine: the race the generation counter guards against.
+    pub fills_refused: u64,
 }
 
 struct Stripe {
@@ -83,6 +100,18 @@ impl RowCache {
                 .collect(),
             stripe_budget: budget / STRIPES,
             generation: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// What the cache has done so far.
+    pub(crate) fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            fills_refused: self.refused.load(Ordering::Relaxed),
         }
     }
 
@@ -101,17 +130,27 @@ impl RowCache {
     /// `key`'s newest version as of a read at `at`, if the cache can answer it.
     pub(crate) fn get(&self, key: &[u8], at: Timestamp) -> Option<Newest> {
         let mut stripe = self.stripe(key)?;
-        match stripe.rows.get(key)? {
-            Newest::Version(ts, _) if *ts > at => None,
-            newest => Some(newest.clone()),
-        }
+        let found = match stripe.rows.get(key) {
+            Some(Newest::Version(ts, _)) if *ts > at => None,
+            newest => newest.cloned(),
+        };
+        let counter = if found.is_some() { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
     }
 
     /// A ticket for filling the cache with a read about to be made, or `None` while a batch
     /// is being applied.
     pub(crate) fn ticket(&self) -> Option<FillTicket> {
+        if self.stripes.is_empty() {
+            return None;
+        }
         let generation = self.generation.load(Ordering::SeqCst);
-        (generation.is_multiple_of(2) && !self.stripes.is_empty()).then_some(FillTicket(generation))
+        if !generation.is_multiple_of(2) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(FillTicket(generation))
     }
 
     /// Caches what a read at or above the watermark found, unless a batch was applied since
@@ -120,6 +159,8 @@ impl RowCache {
         let Some(mut stripe) = self.stripe(key) else { return };
         if self.generation.load(Ordering::SeqCst) == ticket.0 {
             self.insert(&mut stripe, key, newest);
+        } else {
+            self.refused.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -47,6 +47,7 @@ mod mvcc;
 mod range;
 mod rocks;
 
+pub use crate::cache::CacheStats;
 pub use crate::engine::{Cursor, Engine, RawBatch, RawOp};
 pub use crate::error::StorageError;
 pub use crate::key::{MetaKey, StorageKey};

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 
 use clock::Timestamp;
 
-use crate::cache::{Newest, RowCache};
+use crate::cache::{CacheStats, Newest, RowCache};
 use crate::engine::{Engine, RawBatch};
 use crate::key::{MetaKey, StorageKey};
 use crate::limits::Limits;
@@ -201,6 +201,11 @@ impl Mvcc {
     /// A bookkeeping record written with a batch.
     pub fn meta(&self, key: MetaKey) -> Result<Option<Vec<u8>>> {
         self.engine.get(&StorageKey::Meta(key).encode())
+    }
+
+    /// What the row cache has done since the storage was opened.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
     }
 
     /// The value of `key` as of `at`: its newest version at or below `at`, unless that

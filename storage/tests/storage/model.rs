@@ -283,4 +283,10 @@ fn reads_filling_the_row_cache_during_applies_never_leave_an_older_version() {
         }
         done.store(true, std::sync::atomic::Ordering::SeqCst);
     });
+    // The race was run, not just the reads: some reads overlapped an apply (their fills were
+    // refused), and the cache both answered reads and missed.
+    let stats = mvcc.cache_stats();
+    eprintln!("{stats:?}");
+    assert!(stats.fills_refused > 0, "no read overlapped an apply: {stats:?}");
+    assert!(stats.hits > 0 && stats.misses > 0, "{stats:?}");
 }

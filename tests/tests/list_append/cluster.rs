@@ -167,6 +167,9 @@ async fn list_append_over_a_cluster_is_strictly_serializable() {
         let applied = metric(&text, "sealdb_shard_windows_applied_total");
         assert!(applied > 0.0, "{text}");
         assert_eq!(metric(&text, "sealdb_shard_seal_to_apply_seconds_count"), applied, "{text}");
+        let reads = metric(&text, "sealdb_shard_row_cache_hits_total")
+            + metric(&text, "sealdb_shard_row_cache_misses_total");
+        assert!(reads > 0.0, "point reads went through the row cache: {text}");
         committed += metric(&text, "sealdb_shard_committed_total");
         answered += metric(&text, "sealdb_shard_commit_seconds_count");
     }

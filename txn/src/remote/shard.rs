@@ -410,6 +410,7 @@ fn shard_metrics(state: &State) -> Vec<Metric> {
     let get = ShardCounters::get;
     let progress = state.progress();
     let lag = state.clock.physical_now().duration_since(progress.safe);
+    let cache = state.mvcc.cache_stats();
     vec![
         Metric::counter("sealdb_shard_windows_applied_total", "Windows applied.", get(&c.windows)),
         Metric::counter(
@@ -445,6 +446,16 @@ fn shard_metrics(state: &State) -> Vec<Metric> {
             "sealdb_shard_commit_seconds",
             "Per answered commit, the time from its window's timestamp to the answer \
              (commit-wait included).",
+        ),
+        Metric::counter(
+            "sealdb_shard_row_cache_hits_total",
+            "Point reads the row cache answered.",
+            cache.hits as f64,
+        ),
+        Metric::counter(
+            "sealdb_shard_row_cache_misses_total",
+            "Point reads the row cache could not answer (read from storage).",
+            cache.misses as f64,
         ),
         Metric::gauge(
             "sealdb_shard_applied_epoch",
