@@ -7,6 +7,12 @@
 //! number of markers: a transaction applied on some shards only, or twice, breaks that. The
 //! child prints a line for every acknowledged transaction; each must have its marker.
 //!
+//! Beside them run interactive transactions that read shard c's counter and write a marker on
+//! each shard (`a/i/NAME`, `b/i/NAME`, `c/i/NAME`). The `mark`s keep changing that counter, so
+//! many of them fail validation on shard c only: a split verdict, which the participants must
+//! resolve to the same abort, also when they recover from a crash in between. Every
+//! acknowledged one must have its three markers, and no name may have some and not others.
+//!
 //! The child is this test binary running the ignored test `crash::child`.
 
 use std::collections::BTreeSet;
@@ -27,6 +33,8 @@ const ROUND_VAR: &str = "SEALDB_DB_CRASH_ROUND";
 const READY: &str = "db-crash-child-ready";
 const ROUNDS: u64 = 15;
 const COUNTERS: [&[u8]; 3] = [b"a/count", b"b/count", b"c/count"];
+/// Prefixes of the interactive transactions' markers, one on each shard.
+const INTERACTIVE: [&[u8]; 3] = [b"a/i/", b"b/i/", b"c/i/"];
 
 /// `mark NAME`: writes marker `a/m/NAME` and adds one to each shard's counter.
 struct Mark;
@@ -65,7 +73,7 @@ fn child() {
     let round = std::env::var(ROUND_VAR).unwrap();
     let db = Arc::new(Database::open(&dir, options()).unwrap());
     println!("{READY}");
-    let threads: Vec<_> = (0..4)
+    let mut threads: Vec<_> = (0..4)
         .map(|t| {
             let (db, round) = (db.clone(), round.clone());
             std::thread::spawn(move || {
@@ -77,6 +85,24 @@ fn child() {
             })
         })
         .collect();
+    threads.extend((0..2).map(|t| {
+        let (db, round) = (db.clone(), round.clone());
+        std::thread::spawn(move || {
+            for n in 0.. {
+                let name = format!("{round}-i{t}-{n}");
+                let mut tx = db.begin().unwrap();
+                tx.get(COUNTERS[2]).unwrap();
+                for shard in INTERACTIVE {
+                    tx.put(&[shard, name.as_bytes()].concat(), b"1").unwrap();
+                }
+                match tx.commit() {
+                    Ok(_) => println!("committed-i {name}"),
+                    Err(txn::TxnError::Conflict { .. }) => println!("split {name}"),
+                    Err(e) => panic!("{name}: {e}"),
+                }
+            }
+        })
+    }));
     for t in threads {
         t.join().unwrap();
     }
@@ -89,6 +115,7 @@ fn acknowledged_commits_survive_sigkill_once_and_on_every_shard() {
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let mut acked_total = 0;
+    let mut splits_total = 0;
     for round in 0..ROUNDS {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "crash::child", "--ignored", "--nocapture", "--test-threads=1"])
@@ -102,22 +129,27 @@ fn acknowledged_commits_survive_sigkill_once_and_on_every_shard() {
         // Read acknowledgements on a thread; kill at a random moment after the child is up.
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
-            let mut acked = Vec::new();
+            let (mut acked, mut interactive, mut splits) = (Vec::new(), Vec::new(), 0u64);
             for line in stdout.lines().map_while(Result::ok) {
                 if line.contains(READY) {
                     let _ = ready_tx.send(());
                 }
-                if let Some(name) = line.split("acked ").nth(1) {
+                if let Some(name) = line.strip_prefix("acked ") {
                     acked.push(name.trim().to_string());
+                } else if let Some(name) = line.strip_prefix("committed-i ") {
+                    interactive.push(name.trim().to_string());
+                } else if line.starts_with("split ") {
+                    splits += 1;
                 }
             }
-            acked
+            (acked, interactive, splits)
         });
         let ready = ready_rx.recv_timeout(Duration::from_secs(60)).is_ok();
         std::thread::sleep(Duration::from_millis(rng.random_range(20..400)));
         child.kill().unwrap(); // SIGKILL on Unix
         child.wait().unwrap();
-        let acked = reader.join().unwrap();
+        let (acked, interactive, splits) = reader.join().unwrap();
+        splits_total += splits;
         assert!(ready, "round {round}: the child never opened the database");
 
         let db = Database::open(dir.path(), options()).unwrap();
@@ -143,6 +175,19 @@ fn acknowledged_commits_survive_sigkill_once_and_on_every_shard() {
                 String::from_utf8_lossy(k)
             );
         }
+        // Interactive transactions: all three markers or none, and all three if acknowledged.
+        let names = |prefix: &[u8]| -> BTreeSet<Vec<u8>> {
+            let rows = snap.scan(&KeyRange::prefix(prefix), usize::MAX).unwrap();
+            rows.into_iter().map(|(k, _)| k[prefix.len()..].to_vec()).collect()
+        };
+        let on: Vec<BTreeSet<Vec<u8>>> = INTERACTIVE.iter().map(|p| names(p)).collect();
+        assert!(
+            on[0] == on[1] && on[1] == on[2],
+            "round {round}: a transaction applied on some shards only"
+        );
+        for name in &interactive {
+            assert!(on[0].contains(name.as_bytes()), "round {round}: acknowledged {name} is lost");
+        }
         acked_total += acked.len();
         db.close().unwrap();
     }
@@ -150,4 +195,9 @@ fn acknowledged_commits_survive_sigkill_once_and_on_every_shard() {
         acked_total as u64 > ROUNDS * 10,
         "only {acked_total} acknowledgements: too few to mean anything"
     );
+    assert!(
+        splits_total > 0,
+        "no split verdict happened: the test did not test recovery after one"
+    );
+    eprintln!("{acked_total} marks acknowledged, {splits_total} split verdicts seen");
 }
