@@ -179,9 +179,11 @@ enum Submitted {
         name: String,
         args: Vec<u8>,
     },
-    /// An interactive transaction and the values it read at its snapshot.
+    /// An interactive transaction and the values it read and the rows it scanned at its
+    /// snapshot.
     Interactive {
         reads: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+        scans: Vec<(KeyRange, Rows)>,
         writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     },
 }
@@ -374,8 +376,20 @@ fn check_seed(seed: u64, paths: &mut Paths) {
                     ),
                 }
             }
-            Submitted::Interactive { reads, writes } => {
+            Submitted::Interactive { reads, scans, writes } => {
                 assert!(matches!(outcome, Outcome::Committed { .. }), "seed {seed}: {txn}");
+                for (range, rows) in scans {
+                    let now: Rows = state
+                        .iter()
+                        .filter(|(k, _)| range.contains(k))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    assert_eq!(
+                        &now, rows,
+                        "seed {seed}: interactive {txn} at {position:?} committed although its \
+                         scan of {range:?} is stale (a phantom)"
+                    );
+                }
                 for (k, v) in reads {
                     assert_eq!(
                         state.get(k),
@@ -446,19 +460,38 @@ fn random_window(
                 }
             }
             _ => {
-                // An interactive transaction reading at a possibly stale snapshot.
+                // An interactive transaction reading at a possibly stale snapshot, which may
+                // fall between two windows' timestamps; it may scan a shard's keys, and may
+                // write what it read, other keys, or nothing.
                 let back = rng.random_range(1..4).min(epoch.0);
-                let read_ts = window_ts(epoch.0 - back);
+                let read_ts = Timestamp::from_u64(
+                    window_ts(epoch.0 - back).as_u64() + rng.random_range(0..16),
+                );
                 let snap = cluster.snapshot(read_ts);
                 let mut reads = BTreeMap::new();
-                for _ in 0..rng.random_range(1..4) {
+                for _ in 0..rng.random_range(0..4) {
                     let k = random_key(rng);
                     reads.insert(k.clone(), snap.get(&k).unwrap());
                 }
-                let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = reads
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Some((num(v.clone()) + 10).to_string().into_bytes())))
-                    .collect();
+                let mut scans = Vec::new();
+                if reads.is_empty() || rng.random_bool(0.3) {
+                    let range =
+                        KeyRange::prefix(format!("k{}/", rng.random_range(0..SHARDS)).as_bytes());
+                    scans.push((range.clone(), snap.scan(&range, usize::MAX).unwrap()));
+                }
+                let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = match rng.random_range(0..4) {
+                    // Write what it read (a read-modify-write).
+                    0 | 1 => reads
+                        .iter()
+                        .map(|(k, v)| {
+                            (k.clone(), Some((num(v.clone()) + 10).to_string().into_bytes()))
+                        })
+                        .collect(),
+                    // Read some keys, write another.
+                    2 => vec![(random_key(rng), Some(format!("{}", reads.len()).into_bytes()))],
+                    // Read only.
+                    _ => Vec::new(),
+                };
                 if rng.random_bool(0.3) {
                     writes.push((random_key(rng), None));
                 }
@@ -467,10 +500,10 @@ fn random_window(
                 let commit = InteractiveCommit {
                     read_ts,
                     reads: reads.keys().cloned().collect(),
-                    scans: Vec::new(),
+                    scans: scans.iter().map(|(r, _)| r.clone()).collect(),
                     writes: writes.clone(),
                 };
-                submitted.insert(txn, Submitted::Interactive { reads, writes });
+                submitted.insert(txn, Submitted::Interactive { reads, scans, writes });
                 Request::Interactive(commit)
             }
         };
