@@ -333,7 +333,14 @@ fn entries_open_at_shutdown_are_sealed_and_answered() {
     let seq = start(dir.path(), &clock);
     let pending = seq.submit(entry(1, &[0]));
     seq.shutdown().unwrap();
-    assert!(pending.recv().unwrap().is_ok(), "what was open at shutdown is sealed and answered");
+    let receipt =
+        pending.recv().unwrap().expect("what was open at shutdown is sealed and answered");
+    // And it is in the log, at the receipt's place.
+    drop(seq);
+    let (_, logged) = WindowLog::open(dir.path()).unwrap();
+    let window = &logged[receipt.txn.epoch.0 as usize - 1];
+    assert_eq!(window.ts, receipt.ts);
+    assert_eq!(window.entries[receipt.txn.index as usize].client_id, ClientId(1));
 }
 
 #[test]
