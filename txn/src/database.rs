@@ -26,7 +26,7 @@
 //! Procedures are registered in [`Options`] before opening, not afterwards: replay after a
 //! restart must find every procedure the log names.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -51,6 +51,7 @@ use crate::request::{Request, participants, procedure_request, refused};
 use crate::shard::{Finals, OutcomeCounters, Participants, ShardApplier, stored_verdicts};
 use crate::shard_map::ShardMap;
 use crate::snapshot::ShardsAt;
+use crate::tally::Tally;
 
 /// How to open a [`Database`].
 #[derive(Clone)]
@@ -113,20 +114,12 @@ struct Progress {
     safe: Timestamp,
 }
 
-/// One multi-shard entry's verdicts so far.
-#[derive(Debug, Clone, Copy)]
-struct Tally {
-    votes: usize,
-    commit: bool,
-    readers: usize,
-}
-
+/// The shards' local verdicts of multi-shard entries, by window and shard: where the shards
+/// of one process exchange them (a shard server pulls them from its peers instead). Each
+/// shard tallies its own entries from it ([`Tally`]).
 #[derive(Default)]
 struct Board {
-    /// By window and entry: an entry deferred again is voted on afresh in its next window.
-    tallies: BTreeMap<(Epoch, TxnId), Tally>,
-    /// Which shards' verdicts for which window are on the board.
-    posted: HashSet<(Epoch, ShardId)>,
+    posted: BTreeMap<(Epoch, ShardId), Vec<(TxnId, bool)>>,
 }
 
 pub(crate) struct Inner {
@@ -657,7 +650,7 @@ fn wait_all_applied(inner: &Inner, epoch: Epoch) -> Result<(), String> {
     )
 }
 
-/// Posts this shard's local verdicts for window `e` and waits for every participant's.
+/// Posts this shard's local verdicts for window `e` and tallies every participant's.
 fn exchange(
     inner: &Inner,
     shard: ShardId,
@@ -666,37 +659,26 @@ fn exchange(
     participants: &Participants,
 ) -> Result<Finals, String> {
     let mut board = lock(&inner.board);
-    // Tallies of windows every shard has applied are finished with. (After a restart, a
-    // participant that had applied a window answers from storage and never reads the
-    // result, so its tallies are not removed by the readers count.)
+    // Windows every shard has applied are finished with. (A participant that had applied a
+    // window before a restart answers from storage.)
     let oldest = lock(&inner.progress).iter().map(|p| p.applied).min().unwrap_or_default();
-    board.tallies.retain(|(epoch, _), _| *epoch > oldest);
-    board.posted.retain(|(epoch, _)| *epoch > oldest);
-    post(&mut board, e, shard, local);
+    board.posted.retain(|(epoch, _), _| *epoch > oldest);
+    board.posted.insert((e, shard), local.to_vec());
     inner.board_changed.notify_all();
+    let mut tally = Tally::new(e, shard, local, participants);
     loop {
-        // Participants that applied this window before a restart answer from storage.
-        let others: HashSet<ShardId> =
-            local.iter().flat_map(|(t, _)| participants[t].iter().copied()).collect();
-        for p in others {
-            if !board.posted.contains(&(e, p)) && lock(&inner.progress)[p.0 as usize].applied >= e {
-                let stored = stored_verdicts(&inner.shards[p.0 as usize], e)?;
-                post(&mut board, e, p, &stored);
-            }
-        }
-        let done = local.iter().all(|(t, _)| {
-            board.tallies.get(&(e, *t)).is_some_and(|v| v.votes == participants[t].len())
-        });
-        if done {
-            let mut finals = BTreeMap::new();
-            for (t, _) in local {
-                let tally = board.tallies.get_mut(&(e, *t)).expect("tallied");
-                finals.insert(*t, tally.commit);
-                tally.readers += 1;
-                if tally.readers == participants[t].len() {
-                    board.tallies.remove(&(e, *t));
+        for p in tally.waiting_for() {
+            let verdicts = match board.posted.get(&(e, p)) {
+                Some(posted) => posted.clone(),
+                // Participants that applied this window before a restart answer from storage.
+                None if lock(&inner.progress)[p.0 as usize].applied >= e => {
+                    stored_verdicts(&inner.shards[p.0 as usize], e)?
                 }
-            }
+                None => continue,
+            };
+            tally.record(p, &verdicts).map_err(|e| e.to_string())?;
+        }
+        if let Some(finals) = tally.finals() {
             return Ok(finals);
         }
         if lock(&inner.failure).is_some() {
@@ -707,17 +689,5 @@ fn exchange(
             .wait_timeout(board, Duration::from_millis(50))
             .unwrap_or_else(|e| e.into_inner())
             .0;
-    }
-}
-
-fn post(board: &mut Board, e: Epoch, shard: ShardId, verdicts: &[(TxnId, bool)]) {
-    if !board.posted.insert((e, shard)) {
-        return;
-    }
-    for (txn, commit) in verdicts {
-        let tally =
-            board.tallies.entry((e, *txn)).or_insert(Tally { votes: 0, commit: true, readers: 0 });
-        tally.votes += 1;
-        tally.commit &= commit;
     }
 }

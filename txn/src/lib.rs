@@ -8,6 +8,8 @@
 //! - [`Outcome`]: how each transaction ended; [`Decided`] adds its [`SerialPosition`] in the
 //!   serial order, which the tests check against a serial oracle.
 //! - [`ShardMap`]: range partitioning of keys to shards.
+//! - [`Tally`]: one participant's count of a window's verdict exchange, shared by the
+//!   embedded database and the shard server.
 //!
 //! - [`Database`]: sealdb in one process, the sequencer and shard threads around the
 //!   executor: [`Database::call`] for procedures, [`Database::snapshot`] for read-only
@@ -31,6 +33,7 @@ mod shard;
 mod shard_map;
 mod snapshot;
 mod store;
+mod tally;
 mod transaction;
 
 pub use crate::database::{Database, Options, Stats};
@@ -42,4 +45,5 @@ pub use crate::request::{InteractiveCommit, Request, range_from_proto, range_to_
 pub use crate::shard_map::{InvalidShardMap, ShardMap};
 pub use crate::snapshot::ShardsAt;
 pub use crate::store::{Store, StoreSnapshot, StoreTransaction};
+pub use crate::tally::{Finals, Participants, Tally, TallyError};
 pub use crate::transaction::{ReadAt, Snapshot, Transaction};

@@ -7,7 +7,7 @@
 //! multi-shard entries (so a participant that restarts can still be answered) and the entries
 //! deferred to the next window, in one atomic write.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,11 +19,7 @@ use crate::executor::{Executor, SnapshotRead, Task};
 use crate::outcome::{Decided, Outcome, Phase};
 use crate::request::Request;
 
-/// Final verdicts of multi-shard entries, by entry.
-pub(crate) type Finals = BTreeMap<TxnId, bool>;
-
-/// Participants of a window's entries on this shard.
-pub(crate) type Participants = BTreeMap<TxnId, Vec<ShardId>>;
+pub(crate) use crate::tally::{Finals, Participants};
 
 /// One shard's window-by-window state.
 pub(crate) struct ShardApplier {

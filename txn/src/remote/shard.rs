@@ -58,6 +58,7 @@ use crate::request::{Request as TxnRequest, range_from_proto, range_to_proto};
 use crate::shard::{Finals, Participants, ShardApplier, stored_verdicts};
 use crate::shard_map::ShardMap;
 use crate::snapshot::scan_shards;
+use crate::tally::Tally;
 
 /// Outcomes are kept for this many windows after their entry's (20 s of 2 ms windows under
 /// load; longer when windows are sparser), then forgotten: asking later gets `NOT_FOUND`.
@@ -885,7 +886,7 @@ async fn prefetch(
 }
 
 /// Publishes this shard's local verdicts of window `e`, pulls every other participant's, and
-/// combines them.
+/// tallies them.
 fn exchange(
     state: &State,
     peers: &Arc<Peers>,
@@ -896,32 +897,19 @@ fn exchange(
 ) -> Result<Finals, String> {
     lock(&state.verdicts).insert(e, local.to_vec());
     state.bump();
-    let mut finals: Finals = local.iter().copied().collect();
-    let others: BTreeSet<ShardId> = local
-        .iter()
-        .flat_map(|(t, _)| participants[t].iter().copied())
-        .filter(|p| *p != state.shard)
-        .collect();
+    let mut tally = Tally::new(e, state.shard, local, participants);
     let pulled = handle.block_on(async {
         let mut calls = tokio::task::JoinSet::new();
-        for p in others {
+        for p in tally.waiting_for() {
             let peers = peers.clone();
             calls.spawn(async move { (p, peers.verdicts(p, e).await) });
         }
         calls.join_all().await
     });
     for (p, verdicts) in pulled {
-        let verdicts: BTreeMap<TxnId, bool> = verdicts?.into_iter().collect();
-        for (txn, commit) in finals.iter_mut() {
-            if participants[txn].contains(&p) {
-                let theirs = verdicts.get(txn).ok_or_else(|| {
-                    format!("shard {} has no verdict for {txn}, a participant: diverged", p.0)
-                })?;
-                *commit &= *theirs;
-            }
-        }
+        tally.record(p, &verdicts?).map_err(|e| e.to_string())?;
     }
-    Ok(finals)
+    tally.finals().ok_or_else(|| format!("window {e}: a participant's verdicts are missing"))
 }
 
 struct ShardService {
