@@ -66,10 +66,7 @@ pub(crate) struct RowCache {
     stripe_budget: usize,
     /// Odd while a batch is being applied; rises by two per batch.
     generation: AtomicU64,
-    /// Reads answered from the cache, reads that were not, and fills refused because a batch
-    /// was applied while the read was made.
-    hits: AtomicU64,
-    misses: AtomicU64,
+    /// Fills refused because a batch was applied while the read was made.
     refused: AtomicU64,
 }
 
@@ -88,6 +85,10 @@ pub struct CacheStats {
 struct Stripe {
     rows: LruCache<Vec<u8>, Newest>,
     bytes: usize,
+    /// Reads answered from this stripe, and reads it could not answer (counted under the
+    /// stripe's lock, which the read holds anyway).
+    hits: u64,
+    misses: u64,
 }
 
 impl RowCache {
@@ -96,23 +97,28 @@ impl RowCache {
         let stripes = if budget == 0 { 0 } else { STRIPES };
         RowCache {
             stripes: (0..stripes)
-                .map(|_| Mutex::new(Stripe { rows: LruCache::unbounded(), bytes: 0 }))
+                .map(|_| {
+                    Mutex::new(Stripe { rows: LruCache::unbounded(), bytes: 0, hits: 0, misses: 0 })
+                })
                 .collect(),
             stripe_budget: budget / STRIPES,
             generation: AtomicU64::new(0),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         }
     }
 
     /// What the cache has done so far.
     pub(crate) fn stats(&self) -> CacheStats {
-        CacheStats {
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
+        let mut stats = CacheStats {
             fills_refused: self.refused.load(Ordering::Relaxed),
+            ..CacheStats::default()
+        };
+        for stripe in &self.stripes {
+            let stripe = stripe.lock().unwrap_or_else(|e| e.into_inner());
+            stats.hits += stripe.hits;
+            stats.misses += stripe.misses;
         }
+        stats
     }
 
     fn stripe(&self, key: &[u8]) -> Option<MutexGuard<'_, Stripe>> {
@@ -134,8 +140,10 @@ impl RowCache {
             Some(Newest::Version(ts, _)) if *ts > at => None,
             newest => newest.cloned(),
         };
-        let counter = if found.is_some() { &self.hits } else { &self.misses };
-        counter.fetch_add(1, Ordering::Relaxed);
+        match found {
+            Some(_) => stripe.hits += 1,
+            None => stripe.misses += 1,
+        }
         found
     }
 

@@ -437,49 +437,77 @@ fn range_bounds(r: &KeyRange) -> (std::ops::Bound<&[u8]>, std::ops::Bound<&[u8]>
     (Bound::Included(r.start.as_slice()), end)
 }
 
-/// A procedure's declared ranges, merged into disjoint ranges in key order, so that checking
-/// a key or a range against them takes a binary search, not a pass over every range (a call
-/// may declare thousands).
-struct Declared(Vec<KeyRange>);
+/// A procedure's declared ranges, and the question asked of them on every access: is a key,
+/// or a whole range, inside one of them? A few ranges are checked one by one, borrowed as they
+/// are; a call that declares many (thousands of list-append keys) gets an index once, so each
+/// check is a binary search rather than a pass over every range.
+struct Declared<'a> {
+    ranges: &'a [KeyRange],
+    /// With many ranges: them sorted by start, and for each the greatest end among it and
+    /// those before it (`None`: unbounded).
+    index: Option<DeclaredIndex<'a>>,
+}
 
-impl Declared {
-    fn new(ranges: &[KeyRange]) -> Declared {
-        let mut sorted: Vec<&KeyRange> = ranges.iter().filter(|r| !r.is_empty()).collect();
-        sorted.sort_by(|a, b| a.start.cmp(&b.start));
-        let mut merged: Vec<KeyRange> = Vec::new();
-        for r in sorted {
-            match merged.last_mut() {
-                // Overlapping or touching: `r` starts at or before the last one's end.
-                Some(last) if last.end.as_ref().is_none_or(|end| r.start <= *end) => {
-                    last.end = match (&last.end, &r.end) {
-                        (Some(a), Some(b)) => Some(a.max(b).clone()),
-                        _ => None,
-                    };
-                }
-                _ => merged.push(r.clone()),
-            }
+/// Declared ranges by start, with the greatest end so far at each (`None`: unbounded).
+type DeclaredIndex<'a> = (Vec<&'a KeyRange>, Vec<Option<&'a [u8]>>);
+
+/// Above this many declared ranges, [`Declared`] builds its index.
+const DECLARED_SCAN: usize = 16;
+
+impl<'a> Declared<'a> {
+    fn new(ranges: &'a [KeyRange]) -> Declared<'a> {
+        if ranges.len() <= DECLARED_SCAN {
+            return Declared { ranges, index: None };
         }
-        Declared(merged)
+        let mut sorted: Vec<&KeyRange> = ranges.iter().collect();
+        sorted.sort_by(|a, b| a.start.cmp(&b.start));
+        let mut greatest: Option<Option<&[u8]>> = None;
+        let ends = sorted
+            .iter()
+            .map(|r| {
+                let end = r.end.as_deref();
+                let g = match greatest {
+                    None => end,
+                    Some(None) => None,
+                    Some(Some(g)) => end.map(|e| e.max(g)),
+                };
+                greatest = Some(g);
+                g
+            })
+            .collect();
+        Declared { ranges, index: Some((sorted, ends)) }
     }
 
-    /// The merged range that could hold keys from `start` on: the last one starting at or
-    /// before it.
-    fn around(&self, start: &[u8]) -> Option<&KeyRange> {
-        let at = self.0.partition_point(|r| r.start.as_slice() <= start);
-        at.checked_sub(1).map(|i| &self.0[i])
+    /// Whether some declared range starting at or before `start` ends at or after `end`
+    /// (`None`: unbounded), i.e. holds every key of `[start, end)`.
+    fn holds(&self, start: &[u8], end: Option<&[u8]>) -> bool {
+        let reaches = |declared_end: Option<&[u8]>| match (declared_end, end) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(d), Some(e)) => e <= d,
+        };
+        match &self.index {
+            None => {
+                self.ranges.iter().any(|r| r.start.as_slice() <= start && reaches(r.end.as_deref()))
+            }
+            Some((sorted, ends)) => {
+                let at = sorted.partition_point(|r| r.start.as_slice() <= start);
+                at.checked_sub(1).is_some_and(|i| reaches(ends[i]))
+            }
+        }
     }
 
     fn contains(&self, key: &[u8]) -> bool {
-        self.around(key).is_some_and(|r| r.contains(key))
+        // The point range of `key` ends at `key` followed by a zero byte.
+        match &self.index {
+            None => self.ranges.iter().any(|r| r.contains(key)),
+            Some(_) => self.holds(key, Some(&[key, &[0]].concat())),
+        }
     }
 
-    /// Whether every key of `range` is declared (ranges are merged, so one must hold it).
+    /// Whether every key of `range` is in one declared range.
     fn covers(&self, range: &KeyRange) -> bool {
-        self.around(&range.start).is_some_and(|d| match (&d.end, &range.end) {
-            (None, _) => true,
-            (Some(_), None) => false,
-            (Some(d_end), Some(r_end)) => r_end <= d_end,
-        })
+        self.holds(&range.start, range.end.as_deref())
     }
 }
 
@@ -487,7 +515,7 @@ impl Declared {
 /// buffered, reads served from its own writes, then the window's state so far (fallback
 /// only), then the snapshot.
 struct ProcContext<'a> {
-    declared: Declared,
+    declared: Declared<'a>,
     snapshot: &'a dyn SnapshotRead,
     window_state: Option<&'a BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     now: Timestamp,
@@ -581,5 +609,50 @@ impl Context for ProcContext<'_> {
 
     fn now(&self) -> Timestamp {
         self.now
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The index many declared ranges get answers as the range-by-range check does, for
+    /// overlapping, nested, unbounded and point ranges alike (seeded, exhaustive over a small
+    /// key space).
+    #[test]
+    fn declared_ranges_answer_the_same_indexed_or_not() {
+        let keys: Vec<Vec<u8>> = (0..=4u8)
+            .flat_map(|a| std::iter::once(vec![a]).chain((0..=4u8).map(move |b| vec![a, b])))
+            .chain([Vec::new()])
+            .collect();
+        let mut seed = 7u64;
+        let mut next = |n: usize| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        for round in 0..200 {
+            let ranges: Vec<KeyRange> = (0..DECLARED_SCAN + 1 + next(20))
+                .map(|_| {
+                    let start = keys[next(keys.len())].clone();
+                    match next(4) {
+                        0 => KeyRange::point(&start),
+                        1 => KeyRange::from(start),
+                        _ => KeyRange { start, end: Some(keys[next(keys.len())].clone()) },
+                    }
+                })
+                .collect();
+            let indexed = Declared::new(&ranges);
+            assert!(indexed.index.is_some());
+            let plain = Declared { ranges: &ranges, index: None };
+            for key in &keys {
+                assert_eq!(indexed.contains(key), plain.contains(key), "round {round}: {key:?}");
+                for end in &keys {
+                    let range = KeyRange { start: key.clone(), end: Some(end.clone()) };
+                    assert_eq!(indexed.covers(&range), plain.covers(&range), "round {round}");
+                }
+                let open = KeyRange::from(key.clone());
+                assert_eq!(indexed.covers(&open), plain.covers(&open), "round {round}");
+            }
+        }
     }
 }

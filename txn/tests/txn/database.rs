@@ -369,6 +369,9 @@ fn an_interactive_scan_sees_its_own_writes_and_a_phantom_in_its_range_is_a_confl
     })
     .unwrap();
     let range = KeyRange::prefix(b"b/");
+    // `begin` reads at the shards' common safe time, which may still be below that commit:
+    // a `Latest` snapshot waits until every shard is past it.
+    db.snapshot(ReadAt::Latest).unwrap();
 
     let mut tx = db.begin().unwrap();
     tx.put(b"b/2", b"two").unwrap();
@@ -386,6 +389,7 @@ fn an_interactive_scan_sees_its_own_writes_and_a_phantom_in_its_range_is_a_confl
     assert_eq!(snap.get(b"b/3").unwrap().as_deref(), Some(&b"three"[..]));
 
     // The same scan with a write beside the range, not in it: it commits.
+    db.snapshot(ReadAt::Latest).unwrap();
     let mut tx = db.begin().unwrap();
     assert_eq!(tx.scan(&range, 10).unwrap().len(), 3);
     tx.put(b"c/summary", b"3 rows").unwrap();
