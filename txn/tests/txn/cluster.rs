@@ -309,3 +309,38 @@ async fn a_flood_of_connections_leaves_a_node_with_few_descriptors_serving() {
     drop(flood);
     nodes.stop();
 }
+
+/// The wire contract is usable from the `.proto` files alone: a client in another language
+/// (Python with grpcio, `tests/wire/client.py`) compiles them, puts, gets, scans and runs
+/// `list_append` against `sealdb start` processes, and reads a typed refusal. `./dev test`
+/// provides the Python (`SEALDB_PYTHON`); without it the test says it is skipped, unless
+/// `SEALDB_REQUIRE_PYTHON=1` (CI) makes that a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_client_written_from_the_proto_files_alone_uses_the_cluster() {
+    let Some(python) = std::env::var_os("SEALDB_PYTHON") else {
+        let required = std::env::var("SEALDB_REQUIRE_PYTHON").is_ok_and(|v| v == "1");
+        assert!(!required, "SEALDB_REQUIRE_PYTHON=1 but SEALDB_PYTHON is not set");
+        eprintln!("SKIPPED: SEALDB_PYTHON (a Python with grpcio and grpcio-tools) is not set");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = LocalProcesses::spawn(&spec(dir.path(), sealdb_start(), None)).unwrap();
+    let sequencer = nodes.sequencer.clone();
+    let clock = Arc::new(Clock::system(Duration::from_millis(1)));
+    wait_ready(&sequencer, &clock, None).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(root.join("tests/wire/client.py"))
+            .arg(&sequencer)
+            .arg(root.join("proto/proto"))
+            .output()
+            .unwrap()
+    });
+    let out = run.await.unwrap();
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the Python client failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("wire client: ok"), "{stdout}\n{stderr}");
+    nodes.stop();
+}
