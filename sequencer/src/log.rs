@@ -139,7 +139,7 @@ impl WindowLog {
         let io = |e| io_error(&self.path, e);
         self.file.write_all_at(&record, self.end).map_err(io)?;
         self.file.sync_data().map_err(io)?;
-        if window.epoch.0.is_multiple_of(INDEX_EVERY) || self.last.is_none() {
+        if indexed(window.epoch, self.last.is_none()) {
             let mut index = self.reader.index.write().unwrap_or_else(|e| e.into_inner());
             index.push((window.epoch, self.end));
         }
@@ -180,6 +180,12 @@ impl WindowLog {
 /// One window in this many is indexed by where its record starts, so a reader from an epoch
 /// starts at most this many records before it.
 const INDEX_EVERY: u64 = 256;
+
+/// Whether the record of the window at `epoch` is in the index: the first window's, then
+/// every [`INDEX_EVERY`]th.
+fn indexed(epoch: Epoch, first: bool) -> bool {
+    first || epoch.0.is_multiple_of(INDEX_EVERY)
+}
 
 /// Reads durable windows of a [`WindowLog`] from an epoch on, on any thread, while the log is
 /// appended to. It reads only what the log has made durable, and from the indexed record at
@@ -312,7 +318,7 @@ fn read_all(path: &Path, file: &mut File) -> Result<Records, SequencerError> {
                 ),
             ));
         }
-        if window.epoch.0.is_multiple_of(INDEX_EVERY) || windows.is_empty() {
+        if indexed(window.epoch, windows.is_empty()) {
             index.push((window.epoch, offset as u64));
         }
         windows.push(window);

@@ -668,15 +668,15 @@ fn exchange(
     let mut tally = Tally::new(e, shard, local, participants);
     loop {
         for p in tally.waiting_for() {
-            let verdicts = match board.posted.get(&(e, p)) {
-                Some(posted) => posted.clone(),
+            let counted = match board.posted.get(&(e, p)) {
+                Some(posted) => tally.record(p, posted),
                 // Participants that applied this window before a restart answer from storage.
                 None if lock(&inner.progress)[p.0 as usize].applied >= e => {
-                    stored_verdicts(&inner.shards[p.0 as usize], e)?
+                    tally.record(p, &stored_verdicts(&inner.shards[p.0 as usize], e)?)
                 }
                 None => continue,
             };
-            tally.record(p, &verdicts).map_err(|e| e.to_string())?;
+            counted.map_err(|e| e.to_string())?;
         }
         if let Some(finals) = tally.finals() {
             return Ok(finals);

@@ -52,6 +52,12 @@ impl AdminService {
             .collect::<Result<_, _>>()?;
         Ok(AdminService { sequencer, clock, layout, shards })
     }
+
+    /// Its clients of the shards (sharing their connections), for the sequencer's other
+    /// calls to them.
+    pub(super) fn shard_clients(&self) -> Vec<ShardClient<Channel>> {
+        self.shards.clone()
+    }
 }
 
 #[tonic::async_trait]

@@ -68,13 +68,7 @@ pub async fn run_node(config: NodeConfig, procedures: Registry) -> Result<(), St
             .await?;
             println!("sequencer listening on {}", node.addr());
             metrics(config.metrics_listen, node.metrics_source()).await?;
-            let failed = tokio::select! {
-                why = stop => {
-                    tracing::info!(signal = why, "stopping");
-                    None
-                }
-                why = node.failed() => Some(why),
-            };
+            let failed = until_stopped_or_failed(stop, node.failed()).await;
             let stopped = node.shutdown().await;
             match failed {
                 None => stopped,
@@ -100,21 +94,28 @@ pub async fn run_node(config: NodeConfig, procedures: Registry) -> Result<(), St
             let node = ShardNode::start(shard_config, listener, clock).await?;
             println!("shard {} listening on {}", shard.0, node.addr());
             metrics(config.metrics_listen, node.metrics_source()).await?;
-            // Until a signal, or until the shard cannot go on: then the process exits with
-            // an error instead of lingering up and applying nothing.
-            let failed = tokio::select! {
-                why = stop => {
-                    tracing::info!(signal = why, "stopping");
-                    None
-                }
-                why = node.failed() => Some(why),
-            };
+            let failed = until_stopped_or_failed(stop, node.failed()).await;
             node.shutdown().await;
             match failed {
                 None => Ok(()),
                 Some(why) => Err(format!("shard {} stopped: {why}", shard.0)),
             }
         }
+    }
+}
+
+/// Runs until a stop signal (`None`) or until the node cannot go on (`Some(why)`): then the
+/// process exits with an error instead of lingering up and doing nothing.
+async fn until_stopped_or_failed(
+    stop: impl Future<Output = &'static str>,
+    failed: impl Future<Output = String>,
+) -> Option<String> {
+    tokio::select! {
+        why = stop => {
+            tracing::info!(signal = why, "stopping");
+            None
+        }
+        why = failed => Some(why),
     }
 }
 

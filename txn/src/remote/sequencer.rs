@@ -90,13 +90,9 @@ impl SequencerNode {
         let stopping = Arc::new(AtomicBool::new(false));
         let map = layout.map.clone();
         let fenced: Fenced = Arc::default();
-        let shard_clients = layout
-            .shards
-            .iter()
-            .map(|a| endpoint(a, tls.as_ref()).map(|e| ShardClient::new(e.connect_lazy())))
-            .collect::<Result<Vec<_>, _>>()?;
-        let clock_watch = tokio::spawn(watch_clock(shard_clients, clock.clone(), fenced.clone()));
         let admin = AdminService::new(sequencer.clone(), clock.clone(), layout, tls.as_ref())?;
+        let shard_clients = admin.shard_clients();
+        let clock_watch = tokio::spawn(watch_clock(shard_clients, clock.clone(), fenced.clone()));
         let service = SequencerService {
             sequencer: sequencer.clone(),
             clock,
@@ -437,8 +433,8 @@ impl SequencerRpc for SequencerService {
 }
 
 /// Requests for a window when idle, passed on at most once per [`FORCED_SPACING`]: a caller
-/// (any caller, until peer-only calls are authenticated) cannot make the sequencer log more
-/// than 50 empty windows a second. A request inside the spacing is passed on at its end, so
+/// (any caller, in a cluster without TLS) cannot make the sequencer log more than 50 empty
+/// windows a second. A request inside the spacing is passed on at its end, so
 /// none is lost.
 #[derive(Default)]
 struct ForcedWindows {

@@ -820,7 +820,9 @@ impl ApplyLoop {
                 outcomes.retain(|t, _| t.epoch.0.saturating_add(OUTCOME_WINDOWS) > epoch.0);
             }
         }
-        *lock(&state.deferred) = self.applier.deferred_ids().collect();
+        if applied.deferred || !lock(&state.deferred).is_empty() {
+            *lock(&state.deferred) = self.applier.deferred_ids().collect();
+        }
         {
             let mut progress = lock(&state.progress);
             progress.applied = epoch;
