@@ -14,6 +14,7 @@
 //! before it, which is what lets the checker test strict serializability.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde_json::{Value, json};
@@ -41,8 +42,17 @@ pub enum Completion {
 /// A history being recorded by concurrent clients.
 #[derive(Debug)]
 pub struct Recorder {
-    start: Instant,
+    clock: Time,
     lines: Mutex<Vec<String>>,
+}
+
+/// Where a history's times come from.
+#[derive(Debug)]
+enum Time {
+    /// Nanoseconds since the recorder was made.
+    Real(Instant),
+    /// Nanoseconds as a simulation last set them.
+    Simulated(AtomicU64),
 }
 
 impl Default for Recorder {
@@ -54,7 +64,27 @@ impl Default for Recorder {
 impl Recorder {
     /// An empty history; times count from now.
     pub fn new() -> Recorder {
-        Recorder { start: Instant::now(), lines: Mutex::new(Vec::new()) }
+        Recorder { clock: Time::Real(Instant::now()), lines: Mutex::new(Vec::new()) }
+    }
+
+    /// An empty history whose times a simulation sets ([`Recorder::set_time`]): the same seed
+    /// records the same history, byte for byte.
+    pub fn simulated() -> Recorder {
+        Recorder { clock: Time::Simulated(AtomicU64::new(0)), lines: Mutex::new(Vec::new()) }
+    }
+
+    /// Sets a simulated recorder's time, in nanoseconds (it must not go back).
+    pub fn set_time(&self, nanos: u64) {
+        if let Time::Simulated(t) = &self.clock {
+            t.fetch_max(nanos, Ordering::Relaxed);
+        }
+    }
+
+    fn now(&self) -> u64 {
+        match &self.clock {
+            Time::Real(start) => start.elapsed().as_nanos() as u64,
+            Time::Simulated(t) => t.load(Ordering::Relaxed),
+        }
     }
 
     /// Records that `process` is about to run `txn` (reads carry no values yet).
@@ -87,7 +117,7 @@ impl Recorder {
             "type": kind,
             "f": "txn",
             "process": process,
-            "time": self.start.elapsed().as_nanos() as u64,
+            "time": self.now(),
             "value": value,
         });
         lines.push(line.to_string());

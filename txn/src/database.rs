@@ -38,20 +38,20 @@ use std::time::Duration;
 use clock::{Clock, SystemClock, Timestamp};
 use sequencer::{
     ClientId, Delivery, Entry, Feedback, SealerConfig, Sequencer, SequencerError, ShardId, TxnId,
-    Window,
 };
-use storage::{Engine, Epoch, Limits, MemoryEngine, Mvcc, RocksEngine};
+use storage::{Engine, Epoch, KeyRange, Limits, MemoryEngine, Mvcc, RocksEngine, StorageError};
 use tokio::sync::oneshot;
 
 use crate::error::TxnError;
 use crate::executor::Executor;
 use crate::outcome::Outcome;
+use crate::outcome::OutcomeCounters;
+use crate::procedure::Rows;
 use crate::procedure::{Procedure, Registry};
 use crate::request::{Request, participants, procedure_request, refused};
-use crate::shard::{Finals, OutcomeCounters, Participants, ShardApplier, stored_verdicts};
 use crate::shard_map::ShardMap;
-use crate::snapshot::ShardsAt;
-use crate::tally::Tally;
+use crate::step::{Command, Event, Peers, Step, StepError};
+use crate::stored::stored_verdicts;
 
 /// How to open a [`Database`].
 #[derive(Clone)]
@@ -115,8 +115,7 @@ struct Progress {
 }
 
 /// The shards' local verdicts of multi-shard entries, by window and shard: where the shards
-/// of one process exchange them (a shard server pulls them from its peers instead). Each
-/// shard tallies its own entries from it ([`Tally`]).
+/// of one process exchange them (a shard server pulls them from its peers instead).
 #[derive(Default)]
 struct Board {
     posted: BTreeMap<(Epoch, ShardId), Vec<(TxnId, bool)>>,
@@ -175,15 +174,15 @@ impl Inner {
         self.progress_notify.notify_waiters();
     }
 
-    /// Waits until `done` holds for every shard's progress, asking `running` between waits
+    /// Waits until `done` holds for the shards' progress, asking `running` between waits
     /// whether to give up.
     fn wait_progress<E>(
         &self,
-        done: impl Fn(&Progress) -> bool,
+        done: impl Fn(&[Progress]) -> bool,
         running: impl Fn() -> Result<(), E>,
     ) -> Result<(), E> {
         let mut progress = lock(&self.progress);
-        while !progress.iter().all(&done) {
+        while !done(&progress) {
             running()?;
             progress = self
                 .progress_changed
@@ -304,9 +303,10 @@ impl Database {
         for s in map.shards() {
             let executor =
                 Executor::new(s, map.clone(), options.procedures.clone(), options.limits);
-            let applier = ShardApplier::open(s, inner.shards[s.0 as usize].clone(), executor)
-                .map_err(TxnError::Storage)?;
-            let from = applier.next_epoch();
+            let peers = Arc::new(Local(inner.shards.clone()));
+            let step = Step::open(executor, map.clone(), inner.shards[s.0 as usize].clone(), peers)
+                .map_err(|e| TxnError::Storage(e.to_string()))?;
+            let from = step.next_epoch();
             // Each shard executes a window while it is fsynced, and writes it once durable.
             let deliveries = sequencer.subscribe_ahead(from);
             let feedback = sequencer.feedback().ok_or(TxnError::ShuttingDown)?;
@@ -314,8 +314,13 @@ impl Database {
             let thread = std::thread::Builder::new()
                 .name(format!("sealdb-shard-{}", s.0))
                 .spawn(move || {
-                    let shard_loop =
-                        ShardLoop { inner: inner.clone(), shard: s, applier, feedback };
+                    let shard_loop = ShardLoop {
+                        inner: inner.clone(),
+                        shard: s,
+                        step,
+                        window_entries: 0,
+                        feedback,
+                    };
                     // A panic (a bug, or a procedure that panics) fails the database like any
                     // error: otherwise the other shards and every caller would wait forever.
                     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -323,7 +328,7 @@ impl Database {
                     }));
                     if let Err(e) = run.unwrap_or_else(|panic| Err(panicked(&*panic))) {
                         tracing::error!(shard = s.0, error = %e, "shard stopped");
-                        *lock(&inner.failure) = Some(e);
+                        *lock(&inner.failure) = Some(e.to_string());
                         inner.stopping.store(true, Ordering::SeqCst);
                         inner.progress_moved();
                         inner.board_changed.notify_all();
@@ -466,7 +471,7 @@ impl Database {
 
     /// Waits until every shard has applied every window at or below `ts`.
     pub(crate) fn wait_safe(&self, ts: Timestamp) -> Result<(), TxnError> {
-        self.inner.wait_progress(|p| p.safe >= ts, || self.check_running())
+        self.inner.wait_progress(|p| p.iter().all(|p| p.safe >= ts), || self.check_running())
     }
 
     /// [`Database::wait_safe`] for async callers: waits on a notification, not a thread.
@@ -541,35 +546,97 @@ fn sequencer_error(e: SequencerError) -> TxnError {
     }
 }
 
+/// The embedded shell of one shard's [`Step`]: windows from the sequencer's channel, remote
+/// reads straight from the other shards' storage once they have applied the window before,
+/// verdicts through the shared board.
 struct ShardLoop {
     inner: Arc<Inner>,
     shard: ShardId,
-    applier: ShardApplier,
+    step: Step,
+    /// Entries of the window in progress, all shards' (for [`Stats::entries`]).
+    window_entries: usize,
     /// Deferred entries run at the front of the next window; this makes sure there is one.
     /// Also told when every shard has applied a window, so the next may be sealed early.
     feedback: Feedback,
 }
 
 impl ShardLoop {
-    fn run(mut self, deliveries: Receiver<Delivery>) -> Result<(), String> {
-        if self.applier.has_deferred() {
-            self.feedback.request_window(); // deferred before a restart
-        }
+    fn run(mut self, deliveries: Receiver<Delivery>) -> Result<(), StepError> {
+        self.step.handle(Event::Started)?;
+        self.perform()?;
         loop {
-            match deliveries.recv_timeout(Duration::from_millis(100)) {
-                Ok(Delivery::Window(w)) => self.apply(&w, &deliveries)?,
-                Ok(Delivery::Tick(ts)) => self.set_progress(None, ts),
-                Ok(Delivery::Durable(e)) => {
-                    return Err(format!("window {e} reported durable out of turn"));
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    if self.inner.failure.lock().map(|f| f.is_some()).unwrap_or(true) {
-                        return Ok(());
+            let event = match deliveries.recv_timeout(Duration::from_millis(100)) {
+                Ok(Delivery::Window(w)) => {
+                    self.window_entries = w.entries.len();
+                    Event::Window {
+                        epoch: w.epoch,
+                        ts: w.ts,
+                        slice: w.slice(self.shard).map(|(t, e)| (t, e.clone())).collect(),
                     }
                 }
+                Ok(Delivery::Durable(e)) => Event::Durable(e),
+                Ok(Delivery::Tick(ts)) => {
+                    self.set_progress(None, ts);
+                    continue;
+                }
+                Err(RecvTimeoutError::Timeout) if self.inner.failed() => return Ok(()),
+                Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            };
+            self.step.handle(event)?;
+            self.perform()?;
+        }
+    }
+
+    /// Carries out the step's commands, feeding back what they answer, until none is left.
+    fn perform(&mut self) -> Result<(), StepError> {
+        while let Some(command) = self.step.next_command() {
+            match command {
+                Command::ReadRemote { window, shard, at, points, scans } => {
+                    self.inner.wait_applied(shard, Epoch(window.0 - 1))?;
+                    let mvcc = &self.inner.shards[shard.0 as usize];
+                    let points = points
+                        .into_iter()
+                        .map(|key| Ok((key.clone(), mvcc.get(&key, at)?.map(|v| v.value))))
+                        .collect::<Result<_, StorageError>>()?;
+                    let scans = scans
+                        .into_iter()
+                        .map(|(range, limit)| {
+                            let rows = mvcc.scan(&range, at, limit)?;
+                            Ok((
+                                (range, limit),
+                                rows.into_iter().map(|(k, v)| (k, v.value)).collect(),
+                            ))
+                        })
+                        .collect::<Result<_, StorageError>>()?;
+                    self.step.handle(Event::RemoteRead { window, shard, points, scans })?;
+                }
+                Command::PublishVerdicts { window, verdicts } => {
+                    self.inner.post_verdicts(window, self.shard, verdicts);
+                }
+                Command::PullVerdicts { window, from } => {
+                    let verdicts = self.inner.pull_verdicts(window, from)?;
+                    self.step.handle(Event::Verdicts { window, from, verdicts })?;
+                }
+                Command::Write(batch) => self.inner.shards[self.shard.0 as usize].apply(&batch)?,
+                Command::Applied { window, ts, decided, .. } => {
+                    self.set_progress(Some(window), ts);
+                    let stats = &self.inner.stats;
+                    if self.shard == ShardId(0) {
+                        stats.windows.fetch_add(1, Ordering::Relaxed);
+                        stats.entries.fetch_add(self.window_entries as u64, Ordering::Relaxed);
+                    }
+                    for (decided, client) in decided {
+                        stats.outcomes.count(&decided);
+                        if let Some(tx) = self.inner.waiters.remove(client) {
+                            let _ = tx.send(Ok(decided.outcome));
+                        }
+                    }
+                }
+                Command::RequestWindow { .. } => self.feedback.request_window(),
             }
         }
+        Ok(())
     }
 
     fn set_progress(&self, applied: Option<Epoch>, safe: Timestamp) {
@@ -585,109 +652,89 @@ impl ShardLoop {
         progress[me].safe = progress[me].safe.max(safe);
         self.inner.progress_moved();
     }
+}
 
-    /// Applies `window`, delivered before its fsync: it is executed at once, and written
-    /// once `deliveries` says it is durable (the sequencer sends nothing else in between).
-    fn apply(&mut self, window: &Window, deliveries: &Receiver<Delivery>) -> Result<(), String> {
-        let (inner, shard) = (self.inner.clone(), self.shard);
-        let Some(applied) = self.applier.apply(
-            window.epoch,
-            window.ts,
-            window.slice(self.shard),
-            |at| ShardsAt { shards: &inner.shards, map: &inner.map, at },
-            |previous| wait_all_applied(&inner, previous),
-            |e, local, participants| exchange(&inner, shard, e, local, participants),
-            || match deliveries.recv() {
-                Ok(Delivery::Durable(e)) if e == window.epoch => Ok(()),
-                Ok(other) => {
-                    Err(format!("expected window {} durable, got {other:?}", window.epoch))
-                }
-                Err(_) => {
-                    Err(format!("the sequencer stopped before window {} was durable", window.epoch))
-                }
-            },
-        )?
-        else {
-            return Ok(()); // replayed from the log, already applied
-        };
-        if applied.deferred {
-            self.feedback.request_window();
-        }
-        self.set_progress(Some(window.epoch), window.ts);
-        let stats = &self.inner.stats;
-        if self.shard == ShardId(0) {
-            stats.windows.fetch_add(1, Ordering::Relaxed);
-            stats.entries.fetch_add(window.entries.len() as u64, Ordering::Relaxed);
-        }
-        for (decided, client) in applied.decided {
-            stats.outcomes.count(&decided);
-            if let Some(tx) = self.inner.waiters.remove(client) {
-                let _ = tx.send(Ok(decided.outcome));
-            }
-        }
-        Ok(())
+/// The other shards of this process, read directly: [`Command::ReadRemote`] is answered only
+/// once the shard read has applied the window before, so its `Snap(e-1)` is there.
+struct Local(Vec<Arc<Mvcc>>);
+
+impl Peers for Local {
+    fn get(
+        &self,
+        shard: ShardId,
+        key: &[u8],
+        at: Timestamp,
+    ) -> Option<Result<Option<Vec<u8>>, StorageError>> {
+        Some(self.0[shard.0 as usize].get(key, at).map(|v| v.map(|v| v.value)))
+    }
+
+    fn scan(
+        &self,
+        shard: ShardId,
+        range: &KeyRange,
+        at: Timestamp,
+        limit: usize,
+    ) -> Option<Result<Rows, StorageError>> {
+        let rows = self.0[shard.0 as usize].scan(range, at, limit);
+        Some(rows.map(|rows| rows.into_iter().map(|(k, v)| (k, v.value)).collect()))
     }
 }
 
-/// What a caught panic says, as a failure.
-pub(crate) fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
+/// What a caught panic says.
+pub(crate) fn panicked(panic: &(dyn std::any::Any + Send)) -> StepError {
     let message = panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".into());
-    format!("a shard thread panicked: {message}")
+    StepError::Panicked(message)
 }
 
-/// Waits until every shard has applied window `epoch`.
-fn wait_all_applied(inner: &Inner, epoch: Epoch) -> Result<(), String> {
-    inner.wait_progress(
-        |p| p.applied >= epoch,
-        || match lock(&inner.failure).is_some() {
-            true => Err("another shard failed".to_string()),
-            false => Ok(()),
-        },
-    )
-}
+impl Inner {
+    fn failed(&self) -> bool {
+        lock(&self.failure).is_some()
+    }
 
-/// Posts this shard's local verdicts for window `e` and tallies every participant's.
-fn exchange(
-    inner: &Inner,
-    shard: ShardId,
-    e: Epoch,
-    local: &[(TxnId, bool)],
-    participants: &Participants,
-) -> Result<Finals, String> {
-    let mut board = lock(&inner.board);
-    // Windows every shard has applied are finished with. (A participant that had applied a
-    // window before a restart answers from storage.)
-    let oldest = lock(&inner.progress).iter().map(|p| p.applied).min().unwrap_or_default();
-    board.posted.retain(|(epoch, _), _| *epoch > oldest);
-    board.posted.insert((e, shard), local.to_vec());
-    inner.board_changed.notify_all();
-    let mut tally = Tally::new(e, shard, local, participants);
-    loop {
-        for p in tally.waiting_for() {
-            let counted = match board.posted.get(&(e, p)) {
-                Some(posted) => tally.record(p, posted),
-                // Participants that applied this window before a restart answer from storage.
-                None if lock(&inner.progress)[p.0 as usize].applied >= e => {
-                    tally.record(p, &stored_verdicts(&inner.shards[p.0 as usize], e)?)
-                }
-                None => continue,
-            };
-            counted.map_err(|e| e.to_string())?;
+    fn elsewhere(&self) -> Result<(), StepError> {
+        match lock(&self.failure).clone() {
+            Some(why) => Err(StepError::Elsewhere(why)),
+            None => Ok(()),
         }
-        if let Some(finals) = tally.finals() {
-            return Ok(finals);
+    }
+
+    /// Waits until `shard` has applied window `epoch`.
+    fn wait_applied(&self, shard: ShardId, epoch: Epoch) -> Result<(), StepError> {
+        self.wait_progress(|p| p[shard.0 as usize].applied >= epoch, || self.elsewhere())
+    }
+
+    /// Posts `shard`'s local verdicts of window `e` on the board.
+    fn post_verdicts(&self, e: Epoch, shard: ShardId, verdicts: Vec<(TxnId, bool)>) {
+        let mut board = lock(&self.board);
+        // Windows every shard has applied are finished with. (A participant that had applied
+        // a window before a restart answers from storage.)
+        let oldest = lock(&self.progress).iter().map(|p| p.applied).min().unwrap_or_default();
+        board.posted.retain(|(epoch, _), _| *epoch > oldest);
+        board.posted.insert((e, shard), verdicts);
+        self.board_changed.notify_all();
+    }
+
+    /// Waits for `from`'s local verdicts of window `e`: posted on the board, or stored once
+    /// it has applied the window (before a restart).
+    fn pull_verdicts(&self, e: Epoch, from: ShardId) -> Result<Vec<(TxnId, bool)>, StepError> {
+        let mut board = lock(&self.board);
+        loop {
+            if let Some(posted) = board.posted.get(&(e, from)) {
+                return Ok(posted.clone());
+            }
+            if lock(&self.progress)[from.0 as usize].applied >= e {
+                return stored_verdicts(&self.shards[from.0 as usize], e);
+            }
+            self.elsewhere()?;
+            board = self
+                .board_changed
+                .wait_timeout(board, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
-        if lock(&inner.failure).is_some() {
-            return Err("another shard failed".into());
-        }
-        board = inner
-            .board_changed
-            .wait_timeout(board, Duration::from_millis(50))
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
     }
 }

@@ -426,6 +426,11 @@ impl Validated {
     pub fn epoch(&self) -> Epoch {
         self.epoch
     }
+
+    /// The tasks executed, in execution order, to run them again.
+    pub fn into_tasks(self) -> Vec<Task> {
+        self.entries.into_iter().map(|e| e.task).collect()
+    }
 }
 
 fn range_bounds(r: &KeyRange) -> (std::ops::Bound<&[u8]>, std::ops::Bound<&[u8]>) {

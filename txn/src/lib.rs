@@ -8,8 +8,9 @@
 //! - [`Outcome`]: how each transaction ended; [`Decided`] adds its [`SerialPosition`] in the
 //!   serial order, which the tests check against a serial oracle.
 //! - [`ShardMap`]: range partitioning of keys to shards.
-//! - [`Tally`]: one participant's count of a window's verdict exchange, shared by the
-//!   embedded database and the shard server.
+//! - [`Step`]: one shard's window protocol as a state machine that takes [`Event`]s and
+//!   returns [`Command`]s, with no I/O; [`Tally`] is its count of a window's verdict exchange.
+//!   The embedded database, the shard server and the simulation run the same step.
 //!
 //! - [`Database`]: sealdb in one process, the sequencer and shard threads around the
 //!   executor: [`Database::call`] for procedures, [`Database::snapshot`] for read-only
@@ -29,10 +30,11 @@ mod outcome;
 mod procedure;
 pub mod remote;
 mod request;
-mod shard;
 mod shard_map;
 mod snapshot;
+mod step;
 mod store;
+mod stored;
 mod tally;
 mod transaction;
 
@@ -44,6 +46,8 @@ pub use crate::procedure::{Context, ProcError, Procedure, Registry, Rows};
 pub use crate::request::{InteractiveCommit, Request, range_from_proto, range_to_proto};
 pub use crate::shard_map::{InvalidShardMap, ShardMap};
 pub use crate::snapshot::ShardsAt;
+pub use crate::step::{Command, Distant, Event, Peers, Step, StepError};
 pub use crate::store::{Store, StoreSnapshot, StoreTransaction};
+pub use crate::stored::stored_verdicts;
 pub use crate::tally::{Finals, Participants, Tally, TallyError};
 pub use crate::transaction::{ReadAt, Snapshot, Transaction};

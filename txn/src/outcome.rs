@@ -1,5 +1,7 @@
 //! [`Outcome`]: how a read-write transaction ended, as every participant computes it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use clock::Timestamp;
 use storage::Epoch;
 
@@ -71,4 +73,34 @@ pub struct Decided {
     pub outcome: Outcome,
     /// Its place in the serial order.
     pub position: Option<SerialPosition>,
+}
+
+/// How many decided transactions ended each way, counted where their outcome is reported
+/// (the lowest participant).
+#[derive(Default)]
+pub(crate) struct OutcomeCounters {
+    /// Committed, fallbacks included.
+    pub(crate) committed: AtomicU64,
+    /// Single-shard procedures committed by re-execution after losing validation.
+    pub(crate) fallbacks: AtomicU64,
+    /// Interactive transactions that failed validation.
+    pub(crate) conflicts: AtomicU64,
+    /// Aborted.
+    pub(crate) aborts: AtomicU64,
+}
+
+impl OutcomeCounters {
+    /// Counts `decided`.
+    pub(crate) fn count(&self, decided: &Decided) {
+        let counter = match (&decided.outcome, decided.position) {
+            (Outcome::Committed { .. }, Some(p)) if p.phase == Phase::Fallback => {
+                self.committed.fetch_add(1, Ordering::Relaxed);
+                &self.fallbacks
+            }
+            (Outcome::Committed { .. }, _) => &self.committed,
+            (Outcome::Conflict { .. }, _) => &self.conflicts,
+            (Outcome::Aborted(_), _) => &self.aborts,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }

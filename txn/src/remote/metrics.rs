@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::shard::OutcomeCounters;
+use crate::outcome::OutcomeCounters;
 
 /// One metric's current value.
 pub struct Metric {

@@ -1,0 +1,919 @@
+//! [`World`]: a sequencer, three shards and their clients in one thread, driven by a seeded
+//! scheduler over a simulated network. Each shard runs the same [`Step`] as the embedded
+//! database and the shard server; this shell carries out its commands as messages.
+//!
+//! ```text
+//!   clients ──Submit──> sequencer (Sealer; a window is durable after a simulated fsync)
+//!                          │ Fetch(e) / Deliver(window e, durable)
+//!   shard 0 <──Read / Pull / replies──> shard 1 <──> shard 2      (each runs a Step)
+//!      └──Outcome (from an entry's lowest participant)──> client
+//! ```
+//!
+//! Everything happens at simulated microseconds taken from one queue of timed events, in
+//! order; ties break by insertion order. Every random choice comes from one seeded generator
+//! and every map is ordered, so a seed reproduces a run exactly.
+//!
+//! Faults, all seeded: message delay (and so reordering), loss (requests are retried on a
+//! timer; a lost submission or outcome leaves the client not knowing), shard crashes that
+//! keep only what was flushed (then restart and replay from the watermark), sequencer
+//! crashes that lose the window being fsynced, and sequencer clock offsets within
+//! `MAX_OFFSET` (its windows' timestamps must still increase). Not simulated here: commit-wait
+//! and reads at a timestamp (the step has no clock), and the gRPC layer itself.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clock::Timestamp;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sequencer::{ClientId, Entry, Sealer, SealerConfig, ShardId, TxnId, Window};
+use storage::{Epoch, KeyRange, Limits, Mvcc};
+use tests::history::{Completion, Mop, Recorder};
+use txn::builtin::{ListOp, decode_list, decode_list_output, encode_list_ops, list_key};
+use txn::{Command, Distant, Event, Executor, Outcome, Registry, Request, ShardMap, Step};
+
+use crate::bank;
+use crate::engine::{Keep, SimEngine};
+
+/// Shards in the simulated cluster.
+pub const SHARDS: u32 = 3;
+
+/// The largest offset of the sequencer's clock from true time.
+const MAX_OFFSET: u64 = 5_000;
+
+/// List-append keys: few, so transactions collide.
+const LIST_KEYS: u64 = 6;
+
+/// A request to a peer unanswered this long is sent again.
+const RETRY: u64 = 20_000;
+
+/// A client gives up waiting for an outcome after this long (it then does not know).
+const CLIENT_TIMEOUT: u64 = 60_000;
+
+/// After the run, everything must have settled within this long.
+const SETTLE: u64 = 10_000_000;
+
+/// A bug planted in the shell, to show that the invariants catch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bug {
+    /// A participant takes its own local verdicts for every peer's: it decides alone.
+    LocalVerdictOnly,
+    /// A sequencer crash loses the last durable window too.
+    LoseDurableWindow,
+    /// A shard crash keeps a window's writes without its watermark: the window is applied
+    /// again on top of itself. (Harmless by design: a replay reads `Snap(e-1)`, below its
+    /// own writes; a test shows the invariants hold.)
+    TornWatermark,
+    /// A shard answers a peer's reads from its latest state instead of `Snap(e-1)`: a shard
+    /// replaying a window after a crash reads its peers' writes of that window.
+    LatestReads,
+}
+
+/// One simulated run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Seeds every choice.
+    pub seed: u64,
+    /// Simulated microseconds during which clients submit and faults happen.
+    pub run_for: u64,
+    /// Clients running list-append transactions.
+    pub list_clients: usize,
+    /// Clients running transfers and audits.
+    pub bank_clients: usize,
+    /// Inject faults.
+    pub faults: bool,
+    /// A planted bug, if any.
+    pub bug: Option<Bug>,
+}
+
+impl Config {
+    /// The configuration the seeds run with.
+    pub fn new(seed: u64) -> Config {
+        Config {
+            seed,
+            run_for: 1_000_000,
+            list_clients: 4,
+            bank_clients: 3,
+            faults: true,
+            bug: None,
+        }
+    }
+}
+
+/// What a run leaves for the invariants to check.
+#[derive(Debug, Default)]
+pub struct Run {
+    /// The list-append history (Jepsen JSON lines).
+    pub history: String,
+    /// Appends the database acknowledged: key and value.
+    pub acknowledged_appends: Vec<(u64, u64)>,
+    /// Every list at the end, read from its shard.
+    pub final_lists: BTreeMap<u64, Vec<u64>>,
+    /// Balances seen by committed audits.
+    pub audits: Vec<Vec<u64>>,
+    /// Every balance at the end, read from its shard.
+    pub final_balances: Vec<u64>,
+    /// Every write: the shard, the window written, and the shard's watermark before it.
+    pub writes: Vec<(ShardId, Epoch, Epoch)>,
+    /// Every final verdict a shard applied: shard, window, entry, commit. (A deferred entry
+    /// has one verdict per window it runs in.)
+    pub verdicts: Vec<(ShardId, Epoch, TxnId, bool)>,
+    /// Errors of a step, and a run that did not settle.
+    pub errors: Vec<String>,
+    /// Counts, to see that a run did something.
+    pub stats: Stats,
+}
+
+/// Counts of what happened in a run.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    /// Windows made durable.
+    pub windows: u64,
+    /// Client transactions acknowledged as committed.
+    pub committed: u64,
+    /// Multi-shard entries among the applied verdicts (counted per participant).
+    pub multi_shard_verdicts: u64,
+    /// Crashes of shards and of the sequencer.
+    pub crashes: u64,
+    /// Messages lost.
+    pub lost: u64,
+    /// Requests sent again after a timeout.
+    pub retries: u64,
+}
+
+/// A timed event.
+#[derive(Debug)]
+enum Ev {
+    SealTimer,
+    Fsynced {
+        life: u64,
+    },
+    Submit {
+        entry: Entry,
+    },
+    Fetch {
+        shard: ShardId,
+        epoch: Epoch,
+    },
+    WantWindow,
+    Deliver {
+        shard: ShardId,
+        window: Arc<Window>,
+    },
+    /// A request from one shard to another (a read or a verdict pull), or its answer.
+    Request {
+        to: ShardId,
+        from: ShardId,
+        life: u64,
+        req: u64,
+        ask: Ask,
+    },
+    Reply {
+        to: ShardId,
+        life: u64,
+        req: u64,
+        event: Event,
+    },
+    Retry {
+        shard: ShardId,
+        life: u64,
+        req: u64,
+    },
+    Poll {
+        shard: ShardId,
+        life: u64,
+    },
+    Flush {
+        shard: ShardId,
+    },
+    Outcome {
+        client: usize,
+        op: u64,
+        outcome: Outcome,
+    },
+    ClientTimeout {
+        client: usize,
+        op: u64,
+    },
+    ClientNext {
+        client: usize,
+    },
+    CrashShard {
+        shard: ShardId,
+    },
+    RestartShard {
+        shard: ShardId,
+    },
+    CrashSequencer,
+    RestartSequencer,
+}
+
+/// What one shard asks another.
+#[derive(Debug, Clone)]
+enum Ask {
+    Read { window: Epoch, at: Timestamp, points: Vec<Vec<u8>>, scans: Vec<(KeyRange, usize)> },
+    Verdicts { window: Epoch },
+}
+
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+struct SequencerNode {
+    alive: bool,
+    life: u64,
+    sealer: Sealer,
+    /// Durable windows, oldest first.
+    log: Vec<Arc<Window>>,
+    /// The window being fsynced.
+    syncing: Option<Window>,
+    /// Shards waiting for a window not yet durable.
+    waiting: BTreeMap<ShardId, Epoch>,
+    want_window: bool,
+    /// Its clock's offset from true time, within `MAX_OFFSET` either way.
+    offset: i64,
+}
+
+struct ShardNode {
+    alive: bool,
+    /// Bumped by each crash: replies and timers of an earlier life are ignored.
+    life: u64,
+    engine: Arc<SimEngine>,
+    mvcc: Arc<Mvcc>,
+    step: Option<Step>,
+    /// Local verdicts published for windows in progress.
+    published: BTreeMap<Epoch, Vec<(TxnId, bool)>>,
+    /// Peers' requests waiting for this shard to get far enough.
+    parked: Vec<(ShardId, u64, u64, Ask)>,
+    /// Requests sent and not answered, to send again on a timer.
+    outstanding: BTreeMap<u64, (ShardId, Ask)>,
+    next_req: u64,
+    /// The step failed: the shard stopped for good.
+    halted: bool,
+}
+
+enum Work {
+    List(Vec<Mop>),
+    Transfer,
+    Audit,
+}
+
+struct Client {
+    process: u64,
+    op: u64,
+    pending: Option<Work>,
+}
+
+/// The simulated cluster.
+pub struct World {
+    config: Config,
+    rng: StdRng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    map: ShardMap,
+    registry: Registry,
+    sequencer: SequencerNode,
+    shards: Vec<ShardNode>,
+    clients: Vec<Client>,
+    /// Which client and operation each logged entry belongs to.
+    owners: BTreeMap<ClientId, (usize, u64)>,
+    next_client_id: u128,
+    next_value: BTreeMap<u64, u64>,
+    history: Recorder,
+    run: Run,
+}
+
+fn sealer_config() -> SealerConfig {
+    SealerConfig {
+        window_interval: Duration::from_millis(1),
+        seal_ahead: None,
+        ..SealerConfig::default()
+    }
+}
+
+impl World {
+    /// A fresh cluster for `config`.
+    pub fn new(config: Config) -> World {
+        let mut rng = StdRng::seed_from_u64(config.seed);
+        let offset = rng.random_range(-(MAX_OFFSET as i64)..=MAX_OFFSET as i64);
+        let clients = config.list_clients + config.bank_clients;
+        let mut world = World {
+            map: ShardMap::uniform(SHARDS),
+            registry: bank::registry(),
+            sequencer: SequencerNode {
+                alive: true,
+                life: 0,
+                sealer: Sealer::new(sealer_config(), &[], Duration::ZERO),
+                log: Vec::new(),
+                syncing: None,
+                waiting: BTreeMap::new(),
+                want_window: false,
+                offset,
+            },
+            shards: Vec::new(),
+            clients: (0..clients)
+                .map(|i| Client { process: i as u64, op: 0, pending: None })
+                .collect(),
+            owners: BTreeMap::new(),
+            next_client_id: 1,
+            next_value: BTreeMap::new(),
+            history: Recorder::simulated(),
+            run: Run::default(),
+            config,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+        };
+        for s in 0..SHARDS {
+            let engine = Arc::new(SimEngine::default());
+            let mvcc = Arc::new(Mvcc::open(engine.clone(), Limits::default()).expect("open"));
+            world.shards.push(ShardNode {
+                alive: false,
+                life: 0,
+                engine,
+                mvcc,
+                step: None,
+                published: BTreeMap::new(),
+                parked: Vec::new(),
+                outstanding: BTreeMap::new(),
+                next_req: 0,
+                halted: false,
+            });
+            world.restart_shard(ShardId(s));
+        }
+        world.at(0, Ev::SealTimer);
+        for client in 0..clients {
+            let start = world.rng.random_range(0..1_000);
+            world.at(start, Ev::ClientNext { client });
+        }
+        if world.config.faults {
+            world.plan_faults();
+        }
+        world
+    }
+
+    fn plan_faults(&mut self) {
+        let run_for = self.config.run_for;
+        for s in 0..SHARDS {
+            let shard = ShardId(s);
+            let first_flush = self.rng.random_range(0..5_000);
+            self.at(first_flush, Ev::Flush { shard });
+            for _ in 0..self.rng.random_range(0..=2) {
+                let at = self.rng.random_range(0..run_for);
+                self.at(at, Ev::CrashShard { shard });
+                let down = self.rng.random_range(1_000..30_000);
+                self.at(at + down, Ev::RestartShard { shard });
+            }
+        }
+        let sequencer_crashes = match self.config.bug {
+            Some(Bug::LoseDurableWindow) => 3,
+            _ => self.rng.random_range(0..=1),
+        };
+        for _ in 0..sequencer_crashes {
+            let at = self.rng.random_range(0..run_for);
+            self.at(at, Ev::CrashSequencer);
+            let down = self.rng.random_range(1_000..20_000);
+            self.at(at + down, Ev::RestartSequencer);
+        }
+    }
+
+    fn at(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled { at, seq: self.seq, ev }));
+    }
+
+    fn after(&mut self, delay: u64, ev: Ev) {
+        self.at(self.now + delay, ev);
+    }
+
+    /// Sends `ev` over the network: delayed, sometimes much (so reordered), sometimes lost.
+    fn send(&mut self, ev: Ev) {
+        if self.config.faults && self.rng.random_bool(0.02) {
+            self.run.stats.lost += 1;
+            return;
+        }
+        let delay = if self.rng.random_bool(0.02) {
+            self.rng.random_range(1_000..8_000)
+        } else {
+            self.rng.random_range(20..400)
+        };
+        self.after(delay, ev);
+    }
+
+    /// Runs to the end: the workload for `run_for`, then until every node has settled.
+    pub fn run(mut self) -> Run {
+        let deadline = self.config.run_for + SETTLE;
+        while let Some(Reverse(next)) = self.queue.pop() {
+            self.now = next.at;
+            self.history.set_time(self.now * 1_000);
+            self.handle(next.ev);
+            if self.now > self.config.run_for && self.settled() {
+                break;
+            }
+            if self.now > deadline {
+                self.run.errors.push(format!(
+                    "not settled {} s after the run: {}",
+                    SETTLE / 1_000_000,
+                    self.unsettled()
+                ));
+                break;
+            }
+        }
+        self.finish()
+    }
+
+    fn settled(&self) -> bool {
+        self.unsettled().is_empty()
+    }
+
+    /// What has not settled yet, or nothing.
+    fn unsettled(&self) -> String {
+        let last = self.sequencer.log.last().map_or(Epoch(0), |w| w.epoch);
+        let mut why = Vec::new();
+        if !self.sequencer.alive || self.sequencer.syncing.is_some() {
+            why.push("the sequencer is down or syncing".to_string());
+        }
+        if self.sequencer.sealer.open_len() > 0 {
+            why.push("entries are waiting to be sealed".to_string());
+        }
+        for (i, c) in self.clients.iter().enumerate() {
+            if c.pending.is_some() {
+                why.push(format!("client {i} waits"));
+            }
+        }
+        for (s, node) in self.shards.iter().enumerate() {
+            match &node.step {
+                _ if node.halted => why.push(format!("shard {s} halted")),
+                None => why.push(format!("shard {s} is down")),
+                Some(step) if step.is_busy() || step.applied().0 != last => {
+                    why.push(format!("shard {s} at {} of {last}", step.applied().0))
+                }
+                Some(step) if step.deferred().next().is_some() => {
+                    why.push(format!("shard {s} has deferred entries"))
+                }
+                Some(_) => {}
+            }
+        }
+        why.join("; ")
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::SealTimer => {
+                self.seal();
+                self.after(1_000, Ev::SealTimer);
+            }
+            Ev::Fsynced { life } => self.fsynced(life),
+            Ev::Submit { entry } => {
+                if self.sequencer.alive {
+                    let now = Duration::from_micros(self.now);
+                    let _ = self.sequencer.sealer.submit(entry, now);
+                }
+            }
+            Ev::Fetch { shard, epoch } => {
+                if !self.sequencer.alive {
+                    return;
+                }
+                match self.sequencer.log.get(epoch.0 as usize - 1).cloned() {
+                    Some(window) => self.send(Ev::Deliver { shard, window }),
+                    None => {
+                        self.sequencer.waiting.insert(shard, epoch);
+                    }
+                }
+            }
+            Ev::WantWindow => self.sequencer.want_window = true,
+            Ev::Deliver { shard, window } => self.deliver(shard, &window),
+            Ev::Request { to, from, life, req, ask } => self.answer(to, from, life, req, ask),
+            Ev::Reply { to, life, req, event } => {
+                let node = &mut self.shards[to.0 as usize];
+                if node.alive && node.life == life && node.outstanding.remove(&req).is_some() {
+                    self.feed(to, event);
+                }
+            }
+            Ev::Retry { shard, life, req } => {
+                let node = &self.shards[shard.0 as usize];
+                if node.alive
+                    && node.life == life
+                    && let Some((to, ask)) = node.outstanding.get(&req).cloned()
+                {
+                    self.run.stats.retries += 1;
+                    self.send(Ev::Request { to, from: shard, life, req, ask });
+                    self.after(RETRY, Ev::Retry { shard, life, req });
+                }
+            }
+            Ev::Poll { shard, life } => {
+                let node = &self.shards[shard.0 as usize];
+                if node.life != life || !node.alive {
+                    return;
+                }
+                if let Some(step) = &node.step
+                    && !step.is_busy()
+                {
+                    let epoch = step.next_epoch();
+                    self.send(Ev::Fetch { shard, epoch });
+                }
+                self.after(5_000, Ev::Poll { shard, life });
+            }
+            Ev::Flush { shard } => {
+                let node = &self.shards[shard.0 as usize];
+                if node.alive {
+                    node.mvcc.flush().expect("an in-memory flush");
+                }
+                let next = self.rng.random_range(1_000..20_000);
+                self.after(next, Ev::Flush { shard });
+            }
+            Ev::Outcome { client, op, outcome } => self.outcome(client, op, outcome),
+            Ev::ClientTimeout { client, op } => {
+                if self.clients[client].op == op && self.clients[client].pending.is_some() {
+                    self.complete(client, Completion::Info, None);
+                }
+            }
+            Ev::ClientNext { client } => self.next_transaction(client),
+            Ev::CrashShard { shard } => self.crash_shard(shard),
+            Ev::RestartShard { shard } => self.restart_shard(shard),
+            Ev::CrashSequencer => self.crash_sequencer(),
+            Ev::RestartSequencer => self.restart_sequencer(),
+        }
+    }
+
+    // ---- the sequencer ----
+
+    fn seal(&mut self) {
+        let s = &mut self.sequencer;
+        if !s.alive || s.syncing.is_some() || (s.sealer.open_len() == 0 && !s.want_window) {
+            return;
+        }
+        s.want_window = false;
+        let clock = (self.now as i64 + s.offset).max(0) as u64;
+        let ts = Timestamp::from_unix_duration(Duration::from_micros(clock));
+        let window = s.sealer.seal(ts, Duration::from_micros(self.now));
+        s.syncing = Some(window);
+        let life = s.life;
+        let fsync = self.rng.random_range(100..2_000);
+        self.after(fsync, Ev::Fsynced { life });
+    }
+
+    fn fsynced(&mut self, life: u64) {
+        let s = &mut self.sequencer;
+        if !s.alive || s.life != life {
+            return;
+        }
+        let Some(window) = s.syncing.take() else { return };
+        let window = Arc::new(window);
+        s.log.push(window.clone());
+        self.run.stats.windows += 1;
+        let waiting: Vec<ShardId> = s
+            .waiting
+            .iter()
+            .filter(|(_, e)| **e == window.epoch)
+            .map(|(shard, _)| *shard)
+            .collect();
+        for shard in waiting {
+            self.sequencer.waiting.remove(&shard);
+            self.send(Ev::Deliver { shard, window: window.clone() });
+        }
+    }
+
+    fn crash_sequencer(&mut self) {
+        let s = &mut self.sequencer;
+        if !s.alive {
+            return;
+        }
+        self.run.stats.crashes += 1;
+        s.alive = false;
+        s.life += 1;
+        s.syncing = None;
+        s.waiting.clear();
+        if self.config.bug == Some(Bug::LoseDurableWindow) {
+            s.log.pop();
+        }
+    }
+
+    fn restart_sequencer(&mut self) {
+        let history: Vec<Window> = self.sequencer.log.iter().map(|w| (**w).clone()).collect();
+        let offset = self.rng.random_range(-(MAX_OFFSET as i64)..=MAX_OFFSET as i64);
+        let s = &mut self.sequencer;
+        s.sealer = Sealer::new(sealer_config(), &history, Duration::from_micros(self.now));
+        s.offset = offset;
+        s.alive = true;
+    }
+
+    // ---- the shards ----
+
+    fn crash_shard(&mut self, shard: ShardId) {
+        let keep = match self.config.bug {
+            Some(Bug::TornWatermark) => Keep::TornWatermark,
+            _ => Keep::Durable,
+        };
+        let node = &mut self.shards[shard.0 as usize];
+        if !node.alive {
+            return;
+        }
+        self.run.stats.crashes += 1;
+        node.alive = false;
+        node.life += 1;
+        node.step = None;
+        node.published.clear();
+        node.parked.clear();
+        node.outstanding.clear();
+        node.engine = Arc::new(node.engine.crash(keep));
+    }
+
+    fn restart_shard(&mut self, shard: ShardId) {
+        let node = &mut self.shards[shard.0 as usize];
+        if node.alive || node.halted {
+            return;
+        }
+        node.mvcc = Arc::new(Mvcc::open(node.engine.clone(), Limits::default()).expect("open"));
+        let executor =
+            Executor::new(shard, self.map.clone(), self.registry.clone(), Limits::default());
+        let step = Step::open(executor, self.map.clone(), node.mvcc.clone(), Arc::new(Distant));
+        node.step = Some(step.expect("a step over an in-memory engine"));
+        node.alive = true;
+        let life = node.life;
+        self.feed(shard, Event::Started);
+        self.after(0, Ev::Poll { shard, life });
+    }
+
+    fn deliver(&mut self, shard: ShardId, window: &Window) {
+        let node = &self.shards[shard.0 as usize];
+        let Some(step) = node.step.as_ref().filter(|_| node.alive) else { return };
+        if step.is_busy() || window.epoch != step.next_epoch() {
+            return; // a duplicate, or one already applied
+        }
+        let slice = window.slice(shard).map(|(t, e)| (t, e.clone())).collect();
+        self.feed(shard, Event::Window { epoch: window.epoch, ts: window.ts, slice });
+        self.feed(shard, Event::Durable(window.epoch));
+    }
+
+    /// Gives `event` to `shard`'s step and carries out what it asks.
+    fn feed(&mut self, shard: ShardId, event: Event) {
+        let node = &mut self.shards[shard.0 as usize];
+        let Some(step) = node.step.as_mut() else { return };
+        if let Err(e) = step.handle(event) {
+            self.run.errors.push(format!("shard {} stopped: {e}", shard.0));
+            node.halted = true;
+            node.alive = false;
+            node.step = None;
+            return;
+        }
+        while let Some(command) =
+            self.shards[shard.0 as usize].step.as_mut().and_then(Step::next_command)
+        {
+            self.perform(shard, command);
+        }
+    }
+
+    fn perform(&mut self, shard: ShardId, command: Command) {
+        match command {
+            Command::ReadRemote { window, shard: to, at, points, scans } => {
+                self.request(shard, to, Ask::Read { window, at, points, scans });
+            }
+            Command::PublishVerdicts { window, verdicts } => {
+                self.shards[shard.0 as usize].published.insert(window, verdicts);
+                self.unpark(shard);
+            }
+            Command::PullVerdicts { window, from } => {
+                if self.config.bug == Some(Bug::LocalVerdictOnly) {
+                    let own = self.shards[shard.0 as usize].published[&window].clone();
+                    self.feed(shard, Event::Verdicts { window, from, verdicts: own });
+                } else {
+                    self.request(shard, from, Ask::Verdicts { window });
+                }
+            }
+            Command::Write(batch) => {
+                let node = &self.shards[shard.0 as usize];
+                let before = node.mvcc.applied().map_or(Epoch(0), |w| w.window);
+                self.run.writes.push((shard, batch.window(), before));
+                node.mvcc.apply(&batch).expect("an in-memory write");
+            }
+            Command::Applied { window, decided, finals, .. } => {
+                for (txn, commit) in finals {
+                    self.run.verdicts.push((shard, window, txn, commit));
+                    self.run.stats.multi_shard_verdicts += 1;
+                }
+                for (d, client_id) in decided {
+                    if let Some((client, op)) = self.owners.get(&client_id).copied() {
+                        self.send(Ev::Outcome { client, op, outcome: d.outcome });
+                    }
+                }
+                let node = &mut self.shards[shard.0 as usize];
+                node.published.retain(|e, _| *e > window);
+                self.unpark(shard);
+                let node = &self.shards[shard.0 as usize];
+                if let Some(step) = node.step.as_ref().filter(|s| !s.is_busy()) {
+                    let epoch = step.next_epoch();
+                    self.send(Ev::Fetch { shard, epoch });
+                }
+            }
+            Command::RequestWindow { .. } => self.send(Ev::WantWindow),
+        }
+    }
+
+    fn request(&mut self, from: ShardId, to: ShardId, ask: Ask) {
+        let node = &mut self.shards[from.0 as usize];
+        node.next_req += 1;
+        let (req, life) = (node.next_req, node.life);
+        node.outstanding.insert(req, (to, ask.clone()));
+        self.send(Ev::Request { to, from, life, req, ask });
+        self.after(RETRY, Ev::Retry { shard: from, life, req });
+    }
+
+    /// Answers a peer's request now if this shard has got far enough, else parks it.
+    fn answer(&mut self, at: ShardId, from: ShardId, life: u64, req: u64, ask: Ask) {
+        let node = &mut self.shards[at.0 as usize];
+        if !node.alive {
+            return; // lost with the node; the peer asks again
+        }
+        let applied = node.mvcc.applied().map_or(Epoch(0), |w| w.window);
+        let event = match &ask {
+            Ask::Read { window, at: ts, points, scans } if applied.0 + 1 >= window.0 => {
+                let mvcc = &node.mvcc;
+                let latest = mvcc.applied().map_or(*ts, |w| w.ts);
+                let ts = match self.config.bug {
+                    Some(Bug::LatestReads) => &latest,
+                    _ => ts,
+                };
+                let points = points
+                    .iter()
+                    .map(|k| (k.clone(), mvcc.get(k, *ts).expect("a read").map(|v| v.value)))
+                    .collect();
+                let scans = scans
+                    .iter()
+                    .map(|(range, limit)| {
+                        let rows = mvcc.scan(range, *ts, *limit).expect("a scan");
+                        (
+                            (range.clone(), *limit),
+                            rows.into_iter().map(|(k, v)| (k, v.value)).collect(),
+                        )
+                    })
+                    .collect();
+                Event::RemoteRead { window: *window, shard: at, points, scans }
+            }
+            Ask::Verdicts { window } if node.published.contains_key(window) => {
+                let verdicts = node.published[window].clone();
+                Event::Verdicts { window: *window, from: at, verdicts }
+            }
+            Ask::Verdicts { window } if applied >= *window => {
+                let verdicts = txn::stored_verdicts(&node.mvcc, *window).expect("stored verdicts");
+                Event::Verdicts { window: *window, from: at, verdicts }
+            }
+            _ => {
+                node.parked.push((from, life, req, ask));
+                return;
+            }
+        };
+        self.send(Ev::Reply { to: from, life, req, event });
+    }
+
+    fn unpark(&mut self, shard: ShardId) {
+        let parked = std::mem::take(&mut self.shards[shard.0 as usize].parked);
+        for (from, life, req, ask) in parked {
+            self.answer(shard, from, life, req, ask);
+        }
+    }
+
+    // ---- the clients ----
+
+    fn next_transaction(&mut self, client: usize) {
+        if self.now > self.config.run_for {
+            return;
+        }
+        let (work, request) = if client < self.config.list_clients {
+            let mut mops = Vec::new();
+            let mut ops = Vec::new();
+            for _ in 0..self.rng.random_range(1..=3) {
+                let key = self.rng.random_range(0..LIST_KEYS);
+                if self.rng.random_bool(0.5) {
+                    mops.push(Mop::Read(key, None));
+                    ops.push(ListOp::Read(key));
+                } else {
+                    let value = self.next_value.entry(key).or_insert(0);
+                    *value += 1;
+                    mops.push(Mop::Append(key, *value));
+                    ops.push(ListOp::Append(key, *value));
+                }
+            }
+            self.history.invoke(self.clients[client].process, &mops);
+            (Work::List(mops), self.call("list_append", encode_list_ops(&ops)))
+        } else if self.rng.random_bool(0.8) {
+            let from = self.rng.random_range(0..bank::ACCOUNTS);
+            let to = (from + self.rng.random_range(1..bank::ACCOUNTS)) % bank::ACCOUNTS;
+            let amount = self.rng.random_range(1..120);
+            (Work::Transfer, self.call("transfer", bank::transfer_args(from, to, amount)))
+        } else {
+            (Work::Audit, self.call("audit", Vec::new()))
+        };
+        let c = &mut self.clients[client];
+        c.op += 1;
+        c.pending = Some(work);
+        let op = c.op;
+        let client_id = ClientId(self.next_client_id);
+        self.next_client_id += 1;
+        self.owners.insert(client_id, (client, op));
+        let participants =
+            request.ranges().iter().flat_map(|r| self.map.shards_of(r)).collect::<Vec<_>>();
+        let entry = Entry::new(client_id, participants, request.encode().into());
+        self.send(Ev::Submit { entry });
+        self.after(CLIENT_TIMEOUT, Ev::ClientTimeout { client, op });
+    }
+
+    fn call(&self, name: &str, args: Vec<u8>) -> Request {
+        let procedure = self.registry.get(name).expect("a registered procedure");
+        let ranges = procedure.ranges(&args).expect("valid arguments");
+        Request::Procedure { name: name.to_string(), args, ranges }
+    }
+
+    fn outcome(&mut self, client: usize, op: u64, outcome: Outcome) {
+        if self.clients[client].op != op || self.clients[client].pending.is_none() {
+            return; // late, or a second answer after a replay
+        }
+        match outcome {
+            Outcome::Committed { output, .. } => {
+                self.complete(client, Completion::Ok, Some(output))
+            }
+            Outcome::Aborted(_) | Outcome::Conflict { .. } => {
+                self.complete(client, Completion::Fail, None)
+            }
+        }
+    }
+
+    fn complete(&mut self, client: usize, completion: Completion, output: Option<Vec<u8>>) {
+        let c = &mut self.clients[client];
+        let process = c.process;
+        match c.pending.take().expect("a pending transaction") {
+            Work::List(mops) => {
+                let mut mops = mops;
+                if let Some(output) = &output {
+                    let mut reads =
+                        decode_list_output(output).expect("list-append output").into_iter();
+                    for mop in &mut mops {
+                        match mop {
+                            Mop::Read(_, seen) => *seen = Some(reads.next().unwrap_or_default()),
+                            Mop::Append(k, v) => self.run.acknowledged_appends.push((*k, *v)),
+                        }
+                    }
+                }
+                self.history.complete(process, completion, &mops);
+                if completion == Completion::Info {
+                    // A process whose last operation is unknown is never reused (Jepsen's rule).
+                    self.clients[client].process +=
+                        (self.config.list_clients + self.config.bank_clients) as u64;
+                }
+            }
+            Work::Audit => {
+                if let Some(output) = output {
+                    self.run.audits.push(bank::audited(&output));
+                }
+            }
+            Work::Transfer => {}
+        }
+        if completion == Completion::Ok {
+            self.run.stats.committed += 1;
+        }
+        let think = self.rng.random_range(0..500);
+        self.after(think, Ev::ClientNext { client });
+    }
+
+    // ---- the end ----
+
+    fn finish(mut self) -> Run {
+        let latest = |world: &World, key: &[u8]| {
+            let node = &world.shards[world.map.shard_of(key).0 as usize];
+            let at = node.mvcc.applied().map_or(Timestamp::ZERO, |w| w.ts);
+            node.mvcc.get(key, at).expect("a read").map(|v| v.value)
+        };
+        for k in 0..LIST_KEYS {
+            let list = decode_list(latest(&self, &list_key(k)).as_deref()).expect("a list");
+            self.run.final_lists.insert(k, list);
+        }
+        self.run.final_balances = (0..bank::ACCOUNTS)
+            .map(|i| bank::stored_balance(latest(&self, &bank::account(i))))
+            .collect();
+        self.run.history = self.history.to_jsonl();
+        self.run
+    }
+}

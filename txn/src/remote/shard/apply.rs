@@ -1,0 +1,304 @@
+//! The shard server's shell of its [`Step`]: windows from the sequencer's subscription, remote
+//! reads and verdict pulls as concurrent gRPC calls whose answers come back as events, writes
+//! to the shard's storage, outcomes and progress into the state the service answers from.
+//!
+//! ```text
+//!   Subscribe ──window──> Step ──ReadRemote / PullVerdicts──> tasks (GrpcPeers, retried)
+//!                          ^                                      │
+//!                          └──────────── events (bounded) <───────┘
+//! ```
+//!
+//! One window at a time: the thread takes the next delivery only once the step has written
+//! the window in progress, so the calls of a window are all answered (or the node stops)
+//! before the next begins. Every call a window needs is started at once.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ::sequencer::ShardId;
+use clock::{Epoch, Timestamp};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+
+use super::super::metrics::ShardCounters;
+use super::super::{RemoteError, RemoteSequencer, SliceDelivery, clock_agreement};
+use super::peers::{GrpcPeers, PeerError};
+use super::{FENCED_RETRY, OUTCOME_WINDOWS, PEER_RETRY, State, lock};
+use crate::step::{Command, Event, Step, StepError};
+
+/// Answers in flight for the window in progress: at most a few per peer, so this bound is
+/// never reached in practice; a full queue only slows the calls down.
+const EVENT_QUEUE: usize = 1024;
+
+pub(super) struct ApplyLoop {
+    state: Arc<State>,
+    step: Step,
+    peers: Arc<GrpcPeers>,
+    sequencer: RemoteSequencer,
+    handle: Handle,
+    events: mpsc::Sender<Event>,
+    answers: mpsc::Receiver<Event>,
+}
+
+impl ApplyLoop {
+    pub(super) fn new(
+        state: Arc<State>,
+        step: Step,
+        peers: Arc<GrpcPeers>,
+        sequencer: RemoteSequencer,
+        handle: Handle,
+    ) -> ApplyLoop {
+        let (events, answers) = mpsc::channel(EVENT_QUEUE);
+        ApplyLoop { state, step, peers, sequencer, handle, events, answers }
+    }
+
+    pub(super) fn run(&mut self) -> Result<(), StepError> {
+        let shard = self.state.shard;
+        while !self.state.stopping.load(Ordering::SeqCst) {
+            let from = self.step.next_epoch();
+            let subscribed = self.handle.block_on(self.sequencer.subscribe(shard, from));
+            let mut deliveries = match subscribed {
+                Ok(d) => d,
+                Err(RemoteError::ClockSkew(why)) => {
+                    self.clock_skew(&why);
+                    std::thread::sleep(FENCED_RETRY);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(shard = shard.0, error = %e, "subscribing; retrying");
+                    std::thread::sleep(PEER_RETRY);
+                    continue;
+                }
+            };
+            self.step.handle(Event::Started)?;
+            self.drive()?;
+            loop {
+                if self.state.stopping.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                let delivery = self.handle.block_on(async {
+                    tokio::time::timeout(Duration::from_millis(100), deliveries.recv()).await
+                });
+                match delivery {
+                    Err(_) => continue, // nothing yet; check for stopping
+                    Ok(None) => break,
+                    Ok(Some(Err(RemoteError::ClockSkew(why)))) => {
+                        self.clock_skew(&why);
+                        std::thread::sleep(FENCED_RETRY);
+                        break;
+                    }
+                    Ok(Some(Err(e))) => {
+                        tracing::info!(shard = shard.0, error = %e, "lost the sequencer; resubscribing");
+                        break;
+                    }
+                    Ok(Some(Ok(delivery))) if lock(&self.state.fenced).is_some() => {
+                        // The sequencer's clock and ours agree again.
+                        tracing::warn!(shard = shard.0, "clock back within bounds; serving");
+                        *lock(&self.state.fenced) = None;
+                        self.deliver(delivery)?;
+                    }
+                    Ok(Some(Ok(delivery))) => self.deliver(delivery)?,
+                }
+            }
+            std::thread::sleep(PEER_RETRY);
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, delivery: SliceDelivery) -> Result<(), StepError> {
+        match delivery {
+            SliceDelivery::Tick(ts) => {
+                let mut progress = lock(&self.state.progress);
+                progress.safe = progress.safe.max(ts);
+                drop(progress);
+                self.state.bump();
+                Ok(())
+            }
+            SliceDelivery::Window { epoch, ts, entries } => {
+                // Windows come durable from the sequencer's service.
+                self.step.handle(Event::Window { epoch, ts, slice: entries })?;
+                self.step.handle(Event::Durable(epoch))?;
+                self.drive()
+            }
+        }
+    }
+
+    /// Carries out the step's commands and feeds it the answers, until the window in progress
+    /// is written (or the node stops).
+    fn drive(&mut self) -> Result<(), StepError> {
+        loop {
+            while let Some(command) = self.step.next_command() {
+                self.perform(command)?;
+            }
+            if !self.step.is_busy() {
+                return Ok(());
+            }
+            let state = self.state.clone();
+            let answer = self.handle.block_on(async {
+                tokio::select! {
+                    answer = self.answers.recv() => answer,
+                    () = state.stopped() => None,
+                }
+            });
+            match answer {
+                Some(event) => self.step.handle(event)?,
+                None => return self.step.handle(Event::Stop),
+            }
+        }
+    }
+
+    fn perform(&mut self, command: Command) -> Result<(), StepError> {
+        let state = &*self.state;
+        match command {
+            Command::ReadRemote { window, shard, at, points, scans } => {
+                let peers = self.peers.clone();
+                self.answer(
+                    async move {
+                        let mut calls = tokio::task::JoinSet::new();
+                        for key in points {
+                            let peers = peers.clone();
+                            calls.spawn(async move {
+                                let value = peers.get(shard, &key, at, window).await?;
+                                Ok::<_, PeerError>((key, value))
+                            });
+                        }
+                        let mut found = Vec::new();
+                        for (range, limit) in scans {
+                            let rows = peers.scan(shard, &range, at, window, limit).await?;
+                            found.push(((range, limit), rows));
+                        }
+                        let mut points = Vec::new();
+                        while let Some(call) = calls.join_next().await {
+                            points.push(call.map_err(|e| PeerError::Refused {
+                                shard,
+                                why: format!("the call task failed: {e}"),
+                            })??);
+                        }
+                        Ok(Event::RemoteRead { window, shard, points, scans: found })
+                    },
+                    shard,
+                );
+            }
+            Command::PublishVerdicts { window, verdicts } => {
+                lock(&state.verdicts).insert(window, verdicts);
+                state.bump();
+            }
+            Command::PullVerdicts { window, from } => {
+                let peers = self.peers.clone();
+                self.answer(
+                    async move {
+                        let verdicts = peers.verdicts(from, window).await?;
+                        Ok(Event::Verdicts { window, from, verdicts })
+                    },
+                    from,
+                );
+            }
+            Command::Write(batch) => state.mvcc.apply(&batch)?,
+            Command::Applied { window, ts, entries, decided, deferred, .. } => {
+                let c = &state.counters;
+                ShardCounters::add(&c.windows, 1);
+                ShardCounters::add(&c.entries, entries as u64);
+                c.seal_to_apply.observe(state.clock.physical_now().duration_since(ts));
+                for (d, _) in &decided {
+                    c.outcomes.count(d);
+                }
+                self.applied(window, ts, decided.into_iter().map(|(d, _)| d), deferred);
+            }
+            Command::RequestWindow { .. } => self.request_window(),
+        }
+        Ok(())
+    }
+
+    /// Runs `call` on the runtime and feeds its answer back as an event. A refusal fails the
+    /// shard (through [`Event::PeerFailed`]); a stopping node answers nothing.
+    fn answer(
+        &self,
+        call: impl Future<Output = Result<Event, PeerError>> + Send + 'static,
+        peer: ShardId,
+    ) {
+        let events = self.events.clone();
+        self.handle.spawn(async move {
+            let event = match call.await {
+                Ok(event) => event,
+                Err(PeerError::Stopping) => return,
+                Err(PeerError::Refused { why, .. }) => Event::PeerFailed { shard: peer, why },
+            };
+            let _ = events.send(event).await;
+        });
+    }
+
+    /// Publishes window `epoch` as applied: outcomes, then the deferred entries, then
+    /// progress. `AwaitOutcome` reads them in the reverse order, so a waiter that sees the
+    /// window applied finds its outcome.
+    fn applied(
+        &self,
+        epoch: Epoch,
+        ts: Timestamp,
+        decided: impl Iterator<Item = crate::outcome::Decided>,
+        deferred: Vec<::sequencer::TxnId>,
+    ) {
+        let state = &*self.state;
+        {
+            let mut outcomes = lock(&state.outcomes);
+            outcomes.extend(decided.map(|d| (d.txn, d.outcome)));
+            if epoch.0.is_multiple_of(100) {
+                outcomes.retain(|t, _| t.epoch.0.saturating_add(OUTCOME_WINDOWS) > epoch.0);
+            }
+        }
+        if !deferred.is_empty() || !lock(&state.deferred).is_empty() {
+            *lock(&state.deferred) = deferred.into_iter().collect();
+        }
+        {
+            let mut progress = lock(&state.progress);
+            progress.applied = epoch;
+            progress.safe = progress.safe.max(ts);
+        }
+        lock(&state.verdicts).retain(|e, _| *e > epoch);
+        state.bump();
+    }
+
+    /// The sequencer refused this shard's clock, or this shard the sequencer's. If most of
+    /// the other shards refuse this shard's clock too (or there are none to ask), this shard
+    /// is the one out of bounds: it fences itself, serving nothing (reads at a timestamp and
+    /// commit-wait are only safe within `max_offset`) until the clocks agree again. If most
+    /// of them accept it, the sequencer is the one out of bounds: nothing to fence here.
+    fn clock_skew(&self, why: &str) {
+        let shard = self.state.shard.0;
+        let peers = self.peers.clients();
+        let (agree, disagree) = self.handle.block_on(clock_agreement(peers, self.peers.clock()));
+        if agree > disagree {
+            tracing::error!(
+                shard,
+                agree,
+                disagree,
+                error = why,
+                "the sequencer's clock is beyond max_offset of this shard's and most peers'"
+            );
+            return;
+        }
+        let mut fenced = lock(&self.state.fenced);
+        if fenced.is_none() {
+            tracing::error!(
+                shard,
+                agree,
+                disagree,
+                error = why,
+                "fencing: this shard's clock is beyond max_offset of the cluster's; serving \
+                 nothing until it is back within bounds"
+            );
+        }
+        *fenced = Some(format!("its clock is out of bounds ({why})"));
+        drop(fenced);
+        self.state.bump();
+    }
+
+    /// Asks for a window after the last one applied: deferred entries wait for it.
+    fn request_window(&self) {
+        let after = self.step.applied().0;
+        if let Err(e) = self.handle.block_on(self.sequencer.request_window(after)) {
+            // The sequencer is down; this shard asks again when it resubscribes.
+            tracing::warn!(shard = self.state.shard.0, error = %e, "requesting a window");
+        }
+    }
+}

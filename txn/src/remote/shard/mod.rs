@@ -1,0 +1,486 @@
+//! A shard server: [`ShardNode`] applies the sequencer's windows to one shard's storage with
+//! the same window [`Step`](crate::Step) as the embedded database, and serves reads at a
+//! timestamp, its verdicts and its transactions' outcomes over gRPC.
+//!
+//! - `mod.rs` (here): configuration, the state the apply thread and the service share, the
+//!   node's lifecycle and metrics.
+//! - [`apply`]: the step's shell: subscription, commands carried out over gRPC, answers fed
+//!   back as events.
+//! - [`peers`]: the retrying clients of the other shards.
+//! - [`service`]: the gRPC service.
+//!
+//! ```text
+//!   sequencer ──Subscribe(shard, from)──> apply thread ──> Mvcc (RocksDB or memory)
+//!                                          │    ^
+//!        peers' Get/Scan at ts_{e-1} <─────┘    └── peers' Verdicts(e), pulled
+//! ```
+//!
+//! How it reaches the other shards, where the embedded database shares memory:
+//!
+//! - A multi-shard entry reads the other participants' keys with `Get` and `Scan` at the
+//!   previous window's timestamp, which wait until that shard's safe time reaches it (it has
+//!   applied the previous window). MVCC keeps those versions, so a replay reads the same.
+//! - Participants pull each other's local verdicts (`Verdicts(e)`), which wait until the
+//!   shard has computed them, or read them from storage once it has applied the window: a
+//!   participant that restarts pulls again and gets the same answer.
+//! - Calls to a peer that fails are retried until it answers or this node stops: a window
+//!   cannot be applied without them. A peer that refuses one stops this shard (typed, logged).
+//!
+//! The apply thread subscribes from the window after its watermark, and again after the
+//! sequencer restarts. Outcomes are kept in memory for the entries whose lowest participant
+//! this shard is, and answered after commit-wait; after a restart, outcomes of windows applied
+//! before it are unknown (`NOT_FOUND`).
+
+mod apply;
+mod peers;
+mod service;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ::sequencer::{ShardId, TxnId};
+use clock::{Clock, Epoch, Timestamp};
+use proto::v1::shard_server::ShardServer;
+use storage::{Engine, Limits, MemoryEngine, Mvcc, Quoted, RocksEngine};
+use tokio::net::TcpListener;
+use tokio::runtime::Handle;
+use tokio::sync::{oneshot, watch};
+use tonic::{Code, Status};
+
+use self::apply::ApplyLoop;
+use self::peers::GrpcPeers;
+use self::service::ShardService;
+use super::metrics::{Metric, ShardCounters};
+use super::{
+    RefusalKind, RemoteSequencer, STOP_GRACE, Tls, incoming, malformed, refuse, server, sized,
+    stop_server, warn_if_insecure,
+};
+use crate::database::panicked;
+use crate::executor::Executor;
+use crate::outcome::Outcome;
+use crate::procedure::Registry;
+use crate::shard_map::ShardMap;
+use crate::step::{Distant, Step};
+
+/// The longest a request waits for the shard (safe time, verdicts, an outcome) before it is
+/// answered `DEADLINE_EXCEEDED`.
+const WAIT_LIMIT: Duration = Duration::from_secs(30);
+
+/// How often a shard whose clock is refused tries the sequencer again.
+const FENCED_RETRY: Duration = Duration::from_secs(1);
+
+/// How long to wait before calling a failed peer again.
+const PEER_RETRY: Duration = Duration::from_millis(20);
+
+/// Outcomes are kept for this many windows after their entry's (20 s of 2 ms windows under
+/// load; longer when windows are sparser), then forgotten: asking later gets `NOT_FOUND`.
+const OUTCOME_WINDOWS: u64 = 10_000;
+
+/// The most rows one `Scan` returns.
+pub const MAX_SCAN_ROWS: u32 = 10_000;
+
+/// A `Scan` stops once its rows hold this many bytes of keys and values (the row crossing it
+/// included): a response stays well below every receiver's message limit.
+pub const SCAN_RESPONSE_BYTES: usize = 4 << 20;
+
+/// How to run a shard server.
+#[derive(Clone)]
+pub struct ShardConfig {
+    /// This shard.
+    pub shard: ShardId,
+    /// The cluster's shard map (the same on every node).
+    pub map: ShardMap,
+    /// RocksDB directory; `None` keeps the data in memory (tests).
+    pub dir: Option<PathBuf>,
+    /// The sequencer's address (`host:port`).
+    pub sequencer: String,
+    /// Every shard's address, by shard id (this one's included).
+    pub peers: Vec<String>,
+    /// The procedures entries may call (the same on every node).
+    pub procedures: Registry,
+    /// Size limits.
+    pub limits: Limits,
+    /// How far back reads at a timestamp may go.
+    pub retention: Duration,
+    /// TLS for its server and its calls to the sequencer and peers; `None` runs without.
+    pub tls: Option<Tls>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    applied: Epoch,
+    /// Every window at or below this timestamp is applied.
+    safe: Timestamp,
+}
+
+/// What the apply thread and the gRPC service share.
+struct State {
+    shard: ShardId,
+    map: ShardMap,
+    clock: Arc<Clock>,
+    mvcc: Arc<Mvcc>,
+    retention: Duration,
+    progress: Mutex<Progress>,
+    /// Local verdicts of windows being applied, for peers that pull them.
+    verdicts: Mutex<BTreeMap<Epoch, Vec<(TxnId, bool)>>>,
+    /// Outcomes of entries whose lowest participant this shard is.
+    outcomes: Mutex<HashMap<TxnId, Outcome>>,
+    /// Entries deferred to the window after the last applied: logged, not yet decided.
+    deferred: Mutex<BTreeSet<TxnId>>,
+    /// The watermark at start: outcomes of windows up to it are unknown.
+    started_at: Epoch,
+    /// Bumped whenever progress, verdicts or outcomes change.
+    changed: watch::Sender<u64>,
+    stopping: AtomicBool,
+    failure: Mutex<Option<String>>,
+    /// Why this shard serves nothing: its clock is beyond `max_offset` of the cluster's.
+    fenced: Mutex<Option<String>>,
+    counters: ShardCounters,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl State {
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn progress(&self) -> Progress {
+        *lock(&self.progress)
+    }
+
+    fn check_running(&self) -> Result<(), Status> {
+        if let Some(e) = lock(&self.failure).clone() {
+            return Err(Status::internal(format!("shard {} failed: {e}", self.shard.0)));
+        }
+        if let Some(why) = lock(&self.fenced).clone() {
+            return Err(Status::unavailable(format!("shard {} is fenced: {why}", self.shard.0)));
+        }
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(Status::unavailable(format!("shard {} is stopping", self.shard.0)));
+        }
+        Ok(())
+    }
+
+    /// Waits until `ready` returns something, for at most [`WAIT_LIMIT`]: no request holds
+    /// the server longer, whatever it asks for (a caller that still wants it asks again).
+    async fn wait_for<T>(&self, mut ready: impl FnMut() -> Option<T>) -> Result<T, Status> {
+        let mut changes = self.changed.subscribe();
+        let wait = async {
+            loop {
+                if let Some(t) = ready() {
+                    return Ok(t);
+                }
+                self.check_running()?;
+                if changes.changed().await.is_err() {
+                    return Err(Status::unavailable("stopping"));
+                }
+            }
+        };
+        tokio::time::timeout(WAIT_LIMIT, wait).await.unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!(
+                "shard {} did not get there in {} s; ask again",
+                self.shard.0,
+                WAIT_LIMIT.as_secs()
+            )))
+        })
+    }
+
+    /// Resolves once the shard is stopping.
+    async fn stopped(&self) {
+        let mut changes = self.changed.subscribe();
+        while !self.stopping.load(Ordering::SeqCst) {
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Waits until reads at `ts` see every window at or below it. Reads for a window (a
+    /// peer's `Snap(e-1)`) are not limited to the retention window.
+    async fn wait_safe(&self, ts: Timestamp, for_window: bool) -> Result<(), Status> {
+        let now = self.clock.now();
+        let oldest = now.saturating_sub(self.retention);
+        if ts < oldest && !for_window {
+            return Err(refuse(
+                Code::OutOfRange,
+                RefusalKind::OutsideRetention,
+                format!(
+                    "read timestamp {ts} is outside the retention window (oldest readable: \
+                     {oldest})"
+                ),
+            ));
+        }
+        // The request's clock was observed, so a reader's "latest" is at most now: a later
+        // timestamp names a time that may never be reached by any window.
+        let latest = now.saturating_add(self.clock.max_offset());
+        if ts > latest {
+            return Err(refuse(
+                Code::OutOfRange,
+                RefusalKind::Future,
+                format!("read timestamp {ts} is in the future (latest readable: {latest})"),
+            ));
+        }
+        self.wait_for(|| (self.progress().safe >= ts).then_some(())).await
+    }
+
+    fn check_local(&self, key: &[u8]) -> Result<(), Status> {
+        self.mvcc
+            .limits()
+            .check_key(key)
+            .map_err(|e| refuse(Code::InvalidArgument, RefusalKind::TooLarge, e.to_string()))?;
+        let owner = self.map.shard_of(key);
+        if owner != self.shard {
+            return Err(malformed(format!(
+                "key {} is on shard {}, not {}",
+                Quoted(key),
+                owner.0,
+                self.shard.0
+            )));
+        }
+        Ok(())
+    }
+
+    fn fail(&self, e: crate::step::StepError) {
+        let e = e.to_string();
+        tracing::error!(shard = self.shard.0, error = %e, "shard stopped");
+        *lock(&self.failure) = Some(e);
+        self.stopping.store(true, Ordering::SeqCst);
+        self.bump();
+    }
+}
+
+/// A running shard server. [`ShardNode::shutdown`] stops it.
+pub struct ShardNode {
+    addr: SocketAddr,
+    state: Arc<State>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+    applier: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ShardNode {
+    /// Opens the shard's storage and serves on `listener`, applying windows from the
+    /// sequencer. Must be called within a multi-threaded tokio runtime.
+    pub async fn start(
+        config: ShardConfig,
+        listener: TcpListener,
+        clock: Arc<Clock>,
+    ) -> Result<ShardNode, String> {
+        let shard = config.shard;
+        if shard.0 >= config.map.len() || config.peers.len() != config.map.len() as usize {
+            return Err(format!(
+                "shard {} with {} peer addresses, for a map of {} shards",
+                shard.0,
+                config.peers.len(),
+                config.map.len()
+            ));
+        }
+        let engine: Arc<dyn Engine> = match &config.dir {
+            Some(dir) => Arc::new(RocksEngine::open(dir).map_err(|e| e.to_string())?),
+            None => Arc::new(MemoryEngine::new()),
+        };
+        let mvcc = Arc::new(Mvcc::open(engine, config.limits).map_err(|e| e.to_string())?);
+        let executor =
+            Executor::new(shard, config.map.clone(), config.procedures.clone(), config.limits);
+        let step = Step::open(executor, config.map.clone(), mvcc.clone(), Arc::new(Distant))
+            .map_err(|e| e.to_string())?;
+        let watermark = mvcc.applied();
+        let progress = Progress {
+            applied: watermark.map_or(Epoch(0), |w| w.window),
+            safe: watermark.map_or(Timestamp::ZERO, |w| w.ts),
+        };
+        let state = Arc::new(State {
+            shard,
+            map: config.map.clone(),
+            clock: clock.clone(),
+            mvcc,
+            retention: config.retention,
+            progress: Mutex::new(progress),
+            verdicts: Mutex::new(BTreeMap::new()),
+            outcomes: Mutex::new(HashMap::new()),
+            deferred: Mutex::new(BTreeSet::new()),
+            started_at: progress.applied,
+            changed: watch::Sender::new(0),
+            stopping: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            fenced: Mutex::new(None),
+            counters: ShardCounters::default(),
+        });
+        let tls = config.tls.as_ref();
+        let peers =
+            Arc::new(GrpcPeers::new(&config.peers, shard, clock.clone(), state.clone(), tls)?);
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let service = ShardService { state: state.clone(), secure: tls.is_some() };
+        let server = tokio::spawn(
+            server(tls)?
+                .add_service(sized!(ShardServer::new(service)))
+                .serve_with_incoming_shutdown(incoming(listener), async {
+                    let _ = stopped.await;
+                }),
+        );
+        let sequencer = RemoteSequencer::lazy(&config.sequencer, clock, tls)?;
+        warn_if_insecure(addr, tls, "shard");
+        let handle = Handle::current();
+        let thread_state = state.clone();
+        let applier = std::thread::Builder::new()
+            .name(format!("sealdb-shard-{}", shard.0))
+            .spawn(move || {
+                let state = thread_state.clone();
+                let mut apply = ApplyLoop::new(thread_state, step, peers, sequencer, handle);
+                // A panic fails the shard like any error, so that waiting callers are
+                // answered (a node process also exits on it).
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply.run()));
+                if let Err(e) = run.unwrap_or_else(|panic| Err(panicked(&*panic))) {
+                    state.fail(e);
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        tracing::info!(%addr, shard = shard.0, from = progress.applied.next().0, "shard serving");
+        Ok(ShardNode {
+            addr,
+            state,
+            stop: Some(stop),
+            server: Some(server),
+            applier: Some(applier),
+        })
+    }
+
+    /// The address it serves on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Resolves, with why, once the shard has failed and stopped applying (storage or the
+    /// log failed under it, or a peer refused what it must have): the node should exit
+    /// rather than linger serving stale reads.
+    pub async fn failed(&self) -> String {
+        let mut changes = self.state.changed.subscribe();
+        loop {
+            if let Some(why) = lock(&self.state.failure).clone() {
+                return why;
+            }
+            if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// The last window applied.
+    pub fn applied(&self) -> Epoch {
+        self.state.progress().applied
+    }
+
+    /// The shard's metrics now.
+    pub fn metrics(&self) -> Vec<Metric> {
+        shard_metrics(&self.state)
+    }
+
+    /// A function returning the shard's metrics, for [`serve_metrics`](super::serve_metrics).
+    pub fn metrics_source(&self) -> Arc<dyn Fn() -> Vec<Metric> + Send + Sync> {
+        let state = self.state.clone();
+        Arc::new(move || shard_metrics(&state))
+    }
+
+    /// Stops applying and serving.
+    pub async fn shutdown(mut self) {
+        self.state.stopping.store(true, Ordering::SeqCst);
+        self.state.bump();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            stop_server(server, "shard").await;
+        }
+        // The apply thread stops at its next step; a window half-executed is not written, and
+        // is applied again after a restart (what is written is only ever a whole window).
+        if let Some(applier) = self.applier.take() {
+            let joined = tokio::task::spawn_blocking(move || applier.join());
+            if tokio::time::timeout(STOP_GRACE, joined).await.is_err() {
+                tracing::warn!(shard = self.state.shard.0, "the apply thread did not stop in time");
+            }
+        }
+    }
+}
+
+impl Drop for ShardNode {
+    fn drop(&mut self) {
+        self.state.stopping.store(true, Ordering::SeqCst);
+        self.state.bump();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn shard_metrics(state: &State) -> Vec<Metric> {
+    let c = &state.counters;
+    let get = ShardCounters::get;
+    let progress = state.progress();
+    let lag = state.clock.physical_now().duration_since(progress.safe);
+    let cache = state.mvcc.cache_stats();
+    vec![
+        Metric::counter("sealdb_shard_windows_applied_total", "Windows applied.", get(&c.windows)),
+        Metric::counter(
+            "sealdb_shard_entries_applied_total",
+            "Log entries in the windows applied (this shard's slices).",
+            get(&c.entries),
+        ),
+        Metric::counter(
+            "sealdb_shard_committed_total",
+            "Transactions committed whose lowest participant is this shard.",
+            get(&c.outcomes.committed),
+        ),
+        Metric::counter(
+            "sealdb_shard_fallbacks_total",
+            "Of those, single-shard procedures re-executed after losing validation.",
+            get(&c.outcomes.fallbacks),
+        ),
+        Metric::counter(
+            "sealdb_shard_conflicts_total",
+            "Interactive transactions that failed validation.",
+            get(&c.outcomes.conflicts),
+        ),
+        Metric::counter(
+            "sealdb_shard_aborts_total",
+            "Transactions aborted.",
+            get(&c.outcomes.aborts),
+        ),
+        c.seal_to_apply.metric(
+            "sealdb_shard_seal_to_apply_seconds",
+            "Per applied window, the time from the window's timestamp to its apply.",
+        ),
+        c.commit.metric(
+            "sealdb_shard_commit_seconds",
+            "Per answered commit, the time from its window's timestamp to the answer \
+             (commit-wait included).",
+        ),
+        Metric::counter(
+            "sealdb_shard_row_cache_hits_total",
+            "Point reads the row cache answered.",
+            cache.hits as f64,
+        ),
+        Metric::counter(
+            "sealdb_shard_row_cache_misses_total",
+            "Point reads the row cache could not answer (read from storage).",
+            cache.misses as f64,
+        ),
+        Metric::gauge(
+            "sealdb_shard_applied_epoch",
+            "The last window applied.",
+            progress.applied.0 as f64,
+        ),
+        Metric::gauge(
+            "sealdb_shard_safe_time_lag_seconds",
+            "How far the shard's safe time is behind its physical clock.",
+            lag.as_secs_f64(),
+        ),
+    ]
+}

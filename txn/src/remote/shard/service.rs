@@ -1,0 +1,205 @@
+//! [`ShardService`]: the shard's gRPC service: reads at a timestamp (for clients, and for
+//! peers' `Snap(e-1)`), its local verdicts, its transactions' outcomes and its status. Every
+//! wait is bounded ([`WAIT_LIMIT`](super::WAIT_LIMIT)); peer-only calls need a node's
+//! certificate when serving TLS.
+
+use ::sequencer::TxnId;
+use clock::{Epoch, Timestamp};
+use proto::v1;
+use proto::v1::shard_server::Shard as ShardRpc;
+use std::sync::Arc;
+use storage::StorageError;
+use tonic::{Code, Request, Response, Status};
+
+use super::super::tls::require_node;
+use super::super::{RefusalKind, malformed, observe_request, outcome_to_proto, refuse, stamp};
+use super::{MAX_SCAN_ROWS, OUTCOME_WINDOWS, SCAN_RESPONSE_BYTES, State, lock};
+use crate::outcome::Outcome;
+use crate::request::{range_from_proto, range_to_proto};
+use crate::stored::stored_verdicts;
+
+pub(super) struct ShardService {
+    pub(super) state: Arc<State>,
+    /// Serving TLS: peer-only calls need a node's certificate.
+    pub(super) secure: bool,
+}
+
+fn storage_status(e: StorageError) -> Status {
+    Status::internal(e.to_string())
+}
+
+fn key_value(key: Vec<u8>, version: storage::Version) -> v1::KeyValue {
+    v1::KeyValue { key, value: version.value, version_ts: version.ts.as_u64() }
+}
+
+#[tonic::async_trait]
+impl ShardRpc for ShardService {
+    async fn get(
+        &self,
+        request: Request<v1::GetRequest>,
+    ) -> Result<Response<v1::GetResponse>, Status> {
+        if request.get_ref().for_window != 0 {
+            require_node(&request, self.secure)?;
+        }
+        let r = request.into_inner();
+        let state = &self.state;
+        observe_request(&state.clock, r.hlc)?;
+        state.check_running()?;
+        state.check_local(&r.key)?;
+        let at = Timestamp::from_u64(r.read_ts);
+        state.wait_safe(at, r.for_window != 0).await?;
+        let found =
+            state.mvcc.get(&r.key, at).map_err(storage_status)?.map(|v| key_value(r.key, v));
+        Ok(Response::new(v1::GetResponse { hlc: stamp(&state.clock), found }))
+    }
+
+    async fn scan(
+        &self,
+        request: Request<v1::ScanRequest>,
+    ) -> Result<Response<v1::ScanResponse>, Status> {
+        if request.get_ref().for_window != 0 {
+            require_node(&request, self.secure)?;
+        }
+        let r = request.into_inner();
+        let state = &self.state;
+        observe_request(&state.clock, r.hlc)?;
+        state.check_running()?;
+        let range = range_from_proto(
+            r.range.ok_or_else(|| Status::invalid_argument("a scan needs a range"))?,
+        );
+        state
+            .mvcc
+            .limits()
+            .check_range(&range)
+            .map_err(|e| refuse(Code::InvalidArgument, RefusalKind::TooLarge, e.to_string()))?;
+        let mine = state.map.clip(&range, state.shard);
+        if mine != range {
+            return Err(malformed(format!(
+                "range {} is not within shard {}",
+                range.quoted(),
+                state.shard.0
+            )));
+        }
+        if r.limit > MAX_SCAN_ROWS {
+            return Err(malformed(format!(
+                "limit {} is over the maximum of {MAX_SCAN_ROWS} rows",
+                r.limit
+            )));
+        }
+        let at = Timestamp::from_u64(r.read_ts);
+        state.wait_safe(at, r.for_window != 0).await?;
+        let (rows, more) = state
+            .mvcc
+            .scan_bounded(&range, at, r.limit as usize, SCAN_RESPONSE_BYTES)
+            .map_err(storage_status)?;
+        let rows = rows.into_iter().map(|(key, v)| key_value(key, v)).collect();
+        Ok(Response::new(v1::ScanResponse { hlc: stamp(&state.clock), rows, more }))
+    }
+
+    async fn verdicts(
+        &self,
+        request: Request<v1::VerdictsRequest>,
+    ) -> Result<Response<v1::VerdictBatch>, Status> {
+        require_node(&request, self.secure)?;
+        let r = request.into_inner();
+        let state = &self.state;
+        observe_request(&state.clock, r.hlc)?;
+        state.check_running()?;
+        let e = Epoch(r.epoch);
+        let verdicts = state
+            .wait_for(|| {
+                if let Some(v) = lock(&state.verdicts).get(&e) {
+                    return Some(Ok(v.clone()));
+                }
+                (state.progress().applied >= e).then(|| stored_verdicts(&state.mvcc, e))
+            })
+            .await?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(v1::VerdictBatch {
+            hlc: stamp(&state.clock),
+            epoch: e.0,
+            from_shard: state.shard.0,
+            verdicts: verdicts
+                .into_iter()
+                .map(|(t, commit)| v1::Verdict { index: t.index, commit, epoch: t.epoch.0 })
+                .collect(),
+        }))
+    }
+
+    async fn await_outcome(
+        &self,
+        request: Request<v1::AwaitOutcomeRequest>,
+    ) -> Result<Response<v1::AwaitOutcomeResponse>, Status> {
+        let r = request.into_inner();
+        let state = &self.state;
+        observe_request(&state.clock, r.hlc)?;
+        state.check_running()?;
+        let id = r.txn.ok_or_else(|| Status::invalid_argument("which transaction?"))?;
+        let txn = TxnId { epoch: Epoch(id.epoch), index: id.index };
+        let outcome = state
+            .wait_for(|| {
+                // Read in the reverse of the order the apply thread writes them (outcomes,
+                // then the deferred entries, then progress), so that an outcome recorded
+                // while this runs is never missed: if the window counted as applied here,
+                // its outcomes are in the map.
+                let applied = state.progress().applied;
+                let deferred = lock(&state.deferred).contains(&txn);
+                if let Some(o) = lock(&state.outcomes).get(&txn) {
+                    return Some(Ok(o.clone()));
+                }
+                if txn.epoch <= state.started_at {
+                    return Some(Err(Status::not_found(format!(
+                        "the outcome of {txn} is unknown: shard {} restarted since",
+                        state.shard.0
+                    ))));
+                }
+                if txn.epoch.0.saturating_add(OUTCOME_WINDOWS) <= applied.0 {
+                    return Some(Err(Status::not_found(format!(
+                        "the outcome of {txn} is forgotten: shard {} keeps outcomes for \
+                         {OUTCOME_WINDOWS} windows",
+                        state.shard.0
+                    ))));
+                }
+                // Its window is applied and it was not deferred to a later one: it never was.
+                (txn.epoch <= applied && !deferred).then(|| {
+                    Err(Status::not_found(format!(
+                        "shard {} has no transaction {txn} whose lowest participant it is",
+                        state.shard.0
+                    )))
+                })
+            })
+            .await??;
+        if let Outcome::Committed { ts, .. } = &outcome
+            && !state.clock.max_offset().is_zero()
+        {
+            while let Some(left) = state.clock.commit_wait_remaining(*ts) {
+                tokio::time::sleep(left).await;
+            }
+        }
+        if let Outcome::Committed { ts, .. } = &outcome {
+            let c = &state.counters;
+            c.commit.observe(state.clock.physical_now().duration_since(*ts));
+        }
+        Ok(Response::new(v1::AwaitOutcomeResponse {
+            hlc: stamp(&state.clock),
+            outcome: Some(outcome_to_proto(txn, &outcome)),
+        }))
+    }
+
+    async fn status(
+        &self,
+        request: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::ShardStatus>, Status> {
+        let state = &self.state;
+        observe_request(&state.clock, request.into_inner().hlc)?;
+        state.check_running()?;
+        let progress = state.progress();
+        Ok(Response::new(v1::ShardStatus {
+            hlc: stamp(&state.clock),
+            shard: state.shard.0,
+            applied_epoch: progress.applied.0,
+            safe_ts: progress.safe.as_u64(),
+            range: Some(range_to_proto(&state.map.range_of(state.shard))),
+        }))
+    }
+}
