@@ -1,5 +1,6 @@
 //! Compiles the `.proto` files with `protox` (pure Rust, no `protoc` needed) and generates the
-//! tonic clients and servers with `tonic-prost-build`.
+//! messages, and with the `grpc` feature the tonic clients and servers, with
+//! `tonic-prost-build`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = ["common", "txn", "sequencer", "shard", "admin"]
@@ -8,6 +9,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={file}");
     }
     let descriptors = protox::compile(&files, ["proto"])?;
-    tonic_prost_build::compile_fds(descriptors)?;
+    // Services only with the `grpc` feature; the messages always.
+    let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
+    tonic_prost_build::configure()
+        .build_client(grpc)
+        .build_server(grpc)
+        .compile_fds(descriptors)?;
     Ok(())
 }

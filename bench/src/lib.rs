@@ -69,8 +69,8 @@ pub struct RunningCluster {
     /// The nodes' `max_offset` when the benchmark started them.
     pub max_offset_ms: Option<u64>,
     /// The clients' certificate, when the cluster runs TLS.
-    pub tls: Option<txn::remote::Tls>,
-    local: Option<txn::remote::LocalProcesses>,
+    pub tls: Option<client::Tls>,
+    local: Option<node::LocalProcesses>,
 }
 
 impl RunningCluster {
@@ -101,13 +101,12 @@ impl ClusterTarget {
         };
         let tls_dir = secure.then(|| dir.join("certs"));
         if let Some(certs) = &tls_dir {
-            txn::remote::make_certificates(&[])?.write(certs)?;
+            node::make_certificates(&[])?.write(certs)?;
         }
-        let tls =
-            tls_dir.as_deref().map(|d| txn::remote::Tls::load_dir(d, "client")).transpose()?;
+        let tls = tls_dir.as_deref().map(|d| client::Tls::load_dir(d, "client")).transpose()?;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let map = map(shards);
-        let spec = txn::remote::LocalSpec {
+        let spec = node::LocalSpec {
             command: vec![exe.display().to_string(), "node".into()],
             dir,
             shards: map.len(),
@@ -117,7 +116,7 @@ impl ClusterTarget {
             split_keys: map.splits().to_vec(),
             tls_dir,
         };
-        let local = txn::remote::LocalProcesses::spawn(&spec)?;
+        let local = node::LocalProcesses::spawn(&spec)?;
         eprintln!(
             "  local cluster: sequencer {}, shards {} (max_offset {max_offset_ms} ms{})",
             local.sequencer,
@@ -136,12 +135,12 @@ impl ClusterTarget {
 pub async fn connect_when_ready(
     addr: &str,
     clock: std::sync::Arc<clock::Clock>,
-    tls: Option<txn::remote::Tls>,
-) -> Result<(txn::remote::Client, u64), String> {
+    tls: Option<client::Tls>,
+) -> Result<(client::Client, u64), String> {
     use std::time::{Duration, Instant};
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        match txn::remote::cluster_status(addr, &clock, tls.as_ref()).await {
+        match client::cluster_status(addr, &clock, tls.as_ref()).await {
             Ok(s) if s.unreachable.is_empty() => break s,
             Ok(_) | Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -150,7 +149,7 @@ pub async fn connect_when_ready(
             Err(e) => return Err(e.to_string()),
         }
     };
-    let client = txn::remote::Client::connect_with(addr, clock, node_procedures(), tls)
+    let client = client::Client::connect_with(addr, clock, node_procedures(), tls)
         .await
         .map_err(|e| e.to_string())?;
     Ok((client, status.sealed_epoch))

@@ -314,17 +314,23 @@ fn main() -> ExitCode {
         Workload::Node { config } => {
             let node = std::fs::read_to_string(&config)
                 .map_err(|e| e.to_string())
-                .and_then(|text| txn::remote::NodeConfig::parse(&text));
+                .and_then(|text| node::NodeConfig::parse(&text));
             let node = match node {
                 Ok(n) => n,
                 Err(e) => return usage_error(&format!("{}: {e}", config.display())),
             };
-            txn::remote::init_logging();
+            node::init_logging();
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
                 Err(e) => return usage_error(&e.to_string()),
             };
-            match runtime.block_on(txn::remote::run_node(node, bench::node_procedures())) {
+            let serve = async {
+                let listener = tokio::net::TcpListener::bind(node.listen)
+                    .await
+                    .map_err(|e| format!("listening on {}: {e}", node.listen))?;
+                node::run(node, listener, bench::node_procedures(), node::stop_signals()?).await
+            };
+            match runtime.block_on(serve) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");

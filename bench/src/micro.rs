@@ -22,12 +22,12 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use storage::KeyRange;
 use txn::{
-    Context, Database, Options, ProcError, Procedure, ReadAt, Registry, ShardMap, Store,
-    StoreTransaction, TxnError,
+    Context, ProcError, Procedure, ReadAt, Registry, ShardMap, Store, StoreTransaction, TxnError,
 };
 
 use crate::report::Latency;
 use crate::{ClusterTarget, RunningCluster};
+use embedded::{Database, Options};
 
 /// Which transaction the clients run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -229,7 +229,7 @@ async fn drive_cluster(opts: &MicroOptions, cluster: &RunningCluster) -> Result<
         latencies.extend(client.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let windows = txn::remote::cluster_status(addr, &clock, cluster.tls.as_ref())
+    let windows = client::cluster_status(addr, &clock, cluster.tls.as_ref())
         .await
         .map_err(|e| e.to_string())?
         .sealed_epoch

@@ -61,7 +61,7 @@ fn a_short_standard_run_passes_the_consistency_checks() {
 fn a_short_run_on_a_cluster_of_processes_passes_the_consistency_checks() {
     let dir = tempfile::tempdir().unwrap();
     // Two warehouses on two shard processes: remote lines and payments cross the network.
-    let local = txn::remote::LocalProcesses::spawn(&txn::remote::LocalSpec {
+    let local = node::LocalProcesses::spawn(&node::LocalSpec {
         command: vec![env!("CARGO_BIN_EXE_bench").into(), "node".into()],
         dir: dir.path().to_path_buf(),
         shards: 2,

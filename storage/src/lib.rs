@@ -3,7 +3,8 @@
 //! Two layers:
 //!
 //! - An [`Engine`] is an ordered map of bytes with atomic write batches and seekable cursors.
-//!   [`RocksEngine`] keeps it in RocksDB (the only file in the project that uses `rocksdb`);
+//!   `RocksEngine` keeps it in RocksDB (the only file in the project that uses `rocksdb`, and
+//!   only with this crate's `rocksdb` feature, so that crates above can leave it out);
 //!   [`MemoryEngine`] keeps it in a `BTreeMap` for tests and simulations. Both pass the same
 //!   test suite, and a model test runs them side by side.
 //! - [`Mvcc`] stores *versions* of user keys on an engine: each write of a key at timestamp `t`
@@ -45,6 +46,7 @@ mod limits;
 mod memory;
 mod mvcc;
 mod range;
+#[cfg(feature = "rocksdb")]
 mod rocks;
 
 pub use crate::cache::CacheStats;
@@ -57,6 +59,7 @@ pub use crate::mvcc::{
     DEFAULT_ROW_CACHE_BYTES, GcStats, Mvcc, Version, VersionBatch, VersionRows, Watermark,
 };
 pub use crate::range::{KeyRange, Quoted};
+#[cfg(feature = "rocksdb")]
 pub use crate::rocks::RocksEngine;
 pub use clock::Epoch;
 

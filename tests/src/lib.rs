@@ -6,5 +6,7 @@
 //!   lines) and checks it with the `adya` checker, an oracle nobody here wrote. The
 //!   `checker` test proves the setup can fail: it must find the anomalies listed for the
 //!   reference histories in `tests/histories/` (a copy of the project's shared set).
+//! - [`kv`]: small helpers for tests that store counters.
 
 pub mod history;
+pub mod kv;

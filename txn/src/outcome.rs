@@ -63,6 +63,18 @@ pub enum Outcome {
     Aborted(AbortReason),
 }
 
+impl Outcome {
+    /// What a caller gets for the outcome of a procedure call: its output, or why it did not
+    /// commit.
+    pub fn into_output(self) -> Result<Vec<u8>, crate::TxnError> {
+        match self {
+            Outcome::Committed { output, .. } => Ok(output),
+            Outcome::Aborted(reason) => Err(crate::TxnError::Aborted(reason)),
+            Outcome::Conflict { key } => Err(crate::TxnError::Conflict { key }),
+        }
+    }
+}
+
 /// A transaction's outcome on one shard, with where it was decided in the serial order
 /// (commits and procedure aborts; `None` for conflicts and requests refused before running).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,20 +90,20 @@ pub struct Decided {
 /// How many decided transactions ended each way, counted where their outcome is reported
 /// (the lowest participant).
 #[derive(Default)]
-pub(crate) struct OutcomeCounters {
+pub struct OutcomeCounters {
     /// Committed, fallbacks included.
-    pub(crate) committed: AtomicU64,
+    pub committed: AtomicU64,
     /// Single-shard procedures committed by re-execution after losing validation.
-    pub(crate) fallbacks: AtomicU64,
+    pub fallbacks: AtomicU64,
     /// Interactive transactions that failed validation.
-    pub(crate) conflicts: AtomicU64,
+    pub conflicts: AtomicU64,
     /// Aborted.
-    pub(crate) aborts: AtomicU64,
+    pub aborts: AtomicU64,
 }
 
 impl OutcomeCounters {
     /// Counts `decided`.
-    pub(crate) fn count(&self, decided: &Decided) {
+    pub fn count(&self, decided: &Decided) {
         let counter = match (&decided.outcome, decided.position) {
             (Outcome::Committed { .. }, Some(p)) if p.phase == Phase::Fallback => {
                 self.committed.fetch_add(1, Ordering::Relaxed);

@@ -133,7 +133,7 @@ impl Request {
 
 /// The request calling procedure `name` of `registry` with `args`, with the key ranges the
 /// procedure declares for them.
-pub(crate) fn procedure_request(
+pub fn procedure_request(
     registry: &Registry,
     name: &str,
     args: &[u8],
@@ -146,7 +146,7 @@ pub(crate) fn procedure_request(
 }
 
 /// The error a caller gets for a request [`Request::check`] refused.
-pub(crate) fn refused(reason: AbortReason) -> TxnError {
+pub fn refused(reason: AbortReason) -> TxnError {
     match reason {
         AbortReason::TooLarge(why) => TxnError::TooLarge(why),
         reason => TxnError::Aborted(reason),
@@ -154,7 +154,7 @@ pub(crate) fn refused(reason: AbortReason) -> TxnError {
 }
 
 /// The shards `request` touches, in order; refused if none.
-pub(crate) fn participants(map: &ShardMap, request: &Request) -> Result<Vec<ShardId>, TxnError> {
+pub fn participants(map: &ShardMap, request: &Request) -> Result<Vec<ShardId>, TxnError> {
     let mut p: Vec<ShardId> = request.ranges().iter().flat_map(|r| map.shards_of(r)).collect();
     p.sort_unstable();
     p.dedup();

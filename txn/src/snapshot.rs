@@ -25,7 +25,7 @@ pub struct ShardsAt<'a> {
 
 /// Up to `limit` rows of `range`, in key order: each shard's part of it in turn, read by
 /// `scan_part(shard, part, rows still wanted)`.
-pub(crate) fn scan_shards(
+pub fn scan_shards(
     map: &ShardMap,
     range: &KeyRange,
     limit: usize,
@@ -72,7 +72,7 @@ impl SnapshotRead for ShardsAt<'_> {
 
 /// Scans `range` of `snapshot` with `pending` writes (`None` deletes) laid over it: the first
 /// `limit` rows of the merged state.
-pub(crate) fn scan_over(
+pub fn scan_over(
     snapshot: &dyn SnapshotRead,
     range: &KeyRange,
     limit: usize,
@@ -84,16 +84,12 @@ pub(crate) fn scan_over(
 
 /// How many snapshot rows a scan with `pending` writes needs for `limit` merged rows: each
 /// pending deletion hides at most one snapshot row.
-pub(crate) fn rows_needed(limit: usize, pending: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> usize {
+pub fn rows_needed(limit: usize, pending: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> usize {
     limit.saturating_add(pending.values().filter(|v| v.is_none()).count())
 }
 
 /// The first `limit` rows of `rows` (in key order) with `pending` writes laid over them.
-pub(crate) fn overlay(
-    rows: Rows,
-    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    limit: usize,
-) -> Rows {
+pub fn overlay(rows: Rows, pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>, limit: usize) -> Rows {
     let mut rows: BTreeMap<Vec<u8>, Vec<u8>> = rows.into_iter().collect();
     for (k, v) in pending {
         match v {

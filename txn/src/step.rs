@@ -254,6 +254,18 @@ pub enum StepError {
     Panicked(String),
 }
 
+impl StepError {
+    /// The error for a caught panic of a shard's thread.
+    pub fn panicked(panic: &(dyn std::any::Any + Send)) -> StepError {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        StepError::Panicked(message)
+    }
+}
+
 /// One shard's window-by-window state.
 pub struct Step {
     shard: ShardId,

@@ -9,13 +9,13 @@ use std::time::Duration;
 use clock::{Clock, Timestamp};
 use storage::KeyRange;
 use tokio::runtime::{Handle, Runtime};
-use txn::remote::Client;
 use txn::{ProcError, ReadAt, Rows, TxnError};
 
 use super::txns::{self, Reader};
 use super::{Backend, Done, Population, Report, TpccOptions, Txn, check, drive, load_parts};
 use super::{call_until_done, run_parts, schema, shard_map};
 use crate::ClusterTarget;
+use client::Client;
 
 /// sealdb over the network.
 pub struct RemoteSealdb {
@@ -52,7 +52,7 @@ impl RemoteSealdb {
     pub fn connect(
         addr: &str,
         max_offset: Duration,
-        tls: Option<txn::remote::Tls>,
+        tls: Option<client::Tls>,
     ) -> Result<RemoteSealdb, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use txn::{AbortReason, Database, Options, ReadAt, ShardMap, TxnError};
+use txn::{AbortReason, ReadAt, ShardMap, TxnError};
 
 use crate::report::Latency;
+use embedded::{Database, Options};
 use random::{DISTRICTS, Population};
 use txns::{
     CustomerRef, Delivery, Line, Load, LoadPart, NewOrder, OrderStatus, Payment, StockLevel,
@@ -302,7 +303,7 @@ impl Sealdb {
     /// Runs `f` on a `Latest` snapshot.
     pub fn read<T>(
         &self,
-        f: impl FnOnce(&mut txn::Snapshot<'_>) -> Result<T, txn::ProcError>,
+        f: impl FnOnce(&mut embedded::Snapshot<'_>) -> Result<T, txn::ProcError>,
     ) -> Result<T, String> {
         let mut snap = self.db.snapshot(ReadAt::Latest).map_err(|e| e.to_string())?;
         f(&mut snap).map_err(|e| e.to_string())

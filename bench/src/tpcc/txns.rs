@@ -12,10 +12,11 @@ use rand::{Rng, SeedableRng};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use storage::KeyRange;
-use txn::{Context, ProcError, Procedure, Rows, Snapshot};
+use txn::{Context, ProcError, Procedure, Rows};
 
 use crate::tpcc::random::{self, DISTRICTS, Population};
 use crate::tpcc::schema::*;
+use embedded::Snapshot;
 
 /// What New-Order aborts with on an unused item id: the specification's 1% rollbacks.
 pub const ROLLBACK: &str = "item number is not valid";

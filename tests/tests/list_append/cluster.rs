@@ -13,13 +13,11 @@ use sequencer::{ClientId, Entry, SealerConfig, ShardId};
 use storage::{KeyRange, Limits};
 use tokio::net::TcpListener;
 use txn::builtin::put_args;
-use txn::remote::{
-    Certificates, Client, Cluster, Layout, RefusalKind, RemoteError, RemoteSequencer,
-    SequencerNode, ShardConfig, ShardNode, Tls, cluster_status, make_certificates,
-};
 use txn::{AbortReason, Context, ProcError, Procedure, ReadAt, ShardMap, TxnError};
 
 use crate::{CLIENTS, TXNS_PER_CLIENT, run_list_append};
+use client::{Client, Cluster, RefusalKind, RemoteError, RemoteSequencer, Tls, cluster_status};
+use node::{Certificates, Layout, SequencerNode, ShardConfig, ShardNode, make_certificates};
 
 /// Clocks may differ by this much; commit-wait lasts about as long.
 const MAX_OFFSET: Duration = Duration::from_millis(20);
@@ -90,7 +88,7 @@ pub(crate) async fn start_cluster_with(
     let layout = Layout { shards: addrs.clone(), map: map.clone() };
     let sequencer = SequencerNode::start(
         &dirs.path().join("log"),
-        "127.0.0.1:0".parse().unwrap(),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         sequencer_clock,
         config,
         layout,
@@ -180,13 +178,11 @@ async fn list_append_over_a_cluster_is_strictly_serializable() {
 }
 
 /// Serves `source` on a free port and fetches `/metrics` over HTTP.
-pub(crate) async fn scrape(
-    source: Arc<dyn Fn() -> Vec<txn::remote::Metric> + Send + Sync>,
-) -> String {
+pub(crate) async fn scrape(source: Arc<dyn Fn() -> Vec<node::Metric> + Send + Sync>) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(txn::remote::serve_metrics(listener, source));
+    let server = tokio::spawn(node::serve_metrics(listener, source));
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let mut response = String::new();
@@ -272,7 +268,7 @@ async fn a_shard_whose_clock_is_beyond_max_offset_is_refused_and_the_others_go_o
 }
 
 /// Rows that `Fill` writes, on shard 1 of 3 (first byte 0x60), more than one scan page.
-const FILLED: u32 = txn::remote::MAX_SCAN_ROWS + 500;
+const FILLED: u32 = client::MAX_SCAN_ROWS + 500;
 
 fn filled_range() -> KeyRange {
     KeyRange::prefix(b"\x60fill/")
@@ -402,7 +398,7 @@ async fn bad_requests_over_the_wire_get_clear_errors_and_change_nothing() {
             hlc: 0,
             range: Some(v1::KeyRange { start: vec![0], end: Some(vec![1]) }),
             read_ts: 0,
-            limit: txn::remote::MAX_SCAN_ROWS + 1,
+            limit: client::MAX_SCAN_ROWS + 1,
             for_window: 0,
         })
         .await

@@ -4,10 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sequencer::SealerConfig;
+use txn::ShardMap;
 use txn::builtin::ListAppend;
-use txn::{Database, Options, ShardMap};
 
 use crate::run_list_append;
+use embedded::{Database, Options};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_list_append_histories_are_strictly_serializable() {

@@ -13,12 +13,12 @@ use proto::v1::shard_client::ShardClient;
 use sequencer::{ClientId, Entry, ShardId};
 use storage::KeyRange;
 use txn::builtin::{put_args, registry};
-use txn::remote::{Client, RefusalKind, RemoteError, RemoteSequencer};
 use txn::{Context, InteractiveCommit, ProcError, Procedure, ReadAt, Request, ShardMap, TxnError};
 
 use crate::cluster::{
     LocalCluster, clock, metric, offset_clock, offset_clock_bounded, scrape, start_cluster_with,
 };
+use client::{Client, RefusalKind, RemoteError, RemoteSequencer};
 
 /// A key named `name` on `shard` of a uniform map.
 fn key_on(map: &ShardMap, shard: u32, name: &[u8]) -> Vec<u8> {
@@ -333,7 +333,7 @@ async fn subscriptions_past_the_bound_are_refused_and_closed_ones_free_their_pla
     let sequencer = RemoteSequencer::connect(&local.cluster.sequencer, clock()).await.unwrap();
     let mut open = Vec::new();
     let mut busy = 0;
-    for _ in 0..txn::remote::MAX_SUBSCRIPTIONS + 10 {
+    for _ in 0..node::MAX_SUBSCRIPTIONS + 10 {
         match sequencer.subscribe(ShardId(0), sequencer::Epoch(1)).await {
             Ok(stream) => open.push(stream),
             Err(RemoteError::Refused { kind: RefusalKind::Busy, .. }) => busy += 1,
@@ -341,7 +341,7 @@ async fn subscriptions_past_the_bound_are_refused_and_closed_ones_free_their_pla
         }
     }
     // The three shards hold one each.
-    assert_eq!(open.len(), txn::remote::MAX_SUBSCRIPTIONS - 3);
+    assert_eq!(open.len(), node::MAX_SUBSCRIPTIONS - 3);
     assert_eq!(busy, 13);
     client.call("kv.put", &put_args(b"during", b"v")).await.unwrap();
     assert_eq!(read(&client, b"during").await.as_deref(), Some(&b"v"[..]));

@@ -8,13 +8,11 @@ use std::sync::Arc;
 use proto::v1;
 use proto::v1::shard_client::ShardClient;
 use sequencer::{Epoch, ShardId};
-use txn::remote::{
-    Client, RefusalKind, RemoteError, RemoteSequencer, Tls, cluster_status, endpoint,
-};
 use txn::{ReadAt, TxnError};
 
 use crate::cluster::{LocalCluster, clock, start_cluster_with, tls};
 use crate::run_list_append;
+use client::{Client, RefusalKind, RemoteError, RemoteSequencer, Tls, cluster_status, endpoint};
 
 async fn start_secure() -> LocalCluster {
     let shards = vec![clock(), clock(), clock()];
@@ -52,7 +50,7 @@ async fn only_certified_clients_get_in_and_only_nodes_call_peer_rpcs() {
     // Without TLS, or with a certificate of another CA, a client is refused.
     let plain = cluster_status(&sequencer, &clock(), None).await.unwrap_err();
     assert!(matches!(plain, TxnError::Unavailable(_)), "{plain}");
-    let other = txn::remote::make_certificates(&[]).unwrap();
+    let other = node::make_certificates(&[]).unwrap();
     let stranger =
         Tls::from_pem(certs.ca.as_bytes(), other.client.0.as_bytes(), other.client.1.as_bytes());
     let refused = cluster_status(&sequencer, &clock(), Some(&stranger)).await.unwrap_err();

@@ -12,12 +12,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::common::{num, point};
 use clock::Timestamp;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sequencer::{ShardId, TxnId};
 use storage::{Epoch, KeyRange, Limits, MemoryEngine, Mvcc};
+use tests::kv::{num, point};
 use txn::{
     AbortReason, Context, Decided, Executor, InteractiveCommit, Outcome, ProcError, Procedure,
     Registry, Request, Rows, SerialPosition, ShardMap, ShardsAt, SnapshotRead, Task,

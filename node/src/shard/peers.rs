@@ -14,10 +14,9 @@ use storage::KeyRange;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use super::super::{RemoteError, Tls, endpoint, observe_response, paged, sized, stamp};
 use super::{PEER_RETRY, State};
-use crate::procedure::Rows;
-use crate::request::range_to_proto;
+use client::{RemoteError, Tls, endpoint, observe_response, paged, sized, stamp};
+use txn::{Rows, range_to_proto};
 
 /// Why a call to a peer gave up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -22,10 +22,11 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
 use super::super::metrics::ShardCounters;
-use super::super::{RemoteError, RemoteSequencer, SliceDelivery, clock_agreement};
 use super::peers::{GrpcPeers, PeerError};
 use super::{FENCED_RETRY, OUTCOME_WINDOWS, PEER_RETRY, State, lock};
-use crate::step::{Command, Event, Step, StepError};
+use crate::server::clock_agreement;
+use client::{RemoteError, RemoteSequencer, SliceDelivery};
+use txn::{Command, Event, Step, StepError};
 
 /// Answers in flight for the window in progress: at most a few per peer, so this bound is
 /// never reached in practice; a full queue only slows the calls down.
@@ -235,7 +236,7 @@ impl ApplyLoop {
         &self,
         epoch: Epoch,
         ts: Timestamp,
-        decided: impl Iterator<Item = crate::outcome::Decided>,
+        decided: impl Iterator<Item = txn::Decided>,
         deferred: Vec<::sequencer::TxnId>,
     ) {
         let state = &*self.state;

@@ -42,16 +42,10 @@ use sequencer::{
 use storage::{Engine, Epoch, KeyRange, Limits, MemoryEngine, Mvcc, RocksEngine, StorageError};
 use tokio::sync::oneshot;
 
-use crate::error::TxnError;
-use crate::executor::Executor;
-use crate::outcome::Outcome;
-use crate::outcome::OutcomeCounters;
-use crate::procedure::Rows;
-use crate::procedure::{Procedure, Registry};
-use crate::request::{Request, participants, procedure_request, refused};
-use crate::shard_map::ShardMap;
-use crate::step::{Command, Event, Peers, Step, StepError};
-use crate::stored::stored_verdicts;
+use txn::{
+    Command, Event, Executor, Outcome, OutcomeCounters, Peers, Procedure, Registry, Request, Rows,
+    ShardMap, Step, StepError, TxnError, participants, procedure_request, refused, stored_verdicts,
+};
 
 /// How to open a [`Database`].
 #[derive(Clone)]
@@ -326,7 +320,7 @@ impl Database {
                     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         shard_loop.run(deliveries)
                     }));
-                    if let Err(e) = run.unwrap_or_else(|panic| Err(panicked(&*panic))) {
+                    if let Err(e) = run.unwrap_or_else(|panic| Err(StepError::panicked(&*panic))) {
                         tracing::error!(shard = s.0, error = %e, "shard stopped");
                         *lock(&inner.failure) = Some(e.to_string());
                         inner.stopping.store(true, Ordering::SeqCst);
@@ -384,13 +378,13 @@ impl Database {
     /// Calls the registered procedure `name` with `args`; returns its output once committed.
     /// Blocks the calling thread; inside an async runtime, use [`Database::call_async`].
     pub fn call(&self, name: &str, args: &[u8]) -> Result<Vec<u8>, TxnError> {
-        output(self.submit(&self.procedure_request(name, args)?)?)
+        Outcome::into_output(self.submit(&self.procedure_request(name, args)?)?)
     }
 
     /// [`Database::call`] for async callers: waits without holding a thread, so many
     /// concurrent callers cost tasks, not threads.
     pub async fn call_async(&self, name: &str, args: &[u8]) -> Result<Vec<u8>, TxnError> {
-        output(self.submit_async(&self.procedure_request(name, args)?).await?)
+        Outcome::into_output(self.submit_async(&self.procedure_request(name, args)?).await?)
     }
 
     fn procedure_request(&self, name: &str, args: &[u8]) -> Result<Request, TxnError> {
@@ -524,15 +518,6 @@ impl Drop for Database {
         if let Err(e) = self.shutdown() {
             tracing::error!(error = %e, "closing the database");
         }
-    }
-}
-
-/// What a caller gets for an outcome: a procedure's output, or why it did not commit.
-pub(crate) fn output(outcome: Outcome) -> Result<Vec<u8>, TxnError> {
-    match outcome {
-        Outcome::Committed { output, .. } => Ok(output),
-        Outcome::Aborted(reason) => Err(TxnError::Aborted(reason)),
-        Outcome::Conflict { key } => Err(TxnError::Conflict { key }),
     }
 }
 
@@ -678,16 +663,6 @@ impl Peers for Local {
         let rows = self.0[shard.0 as usize].scan(range, at, limit);
         Some(rows.map(|rows| rows.into_iter().map(|(k, v)| (k, v.value)).collect()))
     }
-}
-
-/// What a caught panic says.
-pub(crate) fn panicked(panic: &(dyn std::any::Any + Send)) -> StepError {
-    let message = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".into());
-    StepError::Panicked(message)
 }
 
 impl Inner {

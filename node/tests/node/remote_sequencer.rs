@@ -6,14 +6,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use client::{RefusalKind, RemoteError, RemoteSequencer, SliceDelivery};
 use clock::{Clock, Epoch, OffsetClock, SystemClock, Timestamp};
+use node::{Layout, SequencerNode};
 use proto::v1;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sequencer::{ClientId, Entry, SealerConfig, ShardId, TxnId, WindowLog};
-use txn::remote::{
-    Layout, RefusalKind, RemoteError, RemoteSequencer, SequencerNode, SliceDelivery,
-};
 use txn::{InteractiveCommit, Request, ShardMap};
 
 const SHARDS: u32 = 3;
@@ -42,9 +41,8 @@ fn layout() -> Layout {
 }
 
 async fn start(dir: &Path, config: SealerConfig) -> SequencerNode {
-    SequencerNode::start(dir, "127.0.0.1:0".parse().unwrap(), clock(), config, layout(), None)
-        .await
-        .unwrap()
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    SequencerNode::start(dir, listener, clock(), config, layout(), None).await.unwrap()
 }
 
 async fn connect(node: &SequencerNode, clock: Arc<Clock>) -> RemoteSequencer {
@@ -254,7 +252,7 @@ async fn a_peer_whose_clock_is_beyond_max_offset_is_refused_and_one_within_it_ob
     let server_clock = clock();
     let node = SequencerNode::start(
         dir.path(),
-        "127.0.0.1:0".parse().unwrap(),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         server_clock.clone(),
         SealerConfig::default(),
         layout(),

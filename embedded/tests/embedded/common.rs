@@ -1,20 +1,12 @@
-//! Helpers shared by the transaction tests.
+//! Helpers shared by the embedded database's tests.
 
 use std::time::Duration;
 
+use embedded::Options;
 use sequencer::SealerConfig;
-use storage::KeyRange;
-use txn::{Options, ShardMap};
+use txn::ShardMap;
 
-/// The range holding exactly `k`.
-pub fn point(k: &[u8]) -> KeyRange {
-    KeyRange::point(k)
-}
-
-/// A counter stored as decimal text; absent is zero.
-pub fn num(v: Option<Vec<u8>>) -> u64 {
-    v.map_or(0, |v| String::from_utf8(v).unwrap().parse().unwrap())
-}
+pub use tests::kv::{num, point};
 
 /// Three shards ("a..", "b..", "c.." keys) with 2 ms windows, on RocksDB or in memory.
 pub fn three_shards(in_memory: bool) -> Options {

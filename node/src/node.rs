@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{NodeConfig, Role, SequencerNode, ShardConfig, ShardNode};
-use crate::procedure::Registry;
+use txn::Registry;
 
 /// Sends a node's logs to stderr through `tracing`, filtered by `RUST_LOG` (default `info`),
 /// in colour on a terminal only.
@@ -42,9 +42,14 @@ pub fn stop_signals() -> Result<impl Future<Output = &'static str>, String> {
     })
 }
 
-/// Runs the node `config` describes, with `procedures` registered, until SIGINT or SIGTERM;
-/// then stops it cleanly. Prints the address it listens on to stdout once it serves.
-pub async fn run_node(config: NodeConfig, procedures: Registry) -> Result<(), String> {
+/// Runs the node `config` describes, serving on `listener`, until `shutdown` resolves (then
+/// it stops cleanly) or the node fails (then it returns why). Exits the process on a panic.
+pub async fn run(
+    config: NodeConfig,
+    listener: TcpListener,
+    procedures: Registry,
+    shutdown: impl Future<Output = &'static str>,
+) -> Result<(), String> {
     exit_on_panic();
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
@@ -54,12 +59,11 @@ pub async fn run_node(config: NodeConfig, procedures: Registry) -> Result<(), St
         Clock::open(config.data_dir.join("clock"), Arc::new(SystemClock), config.max_offset)
             .map_err(|e| e.to_string())?;
     let clock = Arc::new(clock);
-    let stop = stop_signals()?;
     match config.role {
         Role::Sequencer => {
             let node = SequencerNode::start(
                 &config.data_dir.join("log"),
-                config.listen,
+                listener,
                 clock,
                 config.sealer,
                 config.layout,
@@ -68,7 +72,7 @@ pub async fn run_node(config: NodeConfig, procedures: Registry) -> Result<(), St
             .await?;
             println!("sequencer listening on {}", node.addr());
             metrics(config.metrics_listen, node.metrics_source()).await?;
-            let failed = until_stopped_or_failed(stop, node.failed()).await;
+            let failed = until_stopped_or_failed(shutdown, node.failed()).await;
             let stopped = node.shutdown().await;
             match failed {
                 None => stopped,
@@ -77,9 +81,6 @@ pub async fn run_node(config: NodeConfig, procedures: Registry) -> Result<(), St
         }
         Role::Shard => {
             let shard = config.shard.ok_or("a shard node needs its shard")?;
-            let listener = TcpListener::bind(config.listen)
-                .await
-                .map_err(|e| format!("listening on {}: {e}", config.listen))?;
             let shard_config = ShardConfig {
                 shard,
                 map: config.layout.map.clone(),
@@ -94,7 +95,7 @@ pub async fn run_node(config: NodeConfig, procedures: Registry) -> Result<(), St
             let node = ShardNode::start(shard_config, listener, clock).await?;
             println!("shard {} listening on {}", shard.0, node.addr());
             metrics(config.metrics_listen, node.metrics_source()).await?;
-            let failed = until_stopped_or_failed(stop, node.failed()).await;
+            let failed = until_stopped_or_failed(shutdown, node.failed()).await;
             node.shutdown().await;
             match failed {
                 None => Ok(()),

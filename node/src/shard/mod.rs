@@ -55,16 +55,9 @@ use self::apply::ApplyLoop;
 use self::peers::GrpcPeers;
 use self::service::ShardService;
 use super::metrics::{Metric, ShardCounters};
-use super::{
-    RefusalKind, RemoteSequencer, STOP_GRACE, Tls, incoming, malformed, refuse, server, sized,
-    stop_server, warn_if_insecure,
-};
-use crate::database::panicked;
-use crate::executor::Executor;
-use crate::outcome::Outcome;
-use crate::procedure::Registry;
-use crate::shard_map::ShardMap;
-use crate::step::{Distant, Step};
+use crate::server::{STOP_GRACE, incoming, server, stop_server, warn_if_insecure};
+use client::{RefusalKind, RemoteSequencer, Tls, malformed, refuse, sized};
+use txn::{Distant, Executor, Outcome, Registry, ShardMap, Step, StepError};
 
 /// The longest a request waits for the shard (safe time, verdicts, an outcome) before it is
 /// answered `DEADLINE_EXCEEDED`.
@@ -79,13 +72,6 @@ const PEER_RETRY: Duration = Duration::from_millis(20);
 /// Outcomes are kept for this many windows after their entry's (20 s of 2 ms windows under
 /// load; longer when windows are sparser), then forgotten: asking later gets `NOT_FOUND`.
 const OUTCOME_WINDOWS: u64 = 10_000;
-
-/// The most rows one `Scan` returns.
-pub const MAX_SCAN_ROWS: u32 = 10_000;
-
-/// A `Scan` stops once its rows hold this many bytes of keys and values (the row crossing it
-/// included): a response stays well below every receiver's message limit.
-pub const SCAN_RESPONSE_BYTES: usize = 4 << 20;
 
 /// How to run a shard server.
 #[derive(Clone)]
@@ -247,7 +233,7 @@ impl State {
         Ok(())
     }
 
-    fn fail(&self, e: crate::step::StepError) {
+    fn fail(&self, e: txn::StepError) {
         let e = e.to_string();
         tracing::error!(shard = self.shard.0, error = %e, "shard stopped");
         *lock(&self.failure) = Some(e);
@@ -338,7 +324,7 @@ impl ShardNode {
                 // A panic fails the shard like any error, so that waiting callers are
                 // answered (a node process also exits on it).
                 let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply.run()));
-                if let Err(e) = run.unwrap_or_else(|panic| Err(panicked(&*panic))) {
+                if let Err(e) = run.unwrap_or_else(|panic| Err(StepError::panicked(&*panic))) {
                     state.fail(e);
                 }
             })

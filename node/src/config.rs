@@ -36,8 +36,9 @@ use serde::Deserialize;
 
 use storage::Limits;
 
-use super::{Layout, MAX_WINDOW_BYTES, Tls};
-use crate::shard_map::ShardMap;
+use super::Layout;
+use client::{MAX_WINDOW_BYTES, Tls};
+use txn::ShardMap;
 
 /// What a node does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -24,9 +24,10 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use storage::KeyRange;
-use txn::{Context, Database, Options, ProcError, Procedure, ReadAt};
+use txn::{Context, ProcError, Procedure, ReadAt};
 
 use crate::common::{num, point, three_shards};
+use embedded::{Database, Options};
 
 const DIR_VAR: &str = "SEALDB_DB_CRASH_DIR";
 const ROUND_VAR: &str = "SEALDB_DB_CRASH_ROUND";

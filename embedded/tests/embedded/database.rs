@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::common::{num, point, three_shards};
+use embedded::{Database, Options};
 use storage::KeyRange;
-use txn::{AbortReason, Context, Database, Options, ProcError, Procedure, ReadAt, TxnError};
+use txn::{AbortReason, Context, ProcError, Procedure, ReadAt, TxnError};
 
 const ACCOUNTS: u64 = 12;
 const INITIAL: u64 = 100;

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-use crate::outcome::OutcomeCounters;
+use txn::OutcomeCounters;
 
 /// One metric's current value.
 pub struct Metric {

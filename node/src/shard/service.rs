@@ -11,12 +11,12 @@ use std::sync::Arc;
 use storage::StorageError;
 use tonic::{Code, Request, Response, Status};
 
-use super::super::tls::require_node;
-use super::super::{RefusalKind, malformed, observe_request, outcome_to_proto, refuse, stamp};
-use super::{MAX_SCAN_ROWS, OUTCOME_WINDOWS, SCAN_RESPONSE_BYTES, State, lock};
-use crate::outcome::Outcome;
-use crate::request::{range_from_proto, range_to_proto};
-use crate::stored::stored_verdicts;
+use super::{OUTCOME_WINDOWS, State, lock};
+use client::{
+    MAX_SCAN_ROWS, RefusalKind, SCAN_RESPONSE_BYTES, malformed, observe_request, outcome_to_proto,
+    refuse, require_node, stamp,
+};
+use txn::{Outcome, range_from_proto, range_to_proto, stored_verdicts};
 
 pub(super) struct ShardService {
     pub(super) state: Arc<State>,
@@ -32,19 +32,33 @@ fn key_value(key: Vec<u8>, version: storage::Version) -> v1::KeyValue {
     v1::KeyValue { key, value: version.value, version_ts: version.ts.as_u64() }
 }
 
+impl ShardService {
+    /// What a read checks first: a read for a window (a peer's) needs a node's certificate;
+    /// the caller's clock must be within bounds; the shard must be serving.
+    fn admit_read<T>(
+        &self,
+        request: &Request<T>,
+        for_window: u64,
+        hlc: u64,
+    ) -> Result<&State, Status> {
+        if for_window != 0 {
+            require_node(request, self.secure)?;
+        }
+        observe_request(&self.state.clock, hlc)?;
+        self.state.check_running()?;
+        Ok(&self.state)
+    }
+}
+
 #[tonic::async_trait]
 impl ShardRpc for ShardService {
     async fn get(
         &self,
         request: Request<v1::GetRequest>,
     ) -> Result<Response<v1::GetResponse>, Status> {
-        if request.get_ref().for_window != 0 {
-            require_node(&request, self.secure)?;
-        }
+        let (for_window, hlc) = (request.get_ref().for_window, request.get_ref().hlc);
+        let state = self.admit_read(&request, for_window, hlc)?;
         let r = request.into_inner();
-        let state = &self.state;
-        observe_request(&state.clock, r.hlc)?;
-        state.check_running()?;
         state.check_local(&r.key)?;
         let at = Timestamp::from_u64(r.read_ts);
         state.wait_safe(at, r.for_window != 0).await?;
@@ -57,13 +71,9 @@ impl ShardRpc for ShardService {
         &self,
         request: Request<v1::ScanRequest>,
     ) -> Result<Response<v1::ScanResponse>, Status> {
-        if request.get_ref().for_window != 0 {
-            require_node(&request, self.secure)?;
-        }
+        let (for_window, hlc) = (request.get_ref().for_window, request.get_ref().hlc);
+        let state = self.admit_read(&request, for_window, hlc)?;
         let r = request.into_inner();
-        let state = &self.state;
-        observe_request(&state.clock, r.hlc)?;
-        state.check_running()?;
         let range = range_from_proto(
             r.range.ok_or_else(|| Status::invalid_argument("a scan needs a range"))?,
         );

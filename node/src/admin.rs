@@ -5,15 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::sequencer::Sequencer;
+use client::{Tls, endpoint, observe_request, observe_response, sized, stamp};
 use clock::Clock;
 use proto::v1;
 use proto::v1::admin_server::Admin;
 use proto::v1::shard_client::ShardClient;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
-
-use super::{Tls, endpoint, observe_request, observe_response, sized, stamp};
-use crate::shard_map::ShardMap;
+use txn::ShardMap;
 
 /// Where a cluster's shards are and which keys each owns: the same on every node.
 #[derive(Debug, Clone)]

@@ -30,19 +30,18 @@ use storage::KeyRange;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use super::{
-    RefusalKind, RemoteError, RemoteSequencer, Tls, endpoint, observe_response, outcome_from_proto,
-    paged, sized, stamp,
+use txn::{
+    Buffer, Outcome, ReadAt, Registry, Request, Rows, ShardMap, Store, StoreSnapshot,
+    StoreTransaction, TxnError, commit_ts, overlay, participants, procedure_request,
+    range_to_proto, rows_needed,
 };
-use crate::database::output;
-use crate::error::TxnError;
-use crate::outcome::Outcome;
-use crate::procedure::{Registry, Rows};
-use crate::request::{Request, participants, procedure_request, range_to_proto};
-use crate::shard_map::ShardMap;
-use crate::snapshot::{overlay, rows_needed};
-use crate::store::{Store, StoreSnapshot, StoreTransaction};
-use crate::transaction::{Buffer, ReadAt, commit_ts};
+
+use crate::sequencer::RemoteSequencer;
+use crate::sized;
+use crate::tls::Tls;
+use crate::wire::{
+    RefusalKind, RemoteError, endpoint, observe_response, outcome_from_proto, paged, stamp,
+};
 
 /// How long a call keeps trying to reach a node before giving up.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -115,7 +114,7 @@ impl Client {
     /// (shard addresses and map). Calls may use the built-in procedures
     /// ([`builtin::registry`](crate::builtin::registry)); [`Client::new`] takes others.
     pub async fn connect(addr: &str, clock: Arc<Clock>) -> Result<Client, TxnError> {
-        Client::connect_with(addr, clock, crate::builtin::registry(), None).await
+        Client::connect_with(addr, clock, txn::builtin::registry(), None).await
     }
 
     /// [`Client::connect`] for a cluster whose nodes register `procedures`, over TLS with
@@ -143,7 +142,7 @@ impl Client {
     /// committed, durable and past commit-wait.
     pub async fn call(&self, name: &str, args: &[u8]) -> Result<Vec<u8>, TxnError> {
         let request = procedure_request(&self.procedures, name, args)?;
-        output(self.run(&request).await?)
+        Outcome::into_output(self.run(&request).await?)
     }
 
     /// Logs `request` and waits for its outcome (past commit-wait if committed).

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use client::{Client, Tls, cluster_status};
 use clock::Clock;
+use node::{LocalProcesses, LocalSpec, make_certificates};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tests::history::{Completion, Mop, Recorder, Workload, check};
 use txn::builtin::{ListOp, decode_list, decode_list_output, encode_list_ops, list_key};
-use txn::remote::{Client, LocalProcesses, LocalSpec, Tls, cluster_status, make_certificates};
 use txn::{ReadAt, TxnError};
 
 const SHARDS: usize = 3;

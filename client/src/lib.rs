@@ -1,0 +1,23 @@
+//! The sealdb cluster client: [`Client`] runs procedures, interactive transactions
+//! ([`RemoteTransaction`]) and reads at a timestamp ([`RemoteSnapshot`]) against a cluster,
+//! routing each request to the shards that own its keys; it implements [`txn::Store`], so
+//! code written against the embedded database runs against a cluster.
+//!
+//! Also here, because both sides of every call keep it: the wire contract ([`wire`]: message
+//! limits, HLC stamps, typed refusals, outcomes, paged scans), TLS configuration ([`Tls`]),
+//! and the sequencer's client ([`RemoteSequencer`]), which shard servers use too. Links no
+//! RocksDB: it depends on the transaction core, the generated gRPC code and tonic only.
+
+mod client;
+mod sequencer;
+mod tls;
+pub mod wire;
+
+pub use crate::client::{Client, Cluster, RemoteSnapshot, RemoteTransaction, cluster_status};
+pub use crate::sequencer::{RemoteSequencer, SliceDelivery};
+pub use crate::tls::{CLIENT_NAME, NODE_NAME, Tls, require_node};
+pub use crate::wire::{
+    MAX_MESSAGE_BYTES, MAX_SCAN_ROWS, MAX_WINDOW_BYTES, RefusalKind, RemoteError,
+    SCAN_RESPONSE_BYTES, endpoint, malformed, observe_request, observe_response,
+    outcome_from_proto, outcome_to_proto, paged, refuse, stamp,
+};

@@ -1,0 +1,200 @@
+//! The wire contract both sides of every call keep: message size limits, HLC stamps on every
+//! message, refusals with typed details (`sealdb.v1.Refusal`), outcomes, paged scans and how a
+//! client reaches a node.
+//!
+//! Every request and response carries its sender's HLC timestamp (`hlc`). The receiver
+//! observes it, so causality carries across nodes, and refuses a timestamp more than
+//! `max_offset` ahead of its own physical clock (DESIGN.md section 5): a server answers
+//! `FAILED_PRECONDITION`, a client drops the response and returns [`RemoteError::ClockSkew`].
+
+use std::future::Future;
+
+use clock::{Clock, Timestamp};
+use prost::Message;
+use proto::v1;
+pub use proto::v1::RefusalKind;
+use sequencer::TxnId;
+use storage::KeyRange;
+use tonic::{Code, Status};
+use txn::{AbortReason, Outcome, Rows};
+
+use crate::tls::Tls;
+
+/// The most rows one `Scan` returns.
+pub const MAX_SCAN_ROWS: u32 = 10_000;
+
+/// A `Scan` stops once its rows hold this many bytes of keys and values (the row crossing it
+/// included): a response stays well below every receiver's message limit.
+pub const SCAN_RESPONSE_BYTES: usize = 4 << 20;
+
+/// The largest gRPC message any sealdb server or client sends or accepts. Every server and
+/// client is built with it ([`sized`]), so what one side may send the other accepts.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// The largest window a sequencer may be configured to seal (`max_window_bytes`): a shard's
+/// slice of a window (at most the window's entries, [`sequencer::Entry::size`], and a small
+/// header) stays well below [`MAX_MESSAGE_BYTES`], so every logged entry is deliverable.
+pub const MAX_WINDOW_BYTES: usize = 32 << 20;
+
+/// A generated gRPC client or server with the message limits of [`MAX_MESSAGE_BYTES`].
+#[macro_export]
+macro_rules! sized {
+    ($service:expr) => {
+        $service
+            .max_decoding_message_size($crate::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size($crate::MAX_MESSAGE_BYTES)
+    };
+}
+
+/// Failures of a call to another node.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The other side's clock is more than `max_offset` ahead of ours, or ours of theirs.
+    /// Nothing was done by a refused request; a refused response's effect is unknown.
+    #[error("clock skew: {0}")]
+    ClockSkew(String),
+    /// The request was invalid (a malformed id, an unknown shard, an oversize entry) or over
+    /// a bound; nothing changed. Retrying the same request will not help, unless `kind` is
+    /// [`RefusalKind::Busy`].
+    #[error("refused: {why}")]
+    Refused {
+        /// Which rule, as the server said in the status details.
+        kind: RefusalKind,
+        /// The server's message.
+        why: String,
+    },
+    /// The node could not be reached or stopped. For a submission, whether it was logged is
+    /// unknown: submit it again with the same client id, which the log deduplicates.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The node answered something this client cannot read.
+    #[error("bad response: {0}")]
+    BadResponse(String),
+}
+
+impl From<Status> for RemoteError {
+    fn from(status: Status) -> RemoteError {
+        let message = status.message().to_string();
+        match status.code() {
+            Code::FailedPrecondition => RemoteError::ClockSkew(message),
+            Code::PermissionDenied | Code::Unauthenticated => {
+                RemoteError::Refused { kind: RefusalKind::NotAllowed, why: message }
+            }
+            Code::InvalidArgument | Code::ResourceExhausted | Code::OutOfRange => {
+                let kind =
+                    v1::Refusal::decode(status.details()).map_or(RefusalKind::Other, |r| r.kind());
+                RemoteError::Refused { kind, why: message }
+            }
+            _ => RemoteError::Unavailable(format!("{}: {message}", status.code())),
+        }
+    }
+}
+
+/// A refusal: nothing changed, and the status details say which rule (`kind`).
+pub fn refuse(code: Code, kind: RefusalKind, message: impl Into<String>) -> Status {
+    let details = v1::Refusal { kind: kind.into() }.encode_to_vec();
+    Status::with_details(code, message, details.into())
+}
+
+/// A request breaking the protocol's rules.
+pub fn malformed(message: impl Into<String>) -> Status {
+    refuse(Code::InvalidArgument, RefusalKind::Malformed, message)
+}
+
+/// Where to reach the node at `addr` (`host:port`): over TLS, presenting this party's
+/// certificate and accepting only a cluster node's, when `tls` is given.
+pub fn endpoint(addr: &str, tls: Option<&Tls>) -> Result<tonic::transport::Endpoint, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| format!("address {addr:?}: {e}"))?;
+    match tls {
+        Some(tls) => endpoint.tls_config(tls.client()).map_err(|e| format!("TLS for {addr}: {e}")),
+        None => Ok(endpoint),
+    }
+}
+
+/// Up to `limit` rows of `range` (one shard's part of a scan), read a page at a time:
+/// `page(range, n)` reads up to `n` (at most [`MAX_SCAN_ROWS`]) rows of `range`, and says
+/// whether it stopped early (for `n` or for the response size bound).
+pub async fn paged<E, F, Fut>(mut range: KeyRange, limit: usize, mut page: F) -> Result<Rows, E>
+where
+    F: FnMut(KeyRange, usize) -> Fut,
+    Fut: Future<Output = Result<(Rows, bool), E>>,
+{
+    let mut rows = Vec::new();
+    while rows.len() < limit {
+        let n = (limit - rows.len()).min(MAX_SCAN_ROWS as usize);
+        let (got, more) = page(range.clone(), n).await?;
+        let Some((last, _)) = got.last() else { break };
+        range.start = last.iter().copied().chain([0]).collect();
+        rows.extend(got);
+        if !more {
+            break;
+        }
+    }
+    rows.truncate(limit);
+    Ok(rows)
+}
+
+/// This node's timestamp for an outgoing message.
+pub fn stamp(clock: &Clock) -> u64 {
+    clock.now().as_u64()
+}
+
+/// Observes an incoming request's timestamp, refusing it if it is too far ahead.
+pub fn observe_request(clock: &Clock, hlc: u64) -> Result<(), Status> {
+    clock
+        .observe(Timestamp::from_u64(hlc))
+        .map_err(|skew| Status::failed_precondition(skew.to_string()))
+}
+
+/// Observes an incoming response's timestamp, refusing it if it is too far ahead.
+pub fn observe_response(clock: &Clock, hlc: u64) -> Result<(), RemoteError> {
+    clock.observe(Timestamp::from_u64(hlc)).map_err(|skew| RemoteError::ClockSkew(skew.to_string()))
+}
+
+/// An outcome on the wire.
+pub fn outcome_to_proto(txn: TxnId, outcome: &Outcome) -> v1::Outcome {
+    use v1::outcome::Result as R;
+    let id = Some(v1::TxnId { epoch: txn.epoch.0, index: txn.index });
+    let (commit_ts, result) = match outcome {
+        Outcome::Committed { ts, output } => {
+            (ts.as_u64(), R::Committed(v1::Committed { output: output.clone() }))
+        }
+        Outcome::Conflict { key } => {
+            (0, R::Conflict(v1::Conflict { key: key.clone().unwrap_or_default() }))
+        }
+        Outcome::Aborted(reason) => {
+            let (kind, reason, key) = match reason {
+                AbortReason::User(r) => ("user", r.clone(), Vec::new()),
+                AbortReason::UnknownProcedure(n) => ("unknown_procedure", n.clone(), Vec::new()),
+                AbortReason::OutsideDeclaredRanges(k) => {
+                    ("outside_declared_ranges", String::new(), k.clone())
+                }
+                AbortReason::TooLarge(r) => ("too_large", r.clone(), Vec::new()),
+                AbortReason::Malformed(r) => ("malformed", r.clone(), Vec::new()),
+            };
+            (0, R::Aborted(v1::Aborted { reason, kind: kind.into(), key }))
+        }
+    };
+    v1::Outcome { txn: id, commit_ts, result: Some(result) }
+}
+
+/// An outcome from the wire.
+pub fn outcome_from_proto(o: v1::Outcome) -> Result<Outcome, RemoteError> {
+    use v1::outcome::Result as R;
+    match o.result {
+        Some(R::Committed(c)) => {
+            Ok(Outcome::Committed { ts: Timestamp::from_u64(o.commit_ts), output: c.output })
+        }
+        Some(R::Conflict(c)) => Ok(Outcome::Conflict { key: (!c.key.is_empty()).then_some(c.key) }),
+        Some(R::Aborted(a)) => Ok(Outcome::Aborted(match a.kind.as_str() {
+            "unknown_procedure" => AbortReason::UnknownProcedure(a.reason),
+            "outside_declared_ranges" => AbortReason::OutsideDeclaredRanges(a.key),
+            "too_large" => AbortReason::TooLarge(a.reason),
+            "malformed" => AbortReason::Malformed(a.reason),
+            _ => AbortReason::User(a.reason),
+        })),
+        None => Err(RemoteError::BadResponse("an outcome without a result".into())),
+    }
+}

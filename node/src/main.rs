@@ -1,0 +1,137 @@
+//! The `sealdb` binary: run a node of a cluster, start a local development cluster, or use one
+//! from the shell.
+//!
+//! ```text
+//! sealdb start --config node.toml        run one node (see node::NodeConfig)
+//! sealdb dev --shards 3 [--secure]        a sequencer and 3 shard processes on 127.0.0.1
+//! sealdb cert DIR [--name HOST]...        a development CA, node and client certificates
+//! sealdb put KEY VALUE --addr HOST:PORT   through the cluster whose sequencer is there
+//! sealdb get KEY --addr HOST:PORT
+//! sealdb scan START [END] --addr HOST:PORT [--limit N]
+//! sealdb status --addr HOST:PORT
+//! ```
+//!
+//! Against a cluster running TLS, the shell commands take `--certs DIR` (`ca.pem`,
+//! `client.pem` and `client.key` in it, as `sealdb cert` writes them).
+//!
+//! Nodes log to stderr through `tracing` (`RUST_LOG`, default `info`) and stop cleanly on
+//! SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use node::shell::{self, Target};
+use node::{NodeConfig, init_logging, stop_signals};
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(name = "sealdb", version, about = "sealdb: a Calvin-style transactional layer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs one node from its configuration file.
+    Start {
+        /// The node's TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Starts a sequencer and N shard processes on 127.0.0.1, until Ctrl-C.
+    Dev {
+        /// Shard processes.
+        #[arg(long, default_value_t = 3)]
+        shards: u32,
+        /// Where the nodes keep their configuration, data and logs.
+        #[arg(long, default_value = "sealdb-dev")]
+        dir: PathBuf,
+        /// The sequencer's port; shards take the ports after it.
+        #[arg(long, default_value_t = 7100)]
+        port: u16,
+        /// Run TLS on every hop, with certificates made in DIR/certs (`sealdb cert`).
+        #[arg(long)]
+        secure: bool,
+    },
+    /// Makes a development CA and a node and a client certificate in DIR.
+    Cert {
+        dir: PathBuf,
+        /// A host name or address nodes are reached at, besides localhost and 127.0.0.1.
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
+    /// Writes a key.
+    Put {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Reads a key (the latest value).
+    Get {
+        key: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Lists keys from START up to END (exclusive; the end of the key space if absent).
+    Scan {
+        start: String,
+        end: Option<String>,
+        #[command(flatten)]
+        target: Target,
+        /// At most this many keys.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// The cluster's windows, shards, safe times and lag.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    if let Cmd::Dev { shards, dir, port, secure } = &cli.command {
+        return exit(shell::dev(*shards, dir, *port, *secure));
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return exit(Err(format!("starting the runtime: {e}"))),
+    };
+    exit(runtime.block_on(run(cli.command)))
+}
+
+fn exit(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("sealdb: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Cmd) -> Result<(), String> {
+    match command {
+        Cmd::Start { config } => {
+            let text = std::fs::read_to_string(&config)
+                .map_err(|e| format!("{}: {e}", config.display()))?;
+            let config =
+                NodeConfig::parse(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+            let listener = TcpListener::bind(config.listen)
+                .await
+                .map_err(|e| format!("listening on {}: {e}", config.listen))?;
+            node::run(config, listener, txn::builtin::registry(), stop_signals()?).await
+        }
+        Cmd::Cert { dir, names } => shell::cert(&dir, &names),
+        Cmd::Put { key, value, target } => shell::put(&target, &key, &value).await,
+        Cmd::Get { key, target } => shell::get(&target, &key).await,
+        Cmd::Scan { start, end, target, limit } => shell::scan(&target, start, end, limit).await,
+        Cmd::Status { target } => shell::status(&target).await,
+        Cmd::Dev { .. } => unreachable!("handled before the runtime starts"),
+    }
+}

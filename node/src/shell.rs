@@ -1,0 +1,167 @@
+//! The `sealdb` binary's commands other than running a node: a local development cluster
+//! (`sealdb dev`), certificates (`sealdb cert`), and shell access to a cluster through the
+//! [`Client`] (`put`, `get`, `scan`, `status`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use client::{Client, Tls, cluster_status};
+use clock::Clock;
+use storage::KeyRange;
+use txn::ReadAt;
+use txn::builtin::put_args;
+
+use crate::{LocalProcesses, LocalSpec, make_certificates, stop_signals};
+
+/// Which cluster a shell command talks to, and how.
+#[derive(clap::Args)]
+pub struct Target {
+    /// The sequencer's address.
+    #[arg(long)]
+    pub addr: String,
+    /// For a cluster running TLS: a directory with ca.pem, client.pem and client.key.
+    #[arg(long)]
+    pub certs: Option<PathBuf>,
+}
+
+impl Target {
+    /// TLS for the client, if `--certs` was given.
+    pub fn tls(&self) -> Result<Option<Tls>, String> {
+        self.certs.as_deref().map(|d| Tls::load_dir(d, "client")).transpose()
+    }
+
+    /// A client of the cluster.
+    pub async fn client(&self) -> Result<Client, String> {
+        let procedures = txn::builtin::registry();
+        Client::connect_with(&self.addr, clock(), procedures, self.tls()?)
+            .await
+            .map_err(|e| self.explain(e.to_string()))
+    }
+
+    /// `error`, with a hint when a connection failed and no certificates were given: the
+    /// cluster may run TLS.
+    fn explain(&self, error: String) -> String {
+        match &self.certs {
+            None if error.contains("transport error") => format!(
+                "{error} (if the cluster runs TLS, pass --certs DIR with ca.pem, client.pem \
+                 and client.key)"
+            ),
+            _ => error,
+        }
+    }
+}
+
+/// `sealdb cert DIR --name HOST...`: a development CA and certificates.
+pub fn cert(dir: &Path, names: &[String]) -> Result<(), String> {
+    make_certificates(names)?.write(dir)?;
+    println!(
+        "wrote ca.pem, ca.key, node.pem, node.key, client.pem, client.key in {}",
+        dir.display()
+    );
+    println!("every node's [tls]: ca = ca.pem, cert = node.pem, key = node.key; keep ca.key apart");
+    Ok(())
+}
+
+/// `sealdb put KEY VALUE`.
+pub async fn put(target: &Target, key: &str, value: &str) -> Result<(), String> {
+    let client = target.client().await?;
+    client
+        .call("kv.put", &put_args(key.as_bytes(), value.as_bytes()))
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("OK");
+    Ok(())
+}
+
+/// `sealdb get KEY`.
+pub async fn get(target: &Target, key: &str) -> Result<(), String> {
+    let client = target.client().await?;
+    let ts = client.read_ts(ReadAt::Latest);
+    match client.get(key.as_bytes(), ts).await.map_err(|e| e.to_string())? {
+        Some(v) => println!("{}", String::from_utf8_lossy(&v)),
+        None => println!("(absent)"),
+    }
+    Ok(())
+}
+
+/// `sealdb scan START [END] --limit N`.
+pub async fn scan(
+    target: &Target,
+    start: String,
+    end: Option<String>,
+    limit: usize,
+) -> Result<(), String> {
+    let client = target.client().await?;
+    let range = KeyRange { start: start.into_bytes(), end: end.map(String::into_bytes) };
+    let ts = client.read_ts(ReadAt::Latest);
+    for (k, v) in client.scan(&range, ts, limit).await.map_err(|e| e.to_string())? {
+        println!("{}\t{}", String::from_utf8_lossy(&k), String::from_utf8_lossy(&v));
+    }
+    Ok(())
+}
+
+/// `sealdb status`.
+pub async fn status(target: &Target) -> Result<(), String> {
+    let tls = target.tls()?;
+    let addr = &target.addr;
+    let status = cluster_status(addr, &clock(), tls.as_ref())
+        .await
+        .map_err(|e| target.explain(e.to_string()))?;
+    let sealed = clock::Timestamp::from_u64(status.sealed_ts);
+    println!("sequencer {addr}: last window {} at {sealed}", status.sealed_epoch);
+    for s in &status.shards {
+        let safe = clock::Timestamp::from_u64(s.safe_ts);
+        let lag = status.sealed_epoch.saturating_sub(s.applied_epoch);
+        println!(
+            "shard {} at {}: applied window {} (lag {lag}), safe time {safe}",
+            s.shard, status.shard_addrs[s.shard as usize], s.applied_epoch
+        );
+    }
+    for u in &status.unreachable {
+        println!("unreachable: {u}");
+    }
+    Ok(())
+}
+
+fn clock() -> Arc<Clock> {
+    // Shell commands are clients: an unpersisted clock with the default bound.
+    Arc::new(Clock::system(std::time::Duration::from_millis(5)))
+}
+
+/// Runs a sequencer and `shards` shard processes on 127.0.0.1 until Ctrl-C.
+pub fn dev(shards: u32, dir: &Path, port: u16, secure: bool) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let tls_dir = secure.then(|| dir.join("certs"));
+    if let Some(certs) = &tls_dir
+        && !certs.join("ca.pem").exists()
+    {
+        make_certificates(&[])?.write(certs)?;
+    }
+    let spec = LocalSpec {
+        command: vec![exe.display().to_string(), "start".into()],
+        dir: dir.to_path_buf(),
+        shards,
+        port: Some(port),
+        max_offset_ms: 1,
+        window_ms: 5,
+        split_keys: Vec::new(),
+        tls_dir: tls_dir.clone(),
+    };
+    let local = LocalProcesses::spawn(&spec)?;
+    let sequencer = local.sequencer.clone();
+    println!("sealdb dev cluster: sequencer on {sequencer}, shards on {}", local.shards.join(", "));
+    println!("configuration, data and logs in {}", dir.display());
+    let certs = tls_dir.map(|d| format!(" --certs {}", d.display())).unwrap_or_default();
+    println!("try:  sealdb put hello world --addr {sequencer}{certs}");
+    println!("      sealdb get hello --addr {sequencer}{certs}");
+    println!("      sealdb status --addr {sequencer}{certs}");
+    println!("Ctrl-C stops the cluster.");
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        stop_signals()?.await;
+        Ok::<(), String>(())
+    })?;
+    local.stop();
+    println!("stopped");
+    Ok(())
+}
