@@ -101,9 +101,10 @@ impl ClusterTarget {
         };
         let tls_dir = secure.then(|| dir.join("certs"));
         if let Some(certs) = &tls_dir {
-            node::make_certificates(&[])?.write(certs)?;
+            node::make_certificates(&[]).and_then(|c| c.write(certs)).map_err(|e| e.to_string())?;
         }
-        let tls = tls_dir.as_deref().map(|d| client::Tls::load_dir(d, "client")).transpose()?;
+        let tls = tls_dir.as_deref().map(|d| client::Tls::load_dir(d, "client")).transpose();
+        let tls = tls.map_err(|e| e.to_string())?;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let map = map(shards);
         let spec = node::LocalSpec {
@@ -116,7 +117,7 @@ impl ClusterTarget {
             split_keys: map.splits().to_vec(),
             tls_dir,
         };
-        let local = node::LocalProcesses::spawn(&spec)?;
+        let local = node::LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;
         eprintln!(
             "  local cluster: sequencer {}, shards {} (max_offset {max_offset_ms} ms{})",
             local.sequencer,

@@ -314,7 +314,7 @@ fn main() -> ExitCode {
         Workload::Node { config } => {
             let node = std::fs::read_to_string(&config)
                 .map_err(|e| e.to_string())
-                .and_then(|text| node::NodeConfig::parse(&text));
+                .and_then(|text| node::NodeConfig::parse(&text).map_err(|e| e.to_string()));
             let node = match node {
                 Ok(n) => n,
                 Err(e) => return usage_error(&format!("{}: {e}", config.display())),
@@ -327,7 +327,7 @@ fn main() -> ExitCode {
             let serve = async {
                 let listener = tokio::net::TcpListener::bind(node.listen)
                     .await
-                    .map_err(|e| format!("listening on {}: {e}", node.listen))?;
+                    .map_err(|e| node::NodeError::io(format!("listening on {}", node.listen), e))?;
                 node::run(node, listener, bench::node_procedures(), node::stop_signals()?).await
             };
             match runtime.block_on(serve) {

@@ -87,7 +87,7 @@ impl Client {
         }
         let tls = cluster.tls.as_ref();
         let sequencer = RemoteSequencer::lazy(&cluster.sequencer, clock.clone(), tls)
-            .map_err(TxnError::Unavailable)?;
+            .map_err(|e| TxnError::Unavailable(e.to_string()))?;
         let shards = cluster
             .shards
             .iter()
@@ -341,7 +341,7 @@ pub async fn cluster_status(
     tls: Option<&Tls>,
 ) -> Result<v1::ClusterStatusResponse, TxnError> {
     let unavailable = |e: String| TxnError::Unavailable(format!("sequencer at {addr}: {e}"));
-    let endpoint = endpoint(addr, tls).map_err(unavailable)?;
+    let endpoint = endpoint(addr, tls).map_err(|e| unavailable(e.to_string()))?;
     let channel = endpoint.connect().await.map_err(|e| unavailable(e.to_string()))?;
     let request = v1::ClusterStatusRequest { hlc: stamp(clock) };
     let status = sized!(AdminClient::new(channel))

@@ -18,6 +18,6 @@ pub use crate::sequencer::{RemoteSequencer, SliceDelivery};
 pub use crate::tls::{CLIENT_NAME, NODE_NAME, Tls, require_node};
 pub use crate::wire::{
     MAX_MESSAGE_BYTES, MAX_SCAN_ROWS, MAX_WINDOW_BYTES, RefusalKind, RemoteError,
-    SCAN_RESPONSE_BYTES, endpoint, malformed, observe_request, observe_response,
+    SCAN_RESPONSE_BYTES, SetupError, endpoint, malformed, observe_request, observe_response,
     outcome_from_proto, outcome_to_proto, paged, refuse, stamp,
 };

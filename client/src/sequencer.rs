@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 
 use crate::sized;
 use crate::tls::Tls;
-use crate::wire::{RefusalKind, RemoteError, endpoint, observe_response, stamp};
+use crate::wire::{RefusalKind, RemoteError, SetupError, endpoint, observe_response, stamp};
 
 /// What a subscriber receives, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,8 +53,10 @@ impl RemoteSequencer {
         clock: Arc<Clock>,
         tls: Option<&Tls>,
     ) -> Result<RemoteSequencer, RemoteError> {
-        let endpoint = endpoint(addr, tls)
-            .map_err(|why| RemoteError::Refused { kind: RefusalKind::Malformed, why })?;
+        let endpoint = endpoint(addr, tls).map_err(|why| RemoteError::Refused {
+            kind: RefusalKind::Malformed,
+            why: why.to_string(),
+        })?;
         let channel = endpoint
             .connect()
             .await
@@ -68,8 +70,8 @@ impl RemoteSequencer {
         addr: &str,
         clock: Arc<Clock>,
         tls: Option<&Tls>,
-    ) -> Result<RemoteSequencer, String> {
-        let endpoint = endpoint(addr, tls).map_err(|e| format!("sequencer: {e}"))?;
+    ) -> Result<RemoteSequencer, SetupError> {
+        let endpoint = endpoint(addr, tls)?;
         Ok(RemoteSequencer { client: sized!(SequencerClient::new(endpoint.connect_lazy())), clock })
     }
 

@@ -26,6 +26,8 @@ use std::path::Path;
 
 use rustls_pki_types::{CertificateDer, ServerName};
 use tonic::Status;
+
+use crate::wire::SetupError;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 /// The name every node certificate carries, and the name clients verify servers by.
@@ -54,14 +56,16 @@ impl Tls {
     }
 
     /// Reads the CA certificate, this party's certificate and its key from PEM files.
-    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Tls, String> {
-        let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Tls, SetupError> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| SetupError::Read { path: p.into(), source })
+        };
         Ok(Tls::from_pem(&read(ca)?, &read(cert)?, &read(key)?))
     }
 
-    /// `dir/ca.pem` with `dir/NAME.pem` and `dir/NAME.key`, as [`make_certificates`] writes
+    /// `dir/ca.pem` with `dir/NAME.pem` and `dir/NAME.key`, as `sealdb cert` writes
     /// them (`name` is `node` or `client`).
-    pub fn load_dir(dir: &Path, name: &str) -> Result<Tls, String> {
+    pub fn load_dir(dir: &Path, name: &str) -> Result<Tls, SetupError> {
         Tls::load(
             &dir.join("ca.pem"),
             &dir.join(format!("{name}.pem")),

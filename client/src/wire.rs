@@ -103,14 +103,38 @@ pub fn malformed(message: impl Into<String>) -> Status {
 
 /// Where to reach the node at `addr` (`host:port`): over TLS, presenting this party's
 /// certificate and accepting only a cluster node's, when `tls` is given.
-pub fn endpoint(addr: &str, tls: Option<&Tls>) -> Result<tonic::transport::Endpoint, String> {
+pub fn endpoint(addr: &str, tls: Option<&Tls>) -> Result<tonic::transport::Endpoint, SetupError> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
-        .map_err(|e| format!("address {addr:?}: {e}"))?;
+        .map_err(|e| SetupError::Address { addr: addr.into(), why: e.to_string() })?;
     match tls {
-        Some(tls) => endpoint.tls_config(tls.client()).map_err(|e| format!("TLS for {addr}: {e}")),
+        Some(tls) => endpoint.tls_config(tls.client()).map_err(|e| SetupError::Tls(e.to_string())),
         None => Ok(endpoint),
     }
+}
+
+/// Why a connection to a node could not even be set up: nothing was sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The address is not `host:port`.
+    #[error("address {addr:?}: {why}")]
+    Address {
+        /// The address given.
+        addr: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A file of TLS material could not be read.
+    #[error("{path}: {source}", path = .path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS material cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Up to `limit` rows of `range` (one shard's part of a scan), read a page at a time:

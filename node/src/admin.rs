@@ -14,6 +14,8 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use txn::ShardMap;
 
+use crate::NodeError;
+
 /// Where a cluster's shards are and which keys each owns: the same on every node.
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -39,14 +41,13 @@ impl AdminService {
         clock: Arc<Clock>,
         layout: Layout,
         tls: Option<&Tls>,
-    ) -> Result<AdminService, String> {
+    ) -> Result<AdminService, NodeError> {
         let shards = layout
             .shards
             .iter()
             .map(|addr| {
                 endpoint(addr, tls)
                     .map(|e| sized!(ShardClient::new(e.timeout(STATUS_TIMEOUT).connect_lazy())))
-                    .map_err(|e| format!("shard: {e}"))
             })
             .collect::<Result<_, _>>()?;
         Ok(AdminService { sequencer, clock, layout, shards })

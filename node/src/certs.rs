@@ -5,6 +5,8 @@ use std::path::Path;
 
 use client::{CLIENT_NAME, NODE_NAME};
 
+use crate::NodeError;
+
 /// PEM text of a development CA and of certificates signed by it.
 pub struct Certificates {
     /// The CA's certificate (`ca.pem`), which every node and client trusts.
@@ -20,9 +22,9 @@ pub struct Certificates {
 /// Makes a CA and a node and a client certificate signed by it. The node certificate is
 /// valid for [`NODE_NAME`], `localhost`, 127.0.0.1 and `names` (host names or addresses the
 /// nodes are reached at); the client certificate for [`CLIENT_NAME`] only.
-pub fn make_certificates(names: &[String]) -> Result<Certificates, String> {
+pub fn make_certificates(names: &[String]) -> Result<Certificates, NodeError> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let err = |e: rcgen::Error| format!("making certificates: {e}");
+    let err = |e: rcgen::Error| NodeError::Certificates(e.to_string());
     let ca_key = KeyPair::generate().map_err(err)?;
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -30,7 +32,7 @@ pub fn make_certificates(names: &[String]) -> Result<Certificates, String> {
     let ca = params.self_signed(&ca_key).map_err(err)?;
     let ca_key_pem = ca_key.serialize_pem();
     let issuer = Issuer::new(params, ca_key);
-    let leaf = |names: Vec<String>, common: &str| -> Result<(String, String), String> {
+    let leaf = |names: Vec<String>, common: &str| -> Result<(String, String), NodeError> {
         let key = KeyPair::generate().map_err(err)?;
         let mut params = CertificateParams::new(names).map_err(err)?;
         params.distinguished_name.push(DnType::CommonName, common);
@@ -51,9 +53,9 @@ pub fn make_certificates(names: &[String]) -> Result<Certificates, String> {
 impl Certificates {
     /// Writes `ca.pem`, `ca.key`, `node.pem`, `node.key`, `client.pem` and `client.key` in
     /// `dir` (keys readable by the owner only).
-    pub fn write(&self, dir: &Path) -> Result<(), String> {
+    pub fn write(&self, dir: &Path) -> Result<(), NodeError> {
         use std::os::unix::fs::OpenOptionsExt;
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| NodeError::at(dir, e))?;
         let files = [
             ("ca.pem", &self.ca, 0o644),
             ("ca.key", &self.ca_key, 0o600),
@@ -70,9 +72,9 @@ impl Certificates {
                 .truncate(true)
                 .mode(mode)
                 .open(&path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(|e| NodeError::at(&path, e))?;
             std::io::Write::write_all(&mut file, text.as_bytes())
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(|e| NodeError::at(&path, e))?;
         }
         Ok(())
     }

@@ -36,7 +36,7 @@ use serde::Deserialize;
 
 use storage::Limits;
 
-use super::Layout;
+use super::{Layout, NodeError};
 use client::{MAX_WINDOW_BYTES, Tls};
 use txn::ShardMap;
 
@@ -131,7 +131,12 @@ pub struct NodeConfig {
 impl NodeConfig {
     /// Parses and validates a configuration file's text. The error says what is wrong, in
     /// terms of the file.
-    pub fn parse(text: &str) -> Result<NodeConfig, String> {
+    pub fn parse(text: &str) -> Result<NodeConfig, NodeError> {
+        NodeConfig::check(text).map_err(NodeError::Config)
+    }
+
+    /// [`NodeConfig::parse`], saying what is wrong in the file's terms.
+    fn check(text: &str) -> Result<NodeConfig, String> {
         let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
         let listen = resolve("listen", &file.listen)?;
         let metrics_listen = match &file.metrics_listen {
@@ -286,7 +291,7 @@ split_keys = ["g", "p"]
 "#;
 
     fn error(text: &str) -> String {
-        NodeConfig::parse(text).unwrap_err()
+        NodeConfig::check(text).unwrap_err()
     }
 
     #[test]

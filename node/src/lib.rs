@@ -17,6 +17,7 @@
 mod admin;
 mod certs;
 mod config;
+mod error;
 mod metrics;
 mod node;
 mod sequencer;
@@ -27,6 +28,7 @@ pub mod shell;
 pub use crate::admin::Layout;
 pub use crate::certs::{Certificates, make_certificates};
 pub use crate::config::{NodeConfig, Role};
+pub use crate::error::NodeError;
 pub use crate::metrics::{LATENCY_BOUNDS, Metric, Value, render, serve_metrics};
 pub use crate::node::{LocalProcesses, LocalSpec, init_logging, run, stop_signals};
 pub use crate::sequencer::{MAX_SUBSCRIPTIONS, SequencerNode};

@@ -125,7 +125,9 @@ async fn run(command: Cmd) -> Result<(), String> {
             let listener = TcpListener::bind(config.listen)
                 .await
                 .map_err(|e| format!("listening on {}: {e}", config.listen))?;
-            node::run(config, listener, txn::builtin::registry(), stop_signals()?).await
+            let shutdown = stop_signals().map_err(|e| e.to_string())?;
+            let registry = txn::builtin::registry();
+            node::run(config, listener, registry, shutdown).await.map_err(|e| e.to_string())
         }
         Cmd::Cert { dir, names } => shell::cert(&dir, &names),
         Cmd::Put { key, value, target } => shell::put(&target, &key, &value).await,

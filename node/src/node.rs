@@ -13,7 +13,7 @@ use storage::Limits;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{NodeConfig, Role, SequencerNode, ShardConfig, ShardNode};
+use super::{NodeConfig, NodeError, Role, SequencerNode, ShardConfig, ShardNode};
 use txn::Registry;
 
 /// Sends a node's logs to stderr through `tracing`, filtered by `RUST_LOG` (default `info`),
@@ -31,9 +31,10 @@ pub fn init_logging() {
 
 /// Installs handlers for SIGINT and SIGTERM now; the future resolves, to the signal's name,
 /// when the first of them arrives. Call within a tokio runtime.
-pub fn stop_signals() -> Result<impl Future<Output = &'static str>, String> {
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+pub fn stop_signals() -> Result<impl Future<Output = &'static str>, NodeError> {
+    let handler = |e| NodeError::io("installing a signal handler", e);
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(handler)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(handler)?;
     Ok(async move {
         tokio::select! {
             _ = interrupt.recv() => "SIGINT",
@@ -49,15 +50,13 @@ pub async fn run(
     listener: TcpListener,
     procedures: Registry,
     shutdown: impl Future<Output = &'static str>,
-) -> Result<(), String> {
+) -> Result<(), NodeError> {
     exit_on_panic();
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::at(&config.data_dir, e))?;
     // One node per data directory: two would write over each other's log, storage and clock.
-    let _lock = ::sequencer::lock_dir(&config.data_dir).map_err(|e| e.to_string())?;
+    let _lock = ::sequencer::lock_dir(&config.data_dir)?;
     let clock =
-        Clock::open(config.data_dir.join("clock"), Arc::new(SystemClock), config.max_offset)
-            .map_err(|e| e.to_string())?;
+        Clock::open(config.data_dir.join("clock"), Arc::new(SystemClock), config.max_offset)?;
     let clock = Arc::new(clock);
     match config.role {
         Role::Sequencer => {
@@ -76,11 +75,12 @@ pub async fn run(
             let stopped = node.shutdown().await;
             match failed {
                 None => stopped,
-                Some(why) => Err(format!("the sequencer stopped: {why}")),
+                Some(why) => Err(NodeError::Stopped(format!("the sequencer stopped: {why}"))),
             }
         }
         Role::Shard => {
-            let shard = config.shard.ok_or("a shard node needs its shard")?;
+            let shard =
+                config.shard.ok_or(NodeError::Config("a shard node needs its shard".into()))?;
             let shard_config = ShardConfig {
                 shard,
                 map: config.layout.map.clone(),
@@ -99,7 +99,7 @@ pub async fn run(
             node.shutdown().await;
             match failed {
                 None => Ok(()),
-                Some(why) => Err(format!("shard {} stopped: {why}", shard.0)),
+                Some(why) => Err(NodeError::Stopped(format!("shard {} stopped: {why}", shard.0))),
             }
         }
     }
@@ -137,10 +137,11 @@ fn exit_on_panic() {
 async fn metrics(
     listen: Option<std::net::SocketAddr>,
     source: Arc<dyn Fn() -> Vec<super::Metric> + Send + Sync>,
-) -> Result<(), String> {
+) -> Result<(), NodeError> {
     if let Some(addr) = listen {
-        let listener =
-            TcpListener::bind(addr).await.map_err(|e| format!("metrics_listen {addr}: {e}"))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| NodeError::io(format!("metrics_listen {addr}"), e))?;
         tracing::info!(%addr, "metrics at /metrics");
         tokio::spawn(super::serve_metrics(listener, source));
     }
@@ -186,24 +187,34 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn free_port() -> Result<u16, String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
+fn free_port() -> Result<u16, NodeError> {
+    let port = |e| NodeError::io("finding a free port", e);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(port)?;
+    Ok(listener.local_addr().map_err(port)?.port())
 }
 
 impl LocalProcesses {
+    fn not_running(&self, i: usize) -> NodeError {
+        NodeError::Process { name: format!("node {i}"), why: "not running".into() }
+    }
+
     /// Writes the nodes' configurations under `spec.dir` and starts them.
-    pub fn spawn(spec: &LocalSpec) -> Result<LocalProcesses, String> {
+    pub fn spawn(spec: &LocalSpec) -> Result<LocalProcesses, NodeError> {
         if spec.shards == 0 || spec.command.is_empty() {
-            return Err("a local cluster needs a command and at least one shard".into());
+            return Err(NodeError::Config(
+                "a local cluster needs a command and at least one shard".into(),
+            ));
         }
-        std::fs::create_dir_all(&spec.dir).map_err(|e| format!("{}: {e}", spec.dir.display()))?;
-        let dir = spec.dir.canonicalize().map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&spec.dir).map_err(|e| NodeError::at(&spec.dir, e))?;
+        let dir = spec.dir.canonicalize().map_err(|e| NodeError::at(&spec.dir, e))?;
         let ports: Vec<u16> = match spec.port {
             Some(p) if u32::from(p) + spec.shards <= 65535 => {
                 (0..=spec.shards).map(|i| p + i as u16).collect()
             }
-            Some(p) => return Err(format!("{} shards from port {p}: out of range", spec.shards)),
+            Some(p) => {
+                let why = format!("{} shards from port {p}: out of range", spec.shards);
+                return Err(NodeError::Config(why));
+            }
             None => (0..=spec.shards).map(|_| free_port()).collect::<Result<_, _>>()?,
         };
         let addr = |p: &u16| format!("127.0.0.1:{p}");
@@ -222,7 +233,7 @@ impl LocalProcesses {
         let tls = match &spec.tls_dir {
             None => String::new(),
             Some(d) => {
-                let d = d.canonicalize().map_err(|e| format!("{}: {e}", d.display()))?;
+                let d = d.canonicalize().map_err(|e| NodeError::at(d, e))?;
                 let file = |name: &str| d.join(name).display().to_string();
                 format!(
                     "\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
@@ -252,7 +263,7 @@ impl LocalProcesses {
                 spec.max_offset_ms
             );
             let config = dir.join(format!("{name}.toml"));
-            std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
+            std::fs::write(&config, text).map_err(|e| NodeError::at(&config, e))?;
             nodes.push((config, None));
         }
         let mut local = LocalProcesses { sequencer, shards, nodes, command: spec.command.clone() };
@@ -269,17 +280,18 @@ impl LocalProcesses {
 
     /// Starts node `i` (0 is the sequencer, 1 + s shard s); its output goes to a `.log` file
     /// next to its configuration.
-    pub fn start(&mut self, i: usize) -> Result<(), String> {
+    pub fn start(&mut self, i: usize) -> Result<(), NodeError> {
         let (config, child) = &mut self.nodes[i];
         if child.is_some() {
-            return Err(format!("{} is running", config.display()));
+            let name = config.display().to_string();
+            return Err(NodeError::Process { name, why: "running already".into() });
         }
         let log_path = config.with_extension("log");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
-            .map_err(|e| format!("{}: {e}", log_path.display()))?;
+            .map_err(|e| NodeError::at(&log_path, e))?;
         let (program, args) = self.command.split_first().expect("checked non-empty");
         let spawned = Command::new(program)
             .args(args)
@@ -288,16 +300,16 @@ impl LocalProcesses {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .map_err(|e| format!("starting {program}: {e}"))?;
+            .map_err(|e| NodeError::io(format!("starting {program}"), e))?;
         *child = Some(spawned);
         Ok(())
     }
 
     /// Kills node `i` with SIGKILL, as a crash would.
-    pub fn kill(&mut self, i: usize) -> Result<(), String> {
-        let mut child = self.nodes[i].1.take().ok_or("not running")?;
-        child.kill().map_err(|e| e.to_string())?;
-        child.wait().map_err(|e| e.to_string())?;
+    pub fn kill(&mut self, i: usize) -> Result<(), NodeError> {
+        let mut child = self.nodes[i].1.take().ok_or_else(|| self.not_running(i))?;
+        child.kill().map_err(|e| NodeError::io(format!("killing node {i}"), e))?;
+        child.wait().map_err(|e| NodeError::io(format!("waiting for node {i}"), e))?;
         Ok(())
     }
 
@@ -307,18 +319,22 @@ impl LocalProcesses {
         &mut self,
         i: usize,
         patience: Duration,
-    ) -> Result<std::process::ExitStatus, String> {
-        let mut child = self.nodes[i].1.take().ok_or("not running")?;
+    ) -> Result<std::process::ExitStatus, NodeError> {
+        let mut child = self.nodes[i].1.take().ok_or_else(|| self.not_running(i))?;
         let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
         let deadline = std::time::Instant::now() + patience;
         loop {
-            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            let waited = child.try_wait();
+            if let Some(status) =
+                waited.map_err(|e| NodeError::io(format!("waiting for node {i}"), e))?
+            {
                 return Ok(status);
             }
             if std::time::Instant::now() >= deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("still running {patience:?} after SIGTERM"));
+                let why = format!("still running {patience:?} after SIGTERM");
+                return Err(NodeError::Process { name: format!("node {i}"), why });
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -30,6 +30,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::admin::{AdminService, Layout};
 use super::metrics::Metric;
+use crate::NodeError;
 use crate::server::{clock_agreement, incoming, server, stop_server, warn_if_insecure};
 use client::{
     MAX_WINDOW_BYTES, RefusalKind, Tls, malformed, observe_request, refuse, require_node, sized,
@@ -63,24 +64,23 @@ impl SequencerNode {
         config: SealerConfig,
         layout: Layout,
         tls: Option<Tls>,
-    ) -> Result<SequencerNode, String> {
+    ) -> Result<SequencerNode, NodeError> {
         if config.max_window_bytes > MAX_WINDOW_BYTES {
-            return Err(format!(
+            return Err(NodeError::Config(format!(
                 "a window cap of {} bytes is over the most a shard accepts ({MAX_WINDOW_BYTES})",
                 config.max_window_bytes
-            ));
+            )));
         }
         let shards = layout.map.len();
         if layout.shards.len() != shards as usize {
-            return Err(format!(
+            return Err(NodeError::Config(format!(
                 "{} shard addresses for a map of {shards} shards",
                 layout.shards.len()
-            ));
+            )));
         }
-        let (sequencer, _) = Sequencer::start(dir, clock.clone(), config)
-            .map_err(|e| format!("sequencer in {}: {e}", dir.display()))?;
+        let (sequencer, _) = Sequencer::start(dir, clock.clone(), config)?;
         let sequencer = Arc::new(sequencer);
-        let addr = listener.local_addr().map_err(|e| format!("the listener's address: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| NodeError::io("the listener's address", e))?;
         let stopping = Arc::new(AtomicBool::new(false));
         let map = layout.map.clone();
         let fenced: Fenced = Arc::default();
@@ -182,15 +182,13 @@ impl SequencerNode {
 
     /// Stops serving (open subscriptions end), then shuts the sequencer down: what is open is
     /// sealed and logged, and its submitters answered.
-    pub async fn shutdown(mut self) -> Result<(), String> {
+    pub async fn shutdown(mut self) -> Result<(), NodeError> {
         self.stop_serving().await;
         // Connections that outlived the server's graceful stop may still hold the sequencer;
         // it stops all the same, and refuses what they send.
         let sequencer = Arc::clone(&self.sequencer);
-        tokio::task::spawn_blocking(move || sequencer.shutdown())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+        let stopped = tokio::task::spawn_blocking(move || sequencer.shutdown()).await;
+        Ok(stopped.map_err(|e| NodeError::Stopped(format!("the sequencer's stop: {e}")))??)
     }
 
     async fn stop_serving(&mut self) {
@@ -292,7 +290,7 @@ impl SequencerService {
     /// participants come from this node's shard map, never from the client: `claimed`, if
     /// given, must be exactly them (a client with another map is told so).
     fn admit(&self, payload: &[u8], claimed: Vec<u32>) -> Result<Vec<ShardId>, Status> {
-        let request = TxnRequest::decode(payload).map_err(malformed)?;
+        let request = TxnRequest::decode(payload).map_err(|e| malformed(e.to_string()))?;
         request.check(&self.limits).map_err(|reason| match reason {
             AbortReason::TooLarge(why) => refuse(Code::InvalidArgument, RefusalKind::TooLarge, why),
             reason => malformed(format!("{reason:?}")),

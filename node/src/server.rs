@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::task::Poll;
 
-use client::{Tls, observe_response, stamp};
+use client::{SetupError, Tls, observe_response, stamp};
+
+use crate::NodeError;
 use clock::Clock;
 use proto::v1;
 use tonic::Code;
@@ -59,14 +61,16 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// (the HTTP/2 rapid-reset attack).
 /// With `tls`, it presents the node's certificate and requires one from every caller
 /// ([`Tls`]).
-pub(crate) fn server(tls: Option<&Tls>) -> Result<tonic::transport::Server, String> {
+pub(crate) fn server(tls: Option<&Tls>) -> Result<tonic::transport::Server, NodeError> {
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .http2_max_pending_accept_reset_streams(Some(256));
     match tls {
-        Some(tls) => server.tls_config(tls.server()).map_err(|e| format!("TLS: {e}")),
+        Some(tls) => server
+            .tls_config(tls.server())
+            .map_err(|e| NodeError::Setup(SetupError::Tls(e.to_string()))),
         None => Ok(server),
     }
 }

@@ -1,6 +1,7 @@
 //! The `sealdb` binary's commands other than running a node: a local development cluster
 //! (`sealdb dev`), certificates (`sealdb cert`), and shell access to a cluster through the
-//! [`Client`] (`put`, `get`, `scan`, `status`).
+//! [`Client`] (`put`, `get`, `scan`, `status`). These are the binary's edge: their errors are
+//! the messages it prints.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,7 +28,8 @@ pub struct Target {
 impl Target {
     /// TLS for the client, if `--certs` was given.
     pub fn tls(&self) -> Result<Option<Tls>, String> {
-        self.certs.as_deref().map(|d| Tls::load_dir(d, "client")).transpose()
+        let tls = self.certs.as_deref().map(|d| Tls::load_dir(d, "client")).transpose();
+        tls.map_err(|e| e.to_string())
     }
 
     /// A client of the cluster.
@@ -53,7 +55,7 @@ impl Target {
 
 /// `sealdb cert DIR --name HOST...`: a development CA and certificates.
 pub fn cert(dir: &Path, names: &[String]) -> Result<(), String> {
-    make_certificates(names)?.write(dir)?;
+    make_certificates(names).and_then(|c| c.write(dir)).map_err(|e| e.to_string())?;
     println!(
         "wrote ca.pem, ca.key, node.pem, node.key, client.pem, client.key in {}",
         dir.display()
@@ -135,7 +137,7 @@ pub fn dev(shards: u32, dir: &Path, port: u16, secure: bool) -> Result<(), Strin
     if let Some(certs) = &tls_dir
         && !certs.join("ca.pem").exists()
     {
-        make_certificates(&[])?.write(certs)?;
+        make_certificates(&[]).and_then(|c| c.write(certs)).map_err(|e| e.to_string())?;
     }
     let spec = LocalSpec {
         command: vec![exe.display().to_string(), "start".into()],
@@ -147,7 +149,7 @@ pub fn dev(shards: u32, dir: &Path, port: u16, secure: bool) -> Result<(), Strin
         split_keys: Vec::new(),
         tls_dir: tls_dir.clone(),
     };
-    let local = LocalProcesses::spawn(&spec)?;
+    let local = LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;
     let sequencer = local.sequencer.clone();
     println!("sealdb dev cluster: sequencer on {sequencer}, shards on {}", local.shards.join(", "));
     println!("configuration, data and logs in {}", dir.display());
@@ -158,7 +160,7 @@ pub fn dev(shards: u32, dir: &Path, port: u16, secure: bool) -> Result<(), Strin
     println!("Ctrl-C stops the cluster.");
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        stop_signals()?.await;
+        stop_signals().map_err(|e| e.to_string())?.await;
         Ok::<(), String>(())
     })?;
     local.stop();

@@ -11,7 +11,6 @@ comments. Exits 0 and prints "wire client: ok" on success.
 """
 
 import os
-import struct
 import sys
 import tempfile
 import time
@@ -23,14 +22,14 @@ def main():
     from grpc_tools import protoc
 
     out = tempfile.mkdtemp(prefix="sealdb-wire-")
-    files = [f"sealdb/v1/{n}.proto" for n in ["common", "txn", "sequencer", "shard", "admin"]]
+    files = [f"sealdb/v1/{n}.proto" for n in ["common", "txn", "builtin", "sequencer", "shard", "admin"]]
     include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
     args = ["protoc", f"-I{proto_dir}", f"-I{include}", f"--python_out={out}",
             f"--grpc_python_out={out}", *files]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     sys.path.insert(0, out)
-    from sealdb.v1 import admin_pb2, admin_pb2_grpc, common_pb2, sequencer_pb2
+    from sealdb.v1 import admin_pb2, admin_pb2_grpc, builtin_pb2, common_pb2, sequencer_pb2
     from sealdb.v1 import sequencer_pb2_grpc, shard_pb2, shard_pb2_grpc, txn_pb2
 
     def hlc():
@@ -66,7 +65,8 @@ def main():
         return answer.outcome.committed.output
 
     def put(key, value):
-        call("kv.put", struct.pack("<I", len(key)) + key + value, [key])
+        out = call("kv.put", builtin_pb2.KvPutArgs(key=key, value=value).SerializeToString(), [key])
+        builtin_pb2.Empty.FromString(out)
 
     def get(key):
         r = shards[shard_of(key)].Get(
@@ -87,8 +87,16 @@ def main():
     def list_key(k):
         return ((k * 0x9E3779B97F4A7C15) % 2**64).to_bytes(8, "big") + b"/list"
 
-    output = call("list_append", b"a:1:10 a:2:20 a:1:11 r:1 r:2", [list_key(1), list_key(2)])
-    assert output == b"10,11;20", output
+    op = builtin_pb2.ListOp
+    args = builtin_pb2.ListAppendArgs(ops=[
+        op(key=1, append=10), op(key=2, append=20), op(key=1, append=11),
+        op(key=1, read=True), op(key=2, read=True), op(key=3, read=True)])
+    keys = [list_key(1), list_key(2), list_key(3)]
+    output = builtin_pb2.ListAppendOutput.FromString(
+        call("list_append", args.SerializeToString(), keys))
+    assert [list(r.values) for r in output.reads] == [[10, 11], [20], []], output
+    stored = builtin_pb2.List.FromString(get(list_key(1)))
+    assert list(stored.values) == [10, 11], stored
     # A refused request is typed: a key over 10 KiB, in a Get.
     try:
         shards[0].Get(shard_pb2.GetRequest(hlc=hlc(), key=b"\x00" * 20000, read_ts=hlc()))

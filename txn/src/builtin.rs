@@ -3,15 +3,20 @@
 //! running cluster.
 //!
 //! `list_append` runs micro-ops on lists of integers stored under integer keys: read a list,
-//! or append a value to one. Arguments are text, `r:3 a:5:17` (read key 3, append 17 to key
-//! 5); the output is the lists read, in order, each as comma-separated values, separated by
-//! `;`. Key `k` is stored as [`list_key`]`(k)`, which spreads keys evenly over a
-//! [`ShardMap::uniform`](crate::ShardMap::uniform) map.
+//! or append a value to one. Key `k` is stored as [`list_key`]`(k)`, which spreads keys
+//! evenly over a [`ShardMap::uniform`](crate::ShardMap::uniform) map.
+//!
+//! Arguments, outputs and stored lists are the protobuf messages of `builtin.proto`
+//! (`KvPutArgs`, `ListAppendArgs`, `ListAppendOutput`, `List`, ...), so a client in any
+//! language encodes them from the `.proto` files alone; the functions here are the Rust
+//! side's helpers.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use prost::Message;
+use proto::v1;
 use storage::KeyRange;
 
 use crate::procedure::{Context, ProcError, Procedure, Registry};
@@ -25,22 +30,24 @@ pub fn registry() -> Registry {
     registry
 }
 
-/// `kv.put` arguments: the key's length (u32, little-endian), the key, the value.
-pub fn put_args(key: &[u8], value: &[u8]) -> Vec<u8> {
-    let mut args = (key.len() as u32).to_le_bytes().to_vec();
-    args.extend_from_slice(key);
-    args.extend_from_slice(value);
-    args
+/// Arguments a built-in procedure cannot decode: the call aborts, alike on every shard.
+fn malformed(procedure: &str, e: prost::DecodeError) -> ProcError {
+    ProcError::Abort(format!("{procedure} arguments: {e}"))
 }
 
-fn split_put_args(args: &[u8]) -> Result<(&[u8], &[u8]), ProcError> {
-    let bad = || ProcError::Abort("kv.put arguments: u32 key length, key, value".into());
-    let (len, rest) = args.split_first_chunk::<4>().ok_or_else(bad)?;
-    let len = u32::from_le_bytes(*len) as usize;
-    if rest.len() < len {
-        return Err(bad());
-    }
-    Ok(rest.split_at(len))
+/// `kv.put` arguments (`KvPutArgs`).
+pub fn put_args(key: &[u8], value: &[u8]) -> Vec<u8> {
+    v1::KvPutArgs { key: key.to_vec(), value: value.to_vec() }.encode_to_vec()
+}
+
+/// `kv.delete` arguments (`KvDeleteArgs`).
+pub fn delete_args(key: &[u8]) -> Vec<u8> {
+    v1::KvDeleteArgs { key: key.to_vec() }.encode_to_vec()
+}
+
+/// The output of a procedure that returns nothing (`Empty`): no bytes.
+fn empty() -> Vec<u8> {
+    v1::Empty {}.encode_to_vec()
 }
 
 /// Writes one key (see [`put_args`]).
@@ -51,16 +58,17 @@ impl Procedure for KvPut {
         "kv.put"
     }
     fn ranges(&self, args: &[u8]) -> Result<Vec<KeyRange>, ProcError> {
-        Ok(vec![KeyRange::point(split_put_args(args)?.0)])
+        let args = v1::KvPutArgs::decode(args).map_err(|e| malformed("kv.put", e))?;
+        Ok(vec![KeyRange::point(&args.key)])
     }
     fn run(&self, ctx: &mut dyn Context, args: &[u8]) -> Result<Vec<u8>, ProcError> {
-        let (key, value) = split_put_args(args)?;
-        ctx.put(key, value)?;
-        Ok(Vec::new())
+        let args = v1::KvPutArgs::decode(args).map_err(|e| malformed("kv.put", e))?;
+        ctx.put(&args.key, &args.value)?;
+        Ok(empty())
     }
 }
 
-/// Deletes one key; the arguments are the key.
+/// Deletes one key (see [`delete_args`]).
 pub struct KvDelete;
 
 impl Procedure for KvDelete {
@@ -68,11 +76,13 @@ impl Procedure for KvDelete {
         "kv.delete"
     }
     fn ranges(&self, args: &[u8]) -> Result<Vec<KeyRange>, ProcError> {
-        Ok(vec![KeyRange::point(args)])
+        let args = v1::KvDeleteArgs::decode(args).map_err(|e| malformed("kv.delete", e))?;
+        Ok(vec![KeyRange::point(&args.key)])
     }
     fn run(&self, ctx: &mut dyn Context, args: &[u8]) -> Result<Vec<u8>, ProcError> {
-        ctx.delete(args)?;
-        Ok(Vec::new())
+        let args = v1::KvDeleteArgs::decode(args).map_err(|e| malformed("kv.delete", e))?;
+        ctx.delete(&args.key)?;
+        Ok(empty())
     }
 }
 
@@ -95,60 +105,53 @@ pub fn list_key(k: u64) -> Vec<u8> {
 /// The most micro-ops one `list_append` call may hold.
 pub const MAX_LIST_OPS: usize = 1_000;
 
-/// `list_append` arguments for `ops`.
+/// `list_append` arguments for `ops` (`ListAppendArgs`).
 pub fn encode_list_ops(ops: &[ListOp]) -> Vec<u8> {
-    let parts: Vec<String> = ops
+    use v1::list_op::Op;
+    let ops = ops
         .iter()
-        .map(|op| match op {
-            ListOp::Read(k) => format!("r:{k}"),
-            ListOp::Append(k, v) => format!("a:{k}:{v}"),
+        .map(|op| match *op {
+            ListOp::Read(key) => v1::ListOp { key, op: Some(Op::Read(true)) },
+            ListOp::Append(key, v) => v1::ListOp { key, op: Some(Op::Append(v)) },
         })
         .collect();
-    parts.join(" ").into_bytes()
+    v1::ListAppendArgs { ops }.encode_to_vec()
 }
 
 /// The micro-ops in `list_append` arguments.
 pub fn decode_list_ops(args: &[u8]) -> Result<Vec<ListOp>, ProcError> {
-    let bad = |what: &str| ProcError::Abort(format!("list_append arguments: {what}"));
-    let text = std::str::from_utf8(args).map_err(|_| bad("not UTF-8"))?;
+    use v1::list_op::Op;
+    let args = v1::ListAppendArgs::decode(args).map_err(|e| malformed("list_append", e))?;
     // Each read returns a whole list: many reads would make the output, not the work, grow
     // with the square of the call.
-    if text.split(' ').count() > MAX_LIST_OPS {
-        return Err(bad(&format!("more than {MAX_LIST_OPS} micro-ops")));
+    if args.ops.len() > MAX_LIST_OPS {
+        return Err(ProcError::Abort(format!(
+            "list_append arguments: more than {MAX_LIST_OPS} micro-ops"
+        )));
     }
-    text.split(' ')
-        .map(|op| {
-            let number = |s: &str| s.parse::<u64>().map_err(|_| bad(op));
-            match op.split(':').collect::<Vec<_>>().as_slice() {
-                ["r", k] => Ok(ListOp::Read(number(k)?)),
-                ["a", k, v] => Ok(ListOp::Append(number(k)?, number(v)?)),
-                _ => Err(bad(op)),
-            }
+    args.ops
+        .into_iter()
+        .map(|op| match op.op {
+            Some(Op::Read(_)) => Ok(ListOp::Read(op.key)),
+            Some(Op::Append(v)) => Ok(ListOp::Append(op.key, v)),
+            None => Err(ProcError::Abort("list_append arguments: a micro-op of no kind".into())),
         })
         .collect()
 }
 
-/// A stored list.
-pub fn decode_list(value: Option<&[u8]>) -> Result<Vec<u64>, String> {
-    match value {
-        None | Some(b"") => Ok(Vec::new()),
-        Some(v) => std::str::from_utf8(v)
-            .map_err(|_| "a list that is not UTF-8".to_string())?
-            .split(',')
-            .map(|x| x.parse().map_err(|_| format!("a list holding {x:?}")))
-            .collect(),
-    }
+/// A stored list (`List`); an absent key is the empty list.
+pub fn decode_list(value: Option<&[u8]>) -> Result<Vec<u64>, prost::DecodeError> {
+    Ok(v1::List::decode(value.unwrap_or_default())?.values)
 }
 
-/// A list as stored.
+/// A list as stored (`List`).
 pub fn encode_list(list: &[u64]) -> Vec<u8> {
-    list.iter().map(u64::to_string).collect::<Vec<_>>().join(",").into_bytes()
+    v1::List { values: list.to_vec() }.encode_to_vec()
 }
 
-/// The lists a `list_append` call read, from its output.
-pub fn decode_list_output(output: &[u8]) -> Result<Vec<Vec<u64>>, String> {
-    let text = std::str::from_utf8(output).map_err(|_| "output is not UTF-8".to_string())?;
-    text.split(';').map(|list| decode_list(Some(list.as_bytes()))).collect()
+/// The lists a `list_append` call read, from its output (`ListAppendOutput`).
+pub fn decode_list_output(output: &[u8]) -> Result<Vec<Vec<u64>>, prost::DecodeError> {
+    Ok(v1::ListAppendOutput::decode(output)?.reads.into_iter().map(|l| l.values).collect())
 }
 
 /// Jepsen's list-append transaction (see the module's documentation).
@@ -178,12 +181,13 @@ impl Procedure for ListAppend {
                 Entry::Occupied(e) => e.into_mut(),
                 Entry::Vacant(e) => {
                     let stored = ctx.get(&list_key(k))?;
-                    let list = decode_list(stored.as_deref()).map_err(ProcError::Abort)?;
+                    let list = decode_list(stored.as_deref())
+                        .map_err(|e| ProcError::Abort(format!("list {k} is not a list: {e}")))?;
                     e.insert((list, false))
                 }
             };
             match op {
-                ListOp::Read(_) => reads.push(encode_list(list)),
+                ListOp::Read(_) => reads.push(v1::List { values: list.clone() }),
                 ListOp::Append(_, v) => {
                     list.push(v);
                     *changed = true;
@@ -195,7 +199,7 @@ impl Procedure for ListAppend {
                 ctx.put(&list_key(k), &encode_list(&list))?;
             }
         }
-        Ok(reads.join(&b";"[..]))
+        Ok(v1::ListAppendOutput { reads }.encode_to_vec())
     }
 }
 
@@ -255,5 +259,23 @@ mod tests {
         let ops: Vec<ListOp> = (0..=MAX_LIST_OPS as u64).map(|v| ListOp::Append(1, v)).collect();
         let err = ListAppend.ranges(&encode_list_ops(&ops)).unwrap_err();
         assert!(err.to_string().contains("more than 1000 micro-ops"), "{err}");
+    }
+
+    /// Regression: the text output of a call with one read of an empty list was empty, the
+    /// same as that of a call with no reads.
+    #[test]
+    fn outputs_of_no_reads_and_of_one_read_of_nothing_differ() {
+        let mut ctx = Counting::default();
+        let none = ListAppend.run(&mut ctx, &encode_list_ops(&[ListOp::Append(1, 5)])).unwrap();
+        let one = ListAppend.run(&mut ctx, &encode_list_ops(&[ListOp::Read(2)])).unwrap();
+        assert_eq!(decode_list_output(&none).unwrap(), Vec::<Vec<u64>>::new());
+        assert_eq!(decode_list_output(&one).unwrap(), vec![Vec::<u64>::new()]);
+    }
+
+    #[test]
+    fn arguments_that_are_not_the_message_abort_the_call() {
+        let err = KvPut.ranges(b"\xff\xff\xff").unwrap_err();
+        assert!(err.to_string().contains("kv.put arguments"), "{err}");
+        assert!(ListAppend.ranges(b"\x0a\x02\x08").is_err(), "a truncated micro-op");
     }
 }

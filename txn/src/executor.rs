@@ -45,7 +45,7 @@ use storage::{Epoch, KeyRange, Limits, StorageError, VersionBatch};
 
 use crate::outcome::{AbortReason, Decided, Outcome, Phase, SerialPosition};
 use crate::procedure::{Context, ProcError, Registry, Rows};
-use crate::request::{InteractiveCommit, Request};
+use crate::request::{InteractiveCommit, MalformedEntry, Request};
 use crate::shard_map::ShardMap;
 use crate::snapshot::scan_over;
 
@@ -73,7 +73,7 @@ pub struct Task {
     /// Its participant shards.
     pub participants: Vec<ShardId>,
     /// The decoded request, or why it could not be decoded.
-    pub request: Result<Request, String>,
+    pub request: Result<Request, MalformedEntry>,
 }
 
 impl Task {
@@ -239,7 +239,7 @@ impl Executor {
             return Ok(e);
         }
         match &e.task.request {
-            Err(why) => e.ran = Ran::Aborted(AbortReason::Malformed(why.clone())),
+            Err(why) => e.ran = Ran::Aborted(AbortReason::Malformed(why.to_string())),
             Ok(Request::Procedure { name, args, ranges }) => {
                 let mut ctx = ProcContext::new(ranges, snapshot, None, ts, self.limits);
                 e.ran = self.run_procedure(name, args, &mut ctx)?;

@@ -36,8 +36,8 @@ pub use crate::executor::{ExecError, Executor, SnapshotRead, Task, Validated, Wi
 pub use crate::outcome::{AbortReason, Decided, Outcome, OutcomeCounters, Phase, SerialPosition};
 pub use crate::procedure::{Context, ProcError, Procedure, Registry, Rows};
 pub use crate::request::{
-    InteractiveCommit, Request, participants, procedure_request, range_from_proto, range_to_proto,
-    refused,
+    InteractiveCommit, MalformedEntry, Request, participants, procedure_request, range_from_proto,
+    range_to_proto, refused,
 };
 pub use crate::shard_map::{InvalidShardMap, ShardMap};
 pub use crate::snapshot::{ShardsAt, overlay, rows_needed, scan_over, scan_shards};

@@ -28,6 +28,12 @@ pub enum Request {
     Interactive(InteractiveCommit),
 }
 
+/// A log payload that is not a request: every shard that reads it finds the same, and aborts
+/// the entry alike.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed entry: {0}")]
+pub struct MalformedEntry(pub String);
+
 /// What an interactive transaction did, for validation and apply.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct InteractiveCommit {
@@ -112,8 +118,8 @@ impl Request {
 
     /// Decodes a log payload. An undecodable payload is a deterministic error: every shard
     /// refuses the same entry.
-    pub fn decode(payload: &[u8]) -> Result<Request, String> {
-        let entry = v1::Entry::decode(payload).map_err(|e| format!("malformed entry: {e}"))?;
+    pub fn decode(payload: &[u8]) -> Result<Request, MalformedEntry> {
+        let entry = v1::Entry::decode(payload).map_err(|e| MalformedEntry(e.to_string()))?;
         match entry.kind {
             Some(v1::entry::Kind::Procedure(p)) => Ok(Request::Procedure {
                 name: p.name,
@@ -126,7 +132,7 @@ impl Request {
                 scans: c.scans.into_iter().map(range_from_proto).collect(),
                 writes: c.writes.into_iter().map(|w| (w.key, w.value)).collect(),
             })),
-            None => Err("malformed entry: no transaction in it".into()),
+            None => Err(MalformedEntry("no transaction in it".into())),
         }
     }
 }

@@ -59,6 +59,8 @@ use crate::server::{STOP_GRACE, incoming, server, stop_server, warn_if_insecure}
 use client::{RefusalKind, RemoteSequencer, Tls, malformed, refuse, sized};
 use txn::{Distant, Executor, Outcome, Registry, ShardMap, Step, StepError};
 
+use crate::NodeError;
+
 /// The longest a request waits for the shard (safe time, verdicts, an outcome) before it is
 /// answered `DEADLINE_EXCEEDED`.
 const WAIT_LIMIT: Duration = Duration::from_secs(30);
@@ -258,25 +260,24 @@ impl ShardNode {
         config: ShardConfig,
         listener: TcpListener,
         clock: Arc<Clock>,
-    ) -> Result<ShardNode, String> {
+    ) -> Result<ShardNode, NodeError> {
         let shard = config.shard;
         if shard.0 >= config.map.len() || config.peers.len() != config.map.len() as usize {
-            return Err(format!(
+            return Err(NodeError::Config(format!(
                 "shard {} with {} peer addresses, for a map of {} shards",
                 shard.0,
                 config.peers.len(),
                 config.map.len()
-            ));
+            )));
         }
         let engine: Arc<dyn Engine> = match &config.dir {
-            Some(dir) => Arc::new(RocksEngine::open(dir).map_err(|e| e.to_string())?),
+            Some(dir) => Arc::new(RocksEngine::open(dir)?),
             None => Arc::new(MemoryEngine::new()),
         };
-        let mvcc = Arc::new(Mvcc::open(engine, config.limits).map_err(|e| e.to_string())?);
+        let mvcc = Arc::new(Mvcc::open(engine, config.limits)?);
         let executor =
             Executor::new(shard, config.map.clone(), config.procedures.clone(), config.limits);
-        let step = Step::open(executor, config.map.clone(), mvcc.clone(), Arc::new(Distant))
-            .map_err(|e| e.to_string())?;
+        let step = Step::open(executor, config.map.clone(), mvcc.clone(), Arc::new(Distant))?;
         let watermark = mvcc.applied();
         let progress = Progress {
             applied: watermark.map_or(Epoch(0), |w| w.window),
@@ -302,7 +303,7 @@ impl ShardNode {
         let tls = config.tls.as_ref();
         let peers =
             Arc::new(GrpcPeers::new(&config.peers, shard, clock.clone(), state.clone(), tls)?);
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let addr = listener.local_addr().map_err(|e| NodeError::io("the listener's address", e))?;
         let (stop, stopped) = oneshot::channel::<()>();
         let service = ShardService { state: state.clone(), secure: tls.is_some() };
         let server = tokio::spawn(
@@ -328,7 +329,7 @@ impl ShardNode {
                     state.fail(e);
                 }
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| NodeError::io("starting the apply thread", e))?;
         tracing::info!(%addr, shard = shard.0, from = progress.applied.next().0, "shard serving");
         Ok(ShardNode {
             addr,

@@ -15,7 +15,7 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use super::{PEER_RETRY, State};
-use client::{RemoteError, Tls, endpoint, observe_response, paged, sized, stamp};
+use client::{RemoteError, SetupError, Tls, endpoint, observe_response, paged, sized, stamp};
 use txn::{Rows, range_to_proto};
 
 /// Why a call to a peer gave up.
@@ -48,7 +48,7 @@ impl GrpcPeers {
         clock: Arc<Clock>,
         state: Arc<State>,
         tls: Option<&Tls>,
-    ) -> Result<GrpcPeers, String> {
+    ) -> Result<GrpcPeers, SetupError> {
         let clients = addrs
             .iter()
             .enumerate()
@@ -56,10 +56,10 @@ impl GrpcPeers {
                 if i == me.0 as usize {
                     return Ok(None);
                 }
-                let endpoint = endpoint(addr, tls).map_err(|e| format!("shard {i}: {e}"))?;
+                let endpoint = endpoint(addr, tls)?;
                 Ok(Some(sized!(ShardClient::new(endpoint.connect_lazy()))))
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, SetupError>>()?;
         Ok(GrpcPeers { clients, clock, state })
     }
 
