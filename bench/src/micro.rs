@@ -25,7 +25,7 @@ use txn::{
     Context, ProcError, Procedure, ReadAt, Registry, ShardMap, Store, StoreTransaction, TxnError,
 };
 
-use crate::report::Latency;
+use crate::report::Latencies;
 use crate::{ClusterTarget, RunningCluster};
 use embedded::{Database, Options};
 
@@ -224,9 +224,9 @@ async fn drive_cluster(opts: &MicroOptions, cluster: &RunningCluster) -> Result<
         eprintln!("  {:>5.1} s", started.elapsed().as_secs_f64());
     }
     stop.store(true, Ordering::Relaxed);
-    let mut latencies = Vec::new();
+    let mut latencies = Latencies::default();
     while let Some(client) = tasks.join_next().await {
-        latencies.extend(client.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?);
+        latencies.merge(&client.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?);
     }
     let elapsed = started.elapsed().as_secs_f64();
     let windows = client::cluster_status(addr, &clock, cluster.tls.as_ref())
@@ -238,13 +238,13 @@ async fn drive_cluster(opts: &MicroOptions, cluster: &RunningCluster) -> Result<
     let ts = client.read_ts(ReadAt::Latest);
     let rows = client.scan(&KeyRange::all(), ts, usize::MAX).await.map_err(|e| e.to_string())?;
     let sum: i64 = rows.iter().map(|(_, v)| num(Some(v.clone()))).sum();
-    let committed = latencies.len() as u64;
+    let committed = latencies.count();
     let consistent = match opts.workload {
         // A cluster started before this run may hold earlier increments.
         Workload::Increment => sum >= committed as i64,
         Workload::Transfer | Workload::Interactive => sum == 0,
     };
-    let latency = Latency::of(&mut latencies);
+    let latency = latencies.summary();
     Ok(Report {
         workload: opts.workload,
         driver: Driver::Async,
@@ -272,13 +272,13 @@ fn spawn_clients<S: Store + 'static>(
     store: Arc<S>,
     stop: Arc<AtomicBool>,
     opts: &MicroOptions,
-) -> tokio::task::JoinSet<Result<Vec<Duration>, TxnError>> {
+) -> tokio::task::JoinSet<Result<Latencies, TxnError>> {
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..opts.clients {
         let (store, stop, opts) = (store.clone(), stop.clone(), opts.clone());
         tasks.spawn(async move {
             let mut rng = client_rng(&opts, c);
-            let mut latencies = Vec::new();
+            let mut latencies = Latencies::default();
             while !stop.load(Ordering::Relaxed) {
                 let (i, j) = two_keys(&mut rng, opts.keys);
                 let t = Instant::now();
@@ -287,7 +287,7 @@ fn spawn_clients<S: Store + 'static>(
                     Workload::Transfer => store.call("transfer", &args(&[i, j])).await.map(drop)?,
                     Workload::Interactive => interactive_transfer(&*store, i, j).await?,
                 }
-                latencies.push(t.elapsed());
+                latencies.record(t.elapsed());
             }
             Ok(latencies)
         });
@@ -312,7 +312,7 @@ fn spawn_async_clients(
     db: Arc<Database>,
     stop: Arc<AtomicBool>,
     opts: MicroOptions,
-) -> Result<JoinHandle<Result<Vec<Duration>, TxnError>>, String> {
+) -> Result<JoinHandle<Result<Latencies, TxnError>>, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -320,9 +320,9 @@ fn spawn_async_clients(
     Ok(std::thread::spawn(move || {
         runtime.block_on(async {
             let mut tasks = spawn_clients(db, stop, &opts);
-            let mut all = Vec::new();
+            let mut all = Latencies::default();
             while let Some(client) = tasks.join_next().await {
-                all.extend(client.expect("a client task panicked")?);
+                all.merge(&client.expect("a client task panicked")?);
             }
             Ok(all)
         })
@@ -350,9 +350,9 @@ pub fn run(opts: &MicroOptions) -> Result<Report, String> {
         Driver::Threads => (0..opts.clients)
             .map(|c| {
                 let (db, stop, opts) = (db.clone(), stop.clone(), opts.clone());
-                std::thread::spawn(move || -> Result<Vec<Duration>, TxnError> {
+                std::thread::spawn(move || -> Result<Latencies, TxnError> {
                     let mut rng = client_rng(&opts, c);
-                    let mut latencies = Vec::new();
+                    let mut latencies = Latencies::default();
                     while !stop.load(Ordering::Relaxed) {
                         let (i, j) = two_keys(&mut rng, opts.keys);
                         let t = Instant::now();
@@ -365,7 +365,7 @@ pub fn run(opts: &MicroOptions) -> Result<Report, String> {
                                 tx.put(&key(j), &(b + 1).to_le_bytes())
                             })?,
                         }
-                        latencies.push(t.elapsed());
+                        latencies.record(t.elapsed());
                     }
                     Ok(latencies)
                 })
@@ -384,9 +384,9 @@ pub fn run(opts: &MicroOptions) -> Result<Report, String> {
         );
     }
     stop.store(true, Ordering::Relaxed);
-    let mut latencies = Vec::new();
+    let mut latencies = Latencies::default();
     for c in clients {
-        latencies.extend(c.join().map_err(|_| "a client panicked")?.map_err(|e| e.to_string())?);
+        latencies.merge(&c.join().map_err(|_| "a client panicked")?.map_err(|e| e.to_string())?);
     }
     let elapsed = started.elapsed().as_secs_f64();
     let stats = db.stats();
@@ -399,7 +399,7 @@ pub fn run(opts: &MicroOptions) -> Result<Report, String> {
         Workload::Increment => sum == stats.committed as i64,
         Workload::Transfer | Workload::Interactive => sum == 0,
     };
-    let latency = Latency::of(&mut latencies);
+    let latency = latencies.summary();
     let per_entry = |n: u64| if stats.entries == 0 { 0.0 } else { n as f64 / stats.entries as f64 };
     Ok(Report {
         workload: opts.workload,
@@ -408,7 +408,7 @@ pub fn run(opts: &MicroOptions) -> Result<Report, String> {
         duration_s: elapsed,
         keys: opts.keys,
         shards,
-        throughput_tps: latencies.len() as f64 / elapsed,
+        throughput_tps: latencies.count() as f64 / elapsed,
         p50_ms: latency.p50_ms,
         p99_ms: latency.p99_ms,
         conflict_rate: Some(per_entry(stats.conflicts)),

@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use storage::{Epoch, KeyRange, Limits, Mvcc, RocksEngine, VersionBatch};
 
-use crate::report::Latency;
+use crate::report::{Latencies, Latency};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -130,12 +130,12 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     }
 
     // 3. Time reads and scans.
-    let mut samples = Vec::with_capacity(10_000);
+    let mut samples = Latencies::default();
     for _ in 0..10_000 {
         let k = key(rng.random_range(0..opts.keys));
         let t = Instant::now();
         let got = mvcc.get(&k, last_ts).map_err(|e| e.to_string())?;
-        samples.push(t.elapsed());
+        samples.record(t.elapsed());
         if got.map(|v| v.value) != model.get(&k).cloned().flatten() {
             return Err(format!("get {:?} disagrees with the model", String::from_utf8_lossy(&k)));
         }
@@ -166,7 +166,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         keys: opts.keys,
         windows_per_s: opts.windows as f64 / apply_s,
         writes_per_s: writes as f64 / apply_s,
-        get: Latency::of(&mut samples),
+        get: samples.summary(),
         scan_keys_per_s: rows.len() as f64 / scan_s.max(1e-9),
         gc_removed: gc.versions_removed,
         gc_s,

@@ -1,16 +1,33 @@
-//! Prometheus metrics: each node serves its counters in the text exposition format over plain
-//! HTTP (`metrics_listen` in its configuration), `GET /metrics`.
+//! Prometheus metrics: each node serves its counters over plain HTTP (`metrics_listen` in its
+//! configuration), `GET /metrics`, in the OpenMetrics text format.
+//!
+//! Nodes take a snapshot of their counters at each scrape ([`Metric`]); `prometheus-client`
+//! encodes it and `hyper` serves it. Latency histograms are kept here, as lock-free atomic
+//! buckets, because they are observed on every window and every commit.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::CONTENT_TYPE;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use txn::OutcomeCounters;
 
 /// One metric's current value.
+#[derive(Debug, Clone)]
 pub struct Metric {
     /// Its name, `sealdb_...`.
     pub name: &'static str,
@@ -74,32 +91,62 @@ impl Metric {
     }
 }
 
-/// The metrics in Prometheus' text format.
+/// The metrics in the OpenMetrics text format (which Prometheus scrapes), encoded by
+/// `prometheus-client`. Counter names end in `_total`, as the format requires.
 pub fn render(metrics: &[Metric]) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Snapshot(metrics.to_vec())));
     let mut out = String::new();
-    for m in metrics {
-        let kind = match m.value {
-            Value::Counter(_) => "counter",
-            Value::Gauge(_) => "gauge",
-            Value::Histogram { .. } => "histogram",
-        };
-        let _ = writeln!(out, "# HELP {} {}", m.name, m.help);
-        let _ = writeln!(out, "# TYPE {} {kind}", m.name);
-        match &m.value {
-            Value::Counter(v) | Value::Gauge(v) => {
-                let _ = writeln!(out, "{} {v}", m.name);
-            }
-            Value::Histogram { buckets, sum, count } => {
-                for (bound, n) in buckets {
-                    let _ = writeln!(out, "{}_bucket{{le=\"{bound}\"}} {n}", m.name);
+    encode(&mut out, &registry).expect("encoding into a String cannot fail");
+    out
+}
+
+/// Metrics taken at one scrape.
+#[derive(Debug)]
+struct Snapshot(Vec<Metric>);
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for m in &self.0 {
+            match &m.value {
+                Value::Counter(v) => {
+                    // The encoder adds `_total` to a counter's samples.
+                    let name = m.name.strip_suffix("_total").unwrap_or(m.name);
+                    let counter = ConstCounter::new(*v);
+                    counter.encode(encoder.encode_descriptor(
+                        name,
+                        m.help,
+                        None,
+                        counter.metric_type(),
+                    )?)?;
                 }
-                let _ = writeln!(out, "{}_bucket{{le=\"+Inf\"}} {count}", m.name);
-                let _ = writeln!(out, "{}_sum {sum}", m.name);
-                let _ = writeln!(out, "{}_count {count}", m.name);
+                Value::Gauge(v) => {
+                    let gauge = ConstGauge::new(*v);
+                    gauge.encode(encoder.encode_descriptor(
+                        m.name,
+                        m.help,
+                        None,
+                        gauge.metric_type(),
+                    )?)?;
+                }
+                Value::Histogram { buckets, sum, count } => {
+                    let mut metric =
+                        encoder.encode_descriptor(m.name, m.help, None, MetricType::Histogram)?;
+                    // Per-bucket counts, the last above every bound (`+Inf`); the encoder
+                    // makes them cumulative.
+                    let mut per_bucket = Vec::with_capacity(buckets.len() + 1);
+                    let mut below = 0;
+                    for (bound, cumulative) in buckets {
+                        per_bucket.push((*bound, cumulative - below));
+                        below = *cumulative;
+                    }
+                    per_bucket.push((f64::MAX, count - below));
+                    metric.encode_histogram::<NoLabelSet>(*sum, *count, &per_bucket, None)?;
+                }
             }
         }
+        Ok(())
     }
-    out
 }
 
 /// Upper bounds, in seconds, of the latency histograms' buckets: 0.5 ms to 10 s.
@@ -162,39 +209,53 @@ impl ShardCounters {
     }
 }
 
-/// Serves `GET /metrics` on `listener` with what `metrics` returns, until the task is
-/// dropped or the runtime stops.
+/// At most this many scrapes are served at once; more connections wait to be accepted.
+const MAX_SCRAPES: usize = 16;
+
+/// How long a scraper may take to send its request.
+const SCRAPE_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves `GET /metrics` on `listener` with what `metrics` returns (HTTP/1.1, by `hyper`),
+/// until the task is dropped or the runtime stops. Anything else is answered 404.
 pub async fn serve_metrics(
     listener: TcpListener,
     metrics: Arc<dyn Fn() -> Vec<Metric> + Send + Sync>,
 ) {
+    let scrapes = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let Ok(permit) = scrapes.clone().acquire_owned().await else { return };
+        let Ok((stream, _)) = listener.accept().await else { continue };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            // The request line and headers; a scrape sends no body.
-            let mut request = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => request.extend_from_slice(&buf[..n]),
+            let _permit = permit;
+            let service = service_fn(move |request: hyper::Request<Incoming>| {
+                let metrics = metrics.clone();
+                async move {
+                    let response = match (request.method(), request.uri().path()) {
+                        (&Method::GET, "/metrics") => hyper::Response::builder()
+                            .header(CONTENT_TYPE, OPENMETRICS)
+                            .body(Full::new(Bytes::from(render(&metrics())))),
+                        _ => hyper::Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Full::new(Bytes::from("metrics are at /metrics\n"))),
+                    };
+                    Ok::<_, hyper::http::Error>(response.expect("a valid response"))
                 }
+            });
+            let served = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(SCRAPE_REQUEST_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "a metrics scrape failed");
             }
-            let (status, body) = if request.starts_with(b"GET /metrics ") {
-                ("200 OK", render(&metrics()))
-            } else {
-                ("404 Not Found", "metrics are at /metrics\n".to_string())
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n\
-                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
         });
     }
 }
+
+/// The OpenMetrics text format's content type.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[cfg(test)]
 mod tests {
@@ -213,7 +274,7 @@ mod tests {
             "sealdb_test_seconds_bucket{le=\"0.001\"} 3\n",
             "sealdb_test_seconds_bucket{le=\"0.02\"} 3\n",
             "sealdb_test_seconds_bucket{le=\"0.05\"} 4\n",
-            "sealdb_test_seconds_bucket{le=\"10\"} 4\n",
+            "sealdb_test_seconds_bucket{le=\"10.0\"} 4\n",
             "sealdb_test_seconds_bucket{le=\"+Inf\"} 5\n",
             "sealdb_test_seconds_count 5\n",
         ] {
@@ -226,5 +287,17 @@ mod tests {
             .parse()
             .unwrap();
         assert!((sum - 20.0318).abs() < 1e-6, "{sum}");
+    }
+
+    #[test]
+    fn counters_keep_their_total_suffix_once_and_gauges_their_name() {
+        let text = render(&[
+            Metric::counter("sealdb_test_things_total", "Things.", 3.0),
+            Metric::gauge("sealdb_test_level", "Level.", 1.5),
+        ]);
+        assert!(text.contains("# TYPE sealdb_test_things counter\n"), "{text}");
+        assert!(text.contains("sealdb_test_things_total 3.0\n"), "{text}");
+        assert!(text.contains("sealdb_test_level 1.5\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

@@ -25,7 +25,9 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use txn::{AbortReason, ReadAt, ShardMap, TxnError};
 
-use crate::report::Latency;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::report::Latencies;
 use embedded::{Database, Options};
 use random::{DISTRICTS, Population};
 use txns::{
@@ -353,12 +355,20 @@ pub fn run_parts(
                 }
             });
         }
+        // A progress bar on a terminal; plain lines every 2 s otherwise (a CI log).
+        let bar = ProgressBar::new(parts.len() as u64).with_style(
+            ProgressStyle::with_template(
+                "  loading {bar:40} {pos}/{len} slices, {elapsed}, about {eta} left",
+            )
+            .expect("a valid template"),
+        );
         let mut last = Instant::now();
         while next.load(Ordering::Relaxed) < parts.len() {
             std::thread::sleep(Duration::from_millis(100));
-            if last.elapsed() >= Duration::from_secs(2) {
+            let done = next.load(Ordering::Relaxed).min(parts.len());
+            bar.set_position(done as u64);
+            if bar.is_hidden() && last.elapsed() >= Duration::from_secs(2) {
                 last = Instant::now();
-                let done = next.load(Ordering::Relaxed).min(parts.len());
                 eprintln!(
                     "  loading: {:>3}% ({done}/{} slices, {:.0} s)",
                     done * 100 / parts.len(),
@@ -367,6 +377,7 @@ pub fn run_parts(
                 );
             }
         }
+        bar.finish_and_clear();
     });
     match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
         Some(e) => Err(format!("loading: {e}")),
@@ -509,7 +520,7 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
     let stop = AtomicBool::new(false);
     let completed = AtomicU64::new(0);
     let started = Instant::now();
-    type ClientResult = Result<(Vec<(Kind, Duration)>, u64, u64), String>;
+    type ClientResult = Result<(BTreeMap<Kind, Latencies>, u64, u64), String>;
     let results: Vec<ClientResult> = std::thread::scope(|s| {
         let clients: Vec<_> = (0..opts.clients)
             .map(|c| {
@@ -518,7 +529,8 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
                 let mut generator =
                     Generator::new(opts.seed, c, w, opts.warehouses, opts.population, opts.mix);
                 s.spawn(move || -> ClientResult {
-                    let (mut samples, mut rollbacks, mut retries) = (Vec::new(), 0, 0);
+                    let mut samples = BTreeMap::<Kind, Latencies>::new();
+                    let (mut rollbacks, mut retries) = (0, 0);
                     while !stop.load(Ordering::Relaxed) {
                         let txn = generator.next_txn();
                         let t = Instant::now();
@@ -530,7 +542,7 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
                                 return Err(e);
                             }
                         }
-                        samples.push((txn.kind(), t.elapsed()));
+                        samples.entry(txn.kind()).or_default().record(t.elapsed());
                         completed.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok((samples, rollbacks, retries))
@@ -558,22 +570,22 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
             .collect()
     });
     let elapsed = started.elapsed().as_secs_f64();
-    let (mut by_kind, mut rollbacks, mut retries) = (BTreeMap::<Kind, Vec<Duration>>::new(), 0, 0);
+    let (mut by_kind, mut rollbacks, mut retries) = (BTreeMap::<Kind, Latencies>::new(), 0, 0);
     for r in results {
         let (samples, rb, rt) = r?;
         rollbacks += rb;
         retries += rt;
-        for (kind, d) in samples {
-            by_kind.entry(kind).or_default().push(d);
+        for (kind, latencies) in samples {
+            by_kind.entry(kind).or_default().merge(&latencies);
         }
     }
-    let total: usize = by_kind.values().map(Vec::len).sum();
-    let new_orders = by_kind.get(&Kind::NewOrder).map_or(0, Vec::len) as u64 - rollbacks;
+    let total = by_kind.values().map(Latencies::count).sum::<u64>() as usize;
+    let new_orders = by_kind.get(&Kind::NewOrder).map_or(0, Latencies::count) - rollbacks;
     let latency_ms = by_kind
-        .iter_mut()
+        .iter()
         .map(|(kind, samples)| {
-            let count = samples.len();
-            let l = Latency::of(samples);
+            let count = samples.count() as usize;
+            let l = samples.summary();
             (
                 kind.name().to_string(),
                 TypeLatency { p50: l.p50_ms, p95: l.p95_ms, p99: l.p99_ms, count },

@@ -184,11 +184,13 @@ pub(crate) async fn scrape(source: Arc<dyn Fn() -> Vec<node::Metric> + Send + Sy
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(node::serve_metrics(listener, source));
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let request = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    stream.write_all(request).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     server.abort();
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(response.contains("application/openmetrics-text"), "{response}");
     response
 }
 
