@@ -1,0 +1,95 @@
+//! What the sequencer group's raft log carries.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use clock::Timestamp;
+use sequencer::{ClientId, Entry, ShardId};
+use serde::{Deserialize, Serialize};
+
+/// A sequencer node's id in the group.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// The sequencer group's raft types: proposals of sealed windows in, their epochs out.
+    pub TypeConfig:
+        D = Proposal,
+        R = Sealed,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// A raft node of the sequencer group.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// A window the leader sealed, proposed to the group: its entries in log order and the
+/// leader's timestamp for it. The epoch is assigned when it is applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The leader's HLC timestamp for the window (raised on apply if not above the last).
+    pub ts: u64,
+    /// The entries.
+    pub entries: Vec<ProposedEntry>,
+}
+
+/// One entry of a [`Proposal`], in a form that serializes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposedEntry {
+    /// The client's deduplication id.
+    pub client_id: u128,
+    /// The participant shards.
+    pub participants: Vec<u32>,
+    /// The opaque payload.
+    pub payload: Vec<u8>,
+}
+
+impl From<&Entry> for ProposedEntry {
+    fn from(e: &Entry) -> ProposedEntry {
+        ProposedEntry {
+            client_id: e.client_id.0,
+            participants: e.participants.iter().map(|s| s.0).collect(),
+            payload: e.payload.to_vec(),
+        }
+    }
+}
+
+impl From<&ProposedEntry> for Entry {
+    fn from(e: &ProposedEntry) -> Entry {
+        Entry::new(
+            ClientId(e.client_id),
+            e.participants.iter().copied().map(ShardId).collect(),
+            Arc::from(e.payload.as_slice()),
+        )
+    }
+}
+
+impl Proposal {
+    /// A proposal of `entries` at `ts`.
+    pub fn new(ts: Timestamp, entries: &[Entry]) -> Proposal {
+        Proposal { ts: ts.as_u64(), entries: entries.iter().map(ProposedEntry::from).collect() }
+    }
+}
+
+/// What applying a [`Proposal`] did: the window it became, and each proposed entry's id
+/// (for a client id already logged, the id it was logged with the first time).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed {
+    /// The window's epoch (`None` when every entry was a duplicate and no window was made).
+    pub epoch: Option<u64>,
+    /// The window's timestamp.
+    pub ts: u64,
+    /// Per proposed entry, in order: where it is logged.
+    pub receipts: Vec<Receipt>,
+}
+
+/// Where one proposed entry is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Its window.
+    pub epoch: u64,
+    /// Its index in the window.
+    pub index: u32,
+    /// Its window's timestamp.
+    pub ts: u64,
+    /// True if its client id was logged before (this is that first entry's place).
+    pub duplicate: bool,
+}

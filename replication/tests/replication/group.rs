@@ -1,0 +1,276 @@
+//! Three sequencer nodes over an in-memory network that can cut nodes off: what the group
+//! promises, checked on every node's committed windows.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Config};
+use replication::{
+    LogStore, NodeId, Proposal, ProposedEntry, Raft, Receipt, StateMachine, StateView, TypeConfig,
+};
+use tempfile::TempDir;
+
+/// Which nodes run, and which are cut off from the others.
+#[derive(Clone, Default)]
+struct Router {
+    nodes: Arc<Mutex<BTreeMap<NodeId, Raft>>>,
+    cut: Arc<Mutex<BTreeSet<NodeId>>>,
+}
+
+impl Router {
+    fn reach(&self, from: NodeId, to: NodeId) -> Result<Raft, Unreachable> {
+        let cut = self.cut.lock().unwrap();
+        let unreachable = || Unreachable::new(&std::io::Error::other(format!("{from} -/-> {to}")));
+        if cut.contains(&from) || cut.contains(&to) {
+            return Err(unreachable());
+        }
+        self.nodes.lock().unwrap().get(&to).cloned().ok_or_else(unreachable)
+    }
+}
+
+/// One node's view of the network.
+struct Net {
+    router: Router,
+    me: NodeId,
+}
+
+struct Conn {
+    router: Router,
+    me: NodeId,
+    target: NodeId,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Net {
+    type Network = Conn;
+
+    async fn new_client(&mut self, target: NodeId, _: &BasicNode) -> Conn {
+        Conn { router: self.router.clone(), me: self.me, target }
+    }
+}
+
+type Rpc<T, E = RaftError<NodeId>> = Result<T, RPCError<NodeId, BasicNode, E>>;
+
+impl RaftNetwork<TypeConfig> for Conn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _: RPCOption,
+    ) -> Rpc<AppendEntriesResponse<NodeId>> {
+        let raft = self.router.reach(self.me, self.target).map_err(RPCError::Unreachable)?;
+        let answer = raft.append_entries(rpc).await;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _: RPCOption,
+    ) -> Rpc<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
+        let raft = self.router.reach(self.me, self.target).map_err(RPCError::Unreachable)?;
+        let answer = raft.install_snapshot(rpc).await;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, _: RPCOption) -> Rpc<VoteResponse<NodeId>> {
+        let raft = self.router.reach(self.me, self.target).map_err(RPCError::Unreachable)?;
+        let answer = raft.vote(rpc).await;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+/// Three nodes, each with its own directory.
+struct Group {
+    router: Router,
+    dirs: BTreeMap<NodeId, TempDir>,
+    views: BTreeMap<NodeId, StateView>,
+    config: Arc<Config>,
+}
+
+const NODES: [NodeId; 3] = [1, 2, 3];
+
+impl Group {
+    async fn start() -> Group {
+        let config = Config {
+            heartbeat_interval: 50,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
+            // Snapshots (and purges) often, so the test exercises them.
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20),
+            max_in_snapshot_log_to_keep: 5,
+            ..Config::default()
+        };
+        let mut group = Group {
+            router: Router::default(),
+            dirs: BTreeMap::new(),
+            views: BTreeMap::new(),
+            config: Arc::new(config.validate().unwrap()),
+        };
+        for id in NODES {
+            group.dirs.insert(id, tempfile::tempdir().unwrap());
+            group.boot(id).await;
+        }
+        let members: BTreeMap<NodeId, BasicNode> =
+            NODES.iter().map(|id| (*id, BasicNode::default())).collect();
+        group.raft(1).initialize(members).await.unwrap();
+        group
+    }
+
+    /// Starts node `id` from what its directory holds.
+    async fn boot(&mut self, id: NodeId) {
+        let dir = self.dirs[&id].path();
+        let log = LogStore::open(dir.join("log")).unwrap();
+        let sm = StateMachine::open(dir.join("sm"), 10_000).unwrap();
+        self.views.insert(id, sm.view());
+        let net = Net { router: self.router.clone(), me: id };
+        let raft = Raft::new(id, self.config.clone(), net, log, sm).await.unwrap();
+        self.router.nodes.lock().unwrap().insert(id, raft);
+    }
+
+    fn raft(&self, id: NodeId) -> Raft {
+        self.router.nodes.lock().unwrap()[&id].clone()
+    }
+
+    /// Stops node `id` as a crash would: it answers nothing more; its disk stays.
+    async fn kill(&mut self, id: NodeId) {
+        let raft = self.router.nodes.lock().unwrap().remove(&id).unwrap();
+        raft.shutdown().await.unwrap();
+    }
+
+    /// The leader among the running nodes (not cut off), once there is one.
+    async fn leader(&self) -> NodeId {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let running: Vec<(NodeId, Raft)> =
+                self.router.nodes.lock().unwrap().iter().map(|(i, r)| (*i, r.clone())).collect();
+            let cut = self.router.cut.lock().unwrap().clone();
+            for (id, raft) in running.iter().filter(|(id, _)| !cut.contains(id)) {
+                let m = raft.metrics().borrow().clone();
+                if m.current_leader == Some(*id) {
+                    return *id;
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no leader in 20 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Proposes a window on the leader; returns its receipts.
+    async fn propose(&self, ts: u64, client_ids: &[u128]) -> Vec<Receipt> {
+        let leader = self.leader().await;
+        let entries = client_ids
+            .iter()
+            .map(|c| ProposedEntry { client_id: *c, participants: vec![0], payload: vec![1] })
+            .collect();
+        let written = self.raft(leader).client_write(Proposal { ts, entries }).await.unwrap();
+        written.data.receipts
+    }
+
+    /// Waits until node `id` has applied through epoch `last`.
+    async fn caught_up(&self, id: NodeId, last: u64) {
+        let mut view = self.views[&id].clone();
+        let waited = tokio::time::timeout(Duration::from_secs(20), async {
+            while view.last().0.0 < last {
+                view.wait_past(view.last().0).await;
+            }
+        });
+        waited.await.unwrap_or_else(|_| panic!("node {id} stuck at {:?}", view.last()));
+    }
+}
+
+/// Every node holds windows 1..=last, stamped in strictly increasing order, each client id in
+/// at most one of them, and every receipt's entry where the receipt says.
+fn check_windows(group: &Group, last: u64, receipts: &BTreeMap<u128, Receipt>) {
+    for id in NODES {
+        let view = &group.views[&id];
+        let mut previous_ts = None;
+        let mut seen = BTreeSet::new();
+        for epoch in 1..=last {
+            let window = view
+                .window(clock::Epoch(epoch))
+                .unwrap_or_else(|| panic!("node {id} lacks window {epoch}"));
+            assert!(previous_ts < Some(window.ts), "node {id}: window {epoch} not after the last");
+            previous_ts = Some(window.ts);
+            for entry in &window.entries {
+                assert!(seen.insert(entry.client_id.0), "node {id}: {:?} twice", entry.client_id);
+            }
+        }
+        for (client, r) in receipts {
+            let window = view.window(clock::Epoch(r.epoch)).unwrap();
+            assert_eq!(window.entries[r.index as usize].client_id.0, *client, "node {id}");
+            assert_eq!(window.ts.as_u64(), r.ts);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_survive_a_leader_crash_with_consecutive_epochs_and_rising_timestamps() {
+    let mut group = Group::start().await;
+    let mut receipts = BTreeMap::new();
+    let mut client = 0u128;
+    for w in 0..30u64 {
+        let ids = [client, client + 1];
+        client += 2;
+        for (id, r) in ids.iter().zip(group.propose(1_000 + w, &ids).await) {
+            assert!(!r.duplicate);
+            receipts.insert(*id, r);
+        }
+    }
+    let first_leader = group.leader().await;
+    group.kill(first_leader).await;
+
+    // The new leader's clock is far behind the first's: its windows are still stamped above.
+    let second_leader = group.leader().await;
+    assert_ne!(second_leader, first_leader);
+    for w in 0..30u64 {
+        let ids = [client];
+        client += 1;
+        for (id, r) in ids.iter().zip(group.propose(w, &ids).await) {
+            receipts.insert(*id, r);
+        }
+    }
+    // A client that resubmits after an unknown outcome gets its first place back.
+    let again = group.propose(5, &[0]).await;
+    assert_eq!(again, [Receipt { duplicate: true, ..receipts[&0] }]);
+
+    // The crashed node comes back from its disk and catches up.
+    group.boot(first_leader).await;
+    let last = receipts.values().map(|r| r.epoch).max().unwrap();
+    for id in NODES {
+        group.caught_up(id, last).await;
+    }
+    check_windows(&group, last, &receipts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_minority_commits_nothing_and_catches_up_after_healing() {
+    let group = Group::start().await;
+    let mut receipts = BTreeMap::new();
+    for c in 0..10u128 {
+        receipts.insert(c, group.propose(100, &[c]).await[0]);
+    }
+    let leader = group.leader().await;
+    let cut_off = NODES.into_iter().find(|id| *id != leader).unwrap();
+    group.router.cut.lock().unwrap().insert(cut_off);
+    // The node cut off cannot commit a window, whatever it believes.
+    let isolated = group.raft(cut_off);
+    let write = isolated.client_write(Proposal { ts: 1, entries: Vec::new() });
+    let refused = tokio::time::timeout(Duration::from_secs(2), write).await;
+    assert!(!matches!(refused, Ok(Ok(_))), "a cut-off node committed a window");
+    // The majority goes on.
+    for c in 10..20u128 {
+        receipts.insert(c, group.propose(200, &[c]).await[0]);
+    }
+    group.router.cut.lock().unwrap().clear();
+    let last = receipts.values().map(|r| r.epoch).max().unwrap();
+    for id in NODES {
+        group.caught_up(id, last).await;
+    }
+    check_windows(&group, last, &receipts);
+}
