@@ -3,7 +3,7 @@
 //! `tonic-prost-build`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["common", "txn", "builtin", "sequencer", "shard", "admin"]
+    let files = ["common", "txn", "builtin", "sequencer", "shard", "admin", "raft"]
         .map(|name| format!("proto/sealdb/v1/{name}.proto"));
     for file in &files {
         println!("cargo:rerun-if-changed={file}");

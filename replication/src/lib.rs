@@ -16,6 +16,8 @@
 //!   told an append is flushed, the vote fsynced before it is acknowledged.
 //! - [`StateMachine`]: epochs, timestamps and deduplication ids, and the committed windows;
 //!   snapshots on disk.
+//! - [`GrpcNetwork`] and [`RaftService`]: raft's messages between sequencer nodes over gRPC
+//!   (`sealdb.v1.Raft`), HLC-stamped and node-only under TLS like every other peer call.
 //!
 //! Invariants kept here, on every node alike (the state machine is a function of the
 //! committed log):
@@ -27,14 +29,16 @@
 //! - A client id already in a committed window is not logged again: its receipt points to the
 //!   first one (exactly-once across leader changes and resubmissions).
 //!
-//! Not yet here (issue 15): the gRPC transport between sequencer nodes, the node wiring
+//! Not yet here (issue 15): the node wiring
 //! (followers refusing `Submit` with the leader's name, shards subscribing to any node), safe
 //! time across leader changes, and the log's truncation below the shards' checkpoints.
 
 mod log_store;
 mod state_machine;
+mod transport;
 mod types;
 
 pub use crate::log_store::LogStore;
 pub use crate::state_machine::{StateMachine, StateView};
+pub use crate::transport::{GrpcConn, GrpcNetwork, RaftService};
 pub use crate::types::{NodeId, Proposal, ProposedEntry, Raft, Receipt, Sealed, TypeConfig};

@@ -1,5 +1,5 @@
-//! Three sequencer nodes over an in-memory network that can cut nodes off: what the group
-//! promises, checked on every node's committed windows.
+//! Three sequencer nodes over an in-memory network that can cut nodes off, or over gRPC on
+//! loopback: what the group promises, checked on every node's committed windows.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,8 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, Config};
 use replication::{
-    LogStore, NodeId, Proposal, ProposedEntry, Raft, Receipt, StateMachine, StateView, TypeConfig,
+    GrpcNetwork, LogStore, NodeId, Proposal, ProposedEntry, Raft, RaftService, Receipt,
+    StateMachine, StateView, TypeConfig,
 };
 use tempfile::TempDir;
 
@@ -85,18 +86,31 @@ impl RaftNetwork<TypeConfig> for Conn {
     }
 }
 
+/// How the nodes talk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// Direct calls through the [`Router`], which can cut nodes off.
+    Memory,
+    /// `sealdb.v1.Raft` over gRPC on loopback.
+    Grpc,
+}
+
 /// Three nodes, each with its own directory.
 struct Group {
     router: Router,
+    transport: Transport,
     dirs: BTreeMap<NodeId, TempDir>,
     views: BTreeMap<NodeId, StateView>,
+    /// Over gRPC: each node's address and its server task.
+    addrs: BTreeMap<NodeId, std::net::SocketAddr>,
+    servers: BTreeMap<NodeId, tokio::task::JoinHandle<()>>,
     config: Arc<Config>,
 }
 
 const NODES: [NodeId; 3] = [1, 2, 3];
 
 impl Group {
-    async fn start() -> Group {
+    async fn start(transport: Transport) -> Group {
         let config = Config {
             heartbeat_interval: 50,
             election_timeout_min: 300,
@@ -108,16 +122,22 @@ impl Group {
         };
         let mut group = Group {
             router: Router::default(),
+            transport,
             dirs: BTreeMap::new(),
             views: BTreeMap::new(),
+            addrs: BTreeMap::new(),
+            servers: BTreeMap::new(),
             config: Arc::new(config.validate().unwrap()),
         };
         for id in NODES {
             group.dirs.insert(id, tempfile::tempdir().unwrap());
             group.boot(id).await;
         }
-        let members: BTreeMap<NodeId, BasicNode> =
-            NODES.iter().map(|id| (*id, BasicNode::default())).collect();
+        let node = |id: &NodeId| match group.addrs.get(id) {
+            Some(addr) => BasicNode::new(addr.to_string()),
+            None => BasicNode::default(),
+        };
+        let members: BTreeMap<NodeId, BasicNode> = NODES.iter().map(|id| (*id, node(id))).collect();
         group.raft(1).initialize(members).await.unwrap();
         group
     }
@@ -128,8 +148,28 @@ impl Group {
         let log = LogStore::open(dir.join("log")).unwrap();
         let sm = StateMachine::open(dir.join("sm"), 10_000).unwrap();
         self.views.insert(id, sm.view());
-        let net = Net { router: self.router.clone(), me: id };
-        let raft = Raft::new(id, self.config.clone(), net, log, sm).await.unwrap();
+        let raft = match self.transport {
+            Transport::Memory => {
+                let net = Net { router: self.router.clone(), me: id };
+                Raft::new(id, self.config.clone(), net, log, sm).await.unwrap()
+            }
+            Transport::Grpc => {
+                // A restarted node listens where it did before.
+                let at = self.addrs.get(&id).copied().unwrap_or(([127, 0, 0, 1], 0).into());
+                let listener = tokio::net::TcpListener::bind(at).await.unwrap();
+                self.addrs.insert(id, listener.local_addr().unwrap());
+                let clock = Arc::new(clock::Clock::system(Duration::from_millis(250)));
+                let net = GrpcNetwork::new(clock.clone(), None);
+                let raft = Raft::new(id, self.config.clone(), net, log, sm).await.unwrap();
+                let service = RaftService::new(raft.clone(), clock, false).server();
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let server = tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming(incoming);
+                self.servers.insert(id, tokio::spawn(async move { server.await.unwrap() }));
+                raft
+            }
+        };
         self.router.nodes.lock().unwrap().insert(id, raft);
     }
 
@@ -141,6 +181,10 @@ impl Group {
     async fn kill(&mut self, id: NodeId) {
         let raft = self.router.nodes.lock().unwrap().remove(&id).unwrap();
         raft.shutdown().await.unwrap();
+        if let Some(server) = self.servers.remove(&id) {
+            server.abort();
+            let _ = server.await;
+        }
     }
 
     /// The leader among the running nodes (not cut off), once there is one.
@@ -211,7 +255,16 @@ fn check_windows(group: &Group, last: u64, receipts: &BTreeMap<u128, Receipt>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windows_survive_a_leader_crash_with_consecutive_epochs_and_rising_timestamps() {
-    let mut group = Group::start().await;
+    leader_crash(Transport::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_grpc_windows_survive_a_leader_crash_too() {
+    leader_crash(Transport::Grpc).await;
+}
+
+async fn leader_crash(transport: Transport) {
+    let mut group = Group::start(transport).await;
     let mut receipts = BTreeMap::new();
     let mut client = 0u128;
     for w in 0..30u64 {
@@ -250,7 +303,7 @@ async fn windows_survive_a_leader_crash_with_consecutive_epochs_and_rising_times
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_off_minority_commits_nothing_and_catches_up_after_healing() {
-    let group = Group::start().await;
+    let group = Group::start(Transport::Memory).await;
     let mut receipts = BTreeMap::new();
     for c in 0..10u128 {
         receipts.insert(c, group.propose(100, &[c]).await[0]);
