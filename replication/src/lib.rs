@@ -16,6 +16,9 @@
 //!   told an append is flushed, the vote fsynced before it is acknowledged.
 //! - [`StateMachine`]: epochs, timestamps and deduplication ids, and the committed windows;
 //!   snapshots on disk.
+//! - [`GroupSequencer`]: a node of the group as a sequencer: submissions sealed into
+//!   proposals by the leader, receipts once committed, subscriptions to committed windows and
+//!   logged idle ticks from any node.
 //! - [`GrpcNetwork`] and [`RaftService`]: raft's messages between sequencer nodes over gRPC
 //!   (`sealdb.v1.Raft`), HLC-stamped and node-only under TLS like every other peer call.
 //!
@@ -29,16 +32,18 @@
 //! - A client id already in a committed window is not logged again: its receipt points to the
 //!   first one (exactly-once across leader changes and resubmissions).
 //!
-//! Not yet here (issue 15): the node wiring
-//! (followers refusing `Submit` with the leader's name, shards subscribing to any node), safe
-//! time across leader changes, and the log's truncation below the shards' checkpoints.
+//! Not yet here (issue 15): the `sealdb` node running a group (configuration, the service
+//! answering `NOT_LEADER` with the leader's address, clients and shards following it), and the
+//! log's truncation below the shards' checkpoints (issue 16).
 
 mod log_store;
+mod sequencer;
 mod state_machine;
 mod transport;
 mod types;
 
 pub use crate::log_store::LogStore;
+pub use crate::sequencer::{GroupConfig, GroupSequencer};
 pub use crate::state_machine::{StateMachine, StateView};
 pub use crate::transport::{GrpcConn, GrpcNetwork, RaftService};
 pub use crate::types::{NodeId, Proposal, ProposedEntry, Raft, Receipt, Sealed, TypeConfig};

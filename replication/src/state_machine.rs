@@ -52,6 +52,11 @@ struct State {
 impl State {
     /// Applies a committed proposal.
     fn apply(&mut self, proposal: &Proposal, dedup_windows: usize) -> Sealed {
+        if proposal.tick {
+            // Later windows are stamped above it; a tick below the last changes nothing.
+            self.last_ts = self.last_ts.max(proposal.ts);
+            return Sealed { epoch: None, ts: self.last_ts, receipts: Vec::new() };
+        }
         let epoch = self.last_epoch + 1;
         let ts = proposal.ts.max(Timestamp::from_u64(self.last_ts).next().as_u64());
         let mut kept: Vec<ProposedEntry> = Vec::new();
@@ -94,10 +99,16 @@ pub struct StateView {
 }
 
 impl StateView {
-    /// The last committed window's epoch and timestamp (epoch 0 before any).
+    /// The last committed window's epoch, and the timestamp every later window is stamped
+    /// above (its own, or a later tick's).
     pub fn last(&self) -> (Epoch, Timestamp) {
         let s = self.state.read().unwrap_or_else(|e| e.into_inner());
         (Epoch(s.last_epoch), Timestamp::from_u64(s.last_ts))
+    }
+
+    /// Resolves once anything more is applied (a window or a tick), or the machine is gone.
+    pub async fn changed(&mut self) {
+        let _ = self.changed.changed().await;
     }
 
     /// Committed window `epoch`, if this node has it.
@@ -233,7 +244,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut responses = Vec::new();
-        let epoch = {
+        {
             let mut s = self.write();
             for entry in entries {
                 s.last_applied = Some(entry.log_id);
@@ -247,9 +258,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 };
                 responses.push(response);
             }
-            s.last_epoch
-        };
-        self.changed.send_replace(epoch);
+        }
+        self.changed.send_modify(|n| *n += 1);
         Ok(responses)
     }
 
@@ -274,9 +284,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })?;
         let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
         write_snapshot(&self.dir, &stored).map_err(io_error)?;
-        let epoch = state.last_epoch;
         *self.write() = state;
-        self.changed.send_replace(epoch);
+        self.changed.send_modify(|n| *n += 1);
         Ok(())
     }
 

@@ -22,13 +22,17 @@ openraft::declare_raft_types!(
 pub type Raft = openraft::Raft<TypeConfig>;
 
 /// A window the leader sealed, proposed to the group: its entries in log order and the
-/// leader's timestamp for it. The epoch is assigned when it is applied.
+/// leader's timestamp for it. The epoch is assigned when it is applied. A tick proposes no
+/// window: it only promises that every later window is stamped above `ts` (safe time that the
+/// group agreed on, so a deposed leader can never grant it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     /// The leader's HLC timestamp for the window (raised on apply if not above the last).
     pub ts: u64,
     /// The entries.
     pub entries: Vec<ProposedEntry>,
+    /// An idle tick, not a window.
+    pub tick: bool,
 }
 
 /// One entry of a [`Proposal`], in a form that serializes.
@@ -65,7 +69,13 @@ impl From<&ProposedEntry> for Entry {
 impl Proposal {
     /// A proposal of `entries` at `ts`.
     pub fn new(ts: Timestamp, entries: &[Entry]) -> Proposal {
-        Proposal { ts: ts.as_u64(), entries: entries.iter().map(ProposedEntry::from).collect() }
+        let entries = entries.iter().map(ProposedEntry::from).collect();
+        Proposal { ts: ts.as_u64(), entries, tick: false }
+    }
+
+    /// An idle tick at `ts`.
+    pub fn tick(ts: Timestamp) -> Proposal {
+        Proposal { ts: ts.as_u64(), entries: Vec::new(), tick: true }
     }
 }
 

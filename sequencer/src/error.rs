@@ -57,4 +57,15 @@ pub enum SequencerError {
     /// The sequencer has stopped.
     #[error("the sequencer is shutting down")]
     ShuttingDown,
+    /// This node of a sequencer group is not its leader: nothing was logged. Submit to the
+    /// leader (its address when known) under the same client id.
+    #[error("not the leader of the sequencer group{}", .leader.as_ref().map(|l| format!("; the leader is at {l}")).unwrap_or_default())]
+    NotLeader {
+        /// The leader's address, if this node knows it.
+        leader: Option<String>,
+    },
+    /// The sequencer group could not log the entry (no quorum, or the group stopped): it may
+    /// or may not be logged; submit it again under the same client id.
+    #[error("the sequencer group could not log it: {0}")]
+    Unavailable(String),
 }

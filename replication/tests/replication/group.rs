@@ -13,9 +13,10 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, Config};
 use replication::{
-    GrpcNetwork, LogStore, NodeId, Proposal, ProposedEntry, Raft, RaftService, Receipt,
-    StateMachine, StateView, TypeConfig,
+    GroupConfig, GroupSequencer, GrpcNetwork, LogStore, NodeId, Proposal, ProposedEntry, Raft,
+    RaftService, Receipt, StateMachine, StateView, TypeConfig,
 };
+use sequencer::{ClientId, Delivery, Entry, SequencerError, ShardId};
 use tempfile::TempDir;
 
 /// Which nodes run, and which are cut off from the others.
@@ -135,7 +136,7 @@ impl Group {
         }
         let node = |id: &NodeId| match group.addrs.get(id) {
             Some(addr) => BasicNode::new(addr.to_string()),
-            None => BasicNode::default(),
+            None => BasicNode::new(format!("node-{id}")),
         };
         let members: BTreeMap<NodeId, BasicNode> = NODES.iter().map(|id| (*id, node(id))).collect();
         group.raft(1).initialize(members).await.unwrap();
@@ -212,7 +213,8 @@ impl Group {
             .iter()
             .map(|c| ProposedEntry { client_id: *c, participants: vec![0], payload: vec![1] })
             .collect();
-        let written = self.raft(leader).client_write(Proposal { ts, entries }).await.unwrap();
+        let written =
+            self.raft(leader).client_write(Proposal { ts, entries, tick: false }).await.unwrap();
         written.data.receipts
     }
 
@@ -313,7 +315,7 @@ async fn a_cut_off_minority_commits_nothing_and_catches_up_after_healing() {
     group.router.cut.lock().unwrap().insert(cut_off);
     // The node cut off cannot commit a window, whatever it believes.
     let isolated = group.raft(cut_off);
-    let write = isolated.client_write(Proposal { ts: 1, entries: Vec::new() });
+    let write = isolated.client_write(Proposal { ts: 1, entries: Vec::new(), tick: false });
     let refused = tokio::time::timeout(Duration::from_secs(2), write).await;
     assert!(!matches!(refused, Ok(Ok(_))), "a cut-off node committed a window");
     // The majority goes on.
@@ -326,4 +328,168 @@ async fn a_cut_off_minority_commits_nothing_and_catches_up_after_healing() {
         group.caught_up(id, last).await;
     }
     check_windows(&group, last, &receipts);
+}
+
+type Answer = tokio::sync::oneshot::Receiver<Result<sequencer::Receipt, SequencerError>>;
+
+/// Submits client `client`'s entry to `node`; the answer comes on the receiver.
+fn send(node: &GroupSequencer, client: u128) -> Answer {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let entry = Entry::new(ClientId(client), vec![ShardId(0)], Arc::from(&b"x"[..]));
+    node.submit_then(entry, Box::new(move |r| drop(tx.send(r))));
+    rx
+}
+
+/// Submits and waits for the receipt.
+async fn submit(node: &GroupSequencer, client: u128) -> Result<sequencer::Receipt, SequencerError> {
+    send(node, client).await.expect("every submission is answered")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_acknowledges_committed_windows_and_a_follower_serves_them_then_ticks() {
+    let group = Group::start(Transport::Memory).await;
+    let leader = group.leader().await;
+    let follower = NODES.into_iter().find(|id| *id != leader).unwrap();
+    let clock = Arc::new(clock::Clock::system(Duration::from_millis(250)));
+    let config = GroupConfig { tick_interval: Duration::from_millis(20), ..GroupConfig::default() };
+    let nodes: BTreeMap<NodeId, GroupSequencer> = NODES
+        .into_iter()
+        .map(|id| {
+            let view = group.views[&id].clone();
+            (id, GroupSequencer::start(id, group.raft(id), view, clock.clone(), config))
+        })
+        .collect();
+
+    // A follower logs nothing and names the leader.
+    let refused = submit(&nodes[&follower], 1_000).await.unwrap_err();
+    let leader_addr = format!("node-{leader}");
+    assert!(
+        matches!(&refused, SequencerError::NotLeader { leader: Some(l) } if *l == leader_addr),
+        "{refused:?}"
+    );
+
+    // 200 concurrent submissions to the leader: each acknowledged once its window committed.
+    let mut deliveries = nodes[&follower].subscribe(clock::Epoch(1), 4096);
+    let leader_node = &nodes[&leader];
+    let answers: Vec<Answer> = (0..200u128).map(|c| send(leader_node, c)).collect();
+    let mut receipts = Vec::new();
+    for answer in answers {
+        receipts.push(answer.await.unwrap().unwrap());
+    }
+    let last = receipts.iter().map(|r| r.txn.epoch).max().unwrap();
+    assert!(last.0 < 200, "group commit puts many entries in a window ({} windows)", last.0);
+
+    // The follower serves every window in order, each receipt's entry where it says, and then
+    // an idle tick above the last window: the group logged it.
+    let mut windows = Vec::new();
+    let tick = loop {
+        match tokio::time::timeout(Duration::from_secs(10), deliveries.recv()).await.unwrap() {
+            Some(Delivery::Window(w)) => windows.push(w),
+            Some(Delivery::Tick(ts)) if windows.last().is_some_and(|w| w.epoch == last) => {
+                break ts;
+            }
+            Some(_) => {}
+            None => panic!("the subscription ended"),
+        }
+    };
+    let epochs: Vec<u64> = windows.iter().map(|w| w.epoch.0).collect();
+    assert_eq!(epochs, (1..=last.0).collect::<Vec<_>>());
+    assert!(tick > windows.last().unwrap().ts);
+    for (c, r) in receipts.iter().enumerate() {
+        let window = &windows[r.txn.epoch.0 as usize - 1];
+        assert_eq!(window.entries[r.txn.index as usize].client_id, ClientId(c as u128));
+        assert_eq!(window.ts, r.ts);
+    }
+    // A resubmission is deduplicated: the first place comes back.
+    let again = submit(leader_node, 7).await.unwrap();
+    assert_eq!((again.txn, again.duplicate), (receipts[7].txn, true));
+    for (_, node) in nodes {
+        node.shutdown().await;
+    }
+}
+
+/// Timestamps a subscriber saw, in order: every window above everything before it, every
+/// tick at or above it.
+fn assert_time_only_moves_forward(node: NodeId, seen: &[Delivery]) {
+    let mut floor = clock::Timestamp::ZERO;
+    for d in seen {
+        match d {
+            Delivery::Window(w) => {
+                assert!(w.ts > floor, "node {node}: window {} at {} after {floor}", w.epoch, w.ts);
+                floor = w.ts;
+            }
+            Delivery::Tick(ts) => {
+                assert!(*ts >= floor, "node {node}: tick {ts} after {floor}");
+                floor = *ts;
+            }
+            Delivery::Durable(_) => {}
+        }
+    }
+}
+
+/// The stale-promise case: a leader whose clock runs 5 s ahead is cut off while it keeps
+/// ticking; the new leader's clock is 5 s behind it. Ticks go through the log, so the cut-off
+/// node's ticks never reach a subscriber, and every window after a committed tick is stamped
+/// above it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_s_ticks_reach_no_subscriber_and_later_windows_stamp_above_every_tick() {
+    let group = Group::start(Transport::Memory).await;
+    let old = group.leader().await;
+    let follower = NODES.into_iter().find(|id| *id != old).unwrap();
+    let system: Arc<dyn clock::PhysicalClock> = Arc::new(clock::SystemClock);
+    let ahead: Arc<dyn clock::PhysicalClock> =
+        Arc::new(clock::OffsetClock::ahead(system.clone(), Duration::from_secs(5)));
+    let config = GroupConfig { tick_interval: Duration::from_millis(10), ..GroupConfig::default() };
+    let nodes: BTreeMap<NodeId, GroupSequencer> = NODES
+        .into_iter()
+        .map(|id| {
+            let physical: Arc<dyn clock::PhysicalClock> =
+                if id == old { ahead.clone() } else { system.clone() };
+            let clock = Arc::new(clock::Clock::new(physical, Duration::from_secs(10)));
+            let view = group.views[&id].clone();
+            (id, GroupSequencer::start(id, group.raft(id), view, clock, config))
+        })
+        .collect();
+    let mut on_old = nodes[&old].subscribe(clock::Epoch(1), 100_000);
+    let mut on_follower = nodes[&follower].subscribe(clock::Epoch(1), 100_000);
+    for c in 0..10u128 {
+        submit(&nodes[&old], c).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await; // idle: ticks from 5 s ahead commit
+
+    group.router.cut.lock().unwrap().insert(old);
+    let new = group.leader().await;
+    assert_ne!(new, old);
+    tokio::time::sleep(Duration::from_millis(200)).await; // the old one ticks in vain
+    for c in 10..20u128 {
+        let r = submit(&nodes[&new], c).await.unwrap();
+        assert!(r.txn.epoch.0 > 10);
+    }
+    group.router.cut.lock().unwrap().clear();
+    let last = group.views[&new].last().0;
+    group.caught_up(old, last.0).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let drain = |rx: &mut tokio::sync::mpsc::Receiver<Delivery>| {
+        let mut seen = Vec::new();
+        while let Ok(d) = rx.try_recv() {
+            seen.push(d);
+        }
+        seen
+    };
+    let (seen_old, seen_follower) = (drain(&mut on_old), drain(&mut on_follower));
+    assert_time_only_moves_forward(old, &seen_old);
+    assert_time_only_moves_forward(follower, &seen_follower);
+    let windows = |seen: &[Delivery]| -> Vec<(u64, clock::Timestamp)> {
+        let w = seen.iter().filter_map(|d| match d {
+            Delivery::Window(w) => Some((w.epoch.0, w.ts)),
+            _ => None,
+        });
+        w.collect()
+    };
+    assert_eq!(windows(&seen_old), windows(&seen_follower), "both saw the same windows");
+    assert_eq!(windows(&seen_old).len() as u64, last.0);
+    for (_, node) in nodes {
+        node.shutdown().await;
+    }
 }
