@@ -50,7 +50,7 @@ const RETRY: Duration = Duration::from_millis(20);
 /// Where a cluster's nodes are, and what it runs: the same on every node and client.
 #[derive(Clone)]
 pub struct Cluster {
-    /// The sequencer's address (`host:port`).
+    /// The sequencer's address (`host:port`), or a sequencer group's, comma-separated.
     pub sequencer: String,
     /// Every shard's address, by shard id.
     pub shards: Vec<String>,
@@ -125,7 +125,15 @@ impl Client {
         procedures: Registry,
         tls: Option<Tls>,
     ) -> Result<Client, TxnError> {
-        let status = cluster_status(addr, &clock, tls.as_ref()).await?;
+        // A sequencer group's nodes are listed comma-separated; any of them knows the layout.
+        let mut status = Err(TxnError::Unavailable(format!("no sequencer address in {addr:?}")));
+        for node in addr.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            status = cluster_status(node, &clock, tls.as_ref()).await;
+            if status.is_ok() {
+                break;
+            }
+        }
+        let status = status?;
         let map = ShardMap::new(status.splits)
             .map_err(|e| TxnError::Unavailable(format!("the sequencer at {addr} sent {e}")))?;
         let sequencer = addr.to_string();

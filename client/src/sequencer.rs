@@ -2,7 +2,7 @@
 //! its window is durable; subscribe to one shard's slices of the sealed windows from an epoch
 //! on ([`SliceDelivery`]); ask for a window when idle.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use clock::{Clock, Epoch, Timestamp};
 use proto::v1;
@@ -34,12 +34,27 @@ pub enum SliceDelivery {
 /// How long a submission waits for its receipt.
 const SUBMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// A client of a [`SequencerNode`], stamping its requests with `clock`.
+/// A client of a sequencer node, or of a sequencer group's nodes, stamping its requests with
+/// `clock`. With a group (`addr` lists its nodes, comma-separated) it follows the leader: a
+/// node that does not lead answers `NOT_LEADER` with the leader's address (nothing logged),
+/// and the submission goes there at once; a node that cannot be reached makes the next call
+/// try the next node.
 #[derive(Clone)]
 pub struct RemoteSequencer {
-    client: SequencerClient<Channel>,
+    target: Arc<Mutex<Target>>,
+    tls: Option<Tls>,
     clock: Arc<Clock>,
 }
+
+/// The node called now, and the ones to try next.
+struct Target {
+    addrs: Vec<String>,
+    at: usize,
+    client: SequencerClient<Channel>,
+}
+
+/// How many times a submission follows `NOT_LEADER` answers before it reports one.
+const LEADER_HOPS: usize = 3;
 
 impl RemoteSequencer {
     /// Connects to the sequencer at `addr` (`host:port`).
@@ -53,15 +68,21 @@ impl RemoteSequencer {
         clock: Arc<Clock>,
         tls: Option<&Tls>,
     ) -> Result<RemoteSequencer, RemoteError> {
-        let endpoint = endpoint(addr, tls).map_err(|why| RemoteError::Refused {
-            kind: RefusalKind::Malformed,
-            why: why.to_string(),
+        let sequencer = RemoteSequencer::lazy(addr, clock, tls).map_err(|why| {
+            RemoteError::Refused { kind: RefusalKind::Malformed, why: why.to_string() }
         })?;
-        let channel = endpoint
+        // Connect now, so that a wrong address shows at once.
+        let first = sequencer.addrs()[0].clone();
+        let channel = endpoint(&first, tls)
+            .map_err(|why| RemoteError::Refused {
+                kind: RefusalKind::Malformed,
+                why: why.to_string(),
+            })?
             .connect()
             .await
-            .map_err(|e| RemoteError::Unavailable(format!("connecting to {addr}: {e}")))?;
-        Ok(RemoteSequencer { client: sized!(SequencerClient::new(channel)), clock })
+            .map_err(|e| RemoteError::Unavailable(format!("connecting to {first}: {e}")))?;
+        sequencer.lock().client = sized!(SequencerClient::new(channel));
+        Ok(sequencer)
     }
 
     /// A client of the sequencer at `addr` that connects on first use (and reconnects after
@@ -71,8 +92,56 @@ impl RemoteSequencer {
         clock: Arc<Clock>,
         tls: Option<&Tls>,
     ) -> Result<RemoteSequencer, SetupError> {
-        let endpoint = endpoint(addr, tls)?;
-        Ok(RemoteSequencer { client: sized!(SequencerClient::new(endpoint.connect_lazy())), clock })
+        let addrs: Vec<String> =
+            addr.split(',').map(str::trim).filter(|a| !a.is_empty()).map(String::from).collect();
+        let first = addrs.first().ok_or_else(|| SetupError::Address {
+            addr: addr.into(),
+            why: "no sequencer address".into(),
+        })?;
+        for a in &addrs {
+            endpoint(a, tls)?; // every address is checked now, not at its first use
+        }
+        let client = sized!(SequencerClient::new(endpoint(first, tls)?.connect_lazy()));
+        let target = Target { addrs, at: 0, client };
+        Ok(RemoteSequencer { target: Arc::new(Mutex::new(target)), tls: tls.cloned(), clock })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Target> {
+        self.target.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The sequencer nodes this client knows.
+    pub fn addrs(&self) -> Vec<String> {
+        self.lock().addrs.clone()
+    }
+
+    fn client(&self) -> SequencerClient<Channel> {
+        self.lock().client.clone()
+    }
+
+    /// Calls `addr` from now on (a leader named by a `NOT_LEADER` answer, or the next node).
+    fn switch_to(&self, addr: &str) {
+        let Ok(endpoint) = endpoint(addr, self.tls.as_ref()) else { return };
+        let mut target = self.lock();
+        if let Some(i) = target.addrs.iter().position(|a| a == addr) {
+            target.at = i;
+        } else {
+            target.addrs.push(addr.to_string());
+            target.at = target.addrs.len() - 1;
+        }
+        target.client = sized!(SequencerClient::new(endpoint.connect_lazy()));
+    }
+
+    /// After a failure: the next node, if there are several.
+    fn rotate(&self) {
+        let next = {
+            let target = self.lock();
+            if target.addrs.len() < 2 {
+                return;
+            }
+            target.addrs[(target.at + 1) % target.addrs.len()].clone()
+        };
+        self.switch_to(&next);
     }
 
     /// Submits `entry` and returns its receipt once its window is durable. After
@@ -82,6 +151,25 @@ impl RemoteSequencer {
     /// sequencer refused this request: nothing of it was logged. (A receipt whose clock is too
     /// far ahead is a bad response, not a refusal: the entry is logged.)
     pub async fn submit(&self, entry: &Entry) -> Result<Receipt, RemoteError> {
+        let mut hops = 0;
+        loop {
+            match self.submit_once(entry).await {
+                Err(RemoteError::NotLeader { leader: Some(leader) }) if hops < LEADER_HOPS => {
+                    hops += 1;
+                    self.switch_to(&leader);
+                }
+                Err(RemoteError::NotLeader { leader: None }) | Err(RemoteError::Unavailable(_))
+                    if self.lock().addrs.len() > 1 =>
+                {
+                    self.rotate();
+                    return Err(RemoteError::Unavailable("no leader reached; try again".into()));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn submit_once(&self, entry: &Entry) -> Result<Receipt, RemoteError> {
         let request = v1::SubmitRequest {
             hlc: stamp(&self.clock),
             participants: entry.participants.iter().map(|p| p.0).collect(),
@@ -92,7 +180,7 @@ impl RemoteSequencer {
         // caller forever (the entry's fate is then unknown, as after any failure).
         let mut request = tonic::Request::new(request);
         request.set_timeout(SUBMIT_TIMEOUT);
-        let r = self.client.clone().submit(request).await?.into_inner();
+        let r = self.client().submit(request).await?.into_inner();
         observe_response(&self.clock, r.hlc)
             .map_err(|e| RemoteError::BadResponse(format!("a receipt refused: {e}")))?;
         let txn =
@@ -108,7 +196,19 @@ impl RemoteSequencer {
     /// empty, unless there is one already.
     pub async fn request_window(&self, after: Epoch) -> Result<(), RemoteError> {
         let request = v1::RequestWindowRequest { hlc: stamp(&self.clock), after_epoch: after.0 };
-        let r = self.client.clone().request_window(request).await?.into_inner();
+        let answer = self.client().request_window(request).await;
+        let r = match answer {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                let e = RemoteError::from(status);
+                match &e {
+                    RemoteError::NotLeader { leader: Some(leader) } => self.switch_to(leader),
+                    RemoteError::NotLeader { .. } | RemoteError::Unavailable(_) => self.rotate(),
+                    _ => {}
+                }
+                return Err(e);
+            }
+        };
         observe_response(&self.clock, r.hlc)
     }
 
@@ -120,7 +220,14 @@ impl RemoteSequencer {
     ) -> Result<mpsc::Receiver<Result<SliceDelivery, RemoteError>>, RemoteError> {
         let request =
             v1::SubscribeRequest { hlc: stamp(&self.clock), shard: shard.0, from_epoch: from.0 };
-        let mut stream = self.client.clone().subscribe(request).await?.into_inner();
+        let mut stream = match self.client().subscribe(request).await {
+            Ok(stream) => stream.into_inner(),
+            Err(status) => {
+                // Any node serves committed windows: the next call tries another.
+                self.rotate();
+                return Err(status.into());
+            }
+        };
         let (tx, rx) = mpsc::channel(256);
         let clock = self.clock.clone();
         tokio::spawn(async move {

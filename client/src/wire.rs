@@ -67,6 +67,13 @@ pub enum RemoteError {
     /// unknown: submit it again with the same client id, which the log deduplicates.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A sequencer group node that does not lead the group: nothing was logged. Submit to the
+    /// leader, at `leader` when the node knew it.
+    #[error("not the leader{}", .leader.as_ref().map(|l| format!(" (the leader is at {l})")).unwrap_or_default())]
+    NotLeader {
+        /// The leader's address.
+        leader: Option<String>,
+    },
     /// The node answered something this client cannot read.
     #[error("bad response: {0}")]
     BadResponse(String),
@@ -85,6 +92,12 @@ impl From<Status> for RemoteError {
                     v1::Refusal::decode(status.details()).map_or(RefusalKind::Other, |r| r.kind());
                 RemoteError::Refused { kind, why: message }
             }
+            Code::Unavailable => match v1::Refusal::decode(status.details()) {
+                Ok(r) if r.kind() == RefusalKind::NotLeader => {
+                    RemoteError::NotLeader { leader: (!r.leader.is_empty()).then_some(r.leader) }
+                }
+                _ => RemoteError::Unavailable(format!("{}: {message}", status.code())),
+            },
             _ => RemoteError::Unavailable(format!("{}: {message}", status.code())),
         }
     }
@@ -92,7 +105,7 @@ impl From<Status> for RemoteError {
 
 /// A refusal: nothing changed, and the status details say which rule (`kind`).
 pub fn refuse(code: Code, kind: RefusalKind, message: impl Into<String>) -> Status {
-    let details = v1::Refusal { kind: kind.into() }.encode_to_vec();
+    let details = v1::Refusal { kind: kind.into(), leader: String::new() }.encode_to_vec();
     Status::with_details(code, message, details.into())
 }
 

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::sequencer::Sequencer;
 use client::{Tls, endpoint, observe_request, observe_response, sized, stamp};
 use clock::Clock;
 use proto::v1;
@@ -15,6 +14,7 @@ use tonic::{Request, Response, Status};
 use txn::ShardMap;
 
 use crate::NodeError;
+use crate::sequencer::Backend;
 
 /// Where a cluster's shards are and which keys each owns: the same on every node.
 #[derive(Debug, Clone)]
@@ -29,7 +29,7 @@ pub struct Layout {
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub(super) struct AdminService {
-    sequencer: Arc<Sequencer>,
+    sequencer: Backend,
     clock: Arc<Clock>,
     layout: Layout,
     shards: Vec<ShardClient<Channel>>,
@@ -37,7 +37,7 @@ pub(super) struct AdminService {
 
 impl AdminService {
     pub(super) fn new(
-        sequencer: Arc<Sequencer>,
+        sequencer: Backend,
         clock: Arc<Clock>,
         layout: Layout,
         tls: Option<&Tls>,

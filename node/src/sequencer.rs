@@ -13,10 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clock::{Clock, Epoch, Timestamp};
+use prost::Message;
 use proto::v1;
 use proto::v1::admin_server::AdminServer;
 use proto::v1::sequencer_server::{Sequencer as SequencerRpc, SequencerServer};
 use proto::v1::shard_client::ShardClient;
+use replication::GroupSequencer;
 use sequencer::{
     ClientId, Delivery, Entry, SealerConfig, Sequencer, SequencerError, ShardId,
     WINDOW_SIZE_BOUNDS, Window,
@@ -38,13 +40,92 @@ use client::{
 };
 use txn::{AbortReason, Request as TxnRequest, ShardMap, participants};
 
+/// A node's place in a sequencer group.
+#[derive(Debug, Clone)]
+pub struct GroupSpec {
+    /// This node's id.
+    pub id: u64,
+    /// Every member's id and address (this node's included); the same on every member.
+    pub members: std::collections::BTreeMap<u64, String>,
+    /// How often the leader tells the others it lives.
+    pub heartbeat: std::time::Duration,
+    /// How long a follower waits for the leader before it calls an election (up to twice).
+    pub election_timeout: std::time::Duration,
+}
+
+/// The window caps and the layout, checked before anything is opened.
+fn check_layout(config: &SealerConfig, layout: &Layout) -> Result<(), NodeError> {
+    if config.max_window_bytes > MAX_WINDOW_BYTES {
+        return Err(NodeError::Config(format!(
+            "a window cap of {} bytes is over the most a shard accepts ({MAX_WINDOW_BYTES})",
+            config.max_window_bytes
+        )));
+    }
+    let shards = layout.map.len();
+    if layout.shards.len() != shards as usize {
+        return Err(NodeError::Config(format!(
+            "{} shard addresses for a map of {shards} shards",
+            layout.shards.len()
+        )));
+    }
+    Ok(())
+}
+
+/// What a sequencer node serves from: its own durable log, or a sequencer group's (the
+/// raft group replicates the log; this node may or may not lead it).
+#[derive(Clone)]
+pub(crate) enum Backend {
+    /// One node: the log on this node's disk.
+    Single(Arc<Sequencer>),
+    /// A node of a sequencer group.
+    Group(Arc<GroupSequencer>),
+}
+
+impl Backend {
+    fn submit_then(&self, entry: Entry, on_receipt: sequencer::OnReceipt) {
+        match self {
+            Backend::Single(s) => s.submit_then(entry, on_receipt),
+            Backend::Group(g) => g.submit_then(entry, on_receipt),
+        }
+    }
+
+    /// The last window logged (committed, in a group) and the timestamp later windows are
+    /// stamped above.
+    pub(crate) fn last_logged(&self) -> (Epoch, Timestamp) {
+        match self {
+            Backend::Single(s) => s.last_logged(),
+            Backend::Group(g) => g.last_logged(),
+        }
+    }
+
+    fn request_window(&self) {
+        match self {
+            Backend::Single(s) => {
+                if let Some(feedback) = s.feedback() {
+                    feedback.request_window();
+                }
+            }
+            Backend::Group(g) => g.request_window(),
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        match self {
+            Backend::Single(s) => s.failure(),
+            Backend::Group(_) => None,
+        }
+    }
+}
+
 /// A sequencer serving gRPC on a TCP address. [`SequencerNode::shutdown`] stops serving,
 /// then seals what is open and answers its submitters.
 pub struct SequencerNode {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
-    sequencer: Arc<Sequencer>,
+    sequencer: Backend,
+    /// In a group: this node's raft, stopped at shutdown.
+    raft: Option<replication::Raft>,
     /// Set on shutdown: subscriptions end at their next window or tick, so that the server's
     /// graceful shutdown does not wait for them.
     stopping: Arc<AtomicBool>,
@@ -65,21 +146,77 @@ impl SequencerNode {
         layout: Layout,
         tls: Option<Tls>,
     ) -> Result<SequencerNode, NodeError> {
-        if config.max_window_bytes > MAX_WINDOW_BYTES {
-            return Err(NodeError::Config(format!(
-                "a window cap of {} bytes is over the most a shard accepts ({MAX_WINDOW_BYTES})",
-                config.max_window_bytes
-            )));
-        }
-        let shards = layout.map.len();
-        if layout.shards.len() != shards as usize {
-            return Err(NodeError::Config(format!(
-                "{} shard addresses for a map of {shards} shards",
-                layout.shards.len()
-            )));
-        }
+        check_layout(&config, &layout)?;
         let (sequencer, _) = Sequencer::start(dir, clock.clone(), config)?;
-        let sequencer = Arc::new(sequencer);
+        let backend = Backend::Single(Arc::new(sequencer));
+        SequencerNode::serve(backend, None, listener, clock, layout, tls)
+    }
+
+    /// Runs node `group.id` of a sequencer group with its raft log and state in `dir`, and
+    /// serves on `listener` the sequencer (leading or not), the admin service and the group's
+    /// raft messages. The node with the lowest id sets up the group on its first start.
+    pub async fn start_group(
+        dir: &Path,
+        listener: TcpListener,
+        clock: Arc<Clock>,
+        config: SealerConfig,
+        layout: Layout,
+        tls: Option<Tls>,
+        group: GroupSpec,
+    ) -> Result<SequencerNode, NodeError> {
+        check_layout(&config, &layout)?;
+        let io = |what: &str| {
+            let what = format!("{what} in {}", dir.display());
+            move |e| NodeError::io(what, e)
+        };
+        let log = replication::LogStore::open(dir.join("raft")).map_err(io("the raft log"))?;
+        let state = replication::StateMachine::open(dir.join("state"), config.dedup_windows)
+            .map_err(io("the group's state"))?;
+        let view = state.view();
+        let raft_config = openraft::Config {
+            cluster_name: "sealdb-sequencers".into(),
+            heartbeat_interval: group.heartbeat.as_millis() as u64,
+            election_timeout_min: group.election_timeout.as_millis() as u64,
+            election_timeout_max: 2 * group.election_timeout.as_millis() as u64,
+            ..openraft::Config::default()
+        };
+        let raft_config =
+            Arc::new(raft_config.validate().map_err(|e| NodeError::Config(e.to_string()))?);
+        let network = replication::GrpcNetwork::new(clock.clone(), tls.clone());
+        let raft = replication::Raft::new(group.id, raft_config, network, log, state)
+            .await
+            .map_err(|e| NodeError::Stopped(format!("starting raft: {e}")))?;
+        if group.members.keys().next() == Some(&group.id) {
+            let members: std::collections::BTreeMap<u64, openraft::BasicNode> = group
+                .members
+                .iter()
+                .map(|(id, addr)| (*id, openraft::BasicNode::new(addr.clone())))
+                .collect();
+            // Only the first start of the group sets it up; later ones are refused, harmlessly.
+            if let Err(e) = raft.initialize(members).await {
+                tracing::debug!(error = %e, "the sequencer group is set up already");
+            }
+        }
+        let group_config = replication::GroupConfig {
+            max_window_entries: config.max_window_entries,
+            max_window_bytes: config.max_window_bytes,
+            ..replication::GroupConfig::default()
+        };
+        let sequencer =
+            GroupSequencer::start(group.id, raft.clone(), view, clock.clone(), group_config);
+        let backend = Backend::Group(Arc::new(sequencer));
+        SequencerNode::serve(backend, Some(raft), listener, clock, layout, tls)
+    }
+
+    fn serve(
+        sequencer: Backend,
+        raft: Option<replication::Raft>,
+        listener: TcpListener,
+        clock: Arc<Clock>,
+        layout: Layout,
+        tls: Option<Tls>,
+    ) -> Result<SequencerNode, NodeError> {
+        let shards = layout.map.len();
         let addr = listener.local_addr().map_err(|e| NodeError::io("the listener's address", e))?;
         let stopping = Arc::new(AtomicBool::new(false));
         let map = layout.map.clone();
@@ -87,6 +224,9 @@ impl SequencerNode {
         let admin = AdminService::new(sequencer.clone(), clock.clone(), layout, tls.as_ref())?;
         let shard_clients = admin.shard_clients();
         let clock_watch = tokio::spawn(watch_clock(shard_clients, clock.clone(), fenced.clone()));
+        let raft_service = raft
+            .clone()
+            .map(|r| replication::RaftService::new(r, clock.clone(), tls.is_some()).server());
         let service = SequencerService {
             sequencer: sequencer.clone(),
             clock,
@@ -104,17 +244,19 @@ impl SequencerNode {
             server(tls.as_ref())?
                 .add_service(sized!(SequencerServer::new(service)))
                 .add_service(sized!(AdminServer::new(admin)))
+                .add_optional_service(raft_service)
                 .serve_with_incoming_shutdown(incoming(listener), async {
                     let _ = stopped.await;
                 }),
         );
         warn_if_insecure(addr, tls.as_ref(), "sequencer");
-        tracing::info!(%addr, shards, "sequencer serving");
+        tracing::info!(%addr, shards, group = raft.is_some(), "sequencer serving");
         Ok(SequencerNode {
             addr,
             stop: Some(stop),
             server: Some(server),
             sequencer,
+            raft,
             stopping,
             clock_watch,
         })
@@ -144,7 +286,20 @@ impl SequencerNode {
     /// A function returning the sequencer's metrics, for
     /// [`serve_metrics`](super::serve_metrics).
     pub fn metrics_source(&self) -> Arc<dyn Fn() -> Vec<Metric> + Send + Sync> {
-        let sequencer = self.sequencer.clone();
+        let sequencer = match &self.sequencer {
+            Backend::Single(s) => s.clone(),
+            Backend::Group(g) => {
+                let g = g.clone();
+                return Arc::new(move || {
+                    let (epoch, _) = g.last_logged();
+                    vec![Metric::gauge(
+                        "sealdb_sequencer_last_epoch",
+                        "The last window committed by the group.",
+                        epoch.0 as f64,
+                    )]
+                });
+            }
+        };
         Arc::new(move || {
             let stats = sequencer.stats();
             let (epoch, _) = sequencer.last_logged();
@@ -186,9 +341,20 @@ impl SequencerNode {
         self.stop_serving().await;
         // Connections that outlived the server's graceful stop may still hold the sequencer;
         // it stops all the same, and refuses what they send.
-        let sequencer = Arc::clone(&self.sequencer);
-        let stopped = tokio::task::spawn_blocking(move || sequencer.shutdown()).await;
-        Ok(stopped.map_err(|e| NodeError::Stopped(format!("the sequencer's stop: {e}")))??)
+        match self.sequencer.clone() {
+            Backend::Single(sequencer) => {
+                let stopped = tokio::task::spawn_blocking(move || sequencer.shutdown()).await;
+                Ok(stopped
+                    .map_err(|e| NodeError::Stopped(format!("the sequencer's stop: {e}")))??)
+            }
+            Backend::Group(_) => {
+                if let Some(raft) = self.raft.take() {
+                    let stopped = raft.shutdown().await;
+                    stopped.map_err(|e| NodeError::Stopped(format!("raft's stop: {e}")))?;
+                }
+                Ok(())
+            }
+        }
     }
 
     async fn stop_serving(&mut self) {
@@ -214,7 +380,7 @@ impl Drop for SequencerNode {
 }
 
 struct SequencerService {
-    sequencer: Arc<Sequencer>,
+    sequencer: Backend,
     clock: Arc<Clock>,
     shards: u32,
     /// One permit per open subscription.
@@ -318,7 +484,14 @@ fn status_of(e: SequencerError) -> Status {
         SequencerError::EntryTooLarge { .. } => {
             refuse(Code::InvalidArgument, RefusalKind::TooLarge, e.to_string())
         }
-        SequencerError::ShuttingDown => Status::unavailable(e.to_string()),
+        SequencerError::ShuttingDown | SequencerError::Unavailable(_) => {
+            Status::unavailable(e.to_string())
+        }
+        SequencerError::NotLeader { ref leader } => {
+            let leader = leader.clone().unwrap_or_default();
+            let details = v1::Refusal { kind: RefusalKind::NotLeader.into(), leader };
+            Status::with_details(Code::Unavailable, e.to_string(), details.encode_to_vec().into())
+        }
         other => Status::internal(other.to_string()),
     }
 }
@@ -415,10 +588,14 @@ impl SequencerRpc for SequencerService {
                 format!("window {} is not logged yet (the last is {last})", r.after_epoch),
             ));
         }
+        if let Backend::Group(g) = &self.sequencer
+            && let Err(leader) = g.leading()
+        {
+            // Only the leader seals; the caller follows it there.
+            return Err(status_of(SequencerError::NotLeader { leader }));
+        }
         if r.after_epoch == last.0 {
-            let feedback =
-                self.sequencer.feedback().ok_or_else(|| Status::unavailable("stopped"))?;
-            self.forced.request(feedback);
+            self.forced.request(self.sequencer.clone());
         }
         Ok(Response::new(v1::RequestWindowResponse { hlc: stamp(&self.clock) }))
     }
@@ -438,7 +615,7 @@ struct ForcedWindows {
 const FORCED_SPACING: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl ForcedWindows {
-    fn request(self: &Arc<Self>, feedback: sequencer::Feedback) {
+    fn request(self: &Arc<Self>, backend: Backend) {
         let now = tokio::time::Instant::now();
         let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
         match *next {
@@ -451,12 +628,12 @@ impl ForcedWindows {
                 tokio::spawn(async move {
                     tokio::time::sleep_until(at).await;
                     this.next.lock().unwrap_or_else(|e| e.into_inner()).1 = false;
-                    feedback.request_window();
+                    backend.request_window();
                 });
             }
             _ => {
                 *next = (Some(now + FORCED_SPACING), false);
-                feedback.request_window();
+                backend.request_window();
             }
         }
     }
@@ -487,7 +664,7 @@ const SUBSCRIBER_STALL: std::time::Duration = std::time::Duration::from_secs(30)
 
 /// One subscription's forwarding thread.
 struct Forward {
-    sequencer: Arc<Sequencer>,
+    sequencer: Backend,
     clock: Arc<Clock>,
     stopping: Arc<AtomicBool>,
     handle: tokio::runtime::Handle,
@@ -498,9 +675,45 @@ struct Forward {
 impl Forward {
     /// Forwards windows from `from` on until the subscription ends. An error ends it with a
     /// status for the subscriber; `Ok` ends it quietly.
-    fn run(&self, mut from: Epoch) -> Result<(), Status> {
-        let reader = self.sequencer.log_reader();
-        while self.sequencer.last_logged().0.0 >= from.0.saturating_add(CATCH_UP_GAP) {
+    fn run(&self, from: Epoch) -> Result<(), Status> {
+        match &self.sequencer {
+            Backend::Single(s) => self.run_single(s, from),
+            Backend::Group(g) => {
+                // Committed windows from any node of the group, then its logged ticks.
+                let mut deliveries = {
+                    let _runtime = self.handle.enter();
+                    g.subscribe(from, LIVE_BACKLOG)
+                };
+                while let Some(delivery) = self.handle.block_on(deliveries.recv()) {
+                    if self.stopping.load(Ordering::SeqCst) || !self.deliver(delivery) {
+                        return Ok(());
+                    }
+                }
+                Err(Status::unavailable("the sequencer stopped"))
+            }
+        }
+    }
+
+    /// Forwards one delivery; false once the subscriber has gone.
+    fn deliver(&self, delivery: Delivery) -> bool {
+        let slice = match delivery {
+            Delivery::Window(w) => self.slice(&w),
+            Delivery::Tick(ts) => v1::WindowSlice {
+                hlc: stamp(&self.clock),
+                epoch: 0,
+                window_ts: ts.as_u64(),
+                entries: Vec::new(),
+                tick: true,
+            },
+            // Windows come durable on this subscription.
+            Delivery::Durable(_) => return true,
+        };
+        self.send(Ok(slice))
+    }
+
+    fn run_single(&self, sequencer: &Sequencer, mut from: Epoch) -> Result<(), Status> {
+        let reader = sequencer.log_reader();
+        while sequencer.last_logged().0.0 >= from.0.saturating_add(CATCH_UP_GAP) {
             let windows = reader
                 .read(from, CATCH_UP_WINDOWS, CATCH_UP_BYTES)
                 .map_err(|e| Status::internal(format!("reading the log: {e}")))?;
@@ -514,23 +727,8 @@ impl Forward {
                 }
             }
         }
-        for delivery in self.sequencer.subscribe_bounded(from, LIVE_BACKLOG) {
-            if self.stopping.load(Ordering::SeqCst) {
-                return Ok(());
-            }
-            let slice = match delivery {
-                Delivery::Window(w) => self.slice(&w),
-                Delivery::Tick(ts) => v1::WindowSlice {
-                    hlc: stamp(&self.clock),
-                    epoch: 0,
-                    window_ts: ts.as_u64(),
-                    entries: Vec::new(),
-                    tick: true,
-                },
-                // Windows come durable on this subscription.
-                Delivery::Durable(_) => continue,
-            };
-            if !self.send(Ok(slice)) {
+        for delivery in sequencer.subscribe_bounded(from, LIVE_BACKLOG) {
+            if self.stopping.load(Ordering::SeqCst) || !self.deliver(delivery) {
                 return Ok(());
             }
         }

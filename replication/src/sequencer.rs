@@ -84,7 +84,7 @@ impl GroupSequencer {
     /// Submits `entry`; `on_receipt` gets its receipt once its window is committed, or why it
     /// was not logged.
     pub fn submit_then(&self, entry: Entry, on_receipt: OnReceipt) {
-        if let Err(leader) = self.leader_check() {
+        if let Err(leader) = self.leading() {
             return on_receipt(Err(SequencerError::NotLeader { leader }));
         }
         if let Err(e) = self.submissions.try_send((entry, on_receipt)) {
@@ -100,7 +100,7 @@ impl GroupSequencer {
     }
 
     /// `Ok` if this node believes it leads; else the leader's address, if known.
-    fn leader_check(&self) -> Result<(), Option<String>> {
+    pub fn leading(&self) -> Result<(), Option<String>> {
         let metrics = self.raft.metrics().borrow().clone();
         match metrics.current_leader {
             Some(leader) if leader == self.id => Ok(()),

@@ -19,6 +19,7 @@
 
 mod cluster;
 mod embedded;
+mod group;
 mod hardening;
 mod secure;
 
