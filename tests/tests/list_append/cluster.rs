@@ -103,22 +103,34 @@ pub(crate) async fn start_cluster_with(
         procedures: procedures.clone(),
         tls: client_tls,
     };
+    let nodes = start_shards(dirs.path(), listeners, shard_clocks, &cluster, node_tls).await;
+    LocalCluster { sequencer, shards: nodes, cluster, certs, _dirs: dirs }
+}
+
+/// Starts one shard server of `cluster` per listener, with its data under `dir`.
+pub(crate) async fn start_shards(
+    dir: &std::path::Path,
+    listeners: Vec<TcpListener>,
+    clocks: Vec<Arc<Clock>>,
+    cluster: &Cluster,
+    tls: Option<Tls>,
+) -> Vec<ShardNode> {
     let mut nodes = Vec::new();
-    for (s, (listener, clock)) in listeners.into_iter().zip(shard_clocks).enumerate() {
+    for (s, (listener, clock)) in listeners.into_iter().zip(clocks).enumerate() {
         let config = ShardConfig {
             shard: ShardId(s as u32),
-            map: map.clone(),
-            dir: Some(dirs.path().join(format!("shard-{s}"))),
+            map: cluster.map.clone(),
+            dir: Some(dir.join(format!("shard-{s}"))),
             sequencer: cluster.sequencer.clone(),
             peers: cluster.shards.clone(),
-            procedures: procedures.clone(),
+            procedures: cluster.procedures.clone(),
             limits: Limits::default(),
             retention: Duration::from_secs(60),
-            tls: node_tls.clone(),
+            tls: tls.clone(),
         };
         nodes.push(ShardNode::start(config, listener, clock).await.unwrap());
     }
-    LocalCluster { sequencer, shards: nodes, cluster, certs, _dirs: dirs }
+    nodes
 }
 
 /// The TLS material of `identity` (a certificate and its key) in a cluster with `certs`.

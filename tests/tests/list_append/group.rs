@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use client::Cluster;
-use node::{GroupSpec, Layout, SequencerNode, ShardConfig, ShardNode};
-use sequencer::{SealerConfig, ShardId};
-use storage::Limits;
+use node::{GroupSpec, Layout, SequencerNode, ShardNode};
+use sequencer::SealerConfig;
 use tokio::net::TcpListener;
 use txn::ShardMap;
 
-use crate::cluster::clock;
+use crate::cluster::{clock, start_shards};
 use crate::run_list_append;
 
 struct GroupCluster {
@@ -61,21 +60,8 @@ async fn start_group_cluster() -> GroupCluster {
         procedures: procedures.clone(),
         tls: None,
     };
-    let mut shards = Vec::new();
-    for (s, listener) in shard_listeners.into_iter().enumerate() {
-        let config = ShardConfig {
-            shard: ShardId(s as u32),
-            map: map.clone(),
-            dir: Some(dirs.path().join(format!("shard-{s}"))),
-            sequencer: cluster.sequencer.clone(),
-            peers: cluster.shards.clone(),
-            procedures: procedures.clone(),
-            limits: Limits::default(),
-            retention: Duration::from_secs(60),
-            tls: None,
-        };
-        shards.push(ShardNode::start(config, listener, clock()).await.unwrap());
-    }
+    let clocks = (0..3).map(|_| clock()).collect();
+    let shards = start_shards(dirs.path(), shard_listeners, clocks, &cluster, None).await;
     GroupCluster { sequencers, shards, cluster, _dirs: dirs }
 }
 
