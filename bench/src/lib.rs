@@ -108,6 +108,7 @@ impl ClusterTarget {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let map = map(shards);
         let spec = node::LocalSpec {
+            sequencers: 1,
             command: vec![exe.display().to_string(), "node".into()],
             dir,
             shards: map.len(),

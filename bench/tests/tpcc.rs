@@ -62,6 +62,7 @@ fn a_short_run_on_a_cluster_of_processes_passes_the_consistency_checks() {
     let dir = tempfile::tempdir().unwrap();
     // Two warehouses on two shard processes: remote lines and payments cross the network.
     let local = node::LocalProcesses::spawn(&node::LocalSpec {
+        sequencers: 1,
         command: vec![env!("CARGO_BIN_EXE_bench").into(), "node".into()],
         dir: dir.path().to_path_buf(),
         shards: 2,

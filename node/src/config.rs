@@ -10,11 +10,17 @@
 //! metrics_listen = "127.0.0.1:9101" # optional: Prometheus metrics at GET /metrics
 //!
 //! [cluster]                         # the same on every node
-//! sequencer = "127.0.0.1:7100"
+//! sequencer = "127.0.0.1:7100"      # or a sequencer group (raft): its members, in id order,
+//! # sequencers = ["127.0.0.1:7100", "127.0.0.1:7200", "127.0.0.1:7300"]
 //! shards = ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]
 //! split_keys = ["g", "p"]           # optional: shard i owns [split i-1, split i); the default
 //!                                   # splits the first key byte evenly
 //! # split_keys_hex = ["00000002"]   # or binary split keys, in hex
+//!
+//! [group]                           # a sequencer's place in a group (with `sequencers`)
+//! id = 1                            # its position in `sequencers`, from 1
+//! heartbeat_ms = 100                # optional: the leader's heartbeat
+//! election_timeout_ms = 500         # optional: a follower's wait before it stands (up to 2x)
 //!
 //! [window]                          # optional (sequencer role)
 //! interval_ms = 5
@@ -63,7 +69,16 @@ struct File {
     cluster: ClusterFile,
     #[serde(default)]
     window: WindowFile,
+    group: Option<GroupFile>,
     tls: Option<TlsFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupFile {
+    id: u64,
+    heartbeat_ms: Option<u64>,
+    election_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,7 +96,8 @@ fn default_max_offset_ms() -> u64 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClusterFile {
-    sequencer: String,
+    sequencer: Option<String>,
+    sequencers: Option<Vec<String>>,
     shards: Vec<String>,
     split_keys: Option<Vec<String>>,
     split_keys_hex: Option<Vec<String>>,
@@ -117,8 +133,11 @@ pub struct NodeConfig {
     pub max_offset: Duration,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
-    /// The sequencer's address.
+    /// The sequencer's address, or a sequencer group's members' (comma-separated, in id
+    /// order).
     pub sequencer: String,
+    /// This sequencer's place in its group (sequencer role, with `cluster.sequencers`).
+    pub group: Option<crate::GroupSpec>,
     /// The shards and their keys.
     pub layout: Layout,
     /// When windows are sealed (sequencer role).
@@ -153,16 +172,53 @@ impl NodeConfig {
         if cluster.shards.is_empty() {
             return Err("cluster.shards: a cluster needs at least one shard".into());
         }
-        for (i, addr) in std::iter::once(&cluster.sequencer).chain(&cluster.shards).enumerate() {
+        let sequencers: Vec<String> = match (&cluster.sequencer, &cluster.sequencers) {
+            (Some(one), None) => vec![one.clone()],
+            (None, Some(group)) if !group.is_empty() => group.clone(),
+            (None, Some(_)) => return Err("cluster.sequencers: a group needs members".into()),
+            _ => return Err("cluster: give sequencer (one node) or sequencers (a group)".into()),
+        };
+        let named = sequencers
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("cluster.sequencers[{i}]"), a))
+            .chain(
+                cluster.shards.iter().enumerate().map(|(i, a)| (format!("cluster.shards[{i}]"), a)),
+            );
+        for (what, addr) in named {
             if addr.parse::<SocketAddr>().is_err() && !addr.contains(':') {
-                let what = if i == 0 {
-                    "cluster.sequencer".to_string()
-                } else {
-                    format!("cluster.shards[{}]", i - 1)
-                };
                 return Err(format!("{what} = {addr:?}: expected host:port"));
             }
         }
+        let group = match (&file.group, file.role, cluster.sequencers.is_some()) {
+            (None, Role::Sequencer, true) => {
+                return Err(
+                    "group: a sequencer of a group must say which it is ([group] id)".into()
+                );
+            }
+            (Some(_), Role::Shard, _) | (Some(_), _, false) => {
+                return Err(
+                    "group: only a sequencer of a group (cluster.sequencers) has one".into()
+                );
+            }
+            (Some(g), Role::Sequencer, true) => {
+                if !(1..=sequencers.len() as u64).contains(&g.id) {
+                    return Err(format!(
+                        "group.id = {}: from 1 to {} (a position in cluster.sequencers)",
+                        g.id,
+                        sequencers.len()
+                    ));
+                }
+                let heartbeat = Duration::from_millis(g.heartbeat_ms.unwrap_or(100));
+                let election = Duration::from_millis(g.election_timeout_ms.unwrap_or(500));
+                if heartbeat.is_zero() || election < 3 * heartbeat {
+                    return Err("group: election_timeout_ms must be at least 3 heartbeats".into());
+                }
+                let members = (1..).zip(sequencers.iter().cloned()).collect();
+                Some(crate::GroupSpec { id: g.id, members, heartbeat, election_timeout: election })
+            }
+            (None, _, _) => None,
+        };
         let n = cluster.shards.len() as u32;
         let splits: Option<Vec<Vec<u8>>> = match (&cluster.split_keys, &cluster.split_keys_hex) {
             (Some(_), Some(_)) => {
@@ -250,7 +306,8 @@ impl NodeConfig {
             shard,
             max_offset: Duration::from_millis(file.max_offset_ms),
             metrics_listen,
-            sequencer: cluster.sequencer.clone(),
+            sequencer: sequencers.join(","),
+            group,
             layout: Layout { shards: cluster.shards.clone(), map },
             sealer,
         })
@@ -330,6 +387,30 @@ split_keys = ["g", "p"]
         let hex = GOOD.replace("split_keys = [\"g\", \"p\"]", "split_keys_hex = [\"67\", \"70\"]");
         let c = NodeConfig::parse(&hex).unwrap();
         assert_eq!(c.layout.map.splits(), &[b"g".to_vec(), b"p".to_vec()]);
+    }
+
+    #[test]
+    fn a_member_of_a_sequencer_group_knows_its_place_and_the_members() {
+        let group = GOOD
+            .replace("role = \"shard\"", "role = \"sequencer\"")
+            .replace("shard = 1\n", "")
+            .replace(
+                "sequencer = \"127.0.0.1:7100\"",
+                "sequencers = [\"127.0.0.1:7100\", \"127.0.0.1:7200\", \"127.0.0.1:7300\"]",
+            );
+        let c = NodeConfig::parse(&format!("{group}\n[group]\nid = 2\n")).unwrap();
+        let spec = c.group.unwrap();
+        assert_eq!(spec.id, 2);
+        assert_eq!(spec.members[&3], "127.0.0.1:7300");
+        assert_eq!(c.sequencer, "127.0.0.1:7100,127.0.0.1:7200,127.0.0.1:7300");
+        assert!(error(&group).contains("[group] id"), "a member must say which it is");
+        assert!(error(&format!("{group}\n[group]\nid = 4\n")).contains("from 1 to 3"));
+        let fast =
+            format!("{group}\n[group]\nid = 1\nheartbeat_ms = 100\nelection_timeout_ms = 200\n");
+        assert!(error(&fast).contains("3 heartbeats"));
+        assert!(error(&format!("{GOOD}\n[group]\nid = 1\n")).contains("only a sequencer"));
+        let both = GOOD.replace("[cluster]\n", "[cluster]\nsequencers = [\"127.0.0.1:7200\"]\n");
+        assert!(error(&both).contains("give sequencer (one node) or sequencers"));
     }
 
     /// Regression: `listen = "localhost:7221"` was refused as not an address.

@@ -4,6 +4,7 @@
 //! ```text
 //! sealdb start --config node.toml        run one node (see node::NodeConfig)
 //! sealdb dev --shards 3 [--secure]        a sequencer and 3 shard processes on 127.0.0.1
+//! sealdb dev --sequencers 3 --shards 3    the same with a sequencer group of 3 (raft)
 //! sealdb cert DIR [--name HOST]...        a development CA, node and client certificates
 //! sealdb put KEY VALUE --addr HOST:PORT   through the cluster whose sequencer is there
 //! sealdb get KEY --addr HOST:PORT
@@ -42,6 +43,9 @@ enum Cmd {
     },
     /// Starts a sequencer and N shard processes on 127.0.0.1, until Ctrl-C.
     Dev {
+        /// Sequencer processes: 1, or 3 for a group that survives losing one.
+        #[arg(long, default_value_t = 1)]
+        sequencers: u32,
         /// Shard processes.
         #[arg(long, default_value_t = 3)]
         shards: u32,
@@ -95,8 +99,8 @@ enum Cmd {
 fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
-    if let Cmd::Dev { shards, dir, port, secure } = &cli.command {
-        return exit(shell::dev(*shards, dir, *port, *secure));
+    if let Cmd::Dev { sequencers, shards, dir, port, secure } = &cli.command {
+        return exit(shell::dev(*sequencers, *shards, dir, *port, *secure));
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

@@ -60,15 +60,18 @@ pub async fn run(
     let clock = Arc::new(clock);
     match config.role {
         Role::Sequencer => {
-            let node = SequencerNode::start(
-                &config.data_dir.join("log"),
-                listener,
-                clock,
-                config.sealer,
-                config.layout,
-                config.tls,
-            )
-            .await?;
+            let dir = config.data_dir.join("log");
+            let node = match config.group {
+                None => {
+                    let (sealer, layout, tls) = (config.sealer, config.layout, config.tls);
+                    SequencerNode::start(&dir, listener, clock, sealer, layout, tls).await?
+                }
+                Some(group) => {
+                    let (sealer, layout, tls) = (config.sealer, config.layout, config.tls);
+                    SequencerNode::start_group(&dir, listener, clock, sealer, layout, tls, group)
+                        .await?
+                }
+            };
             println!("sequencer listening on {}", node.addr());
             metrics(config.metrics_listen, node.metrics_source()).await?;
             let failed = until_stopped_or_failed(shutdown, node.failed()).await;
@@ -156,9 +159,12 @@ pub struct LocalSpec {
     pub command: Vec<String>,
     /// Where configurations, data and logs go.
     pub dir: PathBuf,
+    /// Sequencer processes: 1, or a group of 3 (or any odd number) replicating the log.
+    pub sequencers: u32,
     /// Shard processes.
     pub shards: u32,
-    /// The sequencer's port, shards on the ports after it; `None` picks free ports.
+    /// The first sequencer's port, the other nodes on the ports after it; `None` picks free
+    /// ports.
     pub port: Option<u16>,
     /// The clocks' bound (commit-wait lasts about this long).
     pub max_offset_ms: u64,
@@ -172,11 +178,14 @@ pub struct LocalSpec {
     pub tls_dir: Option<PathBuf>,
 }
 
-/// A running local cluster: a sequencer process and shard processes on 127.0.0.1. Dropping it
-/// kills them; [`LocalProcesses::stop`] stops them cleanly.
+/// A running local cluster: sequencer processes (one, or a group) and shard processes on
+/// 127.0.0.1; node `i` is sequencer `i` below [`LocalProcesses::sequencers`], then the shards.
+/// Dropping it kills them; [`LocalProcesses::stop`] stops them cleanly.
 pub struct LocalProcesses {
-    /// The sequencer's address.
+    /// The sequencer's address, or a group's members' (comma-separated), as clients take it.
     pub sequencer: String,
+    /// How many sequencer processes come first among the nodes.
+    pub sequencers: usize,
     /// The shards' addresses.
     pub shards: Vec<String>,
     nodes: Vec<(PathBuf, Option<Child>)>,
@@ -200,26 +209,26 @@ impl LocalProcesses {
 
     /// Writes the nodes' configurations under `spec.dir` and starts them.
     pub fn spawn(spec: &LocalSpec) -> Result<LocalProcesses, NodeError> {
-        if spec.shards == 0 || spec.command.is_empty() {
+        if spec.shards == 0 || spec.sequencers == 0 || spec.command.is_empty() {
             return Err(NodeError::Config(
-                "a local cluster needs a command and at least one shard".into(),
+                "a local cluster needs a command, a sequencer and at least one shard".into(),
             ));
         }
         std::fs::create_dir_all(&spec.dir).map_err(|e| NodeError::at(&spec.dir, e))?;
         let dir = spec.dir.canonicalize().map_err(|e| NodeError::at(&spec.dir, e))?;
+        let count = spec.sequencers + spec.shards;
         let ports: Vec<u16> = match spec.port {
-            Some(p) if u32::from(p) + spec.shards <= 65535 => {
-                (0..=spec.shards).map(|i| p + i as u16).collect()
-            }
+            Some(p) if u32::from(p) + count <= 65536 => (0..count).map(|i| p + i as u16).collect(),
             Some(p) => {
-                let why = format!("{} shards from port {p}: out of range", spec.shards);
+                let why = format!("{count} nodes from port {p}: out of range");
                 return Err(NodeError::Config(why));
             }
-            None => (0..=spec.shards).map(|_| free_port()).collect::<Result<_, _>>()?,
+            None => (0..count).map(|_| free_port()).collect::<Result<_, _>>()?,
         };
         let addr = |p: &u16| format!("127.0.0.1:{p}");
-        let sequencer = addr(&ports[0]);
-        let shards: Vec<String> = ports[1..].iter().map(addr).collect();
+        let n = spec.sequencers as usize;
+        let sequencers: Vec<String> = ports[..n].iter().map(addr).collect();
+        let shards: Vec<String> = ports[n..].iter().map(addr).collect();
         let quoted = |items: Vec<String>| {
             items.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ")
         };
@@ -243,30 +252,47 @@ impl LocalProcesses {
                 )
             }
         };
+        let sequencer_line = match n {
+            1 => format!("sequencer = \"{}\"", sequencers[0]),
+            _ => format!("sequencers = [{}]", quoted(sequencers.clone())),
+        };
         let cluster = format!(
-            "[cluster]\nsequencer = \"{sequencer}\"\nshards = [{}]\n{splits}\n[window]\n\
+            "[cluster]\n{sequencer_line}\nshards = [{}]\n{splits}\n[window]\n\
              interval_ms = {}\n{tls}",
             quoted(shards.clone()),
             spec.window_ms
         );
         let mut nodes = Vec::new();
-        let roles = std::iter::once(("sequencer".to_string(), "sequencer", &sequencer, None))
+        let roles = sequencers
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let name =
+                    if n == 1 { "sequencer".to_string() } else { format!("sequencer-{}", i + 1) };
+                (name, "sequencer", a, None, (n > 1).then_some(i + 1))
+            })
             .chain(
-                shards.iter().enumerate().map(|(i, a)| (format!("shard-{i}"), "shard", a, Some(i))),
+                shards
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| (format!("shard-{i}"), "shard", a, Some(i), None)),
             );
-        for (name, role, listen, shard) in roles {
+        for (name, role, listen, shard, group) in roles {
             let shard = shard.map(|s| format!("shard = {s}\n")).unwrap_or_default();
+            let group = group.map(|id| format!("\n[group]\nid = {id}\n")).unwrap_or_default();
             let data = dir.join(&name).display().to_string();
             let text = format!(
                 "role = \"{role}\"\nlisten = \"{listen}\"\ndata_dir = {data:?}\n{shard}\
-                 max_offset_ms = {}\n\n{cluster}",
+                 max_offset_ms = {}\n\n{cluster}{group}",
                 spec.max_offset_ms
             );
             let config = dir.join(format!("{name}.toml"));
             std::fs::write(&config, text).map_err(|e| NodeError::at(&config, e))?;
             nodes.push((config, None));
         }
-        let mut local = LocalProcesses { sequencer, shards, nodes, command: spec.command.clone() };
+        let sequencer = sequencers.join(",");
+        let command = spec.command.clone();
+        let mut local = LocalProcesses { sequencer, sequencers: n, shards, nodes, command };
         for i in 0..local.nodes.len() {
             local.start(i)?;
         }

@@ -580,6 +580,12 @@ impl SequencerRpc for SequencerService {
         require_node(&request, self.secure)?;
         let r = request.into_inner();
         observe_request(&self.clock, r.hlc)?;
+        if let Backend::Group(g) = &self.sequencer
+            && let Err(leader) = g.leading()
+        {
+            // Only the leader seals; the caller follows it there.
+            return Err(status_of(SequencerError::NotLeader { leader }));
+        }
         let (last, _) = self.sequencer.last_logged();
         if r.after_epoch > last.0 {
             return Err(refuse(
@@ -587,12 +593,6 @@ impl SequencerRpc for SequencerService {
                 RefusalKind::Future,
                 format!("window {} is not logged yet (the last is {last})", r.after_epoch),
             ));
-        }
-        if let Backend::Group(g) = &self.sequencer
-            && let Err(leader) = g.leading()
-        {
-            // Only the leader seals; the caller follows it there.
-            return Err(status_of(SequencerError::NotLeader { leader }));
         }
         if r.after_epoch == last.0 {
             self.forced.request(self.sequencer.clone());

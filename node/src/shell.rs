@@ -131,7 +131,13 @@ fn clock() -> Arc<Clock> {
 }
 
 /// Runs a sequencer and `shards` shard processes on 127.0.0.1 until Ctrl-C.
-pub fn dev(shards: u32, dir: &Path, port: u16, secure: bool) -> Result<(), String> {
+pub fn dev(
+    sequencers: u32,
+    shards: u32,
+    dir: &Path,
+    port: u16,
+    secure: bool,
+) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let tls_dir = secure.then(|| dir.join("certs"));
     if let Some(certs) = &tls_dir
@@ -140,6 +146,7 @@ pub fn dev(shards: u32, dir: &Path, port: u16, secure: bool) -> Result<(), Strin
         make_certificates(&[]).and_then(|c| c.write(certs)).map_err(|e| e.to_string())?;
     }
     let spec = LocalSpec {
+        sequencers,
         command: vec![exe.display().to_string(), "start".into()],
         dir: dir.to_path_buf(),
         shards,
@@ -151,7 +158,8 @@ pub fn dev(shards: u32, dir: &Path, port: u16, secure: bool) -> Result<(), Strin
     };
     let local = LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;
     let sequencer = local.sequencer.clone();
-    println!("sealdb dev cluster: sequencer on {sequencer}, shards on {}", local.shards.join(", "));
+    let role = if sequencers > 1 { "sequencer group" } else { "sequencer" };
+    println!("sealdb dev cluster: {role} on {sequencer}, shards on {}", local.shards.join(", "));
     println!("configuration, data and logs in {}", dir.display());
     let certs = tls_dir.map(|d| format!(" --certs {}", d.display())).unwrap_or_default();
     println!("try:  sealdb put hello world --addr {sequencer}{certs}");

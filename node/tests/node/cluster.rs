@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use client::{Client, Tls, cluster_status};
-use clock::Clock;
+use client::{Client, RefusalKind, RemoteError, RemoteSequencer, Tls, cluster_status};
+use clock::{Clock, Epoch};
 use node::{LocalProcesses, LocalSpec, make_certificates};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tests::history::{Completion, Mop, Recorder, Workload, check};
-use txn::builtin::{ListOp, decode_list, decode_list_output, encode_list_ops, list_key};
+use txn::builtin::{ListOp, decode_list, decode_list_output, encode_list_ops, list_key, put_args};
 use txn::{ReadAt, TxnError};
 
 const SHARDS: usize = 3;
@@ -30,6 +30,7 @@ fn spec(
     tls_dir: Option<std::path::PathBuf>,
 ) -> LocalSpec {
     LocalSpec {
+        sequencers: 1,
         command,
         dir: dir.to_path_buf(),
         shards: SHARDS as u32,
@@ -86,56 +87,7 @@ async fn list_append_stays_strictly_serializable_through_sigkill_of_a_shard_and_
     let client = Client::connect_with(&sequencer, clock.clone(), registry, Some(tls.clone()));
     let client = Arc::new(client.await.unwrap());
 
-    let history = Arc::new(Recorder::new());
-    let next_value = Arc::new(AtomicU64::new(1));
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..CLIENTS)
-        .map(|process| {
-            let (client, history, next_value, stop) =
-                (client.clone(), history.clone(), next_value.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1000) + process);
-                let mut outcomes: HashMap<&'static str, u64> = HashMap::new();
-                while !stop.load(Ordering::SeqCst) {
-                    let ops: Vec<Mop> = (0..rng.random_range(1..5))
-                        .map(|_| {
-                            let k = rng.random_range(0..KEYS);
-                            match rng.random_bool(0.5) {
-                                true => Mop::Read(k, None),
-                                false => Mop::Append(k, next_value.fetch_add(1, Ordering::SeqCst)),
-                            }
-                        })
-                        .collect();
-                    history.invoke(process, &ops);
-                    let args = encode_list_ops(&to_list_ops(&ops));
-                    match client.call("list_append", &args).await {
-                        Ok(output) => {
-                            let mut reads = decode_list_output(&output).unwrap().into_iter();
-                            let done: Vec<Mop> = ops
-                                .iter()
-                                .map(|m| match m {
-                                    Mop::Read(k, _) => Mop::Read(*k, Some(reads.next().unwrap())),
-                                    other => other.clone(),
-                                })
-                                .collect();
-                            history.complete(process, Completion::Ok, &done);
-                            *outcomes.entry("ok").or_default() += 1;
-                        }
-                        Err(TxnError::OutcomeUnknown) => {
-                            // May or may not have committed: Jepsen's "info".
-                            history.complete(process, Completion::Info, &ops);
-                            *outcomes.entry("unknown").or_default() += 1;
-                            // An info operation ends its process in Jepsen's model.
-                            return outcomes;
-                        }
-                        Err(e) => panic!("seed {seed}: unexpected error {e}"),
-                    }
-                }
-                outcomes
-            })
-        })
-        .collect();
-
+    let workload = Clients::start(client.clone(), seed);
     let run = |d| tokio::time::sleep(Duration::from_millis(d));
     run(1500).await;
     let shard = 2;
@@ -154,45 +106,74 @@ async fn list_append_stays_strictly_serializable_through_sigkill_of_a_shard_and_
     let after = cluster_status(&sequencer, &clock, Some(&tls)).await.unwrap();
     assert!(after.sealed_epoch > before.sealed_epoch, "windows go on after the restart");
     assert!(after.sealed_ts > before.sealed_ts, "and their timestamps keep rising");
-    stop.store(true, Ordering::SeqCst);
-    let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
-    for w in workers {
-        for (k, n) in w.await.unwrap() {
-            *totals.entry(k).or_default() += n;
-        }
-    }
-    eprintln!("seed {seed}: {totals:?}");
-    assert!(
-        totals.get("ok").copied().unwrap_or(0) > 100,
-        "seed {seed}: too few commits: {totals:?}"
-    );
+    workload.finish(&client, seed, "cluster-faults").await;
+}
 
-    // Every acknowledged append is in its list, once; no value is anywhere twice.
-    let snapshot = client.snapshot(ReadAt::Latest);
-    let text = history.to_jsonl();
-    for k in 0..KEYS {
-        let stored = snapshot.get(&list_key(k)).await.unwrap();
-        let list = decode_list(stored.as_deref()).unwrap();
-        let mut seen = std::collections::HashSet::new();
-        for v in &list {
-            assert!(seen.insert(*v), "seed {seed}: value {v} twice in list {k}: applied twice");
-        }
-        for line in text.lines().filter(|l| l.contains("\"type\":\"ok\"")) {
-            let op: serde_json::Value = serde_json::from_str(line).unwrap();
-            for mop in op["value"].as_array().unwrap() {
-                if mop[0] == "append" && mop[1] == k {
-                    let v = mop[2].as_u64().unwrap();
-                    assert!(seen.contains(&v), "seed {seed}: acknowledged append {v} to {k} lost");
-                }
+/// The sequencer node of a group that leads it now: only the leader takes `RequestWindow`
+/// (followers answer `NOT_LEADER`). Its index among the nodes.
+async fn group_leader(nodes: &LocalProcesses, clock: &Arc<Clock>, tls: &Tls) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for (i, addr) in nodes.sequencer.split(',').enumerate() {
+            let Ok(remote) = RemoteSequencer::lazy(addr, clock.clone(), Some(tls)) else {
+                continue;
+            };
+            if remote
+                .request_window(Epoch(u64::MAX - 1))
+                .await
+                .is_err_and(|e| matches!(e, RemoteError::Refused { kind: RefusalKind::Future, .. }))
+            {
+                return i; // the leader looked at the epoch; a follower would say NOT_LEADER
             }
         }
+        assert!(Instant::now() < deadline, "no leader in 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let verdict = check(&text, Workload::ListAppend, "strict-serializable").unwrap();
-    if verdict.valid != Some(true) {
-        let path = std::env::temp_dir().join(format!("sealdb-cluster-faults-{seed}.jsonl"));
-        std::fs::write(&path, &text).unwrap();
-        panic!("seed {seed}: {verdict:?}; history written to {}", path.display());
+}
+
+/// Calls `kv.put` until one commits; how long that took.
+async fn time_to_commit(client: &Client, key: &[u8]) -> Duration {
+    let started = Instant::now();
+    while client.call("kv.put", &put_args(key, b"x")).await.is_err() {}
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_append_stays_strictly_serializable_through_sigkill_of_the_sequencer_group_leader() {
+    let seed: u64 = std::env::var("SEALDB_SEED").map_or(13, |s| s.parse().unwrap());
+    eprintln!("group fault test seed {seed} (rerun with SEALDB_SEED={seed})");
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    make_certificates(&[]).unwrap().write(&certs).unwrap();
+    let tls = Tls::load_dir(&certs, "client").unwrap();
+    let node_tls = Tls::load_dir(&certs, "node").unwrap();
+    let spec = LocalSpec { sequencers: 3, ..spec(dir.path(), sealdb_start(), Some(certs)) };
+    let mut nodes = LocalProcesses::spawn(&spec).unwrap();
+    let sequencer = nodes.sequencer.clone();
+    let clock = Arc::new(Clock::system(Duration::from_millis(1)));
+    for addr in sequencer.split(',') {
+        wait_ready(addr, &clock, Some(&tls)).await;
     }
+    let registry = txn::builtin::registry();
+    let client = Client::connect_with(&sequencer, clock.clone(), registry, Some(tls.clone()));
+    let client = Arc::new(client.await.unwrap());
+    let workload = Clients::start(client.clone(), seed);
+    let run = |d| tokio::time::sleep(Duration::from_millis(d));
+    let mut failovers = Vec::new();
+    for round in 0..2 {
+        run(1500).await;
+        let leader = group_leader(&nodes, &clock, &node_tls).await;
+        eprintln!("SIGKILL sequencer {} (the leader)", leader + 1);
+        nodes.kill(leader).unwrap();
+        let took = time_to_commit(&client, format!("failover-{round}").as_bytes()).await;
+        eprintln!("a commit again {} ms after the leader died", took.as_millis());
+        failovers.push(took);
+        run(500).await;
+        nodes.start(leader).unwrap();
+    }
+    run(1500).await;
+    workload.finish(&client, seed, "group-faults").await;
+    eprintln!("failover (kill to next commit): {failovers:?}");
 }
 
 /// Regression: a loaded shard often ignored SIGTERM (4 of 6 still running after 5-15 s), an
@@ -344,4 +325,120 @@ async fn a_python_client_written_from_the_proto_files_alone_uses_the_cluster() {
     assert!(out.status.success(), "the Python client failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("wire client: ok"), "{stdout}\n{stderr}");
     nodes.stop();
+}
+
+/// List-append clients running until stopped, recording a Jepsen history.
+struct Clients {
+    history: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<HashMap<&'static str, u64>>>,
+}
+
+impl Clients {
+    /// Starts `CLIENTS` clients of `client`.
+    fn start(client: Arc<Client>, seed: u64) -> Clients {
+        let history = Arc::new(Recorder::new());
+        let next_value = Arc::new(AtomicU64::new(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers: Vec<_> = (0..CLIENTS)
+            .map(|process| {
+                let (client, history, next_value, stop) =
+                    (client.clone(), history.clone(), next_value.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1000) + process);
+                    let mut outcomes: HashMap<&'static str, u64> = HashMap::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        let ops: Vec<Mop> = (0..rng.random_range(1..5))
+                            .map(|_| {
+                                let k = rng.random_range(0..KEYS);
+                                match rng.random_bool(0.5) {
+                                    true => Mop::Read(k, None),
+                                    false => {
+                                        Mop::Append(k, next_value.fetch_add(1, Ordering::SeqCst))
+                                    }
+                                }
+                            })
+                            .collect();
+                        history.invoke(process, &ops);
+                        let args = encode_list_ops(&to_list_ops(&ops));
+                        match client.call("list_append", &args).await {
+                            Ok(output) => {
+                                let mut reads = decode_list_output(&output).unwrap().into_iter();
+                                let done: Vec<Mop> = ops
+                                    .iter()
+                                    .map(|m| match m {
+                                        Mop::Read(k, _) => {
+                                            Mop::Read(*k, Some(reads.next().unwrap()))
+                                        }
+                                        other => other.clone(),
+                                    })
+                                    .collect();
+                                history.complete(process, Completion::Ok, &done);
+                                *outcomes.entry("ok").or_default() += 1;
+                            }
+                            Err(TxnError::OutcomeUnknown) => {
+                                // May or may not have committed: Jepsen's "info".
+                                history.complete(process, Completion::Info, &ops);
+                                *outcomes.entry("unknown").or_default() += 1;
+                                // An info operation ends its process in Jepsen's model.
+                                return outcomes;
+                            }
+                            Err(e) => panic!("seed {seed}: unexpected error {e}"),
+                        }
+                    }
+                    outcomes
+                })
+            })
+            .collect();
+
+        Clients { history, stop, workers }
+    }
+
+    /// Stops the clients and checks the history: every acknowledged append in its list once,
+    /// no value twice, and strictly serializable by `adya`.
+    async fn finish(self, client: &Client, seed: u64, name: &str) {
+        let Clients { history, stop, workers } = self;
+        stop.store(true, Ordering::SeqCst);
+        let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+        for w in workers {
+            for (k, n) in w.await.unwrap() {
+                *totals.entry(k).or_default() += n;
+            }
+        }
+        eprintln!("seed {seed}: {totals:?}");
+        assert!(
+            totals.get("ok").copied().unwrap_or(0) > 100,
+            "seed {seed}: too few commits: {totals:?}"
+        );
+
+        // Every acknowledged append is in its list, once; no value is anywhere twice.
+        let snapshot = client.snapshot(ReadAt::Latest);
+        let text = history.to_jsonl();
+        for k in 0..KEYS {
+            let stored = snapshot.get(&list_key(k)).await.unwrap();
+            let list = decode_list(stored.as_deref()).unwrap();
+            let mut seen = std::collections::HashSet::new();
+            for v in &list {
+                assert!(seen.insert(*v), "seed {seed}: value {v} twice in list {k}: applied twice");
+            }
+            for line in text.lines().filter(|l| l.contains("\"type\":\"ok\"")) {
+                let op: serde_json::Value = serde_json::from_str(line).unwrap();
+                for mop in op["value"].as_array().unwrap() {
+                    if mop[0] == "append" && mop[1] == k {
+                        let v = mop[2].as_u64().unwrap();
+                        assert!(
+                            seen.contains(&v),
+                            "seed {seed}: acknowledged append {v} to {k} lost"
+                        );
+                    }
+                }
+            }
+        }
+        let verdict = check(&text, Workload::ListAppend, "strict-serializable").unwrap();
+        if verdict.valid != Some(true) {
+            let path = std::env::temp_dir().join(format!("sealdb-{name}-{seed}.jsonl"));
+            std::fs::write(&path, &text).unwrap();
+            panic!("seed {seed}: {verdict:?}; history written to {}", path.display());
+        }
+    }
 }
