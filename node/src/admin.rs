@@ -85,8 +85,23 @@ impl Admin for AdminService {
                 Err(e) => unreachable.push(format!("shard {i} at {addr}: {}", e.message())),
             }
         }
+        let group = match &self.sequencer {
+            Backend::Single(_) => None,
+            Backend::Group(g) => {
+                let v = g.status();
+                Some(v1::GroupStatus {
+                    member: v.member,
+                    leader: v.leader.unwrap_or(0),
+                    leader_addr: v.leader_addr.unwrap_or_default(),
+                    term: v.term,
+                    last_log_index: v.last_log_index.unwrap_or(0),
+                    last_applied_index: v.last_applied_index.unwrap_or(0),
+                })
+            }
+        };
         Ok(Response::new(v1::ClusterStatusResponse {
             hlc: stamp(&self.clock),
+            group,
             sealed_epoch: epoch.0,
             sealed_ts: ts.as_u64(),
             shards,

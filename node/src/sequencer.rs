@@ -292,11 +292,47 @@ impl SequencerNode {
                 let g = g.clone();
                 return Arc::new(move || {
                     let (epoch, _) = g.last_logged();
-                    vec![Metric::gauge(
-                        "sealdb_sequencer_last_epoch",
-                        "The last window committed by the group.",
-                        epoch.0 as f64,
-                    )]
+                    let view = g.status();
+                    let stats = g.commit_stats();
+                    let get = |a: &std::sync::atomic::AtomicU64| {
+                        a.load(std::sync::atomic::Ordering::Relaxed) as f64
+                    };
+                    let lag = view
+                        .last_log_index
+                        .unwrap_or(0)
+                        .saturating_sub(view.last_applied_index.unwrap_or(0));
+                    vec![
+                        Metric::gauge(
+                            "sealdb_sequencer_last_epoch",
+                            "The last window committed by the group.",
+                            epoch.0 as f64,
+                        ),
+                        Metric::gauge(
+                            "sealdb_sequencer_group_term",
+                            "The raft term: it rises with every election (leader changes).",
+                            view.term as f64,
+                        ),
+                        Metric::gauge(
+                            "sealdb_sequencer_group_leader",
+                            "1 while this member leads the group, else 0.",
+                            f64::from(u8::from(view.leader == Some(view.member))),
+                        ),
+                        Metric::gauge(
+                            "sealdb_sequencer_group_apply_lag_entries",
+                            "Raft entries this member has logged but not applied yet.",
+                            lag as f64,
+                        ),
+                        Metric::counter(
+                            "sealdb_sequencer_group_commits_total",
+                            "Windows this member proposed, as leader, and saw committed.",
+                            get(&stats.committed),
+                        ),
+                        Metric::counter(
+                            "sealdb_sequencer_group_commit_seconds_total",
+                            "Their total time from proposal to raft commit.",
+                            get(&stats.micros) / 1e6,
+                        ),
+                    ]
                 });
             }
         };

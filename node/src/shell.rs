@@ -102,15 +102,32 @@ pub async fn scan(
     Ok(())
 }
 
-/// `sealdb status`.
+/// `sealdb status`: every member of a group (or the one sequencer), then the shards.
 pub async fn status(target: &Target) -> Result<(), String> {
     let tls = target.tls()?;
-    let addr = &target.addr;
-    let status = cluster_status(addr, &clock(), tls.as_ref())
-        .await
-        .map_err(|e| target.explain(e.to_string()))?;
-    let sealed = clock::Timestamp::from_u64(status.sealed_ts);
-    println!("sequencer {addr}: last window {} at {sealed}", status.sealed_epoch);
+    let mut last = Err("no sequencer address".to_string());
+    for addr in target.addr.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        match cluster_status(addr, &clock(), tls.as_ref()).await {
+            Ok(status) => {
+                let sealed = clock::Timestamp::from_u64(status.sealed_ts);
+                let what = match &status.group {
+                    None => "sequencer".to_string(),
+                    Some(g) if g.leader == g.member => format!("member {} (leader)", g.member),
+                    Some(g) => format!("member {} (follower of {})", g.member, g.leader),
+                };
+                println!("{what} {addr}: last window {} at {sealed}", status.sealed_epoch);
+                if let Some(g) = &status.group {
+                    println!(
+                        "  term {}, log index {}, applied {}",
+                        g.term, g.last_log_index, g.last_applied_index
+                    );
+                }
+                last = Ok(status);
+            }
+            Err(e) => println!("sequencer {addr}: {}", target.explain(e.to_string())),
+        }
+    }
+    let status = last?;
     for s in &status.shards {
         let safe = clock::Timestamp::from_u64(s.safe_ts);
         let lag = status.sealed_epoch.saturating_sub(s.applied_epoch);

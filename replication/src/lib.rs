@@ -43,7 +43,7 @@ mod transport;
 mod types;
 
 pub use crate::log_store::LogStore;
-pub use crate::sequencer::{GroupConfig, GroupSequencer};
+pub use crate::sequencer::{CommitStats, GroupConfig, GroupSequencer, GroupView};
 pub use crate::state_machine::{StateMachine, StateView};
 pub use crate::transport::{GrpcConn, GrpcNetwork, RaftService};
 pub use crate::types::{NodeId, Proposal, ProposedEntry, Raft, Receipt, Sealed, TypeConfig};

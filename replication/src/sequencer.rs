@@ -20,6 +20,7 @@
 //! - Subscriptions may be served by any node: they read committed windows only.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use clock::{Clock, Epoch, Timestamp};
@@ -55,9 +56,36 @@ impl Default for GroupConfig {
     }
 }
 
+/// A member's view of its group ([`GroupSequencer::status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupView {
+    /// The member answering.
+    pub member: NodeId,
+    /// The leader it knows.
+    pub leader: Option<NodeId>,
+    /// The leader's address.
+    pub leader_addr: Option<String>,
+    /// The raft term.
+    pub term: u64,
+    /// Its last log index.
+    pub last_log_index: Option<u64>,
+    /// The last index it applied.
+    pub last_applied_index: Option<u64>,
+}
+
+/// What a member's proposals took: how many committed, and the time from proposing to commit.
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    /// Windows this member proposed and saw committed.
+    pub committed: AtomicU64,
+    /// Their total time from proposal to commit, in microseconds.
+    pub micros: AtomicU64,
+}
+
 /// One node of the sequencer group.
 pub struct GroupSequencer {
     id: NodeId,
+    stats: Arc<CommitStats>,
     raft: Raft,
     view: StateView,
     submissions: mpsc::Sender<(Entry, OnReceipt)>,
@@ -76,9 +104,17 @@ impl GroupSequencer {
     ) -> GroupSequencer {
         let (submissions, queue) = mpsc::channel(config.queue.max(1));
         let want_window = Arc::new(Notify::new());
-        let sealer = Sealing { id, raft: raft.clone(), clock, config, want: want_window.clone() };
+        let stats = Arc::new(CommitStats::default());
+        let sealer = Sealing {
+            id,
+            raft: raft.clone(),
+            clock,
+            config,
+            want: want_window.clone(),
+            stats: stats.clone(),
+        };
         let sealing = tokio::spawn(sealer.run(queue));
-        GroupSequencer { id, raft, view, submissions, want_window, sealing }
+        GroupSequencer { id, stats, raft, view, submissions, want_window, sealing }
     }
 
     /// Submits `entry`; `on_receipt` gets its receipt once its window is committed, or why it
@@ -111,6 +147,28 @@ impl GroupSequencer {
                 .map(|n| n.addr.clone())),
             None => Err(None),
         }
+    }
+
+    /// This member's view of the group: itself, the leader it knows (id and address), the
+    /// term, its last log index and the last index it applied.
+    pub fn status(&self) -> GroupView {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader;
+        let leader_addr = leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+        GroupView {
+            member: self.id,
+            leader,
+            leader_addr,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied_index: m.last_applied.map(|l| l.index),
+        }
+    }
+
+    /// What this member's proposals took, while it led.
+    pub fn commit_stats(&self) -> &CommitStats {
+        &self.stats
     }
 
     /// Asks for a window even if nothing is submitted (entries were deferred to it).
@@ -170,6 +228,7 @@ struct Sealing {
     clock: Arc<Clock>,
     config: GroupConfig,
     want: Arc<Notify>,
+    stats: Arc<CommitStats>,
 }
 
 impl Sealing {
@@ -213,9 +272,13 @@ impl Sealing {
 
     async fn propose(&self, batch: Vec<(Entry, OnReceipt)>) {
         let entries: Vec<Entry> = batch.iter().map(|(e, _)| e.clone()).collect();
+        let started = std::time::Instant::now();
         let written = self.raft.client_write(Proposal::new(self.clock.now(), &entries)).await;
         match written {
             Ok(response) => {
+                self.stats.committed.fetch_add(1, Ordering::Relaxed);
+                let micros = started.elapsed().as_micros() as u64;
+                self.stats.micros.fetch_add(micros, Ordering::Relaxed);
                 for ((_, on_receipt), r) in batch.into_iter().zip(response.data.receipts) {
                     on_receipt(Ok(Receipt {
                         txn: TxnId { epoch: Epoch(r.epoch), index: r.index },

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use client::{Client, RefusalKind, RemoteError, RemoteSequencer, Tls, cluster_status};
-use clock::{Clock, Epoch};
+use client::{Client, Tls, cluster_status};
+use clock::Clock;
 use node::{LocalProcesses, LocalSpec, make_certificates};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -109,21 +109,17 @@ async fn list_append_stays_strictly_serializable_through_sigkill_of_a_shard_and_
     workload.finish(&client, seed, "cluster-faults").await;
 }
 
-/// The sequencer node of a group that leads it now: only the leader takes `RequestWindow`
-/// (followers answer `NOT_LEADER`). Its index among the nodes.
-async fn group_leader(nodes: &LocalProcesses, clock: &Arc<Clock>, tls: &Tls) -> usize {
+/// The member of the sequencer group that leads it now, as the members' status says (a
+/// member that answers and names itself leader), and its term. Its index among the nodes.
+async fn group_leader(nodes: &LocalProcesses, clock: &Arc<Clock>, tls: &Tls) -> (usize, u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         for (i, addr) in nodes.sequencer.split(',').enumerate() {
-            let Ok(remote) = RemoteSequencer::lazy(addr, clock.clone(), Some(tls)) else {
-                continue;
-            };
-            if remote
-                .request_window(Epoch(u64::MAX - 1))
-                .await
-                .is_err_and(|e| matches!(e, RemoteError::Refused { kind: RefusalKind::Future, .. }))
+            if let Ok(status) = cluster_status(addr, clock, Some(tls)).await
+                && let Some(g) = status.group
+                && g.leader == g.member
             {
-                return i; // the leader looked at the epoch; a follower would say NOT_LEADER
+                return (i, g.term);
             }
         }
         assert!(Instant::now() < deadline, "no leader in 30 s");
@@ -146,7 +142,6 @@ async fn list_append_stays_strictly_serializable_through_sigkill_of_the_sequence
     let certs = dir.path().join("certs");
     make_certificates(&[]).unwrap().write(&certs).unwrap();
     let tls = Tls::load_dir(&certs, "client").unwrap();
-    let node_tls = Tls::load_dir(&certs, "node").unwrap();
     let spec = LocalSpec { sequencers: 3, ..spec(dir.path(), sealdb_start(), Some(certs)) };
     let mut nodes = LocalProcesses::spawn(&spec).unwrap();
     let sequencer = nodes.sequencer.clone();
@@ -162,12 +157,14 @@ async fn list_append_stays_strictly_serializable_through_sigkill_of_the_sequence
     let mut failovers = Vec::new();
     for round in 0..2 {
         run(1500).await;
-        let leader = group_leader(&nodes, &clock, &node_tls).await;
-        eprintln!("SIGKILL sequencer {} (the leader)", leader + 1);
+        let (leader, term) = group_leader(&nodes, &clock, &tls).await;
+        eprintln!("SIGKILL sequencer {} (the leader in term {term})", leader + 1);
         nodes.kill(leader).unwrap();
         let took = time_to_commit(&client, format!("failover-{round}").as_bytes()).await;
         eprintln!("a commit again {} ms after the leader died", took.as_millis());
         failovers.push(took);
+        let (next, next_term) = group_leader(&nodes, &clock, &tls).await;
+        assert!(next != leader && next_term > term, "a new leader in a later term");
         run(500).await;
         nodes.start(leader).unwrap();
     }

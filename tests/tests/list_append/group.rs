@@ -12,7 +12,7 @@ use sequencer::SealerConfig;
 use tokio::net::TcpListener;
 use txn::ShardMap;
 
-use crate::cluster::{clock, start_shards};
+use crate::cluster::{clock, metric, scrape, start_shards};
 use crate::run_list_append;
 
 struct GroupCluster {
@@ -65,17 +65,15 @@ async fn start_group_cluster() -> GroupCluster {
     GroupCluster { sequencers, shards, cluster, _dirs: dirs }
 }
 
-/// Which node leads, by asking each for a window with a submission-free call: the admin
-/// status of a follower and a leader look alike, so this asks the nodes' raft state through
-/// the only public hint, `NOT_LEADER` answers to `RequestWindow`.
+/// Which member leads, as the members' status says.
 async fn leader(cluster: &GroupCluster) -> u64 {
     let clock = clock();
     for _ in 0..200 {
         for (id, node) in &cluster.sequencers {
             let addr = node.addr().to_string();
-            let remote = client::RemoteSequencer::lazy(&addr, clock.clone(), None).unwrap();
-            let (last, _) = node.last_logged();
-            if remote.request_window(last).await.is_ok() {
+            if let Ok(status) = client::cluster_status(&addr, &clock, None).await
+                && status.group.is_some_and(|g| g.leader == g.member)
+            {
                 return *id;
             }
         }
@@ -104,6 +102,19 @@ async fn list_append_through_a_sequencer_group_survives_its_leader_stopping() {
     let (last, _) = group.sequencers[&second].last_logged();
     assert!(at_stop.0 > 0, "the first leader logged windows before it stopped");
     assert!(last > at_stop, "the workload went on after the failover ({at_stop} then {last})");
+    // The members' metrics agree: one leader, in a term after the first, and the new leader
+    // counted its commits.
+    let (mut leaders, mut terms) = (0.0, Vec::new());
+    for (id, node) in &group.sequencers {
+        let text = scrape(node.metrics_source()).await;
+        leaders += metric(&text, "sealdb_sequencer_group_leader");
+        terms.push(metric(&text, "sealdb_sequencer_group_term"));
+        if *id == second {
+            assert!(metric(&text, "sealdb_sequencer_group_commits_total") > 0.0, "{text}");
+        }
+    }
+    assert_eq!(leaders, 1.0);
+    assert!(terms.iter().all(|t| *t >= 2.0), "an election happened: terms {terms:?}");
     for shard in group.shards {
         shard.shutdown().await;
     }
