@@ -39,6 +39,8 @@ pub enum ClusterTarget {
     Addr(String),
     /// Start one here first: `bench node` processes on 127.0.0.1, stopped afterwards.
     Local {
+        /// Sequencer processes: 1, or a group (3) replicating the log.
+        sequencers: u32,
         /// Shard processes.
         shards: u32,
         /// The nodes' `max_offset` (commit-wait lasts about this long).
@@ -50,10 +52,23 @@ pub enum ClusterTarget {
 
 impl ClusterTarget {
     /// Parses `--cluster`: `local:N` (1 to 64 shards) or a sequencer's address.
-    pub fn parse(flag: &str, max_offset_ms: u64, secure: bool) -> Result<ClusterTarget, String> {
-        match flag.strip_prefix("local:").map(str::parse::<u32>) {
+    /// `sequencers` (1, or an odd group size up to 7) is for `local:N` only.
+    pub fn parse(
+        flag: &str,
+        max_offset_ms: u64,
+        secure: bool,
+        sequencers: u32,
+    ) -> Result<ClusterTarget, String> {
+        let local = flag.strip_prefix("local:").map(str::parse::<u32>);
+        if !matches!(local, Some(Ok(_))) && sequencers != 1 {
+            return Err("--sequencers is for --cluster local:N".into());
+        }
+        if sequencers == 0 || sequencers > 7 || sequencers.is_multiple_of(2) {
+            return Err("--sequencers: 1, 3, 5 or 7".into());
+        }
+        match local {
             Some(Ok(shards)) if (1..=64).contains(&shards) => {
-                Ok(ClusterTarget::Local { shards, max_offset_ms, secure })
+                Ok(ClusterTarget::Local { sequencers, shards, max_offset_ms, secure })
             }
             Some(_) => Err("--cluster local:N needs N from 1 to 64".into()),
             None if secure => Err("--secure is for --cluster local:N".into()),
@@ -90,13 +105,13 @@ impl ClusterTarget {
         dir: std::path::PathBuf,
         map: impl FnOnce(u32) -> txn::ShardMap,
     ) -> Result<RunningCluster, String> {
-        let (shards, max_offset_ms, secure) = match self {
+        let (sequencers, shards, max_offset_ms, secure) = match self {
             ClusterTarget::Addr(addr) => {
                 let addr = addr.clone();
                 return Ok(RunningCluster { addr, max_offset_ms: None, tls: None, local: None });
             }
-            ClusterTarget::Local { shards, max_offset_ms, secure } => {
-                (*shards, *max_offset_ms, *secure)
+            ClusterTarget::Local { sequencers, shards, max_offset_ms, secure } => {
+                (*sequencers, *shards, *max_offset_ms, *secure)
             }
         };
         let tls_dir = secure.then(|| dir.join("certs"));
@@ -108,7 +123,7 @@ impl ClusterTarget {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let map = map(shards);
         let spec = node::LocalSpec {
-            sequencers: 1,
+            sequencers,
             command: vec![exe.display().to_string(), "node".into()],
             dir,
             shards: map.len(),

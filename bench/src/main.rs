@@ -46,6 +46,9 @@ struct ClusterArgs {
     /// With `--cluster local:N`: TLS with client certificates on every hop.
     #[arg(long)]
     secure: bool,
+    /// With `--cluster local:N`: sequencer processes; 3 runs the log on a raft group.
+    #[arg(long, default_value_t = 1)]
+    sequencers: u32,
 }
 
 impl ClusterArgs {
@@ -53,7 +56,9 @@ impl ClusterArgs {
     fn target(&self) -> Result<Option<bench::ClusterTarget>, String> {
         self.cluster
             .as_deref()
-            .map(|c| bench::ClusterTarget::parse(c, self.max_offset_ms, self.secure))
+            .map(|c| {
+                bench::ClusterTarget::parse(c, self.max_offset_ms, self.secure, self.sequencers)
+            })
             .transpose()
     }
 }

@@ -125,15 +125,8 @@ impl Client {
         procedures: Registry,
         tls: Option<Tls>,
     ) -> Result<Client, TxnError> {
-        // A sequencer group's nodes are listed comma-separated; any of them knows the layout.
-        let mut status = Err(TxnError::Unavailable(format!("no sequencer address in {addr:?}")));
-        for node in addr.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-            status = cluster_status(node, &clock, tls.as_ref()).await;
-            if status.is_ok() {
-                break;
-            }
-        }
-        let status = status?;
+        // Any member of a sequencer group knows the layout.
+        let status = cluster_status(addr, &clock, tls.as_ref()).await?;
         let map = ShardMap::new(status.splits)
             .map_err(|e| TxnError::Unavailable(format!("the sequencer at {addr} sent {e}")))?;
         let sequencer = addr.to_string();
@@ -342,8 +335,25 @@ impl Client {
     }
 }
 
-/// The status report of the cluster whose sequencer is at `addr`.
+/// The status report of the cluster whose sequencer is at `addr`; for a sequencer group
+/// (`addr` lists its members, comma-separated), the first member's that answers.
 pub async fn cluster_status(
+    addr: &str,
+    clock: &Clock,
+    tls: Option<&Tls>,
+) -> Result<v1::ClusterStatusResponse, TxnError> {
+    let mut last = Err(TxnError::Unavailable(format!("no sequencer address in {addr:?}")));
+    for member in addr.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        last = member_status(member, clock, tls).await;
+        if last.is_ok() {
+            break;
+        }
+    }
+    last
+}
+
+/// One sequencer node's status report.
+async fn member_status(
     addr: &str,
     clock: &Clock,
     tls: Option<&Tls>,
