@@ -14,9 +14,11 @@
 //!   answer against an in-memory model.
 //! - [`tpcc`]: the TPC-C-like benchmark (the main job): load, run a mix of the five
 //!   transactions, check the consistency conditions.
+//! - [`failover`]: a sequencer group's unavailability when its leader is killed.
 //!
 //! Not here: the engine itself; the harness only uses public APIs.
 
+pub mod failover;
 pub mod micro;
 pub mod mvcc;
 pub mod report;

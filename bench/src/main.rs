@@ -148,6 +148,28 @@ enum Workload {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// A sequencer group's failover: kill its leader again and again under load, and time
+    /// each until the next commit.
+    Failover {
+        /// Sequencer group size.
+        #[arg(long, default_value_t = 3)]
+        sequencers: u32,
+        /// Shard processes.
+        #[arg(long, default_value_t = 3)]
+        shards: u32,
+        /// Leader kills.
+        #[arg(long, default_value_t = 10)]
+        kills: u32,
+        /// Clients incrementing counters meanwhile.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Where the nodes keep their data (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Storage alone on RocksDB: apply windows, read back at timestamps, scan, GC, check.
     Mvcc {
         /// Windows to apply.
@@ -337,6 +359,41 @@ fn main() -> ExitCode {
             };
             match runtime.block_on(serve) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Workload::Failover { sequencers, shards, kills, clients, dir, json } => {
+            if sequencers < 3 || sequencers.is_multiple_of(2) || shards == 0 || kills == 0 {
+                return usage_error(
+                    "--sequencers: an odd number from 3; --shards, --kills: 1 or more",
+                );
+            }
+            let opts = bench::failover::FailoverOptions { sequencers, shards, kills, clients, dir };
+            println!(
+                "failover: {sequencers} sequencers, {shards} shards, {kills} leader kills, {clients} clients"
+            );
+            match bench::failover::run(&opts) {
+                Ok(r) => {
+                    let each: Vec<String> =
+                        r.failovers_ms.iter().map(|ms| format!("{ms:.0}")).collect();
+                    println!("failover_ms         {}", each.join(" "));
+                    println!("median_ms           {:>10.0}", r.median_ms);
+                    println!("max_ms              {:>10.0}", r.max_ms);
+                    println!(
+                        "committed           {:>10}  consistent: {}",
+                        r.committed, r.consistent
+                    );
+                    if let Some(path) = json
+                        && let Err(e) = bench::report::write_json(&path, &r)
+                    {
+                        eprintln!("error: writing {}: {e}", path.display());
+                        return ExitCode::FAILURE;
+                    }
+                    if r.consistent { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+                }
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::FAILURE

@@ -119,7 +119,7 @@ fn key(i: u64) -> Vec<u8> {
     i.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes().to_vec()
 }
 
-fn num(v: Option<Vec<u8>>) -> i64 {
+pub(crate) fn num(v: Option<Vec<u8>>) -> i64 {
     v.map_or(0, |v| i64::from_le_bytes(v.try_into().unwrap_or_default()))
 }
 
@@ -127,7 +127,7 @@ fn indexes(args: &[u8]) -> Vec<u64> {
     args.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
 }
 
-fn args(ix: &[u64]) -> Vec<u8> {
+pub(crate) fn args(ix: &[u64]) -> Vec<u8> {
     ix.iter().flat_map(|i| i.to_le_bytes()).collect()
 }
 

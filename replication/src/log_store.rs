@@ -88,7 +88,9 @@ impl LogStore {
         // Cut off a torn tail: it was never reported flushed.
         file.set_len(good)?;
         let vote = read_small(&dir.join("vote"))?;
-        let committed = read_small(&dir.join("committed"))?;
+        // Only a hint (committed entries are applied again once the leader says so): a file
+        // that does not read is no committed id, not a reason to stay down.
+        let committed = read_small(&dir.join("committed")).unwrap_or(None);
         Ok(LogStore {
             dir,
             file: BufWriter::new(file),
@@ -260,11 +262,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        // Not fsynced: it only lets a restart apply committed entries before it hears from
-        // the leader; losing it loses nothing.
-        let bytes =
-            postcard::to_stdvec(&committed).map_err(|e| io_error(corrupt(e.to_string())))?;
-        std::fs::write(self.dir.join("committed"), bytes).map_err(io_error)?;
+        // Replaced whole (a crash must not leave half of it), but not fsynced: it only lets a
+        // restart apply committed entries before it hears from the leader; losing it loses
+        // nothing. Stored as the log id itself, as `open` reads it.
+        let path = self.dir.join("committed");
+        match committed {
+            Some(id) => {
+                let bytes =
+                    postcard::to_stdvec(&id).map_err(|e| io_error(corrupt(e.to_string())))?;
+                let tmp = self.dir.join("committed.tmp");
+                std::fs::write(&tmp, bytes).map_err(io_error)?;
+                std::fs::rename(&tmp, &path).map_err(io_error)?;
+            }
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_error(e)),
+                _ => {}
+            },
+        }
         self.committed = committed;
         Ok(())
     }

@@ -96,3 +96,25 @@ async fn a_bad_record_before_good_ones_is_corruption_and_opening_fails() {
     std::fs::write(&path, bytes).unwrap();
     assert!(LogStore::open(dir.path()).is_err());
 }
+
+/// Regression: `committed` was written in place, so SIGKILL in the middle left half of it, and
+/// the member could not start again ("Hit the end of buffer") — with one member down for good,
+/// the next leader kill left the group without a quorum. It is only a hint: a file that does
+/// not read is no committed id.
+#[tokio::test]
+async fn a_torn_committed_hint_does_not_keep_a_member_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = LogStore::open(dir.path()).unwrap();
+    append(&mut store, (1..=2).map(|i| entry(1, i)).collect()).await;
+    let committed = Some(LogId::new(CommittedLeaderId::new(1, 1), 2));
+    store.save_committed(committed).await.unwrap();
+    drop(store);
+    assert!(!dir.path().join("committed.tmp").exists(), "replaced whole, through a rename");
+    let mut store = LogStore::open(dir.path()).unwrap();
+    assert_eq!(store.read_committed().await.unwrap(), committed);
+    drop(store);
+    std::fs::write(dir.path().join("committed"), [1u8]).unwrap(); // half of a log id
+    let mut store = LogStore::open(dir.path()).unwrap();
+    assert_eq!(store.read_committed().await.unwrap(), None);
+    assert_eq!(indexes(&mut store).await, [1, 2]);
+}
