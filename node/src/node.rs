@@ -339,6 +339,22 @@ impl LocalProcesses {
         Ok(())
     }
 
+    /// Sends node `i` `signal` (`STOP` pauses it, `CONT` resumes it): a node that stalls
+    /// without dying, as under a long GC pause or a frozen VM.
+    pub fn signal(&self, i: usize, signal: &str) -> Result<(), NodeError> {
+        let child = self.nodes[i].1.as_ref().ok_or_else(|| self.not_running(i))?;
+        let sent =
+            Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status();
+        match sent {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => Err(NodeError::Process {
+                name: format!("node {i}"),
+                why: format!("kill -{signal}: {status}"),
+            }),
+            Err(e) => Err(NodeError::io(format!("kill -{signal} node {i}"), e)),
+        }
+    }
+
     /// Stops node `i` with SIGTERM and waits for it, for at most `patience`: its exit status,
     /// or an error if it is still running then (it is killed).
     pub fn terminate(
