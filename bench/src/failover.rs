@@ -47,15 +47,11 @@ pub struct FailoverReport {
 }
 
 /// The member that leads (its index), from the members' status.
-async fn leader(addrs: &[String], clock: &Clock) -> Result<usize, String> {
+async fn leader(addrs: &str, clock: &Clock) -> Result<usize, String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        for (i, addr) in addrs.iter().enumerate() {
-            if let Ok(status) = client::cluster_status(addr, clock, None).await
-                && status.group.is_some_and(|g| g.leader == g.member)
-            {
-                return Ok(i);
-            }
+        if let Some((i, _)) = client::group_leader(addrs, clock, None).await {
+            return Ok(i);
         }
         if Instant::now() > deadline {
             return Err("no leader in 30 s".into());
@@ -81,7 +77,7 @@ pub fn run(opts: &FailoverOptions) -> Result<FailoverReport, String> {
         tls_dir: None,
     };
     let mut local = node::LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;
-    let addrs: Vec<String> = local.sequencer.split(',').map(String::from).collect();
+    let addrs = local.sequencer.clone();
     eprintln!("  sequencer group {}, shards {}", local.sequencer, local.shards.join(", "));
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let report = runtime.block_on(async {

@@ -352,6 +352,30 @@ pub async fn cluster_status(
     last
 }
 
+/// Which member of the sequencer group `addrs` (comma-separated) leads it now, asking each
+/// once: its position in the list and its view of the group. `None` if no member that answers
+/// (each within `MEMBER_PATIENCE`: a paused one accepts connections and answers nothing)
+/// names itself leader.
+pub async fn group_leader(
+    addrs: &str,
+    clock: &Clock,
+    tls: Option<&Tls>,
+) -> Option<(usize, v1::GroupStatus)> {
+    for (i, addr) in addrs.split(',').map(str::trim).enumerate() {
+        let asked = tokio::time::timeout(MEMBER_PATIENCE, member_status(addr, clock, tls));
+        if let Ok(Ok(status)) = asked.await
+            && let Some(g) = status.group
+            && g.leader == g.member
+        {
+            return Some((i, g));
+        }
+    }
+    None
+}
+
+/// How long [`group_leader`] waits for one member's status.
+const MEMBER_PATIENCE: Duration = Duration::from_millis(300);
+
 /// One sequencer node's status report.
 async fn member_status(
     addr: &str,

@@ -13,7 +13,9 @@ mod sequencer;
 mod tls;
 pub mod wire;
 
-pub use crate::client::{Client, Cluster, RemoteSnapshot, RemoteTransaction, cluster_status};
+pub use crate::client::{
+    Client, Cluster, RemoteSnapshot, RemoteTransaction, cluster_status, group_leader,
+};
 pub use crate::sequencer::{RemoteSequencer, SliceDelivery};
 pub use crate::tls::{CLIENT_NAME, NODE_NAME, Tls, require_node};
 pub use crate::wire::{

@@ -137,15 +137,10 @@ impl GroupSequencer {
 
     /// `Ok` if this node believes it leads; else the leader's address, if known.
     pub fn leading(&self) -> Result<(), Option<String>> {
-        let metrics = self.raft.metrics().borrow().clone();
-        match metrics.current_leader {
-            Some(leader) if leader == self.id => Ok(()),
-            Some(leader) => Err(metrics
-                .membership_config
-                .membership()
-                .get_node(&leader)
-                .map(|n| n.addr.clone())),
-            None => Err(None),
+        let view = self.status();
+        match view.leader == Some(self.id) {
+            true => Ok(()),
+            false => Err(view.leader_addr),
         }
     }
 

@@ -146,7 +146,8 @@ pub enum Event {
         why: String,
     },
     /// The shard stops: a window in progress is dropped unwritten (it is applied again after
-    /// a restart).
+    /// a restart). The step takes nothing after it: a restart opens a new one from storage,
+    /// which also holds the entries deferred to that window.
     Stop,
 }
 

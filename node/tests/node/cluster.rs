@@ -118,16 +118,8 @@ async fn group_leader(
 ) -> (usize, u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        for (i, addr) in nodes.sequencer.split(',').enumerate() {
-            // A paused member accepts connections and answers nothing: do not wait for it.
-            let asked =
-                tokio::time::timeout(Duration::from_millis(300), cluster_status(addr, clock, tls));
-            if let Ok(Ok(status)) = asked.await
-                && let Some(g) = status.group
-                && g.leader == g.member
-            {
-                return (i, g.term);
-            }
+        if let Some((i, g)) = client::group_leader(&nodes.sequencer, clock, tls).await {
+            return (i, g.term);
         }
         assert!(Instant::now() < deadline, "no leader in 30 s");
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -68,14 +68,11 @@ async fn start_group_cluster() -> GroupCluster {
 /// Which member leads, as the members' status says.
 async fn leader(cluster: &GroupCluster) -> u64 {
     let clock = clock();
+    let ids: Vec<u64> = cluster.sequencers.keys().copied().collect();
+    let addrs: Vec<String> = cluster.sequencers.values().map(|n| n.addr().to_string()).collect();
     for _ in 0..200 {
-        for (id, node) in &cluster.sequencers {
-            let addr = node.addr().to_string();
-            if let Ok(status) = client::cluster_status(&addr, &clock, None).await
-                && status.group.is_some_and(|g| g.leader == g.member)
-            {
-                return *id;
-            }
+        if let Some((i, _)) = client::group_leader(&addrs.join(","), &clock, None).await {
+            return ids[i];
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
