@@ -70,6 +70,7 @@ pub fn run(opts: &FailoverOptions) -> Result<FailoverReport, String> {
         command: vec![exe.display().to_string(), "node".into()],
         dir,
         shards: opts.shards,
+        replicas: 1,
         port: None,
         max_offset_ms: 1,
         window_ms: 2,

@@ -43,8 +43,10 @@ pub enum ClusterTarget {
     Local {
         /// Sequencer processes: 1, or a group (3) replicating the log.
         sequencers: u32,
-        /// Shard processes.
+        /// Shards.
         shards: u32,
+        /// Replicas (processes) of each shard.
+        replicas: u32,
         /// The nodes' `max_offset` (commit-wait lasts about this long).
         max_offset_ms: u64,
         /// TLS with client certificates on every hop (certificates made for the run).
@@ -54,23 +56,28 @@ pub enum ClusterTarget {
 
 impl ClusterTarget {
     /// Parses `--cluster`: `local:N` (1 to 64 shards) or a sequencer's address.
-    /// `sequencers` (1, or an odd group size up to 7) is for `local:N` only.
+    /// `sequencers` (1, or an odd group size up to 7) and `replicas` (of each shard, 1 to 5)
+    /// are for `local:N` only.
     pub fn parse(
         flag: &str,
         max_offset_ms: u64,
         secure: bool,
         sequencers: u32,
+        replicas: u32,
     ) -> Result<ClusterTarget, String> {
         let local = flag.strip_prefix("local:").map(str::parse::<u32>);
-        if !matches!(local, Some(Ok(_))) && sequencers != 1 {
-            return Err("--sequencers is for --cluster local:N".into());
+        if !matches!(local, Some(Ok(_))) && (sequencers != 1 || replicas != 1) {
+            return Err("--sequencers and --replicas are for --cluster local:N".into());
+        }
+        if !(1..=5).contains(&replicas) {
+            return Err("--replicas: 1 to 5".into());
         }
         if sequencers == 0 || sequencers > 7 || sequencers.is_multiple_of(2) {
             return Err("--sequencers: 1, 3, 5 or 7".into());
         }
         match local {
             Some(Ok(shards)) if (1..=64).contains(&shards) => {
-                Ok(ClusterTarget::Local { sequencers, shards, max_offset_ms, secure })
+                Ok(ClusterTarget::Local { sequencers, shards, replicas, max_offset_ms, secure })
             }
             Some(_) => Err("--cluster local:N needs N from 1 to 64".into()),
             None if secure => Err("--secure is for --cluster local:N".into()),
@@ -107,13 +114,13 @@ impl ClusterTarget {
         dir: std::path::PathBuf,
         map: impl FnOnce(u32) -> txn::ShardMap,
     ) -> Result<RunningCluster, String> {
-        let (sequencers, shards, max_offset_ms, secure) = match self {
+        let (sequencers, shards, replicas, max_offset_ms, secure) = match self {
             ClusterTarget::Addr(addr) => {
                 let addr = addr.clone();
                 return Ok(RunningCluster { addr, max_offset_ms: None, tls: None, local: None });
             }
-            ClusterTarget::Local { sequencers, shards, max_offset_ms, secure } => {
-                (*sequencers, *shards, *max_offset_ms, *secure)
+            ClusterTarget::Local { sequencers, shards, replicas, max_offset_ms, secure } => {
+                (*sequencers, *shards, *replicas, *max_offset_ms, *secure)
             }
         };
         let tls_dir = secure.then(|| dir.join("certs"));
@@ -129,6 +136,7 @@ impl ClusterTarget {
             command: vec![exe.display().to_string(), "node".into()],
             dir,
             shards: map.len(),
+            replicas,
             port: None,
             max_offset_ms,
             window_ms: 2,

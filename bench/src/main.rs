@@ -49,6 +49,9 @@ struct ClusterArgs {
     /// With `--cluster local:N`: sequencer processes; 3 runs the log on a raft group.
     #[arg(long, default_value_t = 1)]
     sequencers: u32,
+    /// With `--cluster local:N`: processes per shard, each applying the log on its own.
+    #[arg(long, default_value_t = 1)]
+    replicas: u32,
 }
 
 impl ClusterArgs {
@@ -57,7 +60,8 @@ impl ClusterArgs {
         self.cluster
             .as_deref()
             .map(|c| {
-                bench::ClusterTarget::parse(c, self.max_offset_ms, self.secure, self.sequencers)
+                let (seq, replicas) = (self.sequencers, self.replicas);
+                bench::ClusterTarget::parse(c, self.max_offset_ms, self.secure, seq, replicas)
             })
             .transpose()
     }

@@ -60,12 +60,14 @@ fn a_short_standard_run_passes_the_consistency_checks() {
 #[test]
 fn a_short_run_on_a_cluster_of_processes_passes_the_consistency_checks() {
     let dir = tempfile::tempdir().unwrap();
-    // Two warehouses on two shard processes: remote lines and payments cross the network.
+    // Two warehouses on two shards of two replicas each: remote lines and payments cross the
+    // network, and each shard's calls go to either replica.
     let local = node::LocalProcesses::spawn(&node::LocalSpec {
         sequencers: 1,
         command: vec![env!("CARGO_BIN_EXE_bench").into(), "node".into()],
         dir: dir.path().to_path_buf(),
         shards: 2,
+        replicas: 2,
         port: None,
         max_offset_ms: 1,
         window_ms: 2,
@@ -75,6 +77,15 @@ fn a_short_run_on_a_cluster_of_processes_passes_the_consistency_checks() {
     .unwrap();
     let target = bench::ClusterTarget::Addr(local.sequencer.clone());
     let report = bench::tpcc::cluster::run_cluster(&options(2, 4, 5), &target).unwrap();
+    // Each shard's two replicas applied the same windows and wrote the same.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let clock = clock::Clock::system(std::time::Duration::from_millis(1));
+    let patience = std::time::Duration::from_secs(20);
+    let agreed = runtime
+        .block_on(client::replicas_converged(&local.sequencer, &clock, None, patience))
+        .unwrap();
+    assert_eq!(agreed.len(), 2, "{agreed:?}");
+    assert!(agreed.iter().all(|(_, window, _)| *window > 0), "{agreed:?}");
     local.stop();
     assert_eq!(report.backend, "sealdb-cluster");
     assert!(report.consistency, "{:?}", report.consistency_failures);

@@ -10,8 +10,15 @@
 //!   again under the same client id (the log deduplicates it) until the sequencer answers or
 //!   it gives up, and then returns [`TxnError::OutcomeUnknown`].
 //! - After the sequencer answered, the entry is logged and will be decided. The client asks
-//!   the shard again until it answers; a shard that restarted since does not know outcomes of
-//!   windows it applied before, and the call returns [`TxnError::OutcomeUnknown`].
+//!   the shard (any of its replicas) again until it answers. Shards keep outcomes by client
+//!   id for the retention period, across restarts; past it, the call returns
+//!   [`TxnError::OutcomeUnknown`].
+//!
+//! A caller that gave up can ask later: [`Client::call_as`] runs a call under an id of its
+//! choosing ([`Client::new_id`]), and [`Client::outcome`] finds what became of it.
+//!
+//! Each shard's calls go to one of its replicas and move to the next when it fails or is
+//! silent ([`Replicas`]).
 
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
@@ -25,10 +32,7 @@ use ::sequencer::{ClientId, Entry, ShardId, TxnId};
 use clock::{Clock, Timestamp};
 use proto::v1;
 use proto::v1::admin_client::AdminClient;
-use proto::v1::shard_client::ShardClient;
 use storage::KeyRange;
-use tonic::Code;
-use tonic::transport::Channel;
 
 use txn::{
     Buffer, Outcome, ReadAt, Registry, Request, Rows, ShardMap, Store, StoreSnapshot,
@@ -36,6 +40,7 @@ use txn::{
     range_to_proto, rows_needed,
 };
 
+use crate::replicas::{ATTEMPT, Replicas};
 use crate::sequencer::RemoteSequencer;
 use crate::sized;
 use crate::tls::Tls;
@@ -43,8 +48,9 @@ use crate::wire::{
     RefusalKind, RemoteError, endpoint, observe_response, outcome_from_proto, paged, stamp,
 };
 
-/// How long a call keeps trying to reach a node before giving up.
-const PATIENCE: Duration = Duration::from_secs(10);
+/// How long a call keeps trying to reach a node before giving up, unless the client is told
+/// otherwise ([`Client::with_patience`]).
+pub const PATIENCE: Duration = Duration::from_secs(10);
 const RETRY: Duration = Duration::from_millis(20);
 
 /// Where a cluster's nodes are, and what it runs: the same on every node and client.
@@ -52,7 +58,7 @@ const RETRY: Duration = Duration::from_millis(20);
 pub struct Cluster {
     /// The sequencer's address (`host:port`), or a sequencer group's, comma-separated.
     pub sequencer: String,
-    /// Every shard's address, by shard id.
+    /// Every shard's replica addresses, by shard id: one string per shard, comma-separated.
     pub shards: Vec<String>,
     /// Which shard owns which keys.
     pub map: ShardMap,
@@ -65,12 +71,13 @@ pub struct Cluster {
 /// A connection to a sealdb cluster.
 pub struct Client {
     sequencer: RemoteSequencer,
-    shards: Vec<ShardClient<Channel>>,
+    shards: Replicas,
     map: ShardMap,
     procedures: Registry,
     clock: Arc<Clock>,
     salt: u64,
     next: AtomicU64,
+    patience: Duration,
 }
 
 impl Client {
@@ -88,17 +95,11 @@ impl Client {
         let tls = cluster.tls.as_ref();
         let sequencer = RemoteSequencer::lazy(&cluster.sequencer, clock.clone(), tls)
             .map_err(|e| TxnError::Unavailable(e.to_string()))?;
-        let shards = cluster
-            .shards
-            .iter()
-            .map(|addr| {
-                endpoint(addr, tls)
-                    .map(|e| sized!(ShardClient::new(e.connect_lazy())))
-                    .map_err(|e| TxnError::Unavailable(format!("shard: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
         // Client ids must not repeat across clients: a random salt per client.
         let salt = RandomState::new().hash_one((std::process::id(), clock.now().as_u64()));
+        // Clients start on different replicas, spreading the reads.
+        let shards = Replicas::new(&cluster.shards, tls, salt as usize)
+            .map_err(|e| TxnError::Unavailable(format!("shard: {e}")))?;
         Ok(Client {
             sequencer,
             shards,
@@ -107,7 +108,17 @@ impl Client {
             clock,
             salt,
             next: AtomicU64::new(0),
+            patience: PATIENCE,
         })
+    }
+
+    /// How long each of its calls keeps trying to reach the cluster (resubmitting to the
+    /// sequencer, going round a shard's replicas) before it gives up: [`PATIENCE`] unless set
+    /// here. A call that gives up after its entry may have been logged returns
+    /// [`TxnError::OutcomeUnknown`]; a read returns [`TxnError::Unavailable`].
+    pub fn with_patience(mut self, patience: Duration) -> Client {
+        self.patience = patience;
+        self
     }
 
     /// Connects to the cluster whose sequencer is at `addr`: asks it for the cluster's layout
@@ -146,15 +157,62 @@ impl Client {
         Outcome::into_output(self.run(&request).await?)
     }
 
+    /// [`Client::call`] under client id `id` (from [`Client::new_id`]): a caller that gets
+    /// [`TxnError::OutcomeUnknown`], or loses track of the call, can ask for its outcome with
+    /// [`Client::outcome`], or call again under the same id (the log runs it at most once).
+    pub async fn call_as(
+        &self,
+        id: ClientId,
+        name: &str,
+        args: &[u8],
+    ) -> Result<Vec<u8>, TxnError> {
+        let request = procedure_request(&self.procedures, name, args)?;
+        Outcome::into_output(self.run_as(id, &request).await?)
+    }
+
+    /// A client id no other call of any client uses: a random salt per client, and a counter.
+    pub fn new_id(&self) -> ClientId {
+        ClientId(
+            (u128::from(self.salt) << 64) | u128::from(self.next.fetch_add(1, Ordering::Relaxed)),
+        )
+    }
+
+    /// What became of the transaction submitted under `id`: its outcome, if a shard decided
+    /// it within the retention period (60 s by default); `None` if no shard has (it was not
+    /// logged, is not decided yet, or is older). Asks every shard (any replica of each),
+    /// since only the transaction's lowest participant keeps its outcome.
+    pub async fn outcome(&self, id: ClientId) -> Result<Option<Outcome>, TxnError> {
+        for shard in (0..self.shards.shards() as u32).map(ShardId) {
+            let found = self
+                .shards
+                .call(shard, &self.clock, tokio::time::sleep(self.patience), |mut c, hlc| {
+                    let request =
+                        v1::OutcomeRequest { hlc, client_id: id.0.to_le_bytes().to_vec() };
+                    async move {
+                        let r = c.outcome(with_deadline(request)).await?.into_inner();
+                        Ok((r.outcome, r.hlc))
+                    }
+                })
+                .await
+                .map_err(read_error)?;
+            if let Some(o) = found {
+                return outcome_from_proto(o).map(Some).map_err(read_error);
+            }
+        }
+        Ok(None)
+    }
+
     /// Logs `request` and waits for its outcome (past commit-wait if committed).
     async fn run(&self, request: &Request) -> Result<Outcome, TxnError> {
+        self.run_as(self.new_id(), request).await
+    }
+
+    /// [`Client::run`] under client id `id`.
+    async fn run_as(&self, id: ClientId, request: &Request) -> Result<Outcome, TxnError> {
         let participants = participants(&self.map, request)?;
-        let id = ClientId(
-            (u128::from(self.salt) << 64) | u128::from(self.next.fetch_add(1, Ordering::Relaxed)),
-        );
         let entry = Entry::new(id, participants.clone(), request.encode().into());
         let txn = self.submit(&entry).await?;
-        self.outcome(participants[0], txn).await
+        self.await_outcome(participants[0], txn, id).await
     }
 
     /// Starts an optimistic transaction reading at the current time (its first read waits
@@ -165,7 +223,7 @@ impl Client {
 
     /// Logs `entry`, resubmitting it after failures that leave its fate unknown.
     async fn submit(&self, entry: &Entry) -> Result<TxnId, TxnError> {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let deadline = tokio::time::Instant::now() + self.patience;
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -195,33 +253,33 @@ impl Client {
         }
     }
 
-    /// The outcome of logged entry `txn`, from its lowest participant.
-    async fn outcome(&self, shard: ShardId, txn: TxnId) -> Result<Outcome, TxnError> {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let request = v1::AwaitOutcomeRequest {
-                hlc: stamp(&self.clock),
-                txn: Some(v1::TxnId { epoch: txn.epoch.0, index: txn.index }),
-            };
-            let answer =
-                self.shards[shard.0 as usize].clone().await_outcome(with_deadline(request)).await;
-            match answer {
-                Ok(r) => {
-                    let r = r.into_inner();
-                    observe_response(&self.clock, r.hlc).map_err(|_| TxnError::OutcomeUnknown)?;
-                    let outcome = r.outcome.ok_or(TxnError::OutcomeUnknown)?;
-                    return outcome_from_proto(outcome).map_err(|_| TxnError::OutcomeUnknown);
+    /// The outcome of logged entry `txn` (client id `id`), from its lowest participant.
+    async fn await_outcome(
+        &self,
+        shard: ShardId,
+        txn: TxnId,
+        id: ClientId,
+    ) -> Result<Outcome, TxnError> {
+        let answer = self
+            .shards
+            .call(shard, &self.clock, tokio::time::sleep(self.patience), |mut c, hlc| {
+                let request = v1::AwaitOutcomeRequest {
+                    hlc,
+                    txn: Some(v1::TxnId { epoch: txn.epoch.0, index: txn.index }),
+                    client_id: id.0.to_le_bytes().to_vec(),
+                };
+                async move {
+                    let r = c.await_outcome(with_deadline(request)).await?.into_inner();
+                    Ok((r.outcome, r.hlc))
                 }
-                Err(status) if status.code() == Code::NotFound => {
-                    return Err(TxnError::OutcomeUnknown);
-                }
-                Err(status) => {
-                    if tokio::time::Instant::now() >= deadline {
-                        tracing::warn!(%status, %txn, "giving up on the outcome");
-                        return Err(TxnError::OutcomeUnknown);
-                    }
-                    tokio::time::sleep(RETRY).await;
-                }
+            })
+            .await;
+        match answer {
+            Ok(Some(outcome)) => outcome_from_proto(outcome).map_err(|_| TxnError::OutcomeUnknown),
+            Ok(None) => Err(TxnError::OutcomeUnknown),
+            Err(e) => {
+                tracing::warn!(error = %e, %txn, "giving up on the outcome");
+                Err(TxnError::OutcomeUnknown)
             }
         }
     }
@@ -244,20 +302,18 @@ impl Client {
     /// The value of `key` at `ts` (see [`Client::read_ts`]); waits for its shard's safe time.
     pub async fn get(&self, key: &[u8], ts: Timestamp) -> Result<Option<Vec<u8>>, TxnError> {
         let shard = self.map.shard_of(key);
-        let request = v1::GetRequest {
-            hlc: stamp(&self.clock),
-            key: key.to_vec(),
-            read_ts: ts.as_u64(),
-            for_window: 0,
-        };
-        let r = self.shards[shard.0 as usize]
-            .clone()
-            .get(with_deadline(request))
+        let request =
+            v1::GetRequest { hlc: 0, key: key.to_vec(), read_ts: ts.as_u64(), for_window: 0 };
+        self.shards
+            .call(shard, &self.clock, tokio::time::sleep(self.patience), |mut c, hlc| {
+                let request = v1::GetRequest { hlc, ..request.clone() };
+                async move {
+                    let r = c.get(with_deadline(request)).await?.into_inner();
+                    Ok((r.found.map(|kv| kv.value), r.hlc))
+                }
+            })
             .await
-            .map_err(|s| read_error(s.into()))?
-            .into_inner();
-        observe_response(&self.clock, r.hlc).map_err(read_error)?;
-        Ok(r.found.map(|kv| kv.value))
+            .map_err(read_error)
     }
 
     /// One `Scan` request: up to `n` rows of `range`, all on `shard`, and whether there may
@@ -270,20 +326,22 @@ impl Client {
         ts: Timestamp,
     ) -> Result<(Rows, bool), TxnError> {
         let request = v1::ScanRequest {
-            hlc: stamp(&self.clock),
+            hlc: 0,
             range: Some(range_to_proto(&range)),
             read_ts: ts.as_u64(),
             limit: n as u32,
             for_window: 0,
         };
-        let r = self.shards[shard.0 as usize]
-            .clone()
-            .scan(with_deadline(request))
+        self.shards
+            .call(shard, &self.clock, tokio::time::sleep(self.patience), |mut c, hlc| {
+                let request = v1::ScanRequest { hlc, ..request.clone() };
+                async move {
+                    let r = c.scan(with_deadline(request)).await?.into_inner();
+                    Ok(((r.rows.into_iter().map(|kv| (kv.key, kv.value)).collect(), r.more), r.hlc))
+                }
+            })
             .await
-            .map_err(|s| read_error(s.into()))?
-            .into_inner();
-        observe_response(&self.clock, r.hlc).map_err(read_error)?;
-        Ok((r.rows.into_iter().map(|kv| (kv.key, kv.value)).collect(), r.more))
+            .map_err(read_error)
     }
 
     /// The values of `keys` at `ts`, read concurrently (one round trip's latency, not one per
@@ -371,6 +429,69 @@ pub async fn group_leader(
         }
     }
     None
+}
+
+/// Waits until every replica of every shard of the cluster whose sequencer is at `addr` has
+/// applied the same last window (the cluster must be idle: nothing submitted meanwhile), then
+/// compares their digests of it. `Ok` lists, per shard, that window and the digest all its
+/// replicas agree on; `Err` says which replicas differ, or what was still unsettled after
+/// `patience`.
+pub async fn replicas_converged(
+    addr: &str,
+    clock: &Clock,
+    tls: Option<&Tls>,
+    patience: Duration,
+) -> Result<Vec<(u32, u64, Vec<u8>)>, String> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let unsettled = match cluster_status(addr, clock, tls).await {
+            Err(e) => e.to_string(),
+            Ok(status) => {
+                let mut by_shard: std::collections::BTreeMap<u32, Vec<&v1::ShardStatus>> =
+                    Default::default();
+                for s in &status.shards {
+                    by_shard.entry(s.shard).or_default().push(s);
+                }
+                let expected: Vec<usize> =
+                    status.shard_addrs.iter().map(|a| crate::replica_addrs(a).len()).collect();
+                let mut agreed = Vec::new();
+                let mut why = None;
+                for (shard, n) in expected.iter().enumerate() {
+                    let replicas = by_shard.get(&(shard as u32)).map_or(&[][..], Vec::as_slice);
+                    let first = replicas.first();
+                    let same_window = replicas
+                        .iter()
+                        .all(|r| Some(r.applied_epoch) == first.map(|f| f.applied_epoch));
+                    match first {
+                        Some(f) if replicas.len() == *n && same_window => {
+                            if let Some(r) = replicas.iter().find(|r| r.digest != f.digest) {
+                                return Err(format!(
+                                    "shard {shard}: replicas {} and {} differ after window {}",
+                                    f.replica, r.replica, f.applied_epoch
+                                ));
+                            }
+                            agreed.push((shard as u32, f.applied_epoch, f.digest.clone()));
+                        }
+                        _ => {
+                            why = Some(format!(
+                                "shard {shard}: {} of {n} replicas answered, at windows {:?}",
+                                replicas.len(),
+                                replicas.iter().map(|r| r.applied_epoch).collect::<Vec<_>>()
+                            ));
+                        }
+                    }
+                }
+                match why {
+                    None => return Ok(agreed),
+                    Some(why) => why,
+                }
+            }
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("replicas did not settle in {patience:?}: {unsettled}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// How long [`group_leader`] waits for one member's status.
@@ -470,11 +591,12 @@ impl RemoteTransaction<'_> {
     }
 }
 
-/// A read waits for the shard's safe time; a shard that cannot catch up (cut off from the
-/// sequencer, its clock refused) would keep it waiting. After [`PATIENCE`] it is an error.
+/// A read waits for the shard's safe time; a replica that cannot catch up (cut off from the
+/// sequencer, its clock refused) would keep it waiting. After [`ATTEMPT`] the next replica is
+/// asked (the server stops waiting too), and after [`PATIENCE`] it is an error.
 fn with_deadline<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    request.set_timeout(PATIENCE);
+    request.set_timeout(ATTEMPT);
     request
 }
 

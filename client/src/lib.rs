@@ -9,17 +9,20 @@
 //! RocksDB: it depends on the transaction core, the generated gRPC code and tonic only.
 
 mod client;
+mod replicas;
 mod sequencer;
 mod tls;
 pub mod wire;
 
 pub use crate::client::{
-    Client, Cluster, RemoteSnapshot, RemoteTransaction, cluster_status, group_leader,
+    Client, Cluster, PATIENCE, RemoteSnapshot, RemoteTransaction, cluster_status, group_leader,
+    replicas_converged,
 };
+pub use crate::replicas::{ATTEMPT, Replicas, fails_over, replica_addrs};
 pub use crate::sequencer::{RemoteSequencer, SliceDelivery};
 pub use crate::tls::{CLIENT_NAME, NODE_NAME, Tls, require_node};
 pub use crate::wire::{
     MAX_MESSAGE_BYTES, MAX_SCAN_ROWS, MAX_WINDOW_BYTES, RefusalKind, RemoteError,
     SCAN_RESPONSE_BYTES, SetupError, endpoint, malformed, observe_request, observe_response,
-    outcome_from_proto, outcome_to_proto, paged, refuse, stamp,
+    outcome_from_proto, paged, refuse, stamp,
 };

@@ -13,10 +13,9 @@ use clock::{Clock, Timestamp};
 use prost::Message;
 use proto::v1;
 pub use proto::v1::RefusalKind;
-use sequencer::TxnId;
 use storage::KeyRange;
 use tonic::{Code, Status};
-use txn::{AbortReason, Outcome, Rows};
+use txn::{Outcome, Rows};
 
 use crate::tls::Tls;
 
@@ -190,48 +189,9 @@ pub fn observe_response(clock: &Clock, hlc: u64) -> Result<(), RemoteError> {
     clock.observe(Timestamp::from_u64(hlc)).map_err(|skew| RemoteError::ClockSkew(skew.to_string()))
 }
 
-/// An outcome on the wire.
-pub fn outcome_to_proto(txn: TxnId, outcome: &Outcome) -> v1::Outcome {
-    use v1::outcome::Result as R;
-    let id = Some(v1::TxnId { epoch: txn.epoch.0, index: txn.index });
-    let (commit_ts, result) = match outcome {
-        Outcome::Committed { ts, output } => {
-            (ts.as_u64(), R::Committed(v1::Committed { output: output.clone() }))
-        }
-        Outcome::Conflict { key } => {
-            (0, R::Conflict(v1::Conflict { key: key.clone().unwrap_or_default() }))
-        }
-        Outcome::Aborted(reason) => {
-            let (kind, reason, key) = match reason {
-                AbortReason::User(r) => ("user", r.clone(), Vec::new()),
-                AbortReason::UnknownProcedure(n) => ("unknown_procedure", n.clone(), Vec::new()),
-                AbortReason::OutsideDeclaredRanges(k) => {
-                    ("outside_declared_ranges", String::new(), k.clone())
-                }
-                AbortReason::TooLarge(r) => ("too_large", r.clone(), Vec::new()),
-                AbortReason::Malformed(r) => ("malformed", r.clone(), Vec::new()),
-            };
-            (0, R::Aborted(v1::Aborted { reason, kind: kind.into(), key }))
-        }
-    };
-    v1::Outcome { txn: id, commit_ts, result: Some(result) }
-}
-
 /// An outcome from the wire.
 pub fn outcome_from_proto(o: v1::Outcome) -> Result<Outcome, RemoteError> {
-    use v1::outcome::Result as R;
-    match o.result {
-        Some(R::Committed(c)) => {
-            Ok(Outcome::Committed { ts: Timestamp::from_u64(o.commit_ts), output: c.output })
-        }
-        Some(R::Conflict(c)) => Ok(Outcome::Conflict { key: (!c.key.is_empty()).then_some(c.key) }),
-        Some(R::Aborted(a)) => Ok(Outcome::Aborted(match a.kind.as_str() {
-            "unknown_procedure" => AbortReason::UnknownProcedure(a.reason),
-            "outside_declared_ranges" => AbortReason::OutsideDeclaredRanges(a.key),
-            "too_large" => AbortReason::TooLarge(a.reason),
-            "malformed" => AbortReason::Malformed(a.reason),
-            _ => AbortReason::User(a.reason),
-        })),
-        None => Err(RemoteError::BadResponse("an outcome without a result".into())),
-    }
+    txn::outcome_from_proto(o).map(|(_, outcome)| outcome).ok_or_else(|| {
+        RemoteError::BadResponse("an outcome without a result or transaction".into())
+    })
 }

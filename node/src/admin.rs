@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use client::{Tls, endpoint, observe_request, observe_response, sized, stamp};
+use client::{Tls, endpoint, observe_request, observe_response, replica_addrs, sized, stamp};
 use clock::Clock;
 use proto::v1;
 use proto::v1::admin_server::Admin;
@@ -19,7 +19,7 @@ use crate::sequencer::Backend;
 /// Where a cluster's shards are and which keys each owns: the same on every node.
 #[derive(Debug, Clone)]
 pub struct Layout {
-    /// Every shard's address (`host:port`), by shard id.
+    /// Every shard's replica addresses (`host:port`, comma-separated), by shard id.
     pub shards: Vec<String>,
     /// Which shard owns which keys.
     pub map: ShardMap,
@@ -32,7 +32,8 @@ pub(super) struct AdminService {
     sequencer: Backend,
     clock: Arc<Clock>,
     layout: Layout,
-    shards: Vec<ShardClient<Channel>>,
+    /// Every replica of every shard: its shard, address and client.
+    replicas: Vec<(usize, String, ShardClient<Channel>)>,
 }
 
 impl AdminService {
@@ -42,21 +43,20 @@ impl AdminService {
         layout: Layout,
         tls: Option<&Tls>,
     ) -> Result<AdminService, NodeError> {
-        let shards = layout
-            .shards
-            .iter()
-            .map(|addr| {
-                endpoint(addr, tls)
-                    .map(|e| sized!(ShardClient::new(e.timeout(STATUS_TIMEOUT).connect_lazy())))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(AdminService { sequencer, clock, layout, shards })
+        let mut replicas = Vec::new();
+        for (i, shard) in layout.shards.iter().enumerate() {
+            for addr in replica_addrs(shard) {
+                let e = endpoint(&addr, tls)?.timeout(STATUS_TIMEOUT);
+                replicas.push((i, addr, sized!(ShardClient::new(e.connect_lazy()))));
+            }
+        }
+        Ok(AdminService { sequencer, clock, layout, replicas })
     }
 
-    /// Its clients of the shards (sharing their connections), for the sequencer's other
-    /// calls to them.
+    /// Its clients of every shard replica (sharing their connections), for the sequencer's
+    /// other calls to them.
     pub(super) fn shard_clients(&self) -> Vec<ShardClient<Channel>> {
-        self.shards.clone()
+        self.replicas.iter().map(|(_, _, c)| c.clone()).collect()
     }
 }
 
@@ -70,9 +70,8 @@ impl Admin for AdminService {
         let (epoch, ts) = self.sequencer.last_logged();
         let mut shards = Vec::new();
         let mut unreachable = Vec::new();
-        for (i, client) in self.shards.iter().enumerate() {
+        for (i, addr, client) in &self.replicas {
             let asked = v1::StatusRequest { hlc: stamp(&self.clock) };
-            let addr = &self.layout.shards[i];
             match client.clone().status(asked).await {
                 Ok(status) => {
                     let status = status.into_inner();

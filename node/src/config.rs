@@ -6,6 +6,7 @@
 //! listen = "127.0.0.1:7101"         # where this node serves
 //! data_dir = "/var/lib/sealdb/s0"   # its log or its RocksDB, and its clock's high-water mark
 //! shard = 0                         # which shard (shard role only)
+//! replica = 0                       # which of the shard's replicas (optional, from 0)
 //! max_offset_ms = 5                 # bound on clock offsets; commit-wait lasts about this long
 //! metrics_listen = "127.0.0.1:9101" # optional: Prometheus metrics at GET /metrics
 //!
@@ -13,6 +14,8 @@
 //! sequencer = "127.0.0.1:7100"      # or a sequencer group (raft): its members, in id order,
 //! # sequencers = ["127.0.0.1:7100", "127.0.0.1:7200", "127.0.0.1:7300"]
 //! shards = ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]
+//! # or replicas of each shard, each applying the log on its own (any answers):
+//! # shards = [["127.0.0.1:7101", "127.0.0.1:7201"], ["127.0.0.1:7102", "127.0.0.1:7202"]]
 //! split_keys = ["g", "p"]           # optional: shard i owns [split i-1, split i); the default
 //!                                   # splits the first key byte evenly
 //! # split_keys_hex = ["00000002"]   # or binary split keys, in hex
@@ -63,6 +66,7 @@ struct File {
     listen: String,
     data_dir: PathBuf,
     shard: Option<u32>,
+    replica: Option<usize>,
     #[serde(default = "default_max_offset_ms")]
     max_offset_ms: u64,
     metrics_listen: Option<String>,
@@ -98,9 +102,26 @@ fn default_max_offset_ms() -> u64 {
 struct ClusterFile {
     sequencer: Option<String>,
     sequencers: Option<Vec<String>>,
-    shards: Vec<String>,
+    shards: Vec<ShardFile>,
     split_keys: Option<Vec<String>>,
     split_keys_hex: Option<Vec<String>>,
+}
+
+/// A shard in `cluster.shards`: its address, or its replicas' addresses.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ShardFile {
+    One(String),
+    Replicas(Vec<String>),
+}
+
+impl ShardFile {
+    fn addrs(&self) -> Vec<String> {
+        match self {
+            ShardFile::One(a) => vec![a.clone()],
+            ShardFile::Replicas(r) => r.clone(),
+        }
+    }
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
@@ -129,6 +150,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Its shard (shard role).
     pub shard: Option<ShardId>,
+    /// Which of its shard's replicas it is (shard role; 0 for a shard of one).
+    pub replica: usize,
     /// The bound on clock offsets.
     pub max_offset: Duration,
     /// Where to serve Prometheus metrics, if anywhere.
@@ -178,17 +201,31 @@ impl NodeConfig {
             (None, Some(_)) => return Err("cluster.sequencers: a group needs members".into()),
             _ => return Err("cluster: give sequencer (one node) or sequencers (a group)".into()),
         };
+        let shards: Vec<Vec<String>> = cluster.shards.iter().map(ShardFile::addrs).collect();
         let named = sequencers
             .iter()
             .enumerate()
             .map(|(i, a)| (format!("cluster.sequencers[{i}]"), a))
-            .chain(
-                cluster.shards.iter().enumerate().map(|(i, a)| (format!("cluster.shards[{i}]"), a)),
-            );
+            .chain(shards.iter().enumerate().flat_map(|(i, replicas)| {
+                replicas.iter().enumerate().map(move |(r, a)| {
+                    let what = match replicas.len() {
+                        1 => format!("cluster.shards[{i}]"),
+                        _ => format!("cluster.shards[{i}][{r}]"),
+                    };
+                    (what, a)
+                })
+            }));
+        let mut seen = std::collections::BTreeSet::new();
         for (what, addr) in named {
-            if addr.parse::<SocketAddr>().is_err() && !addr.contains(':') {
+            if addr.parse::<SocketAddr>().is_err() && !addr.contains(':') || addr.contains(',') {
                 return Err(format!("{what} = {addr:?}: expected host:port"));
             }
+            if !seen.insert(addr.as_str()) {
+                return Err(format!("{what} = {addr:?}: listed twice (each node has its own)"));
+            }
+        }
+        if let Some(i) = shards.iter().position(Vec::is_empty) {
+            return Err(format!("cluster.shards[{i}]: a shard needs at least one replica"));
         }
         let group = match (&file.group, file.role, cluster.sequencers.is_some()) {
             (None, Role::Sequencer, true) => {
@@ -263,6 +300,21 @@ impl NodeConfig {
             }
             (_, s) => s.map(ShardId),
         };
+        let replica = match (shard, file.replica) {
+            (_, None) => 0,
+            (None, Some(_)) => return Err("replica: only shard nodes have one".into()),
+            (Some(s), Some(r)) => {
+                let n = shards[s.0 as usize].len();
+                if r >= n {
+                    return Err(format!(
+                        "replica = {r}: shard {} has replicas 0 to {}",
+                        s.0,
+                        n - 1
+                    ));
+                }
+                r
+            }
+        };
         let defaults = SealerConfig::default();
         let window = &file.window;
         let sealer = SealerConfig {
@@ -304,11 +356,12 @@ impl NodeConfig {
             listen,
             data_dir: file.data_dir,
             shard,
+            replica,
             max_offset: Duration::from_millis(file.max_offset_ms),
             metrics_listen,
             sequencer: sequencers.join(","),
             group,
-            layout: Layout { shards: cluster.shards.clone(), map },
+            layout: Layout { shards: shards.iter().map(|r| r.join(",")).collect(), map },
             sealer,
         })
     }
@@ -387,6 +440,27 @@ split_keys = ["g", "p"]
         let hex = GOOD.replace("split_keys = [\"g\", \"p\"]", "split_keys_hex = [\"67\", \"70\"]");
         let c = NodeConfig::parse(&hex).unwrap();
         assert_eq!(c.layout.map.splits(), &[b"g".to_vec(), b"p".to_vec()]);
+    }
+
+    #[test]
+    fn shards_may_list_replicas_and_a_shard_node_says_which_it_is() {
+        let replicated = GOOD.replace(
+            "shards = [\"127.0.0.1:7101\", \"127.0.0.1:7102\", \"127.0.0.1:7103\"]",
+            "shards = [[\"127.0.0.1:7101\", \"127.0.0.1:7201\"], [\"127.0.0.1:7102\"], \
+             [\"127.0.0.1:7103\", \"127.0.0.1:7203\"]]",
+        );
+        let c = NodeConfig::parse(&replicated).unwrap();
+        assert_eq!(c.replica, 0);
+        assert_eq!(c.layout.shards[0], "127.0.0.1:7101,127.0.0.1:7201");
+        assert_eq!(c.layout.shards[1], "127.0.0.1:7102");
+        let second = replicated.replace("shard = 1\n", "shard = 0\nreplica = 1\n");
+        assert_eq!(NodeConfig::parse(&second).unwrap().replica, 1);
+        let wrong = replicated.replace("shard = 1\n", "shard = 1\nreplica = 1\n");
+        assert!(error(&wrong).contains("replica = 1: shard 1 has replicas 0 to 0"));
+        let twice = replicated.replace("7201", "7101");
+        assert!(error(&twice).contains("cluster.shards[0][1] = \"127.0.0.1:7101\": listed twice"));
+        let empty = replicated.replace("[\"127.0.0.1:7102\"]", "[]");
+        assert!(error(&empty).contains("cluster.shards[1]: a shard needs at least one replica"));
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! sealdb start --config node.toml        run one node (see node::NodeConfig)
 //! sealdb dev --shards 3 [--secure]        a sequencer and 3 shard processes on 127.0.0.1
 //! sealdb dev --sequencers 3 --shards 3    the same with a sequencer group of 3 (raft)
+//! sealdb dev --sequencers 3 --shards 3 --replicas 2   and two replicas of each shard
 //! sealdb cert DIR [--name HOST]...        a development CA, node and client certificates
 //! sealdb put KEY VALUE --addr HOST:PORT   through the cluster whose sequencer is there
 //! sealdb get KEY --addr HOST:PORT
 //! sealdb scan START [END] --addr HOST:PORT [--limit N]
 //! sealdb status --addr HOST:PORT
+//! sealdb txn-status CLIENT_ID --addr HOST:PORT
 //! ```
 //!
 //! Against a cluster running TLS, the shell commands take `--certs DIR` (`ca.pem`,
@@ -46,9 +48,12 @@ enum Cmd {
         /// Sequencer processes: 1, or 3 for a group that survives losing one.
         #[arg(long, default_value_t = 1)]
         sequencers: u32,
-        /// Shard processes.
+        /// Shards.
         #[arg(long, default_value_t = 3)]
         shards: u32,
+        /// Replicas of each shard (processes), each applying the log on its own.
+        #[arg(long, default_value_t = 1)]
+        replicas: u32,
         /// Where the nodes keep their configuration, data and logs.
         #[arg(long, default_value = "sealdb-dev")]
         dir: PathBuf,
@@ -89,8 +94,14 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// The cluster's windows, shards, safe times and lag.
+    /// The cluster's windows, shard replicas, safe times, digests and lag.
     Status {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// What became of the transaction submitted under a client id (32 hex digits).
+    TxnStatus {
+        id: String,
         #[command(flatten)]
         target: Target,
     },
@@ -99,8 +110,8 @@ enum Cmd {
 fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
-    if let Cmd::Dev { sequencers, shards, dir, port, secure } = &cli.command {
-        return exit(shell::dev(*sequencers, *shards, dir, *port, *secure));
+    if let Cmd::Dev { sequencers, shards, replicas, dir, port, secure } = &cli.command {
+        return exit(shell::dev(*sequencers, *shards, *replicas, dir, *port, *secure));
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -138,6 +149,7 @@ async fn run(command: Cmd) -> Result<(), String> {
         Cmd::Get { key, target } => shell::get(&target, &key).await,
         Cmd::Scan { start, end, target, limit } => shell::scan(&target, start, end, limit).await,
         Cmd::Status { target } => shell::status(&target).await,
+        Cmd::TxnStatus { id, target } => shell::txn_status(&target, &id).await,
         Cmd::Dev { .. } => unreachable!("handled before the runtime starts"),
     }
 }

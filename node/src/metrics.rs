@@ -197,6 +197,8 @@ pub(crate) struct ShardCounters {
     pub(crate) seal_to_apply: LatencyHistogram,
     /// Per answered commit: time answered - window timestamp, commit-wait included.
     pub(crate) commit: LatencyHistogram,
+    /// Whether this replica's digest differed from a fellow replica's.
+    pub(crate) diverged: std::sync::atomic::AtomicBool,
 }
 
 impl ShardCounters {

@@ -86,6 +86,7 @@ pub async fn run(
                 config.shard.ok_or(NodeError::Config("a shard node needs its shard".into()))?;
             let shard_config = ShardConfig {
                 shard,
+                replica: config.replica,
                 map: config.layout.map.clone(),
                 dir: Some(config.data_dir.join("rocksdb")),
                 sequencer: config.sequencer.clone(),
@@ -161,8 +162,10 @@ pub struct LocalSpec {
     pub dir: PathBuf,
     /// Sequencer processes: 1, or a group of 3 (or any odd number) replicating the log.
     pub sequencers: u32,
-    /// Shard processes.
+    /// Shards.
     pub shards: u32,
+    /// Replicas (processes) of each shard.
+    pub replicas: u32,
     /// The first sequencer's port, the other nodes on the ports after it; `None` picks free
     /// ports.
     pub port: Option<u16>,
@@ -179,15 +182,18 @@ pub struct LocalSpec {
 }
 
 /// A running local cluster: sequencer processes (one, or a group) and shard processes on
-/// 127.0.0.1; node `i` is sequencer `i` below [`LocalProcesses::sequencers`], then the shards.
+/// 127.0.0.1; node `i` is sequencer `i` below [`LocalProcesses::sequencers`], then the shards'
+/// replicas, shard by shard ([`LocalProcesses::shard_node`]).
 /// Dropping it kills them; [`LocalProcesses::stop`] stops them cleanly.
 pub struct LocalProcesses {
     /// The sequencer's address, or a group's members' (comma-separated), as clients take it.
     pub sequencer: String,
     /// How many sequencer processes come first among the nodes.
     pub sequencers: usize,
-    /// The shards' addresses.
+    /// The shards' addresses: each shard's replicas, comma-separated.
     pub shards: Vec<String>,
+    /// Replicas of each shard.
+    pub replicas: usize,
     nodes: Vec<(PathBuf, Option<Child>)>,
     command: Vec<String>,
 }
@@ -209,14 +215,16 @@ impl LocalProcesses {
 
     /// Writes the nodes' configurations under `spec.dir` and starts them.
     pub fn spawn(spec: &LocalSpec) -> Result<LocalProcesses, NodeError> {
-        if spec.shards == 0 || spec.sequencers == 0 || spec.command.is_empty() {
+        if spec.shards == 0 || spec.sequencers == 0 || spec.replicas == 0 || spec.command.is_empty()
+        {
             return Err(NodeError::Config(
-                "a local cluster needs a command, a sequencer and at least one shard".into(),
+                "a local cluster needs a command, a sequencer and at least one shard replica"
+                    .into(),
             ));
         }
         std::fs::create_dir_all(&spec.dir).map_err(|e| NodeError::at(&spec.dir, e))?;
         let dir = spec.dir.canonicalize().map_err(|e| NodeError::at(&spec.dir, e))?;
-        let count = spec.sequencers + spec.shards;
+        let count = spec.sequencers + spec.shards * spec.replicas;
         let ports: Vec<u16> = match spec.port {
             Some(p) if u32::from(p) + count <= 65536 => (0..count).map(|i| p + i as u16).collect(),
             Some(p) => {
@@ -228,9 +236,19 @@ impl LocalProcesses {
         let addr = |p: &u16| format!("127.0.0.1:{p}");
         let n = spec.sequencers as usize;
         let sequencers: Vec<String> = ports[..n].iter().map(addr).collect();
-        let shards: Vec<String> = ports[n..].iter().map(addr).collect();
+        let replicas = spec.replicas as usize;
+        let nodes: Vec<String> = ports[n..].iter().map(addr).collect();
+        let shards: Vec<Vec<String>> = nodes.chunks(replicas).map(<[String]>::to_vec).collect();
         let quoted = |items: Vec<String>| {
             items.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ")
+        };
+        let shard_list = match replicas {
+            1 => quoted(nodes.clone()),
+            _ => shards
+                .iter()
+                .map(|r| format!("[{}]", quoted(r.clone())))
+                .collect::<Vec<_>>()
+                .join(", "),
         };
         let splits = match spec.split_keys.is_empty() {
             true => String::new(),
@@ -259,10 +277,9 @@ impl LocalProcesses {
         let cluster = format!(
             "[cluster]\n{sequencer_line}\nshards = [{}]\n{splits}\n[window]\n\
              interval_ms = {}\n{tls}",
-            quoted(shards.clone()),
-            spec.window_ms
+            shard_list, spec.window_ms
         );
-        let mut nodes = Vec::new();
+        let mut configs = Vec::new();
         let roles = sequencers
             .iter()
             .enumerate()
@@ -271,14 +288,21 @@ impl LocalProcesses {
                     if n == 1 { "sequencer".to_string() } else { format!("sequencer-{}", i + 1) };
                 (name, "sequencer", a, None, (n > 1).then_some(i + 1))
             })
-            .chain(
-                shards
-                    .iter()
-                    .enumerate()
-                    .map(|(i, a)| (format!("shard-{i}"), "shard", a, Some(i), None)),
-            );
+            .chain(nodes.iter().enumerate().map(|(i, a)| {
+                let (s, r) = (i / replicas, i % replicas);
+                let name = match replicas {
+                    1 => format!("shard-{s}"),
+                    _ => format!("shard-{s}-{r}"),
+                };
+                (name, "shard", a, Some((s, r)), None)
+            }));
         for (name, role, listen, shard, group) in roles {
-            let shard = shard.map(|s| format!("shard = {s}\n")).unwrap_or_default();
+            let shard = shard
+                .map(|(s, r)| match replicas {
+                    1 => format!("shard = {s}\n"),
+                    _ => format!("shard = {s}\nreplica = {r}\n"),
+                })
+                .unwrap_or_default();
             let group = group.map(|id| format!("\n[group]\nid = {id}\n")).unwrap_or_default();
             let data = dir.join(&name).display().to_string();
             let text = format!(
@@ -288,15 +312,22 @@ impl LocalProcesses {
             );
             let config = dir.join(format!("{name}.toml"));
             std::fs::write(&config, text).map_err(|e| NodeError::at(&config, e))?;
-            nodes.push((config, None));
+            configs.push((config, None));
         }
         let sequencer = sequencers.join(",");
         let command = spec.command.clone();
-        let mut local = LocalProcesses { sequencer, sequencers: n, shards, nodes, command };
+        let shards = shards.iter().map(|r| r.join(",")).collect();
+        let mut local =
+            LocalProcesses { sequencer, sequencers: n, shards, replicas, nodes: configs, command };
         for i in 0..local.nodes.len() {
             local.start(i)?;
         }
         Ok(local)
+    }
+
+    /// The node index of replica `replica` of shard `shard`.
+    pub fn shard_node(&self, shard: usize, replica: usize) -> usize {
+        self.sequencers + shard * self.replicas + replica
     }
 
     /// Node `i`'s configuration file (0 is the sequencer, 1 + s shard s).

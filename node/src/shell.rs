@@ -67,12 +67,17 @@ pub fn cert(dir: &Path, names: &[String]) -> Result<(), String> {
 /// `sealdb put KEY VALUE`.
 pub async fn put(target: &Target, key: &str, value: &str) -> Result<(), String> {
     let client = target.client().await?;
-    client
-        .call("kv.put", &put_args(key.as_bytes(), value.as_bytes()))
-        .await
-        .map_err(|e| e.to_string())?;
-    println!("OK");
-    Ok(())
+    let id = client.new_id();
+    match client.call_as(id, "kv.put", &put_args(key.as_bytes(), value.as_bytes())).await {
+        Ok(_) => {
+            println!("OK");
+            Ok(())
+        }
+        Err(e @ txn::TxnError::OutcomeUnknown) => {
+            Err(format!("{e}; ask later with: sealdb txn-status {:032x}", id.0))
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// `sealdb get KEY`.
@@ -131,13 +136,43 @@ pub async fn status(target: &Target) -> Result<(), String> {
     for s in &status.shards {
         let safe = clock::Timestamp::from_u64(s.safe_ts);
         let lag = status.sealed_epoch.saturating_sub(s.applied_epoch);
+        let replicas = status.shard_addrs.get(s.shard as usize).map(|a| client::replica_addrs(a));
+        let addr = replicas.as_ref().and_then(|r| r.get(s.replica as usize)).cloned();
+        let digest: String = s.digest.iter().rev().map(|b| format!("{b:02x}")).collect();
         println!(
-            "shard {} at {}: applied window {} (lag {lag}), safe time {safe}",
-            s.shard, status.shard_addrs[s.shard as usize], s.applied_epoch
+            "shard {} replica {} at {}: applied window {} (lag {lag}), safe time {safe}, \
+             digest {digest}",
+            s.shard,
+            s.replica,
+            addr.unwrap_or_default(),
+            s.applied_epoch
         );
+        if !s.failure.is_empty() {
+            println!("  not serving: {}", s.failure);
+        }
     }
     for u in &status.unreachable {
         println!("unreachable: {u}");
+    }
+    Ok(())
+}
+
+/// `sealdb txn-status ID`: what became of the transaction submitted under client id `ID`
+/// (32 hex digits, as [`ClientId`](::sequencer::ClientId) prints).
+pub async fn txn_status(target: &Target, id: &str) -> Result<(), String> {
+    let id = u128::from_str_radix(id.trim_start_matches("0x"), 16)
+        .map_err(|e| format!("{id:?} is not a client id (32 hex digits): {e}"))?;
+    let client = target.client().await?;
+    match client.outcome(::sequencer::ClientId(id)).await.map_err(|e| e.to_string())? {
+        Some(txn::Outcome::Committed { ts, output }) => {
+            println!("committed at {ts}, output {} bytes", output.len());
+        }
+        Some(txn::Outcome::Conflict { .. }) => println!("not committed: conflict"),
+        Some(txn::Outcome::Aborted(why)) => println!("aborted: {why:?}"),
+        None => println!(
+            "unknown: no shard decided it in the retention period (not logged, not decided yet, \
+             or older)"
+        ),
     }
     Ok(())
 }
@@ -147,10 +182,12 @@ fn clock() -> Arc<Clock> {
     Arc::new(Clock::system(std::time::Duration::from_millis(5)))
 }
 
-/// Runs a sequencer and `shards` shard processes on 127.0.0.1 until Ctrl-C.
+/// Runs `sequencers` sequencer processes and `shards` x `replicas` shard processes on
+/// 127.0.0.1 until Ctrl-C.
 pub fn dev(
     sequencers: u32,
     shards: u32,
+    replicas: u32,
     dir: &Path,
     port: u16,
     secure: bool,
@@ -167,6 +204,7 @@ pub fn dev(
         command: vec![exe.display().to_string(), "start".into()],
         dir: dir.to_path_buf(),
         shards,
+        replicas,
         port: Some(port),
         max_offset_ms: 1,
         window_ms: 5,
@@ -176,7 +214,8 @@ pub fn dev(
     let local = LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;
     let sequencer = local.sequencer.clone();
     let role = if sequencers > 1 { "sequencer group" } else { "sequencer" };
-    println!("sealdb dev cluster: {role} on {sequencer}, shards on {}", local.shards.join(", "));
+    let shards = local.shards.iter().map(|s| format!("[{s}]")).collect::<Vec<_>>().join(", ");
+    println!("sealdb dev cluster: {role} on {sequencer}, shards (replicas) on {shards}");
     println!("configuration, data and logs in {}", dir.display());
     let certs = tls_dir.map(|d| format!(" --certs {}", d.display())).unwrap_or_default();
     println!("try:  sealdb put hello world --addr {sequencer}{certs}");

@@ -31,6 +31,15 @@ pub enum MetaKey {
     /// The shard's local verdicts on the multi-shard entries of a window, for participants
     /// that replay the window after a crash.
     Verdicts(Epoch),
+    /// The chained digest of every window applied so far (16 bytes): equal on replicas that
+    /// applied the same windows.
+    Digest,
+    /// The outcome of the transaction submitted under a client id, kept for the retention
+    /// period by the shard that is its lowest participant.
+    Outcome(u128),
+    /// The client ids whose outcomes window `e` decided, with the window's timestamp: what
+    /// expires together.
+    OutcomesOf(Epoch),
 }
 
 impl MetaKey {
@@ -39,6 +48,9 @@ impl MetaKey {
             MetaKey::AppliedWindow => e.u8(0x01),
             MetaKey::Deferred => e.u8(0x02),
             MetaKey::Verdicts(epoch) => e.u8(0x03).u64(epoch.0),
+            MetaKey::Digest => e.u8(0x04),
+            MetaKey::Outcome(id) => e.u8(0x05).u64((id >> 64) as u64).u64(id as u64),
+            MetaKey::OutcomesOf(epoch) => e.u8(0x06).u64(epoch.0),
         }
     }
 }
@@ -54,6 +66,17 @@ impl StorageKey<'_> {
                 .u64_desc(ts.as_u64())
                 .finish(),
         }
+    }
+
+    /// The epoch of an encoded `MetaKey::OutcomesOf` key.
+    pub fn decode_outcomes_of(bytes: &[u8]) -> Result<Epoch, DecodeError> {
+        let mut d = KeyDecoder::new(bytes);
+        if d.u8()? != META || d.u8()? != 0x06 {
+            return Err(DecodeError { what: "outcome index tag" });
+        }
+        let epoch = Epoch(d.u64()?);
+        d.finish()?;
+        Ok(epoch)
     }
 
     /// Decodes a version key into its user key and timestamp.

@@ -81,7 +81,7 @@ pub struct VersionBatch {
     ts: Timestamp,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Bookkeeping written in the same atomic batch (not versioned, not size-limited).
-    meta: BTreeMap<MetaKey, Vec<u8>>,
+    meta: BTreeMap<MetaKey, Option<Vec<u8>>>,
 }
 
 impl VersionBatch {
@@ -93,7 +93,13 @@ impl VersionBatch {
     /// Also writes the bookkeeping record `key` (not the watermark, which the batch sets).
     pub fn put_meta(&mut self, key: MetaKey, value: Vec<u8>) {
         assert_ne!(key, MetaKey::AppliedWindow, "the watermark is the batch's own");
-        self.meta.insert(key, value);
+        self.meta.insert(key, Some(value));
+    }
+
+    /// Removes bookkeeping record `key` in the same atomic batch.
+    pub fn delete_meta(&mut self, key: MetaKey) {
+        assert_ne!(key, MetaKey::AppliedWindow, "the watermark is the batch's own");
+        self.meta.insert(key, None);
     }
 
     /// Sets `key` to `value`.
@@ -201,6 +207,25 @@ impl Mvcc {
     /// A bookkeeping record written with a batch.
     pub fn meta(&self, key: MetaKey) -> Result<Option<Vec<u8>>> {
         self.engine.get(&StorageKey::Meta(key).encode())
+    }
+
+    /// Every `MetaKey::OutcomesOf` record, by epoch: which windows' outcomes are still kept.
+    pub fn outcome_windows(&self) -> Result<Vec<(Epoch, Vec<u8>)>> {
+        let start = StorageKey::Meta(MetaKey::OutcomesOf(Epoch(0))).encode();
+        let prefix = &start[..2];
+        let mut cursor = self.engine.cursor();
+        let mut entry = cursor.seek(&start)?;
+        let mut out = Vec::new();
+        while let Some((key, value)) = entry {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let epoch = StorageKey::decode_outcomes_of(&key)
+                .map_err(|e| StorageError::Corrupt(format!("an outcome index key: {e}")))?;
+            out.push((epoch, value));
+            entry = cursor.next()?;
+        }
+        Ok(out)
     }
 
     /// What the row cache has done since the storage was opened.
@@ -370,7 +395,10 @@ impl Mvcc {
             raw.put(StorageKey::Version { key, ts: batch.ts }.encode(), encode_value(value));
         }
         for (key, value) in &batch.meta {
-            raw.put(StorageKey::Meta(*key).encode(), value.clone());
+            match value {
+                Some(value) => raw.put(StorageKey::Meta(*key).encode(), value.clone()),
+                None => raw.delete(StorageKey::Meta(*key).encode()),
+            }
         }
         let watermark = Watermark { window: batch.window, ts: batch.ts };
         raw.put(StorageKey::Meta(MetaKey::AppliedWindow).encode(), encode_watermark(watermark));

@@ -33,7 +33,10 @@ mod transaction;
 
 pub use crate::error::TxnError;
 pub use crate::executor::{ExecError, Executor, SnapshotRead, Task, Validated, WindowResult};
-pub use crate::outcome::{AbortReason, Decided, Outcome, OutcomeCounters, Phase, SerialPosition};
+pub use crate::outcome::{
+    AbortReason, Decided, Outcome, OutcomeCounters, Phase, SerialPosition, outcome_from_proto,
+    outcome_to_proto,
+};
 pub use crate::procedure::{Context, ProcError, Procedure, Registry, Rows};
 pub use crate::request::{
     InteractiveCommit, MalformedEntry, Request, participants, procedure_request, range_from_proto,
@@ -43,6 +46,8 @@ pub use crate::shard_map::{InvalidShardMap, ShardMap};
 pub use crate::snapshot::{ShardsAt, overlay, rows_needed, scan_over, scan_shards};
 pub use crate::step::{Command, Distant, Event, Peers, Step, StepError};
 pub use crate::store::{Store, StoreSnapshot, StoreTransaction};
-pub use crate::stored::stored_verdicts;
+pub use crate::stored::{
+    KeptOutcomes, chain_digest, stored_digest, stored_outcome, stored_verdicts,
+};
 pub use crate::tally::{Finals, Participants, Tally, TallyError};
 pub use crate::transaction::{Buffer, ReadAt, Retry, commit_ts};

@@ -116,3 +116,52 @@ impl OutcomeCounters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+/// An outcome on the wire and in storage.
+pub fn outcome_to_proto(txn: sequencer::TxnId, outcome: &Outcome) -> proto::v1::Outcome {
+    use proto::v1;
+    use v1::outcome::Result as R;
+    let id = Some(v1::TxnId { epoch: txn.epoch.0, index: txn.index });
+    let (commit_ts, result) = match outcome {
+        Outcome::Committed { ts, output } => {
+            (ts.as_u64(), R::Committed(v1::Committed { output: output.clone() }))
+        }
+        Outcome::Conflict { key } => {
+            (0, R::Conflict(v1::Conflict { key: key.clone().unwrap_or_default() }))
+        }
+        Outcome::Aborted(reason) => {
+            let (kind, reason, key) = match reason {
+                AbortReason::User(r) => ("user", r.clone(), Vec::new()),
+                AbortReason::UnknownProcedure(n) => ("unknown_procedure", n.clone(), Vec::new()),
+                AbortReason::OutsideDeclaredRanges(k) => {
+                    ("outside_declared_ranges", String::new(), k.clone())
+                }
+                AbortReason::TooLarge(r) => ("too_large", r.clone(), Vec::new()),
+                AbortReason::Malformed(r) => ("malformed", r.clone(), Vec::new()),
+            };
+            (0, R::Aborted(v1::Aborted { reason, kind: kind.into(), key }))
+        }
+    };
+    v1::Outcome { txn: id, commit_ts, result: Some(result) }
+}
+
+/// An outcome from the wire or storage, with its transaction; `None` if it has no result or
+/// no transaction.
+pub fn outcome_from_proto(o: proto::v1::Outcome) -> Option<(sequencer::TxnId, Outcome)> {
+    use proto::v1::outcome::Result as R;
+    let txn = o.txn.map(|t| sequencer::TxnId { epoch: Epoch(t.epoch), index: t.index })?;
+    let outcome = match o.result? {
+        R::Committed(c) => {
+            Outcome::Committed { ts: Timestamp::from_u64(o.commit_ts), output: c.output }
+        }
+        R::Conflict(c) => Outcome::Conflict { key: (!c.key.is_empty()).then_some(c.key) },
+        R::Aborted(a) => Outcome::Aborted(match a.kind.as_str() {
+            "unknown_procedure" => AbortReason::UnknownProcedure(a.reason),
+            "outside_declared_ranges" => AbortReason::OutsideDeclaredRanges(a.key),
+            "too_large" => AbortReason::TooLarge(a.reason),
+            "malformed" => AbortReason::Malformed(a.reason),
+            _ => AbortReason::User(a.reason),
+        }),
+    };
+    Some((txn, outcome))
+}

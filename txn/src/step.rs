@@ -39,6 +39,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use clock::Timestamp;
 use sequencer::{ClientId, Entry, ShardId, TxnId};
@@ -50,7 +51,9 @@ use crate::procedure::Rows;
 use crate::request::Request;
 use crate::shard_map::ShardMap;
 use crate::snapshot::scan_shards;
-use crate::stored::{decode_deferred, encode_deferred, encode_verdicts};
+use crate::stored::{
+    KeptOutcomes, chain_digest, decode_deferred, encode_deferred, encode_verdicts, stored_digest,
+};
 use crate::tally::{Finals, Participants, Tally, TallyError};
 
 /// What the step may read of other shards without waiting. In one process their storage is
@@ -202,6 +205,8 @@ pub enum Command {
         finals: Finals,
         /// Entries deferred to the next window: logged, not yet decided.
         deferred: Vec<TxnId>,
+        /// The chained digest of every window applied, this one included.
+        digest: u128,
     },
     /// Entries were deferred: a window after `after` must be sealed even if none is
     /// submitted.
@@ -280,6 +285,10 @@ pub struct Step {
     deferred: Vec<(Task, ClientId)>,
     window: Option<Pending>,
     commands: VecDeque<Command>,
+    /// The chained digest of the windows applied ([`chain_digest`]).
+    digest: u128,
+    /// Outcomes kept by client id, if this shard keeps them.
+    kept: Option<KeptOutcomes>,
 }
 
 /// The window in progress.
@@ -338,14 +347,29 @@ impl Step {
         Ok(Step {
             shard: executor.shard(),
             map,
-            mvcc,
             executor,
             peers,
             applied,
             deferred,
             window: None,
             commands: VecDeque::new(),
+            digest: stored_digest(&mvcc)?,
+            kept: None,
+            mvcc,
         })
+    }
+
+    /// Keeps the outcomes of the transactions whose lowest participant this shard is, by
+    /// client id, for `retention` after their window (a shard server's callers may ask again
+    /// after a restart; [`stored_outcome`](crate::stored_outcome) reads them).
+    pub fn keep_outcomes(mut self, retention: Duration) -> Result<Step, StepError> {
+        self.kept = Some(KeptOutcomes::open(&self.mvcc, retention)?);
+        Ok(self)
+    }
+
+    /// The chained digest of every window applied.
+    pub fn digest(&self) -> u128 {
+        self.digest
     }
 
     /// This shard.
@@ -611,7 +635,12 @@ impl Step {
                 else {
                     unreachable!("matched above");
                 };
-                let Ready { batch, decided, finals, deferred } = *ready;
+                let Ready { mut batch, decided, finals, deferred } = *ready;
+                if let Some(kept) = &mut self.kept {
+                    kept.record(&self.mvcc, &mut batch, &decided)?;
+                }
+                self.digest = chain_digest(self.digest, &batch);
+                batch.put_meta(MetaKey::Digest, self.digest.to_le_bytes().to_vec());
                 self.commands.push_back(Command::Write(batch));
                 self.commands.push_back(Command::Applied {
                     window: w.epoch,
@@ -620,6 +649,7 @@ impl Step {
                     decided,
                     finals,
                     deferred: deferred.iter().map(|(t, _)| t.txn).collect(),
+                    digest: self.digest,
                 });
                 if !deferred.is_empty() {
                     self.commands.push_back(Command::RequestWindow { after: w.epoch });

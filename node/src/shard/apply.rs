@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use super::super::metrics::ShardCounters;
 use super::peers::{GrpcPeers, PeerError};
-use super::{FENCED_RETRY, OUTCOME_WINDOWS, PEER_RETRY, State, lock};
+use super::{DIGESTS_KEPT, FENCED_RETRY, OUTCOME_WINDOWS, PEER_RETRY, State, lock};
 use crate::server::clock_agreement;
 use client::{RemoteError, RemoteSequencer, SliceDelivery};
 use txn::{Command, Event, Step, StepError};
@@ -196,7 +196,7 @@ impl ApplyLoop {
                 );
             }
             Command::Write(batch) => state.mvcc.apply(&batch)?,
-            Command::Applied { window, ts, entries, decided, deferred, .. } => {
+            Command::Applied { window, ts, entries, decided, deferred, digest, .. } => {
                 let c = &state.counters;
                 ShardCounters::add(&c.windows, 1);
                 ShardCounters::add(&c.entries, entries as u64);
@@ -204,7 +204,7 @@ impl ApplyLoop {
                 for (d, _) in &decided {
                     c.outcomes.count(d);
                 }
-                self.applied(window, ts, decided.into_iter().map(|(d, _)| d), deferred);
+                self.applied(window, ts, decided.into_iter().map(|(d, _)| d), deferred, digest);
             }
             Command::RequestWindow { .. } => self.request_window(),
         }
@@ -238,8 +238,16 @@ impl ApplyLoop {
         ts: Timestamp,
         decided: impl Iterator<Item = txn::Decided>,
         deferred: Vec<::sequencer::TxnId>,
+        digest: u128,
     ) {
         let state = &*self.state;
+        {
+            let mut digests = lock(&state.digests);
+            if digests.len() >= DIGESTS_KEPT {
+                digests.pop_front();
+            }
+            digests.push_back((epoch, digest));
+        }
         {
             let mut outcomes = lock(&state.outcomes);
             outcomes.extend(decided.map(|d| (d.txn, d.outcome)));
@@ -254,6 +262,7 @@ impl ApplyLoop {
             let mut progress = lock(&state.progress);
             progress.applied = epoch;
             progress.safe = progress.safe.max(ts);
+            progress.digest = digest;
         }
         lock(&state.verdicts).retain(|e, _| *e > epoch);
         state.bump();
@@ -266,8 +275,8 @@ impl ApplyLoop {
     /// of them accept it, the sequencer is the one out of bounds: nothing to fence here.
     fn clock_skew(&self, why: &str) {
         let shard = self.state.shard.0;
-        let peers = self.peers.clients();
-        let (agree, disagree) = self.handle.block_on(clock_agreement(peers, self.peers.clock()));
+        let peers = self.peers.clients(self.state.replica);
+        let (agree, disagree) = self.handle.block_on(clock_agreement(&peers, self.peers.clock()));
         if agree > disagree {
             tracing::error!(
                 shard,

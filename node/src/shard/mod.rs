@@ -27,15 +27,25 @@
 //!   cannot be applied without them. A peer that refuses one stops this shard (typed, logged).
 //!
 //! The apply thread subscribes from the window after its watermark, and again after the
-//! sequencer restarts. Outcomes are kept in memory for the entries whose lowest participant
-//! this shard is, and answered after commit-wait; after a restart, outcomes of windows applied
-//! before it are unknown (`NOT_FOUND`).
+//! sequencer restarts. Outcomes of the entries whose lowest participant this shard is are
+//! answered after commit-wait, from memory, and from storage (kept by client id for the
+//! retention period, [`txn::KeptOutcomes`]) after a restart.
+//!
+//! **Replicas.** A shard may have several replicas (`shards = [["a0", "b0"], ...]`). Each
+//! applies the log on its own: execution is deterministic, so they need no consensus, and a
+//! peer may ask any of them. Each keeps a chained digest of its windows
+//! ([`txn::chain_digest`]) and compares it with its fellow replicas' every
+//! [`DIGEST_CHECK`]: a replica whose digest for a window differs from a fellow's stops
+//! serving (it answers `UNAVAILABLE`, so callers move to another replica; log line "replicas
+//! diverged", metric `sealdb_shard_diverged`, and its status says so). With two replicas
+//! neither can tell which is wrong, so both stop rather than answer from a history the other
+//! denies.
 
 mod apply;
 mod peers;
 mod service;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,11 +54,14 @@ use std::time::Duration;
 
 use ::sequencer::{ShardId, TxnId};
 use clock::{Clock, Epoch, Timestamp};
+use proto::v1;
+use proto::v1::shard_client::ShardClient;
 use proto::v1::shard_server::ShardServer;
 use storage::{Engine, Limits, MemoryEngine, Mvcc, Quoted, RocksEngine};
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use self::apply::ApplyLoop;
@@ -56,7 +69,7 @@ use self::peers::GrpcPeers;
 use self::service::ShardService;
 use super::metrics::{Metric, ShardCounters};
 use crate::server::{STOP_GRACE, incoming, server, stop_server, warn_if_insecure};
-use client::{RefusalKind, RemoteSequencer, Tls, malformed, refuse, sized};
+use client::{RefusalKind, RemoteSequencer, Tls, malformed, refuse, sized, stamp};
 use txn::{Distant, Executor, Outcome, Registry, ShardMap, Step, StepError};
 
 use crate::NodeError;
@@ -71,22 +84,32 @@ const FENCED_RETRY: Duration = Duration::from_secs(1);
 /// How long to wait before calling a failed peer again.
 const PEER_RETRY: Duration = Duration::from_millis(20);
 
-/// Outcomes are kept for this many windows after their entry's (20 s of 2 ms windows under
-/// load; longer when windows are sparser), then forgotten: asking later gets `NOT_FOUND`.
+/// Outcomes are kept in memory for this many windows after their entry's (20 s of 2 ms windows
+/// under load; longer when windows are sparser); storage keeps them for the retention period.
 const OUTCOME_WINDOWS: u64 = 10_000;
+
+/// How often a replica compares its digests with its fellow replicas'.
+const DIGEST_CHECK: Duration = Duration::from_secs(1);
+
+/// How many recent windows' digests a replica remembers, to compare with a fellow's (20 s of
+/// 5 ms windows: a fellow further behind is compared once it catches up).
+const DIGESTS_KEPT: usize = 4096;
 
 /// How to run a shard server.
 #[derive(Clone)]
 pub struct ShardConfig {
     /// This shard.
     pub shard: ShardId,
+    /// Which of the shard's replicas this is (its position in the shard's address list).
+    pub replica: usize,
     /// The cluster's shard map (the same on every node).
     pub map: ShardMap,
     /// RocksDB directory; `None` keeps the data in memory (tests).
     pub dir: Option<PathBuf>,
     /// The sequencer's address (`host:port`).
     pub sequencer: String,
-    /// Every shard's address, by shard id (this one's included).
+    /// Every shard's replica addresses, by shard id (one string per shard, comma-separated;
+    /// this one's included).
     pub peers: Vec<String>,
     /// The procedures entries may call (the same on every node).
     pub procedures: Registry,
@@ -103,11 +126,14 @@ struct Progress {
     applied: Epoch,
     /// Every window at or below this timestamp is applied.
     safe: Timestamp,
+    /// The chained digest of the windows applied.
+    digest: u128,
 }
 
 /// What the apply thread and the gRPC service share.
 struct State {
     shard: ShardId,
+    replica: usize,
     map: ShardMap,
     clock: Arc<Clock>,
     mvcc: Arc<Mvcc>,
@@ -119,14 +145,16 @@ struct State {
     outcomes: Mutex<HashMap<TxnId, Outcome>>,
     /// Entries deferred to the window after the last applied: logged, not yet decided.
     deferred: Mutex<BTreeSet<TxnId>>,
-    /// The watermark at start: outcomes of windows up to it are unknown.
-    started_at: Epoch,
+    /// Digests of the last windows applied, oldest first.
+    digests: Mutex<VecDeque<(Epoch, u128)>>,
     /// Bumped whenever progress, verdicts or outcomes change.
     changed: watch::Sender<u64>,
     stopping: AtomicBool,
     failure: Mutex<Option<String>>,
     /// Why this shard serves nothing: its clock is beyond `max_offset` of the cluster's.
     fenced: Mutex<Option<String>>,
+    /// Why this replica serves nothing: its digest differs from a fellow replica's.
+    diverged: Mutex<Option<String>>,
     counters: ShardCounters,
 }
 
@@ -146,6 +174,12 @@ impl State {
     fn check_running(&self) -> Result<(), Status> {
         if let Some(e) = lock(&self.failure).clone() {
             return Err(Status::internal(format!("shard {} failed: {e}", self.shard.0)));
+        }
+        if let Some(why) = lock(&self.diverged).clone() {
+            return Err(Status::unavailable(format!(
+                "shard {} replica {}: {why}",
+                self.shard.0, self.replica
+            )));
         }
         if let Some(why) = lock(&self.fenced).clone() {
             return Err(Status::unavailable(format!("shard {} is fenced: {why}", self.shard.0)));
@@ -235,9 +269,9 @@ impl State {
         Ok(())
     }
 
-    fn fail(&self, e: txn::StepError) {
+    fn fail(&self, e: impl std::fmt::Display) {
         let e = e.to_string();
-        tracing::error!(shard = self.shard.0, error = %e, "shard stopped");
+        tracing::error!(shard = self.shard.0, replica = self.replica, error = %e, "shard stopped");
         *lock(&self.failure) = Some(e);
         self.stopping.store(true, Ordering::SeqCst);
         self.bump();
@@ -277,14 +311,24 @@ impl ShardNode {
         let mvcc = Arc::new(Mvcc::open(engine, config.limits)?);
         let executor =
             Executor::new(shard, config.map.clone(), config.procedures.clone(), config.limits);
-        let step = Step::open(executor, config.map.clone(), mvcc.clone(), Arc::new(Distant))?;
+        let step = Step::open(executor, config.map.clone(), mvcc.clone(), Arc::new(Distant))?
+            .keep_outcomes(config.retention)?;
         let watermark = mvcc.applied();
         let progress = Progress {
             applied: watermark.map_or(Epoch(0), |w| w.window),
             safe: watermark.map_or(Timestamp::ZERO, |w| w.ts),
+            digest: step.digest(),
         };
+        let replicas = client::replica_addrs(&config.peers[shard.0 as usize]).len();
+        if config.replica >= replicas {
+            return Err(NodeError::Config(format!(
+                "replica {} of shard {}, which has {replicas}",
+                config.replica, shard.0
+            )));
+        }
         let state = Arc::new(State {
             shard,
+            replica: config.replica,
             map: config.map.clone(),
             clock: clock.clone(),
             mvcc,
@@ -292,17 +336,29 @@ impl ShardNode {
             progress: Mutex::new(progress),
             verdicts: Mutex::new(BTreeMap::new()),
             outcomes: Mutex::new(HashMap::new()),
-            deferred: Mutex::new(BTreeSet::new()),
-            started_at: progress.applied,
+            // Entries deferred before a restart are logged and not yet decided.
+            deferred: Mutex::new(step.deferred().collect()),
+            digests: Mutex::new(VecDeque::from([(progress.applied, progress.digest)])),
             changed: watch::Sender::new(0),
             stopping: AtomicBool::new(false),
             failure: Mutex::new(None),
             fenced: Mutex::new(None),
+            diverged: Mutex::new(None),
             counters: ShardCounters::default(),
         });
         let tls = config.tls.as_ref();
-        let peers =
-            Arc::new(GrpcPeers::new(&config.peers, shard, clock.clone(), state.clone(), tls)?);
+        let peers = Arc::new(GrpcPeers::new(
+            &config.peers,
+            shard,
+            config.replica,
+            clock.clone(),
+            state.clone(),
+            tls,
+        )?);
+        let fellows = peers.fellows(config.replica);
+        if !fellows.is_empty() {
+            tokio::spawn(compare_digests(state.clone(), fellows));
+        }
         let addr = listener.local_addr().map_err(|e| NodeError::io("the listener's address", e))?;
         let (stop, stopped) = oneshot::channel::<()>();
         let service = ShardService { state: state.clone(), secure: tls.is_some() };
@@ -330,7 +386,13 @@ impl ShardNode {
                 }
             })
             .map_err(|e| NodeError::io("starting the apply thread", e))?;
-        tracing::info!(%addr, shard = shard.0, from = progress.applied.next().0, "shard serving");
+        tracing::info!(
+            %addr,
+            shard = shard.0,
+            replica = config.replica,
+            from = progress.applied.next().0,
+            "shard serving"
+        );
         Ok(ShardNode {
             addr,
             state,
@@ -465,9 +527,61 @@ fn shard_metrics(state: &State) -> Vec<Metric> {
             progress.applied.0 as f64,
         ),
         Metric::gauge(
+            "sealdb_shard_diverged",
+            "1 if this replica's digest differed from a fellow replica's (it stopped serving).",
+            f64::from(u8::from(c.diverged.load(std::sync::atomic::Ordering::Relaxed))),
+        ),
+        Metric::gauge(
             "sealdb_shard_safe_time_lag_seconds",
             "How far the shard's safe time is behind its physical clock.",
             lag.as_secs_f64(),
         ),
     ]
+}
+
+/// Every [`DIGEST_CHECK`], asks this shard's other replicas for their applied window and its
+/// digest, and compares it with this replica's digest of that window when it remembers one. A
+/// difference stops this replica (see the module's documentation); a fellow that is down or
+/// too far ahead or behind is compared later.
+async fn compare_digests(state: Arc<State>, fellows: Vec<(String, ShardClient<Channel>)>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(DIGEST_CHECK) => {}
+            () = state.stopped() => return,
+        }
+        for (addr, client) in &fellows {
+            let mut request = tonic::Request::new(v1::StatusRequest { hlc: stamp(&state.clock) });
+            request.set_timeout(DIGEST_CHECK);
+            let Ok(theirs) = client.clone().status(request).await.map(|r| r.into_inner()) else {
+                continue;
+            };
+            let (e, digest) = (Epoch(theirs.applied_epoch), theirs.digest.as_slice());
+            let Ok(digest) = <[u8; 16]>::try_from(digest).map(u128::from_le_bytes) else {
+                continue;
+            };
+            let ours = lock(&state.digests).iter().find(|(w, _)| *w == e).map(|(_, d)| *d);
+            if let Some(ours) = ours
+                && ours != digest
+            {
+                state.counters.diverged.store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(
+                    shard = state.shard.0,
+                    replica = state.replica,
+                    fellow = %addr,
+                    window = e.0,
+                    ours = format!("{ours:032x}"),
+                    theirs = format!("{digest:032x}"),
+                    "replicas diverged"
+                );
+                // It stays up, serving nothing, so that its status and metrics say why.
+                *lock(&state.diverged) = Some(format!(
+                    "replicas diverged: after window {} this replica's digest is {ours:032x}, \
+                     {addr}'s is {digest:032x}",
+                    e.0
+                ));
+                state.bump();
+                return;
+            }
+        }
+    }
 }

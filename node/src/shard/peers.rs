@@ -1,7 +1,8 @@
-//! [`GrpcPeers`]: a shard server's clients of the other shards, for the remote reads and
-//! verdict pulls its window step asks for. A call is retried until the peer answers or this
-//! node stops: a window cannot be applied without it. A peer that refuses the request (it
-//! would never succeed) is a failure of the shard, typed as [`PeerError::Refused`].
+//! [`GrpcPeers`]: a shard server's clients of the other shards' replicas, for the remote reads
+//! and verdict pulls its window step asks for (any replica of a shard answers the same). A
+//! call goes round the replicas until one answers or this node stops: a window cannot be
+//! applied without it. A peer that refuses the request (it would never succeed) is a failure
+//! of the shard, typed as [`PeerError::Refused`].
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,7 +16,7 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use super::{PEER_RETRY, State};
-use client::{RemoteError, SetupError, Tls, endpoint, observe_response, paged, sized, stamp};
+use client::{RemoteError, Replicas, SetupError, Tls, paged};
 use txn::{Rows, range_to_proto};
 
 /// Why a call to a peer gave up.
@@ -34,38 +35,49 @@ pub(super) enum PeerError {
     },
 }
 
-/// Clients of the other shards, retried until they answer or this node stops.
+/// Clients of the other shards' replicas, retried until one answers or this node stops.
 pub(super) struct GrpcPeers {
-    clients: Vec<Option<ShardClient<Channel>>>,
+    replicas: Replicas,
+    me: ShardId,
     clock: Arc<Clock>,
     state: Arc<State>,
 }
 
 impl GrpcPeers {
+    /// Clients of every shard's replicas (`addrs[i]`: shard `i`'s, comma-separated); this
+    /// node is replica `replica` of shard `me`.
     pub(super) fn new(
         addrs: &[String],
         me: ShardId,
+        replica: usize,
         clock: Arc<Clock>,
         state: Arc<State>,
         tls: Option<&Tls>,
     ) -> Result<GrpcPeers, SetupError> {
-        let clients = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, addr)| {
-                if i == me.0 as usize {
-                    return Ok(None);
-                }
-                let endpoint = endpoint(addr, tls)?;
-                Ok(Some(sized!(ShardClient::new(endpoint.connect_lazy()))))
-            })
-            .collect::<Result<_, SetupError>>()?;
-        Ok(GrpcPeers { clients, clock, state })
+        let replicas = Replicas::new(addrs, tls, replica)?;
+        Ok(GrpcPeers { replicas, me, clock, state })
     }
 
-    /// The clients of the other shards.
-    pub(super) fn clients(&self) -> impl Iterator<Item = &ShardClient<Channel>> {
-        self.clients.iter().flatten()
+    /// Clients of every other node serving a shard: the other shards' replicas and this
+    /// shard's other replicas.
+    pub(super) fn clients(&self, replica: usize) -> Vec<ShardClient<Channel>> {
+        (0..self.replicas.shards() as u32)
+            .map(ShardId)
+            .flat_map(|s| {
+                let n = self.replicas.addrs(s).len();
+                (0..n).filter(move |r| s != self.me || *r != replica).map(move |r| (s, r))
+            })
+            .map(|(s, r)| self.replicas.client(s, r))
+            .collect()
+    }
+
+    /// This shard's other replicas, with their addresses.
+    pub(super) fn fellows(&self, replica: usize) -> Vec<(String, ShardClient<Channel>)> {
+        let addrs = self.replicas.addrs(self.me);
+        (0..addrs.len())
+            .filter(|r| *r != replica)
+            .map(|r| (addrs[r].clone(), self.replicas.client(self.me, r)))
+            .collect()
     }
 
     /// This node's clock.
@@ -73,44 +85,31 @@ impl GrpcPeers {
         &self.clock
     }
 
-    /// Calls `shard` with `call` until it answers; gives up only when this node stops or the
-    /// peer refuses the request as invalid (a bug: the request would never succeed).
+    /// Calls `shard` (any replica) with `call` until one answers; gives up only when this node
+    /// stops or the peer refuses the request as invalid (a bug: it would never succeed).
     pub(super) async fn call<T, F, Fut>(&self, shard: ShardId, mut call: F) -> Result<T, PeerError>
     where
         F: FnMut(ShardClient<Channel>, u64) -> Fut,
         Fut: std::future::Future<Output = Result<(T, u64), Status>>,
     {
-        let client = self.clients[shard.0 as usize]
-            .clone()
-            .ok_or(PeerError::Refused { shard, why: "a shard called itself".into() })?;
-        let mut attempt = 0u64;
+        if shard == self.me {
+            return Err(PeerError::Refused { shard, why: "a shard called itself".into() });
+        }
         loop {
-            attempt += 1;
-            let answer = tokio::select! {
-                answer = call(client.clone(), stamp(&self.clock)) => answer,
-                () = self.state.stopped() => return Err(PeerError::Stopping),
-            };
+            let answer =
+                self.replicas.call(shard, &self.clock, self.state.stopped(), &mut call).await;
             let failure = match answer {
-                Ok((answer, hlc)) => match observe_response(&self.clock, hlc) {
-                    Ok(()) => return Ok(answer),
-                    Err(e) => e,
-                },
-                Err(status) => match RemoteError::from(status) {
-                    RemoteError::Refused { why, .. } => {
-                        return Err(PeerError::Refused { shard, why });
-                    }
-                    e => e,
-                },
+                Ok(answer) => return Ok(answer),
+                Err(RemoteError::Refused { why, .. }) => {
+                    return Err(PeerError::Refused { shard, why });
+                }
+                Err(e) => e,
             };
-            // A window waits for this: say so, without flooding the log.
-            if attempt == 10 || attempt.is_multiple_of(500) {
-                tracing::warn!(peer = shard.0, attempt, error = %failure, "peer call failing; retrying");
-            } else {
-                tracing::debug!(peer = shard.0, error = %failure, "peer call failed; retrying");
-            }
             if self.state.stopping.load(Ordering::SeqCst) {
                 return Err(PeerError::Stopping);
             }
+            // Clock skew or an answer this node cannot read: the window waits for it.
+            tracing::warn!(peer = shard.0, error = %failure, "peer call failing; retrying");
             tokio::time::sleep(PEER_RETRY).await;
         }
     }

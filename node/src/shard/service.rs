@@ -3,7 +3,7 @@
 //! wait is bounded ([`WAIT_LIMIT`](super::WAIT_LIMIT)); peer-only calls need a node's
 //! certificate when serving TLS.
 
-use ::sequencer::TxnId;
+use ::sequencer::{ClientId, TxnId};
 use clock::{Epoch, Timestamp};
 use proto::v1;
 use proto::v1::shard_server::Shard as ShardRpc;
@@ -11,12 +11,14 @@ use std::sync::Arc;
 use storage::StorageError;
 use tonic::{Code, Request, Response, Status};
 
-use super::{OUTCOME_WINDOWS, State, lock};
+use super::{State, lock};
 use client::{
-    MAX_SCAN_ROWS, RefusalKind, SCAN_RESPONSE_BYTES, malformed, observe_request, outcome_to_proto,
-    refuse, require_node, stamp,
+    MAX_SCAN_ROWS, RefusalKind, SCAN_RESPONSE_BYTES, malformed, observe_request, refuse,
+    require_node, stamp,
 };
-use txn::{Outcome, range_from_proto, range_to_proto, stored_verdicts};
+use txn::{
+    Outcome, outcome_to_proto, range_from_proto, range_to_proto, stored_outcome, stored_verdicts,
+};
 
 pub(super) struct ShardService {
     pub(super) state: Arc<State>,
@@ -146,36 +148,40 @@ impl ShardRpc for ShardService {
         state.check_running()?;
         let id = r.txn.ok_or_else(|| Status::invalid_argument("which transaction?"))?;
         let txn = TxnId { epoch: Epoch(id.epoch), index: id.index };
+        let client = match r.client_id.len() {
+            0 => None,
+            16 => Some(ClientId(u128::from_le_bytes(r.client_id[..].try_into().expect("16")))),
+            n => return Err(malformed(format!("client_id: 16 bytes, not {n}"))),
+        };
         let outcome = state
             .wait_for(|| {
                 // Read in the reverse of the order the apply thread writes them (outcomes,
                 // then the deferred entries, then progress), so that an outcome recorded
                 // while this runs is never missed: if the window counted as applied here,
-                // its outcomes are in the map.
+                // its outcomes are in the map or in storage.
                 let applied = state.progress().applied;
                 let deferred = lock(&state.deferred).contains(&txn);
                 if let Some(o) = lock(&state.outcomes).get(&txn) {
                     return Some(Ok(o.clone()));
                 }
-                if txn.epoch <= state.started_at {
-                    return Some(Err(Status::not_found(format!(
-                        "the outcome of {txn} is unknown: shard {} restarted since",
-                        state.shard.0
-                    ))));
+                // Not applied yet, or deferred to a later window: wait.
+                if txn.epoch > applied || deferred {
+                    return None;
                 }
-                if txn.epoch.0.saturating_add(OUTCOME_WINDOWS) <= applied.0 {
-                    return Some(Err(Status::not_found(format!(
-                        "the outcome of {txn} is forgotten: shard {} keeps outcomes for \
-                         {OUTCOME_WINDOWS} windows",
-                        state.shard.0
-                    ))));
-                }
-                // Its window is applied and it was not deferred to a later one: it never was.
-                (txn.epoch <= applied && !deferred).then(|| {
-                    Err(Status::not_found(format!(
-                        "shard {} has no transaction {txn} whose lowest participant it is",
-                        state.shard.0
-                    )))
+                // Decided before this shard restarted, or long enough ago to have left memory:
+                // storage keeps it by client id for the retention period.
+                let stored = match client.map(|c| stored_outcome(&state.mvcc, c)).transpose() {
+                    Ok(stored) => stored.flatten(),
+                    Err(e) => return Some(Err(Status::internal(e.to_string()))),
+                };
+                Some(match stored {
+                    Some((t, o)) if t == txn => Ok(o),
+                    _ => Err(Status::not_found(format!(
+                        "shard {} does not know the outcome of {txn}: not a transaction whose \
+                         lowest participant it is, or past the retention period{}",
+                        state.shard.0,
+                        if client.is_none() { " (ask with its client id)" } else { "" }
+                    ))),
                 })
             })
             .await??;
@@ -196,13 +202,36 @@ impl ShardRpc for ShardService {
         }))
     }
 
+    async fn outcome(
+        &self,
+        request: Request<v1::OutcomeRequest>,
+    ) -> Result<Response<v1::OutcomeResponse>, Status> {
+        let r = request.into_inner();
+        let state = &self.state;
+        observe_request(&state.clock, r.hlc)?;
+        state.check_running()?;
+        let id = <[u8; 16]>::try_from(r.client_id.as_slice())
+            .map(|b| ClientId(u128::from_le_bytes(b)))
+            .map_err(|_| malformed(format!("client_id: 16 bytes, not {}", r.client_id.len())))?;
+        // Progress first: the outcome read after it is at least as new.
+        let applied = state.progress().applied;
+        let stored =
+            stored_outcome(&state.mvcc, id).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(v1::OutcomeResponse {
+            hlc: stamp(&state.clock),
+            outcome: stored.map(|(txn, o)| outcome_to_proto(txn, &o)),
+            applied_epoch: applied.0,
+        }))
+    }
+
     async fn status(
         &self,
         request: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::ShardStatus>, Status> {
         let state = &self.state;
         observe_request(&state.clock, request.into_inner().hlc)?;
-        state.check_running()?;
+        // Answered whatever the shard's state: `failure` says why it serves nothing.
+        let failure = state.check_running().err().map(|s| s.message().to_string());
         let progress = state.progress();
         Ok(Response::new(v1::ShardStatus {
             hlc: stamp(&state.clock),
@@ -210,6 +239,9 @@ impl ShardRpc for ShardService {
             applied_epoch: progress.applied.0,
             safe_ts: progress.safe.as_u64(),
             range: Some(range_to_proto(&state.map.range_of(state.shard))),
+            replica: state.replica as u32,
+            digest: progress.digest.to_le_bytes().to_vec(),
+            failure: failure.unwrap_or_default(),
         }))
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use client::{Client, Tls, cluster_status};
+use client::{Client, Tls, cluster_status, replica_addrs};
 use clock::Clock;
 use node::{LocalProcesses, LocalSpec, make_certificates};
 use rand::rngs::StdRng;
@@ -18,13 +18,13 @@ use tests::history::{Completion, Mop, Recorder, Workload, check};
 use txn::builtin::{ListOp, decode_list, decode_list_output, encode_list_ops, list_key, put_args};
 use txn::{ReadAt, TxnError};
 
-const SHARDS: usize = 3;
+pub(crate) const SHARDS: usize = 3;
 const KEYS: u64 = 10;
 const CLIENTS: u64 = 8;
 
 /// A local cluster of `SHARDS` shards with 2 ms windows and a 1 ms bound, each node run by
 /// `command` (followed by `--config FILE`), over TLS with the certificates in `tls_dir`.
-fn spec(
+pub(crate) fn spec(
     dir: &std::path::Path,
     command: Vec<String>,
     tls_dir: Option<std::path::PathBuf>,
@@ -34,6 +34,7 @@ fn spec(
         command,
         dir: dir.to_path_buf(),
         shards: SHARDS as u32,
+        replicas: 1,
         port: None,
         max_offset_ms: 1,
         window_ms: 2,
@@ -43,16 +44,17 @@ fn spec(
 }
 
 /// `sealdb start`.
-fn sealdb_start() -> Vec<String> {
+pub(crate) fn sealdb_start() -> Vec<String> {
     vec![env!("CARGO_BIN_EXE_sealdb").into(), "start".into()]
 }
 
-/// Waits until every shard answers the sequencer's status report.
-async fn wait_ready(sequencer: &str, clock: &Clock, tls: Option<&Tls>) {
+/// Waits until every shard replica answers the sequencer's status report.
+pub(crate) async fn wait_ready(sequencer: &str, clock: &Clock, tls: Option<&Tls>) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(s) = cluster_status(sequencer, clock, tls).await
-            && s.shards.len() == SHARDS
+            && s.shards.len() == s.shard_addrs.iter().map(|a| replica_addrs(a).len()).sum::<usize>()
+            && s.shards.iter().all(|r| r.failure.is_empty())
         {
             return;
         }
@@ -390,19 +392,26 @@ async fn a_python_client_written_from_the_proto_files_alone_uses_the_cluster() {
 }
 
 /// List-append clients running until stopped, recording a Jepsen history.
-struct Clients {
-    history: Arc<Recorder>,
-    stop: Arc<AtomicBool>,
+pub(crate) struct Clients {
+    /// The history, for readers of its own.
+    pub(crate) history: Arc<Recorder>,
+    /// Set to stop.
+    pub(crate) stop: Arc<AtomicBool>,
     workers: Vec<tokio::task::JoinHandle<HashMap<&'static str, u64>>>,
 }
 
 impl Clients {
-    /// Starts `CLIENTS` clients of `client`.
-    fn start(client: Arc<Client>, seed: u64) -> Clients {
+    /// Starts `CLIENTS` clients of `client`, each calling as fast as it is answered.
+    pub(crate) fn start(client: Arc<Client>, seed: u64) -> Clients {
+        Clients::paced(client, seed, CLIENTS, Duration::ZERO)
+    }
+
+    /// Starts `clients` clients of `client`, each pausing `think` between calls.
+    pub(crate) fn paced(client: Arc<Client>, seed: u64, clients: u64, think: Duration) -> Clients {
         let history = Arc::new(Recorder::new());
         let next_value = Arc::new(AtomicU64::new(1));
         let stop = Arc::new(AtomicBool::new(false));
-        let workers: Vec<_> = (0..CLIENTS)
+        let workers: Vec<_> = (0..clients)
             .map(|process| {
                 let (client, history, next_value, stop) =
                     (client.clone(), history.clone(), next_value.clone(), stop.clone());
@@ -410,6 +419,7 @@ impl Clients {
                     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1000) + process);
                     let mut outcomes: HashMap<&'static str, u64> = HashMap::new();
                     while !stop.load(Ordering::SeqCst) {
+                        tokio::time::sleep(think).await;
                         let ops: Vec<Mop> = (0..rng.random_range(1..5))
                             .map(|_| {
                                 let k = rng.random_range(0..KEYS);
@@ -458,10 +468,16 @@ impl Clients {
 
     /// Stops the clients and checks the history: every acknowledged append in its list once,
     /// no value twice, and strictly serializable by `adya`.
-    async fn finish(self, client: &Client, seed: u64, name: &str) {
+    /// What the clients' calls came to: "ok" and "unknown" counts.
+    pub(crate) async fn finish(
+        self,
+        client: &Client,
+        seed: u64,
+        name: &str,
+    ) -> BTreeMap<&'static str, u64> {
         let Clients { history, stop, workers } = self;
         stop.store(true, Ordering::SeqCst);
-        let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut totals: BTreeMap<&'static str, u64> = BTreeMap::new();
         for w in workers {
             for (k, n) in w.await.unwrap() {
                 *totals.entry(k).or_default() += n;
@@ -502,5 +518,6 @@ impl Clients {
             std::fs::write(&path, &text).unwrap();
             panic!("seed {seed}: {verdict:?}; history written to {}", path.display());
         }
+        totals
     }
 }

@@ -159,6 +159,7 @@ async fn a_forged_participant_list_is_refused_and_participants_follow_from_the_k
         .await_outcome(v1::AwaitOutcomeRequest {
             hlc: 0,
             txn: Some(v1::TxnId { epoch: receipt.txn.epoch.0, index: receipt.txn.index }),
+            client_id: Vec::new(),
         })
         .await
         .unwrap()
@@ -210,6 +211,7 @@ async fn requests_for_what_cannot_happen_are_answered_at_once() {
     let await_outcome = |epoch: u64, index: u32| v1::AwaitOutcomeRequest {
         hlc: 0,
         txn: Some(v1::TxnId { epoch, index }),
+        client_id: Vec::new(),
     };
     let (epoch, index) = (receipt.txn.epoch.0, receipt.txn.index);
     let real = shard0.await_outcome(await_outcome(epoch, index)).await.unwrap().into_inner();
@@ -230,6 +232,20 @@ async fn requests_for_what_cannot_happen_are_answered_at_once() {
         "{far:?}"
     );
     assert!(shard0.await_outcome(await_outcome(epoch, index)).await.is_ok());
+    // Client ids are 16 bytes; anything else is refused, by both outcome calls.
+    let odd = v1::AwaitOutcomeRequest { client_id: vec![1, 2, 3], ..await_outcome(epoch, index) };
+    let odd = shard0.await_outcome(odd).await.unwrap_err();
+    assert_eq!(refusal(&odd), RefusalKind::Malformed, "{odd:?}");
+    let odd = shard0.outcome(v1::OutcomeRequest { hlc: 0, client_id: vec![0; 17] }).await;
+    assert_eq!(refusal(&odd.unwrap_err()), RefusalKind::Malformed);
+    // By its client id, the stored outcome; an id never logged has none.
+    let id = ClientId(11).0.to_le_bytes().to_vec();
+    let found = shard0.outcome(v1::OutcomeRequest { hlc: 0, client_id: id }).await.unwrap();
+    let found = found.into_inner().outcome.unwrap();
+    assert_eq!(found.txn, Some(v1::TxnId { epoch, index }));
+    let none = ClientId(12345).0.to_le_bytes().to_vec();
+    let none = shard0.outcome(v1::OutcomeRequest { hlc: 0, client_id: none }).await.unwrap();
+    assert!(none.into_inner().outcome.is_none());
     let future = v1::GetRequest { hlc: 0, key: key.clone(), read_ts: u64::MAX, for_window: 0 };
     let future = tokio::time::timeout(bounded, shard0.get(future))
         .await
@@ -381,13 +397,14 @@ async fn a_shard_ten_milliseconds_off_fences_itself_and_the_rest_goes_on() {
             ShardClient::connect(format!("http://{}", local.cluster.shards[2])).await.unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            match shard2.status(v1::StatusRequest { hlc: 0 }).await {
-                Err(status) if status.message().contains("fenced") => break,
-                other => assert!(
-                    std::time::Instant::now() < deadline,
-                    "shard 2 at {off} ms is not fenced: {other:?}"
-                ),
+            let status = shard2.status(v1::StatusRequest { hlc: 0 }).await.unwrap().into_inner();
+            if status.failure.contains("fenced") {
+                break;
             }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "shard 2 at {off} ms is not fenced: {status:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         local.stop().await;

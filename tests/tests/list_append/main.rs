@@ -15,12 +15,14 @@
 //!
 //! And `hardening`: the same loopback cluster at its edges (oversize and forged requests,
 //! bursts that make windows large, impossible waits, a clock out of bounds); `secure`: the
-//! same over TLS with client certificates, and who may call what.
+//! same over TLS with client certificates, and who may call what; `replicas`: replicas of a
+//! shard whose writes differ stop serving.
 
 mod cluster;
 mod embedded;
 mod group;
 mod hardening;
+mod replicas;
 mod secure;
 
 use std::sync::Arc;
