@@ -19,6 +19,7 @@
 //! Not here: the engine itself; the harness only uses public APIs.
 
 pub mod failover;
+pub mod jepsen;
 pub mod micro;
 pub mod mvcc;
 pub mod report;

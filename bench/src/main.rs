@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -173,6 +174,32 @@ enum Workload {
         /// Also write the report as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+    },
+    /// Faults (kill -9, SIGSTOP, clock offsets) injected into a cluster of 3 sequencers and
+    /// 3 shards x 2 replicas under list-append and bank clients; then the history checked.
+    Jepsen {
+        /// How long the clients run, in seconds.
+        #[arg(long, default_value_t = 120)]
+        time: u64,
+        /// The faults to draw from, comma-separated: kill, pause, clock.
+        #[arg(long, default_value = "kill,pause,clock")]
+        nemesis: String,
+        /// Seconds between faults (a range, drawn from).
+        #[arg(long, default_value = "10-20")]
+        interval: String,
+        /// Seconds a fault lasts (a range, drawn from).
+        #[arg(long, default_value = "2-6")]
+        fault: String,
+        /// The schedule's and clients' seed (default: random, printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The nodes' max clock offset in ms (the clock nemesis offsets by 0.5, 1 and 2 times).
+        #[arg(long, default_value_t = 50)]
+        max_offset_ms: u64,
+        /// Where the nodes' data and logs and the report (report.json, report.html,
+        /// history.jsonl) go.
+        #[arg(long, default_value = "jepsen-report")]
+        dir: PathBuf,
     },
     /// Storage alone on RocksDB: apply windows, read back at timestamps, scan, GC, check.
     Mvcc {
@@ -363,6 +390,62 @@ fn main() -> ExitCode {
             };
             match runtime.block_on(serve) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Workload::Jepsen { time, nemesis, interval, fault, seed, max_offset_ms, dir } => {
+            let range = |flag: &str, text: &str| -> Result<(Duration, Duration), String> {
+                let (lo, hi) = text.split_once('-').unwrap_or((text, text));
+                let lo: f64 =
+                    lo.trim().parse().map_err(|_| format!("--{flag} {text:?}: N-M seconds"))?;
+                let hi: f64 =
+                    hi.trim().parse().map_err(|_| format!("--{flag} {text:?}: N-M seconds"))?;
+                if !(0.0..=3600.0).contains(&lo) || hi < lo || hi > 3600.0 {
+                    return Err(format!("--{flag} {text:?}: N-M seconds, N <= M <= 3600"));
+                }
+                Ok((Duration::from_secs_f64(lo), Duration::from_secs_f64(hi)))
+            };
+            let parsed = (|| {
+                Ok::<_, String>(bench::jepsen::JepsenOptions {
+                    time: Duration::from_secs(time),
+                    nemeses: bench::jepsen::Nemesis::parse_list(&nemesis)?,
+                    interval: range("interval", &interval)?,
+                    fault: range("fault", &fault)?,
+                    seed: seed.unwrap_or_else(|| rand::random::<u64>() % 1_000_000),
+                    max_offset_ms,
+                    command: None,
+                    dir: Some(dir.clone()),
+                })
+            })();
+            let opts = match parsed {
+                Ok(o) if time > 0 && (1..=10_000).contains(&max_offset_ms) => o,
+                Ok(_) => return usage_error("--time: 1 or more; --max-offset-ms: 1 to 10000"),
+                Err(e) => return usage_error(&e),
+            };
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                return usage_error(&format!("{}: {e}", dir.display()));
+            }
+            match bench::jepsen::run(&opts) {
+                Ok(r) => {
+                    println!(
+                        "jepsen seed {}: {}",
+                        r.seed,
+                        if r.valid { "valid" } else { "INVALID" }
+                    );
+                    for c in &r.checks {
+                        println!(
+                            "  {:4} {}: {}",
+                            if c.ok { "ok" } else { "FAIL" },
+                            c.name,
+                            c.detail
+                        );
+                    }
+                    println!("  faults: {}; calls: {:?}", r.faults.len(), r.totals);
+                    if r.valid { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+                }
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::FAILURE

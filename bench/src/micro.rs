@@ -114,7 +114,7 @@ pub struct Report {
     pub consistent: bool,
 }
 
-fn key(i: u64) -> Vec<u8> {
+pub(crate) fn key(i: u64) -> Vec<u8> {
     // Multiplication by an odd constant is a bijection on u64 that spreads the high byte.
     i.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes().to_vec()
 }

@@ -338,6 +338,12 @@ impl LocalProcesses {
     /// Starts node `i` (0 is the sequencer, 1 + s shard s); its output goes to a `.log` file
     /// next to its configuration.
     pub fn start(&mut self, i: usize) -> Result<(), NodeError> {
+        self.start_with_env(i, &[])
+    }
+
+    /// [`LocalProcesses::start`] with more environment variables for the process (for
+    /// example libfaketime's `LD_PRELOAD` and `FAKETIME`, to run it with its clock offset).
+    pub fn start_with_env(&mut self, i: usize, env: &[(&str, &str)]) -> Result<(), NodeError> {
         let (config, child) = &mut self.nodes[i];
         if child.is_some() {
             let name = config.display().to_string();
@@ -352,6 +358,7 @@ impl LocalProcesses {
         let (program, args) = self.command.split_first().expect("checked non-empty");
         let spawned = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(&*config)
             .stdout(Stdio::null())
@@ -360,6 +367,21 @@ impl LocalProcesses {
             .map_err(|e| NodeError::io(format!("starting {program}"), e))?;
         *child = Some(spawned);
         Ok(())
+    }
+
+    /// How many nodes (sequencers, then shard replicas).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether there are none (never, once spawned).
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Whether node `i` is running (started and not killed or stopped since).
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].1.is_some()
     }
 
     /// Kills node `i` with SIGKILL, as a crash would.

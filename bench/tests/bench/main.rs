@@ -1,0 +1,7 @@
+//! The benchmark harness's tests, in one binary (each binary linking RocksDB costs link time).
+//!
+//! - `tpcc`: the TPC-C-like benchmark end to end, embedded and on a cluster of processes.
+//! - `jepsen`: the fault suite's short schedule (`./dev jepsen` runs the full one).
+
+mod jepsen;
+mod tpcc;
