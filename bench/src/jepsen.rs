@@ -651,6 +651,11 @@ fn timeline(done: &[(Duration, Duration, Completion)]) -> Vec<Second> {
         .collect()
 }
 
+/// `text` with HTML's special characters escaped.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
 /// The report as a page: the checks, the faults, and two plots (committed calls per second;
 /// p50 and p99 latency) with the fault windows shaded.
 fn html(r: &JepsenReport) -> String {
@@ -677,8 +682,8 @@ fn html(r: &JepsenReport) -> String {
                     Nemesis::Clock => "#9467bd",
                 },
                 f.kind,
-                f.node,
-                f.detail,
+                escape(&f.node),
+                escape(&f.detail),
                 x(f.start_s),
                 pad - 4.0,
                 f.kind
@@ -717,8 +722,8 @@ fn html(r: &JepsenReport) -> String {
             format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
                 if c.ok { "ok" } else { "<b>FAIL</b>" },
-                c.name,
-                c.detail
+                escape(&c.name),
+                escape(&c.detail)
             )
         })
         .collect();
@@ -728,7 +733,11 @@ fn html(r: &JepsenReport) -> String {
         .map(|f| {
             format!(
                 "<tr><td>{:.1}-{:.1} s</td><td>{:?}</td><td>{}</td><td>{}</td></tr>",
-                f.start_s, f.end_s, f.kind, f.node, f.detail
+                f.start_s,
+                f.end_s,
+                f.kind,
+                escape(&f.node),
+                escape(&f.detail)
             )
         })
         .collect();
@@ -742,7 +751,7 @@ fn html(r: &JepsenReport) -> String {
         r.seed,
         r.time_s,
         r.nemeses,
-        r.totals,
+        escape(&format!("{:?}", r.totals)),
         plot(
             "Calls per second (green: committed; grey: unknown or failed)",
             &[("committed", "#2ca02c", ok), ("unknown or failed", "#7f7f7f", unknown)]

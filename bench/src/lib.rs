@@ -48,6 +48,9 @@ pub enum ClusterTarget {
         shards: u32,
         /// Replicas (processes) of each shard.
         replicas: u32,
+        /// Of those, how many are killed (SIGKILL) as soon as they start, and stay down: the
+        /// cluster runs with that many replicas of every shard lost.
+        down: u32,
         /// The nodes' `max_offset` (commit-wait lasts about this long).
         max_offset_ms: u64,
         /// TLS with client certificates on every hop (certificates made for the run).
@@ -65,6 +68,7 @@ impl ClusterTarget {
         secure: bool,
         sequencers: u32,
         replicas: u32,
+        down: u32,
     ) -> Result<ClusterTarget, String> {
         let local = flag.strip_prefix("local:").map(str::parse::<u32>);
         if !matches!(local, Some(Ok(_))) && (sequencers != 1 || replicas != 1) {
@@ -73,12 +77,23 @@ impl ClusterTarget {
         if !(1..=5).contains(&replicas) {
             return Err("--replicas: 1 to 5".into());
         }
+        if down >= replicas {
+            return Err("--replicas-down: fewer than --replicas (a shard needs one)".into());
+        }
         if sequencers == 0 || sequencers > 7 || sequencers.is_multiple_of(2) {
             return Err("--sequencers: 1, 3, 5 or 7".into());
         }
         match local {
             Some(Ok(shards)) if (1..=64).contains(&shards) => {
-                Ok(ClusterTarget::Local { sequencers, shards, replicas, max_offset_ms, secure })
+                let (max_offset_ms, secure) = (max_offset_ms, secure);
+                Ok(ClusterTarget::Local {
+                    sequencers,
+                    shards,
+                    replicas,
+                    down,
+                    max_offset_ms,
+                    secure,
+                })
             }
             Some(_) => Err("--cluster local:N needs N from 1 to 64".into()),
             None if secure => Err("--secure is for --cluster local:N".into()),
@@ -115,13 +130,13 @@ impl ClusterTarget {
         dir: std::path::PathBuf,
         map: impl FnOnce(u32) -> txn::ShardMap,
     ) -> Result<RunningCluster, String> {
-        let (sequencers, shards, replicas, max_offset_ms, secure) = match self {
+        let (sequencers, shards, replicas, down, max_offset_ms, secure) = match self {
             ClusterTarget::Addr(addr) => {
                 let addr = addr.clone();
                 return Ok(RunningCluster { addr, max_offset_ms: None, tls: None, local: None });
             }
-            ClusterTarget::Local { sequencers, shards, replicas, max_offset_ms, secure } => {
-                (*sequencers, *shards, *replicas, *max_offset_ms, *secure)
+            ClusterTarget::Local { sequencers, shards, replicas, down, max_offset_ms, secure } => {
+                (*sequencers, *shards, *replicas, *down, *max_offset_ms, *secure)
             }
         };
         let tls_dir = secure.then(|| dir.join("certs"));
@@ -144,7 +159,15 @@ impl ClusterTarget {
             split_keys: map.splits().to_vec(),
             tls_dir,
         };
-        let local = node::LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;
+        let mut local = node::LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;
+        for shard in 0..spec.shards as usize {
+            for replica in 0..down as usize {
+                local.kill(local.shard_node(shard, replica)).map_err(|e| e.to_string())?;
+            }
+        }
+        if down > 0 {
+            eprintln!("  killed {down} replica(s) of every shard; they stay down");
+        }
         eprintln!(
             "  local cluster: sequencer {}, shards {} (max_offset {max_offset_ms} ms{})",
             local.sequencer,
@@ -169,7 +192,13 @@ pub async fn connect_when_ready(
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         match client::cluster_status(addr, &clock, tls.as_ref()).await {
-            Ok(s) if s.unreachable.is_empty() => break s,
+            // Every shard has a replica answering (replicas killed on purpose stay down).
+            Ok(s)
+                if (0..s.shard_addrs.len() as u32)
+                    .all(|i| s.shards.iter().any(|r| r.shard == i && r.failure.is_empty())) =>
+            {
+                break s;
+            }
             Ok(_) | Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

@@ -53,6 +53,10 @@ struct ClusterArgs {
     /// With `--cluster local:N`: processes per shard, each applying the log on its own.
     #[arg(long, default_value_t = 1)]
     replicas: u32,
+    /// With `--replicas N`: kill this many replicas of every shard as soon as they start
+    /// (to measure a cluster running with replicas lost).
+    #[arg(long, default_value_t = 0)]
+    replicas_down: u32,
 }
 
 impl ClusterArgs {
@@ -61,8 +65,8 @@ impl ClusterArgs {
         self.cluster
             .as_deref()
             .map(|c| {
-                let (seq, replicas) = (self.sequencers, self.replicas);
-                bench::ClusterTarget::parse(c, self.max_offset_ms, self.secure, seq, replicas)
+                let (seq, replicas, down) = (self.sequencers, self.replicas, self.replicas_down);
+                bench::ClusterTarget::parse(c, self.max_offset_ms, self.secure, seq, replicas, down)
             })
             .transpose()
     }
