@@ -29,6 +29,8 @@ pub struct FailoverOptions {
     pub clients: usize,
     /// Where the nodes keep their data (a temporary directory if `None`).
     pub dir: Option<std::path::PathBuf>,
+    /// The group's heartbeat and election timeout in ms (`None`: the defaults).
+    pub group_timing: Option<(u64, u64)>,
 }
 
 /// What a run measured.
@@ -75,6 +77,7 @@ pub fn run(opts: &FailoverOptions) -> Result<FailoverReport, String> {
         max_offset_ms: 1,
         window_ms: 2,
         split_keys: Vec::new(),
+        group_timing: opts.group_timing,
         tls_dir: None,
     };
     let mut local = node::LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;

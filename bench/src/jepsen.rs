@@ -249,6 +249,7 @@ pub fn run(opts: &JepsenOptions) -> Result<JepsenReport, String> {
         max_offset_ms: opts.max_offset_ms,
         window_ms: 5,
         split_keys: Vec::new(),
+        group_timing: None,
         tls_dir: None,
     };
     let local = node::LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;

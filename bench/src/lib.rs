@@ -157,6 +157,7 @@ impl ClusterTarget {
             max_offset_ms,
             window_ms: 2,
             split_keys: map.splits().to_vec(),
+            group_timing: None,
             tls_dir,
         };
         let mut local = node::LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;

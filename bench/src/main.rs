@@ -178,6 +178,12 @@ enum Workload {
         /// Also write the report as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// The group's heartbeat in ms (default: the nodes' default, 100).
+        #[arg(long)]
+        heartbeat_ms: Option<u64>,
+        /// The group's election timeout in ms (default: the nodes' default, 500).
+        #[arg(long)]
+        election_timeout_ms: Option<u64>,
     },
     /// Faults (kill -9, SIGSTOP, clock offsets) injected into a cluster of 3 sequencers and
     /// 3 shards x 2 replicas under list-append and bank clients; then the history checked.
@@ -456,13 +462,33 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Workload::Failover { sequencers, shards, kills, clients, dir, json } => {
+        Workload::Failover {
+            sequencers,
+            shards,
+            kills,
+            clients,
+            dir,
+            json,
+            heartbeat_ms,
+            election_timeout_ms,
+        } => {
             if sequencers < 3 || sequencers.is_multiple_of(2) || shards == 0 || kills == 0 {
                 return usage_error(
                     "--sequencers: an odd number from 3; --shards, --kills: 1 or more",
                 );
             }
-            let opts = bench::failover::FailoverOptions { sequencers, shards, kills, clients, dir };
+            let group_timing = match (heartbeat_ms, election_timeout_ms) {
+                (None, None) => None,
+                (h, e) => Some((h.unwrap_or(100), e.unwrap_or(500))),
+            };
+            let opts = bench::failover::FailoverOptions {
+                sequencers,
+                shards,
+                kills,
+                clients,
+                dir,
+                group_timing,
+            };
             println!(
                 "failover: {sequencers} sequencers, {shards} shards, {kills} leader kills, {clients} clients"
             );

@@ -22,8 +22,8 @@
 //!
 //! [group]                           # a sequencer's place in a group (with `sequencers`)
 //! id = 1                            # its position in `sequencers`, from 1
-//! heartbeat_ms = 100                # optional: the leader's heartbeat
-//! election_timeout_ms = 500         # optional: a follower's wait before it stands (up to 2x)
+//! heartbeat_ms = 75                 # optional: the leader's heartbeat
+//! election_timeout_ms = 300         # optional: a follower's wait before it stands (up to 1.2x)
 //!
 //! [window]                          # optional (sequencer role)
 //! interval_ms = 5
@@ -246,8 +246,8 @@ impl NodeConfig {
                         sequencers.len()
                     ));
                 }
-                let heartbeat = Duration::from_millis(g.heartbeat_ms.unwrap_or(100));
-                let election = Duration::from_millis(g.election_timeout_ms.unwrap_or(500));
+                let heartbeat = Duration::from_millis(g.heartbeat_ms.unwrap_or(75));
+                let election = Duration::from_millis(g.election_timeout_ms.unwrap_or(300));
                 if heartbeat.is_zero() || election < 3 * heartbeat {
                     return Err("group: election_timeout_ms must be at least 3 heartbeats".into());
                 }

@@ -176,6 +176,9 @@ pub struct LocalSpec {
     /// The shard map's split keys (one fewer than shards); empty splits the first key byte
     /// evenly.
     pub split_keys: Vec<Vec<u8>>,
+    /// A sequencer group's heartbeat and election timeout in ms (`[group]`); `None` keeps
+    /// the defaults.
+    pub group_timing: Option<(u64, u64)>,
     /// A directory of certificates from [`make_certificates`](super::make_certificates): the
     /// nodes run TLS with `node.pem` and `node.key`. `None` runs without TLS.
     pub tls_dir: Option<PathBuf>,
@@ -303,7 +306,12 @@ impl LocalProcesses {
                     _ => format!("shard = {s}\nreplica = {r}\n"),
                 })
                 .unwrap_or_default();
-            let group = group.map(|id| format!("\n[group]\nid = {id}\n")).unwrap_or_default();
+            let timing = spec
+                .group_timing
+                .map(|(h, e)| format!("heartbeat_ms = {h}\nelection_timeout_ms = {e}\n"))
+                .unwrap_or_default();
+            let group =
+                group.map(|id| format!("\n[group]\nid = {id}\n{timing}")).unwrap_or_default();
             let data = dir.join(&name).display().to_string();
             let text = format!(
                 "role = \"{role}\"\nlisten = \"{listen}\"\ndata_dir = {data:?}\n{shard}\

@@ -209,6 +209,7 @@ pub fn dev(
         max_offset_ms: 1,
         window_ms: 5,
         split_keys: Vec::new(),
+        group_timing: None,
         tls_dir: tls_dir.clone(),
     };
     let local = LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;

@@ -72,6 +72,7 @@ fn a_short_run_on_a_cluster_of_processes_passes_the_consistency_checks() {
         max_offset_ms: 1,
         window_ms: 2,
         split_keys: bench::tpcc::shard_map(2, 2).splits().to_vec(),
+        group_timing: None,
         tls_dir: None,
     })
     .unwrap();

@@ -39,6 +39,7 @@ pub(crate) fn spec(
         max_offset_ms: 1,
         window_ms: 2,
         split_keys: Vec::new(),
+        group_timing: None,
         tls_dir,
     }
 }

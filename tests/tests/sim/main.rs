@@ -1,8 +1,8 @@
 //! A deterministic simulation of the cluster, and scenario tests of the window step.
 //!
-//! - `world`: a sequencer, three shards and list-append and bank clients in one thread, on a
-//!   seeded scheduler and simulated network with faults; each shard runs the same
-//!   [`txn::Step`] as the embedded database and the shard server.
+//! - `world`: a sequencer, three shards of two replicas and list-append and bank clients in
+//!   one thread, on a seeded scheduler and simulated network with faults; each replica runs
+//!   the same [`txn::Step`] as the embedded database and the shard server.
 //! - `invariants`: what every run must keep, one per file.
 //! - `scenarios`: the step alone, as stories with the exact commands it returns.
 //!
@@ -88,6 +88,7 @@ fn a_run_is_a_function_of_its_seed() {
     assert_eq!(a.history, b.history, "seed {seed}");
     assert_eq!(a.writes, b.writes, "seed {seed}");
     assert_eq!(a.verdicts, b.verdicts, "seed {seed}");
+    assert_eq!(a.digests, b.digests, "seed {seed}");
     assert_eq!(a.final_lists, b.final_lists, "seed {seed}");
 }
 

@@ -1,11 +1,14 @@
-//! [`World`]: a sequencer, three shards and their clients in one thread, driven by a seeded
-//! scheduler over a simulated network. Each shard runs the same [`Step`] as the embedded
-//! database and the shard server; this shell carries out its commands as messages.
+//! [`World`]: a sequencer, three shards of two replicas each and their clients in one thread,
+//! driven by a seeded scheduler over a simulated network. Each replica runs the same [`Step`]
+//! as the embedded database and the shard server, applying the log on its own; this shell
+//! carries out its commands as messages. A replica asks a peer shard's replicas at random
+//! (again on every retry, so a crashed one is passed over), and every replica of an entry's
+//! lowest participant sends the client its outcome (the client takes the first).
 //!
 //! ```text
 //!   clients ──Submit──> sequencer (Sealer; a window is durable after a simulated fsync)
 //!                          │ Fetch(e) / Deliver(window e, durable)
-//!   shard 0 <──Read / Pull / replies──> shard 1 <──> shard 2      (each runs a Step)
+//!   shard 0 <──Read / Pull / replies──> shard 1 <──> shard 2      (each replica a Step)
 //!      └──Outcome (from an entry's lowest participant)──> client
 //! ```
 //!
@@ -14,7 +17,7 @@
 //! and every map is ordered, so a seed reproduces a run exactly.
 //!
 //! Faults, all seeded: message delay (and so reordering), loss (requests are retried on a
-//! timer; a lost submission or outcome leaves the client not knowing), shard crashes that
+//! timer; a lost submission or outcome leaves the client not knowing), replica crashes that
 //! keep only what was flushed (then restart and replay from the watermark), sequencer
 //! crashes that lose the window being fsynced, and sequencer clock offsets within
 //! `MAX_OFFSET` (its windows' timestamps must still increase). Not simulated here: commit-wait
@@ -39,6 +42,9 @@ use crate::engine::{Keep, SimEngine};
 
 /// Shards in the simulated cluster.
 pub const SHARDS: u32 = 3;
+
+/// A shard replica, by index: replica `r` of shard `s` is `s * replicas + r`.
+type Node = usize;
 
 /// The largest offset of the sequencer's clock from true time.
 const MAX_OFFSET: u64 = 5_000;
@@ -86,6 +92,8 @@ pub struct Config {
     pub faults: bool,
     /// A planted bug, if any.
     pub bug: Option<Bug>,
+    /// Replicas of each shard, each applying the log on its own.
+    pub replicas: u32,
 }
 
 impl Config {
@@ -98,6 +106,7 @@ impl Config {
             bank_clients: 3,
             faults: true,
             bug: None,
+            replicas: 2,
         }
     }
 }
@@ -115,8 +124,11 @@ pub struct Run {
     pub audits: Vec<Vec<u64>>,
     /// Every balance at the end, read from its shard.
     pub final_balances: Vec<u64>,
-    /// Every write: the shard, the window written, and the shard's watermark before it.
-    pub writes: Vec<(ShardId, Epoch, Epoch)>,
+    /// Every write: the replica (shard, replica), the window written, and its watermark
+    /// before it.
+    pub writes: Vec<((ShardId, u32), Epoch, Epoch)>,
+    /// Every window applied: the replica, the window, and the chained digest after it.
+    pub digests: Vec<((ShardId, u32), Epoch, u128)>,
     /// Every final verdict a shard applied: shard, window, entry, commit. (A deferred entry
     /// has one verdict per window it runs in.)
     pub verdicts: Vec<(ShardId, Epoch, TxnId, bool)>,
@@ -154,39 +166,39 @@ enum Ev {
         entry: Entry,
     },
     Fetch {
-        shard: ShardId,
+        node: Node,
         epoch: Epoch,
     },
     WantWindow,
     Deliver {
-        shard: ShardId,
+        node: Node,
         window: Arc<Window>,
     },
     /// A request from one shard to another (a read or a verdict pull), or its answer.
     Request {
-        to: ShardId,
-        from: ShardId,
+        to: Node,
+        from: Node,
         life: u64,
         req: u64,
         ask: Ask,
     },
     Reply {
-        to: ShardId,
+        to: Node,
         life: u64,
         req: u64,
         event: Event,
     },
     Retry {
-        shard: ShardId,
+        node: Node,
         life: u64,
         req: u64,
     },
     Poll {
-        shard: ShardId,
+        node: Node,
         life: u64,
     },
     Flush {
-        shard: ShardId,
+        node: Node,
     },
     Outcome {
         client: usize,
@@ -201,10 +213,10 @@ enum Ev {
         client: usize,
     },
     CrashShard {
-        shard: ShardId,
+        node: Node,
     },
     RestartShard {
-        shard: ShardId,
+        node: Node,
     },
     CrashSequencer,
     RestartSequencer,
@@ -249,13 +261,15 @@ struct SequencerNode {
     /// The window being fsynced.
     syncing: Option<Window>,
     /// Shards waiting for a window not yet durable.
-    waiting: BTreeMap<ShardId, Epoch>,
+    waiting: BTreeMap<Node, Epoch>,
     want_window: bool,
     /// Its clock's offset from true time, within `MAX_OFFSET` either way.
     offset: i64,
 }
 
 struct ShardNode {
+    /// Which shard it is a replica of.
+    shard: ShardId,
     alive: bool,
     /// Bumped by each crash: replies and timers of an earlier life are ignored.
     life: u64,
@@ -265,7 +279,7 @@ struct ShardNode {
     /// Local verdicts published for windows in progress.
     published: BTreeMap<Epoch, Vec<(TxnId, bool)>>,
     /// Peers' requests waiting for this shard to get far enough.
-    parked: Vec<(ShardId, u64, u64, Ask)>,
+    parked: Vec<(Node, u64, u64, Ask)>,
     /// Requests sent and not answered, to send again on a timer.
     outstanding: BTreeMap<u64, (ShardId, Ask)>,
     next_req: u64,
@@ -347,10 +361,11 @@ impl World {
             seq: 0,
             queue: BinaryHeap::new(),
         };
-        for s in 0..SHARDS {
+        for n in 0..(SHARDS * world.config.replicas) as usize {
             let engine = Arc::new(SimEngine::default());
             let mvcc = Arc::new(Mvcc::open(engine.clone(), Limits::default()).expect("open"));
             world.shards.push(ShardNode {
+                shard: ShardId(n as u32 / world.config.replicas),
                 alive: false,
                 life: 0,
                 engine,
@@ -362,7 +377,7 @@ impl World {
                 next_req: 0,
                 halted: false,
             });
-            world.restart_shard(ShardId(s));
+            world.restart_shard(n);
         }
         world.at(0, Ev::SealTimer);
         for client in 0..clients {
@@ -377,15 +392,14 @@ impl World {
 
     fn plan_faults(&mut self) {
         let run_for = self.config.run_for;
-        for s in 0..SHARDS {
-            let shard = ShardId(s);
+        for node in 0..self.shards.len() {
             let first_flush = self.rng.random_range(0..5_000);
-            self.at(first_flush, Ev::Flush { shard });
+            self.at(first_flush, Ev::Flush { node });
             for _ in 0..self.rng.random_range(0..=2) {
                 let at = self.rng.random_range(0..run_for);
-                self.at(at, Ev::CrashShard { shard });
+                self.at(at, Ev::CrashShard { node });
                 let down = self.rng.random_range(1_000..30_000);
-                self.at(at + down, Ev::RestartShard { shard });
+                self.at(at + down, Ev::RestartShard { node });
             }
         }
         let sequencer_crashes = match self.config.bug {
@@ -464,7 +478,8 @@ impl World {
                 why.push(format!("client {i} waits"));
             }
         }
-        for (s, node) in self.shards.iter().enumerate() {
+        for (n, node) in self.shards.iter().enumerate() {
+            let s = format!("{} replica {}", node.shard.0, self.replica_index(n));
             match &node.step {
                 _ if node.halted => why.push(format!("shard {s} halted")),
                 None => why.push(format!("shard {s} is down")),
@@ -493,39 +508,41 @@ impl World {
                     let _ = self.sequencer.sealer.submit(entry, now);
                 }
             }
-            Ev::Fetch { shard, epoch } => {
+            Ev::Fetch { node, epoch } => {
                 if !self.sequencer.alive {
                     return;
                 }
                 match self.sequencer.log.get(epoch.0 as usize - 1).cloned() {
-                    Some(window) => self.send(Ev::Deliver { shard, window }),
+                    Some(window) => self.send(Ev::Deliver { node, window }),
                     None => {
-                        self.sequencer.waiting.insert(shard, epoch);
+                        self.sequencer.waiting.insert(node, epoch);
                     }
                 }
             }
             Ev::WantWindow => self.sequencer.want_window = true,
-            Ev::Deliver { shard, window } => self.deliver(shard, &window),
+            Ev::Deliver { node, window } => self.deliver(node, &window),
             Ev::Request { to, from, life, req, ask } => self.answer(to, from, life, req, ask),
             Ev::Reply { to, life, req, event } => {
-                let node = &mut self.shards[to.0 as usize];
+                let node = &mut self.shards[to];
                 if node.alive && node.life == life && node.outstanding.remove(&req).is_some() {
                     self.feed(to, event);
                 }
             }
-            Ev::Retry { shard, life, req } => {
-                let node = &self.shards[shard.0 as usize];
+            Ev::Retry { node: n, life, req } => {
+                let node = &self.shards[n];
                 if node.alive
                     && node.life == life
-                    && let Some((to, ask)) = node.outstanding.get(&req).cloned()
+                    && let Some((shard, ask)) = node.outstanding.get(&req).cloned()
                 {
                     self.run.stats.retries += 1;
-                    self.send(Ev::Request { to, from: shard, life, req, ask });
-                    self.after(RETRY, Ev::Retry { shard, life, req });
+                    // Any replica of the shard: the one asked before may be down.
+                    let to = self.replica_of(shard);
+                    self.send(Ev::Request { to, from: n, life, req, ask });
+                    self.after(RETRY, Ev::Retry { node: n, life, req });
                 }
             }
-            Ev::Poll { shard, life } => {
-                let node = &self.shards[shard.0 as usize];
+            Ev::Poll { node: n, life } => {
+                let node = &self.shards[n];
                 if node.life != life || !node.alive {
                     return;
                 }
@@ -533,17 +550,17 @@ impl World {
                     && !step.is_busy()
                 {
                     let epoch = step.next_epoch();
-                    self.send(Ev::Fetch { shard, epoch });
+                    self.send(Ev::Fetch { node: n, epoch });
                 }
-                self.after(5_000, Ev::Poll { shard, life });
+                self.after(5_000, Ev::Poll { node: n, life });
             }
-            Ev::Flush { shard } => {
-                let node = &self.shards[shard.0 as usize];
+            Ev::Flush { node: n } => {
+                let node = &self.shards[n];
                 if node.alive {
                     node.mvcc.flush().expect("an in-memory flush");
                 }
                 let next = self.rng.random_range(1_000..20_000);
-                self.after(next, Ev::Flush { shard });
+                self.after(next, Ev::Flush { node: n });
             }
             Ev::Outcome { client, op, outcome } => self.outcome(client, op, outcome),
             Ev::ClientTimeout { client, op } => {
@@ -552,8 +569,8 @@ impl World {
                 }
             }
             Ev::ClientNext { client } => self.next_transaction(client),
-            Ev::CrashShard { shard } => self.crash_shard(shard),
-            Ev::RestartShard { shard } => self.restart_shard(shard),
+            Ev::CrashShard { node } => self.crash_shard(node),
+            Ev::RestartShard { node } => self.restart_shard(node),
             Ev::CrashSequencer => self.crash_sequencer(),
             Ev::RestartSequencer => self.restart_sequencer(),
         }
@@ -585,15 +602,11 @@ impl World {
         let window = Arc::new(window);
         s.log.push(window.clone());
         self.run.stats.windows += 1;
-        let waiting: Vec<ShardId> = s
-            .waiting
-            .iter()
-            .filter(|(_, e)| **e == window.epoch)
-            .map(|(shard, _)| *shard)
-            .collect();
-        for shard in waiting {
-            self.sequencer.waiting.remove(&shard);
-            self.send(Ev::Deliver { shard, window: window.clone() });
+        let waiting: Vec<Node> =
+            s.waiting.iter().filter(|(_, e)| **e == window.epoch).map(|(node, _)| *node).collect();
+        for node in waiting {
+            self.sequencer.waiting.remove(&node);
+            self.send(Ev::Deliver { node, window: window.clone() });
         }
     }
 
@@ -623,12 +636,23 @@ impl World {
 
     // ---- the shards ----
 
-    fn crash_shard(&mut self, shard: ShardId) {
+    /// Which replica of its shard `node` is.
+    fn replica_index(&self, node: Node) -> u32 {
+        node as u32 % self.config.replicas
+    }
+
+    /// A replica of `shard`, drawn at random (a caller goes to any).
+    fn replica_of(&mut self, shard: ShardId) -> Node {
+        let r = self.rng.random_range(0..self.config.replicas);
+        (shard.0 * self.config.replicas + r) as usize
+    }
+
+    fn crash_shard(&mut self, n: Node) {
         let keep = match self.config.bug {
             Some(Bug::TornWatermark) => Keep::TornWatermark,
             _ => Keep::Durable,
         };
-        let node = &mut self.shards[shard.0 as usize];
+        let node = &mut self.shards[n];
         if !node.alive {
             return;
         }
@@ -642,11 +666,12 @@ impl World {
         node.engine = Arc::new(node.engine.crash(keep));
     }
 
-    fn restart_shard(&mut self, shard: ShardId) {
-        let node = &mut self.shards[shard.0 as usize];
+    fn restart_shard(&mut self, n: Node) {
+        let node = &mut self.shards[n];
         if node.alive || node.halted {
             return;
         }
+        let shard = node.shard;
         node.mvcc = Arc::new(Mvcc::open(node.engine.clone(), Limits::default()).expect("open"));
         let executor =
             Executor::new(shard, self.map.clone(), self.registry.clone(), Limits::default());
@@ -654,63 +679,65 @@ impl World {
         node.step = Some(step.expect("a step over an in-memory engine"));
         node.alive = true;
         let life = node.life;
-        self.feed(shard, Event::Started);
-        self.after(0, Ev::Poll { shard, life });
+        self.feed(n, Event::Started);
+        self.after(0, Ev::Poll { node: n, life });
     }
 
-    fn deliver(&mut self, shard: ShardId, window: &Window) {
-        let node = &self.shards[shard.0 as usize];
+    fn deliver(&mut self, n: Node, window: &Window) {
+        let node = &self.shards[n];
+        let shard = node.shard;
         let Some(step) = node.step.as_ref().filter(|_| node.alive) else { return };
         if step.is_busy() || window.epoch != step.next_epoch() {
             return; // a duplicate, or one already applied
         }
         let slice = window.slice(shard).map(|(t, e)| (t, e.clone())).collect();
-        self.feed(shard, Event::Window { epoch: window.epoch, ts: window.ts, slice });
-        self.feed(shard, Event::Durable(window.epoch));
+        self.feed(n, Event::Window { epoch: window.epoch, ts: window.ts, slice });
+        self.feed(n, Event::Durable(window.epoch));
     }
 
     /// Gives `event` to `shard`'s step and carries out what it asks.
-    fn feed(&mut self, shard: ShardId, event: Event) {
-        let node = &mut self.shards[shard.0 as usize];
+    fn feed(&mut self, n: Node, event: Event) {
+        let node = &mut self.shards[n];
         let Some(step) = node.step.as_mut() else { return };
         if let Err(e) = step.handle(event) {
-            self.run.errors.push(format!("shard {} stopped: {e}", shard.0));
+            self.run.errors.push(format!("shard {} node {n} stopped: {e}", node.shard.0));
             node.halted = true;
             node.alive = false;
             node.step = None;
             return;
         }
-        while let Some(command) =
-            self.shards[shard.0 as usize].step.as_mut().and_then(Step::next_command)
-        {
-            self.perform(shard, command);
+        while let Some(command) = self.shards[n].step.as_mut().and_then(Step::next_command) {
+            self.perform(n, command);
         }
     }
 
-    fn perform(&mut self, shard: ShardId, command: Command) {
+    fn perform(&mut self, n: Node, command: Command) {
+        let shard = self.shards[n].shard;
+        let replica = (shard, self.replica_index(n));
         match command {
             Command::ReadRemote { window, shard: to, at, points, scans } => {
-                self.request(shard, to, Ask::Read { window, at, points, scans });
+                self.request(n, to, Ask::Read { window, at, points, scans });
             }
             Command::PublishVerdicts { window, verdicts } => {
-                self.shards[shard.0 as usize].published.insert(window, verdicts);
-                self.unpark(shard);
+                self.shards[n].published.insert(window, verdicts);
+                self.unpark(n);
             }
             Command::PullVerdicts { window, from } => {
                 if self.config.bug == Some(Bug::LocalVerdictOnly) {
-                    let own = self.shards[shard.0 as usize].published[&window].clone();
-                    self.feed(shard, Event::Verdicts { window, from, verdicts: own });
+                    let own = self.shards[n].published[&window].clone();
+                    self.feed(n, Event::Verdicts { window, from, verdicts: own });
                 } else {
-                    self.request(shard, from, Ask::Verdicts { window });
+                    self.request(n, from, Ask::Verdicts { window });
                 }
             }
             Command::Write(batch) => {
-                let node = &self.shards[shard.0 as usize];
+                let node = &self.shards[n];
                 let before = node.mvcc.applied().map_or(Epoch(0), |w| w.window);
-                self.run.writes.push((shard, batch.window(), before));
+                self.run.writes.push((replica, batch.window(), before));
                 node.mvcc.apply(&batch).expect("an in-memory write");
             }
-            Command::Applied { window, decided, finals, .. } => {
+            Command::Applied { window, decided, finals, digest, .. } => {
+                self.run.digests.push((replica, window, digest));
                 for (txn, commit) in finals {
                     self.run.verdicts.push((shard, window, txn, commit));
                     self.run.stats.multi_shard_verdicts += 1;
@@ -720,31 +747,34 @@ impl World {
                         self.send(Ev::Outcome { client, op, outcome: d.outcome });
                     }
                 }
-                let node = &mut self.shards[shard.0 as usize];
+                let node = &mut self.shards[n];
                 node.published.retain(|e, _| *e > window);
-                self.unpark(shard);
-                let node = &self.shards[shard.0 as usize];
+                self.unpark(n);
+                let node = &self.shards[n];
                 if let Some(step) = node.step.as_ref().filter(|s| !s.is_busy()) {
                     let epoch = step.next_epoch();
-                    self.send(Ev::Fetch { shard, epoch });
+                    self.send(Ev::Fetch { node: n, epoch });
                 }
             }
             Command::RequestWindow { .. } => self.send(Ev::WantWindow),
         }
     }
 
-    fn request(&mut self, from: ShardId, to: ShardId, ask: Ask) {
-        let node = &mut self.shards[from.0 as usize];
+    /// Asks `to` (any of its replicas) for something `from`'s step needs.
+    fn request(&mut self, from: Node, to: ShardId, ask: Ask) {
+        let node = &mut self.shards[from];
         node.next_req += 1;
         let (req, life) = (node.next_req, node.life);
         node.outstanding.insert(req, (to, ask.clone()));
+        let to = self.replica_of(to);
         self.send(Ev::Request { to, from, life, req, ask });
-        self.after(RETRY, Ev::Retry { shard: from, life, req });
+        self.after(RETRY, Ev::Retry { node: from, life, req });
     }
 
     /// Answers a peer's request now if this shard has got far enough, else parks it.
-    fn answer(&mut self, at: ShardId, from: ShardId, life: u64, req: u64, ask: Ask) {
-        let node = &mut self.shards[at.0 as usize];
+    fn answer(&mut self, n: Node, from: Node, life: u64, req: u64, ask: Ask) {
+        let node = &mut self.shards[n];
+        let at = node.shard;
         if !node.alive {
             return; // lost with the node; the peer asks again
         }
@@ -789,10 +819,10 @@ impl World {
         self.send(Ev::Reply { to: from, life, req, event });
     }
 
-    fn unpark(&mut self, shard: ShardId) {
-        let parked = std::mem::take(&mut self.shards[shard.0 as usize].parked);
+    fn unpark(&mut self, n: Node) {
+        let parked = std::mem::take(&mut self.shards[n].parked);
         for (from, life, req, ask) in parked {
-            self.answer(shard, from, life, req, ask);
+            self.answer(n, from, life, req, ask);
         }
     }
 
@@ -901,8 +931,10 @@ impl World {
     // ---- the end ----
 
     fn finish(mut self) -> Run {
+        // Replica 0 of each shard (the invariant `replicas agree` holds them equal).
         let latest = |world: &World, key: &[u8]| {
-            let node = &world.shards[world.map.shard_of(key).0 as usize];
+            let n = world.map.shard_of(key).0 * world.config.replicas;
+            let node = &world.shards[n as usize];
             let at = node.mvcc.applied().map_or(Timestamp::ZERO, |w| w.ts);
             node.mvcc.get(key, at).expect("a read").map(|v| v.value)
         };

@@ -4,6 +4,7 @@
 mod bank_total;
 mod exactly_once;
 mod in_order;
+mod replicas_agree;
 mod serializable;
 mod verdicts_agree;
 
@@ -13,12 +14,13 @@ use crate::world::Run;
 pub type Invariant = (&'static str, fn(&Run) -> Result<(), String>);
 
 /// Every invariant.
-pub const ALL: [Invariant; 5] = [
+pub const ALL: [Invariant; 6] = [
     ("exactly once", exactly_once::check),
     ("windows in order", in_order::check),
     ("verdicts agree", verdicts_agree::check),
     ("strictly serializable", serializable::check),
     ("bank total", bank_total::check),
+    ("replicas agree", replicas_agree::check),
 ];
 
 /// The invariants that fail for `run`, with why.
