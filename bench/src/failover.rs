@@ -78,6 +78,7 @@ pub fn run(opts: &FailoverOptions) -> Result<FailoverReport, String> {
         window_ms: 2,
         split_keys: Vec::new(),
         group_timing: opts.group_timing,
+        run_as: None,
         tls_dir: None,
     };
     let mut local = node::LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;

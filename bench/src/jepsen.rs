@@ -19,6 +19,11 @@
 //! - `clock`: a node restarted under libfaketime with its clock off by 0.5, 1 or 2 times
 //!   `max_offset` (ahead or behind), then restarted with the true clock. Within the bound
 //!   nothing may go wrong; beyond it, messages are refused and nothing may go wrong either.
+//! - `partition`: a node cut off from all others and from the clients, then reconnected. Each
+//!   node runs as its own user, and iptables drops what that user sends and what anyone else
+//!   sends to its port (packets vanish: connections hang, as across a real partition). This
+//!   needs root and a private network namespace: `./dev jepsen` runs the suite under
+//!   `unshare -n` and sets `SEALDB_NETNS=1`; without it the nemesis is refused.
 //!
 //! Then it heals, and checks: the list-append history is strictly serializable (`adya`);
 //! every acknowledged append is in its list exactly once; every audit and the final state of
@@ -57,6 +62,9 @@ pub enum Nemesis {
     Pause,
     /// A restart under libfaketime with the clock off, then one with the true clock.
     Clock,
+    /// A node cut off from every other node and the clients (iptables in a private network
+    /// namespace), then reconnected.
+    Partition,
 }
 
 impl Nemesis {
@@ -70,9 +78,10 @@ impl Nemesis {
                 "kill-leader" => Ok(Nemesis::KillLeader),
                 "pause" => Ok(Nemesis::Pause),
                 "clock" => Ok(Nemesis::Clock),
-                other => {
-                    Err(format!("unknown nemesis {other:?}: kill, kill-leader, pause or clock"))
-                }
+                "partition" => Ok(Nemesis::Partition),
+                other => Err(format!(
+                    "unknown nemesis {other:?}: kill, kill-leader, pause, clock or partition"
+                )),
             })
             .collect::<Result<Vec<_>, _>>()
             .and_then(|v| if v.is_empty() { Err("no nemesis given".into()) } else { Ok(v) })
@@ -175,6 +184,70 @@ const ACCOUNTS: u64 = 12;
 /// Clients of each workload.
 const APPENDERS: u64 = 4;
 const TRANSFERS: u64 = 2;
+/// A copy of `program` in `dir`, and `dir` itself, that every user may read and run.
+fn shared_copy(program: &str, dir: &std::path::Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let open = |p: &std::path::Path| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("{}: {e}", p.display()))
+    };
+    std::fs::create_dir_all(dir.join("nodes")).map_err(|e| format!("{}: {e}", dir.display()))?;
+    open(dir)?;
+    open(&dir.join("nodes"))?;
+    let copy = dir.join("sealdb-node");
+    std::fs::copy(program, &copy).map_err(|e| format!("copying {program}: {e}"))?;
+    open(&copy)?;
+    Ok(copy.display().to_string())
+}
+
+/// The partition nemesis runs node `i` as user `PARTITION_UIDS + i`.
+const PARTITION_UIDS: u32 = 20_000;
+
+/// Runs `iptables` with `args` (in the suite's own network namespace).
+fn iptables(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("iptables")
+        .args(args)
+        .output()
+        .map_err(|e| format!("iptables: {e}"))?;
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(format!("iptables {args:?}: {}", String::from_utf8_lossy(&out.stderr))),
+    }
+}
+
+/// The iptables rules that cut node `uid` listening on `port` off: what it sends, and what
+/// anyone else sends to it.
+fn isolation(uid: &str, port: &str) -> [Vec<String>; 2] {
+    let rule = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    [
+        rule(&["OUTPUT", "-m", "owner", "--uid-owner", uid, "-j", "DROP"]),
+        rule(&[
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            port,
+            "-m",
+            "owner",
+            "!",
+            "--uid-owner",
+            uid,
+            "-j",
+            "DROP",
+        ]),
+    ]
+}
+
+/// Adds (`-A`) or deletes (`-D`) the rules.
+fn apply_rules(action: &str, rules: &[Vec<String>]) -> Result<(), String> {
+    for rule in rules {
+        let mut args = vec![action];
+        args.extend(rule.iter().map(String::as_str));
+        iptables(&args)?;
+    }
+    Ok(())
+}
+
 /// How long a client keeps trying to reach the cluster before a call ends unknown.
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -225,6 +298,16 @@ impl Calls {
 
 /// Runs the suite, printing progress to stderr.
 pub fn run(opts: &JepsenOptions) -> Result<JepsenReport, String> {
+    let partitions = opts.nemeses.contains(&Nemesis::Partition);
+    if partitions && std::env::var("SEALDB_NETNS").as_deref() != Ok("1") {
+        return Err("the partition nemesis changes iptables rules: it runs only in a private \
+                    network namespace, as root (./dev jepsen runs it under `unshare -n` and \
+                    sets SEALDB_NETNS=1)"
+            .into());
+    }
+    if partitions && iptables(&["-L", "OUTPUT", "-n"]).is_err() {
+        return Err("the partition nemesis needs iptables: ./dev setup installs it".into());
+    }
     if opts.nemeses.contains(&Nemesis::Clock) && faketime_library().is_none() {
         return Err("the clock nemesis needs libfaketime: ./dev setup installs it (Debian's \
                     faketime), or set SEALDB_FAKETIME_LIB"
@@ -232,13 +315,18 @@ pub fn run(opts: &JepsenOptions) -> Result<JepsenReport, String> {
     }
     let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let dir = opts.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
-    let command = match &opts.command {
+    let mut command = match &opts.command {
         Some(c) => c.clone(),
         None => {
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
             vec![exe.display().to_string(), "node".into()]
         }
     };
+    if partitions {
+        // Nodes run as users of their own: they need the program and their directories
+        // reachable (the build directory may be under a private home).
+        command[0] = shared_copy(&command[0], &dir)?;
+    }
     let spec = node::LocalSpec {
         sequencers: 3,
         command,
@@ -250,6 +338,8 @@ pub fn run(opts: &JepsenOptions) -> Result<JepsenReport, String> {
         window_ms: 5,
         split_keys: Vec::new(),
         group_timing: None,
+        // Each node its own user, for iptables to tell their traffic apart.
+        run_as: partitions.then_some(PARTITION_UIDS),
         tls_dir: None,
     };
     let local = node::LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;
@@ -526,6 +616,22 @@ async fn nemesis(
                 local.start(node).map_err(|e| e.to_string())?;
                 if leading == Some(node) { "the leader".into() } else { String::new() }
             }
+            Nemesis::Partition => {
+                let uid = local.uid(node).expect("nodes run as their own users").to_string();
+                let addr = local.addr(node).to_string();
+                let port = addr.rsplit(':').next().unwrap_or_default().to_string();
+                let rules = isolation(&uid, &port);
+                apply_rules("-A", &rules)?;
+                // The cut must hold: a connection to the node now gets no answer.
+                let target: std::net::SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
+                let probe = Duration::from_millis(300);
+                if std::net::TcpStream::connect_timeout(&target, probe).is_ok() {
+                    return Err(format!("the partition of {addr} did not take effect"));
+                }
+                tokio::time::sleep(hold.saturating_sub(probe)).await;
+                apply_rules("-D", &rules)?;
+                format!("cut off ({addr})")
+            }
             Nemesis::Pause => {
                 local.signal(node, "STOP").map_err(|e| e.to_string())?;
                 tokio::time::sleep(hold).await;
@@ -681,6 +787,7 @@ fn html(r: &JepsenReport) -> String {
                     Nemesis::Kill | Nemesis::KillLeader => "#d62728",
                     Nemesis::Pause => "#ff7f0e",
                     Nemesis::Clock => "#9467bd",
+                    Nemesis::Partition => "#1f77b4",
                 },
                 f.kind,
                 escape(&f.node),

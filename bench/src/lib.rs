@@ -158,6 +158,7 @@ impl ClusterTarget {
             window_ms: 2,
             split_keys: map.splits().to_vec(),
             group_timing: None,
+            run_as: None,
             tls_dir,
         };
         let mut local = node::LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;

@@ -185,13 +185,14 @@ enum Workload {
         #[arg(long)]
         election_timeout_ms: Option<u64>,
     },
-    /// Faults (kill -9, SIGSTOP, clock offsets) injected into a cluster of 3 sequencers and
+    /// Faults (kill -9, SIGSTOP, clock offsets, partitions) injected into a cluster of 3 sequencers and
     /// 3 shards x 2 replicas under list-append and bank clients; then the history checked.
     Jepsen {
         /// How long the clients run, in seconds.
         #[arg(long, default_value_t = 120)]
         time: u64,
-        /// The faults to draw from, comma-separated: kill, pause, clock.
+        /// The faults to draw from, comma-separated: kill, kill-leader, pause, clock,
+        /// partition (partition only in a private network namespace: use ./dev jepsen).
         #[arg(long, default_value = "kill,pause,clock")]
         nemesis: String,
         /// Seconds between faults (a range, drawn from).

@@ -179,6 +179,10 @@ pub struct LocalSpec {
     /// A sequencer group's heartbeat and election timeout in ms (`[group]`); `None` keeps
     /// the defaults.
     pub group_timing: Option<(u64, u64)>,
+    /// Run node `i` as user and group `base + i`, owning its data directory, so that fault
+    /// tests can tell the nodes' traffic apart (iptables' owner match); needs root. `None`
+    /// runs them as this process's user.
+    pub run_as: Option<u32>,
     /// A directory of certificates from [`make_certificates`](super::make_certificates): the
     /// nodes run TLS with `node.pem` and `node.key`. `None` runs without TLS.
     pub tls_dir: Option<PathBuf>,
@@ -198,6 +202,9 @@ pub struct LocalProcesses {
     /// Replicas of each shard.
     pub replicas: usize,
     nodes: Vec<(PathBuf, Option<Child>)>,
+    /// Where each node listens.
+    addrs: Vec<String>,
+    run_as: Option<u32>,
     command: Vec<String>,
 }
 
@@ -283,6 +290,7 @@ impl LocalProcesses {
             shard_list, spec.window_ms
         );
         let mut configs = Vec::new();
+        let mut addrs = Vec::new();
         let roles = sequencers
             .iter()
             .enumerate()
@@ -312,7 +320,14 @@ impl LocalProcesses {
                 .unwrap_or_default();
             let group =
                 group.map(|id| format!("\n[group]\nid = {id}\n{timing}")).unwrap_or_default();
-            let data = dir.join(&name).display().to_string();
+            let data_dir = dir.join(&name);
+            if let Some(base) = spec.run_as {
+                let uid = base + configs.len() as u32;
+                std::fs::create_dir_all(&data_dir).map_err(|e| NodeError::at(&data_dir, e))?;
+                std::os::unix::fs::chown(&data_dir, Some(uid), Some(uid))
+                    .map_err(|e| NodeError::at(&data_dir, e))?;
+            }
+            let data = data_dir.display().to_string();
             let text = format!(
                 "role = \"{role}\"\nlisten = \"{listen}\"\ndata_dir = {data:?}\n{shard}\
                  max_offset_ms = {}\n\n{cluster}{group}",
@@ -321,12 +336,21 @@ impl LocalProcesses {
             let config = dir.join(format!("{name}.toml"));
             std::fs::write(&config, text).map_err(|e| NodeError::at(&config, e))?;
             configs.push((config, None));
+            addrs.push(listen.to_string());
         }
         let sequencer = sequencers.join(",");
         let command = spec.command.clone();
         let shards = shards.iter().map(|r| r.join(",")).collect();
-        let mut local =
-            LocalProcesses { sequencer, sequencers: n, shards, replicas, nodes: configs, command };
+        let mut local = LocalProcesses {
+            sequencer,
+            sequencers: n,
+            shards,
+            replicas,
+            nodes: configs,
+            addrs,
+            run_as: spec.run_as,
+            command,
+        };
         for i in 0..local.nodes.len() {
             local.start(i)?;
         }
@@ -364,7 +388,12 @@ impl LocalProcesses {
             .open(&log_path)
             .map_err(|e| NodeError::at(&log_path, e))?;
         let (program, args) = self.command.split_first().expect("checked non-empty");
-        let spawned = Command::new(program)
+        let mut command = Command::new(program);
+        if let Some(uid) = self.run_as.map(|base| base + i as u32) {
+            std::os::unix::process::CommandExt::uid(&mut command, uid);
+            std::os::unix::process::CommandExt::gid(&mut command, uid);
+        }
+        let spawned = command
             .args(args)
             .envs(env.iter().copied())
             .arg("--config")
@@ -375,6 +404,16 @@ impl LocalProcesses {
             .map_err(|e| NodeError::io(format!("starting {program}"), e))?;
         *child = Some(spawned);
         Ok(())
+    }
+
+    /// Where node `i` listens.
+    pub fn addr(&self, i: usize) -> &str {
+        &self.addrs[i]
+    }
+
+    /// The user node `i` runs as, with [`LocalSpec::run_as`].
+    pub fn uid(&self, i: usize) -> Option<u32> {
+        self.run_as.map(|base| base + i as u32)
     }
 
     /// How many nodes (sequencers, then shard replicas).

@@ -210,6 +210,7 @@ pub fn dev(
         window_ms: 5,
         split_keys: Vec::new(),
         group_timing: None,
+        run_as: None,
         tls_dir: tls_dir.clone(),
     };
     let local = LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;

@@ -73,6 +73,7 @@ fn a_short_run_on_a_cluster_of_processes_passes_the_consistency_checks() {
         window_ms: 2,
         split_keys: bench::tpcc::shard_map(2, 2).splits().to_vec(),
         group_timing: None,
+        run_as: None,
         tls_dir: None,
     })
     .unwrap();

@@ -40,6 +40,7 @@ pub(crate) fn spec(
         window_ms: 2,
         split_keys: Vec::new(),
         group_timing: None,
+        run_as: None,
         tls_dir,
     }
 }

@@ -63,22 +63,25 @@ fn every_invariant_holds_under_faults_on_every_seed() {
         total.crashes += s.crashes;
         total.lost += s.lost;
         total.retries += s.retries;
+        total.partitions += s.partitions;
     }
     eprintln!(
         "{} seeds in {:.1} s: {} windows, {} commits acknowledged, {} multi-shard verdicts, {} \
-         crashes, {} messages lost, {} requests retried",
+         crashes, {} replicas cut off, {} messages lost, {} requests retried",
         seeds.len(),
         started.elapsed().as_secs_f64(),
         total.windows,
         total.committed,
         total.multi_shard_verdicts,
         total.crashes,
+        total.partitions,
         total.lost,
         total.retries
     );
     // Each seed must have done real work, or the invariants prove nothing.
     assert!(total.committed > 20 * seeds.len() as u64, "{total:?}");
     assert!(total.multi_shard_verdicts > 0 && total.crashes > 0 && total.lost > 0, "{total:?}");
+    assert!(total.partitions > 0, "{total:?}");
 }
 
 #[test]

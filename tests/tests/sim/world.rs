@@ -18,8 +18,9 @@
 //!
 //! Faults, all seeded: message delay (and so reordering), loss (requests are retried on a
 //! timer; a lost submission or outcome leaves the client not knowing), replica crashes that
-//! keep only what was flushed (then restart and replay from the watermark), sequencer
-//! crashes that lose the window being fsynced, and sequencer clock offsets within
+//! keep only what was flushed (then restart and replay from the watermark), replicas cut off
+//! from the network for up to 20 ms (everything to or from them lost), sequencer crashes that
+//! lose the window being fsynced, and sequencer clock offsets within
 //! `MAX_OFFSET` (its windows' timestamps must still increase). Not simulated here: commit-wait
 //! and reads at a timestamp (the step has no clock), and the gRPC layer itself.
 
@@ -151,6 +152,8 @@ pub struct Stats {
     pub crashes: u64,
     /// Messages lost.
     pub lost: u64,
+    /// Replicas cut off from the network for a while (everything to or from them lost).
+    pub partitions: u64,
     /// Requests sent again after a timeout.
     pub retries: u64,
 }
@@ -220,6 +223,11 @@ enum Ev {
     },
     CrashSequencer,
     RestartSequencer,
+    /// Cut a replica off the network for `length` microseconds.
+    Partition {
+        node: Node,
+        length: u64,
+    },
 }
 
 /// What one shard asks another.
@@ -317,6 +325,8 @@ pub struct World {
     next_value: BTreeMap<u64, u64>,
     history: Recorder,
     run: Run,
+    /// Replicas cut off from the network, until when.
+    cut: BTreeMap<Node, u64>,
 }
 
 fn sealer_config() -> SealerConfig {
@@ -355,6 +365,7 @@ impl World {
             next_value: BTreeMap::new(),
             history: Recorder::simulated(),
             run: Run::default(),
+            cut: BTreeMap::new(),
             config,
             rng,
             now: 0,
@@ -401,6 +412,11 @@ impl World {
                 let down = self.rng.random_range(1_000..30_000);
                 self.at(at + down, Ev::RestartShard { node });
             }
+            if self.rng.random_bool(0.5) {
+                let at = self.rng.random_range(0..run_for);
+                let length = self.rng.random_range(1_000..20_000);
+                self.at(at, Ev::Partition { node, length });
+            }
         }
         let sequencer_crashes = match self.config.bug {
             Some(Bug::LoseDurableWindow) => 3,
@@ -425,6 +441,26 @@ impl World {
 
     /// Sends `ev` over the network: delayed, sometimes much (so reordered), sometimes lost.
     fn send(&mut self, ev: Ev) {
+        self.send_from(None, ev);
+    }
+
+    /// [`World::send`] by replica `from` (when the event does not name its sender): lost if
+    /// the sender or the receiver is cut off.
+    fn send_from(&mut self, from: Option<Node>, ev: Ev) {
+        let ends = match &ev {
+            Ev::Fetch { node, .. } | Ev::Deliver { node, .. } => [Some(*node), from],
+            Ev::Request { to, from: sender, .. } => [Some(*to), Some(*sender)],
+            Ev::Reply { to, .. } => [Some(*to), from],
+            _ => [from, None],
+        };
+        if ends
+            .into_iter()
+            .flatten()
+            .any(|n| self.cut.get(&n).is_some_and(|until| *until > self.now))
+        {
+            self.run.stats.lost += 1;
+            return;
+        }
         if self.config.faults && self.rng.random_bool(0.02) {
             self.run.stats.lost += 1;
             return;
@@ -572,6 +608,10 @@ impl World {
             Ev::CrashShard { node } => self.crash_shard(node),
             Ev::RestartShard { node } => self.restart_shard(node),
             Ev::CrashSequencer => self.crash_sequencer(),
+            Ev::Partition { node, length } => {
+                self.run.stats.partitions += 1;
+                self.cut.insert(node, self.now + length);
+            }
             Ev::RestartSequencer => self.restart_sequencer(),
         }
     }
@@ -744,7 +784,7 @@ impl World {
                 }
                 for (d, client_id) in decided {
                     if let Some((client, op)) = self.owners.get(&client_id).copied() {
-                        self.send(Ev::Outcome { client, op, outcome: d.outcome });
+                        self.send_from(Some(n), Ev::Outcome { client, op, outcome: d.outcome });
                     }
                 }
                 let node = &mut self.shards[n];
@@ -816,7 +856,7 @@ impl World {
                 return;
             }
         };
-        self.send(Ev::Reply { to: from, life, req, event });
+        self.send_from(Some(n), Ev::Reply { to: from, life, req, event });
     }
 
     fn unpark(&mut self, n: Node) {
