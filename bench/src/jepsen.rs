@@ -630,7 +630,8 @@ async fn nemesis(
                 }
                 tokio::time::sleep(hold.saturating_sub(probe)).await;
                 apply_rules("-D", &rules)?;
-                format!("cut off ({addr})")
+                let leader = if leading == Some(node) { ", the leader" } else { "" };
+                format!("cut off ({addr}{leader})")
             }
             Nemesis::Pause => {
                 local.signal(node, "STOP").map_err(|e| e.to_string())?;

@@ -439,6 +439,8 @@ fn main() -> ExitCode {
             if let Err(e) = std::fs::create_dir_all(&dir) {
                 return usage_error(&format!("{}: {e}", dir.display()));
             }
+            // The clients' warnings (calls failing over, giving up) go to stderr.
+            node::init_logging();
             match bench::jepsen::run(&opts) {
                 Ok(r) => {
                     println!(

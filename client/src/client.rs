@@ -212,6 +212,7 @@ impl Client {
         let participants = participants(&self.map, request)?;
         let entry = Entry::new(id, participants.clone(), request.encode().into());
         let txn = self.submit(&entry).await?;
+        tracing::debug!(%txn, "logged; awaiting the outcome");
         self.await_outcome(participants[0], txn, id).await
     }
 
@@ -247,6 +248,7 @@ impl Client {
                         tracing::warn!(error = %e, attempts, "giving up on the sequencer");
                         return Err(TxnError::OutcomeUnknown);
                     }
+                    tracing::debug!(error = %e, attempts, "submitting again");
                     tokio::time::sleep(RETRY).await;
                 }
             }

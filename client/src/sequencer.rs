@@ -34,6 +34,17 @@ pub enum SliceDelivery {
 /// How long a submission waits for its receipt.
 const SUBMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a submission to a group's node waits for its receipt before the next node is
+/// tried: a leader cut off from the others (or paused) accepts it and can never commit it.
+/// (The caller submits it again under the same client id; the log deduplicates it.)
+const GROUP_SUBMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A subscription that brings nothing, neither window nor tick, for this long is given up
+/// and the next node tried: idle ticks come every window interval (a group's every 50 ms),
+/// so the node is cut off, paused or no longer learns what commits. (A sequencer configured
+/// with `window.interval_ms` above this only makes shards resubscribe, harmlessly.)
+pub const SUBSCRIPTION_SILENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A client of a sequencer node, or of a sequencer group's nodes, stamping its requests with
 /// `clock`. With a group (`addr` lists its nodes, comma-separated) it follows the leader: a
 /// node that does not lead answers `NOT_LEADER` with the leader's address (nothing logged),
@@ -115,8 +126,10 @@ impl RemoteSequencer {
         self.lock().addrs.clone()
     }
 
-    fn client(&self) -> SequencerClient<Channel> {
-        self.lock().client.clone()
+    /// The node called now (its position), and a client of it.
+    fn client(&self) -> (usize, SequencerClient<Channel>) {
+        let target = self.lock();
+        (target.at, target.client.clone())
     }
 
     /// Calls `addr` from now on (a leader named by a `NOT_LEADER` answer, or the next node).
@@ -132,11 +145,13 @@ impl RemoteSequencer {
         target.client = sized!(SequencerClient::new(endpoint.connect_lazy()));
     }
 
-    /// After a failure: the next node, if there are several.
-    fn rotate(&self) {
+    /// After a failure of the node at position `failed`: the next node, if there are several
+    /// and no other caller has moved on already (concurrent failures of one node must move
+    /// past it once, not go round the group back to it).
+    fn rotate(&self, failed: usize) {
         let next = {
             let target = self.lock();
-            if target.addrs.len() < 2 {
+            if target.addrs.len() < 2 || target.at != failed {
                 return;
             }
             target.addrs[(target.at + 1) % target.addrs.len()].clone()
@@ -153,7 +168,8 @@ impl RemoteSequencer {
     pub async fn submit(&self, entry: &Entry) -> Result<Receipt, RemoteError> {
         let mut hops = 0;
         loop {
-            match self.submit_once(entry).await {
+            let (at, client) = self.client();
+            match self.submit_once(client, entry).await {
                 Err(RemoteError::NotLeader { leader: Some(leader) }) if hops < LEADER_HOPS => {
                     hops += 1;
                     self.switch_to(&leader);
@@ -161,7 +177,7 @@ impl RemoteSequencer {
                 Err(RemoteError::NotLeader { leader: None }) | Err(RemoteError::Unavailable(_))
                     if self.lock().addrs.len() > 1 =>
                 {
-                    self.rotate();
+                    self.rotate(at);
                     return Err(RemoteError::Unavailable("no leader reached; try again".into()));
                 }
                 other => return other,
@@ -169,7 +185,11 @@ impl RemoteSequencer {
         }
     }
 
-    async fn submit_once(&self, entry: &Entry) -> Result<Receipt, RemoteError> {
+    async fn submit_once(
+        &self,
+        mut client: SequencerClient<Channel>,
+        entry: &Entry,
+    ) -> Result<Receipt, RemoteError> {
         let request = v1::SubmitRequest {
             hlc: stamp(&self.clock),
             participants: entry.participants.iter().map(|p| p.0).collect(),
@@ -179,8 +199,15 @@ impl RemoteSequencer {
         // The sequencer answers once the window is durable: a wedged one must not keep the
         // caller forever (the entry's fate is then unknown, as after any failure).
         let mut request = tonic::Request::new(request);
-        request.set_timeout(SUBMIT_TIMEOUT);
-        let r = self.client().submit(request).await?.into_inner();
+        let group = self.lock().addrs.len() > 1;
+        let limit = if group { GROUP_SUBMIT_TIMEOUT } else { SUBMIT_TIMEOUT };
+        request.set_timeout(limit);
+        // Bounded here too: the header bounds the server's wait, not a connection whose
+        // packets vanish (a partition), where the call would wait until it heals.
+        let r = tokio::time::timeout(limit, client.submit(request))
+            .await
+            .map_err(|_| RemoteError::Unavailable(format!("no receipt in {} s", limit.as_secs())))??
+            .into_inner();
         observe_response(&self.clock, r.hlc)
             .map_err(|e| RemoteError::BadResponse(format!("a receipt refused: {e}")))?;
         let txn =
@@ -196,14 +223,17 @@ impl RemoteSequencer {
     /// empty, unless there is one already.
     pub async fn request_window(&self, after: Epoch) -> Result<(), RemoteError> {
         let request = v1::RequestWindowRequest { hlc: stamp(&self.clock), after_epoch: after.0 };
-        let answer = self.client().request_window(request).await;
+        let (at, mut client) = self.client();
+        let answer = tokio::time::timeout(GROUP_SUBMIT_TIMEOUT, client.request_window(request))
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::unavailable("no answer in 2 s")));
         let r = match answer {
             Ok(r) => r.into_inner(),
             Err(status) => {
                 let e = RemoteError::from(status);
                 match &e {
                     RemoteError::NotLeader { leader: Some(leader) } => self.switch_to(leader),
-                    RemoteError::NotLeader { .. } | RemoteError::Unavailable(_) => self.rotate(),
+                    RemoteError::NotLeader { .. } | RemoteError::Unavailable(_) => self.rotate(at),
                     _ => {}
                 }
                 return Err(e);
@@ -220,24 +250,38 @@ impl RemoteSequencer {
     ) -> Result<mpsc::Receiver<Result<SliceDelivery, RemoteError>>, RemoteError> {
         let request =
             v1::SubscribeRequest { hlc: stamp(&self.clock), shard: shard.0, from_epoch: from.0 };
-        let mut stream = match self.client().subscribe(request).await {
+        let (at, mut client) = self.client();
+        let opened = tokio::time::timeout(SUBSCRIPTION_SILENCE, client.subscribe(request))
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::unavailable("no answer in 1 s")));
+        let mut stream = match opened {
             Ok(stream) => stream.into_inner(),
             Err(status) => {
                 // Any node serves committed windows: the next call tries another.
-                self.rotate();
+                self.rotate(at);
                 return Err(status.into());
             }
         };
         let (tx, rx) = mpsc::channel(256);
         let clock = self.clock.clone();
+        let sequencer = self.clone();
         tokio::spawn(async move {
             loop {
-                let item = match stream.message().await {
-                    Ok(Some(slice)) => slice_delivery(&clock, slice),
-                    Ok(None) => {
+                let item = match tokio::time::timeout(SUBSCRIPTION_SILENCE, stream.message()).await
+                {
+                    Ok(Ok(Some(slice))) => slice_delivery(&clock, slice),
+                    Ok(Ok(None)) => {
                         Err(RemoteError::Unavailable("the sequencer ended the stream".into()))
                     }
-                    Err(status) => Err(status.into()),
+                    Ok(Err(status)) => Err(status.into()),
+                    Err(_) => {
+                        // Cut off or paused: the next subscription goes to another node.
+                        sequencer.rotate(at);
+                        Err(RemoteError::Unavailable(format!(
+                            "nothing from the sequencer in {} s",
+                            SUBSCRIPTION_SILENCE.as_secs()
+                        )))
+                    }
                 };
                 let last = item.is_err();
                 if tx.send(item).await.is_err() || last {
