@@ -180,6 +180,12 @@ impl RemoteSequencer {
                     self.rotate(at);
                     return Err(RemoteError::Unavailable("no leader reached; try again".into()));
                 }
+                // One member's clock out of bounds (or ours against it): nothing was logged
+                // there; another member may take it.
+                Err(RemoteError::ClockSkew(why)) if self.lock().addrs.len() > 1 => {
+                    self.rotate(at);
+                    return Err(RemoteError::Unavailable(format!("a member refused: {why}")));
+                }
                 other => return other,
             }
         }
@@ -275,8 +281,7 @@ impl RemoteSequencer {
                     }
                     Ok(Err(status)) => Err(status.into()),
                     Err(_) => {
-                        // Cut off or paused: the next subscription goes to another node.
-                        sequencer.rotate(at);
+                        // Cut off or paused: nothing from it for too long.
                         Err(RemoteError::Unavailable(format!(
                             "nothing from the sequencer in {} s",
                             SUBSCRIPTION_SILENCE.as_secs()
@@ -284,6 +289,11 @@ impl RemoteSequencer {
                     }
                 };
                 let last = item.is_err();
+                if last {
+                    // A member whose stream failed (or whose clock is refused): the next
+                    // subscription goes to another.
+                    sequencer.rotate(at);
+                }
                 if tx.send(item).await.is_err() || last {
                     return;
                 }
