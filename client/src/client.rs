@@ -186,8 +186,7 @@ impl Client {
             let found = self
                 .shards
                 .call(shard, &self.clock, tokio::time::sleep(self.patience), |mut c, hlc| {
-                    let request =
-                        v1::OutcomeRequest { hlc, client_id: id.0.to_le_bytes().to_vec() };
+                    let request = v1::OutcomeRequest { hlc, client_id: id.to_bytes() };
                     async move {
                         let r = c.outcome(with_deadline(request)).await?.into_inner();
                         Ok((r.outcome, r.hlc))
@@ -268,7 +267,7 @@ impl Client {
                 let request = v1::AwaitOutcomeRequest {
                     hlc,
                     txn: Some(v1::TxnId { epoch: txn.epoch.0, index: txn.index }),
-                    client_id: id.0.to_le_bytes().to_vec(),
+                    client_id: id.to_bytes(),
                 };
                 async move {
                     let r = c.await_outcome(with_deadline(request)).await?.into_inner();

@@ -142,19 +142,20 @@ impl Replicas {
         };
         let first = timed(i, call(s.clients[i].clone()));
         let mut first = std::pin::pin!(first);
-        if n > 1 {
-            tokio::select! {
-                answer = &mut first => {
-                    if matches!(&answer, Err(status) if fails_over(status)) {
-                        move_on(i, j);
-                    }
-                    return answer;
-                }
-                () = tokio::time::sleep(HEDGE) => {}
+        let hedge = async {
+            match n {
+                1 => std::future::pending().await,
+                _ => tokio::time::sleep(HEDGE).await,
             }
-        } else {
-            let answer = first.await;
-            return answer;
+        };
+        tokio::select! {
+            answer = &mut first => {
+                if matches!(&answer, Err(status) if fails_over(status)) {
+                    move_on(i, j);
+                }
+                return answer;
+            }
+            () = hedge => {}
         }
         let second = timed(j, call(s.clients[j].clone()));
         let mut second = std::pin::pin!(second);

@@ -200,7 +200,7 @@ impl RemoteSequencer {
             hlc: stamp(&self.clock),
             participants: entry.participants.iter().map(|p| p.0).collect(),
             payload: entry.payload.to_vec(),
-            client_id: entry.client_id.0.to_le_bytes().to_vec(),
+            client_id: entry.client_id.to_bytes(),
         };
         // The sequencer answers once the window is durable: a wedged one must not keep the
         // caller forever (the entry's fate is then unknown, as after any failure).
@@ -315,14 +315,14 @@ fn slice_delivery(clock: &Clock, s: v1::WindowSlice) -> Result<SliceDelivery, Re
         .into_iter()
         .map(|e| {
             let txn = TxnId { epoch, index: e.index };
-            let id: [u8; 16] = e.client_id.as_slice().try_into().map_err(|_| {
+            let id = ClientId::from_bytes(&e.client_id).ok_or_else(|| {
                 RemoteError::BadResponse(format!(
                     "entry {txn}: a client id of {} bytes",
                     e.client_id.len()
                 ))
             })?;
             let participants = e.participants.into_iter().map(ShardId).collect();
-            Ok((txn, Entry::new(ClientId(u128::from_le_bytes(id)), participants, e.payload.into())))
+            Ok((txn, Entry::new(id, participants, e.payload.into())))
         })
         .collect::<Result<_, RemoteError>>()?;
     Ok(SliceDelivery::Window { epoch, ts, entries })

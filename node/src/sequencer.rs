@@ -548,11 +548,11 @@ impl SequencerRpc for SequencerService {
         if let Some(why) = self.fenced.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             return Err(Status::failed_precondition(format!("the sequencer is fenced: {why}")));
         }
-        let id: [u8; 16] = r.client_id.as_slice().try_into().map_err(|_| {
+        let id = ClientId::from_bytes(&r.client_id).ok_or_else(|| {
             malformed(format!("client_id must be 16 bytes, not {}", r.client_id.len()))
         })?;
         let participants = self.admit(&r.payload, r.participants)?;
-        let entry = Entry::new(ClientId(u128::from_le_bytes(id)), participants, r.payload.into());
+        let entry = Entry::new(id, participants, r.payload.into());
         let (tx, rx) = oneshot::channel();
         self.sequencer.submit_then(
             entry,
@@ -789,7 +789,7 @@ impl Forward {
                     index: txn.index,
                     participants: e.participants.iter().map(|p| p.0).collect(),
                     payload: e.payload.to_vec(),
-                    client_id: e.client_id.0.to_le_bytes().to_vec(),
+                    client_id: e.client_id.to_bytes(),
                 })
                 .collect(),
             tick: false,

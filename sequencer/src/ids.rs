@@ -25,6 +25,19 @@ impl fmt::Display for ShardId {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ClientId(pub u128);
 
+impl ClientId {
+    /// Its 16 bytes as they travel in messages (little-endian).
+    pub fn to_bytes(self) -> Vec<u8> {
+        self.0.to_le_bytes().to_vec()
+    }
+
+    /// The id whose 16 bytes (as [`ClientId::to_bytes`] writes them) are `bytes`; `None`
+    /// for any other length.
+    pub fn from_bytes(bytes: &[u8]) -> Option<ClientId> {
+        <[u8; 16]>::try_from(bytes).ok().map(|b| ClientId(u128::from_le_bytes(b)))
+    }
+}
+
 impl fmt::Debug for ClientId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "client:{:032x}", self.0)

@@ -30,6 +30,12 @@ fn storage_status(e: StorageError) -> Status {
     Status::internal(e.to_string())
 }
 
+/// A request's client id, or the refusal of one that is not 16 bytes.
+fn client_id(bytes: &[u8]) -> Result<ClientId, Status> {
+    ClientId::from_bytes(bytes)
+        .ok_or_else(|| malformed(format!("client_id: 16 bytes, not {}", bytes.len())))
+}
+
 fn key_value(key: Vec<u8>, version: storage::Version) -> v1::KeyValue {
     v1::KeyValue { key, value: version.value, version_ts: version.ts.as_u64() }
 }
@@ -148,10 +154,9 @@ impl ShardRpc for ShardService {
         state.check_running()?;
         let id = r.txn.ok_or_else(|| Status::invalid_argument("which transaction?"))?;
         let txn = TxnId { epoch: Epoch(id.epoch), index: id.index };
-        let client = match r.client_id.len() {
-            0 => None,
-            16 => Some(ClientId(u128::from_le_bytes(r.client_id[..].try_into().expect("16")))),
-            n => return Err(malformed(format!("client_id: 16 bytes, not {n}"))),
+        let client = match r.client_id.is_empty() {
+            true => None,
+            false => Some(client_id(&r.client_id)?),
         };
         let outcome = state
             .wait_for(|| {
@@ -210,9 +215,7 @@ impl ShardRpc for ShardService {
         let state = &self.state;
         observe_request(&state.clock, r.hlc)?;
         state.check_running()?;
-        let id = <[u8; 16]>::try_from(r.client_id.as_slice())
-            .map(|b| ClientId(u128::from_le_bytes(b)))
-            .map_err(|_| malformed(format!("client_id: 16 bytes, not {}", r.client_id.len())))?;
+        let id = client_id(&r.client_id)?;
         // Progress first: the outcome read after it is at least as new.
         let applied = state.progress().applied;
         let stored =

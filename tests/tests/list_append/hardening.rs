@@ -239,11 +239,11 @@ async fn requests_for_what_cannot_happen_are_answered_at_once() {
     let odd = shard0.outcome(v1::OutcomeRequest { hlc: 0, client_id: vec![0; 17] }).await;
     assert_eq!(refusal(&odd.unwrap_err()), RefusalKind::Malformed);
     // By its client id, the stored outcome; an id never logged has none.
-    let id = ClientId(11).0.to_le_bytes().to_vec();
+    let id = ClientId(11).to_bytes();
     let found = shard0.outcome(v1::OutcomeRequest { hlc: 0, client_id: id }).await.unwrap();
     let found = found.into_inner().outcome.unwrap();
     assert_eq!(found.txn, Some(v1::TxnId { epoch, index }));
-    let none = ClientId(12345).0.to_le_bytes().to_vec();
+    let none = ClientId(12345).to_bytes();
     let none = shard0.outcome(v1::OutcomeRequest { hlc: 0, client_id: none }).await.unwrap();
     assert!(none.into_inner().outcome.is_none());
     let future = v1::GetRequest { hlc: 0, key: key.clone(), read_ts: u64::MAX, for_window: 0 };
