@@ -173,20 +173,8 @@ impl SequencerNode {
         let state = replication::StateMachine::open(dir.join("state"), config.dedup_windows)
             .map_err(io("the group's state"))?;
         let view = state.view();
-        let raft_config = openraft::Config {
-            cluster_name: "sealdb-sequencers".into(),
-            heartbeat_interval: group.heartbeat.as_millis() as u64,
-            // A narrow range: openraft's leader lease is `election_timeout_max`, so a follower
-            // refuses votes until that long after the leader's last heartbeat. The first
-            // candidate, standing after `min`..`max`, is always refused; the election is won
-            // in the second round. Failover therefore takes about two timeouts, and a wide
-            // range (it was 1x-2x) only makes both rounds longer.
-            election_timeout_min: group.election_timeout.as_millis() as u64,
-            election_timeout_max: group.election_timeout.as_millis() as u64 * 6 / 5,
-            ..openraft::Config::default()
-        };
-        let raft_config =
-            Arc::new(raft_config.validate().map_err(|e| NodeError::Config(e.to_string()))?);
+        let raft_config = replication::raft_config(group.heartbeat, group.election_timeout)
+            .map_err(|e| NodeError::Config(e.to_string()))?;
         let network = replication::GrpcNetwork::new(clock.clone(), tls.clone());
         let raft = replication::Raft::new(group.id, raft_config, network, log, state)
             .await

@@ -37,13 +37,17 @@
 //! log's truncation below the shards' checkpoints (issue 16).
 
 mod log_store;
+mod runtime;
 mod sequencer;
 mod state_machine;
 mod transport;
 mod types;
 
 pub use crate::log_store::LogStore;
+pub use crate::runtime::{Runtime, seed_this_thread};
 pub use crate::sequencer::{CommitStats, GroupConfig, GroupSequencer, GroupView};
 pub use crate::state_machine::{StateMachine, StateView};
 pub use crate::transport::{GrpcConn, GrpcNetwork, RaftService};
-pub use crate::types::{NodeId, Proposal, ProposedEntry, Raft, Receipt, Sealed, TypeConfig};
+pub use crate::types::{
+    NodeId, Proposal, ProposedEntry, Raft, Receipt, Sealed, TypeConfig, raft_config,
+};

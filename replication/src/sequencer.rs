@@ -201,6 +201,7 @@ impl GroupSequencer {
                     }
                 }
                 tokio::select! {
+                    biased; // in order, so a simulation runs the same way every time
                     () = view.changed() => {}
                     () = tx.closed() => return,
                 }
@@ -234,6 +235,9 @@ impl Sealing {
             let first = match carried.take() {
                 Some(submission) => Some(submission),
                 None => tokio::select! {
+                    // Submissions first, and in order, so a simulation runs the same way
+                    // every time.
+                    biased;
                     next = queue.recv() => match next {
                         Some(submission) => Some(submission),
                         None => return,

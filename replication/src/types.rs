@@ -2,6 +2,7 @@
 
 use std::io::Cursor;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clock::Timestamp;
 use sequencer::{ClientId, Entry, ShardId};
@@ -16,10 +17,32 @@ openraft::declare_raft_types!(
         D = Proposal,
         R = Sealed,
         SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = crate::runtime::Runtime,
 );
 
 /// A raft node of the sequencer group.
 pub type Raft = openraft::Raft<TypeConfig>;
+
+/// The group's raft settings: heartbeats every `heartbeat`, elections after `election_timeout`
+/// (to 1.2 times that) without one.
+pub fn raft_config(
+    heartbeat: Duration,
+    election_timeout: Duration,
+) -> Result<Arc<openraft::Config>, Box<openraft::ConfigError>> {
+    let config = openraft::Config {
+        cluster_name: "sealdb-sequencers".into(),
+        heartbeat_interval: heartbeat.as_millis() as u64,
+        // A narrow range: openraft's leader lease is `election_timeout_max`, so a follower
+        // refuses votes until that long after the leader's last heartbeat. The first
+        // candidate, standing after `min`..`max`, is always refused; the election is won in
+        // the second round. Failover therefore takes about two timeouts, and a wide range (it
+        // was 1x-2x) only makes both rounds longer.
+        election_timeout_min: election_timeout.as_millis() as u64,
+        election_timeout_max: election_timeout.as_millis() as u64 * 6 / 5,
+        ..openraft::Config::default()
+    };
+    Ok(Arc::new(config.validate().map_err(Box::new)?))
+}
 
 /// A window the leader sealed, proposed to the group: its entries in log order and the
 /// leader's timestamp for it. The epoch is assigned when it is applied. A tick proposes no

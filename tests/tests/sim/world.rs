@@ -1,5 +1,6 @@
-//! [`World`]: a sequencer, three shards of two replicas each and their clients in one thread,
-//! driven by a seeded scheduler over a simulated network. Each replica runs the same [`Step`]
+//! [`World`]: a sequencer (one node, or a raft group of three: [`group`]), three shards of two
+//! replicas each and their clients in one thread, driven by a seeded scheduler over a
+//! simulated network. Each replica runs the same [`Step`]
 //! as the embedded database and the shard server, applying the log on its own; this shell
 //! carries out its commands as messages. A replica asks a peer shard's replicas at random
 //! (again on every retry, so a crashed one is passed over), and every replica of an entry's
@@ -7,7 +8,8 @@
 //!
 //! ```text
 //!   clients ──Submit──> sequencer (Sealer; a window is durable after a simulated fsync)
-//!                          │ Fetch(e) / Deliver(window e, durable)
+//!      ^                   or any member of the group (NotLeader -> the leader; a receipt)
+//!      └──Receipt──────────┘ Fetch(e) / Deliver(window e, committed)
 //!   shard 0 <──Read / Pull / replies──> shard 1 <──> shard 2      (each replica a Step)
 //!      └──Outcome (from an entry's lowest participant)──> client
 //! ```
@@ -21,8 +23,17 @@
 //! keep only what was flushed (then restart and replay from the watermark), replicas cut off
 //! from the network for up to 20 ms (everything to or from them lost), sequencer crashes that
 //! lose the window being fsynced, and sequencer clock offsets within
-//! `MAX_OFFSET` (its windows' timestamps must still increase). Not simulated here: commit-wait
-//! and reads at a timestamp (the step has no clock), and the gRPC layer itself.
+//! `MAX_OFFSET` (its windows' timestamps must still increase). With the group: crashes of any
+//! member and of the leader (its disk keeps what it wrote), members cut off the network for up
+//! to 40 ms (longer than an election), lost and delayed raft messages, and clients that
+//! resubmit under the same client id to whichever member they think leads. Not simulated
+//! here: commit-wait and reads at a timestamp (the step has no clock), and the gRPC layer
+//! itself.
+//!
+//! Time: the world's events are in simulated microseconds, run on a tokio runtime with a
+//! paused clock on this one thread, where the group's members run as tasks (see [`group`]).
+
+mod group;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -35,6 +46,7 @@ use rand::{Rng, SeedableRng};
 use sequencer::{ClientId, Entry, Sealer, SealerConfig, ShardId, TxnId, Window};
 use storage::{Epoch, KeyRange, Limits, Mvcc};
 use tests::history::{Completion, Mop, Recorder};
+use tokio::time::Instant;
 use txn::builtin::{ListOp, decode_list, decode_list_output, encode_list_ops, list_key};
 use txn::{Command, Distant, Event, Executor, Outcome, Registry, Request, ShardMap, Step};
 
@@ -76,6 +88,10 @@ pub enum Bug {
     /// A shard answers a peer's reads from its latest state instead of `Snap(e-1)`: a shard
     /// replaying a window after a crash reads its peers' writes of that window.
     LatestReads,
+    /// Group members promise safe time from their own clocks, not through the log: a leader
+    /// tells shards, after each window, that nothing later will be stamped at or below its
+    /// clock's now, and a deposed one with a fast clock is not overruled.
+    UnloggedTicks,
 }
 
 /// One simulated run.
@@ -95,10 +111,13 @@ pub struct Config {
     pub bug: Option<Bug>,
     /// Replicas of each shard, each applying the log on its own.
     pub replicas: u32,
+    /// The log is a raft group of three sequencer members, not one sequencer.
+    pub group: bool,
 }
 
 impl Config {
-    /// The configuration the seeds run with.
+    /// The configuration the seeds run with: odd seeds run the sequencer group, even ones a
+    /// single sequencer.
     pub fn new(seed: u64) -> Config {
         Config {
             seed,
@@ -108,6 +127,7 @@ impl Config {
             faults: true,
             bug: None,
             replicas: 2,
+            group: seed % 2 == 1,
         }
     }
 }
@@ -133,6 +153,12 @@ pub struct Run {
     /// Every final verdict a shard applied: shard, window, entry, commit. (A deferred entry
     /// has one verdict per window it runs in.)
     pub verdicts: Vec<(ShardId, Epoch, TxnId, bool)>,
+    /// Every committed window as each sequencer member delivered it: the member, the epoch,
+    /// the timestamp and the client ids in order.
+    pub logged: Vec<(usize, Epoch, Timestamp, Vec<ClientId>)>,
+    /// Safe-time promises members gave shards: the member, the last epoch delivered before
+    /// it, and the timestamp no later window may be stamped at or below.
+    pub promises: Vec<(usize, Epoch, Timestamp)>,
     /// Errors of a step, and a run that did not settle.
     pub errors: Vec<String>,
     /// Counts, to see that a run did something.
@@ -156,6 +182,14 @@ pub struct Stats {
     pub partitions: u64,
     /// Requests sent again after a timeout.
     pub retries: u64,
+    /// Runs with the sequencer group.
+    pub group_runs: u64,
+    /// Times a group member became leader.
+    pub elections: u64,
+    /// Submissions sent again (to another member, under the same client id).
+    pub resubmits: u64,
+    /// Receipts for a submission logged already (a resubmission the group deduplicated).
+    pub duplicates: u64,
 }
 
 /// A timed event.
@@ -165,14 +199,35 @@ enum Ev {
     Fsynced {
         life: u64,
     },
+    /// A submission, to the sequencer or to group member `member`.
     Submit {
         entry: Entry,
+        member: usize,
+        client: usize,
+        op: u64,
     },
     Fetch {
         node: Node,
         epoch: Epoch,
+        member: usize,
     },
-    WantWindow,
+    WantWindow {
+        member: usize,
+    },
+    /// A group member's receipt for a submission, at the client.
+    Receipt {
+        client: usize,
+        op: u64,
+        result: Result<bool, Option<usize>>,
+    },
+    /// A client's submission unanswered: send it again (if `attempt` is still its latest).
+    Resubmit {
+        client: usize,
+        op: u64,
+        attempt: u64,
+        /// To the next member (no receipt came), not to the one set already.
+        rotate: bool,
+    },
     Deliver {
         node: Node,
         window: Arc<Window>,
@@ -223,6 +278,18 @@ enum Ev {
     },
     CrashSequencer,
     RestartSequencer,
+    /// Crash a group member, or whichever leads.
+    CrashMember {
+        member: Option<usize>,
+    },
+    RestartMember {
+        member: usize,
+    },
+    /// Cut a group member (or whichever leads) off the network for `length` microseconds.
+    CutMember {
+        member: Option<usize>,
+        length: u64,
+    },
     /// Cut a replica off the network for `length` microseconds.
     Partition {
         node: Node,
@@ -305,6 +372,12 @@ struct Client {
     process: u64,
     op: u64,
     pending: Option<Work>,
+    /// With the group: the entry submitted, until a member gives its receipt.
+    unreceipted: Option<Entry>,
+    /// The member it submits to (the leader, as far as it knows).
+    member: usize,
+    /// Submissions of the current operation so far.
+    attempt: u64,
 }
 
 /// The simulated cluster.
@@ -327,6 +400,12 @@ pub struct World {
     run: Run,
     /// Replicas cut off from the network, until when.
     cut: BTreeMap<Node, u64>,
+    /// The runtime the world runs on (taken while it runs).
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Time zero.
+    base: Instant,
+    /// The sequencer group, when the run has one.
+    group: Option<group::Group>,
 }
 
 fn sealer_config() -> SealerConfig {
@@ -340,6 +419,13 @@ fn sealer_config() -> SealerConfig {
 impl World {
     /// A fresh cluster for `config`.
     pub fn new(config: Config) -> World {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("a tokio runtime");
+        let base = runtime.block_on(async { Instant::now() });
+        replication::seed_this_thread(config.seed);
         let mut rng = StdRng::seed_from_u64(config.seed);
         let offset = rng.random_range(-(MAX_OFFSET as i64)..=MAX_OFFSET as i64);
         let clients = config.list_clients + config.bank_clients;
@@ -358,7 +444,14 @@ impl World {
             },
             shards: Vec::new(),
             clients: (0..clients)
-                .map(|i| Client { process: i as u64, op: 0, pending: None })
+                .map(|i| Client {
+                    process: i as u64,
+                    op: 0,
+                    pending: None,
+                    unreceipted: None,
+                    member: i % group::MEMBERS,
+                    attempt: 0,
+                })
                 .collect(),
             owners: BTreeMap::new(),
             next_client_id: 1,
@@ -366,12 +459,18 @@ impl World {
             history: Recorder::simulated(),
             run: Run::default(),
             cut: BTreeMap::new(),
+            base,
+            runtime: Some(runtime),
+            group: None,
             config,
             rng,
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
         };
+        if world.config.group {
+            world.start_group();
+        }
         for n in 0..(SHARDS * world.config.replicas) as usize {
             let engine = Arc::new(SimEngine::default());
             let mvcc = Arc::new(Mvcc::open(engine.clone(), Limits::default()).expect("open"));
@@ -390,7 +489,9 @@ impl World {
             });
             world.restart_shard(n);
         }
-        world.at(0, Ev::SealTimer);
+        if !world.config.group {
+            world.at(0, Ev::SealTimer);
+        }
         for client in 0..clients {
             let start = world.rng.random_range(0..1_000);
             world.at(start, Ev::ClientNext { client });
@@ -417,6 +518,9 @@ impl World {
                 let length = self.rng.random_range(1_000..20_000);
                 self.at(at, Ev::Partition { node, length });
             }
+        }
+        if self.config.group {
+            return self.plan_group_faults();
         }
         let sequencer_crashes = match self.config.bug {
             Some(Bug::LoseDurableWindow) => 3,
@@ -473,13 +577,46 @@ impl World {
         self.after(delay, ev);
     }
 
+    /// [`World::send`] to or from group member `member`: lost while it is cut off.
+    fn send_member(&mut self, member: usize, ev: Ev) {
+        if self.group.as_ref().is_some_and(|g| g.hub.is_cut(member)) {
+            self.run.stats.lost += 1;
+            return;
+        }
+        self.send(ev);
+    }
+
     /// Runs to the end: the workload for `run_for`, then until every node has settled.
     pub fn run(mut self) -> Run {
+        let runtime = self.runtime.take().expect("a world runs once");
+        let (run, group) = runtime.block_on(self.drive());
+        // The members' tasks end with the runtime, before their directories go.
+        drop(runtime);
+        drop(group);
+        run
+    }
+
+    /// Takes the next world event when its time comes, and the group's output as it appears,
+    /// output first (biased, so a seed runs the same way every time).
+    async fn drive(mut self) -> (Run, Option<group::Group>) {
         let deadline = self.config.run_for + SETTLE;
-        while let Some(Reverse(next)) = self.queue.pop() {
-            self.now = next.at;
-            self.history.set_time(self.now * 1_000);
-            self.handle(next.ev);
+        let mut output = self.group.as_mut().map(|g| g.take_output());
+        while let Some(Reverse(next)) = self.queue.peek() {
+            let at = self.base + group::tokio_time(next.at);
+            tokio::select! {
+                biased;
+                Some(out) = async { output.as_mut()?.recv().await } => {
+                    self.now = group::world_time(self.base.elapsed());
+                    self.history.set_time(self.now * 1_000);
+                    self.on_group_output(out);
+                }
+                () = tokio::time::sleep_until(at) => {
+                    let Some(Reverse(next)) = self.queue.pop() else { break };
+                    self.now = next.at;
+                    self.history.set_time(self.now * 1_000);
+                    self.handle(next.ev);
+                }
+            }
             if self.now > self.config.run_for && self.settled() {
                 break;
             }
@@ -492,7 +629,11 @@ impl World {
                 break;
             }
         }
-        self.finish()
+        if self.group.is_some() {
+            self.finish_group();
+        }
+        let group = self.group.take();
+        (self.finish(), group)
     }
 
     fn settled(&self) -> bool {
@@ -501,14 +642,19 @@ impl World {
 
     /// What has not settled yet, or nothing.
     fn unsettled(&self) -> String {
-        let last = self.sequencer.log.last().map_or(Epoch(0), |w| w.epoch);
         let mut why = Vec::new();
-        if !self.sequencer.alive || self.sequencer.syncing.is_some() {
-            why.push("the sequencer is down or syncing".to_string());
-        }
-        if self.sequencer.sealer.open_len() > 0 {
-            why.push("entries are waiting to be sealed".to_string());
-        }
+        let last = match &self.group {
+            Some(group) => group.unsettled(&mut why),
+            None => {
+                if !self.sequencer.alive || self.sequencer.syncing.is_some() {
+                    why.push("the sequencer is down or syncing".to_string());
+                }
+                if self.sequencer.sealer.open_len() > 0 {
+                    why.push("entries are waiting to be sealed".to_string());
+                }
+                self.sequencer.log.last().map_or(Epoch(0), |w| w.epoch)
+            }
+        };
         for (i, c) in self.clients.iter().enumerate() {
             if c.pending.is_some() {
                 why.push(format!("client {i} waits"));
@@ -538,13 +684,29 @@ impl World {
                 self.after(1_000, Ev::SealTimer);
             }
             Ev::Fsynced { life } => self.fsynced(life),
-            Ev::Submit { entry } => {
+            Ev::Submit { entry, member, client, op } if self.group.is_some() => {
+                self.submit_to_member(entry, member, client, op)
+            }
+            Ev::Submit { entry, .. } => {
                 if self.sequencer.alive {
                     let now = Duration::from_micros(self.now);
                     let _ = self.sequencer.sealer.submit(entry, now);
                 }
             }
-            Ev::Fetch { node, epoch } => {
+            Ev::Receipt { client, op, result } => self.receipt(client, op, result),
+            Ev::Resubmit { client, op, attempt, rotate } => {
+                let c = &mut self.clients[client];
+                if c.op == op && c.attempt == attempt && c.unreceipted.is_some() {
+                    if rotate {
+                        c.member = (c.member + 1) % group::MEMBERS;
+                    }
+                    self.submit(client);
+                }
+            }
+            Ev::Fetch { node, epoch, member } if self.group.is_some() => {
+                self.fetch_from_member(node, epoch, member)
+            }
+            Ev::Fetch { node, epoch, .. } => {
                 if !self.sequencer.alive {
                     return;
                 }
@@ -555,7 +717,10 @@ impl World {
                     }
                 }
             }
-            Ev::WantWindow => self.sequencer.want_window = true,
+            Ev::WantWindow { member } => match &self.group {
+                Some(group) => group.request_window(member),
+                None => self.sequencer.want_window = true,
+            },
             Ev::Deliver { node, window } => self.deliver(node, &window),
             Ev::Request { to, from, life, req, ask } => self.answer(to, from, life, req, ask),
             Ev::Reply { to, life, req, event } => {
@@ -586,7 +751,7 @@ impl World {
                     && !step.is_busy()
                 {
                     let epoch = step.next_epoch();
-                    self.send(Ev::Fetch { node: n, epoch });
+                    self.fetch(n, epoch);
                 }
                 self.after(5_000, Ev::Poll { node: n, life });
             }
@@ -613,6 +778,26 @@ impl World {
                 self.cut.insert(node, self.now + length);
             }
             Ev::RestartSequencer => self.restart_sequencer(),
+            Ev::CrashMember { member } => self.crash_member(member),
+            Ev::RestartMember { member } => self.restart_member(member),
+            Ev::CutMember { member, length } => self.cut_member(member, length),
+        }
+    }
+
+    /// Sequencer nodes: the group's members, or the one sequencer.
+    fn members(&self) -> usize {
+        match self.group {
+            Some(_) => group::MEMBERS,
+            None => 1,
+        }
+    }
+
+    /// Replica `n` asks a sequencer node (any member of a group) for window `epoch`.
+    fn fetch(&mut self, n: Node, epoch: Epoch) {
+        let member = self.rng.random_range(0..self.members());
+        match self.group {
+            Some(_) => self.send_member(member, Ev::Fetch { node: n, epoch, member }),
+            None => self.send(Ev::Fetch { node: n, epoch, member }),
         }
     }
 
@@ -642,6 +827,9 @@ impl World {
         let window = Arc::new(window);
         s.log.push(window.clone());
         self.run.stats.windows += 1;
+        let ids = window.entries.iter().map(|e| e.client_id).collect();
+        self.run.logged.push((0, window.epoch, window.ts, ids));
+        let s = &mut self.sequencer;
         let waiting: Vec<Node> =
             s.waiting.iter().filter(|(_, e)| **e == window.epoch).map(|(node, _)| *node).collect();
         for node in waiting {
@@ -793,10 +981,14 @@ impl World {
                 let node = &self.shards[n];
                 if let Some(step) = node.step.as_ref().filter(|s| !s.is_busy()) {
                     let epoch = step.next_epoch();
-                    self.send(Ev::Fetch { node: n, epoch });
+                    self.fetch(n, epoch);
                 }
             }
-            Command::RequestWindow { .. } => self.send(Ev::WantWindow),
+            Command::RequestWindow { .. } => {
+                for member in 0..self.members() {
+                    self.send(Ev::WantWindow { member });
+                }
+            }
         }
     }
 
@@ -907,7 +1099,14 @@ impl World {
         let participants =
             request.ranges().iter().flat_map(|r| self.map.shards_of(r)).collect::<Vec<_>>();
         let entry = Entry::new(client_id, participants, request.encode().into());
-        self.send(Ev::Submit { entry });
+        match self.group {
+            Some(_) => {
+                self.clients[client].unreceipted = Some(entry);
+                self.clients[client].attempt = 0;
+                self.submit(client);
+            }
+            None => self.send(Ev::Submit { entry, member: 0, client, op }),
+        }
         self.after(CLIENT_TIMEOUT, Ev::ClientTimeout { client, op });
     }
 
@@ -934,6 +1133,7 @@ impl World {
     fn complete(&mut self, client: usize, completion: Completion, output: Option<Vec<u8>>) {
         let c = &mut self.clients[client];
         let process = c.process;
+        c.unreceipted = None;
         match c.pending.take().expect("a pending transaction") {
             Work::List(mops) => {
                 let mut mops = mops;

@@ -4,6 +4,8 @@
 mod bank_total;
 mod exactly_once;
 mod in_order;
+mod one_log;
+mod promises_kept;
 mod replicas_agree;
 mod serializable;
 mod verdicts_agree;
@@ -14,13 +16,15 @@ use crate::world::Run;
 pub type Invariant = (&'static str, fn(&Run) -> Result<(), String>);
 
 /// Every invariant.
-pub const ALL: [Invariant; 6] = [
+pub const ALL: [Invariant; 8] = [
     ("exactly once", exactly_once::check),
     ("windows in order", in_order::check),
     ("verdicts agree", verdicts_agree::check),
     ("strictly serializable", serializable::check),
     ("bank total", bank_total::check),
     ("replicas agree", replicas_agree::check),
+    ("one log", one_log::check),
+    ("promises kept", promises_kept::check),
 ];
 
 /// The invariants that fail for `run`, with why.
