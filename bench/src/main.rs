@@ -115,6 +115,18 @@ enum Workload {
         /// Drop an existing `tpcc` schema in PostgreSQL instead of refusing to run.
         #[arg(long)]
         pg_replace: bool,
+        /// Seconds between progress rows (throughput, disk use, resident memory).
+        #[arg(long, default_value_t = 5)]
+        report_every: u64,
+        /// Back the embedded database up this many seconds into the run (clients going on),
+        /// then restore the backup and check it: the consistency conditions, and every
+        /// New-Order acknowledged before the backup present.
+        #[arg(long)]
+        backup_after: Option<u64>,
+        /// The embedded database's retention in seconds: reads at a timestamp go back this
+        /// far, and older versions are collected.
+        #[arg(long, default_value_t = 60)]
+        retention: u64,
         #[command(flatten)]
         cluster: ClusterArgs,
         #[command(flatten)]
@@ -244,6 +256,9 @@ fn main() -> ExitCode {
             backend,
             pg_url,
             pg_replace,
+            report_every,
+            retention,
+            backup_after,
             cluster,
             run: RunArgs { seed, dir, json },
         } => {
@@ -267,6 +282,8 @@ fn main() -> ExitCode {
                 mix,
                 population,
                 seed,
+                report_every: std::time::Duration::from_secs(report_every),
+                backup_after: backup_after.map(std::time::Duration::from_secs),
             };
             let scaled = if population.is_scaled() { " (SCALED population)" } else { "" };
             let target = match cluster.target() {
@@ -291,7 +308,8 @@ fn main() -> ExitCode {
                     eprintln!(
                         "tpcc: sealdb embedded, {warehouses} warehouse(s), {clients} clients, {mix:?} mix, {duration} s{scaled}"
                     );
-                    bench::tpcc::run_sealdb(&opts, dir, shards)
+                    let retention = std::time::Duration::from_secs(retention);
+                    bench::tpcc::run_sealdb(&opts, dir, shards, retention)
                 }
                 (Backend::Postgres, Some(url)) if dir.is_none() && shards.is_none() => {
                     eprintln!(

@@ -157,6 +157,14 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     for (ts, state) in snapshots.iter().filter(|(ts, _)| *ts >= horizon) {
         checked += check(&mvcc, state, *ts)?;
     }
+    // Reads below the horizon are refused, not answered from what collection left.
+    let key = model.keys().next().cloned().unwrap_or_default();
+    for (ts, _) in snapshots.iter().filter(|(ts, _)| *ts < mvcc.horizon()) {
+        match mvcc.get(&key, *ts) {
+            Err(storage::StorageError::BelowHorizon { .. }) => checked += 1,
+            other => return Err(format!("a read at {ts:?}, below the horizon: {other:?}")),
+        }
+    }
 
     let writes = opts.windows * opts.writes;
     Ok(Report {

@@ -225,27 +225,50 @@ impl RemoteSequencer {
         })
     }
 
+    /// One unary call to the node this client follows, answered within
+    /// [`GROUP_SUBMIT_TIMEOUT`]: a `NOT_LEADER` answer naming the leader is followed there, one
+    /// without a leader or no answer moves to the next node, for the next call.
+    async fn unary<T, F, Fut>(&self, call: F) -> Result<T, RemoteError>
+    where
+        F: FnOnce(SequencerClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let (at, client) = self.client();
+        let answer = tokio::time::timeout(GROUP_SUBMIT_TIMEOUT, call(client))
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::unavailable("no answer in 2 s")));
+        answer.map(tonic::Response::into_inner).map_err(|status| {
+            let e = RemoteError::from(status);
+            match &e {
+                RemoteError::NotLeader { leader: Some(leader) } => self.switch_to(leader),
+                RemoteError::NotLeader { .. } | RemoteError::Unavailable(_) => self.rotate(at),
+                _ => {}
+            }
+            e
+        })
+    }
+
     /// Asks for a window after `after` (the last one the caller has) to be logged even if
     /// empty, unless there is one already.
     pub async fn request_window(&self, after: Epoch) -> Result<(), RemoteError> {
         let request = v1::RequestWindowRequest { hlc: stamp(&self.clock), after_epoch: after.0 };
-        let (at, mut client) = self.client();
-        let answer = tokio::time::timeout(GROUP_SUBMIT_TIMEOUT, client.request_window(request))
-            .await
-            .unwrap_or_else(|_| Err(tonic::Status::unavailable("no answer in 2 s")));
-        let r = match answer {
-            Ok(r) => r.into_inner(),
-            Err(status) => {
-                let e = RemoteError::from(status);
-                match &e {
-                    RemoteError::NotLeader { leader: Some(leader) } => self.switch_to(leader),
-                    RemoteError::NotLeader { .. } | RemoteError::Unavailable(_) => self.rotate(at),
-                    _ => {}
-                }
-                return Err(e);
-            }
-        };
+        let r = self.unary(|mut c| async move { c.request_window(request).await }).await?;
         observe_response(&self.clock, r.hlc)
+    }
+
+    /// Reports that replica `replica` of `shard` has flushed every window up to `epoch`, so
+    /// the log may drop what every replica has. Returns the log's first window.
+    pub async fn flushed(
+        &self,
+        shard: ShardId,
+        replica: u32,
+        epoch: Epoch,
+    ) -> Result<Epoch, RemoteError> {
+        let request =
+            v1::FlushedRequest { hlc: stamp(&self.clock), shard: shard.0, replica, epoch: epoch.0 };
+        let r = self.unary(|mut c| async move { c.flushed(request).await }).await?;
+        observe_response(&self.clock, r.hlc)?;
+        Ok(Epoch(r.log_first))
     }
 
     /// `shard`'s slices of every window from `from` on, then the live ones and ticks.

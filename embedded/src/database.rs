@@ -67,6 +67,9 @@ pub struct Options {
     pub row_cache_bytes: usize,
     /// Keep shard data in memory (tests); the log still goes to a temporary directory.
     pub in_memory: bool,
+    /// How often each shard flushes its storage, after which the log's segments below what
+    /// every shard flushed are deleted (default 30 s).
+    pub flush_interval: Duration,
     /// The procedures `call` can run.
     pub procedures: Registry,
 }
@@ -82,6 +85,7 @@ impl Default for Options {
             retention: Duration::from_secs(60),
             row_cache_bytes: storage::DEFAULT_ROW_CACHE_BYTES,
             in_memory: false,
+            flush_interval: FLUSH_EVERY,
             procedures: Registry::new(),
         }
     }
@@ -106,7 +110,15 @@ struct Progress {
     applied: Epoch,
     /// Every window at or below this timestamp is applied.
     safe: Timestamp,
+    /// Every window up to this one is durable in the shard's storage (flushed), and its
+    /// timestamp.
+    durable: Epoch,
+    durable_ts: Timestamp,
 }
+
+/// Each shard makes its storage durable this often by default, so the log can be truncated
+/// below ([`Options::flush_interval`]).
+const FLUSH_EVERY: Duration = Duration::from_secs(30);
 
 /// The shards' local verdicts of multi-shard entries, by window and shard: where the shards
 /// of one process exchange them (a shard server pulls them from its peers instead).
@@ -121,9 +133,17 @@ pub(crate) struct Inner {
     pub(crate) registry: Registry,
     pub(crate) limits: Limits,
     pub(crate) retention: Duration,
+    /// How often each shard flushes its storage ([`Options::flush_interval`]).
+    flush_interval: Duration,
     pub(crate) shards: Vec<Arc<Mvcc>>,
     progress: Mutex<Vec<Progress>>,
     progress_changed: Condvar,
+    /// Backups under way: the log is not truncated meanwhile, nor the GC floor raised.
+    backups: AtomicU64,
+    /// The timestamp of the oldest window a shard flushed: after a crash, no shard replays
+    /// from below it, so no shard's GC horizon may pass it (a replay reads every shard at its
+    /// window's snapshot).
+    gc_floor: txn::GcFloor,
     /// The same, for async waiters.
     progress_notify: tokio::sync::Notify,
     board: Mutex<Board>,
@@ -159,6 +179,11 @@ pub struct Stats {
     pub conflicts: u64,
     /// Transactions aborted.
     pub aborts: u64,
+    /// The first window the log still holds (the ones before were truncated once every
+    /// shard had flushed them).
+    pub log_first: Epoch,
+    /// Bytes of the log's files.
+    pub log_bytes: u64,
 }
 
 impl Inner {
@@ -232,7 +257,80 @@ pub struct Database {
     pub(crate) inner: Arc<Inner>,
     sequencer: Option<Sequencer>,
     threads: Vec<JoinHandle<()>>,
+    /// The database directory.
+    path: std::path::PathBuf,
     _temp: Option<tempfile::TempDir>,
+}
+
+/// What [`Database::backup`] wrote (and [`restore`] found): a database directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backup {
+    /// Each shard's watermark in the copy: the last window it had applied.
+    pub shards: Vec<Epoch>,
+    /// The first window of the copied log (at most one after the oldest watermark).
+    pub log_first: Epoch,
+}
+
+/// The manifest a backup directory holds, last written: a directory without it is not a
+/// whole backup.
+const MANIFEST: &str = "BACKUP";
+
+impl Backup {
+    fn encode(&self) -> String {
+        let shards: Vec<String> = self.shards.iter().map(|e| e.0.to_string()).collect();
+        format!("sealdb backup\nshards {}\nlog_first {}\n", shards.join(","), self.log_first.0)
+    }
+
+    fn decode(text: &str) -> Option<Backup> {
+        let mut lines = text.lines();
+        (lines.next()? == "sealdb backup").then_some(())?;
+        let shards = lines.next()?.strip_prefix("shards ")?;
+        let shards = shards.split(',').map(|e| e.parse().ok().map(Epoch)).collect::<Option<_>>()?;
+        let log_first = Epoch(lines.next()?.strip_prefix("log_first ")?.parse().ok()?);
+        Some(Backup { shards, log_first })
+    }
+}
+
+fn io(what: &Path) -> impl Fn(std::io::Error) -> TxnError + '_ {
+    move |e| TxnError::Storage(format!("{}: {e}", what.display()))
+}
+
+/// Copies the files of `from` into `to` (created), recursively, each synced.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), TxnError> {
+    std::fs::create_dir_all(to).map_err(io(to))?;
+    for entry in std::fs::read_dir(from).map_err(io(from))? {
+        let entry = entry.map_err(io(from))?;
+        let target = to.join(entry.file_name());
+        if entry.file_type().map_err(io(from))?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else if entry.file_name() != "LOCK" {
+            std::fs::copy(entry.path(), &target).map_err(io(&target))?;
+            std::fs::File::open(&target).and_then(|f| f.sync_all()).map_err(io(&target))?;
+        }
+    }
+    std::fs::File::open(to).and_then(|d| d.sync_all()).map_err(io(to))
+}
+
+/// Makes `to` (which must not exist) a copy of the backup in `from`, ready to open with
+/// [`Database::open`] and the options the backed-up database had (its shard map above all).
+/// Refuses a directory that is not a whole backup. Returns what the backup holds.
+pub fn restore(from: impl AsRef<Path>, to: impl AsRef<Path>) -> Result<Backup, TxnError> {
+    let (from, to) = (from.as_ref(), to.as_ref());
+    let manifest = std::fs::read_to_string(from.join(MANIFEST)).map_err(io(from))?;
+    let backup = Backup::decode(&manifest).ok_or_else(|| {
+        TxnError::Storage(format!(
+            "{}: not a sealdb backup (its {MANIFEST} does not read)",
+            from.display()
+        ))
+    })?;
+    if to.exists() {
+        return Err(TxnError::Storage(format!(
+            "{}: exists; restore into a new directory",
+            to.display()
+        )));
+    }
+    copy_tree(from, to)?;
+    Ok(backup)
 }
 
 impl Database {
@@ -269,6 +367,9 @@ impl Database {
                 Progress {
                     applied: w.map_or(Epoch(0), |w| w.window),
                     safe: w.map_or(Timestamp::ZERO, |w| w.ts),
+                    // Not known durable until this run flushes it.
+                    durable: Epoch(0),
+                    durable_ts: Timestamp::ZERO,
                 }
             })
             .collect();
@@ -280,9 +381,12 @@ impl Database {
             registry: options.procedures.clone(),
             limits: options.limits,
             retention: options.retention,
+            flush_interval: options.flush_interval,
             shards,
             progress: Mutex::new(progress),
             progress_changed: Condvar::new(),
+            backups: AtomicU64::new(0),
+            gc_floor: Arc::new(AtomicU64::new(0)),
             progress_notify: tokio::sync::Notify::new(),
             board: Mutex::new(Board::default()),
             board_changed: Condvar::new(),
@@ -299,7 +403,8 @@ impl Database {
                 Executor::new(s, map.clone(), options.procedures.clone(), options.limits);
             let peers = Arc::new(Local(inner.shards.clone()));
             let step = Step::open(executor, map.clone(), inner.shards[s.0 as usize].clone(), peers)
-                .map_err(|e| TxnError::Storage(e.to_string()))?;
+                .map_err(|e| TxnError::Storage(e.to_string()))?
+                .collect_garbage(options.retention, inner.gc_floor.clone());
             let from = step.next_epoch();
             // Each shard executes a window while it is fsynced, and writes it once durable.
             let deliveries = sequencer.subscribe_ahead(from);
@@ -314,6 +419,7 @@ impl Database {
                         step,
                         window_entries: 0,
                         feedback,
+                        flushed_at: std::time::Instant::now(),
                     };
                     // A panic (a bug, or a procedure that panics) fails the database like any
                     // error: otherwise the other shards and every caller would wait forever.
@@ -332,7 +438,7 @@ impl Database {
                 .map_err(|e| TxnError::Storage(e.to_string()))?;
             threads.push(thread);
         }
-        Ok(Database { inner, sequencer: Some(sequencer), threads, _temp: temp })
+        Ok(Database { inner, sequencer: Some(sequencer), threads, path, _temp: temp })
     }
 
     /// The shard map.
@@ -340,11 +446,61 @@ impl Database {
         &self.inner.map
     }
 
-    /// Counts of windows, entries and outcomes since opening.
+    /// Writes a consistent copy of the database to `to` (which must not exist) while
+    /// transactions go on: a checkpoint of every shard at a window boundary, then the log from
+    /// below the oldest of them, the clock's high-water mark, and last a manifest. The copy is
+    /// a database directory: opened (after [`restore`], or as it is), each shard replays the
+    /// copied log from its own watermark, so it holds every transaction acknowledged before
+    /// the backup began (and perhaps some after). The log is not truncated while it runs. An
+    /// in-memory database has nothing on disk to copy and is refused.
+    pub fn backup(&self, to: impl AsRef<Path>) -> Result<Backup, TxnError> {
+        let to = to.as_ref();
+        self.check_running()?;
+        if to.exists() {
+            return Err(TxnError::Storage(format!(
+                "{}: exists; back up into a new directory",
+                to.display()
+            )));
+        }
+        let sequencer = self.sequencer.as_ref().ok_or(TxnError::ShuttingDown)?;
+        let _holding = HoldTruncation::new(&self.inner);
+        std::fs::create_dir_all(to).map_err(io(to))?;
+        let mut shards = Vec::new();
+        for (i, mvcc) in self.inner.shards.iter().enumerate() {
+            let watermark = mvcc
+                .checkpoint(&to.join(format!("shard-{i}")))
+                .map_err(|e| TxnError::Storage(e.to_string()))?;
+            shards.push(watermark.map_or(Epoch(0), |w| w.window));
+        }
+        let log_first = sequencer.log_reader().copy_to(&to.join("log")).map_err(sequencer_error)?;
+        let oldest = shards.iter().min().copied().unwrap_or(Epoch(0));
+        if log_first > oldest.next() {
+            // Truncated before the hold took effect: the copy could not be replayed.
+            return Err(TxnError::Storage(format!(
+                "the log was truncated to {log_first} during the backup, past shard watermark \
+                 {oldest}: back up again"
+            )));
+        }
+        // The clock's high-water mark (a file): timestamps keep rising after a restore.
+        let (clock, clock_copy) = (self.path.join("clock"), to.join("clock"));
+        std::fs::copy(&clock, &clock_copy).map_err(io(&clock))?;
+        std::fs::File::open(&clock_copy).and_then(|f| f.sync_all()).map_err(io(&clock_copy))?;
+        let backup = Backup { shards, log_first };
+        let manifest = to.join(MANIFEST);
+        std::fs::write(&manifest, backup.encode()).map_err(io(&manifest))?;
+        std::fs::File::open(&manifest).and_then(|f| f.sync_all()).map_err(io(&manifest))?;
+        std::fs::File::open(to).and_then(|d| d.sync_all()).map_err(io(to))?;
+        Ok(backup)
+    }
+
+    /// Counts of windows, entries and outcomes since opening, and the log's extent.
     pub fn stats(&self) -> Stats {
         let c = &self.inner.stats;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let log = self.sequencer.as_ref().map(Sequencer::stats).unwrap_or_default();
         Stats {
+            log_first: log.log_first,
+            log_bytes: log.log_bytes,
             windows: get(&c.windows),
             entries: get(&c.entries),
             committed: get(&c.outcomes.committed),
@@ -541,8 +697,11 @@ struct ShardLoop {
     /// Entries of the window in progress, all shards' (for [`Stats::entries`]).
     window_entries: usize,
     /// Deferred entries run at the front of the next window; this makes sure there is one.
-    /// Also told when every shard has applied a window, so the next may be sealed early.
+    /// Also told when every shard has applied a window, so the next may be sealed early,
+    /// and when every shard has made a window durable, so the log may drop older ones.
     feedback: Feedback,
+    /// When this shard last flushed its storage.
+    flushed_at: std::time::Instant,
 }
 
 impl ShardLoop {
@@ -606,6 +765,11 @@ impl ShardLoop {
                 Command::Write(batch) => self.inner.shards[self.shard.0 as usize].apply(&batch)?,
                 Command::Applied { window, ts, decided, .. } => {
                     self.set_progress(Some(window), ts);
+                    if self.flushed_at.elapsed() >= self.inner.flush_interval {
+                        self.flushed_at = std::time::Instant::now();
+                        self.inner.shards[self.shard.0 as usize].flush()?;
+                        self.set_durable(window, ts);
+                    }
                     let stats = &self.inner.stats;
                     if self.shard == ShardId(0) {
                         stats.windows.fetch_add(1, Ordering::Relaxed);
@@ -624,6 +788,25 @@ impl ShardLoop {
         Ok(())
     }
 
+    /// This shard's storage holds every window up to `epoch` durably; once every shard's
+    /// does, the log may drop them (not while a backup copies it).
+    /// Its timestamp `ts` may become the GC floor. A backup under way freezes both: the
+    /// copies of its shards must replay from their checkpoints.
+    fn set_durable(&self, epoch: Epoch, ts: Timestamp) {
+        let mut progress = lock(&self.inner.progress);
+        if self.inner.backups.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        let me = &mut progress[self.shard.0 as usize];
+        (me.durable, me.durable_ts) = (epoch, ts);
+        let all = progress.iter().map(|p| p.durable).min().unwrap_or(epoch);
+        let floor = progress.iter().map(|p| p.durable_ts).min().unwrap_or(ts);
+        if all > Epoch(0) {
+            self.feedback.durable(all);
+            self.inner.gc_floor.fetch_max(floor.as_u64(), Ordering::SeqCst);
+        }
+    }
+
     fn set_progress(&self, applied: Option<Epoch>, safe: Timestamp) {
         let mut progress = lock(&self.inner.progress);
         let me = self.shard.0 as usize;
@@ -636,6 +819,24 @@ impl ShardLoop {
         }
         progress[me].safe = progress[me].safe.max(safe);
         self.inner.progress_moved();
+    }
+}
+
+/// Holds the log's truncation while it lives (a backup copying the log).
+struct HoldTruncation<'a>(&'a Inner);
+
+impl HoldTruncation<'_> {
+    fn new(inner: &Inner) -> HoldTruncation<'_> {
+        // Under the progress lock: no shard is half-way through recording a flush.
+        let _progress = lock(&inner.progress);
+        inner.backups.fetch_add(1, Ordering::SeqCst);
+        HoldTruncation(inner)
+    }
+}
+
+impl Drop for HoldTruncation<'_> {
+    fn drop(&mut self) {
+        self.0.backups.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -43,6 +43,10 @@ fn storage_error(e: storage::StorageError) -> TxnError {
         storage::StorageError::KeyTooLarge { .. }
         | storage::StorageError::ValueTooLarge { .. }
         | storage::StorageError::BatchTooLarge { .. } => TxnError::TooLarge(e.to_string()),
+        // A transaction open for longer than the retention period: its snapshot is collected.
+        storage::StorageError::BelowHorizon { ts, horizon } => {
+            TxnError::OutsideRetention { ts, oldest: horizon }
+        }
         other => TxnError::Storage(other.to_string()),
     }
 }

@@ -9,6 +9,8 @@
 //! replica = 0                       # which of the shard's replicas (optional, from 0)
 //! max_offset_ms = 5                 # bound on clock offsets; commit-wait lasts about this long
 //! metrics_listen = "127.0.0.1:9101" # optional: Prometheus metrics at GET /metrics
+//! flush_interval_ms = 30000         # optional (shard role): how often it flushes and tells the
+//!                                   # sequencer, which truncates the log below every replica's
 //!
 //! [cluster]                         # the same on every node
 //! sequencer = "127.0.0.1:7100"      # or a sequencer group (raft): its members, in id order,
@@ -29,6 +31,7 @@
 //! interval_ms = 5
 //! max_entries = 10000
 //! max_bytes = 16777216
+//! log_segment_bytes = 67108864      # the log's segment files (the unit of truncation)
 //!
 //! [tls]                             # optional: TLS with client certificates on every hop
 //! ca = "certs/ca.pem"               # the cluster's CA
@@ -70,6 +73,7 @@ struct File {
     #[serde(default = "default_max_offset_ms")]
     max_offset_ms: u64,
     metrics_listen: Option<String>,
+    flush_interval_ms: Option<u64>,
     cluster: ClusterFile,
     #[serde(default)]
     window: WindowFile,
@@ -137,6 +141,7 @@ struct WindowFile {
     interval_ms: Option<u64>,
     max_entries: Option<usize>,
     max_bytes: Option<usize>,
+    log_segment_bytes: Option<u64>,
 }
 
 /// A validated node configuration.
@@ -165,6 +170,8 @@ pub struct NodeConfig {
     pub layout: Layout,
     /// When windows are sealed (sequencer role).
     pub sealer: SealerConfig,
+    /// How often a shard flushes its storage and tells the sequencer (shard role).
+    pub flush_interval: Duration,
     /// The node's certificate and key and the cluster's CA (`[tls]`); `None` runs without
     /// TLS.
     pub tls: Option<Tls>,
@@ -323,6 +330,7 @@ impl NodeConfig {
                 .map_or(defaults.window_interval, Duration::from_millis),
             max_window_entries: window.max_entries.unwrap_or(defaults.max_window_entries),
             max_window_bytes: window.max_bytes.unwrap_or(defaults.max_window_bytes),
+            log_segment_bytes: window.log_segment_bytes.unwrap_or(defaults.log_segment_bytes),
             // Sealing ahead needs every shard's progress; a cluster seals on the interval.
             seal_ahead: None,
             ..defaults
@@ -346,6 +354,17 @@ impl NodeConfig {
                 sealer.max_window_bytes
             ));
         }
+        if !(4096..=1 << 30).contains(&sealer.log_segment_bytes) {
+            return Err(format!(
+                "window.log_segment_bytes = {}: from 4096 to {}",
+                sealer.log_segment_bytes,
+                1u64 << 30
+            ));
+        }
+        let flush_interval_ms = file.flush_interval_ms.unwrap_or(30_000);
+        if !(10..=3_600_000).contains(&flush_interval_ms) {
+            return Err(format!("flush_interval_ms = {flush_interval_ms}: from 10 to 3600000"));
+        }
         let tls = match &file.tls {
             None => None,
             Some(t) => Some(Tls::load(&t.ca, &t.cert, &t.key).map_err(|e| format!("tls: {e}"))?),
@@ -363,6 +382,7 @@ impl NodeConfig {
             group,
             layout: Layout { shards: shards.iter().map(|r| r.join(",")).collect(), map },
             sealer,
+            flush_interval: Duration::from_millis(flush_interval_ms),
         })
     }
 }

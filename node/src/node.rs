@@ -94,6 +94,7 @@ pub async fn run(
                 procedures,
                 limits: Limits::default(),
                 retention: Duration::from_secs(60),
+                flush_interval: config.flush_interval,
                 tls: config.tls,
             };
             let node = ShardNode::start(shard_config, listener, clock).await?;

@@ -210,6 +210,7 @@ impl SequencerNode {
         tls: Option<Tls>,
     ) -> Result<SequencerNode, NodeError> {
         let shards = layout.map.len();
+        let replicas: Vec<usize> = layout.shards.iter().map(|s| s.split(',').count()).collect();
         let addr = listener.local_addr().map_err(|e| NodeError::io("the listener's address", e))?;
         let stopping = Arc::new(AtomicBool::new(false));
         let map = layout.map.clone();
@@ -230,6 +231,7 @@ impl SequencerNode {
             limits: Limits::default(),
             secure: tls.is_some(),
             fenced,
+            flushed: Arc::new(FlushedReports::new(&replicas)),
             stopping: stopping.clone(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
@@ -360,6 +362,17 @@ impl SequencerNode {
                     "The last window made durable.",
                     epoch.0 as f64,
                 ),
+                Metric::gauge(
+                    "sealdb_sequencer_log_first_epoch",
+                    "The first window the log holds (older ones were truncated once every \
+                     shard replica had flushed them).",
+                    stats.log_first.0 as f64,
+                ),
+                Metric::gauge(
+                    "sealdb_sequencer_log_bytes",
+                    "Bytes of the log's segment files.",
+                    stats.log_bytes as f64,
+                ),
             ]
         })
     }
@@ -425,6 +438,42 @@ struct SequencerService {
     stopping: Arc<AtomicBool>,
     /// Why the sequencer takes no entries: its clock is out of bounds ([`watch_clock`]).
     fenced: Fenced,
+    /// What each shard replica last reported flushed ([`FlushedReports`]).
+    flushed: Arc<FlushedReports>,
+}
+
+/// The windows every shard replica has flushed, as they report them: once each has, the log
+/// may drop the windows below the lowest.
+struct FlushedReports {
+    /// By shard, by replica: the last window reported flushed (none before a report).
+    reported: std::sync::Mutex<Vec<Vec<Option<Epoch>>>>,
+}
+
+impl FlushedReports {
+    /// For `shards[i]` replicas of shard i.
+    fn new(replicas: &[usize]) -> FlushedReports {
+        FlushedReports {
+            reported: std::sync::Mutex::new(replicas.iter().map(|r| vec![None; *r]).collect()),
+        }
+    }
+
+    /// Records a report; the window every replica has flushed, once each has reported.
+    fn report(&self, shard: usize, replica: usize, epoch: Epoch) -> Result<Option<Epoch>, String> {
+        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        let shards = reported.len();
+        let slot = reported
+            .get_mut(shard)
+            .ok_or_else(|| format!("shard {shard}: the cluster has {shards}"))?
+            .get_mut(replica)
+            .ok_or_else(|| format!("shard {shard} has no replica {replica}"))?;
+        *slot = Some(slot.map_or(epoch, |e| e.max(epoch)));
+        Ok(reported
+            .iter()
+            .flatten()
+            .copied()
+            .collect::<Option<Vec<Epoch>>>()
+            .and_then(|all| all.into_iter().min()))
+    }
 }
 
 /// Why a sequencer is fenced, if it is.
@@ -466,6 +515,19 @@ async fn watch_clock(shards: Vec<ShardClient<Channel>>, clock: Arc<Clock>, fence
 }
 
 impl SequencerService {
+    /// The last logged window, if `epoch` is at most that; a later one is refused (FUTURE).
+    fn logged(&self, epoch: u64) -> Result<Epoch, Status> {
+        let (last, _) = self.sequencer.last_logged();
+        match epoch > last.0 {
+            true => Err(refuse(
+                Code::OutOfRange,
+                RefusalKind::Future,
+                format!("window {epoch} is not logged yet (the last is {last})"),
+            )),
+            false => Ok(last),
+        }
+    }
+
     fn shard(&self, shard: u32) -> Result<ShardId, Status> {
         if shard >= self.shards {
             return Err(malformed(format!(
@@ -615,18 +677,36 @@ impl SequencerRpc for SequencerService {
             // Only the leader seals; the caller follows it there.
             return Err(status_of(SequencerError::NotLeader { leader }));
         }
-        let (last, _) = self.sequencer.last_logged();
-        if r.after_epoch > last.0 {
-            return Err(refuse(
-                Code::OutOfRange,
-                RefusalKind::Future,
-                format!("window {} is not logged yet (the last is {last})", r.after_epoch),
-            ));
-        }
+        let last = self.logged(r.after_epoch)?;
         if r.after_epoch == last.0 {
             self.forced.request(self.sequencer.clone());
         }
         Ok(Response::new(v1::RequestWindowResponse { hlc: stamp(&self.clock) }))
+    }
+
+    async fn flushed(
+        &self,
+        request: Request<v1::FlushedRequest>,
+    ) -> Result<Response<v1::FlushedResponse>, Status> {
+        require_node(&request, self.secure)?;
+        let r = request.into_inner();
+        observe_request(&self.clock, r.hlc)?;
+        self.logged(r.epoch)?;
+        let all = self
+            .flushed
+            .report(r.shard as usize, r.replica as usize, Epoch(r.epoch))
+            .map_err(|why| refuse(Code::InvalidArgument, RefusalKind::Malformed, why))?;
+        let log_first = match &self.sequencer {
+            Backend::Single(s) => {
+                if let (Some(all), Some(feedback)) = (all, s.feedback()) {
+                    feedback.durable(all);
+                }
+                s.stats().log_first
+            }
+            // A group keeps every committed window in its state machine (not built yet).
+            Backend::Group(_) => Epoch(1),
+        };
+        Ok(Response::new(v1::FlushedResponse { hlc: stamp(&self.clock), log_first: log_first.0 }))
     }
 }
 
@@ -743,9 +823,13 @@ impl Forward {
     fn run_single(&self, sequencer: &Sequencer, mut from: Epoch) -> Result<(), Status> {
         let reader = sequencer.log_reader();
         while sequencer.last_logged().0.0 >= from.0.saturating_add(CATCH_UP_GAP) {
-            let windows = reader
-                .read(from, CATCH_UP_WINDOWS, CATCH_UP_BYTES)
-                .map_err(|e| Status::internal(format!("reading the log: {e}")))?;
+            let windows =
+                reader.read(from, CATCH_UP_WINDOWS, CATCH_UP_BYTES).map_err(|e| match e {
+                    SequencerError::Truncated { .. } => {
+                        refuse(Code::OutOfRange, RefusalKind::Truncated, e.to_string())
+                    }
+                    e => Status::internal(format!("reading the log: {e}")),
+                })?;
             if windows.is_empty() {
                 break; // the rest comes with the live windows
             }

@@ -46,6 +46,16 @@ pub enum SequencerError {
         /// Its timestamp.
         last_ts: Timestamp,
     },
+    /// The windows asked for are no longer in the log: it was truncated below `first`
+    /// (every consumer had made them durable). A consumer that far behind starts from a
+    /// checkpoint instead.
+    #[error("window {from} is truncated from the log (the first kept is {first})")]
+    Truncated {
+        /// The first window asked for.
+        from: Epoch,
+        /// The first window the log holds.
+        first: Epoch,
+    },
     /// The entry is larger than a window may hold.
     #[error("entry of {bytes} bytes exceeds the window size cap of {max} bytes")]
     EntryTooLarge {

@@ -1,30 +1,40 @@
 //! [`WindowLog`]: the durable, append-only log of sealed windows. The source of truth.
 //!
-//! One file, `windows.log`, of framed records, one per window:
+//! Segment files, `windows-<first epoch, 20 digits>.log`, each of framed records, one per
+//! window, the windows of all segments consecutive:
 //!
 //! ```text
-//!   file    = MAGIC record* zero*
+//!   segment = MAGIC record* zero*
 //!   record  = len: u32 LE | crc32(body): u32 LE | body (len bytes)
 //!   body    = epoch: u64 | ts: u64 | count: u32 | entry*          (integers little-endian)
 //!   entry   = client_id: u128 | nparts: u16 | shard: u32 * nparts | plen: u32 | payload
 //! ```
 //!
 //! [`WindowLog::append`] writes one record and fsyncs once (group commit: one fsync covers
-//! every entry of the window). Nothing is applied or acknowledged before it returns.
+//! every entry of the window). Nothing is applied or acknowledged before it returns. Once the
+//! last segment passes [`SEGMENT_BYTES`], the next window starts a new one (created, and its
+//! directory entry synced, before the window is written there).
 //!
-//! The file is grown ahead of the records, up to [`PREALLOCATE`] bytes at a time, by writing zeros
-//! and syncing the file's size and blocks once. Appends then overwrite blocks the file
+//! [`WindowLog::truncate_below`] deletes whole segments whose windows are all below an epoch
+//! (what every consumer has made durable); a read from below the first kept window gets
+//! [`SequencerError::Truncated`]. Each segment is indexed by epoch (every [`INDEX_EVERY`]th
+//! window's record start), so a reader from epoch `e` starts at most that many records before
+//! it. A log of one file `windows.log` (before segments) opens as the first segment.
+//!
+//! A segment is grown ahead of the records, up to [`PREALLOCATE`] bytes at a time, by writing
+//! zeros and syncing the file's size and blocks once. Appends then overwrite blocks the file
 //! already has, so their `fdatasync` writes data only: without a size or block change there
 //! is no filesystem journal commit, which would also wait for other files' writes (the
 //! shards' RocksDB files on the same disk). A zero frame (a record length of 0, which no
-//! window has) marks the end of the records.
+//! window has) marks the end of the records. A full segment is cut to its records' end.
 //!
 //! On open, records are read back in order. A crash during an append leaves a *torn tail*: a
 //! last record that is cut short or fails its checksum, with nothing but zeros (or the end of
 //! the file) after it. That window was never acknowledged, so it is cut off. A bad record with
-//! data after it is not a torn write but damage, and the log refuses to open rather than
-//! silently drop acknowledged windows. Windows must be consecutive with strictly increasing
-//! timestamps, or the log is refused as corrupt too.
+//! data after it, or a torn record in any but the last segment, is not a torn write but
+//! damage, and the log refuses to open rather than silently drop acknowledged windows. Windows
+//! must be consecutive with strictly increasing timestamps, across segments too, or the log is
+//! refused as corrupt.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -42,7 +52,8 @@ use crate::window::{Entry, Window};
 
 const MAGIC: &[u8; 16] = b"sealdb-windows-1";
 const FRAME: usize = 8;
-const FILE_NAME: &str = "windows.log";
+/// The log's one file before it was kept in segments: opened as the first segment.
+const LEGACY_FILE: &str = "windows.log";
 
 /// The most the file is grown by at once, with zeros, when an append would pass its end. It
 /// grows by its own length (at least 64 KiB) up to this: under a load of a few MB of windows
@@ -50,61 +61,134 @@ const FILE_NAME: &str = "windows.log";
 /// one per window.
 pub const PREALLOCATE: u64 = 8 << 20;
 
+/// A segment holding this many bytes of records is full: the next window starts a new one.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+
+/// The file name of the segment whose first window is `first`.
+fn segment_name(first: Epoch) -> String {
+    format!("windows-{:020}.log", first.0)
+}
+
+/// The first epoch a segment's file name says, or `None` if it is not a segment's name.
+fn segment_first(name: &str) -> Option<Epoch> {
+    let digits = name.strip_prefix("windows-")?.strip_suffix(".log")?;
+    (digits.len() == 20).then(|| digits.parse().ok().map(Epoch)).flatten()
+}
+
+/// One segment, as readers see it.
+#[derive(Debug)]
+struct Segment {
+    path: PathBuf,
+    /// Its first window (for an empty last segment, the next window's epoch).
+    first: Epoch,
+    /// Where its first window's record starts, then every [`INDEX_EVERY`]th window's.
+    index: RwLock<Vec<(Epoch, u64)>>,
+    /// Where its durable records end.
+    end: AtomicU64,
+}
+
 /// The durable log of sealed windows.
 #[derive(Debug)]
 pub struct WindowLog {
-    path: PathBuf,
+    dir: PathBuf,
+    /// The last segment's file, appended to.
     file: File,
     /// `LOCK` in the log's directory, locked exclusively while the log is open.
     _lock: File,
-    /// What readers on other threads need: where windows start, and the durable end.
+    /// What readers on other threads need: the segments, where windows start, and the
+    /// durable ends.
     reader: LogReader,
     last: Option<(Epoch, Timestamp)>,
-    /// Where the next record goes: the end of the records.
+    /// Where the next record goes in the last segment: the end of its records.
     end: u64,
-    /// The file's length: zeros from `end` to here.
+    /// The last segment's length: zeros from `end` to here.
     allocated: u64,
+    /// A segment holding this many bytes is full.
+    segment_bytes: u64,
 }
 
 impl WindowLog {
     /// Opens (or creates) the log in `dir` and returns it with every window it holds, oldest
     /// first. A torn last record is cut off.
     pub fn open(dir: impl AsRef<Path>) -> Result<(WindowLog, Vec<Window>), SequencerError> {
+        WindowLog::open_with(dir, SEGMENT_BYTES)
+    }
+
+    /// [`WindowLog::open`] with segments of `segment_bytes` (tests use small ones).
+    pub fn open_with(
+        dir: impl AsRef<Path>,
+        segment_bytes: u64,
+    ) -> Result<(WindowLog, Vec<Window>), SequencerError> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
         let lock = lock_dir(dir)?;
-        let path = dir.join(FILE_NAME);
-        let io = |e| io_error(&path, e);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
-        if len == 0 {
-            file.write_all(MAGIC).map_err(io)?;
-            file.sync_all().map_err(io)?;
-            File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error(dir, e))?;
+        let mut paths = segment_paths(dir)?;
+        if paths.is_empty() {
+            let path = dir.join(segment_name(Epoch(1)));
+            create_segment(dir, &path)?;
+            paths.push((Epoch(1), path));
         }
-        let Records { windows, end, torn, index } = read_all(&path, &mut file)?;
-        if torn {
-            tracing::warn!(path = %path.display(), end, "cutting off a torn last window");
-            file.set_len(end).map_err(io)?;
-            file.sync_all().map_err(io)?;
+        let mut windows: Vec<Window> = Vec::new();
+        let mut segments = Vec::new();
+        let count = paths.len();
+        let mut file = None;
+        let mut end = 0;
+        for (i, (named, path)) in paths.into_iter().enumerate() {
+            let io = |e| io_error(&path, e);
+            let mut f = OpenOptions::new().read(true).write(true).open(&path).map_err(io)?;
+            let prev = windows.last().map(|w| (w.epoch, w.ts));
+            let records = read_all(&path, &mut f, named, prev)?;
+            let last = i + 1 == count;
+            if records.torn && !last {
+                return Err(SequencerError::Corrupt {
+                    path,
+                    offset: records.end,
+                    what: "a torn record in a segment that is not the last".into(),
+                });
+            }
+            if records.torn {
+                tracing::warn!(path = %path.display(), end = records.end, "cutting off a torn last window");
+                f.set_len(records.end).map_err(io)?;
+                f.sync_all().map_err(io)?;
+            }
+            let first = records.windows.first().map_or(named, |w| w.epoch);
+            if first != named && !path.ends_with(LEGACY_FILE) {
+                return Err(SequencerError::Corrupt {
+                    path,
+                    offset: MAGIC.len() as u64,
+                    what: format!("its first window is {first}, its name says {named}"),
+                });
+            }
+            end = records.end;
+            segments.push(Arc::new(Segment {
+                path,
+                first,
+                index: RwLock::new(records.index),
+                end: AtomicU64::new(records.end),
+            }));
+            windows.extend(records.windows);
+            if last {
+                file = Some(f);
+            }
         }
-        let allocated = file.metadata().map_err(io)?.len();
+        let file = file.expect("at least one segment");
+        let allocated = file.metadata().map_err(|e| io_error(dir, e))?.len();
         let last = windows.last().map(|w| (w.epoch, w.ts));
-        let reader = LogReader {
-            path: path.clone(),
-            index: Arc::new(RwLock::new(index)),
-            durable_end: Arc::new(AtomicU64::new(end)),
+        let reader = LogReader { segments: Arc::new(RwLock::new(segments)) };
+        let log = WindowLog {
+            dir: dir.to_path_buf(),
+            file,
+            _lock: lock,
+            reader,
+            last,
+            end,
+            allocated,
+            segment_bytes: segment_bytes.max(MAGIC.len() as u64 + 1),
         };
-        Ok((WindowLog { path, file, _lock: lock, reader, last, end, allocated }, windows))
+        Ok((log, windows))
     }
 
-    /// Where the records end (the file goes on with preallocated zeros).
+    /// Where the records of the last segment end (it goes on with preallocated zeros).
     pub fn end(&self) -> u64 {
         self.end
     }
@@ -112,6 +196,20 @@ impl WindowLog {
     /// The last window in the log.
     pub fn last(&self) -> Option<(Epoch, Timestamp)> {
         self.last
+    }
+
+    /// The first window the log still holds (the one after the truncation point), or the next
+    /// window's epoch if it holds none.
+    pub fn first(&self) -> Epoch {
+        self.reader.first()
+    }
+
+    /// Bytes of the log's segment files (their records and preallocated zeros).
+    pub fn bytes(&self) -> u64 {
+        let segments = self.reader.segments.read().unwrap_or_else(|e| e.into_inner());
+        let closed: u64 =
+            segments[..segments.len() - 1].iter().map(|s| s.end.load(Ordering::Acquire)).sum();
+        closed + self.allocated
     }
 
     /// Appends `window` and makes it durable (one fsync). It must follow the last window:
@@ -132,21 +230,61 @@ impl WindowLog {
         record.extend_from_slice(&(body.len() as u32).to_le_bytes());
         record.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
         record.extend_from_slice(&body);
+        if self.end > MAGIC.len() as u64 && self.end + record.len() as u64 > self.segment_bytes {
+            self.roll(window.epoch)?;
+        }
         let end = self.end + record.len() as u64;
         if end > self.allocated {
             self.grow(end + self.allocated.clamp(64 << 10, PREALLOCATE))?;
         }
-        let io = |e| io_error(&self.path, e);
+        let segment = self.reader.last_segment();
+        let io = |e| io_error(&segment.path, e);
         self.file.write_all_at(&record, self.end).map_err(io)?;
         self.file.sync_data().map_err(io)?;
-        if indexed(window.epoch, self.last.is_none()) {
-            let mut index = self.reader.index.write().unwrap_or_else(|e| e.into_inner());
+        if indexed(window.epoch, self.end == MAGIC.len() as u64) {
+            let mut index = segment.index.write().unwrap_or_else(|e| e.into_inner());
             index.push((window.epoch, self.end));
         }
-        self.reader.durable_end.store(end, Ordering::Release);
+        segment.end.store(end, Ordering::Release);
         self.end = end;
         self.last = Some((window.epoch, window.ts));
         Ok(())
+    }
+
+    /// Closes the last segment (cut to its records) and starts a new one at `first`.
+    fn roll(&mut self, first: Epoch) -> Result<(), SequencerError> {
+        let closing = self.reader.last_segment();
+        let io = |e| io_error(&closing.path, e);
+        self.file.set_len(self.end).map_err(io)?;
+        self.file.sync_all().map_err(io)?;
+        let path = self.dir.join(segment_name(first));
+        self.file = create_segment(&self.dir, &path)?;
+        self.end = MAGIC.len() as u64;
+        self.allocated = self.end;
+        let segment =
+            Segment { path, first, index: RwLock::new(Vec::new()), end: AtomicU64::new(self.end) };
+        let mut segments = self.reader.segments.write().unwrap_or_else(|e| e.into_inner());
+        segments.push(Arc::new(segment));
+        Ok(())
+    }
+
+    /// Deletes every segment whose windows are all below `epoch` (the last segment stays).
+    /// Returns how many went. Readers from below the new first window get
+    /// [`SequencerError::Truncated`]; one reading a deleted segment already goes on.
+    pub fn truncate_below(&mut self, epoch: Epoch) -> Result<usize, SequencerError> {
+        let doomed: Vec<Arc<Segment>> = {
+            let mut segments = self.reader.segments.write().unwrap_or_else(|e| e.into_inner());
+            let keep_from = segments.iter().skip(1).take_while(|s| s.first <= epoch).count();
+            segments.drain(..keep_from).collect()
+        };
+        for segment in &doomed {
+            std::fs::remove_file(&segment.path).map_err(|e| io_error(&segment.path, e))?;
+        }
+        if !doomed.is_empty() {
+            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io_error(&self.dir, e))?;
+            tracing::debug!(segments = doomed.len(), first = %self.first(), "log truncated");
+        }
+        Ok(doomed.len())
     }
 
     /// Writes zeros up to `len` and syncs them with the file's new size, so that records
@@ -154,7 +292,8 @@ impl WindowLog {
     fn grow(&mut self, len: u64) -> Result<(), SequencerError> {
         const CHUNK: usize = 1 << 20;
         let zeros = vec![0u8; CHUNK];
-        let io = |e| io_error(&self.path, e);
+        let path = self.reader.last_segment().path.clone();
+        let io = |e| io_error(&path, e);
         let mut at = self.allocated;
         while at < len {
             let n = (len - at).min(CHUNK as u64) as usize;
@@ -166,7 +305,7 @@ impl WindowLog {
         Ok(())
     }
 
-    /// Every window from `from` on, read back from the file (for a subscriber catching up).
+    /// Every window from `from` on, read back from the files (for a subscriber catching up).
     pub fn read_from(&self, from: Epoch) -> Result<Vec<Window>, SequencerError> {
         self.reader.read(from, usize::MAX, usize::MAX)
     }
@@ -177,50 +316,143 @@ impl WindowLog {
     }
 }
 
+/// The log's segment files in `dir`, by first epoch (a log of one legacy file: that file).
+fn segment_paths(dir: &Path) -> Result<Vec<(Epoch, PathBuf)>, SequencerError> {
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
+        let entry = entry.map_err(|e| io_error(dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(first) = segment_first(&name) {
+            paths.push((first, entry.path()));
+        } else if name == LEGACY_FILE {
+            paths.push((Epoch(1), entry.path()));
+        }
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+/// Creates the segment file `path` with its magic, synced with its directory entry.
+fn create_segment(dir: &Path, path: &Path) -> Result<File, SequencerError> {
+    let io = |e| io_error(path, e);
+    let mut file =
+        OpenOptions::new().read(true).write(true).create_new(true).open(path).map_err(io)?;
+    file.write_all(MAGIC).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error(dir, e))?;
+    Ok(file)
+}
+
 /// One window in this many is indexed by where its record starts, so a reader from an epoch
 /// starts at most this many records before it.
 const INDEX_EVERY: u64 = 256;
 
-/// Whether the record of the window at `epoch` is in the index: the first window's, then
-/// every [`INDEX_EVERY`]th.
+/// Whether the record of the window at `epoch` is in its segment's index: the segment's
+/// first window's, then every [`INDEX_EVERY`]th.
 fn indexed(epoch: Epoch, first: bool) -> bool {
     first || epoch.0.is_multiple_of(INDEX_EVERY)
 }
 
 /// Reads durable windows of a [`WindowLog`] from an epoch on, on any thread, while the log is
-/// appended to. It reads only what the log has made durable, and from the indexed record at
-/// or before the epoch asked for, not from the start of the file.
+/// appended to and truncated. It reads only what the log has made durable, and from the
+/// indexed record at or before the epoch asked for, not from the start of a segment.
 #[derive(Debug, Clone)]
 pub struct LogReader {
-    path: PathBuf,
-    /// The first window's record start, then every [`INDEX_EVERY`]th window's, in order.
-    index: Arc<RwLock<Vec<(Epoch, u64)>>>,
-    /// Where the durable records end.
-    durable_end: Arc<AtomicU64>,
+    /// The segments, oldest first; never empty.
+    segments: Arc<RwLock<Vec<Arc<Segment>>>>,
 }
 
 impl LogReader {
+    fn last_segment(&self) -> Arc<Segment> {
+        let segments = self.segments.read().unwrap_or_else(|e| e.into_inner());
+        segments.last().expect("a log has a segment").clone()
+    }
+
+    /// The first window the log holds (or the next one's epoch if none).
+    pub fn first(&self) -> Epoch {
+        let segments = self.segments.read().unwrap_or_else(|e| e.into_inner());
+        segments.first().expect("a log has a segment").first
+    }
+
+    /// Copies the log's durable records into the directory `to` (created; segment files of
+    /// the same names, synced), for a backup: it opens as a log holding every window that was
+    /// durable when each segment was copied. Returns the first window copied.
+    pub fn copy_to(&self, to: &Path) -> Result<Epoch, SequencerError> {
+        let segments: Vec<Arc<Segment>> =
+            self.segments.read().unwrap_or_else(|e| e.into_inner()).clone();
+        std::fs::create_dir_all(to).map_err(|e| io_error(to, e))?;
+        for segment in &segments {
+            let end = segment.end.load(Ordering::Acquire);
+            let name = segment.path.file_name().expect("a segment has a file name");
+            let target = to.join(name);
+            let io = |e| io_error(&target, e);
+            let source = File::open(&segment.path).map_err(|e| io_error(&segment.path, e))?;
+            let mut out = File::create(&target).map_err(io)?;
+            io::copy(&mut source.take(end), &mut out).map_err(io)?;
+            out.sync_all().map_err(io)?;
+        }
+        File::open(to).and_then(|d| d.sync_all()).map_err(|e| io_error(to, e))?;
+        Ok(segments[0].first)
+    }
+
     /// Up to `max` durable windows from `from` on, in order, stopping early once they hold
     /// `max_bytes` of records (at least one window is read if there is one). Fewer than `max`
-    /// only at the end of the log or at `max_bytes`.
+    /// only at the end of the log or at `max_bytes`. Refused with
+    /// [`SequencerError::Truncated`] if `from` is below the first window kept.
     pub fn read(
         &self,
         from: Epoch,
         max: usize,
         max_bytes: usize,
     ) -> Result<Vec<Window>, SequencerError> {
-        let end = self.durable_end.load(Ordering::Acquire);
-        let start = {
-            let index = self.index.read().unwrap_or_else(|e| e.into_inner());
-            let at = index.partition_point(|(epoch, _)| *epoch <= from);
-            at.checked_sub(1).map_or(MAGIC.len() as u64, |i| index[i].1)
+        let segments: Vec<Arc<Segment>> = {
+            let segments = self.segments.read().unwrap_or_else(|e| e.into_inner());
+            let first = segments[0].first;
+            if from < first {
+                return Err(SequencerError::Truncated { from, first });
+            }
+            let at = segments.partition_point(|s| s.first <= from).max(1) - 1;
+            segments[at..].to_vec()
         };
+        let (mut bytes, mut windows) = (0usize, Vec::new());
+        for (i, segment) in segments.iter().enumerate() {
+            if windows.len() >= max || bytes >= max_bytes {
+                break;
+            }
+            let start = match i {
+                0 => {
+                    let index = segment.index.read().unwrap_or_else(|e| e.into_inner());
+                    let at = index.partition_point(|(epoch, _)| *epoch <= from);
+                    at.checked_sub(1).map_or(MAGIC.len() as u64, |i| index[i].1)
+                }
+                _ => MAGIC.len() as u64,
+            };
+            segment.read(start, from, max, max_bytes, &mut windows, &mut bytes)?;
+        }
+        Ok(windows)
+    }
+}
+
+impl Segment {
+    /// Reads this segment's durable records from `start`, adding the windows from `from` on
+    /// to `windows` until there are `max` or they hold `max_bytes`.
+    fn read(
+        &self,
+        start: u64,
+        from: Epoch,
+        max: usize,
+        max_bytes: usize,
+        windows: &mut Vec<Window>,
+        bytes: &mut usize,
+    ) -> Result<(), SequencerError> {
+        let end = self.end.load(Ordering::Acquire);
         let io = |e| io_error(&self.path, e);
         let file = File::open(&self.path).map_err(io)?;
         let mut file = io::BufReader::with_capacity(1 << 16, file);
         file.seek(SeekFrom::Start(start)).map_err(io)?;
-        let (mut at, mut bytes, mut windows) = (start, 0usize, Vec::new());
-        while at < end && windows.len() < max && bytes < max_bytes {
+        let mut at = start;
+        while at < end && windows.len() < max && *bytes < max_bytes {
             let mut frame = [0u8; FRAME];
             file.read_exact(&mut frame).map_err(io)?;
             let len = u32::from_le_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
@@ -239,11 +471,11 @@ impl LogReader {
             };
             at += record.len() as u64;
             if window.epoch >= from {
-                bytes += record.len();
+                *bytes += record.len();
                 windows.push(window);
             }
         }
-        Ok(windows)
+        Ok(())
     }
 }
 
@@ -251,7 +483,7 @@ fn io_error(path: &Path, source: io::Error) -> SequencerError {
     SequencerError::Io { path: path.to_path_buf(), source }
 }
 
-/// What [`read_all`] finds in a log file.
+/// What [`read_all`] finds in a segment file.
 struct Records {
     /// Every whole window, in order.
     windows: Vec<Window>,
@@ -267,14 +499,21 @@ struct Records {
 /// damage from a torn tail.
 const DAMAGE_HORIZON: u64 = 16;
 
-/// Reads every whole record, up to the zero frame that marks the end, or the end of the file.
+/// Reads every whole record of a segment, up to the zero frame that marks the end, or the end
+/// of the file; its windows must follow `prev` (the previous segment's last window), or
+/// start at `named` (the epoch in its name) if it is the first segment kept.
 ///
 /// At the first record that is not whole and valid: if only zeros follow, the records end
 /// there. Otherwise it is damage if a valid record of one of the next epochs follows it
 /// (acknowledged windows would be lost by cutting), and a torn tail if not. A torn append
 /// can leave any subset of its pages on disk, so even a zero frame may have parts of its
 /// record after it.
-fn read_all(path: &Path, file: &mut File) -> Result<Records, SequencerError> {
+fn read_all(
+    path: &Path,
+    file: &mut File,
+    named: Epoch,
+    prev: Option<(Epoch, Timestamp)>,
+) -> Result<Records, SequencerError> {
     let corrupt = |offset: u64, what: String| SequencerError::Corrupt {
         path: path.to_path_buf(),
         offset,
@@ -291,7 +530,8 @@ fn read_all(path: &Path, file: &mut File) -> Result<Records, SequencerError> {
     let mut windows: Vec<Window> = Vec::new();
     let mut index = Vec::new();
     while offset < bytes.len() {
-        let next = windows.last().map_or(Epoch(1), |w| w.epoch.next());
+        let before = windows.last().map(|w| (w.epoch, w.ts)).or(prev);
+        let next = before.map_or(named, |(e, _)| e.next());
         let rest = &bytes[offset..];
         let (window, len) = match record_at(rest) {
             Some(Ok(record)) => record,
@@ -307,15 +547,16 @@ fn read_all(path: &Path, file: &mut File) -> Result<Records, SequencerError> {
                 return Ok(Records { windows, end, torn: true, index });
             }
         };
-        if let Some(prev) = windows.last()
-            && (window.epoch != next || window.ts <= prev.ts)
-        {
+        // The first window of the first segment kept may follow truncated ones.
+        let follows = match before {
+            None => true,
+            Some((epoch, ts)) => window.epoch == epoch.next() && window.ts > ts,
+        };
+        if !follows {
+            let (epoch, ts) = before.expect("checked");
             return Err(corrupt(
                 offset as u64,
-                format!(
-                    "window {} at {} follows window {} at {}",
-                    window.epoch, window.ts, prev.epoch, prev.ts
-                ),
+                format!("window {} at {} follows window {epoch} at {ts}", window.epoch, window.ts),
             ));
         }
         if indexed(window.epoch, windows.is_empty()) {

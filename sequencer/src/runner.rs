@@ -60,6 +60,8 @@ enum Command {
     RequestWindow,
     /// Consumers have applied every window up to this epoch.
     Applied(Epoch),
+    /// Consumers have made every window up to this epoch durable in their own storage.
+    Durable(Epoch),
     Shutdown,
 }
 
@@ -78,6 +80,15 @@ impl Feedback {
     /// [`SealerConfig::seal_ahead`](crate::SealerConfig::seal_ahead)).
     pub fn applied(&self, epoch: Epoch) {
         let _ = self.0.send(Command::Applied(epoch));
+    }
+
+    /// Reports every window up to `epoch` durable in every consumer's own storage (a restart
+    /// replays only later ones): the log may delete the segments below it, keeping the
+    /// windows whose client ids it still deduplicates ([`SealerConfig::dedup_retention`]).
+    ///
+    /// [`SealerConfig::dedup_retention`]: crate::SealerConfig::dedup_retention
+    pub fn durable(&self, epoch: Epoch) {
+        let _ = self.0.send(Command::Durable(epoch));
     }
 }
 
@@ -101,7 +112,7 @@ impl Sequencer {
         clock: Arc<Clock>,
         config: SealerConfig,
     ) -> Result<(Sequencer, Option<(Epoch, Timestamp)>), SequencerError> {
-        let (log, history) = WindowLog::open(dir)?;
+        let (log, history) = WindowLog::open_with(dir, config.log_segment_bytes)?;
         let reader = log.reader();
         let last = log.last();
         if let Some((_, ts)) = last {
@@ -115,6 +126,8 @@ impl Sequencer {
         let logged = Arc::new(LogCounters {
             epoch: AtomicU64::new(last.map_or(0, |(e, _)| e.0)),
             ts: AtomicU64::new(last.map_or(0, |(_, ts)| ts.as_u64())),
+            first: AtomicU64::new(log.first().0),
+            bytes: AtomicU64::new(log.bytes()),
             ..LogCounters::default()
         });
         let loop_logged = logged.clone();
@@ -229,6 +242,8 @@ impl Sequencer {
             entries: c.entries.load(Ordering::Relaxed),
             append_seconds: c.append_nanos.load(Ordering::Relaxed) as f64 / 1e9,
             window_sizes: std::array::from_fn(|i| c.window_sizes[i].load(Ordering::Relaxed)),
+            log_first: Epoch(c.first.load(Ordering::Relaxed)),
+            log_bytes: c.bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -325,6 +340,9 @@ struct LogCounters {
     window_sizes: [AtomicU64; WINDOW_SIZE_BOUNDS.len() + 1],
     /// Why the sequencer stopped early (the log failed), once it has.
     failure: std::sync::Mutex<Option<String>>,
+    /// The log's first window kept, and the bytes of its files.
+    first: AtomicU64,
+    bytes: AtomicU64,
 }
 
 /// Upper bounds of the window-size buckets in [`SequencerStats::window_sizes`]: entries per
@@ -344,6 +362,10 @@ pub struct SequencerStats {
     /// How many windows had how many entries: `window_sizes[i]` had at most
     /// `WINDOW_SIZE_BOUNDS[i]` and more than the bound before; the last counts the rest.
     pub window_sizes: [u64; WINDOW_SIZE_BOUNDS.len() + 1],
+    /// The first window the log still holds (older ones were truncated).
+    pub log_first: Epoch,
+    /// Bytes of the log's files.
+    pub log_bytes: u64,
 }
 
 impl Loop {
@@ -424,12 +446,32 @@ impl Loop {
                 self.sealer.applied(epoch);
                 Ok(())
             }
+            Command::Durable(epoch) => {
+                // Windows after `epoch` are replayed on a restart; those whose ids are still
+                // deduplicated seed the sealer then.
+                let keep = self.sealer.oldest_remembered().unwrap_or(epoch.next());
+                self.log.truncate_below(epoch.next().min(keep))?;
+                let c = &*self.logged;
+                c.first.store(self.log.first().0, Ordering::Relaxed);
+                c.bytes.store(self.log.bytes(), Ordering::Relaxed);
+                Ok(())
+            }
             Command::Shutdown => {
                 self.stopping = true;
                 Ok(())
             }
             Command::Subscribe(from, subscriber) => {
-                for window in self.log.read_from(from)? {
+                let windows = match self.log.read_from(from) {
+                    Ok(windows) => windows,
+                    // Dropped: its channel closes, and the consumer learns from the log
+                    // (through `log_reader`) that it must start from a checkpoint.
+                    Err(e @ SequencerError::Truncated { .. }) => {
+                        tracing::warn!(error = %e, "a subscriber from before the log's start");
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                };
+                for window in windows {
                     if !subscriber.send_durable(&Arc::new(window)) {
                         return Ok(());
                     }
@@ -463,6 +505,7 @@ impl Loop {
         c.window_sizes[bucket.unwrap_or(WINDOW_SIZE_BOUNDS.len())].fetch_add(1, Ordering::Relaxed);
         c.ts.store(window.ts.as_u64(), Ordering::SeqCst);
         c.epoch.store(window.epoch.0, Ordering::SeqCst);
+        c.bytes.store(self.log.bytes(), Ordering::Relaxed);
         self.subscribers.retain(|s| match s.ahead {
             true => s.send(Delivery::Durable(window.epoch)),
             false => s.send(Delivery::Window(window.clone())),

@@ -17,7 +17,8 @@
 //! - A window's entries take at most `max_window_bytes` ([`Entry::size`]): an entry that would
 //!   pass it goes into the next window ([`Sealer::fits`]), and a larger one is refused.
 //! - A client id is in at most one entry among the open window and the recent windows
-//!   (`dedup_windows` of them): a resubmission gets the original's id instead of a new entry.
+//!   (the last `dedup_windows` of them, stamped within `dedup_retention` of the newest): a
+//!   resubmission gets the original's id instead of a new entry.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -39,9 +40,16 @@ pub struct SealerConfig {
     /// Seal once a window holds this many bytes of entries (default 16 MiB). An entry larger
     /// than this is refused.
     pub max_window_bytes: usize,
-    /// How many recent windows' client ids are remembered for deduplication (default 200,000:
-    /// about 17 minutes at the default interval).
+    /// How many recent windows' client ids are remembered for deduplication, at most (default
+    /// 200,000: about 17 minutes at the default interval).
     pub dedup_windows: usize,
+    /// How long client ids are remembered for deduplication, by window timestamps (default
+    /// 60 s, the retention of outcomes): a client that resubmits later than this may have
+    /// its entry logged twice. Bounds the sequencer's memory under load.
+    pub dedup_retention: Duration,
+    /// The log's segment files hold this many bytes of windows each (default 64 MiB): the
+    /// unit in which the log is truncated.
+    pub log_segment_bytes: u64,
     /// Group commit without waiting out the interval: a non-empty window is sealed at once
     /// when fewer than this many sealed windows are still unapplied, as consumers report with
     /// [`Sealer::applied`] (default 2: the next window is logged while the last one applies).
@@ -58,6 +66,8 @@ impl Default for SealerConfig {
             max_window_entries: 10_000,
             max_window_bytes: 16 << 20,
             dedup_windows: 200_000,
+            dedup_retention: Duration::from_secs(60),
+            log_segment_bytes: crate::log::SEGMENT_BYTES,
             seal_ahead: Some(2),
         }
     }
@@ -94,8 +104,9 @@ pub struct Sealer {
     last_sealed_at: Duration,
     open_ids: HashMap<ClientId, u32>,
     sealed_ids: HashMap<ClientId, (TxnId, Timestamp)>,
-    /// Client ids per recent window, oldest first, to forget them in order.
-    recent: VecDeque<Vec<ClientId>>,
+    /// Client ids per recent window with its epoch and timestamp, oldest first, to forget
+    /// them in order.
+    recent: VecDeque<(Epoch, Timestamp, Vec<ClientId>)>,
     /// The last epoch consumers reported applied.
     applied: Epoch,
 }
@@ -126,6 +137,11 @@ impl Sealer {
             sealer.remember(w);
         }
         sealer
+    }
+
+    /// The oldest window whose client ids are still deduplicated, if any.
+    pub fn oldest_remembered(&self) -> Option<Epoch> {
+        self.recent.front().map(|(epoch, _, _)| *epoch)
     }
 
     /// The configuration.
@@ -233,9 +249,12 @@ impl Sealer {
         for (i, id) in ids.iter().enumerate() {
             self.sealed_ids.insert(*id, (window.txn_id(i), window.ts));
         }
-        self.recent.push_back(ids);
-        while self.recent.len() > self.config.dedup_windows {
-            for id in self.recent.pop_front().unwrap_or_default() {
+        self.recent.push_back((window.epoch, window.ts, ids));
+        let expired = window.ts.saturating_sub(self.config.dedup_retention);
+        while let Some((_, ts, _)) = self.recent.front()
+            && (self.recent.len() > self.config.dedup_windows || *ts < expired)
+        {
+            for id in self.recent.pop_front().map(|(_, _, ids)| ids).unwrap_or_default() {
                 self.sealed_ids.remove(&id);
             }
         }

@@ -26,8 +26,81 @@ fn window(epoch: u64, ts: u64, ids: &[u128]) -> Window {
     }
 }
 
+/// The log's one segment file.
 fn log_file(dir: &std::path::Path) -> std::path::PathBuf {
-    dir.join("windows.log")
+    let segments = segments(dir);
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    dir.join(&segments[0])
+}
+
+/// The names of the log's segment files, in order.
+fn segments(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("windows"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Small segments: the log rolls to a new file, readers read across them, truncation deletes
+/// whole files below an epoch and refuses reads from before, and a reopened log starts at the
+/// first window kept, still checking that windows follow one another.
+#[test]
+fn the_log_rolls_segments_and_truncation_deletes_whole_ones_below_an_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let written: Vec<Window> = (1..=300).map(|e| window(e, e * 10, &[e as u128; 3])).collect();
+    let (mut log, _) = WindowLog::open_with(dir.path(), 4096).unwrap();
+    let reader = log.reader();
+    for w in &written {
+        log.append(w).unwrap();
+    }
+    let before = segments(dir.path());
+    assert!(before.len() > 5, "{before:?}");
+    assert_eq!(before[0], "windows-00000000000000000001.log");
+    assert_eq!(reader.read(Epoch(1), 300, usize::MAX).unwrap(), written, "across every segment");
+    assert_eq!(reader.read(Epoch(150), 20, usize::MAX).unwrap(), written[149..169]);
+    let bytes = log.bytes();
+    assert_eq!(log.truncate_below(Epoch(1)).unwrap(), 0, "nothing is below window 1");
+    let removed = log.truncate_below(Epoch(150)).unwrap();
+    assert!(removed > 0 && removed < before.len());
+    let first = log.first();
+    assert!(first <= Epoch(150) && first > Epoch(1), "{first}");
+    assert!(log.bytes() < bytes);
+    assert_eq!(segments(dir.path()).len(), before.len() - removed, "whole files went");
+    let refused = reader.read(Epoch(first.0 - 1), 10, usize::MAX).unwrap_err();
+    assert!(matches!(refused, SequencerError::Truncated { .. }), "{refused}");
+    assert!(refused.to_string().contains("truncated"), "{refused}");
+    let from = first.0 as usize - 1;
+    assert_eq!(reader.read(first, 300, usize::MAX).unwrap(), written[from..]);
+    // The last segment always stays, however far truncation asks.
+    log.truncate_below(Epoch(10_000)).unwrap();
+    assert_eq!(segments(dir.path()).len(), 1);
+    let kept_from = log.first().0 as usize - 1;
+    drop(log);
+    let (mut log, read) = WindowLog::open_with(dir.path(), 4096).unwrap();
+    assert_eq!(read, written[kept_from..], "reopened from the first window kept");
+    log.append(&window(301, 3010, &[301])).unwrap();
+    assert!(log.append(&window(303, 3030, &[303])).is_err(), "still in order");
+}
+
+/// A log written in one file before segments opens as its first segment.
+#[test]
+fn a_log_of_one_file_from_before_segments_opens_as_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let written: Vec<Window> = (1..=20).map(|e| window(e, e * 10, &[e as u128])).collect();
+    {
+        let (mut log, _) = WindowLog::open(dir.path()).unwrap();
+        for w in &written {
+            log.append(w).unwrap();
+        }
+    }
+    let name = log_file(dir.path());
+    std::fs::rename(&name, dir.path().join("windows.log")).unwrap();
+    let (mut log, read) = WindowLog::open(dir.path()).unwrap();
+    assert_eq!(read, written);
+    log.append(&window(21, 210, &[21])).unwrap();
 }
 
 #[test]
@@ -204,8 +277,11 @@ fn damage_before_the_end_of_the_log_is_refused_not_cut_off() {
 #[test]
 fn a_file_that_is_not_a_log_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(log_file(dir.path()), b"something else entirely").unwrap();
-    assert!(matches!(WindowLog::open(dir.path()), Err(SequencerError::Corrupt { .. })));
+    for name in ["windows-00000000000000000001.log", "windows.log"] {
+        std::fs::write(dir.path().join(name), b"something else entirely").unwrap();
+        assert!(matches!(WindowLog::open(dir.path()), Err(SequencerError::Corrupt { .. })));
+        std::fs::remove_file(dir.path().join(name)).unwrap();
+    }
 }
 
 fn start(dir: &std::path::Path, clock: &Arc<Clock>) -> Sequencer {

@@ -8,8 +8,9 @@
 //! What stays true:
 //!
 //! - **An entry is the key's newest version.** [`Mvcc::apply`](crate::Mvcc::apply) writes
-//!   every version it adds through to the cache (inserting it), after the engine write and
-//!   before the watermark moves. So a cached version at `ts` answers any read at or above
+//!   every version it adds of a cached key through to the cache, after the engine write and
+//!   before the watermark moves. Keys enter the cache when read, not when written: a write of
+//!   a key nobody read (TPC-C's order lines, say) would only push read ones out. So a cached version at `ts` answers any read at or above
 //!   `ts` (nothing newer exists at or below the watermark, and reads wait for the
 //!   watermark); a read below `ts` goes to the engine.
 //! - **A read fills the cache only if no batch was applied meanwhile.** A generation counter
@@ -177,9 +178,12 @@ impl RowCache {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Records a version the batch being applied wrote.
+    /// Records a version the batch being applied wrote, if the key is cached (an uncached
+    /// key's next read goes to the engine, which has the version).
     pub(crate) fn write_through(&self, key: &[u8], newest: Newest) {
-        if let Some(mut stripe) = self.stripe(key) {
+        if let Some(mut stripe) = self.stripe(key)
+            && stripe.rows.contains(key)
+        {
             self.insert(&mut stripe, key, newest);
         }
     }

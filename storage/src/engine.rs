@@ -1,5 +1,7 @@
 //! The [`Engine`] trait: what storage needs from an ordered key-value store.
 
+use clock::Timestamp;
+
 use crate::Result;
 
 /// One write in a [`RawBatch`].
@@ -39,7 +41,9 @@ impl RawBatch {
 ///
 /// Determinism contract: for the same sequence of `write`s, every implementation holds the
 /// same keys and values and returns them in the same order; nothing here depends on time,
-/// randomness or thread scheduling. An error is an infrastructure failure, never a different
+/// randomness or thread scheduling. The one exception is garbage: an engine told a horizon
+/// ([`Engine::set_gc_horizon`]) may drop, when it likes, versions that no read at or above
+/// the horizon can see. An error is an infrastructure failure, never a different
 /// answer: callers stop rather than continue on one replica with a different state.
 pub trait Engine: Send + Sync + 'static {
     /// The value at exactly `key`.
@@ -68,6 +72,25 @@ pub trait Engine: Send + Sync + 'static {
     /// Engines with nothing to compact do nothing.
     fn compact(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// Versions that no read at or above `horizon` sees may go: each user key's versions
+    /// below its newest one at or below `horizon`. The caller has made `horizon` durable and
+    /// refuses reads below it. Returns true if the engine drops such versions itself (RocksDB,
+    /// as it compacts); false if it keeps everything until [`crate::Mvcc::gc`] deletes them.
+    fn set_gc_horizon(&self, horizon: Timestamp) -> bool {
+        let _ = horizon;
+        false
+    }
+
+    /// Writes a consistent copy of what is stored (as of one point: every completed write
+    /// or none of a batch) to `dir`, which must not exist, durably. Engines that keep nothing
+    /// on disk refuse.
+    fn checkpoint(&self, dir: &std::path::Path) -> Result<()> {
+        Err(crate::StorageError::Engine(format!(
+            "this engine keeps nothing on disk to copy to {}",
+            dir.display()
+        )))
     }
 }
 

@@ -41,6 +41,15 @@ pub enum StorageError {
         /// The shard's watermark.
         applied: Epoch,
     },
+    /// A read below the garbage-collection horizon: versions it would see may be gone. The
+    /// caller reads at a later timestamp (nothing changed).
+    #[error("read timestamp {ts} is below the garbage-collection horizon {horizon}")]
+    BelowHorizon {
+        /// The timestamp asked for.
+        ts: clock::Timestamp,
+        /// The oldest timestamp still readable.
+        horizon: clock::Timestamp,
+    },
     /// Stored bytes that do not decode: a bug or a damaged disk.
     #[error("corrupt storage: {0}")]
     Corrupt(String),

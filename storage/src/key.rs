@@ -40,6 +40,9 @@ pub enum MetaKey {
     /// The client ids whose outcomes window `e` decided, with the window's timestamp: what
     /// expires together.
     OutcomesOf(Epoch),
+    /// The garbage-collection horizon: reads below it are refused, versions only they could
+    /// see may be gone.
+    GcHorizon,
 }
 
 impl MetaKey {
@@ -51,6 +54,7 @@ impl MetaKey {
             MetaKey::Digest => e.u8(0x04),
             MetaKey::Outcome(id) => e.u8(0x05).u64((id >> 64) as u64).u64(id as u64),
             MetaKey::OutcomesOf(epoch) => e.u8(0x06).u64(epoch.0),
+            MetaKey::GcHorizon => e.u8(0x07),
         }
     }
 }
@@ -116,6 +120,16 @@ impl StorageKey<'_> {
             }
             _ => None,
         }
+    }
+}
+
+impl StorageKey<'_> {
+    /// The version prefix and the timestamp of encoded engine bytes that look like a version
+    /// key, without decoding the user key; `None` for other keys.
+    pub fn split_version(encoded: &[u8]) -> Option<(&[u8], Timestamp)> {
+        let prefix = StorageKey::version_prefix_of(encoded)?;
+        let ts: [u8; TS_BYTES] = encoded[prefix.len()..].try_into().ok()?;
+        Some((prefix, Timestamp::from_u64(!u64::from_be_bytes(ts))))
     }
 }
 

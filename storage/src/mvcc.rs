@@ -22,9 +22,12 @@
 //! Point reads go through a row cache of each key's newest version (`cache.rs`), which every
 //! apply writes through; scans read the engine.
 //!
-//! Garbage collection ([`Mvcc::gc`]) removes versions no read at or above a horizon can see:
-//! everything below the newest version at or below the horizon, and that version too if it is
-//! a deletion.
+//! Garbage collection removes versions no read at or above a horizon can see: everything
+//! below the newest version at or below the horizon ([`Mvcc::raise_horizon`]). The horizon is
+//! stored (fsynced) before any version goes, and every read below it is refused with
+//! [`StorageError::BelowHorizon`], checked after the read, so no read ever returns a partly
+//! collected answer. RocksDB drops the versions as it compacts; on other engines
+//! [`Mvcc::gc`] deletes them (and the version at the horizon too, if it is a deletion).
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -154,6 +157,10 @@ pub struct Mvcc {
     applied_ts: AtomicU64,
     /// Newest versions of recently used keys.
     cache: RowCache,
+    /// Reads below this timestamp are refused: versions they would see may be gone.
+    horizon: AtomicU64,
+    /// Serialises raising the horizon.
+    raising: Mutex<()>,
 }
 
 impl std::fmt::Debug for Mvcc {
@@ -180,7 +187,16 @@ impl Mvcc {
             None => None,
             Some(bytes) => Some(decode_watermark(&bytes)?),
         };
+        let horizon = match engine.get(&StorageKey::Meta(MetaKey::GcHorizon).encode())? {
+            None => Timestamp::ZERO,
+            Some(bytes) => decode_timestamp(&bytes)?,
+        };
+        if horizon > Timestamp::ZERO {
+            engine.set_gc_horizon(horizon);
+        }
         Ok(Mvcc {
+            horizon: AtomicU64::new(horizon.as_u64()),
+            raising: Mutex::new(()),
             engine,
             limits,
             applied: Mutex::new(applied),
@@ -228,6 +244,39 @@ impl Mvcc {
         Ok(out)
     }
 
+    /// The garbage-collection horizon: reads below it are refused.
+    pub fn horizon(&self) -> Timestamp {
+        Timestamp::from_u64(self.horizon.load(Ordering::SeqCst))
+    }
+
+    /// Raises the garbage-collection horizon to `to` (no higher than the watermark's
+    /// timestamp), storing it durably first; from then on reads below it are refused and the
+    /// engine may drop the versions only they could see. Returns false if the horizon was
+    /// already there.
+    pub fn raise_horizon(&self, to: Timestamp) -> Result<bool> {
+        let _raising = self.raising.lock().unwrap_or_else(|e| e.into_inner());
+        let to = to.min(Timestamp::from_u64(self.applied_ts.load(Ordering::SeqCst)));
+        if to <= self.horizon() {
+            return Ok(false);
+        }
+        let mut raw = RawBatch::default();
+        raw.put(StorageKey::Meta(MetaKey::GcHorizon).encode(), to.as_u64().to_be_bytes().to_vec());
+        self.engine.write(raw, true)?;
+        self.horizon.store(to.as_u64(), Ordering::SeqCst);
+        self.engine.set_gc_horizon(to);
+        Ok(true)
+    }
+
+    /// `Ok` if reads at `at` are not below the horizon; called after a read, so one that
+    /// raced with the horizon's rise is refused rather than answered from a partial state.
+    fn readable(&self, at: Timestamp) -> Result<()> {
+        let horizon = self.horizon();
+        match at < horizon {
+            true => Err(StorageError::BelowHorizon { ts: at, horizon }),
+            false => Ok(()),
+        }
+    }
+
     /// What the row cache has done since the storage was opened.
     pub fn cache_stats(&self) -> CacheStats {
         self.cache.stats()
@@ -253,6 +302,7 @@ impl Mvcc {
                 newest
             }
         };
+        self.readable(at)?;
         Ok(match newest {
             Newest::Version(ts, Some(value)) => Some(Version { ts, value }),
             _ => None,
@@ -263,7 +313,9 @@ impl Mvcc {
     /// transaction that read `key` at some earlier timestamp uses this to see if it changed.
     pub fn last_write(&self, key: &[u8], at: Timestamp) -> Result<Option<Timestamp>> {
         self.check_key(key)?;
-        Ok(self.newest_version(key, at)?.map(|(ts, _)| ts))
+        let newest = self.newest_version(key, at)?;
+        self.readable(at)?;
+        Ok(newest.map(|(ts, _)| ts))
     }
 
     /// The newest version of `key` at or below `at`, deletions included. The caller has
@@ -313,6 +365,7 @@ impl Mvcc {
             stopped = out.len() >= limit || bytes >= max_bytes;
             Ok(if stopped { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
         })?;
+        self.readable(at)?;
         Ok((out, stopped))
     }
 
@@ -335,6 +388,8 @@ impl Mvcc {
                 })
             })?;
         }
+        // Only versions shadowed at or below `upto` go, so `after` may be below the horizon.
+        self.readable(upto)?;
         Ok(found)
     }
 
@@ -415,9 +470,12 @@ impl Mvcc {
         written
     }
 
-    /// Removes every version that no read at or above `horizon` can see. Reads below the
-    /// horizon may change answer afterwards; callers refuse them (the retention window).
+    /// Raises the horizon to `horizon` ([`Mvcc::raise_horizon`]) and removes, now, every
+    /// version that no read at or above it can see: one pass over every version, for engines
+    /// that do not collect as they compact (and to see the effect at once).
     pub fn gc(&self, horizon: Timestamp) -> Result<GcStats> {
+        self.raise_horizon(horizon)?;
+        let horizon = self.horizon();
         let mut stats = GcStats::default();
         let mut doomed = RawBatch::default();
         let mut cursor = self.engine.cursor();
@@ -466,6 +524,14 @@ impl Mvcc {
         self.engine.flush()
     }
 
+    /// Writes a consistent copy of this shard's storage to `dir` (which must not exist) at a
+    /// window boundary, and returns the watermark it holds: no window is applied meanwhile.
+    pub fn checkpoint(&self, dir: &std::path::Path) -> Result<Option<Watermark>> {
+        let applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        self.engine.checkpoint(dir)?;
+        Ok(*applied)
+    }
+
     /// Compacts the engine's storage ([`Engine::compact`]); what reads see is unchanged.
     pub fn compact(&self) -> Result<()> {
         self.engine.compact()
@@ -512,6 +578,12 @@ fn encode_watermark(w: Watermark) -> Vec<u8> {
     out.extend_from_slice(&w.window.0.to_be_bytes());
     out.extend_from_slice(&w.ts.as_u64().to_be_bytes());
     out
+}
+
+fn decode_timestamp(bytes: &[u8]) -> Result<Timestamp> {
+    let ts: [u8; 8] =
+        bytes.try_into().map_err(|_| StorageError::Corrupt(format!("bad horizon {bytes:02x?}")))?;
+    Ok(Timestamp::from_u64(u64::from_be_bytes(ts)))
 }
 
 fn decode_watermark(bytes: &[u8]) -> Result<Watermark> {

@@ -6,9 +6,30 @@
 //! its key. Writes go through RocksDB's WAL; whether they are fsynced is the
 //! caller's choice per batch (shards do not fsync: the sequencer's log is the source of truth,
 //! DESIGN.md section 6).
+//!
+//! Garbage collection happens as RocksDB compacts: a compaction filter ([`GcFilter`]) drops
+//! each version that a newer version of the same key at or below the horizon shadows. Within
+//! one compaction, keys arrive in order and a key's versions newest first, so the filter keeps
+//! the first version at or below the horizon it meets and drops the older ones:
+//!
+//! ```text
+//!   horizon 50:   (k, 90) keep   (k, 40) keep: what reads at 50..90 see   (k, 30) drop
+//! ```
+//!
+//! A compaction that does not see a key's newest versions (they are in newer files) only
+//! keeps more than it must. Deletions at the horizon are kept (an older version may be in a
+//! file this compaction does not read); RocksDB turns a dropped key into a deletion marker,
+//! so no older copy resurfaces. Iterators read the files they started with, so a read under
+//! way is not affected.
 
+use std::ffi::CStr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use clock::Timestamp;
+use rocksdb::compaction_filter::{CompactionFilter, Decision};
+use rocksdb::compaction_filter_factory::{CompactionFilterContext, CompactionFilterFactory};
 use rocksdb::{
     BlockBasedOptions, Cache, DB, DBCompressionType, DBRawIterator, Options, ReadOptions,
     SliceTransform, WriteBatch, WriteOptions,
@@ -33,6 +54,60 @@ fn has_version_prefix(key: &[u8]) -> bool {
 pub struct RocksEngine {
     db: DB,
     path: PathBuf,
+    /// The garbage-collection horizon compactions use.
+    horizon: Arc<AtomicU64>,
+}
+
+const GC_FILTER: &CStr = c"sealdb.gc";
+
+/// Makes a [`GcFilter`] for each compaction, at the horizon of the time.
+struct GcFilterFactory {
+    horizon: Arc<AtomicU64>,
+}
+
+impl CompactionFilterFactory for GcFilterFactory {
+    type Filter = GcFilter;
+
+    fn create(&mut self, _: CompactionFilterContext) -> GcFilter {
+        let horizon = Timestamp::from_u64(self.horizon.load(Ordering::SeqCst));
+        GcFilter { horizon, key: Vec::new(), horizon_version_seen: false }
+    }
+
+    fn name(&self) -> &CStr {
+        GC_FILTER
+    }
+}
+
+/// Drops versions no read at or above `horizon` sees (see the module's documentation).
+struct GcFilter {
+    horizon: Timestamp,
+    /// The version prefix of the key being passed.
+    key: Vec<u8>,
+    /// Whether its newest version at or below the horizon has been passed.
+    horizon_version_seen: bool,
+}
+
+impl CompactionFilter for GcFilter {
+    fn filter(&mut self, _level: u32, key: &[u8], _value: &[u8]) -> Decision {
+        let Some((prefix, ts)) = StorageKey::split_version(key) else { return Decision::Keep };
+        if prefix != self.key.as_slice() {
+            self.key.clear();
+            self.key.extend_from_slice(prefix);
+            self.horizon_version_seen = false;
+        }
+        if ts > self.horizon {
+            Decision::Keep
+        } else if !self.horizon_version_seen {
+            self.horizon_version_seen = true;
+            Decision::Keep
+        } else {
+            Decision::Remove
+        }
+    }
+
+    fn name(&self) -> &CStr {
+        GC_FILTER
+    }
 }
 
 impl RocksEngine {
@@ -60,8 +135,10 @@ impl RocksEngine {
         table.set_cache_index_and_filter_blocks(true);
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         opts.set_block_based_table_factory(&table);
+        let horizon = Arc::new(AtomicU64::new(0));
+        opts.set_compaction_filter_factory(GcFilterFactory { horizon: horizon.clone() });
         let db = DB::open(&opts, &path).map_err(|e| engine_error(&path, e))?;
-        Ok(RocksEngine { db, path })
+        Ok(RocksEngine { db, path, horizon })
     }
 
     /// The database directory.
@@ -124,6 +201,19 @@ impl Engine for RocksEngine {
         self.db.flush().map_err(|e| engine_error(&self.path, e))?;
         self.db.compact_range::<&[u8], &[u8]>(None, None);
         Ok(())
+    }
+
+    fn set_gc_horizon(&self, horizon: Timestamp) -> bool {
+        self.horizon.fetch_max(horizon.as_u64(), Ordering::SeqCst);
+        true
+    }
+
+    /// A RocksDB checkpoint: the memtables flushed, the SST files hard-linked (copied across
+    /// file systems), a consistent point of the database that opens as one.
+    fn checkpoint(&self, dir: &Path) -> Result<()> {
+        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .map_err(|e| engine_error(&self.path, e))?;
+        checkpoint.create_checkpoint(dir).map_err(|e| engine_error(dir, e))
     }
 }
 

@@ -44,7 +44,7 @@ pub use crate::request::{
 };
 pub use crate::shard_map::{InvalidShardMap, ShardMap};
 pub use crate::snapshot::{ShardsAt, overlay, rows_needed, scan_over, scan_shards};
-pub use crate::step::{Command, Distant, Event, Peers, Step, StepError};
+pub use crate::step::{Command, Distant, Event, GcFloor, Peers, Step, StepError};
 pub use crate::store::{Store, StoreSnapshot, StoreTransaction};
 pub use crate::stored::{
     KeptOutcomes, chain_digest, stored_digest, stored_outcome, stored_verdicts,

@@ -289,7 +289,18 @@ pub struct Step {
     digest: u128,
     /// Outcomes kept by client id, if this shard keeps them.
     kept: Option<KeptOutcomes>,
+    /// How far back reads go, if this shard collects the garbage older than that, and the
+    /// floor its horizon stays at or below ([`Step::collect_garbage`]).
+    retention: Option<(Duration, GcFloor)>,
 }
+
+/// The timestamp (raw) a shard's garbage-collection horizon must stay at or below: the oldest
+/// snapshot some shard may still read, replaying windows after a restart. Shared between the
+/// shards of one process, raised by their shell; `u64::MAX` sets no floor.
+pub type GcFloor = std::sync::Arc<std::sync::atomic::AtomicU64>;
+
+/// The garbage-collection horizon moves in steps of this at least (each is an fsync).
+const HORIZON_STEP: Duration = Duration::from_secs(1);
 
 /// The window in progress.
 struct Pending {
@@ -355,8 +366,18 @@ impl Step {
             commands: VecDeque::new(),
             digest: stored_digest(&mvcc)?,
             kept: None,
+            retention: None,
             mvcc,
         })
+    }
+
+    /// Collects the versions no read in the last `retention` (by window timestamps) can see:
+    /// each window raises the storage's horizon to its timestamp less `retention`, but never
+    /// above `floor` (what a replay may still read, on this shard or from it), in steps of a
+    /// second ([`Mvcc::raise_horizon`]). Reads below the horizon are refused from then on.
+    pub fn collect_garbage(mut self, retention: Duration, floor: GcFloor) -> Step {
+        self.retention = Some((retention, floor));
+        self
     }
 
     /// Keeps the outcomes of the transactions whose lowest participant this shard is, by
@@ -641,6 +662,14 @@ impl Step {
                 }
                 self.digest = chain_digest(self.digest, &batch);
                 batch.put_meta(MetaKey::Digest, self.digest.to_le_bytes().to_vec());
+                if let Some((retention, floor)) = &self.retention {
+                    let floor =
+                        Timestamp::from_u64(floor.load(std::sync::atomic::Ordering::SeqCst));
+                    let horizon = w.ts.saturating_sub(*retention).min(floor);
+                    if horizon.saturating_sub(HORIZON_STEP) >= self.mvcc.horizon() {
+                        self.mvcc.raise_horizon(horizon)?;
+                    }
+                }
                 self.commands.push_back(Command::Write(batch));
                 self.commands.push_back(Command::Applied {
                     window: w.epoch,

@@ -231,12 +231,43 @@ pub trait Backend: Send + Sync {
     /// Loads the initial population of `warehouses` into an empty database, printing
     /// progress to stderr. The same `seed` loads the same rows on every backend.
     fn load(&self, warehouses: u32, pop: Population, seed: u64) -> Result<(), String>;
+    /// Bytes the database holds on disk, if this process can see them.
+    fn disk_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// Writes a consistent backup of the database to `to`, while clients run.
+    fn backup(&self, to: &std::path::Path) -> Result<(), String> {
+        Err(format!("{} has no backup here (to {})", self.name(), to.display()))
+    }
+}
+
+/// Bytes of the files under `dir`, recursively (0 for what cannot be read).
+pub fn disk_usage(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => disk_usage(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// This process's resident memory in bytes (Linux), if known.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// sealdb, embedded.
 pub struct Sealdb {
     /// The database.
     pub db: Database,
+    /// Its directory (none in memory).
+    dir: Option<PathBuf>,
 }
 
 /// The benchmark's procedures: the loader and the three read-write transactions.
@@ -286,7 +317,17 @@ impl Sealdb {
         warehouses: u32,
         shards: u32,
     ) -> Result<Sealdb, String> {
-        let mut options = procedures(Options::default());
+        Sealdb::open_with(dir, warehouses, shards, Options::default().retention)
+    }
+
+    /// [`Sealdb::open`] with reads at a timestamp (and old versions) kept for `retention`.
+    pub fn open_with(
+        dir: Option<&std::path::Path>,
+        warehouses: u32,
+        shards: u32,
+        retention: Duration,
+    ) -> Result<Sealdb, String> {
+        let mut options = procedures(Options { retention, ..Options::default() });
         let map = shard_map(warehouses, shards);
         options.row_cache_bytes = ROW_CACHE_BYTES / map.len() as usize;
         options.shard_map = Some(map);
@@ -295,7 +336,7 @@ impl Sealdb {
             None => Database::open("unused", Options { in_memory: true, ..options }),
         }
         .map_err(|e| e.to_string())?;
-        Ok(Sealdb { db })
+        Ok(Sealdb { db, dir: dir.map(std::path::Path::to_path_buf) })
     }
 
     fn call(&self, name: &str, args: &[u8], retries: &mut u64) -> Result<Done, String> {
@@ -420,6 +461,14 @@ impl Backend for Sealdb {
         eprintln!("  compacting storage");
         self.db.compact().map_err(|e| format!("compacting after the load: {e}"))
     }
+
+    fn disk_bytes(&self) -> Option<u64> {
+        self.dir.as_deref().map(disk_usage)
+    }
+
+    fn backup(&self, to: &std::path::Path) -> Result<(), String> {
+        self.db.backup(to).map(|_| ()).map_err(|e| e.to_string())
+    }
 }
 
 /// Every loader call for the population, small enough to keep each transaction well under a
@@ -465,6 +514,40 @@ pub struct TpccOptions {
     pub population: Population,
     /// Random seed.
     pub seed: u64,
+    /// A progress row (throughput, disk, memory) this often.
+    pub report_every: Duration,
+    /// Back the database up this long into the run, to a directory next to it, while the
+    /// clients go on; the run then restores it and checks it.
+    pub backup_after: Option<Duration>,
+}
+
+/// A backup taken during a run, and what its restored copy held.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BackupCheck {
+    /// Seconds into the run it began.
+    pub at_s: f64,
+    /// Seconds it took.
+    pub took_s: f64,
+    /// New-Orders acknowledged as committed before it began.
+    pub acked_new_orders: u64,
+    /// New-Orders in the restored copy (sum over districts of D_NEXT_O_ID - 1 less the loaded
+    /// orders): at least `acked_new_orders`.
+    pub restored_new_orders: u64,
+    /// What the consistency conditions found wrong in the restored copy (empty if nothing).
+    pub restored_failures: Vec<String>,
+}
+
+/// One progress row of a run.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Interval {
+    /// Seconds since the clients started, at the row's end.
+    pub end_s: f64,
+    /// Transactions completed per second in the interval.
+    pub tps: f64,
+    /// Bytes of the database on disk at its end, if known.
+    pub disk_bytes: Option<u64>,
+    /// The process's resident memory at its end, if known.
+    pub rss_bytes: Option<u64>,
 }
 
 /// Latency percentiles of one transaction type, in milliseconds.
@@ -513,18 +596,27 @@ pub struct Report {
     pub scaled: bool,
     /// Seconds the load took.
     pub load_s: f64,
+    /// Throughput, disk and memory per interval.
+    pub intervals: Vec<Interval>,
+    /// The backup taken during the run, if one was asked for.
+    pub backup: Option<BackupCheck>,
 }
 
 /// Runs the clients against a loaded `backend`, then the consistency checks.
 pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<Report, String> {
     let stop = AtomicBool::new(false);
     let completed = AtomicU64::new(0);
+    let new_orders = AtomicU64::new(0);
+    let intervals = std::sync::Mutex::new(Vec::new());
     let started = Instant::now();
     type ClientResult = Result<(BTreeMap<Kind, Latencies>, u64, u64), String>;
-    let results: Vec<ClientResult> = std::thread::scope(|s| {
+    // The backup's start, the New-Orders acknowledged then, and its seconds (or why it failed).
+    type Taken = (f64, u64, Result<f64, String>);
+    let (results, backup_taken): (Vec<ClientResult>, Option<Taken>) = std::thread::scope(|s| {
+        let mut backup = None;
         let clients: Vec<_> = (0..opts.clients)
             .map(|c| {
-                let (stop, completed) = (&stop, &completed);
+                let (stop, completed, new_orders) = (&stop, &completed, &new_orders);
                 let w = c % opts.warehouses + 1;
                 let mut generator =
                     Generator::new(opts.seed, c, w, opts.warehouses, opts.population, opts.mix);
@@ -535,6 +627,9 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
                         let txn = generator.next_txn();
                         let t = Instant::now();
                         match backend.execute(&txn, &mut retries) {
+                            Ok(Done::Committed) if txn.kind() == Kind::NewOrder => {
+                                new_orders.fetch_add(1, Ordering::SeqCst);
+                            }
                             Ok(Done::Committed) => {}
                             Ok(Done::RolledBack) => rollbacks += 1,
                             Err(e) => {
@@ -549,27 +644,71 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
                 })
             })
             .collect();
-        let (mut report_at, mut reported) = (Duration::from_secs(5), 0);
+        let every = opts.report_every.max(Duration::from_secs(1));
+        let (mut report_at, mut reported) = (every, 0);
         while started.elapsed() < opts.duration && !stop.load(Ordering::Relaxed) {
             let left = opts.duration.saturating_sub(started.elapsed());
             std::thread::sleep(left.min(Duration::from_millis(100)));
             if started.elapsed() >= report_at {
                 let done = completed.load(Ordering::Relaxed);
+                let row = Interval {
+                    end_s: report_at.as_secs_f64(),
+                    tps: (done - reported) as f64 / every.as_secs_f64(),
+                    disk_bytes: backend.disk_bytes(),
+                    rss_bytes: resident_bytes(),
+                };
+                let mib = |b: Option<u64>| b.map_or("-".into(), |b| format!("{}", b >> 20));
                 eprintln!(
-                    "  {:>4} s: {done} transactions ({:.0}/s in the last 5 s)",
+                    "  {:>5} s: {done} transactions ({:.0}/s in the last {} s), disk {} MiB, \
+                     resident {} MiB",
                     report_at.as_secs(),
-                    (done - reported) as f64 / 5.0
+                    row.tps,
+                    every.as_secs(),
+                    mib(row.disk_bytes),
+                    mib(row.rss_bytes),
                 );
-                (report_at, reported) = (report_at + Duration::from_secs(5), done);
+                intervals.lock().unwrap_or_else(|e| e.into_inner()).push(row);
+                (report_at, reported) = (report_at + every, done);
+            }
+            if let Some(after) = opts.backup_after
+                && backup.is_none()
+                && started.elapsed() >= after
+            {
+                let acked = new_orders.load(Ordering::SeqCst);
+                let at = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "  {at:.0} s: backing up to {} ({acked} New-Orders acknowledged)",
+                    backup_dir(opts).display()
+                );
+                let job = s.spawn(move || {
+                    let t = Instant::now();
+                    backend.backup(&backup_dir(opts)).map(|()| t.elapsed().as_secs_f64())
+                });
+                backup = Some((at, acked, job));
             }
         }
         stop.store(true, Ordering::Relaxed);
-        clients
+        let taken =
+            backup.map(|(at, acked, job): (f64, u64, std::thread::ScopedJoinHandle<'_, _>)| {
+                (at, acked, job.join().unwrap_or_else(|_| Err("the backup panicked".into())))
+            });
+        let results = clients
             .into_iter()
             .map(|c| c.join().unwrap_or_else(|_| Err("a client panicked".into())))
-            .collect()
+            .collect();
+        (results, taken)
     });
     let elapsed = started.elapsed().as_secs_f64();
+    let backup = match backup_taken {
+        Some((at_s, acked_new_orders, took)) => Some(BackupCheck {
+            at_s,
+            took_s: took?,
+            acked_new_orders,
+            restored_new_orders: 0,
+            restored_failures: Vec::new(),
+        }),
+        None => None,
+    };
     let (mut by_kind, mut rollbacks, mut retries) = (BTreeMap::<Kind, Latencies>::new(), 0, 0);
     for r in results {
         let (samples, rb, rt) = r?;
@@ -610,7 +749,34 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
         population: opts.population,
         scaled: opts.population.is_scaled(),
         load_s,
+        intervals: intervals.into_inner().unwrap_or_else(|e| e.into_inner()),
+        backup,
     })
+}
+
+/// Where a run's backup goes: next to the database directory.
+fn backup_dir(opts: &TpccOptions) -> PathBuf {
+    std::env::temp_dir().join(format!("sealdb-tpcc-backup-{}-{}", std::process::id(), opts.seed))
+}
+
+/// Restores the run's backup into a new directory, opens it, and fills in what it holds.
+fn check_backup(opts: &TpccOptions, shards: u32, check: &mut BackupCheck) -> Result<(), String> {
+    let from = backup_dir(opts);
+    let to = from.with_extension("restored");
+    let result = (|| {
+        embedded::restore(&from, &to).map_err(|e| e.to_string())?;
+        let restored =
+            Sealdb::open_with(Some(&to), opts.warehouses, shards, Duration::from_secs(60))?;
+        let (_, districts) = restored.read(|s| check::facts(s, opts.warehouses))?;
+        let loaded = u64::from(opts.population.customers);
+        check.restored_new_orders =
+            districts.iter().map(|d| u64::from(d.next_o_id) - 1 - loaded).sum();
+        check.restored_failures = restored.check(opts.warehouses)?;
+        restored.db.close().map_err(|e| e.to_string())
+    })();
+    let _ = std::fs::remove_dir_all(&from);
+    let _ = std::fs::remove_dir_all(&to);
+    result
 }
 
 /// Loads and runs the benchmark on an embedded sealdb in `dir` (or a temporary directory).
@@ -618,11 +784,13 @@ pub fn run_sealdb(
     opts: &TpccOptions,
     dir: Option<PathBuf>,
     shards: Option<u32>,
+    retention: Duration,
 ) -> Result<Report, String> {
     let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let dir = dir.unwrap_or_else(|| temp.path().join("tpcc"));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let backend = Sealdb::open(Some(&dir), opts.warehouses, shards.unwrap_or(cores))?;
+    let shards = shards.unwrap_or(cores);
+    let backend = Sealdb::open_with(Some(&dir), opts.warehouses, shards, retention)?;
     eprintln!("  database in {}", dir.display());
     let load_s = load(&backend, opts)?;
     let before = backend.db.stats();
@@ -639,6 +807,22 @@ pub fn run_sealdb(
         after.aborts - before.aborts,
     );
     backend.db.close().map_err(|e| e.to_string())?;
+    let mut report = report;
+    if let Some(check) = &mut report.backup {
+        check_backup(opts, shards, check)?;
+        eprintln!(
+            "  backup at {:.0} s took {:.1} s; restored: {} New-Orders ({} acknowledged before \
+             it), consistency {}",
+            check.at_s,
+            check.took_s,
+            check.restored_new_orders,
+            check.acked_new_orders,
+            match check.restored_failures.is_empty() {
+                true => "passed".to_string(),
+                false => format!("FAILED: {:?}", check.restored_failures),
+            }
+        );
+    }
     Ok(report)
 }
 

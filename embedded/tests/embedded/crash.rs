@@ -13,6 +13,12 @@
 //! resolve to the same abort, also when they recover from a crash in between. Every
 //! acknowledged one must have its three markers, and no name may have some and not others.
 //!
+//! The child also backs the database up, again and again, into new directories, so kills
+//! land during checkpoints and log copies too (the log is truncated often: small segments,
+//! frequent flushes). A backup the child finished must restore and open with every
+//! transaction acknowledged before it began, and the same invariants; one cut short must be
+//! refused by `restore` or, if its manifest was written, be whole as well.
+//!
 //! The child is this test binary running the ignored test `crash::child`.
 
 use std::collections::BTreeSet;
@@ -64,7 +70,16 @@ fn marker(name: &[u8]) -> Vec<u8> {
 }
 
 fn options() -> Options {
-    three_shards(false).procedure(Arc::new(Mark))
+    let mut options = three_shards(false).procedure(Arc::new(Mark));
+    options.flush_interval = Duration::from_millis(20);
+    options.sealer.log_segment_bytes = 32 << 10;
+    options.sealer.dedup_retention = Duration::from_millis(200);
+    options
+}
+
+/// Where the child's `n`th backup of round `round` goes.
+fn backup_dir(dir: &std::path::Path, round: &str, n: u64) -> std::path::PathBuf {
+    dir.join("backups").join(format!("{round}-{n}"))
 }
 
 #[test]
@@ -86,6 +101,19 @@ fn child() {
             })
         })
         .collect();
+    let (backups, backup_db) = (std::path::PathBuf::from(&dir), db.clone());
+    let backup_round = round.clone();
+    threads.push(std::thread::spawn(move || {
+        for n in 0.. {
+            let to = backup_dir(&backups, &backup_round, n);
+            println!("backup-begin {n}");
+            match backup_db.backup(&to) {
+                Ok(_) => println!("backup-done {n}"),
+                // The log truncated under it (a race the backup detects): the next one.
+                Err(e) => println!("backup-failed {n}: {e}"),
+            }
+        }
+    }));
     threads.extend((0..2).map(|t| {
         let (db, round) = (db.clone(), round.clone());
         std::thread::spawn(move || {
@@ -117,6 +145,7 @@ fn acknowledged_commits_survive_sigkill_once_and_on_every_shard() {
     let dir = tempfile::tempdir().unwrap();
     let mut acked_total = 0;
     let mut splits_total = 0;
+    let mut backups_checked = 0;
     for round in 0..ROUNDS {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "crash::child", "--ignored", "--nocapture", "--test-threads=1"])
@@ -130,67 +159,61 @@ fn acknowledged_commits_survive_sigkill_once_and_on_every_shard() {
         // Read acknowledgements on a thread; kill at a random moment after the child is up.
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
-            let (mut acked, mut interactive, mut splits) = (Vec::new(), Vec::new(), 0u64);
+            let mut seen = Seen::default();
             for line in stdout.lines().map_while(Result::ok) {
                 if line.contains(READY) {
                     let _ = ready_tx.send(());
                 }
+                let number = |rest: &str| rest.trim().parse::<u64>().unwrap();
                 if let Some(name) = line.strip_prefix("acked ") {
-                    acked.push(name.trim().to_string());
+                    seen.acked.push(name.trim().to_string());
                 } else if let Some(name) = line.strip_prefix("committed-i ") {
-                    interactive.push(name.trim().to_string());
+                    seen.interactive.push(name.trim().to_string());
                 } else if line.starts_with("split ") {
-                    splits += 1;
+                    seen.splits += 1;
+                } else if let Some(n) = line.strip_prefix("backup-begin ") {
+                    seen.backups.push((number(n), seen.acked.len(), seen.interactive.len(), false));
+                } else if line.starts_with("backup-failed ") {
+                    eprintln!("{line}");
+                } else if let Some(n) = line.strip_prefix("backup-done ") {
+                    let n = number(n);
+                    seen.backups.iter_mut().filter(|b| b.0 == n).for_each(|b| b.3 = true);
                 }
             }
-            (acked, interactive, splits)
+            seen
         });
         let ready = ready_rx.recv_timeout(Duration::from_secs(60)).is_ok();
         std::thread::sleep(Duration::from_millis(rng.random_range(20..400)));
         child.kill().unwrap(); // SIGKILL on Unix
         child.wait().unwrap();
-        let (acked, interactive, splits) = reader.join().unwrap();
-        splits_total += splits;
+        let seen = reader.join().unwrap();
+        splits_total += seen.splits;
         assert!(ready, "round {round}: the child never opened the database");
 
         let db = Database::open(dir.path(), options()).unwrap();
-        let snap = db.snapshot(ReadAt::Latest).unwrap();
-        let markers: BTreeSet<Vec<u8>> = snap
-            .scan(&KeyRange::prefix(b"a/m/"), usize::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        for name in &acked {
-            assert!(
-                markers.contains(&marker(name.as_bytes())),
-                "round {round}: acknowledged {name} is lost"
-            );
-        }
-        for k in COUNTERS {
-            let count = num(snap.get(k).unwrap());
-            assert_eq!(
-                count,
-                markers.len() as u64,
-                "round {round}: counter {} disagrees with the markers (applied twice, or on some shards only)",
-                String::from_utf8_lossy(k)
-            );
-        }
-        // Interactive transactions: all three markers or none, and all three if acknowledged.
-        let names = |prefix: &[u8]| -> BTreeSet<Vec<u8>> {
-            let rows = snap.scan(&KeyRange::prefix(prefix), usize::MAX).unwrap();
-            rows.into_iter().map(|(k, _)| k[prefix.len()..].to_vec()).collect()
-        };
-        let on: Vec<BTreeSet<Vec<u8>>> = INTERACTIVE.iter().map(|p| names(p)).collect();
-        assert!(
-            on[0] == on[1] && on[1] == on[2],
-            "round {round}: a transaction applied on some shards only"
-        );
-        for name in &interactive {
-            assert!(on[0].contains(name.as_bytes()), "round {round}: acknowledged {name} is lost");
-        }
-        acked_total += acked.len();
+        check(&db, &seen.acked, &seen.interactive, &format!("round {round}"));
+        acked_total += seen.acked.len();
         db.close().unwrap();
+
+        // The last backup finished, and one cut short, if any.
+        let finished = seen.backups.iter().rev().find(|b| b.3);
+        let cut = seen.backups.last().filter(|b| !b.3);
+        for (n, acked, interactive, done) in finished.into_iter().chain(cut).copied() {
+            let from = backup_dir(dir.path(), &round.to_string(), n);
+            let to = dir.path().join("restored").join(format!("{round}-{n}"));
+            let what = format!("round {round}, backup {n} (finished: {done})");
+            match embedded::restore(&from, &to) {
+                Ok(_) => {
+                    let restored = Database::open(&to, options()).unwrap();
+                    check(&restored, &seen.acked[..acked], &seen.interactive[..interactive], &what);
+                    restored.close().unwrap();
+                    backups_checked += 1;
+                }
+                Err(e) => assert!(!done, "{what}: {e}"),
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir.path().join("backups"));
+        let _ = std::fs::remove_dir_all(dir.path().join("restored"));
     }
     assert!(
         acked_total as u64 > ROUNDS * 10,
@@ -200,5 +223,54 @@ fn acknowledged_commits_survive_sigkill_once_and_on_every_shard() {
         splits_total > 0,
         "no split verdict happened: the test did not test recovery after one"
     );
-    eprintln!("{acked_total} marks acknowledged, {splits_total} split verdicts seen");
+    assert!(backups_checked > 0, "no backup was restored: the test did not test backups");
+    eprintln!(
+        "{acked_total} marks acknowledged, {splits_total} split verdicts seen, \
+         {backups_checked} backups restored"
+    );
+}
+
+/// What the parent read from a child: acknowledged marks and interactive transactions, split
+/// verdicts, and backups (number, marks and interactive ones acknowledged before it began,
+/// finished).
+#[derive(Default)]
+struct Seen {
+    acked: Vec<String>,
+    interactive: Vec<String>,
+    splits: u64,
+    backups: Vec<(u64, usize, usize, bool)>,
+}
+
+/// Every acknowledged mark and interactive transaction is in `db`, no mark is applied twice
+/// or on some shards only, and every interactive one is on all three shards or none.
+fn check(db: &Database, acked: &[String], interactive: &[String], what: &str) {
+    let snap = db.snapshot(ReadAt::Latest).unwrap();
+    let markers: BTreeSet<Vec<u8>> = snap
+        .scan(&KeyRange::prefix(b"a/m/"), usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    for name in acked {
+        assert!(markers.contains(&marker(name.as_bytes())), "{what}: acknowledged {name} is lost");
+    }
+    for k in COUNTERS {
+        let count = num(snap.get(k).unwrap());
+        assert_eq!(
+            count,
+            markers.len() as u64,
+            "{what}: counter {} disagrees with the markers (applied twice, or on some shards only)",
+            String::from_utf8_lossy(k)
+        );
+    }
+    // Interactive transactions: all three markers or none, and all three if acknowledged.
+    let names = |prefix: &[u8]| -> BTreeSet<Vec<u8>> {
+        let rows = snap.scan(&KeyRange::prefix(prefix), usize::MAX).unwrap();
+        rows.into_iter().map(|(k, _)| k[prefix.len()..].to_vec()).collect()
+    };
+    let on: Vec<BTreeSet<Vec<u8>>> = INTERACTIVE.iter().map(|p| names(p)).collect();
+    assert!(on[0] == on[1] && on[1] == on[2], "{what}: a transaction applied on some shards only");
+    for name in interactive {
+        assert!(on[0].contains(name.as_bytes()), "{what}: acknowledged {name} is lost");
+    }
 }

@@ -40,6 +40,8 @@ pub(super) struct ApplyLoop {
     handle: Handle,
     events: mpsc::Sender<Event>,
     answers: mpsc::Receiver<Event>,
+    /// When this replica last flushed its storage.
+    flushed_at: std::time::Instant,
 }
 
 impl ApplyLoop {
@@ -51,7 +53,8 @@ impl ApplyLoop {
         handle: Handle,
     ) -> ApplyLoop {
         let (events, answers) = mpsc::channel(EVENT_QUEUE);
-        ApplyLoop { state, step, peers, sequencer, handle, events, answers }
+        let flushed_at = std::time::Instant::now();
+        ApplyLoop { state, step, peers, sequencer, handle, events, answers, flushed_at }
     }
 
     pub(super) fn run(&mut self) -> Result<(), StepError> {
@@ -205,6 +208,11 @@ impl ApplyLoop {
                     c.outcomes.count(d);
                 }
                 self.applied(window, ts, decided.into_iter().map(|(d, _)| d), deferred, digest);
+                if self.flushed_at.elapsed() >= state.flush_interval {
+                    self.flushed_at = std::time::Instant::now();
+                    state.mvcc.flush()?;
+                    self.report_flushed(window);
+                }
             }
             Command::RequestWindow { .. } => self.request_window(),
         }
@@ -301,6 +309,18 @@ impl ApplyLoop {
         *fenced = Some(format!("its clock is out of bounds ({why})"));
         drop(fenced);
         self.state.bump();
+    }
+
+    /// Tells the sequencer (in the background) that every window up to `epoch` is flushed here.
+    fn report_flushed(&self, epoch: Epoch) {
+        let (sequencer, shard, replica) =
+            (self.sequencer.clone(), self.state.shard, self.state.replica as u32);
+        self.handle.spawn(async move {
+            if let Err(e) = sequencer.flushed(shard, replica, epoch).await {
+                // The next report, 30 s on, says as much and more.
+                tracing::debug!(shard = shard.0, error = %e, "reporting flushed windows");
+            }
+        });
     }
 
     /// Asks for a window after the last one applied: deferred entries wait for it.

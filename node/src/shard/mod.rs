@@ -95,6 +95,12 @@ const DIGEST_CHECK: Duration = Duration::from_secs(1);
 /// 5 ms windows: a fellow further behind is compared once it catches up).
 const DIGESTS_KEPT: usize = 4096;
 
+/// Versions are kept this long beyond the retention period: a replica that restarts after
+/// being down replays the windows it missed with its peers' reads at each window's snapshot,
+/// which must still be there. A replica down for longer than this cannot catch up by replay
+/// (catch-up from a checkpoint is not built yet: issue 16).
+const REPLAY_ALLOWANCE: Duration = Duration::from_secs(3600);
+
 /// How to run a shard server.
 #[derive(Clone)]
 pub struct ShardConfig {
@@ -117,6 +123,9 @@ pub struct ShardConfig {
     pub limits: Limits,
     /// How far back reads at a timestamp may go.
     pub retention: Duration,
+    /// How often the shard flushes its storage and tells the sequencer, which truncates the
+    /// log below what every replica flushed (default 30 s).
+    pub flush_interval: Duration,
     /// TLS for its server and its calls to the sequencer and peers; `None` runs without.
     pub tls: Option<Tls>,
 }
@@ -138,6 +147,8 @@ struct State {
     clock: Arc<Clock>,
     mvcc: Arc<Mvcc>,
     retention: Duration,
+    /// How often it flushes its storage and reports that to the sequencer.
+    flush_interval: Duration,
     progress: Mutex<Progress>,
     /// Local verdicts of windows being applied, for peers that pull them.
     verdicts: Mutex<BTreeMap<Epoch, Vec<(TxnId, bool)>>>,
@@ -312,7 +323,9 @@ impl ShardNode {
         let executor =
             Executor::new(shard, config.map.clone(), config.procedures.clone(), config.limits);
         let step = Step::open(executor, config.map.clone(), mvcc.clone(), Arc::new(Distant))?
-            .keep_outcomes(config.retention)?;
+            .keep_outcomes(config.retention)?
+            // No floor: a replica's replay reads its peers within the allowance.
+            .collect_garbage(config.retention + REPLAY_ALLOWANCE, Arc::new(u64::MAX.into()));
         let watermark = mvcc.applied();
         let progress = Progress {
             applied: watermark.map_or(Epoch(0), |w| w.window),
@@ -333,6 +346,7 @@ impl ShardNode {
             clock: clock.clone(),
             mvcc,
             retention: config.retention,
+            flush_interval: config.flush_interval,
             progress: Mutex::new(progress),
             verdicts: Mutex::new(BTreeMap::new()),
             outcomes: Mutex::new(HashMap::new()),

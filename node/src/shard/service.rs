@@ -27,7 +27,13 @@ pub(super) struct ShardService {
 }
 
 fn storage_status(e: StorageError) -> Status {
-    Status::internal(e.to_string())
+    match e {
+        // Typed: the caller reads later (or, a replica that far behind, is stuck: issue 16).
+        StorageError::BelowHorizon { .. } => {
+            refuse(Code::OutOfRange, RefusalKind::OutsideRetention, e.to_string())
+        }
+        e => Status::internal(e.to_string()),
+    }
 }
 
 /// A request's client id, or the refusal of one that is not 16 bytes.

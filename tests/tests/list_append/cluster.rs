@@ -43,6 +43,9 @@ pub(crate) fn offset_clock_bounded(ms: i64, max_offset: Duration) -> Arc<Clock> 
     Arc::new(Clock::new(physical, max_offset))
 }
 
+/// How often the tests' shards flush and report it, so the log is truncated as they run.
+pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+
 pub(crate) struct LocalCluster {
     pub(crate) sequencer: SequencerNode,
     pub(crate) shards: Vec<ShardNode>,
@@ -74,9 +77,13 @@ pub(crate) async fn start_cluster_with(
     let map = ShardMap::uniform(shards);
     procedures.register(Arc::new(Fill));
     procedures.register(Arc::new(CountRemote));
+    // Small log segments, short deduplication and frequent flushes: the log is truncated
+    // while the tests run.
     let config = SealerConfig {
         window_interval: Duration::from_millis(2),
         seal_ahead: None,
+        log_segment_bytes: 16 << 10,
+        dedup_retention: Duration::from_millis(500),
         ..SealerConfig::default()
     };
     let mut listeners = Vec::new();
@@ -127,6 +134,7 @@ pub(crate) async fn start_shards(
             procedures: cluster.procedures.clone(),
             limits: Limits::default(),
             retention: Duration::from_secs(60),
+            flush_interval: FLUSH_INTERVAL,
             tls: tls.clone(),
         };
         nodes.push(ShardNode::start(config, listener, clock).await.unwrap());
@@ -172,6 +180,10 @@ async fn list_append_over_a_cluster_is_strictly_serializable() {
     assert_eq!(metric(&sequencer, "sealdb_sequencer_window_entries_count"), windows);
     assert_eq!(metric(&sequencer, "sealdb_sequencer_window_entries_sum"), entries);
     assert_eq!(metric(&sequencer, "sealdb_sequencer_window_entries_bucket{le=\"+Inf\"}"), windows);
+    // Every shard flushed and told the sequencer, which truncated the log below.
+    let first = metric(&sequencer, "sealdb_sequencer_log_first_epoch");
+    assert!(first > 1.0, "the log was never truncated: {sequencer}");
+    assert!(metric(&sequencer, "sealdb_sequencer_log_bytes") > 0.0, "{sequencer}");
     let (mut committed, mut answered) = (0.0, 0.0);
     for shard in &local.shards {
         let text = scrape(shard.metrics_source()).await;

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use txn::builtin::put_args;
 use txn::{Context, ProcError, Procedure, ReadAt, ShardMap, TxnError};
 
-use crate::cluster::{clock, metric, scrape};
+use crate::cluster::{FLUSH_INTERVAL, clock, metric, scrape};
 use client::{Client, Cluster, replicas_converged};
 use node::{Layout, SequencerNode, ShardConfig, ShardNode};
 
@@ -81,6 +81,7 @@ async fn replicas_whose_writes_differ_stop_serving_and_say_so() {
             procedures: registry(stamp),
             limits: Limits::default(),
             retention: Duration::from_secs(60),
+            flush_interval: FLUSH_INTERVAL,
             tls: None,
         };
         nodes.push(ShardNode::start(config, listener, clock()).await.unwrap());
