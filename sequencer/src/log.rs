@@ -277,11 +277,17 @@ impl WindowLog {
             let keep_from = segments.iter().skip(1).take_while(|s| s.first <= epoch).count();
             segments.drain(..keep_from).collect()
         };
+        // A file that will not go costs disk, not correctness: readers already start after
+        // it, and a reopened log reads it again as its (consecutive) first segment.
         for segment in &doomed {
-            std::fs::remove_file(&segment.path).map_err(|e| io_error(&segment.path, e))?;
+            if let Err(e) = std::fs::remove_file(&segment.path) {
+                tracing::warn!(path = %segment.path.display(), error = %e, "a truncated segment stays");
+            }
         }
         if !doomed.is_empty() {
-            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io_error(&self.dir, e))?;
+            if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "syncing the log's directory");
+            }
             tracing::debug!(segments = doomed.len(), first = %self.first(), "log truncated");
         }
         Ok(doomed.len())
