@@ -295,6 +295,11 @@ fn io(what: &Path) -> impl Fn(std::io::Error) -> TxnError + '_ {
     move |e| TxnError::Storage(format!("{}: {e}", what.display()))
 }
 
+/// Fsyncs the file or directory `path`.
+fn sync(path: &Path) -> Result<(), TxnError> {
+    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(io(path))
+}
+
 /// Copies the files of `from` into `to` (created), recursively, each synced.
 fn copy_tree(from: &Path, to: &Path) -> Result<(), TxnError> {
     std::fs::create_dir_all(to).map_err(io(to))?;
@@ -305,10 +310,10 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), TxnError> {
             copy_tree(&entry.path(), &target)?;
         } else if entry.file_name() != "LOCK" {
             std::fs::copy(entry.path(), &target).map_err(io(&target))?;
-            std::fs::File::open(&target).and_then(|f| f.sync_all()).map_err(io(&target))?;
+            sync(&target)?;
         }
     }
-    std::fs::File::open(to).and_then(|d| d.sync_all()).map_err(io(to))
+    sync(to)
 }
 
 /// Makes `to` (which must not exist) a copy of the backup in `from`, ready to open with
@@ -484,12 +489,12 @@ impl Database {
         // The clock's high-water mark (a file): timestamps keep rising after a restore.
         let (clock, clock_copy) = (self.path.join("clock"), to.join("clock"));
         std::fs::copy(&clock, &clock_copy).map_err(io(&clock))?;
-        std::fs::File::open(&clock_copy).and_then(|f| f.sync_all()).map_err(io(&clock_copy))?;
+        sync(&clock_copy)?;
         let backup = Backup { shards, log_first };
         let manifest = to.join(MANIFEST);
         std::fs::write(&manifest, backup.encode()).map_err(io(&manifest))?;
-        std::fs::File::open(&manifest).and_then(|f| f.sync_all()).map_err(io(&manifest))?;
-        std::fs::File::open(to).and_then(|d| d.sync_all()).map_err(io(to))?;
+        sync(&manifest)?;
+        sync(to)?;
         Ok(backup)
     }
 

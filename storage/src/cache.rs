@@ -10,9 +10,9 @@
 //! - **An entry is the key's newest version.** [`Mvcc::apply`](crate::Mvcc::apply) writes
 //!   every version it adds of a cached key through to the cache, after the engine write and
 //!   before the watermark moves. Keys enter the cache when read, not when written: a write of
-//!   a key nobody read (TPC-C's order lines, say) would only push read ones out. So a cached version at `ts` answers any read at or above
-//!   `ts` (nothing newer exists at or below the watermark, and reads wait for the
-//!   watermark); a read below `ts` goes to the engine.
+//!   a key nobody read (TPC-C's order lines, say) would only push read ones out. So a cached
+//!   version at `ts` answers any read at or above `ts` (nothing newer exists at or below the
+//!   watermark, and reads wait for the watermark); a read below `ts` goes to the engine.
 //! - **A read fills the cache only if no batch was applied meanwhile.** A generation counter
 //!   is odd while a batch is being applied. A reader takes the generation before it reads
 //!   the engine, at or above the watermark, and inserts what it read only if the generation

@@ -76,11 +76,10 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Versions that no read at or above `horizon` sees may go: each user key's versions
     /// below its newest one at or below `horizon`. The caller has made `horizon` durable and
-    /// refuses reads below it. Returns true if the engine drops such versions itself (RocksDB,
-    /// as it compacts); false if it keeps everything until [`crate::Mvcc::gc`] deletes them.
-    fn set_gc_horizon(&self, horizon: Timestamp) -> bool {
+    /// refuses reads below it. RocksDB drops them as it compacts; engines that do nothing
+    /// here keep everything until [`crate::Mvcc::gc`] deletes them.
+    fn set_gc_horizon(&self, horizon: Timestamp) {
         let _ = horizon;
-        false
     }
 
     /// Writes a consistent copy of what is stored (as of one point: every completed write

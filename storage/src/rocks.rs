@@ -203,9 +203,8 @@ impl Engine for RocksEngine {
         Ok(())
     }
 
-    fn set_gc_horizon(&self, horizon: Timestamp) -> bool {
+    fn set_gc_horizon(&self, horizon: Timestamp) {
         self.horizon.fetch_max(horizon.as_u64(), Ordering::SeqCst);
-        true
     }
 
     /// A RocksDB checkpoint: the memtables flushed, the SST files hard-linked (copied across
