@@ -80,6 +80,7 @@ pub fn run(opts: &FailoverOptions) -> Result<FailoverReport, String> {
         group_timing: opts.group_timing,
         run_as: None,
         tls_dir: None,
+        reclamation: None,
     };
     let mut local = node::LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;
     let addrs = local.sequencer.clone();

@@ -341,6 +341,7 @@ pub fn run(opts: &JepsenOptions) -> Result<JepsenReport, String> {
         // Each node its own user, for iptables to tell their traffic apart.
         run_as: partitions.then_some(PARTITION_UIDS),
         tls_dir: None,
+        reclamation: None,
     };
     let local = node::LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;
     eprintln!(

@@ -160,6 +160,7 @@ impl ClusterTarget {
             group_timing: None,
             run_as: None,
             tls_dir,
+            reclamation: None,
         };
         let mut local = node::LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;
         for shard in 0..spec.shards as usize {

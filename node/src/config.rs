@@ -9,8 +9,12 @@
 //! replica = 0                       # which of the shard's replicas (optional, from 0)
 //! max_offset_ms = 5                 # bound on clock offsets; commit-wait lasts about this long
 //! metrics_listen = "127.0.0.1:9101" # optional: Prometheus metrics at GET /metrics
-//! flush_interval_ms = 30000         # optional (shard role): how often it flushes and tells the
-//!                                   # sequencer, which truncates the log below every replica's
+//! flush_interval_ms = 30000         # optional (shard role): how often it checkpoints and tells
+//!                                   # the sequencer, which truncates the log below every
+//!                                   # replica's checkpoint
+//! absent_replica_ms = 600000        # optional (sequencer role): a replica silent this long no
+//!                                   # longer holds the log while a fellow of its shard reports;
+//!                                   # it catches up from the fellow's checkpoint
 //!
 //! [cluster]                         # the same on every node
 //! sequencer = "127.0.0.1:7100"      # or a sequencer group (raft): its members, in id order,
@@ -32,6 +36,8 @@
 //! max_entries = 10000
 //! max_bytes = 16777216
 //! log_segment_bytes = 67108864      # the log's segment files (the unit of truncation)
+//! dedup_retention_ms = 60000        # how long client ids are deduplicated (the log keeps at
+//!                                   # least this long of windows, to rebuild them on restart)
 //!
 //! [tls]                             # optional: TLS with client certificates on every hop
 //! ca = "certs/ca.pem"               # the cluster's CA
@@ -74,6 +80,7 @@ struct File {
     max_offset_ms: u64,
     metrics_listen: Option<String>,
     flush_interval_ms: Option<u64>,
+    absent_replica_ms: Option<u64>,
     cluster: ClusterFile,
     #[serde(default)]
     window: WindowFile,
@@ -142,6 +149,7 @@ struct WindowFile {
     max_entries: Option<usize>,
     max_bytes: Option<usize>,
     log_segment_bytes: Option<u64>,
+    dedup_retention_ms: Option<u64>,
 }
 
 /// A validated node configuration.
@@ -331,6 +339,12 @@ impl NodeConfig {
             max_window_entries: window.max_entries.unwrap_or(defaults.max_window_entries),
             max_window_bytes: window.max_bytes.unwrap_or(defaults.max_window_bytes),
             log_segment_bytes: window.log_segment_bytes.unwrap_or(defaults.log_segment_bytes),
+            dedup_retention: window
+                .dedup_retention_ms
+                .map_or(defaults.dedup_retention, Duration::from_millis),
+            absent_replica: file
+                .absent_replica_ms
+                .map_or(defaults.absent_replica, Duration::from_millis),
             // Sealing ahead needs every shard's progress; a cluster seals on the interval.
             seal_ahead: None,
             ..defaults
@@ -360,6 +374,14 @@ impl NodeConfig {
                 sealer.log_segment_bytes,
                 1u64 << 30
             ));
+        }
+        let dedup_ms = sealer.dedup_retention.as_millis();
+        if !(100..=24 * 3_600_000).contains(&dedup_ms) {
+            return Err(format!("window.dedup_retention_ms = {dedup_ms}: from 100 to 86400000"));
+        }
+        let absent_ms = sealer.absent_replica.as_millis();
+        if !(100..=7 * 24 * 3_600_000).contains(&absent_ms) {
+            return Err(format!("absent_replica_ms = {absent_ms}: from 100 to 604800000 (a week)"));
         }
         let flush_interval_ms = file.flush_interval_ms.unwrap_or(30_000);
         if !(10..=3_600_000).contains(&flush_interval_ms) {

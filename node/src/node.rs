@@ -187,6 +187,23 @@ pub struct LocalSpec {
     /// A directory of certificates from [`make_certificates`](super::make_certificates): the
     /// nodes run TLS with `node.pem` and `node.key`. `None` runs without TLS.
     pub tls_dir: Option<PathBuf>,
+    /// How the log is reclaimed; `None` keeps the defaults.
+    pub reclamation: Option<Reclamation>,
+}
+
+/// Settings of log reclamation for a [`LocalSpec`] (tests make them small, so that the log is
+/// truncated while they run).
+#[derive(Debug, Clone, Copy)]
+pub struct Reclamation {
+    /// How often shards checkpoint and report (`flush_interval_ms`).
+    pub flush_interval_ms: u64,
+    /// The log's segment size (`[window] log_segment_bytes`).
+    pub log_segment_bytes: u64,
+    /// When the sequencer stops counting a silent replica (`absent_replica_ms`).
+    pub absent_replica_ms: u64,
+    /// How long client ids are deduplicated (`[window] dedup_retention_ms`): the log keeps
+    /// at least this long of windows.
+    pub dedup_retention_ms: u64,
 }
 
 /// A running local cluster: sequencer processes (one, or a group) and shard processes on
@@ -285,9 +302,22 @@ impl LocalProcesses {
             1 => format!("sequencer = \"{}\"", sequencers[0]),
             _ => format!("sequencers = [{}]", quoted(sequencers.clone())),
         };
+        let (tuning, segments) = match spec.reclamation {
+            None => (String::new(), String::new()),
+            Some(r) => (
+                format!(
+                    "flush_interval_ms = {}\nabsent_replica_ms = {}\n",
+                    r.flush_interval_ms, r.absent_replica_ms
+                ),
+                format!(
+                    "log_segment_bytes = {}\ndedup_retention_ms = {}\n",
+                    r.log_segment_bytes, r.dedup_retention_ms
+                ),
+            ),
+        };
         let cluster = format!(
             "[cluster]\n{sequencer_line}\nshards = [{}]\n{splits}\n[window]\n\
-             interval_ms = {}\n{tls}",
+             interval_ms = {}\n{segments}{tls}",
             shard_list, spec.window_ms
         );
         let mut configs = Vec::new();
@@ -331,7 +361,7 @@ impl LocalProcesses {
             let data = data_dir.display().to_string();
             let text = format!(
                 "role = \"{role}\"\nlisten = \"{listen}\"\ndata_dir = {data:?}\n{shard}\
-                 max_offset_ms = {}\n\n{cluster}{group}",
+                 max_offset_ms = {}\n{tuning}\n{cluster}{group}",
                 spec.max_offset_ms
             );
             let config = dir.join(format!("{name}.toml"));

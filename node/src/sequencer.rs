@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use clock::{Clock, Epoch, Timestamp};
 use prost::Message;
@@ -149,7 +150,7 @@ impl SequencerNode {
         check_layout(&config, &layout)?;
         let (sequencer, _) = Sequencer::start(dir, clock.clone(), config)?;
         let backend = Backend::Single(Arc::new(sequencer));
-        SequencerNode::serve(backend, None, listener, clock, layout, tls)
+        SequencerNode::serve(backend, None, listener, clock, layout, tls, config.absent_replica)
     }
 
     /// Runs node `group.id` of a sequencer group with its raft log and state in `dir`, and
@@ -198,7 +199,15 @@ impl SequencerNode {
         let sequencer =
             GroupSequencer::start(group.id, raft.clone(), view, clock.clone(), group_config);
         let backend = Backend::Group(Arc::new(sequencer));
-        SequencerNode::serve(backend, Some(raft), listener, clock, layout, tls)
+        SequencerNode::serve(
+            backend,
+            Some(raft),
+            listener,
+            clock,
+            layout,
+            tls,
+            config.absent_replica,
+        )
     }
 
     fn serve(
@@ -208,6 +217,7 @@ impl SequencerNode {
         clock: Arc<Clock>,
         layout: Layout,
         tls: Option<Tls>,
+        absent_replica: std::time::Duration,
     ) -> Result<SequencerNode, NodeError> {
         let shards = layout.map.len();
         let replicas: Vec<usize> = layout.shards.iter().map(|s| s.split(',').count()).collect();
@@ -231,7 +241,7 @@ impl SequencerNode {
             limits: Limits::default(),
             secure: tls.is_some(),
             fenced,
-            flushed: Arc::new(FlushedReports::new(&replicas)),
+            flushed: Arc::new(FlushedReports::new(&replicas, absent_replica, Instant::now())),
             stopping: stopping.clone(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
@@ -442,23 +452,39 @@ struct SequencerService {
     flushed: Arc<FlushedReports>,
 }
 
-/// The windows every shard replica has flushed, as they report them: once each has, the log
-/// may drop the windows below the lowest.
+/// The windows every shard replica has checkpointed, as they report them: the log may drop
+/// the windows below the lowest. A replica that has not reported for `absent` (down, cut off,
+/// or never reported since the sequencer started) stops counting while a fellow replica of
+/// its shard reports: the log is truncated past it, and it catches up from that fellow's
+/// checkpoint when it returns. A shard none of whose replicas report holds the log.
 struct FlushedReports {
-    /// By shard, by replica: the last window reported flushed (none before a report).
-    reported: std::sync::Mutex<Vec<Vec<Option<Epoch>>>>,
+    /// By shard, by replica: the last window reported (none before a report) and when.
+    reported: std::sync::Mutex<Vec<Vec<Report>>>,
+    absent: std::time::Duration,
 }
+
+/// A replica's last report (none yet), and when it came (or the sequencer started).
+type Report = (Option<Epoch>, Instant);
 
 impl FlushedReports {
     /// For `shards[i]` replicas of shard i.
-    fn new(replicas: &[usize]) -> FlushedReports {
+    fn new(replicas: &[usize], absent: std::time::Duration, now: Instant) -> FlushedReports {
         FlushedReports {
-            reported: std::sync::Mutex::new(replicas.iter().map(|r| vec![None; *r]).collect()),
+            reported: std::sync::Mutex::new(
+                replicas.iter().map(|r| vec![(None, now); *r]).collect(),
+            ),
+            absent,
         }
     }
 
-    /// Records a report; the window every replica has flushed, once each has reported.
-    fn report(&self, shard: usize, replica: usize, epoch: Epoch) -> Result<Option<Epoch>, String> {
+    /// Records a report at `now`; the window below which the log may be truncated, if any.
+    fn report(
+        &self,
+        shard: usize,
+        replica: usize,
+        epoch: Epoch,
+        now: Instant,
+    ) -> Result<Option<Epoch>, String> {
         let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
         let shards = reported.len();
         let slot = reported
@@ -466,13 +492,20 @@ impl FlushedReports {
             .ok_or_else(|| format!("shard {shard}: the cluster has {shards}"))?
             .get_mut(replica)
             .ok_or_else(|| format!("shard {shard} has no replica {replica}"))?;
-        *slot = Some(slot.map_or(epoch, |e| e.max(epoch)));
-        Ok(reported
+        *slot = (Some(slot.0.map_or(epoch, |e| e.max(epoch))), now);
+        let shard_cut = |replicas: &Vec<Report>| {
+            let present: Vec<_> =
+                replicas.iter().filter(|(_, at)| now.duration_since(*at) < self.absent).collect();
+            let counted = if present.is_empty() { replicas.iter().collect() } else { present };
+            // A counted replica that never reported holds the log.
+            counted.iter().map(|(e, _)| *e).collect::<Option<Vec<_>>>()?.into_iter().min()
+        };
+        let cut = reported
             .iter()
-            .flatten()
-            .copied()
+            .map(shard_cut)
             .collect::<Option<Vec<Epoch>>>()
-            .and_then(|all| all.into_iter().min()))
+            .and_then(|cuts| cuts.into_iter().min());
+        Ok(cut)
     }
 }
 
@@ -649,6 +682,16 @@ impl SequencerRpc for SequencerService {
             tx,
         };
         let from = Epoch(r.from_epoch.max(1));
+        if let Backend::Single(s) = &self.sequencer {
+            let first = s.stats().log_first;
+            if from < first {
+                return Err(refuse(
+                    Code::OutOfRange,
+                    RefusalKind::Truncated,
+                    format!("window {from} is truncated from the log (the first kept is {first})"),
+                ));
+            }
+        }
         // One thread per subscription (there are at most MAX_SUBSCRIPTIONS): it reads the
         // windows it is behind from the log, then forwards live ones, until the subscriber goes
         // away, stalls, falls behind, or the node stops.
@@ -694,7 +737,7 @@ impl SequencerRpc for SequencerService {
         self.logged(r.epoch)?;
         let all = self
             .flushed
-            .report(r.shard as usize, r.replica as usize, Epoch(r.epoch))
+            .report(r.shard as usize, r.replica as usize, Epoch(r.epoch), Instant::now())
             .map_err(|why| refuse(Code::InvalidArgument, RefusalKind::Malformed, why))?;
         let log_first = match &self.sequencer {
             Backend::Single(s) => {
@@ -875,5 +918,34 @@ impl Forward {
             tracing::warn!(shard = self.shard.0, "dropping a subscriber that stopped reading");
         }
         sent.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn an_absent_replica_stops_holding_the_log_while_a_fellow_reports() {
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        // Shard 0 has two replicas, shard 1 one; a replica is absent after 100 ms of silence.
+        let reports = FlushedReports::new(&[2, 1], Duration::from_millis(100), start);
+        assert_eq!(reports.report(0, 0, Epoch(10), at(1)), Ok(None), "nothing from the others");
+        assert_eq!(reports.report(1, 0, Epoch(20), at(2)), Ok(None), "shard 0 replica 1 holds");
+        assert_eq!(reports.report(0, 1, Epoch(5), at(3)), Ok(Some(Epoch(5))));
+        // Replica 1 of shard 0 goes silent; until it has been for 100 ms, it holds the log.
+        assert_eq!(reports.report(0, 0, Epoch(30), at(90)), Ok(Some(Epoch(5))));
+        assert_eq!(reports.report(1, 0, Epoch(40), at(102)), Ok(Some(Epoch(5))));
+        assert_eq!(reports.report(0, 0, Epoch(50), at(104)), Ok(Some(Epoch(40))), "it is absent");
+        // Back, behind: it holds the log again (from what it reports).
+        assert_eq!(reports.report(0, 1, Epoch(6), at(110)), Ok(Some(Epoch(6))));
+        // A shard whose only replica is silent holds the log however long.
+        assert_eq!(reports.report(0, 0, Epoch(60), at(500)), Ok(Some(Epoch(40))));
+        // Reports never go back, and unknown replicas are refused.
+        assert_eq!(reports.report(1, 0, Epoch(1), at(501)), Ok(Some(Epoch(40))));
+        assert!(reports.report(2, 0, Epoch(1), at(502)).is_err());
+        assert!(reports.report(1, 1, Epoch(1), at(503)).is_err());
     }
 }

@@ -212,6 +212,7 @@ pub fn dev(
         group_timing: None,
         run_as: None,
         tls_dir: tls_dir.clone(),
+        reclamation: None,
     };
     let local = LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;
     let sequencer = local.sequencer.clone();

@@ -50,6 +50,11 @@ pub struct SealerConfig {
     /// The log's segment files hold this many bytes of windows each (default 64 MiB): the
     /// unit in which the log is truncated.
     pub log_segment_bytes: u64,
+    /// A cluster's sequencer truncates the log below every shard replica's checkpoint, but
+    /// stops counting a replica that has not reported for this long while a fellow replica of
+    /// its shard does (default 10 minutes): that replica catches up from the fellow's
+    /// checkpoint when it returns. Not used by an embedded database.
+    pub absent_replica: Duration,
     /// Group commit without waiting out the interval: a non-empty window is sealed at once
     /// when fewer than this many sealed windows are still unapplied, as consumers report with
     /// [`Sealer::applied`] (default 2: the next window is logged while the last one applies).
@@ -68,6 +73,7 @@ impl Default for SealerConfig {
             dedup_windows: 200_000,
             dedup_retention: Duration::from_secs(60),
             log_segment_bytes: crate::log::SEGMENT_BYTES,
+            absent_replica: Duration::from_secs(600),
             seal_ahead: Some(2),
         }
     }

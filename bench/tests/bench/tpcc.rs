@@ -99,6 +99,7 @@ fn a_short_run_on_a_cluster_of_processes_passes_the_consistency_checks() {
         group_timing: None,
         run_as: None,
         tls_dir: None,
+        reclamation: None,
     })
     .unwrap();
     let target = bench::ClusterTarget::Addr(local.sequencer.clone());

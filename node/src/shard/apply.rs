@@ -25,7 +25,7 @@ use super::super::metrics::ShardCounters;
 use super::peers::{GrpcPeers, PeerError};
 use super::{DIGESTS_KEPT, FENCED_RETRY, OUTCOME_WINDOWS, PEER_RETRY, State, lock};
 use crate::server::clock_agreement;
-use client::{RemoteError, RemoteSequencer, SliceDelivery};
+use client::{RefusalKind, RemoteError, RemoteSequencer, SliceDelivery};
 use txn::{Command, Event, Step, StepError};
 
 /// Answers in flight for the window in progress: at most a few per peer, so this bound is
@@ -40,8 +40,9 @@ pub(super) struct ApplyLoop {
     handle: Handle,
     events: mpsc::Sender<Event>,
     answers: mpsc::Receiver<Event>,
-    /// When this replica last flushed its storage.
-    flushed_at: std::time::Instant,
+    /// When this replica last checkpointed (or flushed) its storage; none yet: the first
+    /// checkpoint comes with the first window applied.
+    flushed_at: Option<std::time::Instant>,
 }
 
 impl ApplyLoop {
@@ -53,7 +54,7 @@ impl ApplyLoop {
         handle: Handle,
     ) -> ApplyLoop {
         let (events, answers) = mpsc::channel(EVENT_QUEUE);
-        let flushed_at = std::time::Instant::now();
+        let flushed_at = None;
         ApplyLoop { state, step, peers, sequencer, handle, events, answers, flushed_at }
     }
 
@@ -68,6 +69,10 @@ impl ApplyLoop {
                     self.clock_skew(&why);
                     std::thread::sleep(FENCED_RETRY);
                     continue;
+                }
+                Err(RemoteError::Refused { kind: RefusalKind::Truncated, why }) => {
+                    self.behind_log(&why);
+                    return Ok(());
                 }
                 Err(e) => {
                     tracing::debug!(shard = shard.0, error = %e, "subscribing; retrying");
@@ -91,6 +96,10 @@ impl ApplyLoop {
                         self.clock_skew(&why);
                         std::thread::sleep(FENCED_RETRY);
                         break;
+                    }
+                    Ok(Some(Err(RemoteError::Refused { kind: RefusalKind::Truncated, why }))) => {
+                        self.behind_log(&why);
+                        return Ok(());
                     }
                     Ok(Some(Err(e))) => {
                         tracing::info!(shard = shard.0, error = %e, "lost the sequencer; resubscribing");
@@ -208,10 +217,17 @@ impl ApplyLoop {
                     c.outcomes.count(d);
                 }
                 self.applied(window, ts, decided.into_iter().map(|(d, _)| d), deferred, digest);
-                if self.flushed_at.elapsed() >= state.flush_interval {
-                    self.flushed_at = std::time::Instant::now();
-                    state.mvcc.flush()?;
-                    self.report_flushed(window);
+                if self.flushed_at.is_none_or(|t| t.elapsed() >= state.flush_interval) {
+                    self.flushed_at = Some(std::time::Instant::now());
+                    // The log is kept from the checkpoint on, for fellows that copy it.
+                    let kept = match &state.checkpoints {
+                        Some(checkpoints) => checkpoints.take(&state.mvcc, window, ts, digest)?,
+                        None => {
+                            state.mvcc.flush()?;
+                            window
+                        }
+                    };
+                    self.report_flushed(kept);
                 }
             }
             Command::RequestWindow { .. } => self.request_window(),
@@ -311,13 +327,25 @@ impl ApplyLoop {
         self.state.bump();
     }
 
+    /// The log no longer holds the next window: the sequencer truncated past this replica
+    /// while it was away (it stops counting a replica absent for long) or cut off. Only a
+    /// restart catches up, from a fellow's checkpoint ([`super::checkpoint`]): this replica
+    /// stops (a node process exits).
+    fn behind_log(&self, why: &str) {
+        let next = self.step.next_epoch().0;
+        self.state.fail(format!(
+            "the log no longer holds window {next}, the next this replica needs ({why}); \
+             restart it to catch up from a fellow replica's checkpoint"
+        ));
+    }
+
     /// Tells the sequencer (in the background) that every window up to `epoch` is flushed here.
     fn report_flushed(&self, epoch: Epoch) {
         let (sequencer, shard, replica) =
             (self.sequencer.clone(), self.state.shard, self.state.replica as u32);
         self.handle.spawn(async move {
             if let Err(e) = sequencer.flushed(shard, replica, epoch).await {
-                // The next report, 30 s on, says as much and more.
+                // The next report, one flush interval on, says as much and more.
                 tracing::debug!(shard = shard.0, error = %e, "reporting flushed windows");
             }
         });

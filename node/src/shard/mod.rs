@@ -42,6 +42,7 @@
 //! denies.
 
 mod apply;
+mod checkpoint;
 mod peers;
 mod service;
 
@@ -65,11 +66,14 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use self::apply::ApplyLoop;
+use self::checkpoint::Checkpoints;
 use self::peers::GrpcPeers;
 use self::service::ShardService;
 use super::metrics::{Metric, ShardCounters};
 use crate::server::{STOP_GRACE, incoming, server, stop_server, warn_if_insecure};
-use client::{RefusalKind, RemoteSequencer, Tls, malformed, refuse, sized, stamp};
+use client::{
+    RefusalKind, RemoteError, RemoteSequencer, Tls, endpoint, malformed, refuse, sized, stamp,
+};
 use txn::{Distant, Executor, Outcome, Registry, ShardMap, Step, StepError};
 
 use crate::NodeError;
@@ -96,10 +100,13 @@ const DIGEST_CHECK: Duration = Duration::from_secs(1);
 const DIGESTS_KEPT: usize = 4096;
 
 /// Versions are kept this long beyond the retention period: a replica that restarts after
-/// being down replays the windows it missed with its peers' reads at each window's snapshot,
-/// which must still be there. A replica down for longer than this cannot catch up by replay
-/// (catch-up from a checkpoint is not built yet: issue 16).
+/// being down replays the windows it missed (since its own or a fellow's checkpoint) with its
+/// peers' reads at each window's snapshot, which must still be there.
 const REPLAY_ALLOWANCE: Duration = Duration::from_secs(3600);
+
+/// How many times a starting replica behind the log's truncation point tries its fellows for
+/// a checkpoint (a second apart) before it gives up and exits.
+const CATCH_UP_ATTEMPTS: u32 = 60;
 
 /// How to run a shard server.
 #[derive(Clone)]
@@ -123,8 +130,8 @@ pub struct ShardConfig {
     pub limits: Limits,
     /// How far back reads at a timestamp may go.
     pub retention: Duration,
-    /// How often the shard flushes its storage and tells the sequencer, which truncates the
-    /// log below what every replica flushed (default 30 s).
+    /// How often the shard checkpoints its storage and tells the sequencer, which truncates
+    /// the log below what every replica checkpointed (default 30 s).
     pub flush_interval: Duration,
     /// TLS for its server and its calls to the sequencer and peers; `None` runs without.
     pub tls: Option<Tls>,
@@ -147,8 +154,10 @@ struct State {
     clock: Arc<Clock>,
     mvcc: Arc<Mvcc>,
     retention: Duration,
-    /// How often it flushes its storage and reports that to the sequencer.
+    /// How often it checkpoints its storage and reports that to the sequencer.
     flush_interval: Duration,
+    /// Its checkpoints, for fellow replicas that catch up from them (none in memory).
+    checkpoints: Option<Checkpoints>,
     progress: Mutex<Progress>,
     /// Local verdicts of windows being applied, for peers that pull them.
     verdicts: Mutex<BTreeMap<Epoch, Vec<(TxnId, bool)>>>,
@@ -315,11 +324,19 @@ impl ShardNode {
                 config.map.len()
             )));
         }
-        let engine: Arc<dyn Engine> = match &config.dir {
-            Some(dir) => Arc::new(RocksEngine::open(dir)?),
-            None => Arc::new(MemoryEngine::new()),
+        let tls = config.tls.as_ref();
+        let sequencer = RemoteSequencer::lazy(&config.sequencer, clock.clone(), tls)?;
+        let (mvcc, checkpoints) = match &config.dir {
+            Some(dir) => {
+                let fellows = fellow_clients(&config)?;
+                let mvcc = open_caught_up(dir, &config, &sequencer, &fellows, &clock).await?;
+                (mvcc, Some(Checkpoints::open(dir)?))
+            }
+            None => {
+                let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+                (Arc::new(Mvcc::open(engine, config.limits)?), None)
+            }
         };
-        let mvcc = Arc::new(Mvcc::open(engine, config.limits)?);
         let executor =
             Executor::new(shard, config.map.clone(), config.procedures.clone(), config.limits);
         let step = Step::open(executor, config.map.clone(), mvcc.clone(), Arc::new(Distant))?
@@ -347,6 +364,7 @@ impl ShardNode {
             mvcc,
             retention: config.retention,
             flush_interval: config.flush_interval,
+            checkpoints,
             progress: Mutex::new(progress),
             verdicts: Mutex::new(BTreeMap::new()),
             outcomes: Mutex::new(HashMap::new()),
@@ -360,7 +378,6 @@ impl ShardNode {
             diverged: Mutex::new(None),
             counters: ShardCounters::default(),
         });
-        let tls = config.tls.as_ref();
         let peers = Arc::new(GrpcPeers::new(
             &config.peers,
             shard,
@@ -383,7 +400,6 @@ impl ShardNode {
                     let _ = stopped.await;
                 }),
         );
-        let sequencer = RemoteSequencer::lazy(&config.sequencer, clock, tls)?;
         warn_if_insecure(addr, tls, "shard");
         let handle = Handle::current();
         let thread_state = state.clone();
@@ -483,13 +499,100 @@ impl Drop for ShardNode {
     }
 }
 
+/// Clients of the shard's other replicas, by address.
+fn fellow_clients(config: &ShardConfig) -> Result<Vec<(String, ShardClient<Channel>)>, NodeError> {
+    let addrs = client::replica_addrs(&config.peers[config.shard.0 as usize]);
+    let tls = config.tls.as_ref();
+    let mut fellows = Vec::new();
+    for (r, addr) in addrs.into_iter().enumerate().filter(|(r, _)| *r != config.replica) {
+        let channel = endpoint(&addr, tls)
+            .map_err(|e| {
+                NodeError::Config(format!("replica {r} of shard {}: {e}", config.shard.0))
+            })?
+            .connect_lazy();
+        fellows.push((addr, sized!(ShardClient::new(channel))));
+    }
+    Ok(fellows)
+}
+
+/// Opens the shard's storage at `dir`, first installing a checkpoint transfer that completed
+/// before a restart. A replica whose next window the log no longer holds (it was down while
+/// the log was truncated past it, or it is new) fetches a fellow's checkpoint, installs it and
+/// opens that ([`checkpoint`]). A sequencer that cannot be reached is not waited for: the
+/// apply thread finds out when it subscribes.
+async fn open_caught_up(
+    dir: &std::path::Path,
+    config: &ShardConfig,
+    sequencer: &RemoteSequencer,
+    fellows: &[(String, ShardClient<Channel>)],
+    clock: &Clock,
+) -> Result<Arc<Mvcc>, NodeError> {
+    let shard = config.shard;
+    let mut failures = 0;
+    loop {
+        let expected = checkpoint::install_pending(dir)?;
+        let mvcc = Mvcc::open(Arc::new(RocksEngine::open(dir)?), config.limits)?;
+        if let Some(expected) = expected {
+            checkpoint::installed(dir, &mvcc, expected)?;
+        }
+        let next = mvcc.applied().map_or(Epoch(1), |w| w.window.next());
+        if fellows.is_empty() || !behind_log(sequencer, shard, next).await {
+            return Ok(Arc::new(mvcc));
+        }
+        drop(mvcc);
+        tracing::warn!(
+            shard = shard.0,
+            replica = config.replica,
+            window = next.0,
+            "the log no longer holds this replica's next window; catching up from a fellow \
+             replica's checkpoint"
+        );
+        if let Err(why) = checkpoint::fetch(dir, fellows, clock).await {
+            failures += 1;
+            if failures >= CATCH_UP_ATTEMPTS {
+                return Err(NodeError::Config(format!(
+                    "shard {} replica {}: behind the log's truncation point, and no fellow \
+                     replica gave a checkpoint in {failures} attempts: {why}",
+                    shard.0, config.replica
+                )));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Whether the sequencer refuses a subscription from `from` as truncated. A refusal of this
+/// node's clock is asked again for a few seconds: a node restarted at once after a crash runs
+/// up to a high-water lease ahead of physical time, which the others refuse until physical
+/// time gets there. Anything else (windows, a sequencer down) is not known to be truncated:
+/// the apply thread finds out when it subscribes.
+async fn behind_log(sequencer: &RemoteSequencer, shard: ShardId, from: Epoch) -> bool {
+    let deadline = tokio::time::Instant::now() + 5 * FENCED_RETRY;
+    loop {
+        let first = match sequencer.subscribe(shard, from).await {
+            Ok(mut deliveries) => {
+                let first = tokio::time::timeout(Duration::from_secs(5), deliveries.recv());
+                first.await.ok().flatten()
+            }
+            Err(e) => Some(Err(e)),
+        };
+        match first {
+            Some(Err(RemoteError::Refused { kind: RefusalKind::Truncated, .. })) => return true,
+            Some(Err(RemoteError::ClockSkew(_))) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(PEER_RETRY).await;
+            }
+            _ => return false,
+        }
+    }
+}
+
 fn shard_metrics(state: &State) -> Vec<Metric> {
     let c = &state.counters;
     let get = ShardCounters::get;
     let progress = state.progress();
     let lag = state.clock.physical_now().duration_since(progress.safe);
     let cache = state.mvcc.cache_stats();
-    vec![
+    let mut metrics = vec![
         Metric::counter("sealdb_shard_windows_applied_total", "Windows applied.", get(&c.windows)),
         Metric::counter(
             "sealdb_shard_entries_applied_total",
@@ -550,7 +653,21 @@ fn shard_metrics(state: &State) -> Vec<Metric> {
             "How far the shard's safe time is behind its physical clock.",
             lag.as_secs_f64(),
         ),
-    ]
+    ];
+    if let Some(taken) = state.checkpoints.as_ref().and_then(Checkpoints::latest) {
+        metrics.push(Metric::gauge(
+            "sealdb_shard_checkpoint_epoch",
+            "The last window of the newest checkpoint (the log is truncated below every \
+             replica's).",
+            taken.epoch.0 as f64,
+        ));
+        metrics.push(Metric::gauge(
+            "sealdb_shard_checkpoint_age_seconds",
+            "How long ago the newest checkpoint was taken.",
+            taken.at.elapsed().as_secs_f64(),
+        ));
+    }
+    metrics
 }
 
 /// Every [`DIGEST_CHECK`], asks this shard's other replicas for their applied window and its

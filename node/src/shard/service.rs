@@ -1,5 +1,6 @@
 //! [`ShardService`]: the shard's gRPC service: reads at a timestamp (for clients, and for
-//! peers' `Snap(e-1)`), its local verdicts, its transactions' outcomes and its status. Every
+//! peers' `Snap(e-1)`), its local verdicts, its transactions' outcomes, its status and its
+//! checkpoints for fellow replicas ([`checkpoint`](super::checkpoint)). Every
 //! wait is bounded ([`WAIT_LIMIT`](super::WAIT_LIMIT)); peer-only calls need a node's
 //! certificate when serving TLS.
 
@@ -9,6 +10,7 @@ use proto::v1;
 use proto::v1::shard_server::Shard as ShardRpc;
 use std::sync::Arc;
 use storage::StorageError;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
 use super::{State, lock};
@@ -231,6 +233,23 @@ impl ShardRpc for ShardService {
             outcome: stored.map(|(txn, o)| outcome_to_proto(txn, &o)),
             applied_epoch: applied.0,
         }))
+    }
+
+    type FetchCheckpointStream = ReceiverStream<Result<v1::CheckpointPart, Status>>;
+
+    async fn fetch_checkpoint(
+        &self,
+        request: Request<v1::FetchCheckpointRequest>,
+    ) -> Result<Response<Self::FetchCheckpointStream>, Status> {
+        require_node(&request, self.secure)?;
+        let state = &self.state;
+        observe_request(&state.clock, request.into_inner().hlc)?;
+        // A replica that failed or diverged has nothing a fellow should copy.
+        state.check_running()?;
+        let checkpoints = state.checkpoints.as_ref().ok_or_else(|| {
+            Status::not_found("this replica keeps its storage in memory: no checkpoints")
+        })?;
+        Ok(Response::new(ReceiverStream::new(checkpoints.serve(state.clock.clone())?)))
     }
 
     async fn status(

@@ -42,6 +42,7 @@ pub(crate) fn spec(
         group_timing: None,
         run_as: None,
         tls_dir,
+        reclamation: None,
     }
 }
 

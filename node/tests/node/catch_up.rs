@@ -1,0 +1,161 @@
+//! A replica catching up from a fellow's checkpoint, over real processes: two shards of two
+//! replicas, shards checkpointing every 200 ms, the log in 16 KiB segments and a replica
+//! silent for 1.5 s no longer holding it (client ids deduplicated for 0.5 s). List-append clients run throughout.
+//!
+//! 1. Replica 1 of shard 0 is killed with SIGKILL (aimed at a checkpoint under way). The log
+//!    is truncated past its watermark: a subscription from its next window is refused as
+//!    truncated.
+//! 2. It restarts, fetches replica 0's checkpoint (tens of MB: shard 0 holds large values),
+//!    and is killed again with SIGKILL in the middle of the transfer (paused first with SIGSTOP,
+//!    so that the test sees the transfer incomplete when it kills).
+//! 3. It restarts: the partial transfer is removed, a new one installed, the log's tail
+//!    replayed.
+//!
+//! Then the history must be strictly serializable (`adya`) with every acknowledged append
+//! present once, and both replicas of every shard must have applied the same windows with
+//! the same digest.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use client::{
+    Client, RefusalKind, RemoteError, RemoteSequencer, cluster_status, replicas_converged,
+};
+use clock::{Clock, Epoch};
+use node::{LocalProcesses, LocalSpec, Reclamation};
+use rand::{RngCore, SeedableRng};
+use sequencer::ShardId;
+use txn::builtin::put_args;
+
+use crate::cluster::{Clients, sealdb_start, spec, wait_ready};
+
+/// Shard 0's large values: their keys' first byte puts them on shard 0 of two.
+const BIG_VALUES: usize = 96;
+const BIG_VALUE_BYTES: usize = 512 << 10;
+
+/// Whether the sequencer refuses a subscription from `from` as truncated.
+async fn truncated_from(sequencer: &RemoteSequencer, shard: ShardId, from: Epoch) -> bool {
+    let first = match sequencer.subscribe(shard, from).await {
+        Ok(mut deliveries) => deliveries.recv().await,
+        Err(e) => Some(Err(e)),
+    };
+    matches!(first, Some(Err(RemoteError::Refused { kind: RefusalKind::Truncated, .. })))
+}
+
+/// The applied window of replica `replica` of `shard`, as the sequencer's status gives it.
+async fn applied(sequencer: &str, clock: &Clock, shard: u32, replica: u32) -> u64 {
+    let status = cluster_status(sequencer, clock, None).await.unwrap();
+    let found = status.shards.iter().find(|r| r.shard == shard && r.replica == replica);
+    found.map_or(0, |r| r.applied_epoch)
+}
+
+/// Polls, every millisecond for at most `patience`, until `path` exists.
+fn appears(path: &Path, patience: Duration) -> bool {
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
+}
+
+fn node_log(nodes: &LocalProcesses, i: usize) -> String {
+    std::fs::read_to_string(nodes.config(i).with_extension("log")).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_the_truncated_log_catches_up_from_a_fellows_checkpoint() {
+    let seed: u64 = std::env::var("SEALDB_SEED").map_or(23, |s| s.parse().unwrap());
+    eprintln!("catch-up test seed {seed} (rerun with SEALDB_SEED={seed})");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = LocalSpec {
+        shards: 2,
+        replicas: 2,
+        reclamation: Some(Reclamation {
+            flush_interval_ms: 200,
+            log_segment_bytes: 16 << 10,
+            absent_replica_ms: 1500,
+            dedup_retention_ms: 500,
+        }),
+        ..spec(dir.path(), sealdb_start(), None)
+    };
+    let mut nodes = LocalProcesses::spawn(&spec).unwrap();
+    let sequencer = nodes.sequencer.clone();
+    let clock = Arc::new(Clock::system(Duration::from_millis(1)));
+    wait_ready(&sequencer, &clock, None).await;
+    let client = Arc::new(Client::connect(&sequencer, clock.clone()).await.unwrap());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for i in 0..BIG_VALUES {
+        let mut value = vec![0u8; BIG_VALUE_BYTES];
+        rng.fill_bytes(&mut value);
+        client.call("kv.put", &put_args(format!("big-{i:03}").as_bytes(), &value)).await.unwrap();
+    }
+    let workload = Clients::paced(client.clone(), seed, 4, Duration::from_millis(20));
+    let remote = RemoteSequencer::lazy(&sequencer, clock.clone(), None).unwrap();
+    let behind = nodes.shard_node(0, 1);
+    let data = |suffix: &str| -> PathBuf {
+        nodes.config(behind).with_extension("").join(format!("rocksdb-{suffix}"))
+    };
+    let (incoming, taking) = (data("incoming"), data("checkpoints").join("taking"));
+
+    // 1. Killed, aimed at a checkpoint under way (one is taken every 200 ms).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mid_checkpoint = appears(&taking, Duration::from_secs(2));
+    nodes.kill(behind).unwrap();
+    eprintln!("SIGKILL shard 0 replica 1 (mid-checkpoint: {mid_checkpoint})");
+    // Its fellow, a little later, is past any window it had applied.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let watermark = applied(&sequencer, &clock, 0, 0).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !truncated_from(&remote, ShardId(0), Epoch(watermark + 1)).await {
+        assert!(Instant::now() < deadline, "the log was not truncated past window {watermark}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("the log no longer holds window {}", watermark + 1);
+
+    // 2. Killed in the middle of the transfer.
+    nodes.start(behind).unwrap();
+    assert!(appears(&incoming, Duration::from_secs(30)), "no transfer began");
+    std::thread::sleep(Duration::from_millis(5));
+    nodes.signal(behind, "STOP").unwrap();
+    let complete = incoming.join("SEALDB_CHECKPOINT").exists();
+    let files = std::fs::read_dir(&incoming).map(|d| d.count()).unwrap_or(0);
+    nodes.kill(behind).unwrap();
+    eprintln!("SIGKILL during the transfer: {files} files in, complete: {complete}");
+    assert!(!complete, "the transfer was over before the kill: make the checkpoint larger");
+
+    // 3. Restarted: it starts the transfer over and catches up.
+    nodes.start(behind).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let furthest = applied(&sequencer, &clock, 0, 0).await;
+        if applied(&sequencer, &clock, 0, 1).await + 5 >= furthest {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica 1 did not catch up: {}",
+            node_log(&nodes, behind)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = node_log(&nodes, behind);
+    for said in [
+        "removing a checkpoint transfer cut short",
+        "fetched a checkpoint",
+        "installing a fellow replica's checkpoint",
+        "caught up from a fellow replica's checkpoint",
+    ] {
+        assert!(log.contains(said), "its log does not say {said:?}:\n{log}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let totals = workload.finish(&client, seed, "catch-up").await;
+    assert_eq!(totals.get("unknown"), None, "seed {seed}: a call ended unknown: {totals:?}");
+    let converged = replicas_converged(&sequencer, &clock, None, Duration::from_secs(30)).await;
+    let converged = converged.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    eprintln!("replicas agree: {converged:?}");
+    nodes.stop();
+}
