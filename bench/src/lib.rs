@@ -23,6 +23,7 @@ pub mod jepsen;
 pub mod micro;
 pub mod mvcc;
 pub mod report;
+pub mod retention;
 pub mod tpcc;
 
 /// Every procedure a cluster node running the benchmarks needs (`bench node`): the built-in

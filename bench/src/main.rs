@@ -224,6 +224,27 @@ enum Workload {
         #[arg(long, default_value = "jepsen-report")]
         dir: PathBuf,
     },
+    /// Garbage collection under list-append: an embedded database with a short retention,
+    /// snapshots held until refused, compactions every 10 s; checked by adya and a model.
+    Retention {
+        /// Seconds the clients run.
+        #[arg(long, default_value_t = 600)]
+        duration: u64,
+        /// The retention in seconds.
+        #[arg(long, default_value_t = 5)]
+        retention: u64,
+        /// List-append client threads.
+        #[arg(long, default_value_t = 4)]
+        clients: u32,
+        /// Keys (lists).
+        #[arg(long, default_value_t = 2_000)]
+        keys: u64,
+        /// Each client's pause between transactions, in ms.
+        #[arg(long, default_value_t = 2)]
+        think_ms: u64,
+        #[command(flatten)]
+        run: RunArgs,
+    },
     /// Storage alone on RocksDB: apply windows, read back at timestamps, scan, GC, check.
     Mvcc {
         /// Windows to apply.
@@ -537,6 +558,59 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Workload::Retention {
+            duration,
+            retention,
+            clients,
+            keys,
+            think_ms,
+            run: RunArgs { seed, dir, json },
+        } => {
+            if duration == 0 || retention == 0 || clients == 0 || keys == 0 {
+                return usage_error(
+                    "--duration, --retention, --clients and --keys must be at least 1",
+                );
+            }
+            let opts = bench::retention::Options {
+                duration: Duration::from_secs(duration),
+                retention: Duration::from_secs(retention),
+                clients,
+                keys,
+                think: Duration::from_millis(think_ms),
+                seed,
+                dir,
+            };
+            eprintln!(
+                "retention: {clients} list-append clients over {keys} keys for {duration} s, \
+                 retention {retention} s (seed {seed})"
+            );
+            finish(bench::retention::run(&opts), json, |r| {
+                println!(
+                    "committed          {:>12}  ({:.0}/s)",
+                    r.committed,
+                    r.committed as f64 / r.seconds
+                );
+                println!("conflicts          {:>12}", r.conflicts);
+                println!(
+                    "snapshot reads     {:>12}  answered {}  refused below the horizon {}",
+                    r.snapshot_reads, r.answered, r.refused
+                );
+                println!("compactions        {:>12}", r.compactions);
+                println!("horizon lag        {:>12.1} s", r.horizon_lag_s);
+                println!("disk               {:>12.1} MiB", r.disk_bytes as f64 / (1 << 20) as f64);
+                println!(
+                    "adya               {:>12}  ({} ops, {:.1} s)",
+                    if r.adya_valid { "valid" } else { "INVALID" },
+                    r.history_ops,
+                    r.adya_s
+                );
+                for f in &r.failures {
+                    println!("FAILED: {f}");
+                }
+                println!("consistent: {}", r.consistent);
+                r.consistent
+            })
         }
         Workload::Mvcc { windows, writes, keys, value_bytes, run: RunArgs { seed, dir, json } } => {
             if windows == 0 || writes == 0 || keys == 0 {

@@ -515,6 +515,12 @@ impl Database {
         }
     }
 
+    /// The garbage-collection horizon of the shard holding `key`: reads of it below this
+    /// timestamp are refused ([`TxnError::OutsideRetention`]). It only rises.
+    pub fn gc_horizon(&self, key: &[u8]) -> Timestamp {
+        self.inner.shards[self.inner.map.shard_of(key).0 as usize].horizon()
+    }
+
     /// Compacts every shard's storage (one thread per shard), as after a bulk load: later
     /// reads search fewer files, and no compaction of the loaded data is left to compete with
     /// later writes. Transactions keep running meanwhile; what they see is unchanged.

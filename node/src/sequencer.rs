@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use clock::{Clock, Epoch, Timestamp};
@@ -313,6 +313,13 @@ impl SequencerNode {
                             epoch.0 as f64,
                         ),
                         Metric::gauge(
+                            "sealdb_sequencer_log_first_epoch",
+                            "The first committed window this member holds (older ones were \
+                             truncated, by a logged entry, once every shard replica had \
+                             checkpointed them).",
+                            g.first().0 as f64,
+                        ),
+                        Metric::gauge(
                             "sealdb_sequencer_group_term",
                             "The raft term: it rises with every election (leader changes).",
                             view.term as f64,
@@ -461,6 +468,8 @@ struct FlushedReports {
     /// By shard, by replica: the last window reported (none before a report) and when.
     reported: std::sync::Mutex<Vec<Vec<Report>>>,
     absent: std::time::Duration,
+    /// The group term the reports were gathered in (0 for a single sequencer).
+    term: AtomicU64,
 }
 
 /// A replica's last report (none yet), and when it came (or the sequencer started).
@@ -474,6 +483,18 @@ impl FlushedReports {
                 replicas.iter().map(|r| vec![(None, now); *r]).collect(),
             ),
             absent,
+            term: AtomicU64::new(0),
+        }
+    }
+
+    /// Forgets every report if `term` is a new leadership: a new leader counts a replica
+    /// absent only once it has not heard from it for `absent` itself.
+    fn reset_for_term(&self, term: u64, now: Instant) {
+        if self.term.swap(term, Ordering::SeqCst) != term {
+            let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+            for replicas in reported.iter_mut() {
+                replicas.iter_mut().for_each(|r| *r = (None, now));
+            }
         }
     }
 
@@ -682,15 +703,16 @@ impl SequencerRpc for SequencerService {
             tx,
         };
         let from = Epoch(r.from_epoch.max(1));
-        if let Backend::Single(s) = &self.sequencer {
-            let first = s.stats().log_first;
-            if from < first {
-                return Err(refuse(
-                    Code::OutOfRange,
-                    RefusalKind::Truncated,
-                    format!("window {from} is truncated from the log (the first kept is {first})"),
-                ));
-            }
+        let first = match &self.sequencer {
+            Backend::Single(s) => s.stats().log_first,
+            Backend::Group(g) => g.first(),
+        };
+        if from < first {
+            return Err(refuse(
+                Code::OutOfRange,
+                RefusalKind::Truncated,
+                format!("window {from} is truncated from the log (the first kept is {first})"),
+            ));
         }
         // One thread per subscription (there are at most MAX_SUBSCRIPTIONS): it reads the
         // windows it is behind from the log, then forwards live ones, until the subscriber goes
@@ -735,6 +757,14 @@ impl SequencerRpc for SequencerService {
         let r = request.into_inner();
         observe_request(&self.clock, r.hlc)?;
         self.logged(r.epoch)?;
+        if let Backend::Group(g) = &self.sequencer {
+            // Only the leader gathers reports (and proposes truncations); a new leader starts
+            // afresh, so that it hears every replica before counting any absent.
+            if let Err(leader) = g.leading() {
+                return Err(status_of(SequencerError::NotLeader { leader }));
+            }
+            self.flushed.reset_for_term(g.status().term, Instant::now());
+        }
         let all = self
             .flushed
             .report(r.shard as usize, r.replica as usize, Epoch(r.epoch), Instant::now())
@@ -746,8 +776,15 @@ impl SequencerRpc for SequencerService {
                 }
                 s.stats().log_first
             }
-            // A group keeps every committed window in its state machine (not built yet).
-            Backend::Group(_) => Epoch(1),
+            Backend::Group(g) => {
+                if let Some(all) = all
+                    && let Err(e) = g.truncate_below(all).await
+                {
+                    // A follower leaves it to the leader, which hears the same reports.
+                    tracing::debug!(error = %e, "truncating the group's windows");
+                }
+                g.first()
+            }
         };
         Ok(Response::new(v1::FlushedResponse { hlc: stamp(&self.clock), log_first: log_first.0 }))
     }

@@ -91,6 +91,8 @@ pub struct GroupSequencer {
     submissions: mpsc::Sender<(Entry, OnReceipt)>,
     want_window: Arc<Notify>,
     sealing: JoinHandle<()>,
+    /// The highest truncation this node proposed.
+    truncated: AtomicU64,
 }
 
 impl GroupSequencer {
@@ -114,7 +116,16 @@ impl GroupSequencer {
             stats: stats.clone(),
         };
         let sealing = tokio::spawn(sealer.run(queue));
-        GroupSequencer { id, stats, raft, view, submissions, want_window, sealing }
+        GroupSequencer {
+            id,
+            stats,
+            raft,
+            view,
+            submissions,
+            want_window,
+            sealing,
+            truncated: AtomicU64::new(0),
+        }
     }
 
     /// Submits `entry`; `on_receipt` gets its receipt once its window is committed, or why it
@@ -176,8 +187,34 @@ impl GroupSequencer {
         self.view.last()
     }
 
+    /// The first committed window the group still holds (older ones were truncated).
+    pub fn first(&self) -> Epoch {
+        self.view.first()
+    }
+
+    /// Proposes dropping the committed windows below `epoch` (every shard replica has them in
+    /// a checkpoint), if this node leads and no truncation at or past it was proposed here.
+    /// Applied by every member when committed.
+    pub async fn truncate_below(&self, epoch: Epoch) -> Result<(), SequencerError> {
+        if let Err(leader) = self.leading() {
+            return Err(SequencerError::NotLeader { leader });
+        }
+        if self.truncated.fetch_max(epoch.0, Ordering::SeqCst) >= epoch.0 {
+            return Ok(());
+        }
+        match self.raft.client_write(Proposal::truncate_below(epoch)).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // Proposed again with the next report.
+                self.truncated.fetch_min(epoch.0.saturating_sub(1), Ordering::SeqCst);
+                Err(SequencerError::Unavailable(format!("proposing a truncation: {e}")))
+            }
+        }
+    }
+
     /// Committed windows from `from` on, then idle ticks and later windows as they commit, in
-    /// order; at most `capacity` waiting. Ends when the receiver is dropped.
+    /// order; at most `capacity` waiting. Ends when the receiver is dropped, or when the
+    /// windows it needs next are truncated (a subscription from there is refused).
     pub fn subscribe(&self, from: Epoch, capacity: usize) -> mpsc::Receiver<Delivery> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let mut view = self.view.clone();
@@ -185,6 +222,9 @@ impl GroupSequencer {
             let mut next = Epoch(from.0.max(1));
             let mut told = Timestamp::ZERO;
             loop {
+                if next < view.first() {
+                    return; // truncated under a subscriber that fell that far behind
+                }
                 while let Some(window) = view.window(next) {
                     told = told.max(window.ts);
                     if tx.send(Delivery::Window(Arc::new(window))).await.is_err() {

@@ -14,8 +14,9 @@
 //! (`DIR/snapshot`, replaced atomically); after a restart openraft applies the committed
 //! entries after the snapshot again.
 //!
-//! Not yet bounded: committed windows are kept until the log is truncated below the shards'
-//! checkpoints (issue 16); deduplication ids are kept for `dedup_windows` windows.
+//! Bounded: committed windows are dropped below a logged truncation (`Proposal::truncate_below`,
+//! proposed by the leader once every shard replica has checkpointed past them), so snapshots
+//! stop growing; deduplication ids are kept for `dedup_windows` windows.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Cursor;
@@ -52,6 +53,12 @@ struct State {
 impl State {
     /// Applies a committed proposal.
     fn apply(&mut self, proposal: &Proposal, dedup_windows: usize) -> Sealed {
+        if let Some(below) = proposal.truncate_below {
+            // Never past the last window: the next one to commit stays deliverable.
+            let below = below.min(self.last_epoch + 1);
+            self.windows = self.windows.split_off(&below);
+            return Sealed { epoch: None, ts: self.last_ts, receipts: Vec::new() };
+        }
         if proposal.tick {
             // Later windows are stamped above it; a tick below the last changes nothing.
             self.last_ts = self.last_ts.max(proposal.ts);
@@ -109,6 +116,13 @@ impl StateView {
     /// Resolves once anything more is applied (a window or a tick), or the machine is gone.
     pub async fn changed(&mut self) {
         let _ = self.changed.changed().await;
+    }
+
+    /// The first committed window this node still holds (the ones before were truncated), or
+    /// the next to commit if it holds none.
+    pub fn first(&self) -> Epoch {
+        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+        Epoch(s.windows.keys().next().copied().unwrap_or(s.last_epoch + 1))
     }
 
     /// Committed window `epoch`, if this node has it.
@@ -305,5 +319,34 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_error(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(ts: u64, client_id: u128) -> Proposal {
+        let entry = ProposedEntry { client_id, participants: vec![0], payload: vec![1] };
+        Proposal { ts, entries: vec![entry], tick: false, truncate_below: None }
+    }
+
+    #[test]
+    fn a_truncation_drops_the_windows_below_it_and_nothing_else() {
+        let mut state = State::default();
+        for i in 1..=5u64 {
+            assert_eq!(state.apply(&window(i * 10, u128::from(i)), 100).epoch, Some(i));
+        }
+        let truncated = state.apply(&Proposal::truncate_below(Epoch(3)), 100);
+        assert_eq!((truncated.epoch, truncated.ts), (None, 50), "no window, no new timestamp");
+        assert_eq!(state.windows.keys().copied().collect::<Vec<_>>(), vec![3, 4, 5]);
+        // Deduplication is not affected: window 1's client id is still known.
+        assert!(state.apply(&window(60, 1), 100).receipts[0].duplicate);
+        // Never past the next window to commit, and never back.
+        state.apply(&Proposal::truncate_below(Epoch(99)), 100);
+        assert!(state.windows.is_empty());
+        state.apply(&Proposal::truncate_below(Epoch(2)), 100);
+        assert_eq!(state.apply(&window(70, 7), 100).epoch, Some(6));
+        assert_eq!(state.windows.keys().copied().collect::<Vec<_>>(), vec![6]);
     }
 }

@@ -4,7 +4,7 @@ use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clock::Timestamp;
+use clock::{Epoch, Timestamp};
 use sequencer::{ClientId, Entry, ShardId};
 use serde::{Deserialize, Serialize};
 
@@ -47,7 +47,12 @@ pub fn raft_config(
 /// A window the leader sealed, proposed to the group: its entries in log order and the
 /// leader's timestamp for it. The epoch is assigned when it is applied. A tick proposes no
 /// window: it only promises that every later window is stamped above `ts` (safe time that the
-/// group agreed on, so a deposed leader can never grant it).
+/// group agreed on, so a deposed leader can never grant it). A truncation proposes no window
+/// either: every member drops the committed windows below its epoch (every shard replica has
+/// them in a checkpoint).
+///
+/// The raft log and snapshots store proposals with postcard: the `truncate_below` field
+/// changed that format, and a group's data written before it does not open.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     /// The leader's HLC timestamp for the window (raised on apply if not above the last).
@@ -56,6 +61,8 @@ pub struct Proposal {
     pub entries: Vec<ProposedEntry>,
     /// An idle tick, not a window.
     pub tick: bool,
+    /// A truncation of the committed windows below this epoch, not a window.
+    pub truncate_below: Option<u64>,
 }
 
 /// One entry of a [`Proposal`], in a form that serializes.
@@ -93,12 +100,17 @@ impl Proposal {
     /// A proposal of `entries` at `ts`.
     pub fn new(ts: Timestamp, entries: &[Entry]) -> Proposal {
         let entries = entries.iter().map(ProposedEntry::from).collect();
-        Proposal { ts: ts.as_u64(), entries, tick: false }
+        Proposal { ts: ts.as_u64(), entries, tick: false, truncate_below: None }
     }
 
     /// An idle tick at `ts`.
     pub fn tick(ts: Timestamp) -> Proposal {
-        Proposal { ts: ts.as_u64(), entries: Vec::new(), tick: true }
+        Proposal { ts: ts.as_u64(), entries: Vec::new(), tick: true, truncate_below: None }
+    }
+
+    /// A truncation of the committed windows below `epoch`.
+    pub fn truncate_below(epoch: Epoch) -> Proposal {
+        Proposal { ts: 0, entries: Vec::new(), tick: false, truncate_below: Some(epoch.0) }
     }
 }
 

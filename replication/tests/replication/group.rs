@@ -213,8 +213,11 @@ impl Group {
             .iter()
             .map(|c| ProposedEntry { client_id: *c, participants: vec![0], payload: vec![1] })
             .collect();
-        let written =
-            self.raft(leader).client_write(Proposal { ts, entries, tick: false }).await.unwrap();
+        let written = self
+            .raft(leader)
+            .client_write(Proposal { ts, entries, tick: false, truncate_below: None })
+            .await
+            .unwrap();
         written.data.receipts
     }
 
@@ -315,7 +318,12 @@ async fn a_cut_off_minority_commits_nothing_and_catches_up_after_healing() {
     group.router.cut.lock().unwrap().insert(cut_off);
     // The node cut off cannot commit a window, whatever it believes.
     let isolated = group.raft(cut_off);
-    let write = isolated.client_write(Proposal { ts: 1, entries: Vec::new(), tick: false });
+    let write = isolated.client_write(Proposal {
+        ts: 1,
+        entries: Vec::new(),
+        tick: false,
+        truncate_below: None,
+    });
     let refused = tokio::time::timeout(Duration::from_secs(2), write).await;
     assert!(!matches!(refused, Ok(Ok(_))), "a cut-off node committed a window");
     // The majority goes on.

@@ -28,7 +28,12 @@ fn the_stores_keep_openraft_s_storage_contract() {
 fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
-        payload: EntryPayload::Normal(Proposal { ts: index, entries: Vec::new(), tick: false }),
+        payload: EntryPayload::Normal(Proposal {
+            ts: index,
+            entries: Vec::new(),
+            tick: false,
+            truncate_below: None,
+        }),
     }
 }
 

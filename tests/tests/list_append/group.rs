@@ -1,6 +1,7 @@
 //! A sequencer group of three nodes on loopback (raft over gRPC) with three shard servers;
 //! list-append through the `Client` while the group's leader is stopped: the history stays
-//! strictly serializable, and every committed append is in its list exactly once.
+//! strictly serializable, and every committed append is in its list exactly once; then the
+//! new leader logs a truncation below the shards' checkpoints, which every member applies.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -112,6 +113,19 @@ async fn list_append_through_a_sequencer_group_survives_its_leader_stopping() {
     }
     assert_eq!(leaders, 1.0);
     assert!(terms.iter().all(|t| *t >= 2.0), "an election happened: terms {terms:?}");
+    // The shards checkpoint every 200 ms and report to the new leader, which logs a
+    // truncation: every member drops the windows below it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for node in group.sequencers.values() {
+        loop {
+            let text = scrape(node.metrics_source()).await;
+            if metric(&text, "sealdb_sequencer_log_first_epoch") > 1.0 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never truncated: {text}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     for shard in group.shards {
         shard.shutdown().await;
     }
