@@ -15,6 +15,7 @@
 //! the benchmark and the tests depends on it.
 
 mod admin;
+pub mod backup;
 mod certs;
 mod config;
 mod error;
@@ -35,4 +36,4 @@ pub use crate::sequencer::{GroupSpec, MAX_SUBSCRIPTIONS, SequencerNode};
 pub use crate::server::{
     MAX_CONNECTIONS, MAX_STREAMS_PER_CONNECTION, STOP_GRACE, connection_limit,
 };
-pub use crate::shard::{ShardConfig, ShardNode};
+pub use crate::shard::{CheckpointMark, ShardConfig, ShardNode};

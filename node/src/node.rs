@@ -243,6 +243,16 @@ impl LocalProcesses {
 
     /// Writes the nodes' configurations under `spec.dir` and starts them.
     pub fn spawn(spec: &LocalSpec) -> Result<LocalProcesses, NodeError> {
+        let mut local = LocalProcesses::configure(spec)?;
+        for i in 0..local.nodes.len() {
+            local.start(i)?;
+        }
+        Ok(local)
+    }
+
+    /// Writes the nodes' configurations under `spec.dir`, starting none (to restore their data
+    /// from a backup first, say): [`LocalProcesses::start`] starts each.
+    pub fn configure(spec: &LocalSpec) -> Result<LocalProcesses, NodeError> {
         if spec.shards == 0 || spec.sequencers == 0 || spec.replicas == 0 || spec.command.is_empty()
         {
             return Err(NodeError::Config(
@@ -372,7 +382,7 @@ impl LocalProcesses {
         let sequencer = sequencers.join(",");
         let command = spec.command.clone();
         let shards = shards.iter().map(|r| r.join(",")).collect();
-        let mut local = LocalProcesses {
+        let local = LocalProcesses {
             sequencer,
             sequencers: n,
             shards,
@@ -382,9 +392,6 @@ impl LocalProcesses {
             run_as: spec.run_as,
             command,
         };
-        for i in 0..local.nodes.len() {
-            local.start(i)?;
-        }
         Ok(local)
     }
 

@@ -582,6 +582,33 @@ impl SequencerService {
         }
     }
 
+    /// Refuses a read of the log from `from` if the windows there were truncated.
+    fn check_kept(&self, from: Epoch) -> Result<(), Status> {
+        let first = match &self.sequencer {
+            Backend::Single(s) => s.stats().log_first,
+            Backend::Group(g) => g.first(),
+        };
+        match from < first {
+            true => Err(refuse(
+                Code::OutOfRange,
+                RefusalKind::Truncated,
+                format!("window {from} is truncated from the log (the first kept is {first})"),
+            )),
+            false => Ok(()),
+        }
+    }
+
+    /// A permit for one more stream of windows, or BUSY.
+    fn subscription_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.subscriptions.clone().try_acquire_owned().map_err(|_| {
+            refuse(
+                Code::ResourceExhausted,
+                RefusalKind::Busy,
+                format!("the sequencer serves at most {MAX_SUBSCRIPTIONS} subscriptions"),
+            )
+        })
+    }
+
     fn shard(&self, shard: u32) -> Result<ShardId, Status> {
         if shard >= self.shards {
             return Err(malformed(format!(
@@ -686,13 +713,7 @@ impl SequencerRpc for SequencerService {
         let r = request.into_inner();
         observe_request(&self.clock, r.hlc)?;
         let shard = self.shard(r.shard)?;
-        let permit = self.subscriptions.clone().try_acquire_owned().map_err(|_| {
-            refuse(
-                Code::ResourceExhausted,
-                RefusalKind::Busy,
-                format!("the sequencer serves at most {MAX_SUBSCRIPTIONS} subscriptions"),
-            )
-        })?;
+        let permit = self.subscription_permit()?;
         let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
         let forward = Forward {
             sequencer: self.sequencer.clone(),
@@ -703,17 +724,7 @@ impl SequencerRpc for SequencerService {
             tx,
         };
         let from = Epoch(r.from_epoch.max(1));
-        let first = match &self.sequencer {
-            Backend::Single(s) => s.stats().log_first,
-            Backend::Group(g) => g.first(),
-        };
-        if from < first {
-            return Err(refuse(
-                Code::OutOfRange,
-                RefusalKind::Truncated,
-                format!("window {from} is truncated from the log (the first kept is {first})"),
-            ));
-        }
+        self.check_kept(from)?;
         // One thread per subscription (there are at most MAX_SUBSCRIPTIONS): it reads the
         // windows it is behind from the log, then forwards live ones, until the subscriber goes
         // away, stalls, falls behind, or the node stops.
@@ -726,6 +737,56 @@ impl SequencerRpc for SequencerService {
                 }
             })
             .map_err(|e| Status::unavailable(format!("starting a subscription: {e}")))?;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type ReadLogStream = ReceiverStream<Result<v1::WindowSlice, Status>>;
+
+    async fn read_log(
+        &self,
+        request: Request<v1::ReadLogRequest>,
+    ) -> Result<Response<Self::ReadLogStream>, Status> {
+        require_node(&request, self.secure)?;
+        let r = request.into_inner();
+        observe_request(&self.clock, r.hlc)?;
+        let last = self.logged(r.to_epoch)?;
+        let from = Epoch(r.from_epoch.max(1));
+        let to = if r.to_epoch == 0 { last } else { Epoch(r.to_epoch) };
+        self.check_kept(from)?;
+        let permit = self.subscription_permit()?;
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+        let (sequencer, clock) = (self.sequencer.clone(), self.clock.clone());
+        let handle = tokio::runtime::Handle::current();
+        // Reading the log is blocking I/O: a thread of its own, as for subscriptions.
+        std::thread::Builder::new()
+            .name("sealdb-read-log".into())
+            .spawn(move || {
+                let _permit = permit;
+                let send = |item| handle.block_on(tx.send_timeout(item, SUBSCRIBER_STALL)).is_ok();
+                let mut next = from;
+                while next <= to {
+                    let windows = match read_windows(&sequencer, next, to) {
+                        Ok(windows) if windows.is_empty() => {
+                            Err(Status::internal(format!("window {next} is missing from the log")))
+                        }
+                        other => other,
+                    };
+                    let windows = match windows {
+                        Ok(windows) => windows,
+                        Err(status) => {
+                            send(Err(status));
+                            return;
+                        }
+                    };
+                    for w in windows.iter().take_while(|w| w.epoch <= to) {
+                        next = w.epoch.next();
+                        if !send(Ok(whole_window(&clock, w))) {
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| Status::unavailable(format!("starting a log read: {e}")))?;
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -787,6 +848,59 @@ impl SequencerRpc for SequencerService {
             }
         };
         Ok(Response::new(v1::FlushedResponse { hlc: stamp(&self.clock), log_first: log_first.0 }))
+    }
+}
+
+/// Up to [`CATCH_UP_WINDOWS`] windows from `from` (none past `to` for a group).
+fn read_windows(sequencer: &Backend, from: Epoch, to: Epoch) -> Result<Vec<Window>, Status> {
+    let truncated = |first: Epoch| {
+        refuse(
+            Code::OutOfRange,
+            RefusalKind::Truncated,
+            format!("window {from} was truncated from the log (the first kept is {first})"),
+        )
+    };
+    match sequencer {
+        Backend::Single(s) => {
+            s.log_reader().read(from, CATCH_UP_WINDOWS, CATCH_UP_BYTES).map_err(|e| match e {
+                SequencerError::Truncated { first, .. } => truncated(first),
+                e => Status::internal(format!("reading the log: {e}")),
+            })
+        }
+        Backend::Group(g) => {
+            let mut windows = Vec::new();
+            let mut next = from;
+            while next <= to && windows.len() < CATCH_UP_WINDOWS {
+                match g.window(next) {
+                    Some(w) => windows.push(w),
+                    None if next < g.first() => return Err(truncated(g.first())),
+                    None => break,
+                }
+                next = next.next();
+            }
+            Ok(windows)
+        }
+    }
+}
+
+/// Window `w` whole, every entry with its index, as `ReadLog` sends it.
+fn whole_window(clock: &Clock, w: &Window) -> v1::WindowSlice {
+    v1::WindowSlice {
+        hlc: stamp(clock),
+        epoch: w.epoch.0,
+        window_ts: w.ts.as_u64(),
+        entries: w
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| v1::SlicedEntry {
+                index: i as u32,
+                participants: e.participants.iter().map(|p| p.0).collect(),
+                payload: e.payload.to_vec(),
+                client_id: e.client_id.to_bytes(),
+            })
+            .collect(),
+        tick: false,
     }
 }
 

@@ -187,6 +187,11 @@ impl GroupSequencer {
         self.view.last()
     }
 
+    /// Committed window `epoch`, if this member holds it.
+    pub fn window(&self, epoch: Epoch) -> Option<sequencer::Window> {
+        self.view.window(epoch)
+    }
+
     /// The first committed window the group still holds (older ones were truncated).
     pub fn first(&self) -> Epoch {
         self.view.first()

@@ -114,6 +114,21 @@ impl WindowLog {
         WindowLog::open_with(dir, SEGMENT_BYTES)
     }
 
+    /// Creates an empty log in `dir` (which holds no log yet) whose first window will be
+    /// `first`: a copy of a log's windows from there on, as a backup writes it.
+    pub fn create_at(dir: impl AsRef<Path>, first: Epoch) -> Result<WindowLog, SequencerError> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        if !segment_paths(dir)?.is_empty() {
+            return Err(io_error(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::AlreadyExists, "it holds a log already"),
+            ));
+        }
+        create_segment(dir, &dir.join(segment_name(first)))?;
+        Ok(WindowLog::open(dir)?.0)
+    }
+
     /// [`WindowLog::open`] with segments of `segment_bytes` (tests use small ones).
     pub fn open_with(
         dir: impl AsRef<Path>,
@@ -215,9 +230,10 @@ impl WindowLog {
     /// Appends `window` and makes it durable (one fsync). It must follow the last window:
     /// the next epoch and a later timestamp.
     pub fn append(&mut self, window: &Window) -> Result<(), SequencerError> {
-        if let Some((epoch, ts)) = self.last
-            && (window.epoch != epoch.next() || window.ts <= ts)
-        {
+        // An empty log's first window is the one its first segment is named after.
+        let (epoch, ts) =
+            self.last.unwrap_or((Epoch(self.first().0.saturating_sub(1)), Timestamp::ZERO));
+        if window.epoch != epoch.next() || (self.last.is_some() && window.ts <= ts) {
             return Err(SequencerError::OutOfOrder {
                 epoch: window.epoch,
                 ts: window.ts,

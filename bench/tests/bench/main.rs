@@ -2,6 +2,8 @@
 //!
 //! - `tpcc`: the TPC-C-like benchmark end to end, embedded and on a cluster of processes.
 //! - `jepsen`: the fault suite's short schedule (`./dev jepsen` runs the full one).
+//! - `retention`: GC under list-append with a short retention, checked by `adya` and a model.
 
 mod jepsen;
+mod retention;
 mod tpcc;

@@ -249,28 +249,30 @@ impl Checkpoints {
 
 /// What a complete transfer's marker says the installed storage must hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Expected {
-    pub(super) epoch: Epoch,
-    pub(super) digest: u128,
+pub struct CheckpointMark {
+    /// The last window the checkpoint holds.
+    pub epoch: Epoch,
+    /// The chained digest of the windows up to it.
+    pub digest: u128,
 }
 
-impl Expected {
+impl CheckpointMark {
     fn encode(&self) -> String {
         format!("epoch {}\ndigest {:032x}\n", self.epoch.0, self.digest)
     }
 
-    fn decode(text: &str) -> Option<Expected> {
+    fn decode(text: &str) -> Option<CheckpointMark> {
         let mut lines = text.lines();
         let epoch = lines.next()?.strip_prefix("epoch ")?.parse().ok()?;
         let digest = u128::from_str_radix(lines.next()?.strip_prefix("digest ")?, 16).ok()?;
-        Some(Expected { epoch: Epoch(epoch), digest })
+        Some(CheckpointMark { epoch: Epoch(epoch), digest })
     }
 }
 
 /// Before the storage at `storage` is opened: installs a complete transfer (replacing the
 /// storage), removes one cut short, and returns what an installed checkpoint must hold once
 /// opened (its marker is still in the storage directory until [`installed`] removes it).
-pub(super) fn install_pending(storage: &Path) -> Result<Option<Expected>, NodeError> {
+pub(super) fn install_pending(storage: &Path) -> Result<Option<CheckpointMark>, NodeError> {
     let incoming = beside(storage, "incoming");
     let at = |p: &Path| {
         let p = p.to_path_buf();
@@ -288,7 +290,7 @@ pub(super) fn install_pending(storage: &Path) -> Result<Option<Expected>, NodeEr
     }
     let marker = storage.join(MARKER);
     match std::fs::read_to_string(&marker) {
-        Ok(text) => Expected::decode(&text).map(Some).ok_or_else(|| {
+        Ok(text) => CheckpointMark::decode(&text).map(Some).ok_or_else(|| {
             NodeError::Config(format!("{}: not a checkpoint marker", marker.display()))
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -298,7 +300,11 @@ pub(super) fn install_pending(storage: &Path) -> Result<Option<Expected>, NodeEr
 
 /// Checks that the installed storage, now open, holds what its transfer's manifest said,
 /// then removes the marker.
-pub(super) fn installed(storage: &Path, mvcc: &Mvcc, expected: Expected) -> Result<(), NodeError> {
+pub(super) fn installed(
+    storage: &Path,
+    mvcc: &Mvcc,
+    expected: CheckpointMark,
+) -> Result<(), NodeError> {
     let epoch = mvcc.applied().map_or(Epoch(0), |w| w.window);
     let digest = txn::stored_digest(mvcc).map_err(|e| NodeError::Config(e.to_string()))?;
     if (epoch, digest) != (expected.epoch, expected.digest) {
@@ -314,7 +320,10 @@ pub(super) fn installed(storage: &Path, mvcc: &Mvcc, expected: Expected) -> Resu
     }
     let marker = storage.join(MARKER);
     std::fs::remove_file(&marker).map_err(|e| NodeError::at(&marker, e))?;
-    tracing::info!(window = epoch.0, "caught up from a fellow replica's checkpoint");
+    tracing::info!(
+        window = epoch.0,
+        "opened an installed checkpoint (its watermark and digest check)"
+    );
     Ok(())
 }
 
@@ -330,7 +339,7 @@ pub(super) async fn fetch(
     let mut failures = Vec::new();
     for (addr, client) in fellows {
         let started = Instant::now();
-        match fetch_from(&incoming, client.clone(), clock).await {
+        match fetch_into(&incoming, client.clone(), clock).await {
             Ok((expected, bytes)) => {
                 tracing::info!(
                     fellow = %addr,
@@ -350,12 +359,13 @@ pub(super) async fn fetch(
     Err(failures.join("; "))
 }
 
-/// One transfer from one fellow into `incoming`: the checkpoint's marker and its size.
-async fn fetch_from(
+/// One transfer of a replica's newest checkpoint into the directory `incoming` (replaced),
+/// complete once this returns: the marker (what it holds) and its size in bytes.
+pub(crate) async fn fetch_into(
     incoming: &Path,
     mut client: ShardClient<Channel>,
     clock: &Clock,
-) -> Result<(Expected, u64), String> {
+) -> Result<(CheckpointMark, u64), String> {
     let incoming = incoming.to_path_buf();
     let blocking = |f: Box<dyn FnOnce() -> std::io::Result<()> + Send>| async move {
         tokio::task::spawn_blocking(f)
@@ -442,7 +452,7 @@ async fn fetch_from(
 }
 
 /// What a fellow's manifest promises, if it is well formed: plain, distinct file names.
-fn check_manifest(manifest: &v1::CheckpointManifest) -> Result<Expected, String> {
+fn check_manifest(manifest: &v1::CheckpointManifest) -> Result<CheckpointMark, String> {
     let digest = <[u8; 16]>::try_from(manifest.digest.as_slice())
         .map_err(|_| format!("a digest of {} bytes", manifest.digest.len()))?;
     if manifest.epoch == 0 || manifest.files.is_empty() || manifest.files.len() > MAX_FILES {
@@ -464,7 +474,7 @@ fn check_manifest(manifest: &v1::CheckpointManifest) -> Result<Expected, String>
             return Err(format!("a checkpoint file named {:?}", f.name));
         }
     }
-    Ok(Expected { epoch: Epoch(manifest.epoch), digest: u128::from_le_bytes(digest) })
+    Ok(CheckpointMark { epoch: Epoch(manifest.epoch), digest: u128::from_le_bytes(digest) })
 }
 
 #[cfg(test)]
@@ -513,7 +523,7 @@ mod tests {
         // A marker: the storage replaced, and the marker read back.
         std::fs::create_dir_all(&incoming).unwrap();
         std::fs::write(incoming.join("new.sst"), b"new").unwrap();
-        let expected = Expected { epoch: Epoch(42), digest: 0xabc };
+        let expected = CheckpointMark { epoch: Epoch(42), digest: 0xabc };
         std::fs::write(incoming.join(MARKER), expected.encode()).unwrap();
         assert_eq!(install_pending(&storage).unwrap(), Some(expected));
         assert!(!incoming.exists());

@@ -66,7 +66,9 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use self::apply::ApplyLoop;
+pub use self::checkpoint::CheckpointMark;
 use self::checkpoint::Checkpoints;
+pub(crate) use self::checkpoint::fetch_into;
 use self::peers::GrpcPeers;
 use self::service::ShardService;
 use super::metrics::{Metric, ShardCounters};

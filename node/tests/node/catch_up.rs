@@ -147,7 +147,7 @@ async fn a_replica_behind_the_truncated_log_catches_up_from_a_fellows_checkpoint
         "removing a checkpoint transfer cut short",
         "fetched a checkpoint",
         "installing a fellow replica's checkpoint",
-        "caught up from a fellow replica's checkpoint",
+        "opened an installed checkpoint",
     ] {
         assert!(log.contains(said), "its log does not say {said:?}:\n{log}");
     }

@@ -1,0 +1,127 @@
+//! `sealdb backup` of a cluster under load, and `sealdb restore` into a new cluster: two
+//! shards, checkpoints every 200 ms and the log in 16 KiB segments (so it is truncated while
+//! the writers run), writers putting keys of their own throughout. The new cluster, restored
+//! from the backup and started, holds every write acknowledged before the backup began, and
+//! takes new ones. A backup into a directory that is not empty, and a restore into a node
+//! that has data, are refused with nothing changed.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use client::Client;
+use clock::Clock;
+use node::{LocalProcesses, LocalSpec, Reclamation};
+use txn::ReadAt;
+use txn::builtin::put_args;
+
+use crate::cluster::{sealdb_start, spec, wait_ready};
+
+fn sealdb(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sealdb")).args(args).output().unwrap()
+}
+
+fn local_spec(dir: &Path) -> LocalSpec {
+    LocalSpec {
+        shards: 2,
+        reclamation: Some(Reclamation {
+            flush_interval_ms: 200,
+            log_segment_bytes: 16 << 10,
+            absent_replica_ms: 1500,
+            dedup_retention_ms: 500,
+        }),
+        ..spec(dir, sealdb_start(), None)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_under_load_restores_into_a_new_cluster_with_every_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = LocalProcesses::spawn(&local_spec(&dir.path().join("a"))).unwrap();
+    let sequencer = nodes.sequencer.clone();
+    let clock = Arc::new(Clock::system(Duration::from_millis(1)));
+    wait_ready(&sequencer, &clock, None).await;
+    let client = Arc::new(Client::connect(&sequencer, clock.clone()).await.unwrap());
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (client, acked, stop) = (client.clone(), acked.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    // Keys on both shards (the first byte splits them).
+                    let key = format!("{}/{w}/{n}", if n.is_multiple_of(2) { "a" } else { "z" });
+                    client
+                        .call("kv.put", &put_args(key.as_bytes(), &n.to_le_bytes()))
+                        .await
+                        .unwrap();
+                    acked.lock().unwrap().push((key, n));
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let backup = dir.path().join("backup");
+    let before = acked.lock().unwrap().clone();
+    let taken = tokio::task::spawn_blocking({
+        let (backup, sequencer) = (backup.clone(), sequencer.clone());
+        move || sealdb(&["backup", "--to", backup.to_str().unwrap(), "--addr", &sequencer])
+    })
+    .await
+    .unwrap();
+    let said = String::from_utf8_lossy(&taken.stderr);
+    assert!(taken.status.success(), "backup failed: {said}");
+    eprintln!("{said}{}", String::from_utf8_lossy(&taken.stdout));
+    let again = sealdb(&["backup", "--to", backup.to_str().unwrap(), "--addr", &sequencer]);
+    assert!(!again.status.success(), "a backup into a directory that is not empty");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let written = acked.lock().unwrap().len();
+    nodes.stop();
+
+    // A new cluster, restored before it first starts.
+    let mut restored = LocalProcesses::configure(&local_spec(&dir.path().join("b"))).unwrap();
+    for i in 0..restored.len() {
+        let config = restored.config(i).to_str().unwrap().to_string();
+        let done = sealdb(&["restore", "--from", backup.to_str().unwrap(), "--config", &config]);
+        assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+        eprintln!("{}", String::from_utf8_lossy(&done.stdout).trim());
+    }
+    let config = restored.config(1).to_str().unwrap().to_string();
+    let twice = sealdb(&["restore", "--from", backup.to_str().unwrap(), "--config", &config]);
+    assert!(!twice.status.success(), "a restore over data");
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("holds data already"));
+    for i in 0..restored.len() {
+        restored.start(i).unwrap();
+    }
+    let sequencer = restored.sequencer.clone();
+    wait_ready(&sequencer, &clock, None).await;
+    let client = Client::connect(&sequencer, clock.clone()).await.unwrap();
+    let snapshot = client.snapshot(ReadAt::Latest);
+    for (key, n) in &before {
+        let value = snapshot.get(key.as_bytes()).await.unwrap();
+        assert_eq!(value.as_deref(), Some(&n.to_le_bytes()[..]), "{key}, acknowledged before");
+    }
+    eprintln!(
+        "{} writes acknowledged before the backup, {written} in all: all there",
+        before.len()
+    );
+    client.call("kv.put", &put_args(b"after", b"restore")).await.unwrap();
+    let read = client.snapshot(ReadAt::Latest).get(b"after").await.unwrap();
+    assert_eq!(read.as_deref(), Some(&b"restore"[..]));
+    for shard in 0..2 {
+        let log = restored.config(1 + shard).with_extension("log");
+        let log = std::fs::read_to_string(log).unwrap();
+        assert!(log.contains("opened an installed checkpoint"), "shard {shard}:\n{log}");
+    }
+    restored.stop();
+}
