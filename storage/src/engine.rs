@@ -82,6 +82,12 @@ pub trait Engine: Send + Sync + 'static {
         let _ = horizon;
     }
 
+    /// About how many entries (versions and metadata) the engine holds, if it can tell
+    /// cheaply: RocksDB's own estimate, which counts a version until compaction drops it.
+    fn estimated_entries(&self) -> Option<u64> {
+        None
+    }
+
     /// Writes a consistent copy of what is stored (as of one point: every completed write
     /// or none of a batch) to `dir`, which must not exist, durably. Engines that keep nothing
     /// on disk refuse.

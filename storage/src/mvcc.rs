@@ -244,6 +244,12 @@ impl Mvcc {
         Ok(out)
     }
 
+    /// About how many versions (and metadata entries) the storage holds, if the engine can
+    /// tell cheaply ([`Engine::estimated_entries`]).
+    pub fn estimated_versions(&self) -> Option<u64> {
+        self.engine.estimated_entries()
+    }
+
     /// The garbage-collection horizon: reads below it are refused.
     pub fn horizon(&self) -> Timestamp {
         Timestamp::from_u64(self.horizon.load(Ordering::SeqCst))

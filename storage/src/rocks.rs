@@ -207,6 +207,10 @@ impl Engine for RocksEngine {
         self.horizon.fetch_max(horizon.as_u64(), Ordering::SeqCst);
     }
 
+    fn estimated_entries(&self) -> Option<u64> {
+        self.db.property_int_value("rocksdb.estimate-num-keys").ok().flatten()
+    }
+
     /// A RocksDB checkpoint: the memtables flushed, the SST files hard-linked (copied across
     /// file systems), a consistent point of the database that opens as one.
     fn checkpoint(&self, dir: &Path) -> Result<()> {

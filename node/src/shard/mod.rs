@@ -656,6 +656,21 @@ fn shard_metrics(state: &State) -> Vec<Metric> {
             lag.as_secs_f64(),
         ),
     ];
+    metrics.push(Metric::gauge(
+        "sealdb_shard_gc_horizon_lag_seconds",
+        "How far the garbage-collection horizon (reads below it are refused) is behind the \
+         shard's physical clock: the retention, and an hour for replicas' replays, when GC \
+         keeps up.",
+        state.clock.physical_now().duration_since(state.mvcc.horizon()).as_secs_f64(),
+    ));
+    if let Some(versions) = state.mvcc.estimated_versions() {
+        metrics.push(Metric::gauge(
+            "sealdb_shard_versions_estimate",
+            "About how many versions the shard's storage holds (RocksDB's estimate; versions \
+             below the horizon go as it compacts).",
+            versions as f64,
+        ));
+    }
     if let Some(taken) = state.checkpoints.as_ref().and_then(Checkpoints::latest) {
         metrics.push(Metric::gauge(
             "sealdb_shard_checkpoint_epoch",

@@ -193,6 +193,11 @@ async fn list_append_over_a_cluster_is_strictly_serializable() {
         let reads = metric(&text, "sealdb_shard_row_cache_hits_total")
             + metric(&text, "sealdb_shard_row_cache_misses_total");
         assert!(reads > 0.0, "point reads went through the row cache: {text}");
+        // Checkpoints are taken (every 200 ms here) and GC's horizon trails the clock.
+        assert!(metric(&text, "sealdb_shard_checkpoint_epoch") > 0.0, "{text}");
+        assert!(metric(&text, "sealdb_shard_checkpoint_age_seconds") < 30.0, "{text}");
+        assert!(metric(&text, "sealdb_shard_gc_horizon_lag_seconds") > 0.0, "{text}");
+        assert!(metric(&text, "sealdb_shard_versions_estimate") > 0.0, "{text}");
         committed += metric(&text, "sealdb_shard_committed_total");
         answered += metric(&text, "sealdb_shard_commit_seconds_count");
     }
