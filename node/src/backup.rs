@@ -177,7 +177,14 @@ async fn backup_once(
     let started = Instant::now();
     let unavailable = |e: String| Retry::Failed(NodeError::Stopped(e));
     let status = cluster_status(addr, clock, tls).await.map_err(|e| unavailable(e.to_string()))?;
-    let began_at = Epoch(status.sealed_epoch);
+    // A group's followers may not have applied the leader's last windows yet: the newest any
+    // member has is where the backup begins (the log is read from a member that has it).
+    let mut began_at = Epoch(status.sealed_epoch);
+    for member in addr.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        if let Ok(s) = cluster_status(member, clock, tls).await {
+            began_at = began_at.max(Epoch(s.sealed_epoch));
+        }
+    }
     let map = txn::ShardMap::new(status.splits.clone())
         .map_err(|e| unavailable(format!("the cluster's split keys: {e}")))?;
     let mut shards = Vec::new();
