@@ -30,6 +30,8 @@ use proto::v1::sequencer_client::SequencerClient;
 use proto::v1::shard_client::ShardClient;
 use sequencer::{ClientId, Entry, ShardId, Window, WindowLog};
 
+use crate::config::unhex;
+use crate::node::hex;
 use crate::shard::{CheckpointMark, fetch_into};
 use crate::{NodeConfig, NodeError, Role};
 use client::{
@@ -53,14 +55,6 @@ pub struct Manifest {
     /// The last window logged when the backup began: every transaction acknowledged before
     /// then is in the copy.
     pub began_at: Epoch,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 impl Manifest {

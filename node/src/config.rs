@@ -135,7 +135,8 @@ impl ShardFile {
     }
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
+/// The bytes hex digits `s` stand for (two per byte), if they are that.
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }

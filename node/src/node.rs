@@ -226,7 +226,8 @@ pub struct LocalProcesses {
     command: Vec<String>,
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// `bytes` as hex digits, two per byte.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
