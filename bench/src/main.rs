@@ -127,6 +127,9 @@ enum Workload {
         /// far, and older versions are collected.
         #[arg(long, default_value_t = 60)]
         retention: u64,
+        /// Each shard's RocksDB block cache in MiB (embedded).
+        #[arg(long, default_value_t = (storage::DEFAULT_BLOCK_CACHE_BYTES >> 20) as u64)]
+        block_cache_mib: u64,
         #[command(flatten)]
         cluster: ClusterArgs,
         #[command(flatten)]
@@ -280,6 +283,7 @@ fn main() -> ExitCode {
             pg_replace,
             report_every,
             retention,
+            block_cache_mib,
             backup_after,
             cluster,
             run: RunArgs { seed, dir, json },
@@ -331,7 +335,8 @@ fn main() -> ExitCode {
                         "tpcc: sealdb embedded, {warehouses} warehouse(s), {clients} clients, {mix:?} mix, {duration} s{scaled}"
                     );
                     let retention = std::time::Duration::from_secs(retention);
-                    bench::tpcc::run_sealdb(&opts, dir, shards, retention)
+                    let cache = usize::try_from(block_cache_mib << 20).unwrap_or(usize::MAX);
+                    bench::tpcc::run_sealdb(&opts, dir, shards, retention, cache)
                 }
                 (Backend::Postgres, Some(url)) if dir.is_none() && shards.is_none() => {
                     eprintln!(

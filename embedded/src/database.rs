@@ -65,6 +65,10 @@ pub struct Options {
     /// Bytes of each shard's row cache: the newest versions of recently used keys, which
     /// serve most reads of window execution (default 128 MiB; 0 turns it off).
     pub row_cache_bytes: usize,
+    /// Bytes of each shard's RocksDB block cache (default 256 MiB). A database that outgrows
+    /// it reads more blocks from the page cache: in the README's 30-minute soak, 1 GiB kept
+    /// the last third's throughput where 256 MiB let it fall 10-18%, at 1.3 GB more memory.
+    pub block_cache_bytes: usize,
     /// Keep shard data in memory (tests); the log still goes to a temporary directory.
     pub in_memory: bool,
     /// How often each shard flushes its storage, after which the log's segments below what
@@ -84,6 +88,7 @@ impl Default for Options {
             limits: Limits::default(),
             retention: Duration::from_secs(60),
             row_cache_bytes: storage::DEFAULT_ROW_CACHE_BYTES,
+            block_cache_bytes: storage::DEFAULT_BLOCK_CACHE_BYTES,
             in_memory: false,
             flush_interval: FLUSH_EVERY,
             procedures: Registry::new(),
@@ -360,7 +365,11 @@ impl Database {
             let engine: Arc<dyn Engine> = if options.in_memory {
                 Arc::new(MemoryEngine::new())
             } else {
-                Arc::new(RocksEngine::open(path.join(format!("shard-{}", s.0))).map_err(storage)?)
+                let dir = path.join(format!("shard-{}", s.0));
+                Arc::new(
+                    RocksEngine::open_with_block_cache(dir, options.block_cache_bytes)
+                        .map_err(storage)?,
+                )
             };
             let mvcc = Mvcc::open_with_cache(engine, options.limits, options.row_cache_bytes);
             shards.push(Arc::new(mvcc.map_err(storage)?));

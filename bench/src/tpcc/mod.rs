@@ -317,17 +317,21 @@ impl Sealdb {
         warehouses: u32,
         shards: u32,
     ) -> Result<Sealdb, String> {
-        Sealdb::open_with(dir, warehouses, shards, Options::default().retention)
+        let defaults = Options::default();
+        Sealdb::open_with(dir, warehouses, shards, defaults.retention, defaults.block_cache_bytes)
     }
 
-    /// [`Sealdb::open`] with reads at a timestamp (and old versions) kept for `retention`.
+    /// [`Sealdb::open`] with reads at a timestamp (and old versions) kept for `retention`, and
+    /// each shard's RocksDB block cache of `block_cache_bytes`.
     pub fn open_with(
         dir: Option<&std::path::Path>,
         warehouses: u32,
         shards: u32,
         retention: Duration,
+        block_cache_bytes: usize,
     ) -> Result<Sealdb, String> {
-        let mut options = procedures(Options { retention, ..Options::default() });
+        let mut options =
+            procedures(Options { retention, block_cache_bytes, ..Options::default() });
         let map = shard_map(warehouses, shards);
         options.row_cache_bytes = ROW_CACHE_BYTES / map.len() as usize;
         options.shard_map = Some(map);
@@ -765,8 +769,7 @@ fn check_backup(opts: &TpccOptions, shards: u32, check: &mut BackupCheck) -> Res
     let to = from.with_extension("restored");
     let result = (|| {
         embedded::restore(&from, &to).map_err(|e| e.to_string())?;
-        let restored =
-            Sealdb::open_with(Some(&to), opts.warehouses, shards, Duration::from_secs(60))?;
+        let restored = Sealdb::open(Some(&to), opts.warehouses, shards)?;
         let (_, districts) = restored.read(|s| check::facts(s, opts.warehouses))?;
         let loaded = u64::from(opts.population.customers);
         check.restored_new_orders =
@@ -785,12 +788,14 @@ pub fn run_sealdb(
     dir: Option<PathBuf>,
     shards: Option<u32>,
     retention: Duration,
+    block_cache_bytes: usize,
 ) -> Result<Report, String> {
     let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let dir = dir.unwrap_or_else(|| temp.path().join("tpcc"));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let shards = shards.unwrap_or(cores);
-    let backend = Sealdb::open_with(Some(&dir), opts.warehouses, shards, retention)?;
+    let backend =
+        Sealdb::open_with(Some(&dir), opts.warehouses, shards, retention, block_cache_bytes)?;
     eprintln!("  database in {}", dir.display());
     let load_s = load(&backend, opts)?;
     let before = backend.db.stats();

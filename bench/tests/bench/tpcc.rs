@@ -72,7 +72,8 @@ fn a_backup_under_load_restores_consistent_with_every_acknowledged_new_order() {
     };
     let retention = Duration::from_secs(60);
     let db = Some(dir.path().join("db"));
-    let report = bench::tpcc::run_sealdb(&opts, db, Some(2), retention).unwrap();
+    let cache = storage::DEFAULT_BLOCK_CACHE_BYTES;
+    let report = bench::tpcc::run_sealdb(&opts, db, Some(2), retention, cache).unwrap();
     let backup = report.backup.expect("a backup was taken");
     eprintln!("{backup:?}");
     assert!(backup.acked_new_orders > 0, "{backup:?}");
