@@ -117,7 +117,7 @@ impl Manifest {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), NodeError> {
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| NodeError::at(dir, e))
+    crate::shard::sync_dir(dir).map_err(|e| NodeError::at(dir, e))
 }
 
 /// Backs the cluster whose sequencer (or a member of whose group) is at `addr` up into `to`,

@@ -116,6 +116,24 @@ impl Backend {
             Backend::Group(_) => None,
         }
     }
+
+    /// The first window still held (the ones before were truncated).
+    fn first(&self) -> Epoch {
+        match self {
+            Backend::Single(s) => s.stats().log_first,
+            Backend::Group(g) => g.first(),
+        }
+    }
+}
+
+/// What a failed read of the log answers: TRUNCATED below the first window kept.
+fn log_read_error(e: SequencerError) -> Status {
+    match e {
+        SequencerError::Truncated { .. } => {
+            refuse(Code::OutOfRange, RefusalKind::Truncated, e.to_string())
+        }
+        e => Status::internal(format!("reading the log: {e}")),
+    }
 }
 
 /// A sequencer serving gRPC on a TCP address. [`SequencerNode::shutdown`] stops serving,
@@ -584,16 +602,9 @@ impl SequencerService {
 
     /// Refuses a read of the log from `from` if the windows there were truncated.
     fn check_kept(&self, from: Epoch) -> Result<(), Status> {
-        let first = match &self.sequencer {
-            Backend::Single(s) => s.stats().log_first,
-            Backend::Group(g) => g.first(),
-        };
+        let first = self.sequencer.first();
         match from < first {
-            true => Err(refuse(
-                Code::OutOfRange,
-                RefusalKind::Truncated,
-                format!("window {from} is truncated from the log (the first kept is {first})"),
-            )),
+            true => Err(log_read_error(SequencerError::Truncated { from, first })),
             false => Ok(()),
         }
     }
@@ -830,42 +841,31 @@ impl SequencerRpc for SequencerService {
             .flushed
             .report(r.shard as usize, r.replica as usize, Epoch(r.epoch), Instant::now())
             .map_err(|why| refuse(Code::InvalidArgument, RefusalKind::Malformed, why))?;
-        let log_first = match &self.sequencer {
+        match &self.sequencer {
             Backend::Single(s) => {
                 if let (Some(all), Some(feedback)) = (all, s.feedback()) {
                     feedback.durable(all);
                 }
-                s.stats().log_first
             }
             Backend::Group(g) => {
                 if let Some(all) = all
                     && let Err(e) = g.truncate_below(all).await
                 {
-                    // A follower leaves it to the leader, which hears the same reports.
+                    // Leadership lost meanwhile: the next leader hears the same reports.
                     tracing::debug!(error = %e, "truncating the group's windows");
                 }
-                g.first()
             }
-        };
+        }
+        let log_first = self.sequencer.first();
         Ok(Response::new(v1::FlushedResponse { hlc: stamp(&self.clock), log_first: log_first.0 }))
     }
 }
 
 /// Up to [`CATCH_UP_WINDOWS`] windows from `from` (none past `to` for a group).
 fn read_windows(sequencer: &Backend, from: Epoch, to: Epoch) -> Result<Vec<Window>, Status> {
-    let truncated = |first: Epoch| {
-        refuse(
-            Code::OutOfRange,
-            RefusalKind::Truncated,
-            format!("window {from} was truncated from the log (the first kept is {first})"),
-        )
-    };
     match sequencer {
         Backend::Single(s) => {
-            s.log_reader().read(from, CATCH_UP_WINDOWS, CATCH_UP_BYTES).map_err(|e| match e {
-                SequencerError::Truncated { first, .. } => truncated(first),
-                e => Status::internal(format!("reading the log: {e}")),
-            })
+            s.log_reader().read(from, CATCH_UP_WINDOWS, CATCH_UP_BYTES).map_err(log_read_error)
         }
         Backend::Group(g) => {
             let mut windows = Vec::new();
@@ -873,7 +873,13 @@ fn read_windows(sequencer: &Backend, from: Epoch, to: Epoch) -> Result<Vec<Windo
             while next <= to && windows.len() < CATCH_UP_WINDOWS {
                 match g.window(next) {
                     Some(w) => windows.push(w),
-                    None if next < g.first() => return Err(truncated(g.first())),
+                    None if next < g.first() => {
+                        let first = g.first();
+                        return Err(log_read_error(SequencerError::Truncated {
+                            from: next,
+                            first,
+                        }));
+                    }
                     None => break,
                 }
                 next = next.next();
@@ -1018,12 +1024,7 @@ impl Forward {
         let reader = sequencer.log_reader();
         while sequencer.last_logged().0.0 >= from.0.saturating_add(CATCH_UP_GAP) {
             let windows =
-                reader.read(from, CATCH_UP_WINDOWS, CATCH_UP_BYTES).map_err(|e| match e {
-                    SequencerError::Truncated { .. } => {
-                        refuse(Code::OutOfRange, RefusalKind::Truncated, e.to_string())
-                    }
-                    e => Status::internal(format!("reading the log: {e}")),
-                })?;
+                reader.read(from, CATCH_UP_WINDOWS, CATCH_UP_BYTES).map_err(log_read_error)?;
             if windows.is_empty() {
                 break; // the rest comes with the live windows
             }

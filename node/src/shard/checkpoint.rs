@@ -90,7 +90,7 @@ fn io(what: &Path, e: std::io::Error) -> StorageError {
 }
 
 /// Fsyncs a directory, so that the names created or removed in it last.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 

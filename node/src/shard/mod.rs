@@ -68,7 +68,7 @@ use tonic::{Code, Status};
 use self::apply::ApplyLoop;
 pub use self::checkpoint::CheckpointMark;
 use self::checkpoint::Checkpoints;
-pub(crate) use self::checkpoint::fetch_into;
+pub(crate) use self::checkpoint::{fetch_into, sync_dir};
 use self::peers::GrpcPeers;
 use self::service::ShardService;
 use super::metrics::{Metric, ShardCounters};
