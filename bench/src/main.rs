@@ -73,6 +73,21 @@ impl ClusterArgs {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Plan {
+    Serial,
+    Snapshot,
+}
+
+impl From<Plan> for txn::Plan {
+    fn from(plan: Plan) -> txn::Plan {
+        match plan {
+            Plan::Serial => txn::Plan::Serial,
+            Plan::Snapshot => txn::Plan::Snapshot,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Backend {
     Sealdb,
     Postgres,
@@ -85,9 +100,11 @@ enum Workload {
         /// Warehouses.
         #[arg(long, default_value_t = 4)]
         warehouses: u32,
-        /// Concurrent clients (client i's home warehouse is i mod W + 1).
-        #[arg(long, default_value_t = 8)]
-        clients: u32,
+        /// Concurrent clients (client i's home warehouse is i mod W + 1). A list (`8,64,256`)
+        /// runs each level in turn, each on a freshly loaded database, and ends with a row per
+        /// level.
+        #[arg(long, value_delimiter = ',', default_value = "8")]
+        clients: Vec<u32>,
         /// Seconds to run after loading.
         #[arg(long, default_value_t = 60)]
         duration: u64,
@@ -130,6 +147,11 @@ enum Workload {
         /// Each shard's RocksDB block cache in MiB (embedded).
         #[arg(long, default_value_t = (storage::DEFAULT_BLOCK_CACHE_BYTES >> 20) as u64)]
         block_cache_mib: u64,
+        /// How the embedded database's shards run single-shard procedures: once each,
+        /// serially after the window's validated entries, or on the snapshot with the others
+        /// and again if they lose validation.
+        #[arg(long, value_enum, default_value = "serial")]
+        plan: Plan,
         #[command(flatten)]
         cluster: ClusterArgs,
         #[command(flatten)]
@@ -284,14 +306,18 @@ fn main() -> ExitCode {
             report_every,
             retention,
             block_cache_mib,
+            plan,
             backup_after,
             cluster,
             run: RunArgs { seed, dir, json },
         } => {
-            if warehouses == 0 || clients == 0 || duration == 0 || shards == Some(0) {
+            if warehouses == 0 || clients.contains(&0) || duration == 0 || shards == Some(0) {
                 return usage_error(
                     "--warehouses, --clients, --duration and --shards must be at least 1",
                 );
+            }
+            if clients.len() > 16 || clients.iter().any(|&c| c > 4_096) {
+                return usage_error("--clients takes at most 16 levels of at most 4096 clients");
             }
             if scale_items < 1 || !(10..=3_000).contains(&scale_customers) || scale_items > 100_000
             {
@@ -301,50 +327,26 @@ fn main() -> ExitCode {
             }
             let population =
                 bench::tpcc::random::Population { items: scale_items, customers: scale_customers };
-            let opts = bench::tpcc::TpccOptions {
-                warehouses,
-                clients,
-                duration: std::time::Duration::from_secs(duration),
-                mix,
-                population,
-                seed,
-                report_every: std::time::Duration::from_secs(report_every),
-                backup_after: backup_after.map(std::time::Duration::from_secs),
-            };
             let scaled = if population.is_scaled() { " (SCALED population)" } else { "" };
             let target = match cluster.target() {
                 Ok(t) => t,
                 Err(e) => return usage_error(&e),
             };
-            let result = match (backend, pg_url) {
-                (Backend::Sealdb, None) if target.is_some() => {
-                    if dir.is_some() || shards.is_some() {
-                        return usage_error("--dir and --shards are for the embedded database");
-                    }
-                    let c = cluster.cluster.unwrap_or_default();
-                    eprintln!(
-                        "tpcc: sealdb cluster {c}, {warehouses} warehouse(s), {clients} clients, {mix:?} mix, {duration} s{scaled}"
-                    );
-                    bench::tpcc::cluster::run_cluster(&opts, target.as_ref().expect("checked"))
+            match (backend, &pg_url) {
+                (Backend::Sealdb, None)
+                    if target.is_some() && (dir.is_some() || shards.is_some()) =>
+                {
+                    return usage_error("--dir and --shards are for the embedded database");
                 }
                 (Backend::Postgres, _) if target.is_some() => {
                     return usage_error("--cluster is for --backend sealdb");
                 }
-                (Backend::Sealdb, None) => {
-                    eprintln!(
-                        "tpcc: sealdb embedded, {warehouses} warehouse(s), {clients} clients, {mix:?} mix, {duration} s{scaled}"
+                _ if plan != Plan::Serial && (target.is_some() || pg_url.is_some()) => {
+                    return usage_error(
+                        "--plan is for the embedded database (a cluster's shards use the default)",
                     );
-                    let retention = std::time::Duration::from_secs(retention);
-                    let cache = usize::try_from(block_cache_mib << 20).unwrap_or(usize::MAX);
-                    bench::tpcc::run_sealdb(&opts, dir, shards, retention, cache)
                 }
-                (Backend::Postgres, Some(url)) if dir.is_none() && shards.is_none() => {
-                    eprintln!(
-                        "tpcc: PostgreSQL at {url}, {warehouses} warehouse(s), {clients} clients, {mix:?} mix, {duration} s{scaled}"
-                    );
-                    bench::tpcc::run_postgres(&opts, &url, pg_replace)
-                }
-                (Backend::Postgres, Some(_)) => {
+                (Backend::Postgres, Some(_)) if dir.is_some() || shards.is_some() => {
                     return usage_error(
                         "--dir and --shards are for sealdb, not --backend postgres",
                     );
@@ -357,11 +359,84 @@ fn main() -> ExitCode {
                 (Backend::Sealdb, Some(_)) => {
                     return usage_error("--pg-url is for --backend postgres");
                 }
+                _ => {}
+            }
+            let sweep = clients.len() > 1;
+            let mut reports = Vec::new();
+            for (level, &clients) in clients.iter().enumerate() {
+                let opts = bench::tpcc::TpccOptions {
+                    warehouses,
+                    clients,
+                    duration: std::time::Duration::from_secs(duration),
+                    mix,
+                    population,
+                    seed,
+                    report_every: std::time::Duration::from_secs(report_every),
+                    backup_after: backup_after.map(std::time::Duration::from_secs),
+                };
+                let result = match (backend, &pg_url) {
+                    (Backend::Sealdb, None) if target.is_some() => {
+                        let c = cluster.cluster.as_deref().unwrap_or_default();
+                        eprintln!(
+                            "tpcc: sealdb cluster {c}, {warehouses} warehouse(s), {clients} clients, {mix:?} mix, {duration} s{scaled}"
+                        );
+                        bench::tpcc::cluster::run_cluster(&opts, target.as_ref().expect("checked"))
+                    }
+                    (Backend::Postgres, Some(url)) => {
+                        eprintln!(
+                            "tpcc: PostgreSQL at {url}, {warehouses} warehouse(s), {clients} clients, {mix:?} mix, {duration} s{scaled}"
+                        );
+                        // Each level after the first replaces the schema the one before made.
+                        bench::tpcc::run_postgres(&opts, url, pg_replace || level > 0)
+                    }
+                    _ => {
+                        eprintln!(
+                            "tpcc: sealdb embedded, {warehouses} warehouse(s), {clients} clients, {mix:?} mix, {duration} s{scaled}"
+                        );
+                        let embedded = bench::tpcc::Embedded {
+                            // A sweep loads each level into a directory of its own.
+                            dir: match &dir {
+                                Some(d) if sweep => Some(d.join(format!("clients-{clients}"))),
+                                d => d.clone(),
+                            },
+                            shards,
+                            retention: std::time::Duration::from_secs(retention),
+                            block_cache_bytes: usize::try_from(block_cache_mib << 20)
+                                .unwrap_or(usize::MAX),
+                            plan: plan.into(),
+                        };
+                        bench::tpcc::run_sealdb(&opts, &embedded)
+                    }
+                };
+                match result {
+                    Ok(report) => {
+                        print_tpcc(&report);
+                        reports.push(report);
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            if sweep {
+                print_tpcc_sweep(&reports);
+            }
+            let passed = reports.iter().all(|r| r.consistency);
+            let saved = match (sweep, json) {
+                (_, None) => Ok(()),
+                (false, Some(path)) => {
+                    bench::report::write_json(&path, &reports[0]).map_err(|e| (path, e))
+                }
+                (true, Some(path)) => {
+                    bench::report::write_json(&path, &reports).map_err(|e| (path, e))
+                }
             };
-            finish(result, json, |r| {
-                print_tpcc(r);
-                r.consistency
-            })
+            if let Err((path, e)) = saved {
+                eprintln!("error: writing {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+            if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
         Workload::Micro {
             workload,
@@ -672,6 +747,33 @@ fn finish<R: serde::Serialize>(
         return ExitCode::FAILURE;
     }
     if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// A client sweep's summary: a row per level, and which level committed the most.
+fn print_tpcc_sweep(reports: &[bench::tpcc::Report]) {
+    println!();
+    println!(
+        "{:>8} {:>10} {:>10} {:>12} {:>12} {:>12} {:>12}",
+        "clients", "txn/s", "tpmC", "NO p50 ms", "NO p99 ms", "re-executed", "consistency"
+    );
+    for r in reports {
+        let new_order = r.latency_ms.get("new_order");
+        let reexecuted = r.engine.map_or("-".to_string(), |e| format!("{:.1}%", e.reexecuted_pct));
+        println!(
+            "{:>8} {:>10.0} {:>10.0} {:>12.2} {:>12.2} {:>12} {:>12}",
+            r.clients,
+            r.throughput_tps,
+            r.tpmc,
+            new_order.map_or(f64::NAN, |l| l.p50),
+            new_order.map_or(f64::NAN, |l| l.p99),
+            reexecuted,
+            if r.consistency { "passed" } else { "FAILED" },
+        );
+    }
+    if let Some(best) = reports.iter().max_by(|a, b| a.throughput_tps.total_cmp(&b.throughput_tps))
+    {
+        println!("best: {} clients, {:.0} txn/s", best.clients, best.throughput_tps);
+    }
 }
 
 fn print_tpcc(r: &bench::tpcc::Report) {

@@ -43,8 +43,9 @@ use storage::{Engine, Epoch, KeyRange, Limits, MemoryEngine, Mvcc, RocksEngine, 
 use tokio::sync::oneshot;
 
 use txn::{
-    Command, Event, Executor, Outcome, OutcomeCounters, Peers, Procedure, Registry, Request, Rows,
-    ShardMap, Step, StepError, TxnError, participants, procedure_request, refused, stored_verdicts,
+    Command, Event, Executor, Outcome, OutcomeCounters, Peers, Plan, Procedure, Registry, Request,
+    Rows, ShardMap, Step, StepError, TxnError, participants, procedure_request, refused,
+    stored_verdicts,
 };
 
 /// How to open a [`Database`].
@@ -76,6 +77,9 @@ pub struct Options {
     pub flush_interval: Duration,
     /// The procedures `call` can run.
     pub procedures: Registry,
+    /// How shards run single-shard procedures (default [`Plan::Serial`]: once each, in id
+    /// order, after the window's validated entries).
+    pub plan: Plan,
 }
 
 impl Default for Options {
@@ -92,6 +96,7 @@ impl Default for Options {
             in_memory: false,
             flush_interval: FLUSH_EVERY,
             procedures: Registry::new(),
+            plan: Plan::default(),
         }
     }
 }
@@ -180,6 +185,8 @@ pub struct Stats {
     pub committed: u64,
     /// Of those, single-shard procedures committed by re-execution after losing validation.
     pub fallbacks: u64,
+    /// Of those, single-shard procedures committed by their one serial run.
+    pub serial: u64,
     /// Interactive transactions that failed validation.
     pub conflicts: u64,
     /// Transactions aborted.
@@ -414,7 +421,8 @@ impl Database {
         let mut threads = Vec::new();
         for s in map.shards() {
             let executor =
-                Executor::new(s, map.clone(), options.procedures.clone(), options.limits);
+                Executor::new(s, map.clone(), options.procedures.clone(), options.limits)
+                    .with_plan(options.plan);
             let peers = Arc::new(Local(inner.shards.clone()));
             let step = Step::open(executor, map.clone(), inner.shards[s.0 as usize].clone(), peers)
                 .map_err(|e| TxnError::Storage(e.to_string()))?
@@ -519,6 +527,7 @@ impl Database {
             entries: get(&c.entries),
             committed: get(&c.outcomes.committed),
             fallbacks: get(&c.outcomes.fallbacks),
+            serial: get(&c.outcomes.serial),
             conflicts: get(&c.outcomes.conflicts),
             aborts: get(&c.outcomes.aborts),
         }

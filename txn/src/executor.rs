@@ -32,6 +32,16 @@
 //! this window's writes) and their writes join the batch. Multi-shard procedures that lost
 //! are deferred to the front of the next window, identically on every participant.
 //!
+//! **The plan for single-shard procedures** ([`Plan`]). DESIGN.md runs them in phase A like
+//! every other entry ([`Plan::Snapshot`]). Under contention (TPC-C: every New-Order writes its
+//! district row, every Payment its warehouse row) nearly all of them lose in B and run twice.
+//! The default, [`Plan::Serial`], skips them in A and B and runs each once in D, in id order,
+//! where a loser would have run: the serial order keeps its documented shape (validated
+//! entries, then single-shard procedures in id order), nothing they write makes a validated
+//! entry lose (they come after all of them), and there is nothing of theirs to validate.
+//! A shard runs a window on one thread, so phase A gave them no parallelism to lose. Both plans
+//! are functions of the log alone; every replica of a shard must use the same one.
+//!
 //! Ids: entries deferred from the previous window come first (among themselves in their
 //! original id order), then this window's entries in log order. Determinism: the result is a
 //! function of the inputs alone; maps are ordered; storage errors are returned, never turned
@@ -104,6 +114,25 @@ enum Ran {
     Aborted(AbortReason),
     /// Interactive validation against the snapshot failed on this key.
     Stale(Vec<u8>),
+    /// Not run on the snapshot: a single-shard procedure the [`Plan::Serial`] plan runs once,
+    /// in phase D.
+    Later,
+}
+
+/// How a shard runs its single-shard procedures. Every replica of a shard must use the same
+/// plan (the verdicts of the window's other entries depend on it); the cluster's shard
+/// servers all use [`Plan::default`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Plan {
+    /// DESIGN.md section 4 as written: on `Snap(e-1)` with every other entry, validated,
+    /// and run again in phase D if they lost. Under contention most lose and run twice.
+    Snapshot,
+    /// Once each, in id order, in phase D, on the state the window's validated entries left
+    /// (as H-Store and VoltDB run a partition's transactions): nothing to validate, nothing
+    /// run twice, and no other entry loses to them. Their place in the serial order is the
+    /// same as a fallback's: after the validated entries.
+    #[default]
+    Serial,
 }
 
 #[derive(Debug)]
@@ -128,6 +157,7 @@ pub struct Executor {
     map: ShardMap,
     registry: Registry,
     limits: Limits,
+    plan: Plan,
 }
 
 /// A window after phases A and B, waiting for the final verdicts of its multi-shard entries.
@@ -144,7 +174,7 @@ pub struct WindowResult {
     /// The writes to apply atomically with the watermark.
     pub batch: VersionBatch,
     /// Every entry's outcome, except deferred ones: validated entries in id order, then
-    /// fallbacks in id order.
+    /// fallbacks (or serially run procedures) in id order.
     pub outcomes: Vec<Decided>,
     /// Multi-shard procedures that lost, for the front of the next window.
     pub deferred: Vec<Task>,
@@ -153,7 +183,17 @@ pub struct WindowResult {
 impl Executor {
     /// An executor for `shard`.
     pub fn new(shard: ShardId, map: ShardMap, registry: Registry, limits: Limits) -> Executor {
-        Executor { shard, map, registry, limits }
+        Executor { shard, map, registry, limits, plan: Plan::default() }
+    }
+
+    /// The executor with single-shard procedures run as `plan` says.
+    pub fn with_plan(self, plan: Plan) -> Executor {
+        Executor { plan, ..self }
+    }
+
+    /// How it runs single-shard procedures.
+    pub fn plan(&self) -> Plan {
+        self.plan
     }
 
     /// The shard.
@@ -189,6 +229,11 @@ impl Executor {
         }
         let mut verdicts = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
+            if matches!(e.ran, Ran::Later) {
+                // Runs after every validated entry: it neither loses nor makes others lose.
+                verdicts.push(None);
+                continue;
+            }
             let lower_writes = |k: &[u8]| lowest_writer.get(k).is_some_and(|&w| w < i);
             let waw = e.writes.keys().find(|k| self.is_local(k) && lower_writes(k));
             let raw = e.reads.iter().find(|k| lower_writes(k)).cloned().or_else(|| {
@@ -208,7 +253,7 @@ impl Executor {
             verdicts.push(conflict);
         }
         for (e, conflict) in entries.iter_mut().zip(verdicts) {
-            e.local_commit = conflict.is_none();
+            e.local_commit = conflict.is_none() && !matches!(e.ran, Ran::Later);
             e.conflict_key = conflict;
         }
         Ok(Validated { epoch, ts, entries })
@@ -230,6 +275,13 @@ impl Executor {
             conflict_key: None,
             task,
         };
+        if self.plan == Plan::Serial
+            && !e.task.multi_shard()
+            && matches!(e.task.request, Ok(Request::Procedure { .. }))
+        {
+            e.ran = Ran::Later;
+            return Ok(e);
+        }
         if let Ok(request) = &e.task.request
             && let Err(reason) = request.check(&self.limits)
         {
@@ -241,7 +293,7 @@ impl Executor {
         match &e.task.request {
             Err(why) => e.ran = Ran::Aborted(AbortReason::Malformed(why.to_string())),
             Ok(Request::Procedure { name, args, ranges }) => {
-                let mut ctx = ProcContext::new(ranges, snapshot, None, ts, self.limits);
+                let mut ctx = ProcContext::new(ranges, snapshot, None, ts, self.limits, true);
                 e.ran = self.run_procedure(name, args, &mut ctx)?;
                 if matches!(e.ran, Ran::Output(_)) {
                     e.writes = ctx.writes;
@@ -354,15 +406,12 @@ impl Executor {
                     outcomes.push(decided(txn, Outcome::Committed { ts, output }, position));
                 }
                 (true, Ran::Aborted(reason)) => {
-                    let position = match reason {
-                        AbortReason::User(_) | AbortReason::OutsideDeclaredRanges(_) => {
-                            at(Phase::Validated, &e.task)
-                        }
-                        _ => None,
-                    };
+                    let position =
+                        if reason.follows_reads() { at(Phase::Validated, &e.task) } else { None };
                     outcomes.push(decided(txn, Outcome::Aborted(reason), position));
                 }
                 (true, Ran::Stale(_)) => unreachable!("a stale read never wins a local verdict"),
+                (true, Ran::Later) => unreachable!("an entry run later has no verdict yet"),
                 (false, ran) => match (&e.task.request, ran) {
                     // Refused for size on every shard alike: retrying cannot help.
                     (Ok(Request::Interactive(_)), Ran::Aborted(reason)) => {
@@ -373,27 +422,40 @@ impl Executor {
                         outcomes.push(decided(txn, Outcome::Conflict { key }, None));
                     }
                     _ if e.task.multi_shard() => deferred.push(e.task),
-                    _ => fallbacks.push(e.task),
+                    (_, ran) => fallbacks.push((e.task, matches!(ran, Ran::Later))),
                 },
             }
         }
 
-        // D. Single-shard losers, one by one on the state so far.
-        for task in fallbacks {
-            let Ok(Request::Procedure { name, args, ranges }) = &task.request else {
+        // D. Single-shard losers (or, with the serial plan, every single-shard procedure), one
+        // by one on the state so far.
+        for (task, first_run) in fallbacks {
+            let Ok(request @ Request::Procedure { name, args, ranges }) = &task.request else {
                 unreachable!("only procedures fall back");
             };
-            let mut ctx = ProcContext::new(ranges, snapshot, Some(&state), ts, self.limits);
-            let ran = self.run_procedure(name, args, &mut ctx)?;
-            let position = at(Phase::Fallback, &task);
-            let outcome = match ran {
-                Ran::Output(output) => {
-                    let writes = std::mem::take(&mut ctx.writes);
-                    state.extend(writes);
-                    Outcome::Committed { ts, output }
+            let phase = if first_run { Phase::Serial } else { Phase::Fallback };
+            let ran = match request.check(&self.limits) {
+                // Checked in phase A for an entry run there.
+                Err(reason) => Ran::Aborted(reason),
+                Ok(()) => {
+                    let mut ctx =
+                        ProcContext::new(ranges, snapshot, Some(&state), ts, self.limits, false);
+                    let ran = self.run_procedure(name, args, &mut ctx)?;
+                    if matches!(ran, Ran::Output(_)) {
+                        state.extend(std::mem::take(&mut ctx.writes));
+                    }
+                    ran
                 }
+            };
+            let position = match (&ran, phase) {
+                // As for an entry refused in phase A: its reads played no part.
+                (Ran::Aborted(reason), Phase::Serial) if !reason.follows_reads() => None,
+                _ => at(phase, &task),
+            };
+            let outcome = match ran {
+                Ran::Output(output) => Outcome::Committed { ts, output },
                 Ran::Aborted(reason) => Outcome::Aborted(reason),
-                Ran::Stale(_) => unreachable!("procedures are never stale"),
+                Ran::Stale(_) | Ran::Later => unreachable!("procedures run here are never stale"),
             };
             outcomes.push(decided(task.txn, outcome, position));
         }
@@ -525,6 +587,8 @@ struct ProcContext<'a> {
     window_state: Option<&'a BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     now: Timestamp,
     limits: Limits,
+    /// Whether to record reads and scans (for validation; phase D does not validate).
+    record: bool,
     reads: Vec<Vec<u8>>,
     scans: Vec<KeyRange>,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -537,6 +601,7 @@ impl<'a> ProcContext<'a> {
         window_state: Option<&'a BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
         now: Timestamp,
         limits: Limits,
+        record: bool,
     ) -> ProcContext<'a> {
         ProcContext {
             declared: Declared::new(declared),
@@ -544,6 +609,7 @@ impl<'a> ProcContext<'a> {
             window_state,
             now,
             limits,
+            record,
             reads: Vec::new(),
             scans: Vec::new(),
             writes: BTreeMap::new(),
@@ -571,7 +637,9 @@ fn storage(e: StorageError) -> ProcError {
 impl Context for ProcContext<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, ProcError> {
         self.check_key(key)?;
-        self.reads.push(key.to_vec());
+        if self.record {
+            self.reads.push(key.to_vec());
+        }
         match self.pending(key) {
             Some(v) => Ok(v),
             None => self.snapshot.get(key).map_err(storage),
@@ -585,7 +653,9 @@ impl Context for ProcContext<'_> {
         if !self.declared.covers(range) {
             return Err(ProcError::OutsideDeclaredRanges { key: range.start.clone() });
         }
-        self.scans.push(range.clone());
+        if self.record {
+            self.scans.push(range.clone());
+        }
         // Pending writes in the range, own writes over the window's state.
         let mut pending: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
         if let Some(state) = self.window_state {

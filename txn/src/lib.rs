@@ -6,8 +6,9 @@
 //!
 //! - [`Request`]: a log entry's meaning: a call of a registered [`Procedure`], or the commit of
 //!   an optimistic interactive transaction ([`InteractiveCommit`]).
-//! - [`Executor`]: the window executor, exactly DESIGN.md's reference algorithm: snapshot
-//!   execution, reservations and verdicts, apply, fallback and deferral.
+//! - [`Executor`]: the window executor, DESIGN.md's reference algorithm (snapshot execution,
+//!   reservations and verdicts, apply, fallback and deferral), with single-shard procedures
+//!   run once each after the validated entries by default ([`Plan`]).
 //! - [`Step`]: one shard's window protocol as a state machine that takes [`Event`]s and
 //!   returns [`Command`]s; [`Tally`] is its count of a window's verdict exchange.
 //! - [`Outcome`]: how each transaction ended; [`Decided`] adds its [`SerialPosition`] in the
@@ -32,7 +33,7 @@ mod tally;
 mod transaction;
 
 pub use crate::error::TxnError;
-pub use crate::executor::{ExecError, Executor, SnapshotRead, Task, Validated, WindowResult};
+pub use crate::executor::{ExecError, Executor, Plan, SnapshotRead, Task, Validated, WindowResult};
 pub use crate::outcome::{
     AbortReason, Decided, Outcome, OutcomeCounters, Phase, SerialPosition, outcome_from_proto,
     outcome_to_proto,

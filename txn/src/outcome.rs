@@ -7,12 +7,13 @@ use storage::Epoch;
 
 /// Where a committed transaction sits in the serial order (DESIGN.md section 4): window by
 /// window; within a window, first the entries committed by validation in id order, then the
-/// re-executed single-shard procedures in id order.
+/// single-shard procedures run serially (re-executed after losing validation, or with
+/// [`Plan::Serial`](crate::Plan::Serial) run only there) in id order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SerialPosition {
     /// The window it committed in (later than its own for a deferred entry).
     pub epoch: Epoch,
-    /// Validation or fallback.
+    /// Validation, fallback or serial.
     pub phase: Phase,
     /// Deferred entries first, then the window's own, each in id order.
     pub order: (u8, u64, u32),
@@ -25,6 +26,9 @@ pub enum Phase {
     Validated,
     /// Re-executed serially after validation (single-shard procedures that lost).
     Fallback,
+    /// Run once, serially after validation ([`Plan::Serial`](crate::Plan::Serial)'s
+    /// single-shard procedures). A window has these or fallbacks, never both.
+    Serial,
 }
 
 /// Why a transaction was aborted. None of these is retryable: the same request would fail
@@ -41,6 +45,15 @@ pub enum AbortReason {
     TooLarge(String),
     /// The log entry could not be decoded.
     Malformed(String),
+}
+
+impl AbortReason {
+    /// Whether the abort was decided on what the transaction read (its own logic, or a key
+    /// it reached outside its ranges), so that it has a place in the serial order. The others
+    /// refuse the request as it is.
+    pub fn follows_reads(&self) -> bool {
+        matches!(self, AbortReason::User(_) | AbortReason::OutsideDeclaredRanges(_))
+    }
 }
 
 /// The end of a read-write transaction.
@@ -95,6 +108,8 @@ pub struct OutcomeCounters {
     pub committed: AtomicU64,
     /// Single-shard procedures committed by re-execution after losing validation.
     pub fallbacks: AtomicU64,
+    /// Single-shard procedures committed by their one serial run ([`Phase::Serial`]).
+    pub serial: AtomicU64,
     /// Interactive transactions that failed validation.
     pub conflicts: AtomicU64,
     /// Aborted.
@@ -108,6 +123,10 @@ impl OutcomeCounters {
             (Outcome::Committed { .. }, Some(p)) if p.phase == Phase::Fallback => {
                 self.committed.fetch_add(1, Ordering::Relaxed);
                 &self.fallbacks
+            }
+            (Outcome::Committed { .. }, Some(p)) if p.phase == Phase::Serial => {
+                self.committed.fetch_add(1, Ordering::Relaxed);
+                &self.serial
             }
             (Outcome::Committed { .. }, _) => &self.committed,
             (Outcome::Conflict { .. }, _) => &self.conflicts,

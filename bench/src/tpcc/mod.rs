@@ -317,21 +317,22 @@ impl Sealdb {
         warehouses: u32,
         shards: u32,
     ) -> Result<Sealdb, String> {
-        let defaults = Options::default();
-        Sealdb::open_with(dir, warehouses, shards, defaults.retention, defaults.block_cache_bytes)
+        Sealdb::open_with(dir, warehouses, shards, &Embedded::default())
     }
 
-    /// [`Sealdb::open`] with reads at a timestamp (and old versions) kept for `retention`, and
-    /// each shard's RocksDB block cache of `block_cache_bytes`.
+    /// [`Sealdb::open`] with `embedded`'s retention, block cache and plan.
     pub fn open_with(
         dir: Option<&std::path::Path>,
         warehouses: u32,
         shards: u32,
-        retention: Duration,
-        block_cache_bytes: usize,
+        embedded: &Embedded,
     ) -> Result<Sealdb, String> {
-        let mut options =
-            procedures(Options { retention, block_cache_bytes, ..Options::default() });
+        let mut options = procedures(Options {
+            retention: embedded.retention,
+            block_cache_bytes: embedded.block_cache_bytes,
+            plan: embedded.plan,
+            ..Options::default()
+        });
         let map = shard_map(warehouses, shards);
         options.row_cache_bytes = ROW_CACHE_BYTES / map.len() as usize;
         options.shard_map = Some(map);
@@ -604,6 +605,25 @@ pub struct Report {
     pub intervals: Vec<Interval>,
     /// The backup taken during the run, if one was asked for.
     pub backup: Option<BackupCheck>,
+    /// What the embedded engine did during the run (sealdb embedded only).
+    pub engine: Option<EngineWork>,
+}
+
+/// What an embedded sealdb's engine did during a run.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct EngineWork {
+    /// Windows applied.
+    pub windows: u64,
+    /// Log entries per window, on average.
+    pub entries_per_window: f64,
+    /// Single-shard procedures executed a second time after losing validation.
+    pub reexecuted: u64,
+    /// Those as a share of the entries, in percent.
+    pub reexecuted_pct: f64,
+    /// Single-shard procedures committed by their one serial run (the serial plan).
+    pub serial: u64,
+    /// Transactions aborted.
+    pub aborts: u64,
 }
 
 /// Runs the clients against a loaded `backend`, then the consistency checks.
@@ -755,6 +775,7 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
         load_s,
         intervals: intervals.into_inner().unwrap_or_else(|e| e.into_inner()),
         backup,
+        engine: None,
     })
 }
 
@@ -782,37 +803,64 @@ fn check_backup(opts: &TpccOptions, shards: u32, check: &mut BackupCheck) -> Res
     result
 }
 
-/// Loads and runs the benchmark on an embedded sealdb in `dir` (or a temporary directory).
-pub fn run_sealdb(
-    opts: &TpccOptions,
-    dir: Option<PathBuf>,
-    shards: Option<u32>,
-    retention: Duration,
-    block_cache_bytes: usize,
-) -> Result<Report, String> {
+/// How to open the embedded database the benchmark runs on.
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    /// Its directory (default: a temporary one, removed afterwards).
+    pub dir: Option<PathBuf>,
+    /// Shards (default: one per core).
+    pub shards: Option<u32>,
+    /// How far back reads at a timestamp go; older versions are collected.
+    pub retention: Duration,
+    /// Each shard's RocksDB block cache.
+    pub block_cache_bytes: usize,
+    /// How shards run single-shard procedures.
+    pub plan: txn::Plan,
+}
+
+impl Default for Embedded {
+    fn default() -> Embedded {
+        let defaults = Options::default();
+        Embedded {
+            dir: None,
+            shards: None,
+            retention: defaults.retention,
+            block_cache_bytes: defaults.block_cache_bytes,
+            plan: defaults.plan,
+        }
+    }
+}
+
+/// Loads and runs the benchmark on an embedded sealdb as `embedded` says.
+pub fn run_sealdb(opts: &TpccOptions, embedded: &Embedded) -> Result<Report, String> {
     let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let dir = dir.unwrap_or_else(|| temp.path().join("tpcc"));
+    let dir = embedded.dir.clone().unwrap_or_else(|| temp.path().join("tpcc"));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let shards = shards.unwrap_or(cores);
-    let backend =
-        Sealdb::open_with(Some(&dir), opts.warehouses, shards, retention, block_cache_bytes)?;
+    let shards = embedded.shards.unwrap_or(cores);
+    let backend = Sealdb::open_with(Some(&dir), opts.warehouses, shards, embedded)?;
     eprintln!("  database in {}", dir.display());
     let load_s = load(&backend, opts)?;
     let before = backend.db.stats();
-    let report = drive(&backend, opts, load_s)?;
+    let mut report = drive(&backend, opts, load_s)?;
     let after = backend.db.stats();
     let entries = after.entries - before.entries;
     let windows = (after.windows - before.windows).max(1);
+    let work = EngineWork {
+        windows,
+        entries_per_window: entries as f64 / windows as f64,
+        reexecuted: after.fallbacks - before.fallbacks,
+        reexecuted_pct: (after.fallbacks - before.fallbacks) as f64 * 100.0 / entries.max(1) as f64,
+        serial: after.serial - before.serial,
+        aborts: after.aborts - before.aborts,
+    };
     eprintln!(
         "  engine: {windows} windows, {:.1} entries per window, {} single-shard procedures \
-         re-executed after losing validation ({:.1}% of entries), {} aborts",
-        entries as f64 / windows as f64,
-        after.fallbacks - before.fallbacks,
-        (after.fallbacks - before.fallbacks) as f64 * 100.0 / entries.max(1) as f64,
-        after.aborts - before.aborts,
+         re-executed after losing validation ({:.1}% of entries), {} run once serially, {} \
+         aborts",
+        work.entries_per_window, work.reexecuted, work.reexecuted_pct, work.serial, work.aborts,
     );
+    report.engine = Some(work);
     backend.db.close().map_err(|e| e.to_string())?;
-    let mut report = report;
     if let Some(check) = &mut report.backup {
         check_backup(opts, shards, check)?;
         eprintln!(

@@ -70,10 +70,12 @@ fn a_backup_under_load_restores_consistent_with_every_acknowledged_new_order() {
         backup_after: Some(Duration::from_secs(2)),
         ..options(2, 4, 5)
     };
-    let retention = Duration::from_secs(60);
-    let db = Some(dir.path().join("db"));
-    let cache = storage::DEFAULT_BLOCK_CACHE_BYTES;
-    let report = bench::tpcc::run_sealdb(&opts, db, Some(2), retention, cache).unwrap();
+    let embedded = bench::tpcc::Embedded {
+        dir: Some(dir.path().join("db")),
+        shards: Some(2),
+        ..Default::default()
+    };
+    let report = bench::tpcc::run_sealdb(&opts, &embedded).unwrap();
     let backup = report.backup.expect("a backup was taken");
     eprintln!("{backup:?}");
     assert!(backup.acked_new_orders > 0, "{backup:?}");

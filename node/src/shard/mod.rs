@@ -612,6 +612,11 @@ fn shard_metrics(state: &State) -> Vec<Metric> {
             get(&c.outcomes.fallbacks),
         ),
         Metric::counter(
+            "sealdb_shard_serial_total",
+            "Of those, single-shard procedures run once, serially after the validated entries.",
+            get(&c.outcomes.serial),
+        ),
+        Metric::counter(
             "sealdb_shard_conflicts_total",
             "Interactive transactions that failed validation.",
             get(&c.outcomes.conflicts),

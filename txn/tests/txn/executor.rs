@@ -19,8 +19,8 @@ use sequencer::{ShardId, TxnId};
 use storage::{Epoch, KeyRange, Limits, MemoryEngine, Mvcc};
 use tests::kv::{num, point};
 use txn::{
-    AbortReason, Context, Decided, Executor, InteractiveCommit, Outcome, ProcError, Procedure,
-    Registry, Request, Rows, SerialPosition, ShardMap, ShardsAt, SnapshotRead, Task,
+    AbortReason, Context, Decided, Executor, InteractiveCommit, Outcome, Plan, ProcError,
+    Procedure, Registry, Request, Rows, SerialPosition, ShardMap, ShardsAt, SnapshotRead, Task,
 };
 
 const SHARDS: u32 = 3;
@@ -199,6 +199,10 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Cluster {
+        Cluster::with_plan(Plan::default())
+    }
+
+    fn with_plan(plan: Plan) -> Cluster {
         let map = map();
         let engines: Vec<MemoryEngine> = (0..SHARDS).map(|_| MemoryEngine::new()).collect();
         let shards = engines
@@ -207,7 +211,7 @@ impl Cluster {
             .collect();
         let executors = map
             .shards()
-            .map(|s| Executor::new(s, map.clone(), registry(), Limits::default()))
+            .map(|s| Executor::new(s, map.clone(), registry(), Limits::default()).with_plan(plan))
             .collect();
         Cluster {
             engines,
@@ -268,21 +272,27 @@ fn random_key(rng: &mut StdRng) -> Vec<u8> {
 
 #[test]
 fn every_window_equals_a_serial_execution_in_the_documented_order() {
-    let seeds: Vec<u64> = match std::env::var("SEALDB_SEED") {
-        Ok(s) => vec![s.parse().unwrap()],
-        Err(_) => (0..60).collect(),
-    };
-    let mut paths = Paths::default();
-    let all_seeds = seeds.len() > 1;
-    for seed in seeds {
-        eprintln!("serial oracle seed {seed} (rerun with SEALDB_SEED={seed})");
-        check_seed(seed, &mut paths);
-    }
-    eprintln!("paths exercised: {paths:?}");
-    if all_seeds {
-        // Otherwise the test could pass without exercising what it is about.
-        assert!(paths.fallbacks > 0 && paths.deferred > 0, "{paths:?}");
-        assert!(paths.conflicts > 0 && paths.user_aborts > 0 && paths.validated > 0, "{paths:?}");
+    for plan in [Plan::Snapshot, Plan::Serial] {
+        let seeds: Vec<u64> = match std::env::var("SEALDB_SEED") {
+            Ok(s) => vec![s.parse().unwrap()],
+            Err(_) => (0..60).collect(),
+        };
+        let mut paths = Paths::default();
+        let all_seeds = seeds.len() > 1;
+        for seed in seeds {
+            eprintln!("serial oracle, {plan:?} plan, seed {seed} (rerun with SEALDB_SEED={seed})");
+            check_seed(seed, plan, &mut paths);
+        }
+        eprintln!("{plan:?} plan: paths exercised: {paths:?}");
+        if all_seeds {
+            // Otherwise the test could pass without exercising what it is about.
+            assert!(paths.deferred > 0 && paths.conflicts > 0, "{plan:?}: {paths:?}");
+            assert!(paths.user_aborts > 0 && paths.validated > 0, "{plan:?}: {paths:?}");
+            match plan {
+                Plan::Snapshot => assert!(paths.fallbacks > 0 && paths.serial == 0, "{paths:?}"),
+                Plan::Serial => assert!(paths.serial > 0 && paths.fallbacks == 0, "{paths:?}"),
+            }
+        }
     }
 }
 
@@ -291,14 +301,15 @@ fn every_window_equals_a_serial_execution_in_the_documented_order() {
 struct Paths {
     validated: u64,
     fallbacks: u64,
+    serial: u64,
     deferred: u64,
     conflicts: u64,
     user_aborts: u64,
 }
 
-fn check_seed(seed: u64, paths: &mut Paths) {
+fn check_seed(seed: u64, plan: Plan, paths: &mut Paths) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::with_plan(plan);
     let mut submitted: BTreeMap<TxnId, Submitted> = BTreeMap::new();
     let mut decisions: BTreeMap<TxnId, (Outcome, Option<SerialPosition>)> = BTreeMap::new();
     let windows = 25;
@@ -336,6 +347,9 @@ fn check_seed(seed: u64, paths: &mut Paths) {
             (Outcome::Aborted(txn::AbortReason::User(_)), _) => paths.user_aborts += 1,
             (Outcome::Committed { .. }, Some(p)) if p.phase == txn::Phase::Fallback => {
                 paths.fallbacks += 1
+            }
+            (Outcome::Committed { .. }, Some(p)) if p.phase == txn::Phase::Serial => {
+                paths.serial += 1
             }
             (Outcome::Committed { .. }, Some(p)) if p.order.0 == 0 => paths.deferred += 1,
             (Outcome::Committed { .. }, _) => paths.validated += 1,
@@ -514,10 +528,16 @@ fn random_window(
 
 #[test]
 fn applying_the_same_windows_twice_gives_byte_identical_shards() {
+    for plan in [Plan::Snapshot, Plan::Serial] {
+        applying_the_same_windows_twice_gives_byte_identical_shards_with(plan);
+    }
+}
+
+fn applying_the_same_windows_twice_gives_byte_identical_shards_with(plan: Plan) {
     let seed = std::env::var("SEALDB_SEED").map_or(42, |s| s.parse().unwrap());
-    eprintln!("determinism seed {seed} (rerun with SEALDB_SEED={seed})");
+    eprintln!("determinism, {plan:?} plan, seed {seed} (rerun with SEALDB_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut first = Cluster::new();
+    let mut first = Cluster::with_plan(plan);
     let mut log = Vec::new();
     let mut submitted = BTreeMap::new();
     for w in 0..30 {
@@ -525,7 +545,7 @@ fn applying_the_same_windows_twice_gives_byte_identical_shards() {
         first.run_window(&entries);
         log.push(entries);
     }
-    let mut second = Cluster::new();
+    let mut second = Cluster::with_plan(plan);
     for entries in &log {
         second.run_window(entries);
     }
