@@ -108,6 +108,10 @@ enum Workload {
         /// Seconds to run after loading.
         #[arg(long, default_value_t = 60)]
         duration: u64,
+        /// Seconds the clients run before the measurement starts (TPC-C's ramp-up: caches
+        /// fill; nothing of it is counted).
+        #[arg(long, default_value_t = 0)]
+        warmup: u64,
         /// The transaction mix.
         #[arg(long, value_enum, default_value = "standard")]
         mix: bench::tpcc::Mix,
@@ -296,6 +300,7 @@ fn main() -> ExitCode {
             warehouses,
             clients,
             duration,
+            warmup,
             mix,
             scale_items,
             scale_customers,
@@ -373,6 +378,7 @@ fn main() -> ExitCode {
                     seed,
                     report_every: std::time::Duration::from_secs(report_every),
                     backup_after: backup_after.map(std::time::Duration::from_secs),
+                    warmup: std::time::Duration::from_secs(warmup),
                 };
                 let result = match (backend, &pg_url) {
                     (Backend::Sealdb, None) if target.is_some() => {

@@ -196,6 +196,10 @@ pub struct Stats {
     pub log_first: Epoch,
     /// Bytes of the log's files.
     pub log_bytes: u64,
+    /// Windows the log appended.
+    pub log_appends: u64,
+    /// Microseconds those appends took (write and fsync).
+    pub log_append_micros: u64,
 }
 
 impl Inner {
@@ -523,6 +527,8 @@ impl Database {
         Stats {
             log_first: log.log_first,
             log_bytes: log.log_bytes,
+            log_appends: log.windows,
+            log_append_micros: (log.append_seconds * 1e6) as u64,
             windows: get(&c.windows),
             entries: get(&c.entries),
             committed: get(&c.outcomes.committed),

@@ -31,8 +31,8 @@ use clock::Timestamp;
 use rocksdb::compaction_filter::{CompactionFilter, Decision};
 use rocksdb::compaction_filter_factory::{CompactionFilterContext, CompactionFilterFactory};
 use rocksdb::{
-    BlockBasedOptions, Cache, DB, DBCompressionType, DBRawIterator, Options, ReadOptions,
-    SliceTransform, WriteBatch, WriteOptions,
+    BlockBasedIndexType, BlockBasedOptions, Cache, DB, DBCompressionType, DBRawIterator, Options,
+    ReadOptions, SliceTransform, WriteBatch, WriteOptions,
 };
 
 use crate::engine::{Cursor, Engine, RawBatch, RawOp};
@@ -142,7 +142,17 @@ impl RocksEngine {
         table.set_bloom_filter(10.0, false);
         table.set_whole_key_filtering(false);
         table.set_block_cache(&Cache::new_lru_cache(block_cache_bytes));
+        // A 64 MiB table file has about 1 MiB of index and 2 MiB of filter. Whole, each file
+        // a compaction writes costs a reader 3 MiB of reads and checksums before its first
+        // lookup, and they crowd the cache as the database grows (the README's soak).
+        // Partitioned into 4 KiB blocks under a small pinned top level, a lookup reads the
+        // partitions it needs, cached like data blocks and evicted last.
+        table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+        table.set_partition_filters(true);
+        table.set_metadata_block_size(4096);
         table.set_cache_index_and_filter_blocks(true);
+        table.set_cache_index_and_filter_blocks_with_high_priority(true);
+        table.set_pin_top_level_index_and_filter(true);
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         opts.set_block_based_table_factory(&table);
         let horizon = Arc::new(AtomicU64::new(0));

@@ -235,6 +235,11 @@ pub trait Backend: Send + Sync {
     fn disk_bytes(&self) -> Option<u64> {
         None
     }
+    /// Log appends so far and the seconds they took (write and fsync), if this process
+    /// makes them.
+    fn log_appends(&self) -> Option<(u64, f64)> {
+        None
+    }
     /// Writes a consistent backup of the database to `to`, while clients run.
     fn backup(&self, to: &std::path::Path) -> Result<(), String> {
         Err(format!("{} has no backup here (to {})", self.name(), to.display()))
@@ -471,6 +476,11 @@ impl Backend for Sealdb {
         self.dir.as_deref().map(disk_usage)
     }
 
+    fn log_appends(&self) -> Option<(u64, f64)> {
+        let stats = self.db.stats();
+        Some((stats.log_appends, stats.log_append_micros as f64 / 1e6))
+    }
+
     fn backup(&self, to: &std::path::Path) -> Result<(), String> {
         self.db.backup(to).map(|_| ()).map_err(|e| e.to_string())
     }
@@ -524,6 +534,9 @@ pub struct TpccOptions {
     /// Back the database up this long into the run, to a directory next to it, while the
     /// clients go on; the run then restores it and checks it.
     pub backup_after: Option<Duration>,
+    /// How long the clients run before the measurement starts (TPC-C's ramp-up): caches
+    /// fill, and nothing of it is counted.
+    pub warmup: Duration,
 }
 
 /// A backup taken during a run, and what its restored copy held.
@@ -553,6 +566,9 @@ pub struct Interval {
     pub disk_bytes: Option<u64>,
     /// The process's resident memory at its end, if known.
     pub rss_bytes: Option<u64>,
+    /// The mean time of the interval's log appends (write and fsync) in milliseconds, if
+    /// this process makes them: what every transaction waits for.
+    pub log_append_ms: Option<f64>,
 }
 
 /// Latency percentiles of one transaction type, in milliseconds.
@@ -632,15 +648,16 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
     let completed = AtomicU64::new(0);
     let new_orders = AtomicU64::new(0);
     let intervals = std::sync::Mutex::new(Vec::new());
-    let started = Instant::now();
+    let measuring = AtomicBool::new(opts.warmup.is_zero());
     type ClientResult = Result<(BTreeMap<Kind, Latencies>, u64, u64), String>;
     // The backup's start, the New-Orders acknowledged then, and its seconds (or why it failed).
     type Taken = (f64, u64, Result<f64, String>);
-    let (results, backup_taken): (Vec<ClientResult>, Option<Taken>) = std::thread::scope(|s| {
+    let (results, backup_taken, started) = std::thread::scope(|s| {
         let mut backup = None;
         let clients: Vec<_> = (0..opts.clients)
             .map(|c| {
                 let (stop, completed, new_orders) = (&stop, &completed, &new_orders);
+                let measuring = &measuring;
                 let w = c % opts.warehouses + 1;
                 let mut generator =
                     Generator::new(opts.seed, c, w, opts.warehouses, opts.population, opts.mix);
@@ -649,42 +666,71 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
                     let (mut rollbacks, mut retries) = (0, 0);
                     while !stop.load(Ordering::Relaxed) {
                         let txn = generator.next_txn();
+                        // Counted only if it began once the warm-up was over.
+                        let counted = measuring.load(Ordering::SeqCst);
                         let t = Instant::now();
-                        match backend.execute(&txn, &mut retries) {
-                            Ok(Done::Committed) if txn.kind() == Kind::NewOrder => {
+                        let mut tried = 0;
+                        match backend.execute(&txn, &mut tried) {
+                            Ok(Done::Committed) if txn.kind() == Kind::NewOrder && counted => {
                                 new_orders.fetch_add(1, Ordering::SeqCst);
                             }
                             Ok(Done::Committed) => {}
-                            Ok(Done::RolledBack) => rollbacks += 1,
+                            Ok(Done::RolledBack) => rollbacks += u64::from(counted),
                             Err(e) => {
                                 stop.store(true, Ordering::Relaxed);
                                 return Err(e);
                             }
                         }
-                        samples.entry(txn.kind()).or_default().record(t.elapsed());
-                        completed.fetch_add(1, Ordering::Relaxed);
+                        if counted {
+                            retries += tried;
+                            samples.entry(txn.kind()).or_default().record(t.elapsed());
+                            completed.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     Ok((samples, rollbacks, retries))
                 })
             })
             .collect();
+        if !opts.warmup.is_zero() {
+            eprintln!("  warming up for {} s (not measured)", opts.warmup.as_secs());
+            let warm = Instant::now();
+            while warm.elapsed() < opts.warmup && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(
+                    opts.warmup.saturating_sub(warm.elapsed()).min(Duration::from_millis(100)),
+                );
+            }
+            measuring.store(true, Ordering::SeqCst);
+        }
+        let started = Instant::now();
         let every = opts.report_every.max(Duration::from_secs(1));
         let (mut report_at, mut reported) = (every, 0);
+        let mut appended = backend.log_appends();
         while started.elapsed() < opts.duration && !stop.load(Ordering::Relaxed) {
             let left = opts.duration.saturating_sub(started.elapsed());
             std::thread::sleep(left.min(Duration::from_millis(100)));
             if started.elapsed() >= report_at {
                 let done = completed.load(Ordering::Relaxed);
+                let now_appended = backend.log_appends();
+                let log_append_ms = match (appended, now_appended) {
+                    (Some((n0, s0)), Some((n1, s1))) if n1 > n0 => {
+                        Some((s1 - s0) * 1e3 / (n1 - n0) as f64)
+                    }
+                    _ => None,
+                };
+                appended = now_appended;
                 let row = Interval {
                     end_s: report_at.as_secs_f64(),
                     tps: (done - reported) as f64 / every.as_secs_f64(),
                     disk_bytes: backend.disk_bytes(),
                     rss_bytes: resident_bytes(),
+                    log_append_ms,
                 };
                 let mib = |b: Option<u64>| b.map_or("-".into(), |b| format!("{}", b >> 20));
+                let append =
+                    log_append_ms.map_or(String::new(), |ms| format!(", log append {ms:.3} ms"));
                 eprintln!(
                     "  {:>5} s: {done} transactions ({:.0}/s in the last {} s), disk {} MiB, \
-                     resident {} MiB",
+                     resident {} MiB{append}",
                     report_at.as_secs(),
                     row.tps,
                     every.as_secs(),
@@ -712,15 +758,15 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
             }
         }
         stop.store(true, Ordering::Relaxed);
-        let taken =
+        let taken: Option<Taken> =
             backup.map(|(at, acked, job): (f64, u64, std::thread::ScopedJoinHandle<'_, _>)| {
                 (at, acked, job.join().unwrap_or_else(|_| Err("the backup panicked".into())))
             });
-        let results = clients
+        let results: Vec<ClientResult> = clients
             .into_iter()
             .map(|c| c.join().unwrap_or_else(|_| Err("a client panicked".into())))
             .collect();
-        (results, taken)
+        (results, taken, started)
     });
     let elapsed = started.elapsed().as_secs_f64();
     let backup = match backup_taken {

@@ -24,6 +24,7 @@ fn options(warehouses: u32, clients: u32, secs: u64) -> TpccOptions {
         seed: 11,
         report_every: Duration::from_secs(5),
         backup_after: None,
+        warmup: Duration::ZERO,
     }
 }
 
