@@ -156,6 +156,10 @@ enum Workload {
         /// and again if they lose validation.
         #[arg(long, value_enum, default_value = "serial")]
         plan: Plan,
+        /// Shards write without RocksDB's write-ahead log (embedded): the window log alone
+        /// makes them durable, and a restart replays it from each shard's last flush.
+        #[arg(long)]
+        no_rocksdb_wal: bool,
         #[command(flatten)]
         cluster: ClusterArgs,
         #[command(flatten)]
@@ -312,6 +316,7 @@ fn main() -> ExitCode {
             retention,
             block_cache_mib,
             plan,
+            no_rocksdb_wal,
             backup_after,
             cluster,
             run: RunArgs { seed, dir, json },
@@ -346,9 +351,11 @@ fn main() -> ExitCode {
                 (Backend::Postgres, _) if target.is_some() => {
                     return usage_error("--cluster is for --backend sealdb");
                 }
-                _ if plan != Plan::Serial && (target.is_some() || pg_url.is_some()) => {
+                _ if (plan != Plan::Serial || no_rocksdb_wal)
+                    && (target.is_some() || pg_url.is_some()) =>
+                {
                     return usage_error(
-                        "--plan is for the embedded database (a cluster's shards use the default)",
+                        "--plan and --no-rocksdb-wal are for the embedded database",
                     );
                 }
                 (Backend::Postgres, Some(_)) if dir.is_some() || shards.is_some() => {
@@ -410,6 +417,7 @@ fn main() -> ExitCode {
                             block_cache_bytes: usize::try_from(block_cache_mib << 20)
                                 .unwrap_or(usize::MAX),
                             plan: plan.into(),
+                            rocksdb_wal: !no_rocksdb_wal,
                         };
                         bench::tpcc::run_sealdb(&opts, &embedded)
                     }

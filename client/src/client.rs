@@ -581,11 +581,13 @@ impl RemoteTransaction<'_> {
     }
 
     /// Submits the transaction and waits for its outcome: the commit timestamp, or the read
-    /// timestamp for a transaction that neither read nor wrote anything. Sizes are checked by
-    /// the shards (an oversize write aborts it with `TooLarge`).
+    /// timestamp for a transaction that wrote nothing (it commits there without a window: it
+    /// began at this client's `now`, above every commit returned before, by commit-wait, and
+    /// its reads waited for the shards' safe time to reach it). Sizes are checked by the
+    /// shards (an oversize write aborts it with `TooLarge`).
     pub async fn commit(self) -> Result<Timestamp, TxnError> {
         let read_ts = self.buffer.read_ts;
-        match self.buffer.into_request() {
+        match self.buffer.into_request(true) {
             None => Ok(read_ts),
             Some(request) => commit_ts(self.client.run(&request).await?),
         }

@@ -39,7 +39,9 @@ use clock::{Clock, SystemClock, Timestamp};
 use sequencer::{
     ClientId, Delivery, Entry, Feedback, SealerConfig, Sequencer, SequencerError, ShardId, TxnId,
 };
-use storage::{Engine, Epoch, KeyRange, Limits, MemoryEngine, Mvcc, RocksEngine, StorageError};
+use storage::{
+    Engine, Epoch, KeyRange, Limits, MemoryEngine, Mvcc, RocksEngine, RocksOptions, StorageError,
+};
 use tokio::sync::oneshot;
 
 use txn::{
@@ -66,9 +68,10 @@ pub struct Options {
     /// Bytes of each shard's row cache: the newest versions of recently used keys, which
     /// serve most reads of window execution (default 128 MiB; 0 turns it off).
     pub row_cache_bytes: usize,
-    /// Bytes of each shard's RocksDB block cache (default 256 MiB). A database that outgrows
-    /// it reads more blocks from the page cache: in the README's 30-minute soak, 1 GiB kept
-    /// the last third's throughput where 256 MiB let it fall 10-18%, at 1.3 GB more memory.
+    /// Bytes of each shard's RocksDB block cache (default 256 MiB). Index and filter blocks
+    /// are partitioned, so a lookup caches only the parts it needs: in the README's
+    /// 30-minute soak, 256 MiB a shard kept the last third's throughput as the database grew
+    /// to 3.7 GB.
     pub block_cache_bytes: usize,
     /// Keep shard data in memory (tests); the log still goes to a temporary directory.
     pub in_memory: bool,
@@ -80,6 +83,11 @@ pub struct Options {
     /// How shards run single-shard procedures (default [`Plan::Serial`]: once each, in id
     /// order, after the window's validated entries).
     pub plan: Plan,
+    /// Whether shards write through RocksDB's write-ahead log (default true). The window
+    /// log is durable before anything is applied, so it can serve alone, as Calvin's does:
+    /// without RocksDB's, a shard killed reopens at its last flush (at most `flush_interval`
+    /// old) and replays the windows after it from the log, which keeps them.
+    pub rocksdb_wal: bool,
 }
 
 impl Default for Options {
@@ -97,6 +105,7 @@ impl Default for Options {
             flush_interval: FLUSH_EVERY,
             procedures: Registry::new(),
             plan: Plan::default(),
+            rocksdb_wal: true,
         }
     }
 }
@@ -163,6 +172,9 @@ pub(crate) struct Inner {
     failure: Mutex<Option<String>>,
     client_salt: u64,
     next_client: AtomicU64,
+    /// The newest commit timestamp returned to a caller. A transaction that began when every
+    /// shard was safe at or above it saw every commit that had returned before it began.
+    pub(crate) returned_ts: AtomicU64,
     stats: StatCounters,
 }
 
@@ -377,10 +389,11 @@ impl Database {
                 Arc::new(MemoryEngine::new())
             } else {
                 let dir = path.join(format!("shard-{}", s.0));
-                Arc::new(
-                    RocksEngine::open_with_block_cache(dir, options.block_cache_bytes)
-                        .map_err(storage)?,
-                )
+                let rocks = RocksOptions {
+                    block_cache_bytes: options.block_cache_bytes,
+                    wal: options.rocksdb_wal,
+                };
+                Arc::new(RocksEngine::open_with(dir, rocks).map_err(storage)?)
             };
             let mvcc = Mvcc::open_with_cache(engine, options.limits, options.row_cache_bytes);
             shards.push(Arc::new(mvcc.map_err(storage)?));
@@ -420,6 +433,7 @@ impl Database {
             failure: Mutex::new(None),
             client_salt: RandomState::new().hash_one(std::process::id()),
             next_client: AtomicU64::new(0),
+            returned_ts: AtomicU64::new(0),
             stats: StatCounters::default(),
         });
         let mut threads = Vec::new();
@@ -589,6 +603,7 @@ impl Database {
         if let Some(ts) = self.commit_wait_for(&outcome) {
             self.inner.clock.commit_wait(ts);
         }
+        self.returning(&outcome);
         Ok(outcome)
     }
 
@@ -600,7 +615,15 @@ impl Database {
                 tokio::time::sleep(left).await;
             }
         }
+        self.returning(&outcome);
         Ok(outcome)
+    }
+
+    /// Notes a commit about to be returned to its caller ([`Inner::returned_ts`]).
+    fn returning(&self, outcome: &Outcome) {
+        if let Outcome::Committed { ts, .. } = outcome {
+            self.inner.returned_ts.fetch_max(ts.as_u64(), Ordering::SeqCst);
+        }
     }
 
     /// Registers for `request`'s outcome and submits it. The receiver gets the outcome, or why

@@ -1,6 +1,8 @@
 //! Read-only [`Snapshot`]s and optimistic interactive [`Transaction`]s of the embedded
 //! database (DESIGN.md section 3).
 
+use std::sync::atomic::Ordering;
+
 use clock::Timestamp;
 use storage::KeyRange;
 use txn::{
@@ -84,7 +86,10 @@ impl Database {
     /// Most callers want [`Database::transact`], which also retries.
     pub fn begin(&self) -> Result<Transaction<'_>, TxnError> {
         self.check_running()?;
-        Ok(Transaction { db: self, buffer: Buffer::new(self.safe_ts()) })
+        // Read before the safe time: a commit returned by then is at or below it.
+        let returned = Timestamp::from_u64(self.inner.returned_ts.load(Ordering::SeqCst));
+        let read_ts = self.safe_ts();
+        Ok(Transaction { db: self, buffer: Buffer::new(read_ts), complete: read_ts >= returned })
     }
 
     /// Runs `body` in a transaction and commits it, retrying on conflicts with back-off (up to
@@ -112,6 +117,8 @@ impl Database {
 pub struct Transaction<'a> {
     db: &'a Database,
     buffer: Buffer,
+    /// Whether its snapshot holds every commit returned to a caller before it began.
+    complete: bool,
 }
 
 impl Transaction<'_> {
@@ -155,10 +162,11 @@ impl Transaction<'_> {
     }
 
     /// Submits the transaction and waits for its outcome. Returns the commit timestamp, or the
-    /// read timestamp for a transaction that neither read nor wrote anything.
+    /// read timestamp for a transaction that wrote nothing and read a snapshot holding every
+    /// commit returned before it began (it commits there, without a window).
     pub fn commit(self) -> Result<Timestamp, TxnError> {
         let read_ts = self.buffer.read_ts;
-        match self.buffer.into_request() {
+        match self.buffer.into_request(self.complete) {
             None => Ok(read_ts),
             Some(request) => commit_ts(self.db.submit(&request)?),
         }
@@ -221,7 +229,7 @@ impl StoreTransaction for Transaction<'_> {
 
     async fn commit(self) -> Result<Timestamp, TxnError> {
         let read_ts = self.buffer.read_ts;
-        match self.buffer.into_request() {
+        match self.buffer.into_request(self.complete) {
             None => Ok(read_ts),
             Some(request) => commit_ts(self.db.submit_async(&request).await?),
         }

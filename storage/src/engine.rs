@@ -61,7 +61,9 @@ pub trait Engine: Send + Sync + 'static {
     }
 
     /// Applies `batch` atomically. With `sync`, the batch is durable against a machine crash
-    /// when this returns; without, only against a process crash.
+    /// when this returns; without, against a process crash at most, and not even that for a
+    /// RocksDB engine opened without its write-ahead log (`RocksOptions::wal`) until the
+    /// next [`Engine::flush`].
     fn write(&self, batch: RawBatch, sync: bool) -> Result<()>;
 
     /// Makes every completed write durable against a machine crash.

@@ -57,6 +57,26 @@ pub struct RocksEngine {
     path: PathBuf,
     /// The garbage-collection horizon compactions use.
     horizon: Arc<AtomicU64>,
+    /// Whether unsynced writes go through RocksDB's write-ahead log.
+    wal: bool,
+}
+
+/// How to open a [`RocksEngine`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RocksOptions {
+    /// Bytes of the block cache (default [`DEFAULT_BLOCK_CACHE_BYTES`]).
+    pub block_cache_bytes: usize,
+    /// Whether writes not asked to be synced go through RocksDB's write-ahead log (default
+    /// true). Without it they live in memory until a flush: a process that dies loses them,
+    /// and the caller must be able to redo them (sealdb's shards replay them from the window
+    /// log, which holds every window after the last flush). Synced writes always use it.
+    pub wal: bool,
+}
+
+impl Default for RocksOptions {
+    fn default() -> RocksOptions {
+        RocksOptions { block_cache_bytes: DEFAULT_BLOCK_CACHE_BYTES, wal: true }
+    }
 }
 
 const GC_FILTER: &CStr = c"sealdb.gc";
@@ -115,14 +135,12 @@ impl RocksEngine {
     /// Opens the database at `path`, creating it if missing, with a block cache of
     /// [`DEFAULT_BLOCK_CACHE_BYTES`].
     pub fn open(path: impl AsRef<Path>) -> Result<RocksEngine> {
-        RocksEngine::open_with_block_cache(path, DEFAULT_BLOCK_CACHE_BYTES)
+        RocksEngine::open_with(path, RocksOptions::default())
     }
 
-    /// [`RocksEngine::open`] with a block cache of `block_cache_bytes`.
-    pub fn open_with_block_cache(
-        path: impl AsRef<Path>,
-        block_cache_bytes: usize,
-    ) -> Result<RocksEngine> {
+    /// [`RocksEngine::open`] as `options` say.
+    pub fn open_with(path: impl AsRef<Path>, options: RocksOptions) -> Result<RocksEngine> {
+        let RocksOptions { block_cache_bytes, wal } = options;
         let path = path.as_ref().to_path_buf();
         let mut opts = Options::default();
         opts.create_if_missing(true);
@@ -158,7 +176,7 @@ impl RocksEngine {
         let horizon = Arc::new(AtomicU64::new(0));
         opts.set_compaction_filter_factory(GcFilterFactory { horizon: horizon.clone() });
         let db = DB::open(&opts, &path).map_err(|e| engine_error(&path, e))?;
-        Ok(RocksEngine { db, path, horizon })
+        Ok(RocksEngine { db, path, horizon, wal })
     }
 
     /// The database directory.
@@ -207,6 +225,7 @@ impl Engine for RocksEngine {
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
+        opts.disable_wal(!sync && !self.wal);
         self.db.write_opt(wb, &opts).map_err(|e| engine_error(&self.path, e))
     }
 

@@ -90,9 +90,15 @@ impl Buffer {
         self.writes.insert(key.to_vec(), value.map(<[u8]>::to_vec));
     }
 
-    /// The commit's log entry, or `None` if it neither read nor wrote anything.
-    pub fn into_request(self) -> Option<Request> {
-        if self.reads.is_empty() && self.scans.is_empty() && self.writes.is_empty() {
+    /// The commit's log entry, or `None` if it needs none: it neither read nor wrote
+    /// anything, or it wrote nothing and `complete` says its snapshot holds every commit
+    /// returned to a caller before it began. Such a transaction commits at `read_ts`, where
+    /// all its reads were made: one complete snapshot, so strictly serializable there without
+    /// a window. A read-only transaction whose snapshot may miss one is validated in a window
+    /// like any commit.
+    pub fn into_request(self, complete: bool) -> Option<Request> {
+        let read_nothing = self.reads.is_empty() && self.scans.is_empty();
+        if self.writes.is_empty() && (complete || read_nothing) {
             return None;
         }
         Some(Request::Interactive(InteractiveCommit {

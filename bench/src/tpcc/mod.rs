@@ -336,6 +336,7 @@ impl Sealdb {
             retention: embedded.retention,
             block_cache_bytes: embedded.block_cache_bytes,
             plan: embedded.plan,
+            rocksdb_wal: embedded.rocksdb_wal,
             ..Options::default()
         });
         let map = shard_map(warehouses, shards);
@@ -862,6 +863,8 @@ pub struct Embedded {
     pub block_cache_bytes: usize,
     /// How shards run single-shard procedures.
     pub plan: txn::Plan,
+    /// Whether shards write through RocksDB's write-ahead log.
+    pub rocksdb_wal: bool,
 }
 
 impl Default for Embedded {
@@ -873,6 +876,7 @@ impl Default for Embedded {
             retention: defaults.retention,
             block_cache_bytes: defaults.block_cache_bytes,
             plan: defaults.plan,
+            rocksdb_wal: defaults.rocksdb_wal,
         }
     }
 }

@@ -165,6 +165,32 @@ fn concurrent_transfers_across_shards_never_change_the_total() {
     assert_eq!(total(&db), ACCOUNTS * INITIAL);
 }
 
+/// A transaction that wrote nothing, whose snapshot holds every commit returned before it
+/// began, commits at its snapshot without a window; one that writes still takes one. On one
+/// shard the snapshot always holds them: the shard that returned a commit had applied it.
+#[test]
+fn a_read_only_transaction_commits_at_its_snapshot_without_a_window() {
+    let db = Database::open("unused", Options { shard_map: None, shards: 1, ..options() }).unwrap();
+    let mut tx = db.begin().unwrap();
+    tx.put(b"b/x", b"1").unwrap();
+    let written = tx.commit().unwrap();
+
+    let before = db.stats();
+    let mut tx = db.begin().unwrap();
+    let read_ts = tx.read_ts();
+    assert!(read_ts >= written, "began at {read_ts:?}, below the returned commit {written:?}");
+    assert_eq!(tx.get(b"b/x").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(tx.scan(&KeyRange::from(b"b/".to_vec()), 10).unwrap().len(), 1);
+    assert_eq!(tx.commit().unwrap(), read_ts);
+    assert_eq!(db.stats().entries, before.entries, "a read-only commit took a window");
+
+    let mut tx = db.begin().unwrap();
+    assert_eq!(tx.get(b"b/x").unwrap(), Some(b"1".to_vec()));
+    tx.put(b"b/y", b"2").unwrap();
+    assert!(tx.commit().unwrap() > read_ts);
+    assert_eq!(db.stats().entries, before.entries + 1, "a writing commit took no window");
+}
+
 #[test]
 fn concurrent_read_modify_writes_lose_no_update() {
     let db = Arc::new(Database::open("unused", options()).unwrap());
