@@ -433,24 +433,17 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            if sweep {
-                print_tpcc_sweep(&reports);
-            }
-            let passed = reports.iter().all(|r| r.consistency);
-            let saved = match (sweep, json) {
-                (_, None) => Ok(()),
-                (false, Some(path)) => {
-                    bench::report::write_json(&path, &reports[0]).map_err(|e| (path, e))
+            // Each level's report is printed; a sweep adds its summary and saves the list.
+            match reports.pop() {
+                Some(only) if reports.is_empty() => finish(Ok(only), json, |r| r.consistency),
+                last => {
+                    reports.extend(last);
+                    finish(Ok(reports), json, |reports| {
+                        print_tpcc_sweep(reports);
+                        reports.iter().all(|r| r.consistency)
+                    })
                 }
-                (true, Some(path)) => {
-                    bench::report::write_json(&path, &reports).map_err(|e| (path, e))
-                }
-            };
-            if let Err((path, e)) = saved {
-                eprintln!("error: writing {}: {e}", path.display());
-                return ExitCode::FAILURE;
             }
-            if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
         Workload::Micro {
             workload,
