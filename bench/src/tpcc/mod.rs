@@ -325,7 +325,7 @@ impl Sealdb {
         Sealdb::open_with(dir, warehouses, shards, &Embedded::default())
     }
 
-    /// [`Sealdb::open`] with `embedded`'s retention, block cache and plan.
+    /// [`Sealdb::open`] with `embedded`'s retention, block cache, plan and WAL choice.
     pub fn open_with(
         dir: Option<&std::path::Path>,
         warehouses: u32,
