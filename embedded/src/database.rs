@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clock::{Clock, SystemClock, Timestamp};
 use sequencer::{
@@ -184,6 +184,44 @@ struct StatCounters {
     windows: AtomicU64,
     entries: AtomicU64,
     outcomes: OutcomeCounters,
+    /// Nanoseconds of the shard threads, all shards together, by what they spent them on.
+    shard_nanos: [AtomicU64; ShardTime::PARTS],
+}
+
+/// Where the shard threads' time went since the database was opened, in microseconds summed
+/// over the shards: what makes a window wait, when they are not working.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardTime {
+    /// Waiting for the next window, none in progress.
+    pub awaiting_window: u64,
+    /// Waiting with a window executed for its log append (write and fsync) to finish.
+    pub awaiting_durable: u64,
+    /// Waiting for another shard: to apply the window before (remote reads of `Snap(e-1)`)
+    /// or to post its local verdicts of this window.
+    pub awaiting_peer: u64,
+    /// Writing windows' batches to storage (and flushing it).
+    pub writing: u64,
+    /// Everything else: executing windows, reading storage, answering callers.
+    pub working: u64,
+}
+
+impl ShardTime {
+    const PARTS: usize = 5;
+
+    fn from_nanos(nanos: &[AtomicU64; ShardTime::PARTS]) -> ShardTime {
+        let [awaiting_window, awaiting_durable, awaiting_peer, writing, working] =
+            std::array::from_fn(|i| nanos[i].load(Ordering::Relaxed) / 1_000);
+        ShardTime { awaiting_window, awaiting_durable, awaiting_peer, writing, working }
+    }
+}
+
+/// Indexes of [`StatCounters::shard_nanos`], in [`ShardTime`]'s order.
+#[derive(Clone, Copy)]
+enum Spent {
+    AwaitingWindow,
+    AwaitingDurable,
+    AwaitingPeer,
+    Writing,
 }
 
 /// What the database has done since it was opened.
@@ -212,6 +250,12 @@ pub struct Stats {
     pub log_appends: u64,
     /// Microseconds those appends took (write and fsync).
     pub log_append_micros: u64,
+    /// Where the shard threads' time went.
+    pub shard_time: ShardTime,
+    /// Bytes the shards' row caches hold now.
+    pub row_cache_bytes: u64,
+    /// Memory the shards' storage engines hold now.
+    pub engine_memory: storage::EngineMemory,
 }
 
 impl Inner {
@@ -459,7 +503,8 @@ impl Database {
                         step,
                         window_entries: 0,
                         feedback,
-                        flushed_at: std::time::Instant::now(),
+                        flushed_at: Instant::now(),
+                        inside: 0,
                     };
                     // A panic (a bug, or a procedure that panics) fails the database like any
                     // error: otherwise the other shards and every caller would wait forever.
@@ -550,6 +595,14 @@ impl Database {
             serial: get(&c.outcomes.serial),
             conflicts: get(&c.outcomes.conflicts),
             aborts: get(&c.outcomes.aborts),
+            shard_time: ShardTime::from_nanos(&c.shard_nanos),
+            row_cache_bytes: self.inner.shards.iter().map(|m| m.cache_stats().bytes).sum(),
+            engine_memory: self
+                .inner
+                .shards
+                .iter()
+                .map(|m| m.engine_memory())
+                .fold(storage::EngineMemory::default(), |a, b| a + b),
         }
     }
 
@@ -759,7 +812,9 @@ struct ShardLoop {
     /// and when every shard has made a window durable, so the log may drop older ones.
     feedback: Feedback,
     /// When this shard last flushed its storage.
-    flushed_at: std::time::Instant,
+    flushed_at: Instant,
+    /// Nanoseconds of the event being handled spent waiting for peers or writing.
+    inside: u64,
 }
 
 impl ShardLoop {
@@ -767,7 +822,14 @@ impl ShardLoop {
         self.step.handle(Event::Started)?;
         self.perform()?;
         loop {
-            let event = match deliveries.recv_timeout(Duration::from_millis(100)) {
+            let waiting = match self.step.is_busy() {
+                true => Spent::AwaitingDurable,
+                false => Spent::AwaitingWindow,
+            };
+            let since = Instant::now();
+            let delivery = deliveries.recv_timeout(Duration::from_millis(100));
+            self.spent(waiting, since);
+            let event = match delivery {
                 Ok(Delivery::Window(w)) => {
                     self.window_entries = w.entries.len();
                     Event::Window {
@@ -785,8 +847,23 @@ impl ShardLoop {
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             };
+            let since = Instant::now();
             self.step.handle(event)?;
             self.perform()?;
+            // Working: what the waits and writes inside did not take.
+            let nanos = since.elapsed().as_nanos() as u64;
+            let elsewhere = std::mem::take(&mut self.inside);
+            let working = &self.inner.stats.shard_nanos[ShardTime::PARTS - 1];
+            working.fetch_add(nanos.saturating_sub(elsewhere), Ordering::Relaxed);
+        }
+    }
+
+    /// Counts the time since `since` as spent on `what`.
+    fn spent(&mut self, what: Spent, since: Instant) {
+        let nanos = since.elapsed().as_nanos() as u64;
+        self.inner.stats.shard_nanos[what as usize].fetch_add(nanos, Ordering::Relaxed);
+        if !matches!(what, Spent::AwaitingWindow | Spent::AwaitingDurable) {
+            self.inside += nanos;
         }
     }
 
@@ -795,7 +872,9 @@ impl ShardLoop {
         while let Some(command) = self.step.next_command() {
             match command {
                 Command::ReadRemote { window, shard, at, points, scans } => {
+                    let since = Instant::now();
                     self.inner.wait_applied(shard, Epoch(window.0 - 1))?;
+                    self.spent(Spent::AwaitingPeer, since);
                     let mvcc = &self.inner.shards[shard.0 as usize];
                     let points = points
                         .into_iter()
@@ -817,15 +896,22 @@ impl ShardLoop {
                     self.inner.post_verdicts(window, self.shard, verdicts);
                 }
                 Command::PullVerdicts { window, from } => {
+                    let since = Instant::now();
                     let verdicts = self.inner.pull_verdicts(window, from)?;
+                    self.spent(Spent::AwaitingPeer, since);
                     self.step.handle(Event::Verdicts { window, from, verdicts })?;
                 }
-                Command::Write(batch) => self.inner.shards[self.shard.0 as usize].apply(&batch)?,
+                Command::Write(batch) => {
+                    let since = Instant::now();
+                    self.inner.shards[self.shard.0 as usize].apply(&batch)?;
+                    self.spent(Spent::Writing, since);
+                }
                 Command::Applied { window, ts, decided, .. } => {
                     self.set_progress(Some(window), ts);
                     if self.flushed_at.elapsed() >= self.inner.flush_interval {
-                        self.flushed_at = std::time::Instant::now();
+                        self.flushed_at = Instant::now();
                         self.inner.shards[self.shard.0 as usize].flush()?;
+                        self.spent(Spent::Writing, self.flushed_at);
                         self.set_durable(window, ts);
                     }
                     let stats = &self.inner.stats;

@@ -78,6 +78,8 @@ pub struct CacheStats {
     pub hits: u64,
     /// Point reads it could not answer (read from the engine).
     pub misses: u64,
+    /// Bytes it holds now (keys, values and per-entry overhead, as its budget counts them).
+    pub bytes: u64,
     /// Of those, reads whose result was not cached because a batch was being applied, or was
     /// applied, while they read the engine: the race the generation counter guards against.
     pub fills_refused: u64,
@@ -118,6 +120,7 @@ impl RowCache {
             let stripe = stripe.lock().unwrap_or_else(|e| e.into_inner());
             stats.hits += stripe.hits;
             stats.misses += stripe.misses;
+            stats.bytes += stripe.bytes as u64;
         }
         stats
     }

@@ -37,6 +37,31 @@ impl RawBatch {
     }
 }
 
+/// Bytes of memory an engine holds, by what for ([`Engine::memory`]); zero where it cannot
+/// tell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineMemory {
+    /// Write buffers (RocksDB's memtables), active and waiting to be flushed.
+    pub memtables: u64,
+    /// Open table files' readers outside the block cache (their index and filter blocks
+    /// when those are not cached).
+    pub table_readers: u64,
+    /// The block cache's use (data, index and filter blocks).
+    pub block_cache: u64,
+}
+
+impl std::ops::Add for EngineMemory {
+    type Output = EngineMemory;
+
+    fn add(self, other: EngineMemory) -> EngineMemory {
+        EngineMemory {
+            memtables: self.memtables + other.memtables,
+            table_readers: self.table_readers + other.table_readers,
+            block_cache: self.block_cache + other.block_cache,
+        }
+    }
+}
+
 /// An ordered map from bytes to bytes with atomic batches. Keys compare as byte strings.
 ///
 /// Determinism contract: for the same sequence of `write`s, every implementation holds the
@@ -82,6 +107,11 @@ pub trait Engine: Send + Sync + 'static {
     /// here keep everything until [`crate::Mvcc::gc`] deletes them.
     fn set_gc_horizon(&self, horizon: Timestamp) {
         let _ = horizon;
+    }
+
+    /// The memory the engine holds outside the caller's reach, if it can tell cheaply.
+    fn memory(&self) -> EngineMemory {
+        EngineMemory::default()
     }
 
     /// About how many entries (versions and metadata) the engine holds, if it can tell

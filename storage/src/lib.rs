@@ -50,7 +50,7 @@ mod range;
 mod rocks;
 
 pub use crate::cache::CacheStats;
-pub use crate::engine::{Cursor, Engine, RawBatch, RawOp};
+pub use crate::engine::{Cursor, Engine, EngineMemory, RawBatch, RawOp};
 pub use crate::error::StorageError;
 pub use crate::key::{MetaKey, StorageKey};
 pub use crate::limits::Limits;

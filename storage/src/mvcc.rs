@@ -288,6 +288,11 @@ impl Mvcc {
         self.cache.stats()
     }
 
+    /// The memory the engine underneath holds (the row cache's is in [`Mvcc::cache_stats`]).
+    pub fn engine_memory(&self) -> crate::EngineMemory {
+        self.engine.memory()
+    }
+
     /// The value of `key` as of `at`: its newest version at or below `at`, unless that
     /// version is a deletion.
     pub fn get(&self, key: &[u8], at: Timestamp) -> Result<Option<Version>> {

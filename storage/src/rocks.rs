@@ -35,7 +35,7 @@ use rocksdb::{
     ReadOptions, SliceTransform, WriteBatch, WriteOptions,
 };
 
-use crate::engine::{Cursor, Engine, RawBatch, RawOp};
+use crate::engine::{Cursor, Engine, EngineMemory, RawBatch, RawOp};
 use crate::key::StorageKey;
 use crate::{Result, StorageError};
 
@@ -248,6 +248,15 @@ impl Engine for RocksEngine {
 
     fn estimated_entries(&self) -> Option<u64> {
         self.db.property_int_value("rocksdb.estimate-num-keys").ok().flatten()
+    }
+
+    fn memory(&self) -> EngineMemory {
+        let get = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        EngineMemory {
+            memtables: get("rocksdb.size-all-mem-tables"),
+            table_readers: get("rocksdb.estimate-table-readers-mem"),
+            block_cache: get("rocksdb.block-cache-usage"),
+        }
     }
 
     /// A RocksDB checkpoint: the memtables flushed, the SST files hard-linked (copied across

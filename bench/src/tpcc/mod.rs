@@ -235,9 +235,8 @@ pub trait Backend: Send + Sync {
     fn disk_bytes(&self) -> Option<u64> {
         None
     }
-    /// Log appends so far and the seconds they took (write and fsync), if this process
-    /// makes them.
-    fn log_appends(&self) -> Option<(u64, f64)> {
+    /// What the embedded engine has done so far, if this process runs one.
+    fn engine_stats(&self) -> Option<embedded::Stats> {
         None
     }
     /// Writes a consistent backup of the database to `to`, while clients run.
@@ -477,9 +476,8 @@ impl Backend for Sealdb {
         self.dir.as_deref().map(disk_usage)
     }
 
-    fn log_appends(&self) -> Option<(u64, f64)> {
-        let stats = self.db.stats();
-        Some((stats.log_appends, stats.log_append_micros as f64 / 1e6))
+    fn engine_stats(&self) -> Option<embedded::Stats> {
+        Some(self.db.stats())
     }
 
     fn backup(&self, to: &std::path::Path) -> Result<(), String> {
@@ -570,6 +568,33 @@ pub struct Interval {
     /// The mean time of the interval's log appends (write and fsync) in milliseconds, if
     /// this process makes them: what every transaction waits for.
     pub log_append_ms: Option<f64>,
+    /// What the embedded engine's memory holds at its end (sealdb embedded only).
+    pub held: Option<Held>,
+}
+
+/// Bytes of memory an embedded sealdb holds in its caches and write buffers, all shards.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Held {
+    /// The row caches (each key's newest version).
+    pub row_cache: u64,
+    /// RocksDB's block caches.
+    pub block_cache: u64,
+    /// RocksDB's memtables.
+    pub memtables: u64,
+    /// RocksDB's table readers outside the block cache.
+    pub table_readers: u64,
+}
+
+impl Held {
+    fn of(stats: &embedded::Stats) -> Held {
+        let e = stats.engine_memory;
+        Held {
+            row_cache: stats.row_cache_bytes,
+            block_cache: e.block_cache,
+            memtables: e.memtables,
+            table_readers: e.table_readers,
+        }
+    }
 }
 
 /// Latency percentiles of one transaction type, in milliseconds.
@@ -641,6 +666,59 @@ pub struct EngineWork {
     pub serial: u64,
     /// Transactions aborted.
     pub aborts: u64,
+    /// Shares of the shard threads' time, in percent: waiting for a window, for its log
+    /// append, for another shard; writing to storage; working (executing, reading).
+    pub shard_time_pct: ShardTimePct,
+}
+
+/// [`embedded::ShardTime`] as shares of the shard threads' time, in percent.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct ShardTimePct {
+    /// No window to work on.
+    pub awaiting_window: f64,
+    /// A window executed, its log append not finished.
+    pub awaiting_durable: f64,
+    /// Another shard's apply of the window before, or its verdicts.
+    pub awaiting_peer: f64,
+    /// Writing batches to storage.
+    pub writing: f64,
+    /// Executing windows, reading storage, answering callers.
+    pub working: f64,
+}
+
+impl EngineWork {
+    /// What the engine did between two of its [`embedded::Stats`].
+    fn between(before: &embedded::Stats, after: &embedded::Stats) -> EngineWork {
+        let entries = after.entries - before.entries;
+        let windows = (after.windows - before.windows).max(1);
+        let fallbacks = after.fallbacks - before.fallbacks;
+        let (t0, t1) = (before.shard_time, after.shard_time);
+        let parts = [
+            t1.awaiting_window - t0.awaiting_window,
+            t1.awaiting_durable - t0.awaiting_durable,
+            t1.awaiting_peer - t0.awaiting_peer,
+            t1.writing - t0.writing,
+            t1.working - t0.working,
+        ];
+        let total = parts.iter().sum::<u64>().max(1) as f64;
+        let [awaiting_window, awaiting_durable, awaiting_peer, writing, working] =
+            parts.map(|p| p as f64 * 100.0 / total);
+        EngineWork {
+            windows,
+            entries_per_window: entries as f64 / windows as f64,
+            reexecuted: fallbacks,
+            reexecuted_pct: fallbacks as f64 * 100.0 / entries.max(1) as f64,
+            serial: after.serial - before.serial,
+            aborts: after.aborts - before.aborts,
+            shard_time_pct: ShardTimePct {
+                awaiting_window,
+                awaiting_durable,
+                awaiting_peer,
+                writing,
+                working,
+            },
+        }
+    }
 }
 
 /// Runs the clients against a loaded `backend`, then the consistency checks.
@@ -702,16 +780,19 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
             }
             measuring.store(true, Ordering::SeqCst);
         }
+        let engine_before = backend.engine_stats();
         let started = Instant::now();
         let every = opts.report_every.max(Duration::from_secs(1));
         let (mut report_at, mut reported) = (every, 0);
-        let mut appended = backend.log_appends();
+        let appends = |s: &embedded::Stats| (s.log_appends, s.log_append_micros as f64 / 1e6);
+        let mut appended = engine_before.as_ref().map(appends);
         while started.elapsed() < opts.duration && !stop.load(Ordering::Relaxed) {
             let left = opts.duration.saturating_sub(started.elapsed());
             std::thread::sleep(left.min(Duration::from_millis(100)));
             if started.elapsed() >= report_at {
                 let done = completed.load(Ordering::Relaxed);
-                let now_appended = backend.log_appends();
+                let engine = backend.engine_stats();
+                let now_appended = engine.as_ref().map(appends);
                 let log_append_ms = match (appended, now_appended) {
                     (Some((n0, s0)), Some((n1, s1))) if n1 > n0 => {
                         Some((s1 - s0) * 1e3 / (n1 - n0) as f64)
@@ -725,13 +806,23 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
                     disk_bytes: backend.disk_bytes(),
                     rss_bytes: resident_bytes(),
                     log_append_ms,
+                    held: engine.as_ref().map(Held::of),
                 };
                 let mib = |b: Option<u64>| b.map_or("-".into(), |b| format!("{}", b >> 20));
+                let held = row.held.map_or(String::new(), |h| {
+                    format!(
+                        " (row caches {}, block caches {}, memtables {}, table readers {})",
+                        h.row_cache >> 20,
+                        h.block_cache >> 20,
+                        h.memtables >> 20,
+                        h.table_readers >> 20
+                    )
+                });
                 let append =
                     log_append_ms.map_or(String::new(), |ms| format!(", log append {ms:.3} ms"));
                 eprintln!(
                     "  {:>5} s: {done} transactions ({:.0}/s in the last {} s), disk {} MiB, \
-                     resident {} MiB{append}",
+                     resident {} MiB{held}{append}",
                     report_at.as_secs(),
                     row.tps,
                     every.as_secs(),
@@ -767,8 +858,11 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
             .into_iter()
             .map(|c| c.join().unwrap_or_else(|_| Err("a client panicked".into())))
             .collect();
-        (results, taken, started)
+        (results, taken, (started, engine_before))
     });
+    let (started, engine_before) = started;
+    let engine =
+        engine_before.zip(backend.engine_stats()).map(|(b, a)| EngineWork::between(&b, &a));
     let elapsed = started.elapsed().as_secs_f64();
     let backup = match backup_taken {
         Some((at_s, acked_new_orders, took)) => Some(BackupCheck {
@@ -822,7 +916,7 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
         load_s,
         intervals: intervals.into_inner().unwrap_or_else(|e| e.into_inner()),
         backup,
-        engine: None,
+        engine,
     })
 }
 
@@ -890,26 +984,27 @@ pub fn run_sealdb(opts: &TpccOptions, embedded: &Embedded) -> Result<Report, Str
     let backend = Sealdb::open_with(Some(&dir), opts.warehouses, shards, embedded)?;
     eprintln!("  database in {}", dir.display());
     let load_s = load(&backend, opts)?;
-    let before = backend.db.stats();
     let mut report = drive(&backend, opts, load_s)?;
-    let after = backend.db.stats();
-    let entries = after.entries - before.entries;
-    let windows = (after.windows - before.windows).max(1);
-    let work = EngineWork {
-        windows,
-        entries_per_window: entries as f64 / windows as f64,
-        reexecuted: after.fallbacks - before.fallbacks,
-        reexecuted_pct: (after.fallbacks - before.fallbacks) as f64 * 100.0 / entries.max(1) as f64,
-        serial: after.serial - before.serial,
-        aborts: after.aborts - before.aborts,
-    };
-    eprintln!(
-        "  engine: {windows} windows, {:.1} entries per window, {} single-shard procedures \
-         re-executed after losing validation ({:.1}% of entries), {} run once serially, {} \
-         aborts",
-        work.entries_per_window, work.reexecuted, work.reexecuted_pct, work.serial, work.aborts,
-    );
-    report.engine = Some(work);
+    if let Some(work) = &report.engine {
+        let t = &work.shard_time_pct;
+        eprintln!(
+            "  engine: {} windows, {:.1} entries per window, {} single-shard procedures \
+             re-executed after losing validation ({:.1}% of entries), {} run once serially, {} \
+             aborts\n  shard threads: {:.1}% working, {:.1}% writing, waiting {:.1}% for a \
+             window, {:.1}% for its log append, {:.1}% for the other shards",
+            work.windows,
+            work.entries_per_window,
+            work.reexecuted,
+            work.reexecuted_pct,
+            work.serial,
+            work.aborts,
+            t.working,
+            t.writing,
+            t.awaiting_window,
+            t.awaiting_durable,
+            t.awaiting_peer,
+        );
+    }
     backend.db.close().map_err(|e| e.to_string())?;
     if let Some(check) = &mut report.backup {
         check_backup(opts, shards, check)?;

@@ -193,6 +193,7 @@ fn a_read_only_transaction_commits_at_its_snapshot_without_a_window() {
 
 #[test]
 fn concurrent_read_modify_writes_lose_no_update() {
+    let opened = std::time::Instant::now();
     let db = Arc::new(Database::open("unused", options()).unwrap());
     let threads: Vec<_> = (0..4)
         .map(|_| {
@@ -216,6 +217,12 @@ fn concurrent_read_modify_writes_lose_no_update() {
     assert_eq!(stats.committed, 100, "{stats:?}");
     assert_eq!(stats.entries, stats.committed + stats.conflicts + stats.aborts, "{stats:?}");
     assert!(stats.windows > 0 && stats.windows <= stats.entries, "{stats:?}");
+    // The shard threads' time is counted once: its parts add up to no more than they lived.
+    let t = stats.shard_time;
+    assert!(t.working > 0 && t.writing > 0, "{t:?}");
+    let counted = t.awaiting_window + t.awaiting_durable + t.awaiting_peer + t.writing + t.working;
+    let lived = opened.elapsed().as_micros() as u64 * db.shard_map().shards().count() as u64;
+    assert!(counted <= lived, "{counted} µs counted in {lived} µs of shard threads: {t:?}");
 }
 
 #[test]
