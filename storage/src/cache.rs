@@ -78,11 +78,11 @@ pub struct CacheStats {
     pub hits: u64,
     /// Point reads it could not answer (read from the engine).
     pub misses: u64,
-    /// Bytes it holds now (keys, values and per-entry overhead, as its budget counts them).
-    pub bytes: u64,
     /// Of those, reads whose result was not cached because a batch was being applied, or was
     /// applied, while they read the engine: the race the generation counter guards against.
     pub fills_refused: u64,
+    /// Bytes it holds now (keys, values and per-entry overhead, as its budget counts them).
+    pub bytes: u64,
 }
 
 struct Stripe {

@@ -731,7 +731,7 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
     type ClientResult = Result<(BTreeMap<Kind, Latencies>, u64, u64), String>;
     // The backup's start, the New-Orders acknowledged then, and its seconds (or why it failed).
     type Taken = (f64, u64, Result<f64, String>);
-    let (results, backup_taken, started) = std::thread::scope(|s| {
+    let (results, backup_taken, (started, engine_before)) = std::thread::scope(|s| {
         let mut backup = None;
         let clients: Vec<_> = (0..opts.clients)
             .map(|c| {
@@ -860,7 +860,6 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
             .collect();
         (results, taken, (started, engine_before))
     });
-    let (started, engine_before) = started;
     let engine =
         engine_before.zip(backend.engine_stats()).map(|(b, a)| EngineWork::between(&b, &a));
     let elapsed = started.elapsed().as_secs_f64();
