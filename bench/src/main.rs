@@ -151,6 +151,9 @@ enum Workload {
         /// Each shard's RocksDB block cache in MiB (embedded).
         #[arg(long, default_value_t = (storage::DEFAULT_BLOCK_CACHE_BYTES >> 20) as u64)]
         block_cache_mib: u64,
+        /// The embedded database's row cache in MiB, over all its shards.
+        #[arg(long, default_value_t = (bench::tpcc::ROW_CACHE_BYTES >> 20) as u64)]
+        row_cache_mib: u64,
         /// How the embedded database's shards run single-shard procedures: once each,
         /// serially after the window's validated entries, or on the snapshot with the others
         /// and again if they lose validation.
@@ -315,6 +318,7 @@ fn main() -> ExitCode {
             report_every,
             retention,
             block_cache_mib,
+            row_cache_mib,
             plan,
             no_rocksdb_wal,
             backup_after,
@@ -415,6 +419,8 @@ fn main() -> ExitCode {
                             shards,
                             retention: std::time::Duration::from_secs(retention),
                             block_cache_bytes: usize::try_from(block_cache_mib << 20)
+                                .unwrap_or(usize::MAX),
+                            row_cache_bytes: usize::try_from(row_cache_mib << 20)
                                 .unwrap_or(usize::MAX),
                             plan: plan.into(),
                             rocksdb_wal: !no_rocksdb_wal,

@@ -9,6 +9,7 @@
 //! RocksDB: it depends on the transaction core, the generated gRPC code and tonic only.
 
 mod client;
+mod coalesce;
 mod replicas;
 mod sequencer;
 mod tls;
@@ -22,7 +23,7 @@ pub use crate::replicas::{ATTEMPT, Replicas, fails_over, replica_addrs};
 pub use crate::sequencer::{RemoteSequencer, SliceDelivery};
 pub use crate::tls::{CLIENT_NAME, NODE_NAME, Tls, require_node};
 pub use crate::wire::{
-    MAX_MESSAGE_BYTES, MAX_SCAN_ROWS, MAX_WINDOW_BYTES, RefusalKind, RemoteError,
-    SCAN_RESPONSE_BYTES, SetupError, endpoint, malformed, observe_request, observe_response,
-    outcome_from_proto, paged, refuse, stamp,
+    MAX_BATCH, MAX_MESSAGE_BYTES, MAX_SCAN_ROWS, MAX_WINDOW_BYTES, RefusalKind, RemoteError,
+    SCAN_RESPONSE_BYTES, SetupError, endpoint, item_failure, item_status, malformed,
+    observe_request, observe_response, outcome_from_proto, paged, refuse, stamp,
 };

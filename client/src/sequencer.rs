@@ -13,7 +13,9 @@ use tonic::transport::Channel;
 
 use crate::sized;
 use crate::tls::Tls;
-use crate::wire::{RefusalKind, RemoteError, SetupError, endpoint, observe_response, stamp};
+use crate::wire::{
+    RefusalKind, RemoteError, SetupError, endpoint, item_failure, observe_response, stamp,
+};
 
 /// What a subscriber receives, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +68,41 @@ struct Target {
 
 /// How many times a submission follows `NOT_LEADER` answers before it reports one.
 const LEADER_HOPS: usize = 3;
+
+/// What a submission does after a node failed it.
+enum Steer {
+    /// Call again now (at the leader a `NOT_LEADER` answer named).
+    Again,
+    /// Give the caller this.
+    Fail(RemoteError),
+}
+
+/// The request submitting `entry`, stamped `hlc`.
+fn submission(entry: &Entry, hlc: u64) -> v1::SubmitRequest {
+    v1::SubmitRequest {
+        hlc,
+        participants: entry.participants.iter().map(|p| p.0).collect(),
+        payload: entry.payload.to_vec(),
+        client_id: entry.client_id.to_bytes(),
+    }
+}
+
+/// `message` with a timeout header of `limit`.
+fn timed<T>(message: T, limit: std::time::Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(limit);
+    request
+}
+
+/// A receipt from the wire.
+fn receipt(r: v1::SubmitResponse) -> Result<Receipt, RemoteError> {
+    let txn = r.txn.ok_or_else(|| RemoteError::BadResponse("a receipt without an id".into()))?;
+    Ok(Receipt {
+        txn: TxnId { epoch: Epoch(txn.epoch), index: txn.index },
+        ts: Timestamp::from_u64(r.window_ts),
+        duplicate: r.duplicate,
+    })
+}
 
 impl RemoteSequencer {
     /// Connects to the sequencer at `addr` (`host:port`).
@@ -170,24 +207,75 @@ impl RemoteSequencer {
         loop {
             let (at, client) = self.client();
             match self.submit_once(client, entry).await {
-                Err(RemoteError::NotLeader { leader: Some(leader) }) if hops < LEADER_HOPS => {
-                    hops += 1;
-                    self.switch_to(&leader);
-                }
-                Err(RemoteError::NotLeader { leader: None }) | Err(RemoteError::Unavailable(_))
-                    if self.lock().addrs.len() > 1 =>
-                {
-                    self.rotate(at);
-                    return Err(RemoteError::Unavailable("no leader reached; try again".into()));
-                }
-                // One member's clock out of bounds (or ours against it): nothing was logged
-                // there; another member may take it.
-                Err(RemoteError::ClockSkew(why)) if self.lock().addrs.len() > 1 => {
-                    self.rotate(at);
-                    return Err(RemoteError::Unavailable(format!("a member refused: {why}")));
-                }
-                other => return other,
+                Ok(receipt) => return Ok(receipt),
+                Err(e) => match self.steer(at, e, &mut hops) {
+                    Steer::Again => {}
+                    Steer::Fail(e) => return Err(e),
+                },
             }
+        }
+    }
+
+    /// Submits up to [`MAX_BATCH`](crate::MAX_BATCH) entries in one request, each answered as
+    /// [`RemoteSequencer::submit`] would answer it alone; or the request's own failure, which
+    /// leaves every entry's fate unknown.
+    pub async fn submit_many(
+        &self,
+        entries: &[Entry],
+    ) -> Result<Vec<Result<Receipt, RemoteError>>, RemoteError> {
+        let mut hops = 0;
+        loop {
+            let (at, client) = self.client();
+            let results = match self.submit_many_once(client, entries).await {
+                Ok(results) => results,
+                Err(e) => match self.steer(at, e, &mut hops) {
+                    Steer::Again => continue,
+                    Steer::Fail(e) => return Err(e),
+                },
+            };
+            // A node that does not lead logged none of them: follow it to the leader once for
+            // them all, and each is submitted again by its caller.
+            let steered = results.iter().find_map(|r| match r {
+                Err(e @ RemoteError::NotLeader { .. }) => Some(e.clone()),
+                _ => None,
+            });
+            if let Some(e) = steered {
+                let again = match self.steer(at, e, &mut hops) {
+                    Steer::Again => RemoteError::Unavailable("not the leader; submit again".into()),
+                    Steer::Fail(e) => e,
+                };
+                let results = results.into_iter().map(|r| match r {
+                    Err(RemoteError::NotLeader { .. }) => Err(again.clone()),
+                    r => r,
+                });
+                return Ok(results.collect());
+            }
+            return Ok(results);
+        }
+    }
+
+    /// After the node at position `at` failed a submission with `e`: call again at once (at
+    /// the leader it named), or fail the call, having moved on to the next node if that may
+    /// help the next one.
+    fn steer(&self, at: usize, e: RemoteError, hops: &mut usize) -> Steer {
+        let group = self.lock().addrs.len() > 1;
+        match e {
+            RemoteError::NotLeader { leader: Some(leader) } if *hops < LEADER_HOPS => {
+                *hops += 1;
+                self.switch_to(&leader);
+                Steer::Again
+            }
+            RemoteError::NotLeader { leader: None } | RemoteError::Unavailable(_) if group => {
+                self.rotate(at);
+                Steer::Fail(RemoteError::Unavailable("no leader reached; try again".into()))
+            }
+            // One member's clock out of bounds (or ours against it): nothing was logged
+            // there; another member may take it.
+            RemoteError::ClockSkew(why) if group => {
+                self.rotate(at);
+                Steer::Fail(RemoteError::Unavailable(format!("a member refused: {why}")))
+            }
+            e => Steer::Fail(e),
         }
     }
 
@@ -196,33 +284,59 @@ impl RemoteSequencer {
         mut client: SequencerClient<Channel>,
         entry: &Entry,
     ) -> Result<Receipt, RemoteError> {
-        let request = v1::SubmitRequest {
-            hlc: stamp(&self.clock),
-            participants: entry.participants.iter().map(|p| p.0).collect(),
-            payload: entry.payload.to_vec(),
-            client_id: entry.client_id.to_bytes(),
-        };
-        // The sequencer answers once the window is durable: a wedged one must not keep the
-        // caller forever (the entry's fate is then unknown, as after any failure).
-        let mut request = tonic::Request::new(request);
-        let group = self.lock().addrs.len() > 1;
-        let limit = if group { GROUP_SUBMIT_TIMEOUT } else { SUBMIT_TIMEOUT };
-        request.set_timeout(limit);
-        // Bounded here too: the header bounds the server's wait, not a connection whose
-        // packets vanish (a partition), where the call would wait until it heals.
-        let r = tokio::time::timeout(limit, client.submit(request))
-            .await
-            .map_err(|_| RemoteError::Unavailable(format!("no receipt in {} s", limit.as_secs())))??
-            .into_inner();
+        let request = submission(entry, stamp(&self.clock));
+        let r = self.bounded(|limit| client.submit(timed(request, limit))).await?;
         observe_response(&self.clock, r.hlc)
             .map_err(|e| RemoteError::BadResponse(format!("a receipt refused: {e}")))?;
-        let txn =
-            r.txn.ok_or_else(|| RemoteError::BadResponse("a receipt without an id".into()))?;
-        Ok(Receipt {
-            txn: TxnId { epoch: Epoch(txn.epoch), index: txn.index },
-            ts: Timestamp::from_u64(r.window_ts),
-            duplicate: r.duplicate,
-        })
+        receipt(r)
+    }
+
+    async fn submit_many_once(
+        &self,
+        mut client: SequencerClient<Channel>,
+        entries: &[Entry],
+    ) -> Result<Vec<Result<Receipt, RemoteError>>, RemoteError> {
+        let request = v1::SubmitManyRequest {
+            hlc: stamp(&self.clock),
+            items: entries.iter().map(|e| submission(e, 0)).collect(),
+        };
+        let r = self.bounded(|limit| client.submit_many(timed(request, limit))).await?;
+        observe_response(&self.clock, r.hlc)
+            .map_err(|e| RemoteError::BadResponse(format!("receipts refused: {e}")))?;
+        if r.results.len() != entries.len() {
+            return Err(RemoteError::BadResponse(format!(
+                "{} results for {} entries",
+                r.results.len(),
+                entries.len()
+            )));
+        }
+        let results = r.results.into_iter().map(|r| match r.result {
+            Some(v1::submit_result::Result::Receipt(r)) => receipt(r),
+            Some(v1::submit_result::Result::Failed(status)) => Err(item_failure(status).into()),
+            None => Err(RemoteError::BadResponse("a result without a receipt or failure".into())),
+        });
+        Ok(results.collect())
+    }
+
+    /// A submission's answer, waited for at most [`SUBMIT_TIMEOUT`] (a group's node,
+    /// [`GROUP_SUBMIT_TIMEOUT`]): the sequencer answers once the window is durable, and a
+    /// wedged one must not keep the caller forever (the entry's fate is then unknown, as after
+    /// any failure). `call` gets the limit for the request's header; the limit is kept here
+    /// too, since the header bounds the server's wait, not a connection whose packets vanish
+    /// (a partition), where the call would wait until it heals.
+    async fn bounded<T, Fut>(
+        &self,
+        call: impl FnOnce(std::time::Duration) -> Fut,
+    ) -> Result<T, RemoteError>
+    where
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let group = self.lock().addrs.len() > 1;
+        let limit = if group { GROUP_SUBMIT_TIMEOUT } else { SUBMIT_TIMEOUT };
+        let answer = tokio::time::timeout(limit, call(limit)).await.map_err(|_| {
+            RemoteError::Unavailable(format!("no receipt in {} s", limit.as_secs()))
+        })??;
+        Ok(answer.into_inner())
     }
 
     /// One unary call to the node this client follows, answered within

@@ -35,6 +35,9 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// header) stays well below [`MAX_MESSAGE_BYTES`], so every logged entry is deliverable.
 pub const MAX_WINDOW_BYTES: usize = 32 << 20;
 
+/// The most items one batch (`SubmitMany`, `AwaitOutcomes`) holds.
+pub const MAX_BATCH: usize = 1024;
+
 /// A generated gRPC client or server with the message limits of [`MAX_MESSAGE_BYTES`].
 #[macro_export]
 macro_rules! sized {
@@ -46,7 +49,7 @@ macro_rules! sized {
 }
 
 /// Failures of a call to another node.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RemoteError {
     /// The other side's clock is more than `max_offset` ahead of ours, or ours of theirs.
     /// Nothing was done by a refused request; a refused response's effect is unknown.
@@ -100,6 +103,20 @@ impl From<Status> for RemoteError {
             _ => RemoteError::Unavailable(format!("{}: {message}", status.code())),
         }
     }
+}
+
+/// How one item of a batch failed: the status it would have had alone.
+pub fn item_status(status: &Status) -> v1::ItemStatus {
+    v1::ItemStatus {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        details: status.details().to_vec(),
+    }
+}
+
+/// The status one item of a batch failed with.
+pub fn item_failure(item: v1::ItemStatus) -> Status {
+    Status::with_details(Code::from_i32(item.code), item.message, item.details.into())
 }
 
 /// A refusal: nothing changed, and the status details say which rule (`kind`).

@@ -168,6 +168,8 @@ pub(crate) struct Inner {
     board: Mutex<Board>,
     board_changed: Condvar,
     waiters: Waiters,
+    /// Set when the database starts closing: the log's end is then expected.
+    closing: AtomicBool,
     stopping: AtomicBool,
     failure: Mutex<Option<String>>,
     client_salt: u64,
@@ -473,6 +475,7 @@ impl Database {
             board: Mutex::new(Board::default()),
             board_changed: Condvar::new(),
             waiters: Waiters::default(),
+            closing: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             failure: Mutex::new(None),
             client_salt: RandomState::new().hash_one(std::process::id()),
@@ -721,6 +724,10 @@ impl Database {
     }
 
     pub(crate) fn check_running(&self) -> Result<(), TxnError> {
+        // The sequencer's own failure first: the shards' then only says the log ended.
+        if let Some(e) = self.sequencer.as_ref().and_then(Sequencer::failure) {
+            return Err(TxnError::Storage(e));
+        }
         if let Some(e) = lock(&self.inner.failure).clone() {
             return Err(TxnError::Storage(e));
         }
@@ -762,6 +769,7 @@ impl Database {
 
     fn shutdown(&mut self) -> Result<(), TxnError> {
         let Some(sequencer) = self.sequencer.take() else { return Ok(()) };
+        self.inner.closing.store(true, Ordering::SeqCst);
         let sealed = sequencer.shutdown().map_err(sequencer_error);
         // Shards apply everything delivered, then see the channel close.
         for thread in self.threads.drain(..) {
@@ -845,6 +853,13 @@ impl ShardLoop {
                 }
                 Err(RecvTimeoutError::Timeout) if self.inner.failed() => return Ok(()),
                 Err(RecvTimeoutError::Timeout) => continue,
+                // The sequencer stopped on its own (its log or clock failed): the windows it
+                // sealed and did not report durable will never be, so their callers must hear.
+                Err(RecvTimeoutError::Disconnected)
+                    if !self.inner.closing.load(Ordering::SeqCst) =>
+                {
+                    return Err(StepError::LogEnded);
+                }
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             };
             let since = Instant::now();

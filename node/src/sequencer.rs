@@ -36,8 +36,8 @@ use super::metrics::Metric;
 use crate::NodeError;
 use crate::server::{clock_agreement, incoming, server, stop_server, warn_if_insecure};
 use client::{
-    MAX_WINDOW_BYTES, RefusalKind, Tls, malformed, observe_request, refuse, require_node, sized,
-    stamp,
+    MAX_BATCH, MAX_WINDOW_BYTES, RefusalKind, Tls, item_status, malformed, observe_request, refuse,
+    require_node, sized, stamp,
 };
 use txn::{AbortReason, Request as TxnRequest, ShardMap, participants};
 
@@ -662,14 +662,53 @@ impl SequencerService {
     }
 }
 
+/// A submitted entry's receipt, to come once its window is durable.
+type PendingReceipt = oneshot::Receiver<Result<sequencer::Receipt, SequencerError>>;
+
+impl SequencerService {
+    /// Checks one submission and queues its entry for the next window.
+    fn enqueue(&self, r: v1::SubmitRequest) -> Result<PendingReceipt, Status> {
+        if let Some(why) = self.fenced.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Err(Status::failed_precondition(format!("the sequencer is fenced: {why}")));
+        }
+        let id = ClientId::from_bytes(&r.client_id).ok_or_else(|| {
+            malformed(format!("client_id must be 16 bytes, not {}", r.client_id.len()))
+        })?;
+        let participants = self.admit(&r.payload, r.participants)?;
+        let entry = Entry::new(id, participants, r.payload.into());
+        let (tx, rx) = oneshot::channel();
+        self.sequencer.submit_then(
+            entry,
+            Box::new(move |receipt| {
+                let _ = tx.send(receipt);
+            }),
+        );
+        Ok(rx)
+    }
+
+    /// The receipt of a queued entry (unstamped: `hlc` is 0).
+    async fn receipt(pending: PendingReceipt) -> Result<v1::SubmitResponse, Status> {
+        let receipt = pending
+            .await
+            .map_err(|_| Status::unavailable("the sequencer stopped"))?
+            .map_err(status_of)?;
+        Ok(v1::SubmitResponse {
+            hlc: 0,
+            txn: Some(v1::TxnId { epoch: receipt.txn.epoch.0, index: receipt.txn.index }),
+            window_ts: receipt.ts.as_u64(),
+            duplicate: receipt.duplicate,
+        })
+    }
+}
+
 fn status_of(e: SequencerError) -> Status {
     match e {
         SequencerError::EntryTooLarge { .. } => {
             refuse(Code::InvalidArgument, RefusalKind::TooLarge, e.to_string())
         }
-        SequencerError::ShuttingDown | SequencerError::Unavailable(_) => {
-            Status::unavailable(e.to_string())
-        }
+        SequencerError::ShuttingDown
+        | SequencerError::Unavailable(_)
+        | SequencerError::Failed(_) => Status::unavailable(e.to_string()),
         SequencerError::NotLeader { ref leader } => {
             let leader = leader.clone().unwrap_or_default();
             let details = v1::Refusal { kind: RefusalKind::NotLeader.into(), leader };
@@ -687,31 +726,39 @@ impl SequencerRpc for SequencerService {
     ) -> Result<Response<v1::SubmitResponse>, Status> {
         let r = request.into_inner();
         observe_request(&self.clock, r.hlc)?;
-        if let Some(why) = self.fenced.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-            return Err(Status::failed_precondition(format!("the sequencer is fenced: {why}")));
+        let pending = self.enqueue(r)?;
+        let receipt = SequencerService::receipt(pending).await?;
+        Ok(Response::new(v1::SubmitResponse { hlc: stamp(&self.clock), ..receipt }))
+    }
+
+    async fn submit_many(
+        &self,
+        request: Request<v1::SubmitManyRequest>,
+    ) -> Result<Response<v1::SubmitManyResponse>, Status> {
+        let r = request.into_inner();
+        observe_request(&self.clock, r.hlc)?;
+        if r.items.len() > MAX_BATCH {
+            return Err(malformed(format!(
+                "{} entries in one batch; at most {MAX_BATCH}",
+                r.items.len()
+            )));
         }
-        let id = ClientId::from_bytes(&r.client_id).ok_or_else(|| {
-            malformed(format!("client_id must be 16 bytes, not {}", r.client_id.len()))
-        })?;
-        let participants = self.admit(&r.payload, r.participants)?;
-        let entry = Entry::new(id, participants, r.payload.into());
-        let (tx, rx) = oneshot::channel();
-        self.sequencer.submit_then(
-            entry,
-            Box::new(move |receipt| {
-                let _ = tx.send(receipt);
-            }),
-        );
-        let receipt = rx
-            .await
-            .map_err(|_| Status::unavailable("the sequencer stopped"))?
-            .map_err(status_of)?;
-        Ok(Response::new(v1::SubmitResponse {
-            hlc: stamp(&self.clock),
-            txn: Some(v1::TxnId { epoch: receipt.txn.epoch.0, index: receipt.txn.index }),
-            window_ts: receipt.ts.as_u64(),
-            duplicate: receipt.duplicate,
-        }))
+        // Every entry is queued before any is awaited, so they share windows.
+        let pending: Vec<_> = r.items.into_iter().map(|item| self.enqueue(item)).collect();
+        let mut results = Vec::with_capacity(pending.len());
+        for p in pending {
+            let result = match p {
+                Ok(p) => SequencerService::receipt(p).await,
+                Err(status) => Err(status),
+            };
+            results.push(v1::SubmitResult {
+                result: Some(match result {
+                    Ok(receipt) => v1::submit_result::Result::Receipt(receipt),
+                    Err(status) => v1::submit_result::Result::Failed(item_status(&status)),
+                }),
+            });
+        }
+        Ok(Response::new(v1::SubmitManyResponse { hlc: stamp(&self.clock), results }))
     }
 
     type SubscribeStream = ReceiverStream<Result<v1::WindowSlice, Status>>;

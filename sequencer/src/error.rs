@@ -78,4 +78,21 @@ pub enum SequencerError {
     /// or may not be logged; submit it again under the same client id.
     #[error("the sequencer group could not log it: {0}")]
     Unavailable(String),
+    /// The sequencer's thread panicked (its clock could not persist its high-water mark, or a
+    /// bug): it stopped as after a log failure.
+    #[error("the sequencer thread panicked: {0}")]
+    Panicked(String),
+    /// The sequencer stopped after a failure (this one): the entry was not logged, and
+    /// nothing more will be.
+    #[error("the sequencer failed: {0}")]
+    Failed(String),
+}
+
+/// What a caught panic said (its `&str` or `String` payload).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }

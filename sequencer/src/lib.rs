@@ -43,7 +43,7 @@ mod runner;
 mod sealer;
 mod window;
 
-pub use crate::error::SequencerError;
+pub use crate::error::{SequencerError, panic_message};
 pub use crate::ids::{ClientId, ShardId, TxnId};
 pub use crate::log::{LogReader, WindowLog, lock_dir};
 pub use crate::runner::{

@@ -17,7 +17,7 @@ use std::time::Instant;
 use clock::Epoch;
 use clock::{Clock, Timestamp};
 
-use crate::error::SequencerError;
+use crate::error::{SequencerError, panic_message};
 use crate::ids::TxnId;
 use crate::log::{LogReader, WindowLog};
 use crate::sealer::{Admission, Sealer, SealerConfig};
@@ -173,7 +173,11 @@ impl Sequencer {
                 if let Err(mpsc::SendError(Command::Submit(_, on_receipt))) =
                     commands.send(Command::Submit(entry, on_receipt))
                 {
-                    on_receipt(Err(SequencerError::ShuttingDown));
+                    // The thread is gone: it failed, or it is shutting down.
+                    on_receipt(Err(match self.failure() {
+                        Some(why) => SequencerError::Failed(why),
+                        None => SequencerError::ShuttingDown,
+                    }));
                 }
             }
             None => on_receipt(Err(SequencerError::ShuttingDown)),
@@ -370,17 +374,21 @@ pub struct SequencerStats {
 
 impl Loop {
     fn run(mut self, commands: Receiver<Command>) -> Result<(), SequencerError> {
-        let result = self.serve(&commands);
+        // A panic stops the sequencer as a log failure does, answering every submitter (and
+        // ending every subscription): otherwise they would wait forever.
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(&commands)))
+                .unwrap_or_else(|panic| Err(SequencerError::Panicked(panic_message(&*panic))));
         if let Err(e) = &result {
             tracing::error!(error = %e, "sequencer stopping: the window log failed");
             *self.logged.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
             for (on_receipt, _) in self.waiters.drain(..).flatten() {
-                on_receipt(Err(SequencerError::ShuttingDown));
+                on_receipt(Err(SequencerError::Failed(e.to_string())));
             }
             // Refuse whatever is still queued.
             for command in commands.try_iter() {
                 if let Command::Submit(_, on_receipt) = command {
-                    on_receipt(Err(SequencerError::ShuttingDown));
+                    on_receipt(Err(SequencerError::Failed(e.to_string())));
                 }
             }
         }

@@ -258,17 +258,15 @@ pub enum StepError {
     /// The shard thread panicked (a bug, or a procedure that panics).
     #[error("a shard thread panicked: {0}")]
     Panicked(String),
+    /// The window log ended while the shard was not closing: the sequencer stopped.
+    #[error("the window log ended: the sequencer stopped")]
+    LogEnded,
 }
 
 impl StepError {
     /// The error for a caught panic of a shard's thread.
     pub fn panicked(panic: &(dyn std::any::Any + Send)) -> StepError {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "(no message)".into());
-        StepError::Panicked(message)
+        StepError::Panicked(sequencer::panic_message(panic))
     }
 }
 

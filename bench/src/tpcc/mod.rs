@@ -324,7 +324,7 @@ impl Sealdb {
         Sealdb::open_with(dir, warehouses, shards, &Embedded::default())
     }
 
-    /// [`Sealdb::open`] with `embedded`'s retention, block cache, plan and WAL choice.
+    /// [`Sealdb::open`] with `embedded`'s retention, caches, plan and WAL choice.
     pub fn open_with(
         dir: Option<&std::path::Path>,
         warehouses: u32,
@@ -339,7 +339,7 @@ impl Sealdb {
             ..Options::default()
         });
         let map = shard_map(warehouses, shards);
-        options.row_cache_bytes = ROW_CACHE_BYTES / map.len() as usize;
+        options.row_cache_bytes = embedded.row_cache_bytes / map.len() as usize;
         options.shard_map = Some(map);
         let db = match dir {
             Some(dir) => Database::open(dir, options),
@@ -954,6 +954,8 @@ pub struct Embedded {
     pub retention: Duration,
     /// Each shard's RocksDB block cache.
     pub block_cache_bytes: usize,
+    /// The row cache over all shards (default [`ROW_CACHE_BYTES`]).
+    pub row_cache_bytes: usize,
     /// How shards run single-shard procedures.
     pub plan: txn::Plan,
     /// Whether shards write through RocksDB's write-ahead log.
@@ -968,6 +970,7 @@ impl Default for Embedded {
             shards: None,
             retention: defaults.retention,
             block_cache_bytes: defaults.block_cache_bytes,
+            row_cache_bytes: ROW_CACHE_BYTES,
             plan: defaults.plan,
             rocksdb_wal: defaults.rocksdb_wal,
         }

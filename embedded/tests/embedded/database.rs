@@ -390,6 +390,49 @@ fn a_panicking_shard_thread_fails_every_waiting_caller() {
     }
 }
 
+/// Regression (found by a soak that filled the disk): the sequencer thread panicked when its
+/// clock could not persist its high-water mark, and every caller waited forever, since the
+/// shards took the log's end for a clean close. Now the sequencer fails as after a log error
+/// and the shards fail with it: every caller is answered, and later calls refused with why.
+#[test]
+fn a_clock_that_cannot_persist_fails_the_database_and_answers_every_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let db =
+        Arc::new(Database::open(dir.path(), Options { in_memory: false, ..options() }).unwrap());
+    fund(&db);
+    // The clock writes its bound to `clock.tmp` first, then renames it: a directory there
+    // (not empty) makes every write fail, as a full disk does, once its lease runs out.
+    std::fs::create_dir(dir.path().join("clock.tmp")).unwrap();
+    std::fs::write(dir.path().join("clock.tmp").join("in the way"), b"").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for client in 0..4u8 {
+        let (db, tx) = (db.clone(), tx.clone());
+        std::thread::spawn(move || {
+            let n = u64::from(client);
+            loop {
+                match db.call("transfer", &transfer_args(n, (n + 1) % ACCOUNTS, 1)) {
+                    // The procedure's own abort (funds ran out): not what this test awaits.
+                    Ok(_) | Err(TxnError::Aborted(_)) => {}
+                    Err(e) => {
+                        let _ = tx.send(e);
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    for _ in 0..4 {
+        let e = rx.recv_timeout(Duration::from_secs(20)).expect("every caller is answered");
+        assert!(matches!(e, TxnError::OutcomeUnknown | TxnError::Storage(_)), "{e:?}");
+    }
+    match db.call("transfer", &transfer_args(0, 1, 1)) {
+        Err(TxnError::Storage(why)) => {
+            assert!(why.contains("cannot persist the clock high-water mark"), "{why}");
+        }
+        other => panic!("expected the failure, got {other:?}"),
+    }
+}
+
 /// Interactive scans: a scan sees the snapshot with the transaction's own writes over it (a
 /// put shows, a delete hides), and a scanned range is validated at commit: a key inserted into
 /// it by a transaction that committed after the snapshot (a phantom) makes the commit a

@@ -15,8 +15,8 @@ use tonic::{Code, Request, Response, Status};
 
 use super::{State, lock};
 use client::{
-    MAX_SCAN_ROWS, RefusalKind, SCAN_RESPONSE_BYTES, malformed, observe_request, refuse,
-    require_node, stamp,
+    MAX_BATCH, MAX_SCAN_ROWS, RefusalKind, SCAN_RESPONSE_BYTES, item_status, malformed,
+    observe_request, refuse, require_node, stamp,
 };
 use txn::{
     Outcome, outcome_to_proto, range_from_proto, range_to_proto, stored_outcome, stored_verdicts,
@@ -160,59 +160,58 @@ impl ShardRpc for ShardService {
         let state = &self.state;
         observe_request(&state.clock, r.hlc)?;
         state.check_running()?;
-        let id = r.txn.ok_or_else(|| Status::invalid_argument("which transaction?"))?;
-        let txn = TxnId { epoch: Epoch(id.epoch), index: id.index };
-        let client = match r.client_id.is_empty() {
-            true => None,
-            false => Some(client_id(&r.client_id)?),
-        };
-        let outcome = state
-            .wait_for(|| {
-                // Read in the reverse of the order the apply thread writes them (outcomes,
-                // then the deferred entries, then progress), so that an outcome recorded
-                // while this runs is never missed: if the window counted as applied here,
-                // its outcomes are in the map or in storage.
-                let applied = state.progress().applied;
-                let deferred = lock(&state.deferred).contains(&txn);
-                if let Some(o) = lock(&state.outcomes).get(&txn) {
-                    return Some(Ok(o.clone()));
-                }
-                // Not applied yet, or deferred to a later window: wait.
-                if txn.epoch > applied || deferred {
-                    return None;
-                }
-                // Decided before this shard restarted, or long enough ago to have left memory:
-                // storage keeps it by client id for the retention period.
-                let stored = match client.map(|c| stored_outcome(&state.mvcc, c)).transpose() {
-                    Ok(stored) => stored.flatten(),
-                    Err(e) => return Some(Err(Status::internal(e.to_string()))),
-                };
-                Some(match stored {
-                    Some((t, o)) if t == txn => Ok(o),
-                    _ => Err(Status::not_found(format!(
-                        "shard {} does not know the outcome of {txn}: not a transaction whose \
-                         lowest participant it is, or past the retention period{}",
-                        state.shard.0,
-                        if client.is_none() { " (ask with its client id)" } else { "" }
-                    ))),
-                })
-            })
-            .await??;
-        if let Outcome::Committed { ts, .. } = &outcome
-            && !state.clock.max_offset().is_zero()
-        {
-            while let Some(left) = state.clock.commit_wait_remaining(*ts) {
-                tokio::time::sleep(left).await;
-            }
-        }
-        if let Outcome::Committed { ts, .. } = &outcome {
-            let c = &state.counters;
-            c.commit.observe(state.clock.physical_now().duration_since(*ts));
-        }
+        let (txn, client) = awaited(r)?;
+        let outcome = state.wait_for(|| known_outcome(state, txn, client)).await??;
+        past_commit_wait(state, [&outcome]).await;
         Ok(Response::new(v1::AwaitOutcomeResponse {
             hlc: stamp(&state.clock),
             outcome: Some(outcome_to_proto(txn, &outcome)),
         }))
+    }
+
+    async fn await_outcomes(
+        &self,
+        request: Request<v1::AwaitOutcomesRequest>,
+    ) -> Result<Response<v1::AwaitOutcomesResponse>, Status> {
+        let r = request.into_inner();
+        let state = &self.state;
+        observe_request(&state.clock, r.hlc)?;
+        state.check_running()?;
+        if r.items.len() > MAX_BATCH {
+            return Err(malformed(format!(
+                "{} transactions in one batch; at most {MAX_BATCH}",
+                r.items.len()
+            )));
+        }
+        let items: Vec<_> = r.items.into_iter().map(awaited).collect();
+        // Until at least one is known; then every one known by then.
+        let known: Vec<Option<Result<Outcome, Status>>> = state
+            .wait_for(|| {
+                let known: Vec<_> = items
+                    .iter()
+                    .map(|item| match item {
+                        Ok((txn, client)) => known_outcome(state, *txn, *client),
+                        Err(status) => Some(Err(status.clone())),
+                    })
+                    .collect();
+                known.iter().any(Option::is_some).then_some(known)
+            })
+            .await?;
+        past_commit_wait(state, known.iter().flatten().filter_map(|k| k.as_ref().ok())).await;
+        let results = known
+            .into_iter()
+            .zip(&items)
+            .map(|(k, item)| v1::OutcomeResult {
+                result: k.map(|k| match (k, item) {
+                    (Ok(outcome), Ok((txn, _))) => {
+                        v1::outcome_result::Result::Outcome(outcome_to_proto(*txn, &outcome))
+                    }
+                    (Err(status), _) => v1::outcome_result::Result::Failed(item_status(&status)),
+                    (Ok(_), Err(status)) => v1::outcome_result::Result::Failed(item_status(status)),
+                }),
+            })
+            .collect();
+        Ok(Response::new(v1::AwaitOutcomesResponse { hlc: stamp(&state.clock), results }))
     }
 
     async fn outcome(
@@ -271,5 +270,75 @@ impl ShardRpc for ShardService {
             digest: progress.digest.to_le_bytes().to_vec(),
             failure: failure.unwrap_or_default(),
         }))
+    }
+}
+
+/// The transaction (and client id, if given) an `AwaitOutcome` asks about.
+fn awaited(r: v1::AwaitOutcomeRequest) -> Result<(TxnId, Option<ClientId>), Status> {
+    let id = r.txn.ok_or_else(|| Status::invalid_argument("which transaction?"))?;
+    let txn = TxnId { epoch: Epoch(id.epoch), index: id.index };
+    let client = match r.client_id.is_empty() {
+        true => None,
+        false => Some(client_id(&r.client_id)?),
+    };
+    Ok((txn, client))
+}
+
+/// The outcome of `txn` if this shard knows it now, the failure `AwaitOutcome` answers if it
+/// never will, or `None` while it may still come.
+fn known_outcome(
+    state: &State,
+    txn: TxnId,
+    client: Option<ClientId>,
+) -> Option<Result<Outcome, Status>> {
+    // Read in the reverse of the order the apply thread writes them (outcomes, then the
+    // deferred entries, then progress), so that an outcome recorded while this runs is never
+    // missed: if the window counted as applied here, its outcomes are in the map or in storage.
+    let applied = state.progress().applied;
+    let deferred = lock(&state.deferred).contains(&txn);
+    if let Some(o) = lock(&state.outcomes).get(&txn) {
+        return Some(Ok(o.clone()));
+    }
+    // Not applied yet, or deferred to a later window: wait.
+    if txn.epoch > applied || deferred {
+        return None;
+    }
+    // Decided before this shard restarted, or long enough ago to have left memory: storage
+    // keeps it by client id for the retention period.
+    let stored = match client.map(|c| stored_outcome(&state.mvcc, c)).transpose() {
+        Ok(stored) => stored.flatten(),
+        Err(e) => return Some(Err(Status::internal(e.to_string()))),
+    };
+    Some(match stored {
+        Some((t, o)) if t == txn => Ok(o),
+        _ => Err(Status::not_found(format!(
+            "shard {} does not know the outcome of {txn}: not a transaction whose lowest \
+             participant it is, or past the retention period{}",
+            state.shard.0,
+            if client.is_none() { " (ask with its client id)" } else { "" }
+        ))),
+    })
+}
+
+/// Returns once every committed one of `outcomes` is past commit-wait, and counts their
+/// commit latency.
+async fn past_commit_wait<'a>(state: &State, outcomes: impl IntoIterator<Item = &'a Outcome>) {
+    let committed: Vec<Timestamp> = outcomes
+        .into_iter()
+        .filter_map(|o| match o {
+            Outcome::Committed { ts, .. } => Some(*ts),
+            _ => None,
+        })
+        .collect();
+    if let Some(last) = committed.iter().max()
+        && !state.clock.max_offset().is_zero()
+    {
+        while let Some(left) = state.clock.commit_wait_remaining(*last) {
+            tokio::time::sleep(left).await;
+        }
+    }
+    let now = state.clock.physical_now();
+    for ts in committed {
+        state.counters.commit.observe(now.duration_since(ts));
     }
 }

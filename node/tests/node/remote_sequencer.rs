@@ -246,6 +246,64 @@ async fn bad_submissions_are_refused_with_reasons_and_nothing_is_logged() {
     assert_eq!(logged_ids(dir.path()), vec![4]);
 }
 
+/// A batch answers each entry as Submit alone would: good ones logged (a repeated id as a
+/// duplicate of the first), bad ones refused for their own reason, and an oversize batch
+/// refused whole with nothing logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_answers_each_entry_as_alone_and_an_oversize_batch_logs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SealerConfig { max_window_bytes: 4096, ..SealerConfig::default() };
+    let node = start(dir.path(), config).await;
+    let client = connect(&node, clock()).await;
+    let batch = [
+        entry(1, &[0]),
+        entry(2, &[SHARDS]),
+        sized_entry(3, &[0], &[7u8; 8192]),
+        entry(4, &[1]),
+        entry(1, &[0]),
+    ];
+    let results = client.submit_many(&batch).await.unwrap();
+    assert_eq!(results.len(), batch.len());
+    let first = results[0].as_ref().unwrap();
+    assert!(!first.duplicate);
+    match &results[1] {
+        Err(RemoteError::Refused { kind: RefusalKind::Malformed, why }) => {
+            assert!(why.contains("participants [3] do not match"), "{why}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(
+        matches!(&results[2], Err(RemoteError::Refused { kind: RefusalKind::TooLarge, .. })),
+        "{:?}",
+        results[2]
+    );
+    assert!(!results[3].as_ref().unwrap().duplicate);
+    let again = results[4].as_ref().unwrap();
+    assert!(again.duplicate, "the same id twice in a batch is logged once");
+    assert_eq!(again.txn, first.txn);
+    // Over the item limit: refused whole.
+    let mut raw = v1::sequencer_client::SequencerClient::connect(format!("http://{}", node.addr()))
+        .await
+        .unwrap();
+    let item = |id: u128| v1::SubmitRequest {
+        hlc: 0,
+        participants: vec![],
+        payload: entry(id, &[0]).payload.to_vec(),
+        client_id: id.to_le_bytes().to_vec(),
+    };
+    let status = raw
+        .submit_many(v1::SubmitManyRequest {
+            hlc: 0,
+            items: (100..100 + client::MAX_BATCH as u128 + 1).map(item).collect(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("at most 1024"), "{}", status.message());
+    node.shutdown().await.unwrap();
+    assert_eq!(logged_ids(dir.path()), vec![1, 4]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_whose_clock_is_beyond_max_offset_is_refused_and_one_within_it_observed() {
     let dir = tempfile::tempdir().unwrap();

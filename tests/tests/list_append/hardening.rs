@@ -264,6 +264,82 @@ async fn requests_for_what_cannot_happen_are_answered_at_once() {
     local.stop().await;
 }
 
+/// `AwaitOutcomes` answers each transaction known: the committed ones' outcomes, each bad or
+/// unknown item's own failure, and the ones not decided yet pending; with none known it
+/// waits. A batch over the limit is refused whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_awaited_outcomes_answers_each_and_leaves_the_undecided_pending() {
+    let local = start().await;
+    let map = local.cluster.map.clone();
+    let sequencer = RemoteSequencer::connect(&local.cluster.sequencer, clock()).await.unwrap();
+    let entries: Vec<Entry> = (0..3u128)
+        .map(|i| {
+            let key = key_on(&map, 0, format!("batched {i}").as_bytes());
+            Entry::new(ClientId(40 + i), vec![], writing(&[&key], b"v"))
+        })
+        .collect();
+    let receipts: Vec<_> =
+        sequencer.submit_many(&entries).await.unwrap().into_iter().map(Result::unwrap).collect();
+    let item = |epoch: u64, index: u32, client_id: Vec<u8>| v1::AwaitOutcomeRequest {
+        hlc: 0,
+        txn: Some(v1::TxnId { epoch, index }),
+        client_id,
+    };
+    let mut items: Vec<_> =
+        receipts.iter().map(|r| item(r.txn.epoch.0, r.txn.index, Vec::new())).collect();
+    let last = receipts.iter().map(|r| r.txn.epoch.0).max().unwrap();
+    items.push(item(last, 999, Vec::new())); // never logged: NOT_FOUND
+    items.push(item(last, 0, vec![1, 2, 3])); // a bad client id: MALFORMED
+    items.push(item(u64::MAX, 0, Vec::new())); // not decided for ages: pending
+    let mut shard0 = shard_client(&local, 0).await;
+    // Each decided first, alone, so the batch below finds them known.
+    for r in &receipts {
+        shard0.await_outcome(item(r.txn.epoch.0, r.txn.index, Vec::new())).await.unwrap();
+    }
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        shard0.await_outcomes(v1::AwaitOutcomesRequest { hlc: 0, items }),
+    )
+    .await
+    .expect("answered once one is known")
+    .unwrap()
+    .into_inner();
+    assert_eq!(answer.results.len(), 6);
+    for (r, receipt) in answer.results[..3].iter().zip(&receipts) {
+        match &r.result {
+            Some(v1::outcome_result::Result::Outcome(o)) => {
+                let txn = Some(v1::TxnId { epoch: receipt.txn.epoch.0, index: receipt.txn.index });
+                assert_eq!(o.txn, txn);
+                assert!(matches!(o.result, Some(v1::outcome::Result::Committed(_))), "{o:?}");
+            }
+            other => panic!("expected an outcome, got {other:?}"),
+        }
+    }
+    let failed = |r: &v1::OutcomeResult| match &r.result {
+        Some(v1::outcome_result::Result::Failed(f)) => client::item_failure(f.clone()),
+        other => panic!("expected a failure, got {other:?}"),
+    };
+    assert_eq!(failed(&answer.results[3]).code(), tonic::Code::NotFound);
+    assert_eq!(refusal(&failed(&answer.results[4])), RefusalKind::Malformed);
+    assert_eq!(answer.results[5].result, None, "not decided: pending");
+    // Nothing known: it waits (bounded by the server), and answers nothing pending.
+    let mut undecided = tonic::Request::new(v1::AwaitOutcomesRequest {
+        hlc: 0,
+        items: vec![item(u64::MAX, 0, Vec::new())],
+    });
+    undecided.set_timeout(Duration::from_millis(300));
+    let undecided = shard0.await_outcomes(undecided).await.unwrap_err();
+    assert!(
+        matches!(undecided.code(), tonic::Code::Cancelled | tonic::Code::DeadlineExceeded),
+        "{undecided:?}"
+    );
+    // Over the limit: refused whole.
+    let items = (0..client::MAX_BATCH as u32 + 1).map(|i| item(last, i, Vec::new())).collect();
+    let over = shard0.await_outcomes(v1::AwaitOutcomesRequest { hlc: 0, items }).await;
+    assert_eq!(refusal(&over.unwrap_err()), RefusalKind::Malformed);
+    local.stop().await;
+}
+
 /// Rows on shard 1 that [`ScanRemote`] reads from shard 0.
 fn big_rows() -> KeyRange {
     KeyRange::prefix(b"\x60big/")
