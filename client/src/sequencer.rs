@@ -385,6 +385,20 @@ impl RemoteSequencer {
         Ok(Epoch(r.log_first))
     }
 
+    /// Tells the sequencer that replica `replica` of `shard` has applied every window up to
+    /// `epoch`, so that it may seal the next one early.
+    pub async fn applied(
+        &self,
+        shard: ShardId,
+        replica: u32,
+        epoch: Epoch,
+    ) -> Result<(), RemoteError> {
+        let request =
+            v1::AppliedRequest { hlc: stamp(&self.clock), shard: shard.0, replica, epoch: epoch.0 };
+        let r = self.unary(|mut c| async move { c.applied(request).await }).await?;
+        observe_response(&self.clock, r.hlc)
+    }
+
     /// `shard`'s slices of every window from `from` on, then the live ones and ticks.
     pub async fn subscribe(
         &self,

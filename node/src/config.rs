@@ -32,7 +32,8 @@
 //! election_timeout_ms = 300         # optional: a follower's wait before it stands (up to 1.2x)
 //!
 //! [window]                          # optional (sequencer role)
-//! interval_ms = 5
+//! interval_ms = 5                   # the most a window waits: a single sequencer seals sooner
+//!                                   # once every shard reports the last window applied
 //! max_entries = 10000
 //! max_bytes = 16777216
 //! log_segment_bytes = 67108864      # the log's segment files (the unit of truncation)
@@ -346,8 +347,8 @@ impl NodeConfig {
             absent_replica: file
                 .absent_replica_ms
                 .map_or(defaults.absent_replica, Duration::from_millis),
-            // Sealing ahead needs every shard's progress; a cluster seals on the interval.
-            seal_ahead: None,
+            // Shards report what they applied (`Applied`), so a single sequencer seals ahead
+            // as an embedded database does; without reports, on the interval.
             ..defaults
         };
         let interval_ms = sealer.window_interval.as_millis();

@@ -260,6 +260,7 @@ impl SequencerNode {
             secure: tls.is_some(),
             fenced,
             flushed: Arc::new(FlushedReports::new(&replicas, absent_replica, Instant::now())),
+            applied: Arc::new(std::sync::Mutex::new(vec![Epoch(0); shards as usize])),
             stopping: stopping.clone(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
@@ -475,6 +476,8 @@ struct SequencerService {
     fenced: Fenced,
     /// What each shard replica last reported flushed ([`FlushedReports`]).
     flushed: Arc<FlushedReports>,
+    /// By shard: the last window any of its replicas reported applied.
+    applied: Arc<std::sync::Mutex<Vec<Epoch>>>,
 }
 
 /// The windows every shard replica has checkpointed, as they report them: the log may drop
@@ -866,6 +869,32 @@ impl SequencerRpc for SequencerService {
             self.forced.request(self.sequencer.clone());
         }
         Ok(Response::new(v1::RequestWindowResponse { hlc: stamp(&self.clock) }))
+    }
+
+    async fn applied(
+        &self,
+        request: Request<v1::AppliedRequest>,
+    ) -> Result<Response<v1::AppliedResponse>, Status> {
+        require_node(&request, self.secure)?;
+        let r = request.into_inner();
+        observe_request(&self.clock, r.hlc)?;
+        self.logged(r.epoch)?;
+        if r.shard >= self.shards {
+            return Err(malformed(format!("no shard {} in a cluster of {}", r.shard, self.shards)));
+        }
+        // Every shard's fastest replica: a replica catching up does not hold sealing back.
+        let all = {
+            let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+            let shard = &mut applied[r.shard as usize];
+            *shard = (*shard).max(Epoch(r.epoch));
+            applied.iter().min().copied().unwrap_or(Epoch(0))
+        };
+        if let Backend::Single(s) = &self.sequencer
+            && let Some(feedback) = s.feedback()
+        {
+            feedback.applied(all);
+        }
+        Ok(Response::new(v1::AppliedResponse { hlc: stamp(&self.clock) }))
     }
 
     async fn flushed(

@@ -43,6 +43,9 @@ pub(super) struct ApplyLoop {
     /// When this replica last checkpointed (or flushed) its storage; none yet: the first
     /// checkpoint comes with the first window applied.
     flushed_at: Option<std::time::Instant>,
+    /// The last window applied, for the task that reports it to the sequencer (one report in
+    /// flight at a time, each with the latest window).
+    applied_to: tokio::sync::watch::Sender<Epoch>,
 }
 
 impl ApplyLoop {
@@ -55,7 +58,9 @@ impl ApplyLoop {
     ) -> ApplyLoop {
         let (events, answers) = mpsc::channel(EVENT_QUEUE);
         let flushed_at = None;
-        ApplyLoop { state, step, peers, sequencer, handle, events, answers, flushed_at }
+        let (applied_to, applied) = tokio::sync::watch::channel(Epoch(0));
+        handle.spawn(report_applied(sequencer.clone(), state.clone(), applied));
+        ApplyLoop { state, step, peers, sequencer, handle, events, answers, flushed_at, applied_to }
     }
 
     pub(super) fn run(&mut self) -> Result<(), StepError> {
@@ -217,6 +222,7 @@ impl ApplyLoop {
                     c.outcomes.count(d);
                 }
                 self.applied(window, ts, decided.into_iter().map(|(d, _)| d), deferred, digest);
+                self.applied_to.send_replace(window);
                 if self.flushed_at.is_none_or(|t| t.elapsed() >= state.flush_interval) {
                     self.flushed_at = Some(std::time::Instant::now());
                     // The log is kept from the checkpoint on, for fellows that copy it.
@@ -357,6 +363,23 @@ impl ApplyLoop {
         if let Err(e) = self.handle.block_on(self.sequencer.request_window(after)) {
             // The sequencer is down; this shard asks again when it resubscribes.
             tracing::warn!(shard = self.state.shard.0, error = %e, "requesting a window");
+        }
+    }
+}
+
+/// Reports the windows this replica applies to the sequencer, so that it can seal the next
+/// one without waiting out its interval: one report in flight at a time, each with the last
+/// window applied when it is sent. Ends with the apply loop.
+async fn report_applied(
+    sequencer: RemoteSequencer,
+    state: Arc<State>,
+    mut applied: tokio::sync::watch::Receiver<Epoch>,
+) {
+    while applied.changed().await.is_ok() {
+        let epoch = *applied.borrow_and_update();
+        if let Err(e) = sequencer.applied(state.shard, state.replica as u32, epoch).await {
+            // Only sealing early is lost: the sequencer seals on its interval meanwhile.
+            tracing::debug!(shard = state.shard.0, error = %e, "reporting applied windows");
         }
     }
 }

@@ -304,6 +304,58 @@ async fn a_batch_answers_each_entry_as_alone_and_an_oversize_batch_logs_nothing(
     assert_eq!(logged_ids(dir.path()), vec![1, 4]);
 }
 
+/// Group commit on feedback: with two windows sealed and not reported applied, an entry
+/// waits for the (here 10 s) interval; once every shard has reported the last window applied,
+/// it is sealed at once. Reports of windows not logged yet, or of shards the cluster does not
+/// have, are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_is_sealed_once_every_shard_reports_the_last_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SealerConfig {
+        window_interval: Duration::from_secs(10),
+        seal_ahead: Some(2),
+        ..SealerConfig::default()
+    };
+    let node = start(dir.path(), config).await;
+    let client = connect(&node, clock()).await;
+    // Fewer than two windows unapplied: sealed at once.
+    let first = client.submit(&entry(1, &[0])).await.unwrap();
+    let second = client.submit(&entry(2, &[1])).await.unwrap();
+    assert_eq!(second.txn.epoch, first.txn.epoch.next());
+    // Two unapplied: the third waits, through reports from only some of the shards.
+    let mut waiting = {
+        let client = client.clone();
+        tokio::spawn(async move { client.submit(&entry(3, &[2])).await })
+    };
+    let quick = Duration::from_millis(300);
+    let unsealed = tokio::time::timeout(quick, &mut waiting).await;
+    assert!(unsealed.is_err(), "sealed before any report: {unsealed:?}");
+    for shard in 0..SHARDS - 1 {
+        client.applied(ShardId(shard), 0, second.txn.epoch).await.unwrap();
+    }
+    let unsealed = tokio::time::timeout(quick, &mut waiting).await;
+    assert!(unsealed.is_err(), "sealed before every shard reported: {unsealed:?}");
+    // A fellow replica's report counts for its shard.
+    client.applied(ShardId(SHARDS - 1), 1, second.txn.epoch).await.unwrap();
+    let third = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("sealed once every shard reported, not on the 10 s interval")
+        .unwrap()
+        .unwrap();
+    assert_eq!(third.txn.epoch, second.txn.epoch.next());
+    match client.applied(ShardId(0), 0, Epoch(third.txn.epoch.0 + 5)).await {
+        Err(RemoteError::Refused { kind: RefusalKind::Future, .. }) => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    match client.applied(ShardId(SHARDS), 0, third.txn.epoch).await {
+        Err(RemoteError::Refused { kind: RefusalKind::Malformed, why }) => {
+            assert!(why.contains("no shard 3"), "{why}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    node.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_whose_clock_is_beyond_max_offset_is_refused_and_one_within_it_observed() {
     let dir = tempfile::tempdir().unwrap();
