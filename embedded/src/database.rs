@@ -724,11 +724,10 @@ impl Database {
     }
 
     pub(crate) fn check_running(&self) -> Result<(), TxnError> {
-        // The sequencer's own failure first: the shards' then only says the log ended.
-        if let Some(e) = self.sequencer.as_ref().and_then(Sequencer::failure) {
-            return Err(TxnError::Storage(e));
-        }
         if let Some(e) = lock(&self.inner.failure).clone() {
+            // The sequencer's own failure, if it failed: the shards' then only says the log
+            // ended.
+            let e = self.sequencer.as_ref().and_then(Sequencer::failure).unwrap_or(e);
             return Err(TxnError::Storage(e));
         }
         if self.inner.stopping.load(Ordering::SeqCst) {
