@@ -173,25 +173,16 @@ impl ApplyLoop {
                 let peers = self.peers.clone();
                 self.answer(
                     async move {
-                        let mut calls = tokio::task::JoinSet::new();
-                        for key in points {
-                            let peers = peers.clone();
-                            calls.spawn(async move {
-                                let value = peers.get(shard, &key, at, window).await?;
-                                Ok::<_, PeerError>((key, value))
-                            });
-                        }
+                        // Every key in one request (a few if the values are large).
+                        let values = match points.is_empty() {
+                            true => Vec::new(),
+                            false => peers.get_many(shard, &points, at, window).await?,
+                        };
+                        let points = points.into_iter().zip(values).collect();
                         let mut found = Vec::new();
                         for (range, limit) in scans {
                             let rows = peers.scan(shard, &range, at, window, limit).await?;
                             found.push(((range, limit), rows));
-                        }
-                        let mut points = Vec::new();
-                        while let Some(call) = calls.join_next().await {
-                            points.push(call.map_err(|e| PeerError::Refused {
-                                shard,
-                                why: format!("the call task failed: {e}"),
-                            })??);
                         }
                         Ok(Event::RemoteRead { window, shard, points, scans: found })
                     },

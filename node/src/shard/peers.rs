@@ -16,7 +16,7 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use super::{PEER_RETRY, State};
-use client::{RemoteError, Replicas, SetupError, Tls, paged};
+use client::{MAX_SCAN_ROWS, RemoteError, Replicas, SetupError, Tls, paged};
 use txn::{Rows, range_to_proto};
 
 /// Why a call to a peer gave up.
@@ -114,26 +114,40 @@ impl GrpcPeers {
         }
     }
 
-    pub(super) async fn get(
+    /// The values of `keys` (all on `shard`) at `at`, in order: one request, or a few if the
+    /// values are large or the keys many.
+    pub(super) async fn get_many(
         &self,
         shard: ShardId,
-        key: &[u8],
+        keys: &[Vec<u8>],
         at: Timestamp,
         window: Epoch,
-    ) -> Result<Option<Vec<u8>>, PeerError> {
-        self.call(shard, |mut c, hlc| {
-            let request = v1::GetRequest {
-                hlc,
-                key: key.to_vec(),
-                read_ts: at.as_u64(),
-                for_window: window.0,
-            };
-            async move {
-                let r = c.get(request).await?.into_inner();
-                Ok((r.found.map(|kv| kv.value), r.hlc))
+    ) -> Result<Vec<Option<Vec<u8>>>, PeerError> {
+        let mut values = Vec::with_capacity(keys.len());
+        while values.len() < keys.len() {
+            let rest = &keys[values.len()..];
+            let rest = &rest[..rest.len().min(MAX_SCAN_ROWS as usize)];
+            let got = self
+                .call(shard, |mut c, hlc| {
+                    let request = v1::GetManyRequest {
+                        hlc,
+                        keys: rest.to_vec(),
+                        read_ts: at.as_u64(),
+                        for_window: window.0,
+                    };
+                    async move {
+                        let r = c.get_many(request).await?.into_inner();
+                        Ok((r.values, r.hlc))
+                    }
+                })
+                .await?;
+            if got.is_empty() || got.len() > rest.len() {
+                let why = format!("answered {} of {} keys", got.len(), rest.len());
+                return Err(PeerError::Refused { shard, why });
             }
-        })
-        .await
+            values.extend(got.into_iter().map(|v| v.value));
+        }
+        Ok(values)
     }
 
     pub(super) async fn scan(

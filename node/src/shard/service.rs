@@ -83,6 +83,36 @@ impl ShardRpc for ShardService {
         Ok(Response::new(v1::GetResponse { hlc: stamp(&state.clock), found }))
     }
 
+    async fn get_many(
+        &self,
+        request: Request<v1::GetManyRequest>,
+    ) -> Result<Response<v1::GetManyResponse>, Status> {
+        let (for_window, hlc) = (request.get_ref().for_window, request.get_ref().hlc);
+        let state = self.admit_read(&request, for_window, hlc)?;
+        let r = request.into_inner();
+        if r.keys.len() > MAX_SCAN_ROWS as usize {
+            return Err(malformed(format!(
+                "{} keys in one request; at most {MAX_SCAN_ROWS}",
+                r.keys.len()
+            )));
+        }
+        for key in &r.keys {
+            state.check_local(key)?;
+        }
+        let at = Timestamp::from_u64(r.read_ts);
+        state.wait_safe(at, r.for_window != 0).await?;
+        let (mut values, mut bytes) = (Vec::new(), 0);
+        for key in &r.keys {
+            if bytes >= SCAN_RESPONSE_BYTES {
+                break;
+            }
+            let value = state.mvcc.get(key, at).map_err(storage_status)?.map(|v| v.value);
+            bytes += value.as_ref().map_or(0, Vec::len);
+            values.push(v1::MaybeValue { value });
+        }
+        Ok(Response::new(v1::GetManyResponse { hlc: stamp(&state.clock), values }))
+    }
+
     async fn scan(
         &self,
         request: Request<v1::ScanRequest>,

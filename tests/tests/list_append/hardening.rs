@@ -264,6 +264,52 @@ async fn requests_for_what_cannot_happen_are_answered_at_once() {
     local.stop().await;
 }
 
+/// `GetMany` answers each key as `Get` would, in order (none for a key never written), pages
+/// by bytes (a prefix of the keys, at least one), and refuses a key on another shard or more
+/// keys than the limit, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_many_answers_a_prefix_of_the_keys_in_order_and_refuses_what_is_not_its_own() {
+    let local = start().await;
+    let map = local.cluster.map.clone();
+    let client = Client::new(&local.cluster, clock()).unwrap();
+    // Six values of 900 KiB: more than one answer's 4 MiB.
+    let big: Vec<Vec<u8>> = (0..6u8).map(|i| key_on(&map, 0, &[b'g', i])).collect();
+    for (i, key) in big.iter().enumerate() {
+        client.call("kv.put", &put_args(key, &vec![i as u8; 900 << 10])).await.unwrap();
+    }
+    let absent = key_on(&map, 0, b"never written");
+    let ts = client.read_ts(ReadAt::Latest);
+    read(&client, &big[5]).await; // every shard past `ts`
+    // An answer holds up to 4 MiB and the value crossing it: over tonic's default 4 MiB.
+    let mut shard0 =
+        shard_client(&local, 0).await.max_decoding_message_size(client::MAX_MESSAGE_BYTES);
+    let request = |keys: Vec<Vec<u8>>| v1::GetManyRequest {
+        hlc: 0,
+        keys,
+        read_ts: ts.as_u64(),
+        for_window: 0,
+    };
+    let keys: Vec<Vec<u8>> = [absent.clone()].into_iter().chain(big.iter().cloned()).collect();
+    let first = shard0.get_many(request(keys.clone())).await.unwrap().into_inner().values;
+    // 4 MiB is crossed at the fifth value: the absent key and five values.
+    assert_eq!(first.len(), 6, "a prefix, stopping at the byte bound");
+    assert_eq!(first[0].value, None);
+    for (i, v) in first[1..].iter().enumerate() {
+        assert_eq!(v.value.as_deref(), Some(&vec![i as u8; 900 << 10][..]));
+    }
+    let rest = shard0.get_many(request(keys[6..].to_vec())).await.unwrap().into_inner().values;
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].value.as_deref(), Some(&vec![5u8; 900 << 10][..]));
+    // A key of another shard among them: refused whole.
+    let elsewhere = key_on(&map, 1, b"elsewhere");
+    let status = shard0.get_many(request(vec![absent.clone(), elsewhere])).await.unwrap_err();
+    assert_eq!(refusal(&status), RefusalKind::Malformed, "{status:?}");
+    let many = vec![absent; client::MAX_SCAN_ROWS as usize + 1];
+    let status = shard0.get_many(request(many)).await.unwrap_err();
+    assert_eq!(refusal(&status), RefusalKind::Malformed, "{status:?}");
+    local.stop().await;
+}
+
 /// `AwaitOutcomes` answers each transaction known: the committed ones' outcomes, each bad or
 /// unknown item's own failure, and the ones not decided yet pending; with none known it
 /// waits. A batch over the limit is refused whole.
