@@ -87,6 +87,9 @@ enum Awaited {
     Known(Result<Outcome, RemoteError>),
     /// Not decided yet: ask again.
     Pending,
+    /// This replica failed on it in a way another may not (a storage error): ask again after
+    /// a pause, as a failed call is retried.
+    Failing,
 }
 
 /// A connection to a sealdb cluster. Its concurrent calls share requests: entries submitted
@@ -326,6 +329,7 @@ impl Client {
             loop {
                 match outcomes.call((txn, id)).await {
                     Some(Awaited::Pending) => continue,
+                    Some(Awaited::Failing) => tokio::time::sleep(RETRY).await,
                     Some(Awaited::Known(known)) => return known,
                     None => return Err(RemoteError::Unavailable("the client is stopping".into())),
                 }
@@ -649,8 +653,8 @@ impl RemoteTransaction<'_> {
 }
 
 /// Asks `shard` (any replica) for the outcomes of `items` in one `AwaitOutcomes`: one answer
-/// per item, in order. A failure another replica may not have (a storage error) leaves the
-/// item pending, to be asked again.
+/// per item, in order. A failure another replica may not have (a storage error) is asked
+/// again after a pause.
 async fn await_outcomes(
     shards: &Replicas,
     clock: &Clock,
@@ -689,7 +693,7 @@ async fn await_outcomes(
                 Some(v1::outcome_result::Result::Failed(status)) => {
                     let status = item_failure(status);
                     match fails_over(&status) {
-                        true => Awaited::Pending,
+                        true => Awaited::Failing,
                         false => Awaited::Known(Err(status.into())),
                     }
                 }

@@ -215,29 +215,29 @@ impl ShardRpc for ShardService {
         }
         let items: Vec<_> = r.items.into_iter().map(awaited).collect();
         // Until at least one is known; then every one known by then.
-        let known: Vec<Option<Result<Outcome, Status>>> = state
+        let known: Vec<Option<Result<(TxnId, Outcome), Status>>> = state
             .wait_for(|| {
                 let known: Vec<_> = items
                     .iter()
                     .map(|item| match item {
-                        Ok((txn, client)) => known_outcome(state, *txn, *client),
+                        Ok((txn, client)) => known_outcome(state, *txn, *client)
+                            .map(|k| k.map(|outcome| (*txn, outcome))),
                         Err(status) => Some(Err(status.clone())),
                     })
                     .collect();
                 known.iter().any(Option::is_some).then_some(known)
             })
             .await?;
-        past_commit_wait(state, known.iter().flatten().filter_map(|k| k.as_ref().ok())).await;
+        let outcomes = known.iter().flatten().filter_map(|k| k.as_ref().ok().map(|(_, o)| o));
+        past_commit_wait(state, outcomes).await;
         let results = known
             .into_iter()
-            .zip(&items)
-            .map(|(k, item)| v1::OutcomeResult {
-                result: k.map(|k| match (k, item) {
-                    (Ok(outcome), Ok((txn, _))) => {
-                        v1::outcome_result::Result::Outcome(outcome_to_proto(*txn, &outcome))
+            .map(|k| v1::OutcomeResult {
+                result: k.map(|k| match k {
+                    Ok((txn, outcome)) => {
+                        v1::outcome_result::Result::Outcome(outcome_to_proto(txn, &outcome))
                     }
-                    (Err(status), _) => v1::outcome_result::Result::Failed(item_status(&status)),
-                    (Ok(_), Err(status)) => v1::outcome_result::Result::Failed(item_status(status)),
+                    Err(status) => v1::outcome_result::Result::Failed(item_status(&status)),
                 }),
             })
             .collect();
