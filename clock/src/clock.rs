@@ -15,6 +15,14 @@
 //! before. The lease ([`HIGH_WATER_LEASE`]) trades fsyncs (about one per lease of time) against
 //! how far ahead of physical time a restarted clock may start (at most one lease).
 //!
+//! Writing the file takes three fsyncs (the file, the rename's directory), milliseconds on a
+//! busy disk; the caller that crosses the bound would wait for them, and in a node that is
+//! the sequencer sealing a window or a runtime thread serving requests. So the bound is
+//! renewed ahead: the first timestamp within [`RENEW_MARGIN`] of it starts a write on a
+//! thread of its own and goes on; a caller waits only if time reaches the bound before the
+//! write lands (a disk slower than the margin), and only it sees the write's error then
+//! ([`Clock::try_now`]).
+//!
 //! ```text
 //!   issued:  t1 t2 t3 ....... t9 |  bound B (fsynced)     crash, wall clock set back
 //!   restart: last := B  -> next timestamp B+1 > t9, whatever the wall clock says
@@ -23,7 +31,7 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +40,10 @@ use crate::timestamp::{PHYSICAL_MASK, Timestamp};
 
 /// How far ahead of the highest timestamp issued the persisted high-water bound is set.
 pub const HIGH_WATER_LEASE: Duration = Duration::from_millis(250);
+
+/// How close to the persisted bound a timestamp starts the bound's renewal in the background.
+/// The renewal has this long (of clock time) to land before a caller waits for it.
+pub const RENEW_MARGIN: Duration = Duration::from_millis(100);
 
 /// A remote timestamp more than `max_offset` ahead of the local physical clock: either that
 /// node's clock or this one is outside the configured bound, and absorbing it could break
@@ -80,7 +92,7 @@ pub struct Clock {
     max_offset: Duration,
     /// Highest timestamp issued or observed (raw representation).
     last: AtomicU64,
-    high_water: Option<HighWater>,
+    high_water: Option<Arc<HighWater>>,
 }
 
 /// The persisted bound: no timestamp at or above `bound` is issued until the file says so.
@@ -89,6 +101,24 @@ struct HighWater {
     bound: AtomicU64,
     /// Serialises writers of the file.
     write: Mutex<()>,
+    /// A renewal is under way in the background, and its thread: the clock waits for it when
+    /// dropped, so that a clock opened on the file afterwards is its only writer (a late
+    /// renewal could otherwise write a lower bound over the new clock's).
+    renewing: AtomicBool,
+    renewal: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Bounds written since open, and how many of them a caller had to wait for.
+    writes: AtomicU64,
+    waited: AtomicU64,
+}
+
+/// What a clock with a high-water file has written ([`Clock::high_water_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HighWaterStats {
+    /// Bounds written since the clock was opened (including the one at open).
+    pub writes: u64,
+    /// Times a caller of [`Clock::now`] or [`Clock::observe`] needed a bound not yet written
+    /// and waited for it (the background renewal had not landed in time, or had failed).
+    pub waited: u64,
 }
 
 const HIGH_WATER_MAGIC: &str = "sealdb-clock-high-water v1";
@@ -118,16 +148,35 @@ impl Clock {
             physical,
             max_offset,
             last: AtomicU64::new(stored.as_u64()),
-            high_water: Some(HighWater {
+            high_water: Some(Arc::new(HighWater {
                 path,
                 bound: AtomicU64::new(stored.as_u64()),
                 write: Mutex::new(()),
-            }),
+                renewing: AtomicBool::new(false),
+                renewal: Mutex::new(None),
+                writes: AtomicU64::new(0),
+                waited: AtomicU64::new(0),
+            })),
         };
         // Persist a fresh bound now, so a failing disk shows up at open rather than later.
         let start = clock.physical.now().max(stored.next());
-        clock.extend_high_water(start).map_err(|(path, source)| ClockError::Io { path, source })?;
+        if let Some(hw) = &clock.high_water {
+            hw.extend(start)?;
+        }
         Ok(clock)
+    }
+
+    /// The persisted bound no timestamp reaches, if the clock has a high-water file.
+    pub fn high_water_bound(&self) -> Option<Timestamp> {
+        self.high_water.as_ref().map(|hw| Timestamp::from_u64(hw.bound.load(Ordering::SeqCst)))
+    }
+
+    /// What the high-water file has taken, if the clock has one.
+    pub fn high_water_stats(&self) -> Option<HighWaterStats> {
+        self.high_water.as_ref().map(|hw| HighWaterStats {
+            writes: hw.writes.load(Ordering::Relaxed),
+            waited: hw.waited.load(Ordering::Relaxed),
+        })
     }
 
     /// The configured maximum offset between any two clocks of the cluster.
@@ -144,17 +193,24 @@ impl Clock {
     ///
     /// # Panics
     ///
-    /// If the clock has a high-water file and it cannot be written. Issuing a timestamp past
-    /// the persisted bound could repeat timestamps after a restart, so the node stops instead
-    /// (DESIGN.md: I/O errors stop the node rather than weaken a guarantee).
+    /// If the clock has a high-water file and it cannot be written ([`Clock::try_now`] says
+    /// so instead). Issuing a timestamp past the persisted bound could repeat timestamps after
+    /// a restart, so a node stops instead (DESIGN.md: I/O errors stop the node rather than
+    /// weaken a guarantee).
     pub fn now(&self) -> Timestamp {
+        self.try_now().unwrap_or_else(|e| stop(e))
+    }
+
+    /// [`Clock::now`], or the error writing the high-water file if the timestamp needed a
+    /// new bound and it could not be persisted. Nothing is issued then.
+    pub fn try_now(&self) -> Result<Timestamp, ClockError> {
         loop {
             let physical = self.physical.now().as_u64() & PHYSICAL_MASK;
             let last = self.last.load(Ordering::SeqCst);
             let next = physical.max(last.saturating_add(1));
-            self.ensure_below_bound(next);
+            self.ensure_below_bound(next)?;
             if self.last.compare_exchange(last, next, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-                return Timestamp::from_u64(next);
+                return Ok(Timestamp::from_u64(next));
             }
         }
     }
@@ -165,18 +221,28 @@ impl Clock {
     ///
     /// # Panics
     ///
-    /// As [`Clock::now`], if the high-water file cannot be written.
+    /// As [`Clock::now`], if the high-water file cannot be written ([`Clock::try_observe`]
+    /// says so instead).
     pub fn observe(&self, remote: Timestamp) -> Result<(), ClockSkew> {
+        match self.try_observe(remote) {
+            Ok(()) => Ok(()),
+            Err(ObserveError::Skew(skew)) => Err(skew),
+            Err(ObserveError::Persist(e)) => stop(e),
+        }
+    }
+
+    /// [`Clock::observe`], with the error writing the high-water file instead of a panic.
+    pub fn try_observe(&self, remote: Timestamp) -> Result<(), ObserveError> {
         let local = self.physical.now();
         if remote > local.saturating_add(self.max_offset) {
-            return Err(ClockSkew {
+            return Err(ObserveError::Skew(ClockSkew {
                 remote,
                 local,
                 ahead: remote.duration_since(local),
                 max_offset: self.max_offset,
-            });
+            }));
         }
-        self.ensure_below_bound(remote.as_u64());
+        self.ensure_below_bound(remote.as_u64()).map_err(ObserveError::Persist)?;
         self.last.fetch_max(remote.as_u64(), Ordering::SeqCst);
         Ok(())
     }
@@ -200,32 +266,81 @@ impl Clock {
         }
     }
 
-    /// Makes sure `needed` is below the persisted bound, extending the bound first if not.
-    fn ensure_below_bound(&self, needed: u64) {
-        let Some(hw) = &self.high_water else { return };
-        if needed < hw.bound.load(Ordering::SeqCst) {
-            return;
-        }
-        if let Err((path, err)) = self.extend_high_water(Timestamp::from_u64(needed)) {
-            panic!(
-                "cannot persist the clock high-water mark to {}: {err}; stopping rather than \
-                 risk repeating timestamps after a restart",
-                path.display()
-            );
-        }
-    }
-
-    /// Writes a bound of `needed + lease` (unless a concurrent writer already went past it).
-    fn extend_high_water(&self, needed: Timestamp) -> Result<(), (PathBuf, io::Error)> {
+    /// Makes sure `needed` is below the persisted bound: writes a new bound first if it is not
+    /// (the caller waits), and starts writing one in the background if it is within
+    /// [`RENEW_MARGIN`] of it.
+    fn ensure_below_bound(&self, needed: u64) -> Result<(), ClockError> {
         let Some(hw) = &self.high_water else { return Ok(()) };
-        let _guard = hw.write.lock().unwrap_or_else(|e| e.into_inner());
-        if needed.as_u64() < hw.bound.load(Ordering::SeqCst) {
+        let bound = hw.bound.load(Ordering::SeqCst);
+        if needed >= bound {
+            hw.waited.fetch_add(1, Ordering::Relaxed);
+            return hw.extend(Timestamp::from_u64(needed));
+        }
+        let renew_at = Timestamp::from_u64(bound).saturating_sub(RENEW_MARGIN).as_u64();
+        if needed >= renew_at && !hw.renewing.swap(true, Ordering::SeqCst) {
+            let renewal = hw.clone();
+            let spawned =
+                std::thread::Builder::new().name("sealdb-clock".into()).spawn(move || {
+                    // An error here is seen again, by the caller that reaches the bound and
+                    // writes it itself.
+                    let _ = renewal.extend(Timestamp::from_u64(needed));
+                    renewal.renewing.store(false, Ordering::SeqCst);
+                });
+            match spawned {
+                Ok(thread) => *hw.renewal.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread),
+                // No thread to be had: the caller reaching the bound writes it.
+                Err(_) => hw.renewing.store(false, Ordering::SeqCst),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl HighWater {
+    /// Writes a bound of `needed + lease`, unless the bound is there already (a concurrent
+    /// writer went past it).
+    fn extend(&self, needed: Timestamp) -> Result<(), ClockError> {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let bound = needed.saturating_add(HIGH_WATER_LEASE);
+        if bound.as_u64() <= self.bound.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let bound = needed.saturating_add(HIGH_WATER_LEASE);
-        write_high_water(&hw.path, bound).map_err(|e| (hw.path.clone(), e))?;
-        hw.bound.store(bound.as_u64(), Ordering::SeqCst);
+        write_high_water(&self.path, bound)
+            .map_err(|source| ClockError::Io { path: self.path.clone(), source })?;
+        // A renewal is over once its bound is in use (those who see the bound see it over).
+        self.renewing.store(false, Ordering::SeqCst);
+        self.bound.store(bound.as_u64(), Ordering::SeqCst);
+        self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Why [`Clock::try_observe`] refused a timestamp.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    /// Too far ahead: the message carrying it must be refused.
+    #[error(transparent)]
+    Skew(ClockSkew),
+    /// It needed a new high-water bound, which could not be persisted.
+    #[error(transparent)]
+    Persist(ClockError),
+}
+
+/// Stops the caller: the clock cannot persist its bound (see [`Clock::now`]).
+fn stop(e: ClockError) -> ! {
+    panic!(
+        "cannot persist the clock high-water mark ({e}); stopping rather than risk repeating \
+         timestamps after a restart"
+    )
+}
+
+impl Drop for Clock {
+    fn drop(&mut self) {
+        let Some(hw) = &self.high_water else { return };
+        let renewal = hw.renewal.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = renewal {
+            let _ = thread.join();
+        }
     }
 }
 

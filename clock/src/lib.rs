@@ -46,7 +46,9 @@ mod epoch;
 mod physical;
 mod timestamp;
 
-pub use crate::clock::{Clock, ClockError, ClockSkew, HIGH_WATER_LEASE};
+pub use crate::clock::{
+    Clock, ClockError, ClockSkew, HIGH_WATER_LEASE, HighWaterStats, ObserveError, RENEW_MARGIN,
+};
 pub use crate::epoch::Epoch;
 pub use crate::physical::{ManualClock, OffsetClock, PhysicalClock, SystemClock};
 pub use crate::timestamp::Timestamp;

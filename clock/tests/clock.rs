@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use clock::{Clock, ClockError, ManualClock, OffsetClock, PhysicalClock};
+use clock::{
+    Clock, ClockError, HIGH_WATER_LEASE, ManualClock, ObserveError, OffsetClock, PhysicalClock,
+    RENEW_MARGIN, Timestamp,
+};
 
 const MAX_OFFSET: Duration = Duration::from_millis(10);
 
@@ -173,4 +176,72 @@ fn with_zero_max_offset_commit_wait_ends_as_soon_as_the_clock_moves() {
     assert!(clock.commit_wait_remaining(ts).is_some());
     wall.set(ts.next());
     assert_eq!(clock.commit_wait_remaining(ts), None);
+}
+
+/// The bound held in a high-water file.
+fn persisted_bound(path: &std::path::Path) -> Timestamp {
+    let content = std::fs::read_to_string(path).unwrap();
+    Timestamp::from_u64(content.split_whitespace().last().unwrap().parse().unwrap())
+}
+
+/// The bound is renewed in the background before time reaches it, so no caller waits for the
+/// file's fsyncs, and every timestamp issued stays below the bound persisted when it was
+/// issued (what makes a restart safe).
+#[test]
+fn the_high_water_bound_is_renewed_ahead_and_no_caller_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("clock");
+    let wall = ManualClock::at_secs(1_700_000_000);
+    let clock = Clock::open(&path, Arc::new(wall.clone()), MAX_OFFSET).unwrap();
+    let step = Duration::from_millis(40);
+    for _ in 0..100 {
+        wall.advance(step);
+        let ts = clock.now();
+        let bound = persisted_bound(&path);
+        assert!(ts < bound, "issued {ts} at or above the persisted bound {bound}");
+        // A renewal started by this call lands before time moves on (on this machine's disk
+        // well within the margin; a test has no other way to know the thread is done).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while clock.high_water_bound().unwrap() < ts.saturating_add(RENEW_MARGIN) {
+            assert!(std::time::Instant::now() < deadline, "the renewal never landed");
+            thread::yield_now();
+        }
+        assert!(persisted_bound(&path) >= clock.high_water_bound().unwrap(), "used unpersisted");
+    }
+    let stats = clock.high_water_stats().unwrap();
+    // 4 s of clock time: renewed every lease less the margin or so, never waited for.
+    assert_eq!(stats.waited, 0, "{stats:?}");
+    let expected = (4000 / (HIGH_WATER_LEASE - RENEW_MARGIN).as_millis()) as u64;
+    assert!(stats.writes >= expected, "{stats:?}, expected at least {expected}");
+}
+
+/// A bound that cannot be written is an error from `try_now` and `try_observe` (and a panic
+/// from `now`), never a timestamp past the persisted bound.
+#[test]
+fn a_bound_that_cannot_be_persisted_is_an_error_and_nothing_past_it_is_issued() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("clock");
+    let wall = ManualClock::at_secs(1_700_000_000);
+    let clock = Clock::open(&path, Arc::new(wall.clone()), MAX_OFFSET).unwrap();
+    let bound = persisted_bound(&path);
+    // The clock writes `clock.tmp` and renames it: a non-empty directory there fails every
+    // write, as a full disk would.
+    std::fs::create_dir(dir.path().join("clock.tmp")).unwrap();
+    std::fs::write(dir.path().join("clock.tmp").join("in the way"), b"").unwrap();
+    wall.advance(Duration::from_secs(1));
+    assert!(matches!(clock.try_now(), Err(ClockError::Io { .. })));
+    let past_bound = bound.saturating_add(Duration::from_millis(1));
+    assert!(matches!(clock.try_observe(past_bound), Err(ObserveError::Persist(_))));
+    let far = wall.now().saturating_add(Duration::from_secs(5));
+    assert!(matches!(clock.try_observe(far), Err(ObserveError::Skew(_))));
+    assert_eq!(persisted_bound(&path), bound);
+    assert!(clock.high_water_stats().unwrap().waited >= 2);
+    let now = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| clock.now()));
+    let panic = now.expect_err("now() cannot issue past the bound");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("cannot persist the clock high-water mark"), "{message}");
+    // Once the disk takes writes again, timestamps go on, above everything before.
+    std::fs::remove_dir_all(dir.path().join("clock.tmp")).unwrap();
+    let ts = clock.try_now().unwrap();
+    assert!(ts >= wall.now() && ts < persisted_bound(&path));
 }

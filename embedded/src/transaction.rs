@@ -68,7 +68,9 @@ impl Database {
     /// The timestamp a snapshot at `at` reads at, once the shards are safe there.
     fn snapshot_ts(&self, at: ReadAt) -> Result<Timestamp, TxnError> {
         self.check_running()?;
-        let now = self.clock().now();
+        // A clock that cannot persist its bound fails the call, not the caller's thread (the
+        // sequencer stops on it too, failing the database).
+        let now = self.clock().try_now().map_err(|e| TxnError::Storage(e.to_string()))?;
         match at {
             ReadAt::Latest => Ok(now),
             ReadAt::At(ts) => {

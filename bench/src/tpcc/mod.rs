@@ -1007,6 +1007,12 @@ pub fn run_sealdb(opts: &TpccOptions, embedded: &Embedded) -> Result<Report, Str
             t.awaiting_peer,
         );
     }
+    if let Some(hw) = backend.db.clock().high_water_stats() {
+        eprintln!(
+            "  clock: {} high-water bounds written, {} waited for by a caller",
+            hw.writes, hw.waited
+        );
+    }
     backend.db.close().map_err(|e| e.to_string())?;
     if let Some(check) = &mut report.backup {
         check_backup(opts, shards, check)?;
