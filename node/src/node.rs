@@ -97,18 +97,55 @@ pub async fn run(
                 flush_interval: config.flush_interval,
                 tls: config.tls,
             };
-            let node = ShardNode::start(shard_config, listener, clock).await?;
-            println!("shard {} listening on {}", shard.0, node.addr());
-            metrics(config.metrics_listen, node.metrics_source()).await?;
-            let failed = until_stopped_or_failed(shutdown, node.failed()).await;
-            node.shutdown().await;
-            match failed {
-                None => Ok(()),
-                Some(why) => Err(NodeError::Stopped(format!("shard {} stopped: {why}", shard.0))),
+            // The metrics server outlives a shard started again (below): it asks the current one.
+            let current: Arc<std::sync::Mutex<Option<MetricsSource>>> = Arc::default();
+            let source = current.clone();
+            let source: MetricsSource = Arc::new(move || {
+                let f = source.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                f.map(|f| f()).unwrap_or_default()
+            });
+            let mut listener = Some(listener);
+            let mut addr = None;
+            tokio::pin!(shutdown);
+            loop {
+                let listener = match (listener.take(), addr) {
+                    (Some(listener), _) => listener,
+                    (None, Some(addr)) => TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| NodeError::io(format!("listening again on {addr}"), e))?,
+                    (None, None) => unreachable!("the first start has the listener"),
+                };
+                let node = ShardNode::start(shard_config.clone(), listener, clock.clone()).await?;
+                *current.lock().unwrap_or_else(|e| e.into_inner()) = Some(node.metrics_source());
+                if addr.is_none() {
+                    println!("shard {} listening on {}", shard.0, node.addr());
+                    metrics(config.metrics_listen, source.clone()).await?;
+                }
+                addr = Some(node.addr());
+                let failed = until_stopped_or_failed(shutdown.as_mut(), node.failed()).await;
+                let catch_up = node.needs_catch_up();
+                *current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                let Some(why) = failed else {
+                    node.shutdown().await;
+                    return Ok(());
+                };
+                // A replica left behind by the log's truncation (partitioned or paused longer
+                // than the sequencer waits for absent replicas) starts again, as a restart
+                // would: from a fellow's checkpoint. Its storage must be closed first.
+                if !catch_up || !node.shutdown_released(RELEASE_PATIENCE).await {
+                    return Err(NodeError::Stopped(format!("shard {} stopped: {why}", shard.0)));
+                }
+                tracing::warn!(shard = shard.0, replica = config.replica, "{why}: starting again");
             }
         }
     }
 }
+
+type MetricsSource = Arc<dyn Fn() -> Vec<super::Metric> + Send + Sync>;
+
+/// How long a shard that stopped to catch up waits for its storage to be let go before it
+/// starts again; past it the process exits instead (a restart catches up the same way).
+const RELEASE_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Runs until a stop signal (`None`) or until the node cannot go on (`Some(why)`): then the
 /// process exits with an error instead of lingering up and doing nothing.
@@ -141,7 +178,7 @@ fn exit_on_panic() {
 /// Serves `source`'s metrics on `listen`, if given, for as long as the runtime runs.
 async fn metrics(
     listen: Option<std::net::SocketAddr>,
-    source: Arc<dyn Fn() -> Vec<super::Metric> + Send + Sync>,
+    source: MetricsSource,
 ) -> Result<(), NodeError> {
     if let Some(addr) = listen {
         let listener = TcpListener::bind(addr)

@@ -173,18 +173,25 @@ impl ApplyLoop {
                 let peers = self.peers.clone();
                 self.answer(
                     async move {
-                        // Every key in one request (a few if the values are large).
-                        let values = match points.is_empty() {
-                            true => Vec::new(),
-                            false => peers.get_many(shard, &points, at, window).await?,
+                        // Every key in one request (a few if the values are large), side by
+                        // side with the scans.
+                        let values = async {
+                            match points.is_empty() {
+                                true => Ok(Vec::new()),
+                                false => peers.get_many(shard, &points, at, window).await,
+                            }
                         };
+                        let rows = async {
+                            let mut found = Vec::with_capacity(scans.len());
+                            for (range, limit) in &scans {
+                                found.push(peers.scan(shard, range, at, window, *limit).await?);
+                            }
+                            Ok::<_, PeerError>(found)
+                        };
+                        let (values, rows) = tokio::try_join!(values, rows)?;
                         let points = points.into_iter().zip(values).collect();
-                        let mut found = Vec::new();
-                        for (range, limit) in scans {
-                            let rows = peers.scan(shard, &range, at, window, limit).await?;
-                            found.push(((range, limit), rows));
-                        }
-                        Ok(Event::RemoteRead { window, shard, points, scans: found })
+                        let scans = scans.into_iter().zip(rows).collect();
+                        Ok(Event::RemoteRead { window, shard, points, scans })
                     },
                     shard,
                 );
@@ -328,12 +335,22 @@ impl ApplyLoop {
     /// while it was away (it stops counting a replica absent for long) or cut off. Only a
     /// restart catches up, from a fellow's checkpoint ([`super::checkpoint`]): this replica
     /// stops (a node process exits).
+    /// Stops the shard: the log no longer holds its next window. With fellow replicas, the
+    /// node starts the shard again, which catches up from a fellow's checkpoint.
     fn behind_log(&self, why: &str) {
         let next = self.step.next_epoch().0;
-        self.state.fail(format!(
-            "the log no longer holds window {next}, the next this replica needs ({why}); \
-             restart it to catch up from a fellow replica's checkpoint"
-        ));
+        let fellows = !self.peers.fellows(self.state.replica).is_empty();
+        self.state.catch_up.store(fellows, Ordering::SeqCst);
+        self.state.fail(match fellows {
+            true => format!(
+                "the log no longer holds window {next}, the next this replica needs ({why}); \
+                 catching up from a fellow replica's checkpoint"
+            ),
+            false => format!(
+                "the log no longer holds window {next}, the next this shard needs ({why}), and \
+                 it has no fellow replica to copy a checkpoint from: restore it from a backup"
+            ),
+        });
     }
 
     /// Tells the sequencer (in the background) that every window up to `epoch` is flushed here.

@@ -173,6 +173,9 @@ struct State {
     changed: watch::Sender<u64>,
     stopping: AtomicBool,
     failure: Mutex<Option<String>>,
+    /// It failed because the log no longer holds the next window it needs, and it has fellow
+    /// replicas to copy a checkpoint from: started again, it catches up.
+    catch_up: AtomicBool,
     /// Why this shard serves nothing: its clock is beyond `max_offset` of the cluster's.
     fenced: Mutex<Option<String>>,
     /// Why this replica serves nothing: its digest differs from a fellow replica's.
@@ -376,6 +379,7 @@ impl ShardNode {
             changed: watch::Sender::new(0),
             stopping: AtomicBool::new(false),
             failure: Mutex::new(None),
+            catch_up: AtomicBool::new(false),
             fenced: Mutex::new(None),
             diverged: Mutex::new(None),
             counters: ShardCounters::default(),
@@ -452,6 +456,29 @@ impl ShardNode {
                 std::future::pending::<()>().await;
             }
         }
+    }
+
+    /// Whether the shard failed because the log no longer holds the next window it needs,
+    /// while a fellow replica has a checkpoint to start from: a new [`ShardNode::start`] on the
+    /// same directory catches up ([`ShardNode::shutdown_released`] first).
+    pub fn needs_catch_up(&self) -> bool {
+        self.state.catch_up.load(Ordering::SeqCst)
+    }
+
+    /// [`ShardNode::shutdown`], then waits up to `patience` for every handle on the shard's
+    /// storage to go (requests being answered, background tasks), so that the directory can
+    /// be opened again in this process. False if one is still held.
+    pub async fn shutdown_released(self, patience: Duration) -> bool {
+        let storage = Arc::downgrade(&self.state.mvcc);
+        self.shutdown().await;
+        let deadline = tokio::time::Instant::now() + patience;
+        while storage.strong_count() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
     }
 
     /// The last window applied.

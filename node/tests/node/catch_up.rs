@@ -62,15 +62,10 @@ fn appears(path: &Path, patience: Duration) -> bool {
     false
 }
 
-fn node_log(nodes: &LocalProcesses, i: usize) -> String {
-    std::fs::read_to_string(nodes.config(i).with_extension("log")).unwrap_or_default()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_behind_the_truncated_log_catches_up_from_a_fellows_checkpoint() {
-    let seed: u64 = std::env::var("SEALDB_SEED").map_or(23, |s| s.parse().unwrap());
-    eprintln!("catch-up test seed {seed} (rerun with SEALDB_SEED={seed})");
-    let dir = tempfile::tempdir().unwrap();
+/// Two shards of two replicas in `dir`, checkpointing every 200 ms, the log in 16 KiB
+/// segments, a replica silent for 1.5 s no longer holding it (client ids deduplicated for
+/// 0.5 s), ready: the nodes, the sequencer's address, a clock and a client.
+async fn started(dir: &Path) -> (LocalProcesses, String, Arc<Clock>, Arc<Client>) {
     let spec = LocalSpec {
         shards: 2,
         replicas: 2,
@@ -80,13 +75,51 @@ async fn a_replica_behind_the_truncated_log_catches_up_from_a_fellows_checkpoint
             absent_replica_ms: 1500,
             dedup_retention_ms: 500,
         }),
-        ..spec(dir.path(), sealdb_start(), None)
+        ..spec(dir, sealdb_start(), None)
     };
-    let mut nodes = LocalProcesses::spawn(&spec).unwrap();
+    let nodes = LocalProcesses::spawn(&spec).unwrap();
     let sequencer = nodes.sequencer.clone();
     let clock = Arc::new(Clock::system(Duration::from_millis(1)));
     wait_ready(&sequencer, &clock, None).await;
     let client = Arc::new(Client::connect(&sequencer, clock.clone()).await.unwrap());
+    (nodes, sequencer, clock, client)
+}
+
+/// Waits up to 60 s until replica 1 of shard 0 (node `behind`) has applied past `past` and is
+/// within 5 windows of replica 0.
+async fn caught_up(
+    nodes: &LocalProcesses,
+    sequencer: &str,
+    clock: &Clock,
+    behind: usize,
+    past: u64,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let furthest = applied(sequencer, clock, 0, 0).await;
+        let caught_up = applied(sequencer, clock, 0, 1).await;
+        if caught_up > past && caught_up + 5 >= furthest {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica 1 did not catch up: {}",
+            node_log(nodes, behind)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn node_log(nodes: &LocalProcesses, i: usize) -> String {
+    std::fs::read_to_string(nodes.config(i).with_extension("log")).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_the_truncated_log_catches_up_from_a_fellows_checkpoint() {
+    let seed: u64 = std::env::var("SEALDB_SEED").map_or(23, |s| s.parse().unwrap());
+    eprintln!("catch-up test seed {seed} (rerun with SEALDB_SEED={seed})");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, sequencer, clock, client) = started(dir.path()).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for i in 0..BIG_VALUES {
         let mut value = vec![0u8; BIG_VALUE_BYTES];
@@ -129,19 +162,7 @@ async fn a_replica_behind_the_truncated_log_catches_up_from_a_fellows_checkpoint
 
     // 3. Restarted: it starts the transfer over and catches up.
     nodes.start(behind).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let furthest = applied(&sequencer, &clock, 0, 0).await;
-        if applied(&sequencer, &clock, 0, 1).await + 5 >= furthest {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replica 1 did not catch up: {}",
-            node_log(&nodes, behind)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    caught_up(&nodes, &sequencer, &clock, behind, 0).await;
     let log = node_log(&nodes, behind);
     for said in [
         "removing a checkpoint transfer cut short",
@@ -153,6 +174,56 @@ async fn a_replica_behind_the_truncated_log_catches_up_from_a_fellows_checkpoint
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let totals = workload.finish(&client, seed, "catch-up").await;
+    assert_eq!(totals.get("unknown"), None, "seed {seed}: a call ended unknown: {totals:?}");
+    let converged = replicas_converged(&sequencer, &clock, None, Duration::from_secs(30)).await;
+    let converged = converged.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    eprintln!("replicas agree: {converged:?}");
+    nodes.stop();
+}
+
+/// A replica left behind while its process runs: paused (SIGSTOP) longer than the sequencer
+/// waits for an absent replica, it is resumed after the log was truncated past it. Its shard
+/// stops (the log no longer holds its next window), starts again in the same process from a
+/// fellow's checkpoint, and converges; before, the process exited and needed a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_replica_left_behind_by_truncation_catches_up_without_a_restart() {
+    let seed: u64 = std::env::var("SEALDB_SEED").map_or(29, |s| s.parse().unwrap());
+    eprintln!("running catch-up test seed {seed} (rerun with SEALDB_SEED={seed})");
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, sequencer, clock, client) = started(dir.path()).await;
+    let workload = Clients::paced(client.clone(), seed, 4, Duration::from_millis(20));
+    let remote = RemoteSequencer::lazy(&sequencer, clock.clone(), None).unwrap();
+    let behind = nodes.shard_node(0, 1);
+
+    // Paused once it has applied windows, until the log no longer holds a window well past
+    // the last one it said it applied (it may apply a few more before the signal lands; its
+    // log must then say it was behind: below).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut watermark = 0;
+    while watermark < 20 {
+        assert!(Instant::now() < deadline, "replica 1 applied nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        watermark = applied(&sequencer, &clock, 0, 1).await;
+    }
+    nodes.signal(behind, "STOP").unwrap();
+    let watermark = watermark + 200;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !truncated_from(&remote, ShardId(0), Epoch(watermark + 1)).await {
+        assert!(Instant::now() < deadline, "the log was not truncated past window {watermark}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("paused shard 0 replica 1; the log no longer holds window {}", watermark + 1);
+    nodes.signal(behind, "CONT").unwrap();
+
+    caught_up(&nodes, &sequencer, &clock, behind, watermark + 1).await;
+    // Nothing here restarts a process: it caught up in the one it had.
+    let log = node_log(&nodes, behind);
+    for said in ["catching up from a fellow replica's checkpoint", "starting again"] {
+        assert!(log.contains(said), "its log does not say {said:?}:\n{log}");
+    }
+    assert!(log.contains("installing a fellow replica's checkpoint"), "{log}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let totals = workload.finish(&client, seed, "running catch-up").await;
     assert_eq!(totals.get("unknown"), None, "seed {seed}: a call ended unknown: {totals:?}");
     let converged = replicas_converged(&sequencer, &clock, None, Duration::from_secs(30)).await;
     let converged = converged.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
