@@ -43,7 +43,7 @@ pub const HIGH_WATER_LEASE: Duration = Duration::from_millis(250);
 
 /// How close to the persisted bound a timestamp starts the bound's renewal in the background.
 /// The renewal has this long (of clock time) to land before a caller waits for it.
-pub const RENEW_MARGIN: Duration = Duration::from_millis(100);
+pub const RENEW_MARGIN: Duration = Duration::from_millis(50);
 
 /// A remote timestamp more than `max_offset` ahead of the local physical clock: either that
 /// node's clock or this one is outside the configured bound, and absorbing it could break
