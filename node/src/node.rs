@@ -132,8 +132,13 @@ pub async fn run(
                 // A replica left behind by the log's truncation (partitioned or paused longer
                 // than the sequencer waits for absent replicas) starts again, as a restart
                 // would: from a fellow's checkpoint. Its storage must be closed first.
-                if !catch_up || !node.shutdown_released(RELEASE_PATIENCE).await {
-                    return Err(NodeError::Stopped(format!("shard {} stopped: {why}", shard.0)));
+                let stopped = || NodeError::Stopped(format!("shard {} stopped: {why}", shard.0));
+                if !catch_up {
+                    node.shutdown().await;
+                    return Err(stopped());
+                }
+                if !node.shutdown_released(RELEASE_PATIENCE).await {
+                    return Err(stopped());
                 }
                 tracing::warn!(shard = shard.0, replica = config.replica, "{why}: starting again");
             }

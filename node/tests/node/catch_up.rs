@@ -43,9 +43,18 @@ async fn truncated_from(sequencer: &RemoteSequencer, shard: ShardId, from: Epoch
     matches!(first, Some(Err(RemoteError::Refused { kind: RefusalKind::Truncated, .. })))
 }
 
-/// The applied window of replica `replica` of `shard`, as the sequencer's status gives it.
+/// The applied window of replica `replica` of `shard`, as the sequencer's status gives it
+/// (asked again for up to 30 s while the sequencer is restarting, or refuses this clock as
+/// behind its own, as a restarted node's may be by up to a lease).
 async fn applied(sequencer: &str, clock: &Clock, shard: u32, replica: u32) -> u64 {
-    let status = cluster_status(sequencer, clock, None).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        match cluster_status(sequencer, clock, None).await {
+            Ok(status) => break status,
+            Err(e) => assert!(Instant::now() < deadline, "no status from the sequencer: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let found = status.shards.iter().find(|r| r.shard == shard && r.replica == replica);
     found.map_or(0, |r| r.applied_epoch)
 }
@@ -182,7 +191,8 @@ async fn a_replica_behind_the_truncated_log_catches_up_from_a_fellows_checkpoint
 }
 
 /// A replica left behind while its process runs: paused (SIGSTOP) longer than the sequencer
-/// waits for an absent replica, it is resumed after the log was truncated past it. Its shard
+/// waits for an absent replica, it is resumed after the log was truncated past it and the
+/// sequencer restarted (so that its subscription must start again). Its shard
 /// stops (the log no longer holds its next window), starts again in the same process from a
 /// fellow's checkpoint, and converges; before, the process exited and needed a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +200,7 @@ async fn a_running_replica_left_behind_by_truncation_catches_up_without_a_restar
     let seed: u64 = std::env::var("SEALDB_SEED").map_or(29, |s| s.parse().unwrap());
     eprintln!("running catch-up test seed {seed} (rerun with SEALDB_SEED={seed})");
     let dir = tempfile::tempdir().unwrap();
-    let (nodes, sequencer, clock, client) = started(dir.path()).await;
+    let (mut nodes, sequencer, clock, client) = started(dir.path()).await;
     let workload = Clients::paced(client.clone(), seed, 4, Duration::from_millis(20));
     let remote = RemoteSequencer::lazy(&sequencer, clock.clone(), None).unwrap();
     let behind = nodes.shard_node(0, 1);
@@ -213,6 +223,11 @@ async fn a_running_replica_left_behind_by_truncation_catches_up_without_a_restar
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("paused shard 0 replica 1; the log no longer holds window {}", watermark + 1);
+    // Its subscription would go on with the windows already sent (the sequencer keeps 4,096
+    // deliveries for a subscriber that stalls, and the sockets hold more): the sequencer
+    // restarts, so that on resuming it must subscribe again, from a window the log dropped.
+    nodes.kill(0).unwrap();
+    nodes.start(0).unwrap();
     nodes.signal(behind, "CONT").unwrap();
 
     caught_up(&nodes, &sequencer, &clock, behind, watermark + 1).await;
