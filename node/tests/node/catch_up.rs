@@ -43,18 +43,22 @@ async fn truncated_from(sequencer: &RemoteSequencer, shard: ShardId, from: Epoch
     matches!(first, Some(Err(RemoteError::Refused { kind: RefusalKind::Truncated, .. })))
 }
 
-/// The applied window of replica `replica` of `shard`, as the sequencer's status gives it
-/// (asked again for up to 30 s while the sequencer is restarting, or refuses this clock as
-/// behind its own, as a restarted node's may be by up to a lease).
-async fn applied(sequencer: &str, clock: &Clock, shard: u32, replica: u32) -> u64 {
+/// The sequencer's status (asked again for up to 30 s while the sequencer is restarting, or
+/// refuses this clock as behind its own, as a restarted node's may be by up to a lease).
+async fn status(sequencer: &str, clock: &Clock) -> proto::v1::ClusterStatusResponse {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
+    loop {
         match cluster_status(sequencer, clock, None).await {
-            Ok(status) => break status,
+            Ok(status) => return status,
             Err(e) => assert!(Instant::now() < deadline, "no status from the sequencer: {e}"),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    }
+}
+
+/// The applied window of replica `replica` of `shard`, as it answers the sequencer's status.
+async fn applied(sequencer: &str, clock: &Clock, shard: u32, replica: u32) -> u64 {
+    let status = status(sequencer, clock).await;
     let found = status.shards.iter().find(|r| r.shard == shard && r.replica == replica);
     found.map_or(0, |r| r.applied_epoch)
 }
@@ -205,18 +209,16 @@ async fn a_running_replica_left_behind_by_truncation_catches_up_without_a_restar
     let remote = RemoteSequencer::lazy(&sequencer, clock.clone(), None).unwrap();
     let behind = nodes.shard_node(0, 1);
 
-    // Paused once it has applied windows, until the log no longer holds a window well past
-    // the last one it said it applied (it may apply a few more before the signal lands; its
-    // log must then say it was behind: below).
+    // Paused once it has applied windows, until the log no longer holds the window after the
+    // last one sealed when it stopped (it cannot have applied past that; its log must then
+    // say it was behind: below).
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut watermark = 0;
-    while watermark < 20 {
+    while applied(&sequencer, &clock, 0, 1).await < 20 {
         assert!(Instant::now() < deadline, "replica 1 applied nothing");
         tokio::time::sleep(Duration::from_millis(50)).await;
-        watermark = applied(&sequencer, &clock, 0, 1).await;
     }
     nodes.signal(behind, "STOP").unwrap();
-    let watermark = watermark + 200;
+    let watermark = status(&sequencer, &clock).await.sealed_epoch;
     let deadline = Instant::now() + Duration::from_secs(60);
     while !truncated_from(&remote, ShardId(0), Epoch(watermark + 1)).await {
         assert!(Instant::now() < deadline, "the log was not truncated past window {watermark}");
