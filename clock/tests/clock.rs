@@ -178,6 +178,14 @@ fn with_zero_max_offset_commit_wait_ends_as_soon_as_the_clock_moves() {
     assert_eq!(clock.commit_wait_remaining(ts), None);
 }
 
+/// A clock on a manual wall clock, persisting its bound in `clock` in a fresh directory.
+fn persisted_manual_clock() -> (tempfile::TempDir, ManualClock, Clock) {
+    let dir = tempfile::tempdir().unwrap();
+    let wall = ManualClock::at_secs(1_700_000_000);
+    let clock = Clock::open(dir.path().join("clock"), Arc::new(wall.clone()), MAX_OFFSET).unwrap();
+    (dir, wall, clock)
+}
+
 /// The bound held in a high-water file.
 fn persisted_bound(path: &std::path::Path) -> Timestamp {
     let content = std::fs::read_to_string(path).unwrap();
@@ -189,10 +197,8 @@ fn persisted_bound(path: &std::path::Path) -> Timestamp {
 /// issued (what makes a restart safe).
 #[test]
 fn the_high_water_bound_is_renewed_ahead_and_no_caller_waits_for_it() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, wall, clock) = persisted_manual_clock();
     let path = dir.path().join("clock");
-    let wall = ManualClock::at_secs(1_700_000_000);
-    let clock = Clock::open(&path, Arc::new(wall.clone()), MAX_OFFSET).unwrap();
     let step = Duration::from_millis(40);
     for _ in 0..100 {
         wall.advance(step);
@@ -222,10 +228,8 @@ fn the_high_water_bound_is_renewed_ahead_and_no_caller_waits_for_it() {
 /// from `now`), never a timestamp past the persisted bound.
 #[test]
 fn a_bound_that_cannot_be_persisted_is_an_error_and_nothing_past_it_is_issued() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, wall, clock) = persisted_manual_clock();
     let path = dir.path().join("clock");
-    let wall = ManualClock::at_secs(1_700_000_000);
-    let clock = Clock::open(&path, Arc::new(wall.clone()), MAX_OFFSET).unwrap();
     let bound = persisted_bound(&path);
     // The clock writes `clock.tmp` and renames it: a non-empty directory there fails every
     // write, as a full disk would.

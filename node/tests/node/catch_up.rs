@@ -123,6 +123,26 @@ async fn caught_up(
     }
 }
 
+/// Ends the test: the workload stops with no call's outcome unknown, the replicas of every
+/// shard agree (same window, same digest), and the nodes stop.
+async fn settled(
+    nodes: LocalProcesses,
+    workload: Clients,
+    client: &Client,
+    clock: &Clock,
+    seed: u64,
+    name: &str,
+) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let totals = workload.finish(client, seed, name).await;
+    assert_eq!(totals.get("unknown"), None, "seed {seed}: a call ended unknown: {totals:?}");
+    let converged =
+        replicas_converged(&nodes.sequencer, clock, None, Duration::from_secs(30)).await;
+    let converged = converged.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    eprintln!("replicas agree: {converged:?}");
+    nodes.stop();
+}
+
 fn node_log(nodes: &LocalProcesses, i: usize) -> String {
     std::fs::read_to_string(nodes.config(i).with_extension("log")).unwrap_or_default()
 }
@@ -185,13 +205,7 @@ async fn a_replica_behind_the_truncated_log_catches_up_from_a_fellows_checkpoint
     ] {
         assert!(log.contains(said), "its log does not say {said:?}:\n{log}");
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let totals = workload.finish(&client, seed, "catch-up").await;
-    assert_eq!(totals.get("unknown"), None, "seed {seed}: a call ended unknown: {totals:?}");
-    let converged = replicas_converged(&sequencer, &clock, None, Duration::from_secs(30)).await;
-    let converged = converged.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-    eprintln!("replicas agree: {converged:?}");
-    nodes.stop();
+    settled(nodes, workload, &client, &clock, seed, "catch-up").await;
 }
 
 /// A replica left behind while its process runs: paused (SIGSTOP) longer than the sequencer
@@ -239,11 +253,5 @@ async fn a_running_replica_left_behind_by_truncation_catches_up_without_a_restar
         assert!(log.contains(said), "its log does not say {said:?}:\n{log}");
     }
     assert!(log.contains("installing a fellow replica's checkpoint"), "{log}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let totals = workload.finish(&client, seed, "running catch-up").await;
-    assert_eq!(totals.get("unknown"), None, "seed {seed}: a call ended unknown: {totals:?}");
-    let converged = replicas_converged(&sequencer, &clock, None, Duration::from_secs(30)).await;
-    let converged = converged.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-    eprintln!("replicas agree: {converged:?}");
-    nodes.stop();
+    settled(nodes, workload, &client, &clock, seed, "running catch-up").await;
 }
