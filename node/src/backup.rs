@@ -214,7 +214,10 @@ async fn backup_once(
     }
     let oldest = shards.iter().map(|(e, _, _)| e.epoch).min().unwrap_or(Epoch(0));
     let newest = shards.iter().map(|(e, _, _)| e.epoch).max().unwrap_or(Epoch(0));
-    let (from, last) = (oldest.next(), began_at.max(newest));
+    // The copy holds at least the last window, even when every checkpoint has it: the
+    // restored sequencer goes on from there (the next epoch, a later timestamp).
+    let last = began_at.max(newest);
+    let from = oldest.next().min(last);
     let log_dir = to.join("log");
     let _ = std::fs::remove_dir_all(&log_dir);
     let copied = copy_log(addr, &log_dir, from, last, clock, tls).await?;

@@ -284,10 +284,16 @@ impl WindowLog {
         Ok(())
     }
 
-    /// Deletes every segment whose windows are all below `epoch` (the last segment stays).
-    /// Returns how many went. Readers from below the new first window get
-    /// [`SequencerError::Truncated`]; one reading a deleted segment already goes on.
+    /// Deletes every segment whose windows are all below `epoch`, but never the one holding
+    /// the last window (nor any after it). Returns how many went. Readers from below the new
+    /// first window get [`SequencerError::Truncated`]; one reading a deleted segment already
+    /// goes on.
     pub fn truncate_below(&mut self, epoch: Epoch) -> Result<usize, SequencerError> {
+        // A reopened log learns where it goes on (the next epoch, and the timestamp to pass)
+        // from its last window: an empty last segment (a roll that a crash cut short) must not
+        // be all that is left.
+        let Some((last, _)) = self.last else { return Ok(0) };
+        let epoch = epoch.min(last);
         let doomed: Vec<Arc<Segment>> = {
             let mut segments = self.reader.segments.write().unwrap_or_else(|e| e.into_inner());
             let keep_from = segments.iter().skip(1).take_while(|s| s.first <= epoch).count();

@@ -112,9 +112,22 @@ impl Sequencer {
         clock: Arc<Clock>,
         config: SealerConfig,
     ) -> Result<(Sequencer, Option<(Epoch, Timestamp)>), SequencerError> {
+        let dir_path = dir.as_ref().to_path_buf();
         let (log, history) = WindowLog::open_with(dir, config.log_segment_bytes)?;
         let reader = log.reader();
         let last = log.last();
+        if last.is_none() && log.first() > Epoch(1) {
+            // Windows were logged (and truncated) here: without the last one, neither the
+            // next epoch nor a timestamp past the last is known.
+            return Err(SequencerError::Corrupt {
+                path: dir_path,
+                offset: 0,
+                what: format!(
+                    "it starts at window {} but holds none: restore it from a backup",
+                    log.first()
+                ),
+            });
+        }
         if let Some((_, ts)) = last {
             // Window timestamps keep rising even if the clock's own high-water mark is gone.
             let _ = clock.observe(ts);

@@ -85,6 +85,45 @@ fn the_log_rolls_segments_and_truncation_deletes_whole_ones_below_an_epoch() {
     assert!(log.append(&window(303, 3030, &[303])).is_err(), "still in order");
 }
 
+/// A roll cut short by a crash leaves an empty last segment after the one holding the last
+/// window. Truncation keeps that window's segment however far it is asked to go, so the log
+/// reopens knowing where it goes on; a log left with no window past window 1 is refused by the
+/// sequencer instead of starting over at window 1.
+#[test]
+fn truncation_keeps_the_last_window_when_an_empty_segment_follows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let written: Vec<Window> = (1..=100).map(|e| window(e, e * 10, &[e as u128; 3])).collect();
+    {
+        let (mut log, _) = WindowLog::open_with(dir.path(), 4096).unwrap();
+        for w in &written {
+            log.append(w).unwrap();
+        }
+    }
+    // The empty segment a roll to window 101 creates before its record is written.
+    let other = tempfile::tempdir().unwrap();
+    drop(WindowLog::create_at(other.path(), Epoch(101)).unwrap());
+    let empty = "windows-00000000000000000101.log";
+    std::fs::copy(other.path().join(empty), dir.path().join(empty)).unwrap();
+    let (mut log, read) = WindowLog::open_with(dir.path(), 4096).unwrap();
+    assert_eq!(read, written);
+    log.truncate_below(Epoch(101)).unwrap();
+    assert_eq!(log.last(), Some((Epoch(100), Timestamp::from_u64(1000))));
+    assert!(segments(dir.path()).len() == 2, "{:?}", segments(dir.path()));
+    drop(log);
+    let (mut log, read) = WindowLog::open_with(dir.path(), 4096).unwrap();
+    assert_eq!(read.last(), written.last(), "the last window is still there");
+    log.append(&window(101, 1010, &[101])).unwrap();
+    drop(log);
+
+    // Without its last window (deleted by hand), the sequencer does not start over at 1.
+    let bare = tempfile::tempdir().unwrap();
+    std::fs::copy(other.path().join(empty), bare.path().join(empty)).unwrap();
+    let clock = Arc::new(Clock::system(Duration::ZERO));
+    let refused = Sequencer::start(bare.path(), clock, SealerConfig::default()).err().unwrap();
+    assert!(matches!(refused, SequencerError::Corrupt { .. }), "{refused}");
+    assert!(refused.to_string().contains("starts at window e101 but holds none"), "{refused}");
+}
+
 /// A log written in one file before segments opens as its first segment.
 #[test]
 fn a_log_of_one_file_from_before_segments_opens_as_the_first() {

@@ -3,7 +3,8 @@
 //! the writers run), writers putting keys of their own throughout. The new cluster, restored
 //! from the backup and started, holds every write acknowledged before the backup began, and
 //! takes new ones. A backup into a directory that is not empty, and a restore into a node
-//! that has data, are refused with nothing changed.
+//! that has data, are refused with nothing changed. A backup of the idle cluster, taken once
+//! every shard has checkpointed the last window, restores too.
 
 use std::path::Path;
 use std::process::Command;
@@ -85,11 +86,52 @@ async fn a_backup_under_load_restores_into_a_new_cluster_with_every_acknowledged
     for w in writers {
         w.await.unwrap();
     }
-    let written = acked.lock().unwrap().len();
+    // Idle, once every shard has checkpointed the last window: the log copy still holds that
+    // window, for the restored sequencer to go on after it (before, it held none and the
+    // copy failed as "ended the log after 0 windows").
+    let idle = idle_backup(dir.path(), &sequencer, &client).await;
+    let all = acked.lock().unwrap().clone();
     nodes.stop();
 
-    // A new cluster, restored before it first starts.
-    let mut restored = LocalProcesses::configure(&local_spec(&dir.path().join("b"))).unwrap();
+    let restored = restored_from(&dir.path().join("b"), &backup, &clock).await;
+    present(&restored, &clock, &before, "acknowledged before the backup").await;
+    eprintln!(
+        "{} writes acknowledged before the backup, {} in all: all there",
+        before.len(),
+        all.len()
+    );
+    restored.stop();
+    let restored = restored_from(&dir.path().join("c"), &idle, &clock).await;
+    present(&restored, &clock, &all, "acknowledged before the idle backup").await;
+    restored.stop();
+}
+
+/// Backs the idle cluster up until a backup finds every shard's checkpoint at the last window:
+/// its directory. A shard checkpoints after a window once 200 ms have passed since its last
+/// checkpoint, so each attempt writes one key after a quiet 300 ms.
+async fn idle_backup(dir: &Path, sequencer: &str, client: &Client) -> std::path::PathBuf {
+    for attempt in 0..20 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        client.call("kv.put", &put_args(b"idle", &[attempt])).await.unwrap();
+        let to = dir.join(format!("idle-{attempt}"));
+        let taken = sealdb(&["backup", "--to", to.to_str().unwrap(), "--addr", sequencer]);
+        let said = String::from_utf8_lossy(&taken.stderr);
+        assert!(taken.status.success(), "idle backup failed: {said}");
+        eprintln!("idle backup {attempt}: {said}");
+        let manifest = node::backup::Manifest::read(&to).unwrap();
+        let (from, last) = manifest.log;
+        if manifest.shards.iter().all(|(mark, _, _)| mark.epoch == last) {
+            assert_eq!(from, last, "the copy is the last window alone: {said}");
+            return to;
+        }
+    }
+    panic!("no backup found every shard's checkpoint at the last window");
+}
+
+/// A new cluster in `dir`, restored from `backup` before it first starts (a second restore
+/// over a restored node is refused), started and ready.
+async fn restored_from(dir: &Path, backup: &Path, clock: &Arc<Clock>) -> LocalProcesses {
+    let mut restored = LocalProcesses::configure(&local_spec(dir)).unwrap();
     for i in 0..restored.len() {
         let config = restored.config(i).to_str().unwrap().to_string();
         let done = sealdb(&["restore", "--from", backup.to_str().unwrap(), "--config", &config]);
@@ -103,25 +145,29 @@ async fn a_backup_under_load_restores_into_a_new_cluster_with_every_acknowledged
     for i in 0..restored.len() {
         restored.start(i).unwrap();
     }
-    let sequencer = restored.sequencer.clone();
-    wait_ready(&sequencer, &clock, None).await;
-    let client = Client::connect(&sequencer, clock.clone()).await.unwrap();
-    let snapshot = client.snapshot(ReadAt::Latest);
-    for (key, n) in &before {
-        let value = snapshot.get(key.as_bytes()).await.unwrap();
-        assert_eq!(value.as_deref(), Some(&n.to_le_bytes()[..]), "{key}, acknowledged before");
-    }
-    eprintln!(
-        "{} writes acknowledged before the backup, {written} in all: all there",
-        before.len()
-    );
-    client.call("kv.put", &put_args(b"after", b"restore")).await.unwrap();
-    let read = client.snapshot(ReadAt::Latest).get(b"after").await.unwrap();
-    assert_eq!(read.as_deref(), Some(&b"restore"[..]));
+    wait_ready(&restored.sequencer, clock, None).await;
     for shard in 0..2 {
         let log = restored.config(1 + shard).with_extension("log");
         let log = std::fs::read_to_string(log).unwrap();
         assert!(log.contains("opened an installed checkpoint"), "shard {shard}:\n{log}");
     }
-    restored.stop();
+    restored
+}
+
+/// The restored cluster holds every write in `writes`, and takes a new one.
+async fn present(
+    restored: &LocalProcesses,
+    clock: &Arc<Clock>,
+    writes: &[(String, u64)],
+    what: &str,
+) {
+    let client = Client::connect(&restored.sequencer, clock.clone()).await.unwrap();
+    let snapshot = client.snapshot(ReadAt::Latest);
+    for (key, n) in writes {
+        let value = snapshot.get(key.as_bytes()).await.unwrap();
+        assert_eq!(value.as_deref(), Some(&n.to_le_bytes()[..]), "{key}, {what}");
+    }
+    client.call("kv.put", &put_args(b"after", b"restore")).await.unwrap();
+    let read = client.snapshot(ReadAt::Latest).get(b"after").await.unwrap();
+    assert_eq!(read.as_deref(), Some(&b"restore"[..]));
 }

@@ -214,10 +214,6 @@ async fn a_replica_behind_the_truncated_log_catches_up_from_a_fellows_checkpoint
 /// stops (the log no longer holds its next window), starts again in the same process from a
 /// fellow's checkpoint, and converges; before, the process exited and needed a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky beside other tests (CI, or with the other catch-up test): at times the resumed \
-            replica is not behind (it applies on from the restarted sequencer although a \
-            subscription from after the last window sealed at the pause was refused as \
-            truncated); cause not found yet. Run alone with --ignored"]
 async fn a_running_replica_left_behind_by_truncation_catches_up_without_a_restart() {
     let seed: u64 = std::env::var("SEALDB_SEED").map_or(29, |s| s.parse().unwrap());
     eprintln!("running catch-up test seed {seed} (rerun with SEALDB_SEED={seed})");
@@ -227,27 +223,26 @@ async fn a_running_replica_left_behind_by_truncation_catches_up_without_a_restar
     let remote = RemoteSequencer::lazy(&sequencer, clock.clone(), None).unwrap();
     let behind = nodes.shard_node(0, 1);
 
-    // Paused once it has applied windows, until the log no longer holds the window after the
-    // last one sealed when it stopped (it cannot have applied past that; its log must then
-    // say it was behind: below).
+    // Paused once it has applied windows. A stopped process's sockets still take what the
+    // sequencer sends (up to the stream's flow-control window, thousands of small windows), so
+    // the sequencer restarts during the pause: the replica can then hold no window past the
+    // last one the restarted sequencer has logged, and on resuming it must subscribe again.
     let deadline = Instant::now() + Duration::from_secs(30);
     while applied(&sequencer, &clock, 0, 1).await < 20 {
         assert!(Instant::now() < deadline, "replica 1 applied nothing");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     nodes.signal(behind, "STOP").unwrap();
+    nodes.kill(0).unwrap();
+    nodes.start(0).unwrap();
     let watermark = status(&sequencer, &clock).await.sealed_epoch;
+    // Then the log drops the window after that (its log must then say it was behind: below).
     let deadline = Instant::now() + Duration::from_secs(60);
     while !truncated_from(&remote, ShardId(0), Epoch(watermark + 1)).await {
         assert!(Instant::now() < deadline, "the log was not truncated past window {watermark}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("paused shard 0 replica 1; the log no longer holds window {}", watermark + 1);
-    // Its subscription would go on with the windows already sent (the sequencer keeps 4,096
-    // deliveries for a subscriber that stalls, and the sockets hold more): the sequencer
-    // restarts, so that on resuming it must subscribe again, from a window the log dropped.
-    nodes.kill(0).unwrap();
-    nodes.start(0).unwrap();
     nodes.signal(behind, "CONT").unwrap();
 
     caught_up(&nodes, &sequencer, &clock, behind, watermark + 1).await;
