@@ -163,6 +163,17 @@ enum Workload {
         /// makes them durable, and a restart replays it from each shard's last flush.
         #[arg(long)]
         no_rocksdb_wal: bool,
+        /// Each shard's RocksDB writes its table files back every this many KiB as it
+        /// writes them (embedded; 0: when the kernel chooses).
+        #[arg(long, default_value_t = storage::DEFAULT_BYTES_PER_SYNC >> 10)]
+        rocksdb_bytes_per_sync_kib: u64,
+        /// Each shard's RocksDB flushes and compactions write at most this many MiB a
+        /// second (embedded; default: no limit).
+        #[arg(long)]
+        rocksdb_background_mib: Option<u64>,
+        /// Each shard's RocksDB compactions run at the lowest CPU and I/O priority (embedded).
+        #[arg(long)]
+        rocksdb_low_priority_compactions: bool,
         #[command(flatten)]
         cluster: ClusterArgs,
         #[command(flatten)]
@@ -321,10 +332,16 @@ fn main() -> ExitCode {
             row_cache_mib,
             plan,
             no_rocksdb_wal,
+            rocksdb_bytes_per_sync_kib,
+            rocksdb_background_mib,
+            rocksdb_low_priority_compactions,
             backup_after,
             cluster,
             run: RunArgs { seed, dir, json },
         } => {
+            if rocksdb_background_mib == Some(0) {
+                return usage_error("--rocksdb-background-mib must be at least 1");
+            }
             if warehouses == 0 || clients.contains(&0) || duration == 0 || shards == Some(0) {
                 return usage_error(
                     "--warehouses, --clients, --duration and --shards must be at least 1",
@@ -355,11 +372,15 @@ fn main() -> ExitCode {
                 (Backend::Postgres, _) if target.is_some() => {
                     return usage_error("--cluster is for --backend sealdb");
                 }
-                _ if (plan != Plan::Serial || no_rocksdb_wal)
+                _ if (plan != Plan::Serial
+                    || no_rocksdb_wal
+                    || rocksdb_background_mib.is_some()
+                    || rocksdb_low_priority_compactions)
                     && (target.is_some() || pg_url.is_some()) =>
                 {
                     return usage_error(
-                        "--plan and --no-rocksdb-wal are for the embedded database",
+                        "--plan, --no-rocksdb-wal and --rocksdb-* options are for the embedded \
+                         database",
                     );
                 }
                 (Backend::Postgres, Some(_)) if dir.is_some() || shards.is_some() => {
@@ -424,6 +445,10 @@ fn main() -> ExitCode {
                                 .unwrap_or(usize::MAX),
                             plan: plan.into(),
                             rocksdb_wal: !no_rocksdb_wal,
+                            rocksdb_bytes_per_sync: rocksdb_bytes_per_sync_kib << 10,
+                            rocksdb_background_bytes_per_sec: rocksdb_background_mib
+                                .map(|m| m << 20),
+                            rocksdb_low_priority_compactions,
                         };
                         bench::tpcc::run_sealdb(&opts, &embedded)
                     }

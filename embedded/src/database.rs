@@ -88,6 +88,14 @@ pub struct Options {
     /// without RocksDB's, a shard killed reopens at its last flush (at most `flush_interval`
     /// old) and replays the windows after it from the log, which keeps them.
     pub rocksdb_wal: bool,
+    /// Each shard's RocksDB writes its table files back every this many bytes (default
+    /// [`storage::DEFAULT_BYTES_PER_SYNC`]; 0: when the kernel chooses).
+    pub rocksdb_bytes_per_sync: u64,
+    /// At most this many bytes a second of each shard's flush and compaction writes (default
+    /// none).
+    pub rocksdb_background_bytes_per_sec: Option<u64>,
+    /// RocksDB's compactions at the lowest CPU and I/O priority (default false).
+    pub rocksdb_low_priority_compactions: bool,
 }
 
 impl Default for Options {
@@ -106,6 +114,9 @@ impl Default for Options {
             procedures: Registry::new(),
             plan: Plan::default(),
             rocksdb_wal: true,
+            rocksdb_bytes_per_sync: storage::DEFAULT_BYTES_PER_SYNC,
+            rocksdb_background_bytes_per_sec: None,
+            rocksdb_low_priority_compactions: false,
         }
     }
 }
@@ -438,6 +449,9 @@ impl Database {
                 let rocks = RocksOptions {
                     block_cache_bytes: options.block_cache_bytes,
                     wal: options.rocksdb_wal,
+                    bytes_per_sync: options.rocksdb_bytes_per_sync,
+                    background_bytes_per_sec: options.rocksdb_background_bytes_per_sec,
+                    low_priority_compactions: options.rocksdb_low_priority_compactions,
                 };
                 Arc::new(RocksEngine::open_with(dir, rocks).map_err(storage)?)
             };

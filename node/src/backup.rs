@@ -16,9 +16,10 @@
 //! times. Taking one needs a node's certificate under TLS (both calls are node-only).
 //!
 //! Restoring writes one node's data from the backup, before the node first starts: a shard's
-//! storage (every replica of shard i gets shard i's checkpoint) or the sequencer's log. The
-//! cluster must have the same shards and key ranges; a sequencer group cannot be restored
-//! into (its windows live in raft, not in a window log): restore into one sequencer.
+//! storage (every replica of shard i gets shard i's checkpoint), the sequencer's log, or a
+//! sequencer group member's raft state, seeded from the log copy (every member must be
+//! restored from the same backup: a member with other windows refuses the others' proposals
+//! and stops). The cluster must have the same shards and key ranges.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -335,14 +336,7 @@ pub fn restore(from: &Path, config: &NodeConfig) -> Result<String, NodeError> {
         (Role::Shard, Some(shard), _) => {
             (from.join(format!("shard-{}", shard.0)), config.data_dir.join("rocksdb"))
         }
-        (Role::Sequencer, _, None) => (from.join("log"), config.data_dir.join("log")),
-        (Role::Sequencer, _, Some(_)) => {
-            return Err(NodeError::Config(
-                "a sequencer group cannot be restored into (its windows live in raft): restore \
-                 the cluster with one sequencer"
-                    .into(),
-            ));
-        }
+        (Role::Sequencer, _, _) => (from.join("log"), config.data_dir.join("log")),
         (Role::Shard, None, _) => {
             return Err(NodeError::Config("a shard node without a shard".into()));
         }
@@ -360,14 +354,27 @@ pub fn restore(from: &Path, config: &NodeConfig) -> Result<String, NodeError> {
     let copy = PathBuf::from(format!("{}.restoring", target.display()));
     let _ = std::fs::remove_dir_all(&copy);
     std::fs::create_dir_all(&copy).map_err(|e| NodeError::at(&copy, e))?;
+    // A group member's windows live in its raft state: the log copy goes aside, and seeds it.
+    let group = config.role == Role::Sequencer && config.group.is_some();
+    let files = if group { copy.join("backup-log") } else { copy.clone() };
+    std::fs::create_dir_all(&files).map_err(|e| NodeError::at(&files, e))?;
     let mut bytes = 0u64;
     for entry in std::fs::read_dir(&source).map_err(|e| NodeError::at(&source, e))? {
         let entry = entry.map_err(|e| NodeError::at(&source, e))?;
-        let into = copy.join(entry.file_name());
+        let into = files.join(entry.file_name());
         bytes += std::fs::copy(entry.path(), &into).map_err(|e| NodeError::at(&into, e))?;
         std::fs::File::open(&into)
             .and_then(|f| f.sync_all())
             .map_err(|e| NodeError::at(&into, e))?;
+    }
+    if group {
+        let (log, windows) = WindowLog::open(&files)
+            .map_err(|e| NodeError::Config(format!("the backup's log: {e}")))?;
+        drop(log);
+        let state = copy.join("state");
+        replication::StateMachine::seed(&state, &windows, config.sealer.dedup_windows)
+            .map_err(|e| NodeError::at(&state, e))?;
+        std::fs::remove_dir_all(&files).map_err(|e| NodeError::at(&files, e))?;
     }
     sync_dir(&copy)?;
     let _ = std::fs::remove_dir(&target);

@@ -113,7 +113,7 @@ impl Backend {
     fn failure(&self) -> Option<String> {
         match self {
             Backend::Single(s) => s.failure(),
-            Backend::Group(_) => None,
+            Backend::Group(g) => g.failure(),
         }
     }
 

@@ -110,6 +110,7 @@ impl GroupSequencer {
         let sealer = Sealing {
             id,
             raft: raft.clone(),
+            view: view.clone(),
             clock,
             config,
             want: want_window.clone(),
@@ -152,6 +153,16 @@ impl GroupSequencer {
         match view.leader == Some(self.id) {
             true => Ok(()),
             false => Err(view.leader_addr),
+        }
+    }
+
+    /// Why this member's raft stopped, if it failed (its storage or state machine refused an
+    /// entry): the node should exit rather than linger. `None` while it runs, and after an
+    /// orderly shutdown.
+    pub fn failure(&self) -> Option<String> {
+        match &self.raft.metrics().borrow().running_state {
+            Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
+            Err(e) => Some(format!("the group's raft stopped: {e}")),
         }
     }
 
@@ -207,7 +218,7 @@ impl GroupSequencer {
         if self.truncated.fetch_max(epoch.0, Ordering::SeqCst) >= epoch.0 {
             return Ok(());
         }
-        match self.raft.client_write(Proposal::truncate_below(epoch)).await {
+        match self.raft.client_write(Proposal::truncate_below(self.view.base(), epoch)).await {
             Ok(_) => Ok(()),
             Err(e) => {
                 // Proposed again with the next report.
@@ -266,6 +277,8 @@ impl GroupSequencer {
 struct Sealing {
     id: NodeId,
     raft: Raft,
+    /// The committed state, for the base its proposals carry.
+    view: StateView,
     clock: Arc<Clock>,
     config: GroupConfig,
     want: Arc<Notify>,
@@ -317,7 +330,8 @@ impl Sealing {
     async fn propose(&self, batch: Vec<(Entry, OnReceipt)>) {
         let entries: Vec<Entry> = batch.iter().map(|(e, _)| e.clone()).collect();
         let started = std::time::Instant::now();
-        let written = self.raft.client_write(Proposal::new(self.clock.now(), &entries)).await;
+        let proposal = Proposal::new(self.view.base(), self.clock.now(), &entries);
+        let written = self.raft.client_write(proposal).await;
         match written {
             Ok(response) => {
                 self.stats.committed.fetch_add(1, Ordering::Relaxed);
@@ -350,7 +364,8 @@ impl Sealing {
         if self.raft.metrics().borrow().current_leader != Some(self.id) {
             return;
         }
-        if let Err(e) = self.raft.client_write(Proposal::tick(self.clock.now())).await {
+        let tick = Proposal::tick(self.view.base(), self.clock.now());
+        if let Err(e) = self.raft.client_write(tick).await {
             tracing::debug!(error = %e, "an idle tick was not logged");
         }
     }

@@ -38,6 +38,8 @@ use crate::types::{NodeId, Proposal, ProposedEntry, Receipt, Sealed, TypeConfig}
 /// The replicated state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct State {
+    /// The last window of the backup the group was restored from (0: it started empty).
+    base: u64,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
     last_epoch: u64,
@@ -51,8 +53,25 @@ struct State {
 }
 
 impl State {
-    /// Applies a committed proposal.
-    fn apply(&mut self, proposal: &Proposal, dedup_windows: usize) -> Sealed {
+    /// Applies a committed proposal, or refuses one from a member with another base (see
+    /// [`Proposal`]): the group's members do not hold the same windows.
+    fn apply(&mut self, proposal: &Proposal, dedup_windows: usize) -> Result<Sealed, String> {
+        if proposal.base != self.base {
+            let base = |b: u64| match b {
+                0 => "started empty".to_string(),
+                b => format!("was restored up to window {b}"),
+            };
+            return Err(format!(
+                "a proposal from a member that {} while this one {}: every member of a group \
+                 must be restored from the same backup",
+                base(proposal.base),
+                base(self.base)
+            ));
+        }
+        Ok(self.apply_same_base(proposal, dedup_windows))
+    }
+
+    fn apply_same_base(&mut self, proposal: &Proposal, dedup_windows: usize) -> Sealed {
         if let Some(below) = proposal.truncate_below {
             // Never past the last window: the next one to commit stays deliverable.
             let below = below.min(self.last_epoch + 1);
@@ -111,6 +130,11 @@ impl StateView {
     pub fn last(&self) -> (Epoch, Timestamp) {
         let s = self.state.read().unwrap_or_else(|e| e.into_inner());
         (Epoch(s.last_epoch), Timestamp::from_u64(s.last_ts))
+    }
+
+    /// The last window of the backup the group was restored from (0: it started empty).
+    pub fn base(&self) -> u64 {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).base
     }
 
     /// Resolves once anything more is applied (a window or a tick), or the machine is gone.
@@ -208,6 +232,50 @@ impl StateMachine {
         })
     }
 
+    /// Writes into `dir`, which holds no state yet, the state of a group restored from
+    /// `windows` (consecutive, the windows of a backup's log copy, at least one): it goes on
+    /// after the last, which is its base. Every member of the group must be seeded from the
+    /// same windows (a member with another base refuses the others' proposals).
+    pub fn seed(
+        dir: impl AsRef<Path>,
+        windows: &[Window],
+        dedup_windows: usize,
+    ) -> std::io::Result<()> {
+        let dir = dir.as_ref();
+        let (Some(first), Some(last)) = (windows.first(), windows.last()) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "no window to restore from",
+            ));
+        };
+        if dir.join("snapshot").exists() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} holds a group's state already", dir.display()),
+            ));
+        }
+        std::fs::create_dir_all(dir)?;
+        let base = last.epoch.0;
+        let mut state = State { base, last_epoch: first.epoch.0 - 1, ..State::default() };
+        for w in windows {
+            let proposal = Proposal::new(base, w.ts, &w.entries);
+            let sealed = state.apply_same_base(&proposal, dedup_windows);
+            if (sealed.epoch, sealed.ts) != (Some(w.epoch.0), w.ts.as_u64()) {
+                return Err(invalid(format!(
+                    "window {} at {} does not follow the ones before it",
+                    w.epoch, w.ts
+                )));
+            }
+        }
+        let data = postcard::to_stdvec(&state).map_err(invalid)?;
+        let meta = SnapshotMeta {
+            last_log_id: None,
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("restored-{base}"),
+        };
+        write_snapshot(dir, &StoredSnapshot { meta, data })
+    }
+
     /// A view of the committed windows that stays current.
     pub fn view(&self) -> StateView {
         StateView { state: self.state.clone(), changed: self.changed.subscribe() }
@@ -264,7 +332,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 s.last_applied = Some(entry.log_id);
                 let response = match &entry.payload {
                     EntryPayload::Blank => Sealed::default(),
-                    EntryPayload::Normal(proposal) => s.apply(proposal, self.dedup_windows),
+                    EntryPayload::Normal(proposal) => {
+                        s.apply(proposal, self.dedup_windows).map_err(|why| {
+                            tracing::error!("{why}; this member stops");
+                            io_error(invalid(why))
+                        })?
+                    }
                     EntryPayload::Membership(m) => {
                         s.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                         Sealed::default()
@@ -328,25 +401,59 @@ mod tests {
 
     fn window(ts: u64, client_id: u128) -> Proposal {
         let entry = ProposedEntry { client_id, participants: vec![0], payload: vec![1] };
-        Proposal { ts, entries: vec![entry], tick: false, truncate_below: None }
+        Proposal { base: 0, ts, entries: vec![entry], tick: false, truncate_below: None }
+    }
+
+    /// A group seeded from a backup's windows holds them and goes on after the last; a
+    /// proposal from a member with another base (restored from other windows, or not at all)
+    /// is refused and changes nothing.
+    #[test]
+    fn a_seeded_state_goes_on_after_its_windows_and_refuses_another_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let windows: Vec<Window> = (5..=7u64)
+            .map(|e| Window {
+                epoch: Epoch(e),
+                ts: Timestamp::from_u64(e * 100),
+                entries: vec![(&window(0, u128::from(e)).entries[0]).into()],
+            })
+            .collect();
+        StateMachine::seed(dir.path(), &windows, 100).unwrap();
+        assert!(StateMachine::seed(dir.path(), &windows, 100).is_err(), "seeded once");
+        let machine = StateMachine::open(dir.path(), 100).unwrap();
+        let view = machine.view();
+        assert_eq!(view.base(), 7);
+        assert_eq!((view.first(), view.last()), (Epoch(5), (Epoch(7), Timestamp::from_u64(700))));
+        assert_eq!(view.window(Epoch(6)), Some(windows[1].clone()));
+        let mut state = machine.read().clone();
+        let refused = state.apply(&window(800, 8), 100).unwrap_err();
+        assert!(
+            refused.contains("started empty") && refused.contains("up to window 7"),
+            "{refused}"
+        );
+        assert_eq!(state.last_epoch, 7, "nothing changed");
+        let next = Proposal { base: 7, ..window(800, 8) };
+        assert_eq!(state.apply(&next, 100).unwrap().epoch, Some(8));
+        // Client ids of the restored windows are still deduplicated.
+        let again = Proposal { base: 7, ..window(900, 6) };
+        assert!(state.apply(&again, 100).unwrap().receipts[0].duplicate);
     }
 
     #[test]
     fn a_truncation_drops_the_windows_below_it_and_nothing_else() {
         let mut state = State::default();
         for i in 1..=5u64 {
-            assert_eq!(state.apply(&window(i * 10, u128::from(i)), 100).epoch, Some(i));
+            assert_eq!(state.apply(&window(i * 10, u128::from(i)), 100).unwrap().epoch, Some(i));
         }
-        let truncated = state.apply(&Proposal::truncate_below(Epoch(3)), 100);
+        let truncated = state.apply(&Proposal::truncate_below(0, Epoch(3)), 100).unwrap();
         assert_eq!((truncated.epoch, truncated.ts), (None, 50), "no window, no new timestamp");
         assert_eq!(state.windows.keys().copied().collect::<Vec<_>>(), vec![3, 4, 5]);
         // Deduplication is not affected: window 1's client id is still known.
-        assert!(state.apply(&window(60, 1), 100).receipts[0].duplicate);
+        assert!(state.apply(&window(60, 1), 100).unwrap().receipts[0].duplicate);
         // Never past the next window to commit, and never back.
-        state.apply(&Proposal::truncate_below(Epoch(99)), 100);
+        state.apply(&Proposal::truncate_below(0, Epoch(99)), 100).unwrap();
         assert!(state.windows.is_empty());
-        state.apply(&Proposal::truncate_below(Epoch(2)), 100);
-        assert_eq!(state.apply(&window(70, 7), 100).epoch, Some(6));
+        state.apply(&Proposal::truncate_below(0, Epoch(2)), 100).unwrap();
+        assert_eq!(state.apply(&window(70, 7), 100).unwrap().epoch, Some(6));
         assert_eq!(state.windows.keys().copied().collect::<Vec<_>>(), vec![6]);
     }
 }

@@ -51,10 +51,17 @@ pub fn raft_config(
 /// either: every member drops the committed windows below its epoch (every shard replica has
 /// them in a checkpoint).
 ///
-/// The raft log and snapshots store proposals with postcard: the `truncate_below` field
-/// changed that format, and a group's data written before it does not open.
+/// Each proposal carries its proposer's base: the last window of the backup its group was
+/// restored from (0 for a group that started empty). A member whose own base differs was
+/// restored from other windows (or not at all) and refuses it rather than number windows
+/// differently from the others.
+///
+/// The raft log and snapshots store proposals with postcard: the `truncate_below` and `base`
+/// fields changed that format, and a group's data written before them does not open.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
+    /// The proposer's base (above).
+    pub base: u64,
     /// The leader's HLC timestamp for the window (raised on apply if not above the last).
     pub ts: u64,
     /// The entries.
@@ -97,20 +104,20 @@ impl From<&ProposedEntry> for Entry {
 }
 
 impl Proposal {
-    /// A proposal of `entries` at `ts`.
-    pub fn new(ts: Timestamp, entries: &[Entry]) -> Proposal {
+    /// A proposal of `entries` at `ts`, by a member of base `base`.
+    pub fn new(base: u64, ts: Timestamp, entries: &[Entry]) -> Proposal {
         let entries = entries.iter().map(ProposedEntry::from).collect();
-        Proposal { ts: ts.as_u64(), entries, tick: false, truncate_below: None }
+        Proposal { base, ts: ts.as_u64(), entries, tick: false, truncate_below: None }
     }
 
     /// An idle tick at `ts`.
-    pub fn tick(ts: Timestamp) -> Proposal {
-        Proposal { ts: ts.as_u64(), entries: Vec::new(), tick: true, truncate_below: None }
+    pub fn tick(base: u64, ts: Timestamp) -> Proposal {
+        Proposal { base, ts: ts.as_u64(), entries: Vec::new(), tick: true, truncate_below: None }
     }
 
     /// A truncation of the committed windows below `epoch`.
-    pub fn truncate_below(epoch: Epoch) -> Proposal {
-        Proposal { ts: 0, entries: Vec::new(), tick: false, truncate_below: Some(epoch.0) }
+    pub fn truncate_below(base: u64, epoch: Epoch) -> Proposal {
+        Proposal { base, ts: 0, entries: Vec::new(), tick: false, truncate_below: Some(epoch.0) }
     }
 }
 

@@ -60,7 +60,9 @@ pub use crate::mvcc::{
 };
 pub use crate::range::{KeyRange, Quoted};
 #[cfg(feature = "rocksdb")]
-pub use crate::rocks::{DEFAULT_BLOCK_CACHE_BYTES, RocksEngine, RocksOptions};
+pub use crate::rocks::{
+    DEFAULT_BLOCK_CACHE_BYTES, DEFAULT_BYTES_PER_SYNC, RocksEngine, RocksOptions,
+};
 pub use clock::Epoch;
 
 /// Results of storage operations.

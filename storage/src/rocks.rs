@@ -71,11 +71,31 @@ pub struct RocksOptions {
     /// and the caller must be able to redo them (sealdb's shards replay them from the window
     /// log, which holds every window after the last flush). Synced writes always use it.
     pub wal: bool,
+    /// Table files (flushes, compactions) are written back to disk every this many bytes as
+    /// they are written, not all at once when each is finished (default
+    /// [`DEFAULT_BYTES_PER_SYNC`]; 0 leaves it to the kernel). A file's worth of dirty pages
+    /// written back at once queues every `fdatasync` of the window log behind it.
+    pub bytes_per_sync: u64,
+    /// At most this many bytes a second of flush and compaction writes (default none).
+    pub background_bytes_per_sec: Option<u64>,
+    /// Compactions run at the lowest CPU and I/O priority (default false). The setting is
+    /// RocksDB's default environment's, so it holds for every database of the process.
+    pub low_priority_compactions: bool,
 }
+
+/// The default [`RocksOptions::bytes_per_sync`]: 0, RocksDB's own (1 MiB, as its tuning guide
+/// suggests, was no better in the README's measurements).
+pub const DEFAULT_BYTES_PER_SYNC: u64 = 0;
 
 impl Default for RocksOptions {
     fn default() -> RocksOptions {
-        RocksOptions { block_cache_bytes: DEFAULT_BLOCK_CACHE_BYTES, wal: true }
+        RocksOptions {
+            block_cache_bytes: DEFAULT_BLOCK_CACHE_BYTES,
+            wal: true,
+            bytes_per_sync: DEFAULT_BYTES_PER_SYNC,
+            background_bytes_per_sec: None,
+            low_priority_compactions: false,
+        }
     }
 }
 
@@ -140,12 +160,29 @@ impl RocksEngine {
 
     /// [`RocksEngine::open`] as `options` say.
     pub fn open_with(path: impl AsRef<Path>, options: RocksOptions) -> Result<RocksEngine> {
-        let RocksOptions { block_cache_bytes, wal } = options;
+        let RocksOptions {
+            block_cache_bytes,
+            wal,
+            bytes_per_sync,
+            background_bytes_per_sec,
+            low_priority_compactions,
+        } = options;
         let path = path.as_ref().to_path_buf();
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_compression_type(DBCompressionType::Lz4);
         opts.set_max_background_jobs(2);
+        opts.set_bytes_per_sync(bytes_per_sync);
+        if low_priority_compactions {
+            let mut env = rocksdb::Env::new().map_err(|e| engine_error(&path, e))?;
+            env.lower_thread_pool_cpu_priority();
+            env.lower_thread_pool_io_priority();
+            opts.set_env(&env);
+        }
+        if let Some(rate) = background_bytes_per_sec {
+            // Refilled every 100 ms; flushes go before compactions.
+            opts.set_ratelimiter(i64::try_from(rate).unwrap_or(i64::MAX), 100_000, 10);
+        }
         // Point reads of a key's newest version seek within the key's versions: a Bloom filter
         // over version prefixes (the key without its timestamp), in SST files and memtables,
         // lets such a seek skip every file that holds no version of the key. Scans still see

@@ -336,6 +336,9 @@ impl Sealdb {
             block_cache_bytes: embedded.block_cache_bytes,
             plan: embedded.plan,
             rocksdb_wal: embedded.rocksdb_wal,
+            rocksdb_bytes_per_sync: embedded.rocksdb_bytes_per_sync,
+            rocksdb_background_bytes_per_sec: embedded.rocksdb_background_bytes_per_sec,
+            rocksdb_low_priority_compactions: embedded.rocksdb_low_priority_compactions,
             ..Options::default()
         });
         let map = shard_map(warehouses, shards);
@@ -960,6 +963,13 @@ pub struct Embedded {
     pub plan: txn::Plan,
     /// Whether shards write through RocksDB's write-ahead log.
     pub rocksdb_wal: bool,
+    /// Each shard's RocksDB writes table files back every this many bytes (0: the kernel
+    /// chooses).
+    pub rocksdb_bytes_per_sync: u64,
+    /// At most this many bytes a second of each shard's flush and compaction writes.
+    pub rocksdb_background_bytes_per_sec: Option<u64>,
+    /// RocksDB's compactions at the lowest CPU and I/O priority.
+    pub rocksdb_low_priority_compactions: bool,
 }
 
 impl Default for Embedded {
@@ -973,6 +983,9 @@ impl Default for Embedded {
             row_cache_bytes: ROW_CACHE_BYTES,
             plan: defaults.plan,
             rocksdb_wal: defaults.rocksdb_wal,
+            rocksdb_bytes_per_sync: defaults.rocksdb_bytes_per_sync,
+            rocksdb_background_bytes_per_sec: defaults.rocksdb_background_bytes_per_sec,
+            rocksdb_low_priority_compactions: defaults.rocksdb_low_priority_compactions,
         }
     }
 }

@@ -24,8 +24,10 @@ fn sealdb(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_sealdb")).args(args).output().unwrap()
 }
 
-fn local_spec(dir: &Path) -> LocalSpec {
+/// Two shards, with one sequencer or a group of `sequencers`.
+fn local_spec(dir: &Path, sequencers: u32) -> LocalSpec {
     LocalSpec {
+        sequencers,
         shards: 2,
         reclamation: Some(Reclamation {
             flush_interval_ms: 200,
@@ -40,7 +42,7 @@ fn local_spec(dir: &Path) -> LocalSpec {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_under_load_restores_into_a_new_cluster_with_every_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = LocalProcesses::spawn(&local_spec(&dir.path().join("a"))).unwrap();
+    let nodes = LocalProcesses::spawn(&local_spec(&dir.path().join("a"), 1)).unwrap();
     let sequencer = nodes.sequencer.clone();
     let clock = Arc::new(Clock::system(Duration::from_millis(1)));
     wait_ready(&sequencer, &clock, None).await;
@@ -93,7 +95,7 @@ async fn a_backup_under_load_restores_into_a_new_cluster_with_every_acknowledged
     let all = acked.lock().unwrap().clone();
     nodes.stop();
 
-    let restored = restored_from(&dir.path().join("b"), &backup, &clock).await;
+    let restored = restored_from(&dir.path().join("b"), 1, &backup, &clock).await;
     present(&restored, &clock, &before, "acknowledged before the backup").await;
     eprintln!(
         "{} writes acknowledged before the backup, {} in all: all there",
@@ -101,9 +103,42 @@ async fn a_backup_under_load_restores_into_a_new_cluster_with_every_acknowledged
         all.len()
     );
     restored.stop();
-    let restored = restored_from(&dir.path().join("c"), &idle, &clock).await;
+    // Into a sequencer group: each member's raft state seeded from the log copy.
+    let restored = restored_from(&dir.path().join("c"), 3, &idle, &clock).await;
     present(&restored, &clock, &all, "acknowledged before the idle backup").await;
     restored.stop();
+    mixed_group_stops(&dir.path().join("d"), &idle).await;
+}
+
+/// A group whose third member was not restored (it started empty) numbers no window apart
+/// from the others: whichever side receives the other's first proposal refuses it, and its
+/// process exits saying why.
+async fn mixed_group_stops(dir: &Path, backup: &Path) {
+    let mut nodes = LocalProcesses::configure(&local_spec(dir, 3)).unwrap();
+    for i in (0..nodes.len()).filter(|i| *i != 2) {
+        let config = nodes.config(i).to_str().unwrap().to_string();
+        let done = sealdb(&["restore", "--from", backup.to_str().unwrap(), "--config", &config]);
+        assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    }
+    for i in 0..nodes.len() {
+        nodes.start(i).unwrap();
+    }
+    // The member that refused exits (its last words on stderr, in its log).
+    let said = "sealdb: the sequencer stopped: the group's raft stopped";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let logs = |nodes: &LocalProcesses| -> Vec<String> {
+        (0..3)
+            .map(|i| {
+                std::fs::read_to_string(nodes.config(i).with_extension("log")).unwrap_or_default()
+            })
+            .collect()
+    };
+    let why = "every member of a group must be restored from the same backup";
+    while !logs(&nodes).iter().any(|log| log.contains(said) && log.contains(why)) {
+        assert!(std::time::Instant::now() < deadline, "no member refused: {:?}", logs(&nodes));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    nodes.stop();
 }
 
 /// Backs the idle cluster up until a backup finds every shard's checkpoint at the last window:
@@ -128,17 +163,22 @@ async fn idle_backup(dir: &Path, sequencer: &str, client: &Client) -> std::path:
     panic!("no backup found every shard's checkpoint at the last window");
 }
 
-/// A new cluster in `dir`, restored from `backup` before it first starts (a second restore
-/// over a restored node is refused), started and ready.
-async fn restored_from(dir: &Path, backup: &Path, clock: &Arc<Clock>) -> LocalProcesses {
-    let mut restored = LocalProcesses::configure(&local_spec(dir)).unwrap();
+/// A new cluster of `sequencers` in `dir`, restored from `backup` before it first starts (a
+/// second restore over the restored sequencer is refused), started and ready.
+async fn restored_from(
+    dir: &Path,
+    sequencers: u32,
+    backup: &Path,
+    clock: &Arc<Clock>,
+) -> LocalProcesses {
+    let mut restored = LocalProcesses::configure(&local_spec(dir, sequencers)).unwrap();
     for i in 0..restored.len() {
         let config = restored.config(i).to_str().unwrap().to_string();
         let done = sealdb(&["restore", "--from", backup.to_str().unwrap(), "--config", &config]);
         assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
         eprintln!("{}", String::from_utf8_lossy(&done.stdout).trim());
     }
-    let config = restored.config(1).to_str().unwrap().to_string();
+    let config = restored.config(0).to_str().unwrap().to_string();
     let twice = sealdb(&["restore", "--from", backup.to_str().unwrap(), "--config", &config]);
     assert!(!twice.status.success(), "a restore over data");
     assert!(String::from_utf8_lossy(&twice.stderr).contains("holds data already"));
@@ -147,7 +187,7 @@ async fn restored_from(dir: &Path, backup: &Path, clock: &Arc<Clock>) -> LocalPr
     }
     wait_ready(&restored.sequencer, clock, None).await;
     for shard in 0..2 {
-        let log = restored.config(1 + shard).with_extension("log");
+        let log = restored.config(sequencers as usize + shard).with_extension("log");
         let log = std::fs::read_to_string(log).unwrap();
         assert!(log.contains("opened an installed checkpoint"), "shard {shard}:\n{log}");
     }

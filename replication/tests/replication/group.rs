@@ -215,7 +215,7 @@ impl Group {
             .collect();
         let written = self
             .raft(leader)
-            .client_write(Proposal { ts, entries, tick: false, truncate_below: None })
+            .client_write(Proposal { base: 0, ts, entries, tick: false, truncate_below: None })
             .await
             .unwrap();
         written.data.receipts
@@ -319,6 +319,7 @@ async fn a_cut_off_minority_commits_nothing_and_catches_up_after_healing() {
     // The node cut off cannot commit a window, whatever it believes.
     let isolated = group.raft(cut_off);
     let write = isolated.client_write(Proposal {
+        base: 0,
         ts: 1,
         entries: Vec::new(),
         tick: false,

@@ -29,6 +29,7 @@ fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
         payload: EntryPayload::Normal(Proposal {
+            base: 0,
             ts: index,
             entries: Vec::new(),
             tick: false,
