@@ -171,9 +171,6 @@ enum Workload {
         /// second (embedded; default: no limit).
         #[arg(long)]
         rocksdb_background_mib: Option<u64>,
-        /// Each shard's RocksDB compactions run at the lowest CPU and I/O priority (embedded).
-        #[arg(long)]
-        rocksdb_low_priority_compactions: bool,
         #[command(flatten)]
         cluster: ClusterArgs,
         #[command(flatten)]
@@ -334,7 +331,6 @@ fn main() -> ExitCode {
             no_rocksdb_wal,
             rocksdb_bytes_per_sync_kib,
             rocksdb_background_mib,
-            rocksdb_low_priority_compactions,
             backup_after,
             cluster,
             run: RunArgs { seed, dir, json },
@@ -374,8 +370,7 @@ fn main() -> ExitCode {
                 }
                 _ if (plan != Plan::Serial
                     || no_rocksdb_wal
-                    || rocksdb_background_mib.is_some()
-                    || rocksdb_low_priority_compactions)
+                    || rocksdb_background_mib.is_some())
                     && (target.is_some() || pg_url.is_some()) =>
                 {
                     return usage_error(
@@ -448,7 +443,6 @@ fn main() -> ExitCode {
                             rocksdb_bytes_per_sync: rocksdb_bytes_per_sync_kib << 10,
                             rocksdb_background_bytes_per_sec: rocksdb_background_mib
                                 .map(|m| m << 20),
-                            rocksdb_low_priority_compactions,
                         };
                         bench::tpcc::run_sealdb(&opts, &embedded)
                     }

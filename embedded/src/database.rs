@@ -94,8 +94,6 @@ pub struct Options {
     /// At most this many bytes a second of each shard's flush and compaction writes (default
     /// none).
     pub rocksdb_background_bytes_per_sec: Option<u64>,
-    /// RocksDB's compactions at the lowest CPU and I/O priority (default false).
-    pub rocksdb_low_priority_compactions: bool,
 }
 
 impl Default for Options {
@@ -116,7 +114,6 @@ impl Default for Options {
             rocksdb_wal: true,
             rocksdb_bytes_per_sync: storage::DEFAULT_BYTES_PER_SYNC,
             rocksdb_background_bytes_per_sec: None,
-            rocksdb_low_priority_compactions: false,
         }
     }
 }
@@ -451,7 +448,6 @@ impl Database {
                     wal: options.rocksdb_wal,
                     bytes_per_sync: options.rocksdb_bytes_per_sync,
                     background_bytes_per_sec: options.rocksdb_background_bytes_per_sec,
-                    low_priority_compactions: options.rocksdb_low_priority_compactions,
                 };
                 Arc::new(RocksEngine::open_with(dir, rocks).map_err(storage)?)
             };

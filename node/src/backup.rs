@@ -371,6 +371,13 @@ pub fn restore(from: &Path, config: &NodeConfig) -> Result<String, NodeError> {
         let (log, windows) = WindowLog::open(&files)
             .map_err(|e| NodeError::Config(format!("the backup's log: {e}")))?;
         drop(log);
+        let held = (windows.first().map(|w| w.epoch), windows.last().map(|w| w.epoch));
+        if held != (Some(manifest.log.0), Some(manifest.log.1)) {
+            return Err(NodeError::Config(format!(
+                "the backup's log holds windows {:?} to {:?}, its manifest says {} to {}",
+                held.0, held.1, manifest.log.0, manifest.log.1
+            )));
+        }
         let state = copy.join("state");
         replication::StateMachine::seed(&state, &windows, config.sealer.dedup_windows)
             .map_err(|e| NodeError::at(&state, e))?;

@@ -256,7 +256,8 @@ impl StateMachine {
         }
         std::fs::create_dir_all(dir)?;
         let base = last.epoch.0;
-        let mut state = State { base, last_epoch: first.epoch.0 - 1, ..State::default() };
+        let mut state =
+            State { base, last_epoch: first.epoch.0.saturating_sub(1), ..State::default() };
         for w in windows {
             let proposal = Proposal::new(base, w.ts, &w.entries);
             let sealed = state.apply_same_base(&proposal, dedup_windows);
@@ -329,7 +330,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         {
             let mut s = self.write();
             for entry in entries {
-                s.last_applied = Some(entry.log_id);
                 let response = match &entry.payload {
                     EntryPayload::Blank => Sealed::default(),
                     EntryPayload::Normal(proposal) => {
@@ -343,6 +343,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         Sealed::default()
                     }
                 };
+                s.last_applied = Some(entry.log_id);
                 responses.push(response);
             }
         }

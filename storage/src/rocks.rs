@@ -78,9 +78,6 @@ pub struct RocksOptions {
     pub bytes_per_sync: u64,
     /// At most this many bytes a second of flush and compaction writes (default none).
     pub background_bytes_per_sec: Option<u64>,
-    /// Compactions run at the lowest CPU and I/O priority (default false). The setting is
-    /// RocksDB's default environment's, so it holds for every database of the process.
-    pub low_priority_compactions: bool,
 }
 
 /// The default [`RocksOptions::bytes_per_sync`]: 0, RocksDB's own (1 MiB, as its tuning guide
@@ -94,7 +91,6 @@ impl Default for RocksOptions {
             wal: true,
             bytes_per_sync: DEFAULT_BYTES_PER_SYNC,
             background_bytes_per_sec: None,
-            low_priority_compactions: false,
         }
     }
 }
@@ -160,25 +156,14 @@ impl RocksEngine {
 
     /// [`RocksEngine::open`] as `options` say.
     pub fn open_with(path: impl AsRef<Path>, options: RocksOptions) -> Result<RocksEngine> {
-        let RocksOptions {
-            block_cache_bytes,
-            wal,
-            bytes_per_sync,
-            background_bytes_per_sec,
-            low_priority_compactions,
-        } = options;
+        let RocksOptions { block_cache_bytes, wal, bytes_per_sync, background_bytes_per_sec } =
+            options;
         let path = path.as_ref().to_path_buf();
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_compression_type(DBCompressionType::Lz4);
         opts.set_max_background_jobs(2);
         opts.set_bytes_per_sync(bytes_per_sync);
-        if low_priority_compactions {
-            let mut env = rocksdb::Env::new().map_err(|e| engine_error(&path, e))?;
-            env.lower_thread_pool_cpu_priority();
-            env.lower_thread_pool_io_priority();
-            opts.set_env(&env);
-        }
         if let Some(rate) = background_bytes_per_sec {
             // Refilled every 100 ms; flushes go before compactions.
             opts.set_ratelimiter(i64::try_from(rate).unwrap_or(i64::MAX), 100_000, 10);

@@ -338,7 +338,6 @@ impl Sealdb {
             rocksdb_wal: embedded.rocksdb_wal,
             rocksdb_bytes_per_sync: embedded.rocksdb_bytes_per_sync,
             rocksdb_background_bytes_per_sec: embedded.rocksdb_background_bytes_per_sec,
-            rocksdb_low_priority_compactions: embedded.rocksdb_low_priority_compactions,
             ..Options::default()
         });
         let map = shard_map(warehouses, shards);
@@ -968,8 +967,6 @@ pub struct Embedded {
     pub rocksdb_bytes_per_sync: u64,
     /// At most this many bytes a second of each shard's flush and compaction writes.
     pub rocksdb_background_bytes_per_sec: Option<u64>,
-    /// RocksDB's compactions at the lowest CPU and I/O priority.
-    pub rocksdb_low_priority_compactions: bool,
 }
 
 impl Default for Embedded {
@@ -985,7 +982,6 @@ impl Default for Embedded {
             rocksdb_wal: defaults.rocksdb_wal,
             rocksdb_bytes_per_sync: defaults.rocksdb_bytes_per_sync,
             rocksdb_background_bytes_per_sec: defaults.rocksdb_background_bytes_per_sec,
-            rocksdb_low_priority_compactions: defaults.rocksdb_low_priority_compactions,
         }
     }
 }

@@ -43,6 +43,10 @@ pub(super) struct ApplyLoop {
     /// When this replica last checkpointed (or flushed) its storage; none yet: the first
     /// checkpoint comes with the first window applied.
     flushed_at: Option<std::time::Instant>,
+    /// The last window applied and not yet in a checkpoint (its timestamp and digest): an
+    /// idle shard checkpoints it once `flush_interval` has passed, so that the log can be
+    /// truncated and backups start from it.
+    unflushed: Option<(Epoch, Timestamp, u128)>,
     /// The last window applied, for the task that reports it to the sequencer (one report in
     /// flight at a time, each with the latest window).
     applied_to: tokio::sync::watch::Sender<Epoch>,
@@ -60,7 +64,18 @@ impl ApplyLoop {
         let flushed_at = None;
         let (applied_to, applied) = tokio::sync::watch::channel(Epoch(0));
         handle.spawn(report_applied(sequencer.clone(), state.clone(), applied));
-        ApplyLoop { state, step, peers, sequencer, handle, events, answers, flushed_at, applied_to }
+        ApplyLoop {
+            state,
+            step,
+            peers,
+            sequencer,
+            handle,
+            events,
+            answers,
+            flushed_at,
+            unflushed: None,
+            applied_to,
+        }
     }
 
     pub(super) fn run(&mut self) -> Result<(), StepError> {
@@ -95,7 +110,12 @@ impl ApplyLoop {
                     tokio::time::timeout(Duration::from_millis(100), deliveries.recv()).await
                 });
                 match delivery {
-                    Err(_) => continue, // nothing yet; check for stopping
+                    Err(_) => {
+                        // Nothing yet: checkpoint what is applied if it is time; check for
+                        // stopping.
+                        self.checkpoint_if_due()?;
+                        continue;
+                    }
                     Ok(None) => break,
                     Ok(Some(Err(RemoteError::ClockSkew(why)))) => {
                         self.clock_skew(&why);
@@ -131,7 +151,8 @@ impl ApplyLoop {
                 progress.safe = progress.safe.max(ts);
                 drop(progress);
                 self.state.bump();
-                Ok(())
+                // Idle: ticks may come more often than the wait for a delivery times out.
+                self.checkpoint_if_due()
             }
             SliceDelivery::Window { epoch, ts, entries } => {
                 // Windows come durable from the sequencer's service.
@@ -221,18 +242,8 @@ impl ApplyLoop {
                 }
                 self.applied(window, ts, decided.into_iter().map(|(d, _)| d), deferred, digest);
                 self.applied_to.send_replace(window);
-                if self.flushed_at.is_none_or(|t| t.elapsed() >= state.flush_interval) {
-                    self.flushed_at = Some(std::time::Instant::now());
-                    // The log is kept from the checkpoint on, for fellows that copy it.
-                    let kept = match &state.checkpoints {
-                        Some(checkpoints) => checkpoints.take(&state.mvcc, window, ts, digest)?,
-                        None => {
-                            state.mvcc.flush()?;
-                            window
-                        }
-                    };
-                    self.report_flushed(kept);
-                }
+                self.unflushed = Some((window, ts, digest));
+                self.checkpoint_if_due()?;
             }
             Command::RequestWindow { .. } => self.request_window(),
         }
@@ -351,6 +362,28 @@ impl ApplyLoop {
                  it has no fellow replica to copy a checkpoint from: restore it from a backup"
             ),
         });
+    }
+
+    /// Checkpoints (or flushes) the last window applied if it is not in a checkpoint yet and
+    /// `flush_interval` has passed since the last one, and tells the sequencer.
+    fn checkpoint_if_due(&mut self) -> Result<(), StepError> {
+        let state = &*self.state;
+        let Some((window, ts, digest)) = self.unflushed else { return Ok(()) };
+        if self.flushed_at.is_some_and(|t| t.elapsed() < state.flush_interval) {
+            return Ok(());
+        }
+        self.flushed_at = Some(std::time::Instant::now());
+        self.unflushed = None;
+        // The log is kept from the checkpoint on, for fellows that copy it.
+        let kept = match &state.checkpoints {
+            Some(checkpoints) => checkpoints.take(&state.mvcc, window, ts, digest)?,
+            None => {
+                state.mvcc.flush()?;
+                window
+            }
+        };
+        self.report_flushed(kept);
+        Ok(())
     }
 
     /// Tells the sequencer (in the background) that every window up to `epoch` is flushed here.

@@ -1,11 +1,11 @@
 //! Checkpoints of a shard replica's storage, and a replica catching up from a fellow's.
 //!
-//! **Taking.** Every `flush_interval` the apply thread, between windows, takes a RocksDB
-//! checkpoint ([`Checkpoints::take`]: hard links of the live files, so it costs a memtable
-//! flush) into `<storage>-checkpoints/<epoch>` and keeps the last [`KEPT`]. The epoch it
-//! reports to the sequencer as flushed is the checkpoint's, so the log is truncated only below
-//! windows that every replica holds in a checkpoint: a fellow that needs one finds it at or
-//! above the cut.
+//! **Taking.** Every `flush_interval` the apply thread, between windows (and when idle, for
+//! the last window applied), takes a RocksDB checkpoint ([`Checkpoints::take`]: hard links of
+//! the live files, so it costs a memtable flush) into `<storage>-checkpoints/<epoch>` and
+//! keeps the last [`KEPT`]. The epoch it reports to the sequencer as flushed is the
+//! checkpoint's, so the log is truncated only below windows that every replica holds in a
+//! checkpoint: a fellow that needs one finds it at or above the cut.
 //!
 //! **Catching up.** A replica that is new, or whose next window the log no longer holds
 //! (it was down while the sequencer truncated past it, having stopped counting it), fetches
