@@ -4,7 +4,8 @@
 //! from the backup and started, holds every write acknowledged before the backup began, and
 //! takes new ones. A backup into a directory that is not empty, and a restore into a node
 //! that has data, are refused with nothing changed. A backup of the idle cluster, taken once
-//! every shard has checkpointed the last window, restores too.
+//! every shard has checkpointed the last window, restores too, into a sequencer group; a
+//! group restored into only some of its members stops.
 
 use std::path::Path;
 use std::process::Command;
@@ -18,7 +19,7 @@ use node::{LocalProcesses, LocalSpec, Reclamation};
 use txn::ReadAt;
 use txn::builtin::put_args;
 
-use crate::cluster::{sealdb_start, spec, wait_ready};
+use crate::cluster::{node_log, sealdb_start, spec, wait_ready};
 
 fn sealdb(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_sealdb")).args(args).output().unwrap()
@@ -127,13 +128,7 @@ async fn mixed_group_stops(dir: &Path, backup: &Path) {
     // The member that refused exits (its last words on stderr, in its log).
     let said = "sealdb: the sequencer stopped: the group's raft stopped";
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let logs = |nodes: &LocalProcesses| -> Vec<String> {
-        (0..3)
-            .map(|i| {
-                std::fs::read_to_string(nodes.config(i).with_extension("log")).unwrap_or_default()
-            })
-            .collect()
-    };
+    let logs = |nodes: &LocalProcesses| (0..3).map(|i| node_log(nodes, i)).collect::<Vec<_>>();
     let why = "every member of a group must be restored from the same backup";
     while !logs(&nodes).iter().any(|log| log.contains(said) && log.contains(why)) {
         assert!(std::time::Instant::now() < deadline, "no member refused: {:?}", logs(&nodes));
@@ -187,8 +182,7 @@ async fn restored_from(
     }
     wait_ready(&restored.sequencer, clock, None).await;
     for shard in 0..2 {
-        let log = restored.config(sequencers as usize + shard).with_extension("log");
-        let log = std::fs::read_to_string(log).unwrap();
+        let log = node_log(&restored, sequencers as usize + shard);
         assert!(log.contains("opened an installed checkpoint"), "shard {shard}:\n{log}");
     }
     restored

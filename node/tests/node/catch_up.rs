@@ -28,7 +28,7 @@ use rand::{RngCore, SeedableRng};
 use sequencer::ShardId;
 use txn::builtin::put_args;
 
-use crate::cluster::{Clients, sealdb_start, spec, wait_ready};
+use crate::cluster::{Clients, node_log, sealdb_start, spec, wait_ready};
 
 /// Shard 0's large values: their keys' first byte puts them on shard 0 of two.
 const BIG_VALUES: usize = 96;
@@ -141,10 +141,6 @@ async fn settled(
     let converged = converged.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
     eprintln!("replicas agree: {converged:?}");
     nodes.stop();
-}
-
-fn node_log(nodes: &LocalProcesses, i: usize) -> String {
-    std::fs::read_to_string(nodes.config(i).with_extension("log")).unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
