@@ -205,10 +205,11 @@ async fn a_replica_behind_the_truncated_log_catches_up_from_a_fellows_checkpoint
 }
 
 /// A replica left behind while its process runs: paused (SIGSTOP) longer than the sequencer
-/// waits for an absent replica, it is resumed after the log was truncated past it and the
-/// sequencer restarted (so that its subscription must start again). Its shard
-/// stops (the log no longer holds its next window), starts again in the same process from a
-/// fellow's checkpoint, and converges; before, the process exited and needed a restart.
+/// waits for an absent replica, with the sequencer restarted at once (so that its
+/// subscription must start again, and it holds no window past the restarted sequencer's
+/// last), it is resumed once the log was truncated past that window. Its shard stops (the log
+/// no longer holds its next window), starts again in the same process from a fellow's
+/// checkpoint, and converges; before, the process exited and needed a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_replica_left_behind_by_truncation_catches_up_without_a_restart() {
     let seed: u64 = std::env::var("SEALDB_SEED").map_or(29, |s| s.parse().unwrap());
