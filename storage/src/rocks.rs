@@ -74,7 +74,8 @@ pub struct RocksOptions {
     /// Table files (flushes, compactions) are written back to disk every this many bytes as
     /// they are written, not all at once when each is finished (default
     /// [`DEFAULT_BYTES_PER_SYNC`]; 0 leaves it to the kernel). A file's worth of dirty pages
-    /// written back at once queues every `fdatasync` of the window log behind it.
+    /// written back at once may queue the window log's `fdatasync`s behind it; 1 MiB measured
+    /// no better on the README's machine.
     pub bytes_per_sync: u64,
     /// At most this many bytes a second of flush and compaction writes (default none).
     pub background_bytes_per_sec: Option<u64>,
