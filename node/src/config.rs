@@ -12,6 +12,12 @@
 //! flush_interval_ms = 30000         # optional (shard role): how often it checkpoints and tells
 //!                                   # the sequencer, which truncates the log below every
 //!                                   # replica's checkpoint
+//! retention_ms = 60000              # optional (shard role): how far back reads at a timestamp
+//!                                   # may go; older versions are collected
+//! replay_allowance_ms = 3600000     # optional (shard role): versions kept this much longer, so
+//!                                   # that a replica replaying windows this far behind its peers
+//!                                   # can read theirs; one further behind catches up from a
+//!                                   # fellow replica's checkpoint
 //! absent_replica_ms = 600000        # optional (sequencer role): a replica silent this long no
 //!                                   # longer holds the log while a fellow of its shard reports;
 //!                                   # it catches up from the fellow's checkpoint
@@ -81,6 +87,8 @@ struct File {
     max_offset_ms: u64,
     metrics_listen: Option<String>,
     flush_interval_ms: Option<u64>,
+    retention_ms: Option<u64>,
+    replay_allowance_ms: Option<u64>,
     absent_replica_ms: Option<u64>,
     cluster: ClusterFile,
     #[serde(default)]
@@ -182,6 +190,11 @@ pub struct NodeConfig {
     pub sealer: SealerConfig,
     /// How often a shard flushes its storage and tells the sequencer (shard role).
     pub flush_interval: Duration,
+    /// How far back reads at a timestamp may go (shard role).
+    pub retention: Duration,
+    /// How much longer than `retention` versions are kept for replicas replaying behind
+    /// their peers (shard role).
+    pub replay_allowance: Duration,
     /// The node's certificate and key and the cluster's CA (`[tls]`); `None` runs without
     /// TLS.
     pub tls: Option<Tls>,
@@ -382,12 +395,22 @@ impl NodeConfig {
             return Err(format!("window.dedup_retention_ms = {dedup_ms}: from 100 to 86400000"));
         }
         let absent_ms = sealer.absent_replica.as_millis();
-        if !(100..=7 * 24 * 3_600_000).contains(&absent_ms) {
+        if !(100..=u128::from(WEEK_MS)).contains(&absent_ms) {
             return Err(format!("absent_replica_ms = {absent_ms}: from 100 to 604800000 (a week)"));
         }
-        let flush_interval_ms = file.flush_interval_ms.unwrap_or(30_000);
+        let flush_interval_ms = file.flush_interval_ms.unwrap_or(DEFAULT_FLUSH_INTERVAL_MS);
         if !(10..=3_600_000).contains(&flush_interval_ms) {
             return Err(format!("flush_interval_ms = {flush_interval_ms}: from 10 to 3600000"));
+        }
+        let retention_ms = file.retention_ms.unwrap_or(DEFAULT_RETENTION_MS);
+        if !(1_000..=WEEK_MS).contains(&retention_ms) {
+            return Err(format!("retention_ms = {retention_ms}: from 1000 to {WEEK_MS} (a week)"));
+        }
+        let allowance_ms = file.replay_allowance_ms.unwrap_or(DEFAULT_REPLAY_ALLOWANCE_MS);
+        if allowance_ms > WEEK_MS {
+            return Err(format!(
+                "replay_allowance_ms = {allowance_ms}: at most {WEEK_MS} (a week)"
+            ));
         }
         let tls = match &file.tls {
             None => None,
@@ -407,9 +430,23 @@ impl NodeConfig {
             layout: Layout { shards: shards.iter().map(|r| r.join(",")).collect(), map },
             sealer,
             flush_interval: Duration::from_millis(flush_interval_ms),
+            retention: Duration::from_millis(retention_ms),
+            replay_allowance: Duration::from_millis(allowance_ms),
         })
     }
 }
+
+/// A shard's default `flush_interval_ms`.
+pub(crate) const DEFAULT_FLUSH_INTERVAL_MS: u64 = 30_000;
+
+/// A shard's default `retention_ms`.
+pub(crate) const DEFAULT_RETENTION_MS: u64 = 60_000;
+
+/// A shard's default `replay_allowance_ms`: a replica restarted after up to an hour's absence
+/// replays the windows it missed (the log holds them while it counts, `absent_replica_ms`).
+pub(crate) const DEFAULT_REPLAY_ALLOWANCE_MS: u64 = 3_600_000;
+
+const WEEK_MS: u64 = 7 * 24 * 3_600_000;
 
 /// The largest `max_offset_ms`: beyond it commit-wait would stall every write for seconds.
 const MAX_OFFSET_MS: u64 = 10_000;
@@ -456,6 +493,8 @@ split_keys = ["g", "p"]
         assert_eq!(c.max_offset, Duration::from_millis(5));
         assert_eq!(c.layout.map.shard_of(b"h"), ShardId(1));
         assert_eq!(c.sealer.window_interval, Duration::from_millis(5));
+        assert_eq!(c.retention, Duration::from_secs(60));
+        assert_eq!(c.replay_allowance, Duration::from_secs(3600));
     }
 
     #[test]
@@ -479,6 +518,12 @@ split_keys = ["g", "p"]
         assert!(error(&window("max_entries = 0")).contains("max_entries"));
         let offset = GOOD.replace("shard = 1\n", "shard = 1\nmax_offset_ms = 10000000000000\n");
         assert!(error(&offset).contains("max_offset_ms"));
+        let shard = |line: &str| GOOD.replace("shard = 1\n", &format!("shard = 1\n{line}\n"));
+        assert!(error(&shard("retention_ms = 10")).contains("retention_ms = 10: from 1000"));
+        let allowance = shard("replay_allowance_ms = 18446744073709551615");
+        assert!(error(&allowance).contains("replay_allowance_ms"));
+        let c = NodeConfig::parse(&shard("retention_ms = 5000\nreplay_allowance_ms = 0")).unwrap();
+        assert_eq!((c.retention, c.replay_allowance), (Duration::from_secs(5), Duration::ZERO));
         let hex = GOOD.replace("split_keys = [\"g\", \"p\"]", "split_keys_hex = [\"67\", \"7x\"]");
         assert!(error(&hex).contains("\"7x\" is not hex"));
         let hex = GOOD.replace("split_keys = [\"g\", \"p\"]", "split_keys_hex = [\"67\", \"70\"]");

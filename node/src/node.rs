@@ -93,7 +93,8 @@ pub async fn run(
                 peers: config.layout.shards.clone(),
                 procedures,
                 limits: Limits::default(),
-                retention: Duration::from_secs(60),
+                retention: config.retention,
+                replay_allowance: config.replay_allowance,
                 flush_interval: config.flush_interval,
                 tls: config.tls,
             };
@@ -130,8 +131,9 @@ pub async fn run(
                     return Ok(());
                 };
                 // A replica left behind by the log's truncation (partitioned or paused longer
-                // than the sequencer waits for absent replicas) starts again, as a restart
-                // would: from a fellow's checkpoint. Its storage must be closed first.
+                // than the sequencer waits for absent replicas), or further behind its peers
+                // than they keep versions for, starts again, as a restart would: from a
+                // fellow's checkpoint. Its storage must be closed first.
                 let stopped = || NodeError::Stopped(format!("shard {} stopped: {why}", shard.0));
                 if !catch_up {
                     node.shutdown().await;
@@ -246,6 +248,27 @@ pub struct Reclamation {
     /// How long client ids are deduplicated (`[window] dedup_retention_ms`): the log keeps
     /// at least this long of windows.
     pub dedup_retention_ms: u64,
+    /// How far back shards' reads at a timestamp go (`retention_ms`).
+    pub retention_ms: u64,
+    /// How much longer shards keep versions for replicas replaying behind their peers
+    /// (`replay_allowance_ms`).
+    pub replay_allowance_ms: u64,
+}
+
+impl Default for Reclamation {
+    /// The defaults of a node's configuration file.
+    fn default() -> Reclamation {
+        let sealer = ::sequencer::SealerConfig::default();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Reclamation {
+            flush_interval_ms: crate::config::DEFAULT_FLUSH_INTERVAL_MS,
+            log_segment_bytes: sealer.log_segment_bytes,
+            absent_replica_ms: ms(sealer.absent_replica),
+            dedup_retention_ms: ms(sealer.dedup_retention),
+            retention_ms: crate::config::DEFAULT_RETENTION_MS,
+            replay_allowance_ms: crate::config::DEFAULT_REPLAY_ALLOWANCE_MS,
+        }
+    }
 }
 
 /// A running local cluster: sequencer processes (one, or a group) and shard processes on
@@ -359,8 +382,9 @@ impl LocalProcesses {
             None => (String::new(), String::new()),
             Some(r) => (
                 format!(
-                    "flush_interval_ms = {}\nabsent_replica_ms = {}\n",
-                    r.flush_interval_ms, r.absent_replica_ms
+                    "flush_interval_ms = {}\nabsent_replica_ms = {}\nretention_ms = {}\n\
+                     replay_allowance_ms = {}\n",
+                    r.flush_interval_ms, r.absent_replica_ms, r.retention_ms, r.replay_allowance_ms
                 ),
                 format!(
                     "log_segment_bytes = {}\ndedup_retention_ms = {}\n",

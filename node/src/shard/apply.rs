@@ -13,7 +13,7 @@
 //! before the next begins. Every call a window needs is started at once.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ::sequencer::ShardId;
@@ -50,6 +50,9 @@ pub(super) struct ApplyLoop {
     /// The last window applied, for the task that reports it to the sequencer (one report in
     /// flight at a time, each with the latest window).
     applied_to: tokio::sync::watch::Sender<Epoch>,
+    /// Set by a call that a peer refused as outside its retention: this replica is replaying
+    /// a window older than its peers keep versions for.
+    outside_retention: Arc<AtomicBool>,
 }
 
 impl ApplyLoop {
@@ -75,6 +78,7 @@ impl ApplyLoop {
             flushed_at,
             unflushed: None,
             applied_to,
+            outside_retention: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -181,6 +185,11 @@ impl ApplyLoop {
                 }
             });
             match answer {
+                Some(Event::PeerFailed { shard, why })
+                    if self.outside_retention.load(Ordering::SeqCst) =>
+                {
+                    return Err(self.behind_peers(shard, why));
+                }
                 Some(event) => self.step.handle(event)?,
                 None => return self.step.handle(Event::Stop),
             }
@@ -258,11 +267,17 @@ impl ApplyLoop {
         peer: ShardId,
     ) {
         let events = self.events.clone();
+        let outside_retention = self.outside_retention.clone();
         self.handle.spawn(async move {
             let event = match call.await {
                 Ok(event) => event,
                 Err(PeerError::Stopping) => return,
-                Err(PeerError::Refused { why, .. }) => Event::PeerFailed { shard: peer, why },
+                Err(PeerError::Refused { kind, why, .. }) => {
+                    if kind == Some(RefusalKind::OutsideRetention) {
+                        outside_retention.store(true, Ordering::SeqCst);
+                    }
+                    Event::PeerFailed { shard: peer, why }
+                }
             };
             let _ = events.send(event).await;
         });
@@ -342,12 +357,10 @@ impl ApplyLoop {
         self.state.bump();
     }
 
-    /// The log no longer holds the next window: the sequencer truncated past this replica
-    /// while it was away (it stops counting a replica absent for long) or cut off. Only a
-    /// restart catches up, from a fellow's checkpoint ([`super::checkpoint`]): this replica
-    /// stops (a node process exits).
-    /// Stops the shard: the log no longer holds its next window. With fellow replicas, the
-    /// node starts the shard again, which catches up from a fellow's checkpoint.
+    /// Stops the shard: the log no longer holds its next window (the sequencer truncated past
+    /// this replica while it was away, having stopped counting it, or it was cut off). With
+    /// fellow replicas, the node starts the shard again, which catches up from a fellow's
+    /// checkpoint ([`super::checkpoint`]); without, the node exits.
     fn behind_log(&self, why: &str) {
         let next = self.step.next_epoch().0;
         let fellows = !self.peers.fellows(self.state.replica).is_empty();
@@ -362,6 +375,43 @@ impl ApplyLoop {
                  it has no fellow replica to copy a checkpoint from: restore it from a backup"
             ),
         });
+    }
+
+    /// The failure of a shard whose peer refused a read for the window in progress as older
+    /// than the peer keeps versions for (`retention` plus `replay_allowance`): this replica is
+    /// replaying windows further behind its peers than that, which cannot succeed. With fellow
+    /// replicas it asks for a catch-up from a fellow's checkpoint holding that window (which
+    /// the node's restart of the shard, or of the process, carries out); without, it stops.
+    fn behind_peers(&self, peer: ShardId, why: String) -> StepError {
+        let window = lock(&self.state.progress).applied.next();
+        let requested = match (&self.state.checkpoints, self.peers.fellows(self.state.replica)) {
+            (Some(checkpoints), fellows) if !fellows.is_empty() => {
+                match checkpoints.request_catch_up(window) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(error = %e, "asking for a catch-up");
+                        false
+                    }
+                }
+            }
+            _ => false,
+        };
+        self.state.catch_up.store(requested, Ordering::SeqCst);
+        let then = match requested {
+            true => "catching up from a fellow replica's checkpoint",
+            false => {
+                "it cannot go on: restore the cluster from a backup (replay_allowance_ms bounds \
+                 how far a replica may fall behind its peers and still replay)"
+            }
+        };
+        StepError::PeerFailed {
+            shard: peer,
+            why: format!(
+                "{why}: replaying window {}, this replica is further behind its peers than they \
+                 keep versions for; {then}",
+                window.0
+            ),
+        }
     }
 
     /// Checkpoints (or flushes) the last window applied if it is not in a checkpoint yet and

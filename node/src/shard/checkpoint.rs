@@ -57,6 +57,9 @@ const PART_SILENCE: Duration = Duration::from_secs(30);
 /// The most files a manifest may list (a checkpoint has a few per level of the LSM tree).
 const MAX_FILES: usize = 100_000;
 
+/// `<storage>-catch-up`: a request to catch up from a fellow, and the window it must hold.
+const CATCH_UP: &str = "catch-up";
+
 /// The file whose presence makes a transfer complete, with the manifest's epoch, timestamp and
 /// digest.
 const MARKER: &str = "SEALDB_CHECKPOINT";
@@ -73,6 +76,8 @@ pub(super) struct Taken {
 
 /// A replica's checkpoints, in the directory next to its storage.
 pub(super) struct Checkpoints {
+    /// The storage directory.
+    storage: PathBuf,
     dir: PathBuf,
     latest: Mutex<Option<Taken>>,
     transfers: Arc<Semaphore>,
@@ -109,10 +114,25 @@ impl Checkpoints {
         remove_dir(&dir).map_err(|e| NodeError::at(&dir, e))?;
         std::fs::create_dir_all(&dir).map_err(|e| NodeError::at(&dir, e))?;
         Ok(Checkpoints {
+            storage: storage.to_path_buf(),
             dir,
             latest: Mutex::new(None),
             transfers: Arc::new(Semaphore::new(MAX_TRANSFERS)),
         })
+    }
+
+    /// Asks the next start to catch up from a fellow's checkpoint holding `window` or later:
+    /// peers refused this replica's reads for `window` as older than they keep versions for
+    /// (`replay_allowance`), so replaying it cannot succeed. Written durably, so that a
+    /// process restarted by hand catches up too; removed once the storage holds `window`.
+    pub(super) fn request_catch_up(&self, window: Epoch) -> std::io::Result<()> {
+        let path = beside(&self.storage, CATCH_UP);
+        let taking = path.with_extension("tmp");
+        let mut file = std::fs::File::create(&taking)?;
+        file.write_all(format!("window {}\n", window.0).as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&taking, &path)?;
+        sync_dir(path.parent().unwrap_or(Path::new(".")))
     }
 
     /// The newest checkpoint, if one was taken.
@@ -269,6 +289,30 @@ impl CheckpointMark {
     }
 }
 
+/// The window a catch-up was asked for ([`Checkpoints::request_catch_up`]), unless the
+/// storage, which has applied up to `applied`, holds it already (the request is then removed).
+pub(super) fn catch_up_requested(
+    storage: &Path,
+    applied: Option<Epoch>,
+) -> Result<Option<Epoch>, NodeError> {
+    let path = beside(storage, CATCH_UP);
+    let window = match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            text.trim().strip_prefix("window ").and_then(|w| w.parse().ok()).ok_or_else(|| {
+                NodeError::Config(format!("{}: not a catch-up request", path.display()))
+            })?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(NodeError::at(&path, e)),
+    };
+    if applied.is_some_and(|a| a.0 >= window) {
+        std::fs::remove_file(&path).map_err(|e| NodeError::at(&path, e))?;
+        tracing::info!(window, "the storage holds the window a catch-up was asked for");
+        return Ok(None);
+    }
+    Ok(Some(Epoch(window)))
+}
+
 /// Before the storage at `storage` is opened: installs a complete transfer (replacing the
 /// storage), removes one cut short, and returns what an installed checkpoint must hold once
 /// opened (its marker is still in the storage directory until [`installed`] removes it).
@@ -328,18 +372,19 @@ pub(super) fn installed(
 }
 
 /// Fetches a fellow replica's checkpoint into `<storage>-incoming`, trying each fellow in turn
-/// until one transfer completes; [`install_pending`] installs it. Returns the checkpoint's
-/// window.
+/// until one transfer of a checkpoint holding `at_least` or later completes; [`install_pending`]
+/// installs it. Returns the checkpoint's window.
 pub(super) async fn fetch(
     storage: &Path,
     fellows: &[(String, ShardClient<Channel>)],
     clock: &Clock,
+    at_least: Epoch,
 ) -> Result<Epoch, String> {
     let incoming = beside(storage, "incoming");
     let mut failures = Vec::new();
     for (addr, client) in fellows {
         let started = Instant::now();
-        match fetch_into(&incoming, client.clone(), clock).await {
+        match fetch_into(&incoming, client.clone(), clock, at_least).await {
             Ok((expected, bytes)) => {
                 tracing::info!(
                     fellow = %addr,
@@ -360,11 +405,13 @@ pub(super) async fn fetch(
 }
 
 /// One transfer of a replica's newest checkpoint into the directory `incoming` (replaced),
-/// complete once this returns: the marker (what it holds) and its size in bytes.
+/// complete once this returns: the marker (what it holds) and its size in bytes. A checkpoint
+/// of a window before `at_least` is refused once its manifest says so.
 pub(crate) async fn fetch_into(
     incoming: &Path,
     mut client: ShardClient<Channel>,
     clock: &Clock,
+    at_least: Epoch,
 ) -> Result<(CheckpointMark, u64), String> {
     let incoming = incoming.to_path_buf();
     let blocking = |f: Box<dyn FnOnce() -> std::io::Result<()> + Send>| async move {
@@ -392,6 +439,12 @@ pub(crate) async fn fetch_into(
         return Err("the transfer did not begin with a manifest".into());
     };
     let expected = check_manifest(&manifest)?;
+    if expected.epoch < at_least {
+        return Err(format!(
+            "its checkpoint holds window {}, before window {}, which this replica needs",
+            expected.epoch.0, at_least.0
+        ));
+    }
     let mut files = Vec::with_capacity(manifest.files.len());
     for f in &manifest.files {
         let path = incoming.join(&f.name);

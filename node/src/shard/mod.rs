@@ -101,11 +101,6 @@ const DIGEST_CHECK: Duration = Duration::from_secs(1);
 /// 5 ms windows: a fellow further behind is compared once it catches up).
 const DIGESTS_KEPT: usize = 4096;
 
-/// Versions are kept this long beyond the retention period: a replica that restarts after
-/// being down replays the windows it missed (since its own or a fellow's checkpoint) with its
-/// peers' reads at each window's snapshot, which must still be there.
-const REPLAY_ALLOWANCE: Duration = Duration::from_secs(3600);
-
 /// How many times a starting replica behind the log's truncation point tries its fellows for
 /// a checkpoint (a second apart) before it gives up and exits.
 const CATCH_UP_ATTEMPTS: u32 = 60;
@@ -132,6 +127,12 @@ pub struct ShardConfig {
     pub limits: Limits,
     /// How far back reads at a timestamp may go.
     pub retention: Duration,
+    /// Versions are kept this much longer than `retention`: a replica that restarts after
+    /// being down replays the windows it missed (since its own or a fellow's checkpoint),
+    /// reading its peers at each window's snapshot, which must still be there. A replica
+    /// further behind than this has its reads refused (`OUTSIDE_RETENTION`) and catches up
+    /// from a fellow's checkpoint instead (none: it stops, to be restored from a backup).
+    pub replay_allowance: Duration,
     /// How often the shard checkpoints its storage and tells the sequencer, which truncates
     /// the log below what every replica checkpointed (default 30 s).
     pub flush_interval: Duration,
@@ -173,8 +174,9 @@ struct State {
     changed: watch::Sender<u64>,
     stopping: AtomicBool,
     failure: Mutex<Option<String>>,
-    /// It failed because the log no longer holds the next window it needs, and it has fellow
-    /// replicas to copy a checkpoint from: started again, it catches up.
+    /// It failed because the log no longer holds the next window it needs, or its peers no
+    /// longer keep the versions its replay reads, and it has fellow replicas to copy a
+    /// checkpoint from: started again, it catches up.
     catch_up: AtomicBool,
     /// Why this shard serves nothing: its clock is beyond `max_offset` of the cluster's.
     fenced: Mutex<Option<String>>,
@@ -347,7 +349,7 @@ impl ShardNode {
         let step = Step::open(executor, config.map.clone(), mvcc.clone(), Arc::new(Distant))?
             .keep_outcomes(config.retention)?
             // No floor: a replica's replay reads its peers within the allowance.
-            .collect_garbage(config.retention + REPLAY_ALLOWANCE, Arc::new(u64::MAX.into()));
+            .collect_garbage(config.retention + config.replay_allowance, Arc::new(u64::MAX.into()));
         let watermark = mvcc.applied();
         let progress = Progress {
             applied: watermark.map_or(Epoch(0), |w| w.window),
@@ -458,8 +460,9 @@ impl ShardNode {
         }
     }
 
-    /// Whether the shard failed because the log no longer holds the next window it needs,
-    /// while a fellow replica has a checkpoint to start from: a new [`ShardNode::start`] on the
+    /// Whether the shard failed because the log no longer holds the next window it needs (or
+    /// its peers the versions its replay reads), while a fellow replica has a checkpoint to
+    /// start from: a new [`ShardNode::start`] on the
     /// same directory catches up ([`ShardNode::shutdown_released`] first).
     pub fn needs_catch_up(&self) -> bool {
         self.state.catch_up.load(Ordering::SeqCst)
@@ -564,25 +567,39 @@ async fn open_caught_up(
         if let Some(expected) = expected {
             checkpoint::installed(dir, &mvcc, expected)?;
         }
-        let next = mvcc.applied().map_or(Epoch(1), |w| w.window.next());
-        if fellows.is_empty() || !behind_log(sequencer, shard, next).await {
+        let applied = mvcc.applied().map(|w| w.window);
+        let next = applied.map_or(Epoch(1), Epoch::next);
+        // Peers refused this replica's reads for a window it had to replay (it was further
+        // behind them than they keep versions for): a fellow's checkpoint must hold it.
+        let requested = checkpoint::catch_up_requested(dir, applied)?;
+        if fellows.is_empty() || (requested.is_none() && !behind_log(sequencer, shard, next).await)
+        {
             return Ok(Arc::new(mvcc));
         }
         drop(mvcc);
+        let at_least = requested.unwrap_or(next);
         tracing::warn!(
             shard = shard.0,
             replica = config.replica,
             window = next.0,
-            "the log no longer holds this replica's next window; catching up from a fellow \
-             replica's checkpoint"
+            at_least = at_least.0,
+            "{}; catching up from a fellow replica's checkpoint",
+            match requested {
+                Some(_) => "its peers no longer keep the versions this replica's replay reads",
+                None => "the log no longer holds this replica's next window",
+            }
         );
-        if let Err(why) = checkpoint::fetch(dir, fellows, clock).await {
+        if let Err(why) = checkpoint::fetch(dir, fellows, clock, at_least).await {
             failures += 1;
             if failures >= CATCH_UP_ATTEMPTS {
+                let behind = match requested {
+                    Some(_) => "further behind its peers than they keep versions for",
+                    None => "behind the log's truncation point",
+                };
                 return Err(NodeError::Config(format!(
-                    "shard {} replica {}: behind the log's truncation point, and no fellow \
-                     replica gave a checkpoint in {failures} attempts: {why}",
-                    shard.0, config.replica
+                    "shard {} replica {}: {behind}, and no fellow replica gave a checkpoint \
+                     holding window {} in {failures} attempts: {why}",
+                    shard.0, config.replica, at_least.0
                 )));
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -691,8 +708,7 @@ fn shard_metrics(state: &State) -> Vec<Metric> {
     metrics.push(Metric::gauge(
         "sealdb_shard_gc_horizon_lag_seconds",
         "How far the garbage-collection horizon (reads below it are refused) is behind the \
-         shard's physical clock: the retention, and an hour for replicas' replays, when GC \
-         keeps up.",
+         shard's physical clock: the retention plus the replay allowance, when GC keeps up.",
         state.clock.physical_now().duration_since(state.mvcc.horizon()).as_secs_f64(),
     ));
     if let Some(versions) = state.mvcc.estimated_versions() {

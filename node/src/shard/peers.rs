@@ -16,7 +16,7 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use super::{PEER_RETRY, State};
-use client::{MAX_SCAN_ROWS, RemoteError, Replicas, SetupError, Tls, paged};
+use client::{MAX_SCAN_ROWS, RefusalKind, RemoteError, Replicas, SetupError, Tls, paged};
 use txn::{Rows, range_to_proto};
 
 /// Why a call to a peer gave up.
@@ -30,6 +30,9 @@ pub(super) enum PeerError {
     Refused {
         /// The peer.
         shard: ShardId,
+        /// Which rule, if the peer said (`OutsideRetention`: this replica is replaying a
+        /// window older than the peer keeps versions for).
+        kind: Option<RefusalKind>,
         /// Why.
         why: String,
     },
@@ -93,15 +96,16 @@ impl GrpcPeers {
         Fut: std::future::Future<Output = Result<(T, u64), Status>>,
     {
         if shard == self.me {
-            return Err(PeerError::Refused { shard, why: "a shard called itself".into() });
+            let why = "a shard called itself".into();
+            return Err(PeerError::Refused { shard, kind: None, why });
         }
         loop {
             let answer =
                 self.replicas.call(shard, &self.clock, self.state.stopped(), &mut call).await;
             let failure = match answer {
                 Ok(answer) => return Ok(answer),
-                Err(RemoteError::Refused { why, .. }) => {
-                    return Err(PeerError::Refused { shard, why });
+                Err(RemoteError::Refused { kind, why }) => {
+                    return Err(PeerError::Refused { shard, kind: Some(kind), why });
                 }
                 Err(e) => e,
             };
@@ -143,7 +147,7 @@ impl GrpcPeers {
                 .await?;
             if got.is_empty() || got.len() > rest.len() {
                 let why = format!("answered {} of {} keys", got.len(), rest.len());
-                return Err(PeerError::Refused { shard, why });
+                return Err(PeerError::Refused { shard, kind: None, why });
             }
             values.extend(got.into_iter().map(|v| v.value));
         }

@@ -35,6 +35,7 @@ fn local_spec(dir: &Path, sequencers: u32) -> LocalSpec {
             log_segment_bytes: 16 << 10,
             absent_replica_ms: 1500,
             dedup_retention_ms: 500,
+            ..Reclamation::default()
         }),
         ..spec(dir, sealdb_start(), None)
     }

@@ -11,6 +11,8 @@
 //! 3. It restarts: the partial transfer is removed, a new one installed, the log's tail
 //!    replayed.
 //!
+//! (A third test leaves a replica further behind its peers than they keep versions for.)
+//!
 //! Then the history must be strictly serializable (`adya`) with every acknowledged append
 //! present once, and both replicas of every shard must have applied the same windows with
 //! the same digest.
@@ -20,10 +22,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use client::{
-    Client, RefusalKind, RemoteError, RemoteSequencer, cluster_status, replicas_converged,
+    Client, RefusalKind, RemoteError, RemoteSequencer, cluster_status, replica_addrs,
+    replicas_converged, stamp,
 };
-use clock::{Clock, Epoch};
+use clock::{Clock, Epoch, Timestamp};
 use node::{LocalProcesses, LocalSpec, Reclamation};
+use proto::v1::shard_client::ShardClient;
 use rand::{RngCore, SeedableRng};
 use sequencer::ShardId;
 use txn::builtin::put_args;
@@ -79,15 +83,27 @@ fn appears(path: &Path, patience: Duration) -> bool {
 /// segments, a replica silent for 1.5 s no longer holding it (client ids deduplicated for
 /// 0.5 s), ready: the nodes, the sequencer's address, a clock and a client.
 async fn started(dir: &Path) -> (LocalProcesses, String, Arc<Clock>, Arc<Client>) {
+    started_with(dir, RECLAMATION).await
+}
+
+const RECLAMATION: Reclamation = Reclamation {
+    flush_interval_ms: 200,
+    log_segment_bytes: 16 << 10,
+    absent_replica_ms: 1500,
+    dedup_retention_ms: 500,
+    retention_ms: 60_000,
+    replay_allowance_ms: 3_600_000,
+};
+
+/// [`started`] with `reclamation`.
+async fn started_with(
+    dir: &Path,
+    reclamation: Reclamation,
+) -> (LocalProcesses, String, Arc<Clock>, Arc<Client>) {
     let spec = LocalSpec {
         shards: 2,
         replicas: 2,
-        reclamation: Some(Reclamation {
-            flush_interval_ms: 200,
-            log_segment_bytes: 16 << 10,
-            absent_replica_ms: 1500,
-            dedup_retention_ms: 500,
-        }),
+        reclamation: Some(reclamation),
         ..spec(dir, sealdb_start(), None)
     };
     let nodes = LocalProcesses::spawn(&spec).unwrap();
@@ -96,6 +112,15 @@ async fn started(dir: &Path) -> (LocalProcesses, String, Arc<Clock>, Arc<Client>
     wait_ready(&sequencer, &clock, None).await;
     let client = Arc::new(Client::connect(&sequencer, clock.clone()).await.unwrap());
     (nodes, sequencer, clock, client)
+}
+
+/// Waits up to 30 s until replica 1 of shard 0 has applied 20 windows.
+async fn applied_some(sequencer: &str, clock: &Clock) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while applied(sequencer, clock, 0, 1).await < 20 {
+        assert!(Instant::now() < deadline, "replica 1 applied nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits up to 60 s until replica 1 of shard 0 (node `behind`) has applied past `past` and is
@@ -120,6 +145,14 @@ async fn caught_up(
             node_log(nodes, behind)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Asserts that node `i`'s log says each of `said`.
+fn log_says(nodes: &LocalProcesses, i: usize, said: &[&str]) {
+    let log = node_log(nodes, i);
+    for said in said {
+        assert!(log.contains(said), "its log does not say {said:?}:\n{log}");
     }
 }
 
@@ -192,15 +225,16 @@ async fn a_replica_behind_the_truncated_log_catches_up_from_a_fellows_checkpoint
     // 3. Restarted: it starts the transfer over and catches up.
     nodes.start(behind).unwrap();
     caught_up(&nodes, &sequencer, &clock, behind, 0).await;
-    let log = node_log(&nodes, behind);
-    for said in [
-        "removing a checkpoint transfer cut short",
-        "fetched a checkpoint",
-        "installing a fellow replica's checkpoint",
-        "opened an installed checkpoint",
-    ] {
-        assert!(log.contains(said), "its log does not say {said:?}:\n{log}");
-    }
+    log_says(
+        &nodes,
+        behind,
+        &[
+            "removing a checkpoint transfer cut short",
+            "fetched a checkpoint",
+            "installing a fellow replica's checkpoint",
+            "opened an installed checkpoint",
+        ],
+    );
     settled(nodes, workload, &client, &clock, seed, "catch-up").await;
 }
 
@@ -224,11 +258,7 @@ async fn a_running_replica_left_behind_by_truncation_catches_up_without_a_restar
     // sequencer sends (up to the stream's flow-control window, thousands of small windows), so
     // the sequencer restarts during the pause: the replica can then hold no window past the
     // last one the restarted sequencer has logged, and on resuming it must subscribe again.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while applied(&sequencer, &clock, 0, 1).await < 20 {
-        assert!(Instant::now() < deadline, "replica 1 applied nothing");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    applied_some(&sequencer, &clock).await;
     nodes.signal(behind, "STOP").unwrap();
     nodes.kill(0).unwrap();
     nodes.start(0).unwrap();
@@ -244,10 +274,90 @@ async fn a_running_replica_left_behind_by_truncation_catches_up_without_a_restar
 
     caught_up(&nodes, &sequencer, &clock, behind, watermark + 1).await;
     // Nothing here restarts a process: it caught up in the one it had.
-    let log = node_log(&nodes, behind);
-    for said in ["catching up from a fellow replica's checkpoint", "starting again"] {
-        assert!(log.contains(said), "its log does not say {said:?}:\n{log}");
-    }
-    assert!(log.contains("installing a fellow replica's checkpoint"), "{log}");
+    log_says(
+        &nodes,
+        behind,
+        &[
+            "catching up from a fellow replica's checkpoint",
+            "starting again",
+            "installing a fellow replica's checkpoint",
+        ],
+    );
     settled(nodes, workload, &client, &clock, seed, "running catch-up").await;
+}
+
+/// Whether both replicas of shard 1 refuse a peer's read at `ts` (as a replaying replica of
+/// shard 0 reads) as below their garbage-collection horizon.
+async fn collected_past(nodes: &LocalProcesses, clock: &Clock, ts: Timestamp) -> bool {
+    for addr in replica_addrs(&nodes.shards[1]) {
+        let Ok(mut shard) = ShardClient::connect(format!("http://{addr}")).await else {
+            return false;
+        };
+        let request = proto::v1::GetRequest {
+            hlc: stamp(clock),
+            // Shard 1 holds the keys that begin with a byte of 0x80 or more.
+            key: vec![0xff, b'k'],
+            read_ts: ts.as_u64(),
+            for_window: 1,
+        };
+        match shard.get(request).await {
+            Err(status) if status.message().contains("garbage-collection horizon") => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// A replica further behind its peers than they keep versions for, while the log still holds
+/// every window it missed: shards keep 1 s of versions with no replay allowance, and the
+/// sequencer counts a silent replica for 10 minutes (so the log is not truncated past it).
+/// Replica 1 of shard 0 is killed; once shard 1 refuses reads at the time of the kill, it is
+/// restarted. Its replay's reads of shard 1 are refused; it asks for a catch-up, starts again
+/// from replica 0's checkpoint, and converges. Before, the refusal failed the shard, and the
+/// process exited on every restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_further_behind_than_its_peers_keep_versions_catches_up_from_a_fellow() {
+    let seed: u64 = std::env::var("SEALDB_SEED").map_or(31, |s| s.parse().unwrap());
+    eprintln!("replay-allowance test seed {seed} (rerun with SEALDB_SEED={seed})");
+    let dir = tempfile::tempdir().unwrap();
+    let reclamation = Reclamation {
+        absent_replica_ms: 600_000,
+        retention_ms: 1_000,
+        replay_allowance_ms: 0,
+        ..RECLAMATION
+    };
+    let (mut nodes, sequencer, clock, client) = started_with(dir.path(), reclamation).await;
+    let workload = Clients::paced(client.clone(), seed, 4, Duration::from_millis(20));
+    let remote = RemoteSequencer::lazy(&sequencer, clock.clone(), None).unwrap();
+    let behind = nodes.shard_node(0, 1);
+
+    applied_some(&sequencer, &clock).await;
+    nodes.kill(behind).unwrap();
+    let killed_at = clock.now();
+    let watermark = applied(&sequencer, &clock, 0, 1).await;
+    eprintln!("SIGKILL shard 0 replica 1 at window {watermark}");
+    // Shard 1's replicas have collected past that time.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !collected_past(&nodes, &clock, killed_at).await {
+        assert!(Instant::now() < deadline, "shard 1 still reads at the time of the kill");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !truncated_from(&remote, ShardId(0), Epoch(watermark + 1)).await,
+        "the log holds the windows replica 1 missed"
+    );
+
+    nodes.start(behind).unwrap();
+    caught_up(&nodes, &sequencer, &clock, behind, watermark).await;
+    log_says(
+        &nodes,
+        behind,
+        &[
+            "further behind its peers than they keep versions for",
+            "its peers no longer keep the versions this replica's replay reads",
+            "installing a fellow replica's checkpoint",
+            "the storage holds the window a catch-up was asked for",
+        ],
+    );
+    settled(nodes, workload, &client, &clock, seed, "replay allowance").await;
 }

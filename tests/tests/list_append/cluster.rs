@@ -134,6 +134,7 @@ pub(crate) async fn start_shards(
             procedures: cluster.procedures.clone(),
             limits: Limits::default(),
             retention: Duration::from_secs(60),
+            replay_allowance: Duration::from_secs(3600),
             flush_interval: FLUSH_INTERVAL,
             tls: tls.clone(),
         };

@@ -81,6 +81,7 @@ async fn replicas_whose_writes_differ_stop_serving_and_say_so() {
             procedures: registry(stamp),
             limits: Limits::default(),
             retention: Duration::from_secs(60),
+            replay_allowance: Duration::from_secs(3600),
             flush_interval: FLUSH_INTERVAL,
             tls: None,
         };
