@@ -101,8 +101,9 @@ const DIGEST_CHECK: Duration = Duration::from_secs(1);
 /// 5 ms windows: a fellow further behind is compared once it catches up).
 const DIGESTS_KEPT: usize = 4096;
 
-/// How many times a starting replica behind the log's truncation point tries its fellows for
-/// a checkpoint (a second apart) before it gives up and exits.
+/// How many times a starting replica behind the log's truncation point (or further behind its
+/// peers than they keep versions for) tries its fellows for a checkpoint (a second apart)
+/// before it gives up and exits.
 const CATCH_UP_ATTEMPTS: u32 = 60;
 
 /// How to run a shard server.
@@ -462,8 +463,8 @@ impl ShardNode {
 
     /// Whether the shard failed because the log no longer holds the next window it needs (or
     /// its peers the versions its replay reads), while a fellow replica has a checkpoint to
-    /// start from: a new [`ShardNode::start`] on the
-    /// same directory catches up ([`ShardNode::shutdown_released`] first).
+    /// start from: a new [`ShardNode::start`] on the same directory catches up
+    /// ([`ShardNode::shutdown_released`] first).
     pub fn needs_catch_up(&self) -> bool {
         self.state.catch_up.load(Ordering::SeqCst)
     }
