@@ -57,8 +57,10 @@ const PART_SILENCE: Duration = Duration::from_secs(30);
 /// The most files a manifest may list (a checkpoint has a few per level of the LSM tree).
 const MAX_FILES: usize = 100_000;
 
-/// `<storage>-catch-up`: a request to catch up from a fellow, and the window it must hold.
-const CATCH_UP: &str = "catch-up";
+/// A request to catch up from a fellow, and the window its checkpoint must hold, in the
+/// storage directory it is about: installing a checkpoint replaces the directory, request and
+/// all, and so does a restore.
+const CATCH_UP: &str = "SEALDB_CATCH_UP";
 
 /// The file whose presence makes a transfer complete, with the manifest's epoch, timestamp and
 /// digest.
@@ -124,15 +126,14 @@ impl Checkpoints {
     /// Asks the next start to catch up from a fellow's checkpoint holding `window` or later:
     /// peers refused this replica's reads for `window` as older than they keep versions for
     /// (`replay_allowance`), so replaying it cannot succeed. Written durably, so that a
-    /// process restarted by hand catches up too; removed once the storage holds `window`.
+    /// process restarted by hand catches up too.
     pub(super) fn request_catch_up(&self, window: Epoch) -> std::io::Result<()> {
-        let path = beside(&self.storage, CATCH_UP);
-        let taking = path.with_extension("tmp");
+        let taking = self.storage.join(format!("{CATCH_UP}.tmp"));
         let mut file = std::fs::File::create(&taking)?;
         file.write_all(format!("window {}\n", window.0).as_bytes())?;
         file.sync_all()?;
-        std::fs::rename(&taking, &path)?;
-        sync_dir(path.parent().unwrap_or(Path::new(".")))
+        std::fs::rename(&taking, self.storage.join(CATCH_UP))?;
+        sync_dir(&self.storage)
     }
 
     /// The newest checkpoint, if one was taken.
@@ -295,7 +296,7 @@ pub(super) fn catch_up_requested(
     storage: &Path,
     applied: Option<Epoch>,
 ) -> Result<Option<Epoch>, NodeError> {
-    let path = beside(storage, CATCH_UP);
+    let path = storage.join(CATCH_UP);
     let window = match std::fs::read_to_string(&path) {
         Ok(text) => {
             text.trim().strip_prefix("window ").and_then(|w| w.parse().ok()).ok_or_else(|| {

@@ -356,8 +356,10 @@ async fn a_replica_further_behind_than_its_peers_keep_versions_catches_up_from_a
             "further behind its peers than they keep versions for",
             "its peers no longer keep the versions this replica's replay reads",
             "installing a fellow replica's checkpoint",
-            "the storage holds the window a catch-up was asked for",
         ],
     );
+    // The request went with the storage it was about.
+    let storage = nodes.config(behind).with_extension("").join("rocksdb");
+    assert!(!storage.join("SEALDB_CATCH_UP").exists(), "the catch-up request is still there");
     settled(nodes, workload, &client, &clock, seed, "replay allowance").await;
 }
