@@ -46,12 +46,12 @@ pub(crate) fn spec(
     }
 }
 
-/// `sealdb start`.
 /// What node `i` has written to its log so far (empty if nothing yet).
 pub(crate) fn node_log(nodes: &LocalProcesses, i: usize) -> String {
     std::fs::read_to_string(nodes.config(i).with_extension("log")).unwrap_or_default()
 }
 
+/// `sealdb start`.
 pub(crate) fn sealdb_start() -> Vec<String> {
     vec![env!("CARGO_BIN_EXE_sealdb").into(), "start".into()]
 }
