@@ -572,6 +572,8 @@ pub struct Interval {
     pub log_append_ms: Option<f64>,
     /// What the embedded engine's memory holds at its end (sealdb embedded only).
     pub held: Option<Held>,
+    /// What the embedded engine did in the interval (sealdb embedded only).
+    pub engine: Option<EngineWork>,
 }
 
 /// Bytes of memory an embedded sealdb holds in its caches and write buffers, all shards.
@@ -671,6 +673,9 @@ pub struct EngineWork {
     /// Shares of the shard threads' time, in percent: waiting for a window, for its log
     /// append, for another shard; writing to storage; working (executing, reading).
     pub shard_time_pct: ShardTimePct,
+    /// Microseconds of shard thread working or writing per log entry: the cost of a
+    /// transaction to the shards (on two cores, with time a runnable thread waits for one).
+    pub shard_us_per_entry: f64,
 }
 
 /// [`embedded::ShardTime`] as shares of the shard threads' time, in percent.
@@ -703,6 +708,7 @@ impl EngineWork {
             t1.working - t0.working,
         ];
         let total = parts.iter().sum::<u64>().max(1) as f64;
+        let busy = parts[3] + parts[4];
         let [awaiting_window, awaiting_durable, awaiting_peer, writing, working] =
             parts.map(|p| p as f64 * 100.0 / total);
         EngineWork {
@@ -719,6 +725,7 @@ impl EngineWork {
                 writing,
                 working,
             },
+            shard_us_per_entry: busy as f64 / entries.max(1) as f64,
         }
     }
 }
@@ -786,22 +793,26 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
         let started = Instant::now();
         let every = opts.report_every.max(Duration::from_secs(1));
         let (mut report_at, mut reported) = (every, 0);
-        let appends = |s: &embedded::Stats| (s.log_appends, s.log_append_micros as f64 / 1e6);
-        let mut appended = engine_before.as_ref().map(appends);
+        let mut engine_then = engine_before;
         while started.elapsed() < opts.duration && !stop.load(Ordering::Relaxed) {
             let left = opts.duration.saturating_sub(started.elapsed());
             std::thread::sleep(left.min(Duration::from_millis(100)));
             if started.elapsed() >= report_at {
                 let done = completed.load(Ordering::Relaxed);
                 let engine = backend.engine_stats();
-                let now_appended = engine.as_ref().map(appends);
-                let log_append_ms = match (appended, now_appended) {
-                    (Some((n0, s0)), Some((n1, s1))) if n1 > n0 => {
-                        Some((s1 - s0) * 1e3 / (n1 - n0) as f64)
-                    }
+                let log_append_ms = match (&engine_then, &engine) {
+                    (Some(s0), Some(s1)) if s1.log_appends > s0.log_appends => Some(
+                        (s1.log_append_micros - s0.log_append_micros) as f64
+                            / 1e3
+                            / (s1.log_appends - s0.log_appends) as f64,
+                    ),
                     _ => None,
                 };
-                appended = now_appended;
+                let work = match (&engine_then, &engine) {
+                    (Some(s0), Some(s1)) => Some(EngineWork::between(s0, s1)),
+                    _ => None,
+                };
+                engine_then = engine;
                 let row = Interval {
                     end_s: report_at.as_secs_f64(),
                     tps: (done - reported) as f64 / every.as_secs_f64(),
@@ -809,6 +820,7 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
                     rss_bytes: resident_bytes(),
                     log_append_ms,
                     held: engine.as_ref().map(Held::of),
+                    engine: work,
                 };
                 let mib = |b: Option<u64>| b.map_or("-".into(), |b| format!("{}", b >> 20));
                 let held = row.held.map_or(String::new(), |h| {
@@ -822,9 +834,17 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
                 });
                 let append =
                     log_append_ms.map_or(String::new(), |ms| format!(", log append {ms:.3} ms"));
+                let shards = work.map_or(String::new(), |w| {
+                    let t = w.shard_time_pct;
+                    format!(
+                        "; shards {:.0} µs a transaction, {:.0}% working, {:.0}% writing, \
+                         {:.0}% waiting for each other",
+                        w.shard_us_per_entry, t.working, t.writing, t.awaiting_peer
+                    )
+                });
                 eprintln!(
                     "  {:>5} s: {done} transactions ({:.0}/s in the last {} s), disk {} MiB, \
-                     resident {} MiB{held}{append}",
+                     resident {} MiB{held}{append}{shards}",
                     report_at.as_secs(),
                     row.tps,
                     every.as_secs(),
@@ -1002,7 +1022,8 @@ pub fn run_sealdb(opts: &TpccOptions, embedded: &Embedded) -> Result<Report, Str
             "  engine: {} windows, {:.1} entries per window, {} single-shard procedures \
              re-executed after losing validation ({:.1}% of entries), {} run once serially, {} \
              aborts\n  shard threads: {:.1}% working, {:.1}% writing, waiting {:.1}% for a \
-             window, {:.1}% for its log append, {:.1}% for the other shards",
+             window, {:.1}% for its log append, {:.1}% for the other shards; {:.0} µs working \
+             or writing a transaction",
             work.windows,
             work.entries_per_window,
             work.reexecuted,
@@ -1014,6 +1035,7 @@ pub fn run_sealdb(opts: &TpccOptions, embedded: &Embedded) -> Result<Report, Str
             t.awaiting_window,
             t.awaiting_durable,
             t.awaiting_peer,
+            work.shard_us_per_entry,
         );
     }
     if let Some(hw) = backend.db.clock().high_water_stats() {
