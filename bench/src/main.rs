@@ -171,6 +171,9 @@ enum Workload {
         /// second (embedded; default: no limit).
         #[arg(long)]
         rocksdb_background_mib: Option<u64>,
+        /// Level-0 files of each shard's RocksDB that start a compaction (embedded).
+        #[arg(long, default_value_t = storage::DEFAULT_L0_COMPACTION_TRIGGER)]
+        rocksdb_l0_trigger: u32,
         #[command(flatten)]
         cluster: ClusterArgs,
         #[command(flatten)]
@@ -331,10 +334,14 @@ fn main() -> ExitCode {
             no_rocksdb_wal,
             rocksdb_bytes_per_sync_kib,
             rocksdb_background_mib,
+            rocksdb_l0_trigger,
             backup_after,
             cluster,
             run: RunArgs { seed, dir, json },
         } => {
+            if !(1..=1024).contains(&rocksdb_l0_trigger) {
+                return usage_error("--rocksdb-l0-trigger must be 1 to 1024");
+            }
             if rocksdb_background_mib == Some(0) {
                 return usage_error("--rocksdb-background-mib must be at least 1");
             }
@@ -370,7 +377,8 @@ fn main() -> ExitCode {
                 }
                 _ if (plan != Plan::Serial
                     || no_rocksdb_wal
-                    || rocksdb_background_mib.is_some())
+                    || rocksdb_background_mib.is_some()
+                    || rocksdb_l0_trigger != storage::DEFAULT_L0_COMPACTION_TRIGGER)
                     && (target.is_some() || pg_url.is_some()) =>
                 {
                     return usage_error(
@@ -443,6 +451,7 @@ fn main() -> ExitCode {
                             rocksdb_bytes_per_sync: rocksdb_bytes_per_sync_kib << 10,
                             rocksdb_background_bytes_per_sec: rocksdb_background_mib
                                 .map(|m| m << 20),
+                            rocksdb_l0_compaction_trigger: rocksdb_l0_trigger,
                         };
                         bench::tpcc::run_sealdb(&opts, &embedded)
                     }

@@ -94,6 +94,9 @@ pub struct Options {
     /// At most this many bytes a second of each shard's flush and compaction writes (default
     /// none).
     pub rocksdb_background_bytes_per_sec: Option<u64>,
+    /// Level-0 files of each shard's RocksDB that start a compaction (default
+    /// [`storage::DEFAULT_L0_COMPACTION_TRIGGER`]; [`storage::RocksOptions::l0_compaction_trigger`]).
+    pub rocksdb_l0_compaction_trigger: u32,
 }
 
 impl Default for Options {
@@ -114,6 +117,7 @@ impl Default for Options {
             rocksdb_wal: true,
             rocksdb_bytes_per_sync: storage::DEFAULT_BYTES_PER_SYNC,
             rocksdb_background_bytes_per_sec: None,
+            rocksdb_l0_compaction_trigger: storage::DEFAULT_L0_COMPACTION_TRIGGER,
         }
     }
 }
@@ -448,6 +452,7 @@ impl Database {
                     wal: options.rocksdb_wal,
                     bytes_per_sync: options.rocksdb_bytes_per_sync,
                     background_bytes_per_sec: options.rocksdb_background_bytes_per_sec,
+                    l0_compaction_trigger: options.rocksdb_l0_compaction_trigger,
                 };
                 Arc::new(RocksEngine::open_with(dir, rocks).map_err(storage)?)
             };
@@ -517,6 +522,7 @@ impl Database {
                         window_entries: 0,
                         feedback,
                         flushed_at: Instant::now(),
+                        flush_pending: None,
                         inside: 0,
                     };
                     // A panic (a bug, or a procedure that panics) fails the database like any
@@ -828,8 +834,10 @@ struct ShardLoop {
     /// Also told when every shard has applied a window, so the next may be sealed early,
     /// and when every shard has made a window durable, so the log may drop older ones.
     feedback: Feedback,
-    /// When this shard last flushed its storage.
+    /// When this shard last began flushing its storage.
     flushed_at: Instant,
+    /// The window and timestamp of the flush begun and not yet finished.
+    flush_pending: Option<(Epoch, Timestamp)>,
     /// Nanoseconds of the event being handled spent waiting for peers or writing.
     inside: u64,
 }
@@ -858,10 +866,14 @@ impl ShardLoop {
                 Ok(Delivery::Durable(e)) => Event::Durable(e),
                 Ok(Delivery::Tick(ts)) => {
                     self.set_progress(None, ts);
+                    self.confirm_flush()?;
                     continue;
                 }
                 Err(RecvTimeoutError::Timeout) if self.inner.failed() => return Ok(()),
-                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.confirm_flush()?;
+                    continue;
+                }
                 // The sequencer stopped on its own (its log or clock failed): the windows it
                 // sealed and did not report durable will never be, so their callers must hear.
                 Err(RecvTimeoutError::Disconnected)
@@ -932,11 +944,18 @@ impl ShardLoop {
                 }
                 Command::Applied { window, ts, decided, .. } => {
                     self.set_progress(Some(window), ts);
-                    if self.flushed_at.elapsed() >= self.inner.flush_interval {
+                    self.confirm_flush()?;
+                    if self.flush_pending.is_none()
+                        && self.flushed_at.elapsed() >= self.inner.flush_interval
+                    {
+                        // RocksDB's flush thread writes the memtable holding this window out;
+                        // the window is durable once it has (`confirm_flush`), and meanwhile
+                        // this thread goes on with the next windows.
                         self.flushed_at = Instant::now();
-                        self.inner.shards[self.shard.0 as usize].flush()?;
+                        self.inner.shards[self.shard.0 as usize].begin_flush()?;
                         self.spent(Spent::Writing, self.flushed_at);
-                        self.set_durable(window, ts);
+                        self.flush_pending = Some((window, ts));
+                        self.confirm_flush()?;
                     }
                     let stats = &self.inner.stats;
                     if self.shard == ShardId(0) {
@@ -952,6 +971,17 @@ impl ShardLoop {
                 }
                 Command::RequestWindow { .. } => self.feedback.request_window(),
             }
+        }
+        Ok(())
+    }
+
+    /// Records the flush begun as durable once the storage has finished it.
+    fn confirm_flush(&mut self) -> Result<(), StepError> {
+        if let Some((window, ts)) = self.flush_pending
+            && self.inner.shards[self.shard.0 as usize].flushed()?
+        {
+            self.flush_pending = None;
+            self.set_durable(window, ts);
         }
         Ok(())
     }

@@ -94,6 +94,18 @@ pub trait Engine: Send + Sync + 'static {
     /// Makes every completed write durable against a machine crash.
     fn flush(&self) -> Result<()>;
 
+    /// Starts [`Engine::flush`] without waiting for it: every write completed before the call
+    /// is durable once [`Engine::flushed`] says so. Engines that cannot flush in the
+    /// background flush here.
+    fn begin_flush(&self) -> Result<()> {
+        self.flush()
+    }
+
+    /// Whether every flush begun ([`Engine::begin_flush`]) has finished.
+    fn flushed(&self) -> Result<bool> {
+        Ok(true)
+    }
+
     /// Rewrites what is stored into the engine's most compact form for reading, as after a
     /// bulk load; the contents stay the same. Takes time and I/O in proportion to the data.
     /// Engines with nothing to compact do nothing.

@@ -535,6 +535,16 @@ impl Mvcc {
         self.engine.flush()
     }
 
+    /// Starts [`Mvcc::flush`] in the background ([`Engine::begin_flush`]).
+    pub fn begin_flush(&self) -> Result<()> {
+        self.engine.begin_flush()
+    }
+
+    /// Whether the flushes begun have finished ([`Engine::flushed`]).
+    pub fn flushed(&self) -> Result<bool> {
+        self.engine.flushed()
+    }
+
     /// Writes a consistent copy of this shard's storage to `dir` (which must not exist) at a
     /// window boundary, and returns the watermark it holds: no window is applied meanwhile.
     pub fn checkpoint(&self, dir: &std::path::Path) -> Result<Option<Watermark>> {

@@ -31,8 +31,8 @@ use clock::Timestamp;
 use rocksdb::compaction_filter::{CompactionFilter, Decision};
 use rocksdb::compaction_filter_factory::{CompactionFilterContext, CompactionFilterFactory};
 use rocksdb::{
-    BlockBasedIndexType, BlockBasedOptions, Cache, DB, DBCompressionType, DBRawIterator, Options,
-    ReadOptions, SliceTransform, WriteBatch, WriteOptions,
+    BlockBasedIndexType, BlockBasedOptions, Cache, DB, DBCompressionType, DBRawIterator,
+    FlushOptions, Options, ReadOptions, SliceTransform, WriteBatch, WriteOptions,
 };
 
 use crate::engine::{Cursor, Engine, EngineMemory, RawBatch, RawOp};
@@ -79,7 +79,15 @@ pub struct RocksOptions {
     pub bytes_per_sync: u64,
     /// At most this many bytes a second of flush and compaction writes (default none).
     pub background_bytes_per_sec: Option<u64>,
+    /// Flushed files in level 0 that start a compaction into the level below (default
+    /// [`DEFAULT_L0_COMPACTION_TRIGGER`], RocksDB's). Each flushed file spans every table,
+    /// so each such compaction rewrites the whole level below: more files at once rewrite it
+    /// less often, and leave more files for a read to check.
+    pub l0_compaction_trigger: u32,
 }
+
+/// The default [`RocksOptions::l0_compaction_trigger`]: 4, RocksDB's.
+pub const DEFAULT_L0_COMPACTION_TRIGGER: u32 = 4;
 
 /// The default [`RocksOptions::bytes_per_sync`]: 0, RocksDB's own (1 MiB, as its tuning guide
 /// suggests, was no better in the README's measurements).
@@ -92,6 +100,7 @@ impl Default for RocksOptions {
             wal: true,
             bytes_per_sync: DEFAULT_BYTES_PER_SYNC,
             background_bytes_per_sec: None,
+            l0_compaction_trigger: DEFAULT_L0_COMPACTION_TRIGGER,
         }
     }
 }
@@ -157,8 +166,13 @@ impl RocksEngine {
 
     /// [`RocksEngine::open`] as `options` say.
     pub fn open_with(path: impl AsRef<Path>, options: RocksOptions) -> Result<RocksEngine> {
-        let RocksOptions { block_cache_bytes, wal, bytes_per_sync, background_bytes_per_sec } =
-            options;
+        let RocksOptions {
+            block_cache_bytes,
+            wal,
+            bytes_per_sync,
+            background_bytes_per_sec,
+            l0_compaction_trigger,
+        } = options;
         let path = path.as_ref().to_path_buf();
         let mut opts = Options::default();
         opts.create_if_missing(true);
@@ -169,6 +183,12 @@ impl RocksEngine {
             // Refilled every 100 ms; flushes go before compactions.
             opts.set_ratelimiter(i64::try_from(rate).unwrap_or(i64::MAX), 100_000, 10);
         }
+        // Writes slow down and stop at RocksDB's usual distances above the trigger (20 and
+        // 36 files for 4), so a larger trigger does not stall them sooner.
+        let trigger = l0_compaction_trigger.clamp(1, 1 << 10) as i32;
+        opts.set_level_zero_file_num_compaction_trigger(trigger);
+        opts.set_level_zero_slowdown_writes_trigger(trigger + 16);
+        opts.set_level_zero_stop_writes_trigger(trigger + 32);
         // Point reads of a key's newest version seek within the key's versions: a Bloom filter
         // over version prefixes (the key without its timestamp), in SST files and memtables,
         // lets such a seek skip every file that holds no version of the key. Scans still see
@@ -255,6 +275,25 @@ impl Engine for RocksEngine {
     fn flush(&self) -> Result<()> {
         self.db.flush().map_err(|e| engine_error(&self.path, e))?;
         self.db.flush_wal(true).map_err(|e| engine_error(&self.path, e))
+    }
+
+    /// Switches the memtable (every completed write is in it or older ones) and leaves its
+    /// flush to RocksDB's flush thread. Waits only if one more memtable would stall writes
+    /// (one is being flushed already), as long as that flush takes.
+    fn begin_flush(&self) -> Result<()> {
+        let mut opts = FlushOptions::default();
+        opts.set_wait(false);
+        self.db.flush_opt(&opts).map_err(|e| engine_error(&self.path, e))
+    }
+
+    /// True once no switched memtable is left unflushed: memtables are flushed in order, and
+    /// a memtable switched after the one waited for (it filled) only makes this later.
+    fn flushed(&self) -> Result<bool> {
+        let unflushed = self
+            .db
+            .property_int_value("rocksdb.num-immutable-mem-table")
+            .map_err(|e| engine_error(&self.path, e))?;
+        Ok(unflushed == Some(0))
     }
 
     /// Flushes the memtable and compacts every level into the last: one sorted run, with no

@@ -338,6 +338,7 @@ impl Sealdb {
             rocksdb_wal: embedded.rocksdb_wal,
             rocksdb_bytes_per_sync: embedded.rocksdb_bytes_per_sync,
             rocksdb_background_bytes_per_sec: embedded.rocksdb_background_bytes_per_sec,
+            rocksdb_l0_compaction_trigger: embedded.rocksdb_l0_compaction_trigger,
             ..Options::default()
         });
         let map = shard_map(warehouses, shards);
@@ -987,6 +988,8 @@ pub struct Embedded {
     pub rocksdb_bytes_per_sync: u64,
     /// At most this many bytes a second of each shard's flush and compaction writes.
     pub rocksdb_background_bytes_per_sec: Option<u64>,
+    /// Level-0 files of each shard's RocksDB that start a compaction.
+    pub rocksdb_l0_compaction_trigger: u32,
 }
 
 impl Default for Embedded {
@@ -1002,6 +1005,7 @@ impl Default for Embedded {
             rocksdb_wal: defaults.rocksdb_wal,
             rocksdb_bytes_per_sync: defaults.rocksdb_bytes_per_sync,
             rocksdb_background_bytes_per_sec: defaults.rocksdb_background_bytes_per_sec,
+            rocksdb_l0_compaction_trigger: defaults.rocksdb_l0_compaction_trigger,
         }
     }
 }

@@ -11,15 +11,15 @@
 //! recompute what every window wrote.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Lines};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clock::Timestamp;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use storage::{Epoch, Limits, Mvcc, RocksEngine, VersionBatch};
+use storage::{Epoch, Limits, Mvcc, RocksEngine, RocksOptions, VersionBatch};
 
 use crate::common::{seeds, ts};
 
@@ -28,6 +28,11 @@ const KEYS: u64 = 64;
 const ROUNDS: usize = 40;
 /// What the child prints once the database is open (the test harness prefixes its own text).
 const READY: &str = "crash-child-ready";
+/// What the flush child prints once its flush is over and the windows after it are applied.
+const FLUSHED: &str = "crash-child-flushed";
+/// Windows the flush child applies before its flush, and after it.
+const BEFORE_FLUSH: u64 = 100;
+const AFTER_FLUSH: u64 = 100;
 
 fn key(i: u64) -> Vec<u8> {
     format!("key-{i:03}").into_bytes()
@@ -66,6 +71,63 @@ fn child() {
 }
 
 #[test]
+#[ignore = "child process of a_finished_background_flush_survives_sigkill_without_a_wal"]
+fn flush_child() {
+    let dir = std::env::var(DIR_VAR).expect("run by the crash test");
+    let engine = RocksEngine::open_with(&dir, RocksOptions { wal: false, ..Default::default() });
+    let mvcc = Mvcc::open(Arc::new(engine.unwrap()), Limits::default()).unwrap();
+    for e in 1..=BEFORE_FLUSH {
+        mvcc.apply(&batch_for(e)).unwrap();
+    }
+    mvcc.begin_flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !mvcc.flushed().unwrap() {
+        assert!(Instant::now() < deadline, "the flush begun did not finish in 60 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for e in BEFORE_FLUSH + 1..=BEFORE_FLUSH + AFTER_FLUSH {
+        mvcc.apply(&batch_for(e)).unwrap();
+    }
+    println!("{FLUSHED}");
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+/// Runs the ignored test `name` of this binary as a child writing to `db`, and its output.
+fn spawn_child(name: &str, db: &std::path::Path) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--ignored", "--nocapture", "--test-threads=1"])
+        .env(DIR_VAR, db)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
+/// Without RocksDB's write-ahead log, writes live in memory until a flush: a flush begun in
+/// the background ([`Mvcc::begin_flush`]) and reported finished ([`Mvcc::flushed`]) holds
+/// every window applied before it through a SIGKILL, and the windows applied after it are
+/// gone (which shows the log was off and nothing else flushed them).
+#[test]
+fn a_finished_background_flush_survives_sigkill_without_a_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let (mut child, mut lines) = spawn_child("crash::flush_child", &db);
+    let flushed = lines.any(|l| l.is_ok_and(|l| l.contains(FLUSHED)));
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    assert!(flushed, "the child did not finish its flush");
+    let mvcc = open(&db);
+    assert_eq!(
+        mvcc.applied().map(|w| w.window),
+        Some(Epoch(BEFORE_FLUSH)),
+        "the windows before the flush, and none after, survive the kill"
+    );
+    check_windows_whole(&mvcc, 0, BEFORE_FLUSH, &mut BTreeMap::new(), 0);
+}
+
+#[test]
 fn rocksdb_batches_survive_sigkill_whole_or_not_at_all() {
     let seed = seeds(1)[0];
     eprintln!("crash test seed {seed} (rerun with SEALDB_SEED={seed})");
@@ -76,14 +138,7 @@ fn rocksdb_batches_survive_sigkill_whole_or_not_at_all() {
     let mut state: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
     let mut last_watermark = 0;
     for round in 0..ROUNDS {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "crash::child", "--ignored", "--nocapture", "--test-threads=1"])
-            .env(DIR_VAR, &db)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut child, mut lines) = spawn_child("crash::child", &db);
         assert!(
             lines.any(|l| l.is_ok_and(|l| l.contains(READY))),
             "round {round}: child never opened the database"
