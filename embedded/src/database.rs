@@ -95,7 +95,8 @@ pub struct Options {
     /// none).
     pub rocksdb_background_bytes_per_sec: Option<u64>,
     /// Level-0 files of each shard's RocksDB that start a compaction (default
-    /// [`storage::DEFAULT_L0_COMPACTION_TRIGGER`]; [`storage::RocksOptions::l0_compaction_trigger`]).
+    /// [`storage::DEFAULT_L0_COMPACTION_TRIGGER`]; see
+    /// [`storage::RocksOptions::l0_compaction_trigger`]).
     pub rocksdb_l0_compaction_trigger: u32,
 }
 
