@@ -18,10 +18,10 @@
 //! Writing the file takes three fsyncs (the file, the rename's directory), milliseconds on a
 //! busy disk; the caller that crosses the bound would wait for them, and in a node that is
 //! the sequencer sealing a window or a runtime thread serving requests. So the bound is
-//! renewed ahead: the first timestamp within [`RENEW_MARGIN`] of it starts a write on a
-//! thread of its own and goes on; a caller waits only if time reaches the bound before the
-//! write lands (a disk slower than the margin), and only it sees the write's error then
-//! ([`Clock::try_now`]).
+//! renewed ahead: the first timestamp within [`RENEW_MARGIN`] of it asks the clock's renewal
+//! thread (one per clock with a file, started at open) for a write and goes on; a caller waits
+//! only if time reaches the bound before the write lands (a disk slower than the margin), and
+//! only it sees the write's error then ([`Clock::try_now`]).
 //!
 //! ```text
 //!   issued:  t1 t2 t3 ....... t9 |  bound B (fsynced)     crash, wall clock set back
@@ -32,7 +32,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::physical::{PhysicalClock, SystemClock};
@@ -93,6 +93,11 @@ pub struct Clock {
     /// Highest timestamp issued or observed (raw representation).
     last: AtomicU64,
     high_water: Option<Arc<HighWater>>,
+    /// The thread that renews the bound in the background (`None` without a file, or if no
+    /// thread could be started: then the caller reaching the bound writes it). The clock stops
+    /// and joins it when dropped, so that a clock opened on the file afterwards is its only
+    /// writer (a late renewal could otherwise write a lower bound over the new clock's).
+    renewer: Option<std::thread::JoinHandle<()>>,
 }
 
 /// The persisted bound: no timestamp at or above `bound` is issued until the file says so.
@@ -101,11 +106,11 @@ struct HighWater {
     bound: AtomicU64,
     /// Serialises writers of the file.
     write: Mutex<()>,
-    /// A renewal is under way in the background, and its thread: the clock waits for it when
-    /// dropped, so that a clock opened on the file afterwards is its only writer (a late
-    /// renewal could otherwise write a lower bound over the new clock's).
+    /// A renewal has been asked for and has not landed.
     renewing: AtomicBool,
-    renewal: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// What the renewal thread is asked to do, and its wake-up.
+    request: Mutex<RenewalRequest>,
+    requested: Condvar,
     /// Bounds written since open, and how many of them a caller had to wait for.
     writes: AtomicU64,
     waited: AtomicU64,
@@ -121,6 +126,13 @@ pub struct HighWaterStats {
     pub waited: u64,
 }
 
+/// A request to the renewal thread: a bound to write, or to stop.
+#[derive(Debug, Default)]
+struct RenewalRequest {
+    needed: Option<Timestamp>,
+    stop: bool,
+}
+
 const HIGH_WATER_MAGIC: &str = "sealdb-clock-high-water v1";
 
 impl Clock {
@@ -131,7 +143,7 @@ impl Clock {
 
     /// A clock over `physical`, without persistence: monotonic only while the process lives.
     pub fn new(physical: Arc<dyn PhysicalClock>, max_offset: Duration) -> Clock {
-        Clock { physical, max_offset, last: AtomicU64::new(0), high_water: None }
+        Clock { physical, max_offset, last: AtomicU64::new(0), high_water: None, renewer: None }
     }
 
     /// A clock whose timestamps stay monotonic across restarts through the high-water file at
@@ -144,26 +156,32 @@ impl Clock {
     ) -> Result<Clock, ClockError> {
         let path = path.as_ref().to_path_buf();
         let stored = read_high_water(&path)?;
-        let clock = Clock {
+        let high_water = Arc::new(HighWater {
+            path,
+            bound: AtomicU64::new(stored.as_u64()),
+            write: Mutex::new(()),
+            renewing: AtomicBool::new(false),
+            request: Mutex::new(RenewalRequest::default()),
+            requested: Condvar::new(),
+            writes: AtomicU64::new(0),
+            waited: AtomicU64::new(0),
+        });
+        // Persist a fresh bound now, so a failing disk shows up at open rather than later.
+        high_water.extend(physical.now().max(stored.next()))?;
+        let renewer = {
+            let high_water = high_water.clone();
+            std::thread::Builder::new()
+                .name("sealdb-clock".into())
+                .spawn(move || high_water.serve_renewals())
+                .ok()
+        };
+        Ok(Clock {
             physical,
             max_offset,
             last: AtomicU64::new(stored.as_u64()),
-            high_water: Some(Arc::new(HighWater {
-                path,
-                bound: AtomicU64::new(stored.as_u64()),
-                write: Mutex::new(()),
-                renewing: AtomicBool::new(false),
-                renewal: Mutex::new(None),
-                writes: AtomicU64::new(0),
-                waited: AtomicU64::new(0),
-            })),
-        };
-        // Persist a fresh bound now, so a failing disk shows up at open rather than later.
-        let start = clock.physical.now().max(stored.next());
-        if let Some(hw) = &clock.high_water {
-            hw.extend(start)?;
-        }
-        Ok(clock)
+            high_water: Some(high_water),
+            renewer,
+        })
     }
 
     /// The persisted bound no timestamp reaches, if the clock has a high-water file.
@@ -277,26 +295,43 @@ impl Clock {
             return hw.extend(Timestamp::from_u64(needed));
         }
         let renew_at = Timestamp::from_u64(bound).saturating_sub(RENEW_MARGIN).as_u64();
-        if needed >= renew_at && !hw.renewing.swap(true, Ordering::SeqCst) {
-            let renewal = hw.clone();
-            let spawned =
-                std::thread::Builder::new().name("sealdb-clock".into()).spawn(move || {
-                    // An error here is seen again, by the caller that reaches the bound and
-                    // writes it itself.
-                    let _ = renewal.extend(Timestamp::from_u64(needed));
-                    renewal.renewing.store(false, Ordering::SeqCst);
-                });
-            match spawned {
-                Ok(thread) => *hw.renewal.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread),
-                // No thread to be had: the caller reaching the bound writes it.
-                Err(_) => hw.renewing.store(false, Ordering::SeqCst),
-            }
+        if needed >= renew_at && self.renewer.is_some() && !hw.renewing.swap(true, Ordering::SeqCst)
+        {
+            hw.lock_request().needed = Some(Timestamp::from_u64(needed));
+            hw.requested.notify_one();
         }
         Ok(())
     }
 }
 
 impl HighWater {
+    fn lock_request(&self) -> MutexGuard<'_, RenewalRequest> {
+        self.request.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The renewal thread: writes each bound asked for, until asked to stop.
+    fn serve_renewals(&self) {
+        let mut request = self.lock_request();
+        loop {
+            if request.stop {
+                return;
+            }
+            match request.needed.take() {
+                Some(needed) => {
+                    drop(request);
+                    // An error here is seen again, by the caller that reaches the bound and
+                    // writes it itself.
+                    let _ = self.extend(needed);
+                    self.renewing.store(false, Ordering::SeqCst);
+                    request = self.lock_request();
+                }
+                None => {
+                    request = self.requested.wait(request).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        }
+    }
+
     /// Writes a bound of `needed + lease`, unless the bound is there already (a concurrent
     /// writer went past it).
     fn extend(&self, needed: Timestamp) -> Result<(), ClockError> {
@@ -336,11 +371,10 @@ fn stop(e: ClockError) -> ! {
 
 impl Drop for Clock {
     fn drop(&mut self) {
-        let Some(hw) = &self.high_water else { return };
-        let renewal = hw.renewal.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(thread) = renewal {
-            let _ = thread.join();
-        }
+        let (Some(hw), Some(renewer)) = (&self.high_water, self.renewer.take()) else { return };
+        hw.lock_request().stop = true;
+        hw.requested.notify_one();
+        let _ = renewer.join();
     }
 }
 
