@@ -31,6 +31,11 @@ use node::shell::{self, Target};
 use node::{NodeConfig, init_logging, stop_signals};
 use tokio::net::TcpListener;
 
+// mimalloc for Rust and, through its `override` feature, for RocksDB's C++ allocations: see
+// the note in `bench`'s main.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "sealdb", version, about = "sealdb: a Calvin-style transactional layer")]
 struct Cli {
