@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 // Allocation-heavy paths (windows, batches, outcomes) run faster on mimalloc than on glibc's
 // allocator, and with the `override` feature RocksDB's allocations (block cache, memtables)
 // go to it too: no glibc fragmentation as the block cache churns, and its arenas are on
-// transparent huge pages (fewer TLB misses). A server embedding sealdb would do the same.
+// transparent huge pages, kept whole by `node::allocator` (fewer TLB misses). A server
+// embedding sealdb would do the same.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -315,6 +316,7 @@ enum Workload {
 }
 
 fn main() -> ExitCode {
+    node::allocator::keep_huge_pages();
     match Cli::parse().workload {
         Workload::Tpcc {
             warehouses,

@@ -9,12 +9,14 @@
 //!   [`LocalProcesses`] (a development cluster of `sealdb` processes on loopback).
 //! - [`serve_metrics`]: Prometheus metrics over HTTP; [`make_certificates`]: a development CA.
 //! - [`shell`]: the binary's other commands (`dev`, `cert`, `put`, `get`, `scan`, `status`).
+//! - [`allocator`]: the binaries' mimalloc settings.
 //!
 //! Dependencies point down: this crate uses the transaction core (`txn`), the wire contract
 //! and clients (`client`), storage with RocksDB, and the sequencer; nothing but the binary,
 //! the benchmark and the tests depends on it.
 
 mod admin;
+pub mod allocator;
 pub mod backup;
 mod certs;
 mod config;

@@ -31,8 +31,8 @@ use node::shell::{self, Target};
 use node::{NodeConfig, init_logging, stop_signals};
 use tokio::net::TcpListener;
 
-// mimalloc for Rust and, through its `override` feature, for RocksDB's C++ allocations: see
-// the note in `bench`'s main.
+// mimalloc for Rust and, through its `override` feature, for RocksDB's C++ allocations
+// (`node::allocator`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -136,6 +136,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    node::allocator::keep_huge_pages();
     init_logging();
     let cli = Cli::parse();
     if let Cmd::Dev { sequencers, shards, replicas, dir, port, secure } = &cli.command {
