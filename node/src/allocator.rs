@@ -2,7 +2,7 @@
 //! process's `malloc` (its `override` feature), RocksDB's allocations included.
 //!
 //! mimalloc asks for transparent huge pages on its arenas, but by default returns freed
-//! memory to the OS in 64 KiB pieces, which splits those pages: as RocksDB's block cache
+//! memory to the OS a 4 KiB page at a time, which splits those pages: as RocksDB's block cache
 //! churns, a soak kept about 2 of 5 GiB on huge pages. With `allow_thp` at 2 (what
 //! `MIMALLOC_ALLOW_THP=2` does) it returns only whole 2 MiB pages, keeps most of the process
 //! on them, and its lookups over gigabytes (the block cache's hash table, the memtable's
