@@ -361,13 +361,26 @@ fn segment_paths(dir: &Path) -> Result<Vec<(Epoch, PathBuf)>, SequencerError> {
     Ok(paths)
 }
 
-/// Creates the segment file `path` with its magic, synced with its directory entry.
+/// Creates the segment file `path` with its magic, synced with its directory entry. The file
+/// is written under a name no segment has (`.log.new`) and renamed into place, so a process
+/// killed in the middle leaves no segment without its magic (one such, empty, made every
+/// later open refuse the log); a leftover `.new` file is overwritten by the next attempt.
 fn create_segment(dir: &Path, path: &Path) -> Result<File, SequencerError> {
     let io = |e| io_error(path, e);
-    let mut file =
-        OpenOptions::new().read(true).write(true).create_new(true).open(path).map_err(io)?;
+    if path.exists() {
+        return Err(io(io::Error::new(io::ErrorKind::AlreadyExists, "segment exists")));
+    }
+    let new = path.with_extension("log.new");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&new)
+        .map_err(|e| io_error(&new, e))?;
     file.write_all(MAGIC).map_err(io)?;
     file.sync_all().map_err(io)?;
+    std::fs::rename(&new, path).map_err(io)?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error(dir, e))?;
     Ok(file)
 }

@@ -160,6 +160,30 @@ fn appended_windows_are_read_back_after_reopening() {
     assert_eq!(log.read_from(Epoch(4)).unwrap(), written[3..]);
 }
 
+/// Regression: a process killed while creating a segment left an empty `windows-N.log`, and
+/// every later open refused the log ("not a sealdb window log"). Segments are now written
+/// under a `.new` name and renamed into place; what such a kill leaves is not read as a
+/// segment.
+#[test]
+fn a_segment_whose_creation_was_cut_short_does_not_stop_the_log_from_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    let written: Vec<Window> = (1..=3).map(|e| window(e, e * 100, &[e as u128])).collect();
+    {
+        let (mut log, _) = WindowLog::open(dir.path()).unwrap();
+        for w in &written {
+            log.append(w).unwrap();
+        }
+    }
+    std::fs::write(dir.path().join("windows-00000000000000000004.log.new"), b"").unwrap();
+    let (mut log, read) = WindowLog::open(dir.path()).unwrap();
+    assert_eq!(read, written);
+    let next = window(4, 400, &[4]);
+    log.append(&next).unwrap();
+    drop(log);
+    let (_, read) = WindowLog::open(dir.path()).unwrap();
+    assert_eq!(read.last(), Some(&next));
+}
+
 /// Regression: a second sequencer on the same directory started, and the windows the first
 /// acknowledged were lost when the two wrote over each other. The log is locked now.
 #[test]
