@@ -37,6 +37,19 @@ pub fn keep_huge_pages() -> bool {
     true
 }
 
+/// The machine's transparent-huge-page mode (`always`, `madvise` or `never`), if it says.
+/// mimalloc's arenas get huge pages under the first two; the README's figures were measured
+/// under `madvise`.
+pub fn transparent_huge_pages() -> Option<String> {
+    let text = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").ok()?;
+    thp_mode(&text).map(str::to_owned)
+}
+
+/// The bracketed (selected) word of the kernel's `always [madvise] never`.
+fn thp_mode(text: &str) -> Option<&str> {
+    text.split_whitespace().find_map(|w| w.strip_prefix('[')?.strip_suffix(']'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +67,12 @@ mod tests {
         assert!(keep_huge_pages());
         // SAFETY: as above.
         assert_eq!(unsafe { mi_option_get(ALLOW_THP) }, 2);
+    }
+
+    #[test]
+    fn the_selected_huge_page_mode_is_the_bracketed_word() {
+        assert_eq!(thp_mode("always [madvise] never\n"), Some("madvise"));
+        assert_eq!(thp_mode("[always] madvise never"), Some("always"));
+        assert_eq!(thp_mode("always madvise never"), None);
     }
 }

@@ -137,6 +137,7 @@ impl WindowLog {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
         let lock = lock_dir(dir)?;
+        remove_unfinished_segments(dir)?;
         let mut paths = segment_paths(dir)?;
         if paths.is_empty() {
             let path = dir.join(segment_name(Epoch(1)));
@@ -361,10 +362,26 @@ fn segment_paths(dir: &Path) -> Result<Vec<(Epoch, PathBuf)>, SequencerError> {
     Ok(paths)
 }
 
+/// Removes what a process killed in [`create_segment`] left: a segment's file under its
+/// `.new` name, never renamed into place, so it holds no window. Called with the log locked.
+fn remove_unfinished_segments(dir: &Path) -> Result<(), SequencerError> {
+    for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
+        let entry = entry.map_err(|e| io_error(dir, e))?;
+        let name = entry.file_name();
+        let unfinished = name.to_str().and_then(|n| n.strip_suffix(".new"));
+        if unfinished.is_some_and(|n| segment_first(n).is_some()) {
+            let path = entry.path();
+            tracing::info!(path = %path.display(), "removing a segment whose creation was cut short");
+            std::fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Creates the segment file `path` with its magic, synced with its directory entry. The file
 /// is written under a name no segment has (`.log.new`) and renamed into place, so a process
 /// killed in the middle leaves no segment without its magic (one such, empty, made every
-/// later open refuse the log); a leftover `.new` file is overwritten by the next attempt.
+/// later open refuse the log); a leftover `.new` file is removed at the next open.
 fn create_segment(dir: &Path, path: &Path) -> Result<File, SequencerError> {
     let io = |e| io_error(path, e);
     if path.exists() {

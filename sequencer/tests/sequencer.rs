@@ -162,8 +162,8 @@ fn appended_windows_are_read_back_after_reopening() {
 
 /// Regression: a process killed while creating a segment left an empty `windows-N.log`, and
 /// every later open refused the log ("not a sealdb window log"). Segments are now written
-/// under a `.new` name and renamed into place; what such a kill leaves is not read as a
-/// segment.
+/// under a `.new` name and renamed into place; what such a kill leaves is removed at the next
+/// open, and nothing else is.
 #[test]
 fn a_segment_whose_creation_was_cut_short_does_not_stop_the_log_from_opening() {
     let dir = tempfile::tempdir().unwrap();
@@ -174,9 +174,14 @@ fn a_segment_whose_creation_was_cut_short_does_not_stop_the_log_from_opening() {
             log.append(w).unwrap();
         }
     }
-    std::fs::write(dir.path().join("windows-00000000000000000004.log.new"), b"").unwrap();
+    let unfinished = dir.path().join("windows-00000000000000000004.log.new");
+    std::fs::write(&unfinished, b"").unwrap();
+    let other = dir.path().join("notes.new");
+    std::fs::write(&other, b"not the log's").unwrap();
     let (mut log, read) = WindowLog::open(dir.path()).unwrap();
     assert_eq!(read, written);
+    assert!(!unfinished.exists(), "the unfinished segment is removed at open");
+    assert!(other.exists(), "files that are not the log's are left alone");
     let next = window(4, 400, &[4]);
     log.append(&next).unwrap();
     drop(log);

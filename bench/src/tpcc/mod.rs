@@ -1017,7 +1017,11 @@ pub fn run_sealdb(opts: &TpccOptions, embedded: &Embedded) -> Result<Report, Str
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let shards = embedded.shards.unwrap_or(cores);
     let backend = Sealdb::open_with(Some(&dir), opts.warehouses, shards, embedded)?;
-    eprintln!("  database in {}", dir.display());
+    eprintln!(
+        "  database in {}; transparent huge pages: {}",
+        dir.display(),
+        node::allocator::transparent_huge_pages().as_deref().unwrap_or("unknown")
+    );
     let load_s = load(&backend, opts)?;
     let mut report = drive(&backend, opts, load_s)?;
     if let Some(work) = &report.engine {
