@@ -177,6 +177,10 @@ enum Workload {
         /// Level-0 files of each shard's RocksDB that start a compaction (embedded).
         #[arg(long, default_value_t = storage::DEFAULT_L0_COMPACTION_TRIGGER)]
         rocksdb_l0_trigger: u32,
+        /// Each shard's RocksDB cuts compactions' output into table files of about this many
+        /// MiB (embedded).
+        #[arg(long, default_value_t = storage::DEFAULT_TABLE_FILE_BYTES >> 20)]
+        rocksdb_file_mib: u64,
         #[command(flatten)]
         cluster: ClusterArgs,
         #[command(flatten)]
@@ -339,12 +343,16 @@ fn main() -> ExitCode {
             rocksdb_bytes_per_sync_kib,
             rocksdb_background_mib,
             rocksdb_l0_trigger,
+            rocksdb_file_mib,
             backup_after,
             cluster,
             run: RunArgs { seed, dir, json },
         } => {
             if !(1..=1024).contains(&rocksdb_l0_trigger) {
                 return usage_error("--rocksdb-l0-trigger must be 1 to 1024");
+            }
+            if !(1..=1024).contains(&rocksdb_file_mib) {
+                return usage_error("--rocksdb-file-mib must be 1 to 1024");
             }
             if rocksdb_background_mib == Some(0) {
                 return usage_error("--rocksdb-background-mib must be at least 1");
@@ -382,7 +390,8 @@ fn main() -> ExitCode {
                 _ if (plan != Plan::Serial
                     || no_rocksdb_wal
                     || rocksdb_background_mib.is_some()
-                    || rocksdb_l0_trigger != storage::DEFAULT_L0_COMPACTION_TRIGGER)
+                    || rocksdb_l0_trigger != storage::DEFAULT_L0_COMPACTION_TRIGGER
+                    || rocksdb_file_mib != storage::DEFAULT_TABLE_FILE_BYTES >> 20)
                     && (target.is_some() || pg_url.is_some()) =>
                 {
                     return usage_error(
@@ -456,6 +465,7 @@ fn main() -> ExitCode {
                             rocksdb_background_bytes_per_sec: rocksdb_background_mib
                                 .map(|m| m << 20),
                             rocksdb_l0_compaction_trigger: rocksdb_l0_trigger,
+                            rocksdb_table_file_bytes: rocksdb_file_mib << 20,
                         };
                         bench::tpcc::run_sealdb(&opts, &embedded)
                     }

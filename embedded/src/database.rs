@@ -98,6 +98,10 @@ pub struct Options {
     /// [`storage::DEFAULT_L0_COMPACTION_TRIGGER`]; see
     /// [`storage::RocksOptions::l0_compaction_trigger`]).
     pub rocksdb_l0_compaction_trigger: u32,
+    /// Each shard's RocksDB cuts compactions' output into table files of about this many
+    /// bytes (default [`storage::DEFAULT_TABLE_FILE_BYTES`]; see
+    /// [`storage::RocksOptions::table_file_bytes`]).
+    pub rocksdb_table_file_bytes: u64,
 }
 
 impl Default for Options {
@@ -119,6 +123,7 @@ impl Default for Options {
             rocksdb_bytes_per_sync: storage::DEFAULT_BYTES_PER_SYNC,
             rocksdb_background_bytes_per_sec: None,
             rocksdb_l0_compaction_trigger: storage::DEFAULT_L0_COMPACTION_TRIGGER,
+            rocksdb_table_file_bytes: storage::DEFAULT_TABLE_FILE_BYTES,
         }
     }
 }
@@ -454,6 +459,7 @@ impl Database {
                     bytes_per_sync: options.rocksdb_bytes_per_sync,
                     background_bytes_per_sec: options.rocksdb_background_bytes_per_sec,
                     l0_compaction_trigger: options.rocksdb_l0_compaction_trigger,
+                    table_file_bytes: options.rocksdb_table_file_bytes,
                 };
                 Arc::new(RocksEngine::open_with(dir, rocks).map_err(storage)?)
             };

@@ -61,8 +61,8 @@ pub use crate::mvcc::{
 pub use crate::range::{KeyRange, Quoted};
 #[cfg(feature = "rocksdb")]
 pub use crate::rocks::{
-    DEFAULT_BLOCK_CACHE_BYTES, DEFAULT_BYTES_PER_SYNC, DEFAULT_L0_COMPACTION_TRIGGER, RocksEngine,
-    RocksOptions,
+    DEFAULT_BLOCK_CACHE_BYTES, DEFAULT_BYTES_PER_SYNC, DEFAULT_L0_COMPACTION_TRIGGER,
+    DEFAULT_TABLE_FILE_BYTES, RocksEngine, RocksOptions,
 };
 pub use clock::Epoch;
 

@@ -84,7 +84,16 @@ pub struct RocksOptions {
     /// so each such compaction rewrites the whole level below: more files at once rewrite it
     /// less often, and leave more files for a read to check.
     pub l0_compaction_trigger: u32,
+    /// Compactions cut their output into table files of about this many bytes (default
+    /// [`DEFAULT_TABLE_FILE_BYTES`]). A compaction into a level rewrites every file there whose
+    /// key range its input overlaps, so where rows are appended at many places (one district's
+    /// new orders after its old ones, the next district's after its own), a file spanning two
+    /// such places drags the old rows between them into each compaction.
+    pub table_file_bytes: u64,
 }
+
+/// The default [`RocksOptions::table_file_bytes`]: 64 MiB, RocksDB's.
+pub const DEFAULT_TABLE_FILE_BYTES: u64 = 64 << 20;
 
 /// The default [`RocksOptions::l0_compaction_trigger`]: 4, RocksDB's.
 pub const DEFAULT_L0_COMPACTION_TRIGGER: u32 = 4;
@@ -101,6 +110,7 @@ impl Default for RocksOptions {
             bytes_per_sync: DEFAULT_BYTES_PER_SYNC,
             background_bytes_per_sec: None,
             l0_compaction_trigger: DEFAULT_L0_COMPACTION_TRIGGER,
+            table_file_bytes: DEFAULT_TABLE_FILE_BYTES,
         }
     }
 }
@@ -172,6 +182,7 @@ impl RocksEngine {
             bytes_per_sync,
             background_bytes_per_sec,
             l0_compaction_trigger,
+            table_file_bytes,
         } = options;
         let path = path.as_ref().to_path_buf();
         let mut opts = Options::default();
@@ -189,6 +200,7 @@ impl RocksEngine {
         opts.set_level_zero_file_num_compaction_trigger(trigger);
         opts.set_level_zero_slowdown_writes_trigger(trigger + 16);
         opts.set_level_zero_stop_writes_trigger(trigger + 32);
+        opts.set_target_file_size_base(table_file_bytes.clamp(1 << 20, 1 << 30));
         // Point reads of a key's newest version seek within the key's versions: a Bloom filter
         // over version prefixes (the key without its timestamp), in SST files and memtables,
         // lets such a seek skip every file that holds no version of the key. Scans still see

@@ -339,6 +339,7 @@ impl Sealdb {
             rocksdb_bytes_per_sync: embedded.rocksdb_bytes_per_sync,
             rocksdb_background_bytes_per_sec: embedded.rocksdb_background_bytes_per_sec,
             rocksdb_l0_compaction_trigger: embedded.rocksdb_l0_compaction_trigger,
+            rocksdb_table_file_bytes: embedded.rocksdb_table_file_bytes,
             ..Options::default()
         });
         let map = shard_map(warehouses, shards);
@@ -990,6 +991,8 @@ pub struct Embedded {
     pub rocksdb_background_bytes_per_sec: Option<u64>,
     /// Level-0 files of each shard's RocksDB that start a compaction.
     pub rocksdb_l0_compaction_trigger: u32,
+    /// Each shard's RocksDB cuts compactions' output into files of about this many bytes.
+    pub rocksdb_table_file_bytes: u64,
 }
 
 impl Default for Embedded {
@@ -1006,6 +1009,7 @@ impl Default for Embedded {
             rocksdb_bytes_per_sync: defaults.rocksdb_bytes_per_sync,
             rocksdb_background_bytes_per_sec: defaults.rocksdb_background_bytes_per_sec,
             rocksdb_l0_compaction_trigger: defaults.rocksdb_l0_compaction_trigger,
+            rocksdb_table_file_bytes: defaults.rocksdb_table_file_bytes,
         }
     }
 }

@@ -47,6 +47,10 @@ pub(super) struct ApplyLoop {
     /// idle shard checkpoints it once `flush_interval` has passed, so that the log can be
     /// truncated and backups start from it.
     unflushed: Option<(Epoch, Timestamp, u128)>,
+    /// When a checkpoint fell due and its flush began: RocksDB's flush thread is writing the
+    /// memtables out while windows go on being applied; the checkpoint itself, which flushes
+    /// only what was written since and applies nothing meanwhile, waits for it.
+    flush_begun: Option<std::time::Instant>,
     /// The last window applied, for the task that reports it to the sequencer (one report in
     /// flight at a time, each with the latest window).
     applied_to: tokio::sync::watch::Sender<Epoch>,
@@ -77,6 +81,7 @@ impl ApplyLoop {
             answers,
             flushed_at,
             unflushed: None,
+            flush_begun: None,
             applied_to,
             outside_retention: Arc::new(AtomicBool::new(false)),
         }
@@ -415,14 +420,30 @@ impl ApplyLoop {
     }
 
     /// Checkpoints (or flushes) the last window applied if it is not in a checkpoint yet and
-    /// `flush_interval` has passed since the last one, and tells the sequencer.
+    /// `flush_interval` has passed since the last one, and tells the sequencer. In two steps,
+    /// so that the window chain does not wait while a memtable of up to a flush interval's
+    /// writes goes to disk: once due, the flush begins in the background and windows go on;
+    /// once it has finished, the checkpoint is taken at the last window applied by then, its
+    /// own flush holding only what came after.
     fn checkpoint_if_due(&mut self) -> Result<(), StepError> {
         let state = &*self.state;
         let Some((window, ts, digest)) = self.unflushed else { return Ok(()) };
-        if self.flushed_at.is_some_and(|t| t.elapsed() < state.flush_interval) {
+        let begun = match self.flush_begun {
+            Some(begun) => begun,
+            None => {
+                if self.flushed_at.is_some_and(|t| t.elapsed() < state.flush_interval) {
+                    return Ok(());
+                }
+                state.mvcc.begin_flush()?;
+                *self.flush_begun.insert(std::time::Instant::now())
+            }
+        };
+        if !state.mvcc.flushed()? {
             return Ok(());
         }
-        self.flushed_at = Some(std::time::Instant::now());
+        self.flush_begun = None;
+        let start = std::time::Instant::now();
+        self.flushed_at = Some(start);
         self.unflushed = None;
         // The log is kept from the checkpoint on, for fellows that copy it.
         let kept = match &state.checkpoints {
@@ -432,6 +453,13 @@ impl ApplyLoop {
                 window
             }
         };
+        tracing::info!(
+            shard = state.shard.0,
+            window = kept.0,
+            background_ms = start.duration_since(begun).as_millis() as u64,
+            waited_ms = start.elapsed().as_millis() as u64,
+            "checkpoint taken"
+        );
         self.report_flushed(kept);
         Ok(())
     }
