@@ -151,10 +151,12 @@ enum Workload {
         /// far, and older versions are collected.
         #[arg(long, default_value_t = 60)]
         retention: u64,
-        /// Each shard's RocksDB block cache in MiB (embedded).
+        /// Each shard's RocksDB block cache in MiB (embedded, and a `--cluster local:N` the
+        /// benchmark starts).
         #[arg(long, default_value_t = (storage::DEFAULT_BLOCK_CACHE_BYTES >> 20) as u64)]
         block_cache_mib: u64,
-        /// The embedded database's row cache in MiB, over all its shards.
+        /// The row cache in MiB over all shards: the embedded database's, or split over the
+        /// shards of a `--cluster local:N` the benchmark starts.
         #[arg(long, default_value_t = (bench::tpcc::ROW_CACHE_BYTES >> 20) as u64)]
         row_cache_mib: u64,
         /// How the embedded database's shards run single-shard procedures: once each,
@@ -351,6 +353,11 @@ fn main() -> ExitCode {
             if !(1..=1024).contains(&rocksdb_l0_trigger) {
                 return usage_error("--rocksdb-l0-trigger must be 1 to 1024");
             }
+            if !(1..=1 << 20).contains(&block_cache_mib) || row_cache_mib > 1 << 20 {
+                return usage_error(
+                    "--block-cache-mib must be 1 to 1048576, --row-cache-mib at most that",
+                );
+            }
             if !(1..=1024).contains(&rocksdb_file_mib) {
                 return usage_error("--rocksdb-file-mib must be 1 to 1024");
             }
@@ -434,7 +441,12 @@ fn main() -> ExitCode {
                         eprintln!(
                             "tpcc: sealdb cluster {c}, {warehouses} warehouse(s), {clients} clients, {mix:?} mix, {duration} s{scaled}"
                         );
-                        bench::tpcc::cluster::run_cluster(&opts, target.as_ref().expect("checked"))
+                        bench::tpcc::cluster::run_cluster(
+                            &opts,
+                            target.as_ref().expect("checked"),
+                            usize::try_from(row_cache_mib << 20).unwrap_or(usize::MAX),
+                            usize::try_from(block_cache_mib << 20).unwrap_or(usize::MAX),
+                        )
                     }
                     (Backend::Postgres, Some(url)) => {
                         eprintln!(

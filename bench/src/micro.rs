@@ -202,7 +202,7 @@ pub fn run_cluster(opts: &MicroOptions, target: &ClusterTarget) -> Result<Report
         .build()
         .map_err(|e| e.to_string())?;
     let dir = opts.dir.clone().unwrap_or_else(|| temp.path().join("cluster"));
-    let cluster = target.start(dir, ShardMap::uniform)?;
+    let cluster = target.start(dir, ShardMap::uniform, |_| None)?;
     let result = runtime.block_on(drive_cluster(opts, &cluster));
     cluster.stop();
     result

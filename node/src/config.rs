@@ -18,6 +18,9 @@
 //!                                   # that a replica replaying windows this far behind its peers
 //!                                   # can read theirs; one further behind catches up from a
 //!                                   # fellow replica's checkpoint
+//! row_cache_mib = 128               # optional (shard role): each key's newest version in memory
+//!                                   # for recently read keys (0: none)
+//! block_cache_mib = 256             # optional (shard role): RocksDB's cache of table blocks
 //! absent_replica_ms = 600000        # optional (sequencer role): a replica silent this long no
 //!                                   # longer holds the log while a fellow of its shard reports;
 //!                                   # it catches up from the fellow's checkpoint
@@ -89,6 +92,8 @@ struct File {
     flush_interval_ms: Option<u64>,
     retention_ms: Option<u64>,
     replay_allowance_ms: Option<u64>,
+    row_cache_mib: Option<u64>,
+    block_cache_mib: Option<u64>,
     absent_replica_ms: Option<u64>,
     cluster: ClusterFile,
     #[serde(default)]
@@ -195,6 +200,10 @@ pub struct NodeConfig {
     /// How much longer than `retention` versions are kept for replicas replaying behind
     /// their peers (shard role).
     pub replay_allowance: Duration,
+    /// Bytes of the row cache (shard role; 0: none).
+    pub row_cache_bytes: usize,
+    /// Bytes of RocksDB's block cache (shard role).
+    pub block_cache_bytes: usize,
     /// The node's certificate and key and the cluster's CA (`[tls]`); `None` runs without
     /// TLS.
     pub tls: Option<Tls>,
@@ -412,6 +421,14 @@ impl NodeConfig {
                 "replay_allowance_ms = {allowance_ms}: at most {WEEK_MS} (a week)"
             ));
         }
+        let row_cache_mib = file.row_cache_mib.unwrap_or(DEFAULT_ROW_CACHE_MIB);
+        if row_cache_mib > MAX_CACHE_MIB {
+            return Err(format!("row_cache_mib = {row_cache_mib}: at most {MAX_CACHE_MIB}"));
+        }
+        let block_cache_mib = file.block_cache_mib.unwrap_or(DEFAULT_BLOCK_CACHE_MIB);
+        if !(1..=MAX_CACHE_MIB).contains(&block_cache_mib) {
+            return Err(format!("block_cache_mib = {block_cache_mib}: from 1 to {MAX_CACHE_MIB}"));
+        }
         let tls = match &file.tls {
             None => None,
             Some(t) => Some(Tls::load(&t.ca, &t.cert, &t.key).map_err(|e| format!("tls: {e}"))?),
@@ -432,9 +449,20 @@ impl NodeConfig {
             flush_interval: Duration::from_millis(flush_interval_ms),
             retention: Duration::from_millis(retention_ms),
             replay_allowance: Duration::from_millis(allowance_ms),
+            row_cache_bytes: (row_cache_mib << 20) as usize,
+            block_cache_bytes: (block_cache_mib << 20) as usize,
         })
     }
 }
+
+/// A shard's default `row_cache_mib`: the storage's default row cache.
+pub(crate) const DEFAULT_ROW_CACHE_MIB: u64 = (storage::DEFAULT_ROW_CACHE_BYTES >> 20) as u64;
+
+/// A shard's default `block_cache_mib`: the storage's default block cache.
+pub(crate) const DEFAULT_BLOCK_CACHE_MIB: u64 = (storage::DEFAULT_BLOCK_CACHE_BYTES >> 20) as u64;
+
+/// The most either cache may be given: 1 TiB.
+const MAX_CACHE_MIB: u64 = 1 << 20;
 
 /// A shard's default `flush_interval_ms`.
 pub(crate) const DEFAULT_FLUSH_INTERVAL_MS: u64 = 30_000;
@@ -495,6 +523,7 @@ split_keys = ["g", "p"]
         assert_eq!(c.sealer.window_interval, Duration::from_millis(5));
         assert_eq!(c.retention, Duration::from_secs(60));
         assert_eq!(c.replay_allowance, Duration::from_secs(3600));
+        assert_eq!((c.row_cache_bytes, c.block_cache_bytes), (128 << 20, 256 << 20));
     }
 
     #[test]
@@ -524,6 +553,11 @@ split_keys = ["g", "p"]
         assert!(error(&allowance).contains("replay_allowance_ms"));
         let c = NodeConfig::parse(&shard("retention_ms = 5000\nreplay_allowance_ms = 0")).unwrap();
         assert_eq!((c.retention, c.replay_allowance), (Duration::from_secs(5), Duration::ZERO));
+        let c = NodeConfig::parse(&shard("row_cache_mib = 0\nblock_cache_mib = 1024")).unwrap();
+        assert_eq!((c.row_cache_bytes, c.block_cache_bytes), (0, 1 << 30));
+        assert!(error(&shard("block_cache_mib = 0")).contains("block_cache_mib = 0: from 1"));
+        let huge = shard("row_cache_mib = 18446744073709551615");
+        assert!(error(&huge).contains("row_cache_mib"));
         let hex = GOOD.replace("split_keys = [\"g\", \"p\"]", "split_keys_hex = [\"67\", \"7x\"]");
         assert!(error(&hex).contains("\"7x\" is not hex"));
         let hex = GOOD.replace("split_keys = [\"g\", \"p\"]", "split_keys_hex = [\"67\", \"70\"]");

@@ -96,6 +96,8 @@ pub async fn run(
                 retention: config.retention,
                 replay_allowance: config.replay_allowance,
                 flush_interval: config.flush_interval,
+                row_cache_bytes: config.row_cache_bytes,
+                block_cache_bytes: config.block_cache_bytes,
                 tls: config.tls,
             };
             // The metrics server outlives a shard started again (below): it asks the current one.
@@ -233,6 +235,9 @@ pub struct LocalSpec {
     pub tls_dir: Option<PathBuf>,
     /// How the log is reclaimed; `None` keeps the defaults.
     pub reclamation: Option<Reclamation>,
+    /// Each shard's row cache and block cache in MiB (`row_cache_mib`, `block_cache_mib`);
+    /// `None` keeps the defaults.
+    pub caches_mib: Option<(u64, u64)>,
 }
 
 /// Settings of log reclamation for a [`LocalSpec`] (tests make them small, so that the log is
@@ -378,6 +383,10 @@ impl LocalProcesses {
             1 => format!("sequencer = \"{}\"", sequencers[0]),
             _ => format!("sequencers = [{}]", quoted(sequencers.clone())),
         };
+        let caches = spec
+            .caches_mib
+            .map(|(row, block)| format!("row_cache_mib = {row}\nblock_cache_mib = {block}\n"))
+            .unwrap_or_default();
         let (tuning, segments) = match spec.reclamation {
             None => (String::new(), String::new()),
             Some(r) => (
@@ -438,7 +447,7 @@ impl LocalProcesses {
             let data = data_dir.display().to_string();
             let text = format!(
                 "role = \"{role}\"\nlisten = \"{listen}\"\ndata_dir = {data:?}\n{shard}\
-                 max_offset_ms = {}\n{tuning}\n{cluster}{group}",
+                 max_offset_ms = {}\n{tuning}{caches}\n{cluster}{group}",
                 spec.max_offset_ms
             );
             let config = dir.join(format!("{name}.toml"));

@@ -108,10 +108,24 @@ impl Backend for RemoteSealdb {
     }
 }
 
-/// Loads and runs the benchmark on a cluster.
-pub fn run_cluster(opts: &TpccOptions, target: &ClusterTarget) -> Result<Report, String> {
+/// Loads and runs the benchmark on a cluster. A cluster the benchmark starts gets the memory
+/// the embedded database would: `row_cache_bytes` split over its shards, `block_cache_bytes`
+/// for each.
+pub fn run_cluster(
+    opts: &TpccOptions,
+    target: &ClusterTarget,
+    row_cache_bytes: usize,
+    block_cache_bytes: usize,
+) -> Result<Report, String> {
     let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let cluster = target.start(temp.path().join("cluster"), |n| shard_map(opts.warehouses, n))?;
+    let cluster = target.start(
+        temp.path().join("cluster"),
+        |n| shard_map(opts.warehouses, n),
+        |n| {
+            let mib = |bytes: usize| (bytes >> 20) as u64;
+            Some((mib(row_cache_bytes / n.max(1) as usize), mib(block_cache_bytes).max(1)))
+        },
+    )?;
     let max_offset = Duration::from_millis(cluster.max_offset_ms.unwrap_or(5));
     let tls = cluster.tls.clone();
     let result = RemoteSealdb::connect(&cluster.addr, max_offset, tls).and_then(|backend| {

@@ -58,7 +58,7 @@ use clock::{Clock, Epoch, Timestamp};
 use proto::v1;
 use proto::v1::shard_client::ShardClient;
 use proto::v1::shard_server::ShardServer;
-use storage::{Engine, Limits, MemoryEngine, Mvcc, Quoted, RocksEngine};
+use storage::{Engine, Limits, MemoryEngine, Mvcc, Quoted, RocksEngine, RocksOptions};
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};
@@ -137,6 +137,10 @@ pub struct ShardConfig {
     /// How often the shard checkpoints its storage and tells the sequencer, which truncates
     /// the log below what every replica checkpointed (default 30 s).
     pub flush_interval: Duration,
+    /// Bytes of the row cache (0: none; default [`storage::DEFAULT_ROW_CACHE_BYTES`]).
+    pub row_cache_bytes: usize,
+    /// Bytes of RocksDB's block cache (default [`storage::DEFAULT_BLOCK_CACHE_BYTES`]).
+    pub block_cache_bytes: usize,
     /// TLS for its server and its calls to the sequencer and peers; `None` runs without.
     pub tls: Option<Tls>,
 }
@@ -342,7 +346,10 @@ impl ShardNode {
             }
             None => {
                 let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
-                (Arc::new(Mvcc::open(engine, config.limits)?), None)
+                (
+                    Arc::new(Mvcc::open_with_cache(engine, config.limits, config.row_cache_bytes)?),
+                    None,
+                )
             }
         };
         let executor =
@@ -564,7 +571,10 @@ async fn open_caught_up(
     let mut failures = 0;
     loop {
         let expected = checkpoint::install_pending(dir)?;
-        let mvcc = Mvcc::open(Arc::new(RocksEngine::open(dir)?), config.limits)?;
+        let rocks =
+            RocksOptions { block_cache_bytes: config.block_cache_bytes, ..Default::default() };
+        let engine = Arc::new(RocksEngine::open_with(dir, rocks)?);
+        let mvcc = Mvcc::open_with_cache(engine, config.limits, config.row_cache_bytes)?;
         if let Some(expected) = expected {
             checkpoint::installed(dir, &mvcc, expected)?;
         }

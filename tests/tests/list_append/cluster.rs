@@ -136,6 +136,8 @@ pub(crate) async fn start_shards(
             retention: Duration::from_secs(60),
             replay_allowance: Duration::from_secs(3600),
             flush_interval: FLUSH_INTERVAL,
+            row_cache_bytes: storage::DEFAULT_ROW_CACHE_BYTES,
+            block_cache_bytes: storage::DEFAULT_BLOCK_CACHE_BYTES,
             tls: tls.clone(),
         };
         nodes.push(ShardNode::start(config, listener, clock).await.unwrap());

@@ -83,6 +83,8 @@ async fn replicas_whose_writes_differ_stop_serving_and_say_so() {
             retention: Duration::from_secs(60),
             replay_allowance: Duration::from_secs(3600),
             flush_interval: FLUSH_INTERVAL,
+            row_cache_bytes: storage::DEFAULT_ROW_CACHE_BYTES,
+            block_cache_bytes: storage::DEFAULT_BLOCK_CACHE_BYTES,
             tls: None,
         };
         nodes.push(ShardNode::start(config, listener, clock()).await.unwrap());
