@@ -180,8 +180,8 @@ enum Workload {
         #[arg(long, default_value_t = storage::DEFAULT_L0_COMPACTION_TRIGGER)]
         rocksdb_l0_trigger: u32,
         /// Each shard's RocksDB cuts compactions' output into table files of about this many
-        /// MiB (embedded).
-        #[arg(long, default_value_t = storage::DEFAULT_TABLE_FILE_BYTES >> 20)]
+        /// MiB (embedded; the database's own default is RocksDB's 64).
+        #[arg(long, default_value_t = bench::tpcc::TABLE_FILE_BYTES >> 20)]
         rocksdb_file_mib: u64,
         #[command(flatten)]
         cluster: ClusterArgs,
@@ -398,7 +398,7 @@ fn main() -> ExitCode {
                     || no_rocksdb_wal
                     || rocksdb_background_mib.is_some()
                     || rocksdb_l0_trigger != storage::DEFAULT_L0_COMPACTION_TRIGGER
-                    || rocksdb_file_mib != storage::DEFAULT_TABLE_FILE_BYTES >> 20)
+                    || rocksdb_file_mib != bench::tpcc::TABLE_FILE_BYTES >> 20)
                     && (target.is_some() || pg_url.is_some()) =>
                 {
                     return usage_error(

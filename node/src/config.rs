@@ -456,10 +456,10 @@ impl NodeConfig {
 }
 
 /// A shard's default `row_cache_mib`: the storage's default row cache.
-pub(crate) const DEFAULT_ROW_CACHE_MIB: u64 = (storage::DEFAULT_ROW_CACHE_BYTES >> 20) as u64;
+const DEFAULT_ROW_CACHE_MIB: u64 = (storage::DEFAULT_ROW_CACHE_BYTES >> 20) as u64;
 
 /// A shard's default `block_cache_mib`: the storage's default block cache.
-pub(crate) const DEFAULT_BLOCK_CACHE_MIB: u64 = (storage::DEFAULT_BLOCK_CACHE_BYTES >> 20) as u64;
+const DEFAULT_BLOCK_CACHE_MIB: u64 = (storage::DEFAULT_BLOCK_CACHE_BYTES >> 20) as u64;
 
 /// The most either cache may be given: 1 TiB.
 const MAX_CACHE_MIB: u64 = 1 << 20;
