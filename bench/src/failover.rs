@@ -81,7 +81,7 @@ pub fn run(opts: &FailoverOptions) -> Result<FailoverReport, String> {
         run_as: None,
         tls_dir: None,
         reclamation: None,
-        caches_mib: None,
+        storage_mib: None,
     };
     let mut local = node::LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;
     let addrs = local.sequencer.clone();

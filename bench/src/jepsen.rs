@@ -342,7 +342,7 @@ pub fn run(opts: &JepsenOptions) -> Result<JepsenReport, String> {
         run_as: partitions.then_some(PARTITION_UIDS),
         tls_dir: None,
         reclamation: None,
-        caches_mib: None,
+        storage_mib: None,
     };
     let local = node::LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;
     eprintln!(

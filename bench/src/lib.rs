@@ -125,13 +125,13 @@ impl RunningCluster {
 
 impl ClusterTarget {
     /// The cluster's address, after starting `bench node` processes in `dir` for `Local`,
-    /// with the shard map `map(shards)` and, if given, each shard's row cache and block cache
-    /// in MiB (`caches_mib(shards)`).
+    /// with the shard map `map(shards)` and, if given, each shard's caches and table file size
+    /// (`storage_mib(shards)`).
     pub fn start(
         &self,
         dir: std::path::PathBuf,
         map: impl FnOnce(u32) -> txn::ShardMap,
-        caches_mib: impl FnOnce(u32) -> Option<(u64, u64)>,
+        storage_mib: impl FnOnce(u32) -> Option<node::StorageMib>,
     ) -> Result<RunningCluster, String> {
         let (sequencers, shards, replicas, down, max_offset_ms, secure) = match self {
             ClusterTarget::Addr(addr) => {
@@ -150,7 +150,7 @@ impl ClusterTarget {
         let tls = tls.map_err(|e| e.to_string())?;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let map = map(shards);
-        let caches_mib = caches_mib(map.len());
+        let storage_mib = storage_mib(map.len());
         let spec = node::LocalSpec {
             sequencers,
             command: vec![exe.display().to_string(), "node".into()],
@@ -165,7 +165,7 @@ impl ClusterTarget {
             run_as: None,
             tls_dir,
             reclamation: None,
-            caches_mib,
+            storage_mib,
         };
         let mut local = node::LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;
         for shard in 0..spec.shards as usize {

@@ -180,7 +180,8 @@ enum Workload {
         #[arg(long, default_value_t = storage::DEFAULT_L0_COMPACTION_TRIGGER)]
         rocksdb_l0_trigger: u32,
         /// Each shard's RocksDB cuts compactions' output into table files of about this many
-        /// MiB (embedded; the database's own default is RocksDB's 64).
+        /// MiB (embedded, and a `--cluster local:N` the benchmark starts; the database's own
+        /// default is RocksDB's 64).
         #[arg(long, default_value_t = bench::tpcc::TABLE_FILE_BYTES >> 20)]
         rocksdb_file_mib: u64,
         #[command(flatten)]
@@ -323,6 +324,8 @@ enum Workload {
 
 fn main() -> ExitCode {
     node::allocator::keep_huge_pages();
+    // As `sealdb` does: shards keep their table files open (`storage::RocksOptions`).
+    storage::raise_open_files_limit();
     match Cli::parse().workload {
         Workload::Tpcc {
             warehouses,
@@ -397,14 +400,18 @@ fn main() -> ExitCode {
                 _ if (plan != Plan::Serial
                     || no_rocksdb_wal
                     || rocksdb_background_mib.is_some()
-                    || rocksdb_l0_trigger != storage::DEFAULT_L0_COMPACTION_TRIGGER
-                    || rocksdb_file_mib != bench::tpcc::TABLE_FILE_BYTES >> 20)
+                    || rocksdb_l0_trigger != storage::DEFAULT_L0_COMPACTION_TRIGGER)
                     && (target.is_some() || pg_url.is_some()) =>
                 {
                     return usage_error(
-                        "--plan, --no-rocksdb-wal and --rocksdb-* options are for the embedded \
-                         database",
+                        "--plan, --no-rocksdb-wal and --rocksdb-* options other than \
+                         --rocksdb-file-mib are for the embedded database",
                     );
+                }
+                _ if rocksdb_file_mib != bench::tpcc::TABLE_FILE_BYTES >> 20
+                    && pg_url.is_some() =>
+                {
+                    return usage_error("--rocksdb-file-mib is for sealdb");
                 }
                 (Backend::Postgres, Some(_)) if dir.is_some() || shards.is_some() => {
                     return usage_error(
@@ -446,6 +453,7 @@ fn main() -> ExitCode {
                             target.as_ref().expect("checked"),
                             usize::try_from(row_cache_mib << 20).unwrap_or(usize::MAX),
                             usize::try_from(block_cache_mib << 20).unwrap_or(usize::MAX),
+                            rocksdb_file_mib << 20,
                         )
                     }
                     (Backend::Postgres, Some(url)) => {

@@ -460,6 +460,7 @@ impl Database {
                     background_bytes_per_sec: options.rocksdb_background_bytes_per_sec,
                     l0_compaction_trigger: options.rocksdb_l0_compaction_trigger,
                     table_file_bytes: options.rocksdb_table_file_bytes,
+                    max_open_files: storage::open_files_allowance(map.len() as usize),
                 };
                 Arc::new(RocksEngine::open_with(dir, rocks).map_err(storage)?)
             };

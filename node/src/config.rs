@@ -21,6 +21,7 @@
 //! row_cache_mib = 128               # optional (shard role): each key's newest version in memory
 //!                                   # for recently read keys (0: none)
 //! block_cache_mib = 256             # optional (shard role): RocksDB's cache of table blocks
+//! table_file_mib = 64               # optional (shard role): RocksDB's table file size (1-1024)
 //! absent_replica_ms = 600000        # optional (sequencer role): a replica silent this long no
 //!                                   # longer holds the log while a fellow of its shard reports;
 //!                                   # it catches up from the fellow's checkpoint
@@ -94,6 +95,7 @@ struct File {
     replay_allowance_ms: Option<u64>,
     row_cache_mib: Option<u64>,
     block_cache_mib: Option<u64>,
+    table_file_mib: Option<u64>,
     absent_replica_ms: Option<u64>,
     cluster: ClusterFile,
     #[serde(default)]
@@ -204,6 +206,8 @@ pub struct NodeConfig {
     pub row_cache_bytes: usize,
     /// Bytes of RocksDB's block cache (shard role).
     pub block_cache_bytes: usize,
+    /// Bytes of each RocksDB table file that compactions write (shard role).
+    pub table_file_bytes: u64,
     /// The node's certificate and key and the cluster's CA (`[tls]`); `None` runs without
     /// TLS.
     pub tls: Option<Tls>,
@@ -429,6 +433,12 @@ impl NodeConfig {
         if !(1..=MAX_CACHE_MIB).contains(&block_cache_mib) {
             return Err(format!("block_cache_mib = {block_cache_mib}: from 1 to {MAX_CACHE_MIB}"));
         }
+        let table_file_mib = file.table_file_mib.unwrap_or(DEFAULT_TABLE_FILE_MIB);
+        if !(1..=MAX_TABLE_FILE_MIB).contains(&table_file_mib) {
+            return Err(format!(
+                "table_file_mib = {table_file_mib}: from 1 to {MAX_TABLE_FILE_MIB}"
+            ));
+        }
         let tls = match &file.tls {
             None => None,
             Some(t) => Some(Tls::load(&t.ca, &t.cert, &t.key).map_err(|e| format!("tls: {e}"))?),
@@ -451,6 +461,7 @@ impl NodeConfig {
             replay_allowance: Duration::from_millis(allowance_ms),
             row_cache_bytes: (row_cache_mib << 20) as usize,
             block_cache_bytes: (block_cache_mib << 20) as usize,
+            table_file_bytes: table_file_mib << 20,
         })
     }
 }
@@ -460,6 +471,12 @@ const DEFAULT_ROW_CACHE_MIB: u64 = (storage::DEFAULT_ROW_CACHE_BYTES >> 20) as u
 
 /// A shard's default `block_cache_mib`: the storage's default block cache.
 const DEFAULT_BLOCK_CACHE_MIB: u64 = (storage::DEFAULT_BLOCK_CACHE_BYTES >> 20) as u64;
+
+/// A shard's default `table_file_mib`: the storage's default, RocksDB's 64 MiB.
+const DEFAULT_TABLE_FILE_MIB: u64 = storage::DEFAULT_TABLE_FILE_BYTES >> 20;
+
+/// The largest `table_file_mib`: 1 GiB, as the storage allows.
+const MAX_TABLE_FILE_MIB: u64 = 1 << 10;
 
 /// The most either cache may be given: 1 TiB.
 const MAX_CACHE_MIB: u64 = 1 << 20;
@@ -524,6 +541,7 @@ split_keys = ["g", "p"]
         assert_eq!(c.retention, Duration::from_secs(60));
         assert_eq!(c.replay_allowance, Duration::from_secs(3600));
         assert_eq!((c.row_cache_bytes, c.block_cache_bytes), (128 << 20, 256 << 20));
+        assert_eq!(c.table_file_bytes, 64 << 20);
     }
 
     #[test]
@@ -556,6 +574,10 @@ split_keys = ["g", "p"]
         let c = NodeConfig::parse(&shard("row_cache_mib = 0\nblock_cache_mib = 1024")).unwrap();
         assert_eq!((c.row_cache_bytes, c.block_cache_bytes), (0, 1 << 30));
         assert!(error(&shard("block_cache_mib = 0")).contains("block_cache_mib = 0: from 1"));
+        let c = NodeConfig::parse(&shard("table_file_mib = 8")).unwrap();
+        assert_eq!(c.table_file_bytes, 8 << 20);
+        assert!(error(&shard("table_file_mib = 0")).contains("table_file_mib = 0: from 1"));
+        assert!(error(&shard("table_file_mib = 1025")).contains("to 1024"));
         let huge = shard("row_cache_mib = 18446744073709551615");
         assert!(error(&huge).contains("row_cache_mib"));
         let hex = GOOD.replace("split_keys = [\"g\", \"p\"]", "split_keys_hex = [\"67\", \"7x\"]");

@@ -33,7 +33,9 @@ pub use crate::certs::{Certificates, make_certificates};
 pub use crate::config::{NodeConfig, Role};
 pub use crate::error::NodeError;
 pub use crate::metrics::{LATENCY_BOUNDS, Metric, Value, render, serve_metrics};
-pub use crate::node::{LocalProcesses, LocalSpec, Reclamation, init_logging, run, stop_signals};
+pub use crate::node::{
+    LocalProcesses, LocalSpec, Reclamation, StorageMib, init_logging, run, stop_signals,
+};
 pub use crate::sequencer::{GroupSpec, MAX_SUBSCRIPTIONS, SequencerNode};
 pub use crate::server::{
     MAX_CONNECTIONS, MAX_STREAMS_PER_CONNECTION, STOP_GRACE, connection_limit,

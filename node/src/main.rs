@@ -137,7 +137,10 @@ enum Cmd {
 
 fn main() -> ExitCode {
     node::allocator::keep_huge_pages();
+    // A shard holds a descriptor for each table file it has open (`storage::RocksOptions`).
+    let open_files = storage::raise_open_files_limit();
     init_logging();
+    tracing::debug!(?open_files, "limit on open files");
     let cli = Cli::parse();
     if let Cmd::Dev { sequencers, shards, replicas, dir, port, secure } = &cli.command {
         return exit(shell::dev(*sequencers, *shards, *replicas, dir, *port, *secure));

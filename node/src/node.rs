@@ -98,6 +98,7 @@ pub async fn run(
                 flush_interval: config.flush_interval,
                 row_cache_bytes: config.row_cache_bytes,
                 block_cache_bytes: config.block_cache_bytes,
+                table_file_bytes: config.table_file_bytes,
                 tls: config.tls,
             };
             // The metrics server outlives a shard started again (below): it asks the current one.
@@ -235,9 +236,19 @@ pub struct LocalSpec {
     pub tls_dir: Option<PathBuf>,
     /// How the log is reclaimed; `None` keeps the defaults.
     pub reclamation: Option<Reclamation>,
-    /// Each shard's row cache and block cache in MiB (`row_cache_mib`, `block_cache_mib`);
-    /// `None` keeps the defaults.
-    pub caches_mib: Option<(u64, u64)>,
+    /// Each shard's caches and table file size; `None` keeps the defaults.
+    pub storage_mib: Option<StorageMib>,
+}
+
+/// A shard's storage settings in a [`LocalSpec`], in MiB, as its configuration file takes them.
+#[derive(Debug, Clone, Copy)]
+pub struct StorageMib {
+    /// `row_cache_mib`.
+    pub row_cache: u64,
+    /// `block_cache_mib`.
+    pub block_cache: u64,
+    /// `table_file_mib`.
+    pub table_file: u64,
 }
 
 /// Settings of log reclamation for a [`LocalSpec`] (tests make them small, so that the log is
@@ -384,8 +395,13 @@ impl LocalProcesses {
             _ => format!("sequencers = [{}]", quoted(sequencers.clone())),
         };
         let caches = spec
-            .caches_mib
-            .map(|(row, block)| format!("row_cache_mib = {row}\nblock_cache_mib = {block}\n"))
+            .storage_mib
+            .map(|m| {
+                format!(
+                    "row_cache_mib = {}\nblock_cache_mib = {}\ntable_file_mib = {}\n",
+                    m.row_cache, m.block_cache, m.table_file
+                )
+            })
             .unwrap_or_default();
         let (tuning, segments) = match spec.reclamation {
             None => (String::new(), String::new()),

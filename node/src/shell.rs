@@ -213,7 +213,7 @@ pub fn dev(
         run_as: None,
         tls_dir: tls_dir.clone(),
         reclamation: None,
-        caches_mib: None,
+        storage_mib: None,
     };
     let local = LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;
     let sequencer = local.sequencer.clone();

@@ -90,6 +90,39 @@ pub struct RocksOptions {
     /// new orders after its old ones, the next district's after its own), a file spanning two
     /// such places drags the old rows between them into each compaction.
     pub table_file_bytes: u64,
+    /// Table files RocksDB keeps open at once (default [`open_files_allowance`]`(1)`); `None`
+    /// keeps every one open. A database holds one descriptor for each table file it has open;
+    /// past the process's limit on open files, RocksDB's flushes and compactions fail and the
+    /// engine stops taking writes. Below this bound RocksDB closes the least recently used
+    /// table files and opens them again when read.
+    pub max_open_files: Option<u32>,
+}
+
+/// How many table files each of `engines` engines in this process may keep open: half the
+/// process's limit on open files (its soft `RLIMIT_NOFILE`, as it is now) shared among them,
+/// leaving the other half to logs, sockets and the rest; at least 64. `None` (no bound) if the
+/// process has no limit.
+pub fn open_files_allowance(engines: usize) -> Option<u32> {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current?;
+    let share = limit / 2 / engines.max(1) as u64;
+    Some(u32::try_from(share).unwrap_or(u32::MAX).max(64))
+}
+
+/// Raises this process's soft limit on open files to its hard limit (at most 2^20, the
+/// kernel's usual ceiling), as servers do at start, and returns the soft limit then in force.
+/// A database of small table files on a machine with the common default of 1024 would
+/// otherwise close and reopen table files as it reads them.
+pub fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let now = getrlimit(Resource::Nofile);
+    let wanted = now.maximum.unwrap_or(1 << 20).min(1 << 20);
+    if now.current.is_some_and(|current| current < wanted) {
+        let raised = rustix::process::Rlimit { current: Some(wanted), maximum: now.maximum };
+        // Refused (a container's policy, say): the limit stays as it was, and the allowance
+        // of open table files follows it.
+        let _ = setrlimit(Resource::Nofile, raised);
+    }
+    getrlimit(Resource::Nofile).current
 }
 
 /// The default [`RocksOptions::table_file_bytes`]: 64 MiB, RocksDB's.
@@ -111,6 +144,7 @@ impl Default for RocksOptions {
             background_bytes_per_sec: None,
             l0_compaction_trigger: DEFAULT_L0_COMPACTION_TRIGGER,
             table_file_bytes: DEFAULT_TABLE_FILE_BYTES,
+            max_open_files: open_files_allowance(1),
         }
     }
 }
@@ -183,6 +217,7 @@ impl RocksEngine {
             background_bytes_per_sec,
             l0_compaction_trigger,
             table_file_bytes,
+            max_open_files,
         } = options;
         let path = path.as_ref().to_path_buf();
         let mut opts = Options::default();
@@ -201,6 +236,17 @@ impl RocksEngine {
         opts.set_level_zero_slowdown_writes_trigger(trigger + 16);
         opts.set_level_zero_stop_writes_trigger(trigger + 32);
         opts.set_target_file_size_base(table_file_bytes.clamp(1 << 20, 1 << 30));
+        if let Some(n) = max_open_files {
+            // RocksDB takes at least 20 and reserves 10 for itself. Its cache of open tables
+            // is split into shards (64 by default), each keeping at least one file however
+            // small its share: fewer shards, each with room for 16 or more, keep the bound.
+            let n = n.clamp(20, i32::MAX as u32);
+            let tables = n - 10;
+            opts.set_max_open_files(n as i32);
+            opts.set_table_cache_num_shard_bits((tables / 16).max(1).ilog2().min(6) as i32);
+        } else {
+            opts.set_max_open_files(-1);
+        }
         // Point reads of a key's newest version seek within the key's versions: a Bloom filter
         // over version prefixes (the key without its timestamp), in SST files and memtables,
         // lets such a seek skip every file that holds no version of the key. Scans still see

@@ -108,14 +108,15 @@ impl Backend for RemoteSealdb {
     }
 }
 
-/// Loads and runs the benchmark on a cluster. A cluster the benchmark starts gets the memory
+/// Loads and runs the benchmark on a cluster. A cluster the benchmark starts gets the storage
 /// the embedded database would: `row_cache_bytes` split over its shards, `block_cache_bytes`
-/// for each.
+/// for each, and table files of `table_file_bytes`.
 pub fn run_cluster(
     opts: &TpccOptions,
     target: &ClusterTarget,
     row_cache_bytes: usize,
     block_cache_bytes: usize,
+    table_file_bytes: u64,
 ) -> Result<Report, String> {
     let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let cluster = target.start(
@@ -123,7 +124,11 @@ pub fn run_cluster(
         |n| shard_map(opts.warehouses, n),
         |n| {
             let mib = |bytes: usize| (bytes >> 20) as u64;
-            Some((mib(row_cache_bytes / n.max(1) as usize), mib(block_cache_bytes).max(1)))
+            Some(node::StorageMib {
+                row_cache: mib(row_cache_bytes / n.max(1) as usize),
+                block_cache: mib(block_cache_bytes).max(1),
+                table_file: (table_file_bytes >> 20).clamp(1, 1 << 10),
+            })
         },
     )?;
     let max_offset = Duration::from_millis(cluster.max_offset_ms.unwrap_or(5));

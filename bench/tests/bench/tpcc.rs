@@ -104,14 +104,15 @@ fn a_short_run_on_a_cluster_of_processes_passes_the_consistency_checks() {
         run_as: None,
         tls_dir: None,
         reclamation: None,
-        caches_mib: None,
+        storage_mib: None,
     })
     .unwrap();
     let target = bench::ClusterTarget::Addr(local.sequencer.clone());
-    // The caches are for a cluster the benchmark starts; this one runs with its nodes' own.
-    let (rows, blocks) = (bench::tpcc::ROW_CACHE_BYTES, 256 << 20);
+    // The storage settings are for a cluster the benchmark starts; this one runs with its
+    // nodes' own.
+    let (rows, blocks, files) = (bench::tpcc::ROW_CACHE_BYTES, 256 << 20, 8 << 20);
     let report =
-        bench::tpcc::cluster::run_cluster(&options(2, 4, 5), &target, rows, blocks).unwrap();
+        bench::tpcc::cluster::run_cluster(&options(2, 4, 5), &target, rows, blocks, files).unwrap();
     // Each shard's two replicas applied the same windows and wrote the same.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let clock = clock::Clock::system(std::time::Duration::from_millis(1));

@@ -141,6 +141,9 @@ pub struct ShardConfig {
     pub row_cache_bytes: usize,
     /// Bytes of RocksDB's block cache (default [`storage::DEFAULT_BLOCK_CACHE_BYTES`]).
     pub block_cache_bytes: usize,
+    /// Bytes of each table file compactions write (default
+    /// [`storage::DEFAULT_TABLE_FILE_BYTES`]; [`storage::RocksOptions::table_file_bytes`]).
+    pub table_file_bytes: u64,
     /// TLS for its server and its calls to the sequencer and peers; `None` runs without.
     pub tls: Option<Tls>,
 }
@@ -571,8 +574,11 @@ async fn open_caught_up(
     let mut failures = 0;
     loop {
         let expected = checkpoint::install_pending(dir)?;
-        let rocks =
-            RocksOptions { block_cache_bytes: config.block_cache_bytes, ..Default::default() };
+        let rocks = RocksOptions {
+            block_cache_bytes: config.block_cache_bytes,
+            table_file_bytes: config.table_file_bytes,
+            ..Default::default()
+        };
         let engine = Arc::new(RocksEngine::open_with(dir, rocks)?);
         let mvcc = Mvcc::open_with_cache(engine, config.limits, config.row_cache_bytes)?;
         if let Some(expected) = expected {

@@ -104,7 +104,7 @@ async fn started_with(
         shards: 2,
         replicas: 2,
         reclamation: Some(reclamation),
-        caches_mib: None,
+        storage_mib: None,
         ..spec(dir, sealdb_start(), None)
     };
     let nodes = LocalProcesses::spawn(&spec).unwrap();

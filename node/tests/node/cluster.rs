@@ -43,7 +43,7 @@ pub(crate) fn spec(
         run_as: None,
         tls_dir,
         reclamation: None,
-        caches_mib: None,
+        storage_mib: None,
     }
 }
 

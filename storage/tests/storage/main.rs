@@ -4,9 +4,11 @@
 //! - `model`: both engines side by side with a plain model, on seeded random operations.
 //! - `keys`: the key codec sorts as the typed keys do.
 //! - `crash`: RocksDB batches survive SIGKILL whole or not at all.
+//! - `files`: RocksDB keeps a bounded number of table files open.
 
 mod common;
 mod crash;
+mod files;
 mod keys;
 mod model;
 mod suite;

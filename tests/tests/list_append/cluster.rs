@@ -138,6 +138,7 @@ pub(crate) async fn start_shards(
             flush_interval: FLUSH_INTERVAL,
             row_cache_bytes: storage::DEFAULT_ROW_CACHE_BYTES,
             block_cache_bytes: storage::DEFAULT_BLOCK_CACHE_BYTES,
+            table_file_bytes: storage::DEFAULT_TABLE_FILE_BYTES,
             tls: tls.clone(),
         };
         nodes.push(ShardNode::start(config, listener, clock).await.unwrap());

@@ -85,6 +85,7 @@ async fn replicas_whose_writes_differ_stop_serving_and_say_so() {
             flush_interval: FLUSH_INTERVAL,
             row_cache_bytes: storage::DEFAULT_ROW_CACHE_BYTES,
             block_cache_bytes: storage::DEFAULT_BLOCK_CACHE_BYTES,
+            table_file_bytes: storage::DEFAULT_TABLE_FILE_BYTES,
             tls: None,
         };
         nodes.push(ShardNode::start(config, listener, clock()).await.unwrap());
