@@ -317,8 +317,9 @@ pub const ROW_CACHE_BYTES: usize = 2 << 30;
 /// are appended after each district's old ones, and a compaction into the last level rewrites
 /// every file its input's key range overlaps; in two head-to-head runs (README, "Smaller table
 /// files") the benchmark committed 7% and 14% more with 8 MiB files, more in every minute. The
-/// database keeps RocksDB's default, since a large database would hold eight times the files
-/// (each an open file descriptor).
+/// database keeps RocksDB's default, since a large database would hold eight times the files,
+/// and past the bound on open table files ([`storage::RocksOptions::max_open_files`]) a read
+/// of a closed one opens it again.
 pub const TABLE_FILE_BYTES: u64 = 8 << 20;
 
 impl Sealdb {
