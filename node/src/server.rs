@@ -40,15 +40,12 @@ pub(crate) async fn stop_server(mut server: ServerTask, node: &str) {
 pub const MAX_CONNECTIONS: usize = 1024;
 
 /// How many connections a server keeps open: [`MAX_CONNECTIONS`], or a quarter of the files
-/// this process may open (its soft `RLIMIT_NOFILE`, from `/proc/self/limits`) if that is
-/// less, so that a flood of connections leaves descriptors for storage, the log and the clock.
+/// this process may open ([`storage::open_files_limit`]) if that is less, so that a flood of
+/// connections leaves descriptors for storage (which keeps up to half of them for table
+/// files), the log and the clock.
 pub fn connection_limit() -> usize {
-    let soft = std::fs::read_to_string("/proc/self/limits").ok().and_then(|limits| {
-        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-        line.split_whitespace().nth(3)?.parse::<usize>().ok()
-    });
-    match soft {
-        Some(files) => (files / 4).clamp(8, MAX_CONNECTIONS),
+    match storage::open_files_limit() {
+        Some(files) => usize::try_from(files / 4).unwrap_or(usize::MAX).clamp(8, MAX_CONNECTIONS),
         None => MAX_CONNECTIONS,
     }
 }

@@ -103,9 +103,15 @@ pub struct RocksOptions {
 /// leaving the other half to logs, sockets and the rest; at least 64. `None` (no bound) if the
 /// process has no limit.
 pub fn open_files_allowance(engines: usize) -> Option<u32> {
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current?;
+    let limit = open_files_limit()?;
     let share = limit / 2 / engines.max(1) as u64;
     Some(u32::try_from(share).unwrap_or(u32::MAX).max(64))
+}
+
+/// How many files this process may open: its soft `RLIMIT_NOFILE` as it is now; `None` if
+/// unlimited.
+pub fn open_files_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
 /// Raises this process's soft limit on open files to its hard limit (at most 2^20, the
@@ -122,7 +128,7 @@ pub fn raise_open_files_limit() -> Option<u64> {
         // of open table files follows it.
         let _ = setrlimit(Resource::Nofile, raised);
     }
-    getrlimit(Resource::Nofile).current
+    open_files_limit()
 }
 
 /// The default [`RocksOptions::table_file_bytes`]: 64 MiB, RocksDB's.
