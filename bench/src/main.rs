@@ -184,6 +184,10 @@ enum Workload {
         /// default is RocksDB's 64).
         #[arg(long, default_value_t = bench::tpcc::TABLE_FILE_BYTES >> 20)]
         rocksdb_file_mib: u64,
+        /// Windows each shard may have applied and not yet written into RocksDB, written by
+        /// a thread of their own while the shard goes on (embedded; 0: on the shard's thread).
+        #[arg(long, default_value_t = embedded::WRITE_BEHIND)]
+        write_behind: usize,
         #[command(flatten)]
         cluster: ClusterArgs,
         #[command(flatten)]
@@ -348,6 +352,7 @@ fn main() -> ExitCode {
             rocksdb_bytes_per_sync_kib,
             rocksdb_background_mib,
             rocksdb_l0_trigger,
+            write_behind,
             rocksdb_file_mib,
             backup_after,
             cluster,
@@ -400,12 +405,13 @@ fn main() -> ExitCode {
                 _ if (plan != Plan::Serial
                     || no_rocksdb_wal
                     || rocksdb_background_mib.is_some()
-                    || rocksdb_l0_trigger != storage::DEFAULT_L0_COMPACTION_TRIGGER)
+                    || rocksdb_l0_trigger != storage::DEFAULT_L0_COMPACTION_TRIGGER
+                    || write_behind != embedded::WRITE_BEHIND)
                     && (target.is_some() || pg_url.is_some()) =>
                 {
                     return usage_error(
-                        "--plan, --no-rocksdb-wal and --rocksdb-* options other than \
-                         --rocksdb-file-mib are for the embedded database",
+                        "--plan, --no-rocksdb-wal, --write-behind and --rocksdb-* options \
+                         other than --rocksdb-file-mib are for the embedded database",
                     );
                 }
                 _ if rocksdb_file_mib != bench::tpcc::TABLE_FILE_BYTES >> 20
@@ -486,6 +492,7 @@ fn main() -> ExitCode {
                                 .map(|m| m << 20),
                             rocksdb_l0_compaction_trigger: rocksdb_l0_trigger,
                             rocksdb_table_file_bytes: rocksdb_file_mib << 20,
+                            write_behind,
                         };
                         bench::tpcc::run_sealdb(&opts, &embedded)
                     }

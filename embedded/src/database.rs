@@ -13,8 +13,10 @@
 //! and writes the window's batch together with its watermark, its local verdicts and its
 //! deferred entries. Shards take each window as soon as it is sealed and execute it while the
 //! sequencer fsyncs it; the write waits until the window is durable, so nothing of a window
-//! the log lost is ever stored or answered. After a crash, each shard resumes from its
-//! watermark: the sequencer replays the log from there, deferred entries come back from
+//! the log lost is ever stored or answered. The batch is queued for a writer thread of the
+//! shard's own ([`storage::WriteBehind`], [`Options::write_behind`]): reads see it at once, and
+//! the shard thread goes on to the next window while RocksDB takes it. After a crash, each
+//! shard resumes from its watermark (the last batch its RocksDB took): the sequencer replays the log from there, deferred entries come back from
 //! storage, and a participant that had already applied a window answers the exchange from its
 //! stored verdicts.
 //!
@@ -41,6 +43,7 @@ use sequencer::{
 };
 use storage::{
     Engine, Epoch, KeyRange, Limits, MemoryEngine, Mvcc, RocksEngine, RocksOptions, StorageError,
+    WriteBehind,
 };
 use tokio::sync::oneshot;
 
@@ -102,7 +105,17 @@ pub struct Options {
     /// bytes (default [`storage::DEFAULT_TABLE_FILE_BYTES`]; see
     /// [`storage::RocksOptions::table_file_bytes`]).
     pub rocksdb_table_file_bytes: u64,
+    /// Windows each shard may have applied and not yet written into its storage engine
+    /// (default [`WRITE_BEHIND`]; 0 writes each on the shard's thread). A thread per shard
+    /// writes them in order ([`storage::WriteBehind`]) while the shard thread goes on to the
+    /// next window, whose reads see them at once. A process killed meanwhile loses them from
+    /// the engine only: the shard reopens at its last written window and replays the rest
+    /// from the log, which keeps every window after the last flush.
+    pub write_behind: usize,
 }
+
+/// The default [`Options::write_behind`].
+pub const WRITE_BEHIND: usize = 2;
 
 impl Default for Options {
     fn default() -> Options {
@@ -124,6 +137,7 @@ impl Default for Options {
             rocksdb_background_bytes_per_sec: None,
             rocksdb_l0_compaction_trigger: storage::DEFAULT_L0_COMPACTION_TRIGGER,
             rocksdb_table_file_bytes: storage::DEFAULT_TABLE_FILE_BYTES,
+            write_behind: WRITE_BEHIND,
         }
     }
 }
@@ -463,6 +477,10 @@ impl Database {
                     max_open_files: storage::open_files_allowance(map.len() as usize),
                 };
                 Arc::new(RocksEngine::open_with(dir, rocks).map_err(storage)?)
+            };
+            let engine: Arc<dyn Engine> = match options.write_behind {
+                0 => engine,
+                depth => Arc::new(WriteBehind::new(engine, depth).map_err(storage)?),
             };
             let mvcc = Mvcc::open_with_cache(engine, options.limits, options.row_cache_bytes);
             shards.push(Arc::new(mvcc.map_err(storage)?));

@@ -6,7 +6,9 @@
 //!   `RocksEngine` keeps it in RocksDB (the only file in the project that uses `rocksdb`, and
 //!   only with this crate's `rocksdb` feature, so that crates above can leave it out);
 //!   [`MemoryEngine`] keeps it in a `BTreeMap` for tests and simulations. Both pass the same
-//!   test suite, and a model test runs them side by side.
+//!   test suite, and a model test runs them side by side. [`WriteBehind`] wraps either so
+//!   that unsynced writes return once queued and a thread of their own writes them, while
+//!   reads see them at once.
 //! - [`Mvcc`] stores *versions* of user keys on an engine: each write of a key at timestamp `t`
 //!   is a new version, reads and scans at `t` see the newest version at or below `t`, and one
 //!   atomic batch ([`VersionBatch`]) writes a window's versions together with the shard's
@@ -37,6 +39,7 @@
 //! sequencer's). Shard writes are not fsynced; after a machine crash the shard replays the
 //! log from its watermark (DESIGN.md section 6).
 
+mod behind;
 mod cache;
 mod engine;
 mod error;
@@ -49,6 +52,7 @@ mod range;
 #[cfg(feature = "rocksdb")]
 mod rocks;
 
+pub use crate::behind::WriteBehind;
 pub use crate::cache::CacheStats;
 pub use crate::engine::{Cursor, Engine, EngineMemory, RawBatch, RawOp};
 pub use crate::error::StorageError;

@@ -349,6 +349,7 @@ impl Sealdb {
             rocksdb_background_bytes_per_sec: embedded.rocksdb_background_bytes_per_sec,
             rocksdb_l0_compaction_trigger: embedded.rocksdb_l0_compaction_trigger,
             rocksdb_table_file_bytes: embedded.rocksdb_table_file_bytes,
+            write_behind: embedded.write_behind,
             ..Options::default()
         });
         let map = shard_map(warehouses, shards);
@@ -1002,6 +1003,8 @@ pub struct Embedded {
     pub rocksdb_l0_compaction_trigger: u32,
     /// Each shard's RocksDB cuts compactions' output into files of about this many bytes.
     pub rocksdb_table_file_bytes: u64,
+    /// Windows each shard may have applied and not yet written into its storage.
+    pub write_behind: usize,
 }
 
 impl Default for Embedded {
@@ -1019,6 +1022,7 @@ impl Default for Embedded {
             rocksdb_background_bytes_per_sec: defaults.rocksdb_background_bytes_per_sec,
             rocksdb_l0_compaction_trigger: defaults.rocksdb_l0_compaction_trigger,
             rocksdb_table_file_bytes: TABLE_FILE_BYTES,
+            write_behind: defaults.write_behind,
         }
     }
 }

@@ -3,13 +3,25 @@
 use std::sync::Arc;
 
 use clock::Timestamp;
-use storage::{DEFAULT_ROW_CACHE_BYTES, Engine, Limits, MemoryEngine, Mvcc, RocksEngine};
+use storage::{
+    DEFAULT_ROW_CACHE_BYTES, Engine, Limits, MemoryEngine, Mvcc, RocksEngine, WriteBehind,
+};
 
 /// Which engine a fixture runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Memory,
     Rocks,
+    /// Each of them with its writes queued behind ([`WriteBehind`], up to 4 batches).
+    MemoryBehind,
+    RocksBehind,
+}
+
+impl Kind {
+    /// Whether RocksDB is underneath.
+    pub fn is_rocks(self) -> bool {
+        matches!(self, Kind::Rocks | Kind::RocksBehind)
+    }
 }
 
 /// An `Mvcc` over a fresh engine that can be closed and reopened.
@@ -57,9 +69,15 @@ impl Fixture {
     /// Closes the engine and opens it again from what it stored.
     pub fn reopen(&mut self) {
         self.mvcc = None;
+        let engine: Arc<dyn Engine> = match self.kind.is_rocks() {
+            false => Arc::new(self.memory.clone()),
+            true => Arc::new(RocksEngine::open(self.dir.path().join("db")).unwrap()),
+        };
         let engine: Arc<dyn Engine> = match self.kind {
-            Kind::Memory => Arc::new(self.memory.clone()),
-            Kind::Rocks => Arc::new(RocksEngine::open(self.dir.path().join("db")).unwrap()),
+            Kind::MemoryBehind | Kind::RocksBehind => {
+                Arc::new(WriteBehind::new(engine, 4).unwrap())
+            }
+            Kind::Memory | Kind::Rocks => engine,
         };
         self.mvcc = Some(Mvcc::open_with_cache(engine, self.limits, self.cache_bytes).unwrap());
     }

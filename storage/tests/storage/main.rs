@@ -5,7 +5,9 @@
 //! - `keys`: the key codec sorts as the typed keys do.
 //! - `crash`: RocksDB batches survive SIGKILL whole or not at all.
 //! - `files`: RocksDB keeps a bounded number of table files open.
+//! - `behind`: writes queued behind read as written, with the writer held back.
 
+mod behind;
 mod common;
 mod crash;
 mod files;

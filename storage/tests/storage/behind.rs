@@ -1,0 +1,293 @@
+//! [`WriteBehind`] with its writer held back on purpose: the engine underneath (a gate over a
+//! memory engine) writes a queued batch only when the test lets it, so reads are answered
+//! with a known part of the writes still queued. Every answer must be the one an engine that
+//! took each write at once gives.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use storage::{Cursor, Engine, MemoryEngine, RawBatch, StorageError, WriteBehind};
+
+use crate::common::seeds;
+
+/// A memory engine whose writes wait for the test's permission.
+#[derive(Default)]
+struct Gate {
+    inner: MemoryEngine,
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// Writes allowed and not yet made.
+    permits: usize,
+    /// Every write goes through at once.
+    open: bool,
+    /// The next write fails.
+    fail_next: bool,
+    /// Writes made (or failed).
+    written: usize,
+}
+
+impl Gate {
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap()
+    }
+
+    fn release(&self, writes: usize) {
+        self.lock().permits += writes;
+        self.changed.notify_all();
+    }
+
+    fn open(&self) {
+        self.lock().open = true;
+        self.changed.notify_all();
+    }
+
+    fn fail_next(&self) {
+        self.lock().fail_next = true;
+    }
+
+    fn written(&self) -> usize {
+        self.lock().written
+    }
+
+    /// Waits until `n` writes have been made.
+    fn wait_written(&self, n: usize) {
+        let mut state = self.lock();
+        while state.written < n {
+            state = self.changed.wait(state).unwrap();
+        }
+    }
+}
+
+impl Engine for Gate {
+    fn get(&self, key: &[u8]) -> storage::Result<Option<Vec<u8>>> {
+        self.inner.get(key)
+    }
+
+    fn cursor(&self) -> Box<dyn Cursor + '_> {
+        self.inner.cursor()
+    }
+
+    fn write(&self, batch: RawBatch, sync: bool) -> storage::Result<()> {
+        let mut state = self.lock();
+        while !state.open && state.permits == 0 {
+            state = self.changed.wait(state).unwrap();
+        }
+        if !state.open {
+            state.permits -= 1;
+        }
+        state.written += 1;
+        let result = match std::mem::take(&mut state.fail_next) {
+            true => Err(StorageError::Engine("the gate failed this write".into())),
+            false => self.inner.write(batch, sync),
+        };
+        drop(state);
+        self.changed.notify_all();
+        result
+    }
+
+    fn flush(&self) -> storage::Result<()> {
+        Ok(())
+    }
+}
+
+/// Opens the gate when dropped, so that a failing test's `WriteBehind` (declared before it,
+/// dropped after it) can write what it holds and stop.
+struct OpensOnDrop(Arc<Gate>);
+
+impl Drop for OpensOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
+fn held(depth: usize) -> (Arc<Gate>, WriteBehind) {
+    let gate = Arc::new(Gate::default());
+    let behind = WriteBehind::new(gate.clone(), depth).unwrap();
+    (gate, behind)
+}
+
+fn random_key(rng: &mut StdRng) -> Vec<u8> {
+    (0..rng.random_range(1..=3)).map(|_| b"abc"[rng.random_range(0..3)]).collect()
+}
+
+fn listing(cursor: &mut dyn Cursor, from: Option<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut entry = match from {
+        Some(key) => cursor.seek(key).unwrap(),
+        None => cursor.next().unwrap(),
+    };
+    while let Some(e) = entry {
+        out.push(e);
+        if out.len() >= limit {
+            break;
+        }
+        entry = cursor.next().unwrap();
+    }
+    out
+}
+
+#[test]
+fn queued_writes_read_as_if_written() {
+    for seed in seeds(16) {
+        eprintln!("write-behind seed {seed} (rerun with SEALDB_SEED={seed})");
+        run(seed);
+    }
+}
+
+fn run(seed: u64) {
+    const DEPTH: usize = 32;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let plain = MemoryEngine::new();
+    let (gate, behind) = held(DEPTH);
+    let _opens = OpensOnDrop(gate.clone());
+    let (mut queued, mut released) = (0usize, 0usize);
+    // Reads whose answer the engine underneath did not have yet: the queue answered them.
+    let mut answered_from_queue = 0;
+    for step in 0..600 {
+        let at = format!("seed {seed} step {step}");
+        match rng.random_range(0..100) {
+            0..40 => {
+                if queued - released == DEPTH {
+                    released += 1;
+                    gate.release(1);
+                }
+                let mut batch = RawBatch::default();
+                for _ in 0..rng.random_range(0..6) {
+                    let key = random_key(&mut rng);
+                    match rng.random_bool(0.3) {
+                        true => batch.delete(key),
+                        false => batch.put(key, format!("{step}").into_bytes()),
+                    }
+                }
+                plain.write(batch.clone(), false).unwrap();
+                behind.write(batch, false).unwrap();
+                queued += 1;
+            }
+            40..50 => {
+                let n = rng.random_range(0..=queued - released);
+                released += n;
+                gate.release(n);
+                gate.wait_written(released);
+            }
+            50..70 => {
+                let key = random_key(&mut rng);
+                let expected = plain.get(&key).unwrap();
+                assert_eq!(behind.get(&key).unwrap(), expected, "{at}: get {key:?}");
+                if gate.inner.get(&key).unwrap() != expected {
+                    answered_from_queue += 1;
+                }
+            }
+            70..85 => {
+                let from = random_key(&mut rng);
+                let limit = rng.random_range(1..20);
+                let expected = listing(&mut *plain.cursor(), Some(&from), limit);
+                let got = listing(&mut *behind.cursor(), Some(&from), limit);
+                assert_eq!(got, expected, "{at}: from {from:?}, {limit} entries");
+                if listing(&mut *gate.inner.cursor(), Some(&from), limit) != expected {
+                    answered_from_queue += 1;
+                }
+            }
+            85..95 => {
+                let key = random_key(&mut rng);
+                let prefix = key[..rng.random_range(0..=key.len())].to_vec();
+                let expected = plain.seek_in_prefix(&key, &prefix).unwrap();
+                let got = behind.seek_in_prefix(&key, &prefix).unwrap();
+                assert_eq!(got, expected, "{at}: seek {key:?} in {prefix:?}");
+            }
+            _ => {
+                let expected = listing(&mut *plain.cursor(), None, usize::MAX);
+                assert_eq!(listing(&mut *behind.cursor(), None, usize::MAX), expected, "{at}");
+            }
+        }
+    }
+    assert!(answered_from_queue > 10, "seed {seed}: the queue answered {answered_from_queue}");
+    // Everything written underneath, in order: the same contents as the plain engine.
+    gate.open();
+    behind.settle().unwrap();
+    assert_eq!(gate.written(), queued);
+    let all = |e: &dyn Engine| listing(&mut *e.cursor(), None, usize::MAX);
+    assert_eq!(all(&gate.inner), all(&plain), "seed {seed}");
+}
+
+/// A write the engine refuses is reported by the next write and by `settle`; the batches not
+/// written stay visible, so readers never see a hole.
+#[test]
+fn a_failed_write_is_reported_and_what_was_queued_stays_visible() {
+    let (gate, behind) = held(4);
+    let _opens = OpensOnDrop(gate.clone());
+    let mut batch = RawBatch::default();
+    batch.put(b"k".to_vec(), b"1".to_vec());
+    gate.fail_next();
+    behind.write(batch.clone(), false).unwrap();
+    gate.release(1);
+    let failed = behind.settle();
+    assert!(matches!(&failed, Err(StorageError::Engine(why)) if why.contains("gate failed")));
+    assert!(behind.write(batch, false).is_err(), "a later write is refused");
+    assert!(behind.flush().is_err() && behind.checkpoint(std::path::Path::new("/x")).is_err());
+    assert_eq!(behind.get(b"k").unwrap(), Some(b"1".to_vec()), "still visible");
+    assert_eq!(gate.inner.get(b"k").unwrap(), None, "though not written");
+}
+
+/// At most `depth` batches wait: the next write waits until the writer has written one.
+#[test]
+fn a_full_queue_makes_the_next_write_wait_for_the_writer() {
+    let (gate, behind) = held(2);
+    let _opens = OpensOnDrop(gate.clone());
+    let batch = |n: u8| {
+        let mut b = RawBatch::default();
+        b.put(vec![n], vec![n]);
+        b
+    };
+    behind.write(batch(1), false).unwrap();
+    behind.write(batch(2), false).unwrap();
+    let (done, wrote) = mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            behind.write(batch(3), false).unwrap();
+            done.send(()).unwrap();
+        });
+        assert_eq!(
+            wrote.recv_timeout(Duration::from_millis(200)),
+            Err(mpsc::RecvTimeoutError::Timeout),
+            "the third write waits while two are queued"
+        );
+        gate.release(1);
+        wrote.recv().unwrap();
+        assert_eq!(gate.written(), 1);
+    });
+    for n in 1..=3 {
+        assert_eq!(behind.get(&[n]).unwrap(), Some(vec![n]));
+    }
+}
+
+/// A synced write, like a flush, covers every write that returned before it: it waits for the
+/// queue to be written first, then goes to the engine itself.
+#[test]
+fn a_synced_write_waits_for_what_was_queued_before_it() {
+    let (gate, behind) = held(4);
+    let _opens = OpensOnDrop(gate.clone());
+    let mut first = RawBatch::default();
+    first.put(b"a".to_vec(), b"1".to_vec());
+    first.put(b"b".to_vec(), b"1".to_vec());
+    behind.write(first, false).unwrap();
+    let mut second = RawBatch::default();
+    second.delete(b"b".to_vec());
+    behind.write(second, false).unwrap();
+    let mut synced = RawBatch::default();
+    synced.put(b"c".to_vec(), b"2".to_vec());
+    std::thread::scope(|s| {
+        let writing = s.spawn(|| behind.write(synced, true));
+        gate.release(3);
+        writing.join().unwrap().unwrap();
+    });
+    assert_eq!(gate.written(), 3);
+    let all = listing(&mut *gate.inner.cursor(), None, usize::MAX);
+    assert_eq!(all, vec![(b"a".to_vec(), b"1".to_vec()), (b"c".to_vec(), b"2".to_vec())]);
+}
