@@ -186,7 +186,7 @@ enum Workload {
         rocksdb_file_mib: u64,
         /// Windows each shard may have applied and not yet written into RocksDB, written by
         /// a thread of their own while the shard goes on (embedded; 0: on the shard's thread).
-        #[arg(long, default_value_t = embedded::WRITE_BEHIND)]
+        #[arg(long, default_value_t = storage::DEFAULT_WRITE_BEHIND)]
         write_behind: usize,
         #[command(flatten)]
         cluster: ClusterArgs,
@@ -406,7 +406,7 @@ fn main() -> ExitCode {
                     || no_rocksdb_wal
                     || rocksdb_background_mib.is_some()
                     || rocksdb_l0_trigger != storage::DEFAULT_L0_COMPACTION_TRIGGER
-                    || write_behind != embedded::WRITE_BEHIND)
+                    || write_behind != storage::DEFAULT_WRITE_BEHIND)
                     && (target.is_some() || pg_url.is_some()) =>
                 {
                     return usage_error(

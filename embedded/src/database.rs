@@ -106,16 +106,13 @@ pub struct Options {
     /// [`storage::RocksOptions::table_file_bytes`]).
     pub rocksdb_table_file_bytes: u64,
     /// Windows each shard may have applied and not yet written into its storage engine
-    /// (default [`WRITE_BEHIND`]; 0 writes each on the shard's thread). A thread per shard
+    /// (default [`storage::DEFAULT_WRITE_BEHIND`]; 0 writes each on the shard's thread). A thread per shard
     /// writes them in order ([`storage::WriteBehind`]) while the shard thread goes on to the
     /// next window, whose reads see them at once. A process killed meanwhile loses them from
     /// the engine only: the shard reopens at its last written window and replays the rest
     /// from the log, which keeps every window after the last flush.
     pub write_behind: usize,
 }
-
-/// The default [`Options::write_behind`].
-pub const WRITE_BEHIND: usize = 2;
 
 impl Default for Options {
     fn default() -> Options {
@@ -137,7 +134,7 @@ impl Default for Options {
             rocksdb_background_bytes_per_sec: None,
             rocksdb_l0_compaction_trigger: storage::DEFAULT_L0_COMPACTION_TRIGGER,
             rocksdb_table_file_bytes: storage::DEFAULT_TABLE_FILE_BYTES,
-            write_behind: WRITE_BEHIND,
+            write_behind: storage::DEFAULT_WRITE_BEHIND,
         }
     }
 }

@@ -10,5 +10,5 @@
 mod database;
 mod transaction;
 
-pub use crate::database::{Backup, Database, Options, ShardTime, Stats, WRITE_BEHIND, restore};
+pub use crate::database::{Backup, Database, Options, ShardTime, Stats, restore};
 pub use crate::transaction::{Snapshot, Transaction};

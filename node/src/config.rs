@@ -22,6 +22,8 @@
 //!                                   # for recently read keys (0: none)
 //! block_cache_mib = 256             # optional (shard role): RocksDB's cache of table blocks
 //! table_file_mib = 64               # optional (shard role): RocksDB's table file size (1-1024)
+//! write_behind = 2                  # optional (shard role): windows applied and not yet in
+//!                                   # RocksDB, written by a thread of their own (0-64; 0: none)
 //! absent_replica_ms = 600000        # optional (sequencer role): a replica silent this long no
 //!                                   # longer holds the log while a fellow of its shard reports;
 //!                                   # it catches up from the fellow's checkpoint
@@ -96,6 +98,7 @@ struct File {
     row_cache_mib: Option<u64>,
     block_cache_mib: Option<u64>,
     table_file_mib: Option<u64>,
+    write_behind: Option<usize>,
     absent_replica_ms: Option<u64>,
     cluster: ClusterFile,
     #[serde(default)]
@@ -208,6 +211,9 @@ pub struct NodeConfig {
     pub block_cache_bytes: usize,
     /// Bytes of each RocksDB table file that compactions write (shard role).
     pub table_file_bytes: u64,
+    /// Windows applied and not yet written into RocksDB (shard role; 0: written on the apply
+    /// thread).
+    pub write_behind: usize,
     /// The node's certificate and key and the cluster's CA (`[tls]`); `None` runs without
     /// TLS.
     pub tls: Option<Tls>,
@@ -439,6 +445,10 @@ impl NodeConfig {
                 "table_file_mib = {table_file_mib}: from 1 to {MAX_TABLE_FILE_MIB}"
             ));
         }
+        let write_behind = file.write_behind.unwrap_or(storage::DEFAULT_WRITE_BEHIND);
+        if write_behind > MAX_WRITE_BEHIND {
+            return Err(format!("write_behind = {write_behind}: at most {MAX_WRITE_BEHIND}"));
+        }
         let tls = match &file.tls {
             None => None,
             Some(t) => Some(Tls::load(&t.ca, &t.cert, &t.key).map_err(|e| format!("tls: {e}"))?),
@@ -462,6 +472,7 @@ impl NodeConfig {
             row_cache_bytes: (row_cache_mib << 20) as usize,
             block_cache_bytes: (block_cache_mib << 20) as usize,
             table_file_bytes: table_file_mib << 20,
+            write_behind,
         })
     }
 }
@@ -477,6 +488,10 @@ const DEFAULT_TABLE_FILE_MIB: u64 = storage::DEFAULT_TABLE_FILE_BYTES >> 20;
 
 /// The largest `table_file_mib`: 1 GiB, as the storage allows.
 const MAX_TABLE_FILE_MIB: u64 = 1 << 10;
+
+/// The most windows a shard may hold unwritten (`write_behind`): each is a window's batch in
+/// memory.
+const MAX_WRITE_BEHIND: usize = 64;
 
 /// The most either cache may be given: 1 TiB.
 const MAX_CACHE_MIB: u64 = 1 << 20;
@@ -542,6 +557,7 @@ split_keys = ["g", "p"]
         assert_eq!(c.replay_allowance, Duration::from_secs(3600));
         assert_eq!((c.row_cache_bytes, c.block_cache_bytes), (128 << 20, 256 << 20));
         assert_eq!(c.table_file_bytes, 64 << 20);
+        assert_eq!(c.write_behind, storage::DEFAULT_WRITE_BEHIND);
     }
 
     #[test]
@@ -578,6 +594,9 @@ split_keys = ["g", "p"]
         assert_eq!(c.table_file_bytes, 8 << 20);
         assert!(error(&shard("table_file_mib = 0")).contains("table_file_mib = 0: from 1"));
         assert!(error(&shard("table_file_mib = 1025")).contains("to 1024"));
+        assert_eq!(NodeConfig::parse(&shard("write_behind = 0")).unwrap().write_behind, 0);
+        assert!(error(&shard("write_behind = 65")).contains("write_behind = 65: at most 64"));
+        assert!(error(&shard("write_behind = -1")).contains("write_behind"));
         let huge = shard("row_cache_mib = 18446744073709551615");
         assert!(error(&huge).contains("row_cache_mib"));
         let hex = GOOD.replace("split_keys = [\"g\", \"p\"]", "split_keys_hex = [\"67\", \"7x\"]");

@@ -99,6 +99,7 @@ pub async fn run(
                 row_cache_bytes: config.row_cache_bytes,
                 block_cache_bytes: config.block_cache_bytes,
                 table_file_bytes: config.table_file_bytes,
+                write_behind: config.write_behind,
                 tls: config.tls,
             };
             // The metrics server outlives a shard started again (below): it asks the current one.

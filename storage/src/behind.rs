@@ -37,6 +37,10 @@ use clock::Timestamp;
 use crate::engine::{Cursor, Engine, EngineMemory, RawBatch, RawOp};
 use crate::{Result, StorageError};
 
+/// The default depth of a [`WriteBehind`] queue for a shard's windows: one batch being written
+/// while the next is queued keeps the writer busy; more only hold more memory.
+pub const DEFAULT_WRITE_BEHIND: usize = 2;
+
 /// An engine whose unsynced writes are written behind, by a thread of their own (see the
 /// module's documentation).
 pub struct WriteBehind {

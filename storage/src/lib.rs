@@ -52,7 +52,7 @@ mod range;
 #[cfg(feature = "rocksdb")]
 mod rocks;
 
-pub use crate::behind::WriteBehind;
+pub use crate::behind::{DEFAULT_WRITE_BEHIND, WriteBehind};
 pub use crate::cache::CacheStats;
 pub use crate::engine::{Cursor, Engine, EngineMemory, RawBatch, RawOp};
 pub use crate::error::StorageError;

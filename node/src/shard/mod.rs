@@ -144,6 +144,10 @@ pub struct ShardConfig {
     /// Bytes of each table file compactions write (default
     /// [`storage::DEFAULT_TABLE_FILE_BYTES`]; [`storage::RocksOptions::table_file_bytes`]).
     pub table_file_bytes: u64,
+    /// Windows applied and not yet written into RocksDB, written by a thread of their own
+    /// while the apply thread goes on ([`storage::WriteBehind`]; default
+    /// [`storage::DEFAULT_WRITE_BEHIND`]; 0 writes each on the apply thread).
+    pub write_behind: usize,
     /// TLS for its server and its calls to the sequencer and peers; `None` runs without.
     pub tls: Option<Tls>,
 }
@@ -579,7 +583,11 @@ async fn open_caught_up(
             table_file_bytes: config.table_file_bytes,
             ..Default::default()
         };
-        let engine = Arc::new(RocksEngine::open_with(dir, rocks)?);
+        let engine: Arc<dyn Engine> = Arc::new(RocksEngine::open_with(dir, rocks)?);
+        let engine: Arc<dyn Engine> = match config.write_behind {
+            0 => engine,
+            depth => Arc::new(storage::WriteBehind::new(engine, depth)?),
+        };
         let mvcc = Mvcc::open_with_cache(engine, config.limits, config.row_cache_bytes)?;
         if let Some(expected) = expected {
             checkpoint::installed(dir, &mvcc, expected)?;

@@ -139,6 +139,7 @@ pub(crate) async fn start_shards(
             row_cache_bytes: storage::DEFAULT_ROW_CACHE_BYTES,
             block_cache_bytes: storage::DEFAULT_BLOCK_CACHE_BYTES,
             table_file_bytes: storage::DEFAULT_TABLE_FILE_BYTES,
+            write_behind: storage::DEFAULT_WRITE_BEHIND,
             tls: tls.clone(),
         };
         nodes.push(ShardNode::start(config, listener, clock).await.unwrap());
