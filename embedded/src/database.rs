@@ -16,9 +16,9 @@
 //! the log lost is ever stored or answered. The batch is queued for a writer thread of the
 //! shard's own ([`storage::WriteBehind`], [`Options::write_behind`]): reads see it at once, and
 //! the shard thread goes on to the next window while RocksDB takes it. After a crash, each
-//! shard resumes from its watermark (the last batch its RocksDB took): the sequencer replays the log from there, deferred entries come back from
-//! storage, and a participant that had already applied a window answers the exchange from its
-//! stored verdicts.
+//! shard resumes from its watermark (the last batch its RocksDB took): the sequencer replays
+//! the log from there, deferred entries come back from storage, and a participant that had
+//! already applied a window answers the exchange from its stored verdicts.
 //!
 //! A caller registers for its entry's outcome by client id before submitting, so an outcome
 //! can never arrive unobserved; the entry's lowest participant delivers it after the apply.
@@ -106,9 +106,9 @@ pub struct Options {
     /// [`storage::RocksOptions::table_file_bytes`]).
     pub rocksdb_table_file_bytes: u64,
     /// Windows each shard may have applied and not yet written into its storage engine
-    /// (default [`storage::DEFAULT_WRITE_BEHIND`]; 0 writes each on the shard's thread). A thread per shard
-    /// writes them in order ([`storage::WriteBehind`]) while the shard thread goes on to the
-    /// next window, whose reads see them at once. A process killed meanwhile loses them from
+    /// (default [`storage::DEFAULT_WRITE_BEHIND`]; 0 writes each on the shard's thread). A
+    /// thread per shard writes them in order ([`storage::WriteBehind`]) while the shard thread
+    /// goes on to the next window, whose reads see them at once. A process killed meanwhile loses them from
     /// the engine only: the shard reopens at its last written window and replays the rest
     /// from the log, which keeps every window after the last flush.
     pub write_behind: usize,
@@ -475,10 +475,7 @@ impl Database {
                 };
                 Arc::new(RocksEngine::open_with(dir, rocks).map_err(storage)?)
             };
-            let engine: Arc<dyn Engine> = match options.write_behind {
-                0 => engine,
-                depth => Arc::new(WriteBehind::new(engine, depth).map_err(storage)?),
-            };
+            let engine = WriteBehind::over(engine, options.write_behind).map_err(storage)?;
             let mvcc = Mvcc::open_with_cache(engine, options.limits, options.row_cache_bytes);
             shards.push(Arc::new(mvcc.map_err(storage)?));
         }
@@ -763,10 +760,14 @@ impl Database {
     }
 
     pub(crate) fn check_running(&self) -> Result<(), TxnError> {
+        // The sequencer's own failure first: it is recorded before any caller hears of it,
+        // while the shards notice it only once its thread has ended (and then say only that
+        // the log ended). Asked in between, a call would be queued to a sequencer that never
+        // answers it, and its caller told the outcome is unknown.
+        if let Some(e) = self.sequencer.as_ref().and_then(Sequencer::failure) {
+            return Err(TxnError::Storage(e));
+        }
         if let Some(e) = lock(&self.inner.failure).clone() {
-            // The sequencer's own failure, if it failed: the shards' then only says the log
-            // ended.
-            let e = self.sequencer.as_ref().and_then(Sequencer::failure).unwrap_or(e);
             return Err(TxnError::Storage(e));
         }
         if self.inner.stopping.load(Ordering::SeqCst) {

@@ -144,6 +144,15 @@ impl WriteBehind {
         Ok(WriteBehind { shared, writer: Some(writer) })
     }
 
+    /// `engine` with its writes behind a queue of `depth` batches, or `engine` itself for a
+    /// depth of 0.
+    pub fn over(engine: Arc<dyn Engine>, depth: usize) -> Result<Arc<dyn Engine>> {
+        Ok(match depth {
+            0 => engine,
+            depth => Arc::new(WriteBehind::new(engine, depth)?),
+        })
+    }
+
     /// Waits until every batch queued is in the engine underneath.
     pub fn settle(&self) -> Result<()> {
         let mut state = lock(&self.shared.state);

@@ -367,12 +367,13 @@ fn a_panicking_shard_thread_fails_every_waiting_caller() {
     let db = Arc::new(Database::open("unused", options().procedure(Arc::new(Explode))).unwrap());
     fund(&db);
     let (tx, rx) = std::sync::mpsc::channel();
+    let mut callers = Vec::new();
     for name in ["explode", "transfer"] {
         let (db, tx) = (db.clone(), tx.clone());
-        std::thread::spawn(move || {
+        callers.push(std::thread::spawn(move || {
             let args = if name == "transfer" { transfer_args(0, 1, 1) } else { Vec::new() };
             let _ = tx.send((name, db.call(name, &args)));
-        });
+        }));
     }
     for _ in 0..2 {
         let (name, result) =
@@ -387,6 +388,9 @@ fn a_panicking_shard_thread_fails_every_waiting_caller() {
     match db.call("transfer", &transfer_args(0, 1, 1)) {
         Err(TxnError::Storage(why)) => assert!(why.contains("panicked"), "{why}"),
         other => panic!("expected the failure, got {other:?}"),
+    }
+    for caller in callers {
+        caller.join().unwrap();
     }
 }
 
@@ -405,9 +409,10 @@ fn a_clock_that_cannot_persist_fails_the_database_and_answers_every_caller() {
     std::fs::create_dir(dir.path().join("clock.tmp")).unwrap();
     std::fs::write(dir.path().join("clock.tmp").join("in the way"), b"").unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let mut clients = Vec::new();
     for client in 0..4u8 {
         let (db, tx) = (db.clone(), tx.clone());
-        std::thread::spawn(move || {
+        clients.push(std::thread::spawn(move || {
             let n = u64::from(client);
             loop {
                 match db.call("transfer", &transfer_args(n, (n + 1) % ACCOUNTS, 1)) {
@@ -419,11 +424,15 @@ fn a_clock_that_cannot_persist_fails_the_database_and_answers_every_caller() {
                     }
                 }
             }
-        });
+        }));
     }
     for _ in 0..4 {
         let e = rx.recv_timeout(Duration::from_secs(20)).expect("every caller is answered");
         assert!(matches!(e, TxnError::OutcomeUnknown | TxnError::Storage(_)), "{e:?}");
+    }
+    // The database closes on this thread, not on a client's while the process exits.
+    for client in clients {
+        client.join().unwrap();
     }
     match db.call("transfer", &transfer_args(0, 1, 1)) {
         Err(TxnError::Storage(why)) => {

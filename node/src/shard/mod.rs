@@ -583,11 +583,8 @@ async fn open_caught_up(
             table_file_bytes: config.table_file_bytes,
             ..Default::default()
         };
-        let engine: Arc<dyn Engine> = Arc::new(RocksEngine::open_with(dir, rocks)?);
-        let engine: Arc<dyn Engine> = match config.write_behind {
-            0 => engine,
-            depth => Arc::new(storage::WriteBehind::new(engine, depth)?),
-        };
+        let engine = Arc::new(RocksEngine::open_with(dir, rocks)?);
+        let engine = storage::WriteBehind::over(engine, config.write_behind)?;
         let mvcc = Mvcc::open_with_cache(engine, config.limits, config.row_cache_bytes)?;
         if let Some(expected) = expected {
             checkpoint::installed(dir, &mvcc, expected)?;
