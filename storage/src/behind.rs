@@ -194,7 +194,7 @@ impl Shared {
                     state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            let written = self.engine.write(next.raw.clone(), false);
+            let written = self.engine.write_ref(&next.raw, false);
             let mut state = lock(&self.state);
             match written {
                 Ok(()) => {

@@ -91,6 +91,12 @@ pub trait Engine: Send + Sync + 'static {
     /// next [`Engine::flush`].
     fn write(&self, batch: RawBatch, sync: bool) -> Result<()>;
 
+    /// [`Engine::write`] of a batch the caller keeps (a queue that still serves reads from
+    /// it): engines that copy a batch anyway take it by reference; others get a clone.
+    fn write_ref(&self, batch: &RawBatch, sync: bool) -> Result<()> {
+        self.write(batch.clone(), sync)
+    }
+
     /// Makes every completed write durable against a machine crash.
     fn flush(&self) -> Result<()>;
 

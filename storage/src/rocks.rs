@@ -323,8 +323,13 @@ impl Engine for RocksEngine {
     }
 
     fn write(&self, batch: RawBatch, sync: bool) -> Result<()> {
+        self.write_ref(&batch, sync)
+    }
+
+    /// RocksDB copies each key and value into its own batch: a reference is enough.
+    fn write_ref(&self, batch: &RawBatch, sync: bool) -> Result<()> {
         let mut wb = WriteBatch::default();
-        for op in batch.ops {
+        for op in &batch.ops {
             match op {
                 RawOp::Put(k, v) => wb.put(k, v),
                 RawOp::Delete(k) => wb.delete(k),
