@@ -108,9 +108,9 @@ pub struct Options {
     /// Windows each shard may have applied and not yet written into its storage engine
     /// (default [`storage::DEFAULT_WRITE_BEHIND`]; 0 writes each on the shard's thread). A
     /// thread per shard writes them in order ([`storage::WriteBehind`]) while the shard thread
-    /// goes on to the next window, whose reads see them at once. A process killed meanwhile loses them from
-    /// the engine only: the shard reopens at its last written window and replays the rest
-    /// from the log, which keeps every window after the last flush.
+    /// goes on to the next window, whose reads see them at once. A process killed meanwhile
+    /// loses them from the engine only: the shard reopens at its last written window and
+    /// replays the rest from the log, which keeps every window after the last flush.
     pub write_behind: usize,
 }
 
