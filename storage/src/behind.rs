@@ -2,7 +2,7 @@
 //! underneath by a thread of its own, in order, while every read sees them at once.
 //!
 //! A shard applies a window in two parts: executing it, then writing its batch into RocksDB
-//! (the memtable insert, about a third of a shard thread's time in the README's profiles).
+//! (the memtable insert, 15 to 26% of a shard thread's time in the README's measurements).
 //! The next window's execution needs only to *read* what the last one wrote. With the write
 //! queued here, the shard thread goes on to the next window while another thread inserts the
 //! batch, so the two parts of consecutive windows run on two cores:
@@ -357,7 +357,7 @@ impl<'a> Merged<'a> {
     }
 
     /// The smallest key the sources are at, and its value; skips deleted keys.
-    fn settle(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    fn emit(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         loop {
             let mut smallest: Option<&[u8]> = self.below.as_ref().map(|(k, _)| k.as_slice());
             for (q, pos) in &self.queued {
@@ -397,7 +397,7 @@ impl Cursor for Merged<'_> {
         for (q, pos) in &mut self.queued {
             *pos = q.lower_bound(key);
         }
-        self.settle()
+        self.emit()
     }
 
     fn next(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
@@ -406,6 +406,6 @@ impl Cursor for Merged<'_> {
         }
         let Some(last) = self.last.take() else { return Ok(None) };
         self.step_past(&last)?;
-        self.settle()
+        self.emit()
     }
 }
