@@ -188,6 +188,11 @@ enum Workload {
         /// a thread of their own while the shard goes on (embedded; 0: on the shard's thread).
         #[arg(long, default_value_t = storage::DEFAULT_WRITE_BEHIND)]
         write_behind: usize,
+        /// Keep every table in one RocksDB column family (embedded). By default the tables
+        /// New-Order and Payment append to are kept in one of their own, so that their
+        /// growth does not slow reads of the rest.
+        #[arg(long)]
+        rocksdb_one_family: bool,
         #[command(flatten)]
         cluster: ClusterArgs,
         #[command(flatten)]
@@ -353,6 +358,7 @@ fn main() -> ExitCode {
             rocksdb_background_mib,
             rocksdb_l0_trigger,
             write_behind,
+            rocksdb_one_family,
             rocksdb_file_mib,
             backup_after,
             cluster,
@@ -406,6 +412,7 @@ fn main() -> ExitCode {
                     || no_rocksdb_wal
                     || rocksdb_background_mib.is_some()
                     || rocksdb_l0_trigger != storage::DEFAULT_L0_COMPACTION_TRIGGER
+                    || rocksdb_one_family
                     || write_behind != storage::DEFAULT_WRITE_BEHIND)
                     && (target.is_some() || pg_url.is_some()) =>
                 {
@@ -493,6 +500,7 @@ fn main() -> ExitCode {
                             rocksdb_l0_compaction_trigger: rocksdb_l0_trigger,
                             rocksdb_table_file_bytes: rocksdb_file_mib << 20,
                             write_behind,
+                            appended_apart: !rocksdb_one_family,
                         };
                         bench::tpcc::run_sealdb(&opts, &embedded)
                     }

@@ -112,6 +112,10 @@ pub struct Options {
     /// loses them from the engine only: the shard reopens at its last written window and
     /// replays the rest from the log, which keeps every window after the last flush.
     pub write_behind: usize,
+    /// User-key prefixes whose versions each shard's RocksDB keeps in a column family of
+    /// their own (default none; see [`storage::RocksOptions::apart`]): tables that grow by
+    /// appends and are seldom read back. A database must be reopened with the same list.
+    pub rocksdb_apart: Vec<Vec<u8>>,
 }
 
 impl Default for Options {
@@ -135,6 +139,7 @@ impl Default for Options {
             rocksdb_l0_compaction_trigger: storage::DEFAULT_L0_COMPACTION_TRIGGER,
             rocksdb_table_file_bytes: storage::DEFAULT_TABLE_FILE_BYTES,
             write_behind: storage::DEFAULT_WRITE_BEHIND,
+            rocksdb_apart: Vec::new(),
         }
     }
 }
@@ -472,6 +477,7 @@ impl Database {
                     l0_compaction_trigger: options.rocksdb_l0_compaction_trigger,
                     table_file_bytes: options.rocksdb_table_file_bytes,
                     max_open_files: storage::open_files_allowance(map.len() as usize),
+                    apart: options.rocksdb_apart.clone(),
                 };
                 Arc::new(RocksEngine::open_with(dir, rocks).map_err(storage)?)
             };

@@ -24,6 +24,10 @@
 //! table_file_mib = 64               # optional (shard role): RocksDB's table file size (1-1024)
 //! write_behind = 2                  # optional (shard role): windows applied and not yet in
 //!                                   # RocksDB, written by a thread of their own (0-64; 0: none)
+//! apart_hex = ["0000000104"]        # optional (shard role): key prefixes, in hex, whose rows
+//!                                   # RocksDB keeps in a column family of their own (tables
+//!                                   # that grow by appends); a shard must always be started
+//!                                   # with the same list (at most 4096, none empty)
 //! absent_replica_ms = 600000        # optional (sequencer role): a replica silent this long no
 //!                                   # longer holds the log while a fellow of its shard reports;
 //!                                   # it catches up from the fellow's checkpoint
@@ -99,6 +103,7 @@ struct File {
     block_cache_mib: Option<u64>,
     table_file_mib: Option<u64>,
     write_behind: Option<usize>,
+    apart_hex: Option<Vec<String>>,
     absent_replica_ms: Option<u64>,
     cluster: ClusterFile,
     #[serde(default)]
@@ -214,6 +219,9 @@ pub struct NodeConfig {
     /// Windows applied and not yet written into RocksDB (shard role; 0: written on the apply
     /// thread).
     pub write_behind: usize,
+    /// Key prefixes whose rows RocksDB keeps in a column family of their own (shard role;
+    /// [`storage::RocksOptions::apart`]).
+    pub apart: Vec<Vec<u8>>,
     /// The node's certificate and key and the cluster's CA (`[tls]`); `None` runs without
     /// TLS.
     pub tls: Option<Tls>,
@@ -449,6 +457,17 @@ impl NodeConfig {
         if write_behind > MAX_WRITE_BEHIND {
             return Err(format!("write_behind = {write_behind}: at most {MAX_WRITE_BEHIND}"));
         }
+        let apart_hex = file.apart_hex.as_deref().unwrap_or_default();
+        if apart_hex.len() > MAX_APART {
+            return Err(format!("apart_hex: {} prefixes, at most {MAX_APART}", apart_hex.len()));
+        }
+        let apart = apart_hex
+            .iter()
+            .map(|p| match unhex(p) {
+                Some(prefix) if !prefix.is_empty() => Ok(prefix),
+                _ => Err(format!("apart_hex: {p:?} is not a non-empty hex key prefix")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let tls = match &file.tls {
             None => None,
             Some(t) => Some(Tls::load(&t.ca, &t.cert, &t.key).map_err(|e| format!("tls: {e}"))?),
@@ -473,6 +492,7 @@ impl NodeConfig {
             block_cache_bytes: (block_cache_mib << 20) as usize,
             table_file_bytes: table_file_mib << 20,
             write_behind,
+            apart,
         })
     }
 }
@@ -492,6 +512,10 @@ const MAX_TABLE_FILE_MIB: u64 = 1 << 10;
 /// The most windows a shard may hold unwritten (`write_behind`): each is a window's batch in
 /// memory.
 const MAX_WRITE_BEHIND: usize = 64;
+
+/// The most key prefixes a shard keeps apart (`apart_hex`): each write looks its key up
+/// among them.
+const MAX_APART: usize = 4096;
 
 /// The most either cache may be given: 1 TiB.
 const MAX_CACHE_MIB: u64 = 1 << 20;
@@ -597,6 +621,13 @@ split_keys = ["g", "p"]
         assert_eq!(NodeConfig::parse(&shard("write_behind = 0")).unwrap().write_behind, 0);
         assert!(error(&shard("write_behind = 65")).contains("write_behind = 65: at most 64"));
         assert!(error(&shard("write_behind = -1")).contains("write_behind"));
+        let c = NodeConfig::parse(&shard("apart_hex = [\"0000000104\", \"ff\"]")).unwrap();
+        assert_eq!(c.apart, [vec![0, 0, 0, 1, 4], vec![0xff]]);
+        assert!(NodeConfig::parse(&shard("")).unwrap().apart.is_empty());
+        assert!(error(&shard("apart_hex = [\"\"]")).contains("apart_hex: \"\" is not"));
+        assert!(error(&shard("apart_hex = [\"0g\"]")).contains("apart_hex: \"0g\" is not"));
+        let many = format!("apart_hex = [{}]", vec!["\"01\""; 4097].join(", "));
+        assert!(error(&shard(&many)).contains("apart_hex: 4097 prefixes, at most 4096"));
         let huge = shard("row_cache_mib = 18446744073709551615");
         assert!(error(&huge).contains("row_cache_mib"));
         let hex = GOOD.replace("split_keys = [\"g\", \"p\"]", "split_keys_hex = [\"67\", \"7x\"]");

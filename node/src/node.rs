@@ -100,6 +100,7 @@ pub async fn run(
                 block_cache_bytes: config.block_cache_bytes,
                 table_file_bytes: config.table_file_bytes,
                 write_behind: config.write_behind,
+                apart: config.apart.clone(),
                 tls: config.tls,
             };
             // The metrics server outlives a shard started again (below): it asks the current one.

@@ -100,6 +100,12 @@ impl StorageKey<'_> {
         KeyEncoder::with_capacity(key.len() + 3).u8(VERSION).bytes(key).finish()
     }
 
+    /// The bytes every version of every user key starting with `prefix` starts with, and no
+    /// other key does: how an engine tells such keys apart without decoding them.
+    pub fn versions_under(prefix: &[u8]) -> Vec<u8> {
+        KeyEncoder::with_capacity(prefix.len() + 1).u8(VERSION).bytes_start(prefix).finish()
+    }
+
     /// The first engine key of the version space.
     pub fn versions_start() -> Vec<u8> {
         vec![VERSION]

@@ -69,7 +69,15 @@ impl KeyEncoder {
     }
 
     /// Appends a variable-length byte string.
-    pub fn bytes(mut self, v: &[u8]) -> KeyEncoder {
+    pub fn bytes(self, v: &[u8]) -> KeyEncoder {
+        let mut e = self.bytes_start(v);
+        e.buf.extend_from_slice(&[ESCAPE, TERMINATOR]);
+        e
+    }
+
+    /// Appends the start of a byte string: every [`KeyEncoder::bytes`] field whose value
+    /// starts with `v` starts with these bytes, and no other does.
+    pub fn bytes_start(mut self, v: &[u8]) -> KeyEncoder {
         for &b in v {
             if b == ESCAPE {
                 self.buf.extend_from_slice(&[ESCAPE, ESCAPED_ZERO]);
@@ -77,7 +85,6 @@ impl KeyEncoder {
                 self.buf.push(b);
             }
         }
-        self.buf.extend_from_slice(&[ESCAPE, TERMINATOR]);
         self
     }
 

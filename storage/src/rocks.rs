@@ -3,7 +3,20 @@
 //! One column family, default comparator (bytewise, which is what the key codec sorts for),
 //! LZ4 for compression, a 256 MiB block cache, and Bloom filters over version prefixes (a
 //! version key without its timestamp) so that a point read skips files holding no version of
-//! its key. Writes go through RocksDB's WAL; whether they are fsynced is the
+//! its key. A second column family, if asked for ([`RocksOptions::apart`]), holds the versions
+//! of user keys under given prefixes: rows that are appended and seldom read back (an order
+//! history) grow there, while the rest keeps files, levels and compactions of a size that
+//! does not grow with them:
+//!
+//! ```text
+//!   default                 meta keys, every version not under a prefix kept apart
+//!   sealdb.apart.<hash>     versions under the prefixes; <hash> names the prefix list, so a
+//!                           database opened with another list is refused, not misread
+//! ```
+//!
+//! Both families flush together (RocksDB's atomic flush), so what a crash leaves of
+//! unsynced writes is, as with one family, a prefix of the batches written; a cursor reads
+//! both at one snapshot. Writes go through RocksDB's WAL; whether they are fsynced is the
 //! caller's choice per batch (shards do not fsync: the sequencer's log is the source of truth,
 //! DESIGN.md section 6).
 //!
@@ -31,8 +44,9 @@ use clock::Timestamp;
 use rocksdb::compaction_filter::{CompactionFilter, Decision};
 use rocksdb::compaction_filter_factory::{CompactionFilterContext, CompactionFilterFactory};
 use rocksdb::{
-    BlockBasedIndexType, BlockBasedOptions, Cache, DB, DBCompressionType, DBRawIterator,
-    FlushOptions, Options, ReadOptions, SliceTransform, WriteBatch, WriteOptions,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB,
+    DBCompressionType, DBRawIterator, DEFAULT_COLUMN_FAMILY_NAME, FlushOptions, Options,
+    ReadOptions, SliceTransform, Snapshot, WriteBatch, WriteOptions,
 };
 
 use crate::engine::{Cursor, Engine, EngineMemory, RawBatch, RawOp};
@@ -55,6 +69,8 @@ fn has_version_prefix(key: &[u8]) -> bool {
 pub struct RocksEngine {
     db: DB,
     path: PathBuf,
+    /// Which keys the second column family holds, if there is one.
+    apart: Option<Apart>,
     /// The garbage-collection horizon compactions use.
     horizon: Arc<AtomicU64>,
     /// Whether unsynced writes go through RocksDB's write-ahead log.
@@ -62,7 +78,7 @@ pub struct RocksEngine {
 }
 
 /// How to open a [`RocksEngine`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RocksOptions {
     /// Bytes of the block cache (default [`DEFAULT_BLOCK_CACHE_BYTES`]).
     pub block_cache_bytes: usize,
@@ -96,6 +112,12 @@ pub struct RocksOptions {
     /// engine stops taking writes. Below this bound RocksDB closes the least recently used
     /// table files and opens them again when read.
     pub max_open_files: Option<u32>,
+    /// User-key prefixes whose versions live in a column family of their own (default none):
+    /// tables that grow by appends and are seldom read back, such as an order history. Their
+    /// growth then adds no files, levels or compaction work to the rest, which keeps the cost
+    /// of its reads steady as they grow (the README's soak). A database must be opened with
+    /// the prefixes it was created with; another list (or none) is refused at open.
+    pub apart: Vec<Vec<u8>>,
 }
 
 /// How many table files each of `engines` engines in this process may keep open: half the
@@ -151,8 +173,58 @@ impl Default for RocksOptions {
             l0_compaction_trigger: DEFAULT_L0_COMPACTION_TRIGGER,
             table_file_bytes: DEFAULT_TABLE_FILE_BYTES,
             max_open_files: open_files_allowance(1),
+            apart: Vec::new(),
         }
     }
+}
+
+/// The keys of the second column family: the encodings under which the versions of the user
+/// keys under [`RocksOptions::apart`] lie, sorted, none a prefix of another.
+struct Apart {
+    starts: Vec<Vec<u8>>,
+    family: String,
+}
+
+/// Column families kept apart are named `sealdb.apart.<hash of their prefix list>`.
+const APART_FAMILY: &str = "sealdb.apart.";
+
+impl Apart {
+    fn new(prefixes: &[Vec<u8>]) -> Option<Apart> {
+        let mut starts: Vec<Vec<u8>> =
+            prefixes.iter().map(|p| StorageKey::versions_under(p)).collect();
+        starts.sort();
+        starts.dedup();
+        // A prefix under another adds nothing; dropped, the rest are prefix-free, so the
+        // last start at or below a key is the only one it can begin with.
+        let mut kept: Vec<Vec<u8>> = Vec::with_capacity(starts.len());
+        for start in starts {
+            if !kept.last().is_some_and(|k| start.starts_with(k)) {
+                kept.push(start);
+            }
+        }
+        if kept.is_empty() {
+            return None;
+        }
+        let family = format!("{APART_FAMILY}{:016x}", fnv1a(&kept));
+        Some(Apart { starts: kept, family })
+    }
+
+    /// Whether `key` belongs to the family kept apart.
+    fn holds(&self, key: &[u8]) -> bool {
+        let at = self.starts.partition_point(|s| s.as_slice() <= key);
+        at > 0 && key.starts_with(&self.starts[at - 1])
+    }
+}
+
+/// The 64-bit FNV-1a hash of `starts`, each preceded by its length: a stable name for a list.
+fn fnv1a(starts: &[Vec<u8>]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for start in starts {
+        for &b in (start.len() as u64).to_be_bytes().iter().chain(start) {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    hash
 }
 
 const GC_FILTER: &CStr = c"sealdb.gc";
@@ -216,33 +288,20 @@ impl RocksEngine {
 
     /// [`RocksEngine::open`] as `options` say.
     pub fn open_with(path: impl AsRef<Path>, options: RocksOptions) -> Result<RocksEngine> {
-        let RocksOptions {
-            block_cache_bytes,
-            wal,
-            bytes_per_sync,
-            background_bytes_per_sec,
-            l0_compaction_trigger,
-            table_file_bytes,
-            max_open_files,
-        } = options;
         let path = path.as_ref().to_path_buf();
-        let mut opts = Options::default();
+        let apart = Apart::new(&options.apart);
+        let horizon = Arc::new(AtomicU64::new(0));
+        let cache = Cache::new_lru_cache(options.block_cache_bytes);
+        let mut opts = family_options(&options, &cache, &horizon);
         opts.create_if_missing(true);
-        opts.set_compression_type(DBCompressionType::Lz4);
+        opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
-        opts.set_bytes_per_sync(bytes_per_sync);
-        if let Some(rate) = background_bytes_per_sec {
+        opts.set_bytes_per_sync(options.bytes_per_sync);
+        if let Some(rate) = options.background_bytes_per_sec {
             // Refilled every 100 ms; flushes go before compactions.
             opts.set_ratelimiter(i64::try_from(rate).unwrap_or(i64::MAX), 100_000, 10);
         }
-        // Writes slow down and stop at RocksDB's usual distances above the trigger (20 and
-        // 36 files for 4), so a larger trigger does not stall them sooner.
-        let trigger = l0_compaction_trigger.clamp(1, 1 << 10) as i32;
-        opts.set_level_zero_file_num_compaction_trigger(trigger);
-        opts.set_level_zero_slowdown_writes_trigger(trigger + 16);
-        opts.set_level_zero_stop_writes_trigger(trigger + 32);
-        opts.set_target_file_size_base(table_file_bytes.clamp(1 << 20, 1 << 30));
-        if let Some(n) = max_open_files {
+        if let Some(n) = options.max_open_files {
             // RocksDB takes at least 20 and reserves 10 for itself. Its cache of open tables
             // is split into shards (64 by default), each keeping at least one file however
             // small its share: fewer shards, each with room for 16 or more, keep the bound.
@@ -253,43 +312,94 @@ impl RocksEngine {
         } else {
             opts.set_max_open_files(-1);
         }
-        // Point reads of a key's newest version seek within the key's versions: a Bloom filter
-        // over version prefixes (the key without its timestamp), in SST files and memtables,
-        // lets such a seek skip every file that holds no version of the key. Scans still see
-        // the whole order (`total_order_seek` in `cursor`).
-        opts.set_prefix_extractor(SliceTransform::create(
-            "sealdb.version-prefix",
-            version_prefix,
-            Some(has_version_prefix),
-        ));
-        opts.set_memtable_prefix_bloom_ratio(0.05);
-        let mut table = BlockBasedOptions::default();
-        table.set_bloom_filter(10.0, false);
-        table.set_whole_key_filtering(false);
-        table.set_block_cache(&Cache::new_lru_cache(block_cache_bytes));
-        // A 64 MiB table file has about 1 MiB of index and 2 MiB of filter. Whole, each file
-        // a compaction writes costs a reader 3 MiB of reads and checksums before its first
-        // lookup, and they crowd the cache as the database grows (the README's soak).
-        // Partitioned into 4 KiB blocks under a small pinned top level, a lookup reads the
-        // partitions it needs, cached like data blocks and evicted last.
-        table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
-        table.set_partition_filters(true);
-        table.set_metadata_block_size(4096);
-        table.set_cache_index_and_filter_blocks(true);
-        table.set_cache_index_and_filter_blocks_with_high_priority(true);
-        table.set_pin_top_level_index_and_filter(true);
-        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-        opts.set_block_based_table_factory(&table);
-        let horizon = Arc::new(AtomicU64::new(0));
-        opts.set_compaction_filter_factory(GcFilterFactory { horizon: horizon.clone() });
-        let db = DB::open(&opts, &path).map_err(|e| engine_error(&path, e))?;
-        Ok(RocksEngine { db, path, horizon, wal })
+        let mut families =
+            vec![ColumnFamilyDescriptor::new(DEFAULT_COLUMN_FAMILY_NAME, opts.clone())];
+        if let Some(apart) = &apart {
+            // Both families' memtables flush as one, so a crash without the WAL leaves a
+            // prefix of the batches in both or neither.
+            opts.set_atomic_flush(true);
+            let family = family_options(&options, &cache, &horizon);
+            families.push(ColumnFamilyDescriptor::new(apart.family.clone(), family));
+        }
+        check_families(&path, &opts, apart.as_ref())?;
+        let db =
+            DB::open_cf_descriptors(&opts, &path, families).map_err(|e| engine_error(&path, e))?;
+        Ok(RocksEngine { db, path, apart, horizon, wal: options.wal })
     }
 
     /// The database directory.
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The options of one column family: compaction, filters, table format, the GC filter at
+/// `horizon`, blocks cached in `cache` (one for every family).
+fn family_options(options: &RocksOptions, cache: &Cache, horizon: &Arc<AtomicU64>) -> Options {
+    let mut opts = Options::default();
+    opts.set_compression_type(DBCompressionType::Lz4);
+    // Writes slow down and stop at RocksDB's usual distances above the trigger (20 and
+    // 36 files for 4), so a larger trigger does not stall them sooner.
+    let trigger = options.l0_compaction_trigger.clamp(1, 1 << 10) as i32;
+    opts.set_level_zero_file_num_compaction_trigger(trigger);
+    opts.set_level_zero_slowdown_writes_trigger(trigger + 16);
+    opts.set_level_zero_stop_writes_trigger(trigger + 32);
+    opts.set_target_file_size_base(options.table_file_bytes.clamp(1 << 20, 1 << 30));
+    // Point reads of a key's newest version seek within the key's versions: a Bloom filter
+    // over version prefixes (the key without its timestamp), in SST files and memtables,
+    // lets such a seek skip every file that holds no version of the key. Scans still see
+    // the whole order (`total_order_seek` in `cursor`).
+    opts.set_prefix_extractor(SliceTransform::create(
+        "sealdb.version-prefix",
+        version_prefix,
+        Some(has_version_prefix),
+    ));
+    opts.set_memtable_prefix_bloom_ratio(0.05);
+    let mut table = BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    table.set_whole_key_filtering(false);
+    table.set_block_cache(cache);
+    // A 64 MiB table file has about 1 MiB of index and 2 MiB of filter. Whole, each file
+    // a compaction writes costs a reader 3 MiB of reads and checksums before its first
+    // lookup, and they crowd the cache as the database grows (the README's soak).
+    // Partitioned into 4 KiB blocks under a small pinned top level, a lookup reads the
+    // partitions it needs, cached like data blocks and evicted last.
+    table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_partition_filters(true);
+    table.set_metadata_block_size(4096);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_cache_index_and_filter_blocks_with_high_priority(true);
+    table.set_pin_top_level_index_and_filter(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    opts.set_block_based_table_factory(&table);
+    opts.set_compaction_filter_factory(GcFilterFactory { horizon: horizon.clone() });
+    opts
+}
+
+/// Refuses to open an existing database at `path` whose second column family is not the one
+/// `apart` names (or that has one when `apart` is `None`, or none when it is not): its versions
+/// would be looked for in the wrong family.
+fn check_families(path: &Path, opts: &Options, apart: Option<&Apart>) -> Result<()> {
+    if !path.join("CURRENT").exists() {
+        return Ok(());
+    }
+    let names = DB::list_cf(opts, path).map_err(|e| engine_error(path, e))?;
+    let found = names.iter().find(|n| n.starts_with(APART_FAMILY));
+    let wanted = apart.map(|a| &a.family);
+    if found == wanted {
+        return Ok(());
+    }
+    let describe = |name: Option<&String>| match name {
+        Some(name) => format!("with keys kept apart in column family {name}"),
+        None => "with every key in one column family".to_string(),
+    };
+    Err(StorageError::Engine(format!(
+        "rocksdb at {}: it was made {}, but these options ask for one {}; open it with the \
+         prefixes kept apart (`apart`) it was made with",
+        path.display(),
+        describe(found),
+        describe(wanted)
+    )))
 }
 
 impl std::fmt::Debug for RocksEngine {
@@ -302,23 +412,77 @@ fn engine_error(path: &Path, e: rocksdb::Error) -> StorageError {
     StorageError::Engine(format!("rocksdb at {}: {e}", path.display()))
 }
 
+impl RocksEngine {
+    /// The column family holding `key`.
+    fn family(&self, key: &[u8]) -> &ColumnFamily {
+        match &self.apart {
+            Some(apart) if apart.holds(key) => self.handle(&apart.family),
+            _ => self.handle(DEFAULT_COLUMN_FAMILY_NAME),
+        }
+    }
+
+    fn handle(&self, name: &str) -> &ColumnFamily {
+        self.db.cf_handle(name).expect("the engine opened its column families")
+    }
+
+    /// Every column family: the default one, then the one kept apart if any.
+    fn families(&self) -> Vec<&ColumnFamily> {
+        let mut families = vec![self.handle(DEFAULT_COLUMN_FAMILY_NAME)];
+        families.extend(self.apart.as_ref().map(|apart| self.handle(&apart.family)));
+        families
+    }
+
+    /// The sum over the column families of the integer property `name`.
+    fn property_sum(&self, name: &str) -> Result<u64> {
+        let mut sum = 0;
+        for family in self.families() {
+            let value = self.db.property_int_value_cf(family, name).map_err(|e| self.error(e))?;
+            sum += value.unwrap_or(0);
+        }
+        Ok(sum)
+    }
+
+    fn error(&self, e: rocksdb::Error) -> StorageError {
+        engine_error(&self.path, e)
+    }
+
+    fn flush_families(&self, wait: bool) -> Result<()> {
+        let mut opts = FlushOptions::default();
+        opts.set_wait(wait);
+        self.db.flush_cfs_opt(&self.families(), &opts).map_err(|e| self.error(e))
+    }
+}
+
 impl Engine for RocksEngine {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.db.get(key).map_err(|e| engine_error(&self.path, e))
+        self.db.get_cf(self.family(key), key).map_err(|e| self.error(e))
     }
 
     fn cursor(&self) -> Box<dyn Cursor + '_> {
-        let mut read = ReadOptions::default();
-        read.set_total_order_seek(true);
-        let iter = self.db.raw_iterator_opt(read);
-        Box::new(RocksCursor { iter, started: false, path: &self.path })
+        let Some(apart) = &self.apart else {
+            let mut read = ReadOptions::default();
+            read.set_total_order_seek(true);
+            let iter = self.db.raw_iterator_opt(read);
+            return Box::new(RocksCursor { iter, started: false, path: &self.path });
+        };
+        // One snapshot for both families, so a batch written meanwhile is seen in both or
+        // in neither.
+        let snapshot = self.db.snapshot();
+        let sides = [DEFAULT_COLUMN_FAMILY_NAME, apart.family.as_str()].map(|name| {
+            let mut read = ReadOptions::default();
+            read.set_total_order_seek(true);
+            read.set_snapshot(&snapshot);
+            let iter = self.db.raw_iterator_cf_opt(self.handle(name), read);
+            Side { cursor: RocksCursor { iter, started: false, path: &self.path }, current: None }
+        });
+        Box::new(Both { sides, started: false, _snapshot: snapshot })
     }
 
     fn seek_in_prefix(&self, key: &[u8], prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         let mut read = ReadOptions::default();
         read.set_prefix_same_as_start(true);
-        let mut cursor =
-            RocksCursor { iter: self.db.raw_iterator_opt(read), started: false, path: &self.path };
+        let iter = self.db.raw_iterator_cf_opt(self.family(key), read);
+        let mut cursor = RocksCursor { iter, started: false, path: &self.path };
         Ok(cursor.seek(key)?.filter(|(k, _)| k.starts_with(prefix)))
     }
 
@@ -331,45 +495,41 @@ impl Engine for RocksEngine {
         let mut wb = WriteBatch::default();
         for op in &batch.ops {
             match op {
-                RawOp::Put(k, v) => wb.put(k, v),
-                RawOp::Delete(k) => wb.delete(k),
+                RawOp::Put(k, v) => wb.put_cf(self.family(k), k, v),
+                RawOp::Delete(k) => wb.delete_cf(self.family(k), k),
             }
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
         opts.disable_wal(!sync && !self.wal);
-        self.db.write_opt(wb, &opts).map_err(|e| engine_error(&self.path, e))
+        self.db.write_opt(wb, &opts).map_err(|e| self.error(e))
     }
 
     fn flush(&self) -> Result<()> {
-        self.db.flush().map_err(|e| engine_error(&self.path, e))?;
-        self.db.flush_wal(true).map_err(|e| engine_error(&self.path, e))
+        self.flush_families(true)?;
+        self.db.flush_wal(true).map_err(|e| self.error(e))
     }
 
-    /// Switches the memtable (every completed write is in it or older ones) and leaves its
-    /// flush to RocksDB's flush thread. Waits only if one more memtable would stall writes
-    /// (one is being flushed already), as long as that flush takes.
+    /// Switches the memtables (every completed write is in them or older ones) and leaves
+    /// their flush to RocksDB's flush thread. Waits only if one more memtable would stall
+    /// writes (one is being flushed already), as long as that flush takes.
     fn begin_flush(&self) -> Result<()> {
-        let mut opts = FlushOptions::default();
-        opts.set_wait(false);
-        self.db.flush_opt(&opts).map_err(|e| engine_error(&self.path, e))
+        self.flush_families(false)
     }
 
     /// True once no switched memtable is left unflushed: memtables are flushed in order, and
     /// a memtable switched after the one waited for (it filled) only makes this later.
     fn flushed(&self) -> Result<bool> {
-        let unflushed = self
-            .db
-            .property_int_value("rocksdb.num-immutable-mem-table")
-            .map_err(|e| engine_error(&self.path, e))?;
-        Ok(unflushed == Some(0))
+        Ok(self.property_sum("rocksdb.num-immutable-mem-table")? == 0)
     }
 
-    /// Flushes the memtable and compacts every level into the last: one sorted run, with no
-    /// compaction left pending to compete with the writes that follow.
+    /// Flushes the memtables and compacts every level into the last: one sorted run per
+    /// column family, with no compaction left pending to compete with the writes that follow.
     fn compact(&self) -> Result<()> {
-        self.db.flush().map_err(|e| engine_error(&self.path, e))?;
-        self.db.compact_range::<&[u8], &[u8]>(None, None);
+        self.flush_families(true)?;
+        for family in self.families() {
+            self.db.compact_range_cf::<&[u8], &[u8]>(family, None, None);
+        }
         Ok(())
     }
 
@@ -378,24 +538,79 @@ impl Engine for RocksEngine {
     }
 
     fn estimated_entries(&self) -> Option<u64> {
-        self.db.property_int_value("rocksdb.estimate-num-keys").ok().flatten()
+        self.property_sum("rocksdb.estimate-num-keys").ok()
     }
 
     fn memory(&self) -> EngineMemory {
-        let get = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        let sum = |name: &str| self.property_sum(name).unwrap_or(0);
         EngineMemory {
-            memtables: get("rocksdb.size-all-mem-tables"),
-            table_readers: get("rocksdb.estimate-table-readers-mem"),
-            block_cache: get("rocksdb.block-cache-usage"),
+            memtables: sum("rocksdb.size-all-mem-tables"),
+            table_readers: sum("rocksdb.estimate-table-readers-mem"),
+            // One cache for every family.
+            block_cache: self
+                .db
+                .property_int_value("rocksdb.block-cache-usage")
+                .ok()
+                .flatten()
+                .unwrap_or(0),
         }
     }
 
     /// A RocksDB checkpoint: the memtables flushed, the SST files hard-linked (copied across
     /// file systems), a consistent point of the database that opens as one.
     fn checkpoint(&self, dir: &Path) -> Result<()> {
-        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db)
-            .map_err(|e| engine_error(&self.path, e))?;
+        let checkpoint =
+            rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(|e| self.error(e))?;
         checkpoint.create_checkpoint(dir).map_err(|e| engine_error(dir, e))
+    }
+}
+
+/// A cursor over both column families at one snapshot: each key is in one of them, so the
+/// smaller of the two current entries comes next.
+struct Both<'a> {
+    sides: [Side<'a>; 2],
+    started: bool,
+    /// Dropped after the iterators that read at it.
+    _snapshot: Snapshot<'a>,
+}
+
+/// One family's cursor in [`Both`], and the entry it is at.
+struct Side<'a> {
+    cursor: RocksCursor<'a>,
+    current: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Both<'_> {
+    /// The smaller current entry, taken; its side moves on.
+    fn take_smaller(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let [a, b] = &self.sides;
+        let side = match (&a.current, &b.current) {
+            (None, None) => return Ok(None),
+            (Some(_), None) => 0,
+            (None, Some(_)) => 1,
+            (Some((ka, _)), Some((kb, _))) => usize::from(kb < ka),
+        };
+        let side = &mut self.sides[side];
+        let taken = side.current.take();
+        side.current = side.cursor.next()?;
+        Ok(taken)
+    }
+}
+
+impl Cursor for Both<'_> {
+    fn seek(&mut self, key: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        self.started = true;
+        for side in &mut self.sides {
+            side.current = side.cursor.seek(key)?;
+        }
+        self.take_smaller()
+    }
+
+    fn next(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        if !self.started {
+            return self.seek(&[]);
+        }
+        self.take_smaller()
     }
 }
 

@@ -350,6 +350,10 @@ impl Sealdb {
             rocksdb_l0_compaction_trigger: embedded.rocksdb_l0_compaction_trigger,
             rocksdb_table_file_bytes: embedded.rocksdb_table_file_bytes,
             write_behind: embedded.write_behind,
+            rocksdb_apart: match embedded.appended_apart {
+                true => schema::appended_prefixes(warehouses),
+                false => Vec::new(),
+            },
             ..Options::default()
         });
         let map = shard_map(warehouses, shards);
@@ -958,13 +962,19 @@ fn backup_dir(opts: &TpccOptions) -> PathBuf {
     std::env::temp_dir().join(format!("sealdb-tpcc-backup-{}-{}", std::process::id(), opts.seed))
 }
 
-/// Restores the run's backup into a new directory, opens it, and fills in what it holds.
-fn check_backup(opts: &TpccOptions, shards: u32, check: &mut BackupCheck) -> Result<(), String> {
+/// Restores the run's backup into a new directory, opens it as the run opened its database
+/// (the same column families), and fills in what it holds.
+fn check_backup(
+    opts: &TpccOptions,
+    shards: u32,
+    embedded: &Embedded,
+    check: &mut BackupCheck,
+) -> Result<(), String> {
     let from = backup_dir(opts);
     let to = from.with_extension("restored");
     let result = (|| {
         embedded::restore(&from, &to).map_err(|e| e.to_string())?;
-        let restored = Sealdb::open(Some(&to), opts.warehouses, shards)?;
+        let restored = Sealdb::open_with(Some(&to), opts.warehouses, shards, embedded)?;
         let (_, districts) = restored.read(|s| check::facts(s, opts.warehouses))?;
         let loaded = u64::from(opts.population.customers);
         check.restored_new_orders =
@@ -1005,6 +1015,9 @@ pub struct Embedded {
     pub rocksdb_table_file_bytes: u64,
     /// Windows each shard may have applied and not yet written into its storage.
     pub write_behind: usize,
+    /// Whether each shard's RocksDB keeps the appended tables in a column family of their
+    /// own ([`schema::appended_prefixes`]).
+    pub appended_apart: bool,
 }
 
 impl Default for Embedded {
@@ -1023,6 +1036,7 @@ impl Default for Embedded {
             rocksdb_l0_compaction_trigger: defaults.rocksdb_l0_compaction_trigger,
             rocksdb_table_file_bytes: TABLE_FILE_BYTES,
             write_behind: defaults.write_behind,
+            appended_apart: true,
         }
     }
 }
@@ -1071,7 +1085,7 @@ pub fn run_sealdb(opts: &TpccOptions, embedded: &Embedded) -> Result<Report, Str
     }
     backend.db.close().map_err(|e| e.to_string())?;
     if let Some(check) = &mut report.backup {
-        check_backup(opts, shards, check)?;
+        check_backup(opts, shards, embedded, check)?;
         eprintln!(
             "  backup at {:.0} s took {:.1} s; restored: {} New-Orders ({} acknowledged before \
              it), consistency {}",

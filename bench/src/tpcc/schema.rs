@@ -60,6 +60,17 @@ pub fn warehouse_start(w: u32) -> Vec<u8> {
     KeyEncoder::new().u32(w).finish()
 }
 
+/// The tables New-Order and Payment append to and no transaction of the new-order-payment
+/// mix reads back (HISTORY, NEW-ORDER, ORDER, its index by customer, ORDER-LINE), one key
+/// prefix per warehouse and table: what the embedded database keeps in a RocksDB column
+/// family of their own ([`embedded::Options::rocksdb_apart`]), so that their growth does not
+/// slow reads of the rest.
+pub fn appended_prefixes(warehouses: u32) -> Vec<Vec<u8>> {
+    let appended =
+        [tag::HISTORY, tag::NEW_ORDER, tag::ORDER, tag::ORDER_BY_CUSTOMER, tag::ORDER_LINE];
+    (1..=warehouses).flat_map(|w| appended.map(|t| table(w, t).finish())).collect()
+}
+
 /// Every key of warehouse `w`.
 pub fn warehouse_range(w: u32) -> KeyRange {
     KeyRange::prefix(&warehouse_start(w))

@@ -148,6 +148,10 @@ pub struct ShardConfig {
     /// while the apply thread goes on ([`storage::WriteBehind`]; default
     /// [`storage::DEFAULT_WRITE_BEHIND`]; 0 writes each on the apply thread).
     pub write_behind: usize,
+    /// Key prefixes whose rows RocksDB keeps in a column family of their own
+    /// ([`storage::RocksOptions::apart`]; default none). The shard must always be opened
+    /// with the same list.
+    pub apart: Vec<Vec<u8>>,
     /// TLS for its server and its calls to the sequencer and peers; `None` runs without.
     pub tls: Option<Tls>,
 }
@@ -581,6 +585,7 @@ async fn open_caught_up(
         let rocks = RocksOptions {
             block_cache_bytes: config.block_cache_bytes,
             table_file_bytes: config.table_file_bytes,
+            apart: config.apart.clone(),
             ..Default::default()
         };
         let engine = Arc::new(RocksEngine::open_with(dir, rocks)?);

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use clock::Timestamp;
 use storage::{
-    DEFAULT_ROW_CACHE_BYTES, Engine, Limits, MemoryEngine, Mvcc, RocksEngine, WriteBehind,
+    DEFAULT_ROW_CACHE_BYTES, Engine, Limits, MemoryEngine, Mvcc, RocksEngine, RocksOptions,
+    WriteBehind,
 };
 
 /// Which engine a fixture runs on.
@@ -15,12 +16,23 @@ pub enum Kind {
     /// Each of them with its writes queued behind ([`WriteBehind`], up to 4 batches).
     MemoryBehind,
     RocksBehind,
+    /// RocksDB with the keys under [`APART`] in a column family of their own.
+    RocksApart,
+}
+
+/// User-key prefixes the `RocksApart` engine keeps apart: keys the suite and the model write
+/// fall on both sides, interleaved, and one prefix lies under another.
+pub const APART: &[&[u8]] = &[b"a", b"ab", b"c", b"\0", b"b\xff", b"\x01\x01"];
+
+/// [`APART`] as [`RocksOptions::apart`] takes it.
+pub fn apart() -> Vec<Vec<u8>> {
+    APART.iter().map(|p| p.to_vec()).collect()
 }
 
 impl Kind {
     /// Whether RocksDB is underneath.
     pub fn is_rocks(self) -> bool {
-        matches!(self, Kind::Rocks | Kind::RocksBehind)
+        matches!(self, Kind::Rocks | Kind::RocksBehind | Kind::RocksApart)
     }
 }
 
@@ -69,15 +81,19 @@ impl Fixture {
     /// Closes the engine and opens it again from what it stored.
     pub fn reopen(&mut self) {
         self.mvcc = None;
+        let options = RocksOptions {
+            apart: if self.kind == Kind::RocksApart { apart() } else { Vec::new() },
+            ..Default::default()
+        };
         let engine: Arc<dyn Engine> = match self.kind.is_rocks() {
             false => Arc::new(self.memory.clone()),
-            true => Arc::new(RocksEngine::open(self.dir.path().join("db")).unwrap()),
+            true => Arc::new(RocksEngine::open_with(self.dir.path().join("db"), options).unwrap()),
         };
         let engine: Arc<dyn Engine> = match self.kind {
             Kind::MemoryBehind | Kind::RocksBehind => {
                 Arc::new(WriteBehind::new(engine, 4).unwrap())
             }
-            Kind::Memory | Kind::Rocks => engine,
+            Kind::Memory | Kind::Rocks | Kind::RocksApart => engine,
         };
         self.mvcc = Some(Mvcc::open_with_cache(engine, self.limits, self.cache_bytes).unwrap());
     }

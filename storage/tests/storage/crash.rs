@@ -24,6 +24,11 @@ use storage::{Epoch, Limits, Mvcc, RocksEngine, RocksOptions, VersionBatch};
 use crate::common::{seeds, ts};
 
 const DIR_VAR: &str = "SEALDB_CRASH_CHILD_DIR";
+/// Set (to anything) when the child keeps [`APART_KEYS`] in a column family of their own.
+const APART_VAR: &str = "SEALDB_CRASH_CHILD_APART";
+/// Prefixes of some of the keys, for the runs that keep them apart: a window writes on both
+/// sides.
+const APART_KEYS: &[&[u8]] = &[b"key-00", b"key-03"];
 const KEYS: u64 = 64;
 const ROUNDS: usize = 40;
 /// What the child prints once the database is open (the test harness prefixes its own text).
@@ -53,15 +58,29 @@ fn batch_for(e: u64) -> VersionBatch {
     batch
 }
 
-fn open(dir: &std::path::Path) -> Mvcc {
-    Mvcc::open(Arc::new(RocksEngine::open(dir).unwrap()), Limits::default()).unwrap()
+/// The engine's options: as [`APART_VAR`] says in a child, as `apart` says in the parent.
+fn options(apart: bool) -> RocksOptions {
+    let apart = match apart {
+        true => APART_KEYS.iter().map(|p| p.to_vec()).collect(),
+        false => Vec::new(),
+    };
+    RocksOptions { apart, ..Default::default() }
+}
+
+fn child_apart() -> bool {
+    std::env::var_os(APART_VAR).is_some()
+}
+
+fn open(dir: &std::path::Path, apart: bool) -> Mvcc {
+    let engine = RocksEngine::open_with(dir, options(apart)).unwrap();
+    Mvcc::open(Arc::new(engine), Limits::default()).unwrap()
 }
 
 #[test]
 #[ignore = "child process of rocksdb_batches_survive_sigkill_whole_or_not_at_all"]
 fn child() {
     let dir = std::env::var(DIR_VAR).expect("run by the crash test");
-    let mvcc = open(std::path::Path::new(&dir));
+    let mvcc = open(std::path::Path::new(&dir), child_apart());
     let mut e = mvcc.applied().map_or(0, |w| w.window.0);
     println!("{READY}");
     loop {
@@ -74,7 +93,8 @@ fn child() {
 #[ignore = "child process of a_finished_background_flush_survives_sigkill_without_a_wal"]
 fn flush_child() {
     let dir = std::env::var(DIR_VAR).expect("run by the crash test");
-    let engine = RocksEngine::open_with(&dir, RocksOptions { wal: false, ..Default::default() });
+    let engine =
+        RocksEngine::open_with(&dir, RocksOptions { wal: false, ..options(child_apart()) });
     let mvcc = Mvcc::open(Arc::new(engine.unwrap()), Limits::default()).unwrap();
     for e in 1..=BEFORE_FLUSH {
         mvcc.apply(&batch_for(e)).unwrap();
@@ -92,9 +112,18 @@ fn flush_child() {
     std::thread::sleep(Duration::from_secs(600));
 }
 
-/// Runs the ignored test `name` of this binary as a child writing to `db`, and its output.
-fn spawn_child(name: &str, db: &std::path::Path) -> (Child, Lines<BufReader<ChildStdout>>) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+/// Runs the ignored test `name` of this binary as a child writing to `db` (keeping
+/// [`APART_KEYS`] apart if `apart`), and its output.
+fn spawn_child(
+    name: &str,
+    db: &std::path::Path,
+    apart: bool,
+) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    if apart {
+        command.env(APART_VAR, "1");
+    }
+    let mut child = command
         .args(["--exact", name, "--ignored", "--nocapture", "--test-threads=1"])
         .env(DIR_VAR, db)
         .stdout(Stdio::piped())
@@ -111,14 +140,31 @@ fn spawn_child(name: &str, db: &std::path::Path) -> (Child, Lines<BufReader<Chil
 /// gone (which shows the log was off and nothing else flushed them).
 #[test]
 fn a_finished_background_flush_survives_sigkill_without_a_wal() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("db");
-    let (mut child, mut lines) = spawn_child("crash::flush_child", &db);
-    let flushed = lines.any(|l| l.is_ok_and(|l| l.contains(FLUSHED)));
+    background_flush_survives_sigkill(false);
+}
+
+/// The same with some keys in a column family of their own: the two families flush as one.
+#[test]
+fn a_finished_background_flush_of_both_families_survives_sigkill_without_a_wal() {
+    background_flush_survives_sigkill(true);
+}
+
+/// Runs the child `name` on `db` until it prints `marker`, then kills it with SIGKILL; whether
+/// it printed it.
+fn kill_child_after(name: &str, db: &std::path::Path, apart: bool, marker: &str) -> bool {
+    let (mut child, mut lines) = spawn_child(name, db, apart);
+    let printed = lines.any(|l| l.is_ok_and(|l| l.contains(marker)));
     child.kill().unwrap(); // SIGKILL on Unix
     child.wait().unwrap();
+    printed
+}
+
+fn background_flush_survives_sigkill(apart: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let flushed = kill_child_after("crash::flush_child", &db, apart, FLUSHED);
     assert!(flushed, "the child did not finish its flush");
-    let mvcc = open(&db);
+    let mvcc = open(&db, apart);
     assert_eq!(
         mvcc.applied().map(|w| w.window),
         Some(Epoch(BEFORE_FLUSH)),
@@ -127,8 +173,76 @@ fn a_finished_background_flush_survives_sigkill_without_a_wal() {
     check_windows_whole(&mvcc, 0, BEFORE_FLUSH, &mut BTreeMap::new(), 0);
 }
 
+/// Windows the fill child applies: each writes every key with a value of [`FILL_VALUE_BYTES`],
+/// about 2 MiB a window, so that the default family's 64 MiB memtable fills and RocksDB
+/// flushes on its own while the family kept apart, given a third of each window, has not
+/// filled.
+const FILL_WINDOWS: u64 = 80;
+const FILL_VALUE_BYTES: usize = 32 << 10;
+const FILLED: &str = "crash-child-filled";
+
+fn fill_value(e: u64) -> Vec<u8> {
+    let mut value = format!("window {e} ").into_bytes();
+    value.resize(FILL_VALUE_BYTES, b'.');
+    value
+}
+
+#[test]
+#[ignore = "child process of a_flush_rocksdb_starts_on_its_own_takes_both_families"]
+fn fill_child() {
+    let dir = std::env::var(DIR_VAR).expect("run by the crash test");
+    let engine = RocksEngine::open_with(&dir, RocksOptions { wal: false, ..options(true) });
+    let mvcc = Mvcc::open(Arc::new(engine.unwrap()), Limits::default()).unwrap();
+    for e in 1..=FILL_WINDOWS {
+        let mut batch = VersionBatch::new(Epoch(e), ts(e));
+        for k in 0..KEYS {
+            batch.put(key(k), fill_value(e));
+        }
+        mvcc.apply(&batch).unwrap();
+    }
+    // The flush RocksDB started finishes (if it started none, nothing will have survived).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !mvcc.flushed().unwrap() {
+        assert!(Instant::now() < deadline, "RocksDB's flush did not finish in 60 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    println!("{FILLED}");
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+/// Without the WAL, what survives a SIGKILL is what RocksDB flushed, and it flushes on its own
+/// when a memtable fills. Both families flush then (atomic flush): were only the full one
+/// flushed, the watermark in it would name windows whose other half, in the family kept apart,
+/// died with the process.
+#[test]
+fn a_flush_rocksdb_starts_on_its_own_takes_both_families() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let filled = kill_child_after("crash::fill_child", &db, true, FILLED);
+    assert!(filled, "the child did not apply its windows");
+    let mvcc = open(&db, true);
+    let Some(watermark) = mvcc.applied().map(|w| w.window.0) else {
+        panic!("nothing survived: RocksDB never flushed, so the test did not exercise a flush")
+    };
+    assert!(watermark < FILL_WINDOWS, "the last windows were not lost: the WAL was on?");
+    for k in 0..KEYS {
+        let read = mvcc.get(&key(k), ts(watermark)).unwrap().map(|v| v.value);
+        assert_eq!(read, Some(fill_value(watermark)), "key {k} at watermark {watermark}");
+    }
+}
+
 #[test]
 fn rocksdb_batches_survive_sigkill_whole_or_not_at_all() {
+    batches_survive_sigkill(false);
+}
+
+/// The same with some keys in a column family of their own: a batch writes both families.
+#[test]
+fn rocksdb_batches_across_families_survive_sigkill_whole_or_not_at_all() {
+    batches_survive_sigkill(true);
+}
+
+fn batches_survive_sigkill(apart: bool) {
     let seed = seeds(1)[0];
     eprintln!("crash test seed {seed} (rerun with SEALDB_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
@@ -138,7 +252,7 @@ fn rocksdb_batches_survive_sigkill_whole_or_not_at_all() {
     let mut state: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
     let mut last_watermark = 0;
     for round in 0..ROUNDS {
-        let (mut child, mut lines) = spawn_child("crash::child", &db);
+        let (mut child, mut lines) = spawn_child("crash::child", &db, apart);
         assert!(
             lines.any(|l| l.is_ok_and(|l| l.contains(READY))),
             "round {round}: child never opened the database"
@@ -148,7 +262,7 @@ fn rocksdb_batches_survive_sigkill_whole_or_not_at_all() {
         child.kill().unwrap(); // SIGKILL on Unix
         child.wait().unwrap();
 
-        let mvcc = open(&db);
+        let mvcc = open(&db, apart);
         let watermark = mvcc.applied().map_or(0, |w| w.window.0);
         assert!(watermark >= last_watermark, "round {round}: watermark went back");
         check_windows_whole(&mvcc, last_watermark, watermark, &mut state, round);

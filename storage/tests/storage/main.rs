@@ -6,7 +6,9 @@
 //! - `crash`: RocksDB batches survive SIGKILL whole or not at all.
 //! - `files`: RocksDB keeps a bounded number of table files open.
 //! - `behind`: writes queued behind read as written, with the writer held back.
+//! - `apart`: RocksDB keeping some keys in a column family of their own.
 
+mod apart;
 mod behind;
 mod common;
 mod crash;

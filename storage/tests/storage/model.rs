@@ -7,7 +7,8 @@
 //! The model never forgets a version. Reads are only issued at or above the highest GC
 //! horizon so far, so a GC that changed any answer there shows up as a divergence. Each
 //! engine runs with a large row cache, a small one that evicts all the time, and none, and with
-//! its writes queued behind (`WriteBehind`; `behind.rs` holds the queue back on purpose).
+//! its writes queued behind (`WriteBehind`; `behind.rs` holds the queue back on purpose), and
+//! RocksDB runs once more with some keys in a column family of their own.
 //!
 //! The row cache also has a test of its own against concurrent applies: a read that fills
 //! the cache with what it found must never leave an older version there than one a batch
@@ -90,6 +91,7 @@ fn run(seed: u64) {
         Fixture::with_cache(Kind::Rocks, 0),
         Fixture::new(Kind::MemoryBehind),
         Fixture::with_cache(Kind::RocksBehind, 0),
+        Fixture::with_cache(Kind::RocksApart, 0),
     ];
     let mut model = Model::default();
     let mut window = 0u64;

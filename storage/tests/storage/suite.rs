@@ -293,6 +293,11 @@ macro_rules! on_every_engine {
                 super::$name(&mut super::Fixture::new(super::Kind::RocksBehind));
             } )*
         }
+        mod rocks_engine_apart {
+            $( #[test] fn $name() {
+                super::$name(&mut super::Fixture::new(super::Kind::RocksApart));
+            } )*
+        }
     };
 }
 

@@ -140,6 +140,7 @@ pub(crate) async fn start_shards(
             block_cache_bytes: storage::DEFAULT_BLOCK_CACHE_BYTES,
             table_file_bytes: storage::DEFAULT_TABLE_FILE_BYTES,
             write_behind: storage::DEFAULT_WRITE_BEHIND,
+            apart: Vec::new(),
             tls: tls.clone(),
         };
         nodes.push(ShardNode::start(config, listener, clock).await.unwrap());

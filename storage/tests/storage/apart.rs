@@ -1,0 +1,124 @@
+//! A RocksDB engine keeping some keys apart ([`RocksOptions::apart`]): where the keys go, and
+//! what happens when a database is opened with a list it was not made with. The suite, the
+//! model test and the crash tests run on such an engine too (`Kind::RocksApart`).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use storage::{Epoch, Limits, Mvcc, RocksEngine, RocksOptions, StorageKey, VersionBatch};
+
+use crate::common::{APART, apart, ts};
+
+fn open(dir: &Path, apart: Vec<Vec<u8>>) -> storage::Result<Mvcc> {
+    let engine = RocksEngine::open_with(dir, RocksOptions { apart, ..Default::default() })?;
+    Mvcc::open(Arc::new(engine), Limits::default())
+}
+
+/// Keys on both sides of the prefixes' edges: under them, beside them, between them.
+const KEYS: &[&[u8]] = &[
+    b"",
+    b"\0",
+    b"\0\0",
+    b"\x01",
+    b"\x01\x01",
+    b"\x01\x01z",
+    b"a",
+    b"a\0",
+    b"ab",
+    b"abc",
+    b"b",
+    b"b\xfe",
+    b"b\xff",
+    b"b\xff\0",
+    b"c",
+    b"ca",
+    b"d",
+];
+
+fn under_apart(key: &[u8]) -> bool {
+    APART.iter().any(|p| key.starts_with(p))
+}
+
+/// Every key's versions are in the family its prefix says, and nothing else is there: read
+/// with RocksDB itself, each family on its own.
+#[test]
+fn keys_under_the_prefixes_live_in_their_own_family() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    {
+        let mvcc = open(&db, apart()).unwrap();
+        let mut batch = VersionBatch::new(Epoch(1), ts(1));
+        for key in KEYS {
+            batch.put(key.to_vec(), b"v".to_vec());
+        }
+        mvcc.apply(&batch).unwrap();
+        let mut batch = VersionBatch::new(Epoch(2), ts(2));
+        batch.delete(b"abc".to_vec());
+        batch.delete(b"d".to_vec());
+        mvcc.apply(&batch).unwrap();
+    }
+    let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), &db).unwrap();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let raw = rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), &db, &names, false)
+        .unwrap();
+    for name in &names {
+        let kept_apart = name != rocksdb::DEFAULT_COLUMN_FAMILY_NAME;
+        let family = raw.cf_handle(name).unwrap();
+        let mut versions = Vec::new();
+        for item in raw.iterator_cf(family, rocksdb::IteratorMode::Start) {
+            let (key, _) = item.unwrap();
+            match StorageKey::decode_version(&key) {
+                Ok((user_key, _)) => versions.push(user_key),
+                Err(_) => assert!(!kept_apart, "a meta key in {name}: {key:?}"),
+            }
+        }
+        let expected: Vec<Vec<u8>> = KEYS
+            .iter()
+            .filter(|k| under_apart(k) == kept_apart)
+            .flat_map(|k| match *k {
+                // Written, then deleted: two versions.
+                b"abc" | b"d" => vec![k.to_vec(), k.to_vec()],
+                _ => vec![k.to_vec()],
+            })
+            .collect();
+        assert_eq!(versions, expected, "the versions in {name}");
+    }
+}
+
+/// A database made with one list of prefixes is refused when opened with another, or with
+/// none, and one made with none when opened with some; the refusal changes nothing.
+#[test]
+fn a_database_opened_with_other_prefixes_is_refused_and_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let made_apart = dir.path().join("apart");
+    let made_whole = dir.path().join("whole");
+    for (db, list) in [(&made_apart, apart()), (&made_whole, Vec::new())] {
+        let mvcc = open(db, list).unwrap();
+        let mut batch = VersionBatch::new(Epoch(1), ts(1));
+        batch.put(b"abc".to_vec(), b"1".to_vec());
+        batch.put(b"b".to_vec(), b"2".to_vec());
+        mvcc.apply(&batch).unwrap();
+    }
+    let other = vec![b"a".to_vec()];
+    for (db, list) in [(&made_apart, Vec::new()), (&made_apart, other), (&made_whole, apart())] {
+        let refused = open(db, list.clone()).err().map(|e| e.to_string());
+        assert!(
+            refused.as_deref().is_some_and(|e| e.contains("kept apart")),
+            "{} opened with {list:?}: {refused:?}",
+            db.display()
+        );
+    }
+    for (db, list) in [(&made_apart, apart()), (&made_whole, Vec::new())] {
+        let mvcc = open(db, list).unwrap();
+        assert_eq!(mvcc.applied().map(|w| w.window), Some(Epoch(1)));
+        assert_eq!(mvcc.get(b"abc", ts(1)).unwrap().unwrap().value, b"1");
+        assert_eq!(mvcc.get(b"b", ts(1)).unwrap().unwrap().value, b"2");
+    }
+    // The same prefixes in another order, repeated, or with one under another name the same
+    // family.
+    let mut shuffled = apart();
+    shuffled.reverse();
+    shuffled.push(b"abz".to_vec());
+    shuffled.push(b"a".to_vec());
+    assert!(open(&made_apart, shuffled).is_ok());
+}
