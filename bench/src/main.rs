@@ -335,7 +335,14 @@ fn main() -> ExitCode {
     node::allocator::keep_huge_pages();
     // As `sealdb` does: shards keep their table files open (`storage::RocksOptions`).
     storage::raise_open_files_limit();
-    match Cli::parse().workload {
+    let workload = Cli::parse().workload;
+    // Warnings and errors on stderr: a database that stops says why there (a shard's
+    // "shard stopped" and its cause) while its callers hear only that it stopped. Nodes and
+    // the fault suite log at `info` themselves.
+    if !matches!(workload, Workload::Node { .. } | Workload::Jepsen { .. }) {
+        node::init_logging_from("warn");
+    }
+    match workload {
         Workload::Tpcc {
             warehouses,
             clients,

@@ -34,7 +34,8 @@ pub use crate::config::{NodeConfig, Role};
 pub use crate::error::NodeError;
 pub use crate::metrics::{LATENCY_BOUNDS, Metric, Value, render, serve_metrics};
 pub use crate::node::{
-    LocalProcesses, LocalSpec, Reclamation, StorageMib, init_logging, run, stop_signals,
+    LocalProcesses, LocalSpec, Reclamation, StorageMib, init_logging, init_logging_from, run,
+    stop_signals,
 };
 pub use crate::sequencer::{GroupSpec, MAX_SUBSCRIPTIONS, SequencerNode};
 pub use crate::server::{

@@ -19,10 +19,15 @@ use txn::Registry;
 /// Sends a node's logs to stderr through `tracing`, filtered by `RUST_LOG` (default `info`),
 /// in colour on a terminal only.
 pub fn init_logging() {
+    init_logging_from("info");
+}
+
+/// [`init_logging`] at `level` (`info`, `warn`, ...) unless `RUST_LOG` says otherwise.
+pub fn init_logging_from(level: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

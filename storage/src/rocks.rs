@@ -211,9 +211,30 @@ impl Apart {
 
     /// Whether `key` belongs to the family kept apart.
     fn holds(&self, key: &[u8]) -> bool {
-        let at = self.starts.partition_point(|s| s.as_slice() <= key);
-        at > 0 && key.starts_with(&self.starts[at - 1])
+        matches!(self.ahead(key), Ahead::Here)
     }
+
+    /// Where the keys kept apart at or after `key` begin.
+    fn ahead(&self, key: &[u8]) -> Ahead<'_> {
+        let at = self.starts.partition_point(|s| s.as_slice() <= key);
+        if at > 0 && key.starts_with(&self.starts[at - 1]) {
+            return Ahead::Here;
+        }
+        match self.starts.get(at) {
+            Some(start) => Ahead::From(start),
+            None => Ahead::Nowhere,
+        }
+    }
+}
+
+/// Where the keys kept apart at or after a key begin ([`Apart::ahead`]).
+enum Ahead<'s> {
+    /// The key itself is kept apart.
+    Here,
+    /// At or after this start (above the key).
+    From(&'s [u8]),
+    /// No key at or after it is kept apart.
+    Nowhere,
 }
 
 /// The 64-bit FNV-1a hash of `starts`, each preceded by its length: a stable name for a list.
@@ -413,11 +434,12 @@ fn engine_error(path: &Path, e: rocksdb::Error) -> StorageError {
 }
 
 impl RocksEngine {
-    /// The column family holding `key`.
-    fn family(&self, key: &[u8]) -> &ColumnFamily {
+    /// The column family kept apart, if `key` belongs to it; `None` for the default one,
+    /// which the calls without a family name reach without looking it up.
+    fn apart_family(&self, key: &[u8]) -> Option<&ColumnFamily> {
         match &self.apart {
-            Some(apart) if apart.holds(key) => self.handle(&apart.family),
-            _ => self.handle(DEFAULT_COLUMN_FAMILY_NAME),
+            Some(apart) if apart.holds(key) => Some(self.handle(&apart.family)),
+            _ => None,
         }
     }
 
@@ -455,7 +477,11 @@ impl RocksEngine {
 
 impl Engine for RocksEngine {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.db.get_cf(self.family(key), key).map_err(|e| self.error(e))
+        let value = match self.apart_family(key) {
+            Some(family) => self.db.get_cf(family, key),
+            None => self.db.get(key),
+        };
+        value.map_err(|e| self.error(e))
     }
 
     fn cursor(&self) -> Box<dyn Cursor + '_> {
@@ -468,20 +494,30 @@ impl Engine for RocksEngine {
         // One snapshot for both families, so a batch written meanwhile is seen in both or
         // in neither.
         let snapshot = self.db.snapshot();
-        let sides = [DEFAULT_COLUMN_FAMILY_NAME, apart.family.as_str()].map(|name| {
+        let [main, kept_apart] = [DEFAULT_COLUMN_FAMILY_NAME, apart.family.as_str()].map(|name| {
             let mut read = ReadOptions::default();
             read.set_total_order_seek(true);
             read.set_snapshot(&snapshot);
             let iter = self.db.raw_iterator_cf_opt(self.handle(name), read);
             Side { cursor: RocksCursor { iter, started: false, path: &self.path }, current: None }
         });
-        Box::new(Both { sides, started: false, _snapshot: snapshot })
+        Box::new(Both {
+            apart,
+            main,
+            kept_apart,
+            unsought: None,
+            started: false,
+            _snapshot: snapshot,
+        })
     }
 
     fn seek_in_prefix(&self, key: &[u8], prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         let mut read = ReadOptions::default();
         read.set_prefix_same_as_start(true);
-        let iter = self.db.raw_iterator_cf_opt(self.family(key), read);
+        let iter = match self.apart_family(key) {
+            Some(family) => self.db.raw_iterator_cf_opt(family, read),
+            None => self.db.raw_iterator_opt(read),
+        };
         let mut cursor = RocksCursor { iter, started: false, path: &self.path };
         Ok(cursor.seek(key)?.filter(|(k, _)| k.starts_with(prefix)))
     }
@@ -495,8 +531,14 @@ impl Engine for RocksEngine {
         let mut wb = WriteBatch::default();
         for op in &batch.ops {
             match op {
-                RawOp::Put(k, v) => wb.put_cf(self.family(k), k, v),
-                RawOp::Delete(k) => wb.delete_cf(self.family(k), k),
+                RawOp::Put(k, v) => match self.apart_family(k) {
+                    Some(family) => wb.put_cf(family, k, v),
+                    None => wb.put(k, v),
+                },
+                RawOp::Delete(k) => match self.apart_family(k) {
+                    Some(family) => wb.delete_cf(family, k),
+                    None => wb.delete(k),
+                },
             }
         }
         let mut opts = WriteOptions::default();
@@ -566,9 +608,16 @@ impl Engine for RocksEngine {
 }
 
 /// A cursor over both column families at one snapshot: each key is in one of them, so the
-/// smaller of the two current entries comes next.
+/// smaller of the two current entries comes next. The family kept apart is sought only once
+/// the other reaches the first key it could hold: a scan of other tables never reads it.
 struct Both<'a> {
-    sides: [Side<'a>; 2],
+    apart: &'a Apart,
+    /// The default family's cursor.
+    main: Side<'a>,
+    kept_apart: Side<'a>,
+    /// Where the family kept apart will be sought, while it has not been since the last
+    /// seek: its keys at or after that seek's key begin there. `Some(None)`: it holds none.
+    unsought: Option<Option<&'a [u8]>>,
     started: bool,
     /// Dropped after the iterators that read at it.
     _snapshot: Snapshot<'a>,
@@ -583,14 +632,19 @@ struct Side<'a> {
 impl Both<'_> {
     /// The smaller current entry, taken; its side moves on.
     fn take_smaller(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        let [a, b] = &self.sides;
-        let side = match (&a.current, &b.current) {
+        if let Some(Some(start)) = self.unsought
+            && self.main.current.as_ref().is_none_or(|(k, _)| k.as_slice() >= start)
+        {
+            self.unsought = None;
+            self.kept_apart.current = self.kept_apart.cursor.seek(start)?;
+        }
+        let main_first = match (&self.main.current, &self.kept_apart.current) {
             (None, None) => return Ok(None),
-            (Some(_), None) => 0,
-            (None, Some(_)) => 1,
-            (Some((ka, _)), Some((kb, _))) => usize::from(kb < ka),
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some((a, _)), Some((b, _))) => a < b,
         };
-        let side = &mut self.sides[side];
+        let side = if main_first { &mut self.main } else { &mut self.kept_apart };
         let taken = side.current.take();
         side.current = side.cursor.next()?;
         Ok(taken)
@@ -600,9 +654,16 @@ impl Both<'_> {
 impl Cursor for Both<'_> {
     fn seek(&mut self, key: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         self.started = true;
-        for side in &mut self.sides {
-            side.current = side.cursor.seek(key)?;
-        }
+        self.main.current = self.main.cursor.seek(key)?;
+        self.kept_apart.current = None;
+        self.unsought = match self.apart.ahead(key) {
+            Ahead::Here => {
+                self.kept_apart.current = self.kept_apart.cursor.seek(key)?;
+                None
+            }
+            Ahead::From(start) => Some(Some(start)),
+            Ahead::Nowhere => Some(None),
+        };
         self.take_smaller()
     }
 
