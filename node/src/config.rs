@@ -26,8 +26,9 @@
 //!                                   # RocksDB, written by a thread of their own (0-64; 0: none)
 //! apart_hex = ["0000000104"]        # optional (shard role): key prefixes, in hex, whose rows
 //!                                   # RocksDB keeps in a column family of their own (tables
-//!                                   # that grow by appends); a shard must always be started
-//!                                   # with the same list (at most 4096, none empty)
+//!                                   # that grow by appends); a shard and its replicas must
+//!                                   # always start with the same list (at most 4096, none
+//!                                   # empty; another is refused at open)
 //! absent_replica_ms = 600000        # optional (sequencer role): a replica silent this long no
 //!                                   # longer holds the log while a fellow of its shard reports;
 //!                                   # it catches up from the fellow's checkpoint
