@@ -183,6 +183,9 @@ impl Default for RocksOptions {
 /// keys under [`RocksOptions::apart`] lie, sorted, none a prefix of another.
 struct Apart {
     starts: Vec<Vec<u8>>,
+    /// For each start, the first key after every key that begins with it (`None`: no key
+    /// follows them).
+    ends: Vec<Option<Vec<u8>>>,
     family: String,
 }
 
@@ -207,19 +210,20 @@ impl Apart {
             return None;
         }
         let family = format!("{APART_FAMILY}{:016x}", fnv1a(&kept));
-        Some(Apart { starts: kept, family })
+        let ends = kept.iter().map(|start| after_prefix(start)).collect();
+        Some(Apart { starts: kept, ends, family })
     }
 
     /// Whether `key` belongs to the family kept apart.
     fn holds(&self, key: &[u8]) -> bool {
-        matches!(self.ahead(key), Ahead::Here)
+        matches!(self.ahead(key), Ahead::Here(_))
     }
 
-    /// Where the keys kept apart at or after `key` begin.
+    /// Which family holds `key`, and where the keys of the other one at or after it begin.
     fn ahead(&self, key: &[u8]) -> Ahead<'_> {
         let at = self.starts.partition_point(|s| s.as_slice() <= key);
         if at > 0 && key.starts_with(&self.starts[at - 1]) {
-            return Ahead::Here;
+            return Ahead::Here(self.ends[at - 1].as_deref());
         }
         match self.starts.get(at) {
             Some(start) => Ahead::From(start),
@@ -228,13 +232,28 @@ impl Apart {
     }
 }
 
-/// Where the keys kept apart at or after a key begin ([`Apart::ahead`]).
+/// The first byte string after every one that begins with `prefix`; `None` if there is none
+/// (it is empty or all 0xff).
+fn after_prefix(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Which family holds a key, and where the other one's keys at or after it begin
+/// ([`Apart::ahead`]).
 enum Ahead<'s> {
-    /// The key itself is kept apart.
-    Here,
-    /// At or after this start (above the key).
+    /// The family kept apart holds the key; the default family's keys at or after it begin at
+    /// this end of its prefix (`None`: there are none).
+    Here(Option<&'s [u8]>),
+    /// The default family holds it; the keys kept apart at or after it begin at this start.
     From(&'s [u8]),
-    /// No key at or after it is kept apart.
+    /// The default family holds it, and no key at or after it is kept apart.
     Nowhere,
 }
 
@@ -500,16 +519,9 @@ impl Engine for RocksEngine {
             read.set_total_order_seek(true);
             read.set_snapshot(&snapshot);
             let iter = self.db.raw_iterator_cf_opt(self.handle(name), read);
-            Side { cursor: RocksCursor { iter, started: false, path: &self.path }, current: None }
+            Side::new(RocksCursor { iter, started: false, path: &self.path })
         });
-        Box::new(Both {
-            apart,
-            main,
-            kept_apart,
-            unsought: None,
-            started: false,
-            _snapshot: snapshot,
-        })
+        Box::new(Both { apart, main, kept_apart, started: false, _snapshot: snapshot })
     }
 
     fn seek_in_prefix(&self, key: &[u8], prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
@@ -609,16 +621,14 @@ impl Engine for RocksEngine {
 }
 
 /// A cursor over both column families at one snapshot: each key is in one of them, so the
-/// smaller of the two current entries comes next. The family kept apart is sought only once
-/// the other reaches the first key it could hold: a scan of other tables never reads it.
+/// smaller of the two current entries comes next. A seek positions the family holding its key
+/// and leaves the other until the first reaches the first key the other could hold: a scan
+/// within one table reads one family.
 struct Both<'a> {
     apart: &'a Apart,
     /// The default family's cursor.
     main: Side<'a>,
     kept_apart: Side<'a>,
-    /// Where the family kept apart will be sought, while it has not been since the last
-    /// seek: its keys at or after that seek's key begin there. `Some(None)`: it holds none.
-    unsought: Option<Option<&'a [u8]>>,
     started: bool,
     /// Dropped after the iterators that read at it.
     _snapshot: Snapshot<'a>,
@@ -628,17 +638,34 @@ struct Both<'a> {
 struct Side<'a> {
     cursor: RocksCursor<'a>,
     current: Option<(Vec<u8>, Vec<u8>)>,
+    /// Set while this side has not been sought since the last seek: its keys at or after
+    /// that seek's key begin at the bound (`None`: it has none), so it is sought there once
+    /// the other side reaches it.
+    unsought: Option<Option<&'a [u8]>>,
+}
+
+impl<'a> Side<'a> {
+    fn new(cursor: RocksCursor<'a>) -> Side<'a> {
+        Side { cursor, current: None, unsought: None }
+    }
+
+    /// Seeks this side at its bound if it waits for one and `other` has reached it.
+    fn catch_up(&mut self, other: &Side<'_>) -> Result<()> {
+        if let Some(Some(bound)) = self.unsought
+            && other.current.as_ref().is_none_or(|(k, _)| k.as_slice() >= bound)
+        {
+            self.unsought = None;
+            self.current = self.cursor.seek(bound)?;
+        }
+        Ok(())
+    }
 }
 
 impl Both<'_> {
     /// The smaller current entry, taken; its side moves on.
     fn take_smaller(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        if let Some(Some(start)) = self.unsought
-            && self.main.current.as_ref().is_none_or(|(k, _)| k.as_slice() >= start)
-        {
-            self.unsought = None;
-            self.kept_apart.current = self.kept_apart.cursor.seek(start)?;
-        }
+        self.main.catch_up(&self.kept_apart)?;
+        self.kept_apart.catch_up(&self.main)?;
         let main_first = match (&self.main.current, &self.kept_apart.current) {
             (None, None) => return Ok(None),
             (Some(_), None) => true,
@@ -655,16 +682,16 @@ impl Both<'_> {
 impl Cursor for Both<'_> {
     fn seek(&mut self, key: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         self.started = true;
-        self.main.current = self.main.cursor.seek(key)?;
-        self.kept_apart.current = None;
-        self.unsought = match self.apart.ahead(key) {
-            Ahead::Here => {
-                self.kept_apart.current = self.kept_apart.cursor.seek(key)?;
-                None
-            }
-            Ahead::From(start) => Some(Some(start)),
-            Ahead::Nowhere => Some(None),
+        let apart = self.apart;
+        let (now, later, bound) = match apart.ahead(key) {
+            Ahead::Here(end) => (&mut self.kept_apart, &mut self.main, end),
+            Ahead::From(start) => (&mut self.main, &mut self.kept_apart, Some(start)),
+            Ahead::Nowhere => (&mut self.main, &mut self.kept_apart, None),
         };
+        now.unsought = None;
+        now.current = now.cursor.seek(key)?;
+        later.unsought = Some(bound);
+        later.current = None;
         self.take_smaller()
     }
 
