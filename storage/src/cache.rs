@@ -129,10 +129,7 @@ impl RowCache {
         if self.stripes.is_empty() {
             return None;
         }
-        // FNV-1a: cheap, and spreads keys that share long prefixes.
-        let hash = key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-        });
+        let hash = crate::fnv::extend(crate::fnv::START, key);
         let stripe = &self.stripes[(hash % self.stripes.len() as u64) as usize];
         Some(stripe.lock().unwrap_or_else(|e| e.into_inner()))
     }

@@ -43,6 +43,7 @@ mod behind;
 mod cache;
 mod engine;
 mod error;
+mod fnv;
 mod key;
 pub mod keycode;
 mod limits;

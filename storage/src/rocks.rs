@@ -51,6 +51,7 @@ use rocksdb::{
 
 use crate::engine::{Cursor, Engine, EngineMemory, RawBatch, RawOp};
 use crate::key::StorageKey;
+use crate::range::KeyRange;
 use crate::{Result, StorageError};
 
 /// Each shard's block cache by default: the hot part of a TPC-C warehouse and its indexes.
@@ -210,7 +211,7 @@ impl Apart {
             return None;
         }
         let family = format!("{APART_FAMILY}{:016x}", fnv1a(&kept));
-        let ends = kept.iter().map(|start| after_prefix(start)).collect();
+        let ends = kept.iter().map(|start| KeyRange::prefix(start).end).collect();
         Some(Apart { starts: kept, ends, family })
     }
 
@@ -232,19 +233,6 @@ impl Apart {
     }
 }
 
-/// The first byte string after every one that begins with `prefix`; `None` if there is none
-/// (it is empty or all 0xff).
-fn after_prefix(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
 /// Which family holds a key, and where the other one's keys at or after it begin
 /// ([`Apart::ahead`]).
 enum Ahead<'s> {
@@ -259,13 +247,10 @@ enum Ahead<'s> {
 
 /// The 64-bit FNV-1a hash of `starts`, each preceded by its length: a stable name for a list.
 fn fnv1a(starts: &[Vec<u8>]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for start in starts {
-        for &b in (start.len() as u64).to_be_bytes().iter().chain(start) {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    hash
+    starts.iter().fold(crate::fnv::START, |hash, start| {
+        let hash = crate::fnv::extend(hash, &(start.len() as u64).to_be_bytes());
+        crate::fnv::extend(hash, start)
+    })
 }
 
 const GC_FILTER: &CStr = c"sealdb.gc";
