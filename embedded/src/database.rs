@@ -290,6 +290,10 @@ pub struct Stats {
     pub shard_time: ShardTime,
     /// Bytes the shards' row caches hold now.
     pub row_cache_bytes: u64,
+    /// Point reads the shards' row caches answered, and reads they sent to the engine.
+    pub row_cache_hits: u64,
+    /// See `row_cache_hits`.
+    pub row_cache_misses: u64,
     /// Memory the shards' storage engines hold now.
     pub engine_memory: storage::EngineMemory,
 }
@@ -336,6 +340,38 @@ impl Default for Waiters {
     }
 }
 
+/// What a shard thread hands the answering thread ([`answer`]).
+enum Answer {
+    /// Outcomes of a window's entries, for their callers.
+    Outcomes(Vec<(ClientId, Outcome)>),
+    /// The database failed: every caller still waiting learns so, once every outcome handed
+    /// over before this is delivered.
+    Fail,
+}
+
+/// The answering thread: delivers outcomes to their callers in the order the shards hand them
+/// over, until every shard thread has stopped. Waking a caller is a system call, after which
+/// the woken thread often takes the core it was woken from; done on the shard threads, each
+/// window paid for one per entry (a tenth of a shard thread's time under TPC-C), and the
+/// shard thread, which every caller waits for, was the one set aside.
+fn answer(inner: &Inner, answers: Receiver<Answer>) {
+    for answer in answers {
+        match answer {
+            Answer::Outcomes(outcomes) => deliver(inner, outcomes),
+            Answer::Fail => inner.waiters.clear(),
+        }
+    }
+}
+
+/// Gives each caller still waiting its outcome.
+fn deliver(inner: &Inner, outcomes: Vec<(ClientId, Outcome)>) {
+    for (client, outcome) in outcomes {
+        if let Some(tx) = inner.waiters.remove(client) {
+            let _ = tx.send(Ok(outcome));
+        }
+    }
+}
+
 impl Waiters {
     fn stripe(&self, client: ClientId) -> MutexGuard<'_, HashMap<ClientId, WaiterSender>> {
         lock(&self.0[client.0 as usize % self.0.len()])
@@ -364,6 +400,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Database {
     pub(crate) inner: Arc<Inner>,
     sequencer: Option<Sequencer>,
+    /// The shard threads, then the answering thread ([`answer`]), which ends after them.
     threads: Vec<JoinHandle<()>>,
     /// The database directory.
     path: std::path::PathBuf,
@@ -525,6 +562,7 @@ impl Database {
             stats: StatCounters::default(),
         });
         let mut threads = Vec::new();
+        let (answers, answered) = std::sync::mpsc::channel();
         for s in map.shards() {
             let executor =
                 Executor::new(s, map.clone(), options.procedures.clone(), options.limits)
@@ -538,11 +576,13 @@ impl Database {
             let deliveries = sequencer.subscribe_ahead(from);
             let feedback = sequencer.feedback().ok_or(TxnError::ShuttingDown)?;
             let inner = inner.clone();
+            let answers = answers.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("sealdb-shard-{}", s.0))
                 .spawn(move || {
                     let shard_loop = ShardLoop {
                         inner: inner.clone(),
+                        answers: answers.clone(),
                         shard: s,
                         step,
                         window_entries: 0,
@@ -562,12 +602,22 @@ impl Database {
                         inner.stopping.store(true, Ordering::SeqCst);
                         inner.progress_moved();
                         inner.board_changed.notify_all();
-                        inner.waiters.clear();
+                        if answers.send(Answer::Fail).is_err() {
+                            inner.waiters.clear();
+                        }
                     }
                 })
                 .map_err(|e| TxnError::Storage(e.to_string()))?;
             threads.push(thread);
         }
+        // The shard threads hold the only senders: the answering thread ends after them.
+        drop(answers);
+        let answering = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("sealdb-answer".into())
+            .spawn(move || answer(&answering, answered))
+            .map_err(|e| TxnError::Storage(e.to_string()))?;
+        threads.push(thread);
         Ok(Database { inner, sequencer: Some(sequencer), threads, path, _temp: temp })
     }
 
@@ -628,6 +678,8 @@ impl Database {
         let c = &self.inner.stats;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let log = self.sequencer.as_ref().map(Sequencer::stats).unwrap_or_default();
+        let cache = (self.inner.shards.iter().map(|m| m.cache_stats()))
+            .fold(storage::CacheStats::default(), |a, b| a + b);
         Stats {
             log_first: log.log_first,
             log_bytes: log.log_bytes,
@@ -641,7 +693,9 @@ impl Database {
             conflicts: get(&c.outcomes.conflicts),
             aborts: get(&c.outcomes.aborts),
             shard_time: ShardTime::from_nanos(&c.shard_nanos),
-            row_cache_bytes: self.inner.shards.iter().map(|m| m.cache_stats().bytes).sum(),
+            row_cache_bytes: cache.bytes,
+            row_cache_hits: cache.hits,
+            row_cache_misses: cache.misses,
             engine_memory: self
                 .inner
                 .shards
@@ -856,6 +910,8 @@ fn sequencer_error(e: SequencerError) -> TxnError {
 /// verdicts through the shared board.
 struct ShardLoop {
     inner: Arc<Inner>,
+    /// To the answering thread ([`answer`]).
+    answers: std::sync::mpsc::Sender<Answer>,
     shard: ShardId,
     step: Step,
     /// Entries of the window in progress, all shards' (for [`Stats::entries`]).
@@ -992,10 +1048,17 @@ impl ShardLoop {
                         stats.windows.fetch_add(1, Ordering::Relaxed);
                         stats.entries.fetch_add(self.window_entries as u64, Ordering::Relaxed);
                     }
+                    let mut outcomes = Vec::with_capacity(decided.len());
                     for (decided, client) in decided {
                         stats.outcomes.count(&decided);
-                        if let Some(tx) = self.inner.waiters.remove(client) {
-                            let _ = tx.send(Ok(decided.outcome));
+                        outcomes.push((client, decided.outcome));
+                    }
+                    if !outcomes.is_empty()
+                        && let Err(unsent) = self.answers.send(Answer::Outcomes(outcomes))
+                    {
+                        // The answering thread is gone (it panicked): answer here.
+                        if let Answer::Outcomes(outcomes) = unsent.0 {
+                            deliver(&self.inner, outcomes);
                         }
                     }
                 }

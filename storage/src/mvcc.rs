@@ -472,7 +472,7 @@ impl Mvcc {
         let written = self.engine.write(raw, false);
         if written.is_ok() {
             for (key, value) in batch.writes() {
-                self.cache.write_through(key, Newest::Version(batch.ts, value.map(<[u8]>::to_vec)));
+                self.cache.write_through(key, batch.ts, value);
             }
             self.applied_ts.store(batch.ts.as_u64(), Ordering::SeqCst);
             *applied = Some(watermark);

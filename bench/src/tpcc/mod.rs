@@ -692,6 +692,8 @@ pub struct EngineWork {
     /// Microseconds of shard thread working or writing per log entry: the cost of a
     /// transaction to the shards (on two cores, with time a runnable thread waits for one).
     pub shard_us_per_entry: f64,
+    /// Point reads the shards' row caches answered, in percent of their point reads.
+    pub row_cache_hit_pct: f64,
 }
 
 /// [`embedded::ShardTime`] as shares of the shard threads' time, in percent.
@@ -742,6 +744,11 @@ impl EngineWork {
                 working,
             },
             shard_us_per_entry: busy as f64 / entries.max(1) as f64,
+            row_cache_hit_pct: {
+                let hits = after.row_cache_hits - before.row_cache_hits;
+                let misses = after.row_cache_misses - before.row_cache_misses;
+                hits as f64 * 100.0 / (hits + misses).max(1) as f64
+            },
         }
     }
 }
@@ -1062,7 +1069,7 @@ pub fn run_sealdb(opts: &TpccOptions, embedded: &Embedded) -> Result<Report, Str
              re-executed after losing validation ({:.1}% of entries), {} run once serially, {} \
              aborts\n  shard threads: {:.1}% working, {:.1}% writing, waiting {:.1}% for a \
              window, {:.1}% for its log append, {:.1}% for the other shards; {:.0} µs working \
-             or writing a transaction",
+             or writing a transaction; row caches answered {:.1}% of point reads",
             work.windows,
             work.entries_per_window,
             work.reexecuted,
@@ -1075,6 +1082,7 @@ pub fn run_sealdb(opts: &TpccOptions, embedded: &Embedded) -> Result<Report, Str
             t.awaiting_durable,
             t.awaiting_peer,
             work.shard_us_per_entry,
+            work.row_cache_hit_pct,
         );
     }
     if let Some(hw) = backend.db.clock().high_water_stats() {
