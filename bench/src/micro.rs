@@ -25,7 +25,7 @@ use txn::{
     Context, ProcError, Procedure, ReadAt, Registry, ShardMap, Store, StoreTransaction, TxnError,
 };
 
-use crate::report::Latencies;
+use crate::report::{Latencies, SharedLatencies};
 use crate::{ClusterTarget, RunningCluster};
 use embedded::{Database, Options};
 
@@ -217,17 +217,18 @@ async fn drive_cluster(opts: &MicroOptions, cluster: &RunningCluster) -> Result<
     let client = Arc::new(client);
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let mut tasks = spawn_clients(client.clone(), stop.clone(), opts);
+    let latencies = SharedLatencies::default();
+    let mut tasks = spawn_clients(client.clone(), stop.clone(), opts, &latencies);
     let step = Duration::from_secs(5).min(opts.duration);
     while started.elapsed() < opts.duration {
         tokio::time::sleep(step.min(opts.duration.saturating_sub(started.elapsed()))).await;
         eprintln!("  {:>5.1} s", started.elapsed().as_secs_f64());
     }
     stop.store(true, Ordering::Relaxed);
-    let mut latencies = Latencies::default();
     while let Some(client) = tasks.join_next().await {
-        latencies.merge(&client.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?);
+        client.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     }
+    let latencies = latencies.take();
     let elapsed = started.elapsed().as_secs_f64();
     let windows = client::cluster_status(addr, &clock, cluster.tls.as_ref())
         .await
@@ -266,19 +267,20 @@ async fn drive_cluster(opts: &MicroOptions, cluster: &RunningCluster) -> Result<
 }
 
 /// Starts `opts.clients` closed-loop clients of the workload as tasks on the current runtime,
-/// against the embedded database or a cluster alike; each yields its latencies once `stop`
-/// is set.
+/// against the embedded database or a cluster alike, recording into `latencies`; each ends
+/// once `stop` is set.
 fn spawn_clients<S: Store + 'static>(
     store: Arc<S>,
     stop: Arc<AtomicBool>,
     opts: &MicroOptions,
-) -> tokio::task::JoinSet<Result<Latencies, TxnError>> {
+    latencies: &SharedLatencies,
+) -> tokio::task::JoinSet<Result<(), TxnError>> {
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..opts.clients {
         let (store, stop, opts) = (store.clone(), stop.clone(), opts.clone());
+        let mut latencies = latencies.recorder();
         tasks.spawn(async move {
             let mut rng = client_rng(&opts, c);
-            let mut latencies = Latencies::default();
             while !stop.load(Ordering::Relaxed) {
                 let (i, j) = two_keys(&mut rng, opts.keys);
                 let t = Instant::now();
@@ -289,7 +291,7 @@ fn spawn_clients<S: Store + 'static>(
                 }
                 latencies.record(t.elapsed());
             }
-            Ok(latencies)
+            Ok(())
         });
     }
     tasks
@@ -319,12 +321,12 @@ fn spawn_async_clients(
         .map_err(|e| e.to_string())?;
     Ok(std::thread::spawn(move || {
         runtime.block_on(async {
-            let mut tasks = spawn_clients(db, stop, &opts);
-            let mut all = Latencies::default();
+            let latencies = SharedLatencies::default();
+            let mut tasks = spawn_clients(db, stop, &opts, &latencies);
             while let Some(client) = tasks.join_next().await {
-                all.merge(&client.expect("a client task panicked")?);
+                client.expect("a client task panicked")?;
             }
-            Ok(all)
+            Ok(latencies.take())
         })
     }))
 }

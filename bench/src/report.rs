@@ -1,6 +1,7 @@
 //! Latency summaries and report output shared by the workloads.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -50,6 +51,59 @@ impl Latencies {
     }
 }
 
+/// Latencies many clients record into one histogram ([`SharedLatencies::recorder`]): each
+/// client keeps its last few in a buffer of its own and adds them under the lock once it is
+/// full. A histogram per client is about 140 KB at 3 significant digits; at `bench micro`'s
+/// 2,048 clients that was 280 MB written at random, a miss in the machine's caches per
+/// call, 3-4% of the machine's time in a profile.
+#[derive(Clone, Default)]
+pub struct SharedLatencies(Arc<Mutex<Latencies>>);
+
+/// One client's buffer in front of [`SharedLatencies`]; what it holds is added when it is
+/// dropped, so a client that stops early loses nothing it recorded.
+pub struct Recorder {
+    shared: SharedLatencies,
+    pending: Vec<Duration>,
+}
+
+impl SharedLatencies {
+    /// Latencies a client's recorder buffers before it takes the lock.
+    const BUFFER: usize = 64;
+
+    /// A buffer for one client.
+    pub fn recorder(&self) -> Recorder {
+        Recorder { shared: self.clone(), pending: Vec::with_capacity(Self::BUFFER) }
+    }
+
+    /// Everything recorded so far, by recorders since dropped or flushed.
+    pub fn take(&self) -> Latencies {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Recorder {
+    /// Records one latency.
+    pub fn record(&mut self, d: Duration) {
+        self.pending.push(d);
+        if self.pending.len() >= SharedLatencies::BUFFER {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        let mut all = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
+        for d in self.pending.drain(..) {
+            all.record(d);
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 /// Percentiles of a set of latencies, in milliseconds.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 pub struct Latency {
@@ -70,6 +124,33 @@ pub fn write_json(path: &Path, report: &impl Serialize) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Recorders buffer, and everything they recorded reaches the shared histogram: full
+    /// buffers as they fill, the rest when each recorder is dropped.
+    #[test]
+    fn shared_latencies_keep_every_recorded_latency() {
+        let shared = SharedLatencies::default();
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let mut recorder = shared.recorder();
+                std::thread::spawn(move || {
+                    // 100 each: one full buffer, and 36 left for the drop.
+                    for i in 1..=100 {
+                        recorder.record(Duration::from_micros(t * 1000 + i));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let all = shared.take();
+        assert_eq!(all.count(), 400);
+        // The 200th of 400: thread 1's last, 1.1 ms.
+        let median = all.summary().p50_ms;
+        assert!((1.09..1.11).contains(&median), "{median}");
+        assert_eq!(shared.take().count(), 0, "taken once");
+    }
 
     /// Regression: `saturating_record` does not grow an auto-resizing histogram, so every
     /// latency was clamped to 2 ns and every percentile printed as 0.00 ms.
