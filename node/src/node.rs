@@ -247,8 +247,8 @@ pub struct LocalSpec {
     pub storage_mib: Option<StorageMib>,
 }
 
-/// A shard's storage settings in a [`LocalSpec`], in MiB, as its configuration file takes them.
-#[derive(Debug, Clone, Copy)]
+/// A shard's storage settings in a [`LocalSpec`], as its configuration file takes them.
+#[derive(Debug, Clone)]
 pub struct StorageMib {
     /// `row_cache_mib`.
     pub row_cache: u64,
@@ -256,6 +256,8 @@ pub struct StorageMib {
     pub block_cache: u64,
     /// `table_file_mib`.
     pub table_file: u64,
+    /// `apart_hex`: key prefixes kept in a column family of their own.
+    pub apart: Vec<Vec<u8>>,
 }
 
 /// Settings of log reclamation for a [`LocalSpec`] (tests make them small, so that the log is
@@ -403,10 +405,16 @@ impl LocalProcesses {
         };
         let caches = spec
             .storage_mib
+            .as_ref()
             .map(|m| {
+                let apart = m.apart.iter().map(|p| hex(p));
                 format!(
-                    "row_cache_mib = {}\nblock_cache_mib = {}\ntable_file_mib = {}\n",
-                    m.row_cache, m.block_cache, m.table_file
+                    "row_cache_mib = {}\nblock_cache_mib = {}\ntable_file_mib = {}\n\
+                     apart_hex = [{}]\n",
+                    m.row_cache,
+                    m.block_cache,
+                    m.table_file,
+                    quoted(apart.collect())
                 )
             })
             .unwrap_or_default();

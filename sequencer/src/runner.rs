@@ -464,7 +464,7 @@ impl Loop {
                 Ok(())
             }
             Command::Applied(epoch) => {
-                self.sealer.applied(epoch);
+                self.sealer.applied(epoch, self.origin.elapsed());
                 Ok(())
             }
             Command::Durable(epoch) => {

@@ -4,9 +4,11 @@
 //!
 //! ```text
 //!   submit(entry) --> open window [e0 e1 e2 ...]  --seal(ts)--> Window { epoch, ts, entries }
-//!                      sealed when: window_interval has passed since its first entry,
-//!                                   or it holds max_window_entries / max_window_bytes,
-//!                                   or consumers have applied all but `seal_ahead` windows;
+//!                      sealed when: it holds max_window_entries / max_window_bytes,
+//!                                   or consumers have applied all but `seal_ahead` windows,
+//!                                   or window_interval has passed since its first entry
+//!                                   (while consumers report progress and are behind: once
+//!                                   they have reported none for `feedback_patience`);
 //!                      when idle, a tick (an empty, unlogged window) every window_interval
 //! ```
 //!
@@ -62,6 +64,14 @@ pub struct SealerConfig {
     /// waits one fsync instead of `window_interval`. Without reports, or with `None`, windows
     /// are sealed on the interval and the caps only.
     pub seal_ahead: Option<u64>,
+    /// With `seal_ahead`, while consumers are `seal_ahead` windows behind and have reported a
+    /// window applied within this long (default 50 ms), the open window waits for their next
+    /// report instead of being sealed on the interval: its entries would only wait behind the
+    /// unapplied windows, and each window costs the consumers work of its own (messages
+    /// between shards, a write), so sealing more of them would slow the consumers further.
+    /// Consumers that stop reporting (a shard down) have the interval apply again after this
+    /// long.
+    pub feedback_patience: Duration,
 }
 
 impl Default for SealerConfig {
@@ -75,6 +85,7 @@ impl Default for SealerConfig {
             log_segment_bytes: crate::log::SEGMENT_BYTES,
             absent_replica: Duration::from_secs(600),
             seal_ahead: Some(2),
+            feedback_patience: Duration::from_millis(50),
         }
     }
 }
@@ -115,6 +126,9 @@ pub struct Sealer {
     recent: VecDeque<(Epoch, Timestamp, Vec<ClientId>)>,
     /// The last epoch consumers reported applied.
     applied: Epoch,
+    /// When consumers last reported a window applied that they had not before (or when the
+    /// sealer started).
+    progress_at: Duration,
 }
 
 impl Sealer {
@@ -132,6 +146,7 @@ impl Sealer {
             sealed_ids: HashMap::new(),
             recent: VecDeque::new(),
             applied: Epoch(0),
+            progress_at: now,
         };
         let keep = history.len().saturating_sub(config.dedup_windows);
         for w in history {
@@ -198,9 +213,12 @@ impl Sealer {
         self.open.is_empty() || self.open_bytes + entry.size() <= self.config.max_window_bytes
     }
 
-    /// Records that consumers have applied every window up to `epoch`.
-    pub fn applied(&mut self, epoch: Epoch) {
-        self.applied = self.applied.max(epoch);
+    /// Records that consumers have applied every window up to `epoch`, as reported at `now`.
+    pub fn applied(&mut self, epoch: Epoch, now: Duration) {
+        if epoch > self.applied {
+            self.applied = epoch;
+            self.progress_at = now;
+        }
     }
 
     /// Sealed windows consumers have not reported applied.
@@ -211,20 +229,30 @@ impl Sealer {
     /// Whether a window should be sealed now.
     pub fn should_seal(&self, now: Duration) -> bool {
         match self.open_since {
-            Some(since) => {
+            Some(_) => {
                 self.open.len() >= self.config.max_window_entries
                     || self.open_bytes >= self.config.max_window_bytes
-                    || now.saturating_sub(since) >= self.config.window_interval
                     || self.config.seal_ahead.is_some_and(|ahead| self.unapplied() < ahead)
+                    || self.time_to_seal(now).is_zero()
             }
             None => now.saturating_sub(self.last_sealed_at) >= self.config.window_interval,
         }
     }
 
-    /// How long until [`Sealer::should_seal`] turns true if nothing is submitted.
+    /// How long until [`Sealer::should_seal`] turns true if nothing is submitted and no
+    /// consumer reports.
     pub fn time_to_seal(&self, now: Duration) -> Duration {
         let since = self.open_since.unwrap_or(self.last_sealed_at);
-        (since + self.config.window_interval).saturating_sub(now)
+        let mut at = since + self.config.window_interval;
+        if let (Some(_), Some(ahead)) = (self.open_since, self.config.seal_ahead) {
+            if self.unapplied() < ahead {
+                return Duration::ZERO;
+            }
+            // Consumers behind but reporting: their next report seals the window, and the
+            // interval applies only once they have been silent for `feedback_patience`.
+            at = at.max(self.progress_at + self.config.feedback_patience);
+        }
+        at.saturating_sub(now)
     }
 
     /// Seals the open window (possibly empty) at `ts`, or one tick above the last window's
@@ -446,10 +474,43 @@ mod tests {
         s.submit(entry(3), Duration::ZERO).unwrap();
         assert_eq!(s.unapplied(), 2);
         assert!(!s.should_seal(MS), "two unapplied: wait for the interval");
-        s.applied(Epoch(1));
+        s.applied(Epoch(1), MS);
         assert!(s.should_seal(MS), "window 1 applied: seal");
-        s.applied(Epoch(0));
+        s.applied(Epoch(0), MS);
         assert_eq!(s.unapplied(), 1, "reports never go backwards");
         assert!(s.should_seal(5 * MS) && s.time_to_seal(5 * MS).is_zero());
+    }
+
+    #[test]
+    fn a_window_waits_for_consumers_that_are_behind_and_reporting() {
+        let patience = 50 * MS;
+        let config = SealerConfig { seal_ahead: Some(2), feedback_patience: patience, ..config() };
+        let interval = config.window_interval;
+        let mut s = Sealer::new(config, &[], Duration::ZERO);
+        for id in 1..=2 {
+            s.submit(entry(id), Duration::ZERO).unwrap();
+            s.seal(ts(id as u64), Duration::ZERO);
+        }
+        s.applied(Epoch(1), 10 * MS);
+        s.submit(entry(3), 10 * MS).unwrap();
+        s.seal(ts(3), 10 * MS);
+        assert_eq!(s.unapplied(), 2);
+        s.submit(entry(4), 10 * MS).unwrap();
+        assert!(!s.should_seal(10 * MS + interval), "behind and reporting: past the interval");
+        assert_eq!(s.time_to_seal(10 * MS + interval), patience - interval);
+        s.applied(Epoch(2), 30 * MS);
+        assert!(s.should_seal(30 * MS), "a report: seal");
+        s.seal(ts(4), 30 * MS);
+
+        // Consumers that stop reporting get windows on the interval again.
+        s.submit(entry(5), 31 * MS).unwrap();
+        s.seal(ts(5), 31 * MS);
+        s.submit(entry(6), 40 * MS).unwrap();
+        assert!(!s.should_seal(40 * MS + interval), "silent for less than the patience");
+        assert!(s.should_seal(30 * MS + patience), "silent for the patience");
+        s.seal(ts(6), 30 * MS + patience);
+        s.submit(entry(7), 100 * MS).unwrap();
+        assert_eq!(s.time_to_seal(100 * MS), interval, "silent: the interval applies");
+        assert!(s.should_seal(100 * MS + interval));
     }
 }

@@ -110,7 +110,8 @@ impl Backend for RemoteSealdb {
 
 /// Loads and runs the benchmark on a cluster. A cluster the benchmark starts gets the storage
 /// the embedded database would: `row_cache_bytes` split over its shards, `block_cache_bytes`
-/// for each, and table files of `table_file_bytes`.
+/// for each, table files of `table_file_bytes`, and the appended tables in a column family of
+/// their own ([`schema::appended_prefixes`]).
 pub fn run_cluster(
     opts: &TpccOptions,
     target: &ClusterTarget,
@@ -128,6 +129,7 @@ pub fn run_cluster(
                 row_cache: mib(row_cache_bytes / n.max(1) as usize),
                 block_cache: mib(block_cache_bytes).max(1),
                 table_file: (table_file_bytes >> 20).clamp(1, 1 << 10),
+                apart: schema::appended_prefixes(opts.warehouses),
             })
         },
     )?;
