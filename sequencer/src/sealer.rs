@@ -232,7 +232,6 @@ impl Sealer {
             Some(_) => {
                 self.open.len() >= self.config.max_window_entries
                     || self.open_bytes >= self.config.max_window_bytes
-                    || self.config.seal_ahead.is_some_and(|ahead| self.unapplied() < ahead)
                     || self.time_to_seal(now).is_zero()
             }
             None => now.saturating_sub(self.last_sealed_at) >= self.config.window_interval,
@@ -240,7 +239,8 @@ impl Sealer {
     }
 
     /// How long until [`Sealer::should_seal`] turns true if nothing is submitted and no
-    /// consumer reports.
+    /// consumer reports: zero for an open window while consumers have applied all but
+    /// `seal_ahead` windows.
     pub fn time_to_seal(&self, now: Duration) -> Duration {
         let since = self.open_since.unwrap_or(self.last_sealed_at);
         let mut at = since + self.config.window_interval;

@@ -161,6 +161,9 @@ pub struct Mvcc {
     horizon: AtomicU64,
     /// Serialises raising the horizon.
     raising: Mutex<()>,
+    /// Told when this `Mvcc` has been dropped, engine and all ([`Mvcc::released`]). Declared
+    /// last: fields are dropped in order, so these go once the engine is closed.
+    released: Mutex<Vec<std::sync::mpsc::Sender<()>>>,
 }
 
 impl std::fmt::Debug for Mvcc {
@@ -202,7 +205,18 @@ impl Mvcc {
             applied: Mutex::new(applied),
             applied_ts: AtomicU64::new(applied.map_or(0, |w| w.ts.as_u64())),
             cache: RowCache::new(cache_bytes),
+            released: Mutex::new(Vec::new()),
         })
+    }
+
+    /// A receiver that disconnects once this `Mvcc` has been dropped and its engine with it
+    /// (unless something else holds the engine): for reopening the same directory in the same
+    /// process, which RocksDB refuses while the old handle is open. Waiting for the last `Arc`
+    /// to go is not enough: its count reaches zero before the drop, and so the close, runs.
+    pub fn released(&self) -> std::sync::mpsc::Receiver<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.released.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+        rx
     }
 
     /// The limits writes are checked against.

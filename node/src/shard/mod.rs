@@ -488,13 +488,13 @@ impl ShardNode {
     }
 
     /// [`ShardNode::shutdown`], then waits up to `patience` for every handle on the shard's
-    /// storage to go (requests being answered, background tasks), so that the directory can
-    /// be opened again in this process. False if one is still held.
+    /// storage to go (requests being answered, background tasks) and the storage to close, so
+    /// that the directory can be opened again in this process. False if one is still held.
     pub async fn shutdown_released(self, patience: Duration) -> bool {
-        let storage = Arc::downgrade(&self.state.mvcc);
+        let released = self.state.mvcc.released();
         self.shutdown().await;
         let deadline = tokio::time::Instant::now() + patience;
-        while storage.strong_count() > 0 {
+        while !matches!(released.try_recv(), Err(std::sync::mpsc::TryRecvError::Disconnected)) {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }

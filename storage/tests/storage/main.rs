@@ -15,4 +15,5 @@ mod crash;
 mod files;
 mod keys;
 mod model;
+mod released;
 mod suite;
