@@ -53,14 +53,27 @@ impl Target {
     }
 }
 
+/// `println!` for the commands' answers: a reader that has gone (`sealdb status | head -1`)
+/// ends the command quietly, as it ends other Unix tools, instead of a panic; another failure
+/// to write ends it with the error.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                eprintln!("sealdb: writing to stdout: {e}");
+                std::process::exit(1);
+            }
+            std::process::exit(0);
+        }
+    }};
+}
+
 /// `sealdb cert DIR --name HOST...`: a development CA and certificates.
 pub fn cert(dir: &Path, names: &[String]) -> Result<(), String> {
     make_certificates(names).and_then(|c| c.write(dir)).map_err(|e| e.to_string())?;
-    println!(
-        "wrote ca.pem, ca.key, node.pem, node.key, client.pem, client.key in {}",
-        dir.display()
-    );
-    println!("every node's [tls]: ca = ca.pem, cert = node.pem, key = node.key; keep ca.key apart");
+    say!("wrote ca.pem, ca.key, node.pem, node.key, client.pem, client.key in {}", dir.display());
+    say!("every node's [tls]: ca = ca.pem, cert = node.pem, key = node.key; keep ca.key apart");
     Ok(())
 }
 
@@ -70,7 +83,7 @@ pub async fn put(target: &Target, key: &str, value: &str) -> Result<(), String> 
     let id = client.new_id();
     match client.call_as(id, "kv.put", &put_args(key.as_bytes(), value.as_bytes())).await {
         Ok(_) => {
-            println!("OK");
+            say!("OK");
             Ok(())
         }
         Err(e @ txn::TxnError::OutcomeUnknown) => {
@@ -85,8 +98,8 @@ pub async fn get(target: &Target, key: &str) -> Result<(), String> {
     let client = target.client().await?;
     let ts = client.read_ts(ReadAt::Latest);
     match client.get(key.as_bytes(), ts).await.map_err(|e| e.to_string())? {
-        Some(v) => println!("{}", String::from_utf8_lossy(&v)),
-        None => println!("(absent)"),
+        Some(v) => say!("{}", String::from_utf8_lossy(&v)),
+        None => say!("(absent)"),
     }
     Ok(())
 }
@@ -102,7 +115,7 @@ pub async fn scan(
     let range = KeyRange { start: start.into_bytes(), end: end.map(String::into_bytes) };
     let ts = client.read_ts(ReadAt::Latest);
     for (k, v) in client.scan(&range, ts, limit).await.map_err(|e| e.to_string())? {
-        println!("{}\t{}", String::from_utf8_lossy(&k), String::from_utf8_lossy(&v));
+        say!("{}\t{}", String::from_utf8_lossy(&k), String::from_utf8_lossy(&v));
     }
     Ok(())
 }
@@ -120,16 +133,18 @@ pub async fn status(target: &Target) -> Result<(), String> {
                     Some(g) if g.leader == g.member => format!("member {} (leader)", g.member),
                     Some(g) => format!("member {} (follower of {})", g.member, g.leader),
                 };
-                println!("{what} {addr}: last window {} at {sealed}", status.sealed_epoch);
+                say!("{what} {addr}: last window {} at {sealed}", status.sealed_epoch);
                 if let Some(g) = &status.group {
-                    println!(
+                    say!(
                         "  term {}, log index {}, applied {}",
-                        g.term, g.last_log_index, g.last_applied_index
+                        g.term,
+                        g.last_log_index,
+                        g.last_applied_index
                     );
                 }
                 last = Ok(status);
             }
-            Err(e) => println!("sequencer {addr}: {}", target.explain(e.to_string())),
+            Err(e) => say!("sequencer {addr}: {}", target.explain(e.to_string())),
         }
     }
     let status = last?;
@@ -139,7 +154,7 @@ pub async fn status(target: &Target) -> Result<(), String> {
         let replicas = status.shard_addrs.get(s.shard as usize).map(|a| client::replica_addrs(a));
         let addr = replicas.as_ref().and_then(|r| r.get(s.replica as usize)).cloned();
         let digest: String = s.digest.iter().rev().map(|b| format!("{b:02x}")).collect();
-        println!(
+        say!(
             "shard {} replica {} at {}: applied window {} (lag {lag}), safe time {safe}, \
              digest {digest}",
             s.shard,
@@ -148,11 +163,11 @@ pub async fn status(target: &Target) -> Result<(), String> {
             s.applied_epoch
         );
         if !s.failure.is_empty() {
-            println!("  not serving: {}", s.failure);
+            say!("  not serving: {}", s.failure);
         }
     }
     for u in &status.unreachable {
-        println!("unreachable: {u}");
+        say!("unreachable: {u}");
     }
     Ok(())
 }
@@ -165,11 +180,11 @@ pub async fn txn_status(target: &Target, id: &str) -> Result<(), String> {
     let client = target.client().await?;
     match client.outcome(::sequencer::ClientId(id)).await.map_err(|e| e.to_string())? {
         Some(txn::Outcome::Committed { ts, output }) => {
-            println!("committed at {ts}, output {} bytes", output.len());
+            say!("committed at {ts}, output {} bytes", output.len());
         }
-        Some(txn::Outcome::Conflict { .. }) => println!("not committed: conflict"),
-        Some(txn::Outcome::Aborted(why)) => println!("aborted: {why:?}"),
-        None => println!(
+        Some(txn::Outcome::Conflict { .. }) => say!("not committed: conflict"),
+        Some(txn::Outcome::Aborted(why)) => say!("aborted: {why:?}"),
+        None => say!(
             "unknown: no shard decided it in the retention period (not logged, not decided yet, \
              or older)"
         ),

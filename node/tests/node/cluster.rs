@@ -530,3 +530,22 @@ impl Clients {
         totals
     }
 }
+
+#[test]
+fn a_shell_command_whose_reader_has_gone_ends_quietly() {
+    // `sealdb cert DIR | head -0`: stdout is a pipe nobody reads, so every write fails.
+    let dir = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sealdb"))
+        .arg("cert")
+        .arg(dir.path())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(dir.path().join("ca.pem").exists(), "the command did its work first");
+}
