@@ -234,7 +234,7 @@ impl Sealer {
                     || self.open_bytes >= self.config.max_window_bytes
                     || self.time_to_seal(now).is_zero()
             }
-            None => now.saturating_sub(self.last_sealed_at) >= self.config.window_interval,
+            None => self.time_to_seal(now).is_zero(),
         }
     }
 
