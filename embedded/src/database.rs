@@ -993,7 +993,7 @@ impl ShardLoop {
     fn perform(&mut self) -> Result<(), StepError> {
         while let Some(command) = self.step.next_command() {
             match command {
-                Command::ReadRemote { window, shard, at, points, scans } => {
+                Command::ReadRemote { window, shard, at, points, scans, .. } => {
                     let since = Instant::now();
                     self.inner.wait_applied(shard, Epoch(window.0 - 1))?;
                     self.spent(Spent::AwaitingPeer, since);
@@ -1014,9 +1014,11 @@ impl ShardLoop {
                         .collect::<Result<_, StorageError>>()?;
                     self.step.handle(Event::RemoteRead { window, shard, points, scans })?;
                 }
-                Command::PublishVerdicts { window, verdicts } => {
+                Command::PublishVerdicts { window, verdicts, .. } => {
                     self.inner.post_verdicts(window, self.shard, verdicts);
                 }
+                // The shards share memory: a peer reads what it needs when it needs it.
+                Command::PushReads { .. } => {}
                 Command::PullVerdicts { window, from } => {
                     let since = Instant::now();
                     let verdicts = self.inner.pull_verdicts(window, from)?;

@@ -191,6 +191,14 @@ impl LatencyHistogram {
 pub(crate) struct ShardCounters {
     pub(crate) windows: AtomicU64,
     pub(crate) entries: AtomicU64,
+    /// First-round remote reads answered wholly by what the peer pushed.
+    pub(crate) reads_pushed: AtomicU64,
+    /// Remote reads that called the peer (for what no push brought, or every later round).
+    pub(crate) reads_asked: AtomicU64,
+    /// Peers' verdicts that came pushed.
+    pub(crate) verdicts_pushed: AtomicU64,
+    /// Peers' verdicts pulled with a call.
+    pub(crate) verdicts_asked: AtomicU64,
     /// Outcomes of the entries whose lowest participant is this shard.
     pub(crate) outcomes: OutcomeCounters,
     /// Per applied window: time applied - window timestamp.

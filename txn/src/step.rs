@@ -6,8 +6,9 @@
 //!
 //! ```text
 //!   Window(e, ts, slice) ──> ReadRemote(S, at ts_{e-1}, keys)  per other participant S
+//!                            PushReads(S, at ts_{e-1}, my keys S will ask for)
 //!   RemoteRead(S, values) ─┐   (once every S answered: phases A and B on Snap(e-1))
-//!                          └> PublishVerdicts(e, local)  PullVerdicts(e, from P) per P
+//!                          └> PublishVerdicts(e, local, to Ps)  PullVerdicts(e, from P) per P
 //!   Verdicts(e, P, theirs) ──> (once the tally is complete: phases C and D)
 //!   Durable(e) ─────────────> Write(batch of e + watermark + verdicts + deferred)
 //!                             Applied(e, outcomes to answer)  [RequestWindow(after e)]
@@ -35,6 +36,14 @@
 //!
 //! Not here: where windows come from, how long to wait for a peer, how outcomes reach
 //! clients, metrics. Those are the shells'.
+//!
+//! **Pushing instead of asking.** Both sides of a multi-shard entry know from the log what one
+//! will ask the other for in the first round: the points the entry declared. So each step also
+//! says what its peers will ask of it ([`Command::PushReads`], and the peers its verdicts are
+//! for in [`Command::PublishVerdicts`]), and marks the asks a peer pushes for
+//! ([`Command::ReadRemote::pushed`]). A shell over a network may send those unasked and answer
+//! its own asks from what its peers sent, asking only for what did not come; the step sees the
+//! same events either way.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -171,6 +180,23 @@ pub enum Command {
         points: Vec<Vec<u8>>,
         /// Ranges to scan, each with its row limit.
         scans: Vec<(KeyRange, usize)>,
+        /// `shard` shares a multi-shard entry of the window with this one, so its step asks
+        /// its shell to push this shard the points of its own that those entries declared
+        /// ([`Command::PushReads`]), all of this ask's `points` that are on it.
+        pushed: bool,
+    },
+    /// Peer `to` will ask for `points` (this shard's, declared by their shared multi-shard
+    /// entries) at `at` (= `ts_{window-1}`, which this shard has applied): a shell may send
+    /// them unasked. Given for every peer that shares an entry, with no points too.
+    PushReads {
+        /// The window that needs them.
+        window: Epoch,
+        /// The peer.
+        to: ShardId,
+        /// The timestamp of the window before.
+        at: Timestamp,
+        /// This shard's keys the peer will ask for.
+        points: Vec<Vec<u8>>,
     },
     /// Make this shard's local verdicts of `window` available to its peers until it is
     /// applied (then they are stored with it).
@@ -179,6 +205,8 @@ pub enum Command {
         window: Epoch,
         /// This shard's local verdicts of its multi-shard entries.
         verdicts: Vec<(TxnId, bool)>,
+        /// The participants that will pull them (a shell may push them instead).
+        to: Vec<ShardId>,
     },
     /// Get participant `from`'s local verdicts of `window` and answer with
     /// [`Event::Verdicts`].
@@ -497,15 +525,20 @@ impl Step {
         let participants: Participants =
             tasks.iter().map(|t| (t.txn, t.participants.clone())).collect();
         let at = self.applied.1;
-        let reads = self.remote_points(&tasks);
+        let (reads, pushes) = self.remote_points(&tasks);
+        for (to, points) in pushes {
+            let points = points.into_iter().collect();
+            self.commands.push_back(Command::PushReads { window: epoch, to, at, points });
+        }
         let reading: BTreeSet<ShardId> = reads.keys().copied().collect();
-        for (shard, points) in reads {
+        for (shard, (points, pushed)) in reads {
             self.commands.push_back(Command::ReadRemote {
                 window: epoch,
                 shard,
                 at,
                 points: points.into_iter().collect(),
                 scans: Vec::new(),
+                pushed,
             });
         }
         self.window = Some(Pending {
@@ -523,27 +556,47 @@ impl Step {
         self.advance()
     }
 
-    /// For every other participant of a multi-shard entry, the keys on it that entries
+    /// What the first round of remote reads asks for, and what peers ask of this shard.
+    ///
+    /// Asks: for every other participant of a multi-shard entry, the keys on it that entries
     /// declared as points: they will (or may) read them, so they are asked for together. A
-    /// participant with none is still asked, for the wait: its `Snap(e-1)` must exist.
-    fn remote_points(&self, tasks: &[Task]) -> BTreeMap<ShardId, BTreeSet<Vec<u8>>> {
-        let mut reads: BTreeMap<ShardId, BTreeSet<Vec<u8>>> = BTreeMap::new();
+    /// participant with none is still asked, for the wait: its `Snap(e-1)` must exist. Each
+    /// ask says whether its peer pushes (it shares an entry with this shard; an entry may
+    /// declare a point on a shard it does not name as a participant, which pushes nothing).
+    ///
+    /// Pushes: for every other participant, this shard's keys that their shared entries
+    /// declared as points: exactly what that participant's asks of this shard hold, worked
+    /// out the same way from the same entries on its side.
+    fn remote_points(&self, tasks: &[Task]) -> (Asks, BTreeMap<ShardId, BTreeSet<Vec<u8>>>) {
+        let mut asks: Asks = BTreeMap::new();
+        let mut pushes: BTreeMap<ShardId, BTreeSet<Vec<u8>>> = BTreeMap::new();
         let limits = self.mvcc.limits();
         for task in tasks.iter().filter(|t| t.participants.len() > 1) {
-            for p in task.participants.iter().filter(|p| **p != self.shard) {
-                reads.entry(*p).or_default();
+            let others = || task.participants.iter().filter(|p| **p != self.shard);
+            for p in others() {
+                asks.entry(*p).or_default().1 = true;
+                pushes.entry(*p).or_default();
             }
-            if let Ok(Request::Procedure { ranges, .. }) = &task.request {
-                for key in ranges.iter().filter_map(KeyRange::as_point) {
-                    let owner = self.map.shard_of(key);
-                    // A key over the limit is never read: the entry aborts before it runs.
-                    if owner != self.shard && limits.check_key(key).is_ok() {
-                        reads.entry(owner).or_default().insert(key.to_vec());
+            let Ok(Request::Procedure { ranges, .. }) = &task.request else { continue };
+            for key in ranges.iter().filter_map(KeyRange::as_point) {
+                // A key over the limit is never read: the entry aborts before it runs.
+                if limits.check_key(key).is_err() {
+                    continue;
+                }
+                match self.map.shard_of(key) {
+                    owner if owner == self.shard => {
+                        for p in others() {
+                            pushes.entry(*p).or_default().insert(key.to_vec());
+                        }
+                    }
+                    owner => {
+                        asks.entry(owner).or_default().0.insert(key.to_vec());
                     }
                 }
             }
         }
-        reads
+        // An ask of a peer that shares no entry with this shard: it pushes nothing.
+        (asks, pushes)
     }
 
     fn on_durable(&mut self, epoch: Epoch) -> Result<(), StepError> {
@@ -593,6 +646,7 @@ impl Step {
                             at: w.at,
                             points: points.into_iter().collect(),
                             scans: scans.into_iter().collect(),
+                            pushed: false,
                         });
                     }
                     w.stage = Stage::Reading(validated.into_tasks());
@@ -602,7 +656,9 @@ impl Step {
                 let tally = Tally::new(w.epoch, self.shard, &local, &w.participants);
                 if !local.is_empty() {
                     let verdicts = local.clone();
-                    self.commands.push_back(Command::PublishVerdicts { window: w.epoch, verdicts });
+                    let to = tally.waiting_for().into_iter().collect();
+                    let window = w.epoch;
+                    self.commands.push_back(Command::PublishVerdicts { window, verdicts, to });
                     for from in tally.waiting_for() {
                         self.commands.push_back(Command::PullVerdicts { window: w.epoch, from });
                     }
@@ -698,6 +754,9 @@ enum Moved {
     /// It is applied (its commands are queued).
     Applied,
 }
+
+/// The first round's asks, by peer: the points, and whether the peer pushes them.
+type Asks = BTreeMap<ShardId, (BTreeSet<Vec<u8>>, bool)>;
 
 /// Reads no peer could answer at once, by peer: points and scans.
 type Misses = BTreeMap<ShardId, (BTreeSet<Vec<u8>>, BTreeSet<(KeyRange, usize)>)>;

@@ -1,11 +1,13 @@
 //! The shard server's shell of its [`Step`]: windows from the sequencer's subscription, remote
-//! reads and verdict pulls as concurrent gRPC calls whose answers come back as events, writes
-//! to the shard's storage, outcomes and progress into the state the service answers from.
+//! reads and verdicts from what peers pushed or else as concurrent gRPC calls, whose answers
+//! come back as events, writes to the shard's storage, outcomes and progress into the state
+//! the service answers from.
 //!
 //! ```text
-//!   Subscribe ──window──> Step ──ReadRemote / PullVerdicts──> tasks (GrpcPeers, retried)
-//!                          ^                                      │
-//!                          └──────────── events (bounded) <───────┘
+//!   Subscribe ──window──> Step ──ReadRemote / PullVerdicts──> tasks (pushed, or GrpcPeers)
+//!                          │ ^                                    │
+//!                          │ └──────────── events (bounded) <─────┘
+//!                          └──PushReads / PublishVerdicts──> Pusher (streams to peers)
 //! ```
 //!
 //! One window at a time: the thread takes the next delivery only once the step has written
@@ -23,6 +25,7 @@ use tokio::sync::mpsc;
 
 use super::super::metrics::ShardCounters;
 use super::peers::{GrpcPeers, PeerError};
+use super::push::Pusher;
 use super::{DIGESTS_KEPT, FENCED_RETRY, OUTCOME_WINDOWS, PEER_RETRY, State, lock};
 use crate::server::clock_agreement;
 use client::{RefusalKind, RemoteError, RemoteSequencer, SliceDelivery};
@@ -36,6 +39,7 @@ pub(super) struct ApplyLoop {
     state: Arc<State>,
     step: Step,
     peers: Arc<GrpcPeers>,
+    pusher: Pusher,
     sequencer: RemoteSequencer,
     handle: Handle,
     events: mpsc::Sender<Event>,
@@ -71,10 +75,12 @@ impl ApplyLoop {
         let flushed_at = None;
         let (applied_to, applied) = tokio::sync::watch::channel(Epoch(0));
         handle.spawn(report_applied(sequencer.clone(), state.clone(), applied));
+        let pusher = Pusher::start(peers.lane(state.replica), state.clone(), &handle);
         ApplyLoop {
             state,
             step,
             peers,
+            pusher,
             sequencer,
             handle,
             events,
@@ -204,16 +210,36 @@ impl ApplyLoop {
     fn perform(&mut self, command: Command) -> Result<(), StepError> {
         let state = &*self.state;
         match command {
-            Command::ReadRemote { window, shard, at, points, scans } => {
+            Command::ReadRemote { window, shard, at, points, scans, pushed } => {
                 let peers = self.peers.clone();
+                let state = self.state.clone();
                 self.answer(
                     async move {
+                        // What the peer pushed, if it pushes; the rest is asked for. (With
+                        // nothing to read there is nothing to wait for: the verdicts wait.)
+                        let mut came = match pushed && !points.is_empty() {
+                            true => state.pushed_reads(window, shard, at).await,
+                            false => None,
+                        };
+                        let (mut answered, mut missing) = (Vec::new(), Vec::new());
+                        for key in points {
+                            match came.as_mut().and_then(|c| c.remove(&key)) {
+                                Some(value) => answered.push((key, value)),
+                                None => missing.push(key),
+                            }
+                        }
+                        let c = &state.counters;
+                        match (came.is_some(), missing.is_empty() && scans.is_empty()) {
+                            (_, false) => ShardCounters::add(&c.reads_asked, 1),
+                            (true, true) => ShardCounters::add(&c.reads_pushed, 1),
+                            (false, true) => {}
+                        }
                         // Every key in one request (a few if the values are large), side by
                         // side with the scans.
                         let values = async {
-                            match points.is_empty() {
+                            match missing.is_empty() {
                                 true => Ok(Vec::new()),
-                                false => peers.get_many(shard, &points, at, window).await,
+                                false => peers.get_many(shard, &missing, at, window).await,
                             }
                         };
                         let rows = async {
@@ -224,21 +250,33 @@ impl ApplyLoop {
                             Ok::<_, PeerError>(found)
                         };
                         let (values, rows) = tokio::try_join!(values, rows)?;
-                        let points = points.into_iter().zip(values).collect();
+                        answered.extend(missing.into_iter().zip(values));
+                        let points = answered;
                         let scans = scans.into_iter().zip(rows).collect();
                         Ok(Event::RemoteRead { window, shard, points, scans })
                     },
                     shard,
                 );
             }
-            Command::PublishVerdicts { window, verdicts } => {
+            Command::PushReads { window, to, at, points } => {
+                self.pusher.reads(window, to, at, points)?;
+            }
+            Command::PublishVerdicts { window, verdicts, to } => {
+                self.pusher.verdicts(window, &to, &verdicts);
                 lock(&state.verdicts).insert(window, verdicts);
                 state.bump();
             }
             Command::PullVerdicts { window, from } => {
                 let peers = self.peers.clone();
+                let state = self.state.clone();
                 self.answer(
                     async move {
+                        let c = &state.counters;
+                        if let Some(verdicts) = state.pushed_verdicts(window, from).await {
+                            ShardCounters::add(&c.verdicts_pushed, 1);
+                            return Ok(Event::Verdicts { window, from, verdicts });
+                        }
+                        ShardCounters::add(&c.verdicts_asked, 1);
                         let verdicts = peers.verdicts(from, window).await?;
                         Ok(Event::Verdicts { window, from, verdicts })
                     },
@@ -324,6 +362,7 @@ impl ApplyLoop {
             progress.digest = digest;
         }
         lock(&state.verdicts).retain(|e, _| *e > epoch);
+        lock(&state.inbox).applied(epoch);
         state.bump();
     }
 

@@ -7,17 +7,23 @@
 //! - [`apply`]: the step's shell: subscription, commands carried out over gRPC, answers fed
 //!   back as events.
 //! - [`peers`]: the retrying clients of the other shards.
+//! - [`push`]: pushing peers what they would ask for, and using what they pushed.
 //! - [`service`]: the gRPC service.
 //!
 //! ```text
 //!   sequencer ──Subscribe(shard, from)──> apply thread ──> Mvcc (RocksDB or memory)
 //!                                          │    ^
-//!        peers' Get/Scan at ts_{e-1} <─────┘    └── peers' Verdicts(e), pulled
+//!   my reads, verdicts ──Push stream──> peers   └── peers' pushed reads and verdicts
+//!   (what no push brought: GetMany/Scan at ts_{e-1}, Verdicts(e), asked)
 //! ```
 //!
 //! How it reaches the other shards, where the embedded database shares memory:
 //!
-//! - A multi-shard entry reads the other participants' keys with `Get` and `Scan` at the
+//! - The participants of a window's multi-shard entries push each other, on one stream per
+//!   peer, the keys those entries declared as points (read at the previous window's
+//!   timestamp, once applied) and then their local verdicts ([`push`]). What did not come
+//!   pushed is asked for:
+//! - A multi-shard entry reads the other participants' keys with `GetMany` and `Scan` at the
 //!   previous window's timestamp, which wait until that shard's safe time reaches it (it has
 //!   applied the previous window). MVCC keeps those versions, so a replay reads the same.
 //! - Participants pull each other's local verdicts (`Verdicts(e)`), which wait until the
@@ -44,6 +50,7 @@
 mod apply;
 mod checkpoint;
 mod peers;
+mod push;
 mod service;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -180,6 +187,10 @@ struct State {
     progress: Mutex<Progress>,
     /// Local verdicts of windows being applied, for peers that pull them.
     verdicts: Mutex<BTreeMap<Epoch, Vec<(TxnId, bool)>>>,
+    /// What peers pushed for the next windows ([`push`]).
+    inbox: Mutex<push::Inbox>,
+    /// Bumped whenever a push comes.
+    pushed: watch::Sender<u64>,
     /// Outcomes of entries whose lowest participant this shard is.
     outcomes: Mutex<HashMap<TxnId, Outcome>>,
     /// Entries deferred to the window after the last applied: logged, not yet decided.
@@ -393,6 +404,8 @@ impl ShardNode {
             checkpoints,
             progress: Mutex::new(progress),
             verdicts: Mutex::new(BTreeMap::new()),
+            inbox: Mutex::new(push::Inbox::default()),
+            pushed: watch::Sender::new(0),
             outcomes: Mutex::new(HashMap::new()),
             // Entries deferred before a restart are logged and not yet decided.
             deferred: Mutex::new(step.deferred().collect()),
@@ -671,6 +684,26 @@ fn shard_metrics(state: &State) -> Vec<Metric> {
             "sealdb_shard_entries_applied_total",
             "Log entries in the windows applied (this shard's slices).",
             get(&c.entries),
+        ),
+        Metric::counter(
+            "sealdb_shard_peer_reads_pushed_total",
+            "Remote reads of a window answered wholly by what the peer pushed.",
+            get(&c.reads_pushed),
+        ),
+        Metric::counter(
+            "sealdb_shard_peer_reads_asked_total",
+            "Remote reads of a window that called the peer (what no push brought).",
+            get(&c.reads_asked),
+        ),
+        Metric::counter(
+            "sealdb_shard_peer_verdicts_pushed_total",
+            "Peers' verdicts of a window that came pushed.",
+            get(&c.verdicts_pushed),
+        ),
+        Metric::counter(
+            "sealdb_shard_peer_verdicts_asked_total",
+            "Peers' verdicts of a window pulled with a call.",
+            get(&c.verdicts_asked),
         ),
         Metric::counter(
             "sealdb_shard_committed_total",

@@ -74,6 +74,21 @@ impl GrpcPeers {
             .collect()
     }
 
+    /// The other shards' replicas this replica pushes to: of each, those whose index is this
+    /// replica's modulo this shard's count of replicas ([`super::push`]).
+    pub(super) fn lane(&self, replica: usize) -> Vec<(ShardId, ShardClient<Channel>)> {
+        let mine = self.replicas.addrs(self.me).len();
+        (0..self.replicas.shards() as u32)
+            .map(ShardId)
+            .filter(|s| *s != self.me)
+            .flat_map(|s| {
+                let n = self.replicas.addrs(s).len();
+                (0..n).filter(move |r| r % mine == replica).map(move |r| (s, r))
+            })
+            .map(|(s, r)| (s, self.replicas.client(s, r)))
+            .collect()
+    }
+
     /// This shard's other replicas, with their addresses.
     pub(super) fn fellows(&self, replica: usize) -> Vec<(String, ShardClient<Channel>)> {
         let addrs = self.replicas.addrs(self.me);

@@ -11,7 +11,7 @@ use proto::v1::shard_server::Shard as ShardRpc;
 use std::sync::Arc;
 use storage::StorageError;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::{State, lock};
 use client::{
@@ -180,6 +180,28 @@ impl ShardRpc for ShardService {
                 .map(|(t, commit)| v1::Verdict { index: t.index, commit, epoch: t.epoch.0 })
                 .collect(),
         }))
+    }
+
+    async fn push(
+        &self,
+        request: Request<Streaming<v1::PushMessage>>,
+    ) -> Result<Response<v1::PushAck>, Status> {
+        require_node(&request, self.secure)?;
+        let state = &self.state;
+        let mut messages = request.into_inner();
+        loop {
+            // Ends with the stream, or when this replica stops (a stream stays open otherwise,
+            // and would hold the server's graceful stop).
+            let message = tokio::select! {
+                m = messages.message() => m?,
+                () = state.stopped() => None,
+            };
+            let Some(message) = message else { break };
+            observe_request(&state.clock, message.hlc)?;
+            state.check_running()?;
+            state.take_push(message)?;
+        }
+        Ok(Response::new(v1::PushAck { hlc: stamp(&state.clock) }))
     }
 
     async fn await_outcome(

@@ -191,6 +191,7 @@ async fn list_append_over_a_cluster_is_strictly_serializable() {
     assert!(first > 1.0, "the log was never truncated: {sequencer}");
     assert!(metric(&sequencer, "sealdb_sequencer_log_bytes") > 0.0, "{sequencer}");
     let (mut committed, mut answered) = (0.0, 0.0);
+    let mut peers = [0.0; 4];
     for shard in &local.shards {
         let text = scrape(shard.metrics_source()).await;
         let applied = metric(&text, "sealdb_shard_windows_applied_total");
@@ -206,7 +207,16 @@ async fn list_append_over_a_cluster_is_strictly_serializable() {
         assert!(metric(&text, "sealdb_shard_versions_estimate") > 0.0, "{text}");
         committed += metric(&text, "sealdb_shard_committed_total");
         answered += metric(&text, "sealdb_shard_commit_seconds_count");
+        for (n, name) in
+            ["reads_pushed", "reads_asked", "verdicts_pushed", "verdicts_asked"].iter().enumerate()
+        {
+            peers[n] += metric(&text, &format!("sealdb_shard_peer_{name}_total"));
+        }
     }
+    // Participants pushed each other their reads and verdicts rather than being asked (a
+    // window waits at most 100 ms for a push, then asks: how many came depends on timing).
+    eprintln!("reads pushed / asked, verdicts pushed / asked: {peers:?}");
+    assert!(peers[0] > 0.0 && peers[2] > 0.0, "no push was used: {peers:?}");
     assert!(committed >= (CLIENTS * TXNS_PER_CLIENT / 2) as f64, "{committed} commits counted");
     // Every commit was answered to the client that waited for it.
     assert_eq!(answered, committed);
@@ -445,5 +455,20 @@ async fn bad_requests_over_the_wire_get_clear_errors_and_change_nothing() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    // Pushes a shard could not have sent end the stream, refused: from itself, and reads
+    // whose keys and values do not pair up. The shard goes on.
+    let reads = |keys: usize, values: usize| {
+        v1::push_message::Kind::Reads(v1::PushedReads {
+            read_ts: 0,
+            keys: vec![b"k".to_vec(); keys],
+            values: vec![v1::MaybeValue { value: None }; values],
+        })
+    };
+    for (from_shard, kind) in [(0, reads(1, 1)), (1, reads(2, 1)), (9, reads(1, 1))] {
+        let push = v1::PushMessage { hlc: 0, from_shard, window: 1, kind: Some(kind) };
+        let status = shard0.push(tokio_stream::iter([push])).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    }
+    client.call("kv.put", &put_args(b"k", b"last")).await.unwrap();
     local.stop().await;
 }

@@ -1,0 +1,318 @@
+//! Pushing to peers what their window step would ask this replica for, and answering this
+//! replica's asks from what its peers pushed ([`txn::Command::PushReads`]).
+//!
+//! ```text
+//!   shard P, window e                              shard S, window e
+//!   PushReads(S, points)  ──Push stream──> Inbox ──> ReadRemote(P, pushed): the pushed values,
+//!   PublishVerdicts(to S) ──(one per peer)─>  │       a GetMany for any key that did not come
+//!                                             └────> PullVerdicts(P): the pushed verdicts,
+//!                                                    else the Verdicts call
+//! ```
+//!
+//! Asking costs a request and an answer per peer per window, each a message through HTTP/2 on
+//! both sides; pushing costs one message on a stream that stays open. A push is only ever a
+//! shortcut for the answer the ask would get (the same values at the same timestamp, or the
+//! same verdicts: every replica of a shard computes them alike), so the ask is the fallback
+//! whenever one does not come:
+//!
+//! - **Lanes.** Replica `r` of shard P pushes to the replicas `r'` of each other shard with
+//!   `r' % replicas(P) == r`, so each replica hears one replica of every peer shard. Its
+//!   messages come in window order: reads for a window, then verdicts, then the next window.
+//! - **Waiting.** An ask the step marks `pushed` waits for the push for at most
+//!   [`PUSH_PATIENCE`], and not at all once the peer's lane has gone past the window without
+//!   it (dropped or lost in a reconnect), or has been silent for [`LANE_LIVE`] (its replica is
+//!   down: asks go round the replicas as before).
+//! - **Bounds.** The inbox keeps pushes for the next [`PUSH_AHEAD`] windows only, one of each
+//!   kind per peer and window; a push of reads holds at most what one `GetMany` answers. Each
+//!   peer's queue holds [`PUSH_QUEUE`] messages; a full one drops (the receiver asks).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ::sequencer::{ShardId, TxnId};
+use clock::{Epoch, Timestamp};
+use proto::v1;
+use proto::v1::shard_client::ShardClient;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use tonic::transport::Channel;
+
+use super::{PEER_RETRY, State, lock};
+use client::{MAX_SCAN_ROWS, SCAN_RESPONSE_BYTES, malformed, stamp};
+
+/// How long an ask waits for a push its peer's lane should bring.
+pub(super) const PUSH_PATIENCE: Duration = Duration::from_millis(100);
+
+/// A lane silent this long counts as down: asks do not wait for it.
+pub(super) const LANE_LIVE: Duration = Duration::from_secs(1);
+
+/// Pushes are kept for this many windows past the last one applied; later ones are dropped.
+pub(super) const PUSH_AHEAD: u64 = 4;
+
+/// Messages queued for one peer replica (a few windows' worth).
+const PUSH_QUEUE: usize = 64;
+
+/// Values a peer pushed: its values of keys at a timestamp.
+type Values = HashMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// What peers pushed for the windows this replica has not applied yet.
+#[derive(Default)]
+pub(super) struct Inbox {
+    /// By peer shard: the last window its lane pushed anything for, and when.
+    heard: BTreeMap<ShardId, (Epoch, Instant)>,
+    reads: BTreeMap<(Epoch, ShardId), (Timestamp, Values)>,
+    verdicts: BTreeMap<(Epoch, ShardId), Vec<(TxnId, bool)>>,
+}
+
+impl Inbox {
+    /// Forgets the pushes of windows up to `applied`.
+    pub(super) fn applied(&mut self, applied: Epoch) {
+        self.reads.retain(|(e, _), _| *e > applied);
+        self.verdicts.retain(|(e, _), _| *e > applied);
+    }
+}
+
+/// What a push is for, as the receiver checks it.
+enum Pushed {
+    Reads(Timestamp, Values),
+    Verdicts(Vec<(TxnId, bool)>),
+}
+
+impl State {
+    /// Takes a message of a peer's push stream: checked, then kept if it is for one of the
+    /// next [`PUSH_AHEAD`] windows. A malformed one is refused (the stream ends).
+    pub(super) fn take_push(&self, m: v1::PushMessage) -> Result<(), Status> {
+        let from = ShardId(m.from_shard);
+        if from.0 >= self.map.len() || from == self.shard {
+            return Err(malformed(format!(
+                "a push from shard {} to shard {}",
+                from.0, self.shard.0
+            )));
+        }
+        let window = Epoch(m.window);
+        let pushed = match m.kind {
+            Some(v1::push_message::Kind::Reads(r)) => {
+                if r.keys.len() != r.values.len() || r.keys.len() > MAX_SCAN_ROWS as usize {
+                    return Err(malformed(format!(
+                        "pushed reads: {} keys and {} values (at most {MAX_SCAN_ROWS})",
+                        r.keys.len(),
+                        r.values.len()
+                    )));
+                }
+                let values = r.keys.into_iter().zip(r.values.into_iter().map(|v| v.value));
+                Pushed::Reads(Timestamp::from_u64(r.read_ts), values.collect())
+            }
+            Some(v1::push_message::Kind::Verdicts(v)) => Pushed::Verdicts(
+                v.verdicts
+                    .into_iter()
+                    .map(|v| (TxnId { epoch: Epoch(v.epoch), index: v.index }, v.commit))
+                    .collect(),
+            ),
+            None => return Err(malformed("a push of neither reads nor verdicts")),
+        };
+        let applied = self.progress().applied;
+        let mut inbox = lock(&self.inbox);
+        let heard = inbox.heard.entry(from).or_insert((window, Instant::now()));
+        *heard = (heard.0.max(window), Instant::now());
+        if window > applied && window.0 <= applied.0.saturating_add(PUSH_AHEAD) {
+            match pushed {
+                Pushed::Reads(at, values) => {
+                    inbox.reads.entry((window, from)).or_insert((at, values));
+                }
+                Pushed::Verdicts(verdicts) => {
+                    inbox.verdicts.entry((window, from)).or_insert(verdicts);
+                }
+            }
+        }
+        drop(inbox);
+        self.pushed.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// The values `shard` pushed for `window` at `at`, once they come; `None` if they will not
+    /// (see the module's doc).
+    pub(super) async fn pushed_reads(
+        &self,
+        window: Epoch,
+        shard: ShardId,
+        at: Timestamp,
+    ) -> Option<Values> {
+        // Reads are the first thing a lane pushes for a window.
+        self.await_push(shard, window, |inbox| {
+            let (pushed_at, values) = inbox.reads.remove(&(window, shard))?;
+            // Another timestamp would be another window's: not these reads.
+            (pushed_at == at).then_some(values)
+        })
+        .await
+    }
+
+    /// The local verdicts `shard` pushed for `window`, once they come; `None` if they will
+    /// not.
+    pub(super) async fn pushed_verdicts(
+        &self,
+        window: Epoch,
+        shard: ShardId,
+    ) -> Option<Vec<(TxnId, bool)>> {
+        // Verdicts come after the window's reads, before anything of the next window.
+        self.await_push(shard, window.next(), |inbox| inbox.verdicts.remove(&(window, shard))).await
+    }
+
+    /// Waits for `take` to find a push of `shard`'s, while its lane is live, has pushed
+    /// nothing for `until` or later, and for at most [`PUSH_PATIENCE`].
+    async fn await_push<T>(
+        &self,
+        shard: ShardId,
+        until: Epoch,
+        mut take: impl FnMut(&mut Inbox) -> Option<T>,
+    ) -> Option<T> {
+        let mut changes = self.pushed.subscribe();
+        let deadline = tokio::time::Instant::now() + PUSH_PATIENCE;
+        loop {
+            {
+                let mut inbox = lock(&self.inbox);
+                if let Some(found) = take(&mut inbox) {
+                    return Some(found);
+                }
+                match inbox.heard.get(&shard) {
+                    Some((latest, when)) if *latest < until && when.elapsed() < LANE_LIVE => {}
+                    _ => return None,
+                }
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// The sending side: one stream per peer replica this replica's lane reaches, each kept open
+/// by a task of its own (opened again after a failure; what was queued meanwhile is lost, and
+/// the receiver asks for it).
+pub(super) struct Pusher {
+    lanes: BTreeMap<ShardId, Vec<mpsc::Sender<v1::PushMessage>>>,
+    state: Arc<State>,
+}
+
+impl Pusher {
+    /// Streams to `targets` (peer shards' replicas in this replica's lane), on `handle`.
+    pub(super) fn start(
+        targets: Vec<(ShardId, ShardClient<Channel>)>,
+        state: Arc<State>,
+        handle: &Handle,
+    ) -> Pusher {
+        let mut lanes: BTreeMap<ShardId, Vec<_>> = BTreeMap::new();
+        for (shard, client) in targets {
+            let (queue, queued) = mpsc::channel(PUSH_QUEUE);
+            handle.spawn(stream_to(client, queued, state.clone()));
+            lanes.entry(shard).or_default().push(queue);
+        }
+        Pusher { lanes, state }
+    }
+
+    /// Pushes `points` (this shard's keys) at `at` to `to`'s replicas in this lane: read here,
+    /// on the apply thread, up to what one `GetMany` answers (the peer asks for the rest).
+    pub(super) fn reads(
+        &self,
+        window: Epoch,
+        to: ShardId,
+        at: Timestamp,
+        points: Vec<Vec<u8>>,
+    ) -> Result<(), storage::StorageError> {
+        if !self.lanes.contains_key(&to) {
+            return Ok(());
+        }
+        let mvcc = &self.state.mvcc;
+        let (mut keys, mut values, mut bytes) = (Vec::new(), Vec::new(), 0);
+        for key in points.into_iter().take(MAX_SCAN_ROWS as usize) {
+            if bytes >= SCAN_RESPONSE_BYTES {
+                break;
+            }
+            let value = mvcc.get(&key, at)?.map(|v| v.value);
+            bytes += key.len() + value.as_ref().map_or(0, Vec::len);
+            keys.push(key);
+            values.push(v1::MaybeValue { value });
+        }
+        let reads = v1::PushedReads { read_ts: at.as_u64(), keys, values };
+        self.send(window, to, v1::push_message::Kind::Reads(reads));
+        Ok(())
+    }
+
+    /// Pushes this shard's local `verdicts` of `window` to each of `to`.
+    pub(super) fn verdicts(&self, window: Epoch, to: &[ShardId], verdicts: &[(TxnId, bool)]) {
+        let batch = v1::VerdictBatch {
+            hlc: 0,
+            epoch: window.0,
+            from_shard: self.state.shard.0,
+            verdicts: verdicts
+                .iter()
+                .map(|(t, commit)| v1::Verdict {
+                    index: t.index,
+                    commit: *commit,
+                    epoch: t.epoch.0,
+                })
+                .collect(),
+        };
+        for shard in to {
+            self.send(window, *shard, v1::push_message::Kind::Verdicts(batch.clone()));
+        }
+    }
+
+    fn send(&self, window: Epoch, to: ShardId, kind: v1::push_message::Kind) {
+        let Some(queues) = self.lanes.get(&to) else { return };
+        let message = v1::PushMessage {
+            hlc: stamp(&self.state.clock),
+            from_shard: self.state.shard.0,
+            window: window.0,
+            kind: Some(kind),
+        };
+        for queue in queues {
+            // A full queue (the peer is not taking them): this one is dropped; it asks.
+            let _ = queue.try_send(message.clone());
+        }
+    }
+}
+
+/// Keeps a push stream to `client` open and feeds it `queued`, until this replica stops.
+async fn stream_to(
+    client: ShardClient<Channel>,
+    mut queued: mpsc::Receiver<v1::PushMessage>,
+    state: Arc<State>,
+) {
+    loop {
+        // A stream is opened with its first message.
+        let first = tokio::select! {
+            m = queued.recv() => m,
+            () = state.stopped() => None,
+        };
+        let Some(first) = first else { return };
+        let (stream, messages) = mpsc::channel(PUSH_QUEUE);
+        let _ = stream.try_send(first);
+        let mut client = client.clone();
+        let call = client.push(ReceiverStream::new(messages));
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                ended = &mut call => {
+                    if let Err(e) = ended {
+                        tracing::debug!(shard = state.shard.0, error = %e, "push stream ended");
+                    }
+                    break;
+                }
+                m = queued.recv() => match m {
+                    // Full: the stream is not draining; this one is dropped.
+                    Some(m) => { let _ = stream.try_send(m); }
+                    None => return,
+                },
+                () = state.stopped() => return,
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(PEER_RETRY) => {}
+            () = state.stopped() => return,
+        }
+    }
+}
