@@ -399,6 +399,23 @@ impl RemoteSequencer {
         observe_response(&self.clock, r.hlc)
     }
 
+    /// Streams `reports` (each: a replica applied every window up to its epoch, stamped when
+    /// made) to the node this client follows, until `reports` ends or the call fails.
+    pub async fn report_applied(
+        &self,
+        reports: impl tokio_stream::Stream<Item = v1::AppliedRequest> + Send + 'static,
+    ) -> Result<(), RemoteError> {
+        let (at, mut client) = self.client();
+        match client.report_applied(reports).await {
+            Ok(r) => observe_response(&self.clock, r.into_inner().hlc),
+            Err(status) => {
+                // The next stream goes to the next node (any takes reports; a group ignores them).
+                self.rotate(at);
+                Err(status.into())
+            }
+        }
+    }
+
     /// `shard`'s slices of every window from `from` on, then the live ones and ticks.
     pub async fn subscribe(
         &self,

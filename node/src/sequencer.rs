@@ -457,6 +457,9 @@ impl Drop for SequencerNode {
     }
 }
 
+/// How often a stream of reports checks whether the node is stopping.
+const STOP_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
 struct SequencerService {
     sequencer: Backend,
     clock: Arc<Clock>,
@@ -601,6 +604,29 @@ impl SequencerService {
             )),
             false => Ok(last),
         }
+    }
+
+    /// Takes a shard replica's report that it applied every window up to `r.epoch`: the
+    /// sequencer may seal the next one early.
+    fn take_applied(&self, r: v1::AppliedRequest) -> Result<(), Status> {
+        observe_request(&self.clock, r.hlc)?;
+        self.logged(r.epoch)?;
+        if r.shard >= self.shards {
+            return Err(malformed(format!("no shard {} in a cluster of {}", r.shard, self.shards)));
+        }
+        // Every shard's fastest replica: a replica catching up does not hold sealing back.
+        let all = {
+            let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+            let shard = &mut applied[r.shard as usize];
+            *shard = (*shard).max(Epoch(r.epoch));
+            applied.iter().min().copied().unwrap_or(Epoch(0))
+        };
+        if let Backend::Single(s) = &self.sequencer
+            && let Some(feedback) = s.feedback()
+        {
+            feedback.applied(all);
+        }
+        Ok(())
     }
 
     /// Refuses a read of the log from `from` if the windows there were truncated.
@@ -876,23 +902,26 @@ impl SequencerRpc for SequencerService {
         request: Request<v1::AppliedRequest>,
     ) -> Result<Response<v1::AppliedResponse>, Status> {
         require_node(&request, self.secure)?;
-        let r = request.into_inner();
-        observe_request(&self.clock, r.hlc)?;
-        self.logged(r.epoch)?;
-        if r.shard >= self.shards {
-            return Err(malformed(format!("no shard {} in a cluster of {}", r.shard, self.shards)));
-        }
-        // Every shard's fastest replica: a replica catching up does not hold sealing back.
-        let all = {
-            let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
-            let shard = &mut applied[r.shard as usize];
-            *shard = (*shard).max(Epoch(r.epoch));
-            applied.iter().min().copied().unwrap_or(Epoch(0))
-        };
-        if let Backend::Single(s) = &self.sequencer
-            && let Some(feedback) = s.feedback()
-        {
-            feedback.applied(all);
+        self.take_applied(request.into_inner())?;
+        Ok(Response::new(v1::AppliedResponse { hlc: stamp(&self.clock) }))
+    }
+
+    async fn report_applied(
+        &self,
+        request: Request<tonic::Streaming<v1::AppliedRequest>>,
+    ) -> Result<Response<v1::AppliedResponse>, Status> {
+        require_node(&request, self.secure)?;
+        let mut reports = request.into_inner();
+        loop {
+            // Woken now and then to see whether the node is stopping: an open stream would
+            // otherwise hold the server's graceful stop.
+            match tokio::time::timeout(STOP_CHECK, reports.message()).await {
+                Ok(Ok(Some(report))) => self.take_applied(report)?,
+                Ok(Ok(None)) => break,
+                Ok(Err(status)) => return Err(status),
+                Err(_) if self.stopping.load(Ordering::SeqCst) => break,
+                Err(_) => {}
+            }
         }
         Ok(Response::new(v1::AppliedResponse { hlc: stamp(&self.clock) }))
     }

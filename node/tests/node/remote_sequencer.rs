@@ -13,6 +13,7 @@ use proto::v1;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sequencer::{ClientId, Entry, SealerConfig, ShardId, TxnId, WindowLog};
+use tokio_stream::wrappers::ReceiverStream;
 use txn::{InteractiveCommit, Request, ShardMap};
 
 const SHARDS: u32 = 3;
@@ -335,14 +336,34 @@ async fn a_window_is_sealed_once_every_shard_reports_the_last_applied() {
     }
     let unsealed = tokio::time::timeout(quick, &mut waiting).await;
     assert!(unsealed.is_err(), "sealed before every shard reported: {unsealed:?}");
-    // A fellow replica's report counts for its shard.
-    client.applied(ShardId(SHARDS - 1), 1, second.txn.epoch).await.unwrap();
+    // A fellow replica's report counts for its shard. This one comes on a stream of reports,
+    // which stays open.
+    let report = |shard: u32, epoch: Epoch| v1::AppliedRequest {
+        hlc: clock().now().as_u64(),
+        shard,
+        replica: 1,
+        epoch: epoch.0,
+    };
+    let (reports, stream) = tokio::sync::mpsc::channel(4);
+    let streaming = {
+        let client = client.clone();
+        tokio::spawn(async move { client.report_applied(ReceiverStream::new(stream)).await })
+    };
+    reports.send(report(SHARDS - 1, second.txn.epoch)).await.unwrap();
     let third = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
         .expect("sealed once every shard reported, not on the 10 s interval")
         .unwrap()
         .unwrap();
     assert_eq!(third.txn.epoch, second.txn.epoch.next());
+    // A refused report ends its stream, with the refusal.
+    reports.send(report(SHARDS, third.txn.epoch)).await.unwrap();
+    match streaming.await.unwrap() {
+        Err(RemoteError::Refused { kind: RefusalKind::Malformed, why }) => {
+            assert!(why.contains("no shard 3"), "{why}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
     match client.applied(ShardId(0), 0, Epoch(third.txn.epoch.0 + 5)).await {
         Err(RemoteError::Refused { kind: RefusalKind::Future, .. }) => {}
         other => panic!("expected a refusal, got {other:?}"),
@@ -353,7 +374,20 @@ async fn a_window_is_sealed_once_every_shard_reports_the_last_applied() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+    // A stream of reports left open does not hold the node's stop (it would wait out the
+    // server's grace period, and then cut the connection).
+    let (reports, stream) = tokio::sync::mpsc::channel(4);
+    let streaming = {
+        let client = client.clone();
+        tokio::spawn(async move { client.report_applied(ReceiverStream::new(stream)).await })
+    };
+    reports.send(report(0, third.txn.epoch)).await.unwrap();
+    let stopping = std::time::Instant::now();
     node.shutdown().await.unwrap();
+    assert!(stopping.elapsed() < node::STOP_GRACE, "stopped in {:?}", stopping.elapsed());
+    let ended = tokio::time::timeout(Duration::from_secs(5), streaming).await;
+    assert!(matches!(ended, Ok(Ok(_))), "the stream ended with the node: {ended:?}");
+    drop(reports);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
