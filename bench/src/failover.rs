@@ -82,6 +82,7 @@ pub fn run(opts: &FailoverOptions) -> Result<FailoverReport, String> {
         tls_dir: None,
         reclamation: None,
         storage_mib: None,
+        worker_threads: None,
     };
     let mut local = node::LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;
     let addrs = local.sequencer.clone();

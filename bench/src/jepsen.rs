@@ -343,6 +343,7 @@ pub fn run(opts: &JepsenOptions) -> Result<JepsenReport, String> {
         tls_dir: None,
         reclamation: None,
         storage_mib: None,
+        worker_threads: None,
     };
     let local = node::LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;
     eprintln!(

@@ -166,6 +166,9 @@ impl ClusterTarget {
             tls_dir,
             reclamation: None,
             storage_mib,
+            // The nodes share this machine: each runtime gets its share of the cores, not
+            // all of them (README, "The local cluster's runtimes").
+            worker_threads: Some(node::LocalSpec::cores_each(sequencers + map.len() * replicas)),
         };
         let mut local = node::LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;
         for shard in 0..spec.shards as usize {

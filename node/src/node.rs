@@ -245,6 +245,18 @@ pub struct LocalSpec {
     pub reclamation: Option<Reclamation>,
     /// Each shard's caches and table file size; `None` keeps the defaults.
     pub storage_mib: Option<StorageMib>,
+    /// Threads of each node's async runtime (tokio's `TOKIO_WORKER_THREADS`); `None` leaves
+    /// the default, one per core. Nodes sharing one machine may take a share of its cores
+    /// each ([`LocalSpec::cores_each`]).
+    pub worker_threads: Option<usize>,
+}
+
+impl LocalSpec {
+    /// This machine's cores shared out among `nodes` processes, at least one each.
+    pub fn cores_each(nodes: u32) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / nodes.max(1) as usize).max(1)
+    }
 }
 
 /// A shard's storage settings in a [`LocalSpec`], as its configuration file takes them.
@@ -314,6 +326,7 @@ pub struct LocalProcesses {
     addrs: Vec<String>,
     run_as: Option<u32>,
     command: Vec<String>,
+    worker_threads: Option<usize>,
 }
 
 /// `bytes` as hex digits, two per byte.
@@ -498,6 +511,7 @@ impl LocalProcesses {
             addrs,
             run_as: spec.run_as,
             command,
+            worker_threads: spec.worker_threads,
         };
         Ok(local)
     }
@@ -534,6 +548,9 @@ impl LocalProcesses {
             .map_err(|e| NodeError::at(&log_path, e))?;
         let (program, args) = self.command.split_first().expect("checked non-empty");
         let mut command = Command::new(program);
+        if let Some(n) = self.worker_threads {
+            command.env("TOKIO_WORKER_THREADS", n.to_string());
+        }
         if let Some(uid) = self.run_as.map(|base| base + i as u32) {
             std::os::unix::process::CommandExt::uid(&mut command, uid);
             std::os::unix::process::CommandExt::gid(&mut command, uid);

@@ -229,6 +229,7 @@ pub fn dev(
         tls_dir: tls_dir.clone(),
         reclamation: None,
         storage_mib: None,
+        worker_threads: None,
     };
     let local = LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;
     let sequencer = local.sequencer.clone();

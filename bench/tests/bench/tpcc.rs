@@ -105,6 +105,7 @@ fn a_short_run_on_a_cluster_of_processes_passes_the_consistency_checks() {
         tls_dir: None,
         reclamation: None,
         storage_mib: None,
+        worker_threads: None,
     })
     .unwrap();
     let target = bench::ClusterTarget::Addr(local.sequencer.clone());

@@ -105,6 +105,7 @@ async fn started_with(
         replicas: 2,
         reclamation: Some(reclamation),
         storage_mib: None,
+        worker_threads: None,
         ..spec(dir, sealdb_start(), None)
     };
     let nodes = LocalProcesses::spawn(&spec).unwrap();

@@ -44,6 +44,7 @@ pub(crate) fn spec(
         tls_dir,
         reclamation: None,
         storage_mib: None,
+        worker_threads: None,
     }
 }
 

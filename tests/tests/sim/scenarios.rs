@@ -418,9 +418,10 @@ fn each_shard_pushes_a_peer_exactly_what_the_peer_asks_of_it_first() {
     assert!(shared > 0, "no window had a point to push: seed {seed}");
 }
 
-/// An entry may name participants that do not own every point it declares (the client
-/// chooses them). The owner it leaves out never sees the entry, so it pushes nothing: the
-/// ask of it says so, and its shell asks at once instead of waiting for a push.
+/// An entry that names participants not owning every point it declares (the sequencer
+/// derives them from the keys, so a logged one does not; the step does not rely on it): the
+/// owner left out never sees the entry and pushes nothing, so the ask of it says so, and its
+/// shell asks at once instead of waiting for a push.
 #[test]
 fn an_ask_of_a_shard_that_shares_no_entry_is_not_marked_pushed() {
     let map = ShardMap::uniform(3);
