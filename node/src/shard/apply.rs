@@ -25,16 +25,12 @@ use tokio::sync::mpsc;
 
 use super::super::metrics::ShardCounters;
 use super::peers::{GrpcPeers, PeerError};
-use super::push::Pusher;
+use super::push::{Pusher, keep_streaming};
 use super::{DIGESTS_KEPT, FENCED_RETRY, OUTCOME_WINDOWS, PEER_RETRY, State, lock};
 use crate::server::clock_agreement;
 use client::{RefusalKind, RemoteError, RemoteSequencer, SliceDelivery, stamp};
 use proto::v1;
-use tokio_stream::wrappers::ReceiverStream;
 use txn::{Command, Event, Step, StepError};
-
-/// Reports of applied windows queued for the sequencer's stream.
-const REPORTS_QUEUED: usize = 4;
 
 /// Answers in flight for the window in progress: at most a few per peer, so this bound is
 /// never reached in practice; a full queue only slows the calls down.
@@ -531,46 +527,28 @@ impl ApplyLoop {
 }
 
 /// Reports the windows this replica applies to the sequencer, so that it can seal the next
-/// one without waiting out its interval: on one stream, opened with the first report and
-/// again after a failure, one message per change (changes made while a message waits for
-/// room are reported as one, the last). Ends with the apply loop.
+/// one without waiting out its interval: on one stream ([`keep_streaming`]), one message per
+/// change (changes made while a message waits for room are reported as one, the last). Ends
+/// with the apply loop.
 async fn report_applied(
     sequencer: RemoteSequencer,
     state: Arc<State>,
-    mut applied: tokio::sync::watch::Receiver<Epoch>,
+    applied: tokio::sync::watch::Receiver<Epoch>,
 ) {
-    let report = |epoch: Epoch| v1::AppliedRequest {
-        hlc: stamp(&state.clock),
-        shard: state.shard.0,
-        replica: state.replica as u32,
-        epoch: epoch.0,
-    };
-    while applied.changed().await.is_ok() {
-        let (reports, stream) = mpsc::channel(REPORTS_QUEUED);
-        let _ = reports.try_send(report(*applied.borrow_and_update()));
-        let call = sequencer.report_applied(ReceiverStream::new(stream));
-        tokio::pin!(call);
-        loop {
-            tokio::select! {
-                ended = &mut call => {
-                    if let Err(e) = ended {
-                        // Only sealing early is lost: the sequencer seals on its interval
-                        // meanwhile.
-                        tracing::debug!(shard = state.shard.0, error = %e, "reporting applied windows");
-                    }
-                    break;
-                }
-                changed = applied.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    let epoch = *applied.borrow_and_update();
-                    if reports.send(report(epoch)).await.is_err() {
-                        break;
-                    }
-                }
-            }
+    use tokio_stream::StreamExt;
+    let reports = tokio_stream::wrappers::WatchStream::from_changes(applied).map(|epoch| {
+        v1::AppliedRequest {
+            hlc: stamp(&state.clock),
+            shard: state.shard.0,
+            replica: state.replica as u32,
+            epoch: epoch.0,
         }
-        tokio::time::sleep(PEER_RETRY).await;
-    }
+    });
+    // A failed stream loses only sealing early: the sequencer seals on its interval meanwhile.
+    let open = |reports| {
+        let sequencer = sequencer.clone();
+        async move { sequencer.report_applied(reports).await.map_err(|e| e.to_string()) }
+    };
+    let stopped = state.stopped();
+    keep_streaming(reports, open, stopped, state.shard, "applied reports").await;
 }

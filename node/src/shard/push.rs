@@ -24,7 +24,7 @@
 //!   down: asks go round the replicas as before).
 //! - **Bounds.** The inbox keeps pushes for the next [`PUSH_AHEAD`] windows only, one of each
 //!   kind per peer and window; a push of reads holds at most what one `GetMany` answers. Each
-//!   peer's queue holds [`PUSH_QUEUE`] messages; a full one drops (the receiver asks).
+//!   peer's queue holds [`STREAM_QUEUE`] messages; a full one drops (the receiver asks).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -52,8 +52,8 @@ pub(super) const LANE_LIVE: Duration = Duration::from_secs(1);
 /// Pushes are kept for this many windows past the last one applied; later ones are dropped.
 pub(super) const PUSH_AHEAD: u64 = 4;
 
-/// Messages queued for one peer replica (a few windows' worth).
-const PUSH_QUEUE: usize = 64;
+/// Messages queued for one stream, to a peer replica or the sequencer (a few windows' worth).
+const STREAM_QUEUE: usize = 64;
 
 /// Values a peer pushed: its values of keys at a timestamp.
 type Values = HashMap<Vec<u8>, Option<Vec<u8>>>;
@@ -206,7 +206,7 @@ impl Pusher {
     ) -> Pusher {
         let mut lanes: BTreeMap<ShardId, Vec<_>> = BTreeMap::new();
         for (shard, client) in targets {
-            let (queue, queued) = mpsc::channel(PUSH_QUEUE);
+            let (queue, queued) = mpsc::channel(STREAM_QUEUE);
             handle.spawn(stream_to(client, queued, state.clone()));
             lanes.entry(shard).or_default().push(queue);
         }
@@ -279,40 +279,64 @@ impl Pusher {
 /// Keeps a push stream to `client` open and feeds it `queued`, until this replica stops.
 async fn stream_to(
     client: ShardClient<Channel>,
-    mut queued: mpsc::Receiver<v1::PushMessage>,
+    queued: mpsc::Receiver<v1::PushMessage>,
     state: Arc<State>,
 ) {
+    let open = |messages| {
+        let mut client = client.clone();
+        async move { client.push(messages).await.map(drop).map_err(|e| e.to_string()) }
+    };
+    let source = ReceiverStream::new(queued);
+    keep_streaming(source, open, state.stopped(), state.shard, "push").await;
+}
+
+/// Keeps a client-streaming call open and feeds it what `source` gives, until `source` ends
+/// or `stopped` resolves: the call is opened with the first message, and again (after
+/// [`PEER_RETRY`]) with the next message once it ends. A call that stops taking messages holds
+/// back the source, with up to [`STREAM_QUEUE`] of them queued.
+pub(super) async fn keep_streaming<M, F>(
+    source: impl tokio_stream::Stream<Item = M>,
+    mut open: impl FnMut(ReceiverStream<M>) -> F,
+    stopped: impl Future<Output = ()>,
+    shard: ShardId,
+    what: &'static str,
+) where
+    F: Future<Output = Result<(), String>>,
+{
+    use tokio_stream::StreamExt;
+    tokio::pin!(source, stopped);
     loop {
-        // A stream is opened with its first message.
         let first = tokio::select! {
-            m = queued.recv() => m,
-            () = state.stopped() => None,
+            m = source.next() => m,
+            () = &mut stopped => None,
         };
         let Some(first) = first else { return };
-        let (stream, messages) = mpsc::channel(PUSH_QUEUE);
+        let (stream, messages) = mpsc::channel(STREAM_QUEUE);
         let _ = stream.try_send(first);
-        let mut client = client.clone();
-        let call = client.push(ReceiverStream::new(messages));
+        let call = open(ReceiverStream::new(messages));
         tokio::pin!(call);
         loop {
             tokio::select! {
                 ended = &mut call => {
                     if let Err(e) = ended {
-                        tracing::debug!(shard = state.shard.0, error = %e, "push stream ended");
+                        tracing::debug!(shard = shard.0, error = %e, what, "stream ended");
                     }
                     break;
                 }
-                m = queued.recv() => match m {
-                    // Full: the stream is not draining; this one is dropped.
-                    Some(m) => { let _ = stream.try_send(m); }
+                m = source.next() => match m {
+                    Some(m) => {
+                        if stream.send(m).await.is_err() {
+                            break;
+                        }
+                    }
                     None => return,
                 },
-                () = state.stopped() => return,
+                () = &mut stopped => return,
             }
         }
         tokio::select! {
             () = tokio::time::sleep(PEER_RETRY) => {}
-            () = state.stopped() => return,
+            () = &mut stopped => return,
         }
     }
 }
