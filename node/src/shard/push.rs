@@ -190,8 +190,8 @@ impl State {
 }
 
 /// The sending side: one stream per peer replica this replica's lane reaches, each kept open
-/// by a task of its own (opened again after a failure; what was queued meanwhile is lost, and
-/// the receiver asks for it).
+/// by a task of its own ([`keep_streaming`]: opened again after a failure; what was in flight
+/// on the failed stream is lost, and the receiver asks for it).
 pub(super) struct Pusher {
     lanes: BTreeMap<ShardId, Vec<mpsc::Sender<v1::PushMessage>>>,
     state: Arc<State>,

@@ -189,12 +189,14 @@ impl ShardRpc for ShardService {
         require_node(&request, self.secure)?;
         let state = &self.state;
         let mut messages = request.into_inner();
+        // Ends with the stream, or when this replica stops (a stream stays open otherwise, and
+        // would hold the server's graceful stop).
+        let stopped = state.stopped();
+        tokio::pin!(stopped);
         loop {
-            // Ends with the stream, or when this replica stops (a stream stays open otherwise,
-            // and would hold the server's graceful stop).
             let message = tokio::select! {
                 m = messages.message() => m?,
-                () = state.stopped() => None,
+                () = &mut stopped => None,
             };
             let Some(message) = message else { break };
             observe_request(&state.clock, message.hlc)?;

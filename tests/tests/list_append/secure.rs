@@ -73,6 +73,15 @@ async fn only_certified_clients_get_in_and_only_nodes_call_peer_rpcs() {
     let mut shard = shard_client(&local, &client).await;
     let status = shard.verdicts(v1::VerdictsRequest { hlc: 0, epoch: 1 }).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    // Nor push a window's reads or verdicts to a shard, nor report windows applied.
+    let push = v1::PushMessage { hlc: 0, from_shard: 1, window: 1, kind: None };
+    let status = shard.push(tokio_stream::iter([push])).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let report = v1::AppliedRequest { hlc: 0, shard: 0, replica: 0, epoch: 0 };
+    match as_client.report_applied(tokio_stream::iter([report])).await {
+        Err(RemoteError::Refused { kind: RefusalKind::NotAllowed, .. }) => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    }
     let key = (0..=255u8).map(|b| vec![b]).find(|k| cluster.map.shard_of(k) == ShardId(0));
     let read = |for_window| v1::GetRequest {
         hlc: 0,
