@@ -167,7 +167,7 @@ impl ClusterTarget {
             reclamation: None,
             storage_mib,
             // The nodes share this machine: each runtime gets its share of the cores, not
-            // all of them (README, "The local cluster's runtimes").
+            // all of them (README, Cluster mode: the benchmarks against a cluster).
             worker_threads: Some(node::LocalSpec::cores_each(sequencers + map.len() * replicas)),
         };
         let mut local = node::LocalProcesses::spawn(&spec).map_err(|e| e.to_string())?;
