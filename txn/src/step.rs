@@ -656,11 +656,12 @@ impl Step {
                 let tally = Tally::new(w.epoch, self.shard, &local, &w.participants);
                 if !local.is_empty() {
                     let verdicts = local.clone();
-                    let to = tally.waiting_for().into_iter().collect();
+                    let waiting = tally.waiting_for();
+                    let to = waiting.iter().copied().collect();
                     let window = w.epoch;
                     self.commands.push_back(Command::PublishVerdicts { window, verdicts, to });
-                    for from in tally.waiting_for() {
-                        self.commands.push_back(Command::PullVerdicts { window: w.epoch, from });
+                    for from in waiting {
+                        self.commands.push_back(Command::PullVerdicts { window, from });
                     }
                 }
                 w.stage = Stage::Tallying(validated, tally, local);
