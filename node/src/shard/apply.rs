@@ -154,6 +154,15 @@ impl ApplyLoop {
                     }
                     Ok(Some(Ok(delivery))) => self.deliver(delivery)?,
                 }
+                let refused = lock(&self.state.clock_refused).take();
+                if let Some(why) = refused
+                    && self.clock_skew(&why)
+                {
+                    // Fenced: the subscription is dropped, so that only the sequencer's
+                    // accepting this shard's clock again ends the fence.
+                    std::thread::sleep(FENCED_RETRY);
+                    break;
+                }
             }
             std::thread::sleep(PEER_RETRY);
         }
@@ -372,7 +381,8 @@ impl ApplyLoop {
     /// is the one out of bounds: it fences itself, serving nothing (reads at a timestamp and
     /// commit-wait are only safe within `max_offset`) until the clocks agree again. If most
     /// of them accept it, the sequencer is the one out of bounds: nothing to fence here.
-    fn clock_skew(&self, why: &str) {
+    /// Returns whether this shard is fenced.
+    fn clock_skew(&self, why: &str) -> bool {
         let shard = self.state.shard.0;
         let peers = self.peers.clients(self.state.replica);
         let (agree, disagree) = self.handle.block_on(clock_agreement(&peers, self.peers.clock()));
@@ -384,7 +394,7 @@ impl ApplyLoop {
                 error = why,
                 "the sequencer's clock is beyond max_offset of this shard's and most peers'"
             );
-            return;
+            return false;
         }
         let mut fenced = lock(&self.state.fenced);
         if fenced.is_none() {
@@ -400,6 +410,7 @@ impl ApplyLoop {
         *fenced = Some(format!("its clock is out of bounds ({why})"));
         drop(fenced);
         self.state.bump();
+        true
     }
 
     /// Stops the shard: the log no longer holds its next window (the sequencer truncated past
@@ -545,9 +556,18 @@ async fn report_applied(
         }
     });
     // A failed stream loses only sealing early: the sequencer seals on its interval meanwhile.
+    // A refusal of this shard's clock is passed to the apply loop, which finds out whose
+    // clock is off.
     let open = |reports| {
-        let sequencer = sequencer.clone();
-        async move { sequencer.report_applied(reports).await.map_err(|e| e.to_string()) }
+        let (sequencer, state) = (sequencer.clone(), state.clone());
+        async move {
+            sequencer.report_applied(reports).await.map_err(|e| {
+                if let RemoteError::ClockSkew(why) = &e {
+                    *lock(&state.clock_refused) = Some(why.clone());
+                }
+                e.to_string()
+            })
+        }
     };
     let stopped = state.stopped();
     keep_streaming(reports, open, stopped, state.shard, "applied reports").await;

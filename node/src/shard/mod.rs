@@ -207,6 +207,10 @@ struct State {
     catch_up: AtomicBool,
     /// Why this shard serves nothing: its clock is beyond `max_offset` of the cluster's.
     fenced: Mutex<Option<String>>,
+    /// Why the sequencer last refused this shard's clock in an applied report, for the apply
+    /// loop to check whose clock is off ([`apply`]). A subscription's clocks are compared only
+    /// when it opens; the reports compare them every window.
+    clock_refused: Mutex<Option<String>>,
     /// Why this replica serves nothing: its digest differs from a fellow replica's.
     diverged: Mutex<Option<String>>,
     counters: ShardCounters,
@@ -415,6 +419,7 @@ impl ShardNode {
             failure: Mutex::new(None),
             catch_up: AtomicBool::new(false),
             fenced: Mutex::new(None),
+            clock_refused: Mutex::new(None),
             diverged: Mutex::new(None),
             counters: ShardCounters::default(),
         });
