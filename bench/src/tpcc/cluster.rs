@@ -11,15 +11,15 @@ use storage::KeyRange;
 use tokio::runtime::{Handle, Runtime};
 use txn::{ProcError, ReadAt, Rows, TxnError};
 
-use super::txns::{self, Reader};
-use super::{Backend, Done, Population, Report, TpccOptions, Txn, check, drive, load_parts};
-use super::{call_until_done, run_parts, schema, shard_map};
+use super::txns::Reader;
+use super::{Backend, Done, Execution, Population, Report, Tasks, TpccOptions, Txn, check, drive};
+use super::{call_until_done, load_parts, procedure, run_parts, schema, settle, shard_map};
 use crate::ClusterTarget;
 use client::Client;
 
-/// sealdb over the network.
+/// sealdb over the network. Its clients run as futures on its runtime ([`Tasks`]).
 pub struct RemoteSealdb {
-    client: Client,
+    client: Arc<Client>,
     runtime: Runtime,
 }
 
@@ -46,6 +46,17 @@ impl Reader for RemoteReader<'_> {
     }
 }
 
+/// Runs `f` on reads at one `Latest` timestamp through `client`, blocking on `handle` (so not
+/// on one of its threads).
+fn read<T>(
+    client: &Client,
+    handle: &Handle,
+    f: impl FnOnce(&mut RemoteReader<'_>) -> Result<T, ProcError>,
+) -> Result<T, String> {
+    let ts = client.read_ts(ReadAt::Latest);
+    f(&mut RemoteReader { client, handle, ts }).map_err(|e| e.to_string())
+}
+
 impl RemoteSealdb {
     /// Connects to the cluster whose sequencer is at `addr`, waiting up to 30 s for every
     /// shard to answer.
@@ -61,20 +72,41 @@ impl RemoteSealdb {
             .map_err(|e| e.to_string())?;
         let clock = Arc::new(Clock::system(max_offset));
         let (client, _) = runtime.block_on(crate::connect_when_ready(addr, clock, tls))?;
-        Ok(RemoteSealdb { client, runtime })
+        Ok(RemoteSealdb { client: Arc::new(client), runtime })
     }
 
     fn call(&self, name: &str, args: &[u8], retries: &mut u64) -> Result<Done, String> {
         call_until_done(name, retries, || self.runtime.block_on(self.client.call(name, args)))
     }
+}
 
-    fn read<T>(
-        &self,
-        f: impl FnOnce(&mut RemoteReader<'_>) -> Result<T, ProcError>,
-    ) -> Result<T, String> {
-        let ts = self.client.read_ts(ReadAt::Latest);
-        let mut reader = RemoteReader { client: &self.client, handle: self.runtime.handle(), ts };
-        f(&mut reader).map_err(|e| e.to_string())
+impl Tasks for RemoteSealdb {
+    fn handle(&self) -> &Handle {
+        self.runtime.handle()
+    }
+
+    fn execute(&self, txn: Txn) -> Execution<'_> {
+        Box::pin(async move {
+            let mut retries = 0;
+            let done = match procedure(&txn) {
+                Ok((name, args)) => loop {
+                    let attempt = self.client.call(name, &args).await;
+                    if let Some(done) = settle(name, attempt, &mut retries) {
+                        break done;
+                    }
+                },
+                // The read-only transactions are procedures over blocking reads: on a thread
+                // that may block.
+                Err(read_only) => {
+                    let (client, handle) = (self.client.clone(), self.runtime.handle().clone());
+                    let reads = tokio::task::spawn_blocking(move || {
+                        read(&client, &handle, |r| read_only.run(r))
+                    });
+                    reads.await.unwrap_or_else(|e| Err(format!("a read-only transaction: {e}")))
+                }
+            };
+            (done, retries)
+        })
     }
 }
 
@@ -84,21 +116,23 @@ impl Backend for RemoteSealdb {
     }
 
     fn execute(&self, txn: &Txn, retries: &mut u64) -> Result<Done, String> {
-        match txn {
-            Txn::NewOrder(t) => self.call("tpcc.new_order", &schema::encode(t), retries),
-            Txn::Payment(t) => self.call("tpcc.payment", &schema::encode(t), retries),
-            Txn::Delivery(t) => self.call("tpcc.delivery", &schema::encode(t), retries),
-            Txn::OrderStatus(t) => self.read(|r| txns::order_status(r, t)).map(|_| Done::Committed),
-            Txn::StockLevel(t) => self.read(|r| txns::stock_level(r, t)).map(|_| Done::Committed),
+        match procedure(txn) {
+            Ok((name, args)) => self.call(name, &args, retries),
+            Err(read_only) => read(&self.client, self.runtime.handle(), |r| read_only.run(r)),
         }
     }
 
+    fn tasks(&self) -> Option<&dyn Tasks> {
+        Some(self)
+    }
+
     fn check(&self, warehouses: u32) -> Result<Vec<String>, String> {
-        self.read(|r| check::check(r, warehouses))
+        read(&self.client, self.runtime.handle(), |r| check::check(r, warehouses))
     }
 
     fn load(&self, warehouses: u32, pop: Population, seed: u64) -> Result<(), String> {
-        if self.read(|r| r.read(&schema::warehouse_key(1)))?.is_some() {
+        let handle = self.runtime.handle();
+        if read(&self.client, handle, |r| r.read(&schema::warehouse_key(1)))?.is_some() {
             return Err("the cluster already holds TPC-C data: start an empty one".into());
         }
         let parts = load_parts(warehouses, pop, seed);

@@ -16,6 +16,7 @@ pub mod txns;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -243,7 +244,27 @@ pub trait Backend: Send + Sync {
     fn backup(&self, to: &std::path::Path) -> Result<(), String> {
         Err(format!("{} has no backup here (to {})", self.name(), to.display()))
     }
+    /// Its clients as futures on a runtime, if it has them ([`Tasks`]); otherwise each client
+    /// is a thread calling [`Backend::execute`].
+    fn tasks(&self) -> Option<&dyn Tasks> {
+        None
+    }
 }
+
+/// A backend whose clients run as futures on one runtime, not each on a thread that blocks on
+/// every call. A client over the network waits on every round trip, and a thread blocking on
+/// it is put to sleep and woken each time: for sealdb's cluster client, that was about a
+/// third of its process's CPU.
+pub trait Tasks: Sync {
+    /// The runtime the clients run on.
+    fn handle(&self) -> &tokio::runtime::Handle;
+    /// Runs `txn` to completion as [`Backend::execute`] does; the future ends with the
+    /// retries it counted.
+    fn execute(&self, txn: Txn) -> Execution<'_>;
+}
+
+/// A transaction run as a future: how it ended, and the retries it took.
+pub type Execution<'a> = Pin<Box<dyn Future<Output = (Result<Done, String>, u64)> + 'a>>;
 
 /// Bytes of the files under `dir`, recursively (0 for what cannot be read).
 pub fn disk_usage(dir: &std::path::Path) -> u64 {
@@ -381,6 +402,35 @@ impl Sealdb {
     }
 }
 
+/// The sealdb procedure that runs `txn` and its arguments, or the read-only transaction it
+/// is (reads at one timestamp, no procedure).
+pub(crate) fn procedure(txn: &Txn) -> Result<(&'static str, Vec<u8>), ReadOnly> {
+    match txn {
+        Txn::NewOrder(t) => Ok(("tpcc.new_order", schema::encode(t))),
+        Txn::Payment(t) => Ok(("tpcc.payment", schema::encode(t))),
+        Txn::Delivery(t) => Ok(("tpcc.delivery", schema::encode(t))),
+        Txn::OrderStatus(t) => Err(ReadOnly::OrderStatus(t.clone())),
+        Txn::StockLevel(t) => Err(ReadOnly::StockLevel(t.clone())),
+    }
+}
+
+/// A read-only transaction: Order-Status or Stock-Level.
+pub(crate) enum ReadOnly {
+    OrderStatus(OrderStatus),
+    StockLevel(StockLevel),
+}
+
+impl ReadOnly {
+    /// Runs it on `r` (reads at one timestamp).
+    pub(crate) fn run(&self, r: &mut impl txns::Reader) -> Result<Done, txn::ProcError> {
+        match self {
+            ReadOnly::OrderStatus(t) => txns::order_status(r, t),
+            ReadOnly::StockLevel(t) => txns::stock_level(r, t),
+        }
+        .map(|_| Done::Committed)
+    }
+}
+
 /// Runs a sealdb procedure call (`call`) until it is done: committed, or rolled back on
 /// purpose; retryable failures are retried and counted in `retries`.
 pub(crate) fn call_until_done(
@@ -389,14 +439,29 @@ pub(crate) fn call_until_done(
     mut call: impl FnMut() -> Result<Vec<u8>, TxnError>,
 ) -> Result<Done, String> {
     loop {
-        match call() {
-            Ok(_) => return Ok(Done::Committed),
-            Err(TxnError::Aborted(AbortReason::User(m))) if m == txns::ROLLBACK => {
-                return Ok(Done::RolledBack);
-            }
-            Err(e) if e.is_retryable() => *retries += 1,
-            Err(e) => return Err(format!("{name}: {e}")),
+        if let Some(done) = settle(name, call(), retries) {
+            return done;
         }
+    }
+}
+
+/// What one attempt of procedure `name` came to: done (committed, or rolled back on purpose),
+/// failed, or `None` to try again (retryable; counted in `retries`).
+pub(crate) fn settle(
+    name: &str,
+    attempt: Result<Vec<u8>, TxnError>,
+    retries: &mut u64,
+) -> Option<Result<Done, String>> {
+    match attempt {
+        Ok(_) => Some(Ok(Done::Committed)),
+        Err(TxnError::Aborted(AbortReason::User(m))) if m == txns::ROLLBACK => {
+            Some(Ok(Done::RolledBack))
+        }
+        Err(e) if e.is_retryable() => {
+            *retries += 1;
+            None
+        }
+        Err(e) => Some(Err(format!("{name}: {e}"))),
     }
 }
 
@@ -460,12 +525,9 @@ impl Backend for Sealdb {
     }
 
     fn execute(&self, txn: &Txn, retries: &mut u64) -> Result<Done, String> {
-        match txn {
-            Txn::NewOrder(t) => self.call("tpcc.new_order", &schema::encode(t), retries),
-            Txn::Payment(t) => self.call("tpcc.payment", &schema::encode(t), retries),
-            Txn::Delivery(t) => self.call("tpcc.delivery", &schema::encode(t), retries),
-            Txn::OrderStatus(t) => self.read(|s| txns::order_status(s, t)).map(|_| Done::Committed),
-            Txn::StockLevel(t) => self.read(|s| txns::stock_level(s, t)).map(|_| Done::Committed),
+        match procedure(txn) {
+            Ok((name, args)) => self.call(name, &args, retries),
+            Err(read_only) => self.read(|s| read_only.run(s)),
         }
     }
 
@@ -753,55 +815,97 @@ impl EngineWork {
     }
 }
 
+/// What the clients share while they run.
+#[derive(Default)]
+struct Running {
+    stop: AtomicBool,
+    /// Transactions completed and counted.
+    completed: AtomicU64,
+    /// New-Orders acknowledged and counted.
+    new_orders: AtomicU64,
+    /// The warm-up is over: transactions that begin now are counted.
+    measuring: AtomicBool,
+}
+
+/// One client's samples by kind, rollbacks and retries.
+type ClientResult = Result<(BTreeMap<Kind, Latencies>, u64, u64), String>;
+
+/// One client: runs the transactions `generator` makes with `execute` until `running.stop`,
+/// recording those that began once the warm-up was over.
+async fn client<F>(
+    mut generator: Generator,
+    running: &Running,
+    mut execute: impl FnMut(Txn) -> F,
+) -> ClientResult
+where
+    F: Future<Output = (Result<Done, String>, u64)>,
+{
+    let mut samples = BTreeMap::<Kind, Latencies>::new();
+    let (mut rollbacks, mut retries) = (0, 0);
+    while !running.stop.load(Ordering::Relaxed) {
+        let txn = generator.next_txn();
+        let kind = txn.kind();
+        // Counted only if it began once the warm-up was over.
+        let counted = running.measuring.load(Ordering::SeqCst);
+        let t = Instant::now();
+        let (done, tried) = execute(txn).await;
+        match done {
+            Ok(Done::Committed) if kind == Kind::NewOrder && counted => {
+                running.new_orders.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(Done::Committed) => {}
+            Ok(Done::RolledBack) => rollbacks += u64::from(counted),
+            Err(e) => {
+                running.stop.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        if counted {
+            retries += tried;
+            samples.entry(kind).or_default().record(t.elapsed());
+            running.completed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok((samples, rollbacks, retries))
+}
+
 /// Runs the clients against a loaded `backend`, then the consistency checks.
 pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<Report, String> {
-    let stop = AtomicBool::new(false);
-    let completed = AtomicU64::new(0);
-    let new_orders = AtomicU64::new(0);
+    let running =
+        Running { measuring: AtomicBool::new(opts.warmup.is_zero()), ..Default::default() };
+    let Running { stop, completed, new_orders, measuring } = &running;
     let intervals = std::sync::Mutex::new(Vec::new());
-    let measuring = AtomicBool::new(opts.warmup.is_zero());
-    type ClientResult = Result<(BTreeMap<Kind, Latencies>, u64, u64), String>;
     // The backup's start, the New-Orders acknowledged then, and its seconds (or why it failed).
     type Taken = (f64, u64, Result<f64, String>);
     let (results, backup_taken, (started, engine_before)) = std::thread::scope(|s| {
         let mut backup = None;
-        let clients: Vec<_> = (0..opts.clients)
-            .map(|c| {
-                let (stop, completed, new_orders) = (&stop, &completed, &new_orders);
-                let measuring = &measuring;
-                let w = c % opts.warehouses + 1;
-                let mut generator =
-                    Generator::new(opts.seed, c, w, opts.warehouses, opts.population, opts.mix);
-                s.spawn(move || -> ClientResult {
-                    let mut samples = BTreeMap::<Kind, Latencies>::new();
-                    let (mut rollbacks, mut retries) = (0, 0);
-                    while !stop.load(Ordering::Relaxed) {
-                        let txn = generator.next_txn();
-                        // Counted only if it began once the warm-up was over.
-                        let counted = measuring.load(Ordering::SeqCst);
-                        let t = Instant::now();
-                        let mut tried = 0;
-                        match backend.execute(&txn, &mut tried) {
-                            Ok(Done::Committed) if txn.kind() == Kind::NewOrder && counted => {
-                                new_orders.fetch_add(1, Ordering::SeqCst);
-                            }
-                            Ok(Done::Committed) => {}
-                            Ok(Done::RolledBack) => rollbacks += u64::from(counted),
-                            Err(e) => {
-                                stop.store(true, Ordering::Relaxed);
-                                return Err(e);
-                            }
-                        }
-                        if counted {
-                            retries += tried;
-                            samples.entry(txn.kind()).or_default().record(t.elapsed());
-                            completed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    Ok((samples, rollbacks, retries))
+        let generator = |c: u32| {
+            let w = c % opts.warehouses + 1;
+            Generator::new(opts.seed, c, w, opts.warehouses, opts.population, opts.mix)
+        };
+        let running = &running;
+        // Each thread's clients' results.
+        let clients: Vec<std::thread::ScopedJoinHandle<'_, Vec<ClientResult>>> = match backend
+            .tasks()
+        {
+            Some(tasks) => vec![s.spawn(move || {
+                let clients = (0..opts.clients)
+                    .map(|c| client(generator(c), running, |txn| tasks.execute(txn)));
+                tasks.handle().block_on(futures::future::join_all(clients))
+            })],
+            None => (0..opts.clients)
+                .map(|c| {
+                    s.spawn(move || {
+                        let execute = |txn: Txn| {
+                            let mut tried = 0;
+                            let done = backend.execute(&txn, &mut tried);
+                            std::future::ready((done, tried))
+                        };
+                        vec![futures::executor::block_on(client(generator(c), running, execute))]
+                    })
                 })
-            })
-            .collect();
+                .collect(),
+        };
         if !opts.warmup.is_zero() {
             eprintln!("  warming up for {} s (not measured)", opts.warmup.as_secs());
             let warm = Instant::now();
@@ -901,7 +1005,7 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
             });
         let results: Vec<ClientResult> = clients
             .into_iter()
-            .map(|c| c.join().unwrap_or_else(|_| Err("a client panicked".into())))
+            .flat_map(|c| c.join().unwrap_or_else(|_| vec![Err("a client panicked".into())]))
             .collect();
         (results, taken, (started, engine_before))
     });
