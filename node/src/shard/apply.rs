@@ -100,7 +100,12 @@ impl ApplyLoop {
             let from = self.step.next_epoch();
             let subscribed = self.handle.block_on(self.sequencer.subscribe(shard, from));
             let mut deliveries = match subscribed {
-                Ok(d) => d,
+                Ok(d) => {
+                    // The sequencer has just accepted this shard's clock: an applied report it
+                    // refused before is old news.
+                    lock(&self.state.clock_refused).take();
+                    d
+                }
                 Err(RemoteError::ClockSkew(why)) => {
                     self.clock_skew(&why);
                     std::thread::sleep(FENCED_RETRY);
