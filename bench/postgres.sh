@@ -6,6 +6,7 @@
 #                              print the URL to pass as --pg-url
 #   bench/postgres.sh stop     stop it
 #   bench/postgres.sh url      print the URL
+#   bench/postgres.sh running  exit status 0 if it is running
 #
 # SEALDB_PG_DIR (default /var/tmp/sealdb-postgres) holds the cluster; SEALDB_PG_PORT (default
 # 5433, beside a system cluster's 5432) is its port. Only 127.0.0.1 is listened on, and local
@@ -105,8 +106,12 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   url) echo "$url" ;;
+  running)
+    bin=$(bindir)
+    [ -n "$bin" ] && as_pg "$bin/pg_isready" -q -h 127.0.0.1 -p "$port"
+    ;;
   *)
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac
