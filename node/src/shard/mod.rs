@@ -754,6 +754,11 @@ fn shard_metrics(state: &State) -> Vec<Metric> {
             "Point reads the row cache could not answer (read from storage).",
             cache.misses as f64,
         ),
+        Metric::counter(
+            "sealdb_shard_row_cache_fills_refused_total",
+            "Of the misses, reads whose result was not cached: a batch was applied meanwhile.",
+            cache.fills_refused as f64,
+        ),
         Metric::gauge(
             "sealdb_shard_applied_epoch",
             "The last window applied.",
