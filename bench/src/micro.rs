@@ -196,6 +196,9 @@ pub fn procedures() -> Registry {
 /// Runs the benchmark's procedure workloads against a cluster, through the network.
 pub fn run_cluster(opts: &MicroOptions, target: &ClusterTarget) -> Result<Report, String> {
     let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    // Two threads, whatever the client's share of the cores: a client making some 60,000
+    // calls a second keeps them busy, and one thread lost five of six alternating pairs
+    // (README, Figures). TPC-C's client takes its share (`RunningCluster::client_threads`).
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

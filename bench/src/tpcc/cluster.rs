@@ -14,7 +14,7 @@ use txn::{ProcError, ReadAt, Rows, TxnError};
 use super::txns::Reader;
 use super::{Backend, Done, Execution, Population, Report, Tasks, TpccOptions, Txn, check, drive};
 use super::{call_until_done, load_parts, procedure, run_parts, schema, settle, shard_map};
-use crate::ClusterTarget;
+use crate::{ClusterTarget, RunningCluster};
 use client::Client;
 
 /// sealdb over the network. Its clients run as futures on its runtime ([`Tasks`]).
@@ -58,20 +58,13 @@ fn read<T>(
 }
 
 impl RemoteSealdb {
-    /// Connects to the cluster whose sequencer is at `addr`, waiting up to 30 s for every
-    /// shard to answer.
-    pub fn connect(
-        addr: &str,
-        max_offset: Duration,
-        tls: Option<client::Tls>,
-    ) -> Result<RemoteSealdb, String> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
+    /// Connects to `cluster`, waiting up to 30 s for every shard to answer.
+    pub fn connect(cluster: &RunningCluster) -> Result<RemoteSealdb, String> {
+        let runtime = cluster.client_runtime()?;
+        let max_offset = Duration::from_millis(cluster.max_offset_ms.unwrap_or(5));
         let clock = Arc::new(Clock::system(max_offset));
-        let (client, _) = runtime.block_on(crate::connect_when_ready(addr, clock, tls))?;
+        let ready = crate::connect_when_ready(&cluster.addr, clock, cluster.tls.clone());
+        let (client, _) = runtime.block_on(ready)?;
         Ok(RemoteSealdb { client: Arc::new(client), runtime })
     }
 
@@ -167,9 +160,7 @@ pub fn run_cluster(
             })
         },
     )?;
-    let max_offset = Duration::from_millis(cluster.max_offset_ms.unwrap_or(5));
-    let tls = cluster.tls.clone();
-    let result = RemoteSealdb::connect(&cluster.addr, max_offset, tls).and_then(|backend| {
+    let result = RemoteSealdb::connect(&cluster).and_then(|backend| {
         let load_s = super::load(&backend, opts)?;
         drive(&backend, opts, load_s)
     });
