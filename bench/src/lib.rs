@@ -224,24 +224,33 @@ pub async fn connect_when_ready(
 ) -> Result<(client::Client, u64), String> {
     use std::time::{Duration, Instant};
     let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        match client::cluster_status(addr, &clock, tls.as_ref()).await {
+    loop {
+        let failed = match client::cluster_status(addr, &clock, tls.as_ref()).await {
             // Every shard has a replica answering (replicas killed on purpose stay down).
             Ok(s)
                 if (0..s.shard_addrs.len() as u32)
                     .all(|i| s.shards.iter().any(|r| r.shard == i && r.failure.is_empty())) =>
             {
-                break s;
+                // A sequencer group's other members may not answer yet: connecting is
+                // retried with the rest.
+                let connected = client::Client::connect_with(
+                    addr,
+                    clock.clone(),
+                    node_procedures(),
+                    tls.clone(),
+                )
+                .await;
+                match connected {
+                    Ok(client) => return Ok((client, s.sealed_epoch)),
+                    Err(e) => e.to_string(),
+                }
             }
-            Ok(_) | Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Ok(s) => return Err(format!("shards unreachable: {:?}", s.unreachable)),
-            Err(e) => return Err(e.to_string()),
+            Ok(s) => format!("shards unreachable: {:?}", s.unreachable),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            return Err(failed);
         }
-    };
-    let client = client::Client::connect_with(addr, clock, node_procedures(), tls)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((client, status.sealed_epoch))
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
