@@ -818,6 +818,7 @@ impl EngineWork {
 /// What the clients share while they run.
 #[derive(Default)]
 struct Running {
+    /// Set when the run is over, or a client failed: every client stops.
     stop: AtomicBool,
     /// Transactions completed and counted.
     completed: AtomicU64,
