@@ -231,19 +231,11 @@ pub async fn connect_when_ready(
                 if (0..s.shard_addrs.len() as u32)
                     .all(|i| s.shards.iter().any(|r| r.shard == i && r.failure.is_empty())) =>
             {
-                // A sequencer group's other members may not answer yet: connecting is
-                // retried with the rest.
-                let connected = client::Client::connect_with(
-                    addr,
-                    clock.clone(),
-                    node_procedures(),
-                    tls.clone(),
-                )
-                .await;
-                match connected {
-                    Ok(client) => return Ok((client, s.sealed_epoch)),
-                    Err(e) => e.to_string(),
-                }
+                // The client from this status: asking again could meet a sequencer group's
+                // member that does not answer yet.
+                let epoch = s.sealed_epoch;
+                let client = client::Client::of_status(addr, s, clock, node_procedures(), tls);
+                return client.map(|c| (c, epoch)).map_err(|e| e.to_string());
             }
             Ok(s) => format!("shards unreachable: {:?}", s.unreachable),
             Err(e) => e.to_string(),

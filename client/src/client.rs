@@ -175,6 +175,18 @@ impl Client {
     ) -> Result<Client, TxnError> {
         // Any member of a sequencer group knows the layout.
         let status = cluster_status(addr, &clock, tls.as_ref()).await?;
+        Client::of_status(addr, status, clock, procedures, tls)
+    }
+
+    /// A client of the cluster whose layout `status` gives ([`cluster_status`] of the
+    /// sequencer at `addr`), calling its procedures from `procedures`; asks nothing more.
+    pub fn of_status(
+        addr: &str,
+        status: v1::ClusterStatusResponse,
+        clock: Arc<Clock>,
+        procedures: Registry,
+        tls: Option<Tls>,
+    ) -> Result<Client, TxnError> {
         let map = ShardMap::new(status.splits)
             .map_err(|e| TxnError::Unavailable(format!("the sequencer at {addr} sent {e}")))?;
         let sequencer = addr.to_string();
