@@ -1018,7 +1018,7 @@ impl ShardLoop {
                     self.inner.post_verdicts(window, self.shard, verdicts);
                 }
                 // The shards share memory: a peer reads what it needs when it needs it.
-                Command::PushReads { .. } => {}
+                Command::PushReads { .. } | Command::PushRunReads { .. } => {}
                 Command::PullVerdicts { window, from } => {
                     let since = Instant::now();
                     let verdicts = self.inner.pull_verdicts(window, from)?;

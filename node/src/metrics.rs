@@ -191,9 +191,11 @@ impl LatencyHistogram {
 pub(crate) struct ShardCounters {
     pub(crate) windows: AtomicU64,
     pub(crate) entries: AtomicU64,
-    /// First-round remote reads answered wholly by what the peer pushed.
+    /// Remote reads answered wholly by what the peer pushed (first round, or after a run).
     pub(crate) reads_pushed: AtomicU64,
-    /// Remote reads that called the peer (for what no push brought, or every later round).
+    /// Of those, reads after a first run answered by what the peer's first run read.
+    pub(crate) reads_run_pushed: AtomicU64,
+    /// Remote reads that called the peer (for what no push brought).
     pub(crate) reads_asked: AtomicU64,
     /// Peers' verdicts that came pushed.
     pub(crate) verdicts_pushed: AtomicU64,

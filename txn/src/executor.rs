@@ -47,7 +47,7 @@
 //! function of the inputs alone; maps are ordered; storage errors are returned, never turned
 //! into a verdict.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use clock::Timestamp;
 use sequencer::{ShardId, TxnId};
@@ -165,7 +165,17 @@ pub struct Executor {
 pub struct Validated {
     epoch: Epoch,
     ts: Timestamp,
+    shard: ShardId,
     entries: Vec<Executed>,
+}
+
+/// This shard's keys and the local parts of ranges a run read ([`Validated::shared_reads`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunReads {
+    /// Keys read.
+    pub points: BTreeSet<Vec<u8>>,
+    /// Local parts of ranges scanned.
+    pub scans: BTreeSet<KeyRange>,
 }
 
 /// The result of a window on one shard.
@@ -251,7 +261,7 @@ impl Executor {
             e.local_commit = conflict.is_none() && !matches!(e.ran, Ran::Later);
             e.conflict_key = conflict;
         }
-        Ok(Validated { epoch, ts, entries })
+        Ok(Validated { epoch, ts, shard: self.shard, entries })
     }
 
     /// Phase A for one entry.
@@ -374,7 +384,7 @@ impl Executor {
         final_verdicts: &BTreeMap<TxnId, bool>,
         snapshot: &dyn SnapshotRead,
     ) -> Result<WindowResult, ExecError> {
-        let Validated { epoch, ts, entries } = validated;
+        let Validated { epoch, ts, entries, .. } = validated;
         let mut state: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
         let mut outcomes = Vec::with_capacity(entries.len());
         let mut fallbacks = Vec::new();
@@ -483,6 +493,31 @@ impl Validated {
     /// The window.
     pub fn epoch(&self) -> Epoch {
         self.epoch
+    }
+
+    /// By peer: what this shard's run of the procedures it shares with that peer read of its
+    /// own keys beyond the points they declared (those the peer had pushed to it already,
+    /// [`crate::Command::PushReads`]): the keys, and the local parts of the ranges scanned.
+    /// The peer, running the same procedures, is likely to read them too.
+    pub fn shared_reads(&self) -> BTreeMap<ShardId, RunReads> {
+        let mut by_peer: BTreeMap<ShardId, (RunReads, BTreeSet<&[u8]>)> = BTreeMap::new();
+        for e in self.entries.iter().filter(|e| e.task.multi_shard()) {
+            let Ok(Request::Procedure { ranges, .. }) = &e.task.request else { continue };
+            for p in e.task.participants.iter().filter(|p| **p != self.shard) {
+                let (reads, declared) = by_peer.entry(*p).or_default();
+                declared.extend(ranges.iter().filter_map(KeyRange::as_point));
+                reads.points.extend(e.reads.iter().cloned());
+                reads.scans.extend(e.scans.iter().cloned());
+            }
+        }
+        by_peer
+            .into_iter()
+            .map(|(p, (mut reads, declared))| {
+                reads.points.retain(|k| !declared.contains(k.as_slice()));
+                (p, reads)
+            })
+            .filter(|(_, reads)| !reads.points.is_empty() || !reads.scans.is_empty())
+            .collect()
     }
 
     /// The tasks executed, in execution order, to run them again.

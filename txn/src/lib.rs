@@ -33,7 +33,9 @@ mod tally;
 mod transaction;
 
 pub use crate::error::TxnError;
-pub use crate::executor::{ExecError, Executor, Plan, SnapshotRead, Task, Validated, WindowResult};
+pub use crate::executor::{
+    ExecError, Executor, Plan, RunReads, SnapshotRead, Task, Validated, WindowResult,
+};
 pub use crate::outcome::{
     AbortReason, Decided, Outcome, OutcomeCounters, Phase, SerialPosition, outcome_from_proto,
     outcome_to_proto,

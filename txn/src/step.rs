@@ -8,6 +8,8 @@
 //!   Window(e, ts, slice) ──> ReadRemote(S, at ts_{e-1}, keys)  per other participant S
 //!                            PushReads(S, at ts_{e-1}, my keys S will ask for)
 //!   RemoteRead(S, values) ─┐   (once every S answered: phases A and B on Snap(e-1))
+//!                          ├> PushRunReads(S, what the first run read beyond them) per S
+//!                          ├> ReadRemote(S, ran, what it missed) per S, and run again; or
 //!                          └> PublishVerdicts(e, local, to Ps)  PullVerdicts(e, from P) per P
 //!   Verdicts(e, P, theirs) ──> (once the tally is complete: phases C and D)
 //!   Durable(e) ─────────────> Write(batch of e + watermark + verdicts + deferred)
@@ -44,6 +46,14 @@
 //! ([`Command::ReadRemote::pushed`]). A shell over a network may send those unasked and answer
 //! its own asks from what its peers sent, asking only for what did not come; the step sees the
 //! same events either way.
+//!
+//! A read nobody declared (a row found by a scan, as TPC-C's Payment finds a customer by last
+//! name) is known only by running the entry. Its owner, a participant, runs the same entry on
+//! the same snapshot and reads it locally; so after the window's first run each step says
+//! what it read of its own keys beyond the declared points, for each peer it shares entries
+//! with ([`Command::PushRunReads`]), and marks the asks of its own misses that follow such a
+//! run ([`Command::ReadRemote::ran`]): a shell waits for the peer's push instead of asking, and
+//! the window runs again once, not once per round of dependent reads.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -184,6 +194,11 @@ pub enum Command {
         /// its shell to push this shard the points of its own that those entries declared
         /// ([`Command::PushReads`]), all of this ask's `points` that are on it.
         pushed: bool,
+        /// An ask after the window's first run, of a peer that shares a multi-shard entry with
+        /// this shard: the peer's step asks its shell to push what its own first run read
+        /// beyond the declared points ([`Command::PushRunReads`]), before the window's
+        /// verdicts. Running the same procedures, it likely read what this ask holds.
+        ran: bool,
     },
     /// Peer `to` will ask for `points` (this shard's, declared by their shared multi-shard
     /// entries) at `at` (= `ts_{window-1}`, which this shard has applied): a shell may send
@@ -197,6 +212,23 @@ pub enum Command {
         at: Timestamp,
         /// This shard's keys the peer will ask for.
         points: Vec<Vec<u8>>,
+    },
+    /// What this shard's first run of `window` read of its own keys, in the multi-shard
+    /// procedures it shares with `to`, beyond the points they declared: `to` likely reads the
+    /// same in its run, and asks for them ([`Command::ReadRemote::ran`]). A shell may send
+    /// them unasked (their values at `at`, the scans' rows), before the window's verdicts.
+    /// Given only when there is something to push.
+    PushRunReads {
+        /// The window.
+        window: Epoch,
+        /// The peer.
+        to: ShardId,
+        /// The timestamp of the window before.
+        at: Timestamp,
+        /// This shard's keys read.
+        points: Vec<Vec<u8>>,
+        /// The local parts of ranges scanned.
+        scans: Vec<KeyRange>,
     },
     /// Make this shard's local verdicts of `window` available to its peers until it is
     /// applied (then they are stored with it).
@@ -342,6 +374,8 @@ struct Pending {
     reads: RemoteReads,
     /// Peers whose answer is still awaited.
     reading: BTreeSet<ShardId>,
+    /// How many times the window's entries have been run (each run with misses asks again).
+    runs: u32,
     stage: Stage,
 }
 
@@ -366,7 +400,26 @@ struct Ready {
 #[derive(Default)]
 struct RemoteReads {
     points: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    scans: BTreeMap<(KeyRange, usize), Rows>,
+    /// By range (one peer's part): its first rows, and whether they are all of them.
+    scans: BTreeMap<KeyRange, (Rows, bool)>,
+}
+
+impl RemoteReads {
+    /// Takes the rows a peer answered for a scan of `range` with `limit`: all of the range's
+    /// if fewer than `limit`. The fuller of two answers for one range is kept.
+    fn add_scan(&mut self, (range, limit): (KeyRange, usize), rows: Rows) {
+        let complete = rows.len() < limit;
+        let kept = self.scans.entry(range).or_insert((Vec::new(), false));
+        if !kept.1 && (complete || rows.len() > kept.0.len()) {
+            *kept = (rows, complete);
+        }
+    }
+
+    /// The first `limit` rows of `range`, if an answer holds them.
+    fn scan(&self, range: &KeyRange, limit: usize) -> Option<Rows> {
+        let (rows, complete) = self.scans.get(range)?;
+        (*complete || rows.len() >= limit).then(|| rows.iter().take(limit).cloned().collect())
+    }
 }
 
 impl Step {
@@ -473,7 +526,9 @@ impl Step {
                     return Ok(());
                 }
                 w.reads.points.extend(points);
-                w.reads.scans.extend(scans);
+                for (asked, rows) in scans {
+                    w.reads.add_scan(asked, rows);
+                }
                 self.advance()
             }
             Event::Verdicts { window, from, verdicts } => {
@@ -539,6 +594,7 @@ impl Step {
                 points: points.into_iter().collect(),
                 scans: Vec::new(),
                 pushed,
+                ran: false,
             });
         }
         self.window = Some(Pending {
@@ -551,6 +607,7 @@ impl Step {
             participants,
             reads: RemoteReads::default(),
             reading,
+            runs: 0,
             stage: Stage::Reading(tasks),
         });
         self.advance()
@@ -636,8 +693,26 @@ impl Step {
                 let snapshot = Snap::new(self, w);
                 let validated = self.executor.execute(w.epoch, w.ts, tasks, &snapshot)?;
                 let misses = snapshot.misses.into_inner();
+                w.runs += 1;
+                let first_run = w.runs == 1;
+                if first_run {
+                    for (to, reads) in validated.shared_reads() {
+                        self.commands.push_back(Command::PushRunReads {
+                            window: w.epoch,
+                            to,
+                            at: w.at,
+                            points: reads.points.into_iter().collect(),
+                            scans: reads.scans.into_iter().collect(),
+                        });
+                    }
+                }
                 if !misses.is_empty() {
                     // Reads no peer could answer at once: ask, and run again with them.
+                    let sharing = |shard: ShardId| {
+                        w.participants
+                            .values()
+                            .any(|p| p.contains(&shard) && p.contains(&self.shard))
+                    };
                     for (shard, (points, scans)) in misses {
                         w.reading.insert(shard);
                         self.commands.push_back(Command::ReadRemote {
@@ -647,6 +722,7 @@ impl Step {
                             points: points.into_iter().collect(),
                             scans: scans.into_iter().collect(),
                             pushed: false,
+                            ran: first_run && sharing(shard),
                         });
                     }
                     w.stage = Stage::Reading(validated.into_tasks());
@@ -811,10 +887,10 @@ impl SnapshotRead for Snap<'_> {
                 let found = self.mvcc.scan(part, self.at, left)?;
                 return Ok(found.into_iter().map(|(k, v)| (k, v.value)).collect());
             }
-            let asked = (part.clone(), left);
-            if let Some(rows) = self.reads.scans.get(&asked) {
-                return Ok(rows.clone());
+            if let Some(rows) = self.reads.scan(part, left) {
+                return Ok(rows);
             }
+            let asked = (part.clone(), left);
             if let Some(read) = self.peers.scan(shard, part, self.at, left) {
                 return read;
             }

@@ -225,16 +225,23 @@ impl ApplyLoop {
     fn perform(&mut self, command: Command) -> Result<(), StepError> {
         let state = &*self.state;
         match command {
-            Command::ReadRemote { window, shard, at, points, scans, pushed } => {
+            Command::ReadRemote { window, shard, at, points, scans, pushed, ran } => {
                 let peers = self.peers.clone();
                 let state = self.state.clone();
                 self.answer(
                     async move {
                         // What the peer pushed, if it pushes; the rest is asked for. (With
                         // nothing to read there is nothing to wait for: the verdicts wait.)
-                        let mut came = match pushed && !points.is_empty() {
-                            true => state.pushed_reads(window, shard, at).await,
-                            false => None,
+                        // After a first run, what the peer's first run read, if it pushes.
+                        let (mut came, run_scans) = match (pushed && !points.is_empty(), ran) {
+                            (true, _) => (state.pushed_reads(window, shard, at).await, Vec::new()),
+                            (false, true) => {
+                                match state.pushed_run_reads(window, shard, at).await {
+                                    Some(run) => (Some(run.points), run.scans),
+                                    None => (None, Vec::new()),
+                                }
+                            }
+                            (false, false) => (None, Vec::new()),
                         };
                         let (mut answered, mut missing) = (Vec::new(), Vec::new());
                         for key in points {
@@ -243,10 +250,31 @@ impl ApplyLoop {
                                 None => missing.push(key),
                             }
                         }
+                        // The rest of a run's reads go along: the next run may read them.
+                        answered.extend(came.iter_mut().flat_map(|c| c.drain()));
+                        let (mut scanned, mut scans_missing) = (Vec::new(), Vec::new());
+                        for (range, limit) in scans {
+                            let pushed = run_scans.iter().find(|(r, rows, complete)| {
+                                *r == range && (*complete || rows.len() >= limit)
+                            });
+                            match pushed {
+                                Some((_, rows, _)) => {
+                                    let rows = rows.iter().take(limit).cloned().collect();
+                                    scanned.push(((range, limit), rows));
+                                }
+                                None => scans_missing.push((range, limit)),
+                            }
+                        }
+                        let scans = scans_missing;
                         let c = &state.counters;
                         match (came.is_some(), missing.is_empty() && scans.is_empty()) {
                             (_, false) => ShardCounters::add(&c.reads_asked, 1),
-                            (true, true) => ShardCounters::add(&c.reads_pushed, 1),
+                            (true, true) => {
+                                ShardCounters::add(&c.reads_pushed, 1);
+                                if ran {
+                                    ShardCounters::add(&c.reads_run_pushed, 1);
+                                }
+                            }
                             (false, true) => {}
                         }
                         // Every key in one request (a few if the values are large), side by
@@ -267,7 +295,8 @@ impl ApplyLoop {
                         let (values, rows) = tokio::try_join!(values, rows)?;
                         answered.extend(missing.into_iter().zip(values));
                         let points = answered;
-                        let scans = scans.into_iter().zip(rows).collect();
+                        scanned.extend(scans.into_iter().zip(rows));
+                        let scans = scanned;
                         Ok(Event::RemoteRead { window, shard, points, scans })
                     },
                     shard,
@@ -275,6 +304,9 @@ impl ApplyLoop {
             }
             Command::PushReads { window, to, at, points } => {
                 self.pusher.reads(window, to, at, points)?;
+            }
+            Command::PushRunReads { window, to, at, points, scans } => {
+                self.pusher.run_reads(window, to, at, points, scans)?;
             }
             Command::PublishVerdicts { window, verdicts, to } => {
                 self.pusher.verdicts(window, &to, &verdicts);

@@ -696,6 +696,12 @@ fn shard_metrics(state: &State) -> Vec<Metric> {
             get(&c.reads_pushed),
         ),
         Metric::counter(
+            "sealdb_shard_peer_reads_run_pushed_total",
+            "Of those, reads a window's first run missed, answered by what the peer's first \
+             run of the window read.",
+            get(&c.reads_run_pushed),
+        ),
+        Metric::counter(
             "sealdb_shard_peer_reads_asked_total",
             "Remote reads of a window that called the peer (what no push brought).",
             get(&c.reads_asked),

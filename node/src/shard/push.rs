@@ -4,7 +4,9 @@
 //! ```text
 //!   shard P, window e                              shard S, window e
 //!   PushReads(S, points)  ──Push stream──> Inbox ──> ReadRemote(P, pushed): the pushed values,
-//!   PublishVerdicts(to S) ──(one per peer)─>  │       a GetMany for any key that did not come
+//!   PushRunReads(S, ...)  ──(one per peer)─>  │       a GetMany for any key that did not come
+//!   PublishVerdicts(to S) ──────────────────> │ ───> ReadRemote(P, ran), after S's first run:
+//!                                             │       what P's first run read, the rest asked
 //!                                             └────> PullVerdicts(P): the pushed verdicts,
 //!                                                    else the Verdicts call
 //! ```
@@ -21,10 +23,16 @@
 //! - **Waiting.** An ask the step marks `pushed` waits for the push for at most
 //!   [`PUSH_PATIENCE`], and not at all once the peer's lane has gone past the window without
 //!   it (dropped or lost in a reconnect), or has been silent for [`LANE_LIVE`] (its replica is
-//!   down: asks go round the replicas as before).
+//!   down: asks go round the replicas as before). An ask marked `ran` waits for the peer's
+//!   run reads until its verdicts of the window come (a run that read nothing more pushes
+//!   nothing), and takes every key they hold, not only those asked: the run after next needs
+//!   them too.
 //! - **Bounds.** The inbox keeps pushes for the next [`PUSH_AHEAD`] windows only, one of each
-//!   kind per peer and window; a push of reads holds at most what one `GetMany` answers. Each
-//!   peer's queue holds [`STREAM_QUEUE`] messages; a full one drops (the receiver asks).
+//!   kind per peer and window; a push of reads holds at most what one `GetMany` answers, a
+//!   push of run reads as many keys and rows together. Each peer's queue holds
+//!   [`STREAM_QUEUE`] messages; a full one drops (the receiver asks).
+//! - **Trust.** A push is checked before it is kept: keys, ranges and rows on the sender's
+//!   shard only, so what it says is only ever about the keys the sender answers for.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -39,6 +47,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::transport::Channel;
+
+use storage::KeyRange;
+use txn::{Rows, range_from_proto, range_to_proto};
 
 use super::{PEER_RETRY, State, lock};
 use client::{MAX_SCAN_ROWS, SCAN_RESPONSE_BYTES, malformed, stamp};
@@ -58,12 +69,29 @@ const STREAM_QUEUE: usize = 64;
 /// Values a peer pushed: its values of keys at a timestamp.
 type Values = HashMap<Vec<u8>, Option<Vec<u8>>>;
 
+/// What a peer's first run of a window read of its keys ([`txn::Command::PushRunReads`]):
+/// values, and ranges with their first rows and whether those are all.
+#[derive(Default)]
+pub(super) struct RunReads {
+    pub(super) points: Values,
+    pub(super) scans: Vec<(KeyRange, Rows, bool)>,
+}
+
+/// The kinds of push, in the order a lane sends them for a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Reads,
+    RunReads,
+    Verdicts,
+}
+
 /// What peers pushed for the windows this replica has not applied yet.
 #[derive(Default)]
 pub(super) struct Inbox {
-    /// By peer shard: the last window its lane pushed anything for, and when.
-    heard: BTreeMap<ShardId, (Epoch, Instant)>,
+    /// By peer shard: the last push its lane sent (window and kind), and when.
+    heard: BTreeMap<ShardId, ((Epoch, Kind), Instant)>,
     reads: BTreeMap<(Epoch, ShardId), (Timestamp, Values)>,
+    run_reads: BTreeMap<(Epoch, ShardId), (Timestamp, RunReads)>,
     verdicts: BTreeMap<(Epoch, ShardId), Vec<(TxnId, bool)>>,
 }
 
@@ -71,6 +99,7 @@ impl Inbox {
     /// Forgets the pushes of windows up to `applied`.
     pub(super) fn applied(&mut self, applied: Epoch) {
         self.reads.retain(|(e, _), _| *e > applied);
+        self.run_reads.retain(|(e, _), _| *e > applied);
         self.verdicts.retain(|(e, _), _| *e > applied);
     }
 }
@@ -78,7 +107,18 @@ impl Inbox {
 /// What a push is for, as the receiver checks it.
 enum Pushed {
     Reads(Timestamp, Values),
+    RunReads(Timestamp, RunReads),
     Verdicts(Vec<(TxnId, bool)>),
+}
+
+impl Pushed {
+    fn kind(&self) -> Kind {
+        match self {
+            Pushed::Reads(..) => Kind::Reads,
+            Pushed::RunReads(..) => Kind::RunReads,
+            Pushed::Verdicts(_) => Kind::Verdicts,
+        }
+    }
 }
 
 impl State {
@@ -102,8 +142,39 @@ impl State {
                         r.values.len()
                     )));
                 }
+                self.check_pushed_keys(from, &r.keys)?;
                 let values = r.keys.into_iter().zip(r.values.into_iter().map(|v| v.value));
                 Pushed::Reads(Timestamp::from_u64(r.read_ts), values.collect())
+            }
+            Some(v1::push_message::Kind::RunReads(r)) => {
+                let rows: usize = r.scans.iter().map(|s| s.rows.len()).sum();
+                if r.keys.len() != r.values.len() || r.keys.len() + rows > MAX_SCAN_ROWS as usize {
+                    return Err(malformed(format!(
+                        "pushed run reads: {} keys, {} values and {rows} rows (at most \
+                         {MAX_SCAN_ROWS} keys and rows)",
+                        r.keys.len(),
+                        r.values.len(),
+                    )));
+                }
+                self.check_pushed_keys(from, &r.keys)?;
+                let mut scans = Vec::with_capacity(r.scans.len());
+                for scan in r.scans {
+                    let range = range_from_proto(scan.range.unwrap_or_default());
+                    if range.is_empty() || self.map.clip(&range, from) != range {
+                        return Err(malformed(format!(
+                            "a pushed scan of {range:?}, not a range of shard {}",
+                            from.0
+                        )));
+                    }
+                    if scan.rows.iter().any(|row| !range.contains(&row.key)) {
+                        return Err(malformed(format!("a pushed row outside {range:?}")));
+                    }
+                    let rows = scan.rows.into_iter().map(|kv| (kv.key, kv.value)).collect();
+                    scans.push((range, rows, scan.complete));
+                }
+                let points = r.keys.into_iter().zip(r.values.into_iter().map(|v| v.value));
+                let reads = RunReads { points: points.collect(), scans };
+                Pushed::RunReads(Timestamp::from_u64(r.read_ts), reads)
             }
             Some(v1::push_message::Kind::Verdicts(v)) => Pushed::Verdicts(
                 v.verdicts
@@ -115,12 +186,16 @@ impl State {
         };
         let applied = self.progress().applied;
         let mut inbox = lock(&self.inbox);
-        let heard = inbox.heard.entry(from).or_insert((window, Instant::now()));
-        *heard = (heard.0.max(window), Instant::now());
+        let at = (window, pushed.kind());
+        let heard = inbox.heard.entry(from).or_insert((at, Instant::now()));
+        *heard = (heard.0.max(at), Instant::now());
         if window > applied && window.0 <= applied.0.saturating_add(PUSH_AHEAD) {
             match pushed {
                 Pushed::Reads(at, values) => {
                     inbox.reads.entry((window, from)).or_insert((at, values));
+                }
+                Pushed::RunReads(at, reads) => {
+                    inbox.run_reads.entry((window, from)).or_insert((at, reads));
                 }
                 Pushed::Verdicts(verdicts) => {
                     inbox.verdicts.entry((window, from)).or_insert(verdicts);
@@ -141,12 +216,38 @@ impl State {
         at: Timestamp,
     ) -> Option<Values> {
         // Reads are the first thing a lane pushes for a window.
-        self.await_push(shard, window, |inbox| {
+        self.await_push(shard, (window, Kind::Reads), |inbox| {
             let (pushed_at, values) = inbox.reads.remove(&(window, shard))?;
             // Another timestamp would be another window's: not these reads.
             (pushed_at == at).then_some(values)
         })
         .await
+    }
+
+    /// What `shard`'s first run of `window` read, pushed at `at`, once it comes; `None` if it
+    /// will not (the lane pushed the window's verdicts without it, or see the module's doc).
+    pub(super) async fn pushed_run_reads(
+        &self,
+        window: Epoch,
+        shard: ShardId,
+        at: Timestamp,
+    ) -> Option<RunReads> {
+        self.await_push(shard, (window, Kind::RunReads), |inbox| {
+            let (pushed_at, reads) = inbox.run_reads.remove(&(window, shard))?;
+            (pushed_at == at).then_some(reads)
+        })
+        .await
+    }
+
+    /// Refuses pushed keys that are not the sender's.
+    fn check_pushed_keys(&self, from: ShardId, keys: &[Vec<u8>]) -> Result<(), Status> {
+        match keys.iter().find(|k| self.map.shard_of(k) != from) {
+            Some(key) => Err(malformed(format!(
+                "a pushed key {key:?} not on shard {} that pushed it",
+                from.0
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// The local verdicts `shard` pushed for `window`, once they come; `None` if they will
@@ -157,15 +258,18 @@ impl State {
         shard: ShardId,
     ) -> Option<Vec<(TxnId, bool)>> {
         // Verdicts come after the window's reads, before anything of the next window.
-        self.await_push(shard, window.next(), |inbox| inbox.verdicts.remove(&(window, shard))).await
+        self.await_push(shard, (window, Kind::Verdicts), |inbox| {
+            inbox.verdicts.remove(&(window, shard))
+        })
+        .await
     }
 
     /// Waits for `take` to find a push of `shard`'s, while its lane is live, has pushed
-    /// nothing for `until` or later, and for at most [`PUSH_PATIENCE`].
+    /// nothing at `until` (a window and a kind) or later, and for at most [`PUSH_PATIENCE`].
     async fn await_push<T>(
         &self,
         shard: ShardId,
-        until: Epoch,
+        until: (Epoch, Kind),
         mut take: impl FnMut(&mut Inbox) -> Option<T>,
     ) -> Option<T> {
         let mut changes = self.pushed.subscribe();
@@ -238,6 +342,57 @@ impl Pusher {
         }
         let reads = v1::PushedReads { read_ts: at.as_u64(), keys, values };
         self.send(window, to, v1::push_message::Kind::Reads(reads));
+        Ok(())
+    }
+
+    /// Pushes what this shard's first run of `window` read of `points` and `scans` at `at` to
+    /// `to`'s replicas in this lane: read here, on the apply thread, up to [`MAX_SCAN_ROWS`]
+    /// keys and rows and about [`SCAN_RESPONSE_BYTES`] (a scan cut short says so).
+    pub(super) fn run_reads(
+        &self,
+        window: Epoch,
+        to: ShardId,
+        at: Timestamp,
+        points: Vec<Vec<u8>>,
+        scans: Vec<KeyRange>,
+    ) -> Result<(), storage::StorageError> {
+        if !self.lanes.contains_key(&to) {
+            return Ok(());
+        }
+        let mvcc = &self.state.mvcc;
+        let mut room = MAX_SCAN_ROWS as usize;
+        let mut bytes = 0;
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for key in points.into_iter().take(room) {
+            if bytes >= SCAN_RESPONSE_BYTES {
+                break;
+            }
+            let value = mvcc.get(&key, at)?.map(|v| v.value);
+            bytes += key.len() + value.as_ref().map_or(0, Vec::len);
+            keys.push(key);
+            values.push(v1::MaybeValue { value });
+        }
+        room -= keys.len();
+        let mut scanned = Vec::new();
+        for range in scans {
+            if room == 0 || bytes >= SCAN_RESPONSE_BYTES {
+                break;
+            }
+            let (found, stopped) =
+                mvcc.scan_bounded(&range, at, room, SCAN_RESPONSE_BYTES - bytes)?;
+            room -= found.len();
+            let rows = found
+                .into_iter()
+                .map(|(key, v)| {
+                    bytes += key.len() + v.value.len();
+                    v1::KeyValue { key, value: v.value, version_ts: v.ts.as_u64() }
+                })
+                .collect();
+            let range = Some(range_to_proto(&range));
+            scanned.push(v1::ScannedRange { range, rows, complete: !stopped });
+        }
+        let reads = v1::RunReads { read_ts: at.as_u64(), keys, values, scans: scanned };
+        self.send(window, to, v1::push_message::Kind::RunReads(reads));
         Ok(())
     }
 

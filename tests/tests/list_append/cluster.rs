@@ -77,6 +77,7 @@ pub(crate) async fn start_cluster_with(
     let map = ShardMap::uniform(shards);
     procedures.register(Arc::new(Fill));
     procedures.register(Arc::new(CountRemote));
+    procedures.register(Arc::new(LookUpRemote));
     // Small log segments, short deduplication and frequent flushes: the log is truncated
     // while the tests run.
     let config = SealerConfig {
@@ -380,6 +381,59 @@ async fn scans_longer_than_a_page_read_every_row_across_shards() {
     local.stop().await;
 }
 
+/// On shard 0, finds a row of shard 1 by an index there and copies it, then marks the row:
+/// the scan and the row are reads of shard 1 no entry declared as points. Arguments: the
+/// name to look up; output: the row's value.
+struct LookUpRemote;
+
+impl Procedure for LookUpRemote {
+    fn name(&self) -> &str {
+        "test.look_up_remote"
+    }
+    fn ranges(&self, _: &[u8]) -> Result<Vec<KeyRange>, ProcError> {
+        Ok(vec![KeyRange::point(b"\x10looked"), KeyRange::prefix(b"\x61")])
+    }
+    fn run(&self, ctx: &mut dyn Context, name: &[u8]) -> Result<Vec<u8>, ProcError> {
+        let index = KeyRange::prefix(&[b"\x61idx/", name, b"/"].concat());
+        let found = ctx.scan(&index, usize::MAX)?;
+        let Some((key, _)) = found.first() else { return Err(ProcError::abort("no such name")) };
+        let row = [b"\x61row/", &key[index.start.len()..]].concat();
+        let value = ctx.get(&row)?.ok_or_else(|| ProcError::abort("no row"))?;
+        ctx.put(b"\x10looked", &value)?;
+        ctx.put(&row, &[value.as_slice(), b"!"].concat())?;
+        Ok(value)
+    }
+}
+
+/// A multi-shard procedure whose reads of its peer depend on what it read there (an index,
+/// then the row it names) runs correctly on both participants, and the participant that owns
+/// them pushes what its run read: the other's run after its first is answered by that push
+/// (when it comes within the push patience; otherwise by asking, so this counts, not requires,
+/// every call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_found_by_running_come_pushed_by_the_participant_that_owns_them() {
+    let local = start_cluster(vec![clock(), clock(), clock()]).await;
+    let client = Client::new(&local.cluster, clock()).unwrap();
+    assert_eq!(local.cluster.map.shard_of(b"\x61"), ShardId(1));
+    for (key, value) in [(&b"\x61idx/ann/7"[..], &b""[..]), (b"\x61row/7", b"seven")] {
+        client.call("kv.put", &put_args(key, value)).await.unwrap();
+    }
+    const CALLS: usize = 20;
+    for i in 0..CALLS {
+        let value = client.call("test.look_up_remote", b"ann").await.unwrap();
+        // Each call read the row as the call before left it: `ts_{e-1}`, not a stale push.
+        assert_eq!(value, [&b"seven"[..], &b"!".repeat(i)].concat(), "call {i}");
+    }
+    let looked = client.get(b"\x10looked", client.read_ts(ReadAt::Latest)).await.unwrap();
+    assert_eq!(looked.unwrap(), [&b"seven"[..], &b"!".repeat(CALLS - 1)].concat());
+    let text = scrape(local.shards[0].metrics_source()).await;
+    let run_pushed = metric(&text, "sealdb_shard_peer_reads_run_pushed_total");
+    let asked = metric(&text, "sealdb_shard_peer_reads_asked_total");
+    eprintln!("shard 0: {run_pushed} reads answered by a run's push, {asked} asked");
+    assert!(run_pushed > 0.0, "no run's push was used: {text}");
+    local.stop().await;
+}
+
 /// A procedure this client knows and the servers do not.
 struct OnlyHere;
 
@@ -464,10 +518,38 @@ async fn bad_requests_over_the_wire_get_clear_errors_and_change_nothing() {
             values: vec![v1::MaybeValue { value: None }; values],
         })
     };
-    for (from_shard, kind) in [(0, reads(1, 1)), (1, reads(2, 1)), (9, reads(1, 1))] {
+    // A run's reads of keys, ranges or rows not on the sender's shard (shard 1 holds keys
+    // from 0x55 up to 0xaa) are refused too.
+    let run = |key: &[u8], (start, end): (u8, u8), row: u8| {
+        v1::push_message::Kind::RunReads(v1::RunReads {
+            read_ts: 0,
+            keys: vec![key.to_vec()],
+            values: vec![v1::MaybeValue { value: None }],
+            scans: vec![v1::ScannedRange {
+                range: Some(v1::KeyRange { start: vec![start], end: Some(vec![end]) }),
+                rows: vec![v1::KeyValue { key: vec![row], value: vec![], version_ts: 0 }],
+                complete: true,
+            }],
+        })
+    };
+    assert_eq!(cluster.map.shard_of(b"k"), ShardId(1));
+    for (from_shard, kind) in [
+        (0, reads(1, 1)),
+        (1, reads(2, 1)),
+        (9, reads(1, 1)),
+        (2, reads(1, 1)),
+        (1, run(b"\x10", (0x60, 0x70), 0x61)),
+        (1, run(b"k", (0x50, 0x70), 0x61)),
+        (1, run(b"k", (0x60, 0x70), 0x71)),
+    ] {
         let push = v1::PushMessage { hlc: 0, from_shard, window: 1, kind: Some(kind) };
         let status = shard0.push(tokio_stream::iter([push])).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    }
+    // The same shapes, on shard 1's keys, are taken.
+    for kind in [reads(1, 1), run(b"k", (0x60, 0x70), 0x61)] {
+        let push = v1::PushMessage { hlc: 0, from_shard: 1, window: 1, kind: Some(kind) };
+        shard0.push(tokio_stream::iter([push])).await.unwrap();
     }
     client.call("kv.put", &put_args(b"k", b"last")).await.unwrap();
     local.stop().await;

@@ -96,6 +96,7 @@ fn read(window: u64, shard: ShardId, at: Timestamp, points: Vec<Vec<u8>>) -> Com
         points,
         scans: Vec::new(),
         pushed: true,
+        ran: false,
     }
 }
 
@@ -317,7 +318,9 @@ fn a_peer_that_fails_for_good_stops_the_shard_with_a_typed_error() {
 }
 
 /// The audit declares ranges, not points: what it reads on b is only known by running it,
-/// so the step asks for it and runs the window again with the answer.
+/// so the step asks for it and runs the window again with the answer. Its first run also
+/// says what it read of a's own accounts, for b, whose run of the audit reads them too; and
+/// its ask says b pushes the same (`ran`).
 #[test]
 fn an_undeclared_remote_read_is_asked_for_and_the_window_runs_again_with_the_answer() {
     let mut a = Shard::new(A, 2);
@@ -332,14 +335,24 @@ fn an_undeclared_remote_read_is_asked_for_and_the_window_runs_again_with_the_ans
     let scans: Vec<_> = (3..bank::ACCOUNTS).map(|i| (bank::account_range(i), 2)).collect();
     assert_eq!(
         asked,
-        [Command::ReadRemote {
-            window: Epoch(1),
-            shard: B,
-            at: Timestamp::ZERO,
-            points: vec![],
-            scans: scans.clone(),
-            pushed: false,
-        }]
+        [
+            Command::PushRunReads {
+                window: Epoch(1),
+                to: B,
+                at: Timestamp::ZERO,
+                points: vec![],
+                scans: (0..3).map(bank::account_range).collect(),
+            },
+            Command::ReadRemote {
+                window: Epoch(1),
+                shard: B,
+                at: Timestamp::ZERO,
+                points: vec![],
+                scans: scans.clone(),
+                pushed: false,
+                ran: true,
+            }
+        ]
     );
     let rows = vec![(account(3), 90u64.to_le_bytes().to_vec())];
     let answered =
@@ -352,6 +365,50 @@ fn an_undeclared_remote_read_is_asked_for_and_the_window_runs_again_with_the_ans
     let (decided, _) = applied(&done[1]);
     let Outcome::Committed { output, .. } = &decided[0].1 else { panic!("{decided:?}") };
     assert_eq!(bank::audited(output), [100, 100, 100, 90, 100, 100]);
+}
+
+/// A peer's run of a shared entry read what this shard's run then misses; the shell answers
+/// the ask with all of the peer's rows of each range (more than the ask's limit): the run
+/// after takes the first rows of each, as a scan with that limit would read them, and asks
+/// for nothing more. A range answered only in part (fewer rows than the limit, and more to
+/// come) is asked for again.
+#[test]
+fn a_scan_is_answered_from_a_fuller_answer_and_asked_again_from_a_partial_one() {
+    let map = ShardMap::uniform(2);
+    let audit = || entry(&map, 5, "audit", Vec::new());
+    let t = txn(1, 0);
+    let rows = |i: u8| -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut sub = account(i);
+        sub.push(1);
+        vec![(account(i), 90u64.to_le_bytes().to_vec()), (sub, b"x".to_vec())]
+    };
+    // All the rows of each range, as a run's push holds them: answered with a limit above.
+    let full: Vec<_> =
+        (3..bank::ACCOUNTS).map(|i| ((bank::account_range(i), usize::MAX), rows(i))).collect();
+    let mut a = Shard::new(A, 2);
+    a.window(1, &[audit()]);
+    a.on(answer(1, B, vec![]));
+    let event = Event::RemoteRead { window: Epoch(1), shard: B, points: vec![], scans: full };
+    assert_eq!(a.on(event), [publish(1, &[(t, true)], B), pull(1, B)], "nothing asked again");
+    a.on(verdicts(1, B, &[(t, true)]));
+    let done = a.on(Event::Durable(Epoch(1)));
+    let (decided, _) = applied(&done[1]);
+    let Outcome::Committed { output, .. } = &decided[0].1 else { panic!("{decided:?}") };
+    assert_eq!(bank::audited(output), [100, 100, 100, 90, 90, 90]);
+
+    // One row of account 3's range, with more to come: not enough for a limit of 2.
+    let mut a = Shard::new(A, 2);
+    a.window(1, &[audit()]);
+    a.on(answer(1, B, vec![]));
+    let mut partial: Vec<_> =
+        (4..bank::ACCOUNTS).map(|i| ((bank::account_range(i), usize::MAX), rows(i))).collect();
+    partial.push(((bank::account_range(3), 1), rows(3)[..1].to_vec()));
+    let event = Event::RemoteRead { window: Epoch(1), shard: B, points: vec![], scans: partial };
+    let again = a.on(event);
+    let [Command::ReadRemote { scans, ran: false, .. }] = again.as_slice() else {
+        panic!("{again:?}")
+    };
+    assert_eq!(scans, &[(bank::account_range(3), 2)]);
 }
 
 /// Answers arriving for a window no longer in progress (a retry's duplicate) change nothing.
@@ -446,6 +503,7 @@ fn an_ask_of_a_shard_that_shares_no_entry_is_not_marked_pushed() {
                 points: vec![list_key(c)],
                 scans: vec![],
                 pushed: false,
+                ran: false,
             },
         ]
     );

@@ -948,7 +948,7 @@ impl World {
             }
             // The simulated network carries asks and answers only: pushing is the shard
             // server's shortcut for the same answers.
-            Command::PushReads { .. } => {}
+            Command::PushReads { .. } | Command::PushRunReads { .. } => {}
             Command::PublishVerdicts { window, verdicts, .. } => {
                 self.shards[n].published.insert(window, verdicts);
                 self.unpark(n);
