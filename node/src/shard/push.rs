@@ -77,6 +77,9 @@ pub(super) struct RunReads {
     pub(super) scans: Vec<(KeyRange, Rows, bool)>,
 }
 
+/// Pushes of reads by window and sender, with the timestamp they were read at.
+type Kept<T> = BTreeMap<(Epoch, ShardId), (Timestamp, T)>;
+
 /// The kinds of push, in the order a lane sends them for a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
@@ -90,8 +93,8 @@ enum Kind {
 pub(super) struct Inbox {
     /// By peer shard: the last push its lane sent (window and kind), and when.
     heard: BTreeMap<ShardId, ((Epoch, Kind), Instant)>,
-    reads: BTreeMap<(Epoch, ShardId), (Timestamp, Values)>,
-    run_reads: BTreeMap<(Epoch, ShardId), (Timestamp, RunReads)>,
+    reads: Kept<Values>,
+    run_reads: Kept<RunReads>,
     verdicts: BTreeMap<(Epoch, ShardId), Vec<(TxnId, bool)>>,
 }
 
@@ -216,12 +219,7 @@ impl State {
         at: Timestamp,
     ) -> Option<Values> {
         // Reads are the first thing a lane pushes for a window.
-        self.await_push(shard, (window, Kind::Reads), |inbox| {
-            let (pushed_at, values) = inbox.reads.remove(&(window, shard))?;
-            // Another timestamp would be another window's: not these reads.
-            (pushed_at == at).then_some(values)
-        })
-        .await
+        self.pushed_at(shard, (window, Kind::Reads), at, |inbox| &mut inbox.reads).await
     }
 
     /// What `shard`'s first run of `window` read, pushed at `at`, once it comes; `None` if it
@@ -232,9 +230,21 @@ impl State {
         shard: ShardId,
         at: Timestamp,
     ) -> Option<RunReads> {
-        self.await_push(shard, (window, Kind::RunReads), |inbox| {
-            let (pushed_at, reads) = inbox.run_reads.remove(&(window, shard))?;
-            (pushed_at == at).then_some(reads)
+        self.pushed_at(shard, (window, Kind::RunReads), at, |inbox| &mut inbox.run_reads).await
+    }
+
+    /// The push of `shard`'s for `(window, kind)` that `kept` holds, if read at `at`.
+    async fn pushed_at<T>(
+        &self,
+        shard: ShardId,
+        (window, kind): (Epoch, Kind),
+        at: Timestamp,
+        kept: fn(&mut Inbox) -> &mut Kept<T>,
+    ) -> Option<T> {
+        self.await_push(shard, (window, kind), |inbox| {
+            let (pushed_at, values) = kept(inbox).remove(&(window, shard))?;
+            // Another timestamp would be another window's: not these reads.
+            (pushed_at == at).then_some(values)
         })
         .await
     }
@@ -329,17 +339,7 @@ impl Pusher {
         if !self.lanes.contains_key(&to) {
             return Ok(());
         }
-        let mvcc = &self.state.mvcc;
-        let (mut keys, mut values, mut bytes) = (Vec::new(), Vec::new(), 0);
-        for key in points.into_iter().take(MAX_SCAN_ROWS as usize) {
-            if bytes >= SCAN_RESPONSE_BYTES {
-                break;
-            }
-            let value = mvcc.get(&key, at)?.map(|v| v.value);
-            bytes += key.len() + value.as_ref().map_or(0, Vec::len);
-            keys.push(key);
-            values.push(v1::MaybeValue { value });
-        }
+        let (keys, values) = self.values(points, at, &mut 0)?;
         let reads = v1::PushedReads { read_ts: at.as_u64(), keys, values };
         self.send(window, to, v1::push_message::Kind::Reads(reads));
         Ok(())
@@ -360,19 +360,9 @@ impl Pusher {
             return Ok(());
         }
         let mvcc = &self.state.mvcc;
-        let mut room = MAX_SCAN_ROWS as usize;
         let mut bytes = 0;
-        let (mut keys, mut values) = (Vec::new(), Vec::new());
-        for key in points.into_iter().take(room) {
-            if bytes >= SCAN_RESPONSE_BYTES {
-                break;
-            }
-            let value = mvcc.get(&key, at)?.map(|v| v.value);
-            bytes += key.len() + value.as_ref().map_or(0, Vec::len);
-            keys.push(key);
-            values.push(v1::MaybeValue { value });
-        }
-        room -= keys.len();
+        let (keys, values) = self.values(points, at, &mut bytes)?;
+        let mut room = MAX_SCAN_ROWS as usize - keys.len();
         let mut scanned = Vec::new();
         for range in scans {
             if room == 0 || bytes >= SCAN_RESPONSE_BYTES {
@@ -394,6 +384,27 @@ impl Pusher {
         let reads = v1::RunReads { read_ts: at.as_u64(), keys, values, scans: scanned };
         self.send(window, to, v1::push_message::Kind::RunReads(reads));
         Ok(())
+    }
+
+    /// The values of `points` at `at`: up to [`MAX_SCAN_ROWS`] of them, while `bytes` (counting
+    /// keys and values) is below [`SCAN_RESPONSE_BYTES`].
+    fn values(
+        &self,
+        points: Vec<Vec<u8>>,
+        at: Timestamp,
+        bytes: &mut usize,
+    ) -> Result<(Vec<Vec<u8>>, Vec<v1::MaybeValue>), storage::StorageError> {
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for key in points.into_iter().take(MAX_SCAN_ROWS as usize) {
+            if *bytes >= SCAN_RESPONSE_BYTES {
+                break;
+            }
+            let value = self.state.mvcc.get(&key, at)?.map(|v| v.value);
+            *bytes += key.len() + value.as_ref().map_or(0, Vec::len);
+            keys.push(key);
+            values.push(v1::MaybeValue { value });
+        }
+        Ok((keys, values))
     }
 
     /// Pushes this shard's local `verdicts` of `window` to each of `to`.
