@@ -9,10 +9,13 @@
 //!
 //! - **An entry is the key's newest version.** [`Mvcc::apply`](crate::Mvcc::apply) writes
 //!   every version it adds of a cached key through to the cache, after the engine write and
-//!   before the watermark moves. Keys enter the cache when read, not when written: a write of
-//!   a key nobody read (TPC-C's order lines, say) would only push read ones out. So a cached
-//!   version at `ts` answers any read at or above `ts` (nothing newer exists at or below the
-//!   watermark, and reads wait for the watermark); a read below `ts` goes to the engine.
+//!   before the watermark moves. Keys enter the cache when read, and when written only while
+//!   the cache has room for them: a write never evicts, since a key nobody read (TPC-C's
+//!   order lines, say) would only push read ones out; but a fresh database's rows, written
+//!   by its load, are in the cache when reads begin instead of each costing a seek first. So
+//!   a cached version at `ts` answers any read at or above `ts` (nothing newer exists at or
+//!   below the watermark, and reads wait for the watermark); a read below `ts` goes to the
+//!   engine.
 //! - **A read fills the cache only if no batch was applied meanwhile.** A generation counter
 //!   is odd while a batch is being applied. A reader takes the generation before it reads
 //!   the engine, at or above the watermark, and inserts what it read only if the generation
@@ -63,8 +66,13 @@ struct Weigh;
 
 impl quick_cache::Weighter<Key, Newest> for Weigh {
     fn weight(&self, key: &Key, newest: &Newest) -> u64 {
-        (key.len() + newest.bytes() + ENTRY_OVERHEAD) as u64
+        weight(key, newest)
     }
+}
+
+/// What an entry of `key` holding `newest` weighs in the budget.
+fn weight(key: &[u8], newest: &Newest) -> u64 {
+    (key.len() + newest.bytes() + ENTRY_OVERHEAD) as u64
 }
 
 /// A key's newest version as the cache holds it.
@@ -225,12 +233,19 @@ impl RowCache {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Records a version the batch being applied wrote, if the key is cached (an uncached
-    /// key's next read goes to the engine, which has the version). `value` is `None` for a
-    /// deletion.
+    /// Records a version the batch being applied wrote: in place of the key's cached one, or
+    /// as a new entry if the stripe has room for it without evicting anything (otherwise an
+    /// uncached key's next read goes to the engine, which has the version). `value` is `None`
+    /// for a deletion.
     pub(crate) fn write_through(&self, key: &[u8], ts: Timestamp, value: Option<&[u8]>) {
         let Some(mut stripe) = self.stripe(key) else { return };
-        let Some(mut cached) = stripe.rows.peek_mut(key) else { return };
+        let Some(mut cached) = stripe.rows.peek_mut(key) else {
+            let newest = Newest::Version(ts, value.map(<[u8]>::to_vec));
+            if stripe.rows.weight() + weight(key, &newest) <= stripe.rows.capacity() {
+                stripe.rows.insert(Key::from_slice(key), newest);
+            }
+            return;
+        };
         if value.map_or(0, <[u8]>::len) <= cached.bytes() {
             // No larger than what it replaces: in place, in the old value's memory. The
             // entry is weighed again when `cached` drops, and the stripe only shrinks.

@@ -328,3 +328,48 @@ fn the_row_cache_stays_within_its_budget_as_rows_grow() {
     // The budget was reached (so eviction was exercised), and the cache still answered.
     assert!(largest as usize > BUDGET / 2 && stats.hits > 0, "{stats:?}");
 }
+
+/// Written rows enter the row cache while it has room for them, so a fresh database's first
+/// reads of what it wrote are hits; once it is full, writes of rows nobody read take no
+/// room from rows already cached (they never evict), and the cache stays within its budget.
+#[test]
+fn written_rows_enter_the_row_cache_only_while_it_has_room() {
+    const BUDGET: usize = 64 << 10;
+    let f = Fixture::with_cache(Kind::Memory, BUDGET);
+    let mvcc = f.mvcc();
+    let key = |k: u64| format!("row{k:05}").into_bytes();
+    let value = |k: u64| vec![(k % 251) as u8; 100];
+    let write = |w: u64, keys: std::ops::Range<u64>| {
+        let mut batch = VersionBatch::new(Epoch(w), ts(w));
+        for k in keys {
+            batch.put(key(k), value(k));
+        }
+        mvcc.apply(&batch).unwrap();
+    };
+    let read = |keys: std::ops::Range<u64>, at: u64| {
+        for k in keys {
+            let got = mvcc.get(&key(k), ts(at)).unwrap().map(|v| v.value);
+            assert_eq!(got, Some(value(k)), "key {k}");
+        }
+    };
+    // A few rows, far below the budget: each read of them is a hit.
+    write(1, 0..50);
+    read(0..50, 1);
+    let stats = mvcc.cache_stats();
+    assert_eq!((stats.hits, stats.misses), (50, 0), "{stats:?}");
+    // Many more than the budget holds: the cache fills, and stops there.
+    write(2, 50..2_050);
+    let full = mvcc.cache_stats();
+    assert!(full.bytes as usize <= BUDGET, "{full:?} over {BUDGET}");
+    assert!(full.bytes as usize > BUDGET * 3 / 4, "the written rows did not fill it: {full:?}");
+    // The rows cached first are still there: the writes took free room only.
+    read(0..50, 2);
+    let stats = mvcc.cache_stats();
+    assert_eq!((stats.hits, stats.misses), (100, 0), "{stats:?}");
+    // Of the many, those that found room are hits and the rest are read from the engine.
+    read(50..2_050, 2);
+    let stats = mvcc.cache_stats();
+    eprintln!("{stats:?}");
+    assert!(stats.hits > 100 && stats.misses > 0, "{stats:?}");
+    assert!(stats.bytes as usize <= BUDGET, "{stats:?} over {BUDGET}");
+}
