@@ -66,13 +66,13 @@ struct Weigh;
 
 impl quick_cache::Weighter<Key, Newest> for Weigh {
     fn weight(&self, key: &Key, newest: &Newest) -> u64 {
-        weight(key, newest)
+        weight(key, newest.bytes())
     }
 }
 
-/// What an entry of `key` holding `newest` weighs in the budget.
-fn weight(key: &[u8], newest: &Newest) -> u64 {
-    (key.len() + newest.bytes() + ENTRY_OVERHEAD) as u64
+/// What an entry of `key` holding `value_bytes` weighs in the budget.
+fn weight(key: &[u8], value_bytes: usize) -> u64 {
+    (key.len() + value_bytes + ENTRY_OVERHEAD) as u64
 }
 
 /// A key's newest version as the cache holds it.
@@ -240,8 +240,9 @@ impl RowCache {
     pub(crate) fn write_through(&self, key: &[u8], ts: Timestamp, value: Option<&[u8]>) {
         let Some(mut stripe) = self.stripe(key) else { return };
         let Some(mut cached) = stripe.rows.peek_mut(key) else {
-            let newest = Newest::Version(ts, value.map(<[u8]>::to_vec));
-            if stripe.rows.weight() + weight(key, &newest) <= stripe.rows.capacity() {
+            let weight = weight(key, value.map_or(0, <[u8]>::len));
+            if stripe.rows.weight() + weight <= stripe.rows.capacity() {
+                let newest = Newest::Version(ts, value.map(<[u8]>::to_vec));
                 stripe.rows.insert(Key::from_slice(key), newest);
             }
             return;

@@ -151,12 +151,14 @@ impl State {
             }
             Some(v1::push_message::Kind::RunReads(r)) => {
                 let rows: usize = r.scans.iter().map(|s| s.rows.len()).sum();
-                if r.keys.len() != r.values.len() || r.keys.len() + rows > MAX_SCAN_ROWS as usize {
+                let items = r.keys.len() + r.scans.len() + rows;
+                if r.keys.len() != r.values.len() || items > MAX_SCAN_ROWS as usize {
                     return Err(malformed(format!(
-                        "pushed run reads: {} keys, {} values and {rows} rows (at most \
-                         {MAX_SCAN_ROWS} keys and rows)",
+                        "pushed run reads: {} keys, {} values, {} scans and {rows} rows (at \
+                         most {MAX_SCAN_ROWS} keys, scans and rows)",
                         r.keys.len(),
                         r.values.len(),
+                        r.scans.len(),
                     )));
                 }
                 self.check_pushed_keys(from, &r.keys)?;
@@ -347,7 +349,7 @@ impl Pusher {
 
     /// Pushes what this shard's first run of `window` read of `points` and `scans` at `at` to
     /// `to`'s replicas in this lane: read here, on the apply thread, up to [`MAX_SCAN_ROWS`]
-    /// keys and rows and about [`SCAN_RESPONSE_BYTES`] (a scan cut short says so).
+    /// keys, scans and rows and about [`SCAN_RESPONSE_BYTES`] (a scan cut short says so).
     pub(super) fn run_reads(
         &self,
         window: Epoch,
@@ -365,9 +367,10 @@ impl Pusher {
         let mut room = MAX_SCAN_ROWS as usize - keys.len();
         let mut scanned = Vec::new();
         for range in scans {
-            if room == 0 || bytes >= SCAN_RESPONSE_BYTES {
+            if room <= 1 || bytes >= SCAN_RESPONSE_BYTES {
                 break;
             }
+            room -= 1; // the scan itself
             let (found, stopped) =
                 mvcc.scan_bounded(&range, at, room, SCAN_RESPONSE_BYTES - bytes)?;
             room -= found.len();

@@ -533,6 +533,20 @@ async fn bad_requests_over_the_wire_get_clear_errors_and_change_nothing() {
         })
     };
     assert_eq!(cluster.map.shard_of(b"k"), ShardId(1));
+    // More scans than a push may hold, even empty ones.
+    let many_scans = v1::push_message::Kind::RunReads(v1::RunReads {
+        read_ts: 0,
+        keys: vec![],
+        values: vec![],
+        scans: vec![
+            v1::ScannedRange {
+                range: Some(v1::KeyRange { start: vec![0x60], end: Some(vec![0x70]) }),
+                rows: vec![],
+                complete: true,
+            };
+            client::MAX_SCAN_ROWS as usize + 1
+        ],
+    });
     for (from_shard, kind) in [
         (0, reads(1, 1)),
         (1, reads(2, 1)),
@@ -541,6 +555,7 @@ async fn bad_requests_over_the_wire_get_clear_errors_and_change_nothing() {
         (1, run(b"\x10", (0x60, 0x70), 0x61)),
         (1, run(b"k", (0x50, 0x70), 0x61)),
         (1, run(b"k", (0x60, 0x70), 0x71)),
+        (1, many_scans),
     ] {
         let push = v1::PushMessage { hlc: 0, from_shard, window: 1, kind: Some(kind) };
         let status = shard0.push(tokio_stream::iter([push])).await.unwrap_err();
