@@ -126,7 +126,8 @@ impl Pushed {
 
 impl State {
     /// Takes a message of a peer's push stream: checked, then kept if it is for one of the
-    /// next [`PUSH_AHEAD`] windows. A malformed one is refused (the stream ends).
+    /// next [`PUSH_AHEAD`] windows. A malformed one is refused (the stream ends); one of a
+    /// kind this version does not know is skipped.
     pub(super) fn take_push(&self, m: v1::PushMessage) -> Result<(), Status> {
         let from = ShardId(m.from_shard);
         if from.0 >= self.map.len() || from == self.shard {
@@ -187,7 +188,9 @@ impl State {
                     .map(|v| (TxnId { epoch: Epoch(v.epoch), index: v.index }, v.commit))
                     .collect(),
             ),
-            None => return Err(malformed("a push of neither reads nor verdicts")),
+            // A kind this version does not know (a newer peer's, during a rolling upgrade):
+            // skipped, not refused. A push only ever saves an ask, which is still made.
+            None => return Ok(()),
         };
         let applied = self.progress().applied;
         let mut inbox = lock(&self.inbox);

@@ -561,9 +561,10 @@ async fn bad_requests_over_the_wire_get_clear_errors_and_change_nothing() {
         let status = shard0.push(tokio_stream::iter([push])).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     }
-    // The same shapes, on shard 1's keys, are taken.
-    for kind in [reads(1, 1), run(b"k", (0x60, 0x70), 0x61)] {
-        let push = v1::PushMessage { hlc: 0, from_shard: 1, window: 1, kind: Some(kind) };
+    // The same shapes, on shard 1's keys, are taken; so is a push of a kind this version
+    // does not know (none, as a newer peer's would decode here), which is skipped.
+    for kind in [Some(reads(1, 1)), Some(run(b"k", (0x60, 0x70), 0x61)), None] {
+        let push = v1::PushMessage { hlc: 0, from_shard: 1, window: 1, kind };
         shard0.push(tokio_stream::iter([push])).await.unwrap();
     }
     client.call("kv.put", &put_args(b"k", b"last")).await.unwrap();
