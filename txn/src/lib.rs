@@ -46,7 +46,7 @@ pub use crate::request::{
     range_to_proto, refused,
 };
 pub use crate::shard_map::{InvalidShardMap, ShardMap};
-pub use crate::snapshot::{ShardsAt, overlay, rows_needed, scan_over, scan_shards};
+pub use crate::snapshot::{ShardsAt, first_rows, overlay, rows_needed, scan_over, scan_shards};
 pub use crate::step::{Command, Distant, Event, GcFloor, Peers, Step, StepError};
 pub use crate::store::{Store, StoreSnapshot, StoreTransaction};
 pub use crate::stored::{

@@ -88,6 +88,13 @@ pub fn rows_needed(limit: usize, pending: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) -
     limit.saturating_add(pending.values().filter(|v| v.is_none()).count())
 }
 
+/// What a scan of a range with `limit` reads, from a read of the same range that returned
+/// `rows` (its first ones, or all of them if `complete`): their first `limit`, if they hold
+/// them.
+pub fn first_rows(rows: &Rows, complete: bool, limit: usize) -> Option<Rows> {
+    (complete || rows.len() >= limit).then(|| rows.iter().take(limit).cloned().collect())
+}
+
 /// The first `limit` rows of `rows` (in key order) with `pending` writes laid over them.
 pub fn overlay(rows: Rows, pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>, limit: usize) -> Rows {
     let mut rows: BTreeMap<Vec<u8>, Vec<u8>> = rows.into_iter().collect();

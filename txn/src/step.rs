@@ -418,7 +418,7 @@ impl RemoteReads {
     /// The first `limit` rows of `range`, if an answer holds them.
     fn scan(&self, range: &KeyRange, limit: usize) -> Option<Rows> {
         let (rows, complete) = self.scans.get(range)?;
-        (*complete || rows.len() >= limit).then(|| rows.iter().take(limit).cloned().collect())
+        crate::snapshot::first_rows(rows, *complete, limit)
     }
 }
 

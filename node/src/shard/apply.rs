@@ -254,14 +254,11 @@ impl ApplyLoop {
                         answered.extend(came.iter_mut().flat_map(|c| c.drain()));
                         let (mut scanned, mut scans_missing) = (Vec::new(), Vec::new());
                         for (range, limit) in scans {
-                            let pushed = run_scans.iter().find(|(r, rows, complete)| {
-                                *r == range && (*complete || rows.len() >= limit)
+                            let pushed = run_scans.iter().find_map(|(r, rows, complete)| {
+                                (*r == range).then(|| txn::first_rows(rows, *complete, limit))?
                             });
                             match pushed {
-                                Some((_, rows, _)) => {
-                                    let rows = rows.iter().take(limit).cloned().collect();
-                                    scanned.push(((range, limit), rows));
-                                }
+                                Some(rows) => scanned.push(((range, limit), rows)),
                                 None => scans_missing.push((range, limit)),
                             }
                         }
