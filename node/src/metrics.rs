@@ -207,6 +207,11 @@ pub(crate) struct ShardCounters {
     pub(crate) seal_to_apply: LatencyHistogram,
     /// Per answered commit: time answered - window timestamp, commit-wait included.
     pub(crate) commit: LatencyHistogram,
+    /// Nanoseconds the apply thread spent on windows, from delivery to written, and of those
+    /// the nanoseconds it waited for peers (their reads and verdicts): the rest of a loaded
+    /// shard's time is waiting for the sequencer's next window.
+    pub(crate) apply_nanos: AtomicU64,
+    pub(crate) peer_wait_nanos: AtomicU64,
     /// Whether this replica's digest differed from a fellow replica's.
     pub(crate) diverged: std::sync::atomic::AtomicBool,
 }
@@ -218,6 +223,16 @@ impl ShardCounters {
 
     pub(crate) fn get(counter: &AtomicU64) -> f64 {
         counter.load(Ordering::Relaxed) as f64
+    }
+
+    /// Adds `d` to a counter of nanoseconds.
+    pub(crate) fn add_time(counter: &AtomicU64, d: Duration) {
+        ShardCounters::add(counter, u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// A counter of nanoseconds, in seconds.
+    pub(crate) fn seconds(counter: &AtomicU64) -> f64 {
+        ShardCounters::get(counter) / 1e9
     }
 }
 

@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::sequencer::ShardId;
 use clock::{Epoch, Timestamp};
@@ -186,9 +186,12 @@ impl ApplyLoop {
             }
             SliceDelivery::Window { epoch, ts, entries } => {
                 // Windows come durable from the sequencer's service.
+                let began = Instant::now();
                 self.step.handle(Event::Window { epoch, ts, slice: entries })?;
                 self.step.handle(Event::Durable(epoch))?;
-                self.drive()
+                let driven = self.drive();
+                ShardCounters::add_time(&self.state.counters.apply_nanos, began.elapsed());
+                driven
             }
         }
     }
@@ -204,12 +207,14 @@ impl ApplyLoop {
                 return Ok(());
             }
             let state = self.state.clone();
+            let waiting = Instant::now();
             let answer = self.handle.block_on(async {
                 tokio::select! {
                     answer = self.answers.recv() => answer,
                     () = state.stopped() => None,
                 }
             });
+            ShardCounters::add_time(&state.counters.peer_wait_nanos, waiting.elapsed());
             match answer {
                 Some(Event::PeerFailed { shard, why })
                     if self.outside_retention.load(Ordering::SeqCst) =>

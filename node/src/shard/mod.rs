@@ -741,6 +741,17 @@ fn shard_metrics(state: &State) -> Vec<Metric> {
             "Transactions aborted.",
             get(&c.outcomes.aborts),
         ),
+        Metric::counter(
+            "sealdb_shard_apply_seconds_total",
+            "Time the apply thread spent on windows, from a window's delivery until it was \
+             written (waits for peers included).",
+            ShardCounters::seconds(&c.apply_nanos),
+        ),
+        Metric::counter(
+            "sealdb_shard_apply_peer_wait_seconds_total",
+            "Of that time, the time spent waiting for peers' reads and verdicts.",
+            ShardCounters::seconds(&c.peer_wait_nanos),
+        ),
         c.seal_to_apply.metric(
             "sealdb_shard_seal_to_apply_seconds",
             "Per applied window, the time from the window's timestamp to its apply.",

@@ -193,11 +193,19 @@ async fn list_append_over_a_cluster_is_strictly_serializable() {
     assert!(metric(&sequencer, "sealdb_sequencer_log_bytes") > 0.0, "{sequencer}");
     let (mut committed, mut answered) = (0.0, 0.0);
     let mut peers = [0.0; 4];
+    let mut peer_waits = 0.0;
     for shard in &local.shards {
         let text = scrape(shard.metrics_source()).await;
         let applied = metric(&text, "sealdb_shard_windows_applied_total");
         assert!(applied > 0.0, "{text}");
         assert_eq!(metric(&text, "sealdb_shard_seal_to_apply_seconds_count"), applied, "{text}");
+        // Applying took time, the waits for peers part of it.
+        let (busy, waited) = (
+            metric(&text, "sealdb_shard_apply_seconds_total"),
+            metric(&text, "sealdb_shard_apply_peer_wait_seconds_total"),
+        );
+        assert!(busy > 0.0 && waited <= busy, "{text}");
+        peer_waits += waited;
         let reads = metric(&text, "sealdb_shard_row_cache_hits_total")
             + metric(&text, "sealdb_shard_row_cache_misses_total");
         assert!(reads > 0.0, "point reads went through the row cache: {text}");
@@ -218,6 +226,8 @@ async fn list_append_over_a_cluster_is_strictly_serializable() {
     // window waits at most 100 ms for a push, then asks: how many came depends on timing).
     eprintln!("reads pushed / asked, verdicts pushed / asked: {peers:?}");
     assert!(peers[0] > 0.0 && peers[2] > 0.0, "no push was used: {peers:?}");
+    // Windows with entries across shards waited for the other participants.
+    assert!(peer_waits > 0.0, "no wait for peers was counted");
     assert!(committed >= (CLIENTS * TXNS_PER_CLIENT / 2) as f64, "{committed} commits counted");
     // Every commit was answered to the client that waited for it.
     assert_eq!(answered, committed);
