@@ -62,6 +62,8 @@ pub(super) struct ApplyLoop {
     /// Set by a call that a peer refused as outside its retention: this replica is replaying
     /// a window older than its peers keep versions for.
     outside_retention: Arc<AtomicBool>,
+    /// Time spent waiting for peers' answers since the last window was counted.
+    peer_wait: Duration,
 }
 
 impl ApplyLoop {
@@ -91,6 +93,7 @@ impl ApplyLoop {
             flush_begun: None,
             applied_to,
             outside_retention: Arc::new(AtomicBool::new(false)),
+            peer_wait: Duration::ZERO,
         }
     }
 
@@ -190,7 +193,10 @@ impl ApplyLoop {
                 self.step.handle(Event::Window { epoch, ts, slice: entries })?;
                 self.step.handle(Event::Durable(epoch))?;
                 let driven = self.drive();
-                ShardCounters::add_time(&self.state.counters.apply_nanos, began.elapsed());
+                // Both at once, so that a scrape never sees a window's waits without it.
+                let c = &self.state.counters;
+                ShardCounters::add_time(&c.apply_nanos, began.elapsed());
+                ShardCounters::add_time(&c.peer_wait_nanos, std::mem::take(&mut self.peer_wait));
                 driven
             }
         }
@@ -214,7 +220,7 @@ impl ApplyLoop {
                     () = state.stopped() => None,
                 }
             });
-            ShardCounters::add_time(&state.counters.peer_wait_nanos, waiting.elapsed());
+            self.peer_wait += waiting.elapsed();
             match answer {
                 Some(Event::PeerFailed { shard, why })
                     if self.outside_retention.load(Ordering::SeqCst) =>
