@@ -200,6 +200,9 @@ struct State {
     /// Bumped whenever progress, verdicts or outcomes change.
     changed: watch::Sender<u64>,
     stopping: AtomicBool,
+    /// Set once, with `stopping`: what tasks that only wait for the stop watch, so that
+    /// `changed` (bumped a few times a window) wakes only those that wait for progress.
+    stop: watch::Sender<bool>,
     failure: Mutex<Option<String>>,
     /// It failed because the log no longer holds the next window it needs, or its peers no
     /// longer keep the versions its replay reads, and it has fellow replicas to copy a
@@ -274,12 +277,15 @@ impl State {
 
     /// Resolves once the shard is stopping.
     async fn stopped(&self) {
-        let mut changes = self.changed.subscribe();
-        while !self.stopping.load(Ordering::SeqCst) {
-            if changes.changed().await.is_err() {
-                return;
-            }
-        }
+        // The sender lives as long as `self`: the wait ends only with the stop.
+        let _ = self.stop.subscribe().wait_for(|stopping| *stopping).await;
+    }
+
+    /// Marks the shard stopping and wakes everything waiting, for the stop or for progress.
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.stop.send_replace(true);
+        self.bump();
     }
 
     /// Waits until reads at `ts` see every window at or below it. Reads for a window (a
@@ -331,8 +337,7 @@ impl State {
         let e = e.to_string();
         tracing::error!(shard = self.shard.0, replica = self.replica, error = %e, "shard stopped");
         *lock(&self.failure) = Some(e);
-        self.stopping.store(true, Ordering::SeqCst);
-        self.bump();
+        self.stop();
     }
 }
 
@@ -416,6 +421,7 @@ impl ShardNode {
             digests: Mutex::new(VecDeque::from([(progress.applied, progress.digest)])),
             changed: watch::Sender::new(0),
             stopping: AtomicBool::new(false),
+            stop: watch::Sender::new(false),
             failure: Mutex::new(None),
             catch_up: AtomicBool::new(false),
             fenced: Mutex::new(None),
@@ -486,14 +492,12 @@ impl ShardNode {
     /// log failed under it, or a peer refused what it must have): the node should exit
     /// rather than linger serving stale reads.
     pub async fn failed(&self) -> String {
-        let mut changes = self.state.changed.subscribe();
-        loop {
-            if let Some(why) = lock(&self.state.failure).clone() {
-                return why;
-            }
-            if changes.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
+        // A failure is recorded before the stop it causes.
+        self.state.stopped().await;
+        let failure = lock(&self.state.failure).clone();
+        match failure {
+            Some(why) => why,
+            None => std::future::pending().await,
         }
     }
 
@@ -539,8 +543,7 @@ impl ShardNode {
 
     /// Stops applying and serving.
     pub async fn shutdown(mut self) {
-        self.state.stopping.store(true, Ordering::SeqCst);
-        self.state.bump();
+        self.state.stop();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -560,8 +563,7 @@ impl ShardNode {
 
 impl Drop for ShardNode {
     fn drop(&mut self) {
-        self.state.stopping.store(true, Ordering::SeqCst);
-        self.state.bump();
+        self.state.stop();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
