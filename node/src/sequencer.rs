@@ -812,14 +812,23 @@ impl SequencerRpc for SequencerService {
         };
         let from = Epoch(r.from_epoch.max(1));
         self.check_kept(from)?;
-        // One thread per subscription (there are at most MAX_SUBSCRIPTIONS): it reads the
-        // windows it is behind from the log, then forwards live ones, until the subscriber goes
-        // away, stalls, falls behind, or the node stops.
+        // A thread per subscription (there are at most MAX_SUBSCRIPTIONS) reads the windows it
+        // is behind from the log; then a task forwards live ones, until the subscriber goes
+        // away, stalls, falls behind, or the node stops. The live windows go from the
+        // sequencer's thread to this runtime without a thread between.
         std::thread::Builder::new()
             .name(format!("sealdb-subscriber-{}", shard.0))
-            .spawn(move || {
-                let _permit = permit;
-                if let Err(status) = forward.run(from) {
+            .spawn(move || match forward.catch_up(from) {
+                Ok(None) => drop(permit),
+                Ok(Some(live)) => {
+                    let handle = forward.handle.clone();
+                    handle.spawn(async move {
+                        let _permit = permit;
+                        forward.forward_live(live).await;
+                    });
+                }
+                Err(status) => {
+                    let _permit = permit;
                     let _ = forward.send(Err(status));
                 }
             })
@@ -1076,7 +1085,7 @@ const CATCH_UP_BYTES: usize = 8 << 20;
 /// A subscriber that takes nothing for this long is dropped.
 const SUBSCRIBER_STALL: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// One subscription's forwarding thread.
+/// One subscription's forwarding: a thread while it catches up from the log, then a task.
 struct Forward {
     sequencer: Backend,
     clock: Arc<Clock>,
@@ -1087,45 +1096,25 @@ struct Forward {
 }
 
 impl Forward {
-    /// Forwards windows from `from` on until the subscription ends. An error ends it with a
-    /// status for the subscriber; `Ok` ends it quietly.
-    fn run(&self, from: Epoch) -> Result<(), Status> {
+    /// Forwards windows from `from` on, on the caller's thread, until the live ones are near;
+    /// returns the subscription to them, or `None` if it ended quietly (the subscriber went
+    /// away, or the node stops). An error ends it with a status for the subscriber.
+    fn catch_up(&self, from: Epoch) -> Result<Option<mpsc::Receiver<Delivery>>, Status> {
         match &self.sequencer {
-            Backend::Single(s) => self.run_single(s, from),
+            // Committed windows from any node of the group, then its logged ticks.
             Backend::Group(g) => {
-                // Committed windows from any node of the group, then its logged ticks.
-                let mut deliveries = {
-                    let _runtime = self.handle.enter();
-                    g.subscribe(from, LIVE_BACKLOG)
-                };
-                while let Some(delivery) = self.handle.block_on(deliveries.recv()) {
-                    if self.stopping.load(Ordering::SeqCst) || !self.deliver(delivery) {
-                        return Ok(());
-                    }
-                }
-                Err(Status::unavailable("the sequencer stopped"))
+                let _runtime = self.handle.enter();
+                Ok(Some(g.subscribe(from, LIVE_BACKLOG)))
             }
+            Backend::Single(s) => self.catch_up_single(s, from),
         }
     }
 
-    /// Forwards one delivery; false once the subscriber has gone.
-    fn deliver(&self, delivery: Delivery) -> bool {
-        let slice = match delivery {
-            Delivery::Window(w) => self.slice(&w),
-            Delivery::Tick(ts) => v1::WindowSlice {
-                hlc: stamp(&self.clock),
-                epoch: 0,
-                window_ts: ts.as_u64(),
-                entries: Vec::new(),
-                tick: true,
-            },
-            // Windows come durable on this subscription.
-            Delivery::Durable(_) => return true,
-        };
-        self.send(Ok(slice))
-    }
-
-    fn run_single(&self, sequencer: &Sequencer, mut from: Epoch) -> Result<(), Status> {
+    fn catch_up_single(
+        &self,
+        sequencer: &Sequencer,
+        mut from: Epoch,
+    ) -> Result<Option<mpsc::Receiver<Delivery>>, Status> {
         let reader = sequencer.log_reader();
         while sequencer.last_logged().0.0 >= from.0.saturating_add(CATCH_UP_GAP) {
             let windows =
@@ -1136,17 +1125,44 @@ impl Forward {
             for window in windows {
                 from = window.epoch.next();
                 if self.stopping.load(Ordering::SeqCst) || !self.send(Ok(self.slice(&window))) {
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         }
-        for delivery in sequencer.subscribe_bounded(from, LIVE_BACKLOG) {
-            if self.stopping.load(Ordering::SeqCst) || !self.deliver(delivery) {
-                return Ok(());
+        let (tx, live) = mpsc::channel(LIVE_BACKLOG);
+        sequencer.subscribe_to(from, move |delivery| match tx.try_send(delivery) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!("dropping a subscriber that fell behind; it must catch up");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        Ok(Some(live))
+    }
+
+    /// Forwards live deliveries until the subscription ends.
+    async fn forward_live(&self, mut live: mpsc::Receiver<Delivery>) {
+        while let Some(delivery) = live.recv().await {
+            let slice = match delivery {
+                Delivery::Window(w) => self.slice(&w),
+                Delivery::Tick(ts) => v1::WindowSlice {
+                    hlc: stamp(&self.clock),
+                    epoch: 0,
+                    window_ts: ts.as_u64(),
+                    entries: Vec::new(),
+                    tick: true,
+                },
+                // Windows come durable on this subscription.
+                Delivery::Durable(_) => continue,
+            };
+            if self.stopping.load(Ordering::SeqCst) || !self.send_async(Ok(slice)).await {
+                return;
             }
         }
         // The sequencer dropped it (it fell behind) or stopped: the subscriber resubscribes.
-        Err(Status::unavailable("the subscription fell behind or the sequencer stopped"))
+        let why = "the subscription fell behind or the sequencer stopped";
+        self.send_async(Err(Status::unavailable(why))).await;
     }
 
     /// This shard's slice of `window`.
@@ -1169,12 +1185,17 @@ impl Forward {
     }
 
     /// Hands `item` to the subscriber's stream; false if it has gone or stalled.
-    fn send(&self, item: Result<v1::WindowSlice, Status>) -> bool {
-        let sent = self.handle.block_on(self.tx.send_timeout(item, SUBSCRIBER_STALL));
+    async fn send_async(&self, item: Result<v1::WindowSlice, Status>) -> bool {
+        let sent = self.tx.send_timeout(item, SUBSCRIBER_STALL).await;
         if let Err(mpsc::error::SendTimeoutError::Timeout(_)) = sent {
             tracing::warn!(shard = self.shard.0, "dropping a subscriber that stopped reading");
         }
         sent.is_ok()
+    }
+
+    /// [`Forward::send_async`] from a thread of its own.
+    fn send(&self, item: Result<v1::WindowSlice, Status>) -> bool {
+        self.handle.block_on(self.send_async(item))
     }
 }
 

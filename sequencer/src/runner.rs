@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -211,15 +211,18 @@ impl Sequencer {
         self.subscribe_with(from, true)
     }
 
-    /// [`Sequencer::subscribe`] for a consumer that may fall behind (one across the network):
-    /// at most `capacity` deliveries wait for it. One that falls further behind is dropped
-    /// (its channel closes) rather than hold memory or the sequencer up, and catches up from
-    /// the log ([`Sequencer::log_reader`]) before it subscribes again. The windows before the
-    /// live ones are read on the sequencer's thread: subscribe from near the end of the log.
-    pub fn subscribe_bounded(&self, from: Epoch, capacity: usize) -> Receiver<Delivery> {
-        let (sink, rx) = mpsc::sync_channel(capacity);
-        self.add_subscriber(from, Subscriber { sink: Sink::Bounded(sink), ahead: false });
-        rx
+    /// [`Sequencer::subscribe`] for a consumer that may fall behind (one across the network),
+    /// into a channel of its own (an async one, so that no thread waits for the deliveries):
+    /// `send` hands it each delivery, on the sequencer's thread, and must not block. It returns
+    /// false once the consumer has gone, or has fallen too far behind to keep: then it is
+    /// dropped rather than hold memory or the sequencer up, and catches up from the log
+    /// ([`Sequencer::log_reader`]) before it subscribes again. The windows before the live ones
+    /// are read on the sequencer's thread: subscribe from near the end of the log.
+    pub fn subscribe_to(&self, from: Epoch, send: impl Fn(Delivery) -> bool + Send + 'static) {
+        self.add_subscriber(
+            from,
+            Subscriber { sink: Sink::Consumer(Box::new(send)), ahead: false },
+        );
     }
 
     /// Reads durable windows from the log on the caller's thread.
@@ -313,10 +316,10 @@ struct Subscriber {
 }
 
 /// A subscriber's channel: unbounded for consumers in this process, which keep up or stop
-/// it; bounded for the others ([`Sequencer::subscribe_bounded`]).
+/// it; the consumer's own for the others ([`Sequencer::subscribe_to`]).
 enum Sink {
     Unbounded(Sender<Delivery>),
-    Bounded(SyncSender<Delivery>),
+    Consumer(Box<dyn Fn(Delivery) -> bool + Send>),
 }
 
 impl Subscriber {
@@ -324,14 +327,7 @@ impl Subscriber {
     fn send(&self, delivery: Delivery) -> bool {
         match &self.sink {
             Sink::Unbounded(sink) => sink.send(delivery).is_ok(),
-            Sink::Bounded(sink) => match sink.try_send(delivery) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) => {
-                    tracing::warn!("dropping a subscriber that fell behind; it must catch up");
-                    false
-                }
-                Err(TrySendError::Disconnected(_)) => false,
-            },
+            Sink::Consumer(send) => send(delivery),
         }
     }
 

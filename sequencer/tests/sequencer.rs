@@ -577,3 +577,45 @@ fn a_subscriber_ahead_gets_each_window_then_its_durability_after_the_append() {
         }
     }
 }
+
+/// A consumer with a channel of its own (`subscribe_to`, as the node's subscriptions across
+/// the network) gets the logged windows from its epoch and then the live ones, in order and
+/// each durable; once it refuses a delivery (it has gone, or fell too far behind) it is
+/// dropped, never called again, and the sequencer goes on logging.
+#[test]
+fn a_consumer_that_refuses_a_delivery_is_dropped_and_the_sequencer_goes_on() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(Clock::system(Duration::ZERO));
+    let seq = Arc::new(start(dir.path(), &clock));
+    for i in 0..3u128 {
+        seq.submit(entry(i, &[0])).recv().unwrap().unwrap();
+    }
+    let logged = seq.last_logged().0;
+    // Takes the logged windows and two live deliveries, then refuses.
+    let limit = logged.0 as usize + 2;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (tx, deliveries) = std::sync::mpsc::channel();
+    let (counted, seen) = (calls.clone(), seq.clone());
+    seq.subscribe_to(Epoch(1), move |delivery| {
+        if let Delivery::Window(w) = &delivery {
+            assert!(seen.last_logged().0 >= w.epoch, "window {} before it was durable", w.epoch);
+        }
+        let _ = tx.send(delivery);
+        counted.fetch_add(1, Ordering::SeqCst) + 1 < limit
+    });
+    for epoch in 1..=logged.0 {
+        assert_eq!(next_window(&deliveries).epoch, Epoch(epoch), "logged windows in order");
+    }
+    let mut i = 3u128;
+    while calls.load(Ordering::SeqCst) < limit {
+        seq.submit(entry(i, &[0])).recv().unwrap().unwrap();
+        i += 1;
+        assert!(i < 10_000, "the consumer got {} deliveries", calls.load(Ordering::SeqCst));
+    }
+    for j in 0..5u128 {
+        seq.submit(entry(i + j, &[0])).recv().unwrap().unwrap();
+    }
+    assert!(seq.last_logged().0 > logged, "the sequencer went on logging");
+    assert_eq!(calls.load(Ordering::SeqCst), limit, "a refusing consumer was called again");
+}
