@@ -200,8 +200,9 @@ struct State {
     /// Bumped whenever progress, verdicts or outcomes change.
     changed: watch::Sender<u64>,
     stopping: AtomicBool,
-    /// Set once, with `stopping`: what tasks that only wait for the stop watch, so that
-    /// `changed` (bumped a few times a window) wakes only those that wait for progress.
+    /// Set once, with `stopping` (the flag the hot paths read), for the tasks that wait only
+    /// for the stop: `changed`, bumped a few times a window, then wakes only those that wait
+    /// for progress.
     stop: watch::Sender<bool>,
     failure: Mutex<Option<String>>,
     /// It failed because the log no longer holds the next window it needs, or its peers no
