@@ -59,6 +59,9 @@ pub(super) struct ApplyLoop {
     /// The last window applied, for the task that reports it to the sequencer (one report in
     /// flight at a time, each with the latest window).
     applied_to: tokio::sync::watch::Sender<Epoch>,
+    /// The last window after which this replica wants another sealed, for the task that asks
+    /// the sequencer (one request in flight, each for the latest).
+    wanted: tokio::sync::watch::Sender<Epoch>,
     /// Set by a call that a peer refused as outside its retention: this replica is replaying
     /// a window older than its peers keep versions for.
     outside_retention: Arc<AtomicBool>,
@@ -78,6 +81,8 @@ impl ApplyLoop {
         let flushed_at = None;
         let (applied_to, applied) = tokio::sync::watch::channel(Epoch(0));
         handle.spawn(report_applied(sequencer.clone(), state.clone(), applied));
+        let (wanted, wants) = tokio::sync::watch::channel(Epoch(0));
+        handle.spawn(request_windows(sequencer.clone(), state.clone(), wants));
         let pusher = Pusher::start(peers.lane(state.replica), state.clone(), &handle);
         ApplyLoop {
             state,
@@ -92,6 +97,7 @@ impl ApplyLoop {
             unflushed: None,
             flush_begun: None,
             applied_to,
+            wanted,
             outside_retention: Arc::new(AtomicBool::new(false)),
             peer_wait: Duration::ZERO,
         }
@@ -573,11 +579,26 @@ impl ApplyLoop {
     }
 
     /// Asks for a window after the last one applied: deferred entries wait for it.
+    /// Asks for a window after the last applied, off this thread: a round trip to the
+    /// sequencer here would hold up the next window, which needs nothing from the answer.
     fn request_window(&self) {
-        let after = self.step.applied().0;
-        if let Err(e) = self.handle.block_on(self.sequencer.request_window(after)) {
+        self.wanted.send_replace(self.step.applied().0);
+    }
+}
+
+/// Asks the sequencer to seal a window after the one the apply loop wants (it has entries
+/// deferred to the next window, which might otherwise wait for the sealing interval): one
+/// request in flight, each for the latest wanted. Ends with the apply loop.
+async fn request_windows(
+    sequencer: RemoteSequencer,
+    state: Arc<State>,
+    mut wants: tokio::sync::watch::Receiver<Epoch>,
+) {
+    while wants.changed().await.is_ok() {
+        let after = *wants.borrow_and_update();
+        if let Err(e) = sequencer.request_window(after).await {
             // The sequencer is down; this shard asks again when it resubscribes.
-            tracing::warn!(shard = self.state.shard.0, error = %e, "requesting a window");
+            tracing::warn!(shard = state.shard.0, error = %e, "requesting a window");
         }
     }
 }
