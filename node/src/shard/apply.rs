@@ -578,9 +578,9 @@ impl ApplyLoop {
         });
     }
 
-    /// Asks for a window after the last one applied: deferred entries wait for it.
-    /// Asks for a window after the last applied, off this thread: a round trip to the
-    /// sequencer here would hold up the next window, which needs nothing from the answer.
+    /// Asks for a window after the last one applied (deferred entries wait for it), off this
+    /// thread: a round trip to the sequencer here would hold up the next window, which needs
+    /// nothing from the answer.
     fn request_window(&self) {
         self.wanted.send_replace(self.step.applied().0);
     }
