@@ -83,10 +83,16 @@ pub(crate) enum Backend {
 }
 
 impl Backend {
-    fn submit_then(&self, entry: Entry, on_receipt: sequencer::OnReceipt) {
+    /// Queues each of `entries`, in order, to be answered through its `OnReceipt`; a single
+    /// sequencer takes them in one message.
+    fn submit_many_then(&self, entries: Vec<(Entry, sequencer::OnReceipt)>) {
         match self {
-            Backend::Single(s) => s.submit_then(entry, on_receipt),
-            Backend::Group(g) => g.submit_then(entry, on_receipt),
+            Backend::Single(s) => s.submit_many_then(entries),
+            Backend::Group(g) => {
+                for (entry, on_receipt) in entries {
+                    g.submit_then(entry, on_receipt);
+                }
+            }
         }
     }
 
@@ -695,8 +701,8 @@ impl SequencerService {
 type PendingReceipt = oneshot::Receiver<Result<sequencer::Receipt, SequencerError>>;
 
 impl SequencerService {
-    /// Checks one submission and queues its entry for the next window.
-    fn enqueue(&self, r: v1::SubmitRequest) -> Result<PendingReceipt, Status> {
+    /// Checks one submission: its entry, to be queued.
+    fn entry(&self, r: v1::SubmitRequest) -> Result<Entry, Status> {
         if let Some(why) = self.fenced.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             return Err(Status::failed_precondition(format!("the sequencer is fenced: {why}")));
         }
@@ -704,15 +710,30 @@ impl SequencerService {
             malformed(format!("client_id must be 16 bytes, not {}", r.client_id.len()))
         })?;
         let participants = self.admit(&r.payload, r.participants)?;
-        let entry = Entry::new(id, participants, r.payload.into());
-        let (tx, rx) = oneshot::channel();
-        self.sequencer.submit_then(
-            entry,
-            Box::new(move |receipt| {
-                let _ = tx.send(receipt);
-            }),
-        );
-        Ok(rx)
+        Ok(Entry::new(id, participants, r.payload.into()))
+    }
+
+    /// Checks submissions and queues their entries for the next window, all in one message
+    /// to the sequencer: each one's receipt to come, or why it was refused.
+    fn enqueue(
+        &self,
+        requests: impl IntoIterator<Item = v1::SubmitRequest>,
+    ) -> Vec<Result<PendingReceipt, Status>> {
+        let mut queued = Vec::new();
+        let pending = requests
+            .into_iter()
+            .map(|r| {
+                let entry = self.entry(r)?;
+                let (tx, rx) = oneshot::channel();
+                let on_receipt: sequencer::OnReceipt = Box::new(move |receipt| {
+                    let _ = tx.send(receipt);
+                });
+                queued.push((entry, on_receipt));
+                Ok(rx)
+            })
+            .collect();
+        self.sequencer.submit_many_then(queued);
+        pending
     }
 
     /// The receipt of a queued entry (unstamped: `hlc` is 0).
@@ -755,7 +776,7 @@ impl SequencerRpc for SequencerService {
     ) -> Result<Response<v1::SubmitResponse>, Status> {
         let r = request.into_inner();
         observe_request(&self.clock, r.hlc)?;
-        let pending = self.enqueue(r)?;
+        let pending = self.enqueue([r]).pop().expect("one request, one receipt")?;
         let receipt = SequencerService::receipt(pending).await?;
         Ok(Response::new(v1::SubmitResponse { hlc: stamp(&self.clock), ..receipt }))
     }
@@ -773,7 +794,7 @@ impl SequencerRpc for SequencerService {
             )));
         }
         // Every entry is queued before any is awaited, so they share windows.
-        let pending: Vec<_> = r.items.into_iter().map(|item| self.enqueue(item)).collect();
+        let pending = self.enqueue(r.items);
         let mut results = Vec::with_capacity(pending.len());
         for p in pending {
             let result = match p {

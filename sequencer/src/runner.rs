@@ -55,6 +55,8 @@ pub type OnReceipt = Box<dyn FnOnce(Result<Receipt, SequencerError>) + Send>;
 
 enum Command {
     Submit(Entry, OnReceipt),
+    /// Entries submitted together: one message, and one wake-up of the thread.
+    SubmitMany(Vec<(Entry, OnReceipt)>),
     Subscribe(Epoch, Subscriber),
     /// Seal the next window and log it even if it is empty.
     RequestWindow,
@@ -101,6 +103,17 @@ pub struct Sequencer {
     /// Reads durable windows for subscribers catching up, off the sequencer's thread.
     reader: LogReader,
     thread: std::sync::Mutex<Option<JoinHandle<Result<(), SequencerError>>>>,
+}
+
+impl Command {
+    /// The submissions a command carries, if it is one.
+    fn into_submissions(self) -> Vec<(Entry, OnReceipt)> {
+        match self {
+            Command::Submit(entry, on_receipt) => vec![(entry, on_receipt)],
+            Command::SubmitMany(entries) => entries,
+            _ => Vec::new(),
+        }
+    }
 }
 
 impl Sequencer {
@@ -194,6 +207,26 @@ impl Sequencer {
                 }
             }
             None => on_receipt(Err(SequencerError::ShuttingDown)),
+        }
+    }
+
+    /// [`Sequencer::submit_then`] for each of `entries`, in order, handed to the sequencer's
+    /// thread at once: a batch of submissions wakes it once, not once per entry.
+    pub fn submit_many_then(&self, entries: Vec<(Entry, OnReceipt)>) {
+        let refused = match &self.commands {
+            Some(commands) => match commands.send(Command::SubmitMany(entries)) {
+                Ok(()) => return,
+                Err(mpsc::SendError(command)) => command.into_submissions(),
+            },
+            None => entries,
+        };
+        // The thread is gone: it failed, or it is shutting down.
+        let failure = self.failure();
+        for (_, on_receipt) in refused {
+            on_receipt(Err(match &failure {
+                Some(why) => SequencerError::Failed(why.clone()),
+                None => SequencerError::ShuttingDown,
+            }));
         }
     }
 
@@ -395,10 +428,8 @@ impl Loop {
                 on_receipt(Err(SequencerError::Failed(e.to_string())));
             }
             // Refuse whatever is still queued.
-            for command in commands.try_iter() {
-                if let Command::Submit(_, on_receipt) = command {
-                    on_receipt(Err(SequencerError::Failed(e.to_string())));
-                }
+            for (_, on_receipt) in commands.try_iter().flat_map(Command::into_submissions) {
+                on_receipt(Err(SequencerError::Failed(e.to_string())));
             }
         }
         result
@@ -412,18 +443,20 @@ impl Loop {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => self.stopping = true,
             }
+            // Take whatever else has arrived, up to a window's worth, before sealing. (A
+            // shutdown among it stops the thread now, not after the next wait.)
+            while !self.stopping && self.sealer.open_len() < self.sealer.config().max_window_entries
+            {
+                match commands.try_recv() {
+                    Ok(command) => self.handle(command)?,
+                    Err(_) => break,
+                }
+            }
             if self.stopping {
                 if self.sealer.open_len() > 0 {
                     self.seal()?;
                 }
                 return Ok(());
-            }
-            // Take whatever else has arrived, up to a window's worth, before sealing.
-            while self.sealer.open_len() < self.sealer.config().max_window_entries {
-                match commands.try_recv() {
-                    Ok(command) => self.handle(command)?,
-                    Err(_) => break,
-                }
             }
             if self.sealer.should_seal(self.origin.elapsed()) {
                 self.seal()?;
@@ -433,25 +466,10 @@ impl Loop {
 
     fn handle(&mut self, command: Command) -> Result<(), SequencerError> {
         match command {
-            Command::Submit(entry, on_receipt) => {
-                if !self.sealer.fits(&entry) {
-                    self.seal()?;
-                }
-                match self.sealer.submit(entry, self.origin.elapsed()) {
-                    Ok(Admission::Queued { index }) => {
-                        debug_assert_eq!(index as usize, self.waiters.len());
-                        self.waiters.push(vec![(on_receipt, false)]);
-                    }
-                    Ok(Admission::DuplicateOpen { index }) => {
-                        self.waiters[index as usize].push((on_receipt, true));
-                    }
-                    Ok(Admission::DuplicateSealed(txn, ts)) => {
-                        on_receipt(Ok(Receipt { txn, ts, duplicate: true }));
-                    }
-                    Err(bytes) => {
-                        let max = self.sealer.config().max_window_bytes;
-                        on_receipt(Err(SequencerError::EntryTooLarge { bytes, max }));
-                    }
+            Command::Submit(entry, on_receipt) => self.submit(entry, on_receipt),
+            Command::SubmitMany(entries) => {
+                for (entry, on_receipt) in entries {
+                    self.submit(entry, on_receipt)?;
                 }
                 Ok(())
             }
@@ -497,6 +515,33 @@ impl Loop {
                 Ok(())
             }
         }
+    }
+
+    fn submit(&mut self, entry: Entry, on_receipt: OnReceipt) -> Result<(), SequencerError> {
+        // A window is full at its byte cap, or at its entry cap (entries of one batch may
+        // fill it: `serve` takes commands only while it is below the cap).
+        if !self.sealer.fits(&entry)
+            || self.sealer.open_len() >= self.sealer.config().max_window_entries
+        {
+            self.seal()?;
+        }
+        match self.sealer.submit(entry, self.origin.elapsed()) {
+            Ok(Admission::Queued { index }) => {
+                debug_assert_eq!(index as usize, self.waiters.len());
+                self.waiters.push(vec![(on_receipt, false)]);
+            }
+            Ok(Admission::DuplicateOpen { index }) => {
+                self.waiters[index as usize].push((on_receipt, true));
+            }
+            Ok(Admission::DuplicateSealed(txn, ts)) => {
+                on_receipt(Ok(Receipt { txn, ts, duplicate: true }));
+            }
+            Err(bytes) => {
+                let max = self.sealer.config().max_window_bytes;
+                on_receipt(Err(SequencerError::EntryTooLarge { bytes, max }));
+            }
+        }
+        Ok(())
     }
 
     fn seal(&mut self) -> Result<(), SequencerError> {

@@ -625,3 +625,68 @@ fn a_consumer_that_refuses_a_delivery_is_dropped_and_the_sequencer_goes_on() {
     assert!(seq.last_logged().0 > logged, "the sequencer went on logging");
     assert_eq!(calls.load(Ordering::SeqCst), limit, "a refusing consumer was called again");
 }
+
+/// Entries submitted in one batch go to the sequencer's thread in one message and are taken
+/// in order: a batch larger than the window's entry cap fills windows to the cap, a client
+/// id the batch repeats gets the first one's receipt, and every entry is answered once its
+/// window is durable. A shutdown right behind the batch seals the open window and stops at
+/// once.
+#[test]
+fn a_batch_of_submissions_fills_windows_to_their_cap_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(Clock::system(Duration::ZERO));
+    // Sealed on the cap only, within the test's time.
+    let config = SealerConfig {
+        max_window_entries: 3,
+        window_interval: Duration::from_secs(600),
+        seal_ahead: None,
+        ..SealerConfig::default()
+    };
+    let (seq, _) = Sequencer::start(dir.path(), clock.clone(), config).unwrap();
+    let seq = Arc::new(seq);
+    let deliveries = seq.subscribe(Epoch(1));
+    let ids = [1u128, 2, 3, 4, 2, 5, 6, 7];
+    let (tx, receipts) = std::sync::mpsc::channel();
+    let batch = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| {
+            let tx = tx.clone();
+            let on_receipt: sequencer::OnReceipt = Box::new(move |r| {
+                let _ = tx.send((i, r));
+            });
+            (entry(id, &[0]), on_receipt)
+        })
+        .collect();
+    // The shutdown queued right behind the batch comes while the thread still takes commands
+    // after it (the batch's two full windows are fsynced meanwhile): it stops the thread at
+    // once, sealing the open window, not after the interval's wait.
+    let (stopped, stop) = std::sync::mpsc::channel();
+    let submitter = seq.clone();
+    std::thread::spawn(move || {
+        submitter.submit_many_then(batch);
+        stopped.send(submitter.shutdown())
+    });
+    stop.recv_timeout(Duration::from_secs(10)).expect("a prompt shutdown").unwrap();
+    // Seven distinct ids: two full windows, and the open one.
+    let windowed = |w: &Window| w.entries.iter().map(|e| e.client_id.0).collect::<Vec<_>>();
+    let (first, second, third) =
+        (next_window(&deliveries), next_window(&deliveries), next_window(&deliveries));
+    assert_eq!((windowed(&first), windowed(&second)), (vec![1, 2, 3], vec![4, 5, 6]));
+    assert_eq!(windowed(&third), vec![7]);
+    let mut got: Vec<_> = (0..ids.len())
+        .map(|_| receipts.recv_timeout(Duration::from_secs(10)).expect("a receipt"))
+        .map(|(i, r)| (i, r.unwrap()))
+        .collect();
+    got.sort_by_key(|(i, _)| *i);
+    for (i, receipt) in &got {
+        let window = [&first, &second, &third]
+            .into_iter()
+            .find(|w| w.entries.iter().any(|e| e.client_id.0 == ids[*i]))
+            .unwrap();
+        let index = window.entries.iter().position(|e| e.client_id.0 == ids[*i]).unwrap();
+        assert_eq!(receipt.txn, window.txn_id(index), "entry {i}");
+        assert_eq!(receipt.duplicate, *i == 4, "entry {i}");
+        assert!(seq.last_logged().0 >= window.epoch, "a receipt before its window was durable");
+    }
+}
