@@ -215,7 +215,10 @@ impl ShardRpc for ShardService {
         observe_request(&state.clock, r.hlc)?;
         state.check_running()?;
         let (txn, client) = awaited(r)?;
-        let outcome = state.wait_for(|| known_outcome(state, txn, client)).await??;
+        let outcome = state
+            .wait_for(|| known_outcomes(state, &[Ok((txn, client))]).pop().flatten())
+            .await??
+            .1;
         past_commit_wait(state, [&outcome]).await;
         Ok(Response::new(v1::AwaitOutcomeResponse {
             hlc: stamp(&state.clock),
@@ -238,17 +241,17 @@ impl ShardRpc for ShardService {
             )));
         }
         let items: Vec<_> = r.items.into_iter().map(awaited).collect();
-        // Until at least one is known; then every one known by then.
+        // Until at least one is known; then every one known by then. Only a window applied
+        // makes one known (its outcomes are published before its progress), so the items
+        // are looked at again only when the applied window has changed, not on every bump.
+        let mut looked_at = None;
         let known: Vec<Option<Result<(TxnId, Outcome), Status>>> = state
             .wait_for(|| {
-                let known: Vec<_> = items
-                    .iter()
-                    .map(|item| match item {
-                        Ok((txn, client)) => known_outcome(state, *txn, *client)
-                            .map(|k| k.map(|outcome| (*txn, outcome))),
-                        Err(status) => Some(Err(status.clone())),
-                    })
-                    .collect();
+                let applied = state.progress().applied;
+                if looked_at.replace(applied) == Some(applied) {
+                    return None;
+                }
+                let known = known_outcomes(state, &items);
                 known.iter().any(Option::is_some).then_some(known)
             })
             .await?;
@@ -338,32 +341,54 @@ fn awaited(r: v1::AwaitOutcomeRequest) -> Result<(TxnId, Option<ClientId>), Stat
     Ok((txn, client))
 }
 
-/// The outcome of `txn` if this shard knows it now, the failure `AwaitOutcome` answers if it
-/// never will, or `None` while it may still come.
-fn known_outcome(
+/// For each of `items` (a transaction and, if given, its client id): its outcome if this
+/// shard knows it now, the failure `AwaitOutcome` answers if it never will (or the item's
+/// own), or `None` while it may still come. The shard's state is read once for all of them.
+fn known_outcomes(
     state: &State,
-    txn: TxnId,
-    client: Option<ClientId>,
-) -> Option<Result<Outcome, Status>> {
+    items: &[Result<(TxnId, Option<ClientId>), Status>],
+) -> Vec<Option<Result<(TxnId, Outcome), Status>>> {
     // Read in the reverse of the order the apply thread writes them (outcomes, then the
     // deferred entries, then progress), so that an outcome recorded while this runs is never
     // missed: if the window counted as applied here, its outcomes are in the map or in storage.
     let applied = state.progress().applied;
-    let deferred = lock(&state.deferred).contains(&txn);
-    if let Some(o) = lock(&state.outcomes).get(&txn) {
-        return Some(Ok(o.clone()));
-    }
-    // Not applied yet, or deferred to a later window: wait.
-    if txn.epoch > applied || deferred {
-        return None;
-    }
-    // Decided before this shard restarted, or long enough ago to have left memory: storage
-    // keeps it by client id for the retention period.
-    let stored = match client.map(|c| stored_outcome(&state.mvcc, c)).transpose() {
-        Ok(stored) => stored.flatten(),
-        Err(e) => return Some(Err(Status::internal(e.to_string()))),
+    let deferred: Vec<bool> = {
+        let deferred = lock(&state.deferred);
+        items
+            .iter()
+            .map(|item| item.as_ref().is_ok_and(|(txn, _)| deferred.contains(txn)))
+            .collect()
     };
-    Some(match stored {
+    let recorded: Vec<Option<Outcome>> = {
+        let outcomes = lock(&state.outcomes);
+        items
+            .iter()
+            .map(|item| item.as_ref().ok().and_then(|(txn, _)| outcomes.get(txn).cloned()))
+            .collect()
+    };
+    items
+        .iter()
+        .zip(deferred.into_iter().zip(recorded))
+        .map(|(item, (deferred, recorded))| {
+            let (txn, client) = match item {
+                Ok(item) => *item,
+                Err(status) => return Some(Err(status.clone())),
+            };
+            match recorded {
+                Some(outcome) => Some(Ok((txn, outcome))),
+                // Not applied yet, or deferred to a later window: wait.
+                None if txn.epoch > applied || deferred => None,
+                None => Some(stored(state, txn, client).map(|outcome| (txn, outcome))),
+            }
+        })
+        .collect()
+}
+
+/// The outcome of applied transaction `txn`, no longer in memory (decided before this shard
+/// restarted, or long enough ago): storage keeps it by client id for the retention period.
+fn stored(state: &State, txn: TxnId, client: Option<ClientId>) -> Result<Outcome, Status> {
+    let stored = client.map(|c| stored_outcome(&state.mvcc, c)).transpose();
+    match stored.map_err(|e| Status::internal(e.to_string()))?.flatten() {
         Some((t, o)) if t == txn => Ok(o),
         _ => Err(Status::not_found(format!(
             "shard {} does not know the outcome of {txn}: not a transaction whose lowest \
@@ -371,7 +396,7 @@ fn known_outcome(
             state.shard.0,
             if client.is_none() { " (ask with its client id)" } else { "" }
         ))),
-    })
+    }
 }
 
 /// Returns once every committed one of `outcomes` is past commit-wait, and counts their
