@@ -468,8 +468,15 @@ impl Loop {
         match command {
             Command::Submit(entry, on_receipt) => self.submit(entry, on_receipt),
             Command::SubmitMany(entries) => {
-                for (entry, on_receipt) in entries {
-                    self.submit(entry, on_receipt)?;
+                let mut entries = entries.into_iter();
+                while let Some((entry, on_receipt)) = entries.next() {
+                    if let Err(e) = self.submit(entry, on_receipt) {
+                        // The log failed: the rest of the batch is answered with it too.
+                        for (_, on_receipt) in entries {
+                            on_receipt(Err(SequencerError::Failed(e.to_string())));
+                        }
+                        return Err(e);
+                    }
                 }
                 Ok(())
             }
@@ -520,10 +527,12 @@ impl Loop {
     fn submit(&mut self, entry: Entry, on_receipt: OnReceipt) -> Result<(), SequencerError> {
         // A window is full at its byte cap, or at its entry cap (entries of one batch may
         // fill it: `serve` takes commands only while it is below the cap).
-        if !self.sealer.fits(&entry)
-            || self.sealer.open_len() >= self.sealer.config().max_window_entries
+        if (!self.sealer.fits(&entry)
+            || self.sealer.open_len() >= self.sealer.config().max_window_entries)
+            && let Err(e) = self.seal()
         {
-            self.seal()?;
+            on_receipt(Err(SequencerError::Failed(e.to_string())));
+            return Err(e);
         }
         match self.sealer.submit(entry, self.origin.elapsed()) {
             Ok(Admission::Queued { index }) => {
