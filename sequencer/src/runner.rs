@@ -194,35 +194,27 @@ impl Sequencer {
     /// or with the reason it will never be. Saves a caller that waits for something else
     /// (the entry's outcome) a second wake-up.
     pub fn submit_then(&self, entry: Entry, on_receipt: OnReceipt) {
-        match &self.commands {
-            Some(commands) => {
-                if let Err(mpsc::SendError(Command::Submit(_, on_receipt))) =
-                    commands.send(Command::Submit(entry, on_receipt))
-                {
-                    // The thread is gone: it failed, or it is shutting down.
-                    on_receipt(Err(match self.failure() {
-                        Some(why) => SequencerError::Failed(why),
-                        None => SequencerError::ShuttingDown,
-                    }));
-                }
-            }
-            None => on_receipt(Err(SequencerError::ShuttingDown)),
-        }
+        self.send_submissions(Command::Submit(entry, on_receipt));
     }
 
     /// [`Sequencer::submit_then`] for each of `entries`, in order, handed to the sequencer's
     /// thread at once: a batch of submissions wakes it once, not once per entry.
     pub fn submit_many_then(&self, entries: Vec<(Entry, OnReceipt)>) {
+        self.send_submissions(Command::SubmitMany(entries));
+    }
+
+    /// Hands a command carrying submissions to the thread; if the thread is gone (it failed,
+    /// or it is shutting down), answers each of them with why.
+    fn send_submissions(&self, command: Command) {
         let refused = match &self.commands {
-            Some(commands) => match commands.send(Command::SubmitMany(entries)) {
+            Some(commands) => match commands.send(command) {
                 Ok(()) => return,
-                Err(mpsc::SendError(command)) => command.into_submissions(),
+                Err(mpsc::SendError(command)) => command,
             },
-            None => entries,
+            None => command,
         };
-        // The thread is gone: it failed, or it is shutting down.
         let failure = self.failure();
-        for (_, on_receipt) in refused {
+        for (_, on_receipt) in refused.into_submissions() {
             on_receipt(Err(match &failure {
                 Some(why) => SequencerError::Failed(why.clone()),
                 None => SequencerError::ShuttingDown,
