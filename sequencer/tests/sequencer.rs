@@ -651,9 +651,11 @@ fn a_batch_of_submissions_fills_windows_to_their_cap_in_order() {
         .iter()
         .enumerate()
         .map(|(i, &id)| {
-            let tx = tx.clone();
+            let (tx, seen) = (tx.clone(), seq.clone());
             let on_receipt: sequencer::OnReceipt = Box::new(move |r| {
-                let _ = tx.send((i, r));
+                // Checked here, on the sequencer's thread, and asserted on the test's.
+                let durable = r.as_ref().is_ok_and(|r| seen.last_logged().0 >= r.txn.epoch);
+                let _ = tx.send((i, r, durable));
             });
             (entry(id, &[0]), on_receipt)
         })
@@ -676,10 +678,10 @@ fn a_batch_of_submissions_fills_windows_to_their_cap_in_order() {
     assert_eq!(windowed(&third), vec![7]);
     let mut got: Vec<_> = (0..ids.len())
         .map(|_| receipts.recv_timeout(Duration::from_secs(10)).expect("a receipt"))
-        .map(|(i, r)| (i, r.unwrap()))
+        .map(|(i, r, durable)| (i, r.unwrap(), durable))
         .collect();
-    got.sort_by_key(|(i, _)| *i);
-    for (i, receipt) in &got {
+    got.sort_by_key(|(i, _, _)| *i);
+    for (i, receipt, durable) in &got {
         let window = [&first, &second, &third]
             .into_iter()
             .find(|w| w.entries.iter().any(|e| e.client_id.0 == ids[*i]))
@@ -687,6 +689,6 @@ fn a_batch_of_submissions_fills_windows_to_their_cap_in_order() {
         let index = window.entries.iter().position(|e| e.client_id.0 == ids[*i]).unwrap();
         assert_eq!(receipt.txn, window.txn_id(index), "entry {i}");
         assert_eq!(receipt.duplicate, *i == 4, "entry {i}");
-        assert!(seq.last_logged().0 >= window.epoch, "a receipt before its window was durable");
+        assert!(durable, "entry {i}'s receipt before its window was durable");
     }
 }
