@@ -251,6 +251,21 @@ fn apply_rules(action: &str, rules: &[Vec<String>]) -> Result<(), String> {
 /// How long a client keeps trying to reach the cluster before a call ends unknown.
 const PATIENCE: Duration = Duration::from_secs(10);
 
+/// The last `lines` lines of each node's log, under its name.
+fn log_tails(local: &node::LocalProcesses, lines: usize) -> String {
+    let mut tails = String::new();
+    for i in 0..local.len() {
+        let log = std::fs::read_to_string(local.config(i).with_extension("log"))
+            .unwrap_or_else(|e| format!("(no log: {e})"));
+        let last: Vec<&str> = log.lines().rev().take(lines).collect();
+        tails += &format!("--- {}\n", node_name(local, i));
+        for line in last.into_iter().rev() {
+            tails += &format!("{line}\n");
+        }
+    }
+    tails
+}
+
 /// The process names of the nodes, by index.
 fn node_name(local: &node::LocalProcesses, i: usize) -> String {
     if i < local.sequencers {
@@ -373,7 +388,9 @@ async fn drive(
     mut local: node::LocalProcesses,
 ) -> Result<JepsenReport, String> {
     let clock = Arc::new(Clock::system(Duration::from_millis(opts.max_offset_ms)));
-    let (client, _) = crate::connect_when_ready(&local.sequencer, clock.clone(), None).await?;
+    let ready = crate::connect_when_ready(&local.sequencer, clock.clone(), None).await;
+    // A cluster that never came up: what its nodes said, before their directory goes.
+    let (client, _) = ready.map_err(|e| format!("{e}\n{}", log_tails(&local, 5)))?;
     let client = Arc::new(client.with_patience(PATIENCE));
     let history = Arc::new(Recorder::new());
     let calls = Arc::new(Calls::default());
