@@ -318,24 +318,23 @@ impl Default for SealedIds {
 }
 
 impl SealedIds {
-    fn map(&mut self, id: ClientId) -> &mut HashMap<ClientId, (TxnId, Timestamp)> {
-        // The id's two halves folded and mixed (a multiplication by an odd constant), the
-        // top bits choosing the map.
+    /// The map `id` is in: the id's two halves folded and mixed (a multiplication by an odd
+    /// constant), the top bits choosing.
+    fn index(id: ClientId) -> usize {
         let folded = (id.0 as u64) ^ ((id.0 >> 64) as u64);
-        let index = folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - ID_MAPS.trailing_zeros());
-        &mut self.maps[index as usize]
+        (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - ID_MAPS.trailing_zeros())) as usize
     }
 
-    fn get(&mut self, id: ClientId) -> Option<(TxnId, Timestamp)> {
-        self.map(id).get(&id).copied()
+    fn get(&self, id: ClientId) -> Option<(TxnId, Timestamp)> {
+        self.maps[SealedIds::index(id)].get(&id).copied()
     }
 
     fn insert(&mut self, id: ClientId, txn: TxnId, ts: Timestamp) {
-        self.map(id).insert(id, (txn, ts));
+        self.maps[SealedIds::index(id)].insert(id, (txn, ts));
     }
 
     fn remove(&mut self, id: ClientId) {
-        self.map(id).remove(&id);
+        self.maps[SealedIds::index(id)].remove(&id);
     }
 }
 
