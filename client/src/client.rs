@@ -1,10 +1,11 @@
 //! [`Client`]: a cluster's transactions from another process, over gRPC.
 //!
-//! `call` logs a procedure call through the sequencer, then asks the entry's lowest
-//! participant shard for its outcome, which that shard gives after commit-wait. Calls made at
-//! about the same time share those requests (`SubmitMany`, `AwaitOutcomes`): a busy client
-//! pays gRPC's cost per batch, not per call. Reads at a timestamp go to the shard owning each
-//! key and wait for its safe time.
+//! `call` logs a procedure call through the sequencer and learns its outcome from the entry's
+//! lowest participant shard, which gives it after commit-wait: pushed on the client's watch
+//! of that shard's outcomes ([`OutcomeWatch`]), or asked for when the watch cannot say.
+//! Calls made at about the same time share their requests (`SubmitMany`, `AwaitOutcomes`): a
+//! busy client pays gRPC's cost per batch, not per call. Reads at a timestamp go to the shard
+//! owning each key and wait for its safe time.
 //!
 //! What a network failure means for a call is reported, never guessed:
 //!
@@ -47,6 +48,7 @@ use crate::replicas::{ATTEMPT, Replicas, fails_over};
 use crate::sequencer::RemoteSequencer;
 use crate::sized;
 use crate::tls::Tls;
+use crate::watch::OutcomeWatch;
 use crate::wire::{
     MAX_BATCH, RefusalKind, RemoteError, endpoint, item_failure, observe_response,
     outcome_from_proto, paged, stamp,
@@ -99,7 +101,8 @@ enum Awaited {
 
 /// A connection to a sealdb cluster. Its concurrent calls share requests: entries submitted
 /// at about the same time go to the sequencer in one `SubmitMany`, outcomes awaited at about
-/// the same time from one shard in one `AwaitOutcomes` ([`Coalescer`]).
+/// the same time from one shard in one `AwaitOutcomes` ([`Coalescer`]); most outcomes come
+/// pushed on one stream per shard ([`OutcomeWatch`]) without being asked for.
 pub struct Client {
     sequencer: RemoteSequencer,
     /// Started on first use, in the runtime of the first call.
@@ -107,6 +110,8 @@ pub struct Client {
     shards: Arc<Replicas>,
     /// By shard, started on first use.
     outcomes: Vec<OnceLock<Coalescer<(TxnId, ClientId), Awaited>>>,
+    /// By shard, started on first use: the outcomes of this client's ids, pushed.
+    watches: Vec<OnceLock<OutcomeWatch>>,
     map: ShardMap,
     procedures: Registry,
     clock: Arc<Clock>,
@@ -139,6 +144,7 @@ impl Client {
             sequencer,
             submissions: OnceLock::new(),
             outcomes: (0..cluster.map.len()).map(|_| OnceLock::new()).collect(),
+            watches: (0..cluster.map.len()).map(|_| OnceLock::new()).collect(),
             shards: Arc::new(shards),
             map: cluster.map.clone(),
             procedures: cluster.procedures.clone(),
@@ -255,13 +261,33 @@ impl Client {
         self.run_as(self.new_id(), request).await
     }
 
-    /// [`Client::run`] under client id `id`.
+    /// [`Client::run`] under client id `id`: the outcome pushed by the lowest participant's
+    /// watch if it comes, asked for otherwise.
     async fn run_as(&self, id: ClientId, request: &Request) -> Result<Outcome, TxnError> {
         let participants = participants(&self.map, request)?;
-        let entry = Entry::new(id, participants.clone(), request.encode().into());
+        let shard = participants[0];
+        let entry = Entry::new(id, participants, request.encode().into());
+        // Before submitting: the outcome may come before the receipt. Only this client's
+        // ids are pushed to its watch.
+        let waiter = match (id.0 >> 64) as u64 == self.salt {
+            true => self.watch(shard).wait(id.0 as u64),
+            false => None,
+        };
         let txn = self.submit(&entry).await?;
         tracing::debug!(%txn, "logged; awaiting the outcome");
-        self.await_outcome(participants[0], txn, id).await
+        if let Some(waiter) = waiter
+            && let Some(outcome) = waiter.outcome(txn).await
+        {
+            return Ok(outcome);
+        }
+        self.await_outcome(shard, txn, id).await
+    }
+
+    /// The watch of `shard`'s outcomes of this client's ids.
+    fn watch(&self, shard: ShardId) -> &OutcomeWatch {
+        self.watches[shard.0 as usize].get_or_init(|| {
+            OutcomeWatch::start(self.shards.clone(), shard, self.clock.clone(), self.salt)
+        })
     }
 
     /// Starts an optimistic transaction reading at the current time (its first read waits

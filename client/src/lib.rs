@@ -13,6 +13,7 @@ mod coalesce;
 mod replicas;
 mod sequencer;
 mod tls;
+mod watch;
 pub mod wire;
 
 pub use crate::client::{

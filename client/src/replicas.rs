@@ -111,6 +111,21 @@ impl Replicas {
         self.shards[shard.0 as usize].clients[replica].clone()
     }
 
+    /// The replica `shard`'s calls go to now, and a client of it.
+    pub fn current(&self, shard: ShardId) -> (usize, ShardClient<Channel>) {
+        let s = &self.shards[shard.0 as usize];
+        let i = s.current.load(Ordering::Relaxed) % s.clients.len();
+        (i, s.clients[i].clone())
+    }
+
+    /// Hands `shard`'s calls from replica `from` (which failed) to the next, unless another
+    /// caller moved them already.
+    pub fn move_on(&self, shard: ShardId, from: usize) {
+        let s = &self.shards[shard.0 as usize];
+        let to = (from + 1) % s.clients.len();
+        let _ = s.current.compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
     /// One call to `shard`'s current replica, for at most [`ATTEMPT`]; if it has not
     /// answered after [`HEDGE`], the same call to the next replica too, and the first answer
     /// wins (a paused replica then costs [`HEDGE`], not [`ATTEMPT`]: otherwise its delay

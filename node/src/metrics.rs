@@ -203,6 +203,8 @@ pub(crate) struct ShardCounters {
     pub(crate) verdicts_asked: AtomicU64,
     /// Outcomes of the entries whose lowest participant is this shard.
     pub(crate) outcomes: OutcomeCounters,
+    /// Transactions asked for with `AwaitOutcome` or in `AwaitOutcomes` (each time asked).
+    pub(crate) outcomes_awaited: AtomicU64,
     /// Per applied window: time applied - window timestamp.
     pub(crate) seal_to_apply: LatencyHistogram,
     /// Per answered commit: time answered - window timestamp, commit-wait included.

@@ -353,7 +353,7 @@ impl ApplyLoop {
                 for (d, _) in &decided {
                     c.outcomes.count(d);
                 }
-                self.applied(window, ts, decided.into_iter().map(|(d, _)| d), deferred, digest);
+                self.applied(window, ts, decided, deferred, digest);
                 self.applied_to.send_replace(window);
                 self.unflushed = Some((window, ts, digest));
                 self.checkpoint_if_due()?;
@@ -389,16 +389,20 @@ impl ApplyLoop {
 
     /// Publishes window `epoch` as applied: outcomes, then the deferred entries, then
     /// progress. `AwaitOutcome` reads them in the reverse order, so a waiter that sees the
-    /// window applied finds its outcome.
+    /// window applied finds its outcome. Watchers of the outcomes get theirs once progress
+    /// says the window is applied, and no watch registers in between
+    /// ([`watchers`](super::watchers)).
     fn applied(
         &self,
         epoch: Epoch,
         ts: Timestamp,
-        decided: impl Iterator<Item = txn::Decided>,
+        decided: Vec<(txn::Decided, ::sequencer::ClientId)>,
         deferred: Vec<::sequencer::TxnId>,
         digest: u128,
     ) {
         let state = &*self.state;
+        let mut watched = state.watchers.publishing();
+        watched.collect(&decided);
         {
             let mut digests = lock(&state.digests);
             if digests.len() >= DIGESTS_KEPT {
@@ -408,7 +412,7 @@ impl ApplyLoop {
         }
         {
             let mut outcomes = lock(&state.outcomes);
-            outcomes.extend(decided.map(|d| (d.txn, d.outcome)));
+            outcomes.extend(decided.into_iter().map(|(d, _)| (d.txn, d.outcome)));
             if epoch.0.is_multiple_of(100) {
                 outcomes.retain(|t, _| t.epoch.0.saturating_add(OUTCOME_WINDOWS) > epoch.0);
             }
@@ -422,6 +426,7 @@ impl ApplyLoop {
             progress.safe = progress.safe.max(ts);
             progress.digest = digest;
         }
+        watched.send();
         lock(&state.verdicts).retain(|e, _| *e > epoch);
         lock(&state.inbox).applied(epoch);
         state.bump();

@@ -9,6 +9,7 @@
 //! - [`peers`]: the retrying clients of the other shards.
 //! - [`push`]: pushing peers what they would ask for, and using what they pushed.
 //! - [`service`]: the gRPC service.
+//! - [`watchers`]: the clients watching their outcomes, and the windows' outcomes pushed to them.
 //!
 //! ```text
 //!   sequencer ──Subscribe(shard, from)──> apply thread ──> Mvcc (RocksDB or memory)
@@ -52,6 +53,7 @@ mod checkpoint;
 mod peers;
 mod push;
 mod service;
+mod watchers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -193,6 +195,8 @@ struct State {
     pushed: watch::Sender<u64>,
     /// Outcomes of entries whose lowest participant this shard is.
     outcomes: Mutex<HashMap<TxnId, Outcome>>,
+    /// Clients watching those outcomes ([`watchers`]).
+    watchers: Arc<watchers::Watchers>,
     /// Entries deferred to the window after the last applied: logged, not yet decided.
     deferred: Mutex<BTreeSet<TxnId>>,
     /// Digests of the last windows applied, oldest first.
@@ -417,6 +421,7 @@ impl ShardNode {
             inbox: Mutex::new(push::Inbox::default()),
             pushed: watch::Sender::new(0),
             outcomes: Mutex::new(HashMap::new()),
+            watchers: Arc::default(),
             // Entries deferred before a restart are logged and not yet decided.
             deferred: Mutex::new(step.deferred().collect()),
             digests: Mutex::new(VecDeque::from([(progress.applied, progress.digest)])),
@@ -745,6 +750,26 @@ fn shard_metrics(state: &State) -> Vec<Metric> {
             get(&c.outcomes.aborts),
         ),
         Metric::counter(
+            "sealdb_shard_outcomes_awaited_total",
+            "Transactions asked for with AwaitOutcome or AwaitOutcomes, each time asked.",
+            get(&c.outcomes_awaited),
+        ),
+        Metric::gauge(
+            "sealdb_shard_outcome_watches",
+            "Clients watching this replica's outcomes (WatchOutcomes).",
+            state.watchers.len() as f64,
+        ),
+        Metric::counter(
+            "sealdb_shard_outcomes_pushed_total",
+            "Outcomes queued for the clients watching them.",
+            state.watchers.pushed.load(Ordering::Relaxed) as f64,
+        ),
+        Metric::counter(
+            "sealdb_shard_outcome_watches_dropped_total",
+            "Outcome watches dropped for falling behind (their clients then await outcomes).",
+            state.watchers.dropped.load(Ordering::Relaxed) as f64,
+        ),
+        Metric::counter(
             "sealdb_shard_apply_seconds_total",
             "Time the apply thread spent on windows, from a window's delivery until it was \
              written (waits for peers included).",
@@ -761,8 +786,8 @@ fn shard_metrics(state: &State) -> Vec<Metric> {
         ),
         c.commit.metric(
             "sealdb_shard_commit_seconds",
-            "Per answered commit, the time from its window's timestamp to the answer \
-             (commit-wait included).",
+            "Per answered commit (pushed to a watch of its outcome, or answered when asked), \
+             the time from its window's timestamp to the answer (commit-wait included).",
         ),
         Metric::counter(
             "sealdb_shard_row_cache_hits_total",

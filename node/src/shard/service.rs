@@ -13,7 +13,9 @@ use storage::StorageError;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::{State, lock};
+use super::watchers::Registration;
+use super::{State, WAIT_LIMIT, lock};
+use crate::metrics::ShardCounters;
 use client::{
     MAX_BATCH, MAX_SCAN_ROWS, RefusalKind, SCAN_RESPONSE_BYTES, item_status, malformed,
     observe_request, refuse, require_node, stamp,
@@ -215,6 +217,7 @@ impl ShardRpc for ShardService {
         observe_request(&state.clock, r.hlc)?;
         state.check_running()?;
         let (txn, client) = awaited(r)?;
+        ShardCounters::add(&state.counters.outcomes_awaited, 1);
         let outcome = state
             .wait_for(|| known_outcomes(state, &[Ok((txn, client))]).pop().flatten())
             .await??
@@ -241,6 +244,7 @@ impl ShardRpc for ShardService {
             )));
         }
         let items: Vec<_> = r.items.into_iter().map(awaited).collect();
+        ShardCounters::add(&state.counters.outcomes_awaited, items.len() as u64);
         // Until at least one is known; then every one known by then. Only a window applied
         // makes one known (its outcomes are published before its progress), so the items
         // are looked at again only when the applied window has changed, not on every bump.
@@ -269,6 +273,22 @@ impl ShardRpc for ShardService {
             })
             .collect();
         Ok(Response::new(v1::AwaitOutcomesResponse { hlc: stamp(&state.clock), results }))
+    }
+
+    type WatchOutcomesStream = ReceiverStream<Result<v1::WatchedOutcomes, Status>>;
+
+    async fn watch_outcomes(
+        &self,
+        request: Request<v1::WatchOutcomesRequest>,
+    ) -> Result<Response<Self::WatchOutcomesStream>, Status> {
+        let r = request.into_inner();
+        let state = self.state.clone();
+        observe_request(&state.clock, r.hlc)?;
+        state.check_running()?;
+        let registration = state.watchers.add(r.salt, || state.progress().applied)?;
+        let (stream, messages) = tokio::sync::mpsc::channel(WATCH_MESSAGES);
+        tokio::spawn(push_outcomes(state, registration, stream));
+        Ok(Response::new(ReceiverStream::new(messages)))
     }
 
     async fn outcome(
@@ -327,6 +347,65 @@ impl ShardRpc for ShardService {
             digest: progress.digest.to_le_bytes().to_vec(),
             failure: failure.unwrap_or_default(),
         }))
+    }
+}
+
+/// Messages of a `WatchOutcomes` stream on their way to the client (a window's each).
+const WATCH_MESSAGES: usize = 4;
+
+/// Serves a `WatchOutcomes` stream: the `since` message, then each window's outcomes of the
+/// watch once past commit-wait. Ends when the client goes, when the watch is dropped (it fell
+/// behind, or a new watch of its salt replaced it), when the replica stops or stops serving,
+/// or when the client takes no message for [`WAIT_LIMIT`].
+async fn push_outcomes(
+    state: Arc<State>,
+    mut watch: Registration,
+    stream: tokio::sync::mpsc::Sender<Result<v1::WatchedOutcomes, Status>>,
+) {
+    let stopped = state.stopped();
+    tokio::pin!(stopped);
+    let mut message =
+        Ok(v1::WatchedOutcomes { hlc: 0, since: watch.since.0, outcomes: Vec::new() });
+    loop {
+        if let Ok(m) = &mut message {
+            m.hlc = stamp(&state.clock);
+        }
+        let last = message.is_err();
+        match tokio::time::timeout(WAIT_LIMIT, stream.send(message)).await {
+            Ok(Ok(())) if !last => {}
+            _ => return,
+        }
+        let batch = tokio::select! {
+            batch = watch.batches.recv() => batch,
+            () = &mut stopped => None,
+            // The client went: unregister now, not when its salt's next outcome comes.
+            () = stream.closed() => return,
+        };
+        let Some(batch) = batch else {
+            let why = match state.check_running() {
+                Err(status) => status,
+                Ok(()) => Status::unavailable(
+                    "this outcome watch fell behind or was replaced; await outcomes instead",
+                ),
+            };
+            message = Err(why);
+            continue;
+        };
+        past_commit_wait(&state, batch.iter().map(|(_, _, o)| o)).await;
+        message = match state.check_running() {
+            Err(status) => Err(status),
+            Ok(()) => Ok(v1::WatchedOutcomes {
+                hlc: 0,
+                since: 0,
+                outcomes: batch
+                    .into_iter()
+                    .map(|(id, txn, outcome)| v1::WatchedOutcome {
+                        id,
+                        outcome: Some(outcome_to_proto(txn, &outcome)),
+                    })
+                    .collect(),
+            }),
+        };
     }
 }
 

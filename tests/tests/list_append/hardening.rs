@@ -386,6 +386,97 @@ async fn a_batch_of_awaited_outcomes_answers_each_and_leaves_the_undecided_pendi
     local.stop().await;
 }
 
+/// The watch's messages until it has pushed `n` outcomes, by the lower bits of their ids.
+async fn pushed(
+    watch: &mut tonic::Streaming<v1::WatchedOutcomes>,
+    n: usize,
+) -> std::collections::BTreeMap<u64, v1::Outcome> {
+    let mut pushed = std::collections::BTreeMap::new();
+    while pushed.len() < n {
+        let message = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("pushed in time")
+            .unwrap()
+            .expect("the watch is open");
+        for o in message.outcomes {
+            assert!(pushed.insert(o.id, o.outcome.unwrap()).is_none(), "pushed twice");
+        }
+    }
+    pushed
+}
+
+/// `WatchOutcomes` pushes each transaction's outcome, as `AwaitOutcome` answers it, to the
+/// watch of its client id's salt and to no other; a second watch of a salt ends the first,
+/// a stream the client drops is unregistered, and a stop ends the streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watched_outcomes_come_to_the_watch_of_their_salt_only() {
+    let local = start().await;
+    let map = local.cluster.map.clone();
+    let sequencer = RemoteSequencer::connect(&local.cluster.sequencer, clock()).await.unwrap();
+    let shard0 = shard_client(&local, 0).await;
+    let watch = async |salt| {
+        let request = v1::WatchOutcomesRequest { hlc: 0, salt };
+        let mut stream = shard0.clone().watch_outcomes(request).await.unwrap().into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        assert!(first.outcomes.is_empty(), "{first:?}");
+        (first.since, stream)
+    };
+    let (since, mut seven) = watch(7).await;
+    let (_, mut eight) = watch(8).await;
+    let id = |salt: u64, low: u64| ClientId((u128::from(salt) << 64) | u128::from(low));
+    let ids = [id(7, 1), id(9, 1), id(7, 2), id(8, 3)];
+    let entries: Vec<Entry> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let key = key_on(&map, 0, format!("watched {i}").as_bytes());
+            Entry::new(*c, vec![], writing(&[&key], b"v"))
+        })
+        .collect();
+    let receipts: Vec<_> =
+        sequencer.submit_many(&entries).await.unwrap().into_iter().map(Result::unwrap).collect();
+    assert!(receipts.iter().all(|r| r.txn.epoch.0 > since), "logged after the watch began");
+    let asked = async |i: usize| {
+        let txn = Some(v1::TxnId { epoch: receipts[i].txn.epoch.0, index: receipts[i].txn.index });
+        let request = v1::AwaitOutcomeRequest { hlc: 0, txn, client_id: Vec::new() };
+        shard0.clone().await_outcome(request).await.unwrap().into_inner().outcome.unwrap()
+    };
+    let to_seven = pushed(&mut seven, 2).await;
+    assert_eq!(to_seven.keys().copied().collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(to_seven[&1], asked(0).await);
+    assert_eq!(to_seven[&2], asked(2).await);
+    assert!(matches!(to_seven[&1].result, Some(v1::outcome::Result::Committed(_))));
+    let to_eight = pushed(&mut eight, 1).await;
+    assert_eq!(to_eight[&3], asked(3).await);
+    // Salt 9 has no watch: nothing else came to the others.
+    let quiet = tokio::time::timeout(Duration::from_millis(200), seven.message()).await;
+    assert!(quiet.is_err(), "{quiet:?}");
+    // A second watch of 7 ends the first.
+    let (_, mut again) = watch(7).await;
+    let ended = tokio::time::timeout(Duration::from_secs(5), seven.message()).await.unwrap();
+    assert_eq!(ended.unwrap_err().code(), tonic::Code::Unavailable);
+    // A dropped stream is unregistered: two watches left (7 again, 8), then one.
+    let source = local.shards[0].metrics_source();
+    let watches = async || metric(&scrape(source.clone()).await, "sealdb_shard_outcome_watches");
+    assert_eq!(watches().await, 2.0);
+    drop(eight);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while watches().await != 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the dropped watch stayed registered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    local.stop().await;
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match again.message().await {
+                Ok(Some(_)) => continue,
+                end => return end,
+            }
+        }
+    });
+    assert!(ended.await.expect("the stop ends the stream").is_err());
+}
+
 /// Rows on shard 1 that [`ScanRemote`] reads from shard 0.
 fn big_rows() -> KeyRange {
     KeyRange::prefix(b"\x60big/")
