@@ -101,8 +101,8 @@ enum Awaited {
 
 /// A connection to a sealdb cluster. Its concurrent calls share requests: entries submitted
 /// at about the same time go to the sequencer in one `SubmitMany`, outcomes awaited at about
-/// the same time from one shard in one `AwaitOutcomes` ([`Coalescer`]); most outcomes come
-/// pushed on one stream per shard ([`OutcomeWatch`]) without being asked for.
+/// the same time from one shard in one `AwaitOutcomes` (a `Coalescer`); most outcomes come
+/// pushed on one stream per shard (an `OutcomeWatch`) without being asked for.
 pub struct Client {
     sequencer: RemoteSequencer,
     /// Started on first use, in the runtime of the first call.
