@@ -166,7 +166,7 @@ impl Client {
 
     /// Connects to the cluster whose sequencer is at `addr`: asks it for the cluster's layout
     /// (shard addresses and map). Calls may use the built-in procedures
-    /// ([`builtin::registry`](crate::builtin::registry)); [`Client::new`] takes others.
+    /// ([`builtin::registry`](txn::builtin::registry)); [`Client::new`] takes others.
     pub async fn connect(addr: &str, clock: Arc<Clock>) -> Result<Client, TxnError> {
         Client::connect_with(addr, clock, txn::builtin::registry(), None).await
     }
@@ -386,7 +386,7 @@ impl Client {
         })
     }
 
-    /// A read-only transaction at `at`, as [`Database::snapshot`](crate::Database::snapshot)
+    /// A read-only transaction at `at`, as `Database::snapshot` (embedded)
     /// gives: its reads wait for each shard's safe time to reach its timestamp.
     pub fn snapshot(&self, at: ReadAt) -> RemoteSnapshot<'_> {
         RemoteSnapshot { client: self, ts: self.read_ts(at) }
@@ -643,7 +643,7 @@ impl RemoteSnapshot<'_> {
 
 /// An optimistic read-write transaction through a [`Client`]: reads at a timestamp, buffers
 /// writes, and is validated in the window its commit lands in, as the embedded
-/// [`Transaction`](crate::Transaction) is. Dropping it without commit discards it.
+/// the embedded database's `Transaction` is. Dropping it without commit discards it.
 pub struct RemoteTransaction<'a> {
     client: &'a Client,
     buffer: Buffer,

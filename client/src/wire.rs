@@ -27,7 +27,7 @@ pub const MAX_SCAN_ROWS: u32 = 10_000;
 pub const SCAN_RESPONSE_BYTES: usize = 4 << 20;
 
 /// The largest gRPC message any sealdb server or client sends or accepts. Every server and
-/// client is built with it ([`sized`]), so what one side may send the other accepts.
+/// client is built with it (`sized!`), so what one side may send the other accepts.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// The largest window a sequencer may be configured to seal (`max_window_bytes`): a shard's
