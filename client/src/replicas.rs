@@ -127,8 +127,8 @@ impl Replicas {
     }
 
     /// One call to `shard`'s current replica, for at most [`ATTEMPT`]; if it has not
-    /// answered after `HEDGE` (300 ms), the same call to the next replica too, and the first answer
-    /// wins (a paused replica then costs `HEDGE` (300 ms), not [`ATTEMPT`]: otherwise its delay
+    /// answered after `HEDGE` (300 ms), the same call to the next replica too, and the first
+    /// answer wins (a paused replica then costs `HEDGE`, not [`ATTEMPT`]: otherwise its delay
     /// compounds, a window waiting on a peer while its caller waits on the window). The calls
     /// are reads and waits, so asking two replicas is harmless. A replica that fails in a way
     /// another may not, or is outrun by the next, hands the shard's calls to the next one.
