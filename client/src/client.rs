@@ -44,7 +44,7 @@ use txn::{
 };
 
 use crate::coalesce::{Coalescer, Limits};
-use crate::replicas::{ATTEMPT, Replicas, fails_over};
+use crate::replicas::{ATTEMPT, HEDGE, Replicas, fails_over};
 use crate::sequencer::RemoteSequencer;
 use crate::sized;
 use crate::tls::Tls;
@@ -262,7 +262,8 @@ impl Client {
     }
 
     /// [`Client::run`] under client id `id`: the outcome pushed by the lowest participant's
-    /// watch if it comes, asked for otherwise.
+    /// watch, asked for when it will not come, and also asked for when it has not come after
+    /// `HEDGE` (a replica behind or paused), the first answer taken.
     async fn run_as(&self, id: ClientId, request: &Request) -> Result<Outcome, TxnError> {
         let participants = participants(&self.map, request)?;
         let shard = participants[0];
@@ -275,10 +276,24 @@ impl Client {
         };
         let txn = self.submit(&entry).await?;
         tracing::debug!(%txn, "logged; awaiting the outcome");
-        if let Some(waiter) = waiter
-            && let Some(outcome) = waiter.outcome(txn).await
-        {
-            return Ok(outcome);
+        let Some(waiter) = waiter else {
+            return self.await_outcome(shard, txn, id).await;
+        };
+        let mut pushed = std::pin::pin!(waiter.outcome(txn));
+        tokio::select! {
+            pushed = &mut pushed => if let Some(outcome) = pushed {
+                return Ok(outcome);
+            },
+            () = tokio::time::sleep(HEDGE) => {
+                let asked = self.await_outcome(shard, txn, id);
+                tokio::select! {
+                    Some(outcome) = &mut pushed => return Ok(outcome),
+                    asked = asked => {
+                        self.watch(shard).outrun(self.shards.current(shard).0);
+                        return asked;
+                    }
+                }
+            }
         }
         self.await_outcome(shard, txn, id).await
     }

@@ -4,10 +4,14 @@
 //! A call registers its client id with the watch before it submits its entry ([`Waiter`]):
 //! the outcome may be pushed before the sequencer's receipt comes back. The shard pushes
 //! every window after the `since` its stream began with; a call whose entry was logged in
-//! that window or before (a resubmission of an earlier attempt), whose stream is not open, or
-//! whose outcome has not come within [`ATTEMPT`] asks with `AwaitOutcomes` as before. A
-//! stream that ends (the replica stops, fails or drops a watcher that fell behind) wakes its
-//! waiters to ask, and is opened again, on the shard's current replica, after a pause.
+//! that window or before (a resubmission of an earlier attempt), or whose stream is not open,
+//! asks with `AwaitOutcomes` as before, and one whose outcome is slow to come asks as well
+//! (the caller's choice: [`Client`](crate::Client) asks after `HEDGE`, as it hedges a
+//! replica's answer). An answer to asking that wins because the shard's calls moved to
+//! another replica (the watched one is paused, failed or behind) moves the watch there too
+//! ([`OutcomeWatch::outrun`]). A stream that ends (the replica stops, fails or drops a
+//! watcher that fell behind) wakes its waiters to ask, and is opened again, on the shard's
+//! current replica, after a pause.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,15 +41,15 @@ pub(crate) struct OutcomeWatch {
 struct Shared {
     /// The open stream's waiters; `None` while no stream is open.
     live: Mutex<Option<Live>>,
-    /// A waiter's outcome did not come in time: the stream may be stuck (a paused replica
-    /// keeps its connections and sends nothing), so it is opened again. Wakes only a stream
-    /// waiting for its next message (no permit is kept for a later stream).
-    stalled: Notify,
+    /// The shard's calls moved to another replica than the one watched: the stream is opened
+    /// again there. Wakes only a stream waiting for its next message (no permit is kept for a
+    /// later stream).
+    moved: Notify,
 }
 
 struct Live {
-    /// Which stream: a waiter whose outcome does not come restarts only its own.
-    stream: u64,
+    /// The replica watched.
+    replica: usize,
     since: Epoch,
     /// By the lower 64 bits of the client id.
     waiters: HashMap<u64, oneshot::Sender<Outcome>>,
@@ -61,26 +65,19 @@ impl Shared {
 pub(crate) struct Waiter<'a> {
     shared: &'a Shared,
     id: u64,
-    stream: u64,
     since: Epoch,
     pushed: oneshot::Receiver<Outcome>,
 }
 
 impl Waiter<'_> {
-    /// The outcome of `txn`, if pushed within [`ATTEMPT`]; `None`: ask for it.
+    /// The outcome of `txn` (logged under this waiter's id) once pushed; `None` at once if
+    /// it will not be (logged before the watch began), or when the stream ends: ask for it.
+    /// Waits as long as the stream lasts: the caller bounds the wait.
     pub(crate) async fn outcome(mut self, txn: TxnId) -> Option<Outcome> {
         if txn.epoch <= self.since {
             return None;
         }
-        match tokio::time::timeout(ATTEMPT, &mut self.pushed).await {
-            Ok(pushed) => pushed.ok(),
-            Err(_) => {
-                if self.shared.live().as_ref().is_some_and(|l| l.stream == self.stream) {
-                    self.shared.stalled.notify_waiters();
-                }
-                None
-            }
-        }
+        (&mut self.pushed).await.ok()
     }
 }
 
@@ -113,7 +110,15 @@ impl OutcomeWatch {
         let live = live.as_mut()?;
         let (to, pushed) = oneshot::channel();
         live.waiters.insert(id, to);
-        Some(Waiter { shared: &self.shared, id, stream: live.stream, since: live.since, pushed })
+        Some(Waiter { shared: &self.shared, id, since: live.since, pushed })
+    }
+
+    /// An outcome came sooner by asking `shard`'s replica `current` (where the shard's calls
+    /// go now): if the watch is on another, it moves there.
+    pub(crate) fn outrun(&self, current: usize) {
+        if self.shared.live().as_ref().is_some_and(|l| l.replica != current) {
+            self.shared.moved.notify_waiters();
+        }
     }
 }
 
@@ -128,7 +133,7 @@ async fn keep_watching(
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut pause = PAUSE;
-    for number in 0u64.. {
+    loop {
         let (replica, mut c) = shards.current(shard);
         let request = v1::WatchOutcomesRequest { hlc: stamp(&clock), salt };
         let open = async {
@@ -146,12 +151,12 @@ async fn keep_watching(
         match opened {
             Ok(Ok((first, mut stream))) if observe_response(&clock, first.hlc).is_ok() => {
                 let since = Epoch(first.since);
-                *shared.live() = Some(Live { stream: number, since, waiters: HashMap::new() });
+                *shared.live() = Some(Live { replica, since, waiters: HashMap::new() });
                 pause = PAUSE;
                 loop {
                     let message = tokio::select! {
                         m = stream.message() => m,
-                        () = shared.stalled.notified() => break,
+                        () = shared.moved.notified() => break,
                         _ = &mut stop => return,
                     };
                     match message {
