@@ -274,9 +274,12 @@ impl Client {
             true => self.watch(shard).wait(id.0 as u64),
             false => None,
         };
-        let txn = self.submit(&entry).await?;
+        let receipt = self.submit(&entry).await?;
+        let txn = receipt.txn;
         tracing::debug!(%txn, "logged; awaiting the outcome");
-        let Some(waiter) = waiter else {
+        // A duplicate's original may have been decided, and pushed, before this call
+        // registered: ask.
+        let Some(waiter) = waiter.filter(|_| !receipt.duplicate) else {
             return self.await_outcome(shard, txn, id).await;
         };
         let mut pushed = std::pin::pin!(waiter.outcome(txn));
@@ -312,13 +315,13 @@ impl Client {
     }
 
     /// Logs `entry`, resubmitting it after failures that leave its fate unknown.
-    async fn submit(&self, entry: &Entry) -> Result<TxnId, TxnError> {
+    async fn submit(&self, entry: &Entry) -> Result<Receipt, TxnError> {
         let deadline = tokio::time::Instant::now() + self.patience;
         let mut attempts = 0;
         loop {
             attempts += 1;
             match self.submit_coalesced(entry).await {
-                Ok(receipt) => return Ok(receipt.txn),
+                Ok(receipt) => return Ok(receipt),
                 // Refused for what the entry is: every attempt of it was, so none is logged.
                 Err(RemoteError::Refused { kind: RefusalKind::TooLarge, why }) => {
                     return Err(TxnError::TooLarge(why));
