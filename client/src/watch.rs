@@ -4,8 +4,9 @@
 //! A call registers its client id with the watch before it submits its entry ([`Waiter`]):
 //! the outcome may be pushed before the sequencer's receipt comes back. The shard pushes
 //! every window after the `since` its stream began with; a call whose entry was logged in
-//! that window or before (a resubmission of an earlier attempt), or whose stream is not open,
-//! asks with `AwaitOutcomes` as before, and one whose outcome is slow to come asks as well
+//! that window or before, or whose stream is not open, asks with `AwaitOutcomes` as before
+//! (so does one whose receipt is a duplicate: its original may have been decided before the
+//! call registered), and one whose outcome is slow to come asks as well
 //! (the caller's choice: [`Client`](crate::Client) asks after `HEDGE`, as it hedges a
 //! replica's answer). An answer to asking that wins because the shard's calls moved to
 //! another replica (the watched one is paused, failed or behind) moves the watch there too
