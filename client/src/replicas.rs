@@ -46,6 +46,14 @@ struct Shard {
     current: AtomicUsize,
 }
 
+impl Shard {
+    /// Moves the shard's calls from replica `from` to `to`, unless another caller moved them
+    /// from `from` already.
+    fn hand_over(&self, from: usize, to: usize) {
+        let _ = self.current.compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
 /// The replica addresses of one shard as configured (`"a,b"`): trimmed, none empty.
 pub fn replica_addrs(shard: &str) -> Vec<String> {
     shard.split(',').map(str::trim).filter(|a| !a.is_empty()).map(String::from).collect()
@@ -122,8 +130,7 @@ impl Replicas {
     /// caller moved them already.
     pub fn move_on(&self, shard: ShardId, from: usize) {
         let s = &self.shards[shard.0 as usize];
-        let to = (from + 1) % s.clients.len();
-        let _ = s.current.compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed);
+        s.hand_over(from, (from + 1) % s.clients.len());
     }
 
     /// One call to `shard`'s current replica, for at most [`ATTEMPT`]; if it has not
@@ -152,9 +159,7 @@ impl Replicas {
                 ))),
             }
         };
-        let move_on = |from: usize, to: usize| {
-            let _ = s.current.compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed);
-        };
+        let move_on = |from: usize, to: usize| s.hand_over(from, to);
         let first = timed(i, call(s.clients[i].clone()));
         let mut first = std::pin::pin!(first);
         let hedge = async {

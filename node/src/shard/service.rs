@@ -350,7 +350,7 @@ impl ShardRpc for ShardService {
     }
 }
 
-/// Messages of a `WatchOutcomes` stream on their way to the client (a window's each).
+/// Messages of a `WatchOutcomes` stream (one a window) queued for the client.
 const WATCH_MESSAGES: usize = 4;
 
 /// Serves a `WatchOutcomes` stream: the `since` message, then each window's outcomes of the

@@ -1,7 +1,8 @@
 //! A cluster on loopback: one sequencer and three shard servers (in this process, each with
 //! its own gRPC server, storage and clock), and clients calling procedures over the network:
-//! list-append histories (procedures and interactive transactions) with clocks in sync and with clocks offset within `max_offset`, a
-//! client beyond it, and bad requests over the wire.
+//! list-append histories (procedures and interactive transactions) with clocks in sync and
+//! with clocks offset within `max_offset`, a client beyond it, bad requests over the wire,
+//! and outcomes pushed to a client's watch.
 
 use std::sync::Arc;
 use std::time::Duration;
