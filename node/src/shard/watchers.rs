@@ -230,6 +230,53 @@ mod tests {
         );
     }
 
+    /// Watches registered while windows are published, in the apply thread's order (collect,
+    /// progress, send): each gets every window after its `since`, in order, and none before.
+    #[test]
+    fn a_watch_registered_during_publication_misses_no_window_after_its_since() {
+        const WINDOWS: u64 = 200;
+        const SALTS: u64 = 64;
+        let watchers = Arc::new(Watchers::default());
+        let progress = Arc::new(AtomicU64::new(0));
+        let publisher = {
+            let (watchers, progress) = (watchers.clone(), progress.clone());
+            std::thread::spawn(move || {
+                for e in 1..=WINDOWS {
+                    let window: Vec<_> = (0..SALTS)
+                        .map(|salt| {
+                            let (mut d, id) = decided(salt, e, 0);
+                            d.txn.epoch = Epoch(e);
+                            (d, id)
+                        })
+                        .collect();
+                    let mut publishing = watchers.publishing();
+                    publishing.collect(&window);
+                    progress.store(e, Ordering::SeqCst);
+                    publishing.send();
+                    std::thread::yield_now();
+                }
+            })
+        };
+        // Salt `s` registers once about 3s windows are out, racing the next ones.
+        let mut registrations = Vec::new();
+        for salt in 0..SALTS {
+            while progress.load(Ordering::SeqCst) < 3 * salt {
+                std::thread::yield_now();
+            }
+            let p = progress.clone();
+            registrations.push(watchers.add(salt, || Epoch(p.load(Ordering::SeqCst))).unwrap());
+        }
+        publisher.join().unwrap();
+        for mut r in registrations {
+            let mut got = Vec::new();
+            while let Ok(batch) = r.batches.try_recv() {
+                got.extend(batch.iter().map(|(low, txn, _)| (*low, txn.epoch.0)));
+            }
+            let want: Vec<(u64, u64)> = (r.since.0 + 1..=WINDOWS).map(|e| (e, e)).collect();
+            assert_eq!(got, want, "salt {}, since {}", r.salt, r.since.0);
+        }
+    }
+
     /// Past the limit a new salt is refused, busy; a known salt still replaces its watch.
     #[test]
     fn watches_are_limited() {
