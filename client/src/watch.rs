@@ -133,6 +133,7 @@ async fn keep_watching(
     shared: Arc<Shared>,
     mut stop: oneshot::Receiver<()>,
 ) {
+    let _closing = Closing(shared.clone());
     let mut pause = PAUSE;
     loop {
         let (replica, mut c) = shards.current(shard);
@@ -190,6 +191,16 @@ async fn keep_watching(
             _ = &mut stop => return,
         }
         pause = (pause * 2).min(MAX_PAUSE);
+    }
+}
+
+/// Closes the watch when its task ends, however it ends (the watch dropped, or the runtime
+/// shutting down): calls registered then ask, and later ones do not register.
+struct Closing(Arc<Shared>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        *self.0.live() = None;
     }
 }
 
