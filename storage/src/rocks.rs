@@ -14,6 +14,12 @@
 //!                           database opened with another list is refused, not misread
 //! ```
 //!
+//! Point reads ([`Engine::seek_in_prefix`]) run on iterators kept between reads, a few per
+//! family, each refreshed before it is used (`PointRead`): building one costs more than the
+//! seek itself, and a refresh that finds the same memtables and files only moves its read to
+//! the newest write. Kept iterators are let go at each flush, so they hold no switched memtable
+//! or replaced file for long.
+//!
 //! Both families flush together (RocksDB's atomic flush), so what a crash leaves of
 //! unsynced writes is, as with one family, a prefix of the batches written; a cursor reads
 //! both at one snapshot. Writes go through RocksDB's WAL; whether they are fsynced is the
@@ -37,8 +43,8 @@
 
 use std::ffi::CStr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use clock::Timestamp;
 use rocksdb::compaction_filter::{CompactionFilter, Decision};
@@ -68,7 +74,10 @@ fn has_version_prefix(key: &[u8]) -> bool {
 
 /// An engine stored in a RocksDB database directory.
 pub struct RocksEngine {
-    db: DB,
+    db: Arc<DB>,
+    /// Iterators for point reads ([`Engine::seek_in_prefix`]) kept between reads, one pool
+    /// for each column family (the default one, then the one kept apart).
+    point_reads: [Mutex<Vec<PointRead>>; 2],
     path: PathBuf,
     /// Which keys the second column family holds, if there is one.
     apart: Option<Apart>,
@@ -350,7 +359,14 @@ impl RocksEngine {
         check_families(&path, &opts, apart.as_ref())?;
         let db =
             DB::open_cf_descriptors(&opts, &path, families).map_err(|e| engine_error(&path, e))?;
-        Ok(RocksEngine { db, path, apart, horizon, wal: options.wal })
+        Ok(RocksEngine {
+            db: Arc::new(db),
+            point_reads: Default::default(),
+            path,
+            apart,
+            horizon,
+            wal: options.wal,
+        })
     }
 
     /// The database directory.
@@ -476,9 +492,69 @@ impl RocksEngine {
     fn flush_families(&self, wait: bool) -> Result<()> {
         let mut opts = FlushOptions::default();
         opts.set_wait(wait);
-        self.db.flush_cfs_opt(&self.families(), &opts).map_err(|e| self.error(e))
+        self.db.flush_cfs_opt(&self.families(), &opts).map_err(|e| self.error(e))?;
+        // Kept iterators hold the memtables and files they were last refreshed on: let
+        // those go once flushed (the next point read builds a new one).
+        for pool in &self.point_reads {
+            std::mem::take(&mut *pool.lock().unwrap_or_else(PoisonError::into_inner));
+        }
+        Ok(())
+    }
+
+    /// A point-read iterator over the family kept apart (`apart`) or the default one:
+    /// reused if one is kept, and then refreshed to see every write completed before.
+    fn point_read(&self, apart: bool) -> Result<PointRead> {
+        let kept = self.point_reads[usize::from(apart)]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        if let Some(mut iter) = kept {
+            iter.with_dependent_mut(|_, iter| iter.refresh()).map_err(|e| self.error(e))?;
+            return Ok(iter);
+        }
+        let family = match (apart, &self.apart) {
+            (true, Some(kept_apart)) => Some(kept_apart.family.as_str()),
+            _ => None,
+        };
+        Ok(PointRead::new(Arc::clone(&self.db), |db| {
+            let mut read = ReadOptions::default();
+            read.set_prefix_same_as_start(true);
+            match family {
+                Some(name) => db.raw_iterator_cf_opt(
+                    db.cf_handle(name).expect("the engine opened its column families"),
+                    read,
+                ),
+                None => db.raw_iterator_opt(read),
+            }
+        }))
+    }
+
+    /// Keeps `iter` for the next point read, unless enough are kept already.
+    fn keep_point_read(&self, apart: bool, iter: PointRead) {
+        let mut kept =
+            self.point_reads[usize::from(apart)].lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.len() < KEPT_POINT_READS {
+            kept.push(iter);
+        }
     }
 }
+
+/// Point-read iterators kept per column family: about as many as threads read at once.
+const KEPT_POINT_READS: usize = 4;
+
+self_cell::self_cell!(
+    /// A RocksDB iterator for point reads together with the database it reads, so that it can
+    /// be kept between reads. Building an iterator (`NewInternalIterator`: one child per
+    /// memtable and level) costs more than most seeks on it; refreshing a kept one, when no
+    /// memtable was switched and no compaction finished since, only moves its sequence number
+    /// to the newest write (RocksDB's `ArenaWrappedDBIter::Refresh`). A point read after a
+    /// refresh sees exactly what one on a new iterator would: every write completed before it.
+    struct PointRead {
+        owner: Arc<DB>,
+        #[covariant]
+        dependent: DBRawIterator,
+    }
+);
 
 impl Engine for RocksEngine {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -509,15 +585,20 @@ impl Engine for RocksEngine {
         Box::new(Both { apart, main, kept_apart, started: false, _snapshot: snapshot })
     }
 
+    /// On a kept iterator, refreshed (`PointRead`).
     fn seek_in_prefix(&self, key: &[u8], prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        let mut read = ReadOptions::default();
-        read.set_prefix_same_as_start(true);
-        let iter = match self.apart_family(key) {
-            Some(family) => self.db.raw_iterator_cf_opt(family, read),
-            None => self.db.raw_iterator_opt(read),
-        };
-        let mut cursor = RocksCursor { iter, started: false, path: &self.path };
-        Ok(cursor.seek(key)?.filter(|(k, _)| k.starts_with(prefix)))
+        let apart = self.apart.as_ref().is_some_and(|a| a.holds(key));
+        let mut iter = self.point_read(apart)?;
+        let found = iter.with_dependent_mut(|_, iter| {
+            iter.seek(key);
+            match iter.item() {
+                Some((k, v)) => Ok(k.starts_with(prefix).then(|| (k.to_vec(), v.to_vec()))),
+                None => iter.status().map(|()| None),
+            }
+        });
+        let found = found.map_err(|e| self.error(e))?;
+        self.keep_point_read(apart, iter);
+        Ok(found)
     }
 
     fn write(&self, batch: RawBatch, sync: bool) -> Result<()> {
@@ -600,7 +681,7 @@ impl Engine for RocksEngine {
     /// file systems), a consistent point of the database that opens as one.
     fn checkpoint(&self, dir: &Path) -> Result<()> {
         let checkpoint =
-            rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(|e| self.error(e))?;
+            rocksdb::checkpoint::Checkpoint::new(&*self.db).map_err(|e| self.error(e))?;
         checkpoint.create_checkpoint(dir).map_err(|e| engine_error(dir, e))
     }
 }

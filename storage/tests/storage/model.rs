@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use clock::Timestamp;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use storage::{Epoch, KeyRange, Version, VersionBatch};
+use storage::{Epoch, KeyRange, Mvcc, Version, VersionBatch};
 
 use crate::common::{Fixture, Kind, seeds, ts};
 
@@ -254,46 +254,90 @@ fn point_reads_find_versions_whose_timestamps_differ_in_every_byte() {
 /// key.
 #[test]
 fn reads_filling_the_row_cache_during_applies_never_leave_an_older_version() {
-    const WINDOWS: u64 = 20_000;
-    const KEYS: u64 = 64;
-    /// Window `w` writes key `k` (with value `w`) if `(w + k) % PERIOD == 0`.
-    const PERIOD: u64 = 16;
-    let key = |k: u64| format!("k{k:02}").into_bytes();
     // A few entries per stripe: fills and write-throughs evict each other.
     let f = Fixture::with_cache(Kind::Memory, 8 << 10);
     let mvcc = f.mvcc();
-    let done = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        for reader in 0..3u64 {
-            let (done, key) = (&done, &key);
-            scope.spawn(move || {
-                let mut rng = StdRng::seed_from_u64(reader);
-                while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                    let Some(watermark) = mvcc.applied() else { continue };
-                    let k = rng.random_range(0..KEYS);
-                    let got = mvcc.get(&key(k), watermark.ts).unwrap().map(|v| v.value);
-                    let w = watermark.window.0;
-                    let last = w.checked_sub((w + k) % PERIOD).filter(|last| *last > 0);
-                    let expected = last.map(|last| last.to_le_bytes().to_vec());
-                    assert_eq!(got, expected, "reader {reader}: key {k} at window {w}");
-                }
-            });
-        }
-        for w in 1..=WINDOWS {
-            let mut batch = VersionBatch::new(Epoch(w), ts(w));
-            for k in (0..KEYS).filter(|k| (w + k) % PERIOD == 0) {
-                batch.put(key(k), w.to_le_bytes());
-            }
-            mvcc.apply(&batch).unwrap();
-        }
-        done.store(true, std::sync::atomic::Ordering::SeqCst);
-    });
+    race_reads_with_applies(mvcc, "memory", 20_000, |_| {});
     // The race was run, not just the reads: some reads overlapped an apply (their fills were
     // refused), and the cache both answered reads and missed.
     let stats = mvcc.cache_stats();
     eprintln!("{stats:?}");
     assert!(stats.fills_refused > 0, "no read overlapped an apply: {stats:?}");
     assert!(stats.hits > 0 && stats.misses > 0, "{stats:?}");
+}
+
+/// Keys the racing readers and applies use.
+const RACE_KEYS: u64 = 64;
+
+/// Window `w` writes key `k` (with value `w`) if `(w + k) % RACE_PERIOD == 0`.
+const RACE_PERIOD: u64 = 16;
+
+/// Key `k` of the race: half of them under a prefix `Kind::RocksApart` keeps apart.
+fn race_key(k: u64) -> Vec<u8> {
+    format!("{}{k:02}", if k.is_multiple_of(2) { 'a' } else { 'k' }).into_bytes()
+}
+
+/// Applies `windows` windows to `mvcc` (calling `after` with each window number) while three
+/// threads read random keys at the watermark they just observed, each read checked against
+/// the last window at or below it that wrote the key. Returns the number of reads.
+fn race_reads_with_applies(
+    mvcc: &Mvcc,
+    what: &str,
+    windows: u64,
+    mut after: impl FnMut(u64),
+) -> u64 {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let reads = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for reader in 0..3u64 {
+            let (done, reads) = (&done, &reads);
+            scope.spawn(move || {
+                let mut rng = StdRng::seed_from_u64(reader);
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let Some(watermark) = mvcc.applied() else { continue };
+                    let k = rng.random_range(0..RACE_KEYS);
+                    let got = mvcc.get(&race_key(k), watermark.ts).unwrap().map(|v| v.value);
+                    let w = watermark.window.0;
+                    let last = w.checked_sub((w + k) % RACE_PERIOD).filter(|last| *last > 0);
+                    let expected = last.map(|last| last.to_le_bytes().to_vec());
+                    assert_eq!(got, expected, "{what} reader {reader}: key {k} at window {w}");
+                    reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+        for w in 1..=windows {
+            let mut batch = VersionBatch::new(Epoch(w), ts(w));
+            for k in (0..RACE_KEYS).filter(|k| (w + k).is_multiple_of(RACE_PERIOD)) {
+                batch.put(race_key(k), w.to_le_bytes());
+            }
+            mvcc.apply(&batch).unwrap();
+            after(w);
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    reads.into_inner()
+}
+
+/// RocksDB point reads run on iterators kept between reads and refreshed before each
+/// (`rocks.rs`, `PointRead`). Readers on three threads read keys at the watermark they just
+/// observed, with no row cache, while windows are applied and memtables switched under them
+/// (a flush begun every 250 windows, so a refresh finds another set of memtables and files
+/// now and then): each answer must be the last window at or below the watermark that wrote
+/// the key. An iterator reused without its refresh answers from the state it was built on.
+#[test]
+fn point_reads_on_kept_iterators_see_every_apply_before_them() {
+    const WINDOWS: u64 = 4_000;
+    for kind in [Kind::Rocks, Kind::RocksApart] {
+        let f = Fixture::with_cache(kind, 0);
+        let mvcc = f.mvcc();
+        let reads = race_reads_with_applies(mvcc, &format!("{kind:?}"), WINDOWS, |w| {
+            if w % 250 == 0 {
+                mvcc.engine().begin_flush().unwrap();
+            }
+        });
+        eprintln!("{kind:?}: {reads} reads during {WINDOWS} windows");
+        assert!(reads > WINDOWS, "{kind:?}: too few reads overlapped the applies: {reads}");
+    }
 }
 
 /// The row cache stays within its budget while cached rows grow: a version larger than the
