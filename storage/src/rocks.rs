@@ -17,8 +17,9 @@
 //! Point reads ([`Engine::seek_in_prefix`]) run on iterators kept between reads, a few per
 //! family, each refreshed before it is used (`PointRead`): building one costs more than the
 //! seek itself, and a refresh that finds the same memtables and files only moves its read to
-//! the newest write. Kept iterators are let go at each flush, so they hold no switched memtable
-//! or replaced file for long.
+//! the newest write (and one that finds them changed, by a flush or compaction RocksDB began on
+//! its own, rebuilds itself). Kept iterators are let go at each flush the engine is asked
+//! for, so an idle engine's hold no switched memtable or replaced file for long.
 //!
 //! Both families flush together (RocksDB's atomic flush), so what a crash leaves of
 //! unsynced writes is, as with one family, a prefix of the batches written; a cursor reads
