@@ -592,14 +592,10 @@ impl Engine for RocksEngine {
         let mut iter = self.point_read(apart)?;
         let found = iter.with_dependent_mut(|_, iter| {
             iter.seek(key);
-            match iter.item() {
-                Some((k, v)) => Ok(k.starts_with(prefix).then(|| (k.to_vec(), v.to_vec()))),
-                None => iter.status().map(|()| None),
-            }
-        });
-        let found = found.map_err(|e| self.error(e))?;
+            entry_at(iter, &self.path)
+        })?;
         self.keep_point_read(apart, iter);
-        Ok(found)
+        Ok(found.filter(|(k, _)| k.starts_with(prefix)))
     }
 
     fn write(&self, batch: RawBatch, sync: bool) -> Result<()> {
@@ -778,10 +774,16 @@ struct RocksCursor<'a> {
 
 impl RocksCursor<'_> {
     fn current(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        match self.iter.item() {
-            Some((k, v)) => Ok(Some((k.to_vec(), v.to_vec()))),
-            None => self.iter.status().map(|()| None).map_err(|e| engine_error(self.path, e)),
-        }
+        entry_at(&self.iter, self.path)
+    }
+}
+
+/// The entry `iter` is at, copied; `None` past its end (or its prefix), unless it stopped on
+/// an error.
+fn entry_at(iter: &DBRawIterator<'_>, path: &Path) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    match iter.item() {
+        Some((k, v)) => Ok(Some((k.to_vec(), v.to_vec()))),
+        None => iter.status().map(|()| None).map_err(|e| engine_error(path, e)),
     }
 }
 
