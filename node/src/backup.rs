@@ -191,7 +191,8 @@ async fn backup_once(
             let channel = endpoint(&replica, tls)
                 .map_err(|e| unavailable(format!("{replica}: {e}")))?
                 .connect_lazy();
-            match fetch_into(&dir, sized!(ShardClient::new(channel)), clock, Epoch(0)).await {
+            match fetch_into(&dir, sized!(ShardClient::new(channel)), clock, Epoch(0), |_| {}).await
+            {
                 Ok(got) => {
                     fetched = Some(got);
                     break;

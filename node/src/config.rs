@@ -22,6 +22,10 @@
 //!                                   # for recently read keys (0: none)
 //! block_cache_mib = 256             # optional (shard role): RocksDB's cache of table blocks
 //! table_file_mib = 64               # optional (shard role): RocksDB's table file size (1-1024)
+//! checkpoint_transfer_mib_per_s = 0 # optional (shard role): at most this many MiB/s sent to
+//!                                   # each fellow catching up from this replica's checkpoint,
+//!                                   # so that a transfer leaves the disk and network to the
+//!                                   # shard's own work (0: as fast as they go)
 //! write_behind = 2                  # optional (shard role): windows applied and not yet in
 //!                                   # RocksDB, written by a thread of their own (0-64; 0: none)
 //! apart_hex = ["0000000104"]        # optional (shard role): key prefixes, in hex, whose rows
@@ -104,6 +108,7 @@ struct File {
     block_cache_mib: Option<u64>,
     table_file_mib: Option<u64>,
     write_behind: Option<usize>,
+    checkpoint_transfer_mib_per_s: Option<u64>,
     apart_hex: Option<Vec<String>>,
     absent_replica_ms: Option<u64>,
     cluster: ClusterFile,
@@ -220,6 +225,9 @@ pub struct NodeConfig {
     /// Windows applied and not yet written into RocksDB (shard role; 0: written on the apply
     /// thread).
     pub write_behind: usize,
+    /// Bytes a second sent to each fellow catching up from this replica's checkpoint (shard
+    /// role; 0: unlimited).
+    pub checkpoint_transfer_bytes_per_s: u64,
     /// Key prefixes whose rows RocksDB keeps in a column family of their own (shard role;
     /// [`storage::RocksOptions::apart`]).
     pub apart: Vec<Vec<u8>>,
@@ -458,6 +466,12 @@ impl NodeConfig {
         if write_behind > MAX_WRITE_BEHIND {
             return Err(format!("write_behind = {write_behind}: at most {MAX_WRITE_BEHIND}"));
         }
+        let transfer_mib = file.checkpoint_transfer_mib_per_s.unwrap_or(0);
+        if transfer_mib > MAX_CACHE_MIB {
+            return Err(format!(
+                "checkpoint_transfer_mib_per_s = {transfer_mib}: at most {MAX_CACHE_MIB}"
+            ));
+        }
         let apart_hex = file.apart_hex.as_deref().unwrap_or_default();
         if apart_hex.len() > MAX_APART {
             return Err(format!("apart_hex: {} prefixes, at most {MAX_APART}", apart_hex.len()));
@@ -493,6 +507,7 @@ impl NodeConfig {
             block_cache_bytes: (block_cache_mib << 20) as usize,
             table_file_bytes: table_file_mib << 20,
             write_behind,
+            checkpoint_transfer_bytes_per_s: transfer_mib << 20,
             apart,
         })
     }
@@ -583,6 +598,7 @@ split_keys = ["g", "p"]
         assert_eq!((c.row_cache_bytes, c.block_cache_bytes), (128 << 20, 256 << 20));
         assert_eq!(c.table_file_bytes, 64 << 20);
         assert_eq!(c.write_behind, storage::DEFAULT_WRITE_BEHIND);
+        assert_eq!(c.checkpoint_transfer_bytes_per_s, 0, "unlimited unless set");
     }
 
     #[test]
@@ -622,6 +638,10 @@ split_keys = ["g", "p"]
         assert_eq!(NodeConfig::parse(&shard("write_behind = 0")).unwrap().write_behind, 0);
         assert!(error(&shard("write_behind = 65")).contains("write_behind = 65: at most 64"));
         assert!(error(&shard("write_behind = -1")).contains("write_behind"));
+        let c = NodeConfig::parse(&shard("checkpoint_transfer_mib_per_s = 16")).unwrap();
+        assert_eq!(c.checkpoint_transfer_bytes_per_s, 16 << 20);
+        let rate = shard("checkpoint_transfer_mib_per_s = 18446744073709551615");
+        assert!(error(&rate).contains("checkpoint_transfer_mib_per_s = 18446744073709551615: at"));
         let c = NodeConfig::parse(&shard("apart_hex = [\"0000000104\", \"ff\"]")).unwrap();
         assert_eq!(c.apart, [vec![0, 0, 0, 1, 4], vec![0xff]]);
         assert!(NodeConfig::parse(&shard("")).unwrap().apart.is_empty());

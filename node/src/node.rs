@@ -105,6 +105,7 @@ pub async fn run(
                 block_cache_bytes: config.block_cache_bytes,
                 table_file_bytes: config.table_file_bytes,
                 write_behind: config.write_behind,
+                checkpoint_transfer_bytes_per_s: config.checkpoint_transfer_bytes_per_s,
                 apart: config.apart.clone(),
                 tls: config.tls,
             };
@@ -290,6 +291,9 @@ pub struct Reclamation {
     /// How much longer shards keep versions for replicas replaying behind their peers
     /// (`replay_allowance_ms`).
     pub replay_allowance_ms: u64,
+    /// MiB a second a shard replica sends to a fellow catching up from its checkpoint
+    /// (`checkpoint_transfer_mib_per_s`; 0: unlimited).
+    pub transfer_mib_per_s: u64,
 }
 
 impl Default for Reclamation {
@@ -304,6 +308,7 @@ impl Default for Reclamation {
             dedup_retention_ms: ms(sealer.dedup_retention),
             retention_ms: crate::config::DEFAULT_RETENTION_MS,
             replay_allowance_ms: crate::config::DEFAULT_REPLAY_ALLOWANCE_MS,
+            transfer_mib_per_s: 0,
         }
     }
 }
@@ -436,8 +441,12 @@ impl LocalProcesses {
             Some(r) => (
                 format!(
                     "flush_interval_ms = {}\nabsent_replica_ms = {}\nretention_ms = {}\n\
-                     replay_allowance_ms = {}\n",
-                    r.flush_interval_ms, r.absent_replica_ms, r.retention_ms, r.replay_allowance_ms
+                     replay_allowance_ms = {}\ncheckpoint_transfer_mib_per_s = {}\n",
+                    r.flush_interval_ms,
+                    r.absent_replica_ms,
+                    r.retention_ms,
+                    r.replay_allowance_ms,
+                    r.transfer_mib_per_s
                 ),
                 format!(
                     "log_segment_bytes = {}\ndedup_retention_ms = {}\n",

@@ -22,6 +22,15 @@
 //! starts over (the partial directory is removed on start, [`install_pending`]); one killed
 //! after it installs on start. The installed storage then replays the log's tail like any
 //! restarted replica.
+//!
+//! **Holding the log meanwhile.** The sequencer stops counting a replica silent for
+//! `absent_replica_ms`, so while one fetches, its fellows' newer checkpoints move the cut on:
+//! by the time the transfer is installed, the window after it may be gone, and the replica
+//! would fetch again (forever, if every transfer outlasts a flush interval). So from the
+//! manifest on, the fetching replica reports the checkpoint's window to the sequencer as its
+//! own flushed window, every [`HOLD_INTERVAL`] until the transfer ends ([`LogHold`]); once it
+//! has opened its storage it reports the window it holds, and its own checkpoints report
+//! from then on. A fellow sends at most `checkpoint_transfer_mib_per_s` to each transfer.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -83,6 +92,8 @@ pub(super) struct Checkpoints {
     dir: PathBuf,
     latest: Mutex<Option<Taken>>,
     transfers: Arc<Semaphore>,
+    /// Bytes a second each transfer sends (0: unlimited).
+    transfer_rate: u64,
 }
 
 /// `<storage>-<suffix>`, next to the storage directory.
@@ -111,7 +122,7 @@ fn remove_dir(dir: &Path) -> std::io::Result<()> {
 impl Checkpoints {
     /// The checkpoints of the storage at `storage`. Those of a previous run are removed: the
     /// first is taken at the first window applied after the start.
-    pub(super) fn open(storage: &Path) -> Result<Checkpoints, NodeError> {
+    pub(super) fn open(storage: &Path, transfer_rate: u64) -> Result<Checkpoints, NodeError> {
         let dir = beside(storage, "checkpoints");
         remove_dir(&dir).map_err(|e| NodeError::at(&dir, e))?;
         std::fs::create_dir_all(&dir).map_err(|e| NodeError::at(&dir, e))?;
@@ -120,6 +131,7 @@ impl Checkpoints {
             dir,
             latest: Mutex::new(None),
             transfers: Arc::new(Semaphore::new(MAX_TRANSFERS)),
+            transfer_rate,
         })
     }
 
@@ -183,8 +195,8 @@ impl Checkpoints {
     }
 
     /// Streams the newest checkpoint: a manifest, then its files' chunks (see the module's
-    /// documentation). Its files are opened before this returns, so removing the checkpoint
-    /// meanwhile does not cut the transfer short.
+    /// documentation), at most the configured bytes a second. Its files are opened before
+    /// this returns, so removing the checkpoint meanwhile does not cut the transfer short.
     pub(super) fn serve(
         &self,
         clock: Arc<Clock>,
@@ -221,8 +233,10 @@ impl Checkpoints {
                 .collect(),
         };
         let (tx, rx) = mpsc::channel(2);
+        let rate = self.transfer_rate;
         tokio::spawn(async move {
             let _permit = permit;
+            let (began, mut sent) = (tokio::time::Instant::now(), 0u64);
             // A receiver that takes nothing for PART_SILENCE ends the transfer.
             let send = async |part: Result<Part, Status>| {
                 let part = part.map(|p| v1::CheckpointPart { hlc: stamp(&clock), part: Some(p) });
@@ -261,6 +275,11 @@ impl Checkpoints {
                         return;
                     }
                     offset += want as u64;
+                    sent += want as u64;
+                    if rate > 0 {
+                        let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                        tokio::time::sleep_until(began + due).await;
+                    }
                 }
             }
         });
@@ -372,20 +391,89 @@ pub(super) fn installed(
     Ok(())
 }
 
+/// How often a replica fetching a checkpoint tells the sequencer again that it needs the log
+/// from that checkpoint's window on ([`LogHold`]).
+const HOLD_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A replica as the sequencer that truncates the log knows it. While the replica catches up
+/// from a fellow's checkpoint, [`fetch`] reports that checkpoint's window as its flushed
+/// window, from the transfer's manifest on and again every [`HOLD_INTERVAL`] until the
+/// transfer ends. Without it the sequencer counts the replica absent (it has not reported
+/// since it went down) and truncates the log past its fellows' newer checkpoints while the
+/// transfer runs, so that the window after the fetched checkpoint may be gone once it is
+/// installed, and the replica fetches again, perhaps forever.
+pub(super) struct LogHold {
+    pub(super) sequencer: client::RemoteSequencer,
+    pub(super) shard: ::sequencer::ShardId,
+    pub(super) replica: u32,
+}
+
+impl LogHold {
+    /// Reports `window` as this replica's flushed window, in the background (a sequencer
+    /// that cannot be reached holds nothing; the replica finds out when it subscribes).
+    pub(super) fn report(self, window: Epoch) {
+        tokio::spawn(async move { self.send(window).await });
+    }
+
+    async fn send(&self, window: Epoch) {
+        if let Err(e) = self.sequencer.flushed(self.shard, self.replica, window).await {
+            tracing::debug!(shard = self.shard.0, error = %e, "holding the log");
+        }
+    }
+
+    /// Reports the window `held` names, at once and every [`HOLD_INTERVAL`], until aborted or
+    /// `held`'s sender is dropped.
+    async fn hold(self, mut held: tokio::sync::watch::Receiver<Option<Epoch>>) {
+        loop {
+            let window = *held.borrow_and_update();
+            if let Some(window) = window {
+                // One report at a time: a slow sequencer is not sent a queue of them.
+                self.send(window).await;
+            }
+            // The sender dropped: the transfer is over.
+            if let Ok(Err(_)) = tokio::time::timeout(HOLD_INTERVAL, held.changed()).await {
+                return;
+            }
+        }
+    }
+}
+
 /// Fetches a fellow replica's checkpoint into `<storage>-incoming`, trying each fellow in turn
-/// until one transfer of a checkpoint holding `at_least` or later completes; [`install_pending`]
-/// installs it. Returns the checkpoint's window.
+/// until one transfer of a checkpoint holding `at_least` or later completes, holding the log
+/// from the checkpoint's window meanwhile ([`LogHold`]); [`install_pending`] installs it.
+/// Returns the checkpoint's window.
 pub(super) async fn fetch(
     storage: &Path,
     fellows: &[(String, ShardClient<Channel>)],
     clock: &Clock,
     at_least: Epoch,
+    hold: LogHold,
 ) -> Result<Epoch, String> {
     let incoming = beside(storage, "incoming");
+    let (held, holding) = tokio::sync::watch::channel(None);
+    let holder = tokio::spawn(hold.hold(holding));
+    let fetched = fetch_from(&incoming, fellows, clock, at_least, &held).await;
+    // Not waited for (a report takes up to 2 s when the sequencer is away): the replica
+    // reports what it holds itself once it has opened what it fetched.
+    holder.abort();
+    fetched
+}
+
+/// [`fetch`]'s transfers, each naming its checkpoint's window in `held` once its manifest came.
+async fn fetch_from(
+    incoming: &Path,
+    fellows: &[(String, ShardClient<Channel>)],
+    clock: &Clock,
+    at_least: Epoch,
+    held: &tokio::sync::watch::Sender<Option<Epoch>>,
+) -> Result<Epoch, String> {
     let mut failures = Vec::new();
     for (addr, client) in fellows {
         let started = Instant::now();
-        match fetch_into(&incoming, client.clone(), clock, at_least).await {
+        let accepted = |mark: &CheckpointMark| {
+            held.send_replace(Some(mark.epoch));
+        };
+        match fetch_into(incoming, client.clone(), clock, at_least, accepted).await {
             Ok((expected, bytes)) => {
                 tracing::info!(
                     fellow = %addr,
@@ -407,12 +495,14 @@ pub(super) async fn fetch(
 
 /// One transfer of a replica's newest checkpoint into the directory `incoming` (replaced),
 /// complete once this returns: the marker (what it holds) and its size in bytes. A checkpoint
-/// of a window before `at_least` is refused once its manifest says so.
+/// of a window before `at_least` is refused once its manifest says so; `accepted` is told what
+/// an accepted one holds before its files come.
 pub(crate) async fn fetch_into(
     incoming: &Path,
     mut client: ShardClient<Channel>,
     clock: &Clock,
     at_least: Epoch,
+    accepted: impl FnOnce(&CheckpointMark),
 ) -> Result<(CheckpointMark, u64), String> {
     let incoming = incoming.to_path_buf();
     let blocking = |f: Box<dyn FnOnce() -> std::io::Result<()> + Send>| async move {
@@ -446,6 +536,7 @@ pub(crate) async fn fetch_into(
             expected.epoch.0, at_least.0
         ));
     }
+    accepted(&expected);
     let mut files = Vec::with_capacity(manifest.files.len());
     for f in &manifest.files {
         let path = incoming.join(&f.name);

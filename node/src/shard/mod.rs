@@ -157,6 +157,9 @@ pub struct ShardConfig {
     /// while the apply thread goes on ([`storage::WriteBehind`]; default
     /// [`storage::DEFAULT_WRITE_BEHIND`]; 0 writes each on the apply thread).
     pub write_behind: usize,
+    /// Bytes a second sent to each fellow catching up from this replica's checkpoint (0:
+    /// unlimited): a transfer that leaves the disk and network to the shard's own work.
+    pub checkpoint_transfer_bytes_per_s: u64,
     /// Key prefixes whose rows RocksDB keeps in a column family of their own
     /// ([`storage::RocksOptions::apart`]; default none). The shard must always be opened
     /// with the same list.
@@ -378,7 +381,7 @@ impl ShardNode {
             Some(dir) => {
                 let fellows = fellow_clients(&config)?;
                 let mvcc = open_caught_up(dir, &config, &sequencer, &fellows, &clock).await?;
-                (mvcc, Some(Checkpoints::open(dir)?))
+                (mvcc, Some(Checkpoints::open(dir, config.checkpoint_transfer_bytes_per_s)?))
             }
             None => {
                 let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
@@ -625,8 +628,18 @@ async fn open_caught_up(
         // Peers refused this replica's reads for a window it had to replay (it was further
         // behind them than they keep versions for): a fellow's checkpoint must hold it.
         let requested = checkpoint::catch_up_requested(dir, applied)?;
+        let hold = || checkpoint::LogHold {
+            sequencer: sequencer.clone(),
+            shard,
+            replica: config.replica as u32,
+        };
         if fellows.is_empty() || (requested.is_none() && !behind_log(sequencer, shard, next).await)
         {
+            // What it opened is durable: the log is held from there at once, not only from
+            // its first checkpoint on (the sequencer may count it absent until then).
+            if let Some(applied) = applied {
+                hold().report(applied);
+            }
             return Ok(Arc::new(mvcc));
         }
         drop(mvcc);
@@ -642,7 +655,7 @@ async fn open_caught_up(
                 None => "the log no longer holds this replica's next window",
             }
         );
-        if let Err(why) = checkpoint::fetch(dir, fellows, clock, at_least).await {
+        if let Err(why) = checkpoint::fetch(dir, fellows, clock, at_least, hold()).await {
             failures += 1;
             if failures >= CATCH_UP_ATTEMPTS {
                 let behind = match requested {

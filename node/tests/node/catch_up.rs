@@ -1,6 +1,7 @@
 //! A replica catching up from a fellow's checkpoint, over real processes: two shards of two
 //! replicas, shards checkpointing every 200 ms, the log in 16 KiB segments and a replica
-//! silent for 1.5 s no longer holding it (client ids deduplicated for 0.5 s). List-append clients run throughout.
+//! silent for 1.5 s no longer holding it (client ids deduplicated for 0.5 s). List-append
+//! clients run throughout.
 //!
 //! 1. Replica 1 of shard 0 is killed with SIGKILL (aimed at a checkpoint under way). The log
 //!    is truncated past its watermark: a subscription from its next window is refused as
@@ -9,7 +10,11 @@
 //!    and is killed again with SIGKILL in the middle of the transfer (paused first with SIGSTOP,
 //!    so that the test sees the transfer incomplete when it kills).
 //! 3. It restarts: the partial transfer is removed, a new one installed, the log's tail
-//!    replayed.
+//!    replayed. Replica 0 sends its checkpoint at 16 MiB/s, so that the transfer outlasts
+//!    the 1.5 s after which the sequencer stops counting a silent replica, while replica 0
+//!    checkpoints every 200 ms: the replica must hold the log from the fetched checkpoint
+//!    on, or the window after it is truncated before it is installed (it would fetch again,
+//!    for ever; a race an unthrottled transfer lost now and then).
 //!
 //! (A third test leaves a replica further behind its peers than they keep versions for.)
 //!
@@ -93,7 +98,13 @@ const RECLAMATION: Reclamation = Reclamation {
     dedup_retention_ms: 500,
     retention_ms: 60_000,
     replay_allowance_ms: 3_600_000,
+    transfer_mib_per_s: 0,
 };
+
+/// The first test's fellows send a checkpoint at this many MiB/s: its tens of MB take longer
+/// than the sequencer waits for an absent replica, while the fellow checkpoints (and the log
+/// is truncated) several times over.
+const SLOW_TRANSFER_MIB_PER_S: u64 = 16;
 
 /// [`started`] with `reclamation`.
 async fn started_with(
@@ -183,7 +194,8 @@ async fn a_replica_behind_the_truncated_log_catches_up_from_a_fellows_checkpoint
     let seed: u64 = std::env::var("SEALDB_SEED").map_or(23, |s| s.parse().unwrap());
     eprintln!("catch-up test seed {seed} (rerun with SEALDB_SEED={seed})");
     let dir = tempfile::tempdir().unwrap();
-    let (mut nodes, sequencer, clock, client) = started(dir.path()).await;
+    let reclamation = Reclamation { transfer_mib_per_s: SLOW_TRANSFER_MIB_PER_S, ..RECLAMATION };
+    let (mut nodes, sequencer, clock, client) = started_with(dir.path(), reclamation).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for i in 0..BIG_VALUES {
         let mut value = vec![0u8; BIG_VALUE_BYTES];
@@ -224,9 +236,19 @@ async fn a_replica_behind_the_truncated_log_catches_up_from_a_fellows_checkpoint
     eprintln!("SIGKILL during the transfer: {files} files in, complete: {complete}");
     assert!(!complete, "the transfer was over before the kill: make the checkpoint larger");
 
-    // 3. Restarted: it starts the transfer over and catches up.
+    // 3. Restarted: it starts the transfer over and catches up, though the transfer outlasts
+    // the sequencer's patience with an absent replica (the replica holds the log meanwhile).
     nodes.start(behind).unwrap();
     caught_up(&nodes, &sequencer, &clock, behind, 0).await;
+    let log = node_log(&nodes, behind);
+    let seconds = log
+        .lines()
+        .filter(|l| l.contains("fetched a checkpoint"))
+        .filter_map(|l| l.split("seconds=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .fold(0f64, f64::max);
+    eprintln!("the slowest completed transfer took {seconds:.1} s");
+    let absent = RECLAMATION.absent_replica_ms as f64 / 1e3;
+    assert!(seconds > absent, "no transfer outlasted {absent} s: make the checkpoint larger");
     log_says(
         &nodes,
         behind,
