@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use super::super::metrics::ShardCounters;
 use super::peers::{GrpcPeers, PeerError};
 use super::push::{Pusher, keep_streaming};
-use super::{DIGESTS_KEPT, FENCED_RETRY, OUTCOME_WINDOWS, PEER_RETRY, State, lock};
+use super::{DIGESTS_KEPT, FENCED_RETRY, PEER_RETRY, State, lock};
 use crate::server::clock_agreement;
 use client::{RefusalKind, RemoteError, RemoteSequencer, SliceDelivery, stamp};
 use proto::v1;
@@ -410,13 +410,7 @@ impl ApplyLoop {
             }
             digests.push_back((epoch, digest));
         }
-        {
-            let mut outcomes = lock(&state.outcomes);
-            outcomes.extend(decided.into_iter().map(|(d, _)| (d.txn, d.outcome)));
-            if epoch.0.is_multiple_of(100) {
-                outcomes.retain(|t, _| t.epoch.0.saturating_add(OUTCOME_WINDOWS) > epoch.0);
-            }
-        }
+        lock(&state.outcomes).record(epoch, decided.into_iter().map(|(d, _)| (d.txn, d.outcome)));
         if !deferred.is_empty() || !lock(&state.deferred).is_empty() {
             *lock(&state.deferred) = deferred.into_iter().collect();
         }

@@ -6,6 +6,7 @@
 //!   node's lifecycle and metrics.
 //! - [`apply`]: the step's shell: subscription, commands carried out over gRPC, answers fed
 //!   back as events.
+//! - [`outcomes`]: the outcomes of recent transactions, in memory, by window.
 //! - [`peers`]: the retrying clients of the other shards.
 //! - [`push`]: pushing peers what they would ask for, and using what they pushed.
 //! - [`service`]: the gRPC service.
@@ -50,12 +51,13 @@
 
 mod apply;
 mod checkpoint;
+mod outcomes;
 mod peers;
 mod push;
 mod service;
 mod watchers;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,7 +87,7 @@ use crate::server::{STOP_GRACE, incoming, server, stop_server, warn_if_insecure}
 use client::{
     RefusalKind, RemoteError, RemoteSequencer, Tls, endpoint, malformed, refuse, sized, stamp,
 };
-use txn::{Distant, Executor, Outcome, Registry, ShardMap, Step, StepError};
+use txn::{Distant, Executor, Registry, ShardMap, Step, StepError};
 
 use crate::NodeError;
 
@@ -98,10 +100,6 @@ const FENCED_RETRY: Duration = Duration::from_secs(1);
 
 /// How long to wait before calling a failed peer again.
 const PEER_RETRY: Duration = Duration::from_millis(20);
-
-/// Outcomes are kept in memory for this many windows after their entry's (20 s of 2 ms windows
-/// under load; longer when windows are sparser); storage keeps them for the retention period.
-const OUTCOME_WINDOWS: u64 = 10_000;
 
 /// How often a replica compares its digests with its fellow replicas'.
 const DIGEST_CHECK: Duration = Duration::from_secs(1);
@@ -197,7 +195,7 @@ struct State {
     /// Bumped whenever a push comes.
     pushed: watch::Sender<u64>,
     /// Outcomes of entries whose lowest participant this shard is.
-    outcomes: Mutex<HashMap<TxnId, Outcome>>,
+    outcomes: Mutex<outcomes::RecentOutcomes>,
     /// Clients watching those outcomes ([`watchers`]).
     watchers: Arc<watchers::Watchers>,
     /// Entries deferred to the window after the last applied: logged, not yet decided.
@@ -423,7 +421,7 @@ impl ShardNode {
             verdicts: Mutex::new(BTreeMap::new()),
             inbox: Mutex::new(push::Inbox::default()),
             pushed: watch::Sender::new(0),
-            outcomes: Mutex::new(HashMap::new()),
+            outcomes: Mutex::default(),
             watchers: Arc::default(),
             // Entries deferred before a restart are logged and not yet decided.
             deferred: Mutex::new(step.deferred().collect()),

@@ -442,7 +442,7 @@ fn known_outcomes(
         let outcomes = lock(&state.outcomes);
         items
             .iter()
-            .map(|item| item.as_ref().ok().and_then(|(txn, _)| outcomes.get(txn).cloned()))
+            .map(|item| item.as_ref().ok().and_then(|(txn, _)| outcomes.get(*txn).cloned()))
             .collect()
     };
     items
