@@ -50,7 +50,7 @@ use crate::sized;
 use crate::tls::Tls;
 use crate::watch::OutcomeWatch;
 use crate::wire::{
-    MAX_BATCH, RefusalKind, RemoteError, endpoint, item_failure, observe_response,
+    MAX_BATCH, RefusalKind, RemoteError, endpoint, got_many, item_failure, observe_response,
     outcome_from_proto, paged, stamp,
 };
 
@@ -464,19 +464,34 @@ impl Client {
             .map_err(read_error)
     }
 
-    /// The values of `keys` at `ts`, read concurrently (one round trip's latency, not one per
-    /// key).
+    /// The values of `keys` at `ts`, in order: one `GetMany` request per shard that holds
+    /// some of them (a few more if the values are large or the keys many), the shards asked
+    /// concurrently. (It used to send a `Get` per key: TPC-C's Stock-Level, about 200 keys,
+    /// made as many calls, and through a cluster the standard mix ran at a third of the
+    /// new-order-payment mix's rate.)
     pub async fn get_many(
         &self,
         keys: &[Vec<u8>],
         ts: Timestamp,
     ) -> Result<Vec<Option<Vec<u8>>>, TxnError> {
-        type Read<'a> =
-            Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>, TxnError>> + Send + 'a>>;
-        let mut reads: Vec<Read<'_>> =
-            keys.iter().map(|k| Box::pin(self.get(k, ts)) as Read<'_>).collect();
-        let mut results: Vec<Option<Result<Option<Vec<u8>>, TxnError>>> =
-            keys.iter().map(|_| None).collect();
+        // Each shard's keys, with their places in `keys`.
+        let mut by_shard: std::collections::BTreeMap<ShardId, (Vec<usize>, Vec<Vec<u8>>)> =
+            std::collections::BTreeMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            let (places, shard_keys) = by_shard.entry(self.map.shard_of(key)).or_default();
+            places.push(i);
+            shard_keys.push(key.clone());
+        }
+        type Values = Result<Vec<Option<Vec<u8>>>, TxnError>;
+        type Read<'a> = Pin<Box<dyn Future<Output = Values> + Send + 'a>>;
+        let (places, mut reads): (Vec<Vec<usize>>, Vec<Read<'_>>) = by_shard
+            .into_iter()
+            .map(|(shard, (places, keys))| {
+                let read = async move { self.get_many_on(shard, &keys, ts).await };
+                (places, Box::pin(read) as Read<'_>)
+            })
+            .unzip();
+        let mut results: Vec<Option<Values>> = reads.iter().map(|_| None).collect();
         std::future::poll_fn(|cx| {
             let mut done = true;
             for (read, result) in reads.iter_mut().zip(results.iter_mut()) {
@@ -490,7 +505,38 @@ impl Client {
             if done { Poll::Ready(()) } else { Poll::Pending }
         })
         .await;
-        results.into_iter().map(|r| r.expect("every read finished")).collect()
+        let mut values = vec![None; keys.len()];
+        for (places, result) in places.into_iter().zip(results) {
+            let got = result.expect("every read finished")?;
+            for (i, value) in places.into_iter().zip(got) {
+                values[i] = value;
+            }
+        }
+        Ok(values)
+    }
+
+    /// The values of `keys`, all on `shard`, at `ts`, in order.
+    async fn get_many_on(
+        &self,
+        shard: ShardId,
+        keys: &[Vec<u8>],
+        ts: Timestamp,
+    ) -> Result<Vec<Option<Vec<u8>>>, TxnError> {
+        let ask = |rest: Vec<Vec<u8>>| {
+            let request =
+                v1::GetManyRequest { hlc: 0, keys: rest, read_ts: ts.as_u64(), for_window: 0 };
+            let patience = tokio::time::sleep(self.patience);
+            let answer = self.shards.call(shard, &self.clock, patience, move |mut c, hlc| {
+                let request = v1::GetManyRequest { hlc, ..request.clone() };
+                async move {
+                    let r = c.get_many(with_deadline(request)).await?.into_inner();
+                    Ok((r.values.into_iter().map(|v| v.value).collect(), r.hlc))
+                }
+            });
+            async move { answer.await.map_err(read_error) }
+        };
+        let bad = |why| TxnError::Unavailable(format!("shard {}: {why}", shard.0));
+        got_many(keys, ask, bad).await
     }
 
     /// Up to `limit` keys of `range` with their values at `ts`, in order.

@@ -25,6 +25,6 @@ pub use crate::sequencer::{RemoteSequencer, SliceDelivery};
 pub use crate::tls::{CLIENT_NAME, NODE_NAME, Tls, require_node};
 pub use crate::wire::{
     MAX_BATCH, MAX_MESSAGE_BYTES, MAX_SCAN_ROWS, MAX_WINDOW_BYTES, RefusalKind, RemoteError,
-    SCAN_RESPONSE_BYTES, SetupError, endpoint, item_failure, item_status, malformed,
+    SCAN_RESPONSE_BYTES, SetupError, endpoint, got_many, item_failure, item_status, malformed,
     observe_request, observe_response, outcome_from_proto, paged, refuse, stamp,
 };

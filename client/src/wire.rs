@@ -189,6 +189,32 @@ where
     Ok(rows)
 }
 
+/// The values of `keys` (all on one shard), in order, read a request at a time: `ask(rest)`
+/// reads the values of a prefix of `rest` (at most [`MAX_SCAN_ROWS`] keys; a shard answers
+/// fewer when the values are large). An answer that is empty or longer than asked is refused
+/// with `bad(why)`, so that a faulty shard cannot make this loop for ever.
+pub async fn got_many<E, F, Fut>(
+    keys: &[Vec<u8>],
+    mut ask: F,
+    bad: impl Fn(String) -> E,
+) -> Result<Vec<Option<Vec<u8>>>, E>
+where
+    F: FnMut(Vec<Vec<u8>>) -> Fut,
+    Fut: Future<Output = Result<Vec<Option<Vec<u8>>>, E>>,
+{
+    let mut values = Vec::with_capacity(keys.len());
+    while values.len() < keys.len() {
+        let rest = &keys[values.len()..];
+        let rest = &rest[..rest.len().min(MAX_SCAN_ROWS as usize)];
+        let got = ask(rest.to_vec()).await?;
+        if got.is_empty() || got.len() > rest.len() {
+            return Err(bad(format!("answered {} of {} keys", got.len(), rest.len())));
+        }
+        values.extend(got);
+    }
+    Ok(values)
+}
+
 /// This node's timestamp for an outgoing message.
 pub fn stamp(clock: &Clock) -> u64 {
     clock.now().as_u64()

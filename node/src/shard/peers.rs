@@ -16,7 +16,7 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use super::{PEER_RETRY, State};
-use client::{MAX_SCAN_ROWS, RefusalKind, RemoteError, Replicas, SetupError, Tls, paged};
+use client::{RefusalKind, RemoteError, Replicas, SetupError, Tls, got_many, paged};
 use txn::{Rows, range_to_proto};
 
 /// Why a call to a peer gave up.
@@ -142,31 +142,21 @@ impl GrpcPeers {
         at: Timestamp,
         window: Epoch,
     ) -> Result<Vec<Option<Vec<u8>>>, PeerError> {
-        let mut values = Vec::with_capacity(keys.len());
-        while values.len() < keys.len() {
-            let rest = &keys[values.len()..];
-            let rest = &rest[..rest.len().min(MAX_SCAN_ROWS as usize)];
-            let got = self
-                .call(shard, |mut c, hlc| {
-                    let request = v1::GetManyRequest {
-                        hlc,
-                        keys: rest.to_vec(),
-                        read_ts: at.as_u64(),
-                        for_window: window.0,
-                    };
-                    async move {
-                        let r = c.get_many(request).await?.into_inner();
-                        Ok((r.values, r.hlc))
-                    }
-                })
-                .await?;
-            if got.is_empty() || got.len() > rest.len() {
-                let why = format!("answered {} of {} keys", got.len(), rest.len());
-                return Err(PeerError::Refused { shard, kind: None, why });
-            }
-            values.extend(got.into_iter().map(|v| v.value));
-        }
-        Ok(values)
+        let ask = |rest: Vec<Vec<u8>>| {
+            self.call(shard, move |mut c, hlc| {
+                let request = v1::GetManyRequest {
+                    hlc,
+                    keys: rest.clone(),
+                    read_ts: at.as_u64(),
+                    for_window: window.0,
+                };
+                async move {
+                    let r = c.get_many(request).await?.into_inner();
+                    Ok((r.values.into_iter().map(|v| v.value).collect(), r.hlc))
+                }
+            })
+        };
+        got_many(keys, ask, |why| PeerError::Refused { shard, kind: None, why }).await
     }
 
     pub(super) async fn scan(

@@ -520,6 +520,25 @@ async fn a_remote_scan_of_many_megabytes_reads_every_row() {
     assert_eq!((count, bytes), (ROWS, ROWS << 20));
     let rows = client.snapshot(ReadAt::Latest).scan(&big_rows(), usize::MAX).await.unwrap();
     assert_eq!(rows.len() as u64, ROWS);
+    // `get_many` asks each shard once for its keys (9 MiB of them take shard 1 three
+    // answers, each a prefix) and puts every value back in its place: keys of both shards
+    // interleaved, one absent.
+    let scanned = b"\x10scanned".to_vec();
+    assert_eq!(local.cluster.map.shard_of(&scanned), ShardId(0));
+    let absent: Vec<u8> = big_rows().start.into_iter().chain([0xff]).collect();
+    let mut keys: Vec<Vec<u8>> = rows.iter().rev().map(|(k, _)| k.clone()).collect();
+    keys.insert(4, scanned.clone());
+    keys.insert(2, absent);
+    let values = client.get_many(&keys, client.read_ts(ReadAt::Latest)).await.unwrap();
+    let expected: Vec<Option<Vec<u8>>> = keys
+        .iter()
+        .map(|k| match k.strip_prefix(big_rows().start.as_slice()) {
+            Some([i]) if u64::from(*i) < ROWS => Some(vec![*i; 1 << 20]),
+            Some(_) => None,
+            None => Some(ROWS.to_le_bytes().to_vec()),
+        })
+        .collect();
+    assert!(values == expected, "get_many put values out of place or lost some");
     local.stop().await;
 }
 
