@@ -45,7 +45,11 @@ impl RecentOutcomes {
         applied: Epoch,
         decided: impl IntoIterator<Item = (TxnId, Outcome)>,
     ) {
-        if self.windows.is_empty() {
+        // Empty, or every window kept is older than the span: start again from `applied` (a
+        // gap of windows is not walked window by window).
+        let next = self.first.0 + self.windows.len() as u64;
+        if self.windows.is_empty() || applied.0.saturating_sub(next) >= OUTCOME_WINDOWS {
+            self.windows.clear();
             self.first = applied;
         }
         while self.first.0 + (self.windows.len() as u64) <= applied.0 {
@@ -121,5 +125,11 @@ mod tests {
         assert_eq!(recent.get(id(oldest - 1, 0)), None);
         assert_eq!(recent.get(id(oldest, 0)), Some(&committed(oldest as u8)));
         assert_eq!(recent.get(id(last, 0)), Some(&committed(last as u8)));
+        // A gap longer than the span starts the queue again, not a window at a time.
+        let far = last + 1_000 * OUTCOME_WINDOWS;
+        recent.record(Epoch(far), [(id(far, 1), committed(1))]);
+        assert_eq!(recent.windows.len(), 1);
+        assert_eq!(recent.get(id(far, 1)), Some(&committed(1)));
+        assert_eq!(recent.get(id(last, 0)), None);
     }
 }
