@@ -467,9 +467,9 @@ impl NodeConfig {
             return Err(format!("write_behind = {write_behind}: at most {MAX_WRITE_BEHIND}"));
         }
         let transfer_mib = file.checkpoint_transfer_mib_per_s.unwrap_or(0);
-        if transfer_mib > MAX_CACHE_MIB {
+        if transfer_mib > MAX_TRANSFER_MIB_PER_S {
             return Err(format!(
-                "checkpoint_transfer_mib_per_s = {transfer_mib}: at most {MAX_CACHE_MIB}"
+                "checkpoint_transfer_mib_per_s = {transfer_mib}: at most {MAX_TRANSFER_MIB_PER_S}"
             ));
         }
         let apart_hex = file.apart_hex.as_deref().unwrap_or_default();
@@ -535,6 +535,10 @@ const MAX_APART: usize = 4096;
 
 /// The most either cache may be given: 1 TiB.
 const MAX_CACHE_MIB: u64 = 1 << 20;
+
+/// The largest `checkpoint_transfer_mib_per_s` (1 TiB/s: no limit any disk reaches; the bound
+/// keeps the bytes a second from overflowing).
+const MAX_TRANSFER_MIB_PER_S: u64 = 1 << 20;
 
 /// A shard's default `flush_interval_ms`.
 pub(crate) const DEFAULT_FLUSH_INTERVAL_MS: u64 = 30_000;
