@@ -448,6 +448,12 @@ fn main() -> ExitCode {
                 }
                 _ => {}
             }
+            // The embedded database's clients are OS threads (the cluster's and PostgreSQL's
+            // are tasks): many of them are better off without huge pages (`node::allocator`).
+            if matches!(backend, Backend::Sealdb) && target.is_none() {
+                let threads = clients.iter().copied().max().unwrap_or(0);
+                node::allocator::fit_huge_pages_to(threads as usize);
+            }
             let sweep = clients.len() > 1;
             let mut reports = Vec::new();
             for (level, &clients) in clients.iter().enumerate() {
@@ -578,6 +584,9 @@ fn main() -> ExitCode {
                 duration.as_secs(),
                 cluster.cluster.as_deref().map(|c| format!(", cluster {c}")).unwrap_or_default()
             );
+            if target.is_none() && driver == bench::micro::Driver::Threads {
+                node::allocator::fit_huge_pages_to(clients as usize);
+            }
             let result = match &target {
                 None => bench::micro::run(&opts),
                 Some(t) => bench::micro::run_cluster(&opts, t),

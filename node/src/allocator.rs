@@ -8,8 +8,15 @@
 //! on them, and its lookups over gigabytes (the block cache's hash table, the memtable's
 //! skiplist) miss the TLB less: the README's soak Q.
 //!
+//! Huge pages cost a process with many allocating threads, though: mimalloc 3 starts each
+//! thread's search for free pages at its own place in the arena (by thread number), so each
+//! thread touches 2 MiB pages of its own. `bench tpcc` with 256 client threads ran 1.5 GiB
+//! larger (peak 2.6 against 1.1 GiB) and spent its first 10-15 s zeroing fresh huge pages in
+//! the kernel (system time 24 s against 3.5 s in a 10 s run), at half the throughput of the
+//! same run on 4 KiB pages. [`fit_huge_pages_to`] gives them up for such a process.
+//!
 //! The workspace denies `unsafe`; this module is its one exception: calls into mimalloc's C
-//! API, which has no safe binding for its options.
+//! API, which has no safe binding for its options, and the `prctl` that turns huge pages off.
 #![allow(unsafe_code)]
 
 use libmimalloc_sys::{mi_option_get, mi_option_set, mi_option_t, mi_version};
@@ -37,6 +44,42 @@ pub fn keep_huge_pages() -> bool {
     true
 }
 
+/// The most threads that allocate for which a process keeps transparent huge pages
+/// ([`fit_huge_pages_to`]). Measured on this machine's TPC-C (README, "Huge pages and many
+/// client threads"): at 64 client threads huge pages won (100 s runs), at 256 they lost
+/// by half; counts between were not measured.
+pub const MAX_HUGE_PAGE_THREADS: usize = 64;
+
+/// Turns transparent huge pages off for the rest of the process if it is to run more than
+/// [`MAX_HUGE_PAGE_THREADS`] threads that allocate (see the module's documentation), unless
+/// the environment sets `MIMALLOC_ALLOW_THP`. Pages already faulted in stay as they are. True
+/// if it turned them off. Call before starting the threads.
+pub fn fit_huge_pages_to(threads: usize) -> bool {
+    if threads <= MAX_HUGE_PAGE_THREADS || std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return false;
+    }
+    // SAFETY: `prctl` with an option that takes one integer and no pointers; the mimalloc
+    // option is set only on the version whose numbers this knows.
+    unsafe {
+        // The kernel then faults every page of the process in at 4 KiB, mimalloc's arenas
+        // advised as huge included; mimalloc itself need not advise new arenas, and purges
+        // freed memory at its small granularity again.
+        if libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0 {
+            return false;
+        }
+        if mi_version() == MIMALLOC_VERSION {
+            mi_option_set(ALLOW_THP, 0);
+        }
+    }
+    true
+}
+
+/// Whether transparent huge pages are off for this process (`PR_GET_THP_DISABLE`).
+pub fn huge_pages_disabled() -> bool {
+    // SAFETY: `prctl` with an option that takes no arguments.
+    unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) == 1 }
+}
+
 /// The machine's transparent-huge-page mode (`always`, `madvise` or `never`), if it says.
 /// mimalloc's arenas get huge pages under the first two; the README's figures were measured
 /// under `madvise`.
@@ -54,9 +97,10 @@ fn thp_mode(text: &str) -> Option<&str> {
 mod tests {
     use super::*;
 
-    /// Fails when a new mimalloc comes in, so that its option numbers are checked again.
+    /// Fails when a new mimalloc comes in, so that its option numbers are checked again; and
+    /// checks that the settings this module makes take.
     #[test]
-    fn the_option_numbers_are_those_of_the_linked_mimalloc() {
+    fn the_option_numbers_are_those_of_the_linked_mimalloc_and_they_take() {
         // SAFETY: plain calls into the linked mimalloc.
         let (version, neighbours) = unsafe {
             // page_cross_thread_max_reclaim, minimal_purge_size, arena_max_object_size (KiB).
@@ -67,6 +111,15 @@ mod tests {
         assert!(keep_huge_pages());
         // SAFETY: as above.
         assert_eq!(unsafe { mi_option_get(ALLOW_THP) }, 2);
+
+        // In the same test, as it changes the option the lines above read. A process of few
+        // threads keeps its huge pages; one of many gives them up.
+        assert!(!fit_huge_pages_to(MAX_HUGE_PAGE_THREADS));
+        assert!(!huge_pages_disabled());
+        assert!(fit_huge_pages_to(MAX_HUGE_PAGE_THREADS + 1));
+        assert!(huge_pages_disabled());
+        // SAFETY: as above.
+        assert_eq!(unsafe { mi_option_get(ALLOW_THP) }, 0);
     }
 
     #[test]

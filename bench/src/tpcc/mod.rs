@@ -1160,8 +1160,14 @@ pub fn run_sealdb(opts: &TpccOptions, embedded: &Embedded) -> Result<Report, Str
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let shards = embedded.shards.unwrap_or(cores);
     let backend = Sealdb::open_with(Some(&dir), opts.warehouses, shards, embedded)?;
+    let off = if node::allocator::huge_pages_disabled() {
+        let most = node::allocator::MAX_HUGE_PAGE_THREADS;
+        format!(" (off for this process: more than {most} client threads)")
+    } else {
+        String::new()
+    };
     eprintln!(
-        "  database in {}; transparent huge pages: {}",
+        "  database in {}; transparent huge pages: {}{off}",
         dir.display(),
         node::allocator::transparent_huge_pages().as_deref().unwrap_or("unknown")
     );
