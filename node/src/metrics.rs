@@ -44,6 +44,13 @@ pub enum Value {
     Counter(f64),
     /// A level that goes up and down.
     Gauge(f64),
+    /// Counts that only rise, one for each value of a label (a counter family).
+    CountersBy {
+        /// The label's name.
+        label: &'static str,
+        /// Each label value's count.
+        counts: Vec<(&'static str, f64)>,
+    },
     /// A distribution of observations.
     Histogram {
         /// How many fell at or below each upper bound: cumulative, ascending (`+Inf` is
@@ -60,6 +67,16 @@ impl Metric {
     /// A counter.
     pub fn counter(name: &'static str, help: &'static str, value: f64) -> Metric {
         Metric { name, help, value: Value::Counter(value) }
+    }
+
+    /// A counter for each value of `label`.
+    pub fn counters_by(
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        counts: Vec<(&'static str, f64)>,
+    ) -> Metric {
+        Metric { name, help, value: Value::CountersBy { label, counts } }
     }
 
     /// A gauge.
@@ -119,6 +136,14 @@ impl Collector for Snapshot {
                         None,
                         counter.metric_type(),
                     )?)?;
+                }
+                Value::CountersBy { label, counts } => {
+                    let name = m.name.strip_suffix("_total").unwrap_or(m.name);
+                    let mut family =
+                        encoder.encode_descriptor(name, m.help, None, MetricType::Counter)?;
+                    for (value, n) in counts {
+                        ConstCounter::new(*n).encode(family.encode_family(&[(*label, *value)])?)?;
+                    }
                 }
                 Value::Gauge(v) => {
                     let gauge = ConstGauge::new(*v);
@@ -186,9 +211,85 @@ impl LatencyHistogram {
     }
 }
 
+/// A shard server's gRPC methods, for counting the requests each receives.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ShardRpc {
+    Get,
+    GetMany,
+    Scan,
+    Verdicts,
+    Push,
+    AwaitOutcome,
+    AwaitOutcomes,
+    WatchOutcomes,
+    Outcome,
+    FetchCheckpoint,
+    Status,
+}
+
+impl ShardRpc {
+    const ALL: [ShardRpc; 11] = [
+        ShardRpc::Get,
+        ShardRpc::GetMany,
+        ShardRpc::Scan,
+        ShardRpc::Verdicts,
+        ShardRpc::Push,
+        ShardRpc::AwaitOutcome,
+        ShardRpc::AwaitOutcomes,
+        ShardRpc::WatchOutcomes,
+        ShardRpc::Outcome,
+        ShardRpc::FetchCheckpoint,
+        ShardRpc::Status,
+    ];
+
+    /// Its name in the `.proto` (the metric's `method` label).
+    fn name(self) -> &'static str {
+        match self {
+            ShardRpc::Get => "Get",
+            ShardRpc::GetMany => "GetMany",
+            ShardRpc::Scan => "Scan",
+            ShardRpc::Verdicts => "Verdicts",
+            ShardRpc::Push => "Push",
+            ShardRpc::AwaitOutcome => "AwaitOutcome",
+            ShardRpc::AwaitOutcomes => "AwaitOutcomes",
+            ShardRpc::WatchOutcomes => "WatchOutcomes",
+            ShardRpc::Outcome => "Outcome",
+            ShardRpc::FetchCheckpoint => "FetchCheckpoint",
+            ShardRpc::Status => "Status",
+        }
+    }
+}
+
+/// Requests a shard server received, by method: every request its service was handed,
+/// refused ones included (a call of each streaming method counts once).
+#[derive(Default)]
+pub(crate) struct RequestCounts([AtomicU64; ShardRpc::ALL.len()]);
+
+impl RequestCounts {
+    pub(crate) fn count(&self, rpc: ShardRpc) {
+        self.0[rpc as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn metric(&self) -> Metric {
+        let counts = ShardRpc::ALL
+            .iter()
+            .map(|&rpc| (rpc.name(), self.0[rpc as usize].load(Ordering::Relaxed) as f64))
+            .collect();
+        Metric::counters_by(
+            "sealdb_shard_requests_total",
+            "gRPC requests the shard received, by method (refused ones included; a streaming \
+             call counts once).",
+            "method",
+            counts,
+        )
+    }
+}
+
 /// Counters a shard server keeps.
 #[derive(Default)]
 pub(crate) struct ShardCounters {
+    /// Requests received, by method.
+    pub(crate) requests: RequestCounts,
     pub(crate) windows: AtomicU64,
     pub(crate) entries: AtomicU64,
     /// Remote reads answered wholly by what the peer pushed (first round, or after a run).
@@ -316,6 +417,25 @@ mod tests {
             .parse()
             .unwrap();
         assert!((sum - 20.0318).abs() < 1e-6, "{sum}");
+    }
+
+    #[test]
+    fn requests_render_as_one_counter_family_labelled_by_method() {
+        let requests = RequestCounts::default();
+        requests.count(ShardRpc::GetMany);
+        requests.count(ShardRpc::GetMany);
+        requests.count(ShardRpc::Status);
+        let text = render(&[requests.metric()]);
+        assert_eq!(text.matches("# TYPE sealdb_shard_requests counter\n").count(), 1, "{text}");
+        for line in [
+            "sealdb_shard_requests_total{method=\"GetMany\"} 2.0\n",
+            "sealdb_shard_requests_total{method=\"Status\"} 1.0\n",
+            "sealdb_shard_requests_total{method=\"Get\"} 0.0\n",
+            "sealdb_shard_requests_total{method=\"FetchCheckpoint\"} 0.0\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert_eq!(text.matches("sealdb_shard_requests_total{").count(), ShardRpc::ALL.len());
     }
 
     #[test]

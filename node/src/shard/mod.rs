@@ -703,6 +703,7 @@ fn shard_metrics(state: &State) -> Vec<Metric> {
     let lag = state.clock.physical_now().duration_since(progress.safe);
     let cache = state.mvcc.cache_stats();
     let mut metrics = vec![
+        c.requests.metric(),
         Metric::counter("sealdb_shard_windows_applied_total", "Windows applied.", get(&c.windows)),
         Metric::counter(
             "sealdb_shard_entries_applied_total",

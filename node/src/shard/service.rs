@@ -15,7 +15,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::watchers::Registration;
 use super::{State, WAIT_LIMIT, lock};
-use crate::metrics::ShardCounters;
+use crate::metrics::{ShardCounters, ShardRpc as Rpc};
 use client::{
     MAX_BATCH, MAX_SCAN_ROWS, RefusalKind, SCAN_RESPONSE_BYTES, item_status, malformed,
     observe_request, refuse, require_node, stamp,
@@ -74,6 +74,7 @@ impl ShardRpc for ShardService {
         &self,
         request: Request<v1::GetRequest>,
     ) -> Result<Response<v1::GetResponse>, Status> {
+        self.state.counters.requests.count(Rpc::Get);
         let (for_window, hlc) = (request.get_ref().for_window, request.get_ref().hlc);
         let state = self.admit_read(&request, for_window, hlc)?;
         let r = request.into_inner();
@@ -89,6 +90,7 @@ impl ShardRpc for ShardService {
         &self,
         request: Request<v1::GetManyRequest>,
     ) -> Result<Response<v1::GetManyResponse>, Status> {
+        self.state.counters.requests.count(Rpc::GetMany);
         let (for_window, hlc) = (request.get_ref().for_window, request.get_ref().hlc);
         let state = self.admit_read(&request, for_window, hlc)?;
         let r = request.into_inner();
@@ -119,6 +121,7 @@ impl ShardRpc for ShardService {
         &self,
         request: Request<v1::ScanRequest>,
     ) -> Result<Response<v1::ScanResponse>, Status> {
+        self.state.counters.requests.count(Rpc::Scan);
         let (for_window, hlc) = (request.get_ref().for_window, request.get_ref().hlc);
         let state = self.admit_read(&request, for_window, hlc)?;
         let r = request.into_inner();
@@ -158,6 +161,7 @@ impl ShardRpc for ShardService {
         &self,
         request: Request<v1::VerdictsRequest>,
     ) -> Result<Response<v1::VerdictBatch>, Status> {
+        self.state.counters.requests.count(Rpc::Verdicts);
         require_node(&request, self.secure)?;
         let r = request.into_inner();
         let state = &self.state;
@@ -188,6 +192,7 @@ impl ShardRpc for ShardService {
         &self,
         request: Request<Streaming<v1::PushMessage>>,
     ) -> Result<Response<v1::PushAck>, Status> {
+        self.state.counters.requests.count(Rpc::Push);
         require_node(&request, self.secure)?;
         let state = &self.state;
         let mut messages = request.into_inner();
@@ -212,6 +217,7 @@ impl ShardRpc for ShardService {
         &self,
         request: Request<v1::AwaitOutcomeRequest>,
     ) -> Result<Response<v1::AwaitOutcomeResponse>, Status> {
+        self.state.counters.requests.count(Rpc::AwaitOutcome);
         let r = request.into_inner();
         let state = &self.state;
         observe_request(&state.clock, r.hlc)?;
@@ -233,6 +239,7 @@ impl ShardRpc for ShardService {
         &self,
         request: Request<v1::AwaitOutcomesRequest>,
     ) -> Result<Response<v1::AwaitOutcomesResponse>, Status> {
+        self.state.counters.requests.count(Rpc::AwaitOutcomes);
         let r = request.into_inner();
         let state = &self.state;
         observe_request(&state.clock, r.hlc)?;
@@ -281,6 +288,7 @@ impl ShardRpc for ShardService {
         &self,
         request: Request<v1::WatchOutcomesRequest>,
     ) -> Result<Response<Self::WatchOutcomesStream>, Status> {
+        self.state.counters.requests.count(Rpc::WatchOutcomes);
         let r = request.into_inner();
         let state = self.state.clone();
         observe_request(&state.clock, r.hlc)?;
@@ -295,6 +303,7 @@ impl ShardRpc for ShardService {
         &self,
         request: Request<v1::OutcomeRequest>,
     ) -> Result<Response<v1::OutcomeResponse>, Status> {
+        self.state.counters.requests.count(Rpc::Outcome);
         let r = request.into_inner();
         let state = &self.state;
         observe_request(&state.clock, r.hlc)?;
@@ -317,6 +326,7 @@ impl ShardRpc for ShardService {
         &self,
         request: Request<v1::FetchCheckpointRequest>,
     ) -> Result<Response<Self::FetchCheckpointStream>, Status> {
+        self.state.counters.requests.count(Rpc::FetchCheckpoint);
         require_node(&request, self.secure)?;
         let state = &self.state;
         observe_request(&state.clock, request.into_inner().hlc)?;
@@ -332,6 +342,7 @@ impl ShardRpc for ShardService {
         &self,
         request: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::ShardStatus>, Status> {
+        self.state.counters.requests.count(Rpc::Status);
         let state = &self.state;
         observe_request(&state.clock, request.into_inner().hlc)?;
         // Answered whatever the shard's state: `failure` says why it serves nothing.

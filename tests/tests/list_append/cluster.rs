@@ -196,6 +196,8 @@ async fn list_append_over_a_cluster_is_strictly_serializable() {
     let (mut committed, mut answered) = (0.0, 0.0);
     let mut peers = [0.0; 4];
     let mut peer_waits = 0.0;
+    // Requests the shards received: clients' outcome watches, peers' push streams.
+    let mut requests = [0.0; 2];
     for shard in &local.shards {
         let text = scrape(shard.metrics_source()).await;
         let applied = metric(&text, "sealdb_shard_windows_applied_total");
@@ -223,7 +225,12 @@ async fn list_append_over_a_cluster_is_strictly_serializable() {
         {
             peers[n] += metric(&text, &format!("sealdb_shard_peer_{name}_total"));
         }
+        for (n, method) in ["WatchOutcomes", "Push"].iter().enumerate() {
+            let name = format!("sealdb_shard_requests_total{{method=\"{method}\"}}");
+            requests[n] += metric(&text, &name);
+        }
     }
+    assert!(requests.iter().all(|&n| n > 0.0), "watches and pushes counted: {requests:?}");
     // Participants pushed each other their reads and verdicts rather than being asked (a
     // window waits at most 100 ms for a push, then asks: how many came depends on timing).
     eprintln!("reads pushed / asked, verdicts pushed / asked: {peers:?}");
