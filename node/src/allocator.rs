@@ -12,8 +12,8 @@
 //! thread's search for free pages at its own place in the arena (by thread number), so each
 //! thread touches 2 MiB pages of its own. `bench tpcc` with 256 client threads ran 1.5 GiB
 //! larger (peak 2.6 against 1.1 GiB) and spent its first 10-15 s zeroing fresh huge pages in
-//! the kernel (system time 24 s against 3.5 s in a 10 s run), at half the throughput of the
-//! same run on 4 KiB pages. [`fit_huge_pages_to`] gives them up for such a process.
+//! the kernel (system time 24 s against 3.5 s over a 15 s load and a 10 s run), at half the
+//! throughput of the same run on 4 KiB pages. [`fit_huge_pages_to`] gives them up for such a process.
 //!
 //! The workspace denies `unsafe`; this module is its one exception: calls into mimalloc's C
 //! API, which has no safe binding for its options, and the `prctl` that turns huge pages off.
