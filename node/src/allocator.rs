@@ -46,8 +46,8 @@ pub fn keep_huge_pages() -> bool {
 
 /// The most threads that allocate for which a process keeps transparent huge pages
 /// ([`fit_huge_pages_to`]). Measured on this machine's TPC-C (README, "Huge pages and many
-/// client threads"): at 64 client threads huge pages won (100 s runs), at 256 they lost
-/// by half; counts between were not measured.
+/// client threads"): at 64 client threads huge pages won (100 s runs), at 128 they lost
+/// (3 rounds of 3) and at 256 by half.
 pub const MAX_HUGE_PAGE_THREADS: usize = 64;
 
 /// Turns transparent huge pages off for the rest of the process if it is to run more than
