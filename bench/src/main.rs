@@ -406,11 +406,25 @@ fn main() -> ExitCode {
                 Ok(t) => t,
                 Err(e) => return usage_error(&e),
             };
+            let storage_flags = block_cache_mib
+                != (storage::DEFAULT_BLOCK_CACHE_BYTES >> 20) as u64
+                || row_cache_mib != (bench::tpcc::ROW_CACHE_BYTES >> 20) as u64
+                || rocksdb_file_mib != bench::tpcc::TABLE_FILE_BYTES >> 20;
             match (backend, &pg_url) {
                 (Backend::Sealdb, None)
                     if target.is_some() && (dir.is_some() || shards.is_some()) =>
                 {
                     return usage_error("--dir and --shards are for the embedded database");
+                }
+                // A running cluster's nodes have the caches and files of their own configuration.
+                (Backend::Sealdb, None)
+                    if matches!(target, Some(bench::ClusterTarget::Addr(_))) && storage_flags =>
+                {
+                    return usage_error(
+                        "--block-cache-mib, --row-cache-mib and --rocksdb-file-mib are for the \
+                         embedded database or a --cluster local:N the benchmark starts; a \
+                         running cluster's nodes take them from their configuration",
+                    );
                 }
                 (Backend::Postgres, _) if target.is_some() => {
                     return usage_error("--cluster is for --backend sealdb");

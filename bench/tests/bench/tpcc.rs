@@ -322,3 +322,21 @@ fn postgres_refuses_an_existing_schema_unless_told_to_replace_it() {
     let bad = bench::tpcc::postgres::Postgres::create(&url, "tpcc; DROP", true);
     assert!(bad.err().expect("refused").contains("identifier"));
 }
+
+/// Storage flags would change nothing on a cluster the benchmark did not start: refused, with
+/// no connection tried (nothing listens at the address).
+#[test]
+fn storage_flags_for_a_running_cluster_are_a_usage_error() {
+    let run = |flag: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_bench"))
+            .args(["tpcc", "--cluster", "127.0.0.1:9", flag, "64", "--duration", "1"])
+            .output()
+            .unwrap()
+    };
+    for flag in ["--row-cache-mib", "--block-cache-mib", "--rocksdb-file-mib"] {
+        let out = run(flag);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {stderr}");
+        assert!(stderr.contains("take them from their configuration"), "{flag}: {stderr}");
+    }
+}
