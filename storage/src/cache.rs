@@ -53,6 +53,17 @@ const ENTRY_OVERHEAD: usize = 96;
 /// Entries a stripe is sized for at first, per byte of its budget: the cache also remembers
 /// this many keys it evicted (S3-FIFO's ghosts), so a guess that is too large costs memory.
 const BYTES_PER_ENTRY_GUESS: usize = 512;
+/// The most entries a stripe makes room for when it is made, however large its budget.
+///
+/// A stripe's table grows by doubling, rehashing every key it holds under the stripe's lock,
+/// and the stripes, filled evenly, double at about the same moment: measured at 16 TPC-C
+/// clients, one such round took a seventh of the shard threads' time for five seconds
+/// (README, Figures). So a stripe reserves room for the entries its budget is guessed to
+/// hold ([`BYTES_PER_ENTRY_GUESS`]) at once; its table's control bytes (one per slot) are
+/// written then, its slab only as entries fill it. This caps that reservation for a very
+/// large budget (262,144 entries: a 128 MiB stripe, a 4 GiB cache); beyond it, a stripe grows
+/// as before.
+const MAX_RESERVED_ENTRIES: usize = 1 << 18;
 
 /// A cached key: inline up to 24 bytes.
 type Key = SmallVec<[u8; 24]>;
@@ -149,13 +160,15 @@ impl RowCache {
         RowCache {
             stripes: (0..stripes)
                 .map(|_| {
-                    let rows = Rows::with(
-                        (stripe_budget / BYTES_PER_ENTRY_GUESS).max(1),
+                    let entries = (stripe_budget / BYTES_PER_ENTRY_GUESS).max(1);
+                    let mut rows = Rows::with(
+                        entries,
                         stripe_budget as u64,
                         Weigh,
                         foldhash::fast::RandomState::default(),
                         Default::default(),
                     );
+                    rows.reserve(entries.min(MAX_RESERVED_ENTRIES));
                     Mutex::new(Stripe { rows, hits: 0, misses: 0 })
                 })
                 .collect(),
@@ -271,5 +284,46 @@ impl RowCache {
     /// Marks the end of a batch's apply.
     pub(crate) fn end_apply(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table_bytes(cache: &RowCache) -> Vec<usize> {
+        cache.stripes.iter().map(|s| s.lock().unwrap().rows.memory_used().map).collect()
+    }
+
+    #[test]
+    fn a_stripe_has_room_for_the_entries_its_budget_is_guessed_to_hold() {
+        let budget = 4 << 20;
+        let cache = RowCache::new(budget);
+        let tables = table_bytes(&cache);
+        assert!(tables.iter().all(|&b| b > 0), "no stripe reserved its table: {tables:?}");
+        // Nine tenths of the guessed entries, each weighing what the guess assumes.
+        let entries = budget / BYTES_PER_ENTRY_GUESS * 9 / 10;
+        let value = vec![7u8; BYTES_PER_ENTRY_GUESS - ENTRY_OVERHEAD - 8];
+        for i in 0..entries as u64 {
+            let ticket = cache.ticket().unwrap();
+            cache.fill(
+                ticket,
+                &i.to_be_bytes(),
+                Newest::Version(Timestamp::ZERO, Some(value.clone())),
+            );
+        }
+        let stats = cache.stats();
+        assert!(stats.bytes as usize > budget * 8 / 10, "the entries were not kept: {stats:?}");
+        assert_eq!(table_bytes(&cache), tables, "a stripe's table grew: it was rehashed");
+    }
+
+    #[test]
+    fn a_huge_budget_reserves_a_bounded_table() {
+        let cache = RowCache::new(1 << 40);
+        // Room for the entries and as many ghosts, at hashbrown's load of 7/8.
+        let slots = (MAX_RESERVED_ENTRIES * 2 * 8 / 7).next_power_of_two();
+        for (stripe, bytes) in table_bytes(&cache).into_iter().enumerate() {
+            assert!(bytes > 0 && bytes <= slots * 8, "stripe {stripe}: a table of {bytes} bytes");
+        }
     }
 }
