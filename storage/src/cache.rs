@@ -129,6 +129,9 @@ pub struct CacheStats {
     pub fills_refused: u64,
     /// Bytes it holds now (keys, values and per-entry overhead, as its budget counts them).
     pub bytes: u64,
+    /// Bytes of its stripes' hash tables: a slot for each entry (or evicted key remembered)
+    /// they have room for, reserved when the cache is made. Not counted in `bytes`.
+    pub table_bytes: u64,
 }
 
 impl std::ops::Add for CacheStats {
@@ -140,6 +143,7 @@ impl std::ops::Add for CacheStats {
             misses: self.misses + other.misses,
             fills_refused: self.fills_refused + other.fills_refused,
             bytes: self.bytes + other.bytes,
+            table_bytes: self.table_bytes + other.table_bytes,
         }
     }
 }
@@ -188,6 +192,7 @@ impl RowCache {
             stats.hits += stripe.hits;
             stats.misses += stripe.misses;
             stats.bytes += stripe.rows.weight();
+            stats.table_bytes += stripe.rows.memory_used().map as u64;
         }
         stats
     }
@@ -284,46 +289,5 @@ impl RowCache {
     /// Marks the end of a batch's apply.
     pub(crate) fn end_apply(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn table_bytes(cache: &RowCache) -> Vec<usize> {
-        cache.stripes.iter().map(|s| s.lock().unwrap().rows.memory_used().map).collect()
-    }
-
-    #[test]
-    fn a_stripe_has_room_for_the_entries_its_budget_is_guessed_to_hold() {
-        let budget = 4 << 20;
-        let cache = RowCache::new(budget);
-        let tables = table_bytes(&cache);
-        assert!(tables.iter().all(|&b| b > 0), "no stripe reserved its table: {tables:?}");
-        // Nine tenths of the guessed entries, each weighing what the guess assumes.
-        let entries = budget / BYTES_PER_ENTRY_GUESS * 9 / 10;
-        let value = vec![7u8; BYTES_PER_ENTRY_GUESS - ENTRY_OVERHEAD - 8];
-        for i in 0..entries as u64 {
-            let ticket = cache.ticket().unwrap();
-            cache.fill(
-                ticket,
-                &i.to_be_bytes(),
-                Newest::Version(Timestamp::ZERO, Some(value.clone())),
-            );
-        }
-        let stats = cache.stats();
-        assert!(stats.bytes as usize > budget * 8 / 10, "the entries were not kept: {stats:?}");
-        assert_eq!(table_bytes(&cache), tables, "a stripe's table grew: it was rehashed");
-    }
-
-    #[test]
-    fn a_huge_budget_reserves_a_bounded_table() {
-        let cache = RowCache::new(1 << 40);
-        // Room for the entries and as many ghosts, at hashbrown's load of 7/8.
-        let slots = (MAX_RESERVED_ENTRIES * 2 * 8 / 7).next_power_of_two();
-        for (stripe, bytes) in table_bytes(&cache).into_iter().enumerate() {
-            assert!(bytes > 0 && bytes <= slots * 8, "stripe {stripe}: a table of {bytes} bytes");
-        }
     }
 }

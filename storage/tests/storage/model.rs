@@ -417,3 +417,37 @@ fn written_rows_enter_the_row_cache_only_while_it_has_room() {
     assert!(stats.hits > 100 && stats.misses > 0, "{stats:?}");
     assert!(stats.bytes as usize <= BUDGET, "{stats:?} over {BUDGET}");
 }
+
+/// The row cache makes room in its tables for the entries its budget is guessed to hold (one
+/// per 512 bytes) when it is made, so filling it never rehashes a table under load; and a
+/// huge budget reserves bounded tables (at most 262,144 entries and as many evicted keys a
+/// stripe, 32 stripes).
+#[test]
+fn the_row_cache_reserves_its_tables_when_it_is_made() {
+    const BUDGET: usize = 4 << 20;
+    const GUESS: usize = 512;
+    let f = Fixture::with_cache(Kind::Memory, BUDGET);
+    let mvcc = f.mvcc();
+    let reserved = mvcc.cache_stats().table_bytes;
+    assert!(reserved > 0, "no table reserved: {:?}", mvcc.cache_stats());
+    // Nine tenths of the guessed entries, each weighing what the guess assumes (8-byte key,
+    // 96 bytes of overhead as the cache counts it), written through by applied batches.
+    let entries = (BUDGET / GUESS * 9 / 10) as u64;
+    let value = vec![7u8; GUESS - 96 - 8];
+    for w in 1..=10u64 {
+        let mut batch = VersionBatch::new(Epoch(w), ts(w));
+        for k in (w - 1) * entries / 10..w * entries / 10 {
+            batch.put(k.to_be_bytes().to_vec(), value.clone());
+        }
+        mvcc.apply(&batch).unwrap();
+    }
+    let stats = mvcc.cache_stats();
+    assert!(stats.bytes as usize > BUDGET * 8 / 10, "the rows were not cached: {stats:?}");
+    assert_eq!(stats.table_bytes, reserved, "a table grew (was rehashed): {stats:?}");
+
+    let huge = Fixture::with_cache(Kind::Memory, 1 << 40);
+    // 2 x 262,144 slots at hashbrown's 7/8 load: 2^20 slots of 5 bytes (index and control).
+    let bound = 32 * 8 * (1 << 20);
+    let tables = huge.mvcc().cache_stats().table_bytes;
+    assert!(tables > 0 && tables <= bound, "a 1 TiB budget reserved {tables} bytes of tables");
+}
