@@ -60,7 +60,8 @@ const BYTES_PER_ENTRY_GUESS: usize = 512;
 /// clients, one such round took a seventh of the shard threads' time for five seconds
 /// (README, Figures). So a stripe reserves room for the entries its budget is guessed to
 /// hold ([`BYTES_PER_ENTRY_GUESS`]) at once; its table's control bytes (one per slot) are
-/// written then, its slab only as entries fill it. This caps that reservation for a very
+/// written then, and its slab of entries is allocated then but touched (made resident) only
+/// as entries fill it. This caps that reservation for a very
 /// large budget (262,144 entries: a 128 MiB stripe, a 4 GiB cache); beyond it, a stripe grows
 /// as before.
 const MAX_RESERVED_ENTRIES: usize = 1 << 18;
