@@ -50,21 +50,25 @@ use smallvec::SmallVec;
 const STRIPES: usize = 32;
 /// What an entry costs beyond its key and value bytes (map slot, slab entry, allocations).
 const ENTRY_OVERHEAD: usize = 96;
-/// Entries a stripe is sized for at first, per byte of its budget: the cache also remembers
-/// this many keys it evicted (S3-FIFO's ghosts), so a guess that is too large costs memory.
+/// The bytes an entry is guessed to weigh, which sizes how many evicted keys a stripe
+/// remembers (S3-FIFO's ghosts: half the entries its budget holds at this weight), so a guess
+/// that is too small costs memory.
 const BYTES_PER_ENTRY_GUESS: usize = 512;
 /// The most entries a stripe makes room for when it is made, however large its budget.
 ///
-/// A stripe's table grows by doubling, rehashing every key it holds under the stripe's lock,
-/// and the stripes, filled evenly, double at about the same moment: measured at 16 TPC-C
-/// clients, one such round took a seventh of the shard threads' time for five seconds
-/// (README, Figures). So a stripe reserves room for the entries its budget is guessed to
-/// hold ([`BYTES_PER_ENTRY_GUESS`]) at once; its table's control bytes (one per slot) are
-/// written then, and its slab of entries is allocated then but touched (made resident) only
-/// as entries fill it. This caps that reservation for a very
-/// large budget (262,144 entries: a 128 MiB stripe, a 4 GiB cache); beyond it, a stripe grows
-/// as before.
-const MAX_RESERVED_ENTRIES: usize = 1 << 18;
+/// A stripe's slab of entries and its hash table grow by doubling, under the stripe's lock:
+/// the slab is copied into new memory (which the kernel first zeroes) and the table rehashes
+/// every key. The stripes, filled evenly, double at about the same moment: measured at 16
+/// TPC-C clients, the tables' round took a seventh of the shard threads' time for five
+/// seconds, and the slabs' round, about a minute in, a tenth of all samples and a third of
+/// the throughput for ten (README, Figures). So a stripe reserves, when it is made, room for
+/// as many entries as its budget can hold: every entry weighs at least [`ENTRY_OVERHEAD`],
+/// so no fill of the budget, whatever its rows, outgrows the reservation. The table's control
+/// bytes (one per slot, about 2.3 bytes an entry) are written then; its slots and the slab's
+/// entries are allocated then but made resident only as entries fill them. This caps the
+/// reservation for a very large budget (2,097,152 entries: a 192 MiB stripe, a 6 GiB cache);
+/// beyond it, a stripe grows as before.
+const MAX_RESERVED_ENTRIES: usize = 1 << 21;
 
 /// A cached key: inline up to 24 bytes.
 type Key = SmallVec<[u8; 24]>;
@@ -133,6 +137,10 @@ pub struct CacheStats {
     /// Bytes of its stripes' hash tables: a slot for each entry (or evicted key remembered)
     /// they have room for, reserved when the cache is made. Not counted in `bytes`.
     pub table_bytes: u64,
+    /// Entries it holds now.
+    pub entries: u64,
+    /// Entries its stripes reserved room for when it was made (in their tables and slabs).
+    pub reserved_entries: u64,
 }
 
 impl std::ops::Add for CacheStats {
@@ -145,12 +153,16 @@ impl std::ops::Add for CacheStats {
             fills_refused: self.fills_refused + other.fills_refused,
             bytes: self.bytes + other.bytes,
             table_bytes: self.table_bytes + other.table_bytes,
+            entries: self.entries + other.entries,
+            reserved_entries: self.reserved_entries + other.reserved_entries,
         }
     }
 }
 
 struct Stripe {
     rows: Rows,
+    /// The entries it reserved room for when it was made.
+    reserved: usize,
     /// Reads answered from this stripe, and reads it could not answer (counted under the
     /// stripe's lock, which the read holds anyway).
     hits: u64,
@@ -165,16 +177,17 @@ impl RowCache {
         RowCache {
             stripes: (0..stripes)
                 .map(|_| {
-                    let entries = (stripe_budget / BYTES_PER_ENTRY_GUESS).max(1);
+                    let guessed = (stripe_budget / BYTES_PER_ENTRY_GUESS).max(1);
                     let mut rows = Rows::with(
-                        entries,
+                        guessed,
                         stripe_budget as u64,
                         Weigh,
                         foldhash::fast::RandomState::default(),
                         Default::default(),
                     );
-                    rows.reserve(entries.min(MAX_RESERVED_ENTRIES));
-                    Mutex::new(Stripe { rows, hits: 0, misses: 0 })
+                    let reserved = (stripe_budget / ENTRY_OVERHEAD).clamp(1, MAX_RESERVED_ENTRIES);
+                    rows.reserve(reserved);
+                    Mutex::new(Stripe { rows, reserved, hits: 0, misses: 0 })
                 })
                 .collect(),
             generation: AtomicU64::new(0),
@@ -194,6 +207,8 @@ impl RowCache {
             stats.misses += stripe.misses;
             stats.bytes += stripe.rows.weight();
             stats.table_bytes += stripe.rows.memory_used().map as u64;
+            stats.entries += stripe.rows.len() as u64;
+            stats.reserved_entries += stripe.reserved as u64;
         }
         stats
     }

@@ -418,36 +418,42 @@ fn written_rows_enter_the_row_cache_only_while_it_has_room() {
     assert!(stats.bytes as usize <= BUDGET, "{stats:?} over {BUDGET}");
 }
 
-/// The row cache makes room in its tables for the entries its budget is guessed to hold (one
-/// per 512 bytes) when it is made, so filling it never rehashes a table under load; and a
-/// huge budget reserves bounded tables (at most 262,144 entries and as many evicted keys a
-/// stripe, 32 stripes).
+/// The row cache makes room, when it is made, for as many entries as its budget can hold
+/// (every entry weighs at least its 96 bytes of overhead), so filling it never regrows a
+/// stripe's table or slab under load, whatever its rows weigh; and a huge budget reserves
+/// bounded tables (at most 2,097,152 entries and as many evicted keys a stripe, 32 stripes).
 #[test]
-fn the_row_cache_reserves_its_tables_when_it_is_made() {
+fn the_row_cache_reserves_room_for_its_budget_when_it_is_made() {
     const BUDGET: usize = 4 << 20;
-    const GUESS: usize = 512;
+    // The lightest entry: an 8-byte key and an empty value, 104 bytes as the cache counts it.
+    const LIGHTEST: usize = 8 + 96;
     let f = Fixture::with_cache(Kind::Memory, BUDGET);
     let mvcc = f.mvcc();
-    let reserved = mvcc.cache_stats().table_bytes;
-    assert!(reserved > 0, "no table reserved: {:?}", mvcc.cache_stats());
-    // Nine tenths of the guessed entries, each weighing what the guess assumes (8-byte key,
-    // 96 bytes of overhead as the cache counts it), written through by applied batches.
-    let entries = (BUDGET / GUESS * 9 / 10) as u64;
-    let value = vec![7u8; GUESS - 96 - 8];
+    let made = mvcc.cache_stats();
+    assert!(made.table_bytes > 0, "no table reserved: {made:?}");
+    // Twice what the budget holds, written through by applied batches (which take free room
+    // only), then read (which fills and evicts, so evicted keys are remembered too).
+    let keys = (2 * BUDGET / LIGHTEST) as u64;
     for w in 1..=10u64 {
         let mut batch = VersionBatch::new(Epoch(w), ts(w));
-        for k in (w - 1) * entries / 10..w * entries / 10 {
-            batch.put(k.to_be_bytes().to_vec(), value.clone());
+        for k in (w - 1) * keys / 10..w * keys / 10 {
+            batch.put(k.to_be_bytes().to_vec(), Vec::new());
         }
         mvcc.apply(&batch).unwrap();
     }
+    for k in 0..keys {
+        assert_eq!(mvcc.get(&k.to_be_bytes(), ts(10)).unwrap().map(|v| v.value), Some(vec![]));
+    }
     let stats = mvcc.cache_stats();
-    assert!(stats.bytes as usize > BUDGET * 8 / 10, "the rows were not cached: {stats:?}");
-    assert_eq!(stats.table_bytes, reserved, "a table grew (was rehashed): {stats:?}");
+    assert!(stats.bytes as usize > BUDGET * 9 / 10, "the rows did not fill it: {stats:?}");
+    assert!(stats.misses > 0, "nothing was evicted: {stats:?}");
+    assert_eq!(stats.table_bytes, made.table_bytes, "a table grew (was rehashed): {stats:?}");
+    assert!(stats.entries <= stats.reserved_entries, "past the slabs' reservation: {stats:?}");
 
-    let huge = Fixture::with_cache(Kind::Memory, 1 << 40);
-    // 2 x 262,144 slots at hashbrown's 7/8 load: 2^20 slots of 5 bytes (index and control).
-    let bound = 32 * 8 * (1 << 20);
-    let tables = huge.mvcc().cache_stats().table_bytes;
+    let huge = Fixture::with_cache(Kind::Memory, 1 << 40).mvcc().cache_stats();
+    assert_eq!(huge.reserved_entries, 32 << 21, "{huge:?}");
+    // 2 x 2^21 entries at hashbrown's 7/8 load: 2^23 slots of 5 bytes (index and control).
+    let bound = 32 * 6 * (1 << 23);
+    let tables = huge.table_bytes;
     assert!(tables > 0 && tables <= bound, "a 1 TiB budget reserved {tables} bytes of tables");
 }
