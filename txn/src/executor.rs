@@ -596,10 +596,14 @@ impl<'a> Declared<'a> {
     }
 
     fn contains(&self, key: &[u8]) -> bool {
-        // The point range of `key` ends at `key` followed by a zero byte.
         match &self.index {
             None => self.ranges.iter().any(|r| r.contains(key)),
-            Some(_) => self.holds(key, Some(&[key, &[0]].concat())),
+            // `holds(key, key + [0])` (the point range of `key`), without building its end:
+            // `key + [0] <= end` exactly when `key < end`.
+            Some((sorted, ends)) => {
+                let at = sorted.partition_point(|r| r.start.as_slice() <= key);
+                at.checked_sub(1).is_some_and(|i| ends[i].is_none_or(|end| key < end))
+            }
         }
     }
 

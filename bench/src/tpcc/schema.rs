@@ -186,28 +186,29 @@ pub fn stock_info_key(w: u32, i: u32) -> Vec<u8> {
     table(w, tag::STOCK_INFO).u32(i).finish()
 }
 
-/// The parts of an address every addressed table has.
+/// The parts of an address every addressed table has. `T` is the text's type: `String`, or
+/// the row's bytes borrowed in a view ([`WarehouseView`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Address {
+pub struct Address<T = String> {
     /// Street, first line.
-    pub street_1: String,
+    pub street_1: T,
     /// Street, second line.
-    pub street_2: String,
+    pub street_2: T,
     /// City.
-    pub city: String,
+    pub city: T,
     /// Two letters.
-    pub state: String,
+    pub state: T,
     /// Nine characters.
-    pub zip: String,
+    pub zip: T,
 }
 
-/// WAREHOUSE.
+/// WAREHOUSE (`T`: the text's type, as in [`Address`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Warehouse {
+pub struct Warehouse<T = String> {
     /// W_NAME.
-    pub name: String,
+    pub name: T,
     /// W_STREET_1 .. W_ZIP.
-    pub address: Address,
+    pub address: Address<T>,
     /// W_TAX, basis points.
     pub tax: i64,
     /// W_YTD, cents.
@@ -229,23 +230,23 @@ pub struct District {
     pub next_o_id: u32,
 }
 
-/// CUSTOMER.
+/// CUSTOMER (`T`: the text's type, as in [`Address`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Customer {
+pub struct Customer<T = String> {
     /// C_FIRST.
-    pub first: String,
+    pub first: T,
     /// C_MIDDLE.
-    pub middle: String,
+    pub middle: T,
     /// C_LAST.
-    pub last: String,
+    pub last: T,
     /// C_STREET_1 .. C_ZIP.
-    pub address: Address,
+    pub address: Address<T>,
     /// C_PHONE.
-    pub phone: String,
+    pub phone: T,
     /// C_SINCE, microseconds.
     pub since: u64,
     /// C_CREDIT: "GC" or "BC".
-    pub credit: String,
+    pub credit: T,
     /// C_CREDIT_LIM, cents.
     pub credit_lim: i64,
     /// C_DISCOUNT, basis points.
@@ -259,7 +260,7 @@ pub struct Customer {
     /// C_DELIVERY_CNT.
     pub delivery_cnt: u32,
     /// C_DATA.
-    pub data: String,
+    pub data: T,
 }
 
 /// HISTORY.
@@ -315,17 +316,17 @@ pub struct OrderLine {
     pub dist_info: String,
 }
 
-/// ITEM.
+/// ITEM (`T`: the text's type, as in [`Address`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Item {
+pub struct Item<T = String> {
     /// I_IM_ID.
     pub im_id: u32,
     /// I_NAME.
-    pub name: String,
+    pub name: T,
     /// I_PRICE, cents.
     pub price: i64,
     /// I_DATA.
-    pub data: String,
+    pub data: T,
 }
 
 /// STOCK's counters: the columns New-Order updates.
@@ -341,14 +342,26 @@ pub struct Stock {
     pub remote_cnt: u32,
 }
 
-/// The rest of STOCK, unchanged after the load.
+/// The rest of STOCK, unchanged after the load (`T`: the text's type, as in [`Address`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct StockInfo {
+pub struct StockInfo<T = String> {
     /// S_DIST_01 .. S_DIST_10.
-    pub dist: Vec<String>,
+    pub dist: Vec<T>,
     /// S_DATA.
-    pub data: String,
+    pub data: T,
 }
+
+/// The rows New-Order reads and does not write, decoded with their text borrowed from the
+/// row's bytes ([`view`]): no allocation, copy or UTF-8 check per column (text is read as
+/// bytes; postcard encodes a `&[u8]` as it does a `str`). New-Order reads ten items and ten
+/// stock rows a call, and the customer's text alone is up to 600 bytes.
+pub type WarehouseView<'a> = Warehouse<&'a [u8]>;
+/// See [`WarehouseView`].
+pub type CustomerView<'a> = Customer<&'a [u8]>;
+/// See [`WarehouseView`].
+pub type ItemView<'a> = Item<&'a [u8]>;
+/// See [`WarehouseView`].
+pub type StockInfoView<'a> = StockInfo<&'a [u8]>;
 
 /// Encodes a row (or a procedure's arguments: the same format).
 pub fn encode<T: Serialize>(row: &T) -> Vec<u8> {
@@ -357,6 +370,11 @@ pub fn encode<T: Serialize>(row: &T) -> Vec<u8> {
 
 /// Decodes a row, naming the table on failure.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    view(bytes)
+}
+
+/// Decodes a row that may borrow from `bytes` (the views above), naming the table on failure.
+pub fn view<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
     postcard::from_bytes(bytes)
         .map_err(|e| format!("corrupt {} row: {e}", std::any::type_name::<T>()))
 }

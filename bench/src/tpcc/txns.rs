@@ -53,10 +53,14 @@ impl Reader for Snapshot<'_> {
 
 /// The row at `key`; a missing or undecodable row aborts the transaction.
 pub fn row<T: DeserializeOwned>(r: &mut impl Reader, key: &[u8]) -> Result<T, ProcError> {
-    let bytes = r.read(key)?.ok_or_else(|| {
-        ProcError::abort(format!("no {} row at {key:?}", std::any::type_name::<T>()))
-    })?;
+    let bytes = row_bytes(r, key, std::any::type_name::<T>())?;
     decode(&bytes).map_err(ProcError::Abort)
+}
+
+/// The bytes of the row of `table` at `key`, for a [`view`] of it; a missing row aborts the
+/// transaction.
+fn row_bytes(r: &mut impl Reader, key: &[u8], table: &str) -> Result<Vec<u8>, ProcError> {
+    r.read(key)?.ok_or_else(|| ProcError::abort(format!("no {table} row at {key:?}")))
 }
 
 fn put<T: Serialize>(ctx: &mut dyn Context, key: &[u8], value: &T) -> Result<(), ProcError> {
@@ -211,12 +215,15 @@ impl Procedure for NewOrderProc {
     fn run(&self, mut ctx: &mut dyn Context, a: &[u8]) -> Result<Vec<u8>, ProcError> {
         let t: NewOrder = args(a)?;
         let (w, d) = (t.w, t.d);
-        let warehouse: Warehouse = row(&mut ctx, &warehouse_key(w))?;
+        // The rows New-Order only reads are decoded as views, their text borrowed.
+        let warehouse = row_bytes(&mut ctx, &warehouse_key(w), "Warehouse")?;
+        let warehouse: WarehouseView = view(&warehouse).map_err(ProcError::Abort)?;
         let mut district: District = row(&mut ctx, &district_key(w, d))?;
         let o = district.next_o_id;
         district.next_o_id += 1;
         put(ctx, &district_key(w, d), &district)?;
-        let customer: Customer = row(&mut ctx, &customer_key(w, d, t.c))?;
+        let customer = row_bytes(&mut ctx, &customer_key(w, d, t.c), "Customer")?;
+        let customer: CustomerView = view(&customer).map_err(ProcError::Abort)?;
         let entry_d = now_micros(ctx);
         let order = Order {
             c_id: t.c,
@@ -233,10 +240,11 @@ impl Procedure for NewOrderProc {
             let Some(item) = ctx.get(&item_key(w, l.i_id))? else {
                 return Err(ProcError::abort(ROLLBACK));
             };
-            let item: Item = decode(&item).map_err(ProcError::Abort)?;
+            let item: ItemView = view(&item).map_err(ProcError::Abort)?;
             let key = stock_key(l.supply_w, l.i_id);
             let mut stock: Stock = row(&mut ctx, &key)?;
-            let info: StockInfo = row(&mut ctx, &stock_info_key(l.supply_w, l.i_id))?;
+            let info = row_bytes(&mut ctx, &stock_info_key(l.supply_w, l.i_id), "StockInfo")?;
+            let info: StockInfoView = view(&info).map_err(ProcError::Abort)?;
             let q = i64::from(l.quantity);
             stock.quantity =
                 if stock.quantity >= q + 10 { stock.quantity - q } else { stock.quantity - q + 91 };
@@ -253,7 +261,8 @@ impl Procedure for NewOrderProc {
                 delivery_d: None,
                 quantity: l.quantity,
                 amount,
-                dist_info: info.dist[(d - 1) as usize].clone(),
+                dist_info: String::from_utf8(info.dist[(d - 1) as usize].to_vec())
+                    .map_err(|e| ProcError::abort(format!("corrupt stock row: {e}")))?,
             };
             put(ctx, &order_line_key(w, d, o, n as u32 + 1), &line)?;
             total += amount;
