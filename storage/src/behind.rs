@@ -171,6 +171,20 @@ impl WriteBehind {
     fn queued(&self) -> Vec<Arc<Queued>> {
         lock(&self.shared.state).queued.iter().cloned().collect()
     }
+
+    /// The queued batches over the engine's cursor that `cursor` makes.
+    fn merged<'a>(
+        &'a self,
+        cursor: impl FnOnce(&'a dyn Engine) -> Box<dyn Cursor + 'a>,
+    ) -> Box<dyn Cursor + 'a> {
+        // The queue first: a batch that leaves it meanwhile is in the engine's cursor.
+        let queued = self.queued();
+        let engine = cursor(&*self.shared.engine);
+        if queued.is_empty() {
+            return engine;
+        }
+        Box::new(Merged::new(engine, queued))
+    }
 }
 
 fn written_behind(why: &str) -> StorageError {
@@ -237,13 +251,13 @@ impl Engine for WriteBehind {
     }
 
     fn cursor(&self) -> Box<dyn Cursor + '_> {
-        // The queue first: a batch that leaves it meanwhile is in the engine's cursor.
-        let queued = self.queued();
-        let engine = self.shared.engine.cursor();
-        if queued.is_empty() {
-            return engine;
-        }
-        Box::new(Merged::new(engine, queued))
+        self.merged(|engine| engine.cursor())
+    }
+
+    /// The queue's entries past `end` are exact, the engine's may be any past it: the
+    /// smallest of them is below `end` only if the queue's is, and then it is the right one.
+    fn cursor_within(&self, start: &[u8], end: Option<&[u8]>) -> Box<dyn Cursor + '_> {
+        self.merged(|engine| engine.cursor_within(start, end))
     }
 
     fn seek_in_prefix(&self, key: &[u8], prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {

@@ -78,6 +78,16 @@ pub trait Engine: Send + Sync + 'static {
     /// created; whether it sees later ones is unspecified.
     fn cursor(&self) -> Box<dyn Cursor + '_>;
 
+    /// A cursor for reading the keys from `start` up to `end` (`None`: no end): each seek
+    /// to a key in those bounds, and each step from an entry in them, returns what
+    /// [`Engine::cursor`]'s would if that is below `end`, and otherwise some entry at or
+    /// after `end`, or none. What the bounds tell lets an engine read fewer of its parts
+    /// (RocksDB: one column family, on a kept iterator).
+    fn cursor_within(&self, start: &[u8], end: Option<&[u8]>) -> Box<dyn Cursor + '_> {
+        let _ = (start, end);
+        self.cursor()
+    }
+
     /// The first entry at or after `key`, if its key starts with `prefix`: one version lookup.
     /// `prefix` is `StorageKey::version_prefix` of the user key `key` is a version of, which
     /// lets an engine skip files without that key (RocksDB's prefix Bloom filters).

@@ -433,8 +433,9 @@ impl Mvcc {
             Some(end) => StorageKey::version_prefix(end),
             None => StorageKey::versions_end(),
         };
-        let mut cursor = self.engine.cursor();
-        let mut entry = cursor.seek(&StorageKey::version_prefix(&range.start))?;
+        let lower = StorageKey::version_prefix(&range.start);
+        let mut cursor = self.engine.cursor_within(&lower, Some(&upper));
+        let mut entry = cursor.seek(&lower)?;
         while let Some((k, v)) = entry {
             if k >= upper {
                 break;
@@ -449,7 +450,13 @@ impl Mvcc {
             if visit(key, ts, &v)?.is_break() {
                 break;
             }
-            entry = cursor.seek(&after_key)?;
+            // The rest of this key's versions sort before `after_key`. Most keys have one
+            // version: the next entry is then the next key's, and a step costs far less
+            // than a seek (in RocksDB, one on every memtable and level).
+            entry = match cursor.next()? {
+                Some((k, _)) if k < after_key => cursor.seek(&after_key)?,
+                next => next,
+            };
         }
         Ok(())
     }

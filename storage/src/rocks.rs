@@ -14,12 +14,14 @@
 //!                           database opened with another list is refused, not misread
 //! ```
 //!
-//! Point reads ([`Engine::seek_in_prefix`]) run on iterators kept between reads, a few per
-//! family, each refreshed before it is used (`PointRead`): building one costs more than the
+//! Point reads ([`Engine::seek_in_prefix`]), and scans of a range that lies in one family
+//! ([`Engine::cursor_within`]), run on iterators kept between reads, a few per family and
+//! kind, each refreshed before it is used (`KeptIterator`): building one costs more than the
 //! seek itself, and a refresh that finds the same memtables and files only moves its read to
 //! the newest write (and one that finds them changed, by a flush or compaction RocksDB began on
 //! its own, rebuilds itself). Kept iterators are let go at each flush the engine is asked
-//! for, so an idle engine's hold no switched memtable or replaced file for long.
+//! for, so an idle engine's hold no switched memtable or replaced file for long. A scan over
+//! both families builds its iterators, as it reads both at one snapshot.
 //!
 //! Both families flush together (RocksDB's atomic flush), so what a crash leaves of
 //! unsynced writes is, as with one family, a prefix of the batches written; a cursor reads
@@ -76,9 +78,9 @@ fn has_version_prefix(key: &[u8]) -> bool {
 /// An engine stored in a RocksDB database directory.
 pub struct RocksEngine {
     db: Arc<DB>,
-    /// Iterators for point reads ([`Engine::seek_in_prefix`]) kept between reads, one pool
-    /// for each column family (the default one, then the one kept apart).
-    point_reads: [Mutex<Vec<PointRead>>; 2],
+    /// Iterators kept between reads: by [`Kept`] (point reads, scans), then one pool for
+    /// each column family (the default one, then the one kept apart).
+    kept: [[Mutex<Vec<KeptIterator>>; 2]; 2],
     path: PathBuf,
     /// Which keys the second column family holds, if there is one.
     apart: Option<Apart>,
@@ -362,7 +364,7 @@ impl RocksEngine {
             DB::open_cf_descriptors(&opts, &path, families).map_err(|e| engine_error(&path, e))?;
         Ok(RocksEngine {
             db: Arc::new(db),
-            point_reads: Default::default(),
+            kept: Default::default(),
             path,
             apart,
             horizon,
@@ -495,17 +497,17 @@ impl RocksEngine {
         opts.set_wait(wait);
         self.db.flush_cfs_opt(&self.families(), &opts).map_err(|e| self.error(e))?;
         // Kept iterators hold the memtables and files they were last refreshed on: let
-        // those go once flushed (the next point read builds a new one).
-        for pool in &self.point_reads {
+        // those go once flushed (the next read builds a new one).
+        for pool in self.kept.iter().flatten() {
             std::mem::take(&mut *pool.lock().unwrap_or_else(PoisonError::into_inner));
         }
         Ok(())
     }
 
-    /// A point-read iterator over the family kept apart (`apart`) or the default one:
+    /// An iterator of `kind` over the family kept apart (`apart`) or the default one:
     /// reused if one is kept, and then refreshed to see every write completed before.
-    fn point_read(&self, apart: bool) -> Result<PointRead> {
-        let kept = self.point_reads[usize::from(apart)]
+    fn kept_iterator(&self, kind: Kept, apart: bool) -> Result<KeptIterator> {
+        let kept = self.kept[kind as usize][usize::from(apart)]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
@@ -517,9 +519,12 @@ impl RocksEngine {
             (true, Some(kept_apart)) => Some(kept_apart.family.as_str()),
             _ => None,
         };
-        Ok(PointRead::new(Arc::clone(&self.db), |db| {
+        Ok(KeptIterator::new(Arc::clone(&self.db), |db| {
             let mut read = ReadOptions::default();
-            read.set_prefix_same_as_start(true);
+            match kind {
+                Kept::PointRead => read.set_prefix_same_as_start(true),
+                Kept::Scan => read.set_total_order_seek(true),
+            }
             match family {
                 Some(name) => db.raw_iterator_cf_opt(
                     db.cf_handle(name).expect("the engine opened its column families"),
@@ -530,27 +535,53 @@ impl RocksEngine {
         }))
     }
 
-    /// Keeps `iter` for the next point read, unless enough are kept already.
-    fn keep_point_read(&self, apart: bool, iter: PointRead) {
-        let mut kept =
-            self.point_reads[usize::from(apart)].lock().unwrap_or_else(PoisonError::into_inner);
-        if kept.len() < KEPT_POINT_READS {
+    /// Keeps `iter` for the next read of its kind, unless enough are kept already.
+    fn keep(&self, kind: Kept, apart: bool, iter: KeptIterator) {
+        let mut kept = self.kept[kind as usize][usize::from(apart)]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if kept.len() < KEPT_ITERATORS {
             kept.push(iter);
+        }
+    }
+
+    /// Which one family holds every key from `start` up to `end` (true: the one kept apart),
+    /// if one does.
+    fn family_of_range(&self, start: &[u8], end: Option<&[u8]>) -> Option<bool> {
+        let Some(apart) = &self.apart else { return Some(false) };
+        let (held_apart, other_from) = match apart.ahead(start) {
+            Ahead::Here(main_from) => (true, main_from),
+            Ahead::From(apart_from) => (false, Some(apart_from)),
+            Ahead::Nowhere => (false, None),
+        };
+        match (other_from, end) {
+            (None, _) => Some(held_apart),
+            (Some(from), Some(end)) if end <= from => Some(held_apart),
+            _ => None,
         }
     }
 }
 
-/// Point-read iterators kept per column family: about as many as threads read at once.
-const KEPT_POINT_READS: usize = 4;
+/// Iterators kept per column family and kind: about as many as threads read at once.
+const KEPT_ITERATORS: usize = 4;
+
+/// What a kept iterator is for; each kind reads with its own options.
+#[derive(Debug, Clone, Copy)]
+enum Kept {
+    /// Point reads: seeks within one key's versions, which the prefix filters serve.
+    PointRead = 0,
+    /// Scans: seeks and steps across keys, in total order.
+    Scan = 1,
+}
 
 self_cell::self_cell!(
-    /// A RocksDB iterator for point reads together with the database it reads, so that it can
-    /// be kept between reads. Building an iterator (`NewInternalIterator`: one child per
-    /// memtable and level) costs more than most seeks on it; refreshing a kept one, when no
-    /// memtable was switched and no compaction finished since, only moves its sequence number
-    /// to the newest write (RocksDB's `ArenaWrappedDBIter::Refresh`). A point read after a
-    /// refresh sees exactly what one on a new iterator would: every write completed before it.
-    struct PointRead {
+    /// A RocksDB iterator together with the database it reads, so that it can be kept
+    /// between reads. Building an iterator (`NewInternalIterator`: one child per memtable and
+    /// level) costs more than most seeks on it; refreshing a kept one, when no memtable was
+    /// switched and no compaction finished since, only moves its sequence number to the
+    /// newest write (RocksDB's `ArenaWrappedDBIter::Refresh`). A read after a refresh sees
+    /// exactly what one on a new iterator would: every write completed before it.
+    struct KeptIterator {
         owner: Arc<DB>,
         #[covariant]
         dependent: DBRawIterator,
@@ -586,15 +617,23 @@ impl Engine for RocksEngine {
         Box::new(Both { apart, main, kept_apart, started: false, _snapshot: snapshot })
     }
 
-    /// On a kept iterator, refreshed (`PointRead`).
+    /// On a kept iterator, refreshed (`KeptIterator`), if the range lies in one family.
+    fn cursor_within(&self, start: &[u8], end: Option<&[u8]>) -> Box<dyn Cursor + '_> {
+        match self.family_of_range(start, end) {
+            Some(apart) => Box::new(KeptCursor { engine: self, apart, iter: None, started: false }),
+            None => self.cursor(),
+        }
+    }
+
+    /// On a kept iterator, refreshed (`KeptIterator`).
     fn seek_in_prefix(&self, key: &[u8], prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         let apart = self.apart.as_ref().is_some_and(|a| a.holds(key));
-        let mut iter = self.point_read(apart)?;
+        let mut iter = self.kept_iterator(Kept::PointRead, apart)?;
         let found = iter.with_dependent_mut(|_, iter| {
             iter.seek(key);
             entry_at(iter, &self.path)
         })?;
-        self.keep_point_read(apart, iter);
+        self.keep(Kept::PointRead, apart, iter);
         Ok(found.filter(|(k, _)| k.starts_with(prefix)))
     }
 
@@ -763,6 +802,65 @@ impl Cursor for Both<'_> {
             return self.seek(&[]);
         }
         self.take_smaller()
+    }
+}
+
+/// A cursor on a kept scan iterator of one family ([`Engine::cursor_within`]), taken and
+/// refreshed at its first move and kept again when the cursor is dropped.
+struct KeptCursor<'a> {
+    engine: &'a RocksEngine,
+    apart: bool,
+    iter: Option<KeptIterator>,
+    started: bool,
+}
+
+impl KeptCursor<'_> {
+    /// Runs `step` on the iterator, taking one first if this cursor has none yet.
+    fn step(
+        &mut self,
+        step: impl FnOnce(&mut DBRawIterator<'_>, &Path) -> Result<Option<(Vec<u8>, Vec<u8>)>>,
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let engine = self.engine;
+        let iter = match &mut self.iter {
+            Some(iter) => iter,
+            empty => empty.insert(engine.kept_iterator(Kept::Scan, self.apart)?),
+        };
+        iter.with_dependent_mut(|_, iter| step(iter, &engine.path))
+    }
+}
+
+impl Cursor for KeptCursor<'_> {
+    fn seek(&mut self, key: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        self.started = true;
+        self.step(|iter, path| {
+            iter.seek(key);
+            entry_at(iter, path)
+        })
+    }
+
+    fn next(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let started = std::mem::replace(&mut self.started, true);
+        self.step(|iter, path| {
+            if !started {
+                iter.seek_to_first();
+            } else if iter.valid() {
+                iter.next();
+            } else {
+                return Ok(None);
+            }
+            entry_at(iter, path)
+        })
+    }
+}
+
+impl Drop for KeptCursor<'_> {
+    fn drop(&mut self) {
+        // An iterator that stopped on an error is not kept: the next scan builds a new one.
+        if let Some(iter) = self.iter.take()
+            && iter.borrow_dependent().status().is_ok()
+        {
+            self.engine.keep(Kept::Scan, self.apart, iter);
+        }
     }
 }
 
