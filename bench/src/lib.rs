@@ -34,6 +34,17 @@ pub fn node_procedures() -> txn::Registry {
     registry
 }
 
+/// How a benchmark runs its clients on the embedded database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// Each client is a task, all on one thread, calling the database's async API (the
+    /// micro-benchmark's through `txn::Store`, TPC-C's `Database::call_async`).
+    Async,
+    /// Each client is an OS thread making blocking calls (`Database::call`).
+    Threads,
+}
+
 /// Which cluster a benchmark runs against (`--cluster`).
 #[derive(Debug, Clone)]
 pub enum ClusterTarget {

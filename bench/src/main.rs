@@ -126,7 +126,8 @@ enum Workload {
         /// the report as scaled.
         #[arg(long, default_value_t = 3_000)]
         scale_customers: u32,
-        /// Shards of the embedded database (default: one per core, at most one per warehouse).
+        /// Shards of the embedded database (default: one per two cores, at least one, at most
+        /// one per warehouse).
         #[arg(long)]
         shards: Option<u32>,
         /// The database to run on: sealdb embedded, or PostgreSQL for comparison.
@@ -193,6 +194,10 @@ enum Workload {
         /// growth does not slow reads of the rest.
         #[arg(long)]
         rocksdb_one_family: bool,
+        /// How the embedded database's clients run: tasks on one thread calling its async API
+        /// (async), or one thread each making blocking calls (threads).
+        #[arg(long, value_enum, default_value = "async")]
+        driver: bench::Driver,
         #[command(flatten)]
         cluster: ClusterArgs,
         #[command(flatten)]
@@ -213,7 +218,7 @@ enum Workload {
         /// How clients run: tasks on one thread (async, embedded or cluster) or one thread
         /// each making blocking calls (threads, embedded only).
         #[arg(long, value_enum, default_value = "async")]
-        driver: bench::micro::Driver,
+        driver: bench::Driver,
         /// Concurrent clients.
         #[arg(long, default_value_t = 64)]
         clients: u32,
@@ -366,6 +371,7 @@ fn main() -> ExitCode {
             rocksdb_l0_trigger,
             write_behind,
             rocksdb_one_family,
+            driver,
             rocksdb_file_mib,
             backup_after,
             cluster,
@@ -434,12 +440,14 @@ fn main() -> ExitCode {
                     || rocksdb_background_mib.is_some()
                     || rocksdb_l0_trigger != storage::DEFAULT_L0_COMPACTION_TRIGGER
                     || rocksdb_one_family
+                    || driver == bench::Driver::Threads
                     || write_behind != storage::DEFAULT_WRITE_BEHIND)
                     && (target.is_some() || pg_url.is_some()) =>
                 {
                     return usage_error(
-                        "--plan, --no-rocksdb-wal, --write-behind and --rocksdb-* options \
-                         other than --rocksdb-file-mib are for the embedded database",
+                        "--plan, --no-rocksdb-wal, --write-behind, --driver threads and \
+                         --rocksdb-* options other than --rocksdb-file-mib are for the embedded \
+                         database",
                     );
                 }
                 _ if rocksdb_file_mib != bench::tpcc::TABLE_FILE_BYTES >> 20
@@ -462,9 +470,12 @@ fn main() -> ExitCode {
                 }
                 _ => {}
             }
-            // The embedded database's clients are OS threads (the cluster's and PostgreSQL's
-            // are tasks): many of them are better off without huge pages (`node::allocator`).
-            if matches!(backend, Backend::Sealdb) && target.is_none() {
+            // Clients as OS threads (`--driver threads`; the cluster's and PostgreSQL's are
+            // tasks): many of them are better off without huge pages (`node::allocator`).
+            if matches!(backend, Backend::Sealdb)
+                && target.is_none()
+                && driver == bench::Driver::Threads
+            {
                 let threads = clients.iter().copied().max().unwrap_or(0);
                 node::allocator::fit_huge_pages_to(threads as usize);
             }
@@ -528,6 +539,7 @@ fn main() -> ExitCode {
                             rocksdb_table_file_bytes: rocksdb_file_mib << 20,
                             write_behind,
                             appended_apart: !rocksdb_one_family,
+                            driver,
                         };
                         bench::tpcc::run_sealdb(&opts, &embedded)
                     }
@@ -590,7 +602,7 @@ fn main() -> ExitCode {
             if target.is_some() && (shards.is_some() || seal_ahead.is_some()) {
                 return usage_error("--shards and --seal-ahead are for the embedded database");
             }
-            if target.is_some() && driver == bench::micro::Driver::Threads {
+            if target.is_some() && driver == bench::Driver::Threads {
                 return usage_error("--driver threads is for the embedded database");
             }
             eprintln!(
@@ -598,7 +610,7 @@ fn main() -> ExitCode {
                 duration.as_secs(),
                 cluster.cluster.as_deref().map(|c| format!(", cluster {c}")).unwrap_or_default()
             );
-            if target.is_none() && driver == bench::micro::Driver::Threads {
+            if target.is_none() && driver == bench::Driver::Threads {
                 node::allocator::fit_huge_pages_to(clients as usize);
             }
             let result = match &target {

@@ -41,15 +41,7 @@ pub enum Workload {
     Interactive,
 }
 
-/// How clients are run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Driver {
-    /// Each client is a task on one tokio thread, using the database through `txn::Store`.
-    Async,
-    /// Each client is an OS thread making blocking calls.
-    Threads,
-}
+pub use crate::Driver;
 
 /// What to run.
 #[derive(Debug, Clone)]

@@ -11,9 +11,10 @@ use storage::KeyRange;
 use tokio::runtime::{Handle, Runtime};
 use txn::{ProcError, ReadAt, Rows, TxnError};
 
+use super::shard_map;
 use super::txns::Reader;
 use super::{Backend, Done, Execution, Population, Report, Tasks, TpccOptions, Txn, check, drive};
-use super::{call_until_done, load_parts, procedure, run_parts, schema, settle, shard_map};
+use super::{call_until_done, call_until_done_async, load_parts, procedure, run_parts, schema};
 use crate::{ClusterTarget, RunningCluster};
 use client::Client;
 
@@ -82,12 +83,10 @@ impl Tasks for RemoteSealdb {
         Box::pin(async move {
             let mut retries = 0;
             let done = match procedure(&txn) {
-                Ok((name, args)) => loop {
-                    let attempt = self.client.call(name, &args).await;
-                    if let Some(done) = settle(name, attempt, &mut retries) {
-                        break done;
-                    }
-                },
+                Ok((name, args)) => {
+                    call_until_done_async(name, &mut retries, || self.client.call(name, &args))
+                        .await
+                }
                 // The read-only transactions are procedures over blocking reads: on a thread
                 // that may block.
                 Err(read_only) => {

@@ -71,9 +71,12 @@ fn a_backup_under_load_restores_consistent_with_every_acknowledged_new_order() {
         backup_after: Some(Duration::from_secs(2)),
         ..options(2, 4, 5)
     };
+    // Its clients are threads making blocking calls (`--driver threads`); the other runs'
+    // are tasks (the default).
     let embedded = bench::tpcc::Embedded {
         dir: Some(dir.path().join("db")),
         shards: Some(2),
+        driver: bench::Driver::Threads,
         ..Default::default()
     };
     let report = bench::tpcc::run_sealdb(&opts, &embedded).unwrap();
