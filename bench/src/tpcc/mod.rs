@@ -416,6 +416,18 @@ impl Sealdb {
         let mut snap = self.db.snapshot(ReadAt::Latest).map_err(|e| e.to_string())?;
         f(&mut snap).map_err(|e| e.to_string())
     }
+
+    /// [`Sealdb::read`] for clients that are futures on one thread: a `Latest` snapshot waits
+    /// until the shards have applied every window up to now (about a window), and it waits
+    /// as a future, not holding the thread every other client runs on.
+    async fn read_async<T>(
+        &self,
+        f: impl FnOnce(&mut embedded::Snapshot<'_>) -> Result<T, txn::ProcError>,
+    ) -> Result<T, String> {
+        let snap = txn::Store::snapshot(&self.db, ReadAt::Latest).await;
+        let mut snap = snap.map_err(|e| e.to_string())?;
+        f(&mut snap).map_err(|e| e.to_string())
+    }
 }
 
 /// The sealdb procedure that runs `txn` and its arguments, or the read-only transaction it
@@ -613,9 +625,8 @@ impl Tasks for Sealdb {
                     call_until_done_async(name, &mut retries, || self.db.call_async(name, &args))
                         .await
                 }
-                // A `Latest` snapshot starts at the shards' safe time without waiting, and
-                // its reads are the shards' storage: inline, as the blocking client reads.
-                Err(read_only) => self.read(|s| read_only.run(s)),
+                // Once the snapshot is safe, its reads are the shards' storage: inline.
+                Err(read_only) => self.read_async(|s| read_only.run(s)).await,
             };
             (done, retries)
         })
