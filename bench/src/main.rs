@@ -470,8 +470,9 @@ fn main() -> ExitCode {
                 }
                 _ => {}
             }
-            // Clients as OS threads (`--driver threads`; the cluster's and PostgreSQL's are
-            // tasks): many of them are better off without huge pages (`node::allocator`).
+            // Clients as OS threads (`--driver threads`; the cluster's are tasks, and
+            // PostgreSQL runs take few): many of them are better off without huge pages
+            // (`node::allocator`).
             if matches!(backend, Backend::Sealdb)
                 && target.is_none()
                 && driver == bench::Driver::Threads
