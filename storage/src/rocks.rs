@@ -840,16 +840,7 @@ impl Cursor for KeptCursor<'_> {
 
     fn next(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         let started = std::mem::replace(&mut self.started, true);
-        self.step(|iter, path| {
-            if !started {
-                iter.seek_to_first();
-            } else if iter.valid() {
-                iter.next();
-            } else {
-                return Ok(None);
-            }
-            entry_at(iter, path)
-        })
+        self.step(|iter, path| step_forward(iter, started, path))
     }
 }
 
@@ -876,6 +867,23 @@ impl RocksCursor<'_> {
     }
 }
 
+/// Moves `iter` to the entry after the one it is at (to its first, if it was not `started`)
+/// and returns it; `None` past its end.
+fn step_forward(
+    iter: &mut DBRawIterator<'_>,
+    started: bool,
+    path: &Path,
+) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    if !started {
+        iter.seek_to_first();
+    } else if iter.valid() {
+        iter.next();
+    } else {
+        return Ok(None);
+    }
+    entry_at(iter, path)
+}
+
 /// The entry `iter` is at, copied; `None` past its end (or its prefix), unless it stopped on
 /// an error.
 fn entry_at(iter: &DBRawIterator<'_>, path: &Path) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
@@ -893,14 +901,7 @@ impl Cursor for RocksCursor<'_> {
     }
 
     fn next(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        if !self.started {
-            self.started = true;
-            self.iter.seek_to_first();
-        } else if self.iter.valid() {
-            self.iter.next();
-        } else {
-            return Ok(None);
-        }
-        self.current()
+        let started = std::mem::replace(&mut self.started, true);
+        step_forward(&mut self.iter, started, self.path)
     }
 }
