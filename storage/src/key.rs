@@ -100,6 +100,13 @@ impl StorageKey<'_> {
         KeyEncoder::with_capacity(key.len() + 3).u8(VERSION).bytes(key).finish()
     }
 
+    /// The first engine key after every version of `key` (and before the next user key's).
+    pub fn after_versions(key: &[u8]) -> Vec<u8> {
+        let mut after = StorageKey::Version { key, ts: Timestamp::ZERO }.encode();
+        after.push(0);
+        after
+    }
+
     /// The bytes every version of every user key starting with `prefix` starts with, and no
     /// other key does: how an engine tells such keys apart without decoding them.
     pub fn versions_under(prefix: &[u8]) -> Vec<u8> {

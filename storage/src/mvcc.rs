@@ -446,7 +446,7 @@ impl Mvcc {
                 entry = cursor.seek(&StorageKey::Version { key: &key, ts: at }.encode())?;
                 continue;
             }
-            let after_key = after_versions_of(&key);
+            let after_key = StorageKey::after_versions(&key);
             if visit(key, ts, &v)?.is_break() {
                 break;
             }
@@ -585,12 +585,6 @@ impl Mvcc {
 }
 
 /// The engine key just after every version of `key` and before the next user key.
-fn after_versions_of(key: &[u8]) -> Vec<u8> {
-    let mut k = StorageKey::Version { key, ts: Timestamp::ZERO }.encode();
-    k.push(0);
-    k
-}
-
 fn decode_version_key(k: &[u8]) -> Result<(Vec<u8>, Timestamp)> {
     StorageKey::decode_version(k).map_err(|e| StorageError::Corrupt(format!("{e} in {k:02x?}")))
 }

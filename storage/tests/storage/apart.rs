@@ -6,7 +6,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use clock::Timestamp;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use storage::{Epoch, Limits, Mvcc, RocksEngine, RocksOptions, StorageKey, VersionBatch};
@@ -160,7 +159,7 @@ fn a_cursor_within_bounds_reads_below_its_end_what_a_whole_cursor_reads() {
                 // each key's versions.
                 let seeks = KEYS
                     .iter()
-                    .flat_map(|k| [StorageKey::version_prefix(k), after_versions(k)])
+                    .flat_map(|k| [StorageKey::version_prefix(k), StorageKey::after_versions(k)])
                     .chain([start.clone()])
                     .filter(|k| *k >= start && below(k));
                 for seek in seeks {
@@ -184,11 +183,4 @@ fn a_cursor_within_bounds_reads_below_its_end_what_a_whole_cursor_reads() {
             }
         }
     }
-}
-
-/// The first engine key after every version of `key`.
-fn after_versions(key: &[u8]) -> Vec<u8> {
-    let mut after = StorageKey::Version { key, ts: Timestamp::ZERO }.encode();
-    after.push(0);
-    after
 }
