@@ -71,6 +71,12 @@ pub trait SnapshotRead {
         range: &KeyRange,
         after: Timestamp,
     ) -> Result<Option<Vec<u8>>, StorageError>;
+    /// How many reads so far it could not answer yet (read as absent, and recorded to be
+    /// asked for). An entry whose run missed a read is run again once the answers are in
+    /// ([`Executor::execute_again`]); a snapshot that answers everything returns 0.
+    fn misses(&self) -> usize {
+        0
+    }
 }
 
 /// One entry of a window, as the executor takes it.
@@ -148,6 +154,8 @@ struct Executed {
     local_commit: bool,
     /// A key behind a lost verdict, for the conflict error.
     conflict_key: Option<Vec<u8>>,
+    /// The run missed a read the snapshot could not answer yet: its result is not kept.
+    missed: bool,
 }
 
 /// Executes windows for one shard.
@@ -224,7 +232,31 @@ impl Executor {
         for task in tasks {
             entries.push(self.run_on_snapshot(task, ts, snapshot)?);
         }
+        Ok(self.validate(epoch, ts, entries))
+    }
 
+    /// Phases A and B again, after a run that missed reads ([`Validated::missed`]), on a
+    /// snapshot that now answers them: the entries whose run missed are run again; the others
+    /// keep their run, which read only what was answered then and is answered the same now
+    /// (a run is a function of what it reads). Verdicts are computed afresh.
+    pub fn execute_again(
+        &self,
+        before: Validated,
+        snapshot: &dyn SnapshotRead,
+    ) -> Result<Validated, ExecError> {
+        let Validated { epoch, ts, entries: before, .. } = before;
+        let mut entries = Vec::with_capacity(before.len());
+        for e in before {
+            entries.push(match e.missed {
+                true => self.run_on_snapshot(e.task, ts, snapshot)?,
+                false => e,
+            });
+        }
+        Ok(self.validate(epoch, ts, entries))
+    }
+
+    /// Phase B: this shard's verdict on each entry run in phase A.
+    fn validate(&self, epoch: Epoch, ts: Timestamp, mut entries: Vec<Executed>) -> Validated {
         // B. The lowest writer of each local key.
         let mut lowest_writer: BTreeMap<&[u8], usize> = BTreeMap::new();
         for (i, e) in entries.iter().enumerate() {
@@ -261,7 +293,7 @@ impl Executor {
             e.local_commit = conflict.is_none() && !matches!(e.ran, Ran::Later);
             e.conflict_key = conflict;
         }
-        Ok(Validated { epoch, ts, shard: self.shard, entries })
+        Validated { epoch, ts, shard: self.shard, entries }
     }
 
     /// Phase A for one entry.
@@ -278,8 +310,10 @@ impl Executor {
             ran: Ran::Output(Vec::new()),
             local_commit: false,
             conflict_key: None,
+            missed: false,
             task,
         };
+        let misses = snapshot.misses();
         if self.plan == Plan::Serial
             && !e.task.multi_shard()
             && matches!(e.task.request, Ok(Request::Procedure { .. }))
@@ -317,6 +351,7 @@ impl Executor {
                 }
             }
         }
+        e.missed = snapshot.misses() != misses;
         Ok(e)
     }
 
@@ -518,11 +553,6 @@ impl Validated {
             })
             .filter(|(_, reads)| !reads.points.is_empty() || !reads.scans.is_empty())
             .collect()
-    }
-
-    /// The tasks executed, in execution order, to run them again.
-    pub fn into_tasks(self) -> Vec<Task> {
-        self.entries.into_iter().map(|e| e.task).collect()
     }
 }
 

@@ -9,7 +9,8 @@
 //!                            PushReads(S, at ts_{e-1}, my keys S will ask for)
 //!   RemoteRead(S, values) ─┐   (once every S answered: phases A and B on Snap(e-1))
 //!                          ├> PushRunReads(S, what the first run read beyond them) per S
-//!                          ├> ReadRemote(S, ran, what it missed) per S, and run again; or
+//!                          ├> ReadRemote(S, ran, what it missed) per S, and run again
+//!                          │    the entries that missed (the others keep their run); or
 //!                          └> PublishVerdicts(e, local, to Ps)  PullVerdicts(e, from P) per P
 //!   Verdicts(e, P, theirs) ──> (once the tally is complete: phases C and D)
 //!   Durable(e) ─────────────> Write(batch of e + watermark + verdicts + deferred)
@@ -31,8 +32,9 @@
 //! - Remote reads are of `Snap(e-1)` only: the step asks for them at `ts_{e-1}`, and runs the
 //!   window only once every participant it reads has answered (so every participant has
 //!   applied `e-1`). An undeclared remote read the peers cannot answer at once is collected,
-//!   asked for, and the window executed again with the answers: execution is a function of
-//!   the snapshot, so the run that is kept is the same on every replica and every replay.
+//!   asked for, and the entries whose run missed it executed again with the answers (the
+//!   others read nothing that changed, so their run stands): execution is a function of the
+//!   snapshot, so the run that is kept is the same on every replica and every replay.
 //! - Errors are typed ([`StepError`]) and stop the shard: an I/O failure, a peer that refuses
 //!   what it must answer, or a diverged participant is never turned into a verdict.
 //!
@@ -53,9 +55,9 @@
 //! what it read of its own keys beyond the declared points, for each peer it shares entries
 //! with ([`Command::PushRunReads`]), and marks the asks of its own misses that follow such a
 //! run ([`Command::ReadRemote::ran`]): a shell waits for the peer's push instead of asking, and
-//! the window runs again once, not once per round of dependent reads.
+//! the entries that missed run again once, not once per round of dependent reads.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -382,6 +384,9 @@ struct Pending {
 enum Stage {
     /// Waiting for remote reads; then phases A and B.
     Reading(Vec<Task>),
+    /// Waiting for the answers to what a run missed; then phases A and B again, for the
+    /// entries whose run missed.
+    Rereading(Validated),
     /// Waiting for the participants' verdicts; then phases C and D.
     Tallying(Validated, Tally, Vec<(TxnId, bool)>),
     /// Decided, waiting to be durable.
@@ -687,11 +692,17 @@ impl Step {
     /// One stage of window `w`, if it has what that stage needs.
     fn progress(&mut self, w: &mut Pending) -> Result<Moved, StepError> {
         match &mut w.stage {
-            Stage::Reading(_) if !w.reading.is_empty() => Ok(Moved::Waiting),
-            Stage::Reading(tasks) => {
-                let tasks = std::mem::take(tasks);
+            Stage::Reading(_) | Stage::Rereading(_) if !w.reading.is_empty() => Ok(Moved::Waiting),
+            Stage::Reading(_) | Stage::Rereading(_) => {
+                let stage = std::mem::replace(&mut w.stage, Stage::Reading(Vec::new()));
                 let snapshot = Snap::new(self, w);
-                let validated = self.executor.execute(w.epoch, w.ts, tasks, &snapshot)?;
+                let validated = match stage {
+                    Stage::Reading(tasks) => {
+                        self.executor.execute(w.epoch, w.ts, tasks, &snapshot)?
+                    }
+                    Stage::Rereading(before) => self.executor.execute_again(before, &snapshot)?,
+                    _ => unreachable!("matched above"),
+                };
                 let misses = snapshot.misses.into_inner();
                 w.runs += 1;
                 let first_run = w.runs == 1;
@@ -725,7 +736,7 @@ impl Step {
                             ran: first_run && sharing(shard),
                         });
                     }
-                    w.stage = Stage::Reading(validated.into_tasks());
+                    w.stage = Stage::Rereading(validated);
                     return Ok(Moved::Waiting);
                 }
                 let local = validated.local_verdicts();
@@ -849,6 +860,8 @@ struct Snap<'a> {
     reads: &'a RemoteReads,
     at: Timestamp,
     misses: RefCell<Misses>,
+    /// Reads missed so far (counting repeats).
+    missed: Cell<usize>,
 }
 
 impl<'a> Snap<'a> {
@@ -861,6 +874,7 @@ impl<'a> Snap<'a> {
             reads: &w.reads,
             at: w.at,
             misses: RefCell::default(),
+            missed: Cell::new(0),
         }
     }
 }
@@ -878,6 +892,7 @@ impl SnapshotRead for Snap<'_> {
             return read;
         }
         self.misses.borrow_mut().entry(owner).or_default().0.insert(key.to_vec());
+        self.missed.set(self.missed.get() + 1);
         Ok(None)
     }
 
@@ -895,6 +910,7 @@ impl SnapshotRead for Snap<'_> {
                 return read;
             }
             self.misses.borrow_mut().entry(shard).or_default().1.insert(asked);
+            self.missed.set(self.missed.get() + 1);
             Ok(Vec::new())
         })
     }
@@ -907,5 +923,9 @@ impl SnapshotRead for Snap<'_> {
         // Validation reads only this shard's part of what a transaction read.
         let part = self.map.clip(range, self.shard);
         self.mvcc.first_change(&part, after, self.at)
+    }
+
+    fn misses(&self) -> usize {
+        self.missed.get()
     }
 }

@@ -9,6 +9,7 @@
 //!
 //! Seeded; `SEALDB_SEED=N` reruns one seed, and a failure names its seed.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -16,11 +17,12 @@ use clock::Timestamp;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sequencer::{ShardId, TxnId};
-use storage::{Epoch, KeyRange, Limits, MemoryEngine, Mvcc};
+use storage::{Epoch, KeyRange, Limits, MemoryEngine, Mvcc, StorageError};
 use tests::kv::{num, point};
 use txn::{
     AbortReason, Context, Decided, Executor, InteractiveCommit, Outcome, Plan, ProcError,
     Procedure, Registry, Request, Rows, SerialPosition, ShardMap, ShardsAt, SnapshotRead, Task,
+    Validated,
 };
 
 const SHARDS: u32 = 3;
@@ -188,6 +190,57 @@ enum Submitted {
     },
 }
 
+/// A snapshot as a shard over a network sees it before its asks are answered: `shard` reads
+/// its own keys and the other shards' answered ones; a read of another shard's key in
+/// `unanswered` (or a scan of a range holding one) is missed, read as absent and counted.
+/// Records every key read and range scanned.
+struct Missing<'a> {
+    inner: &'a ShardsAt<'a>,
+    shard: ShardId,
+    unanswered: BTreeSet<Vec<u8>>,
+    missed: Cell<usize>,
+    read: RefCell<Vec<Vec<u8>>>,
+}
+
+impl<'a> Missing<'a> {
+    fn new(inner: &'a ShardsAt<'a>, shard: ShardId, unanswered: BTreeSet<Vec<u8>>) -> Self {
+        Missing { inner, shard, unanswered, missed: Cell::new(0), read: RefCell::default() }
+    }
+
+    fn remote_unanswered(&self, key: &[u8]) -> bool {
+        self.inner.map.shard_of(key) != self.shard && self.unanswered.contains(key)
+    }
+}
+
+impl SnapshotRead for Missing<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.read.borrow_mut().push(key.to_vec());
+        if self.remote_unanswered(key) {
+            self.missed.set(self.missed.get() + 1);
+            return Ok(None);
+        }
+        self.inner.get(key)
+    }
+    fn scan(&self, range: &KeyRange, limit: usize) -> Result<Rows, StorageError> {
+        self.read.borrow_mut().push(range.start.clone());
+        if self.unanswered.iter().any(|k| range.contains(k) && self.remote_unanswered(k)) {
+            self.missed.set(self.missed.get() + 1);
+            return Ok(Vec::new());
+        }
+        self.inner.scan(range, limit)
+    }
+    fn first_change(
+        &self,
+        range: &KeyRange,
+        after: Timestamp,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.first_change(range, after)
+    }
+    fn misses(&self) -> usize {
+        self.missed.get()
+    }
+}
+
 struct Cluster {
     engines: Vec<MemoryEngine>,
     map: ShardMap,
@@ -195,6 +248,11 @@ struct Cluster {
     executors: Vec<Executor>,
     deferred: Vec<Vec<Task>>,
     epoch: u64,
+    /// If set, each shard's first run of a window misses some other shards' keys, and the
+    /// entries that missed run again with fewer unanswered until none is (as over a network).
+    misses: Option<StdRng>,
+    /// Runs again after misses.
+    runs_again: u64,
 }
 
 impl Cluster {
@@ -220,7 +278,44 @@ impl Cluster {
             executors,
             deferred: vec![Vec::new(); SHARDS as usize],
             epoch: 0,
+            misses: None,
+            runs_again: 0,
         }
+    }
+
+    /// Reads answered in rounds, chosen by `seed` (see [`Cluster::misses`]).
+    fn with_misses(self, seed: u64) -> Cluster {
+        Cluster { misses: Some(StdRng::seed_from_u64(seed)), ..self }
+    }
+
+    /// Phases A and B of window `e` on `executor`'s shard, in one run or, with `misses`,
+    /// as many as it takes (counted in `runs_again`).
+    fn execute(
+        executor: &Executor,
+        (misses, runs_again): (&mut Option<StdRng>, &mut u64),
+        (e, ts): (Epoch, Timestamp),
+        tasks: Vec<Task>,
+        snapshot: &ShardsAt<'_>,
+    ) -> Validated {
+        let shard = executor.shard();
+        let Some(rng) = misses else {
+            return executor.execute(e, ts, tasks, snapshot).unwrap();
+        };
+        let mut unanswered: BTreeSet<Vec<u8>> = (0..SHARDS)
+            .flat_map(|s| (0..KEYS_PER_SHARD).map(move |i| key(s, i)))
+            .filter(|_| rng.random_bool(0.3))
+            .collect();
+        let missing = Missing::new(snapshot, shard, unanswered.clone());
+        let mut validated = executor.execute(e, ts, tasks, &missing).unwrap();
+        let mut missed = missing.missed.get();
+        while missed > 0 {
+            unanswered.retain(|_| rng.random_bool(0.5));
+            let missing = Missing::new(snapshot, shard, unanswered.clone());
+            validated = executor.execute_again(validated, &missing).unwrap();
+            missed = missing.missed.get();
+            *runs_again += 1;
+        }
+        validated
     }
 
     fn snapshot(&self, at: Timestamp) -> ShardsAt<'_> {
@@ -245,7 +340,9 @@ impl Cluster {
                     tasks.push(Task { txn: *txn, deferred: false, participants, request });
                 }
             }
-            validated.push(self.executors[s.0 as usize].execute(e, ts, tasks, &snapshot).unwrap());
+            let misses = (&mut self.misses, &mut self.runs_again);
+            let executor = &self.executors[s.0 as usize];
+            validated.push(Cluster::execute(executor, misses, (e, ts), tasks, &snapshot));
         }
         // The verdict exchange: a multi-shard entry commits iff every participant says so.
         let mut finals: BTreeMap<TxnId, bool> = BTreeMap::new();
@@ -288,6 +385,7 @@ fn every_window_equals_a_serial_execution_in_the_documented_order() {
             // Otherwise the test could pass without exercising what it is about.
             assert!(paths.deferred > 0 && paths.conflicts > 0, "{plan:?}: {paths:?}");
             assert!(paths.user_aborts > 0 && paths.validated > 0, "{plan:?}: {paths:?}");
+            assert!(paths.runs_again > 0, "{plan:?}: {paths:?}");
             match plan {
                 Plan::Snapshot => assert!(paths.fallbacks > 0 && paths.serial == 0, "{paths:?}"),
                 Plan::Serial => assert!(paths.serial > 0 && paths.fallbacks == 0, "{paths:?}"),
@@ -305,11 +403,16 @@ struct Paths {
     deferred: u64,
     conflicts: u64,
     user_aborts: u64,
+    runs_again: u64,
 }
 
 fn check_seed(seed: u64, plan: Plan, paths: &mut Paths) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut cluster = Cluster::with_plan(plan);
+    if seed % 2 == 1 {
+        // Odd seeds answer remote reads in rounds, as a shard over a network does.
+        cluster = cluster.with_misses(seed);
+    }
     let mut submitted: BTreeMap<TxnId, Submitted> = BTreeMap::new();
     let mut decisions: BTreeMap<TxnId, (Outcome, Option<SerialPosition>)> = BTreeMap::new();
     let windows = 25;
@@ -333,6 +436,7 @@ fn check_seed(seed: u64, plan: Plan, paths: &mut Paths) {
         }
     }
     assert!(cluster.deferred.iter().all(Vec::is_empty), "seed {seed}: deferred entries never ran");
+    paths.runs_again += cluster.runs_again;
     assert_eq!(decisions.len(), submitted.len(), "seed {seed}: every transaction is decided once");
 
     // The serial replay, in the reported order.
@@ -545,7 +649,8 @@ fn applying_the_same_windows_twice_gives_byte_identical_shards_with(plan: Plan) 
         first.run_window(&entries);
         log.push(entries);
     }
-    let mut second = Cluster::with_plan(plan);
+    // The replay answers remote reads in rounds, as a shard over a network sees them.
+    let mut second = Cluster::with_plan(plan).with_misses(seed);
     for entries in &log {
         second.run_window(entries);
     }
@@ -558,6 +663,58 @@ fn applying_the_same_windows_twice_gives_byte_identical_shards_with(plan: Plan) 
         assert!(!a.is_empty());
         assert_eq!(a, b, "seed {seed}: a replay produced different bytes");
     }
+}
+
+/// A run that missed remote reads runs again only the entries that missed: the others keep
+/// their run (they read nothing that changed), and the result is the one a run with every
+/// read answered gives.
+#[test]
+fn a_run_again_after_misses_runs_only_the_entries_that_missed() {
+    let cluster = Cluster::new();
+    let rmw = |keys: &[Vec<u8>]| {
+        let args = encode_keys(keys);
+        let ranges = ReadModifyWrite.ranges(&args).unwrap();
+        Request::Procedure { name: "rmw".into(), args, ranges }
+    };
+    let txn = |index| TxnId { epoch: Epoch(1), index };
+    let requests = [
+        (txn(0), rmw(&[key(0, 0), key(1, 0)])),
+        (txn(1), rmw(&[key(0, 1), key(1, 1)])),
+        (txn(2), rmw(&[key(0, 0), key(1, 2)])),
+    ];
+    let tasks = || {
+        let participants = vec![ShardId(0), ShardId(1)];
+        let task = |(txn, request): &(TxnId, Request)| {
+            let (txn, participants) = (*txn, participants.clone());
+            Task { txn, deferred: false, participants, request: Ok(request.clone()) }
+        };
+        requests.iter().map(task).collect::<Vec<_>>()
+    };
+    let (e, ts) = (Epoch(1), window_ts(1));
+    let snapshot = cluster.snapshot(window_ts(0));
+    let executor = &cluster.executors[0];
+
+    let first = Missing::new(&snapshot, ShardId(0), BTreeSet::from([key(1, 0), key(1, 2)]));
+    let validated = executor.execute(e, ts, tasks(), &first).unwrap();
+    assert_eq!(first.missed.get(), 2);
+    let again = Missing::new(&snapshot, ShardId(0), BTreeSet::new());
+    let validated = executor.execute_again(validated, &again).unwrap();
+    assert_eq!(again.missed.get(), 0);
+    assert_eq!(
+        again.read.take(),
+        [key(0, 0), key(1, 0), key(0, 0), key(1, 2)],
+        "only the entries that missed ran again"
+    );
+
+    let whole = executor.execute(e, ts, tasks(), &snapshot).unwrap();
+    assert_eq!(validated.local_verdicts(), whole.local_verdicts());
+    // Entry 2 writes key(0, 0) after entry 0 does: it loses here, whichever run it kept.
+    assert_eq!(whole.local_verdicts(), [(txn(0), true), (txn(1), true), (txn(2), false)]);
+    let finals: BTreeMap<TxnId, bool> = whole.local_verdicts().into_iter().collect();
+    let kept = executor.finish(validated, &finals, &snapshot).unwrap();
+    let fresh = executor.finish(whole, &finals, &snapshot).unwrap();
+    assert_eq!(kept.outcomes, fresh.outcomes);
+    assert_eq!(format!("{:?}", kept.batch), format!("{:?}", fresh.batch));
 }
 
 /// Regression: a procedure could scan, inside its declared ranges, a range whose bound is a
