@@ -116,6 +116,10 @@ pub struct Options {
     /// their own (default none; see [`storage::RocksOptions::apart`]): tables that grow by
     /// appends and are seldom read back. A database must be reopened with the same list.
     pub rocksdb_apart: Vec<Vec<u8>>,
+    /// Inserts into that column family start from the last insert under the same first
+    /// this-many engine-key bytes (default 0: off; see
+    /// [`storage::RocksOptions::apart_hint_bytes`]). Any value stores and reads the same.
+    pub rocksdb_apart_hint_bytes: usize,
 }
 
 impl Default for Options {
@@ -140,6 +144,7 @@ impl Default for Options {
             rocksdb_table_file_bytes: storage::DEFAULT_TABLE_FILE_BYTES,
             write_behind: storage::DEFAULT_WRITE_BEHIND,
             rocksdb_apart: Vec::new(),
+            rocksdb_apart_hint_bytes: 0,
         }
     }
 }
@@ -515,6 +520,7 @@ impl Database {
                     table_file_bytes: options.rocksdb_table_file_bytes,
                     max_open_files: storage::open_files_allowance(map.len() as usize),
                     apart: options.rocksdb_apart.clone(),
+                    apart_hint_bytes: options.rocksdb_apart_hint_bytes,
                 };
                 Arc::new(RocksEngine::open_with(dir, rocks).map_err(storage)?)
             };

@@ -33,6 +33,9 @@
 //!                                   # that grow by appends); a shard and its replicas must
 //!                                   # always start with the same list (at most 4096, none
 //!                                   # empty; another is refused at open)
+//! apart_hint_bytes = 16             # optional (shard role): inserts into that column family
+//!                                   # start from the last insert under the same first this
+//!                                   # many bytes of the engine key (0-256; 0, the default: off)
 //! absent_replica_ms = 600000        # optional (sequencer role): a replica silent this long no
 //!                                   # longer holds the log while a fellow of its shard reports;
 //!                                   # it catches up from the fellow's checkpoint
@@ -110,6 +113,7 @@ struct File {
     write_behind: Option<usize>,
     checkpoint_transfer_mib_per_s: Option<u64>,
     apart_hex: Option<Vec<String>>,
+    apart_hint_bytes: Option<usize>,
     absent_replica_ms: Option<u64>,
     cluster: ClusterFile,
     #[serde(default)]
@@ -231,6 +235,9 @@ pub struct NodeConfig {
     /// Key prefixes whose rows RocksDB keeps in a column family of their own (shard role;
     /// [`storage::RocksOptions::apart`]).
     pub apart: Vec<Vec<u8>>,
+    /// Inserts into that column family start from the last under the same first this many
+    /// engine-key bytes (shard role; [`storage::RocksOptions::apart_hint_bytes`]; 0: off).
+    pub apart_hint_bytes: usize,
     /// The node's certificate and key and the cluster's CA (`[tls]`); `None` runs without
     /// TLS.
     pub tls: Option<Tls>,
@@ -483,6 +490,13 @@ impl NodeConfig {
                 _ => Err(format!("apart_hex: {p:?} is not a non-empty hex key prefix")),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let apart_hint_bytes = file.apart_hint_bytes.unwrap_or(0);
+        if apart_hint_bytes > storage::MAX_APART_HINT_BYTES {
+            return Err(format!(
+                "apart_hint_bytes = {apart_hint_bytes}: at most {}",
+                storage::MAX_APART_HINT_BYTES
+            ));
+        }
         let tls = match &file.tls {
             None => None,
             Some(t) => Some(Tls::load(&t.ca, &t.cert, &t.key).map_err(|e| format!("tls: {e}"))?),
@@ -509,6 +523,7 @@ impl NodeConfig {
             write_behind,
             checkpoint_transfer_bytes_per_s: transfer_mib << 20,
             apart,
+            apart_hint_bytes,
         })
     }
 }
@@ -649,6 +664,14 @@ split_keys = ["g", "p"]
         let c = NodeConfig::parse(&shard("apart_hex = [\"0000000104\", \"ff\"]")).unwrap();
         assert_eq!(c.apart, [vec![0, 0, 0, 1, 4], vec![0xff]]);
         assert!(NodeConfig::parse(&shard("")).unwrap().apart.is_empty());
+        assert_eq!(NodeConfig::parse(&shard("")).unwrap().apart_hint_bytes, 0);
+        assert_eq!(
+            NodeConfig::parse(&shard("apart_hint_bytes = 16")).unwrap().apart_hint_bytes,
+            16
+        );
+        assert!(
+            error(&shard("apart_hint_bytes = 257")).contains("apart_hint_bytes = 257: at most 256")
+        );
         assert!(error(&shard("apart_hex = [\"\"]")).contains("apart_hex: \"\" is not"));
         assert!(error(&shard("apart_hex = [\"0g\"]")).contains("apart_hex: \"0g\" is not"));
         let many = format!("apart_hex = [{}]", vec!["\"01\""; 4097].join(", "));

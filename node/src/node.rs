@@ -107,6 +107,7 @@ pub async fn run(
                 write_behind: config.write_behind,
                 checkpoint_transfer_bytes_per_s: config.checkpoint_transfer_bytes_per_s,
                 apart: config.apart.clone(),
+                apart_hint_bytes: config.apart_hint_bytes,
                 tls: config.tls,
             };
             // The metrics server outlives a shard started again (below): it asks the current one.
@@ -271,6 +272,8 @@ pub struct StorageMib {
     pub table_file: u64,
     /// `apart_hex`: key prefixes kept in a column family of their own.
     pub apart: Vec<Vec<u8>>,
+    /// `apart_hint_bytes`.
+    pub apart_hint_bytes: usize,
 }
 
 /// Settings of log reclamation for a [`LocalSpec`] (tests make them small, so that the log is
@@ -428,11 +431,12 @@ impl LocalProcesses {
                 let apart = m.apart.iter().map(|p| hex(p));
                 format!(
                     "row_cache_mib = {}\nblock_cache_mib = {}\ntable_file_mib = {}\n\
-                     apart_hex = [{}]\n",
+                     apart_hex = [{}]\napart_hint_bytes = {}\n",
                     m.row_cache,
                     m.block_cache,
                     m.table_file,
-                    quoted(apart.collect())
+                    quoted(apart.collect()),
+                    m.apart_hint_bytes
                 )
             })
             .unwrap_or_default();

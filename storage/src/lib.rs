@@ -67,8 +67,8 @@ pub use crate::range::{KeyRange, Quoted};
 #[cfg(feature = "rocksdb")]
 pub use crate::rocks::{
     DEFAULT_BLOCK_CACHE_BYTES, DEFAULT_BYTES_PER_SYNC, DEFAULT_L0_COMPACTION_TRIGGER,
-    DEFAULT_TABLE_FILE_BYTES, RocksEngine, RocksOptions, open_files_allowance, open_files_limit,
-    raise_open_files_limit,
+    DEFAULT_TABLE_FILE_BYTES, MAX_APART_HINT_BYTES, RocksEngine, RocksOptions,
+    open_files_allowance, open_files_limit, raise_open_files_limit,
 };
 pub use clock::Epoch;
 

@@ -132,7 +132,19 @@ pub struct RocksOptions {
     /// must be opened with the prefixes it was created with; another list (or none) is
     /// refused at open.
     pub apart: Vec<Vec<u8>>,
+    /// Inserts into the family kept apart start from where the last insert under the same
+    /// first this-many bytes of its engine key went (RocksDB's memtable insert hint; 0, the
+    /// default: every insert searches its memtable from the top). Rows appended in key order
+    /// under such a prefix (TPC-C's orders and order lines, one district's after another's)
+    /// then each cost a step instead of a search: choose the length of
+    /// [`StorageKey::versions_under`](crate::StorageKey::versions_under) of the prefix rows are
+    /// appended under. At most [`MAX_APART_HINT_BYTES`]. Only a speed-up: what is stored and
+    /// read is the same with any value.
+    pub apart_hint_bytes: usize,
 }
+
+/// The most [`RocksOptions::apart_hint_bytes`] takes.
+pub const MAX_APART_HINT_BYTES: usize = 256;
 
 /// How many table files each of `engines` engines in this process may keep open: half the
 /// process's limit on open files (its soft `RLIMIT_NOFILE`, as it is now) shared among them,
@@ -188,6 +200,7 @@ impl Default for RocksOptions {
             table_file_bytes: DEFAULT_TABLE_FILE_BYTES,
             max_open_files: open_files_allowance(1),
             apart: Vec::new(),
+            apart_hint_bytes: 0,
         }
     }
 }
@@ -356,7 +369,14 @@ impl RocksEngine {
             // Both families' memtables flush as one, so a crash without the WAL leaves a
             // prefix of the batches in both or neither.
             opts.set_atomic_flush(true);
-            let family = family_options(&options, &cache, &horizon);
+            let mut family = family_options(&options, &cache, &horizon);
+            if options.apart_hint_bytes > 0 {
+                // Not in RocksDB's C API; its options-string parser sets it on a copy.
+                let hint = options.apart_hint_bytes.min(MAX_APART_HINT_BYTES);
+                let setting = format!("memtable_insert_with_hint_prefix_extractor=capped:{hint}");
+                family =
+                    family.get_options_from_string(setting).map_err(|e| engine_error(&path, e))?;
+            }
             families.push(ColumnFamilyDescriptor::new(apart.family.clone(), family));
         }
         check_families(&path, &opts, apart.as_ref())?;

@@ -156,6 +156,7 @@ pub fn run_cluster(
                 block_cache: mib(block_cache_bytes).max(1),
                 table_file: (table_file_bytes >> 20).clamp(1, 1 << 10),
                 apart: schema::appended_prefixes(opts.warehouses),
+                apart_hint_bytes: schema::appended_hint_bytes(),
             })
         },
     )?;

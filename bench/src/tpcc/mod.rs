@@ -378,6 +378,7 @@ impl Sealdb {
                 true => schema::appended_prefixes(warehouses),
                 false => Vec::new(),
             },
+            rocksdb_apart_hint_bytes: schema::appended_hint_bytes(),
             ..Options::default()
         });
         let map = shard_map(warehouses, shards);

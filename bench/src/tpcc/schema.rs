@@ -72,6 +72,15 @@ pub fn appended_prefixes(warehouses: u32) -> Vec<Vec<u8>> {
     (1..=warehouses).flat_map(|w| appended.map(|t| table(w, t).finish())).collect()
 }
 
+/// How many bytes of an appended row's engine key name where it is appended: its warehouse,
+/// table and district (as storage encodes them, for warehouses and districts below 256).
+/// What the benchmark gives RocksDB as the insert hint of the tables kept apart
+/// ([`embedded::Options::rocksdb_apart_hint_bytes`]), so that each district's next order
+/// and order lines are inserted from where its last went.
+pub fn appended_hint_bytes() -> usize {
+    storage::StorageKey::versions_under(&table(1, tag::ORDER).u32(1).finish()).len()
+}
+
 /// Every key of warehouse `w`.
 pub fn warehouse_range(w: u32) -> KeyRange {
     KeyRange::prefix(&warehouse_start(w))

@@ -432,3 +432,28 @@ fn storage_flags_for_a_running_cluster_are_a_usage_error() {
         assert!(stderr.contains("take them from their configuration"), "{flag}: {stderr}");
     }
 }
+
+/// The insert hint of the appended tables names one district: consecutive orders and order
+/// lines of a district share it, and another district's (or warehouse's) differ in it.
+#[test]
+fn the_insert_hint_of_appended_rows_covers_warehouse_table_and_district() {
+    let n = schema::appended_hint_bytes();
+    let hint = |key: Vec<u8>| {
+        let engine_key =
+            storage::StorageKey::Version { key: &key, ts: clock::Timestamp::ZERO }.encode();
+        engine_key[..n].to_vec()
+    };
+    for w in [1, 4, 255] {
+        for d in [1, 10] {
+            let same = hint(schema::order_key(w, d, 3001));
+            assert_eq!(same, hint(schema::order_key(w, d, 3002)));
+            assert_eq!(
+                hint(schema::order_line_key(w, d, 7, 1)),
+                hint(schema::order_line_key(w, d, 8, 15))
+            );
+            assert_ne!(same, hint(schema::order_key(w, d + 1, 3001)));
+            assert_ne!(same, hint(schema::order_key(w + 1, d, 3001)));
+            assert_ne!(same, hint(schema::order_line_key(w, d, 3001, 1)), "tables differ");
+        }
+    }
+}

@@ -162,6 +162,9 @@ pub struct ShardConfig {
     /// ([`storage::RocksOptions::apart`]; default none). The shard must always be opened
     /// with the same list.
     pub apart: Vec<Vec<u8>>,
+    /// Inserts into that column family start from the last under the same first this many
+    /// engine-key bytes ([`storage::RocksOptions::apart_hint_bytes`]; 0: off).
+    pub apart_hint_bytes: usize,
     /// TLS for its server and its calls to the sequencer and peers; `None` runs without.
     pub tls: Option<Tls>,
 }
@@ -613,6 +616,7 @@ async fn open_caught_up(
             block_cache_bytes: config.block_cache_bytes,
             table_file_bytes: config.table_file_bytes,
             apart: config.apart.clone(),
+            apart_hint_bytes: config.apart_hint_bytes,
             ..Default::default()
         };
         let engine = Arc::new(RocksEngine::open_with(dir, rocks)?);

@@ -88,6 +88,30 @@ fn keys_under_the_prefixes_live_in_their_own_family() {
     }
 }
 
+/// The insert hint reaches RocksDB: the family kept apart has it, at the length asked for
+/// (capped at the most), and the default family none.
+#[test]
+fn the_insert_hint_is_set_on_the_family_kept_apart_only() {
+    for (asked, set) in [(16, 16), (100_000, storage::MAX_APART_HINT_BYTES)] {
+        let dir = tempfile::tempdir().unwrap();
+        let options =
+            RocksOptions { apart: apart(), apart_hint_bytes: asked, ..Default::default() };
+        drop(RocksEngine::open_with(dir.path(), options).unwrap());
+        let options_file = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|f| f.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("OPTIONS-"))
+            .max()
+            .unwrap();
+        let text = std::fs::read_to_string(options_file).unwrap();
+        let hints: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("memtable_insert_with_hint_prefix_extractor="))
+            .collect();
+        assert_eq!(hints, ["nullptr".to_string(), format!("rocksdb.CappedPrefix.{set}")]);
+    }
+}
+
 /// A database made with one list of prefixes is refused when opened with another, or with
 /// none, and one made with none when opened with some; the refusal changes nothing.
 #[test]

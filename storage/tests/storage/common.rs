@@ -83,6 +83,8 @@ impl Fixture {
         self.mvcc = None;
         let options = RocksOptions {
             apart: if self.kind == Kind::RocksApart { apart() } else { Vec::new() },
+            // Short, so that keys of different prefixes share hints and long keys go past them.
+            apart_hint_bytes: if self.kind == Kind::RocksApart { 3 } else { 0 },
             ..Default::default()
         };
         let engine: Arc<dyn Engine> = match self.kind.is_rocks() {

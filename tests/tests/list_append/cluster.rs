@@ -144,6 +144,7 @@ pub(crate) async fn start_shards(
             write_behind: storage::DEFAULT_WRITE_BEHIND,
             checkpoint_transfer_bytes_per_s: 0,
             apart: Vec::new(),
+            apart_hint_bytes: 0,
             tls: tls.clone(),
         };
         nodes.push(ShardNode::start(config, listener, clock).await.unwrap());

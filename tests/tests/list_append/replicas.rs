@@ -89,6 +89,7 @@ async fn replicas_whose_writes_differ_stop_serving_and_say_so() {
             write_behind: storage::DEFAULT_WRITE_BEHIND,
             checkpoint_transfer_bytes_per_s: 0,
             apart: Vec::new(),
+            apart_hint_bytes: 0,
             tls: None,
         };
         nodes.push(ShardNode::start(config, listener, clock()).await.unwrap());
