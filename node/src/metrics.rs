@@ -292,6 +292,8 @@ pub(crate) struct ShardCounters {
     pub(crate) requests: RequestCounts,
     pub(crate) windows: AtomicU64,
     pub(crate) entries: AtomicU64,
+    /// Multi-shard procedures deferred to the next window after losing, each time.
+    pub(crate) deferred: AtomicU64,
     /// Remote reads answered wholly by what the peer pushed (first round, or after a run).
     pub(crate) reads_pushed: AtomicU64,
     /// Of those, reads after a first run answered by what the peer's first run read.

@@ -349,6 +349,7 @@ impl ApplyLoop {
                 let c = &state.counters;
                 ShardCounters::add(&c.windows, 1);
                 ShardCounters::add(&c.entries, entries as u64);
+                ShardCounters::add(&c.deferred, deferred.len() as u64);
                 c.seal_to_apply.observe(state.clock.physical_now().duration_since(ts));
                 for (d, _) in &decided {
                     c.outcomes.count(d);

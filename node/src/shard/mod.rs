@@ -715,6 +715,13 @@ fn shard_metrics(state: &State) -> Vec<Metric> {
             get(&c.entries),
         ),
         Metric::counter(
+            "sealdb_shard_deferred_total",
+            "Multi-shard procedures that lost and were deferred to the front of the next window, \
+             each time (each participant defers them alike). Under contention on a hot row \
+             a window commits at most one of those writing it.",
+            get(&c.deferred),
+        ),
+        Metric::counter(
             "sealdb_shard_peer_reads_pushed_total",
             "Remote reads of a window answered wholly by what the peer pushed.",
             get(&c.reads_pushed),
