@@ -2,7 +2,7 @@
 
 use clock::{Epoch, Timestamp};
 
-use crate::keycode::{DecodeError, KeyDecoder, KeyEncoder};
+use crate::keycode::{DecodeError, KeyDecoder, KeyEncoder, escaped_len};
 
 const META: u8 = 0x00;
 const VERSION: u8 = 0x01;
@@ -64,7 +64,8 @@ impl StorageKey<'_> {
     pub fn encode(&self) -> Vec<u8> {
         match self {
             StorageKey::Meta(meta) => meta.encode(KeyEncoder::new().u8(META)).finish(),
-            StorageKey::Version { key, ts } => KeyEncoder::with_capacity(key.len() + 11)
+            // Tag, escaped key, terminator, timestamp: allocated once.
+            StorageKey::Version { key, ts } => KeyEncoder::with_capacity(escaped_len(key) + 11)
                 .u8(VERSION)
                 .bytes(key)
                 .u64_desc(ts.as_u64())

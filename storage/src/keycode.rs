@@ -21,6 +21,11 @@ const ESCAPE: u8 = 0x00;
 const ESCAPED_ZERO: u8 = 0xff;
 const TERMINATOR: u8 = 0x01;
 
+/// How many bytes [`KeyEncoder::bytes_start`] writes for `v`: each zero byte takes two.
+pub fn escaped_len(v: &[u8]) -> usize {
+    v.len() + v.iter().filter(|&&b| b == ESCAPE).count()
+}
+
 /// Builds an order-preserving key field by field.
 #[derive(Debug, Default, Clone)]
 pub struct KeyEncoder {
@@ -69,7 +74,8 @@ impl KeyEncoder {
     }
 
     /// Appends a variable-length byte string.
-    pub fn bytes(self, v: &[u8]) -> KeyEncoder {
+    pub fn bytes(mut self, v: &[u8]) -> KeyEncoder {
+        self.buf.reserve(escaped_len(v) + 2);
         let mut e = self.bytes_start(v);
         e.buf.extend_from_slice(&[ESCAPE, TERMINATOR]);
         e
@@ -78,6 +84,7 @@ impl KeyEncoder {
     /// Appends the start of a byte string: every [`KeyEncoder::bytes`] field whose value
     /// starts with `v` starts with these bytes, and no other does.
     pub fn bytes_start(mut self, v: &[u8]) -> KeyEncoder {
+        self.buf.reserve(escaped_len(v));
         for &b in v {
             if b == ESCAPE {
                 self.buf.extend_from_slice(&[ESCAPE, ESCAPED_ZERO]);
@@ -160,7 +167,8 @@ impl<'a> KeyDecoder<'a> {
     /// Reads a byte string.
     pub fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
         let what = "byte string";
-        let mut out = Vec::new();
+        // The rest is at least as long as the string it encodes.
+        let mut out = Vec::with_capacity(self.rest.len());
         let mut i = 0;
         while let Some(&b) = self.rest.get(i) {
             if b != ESCAPE {

@@ -477,7 +477,8 @@ impl Mvcc {
         // checked on its own (a window refused here could never be applied, on any replica).
         self.limits.check_each(batch.writes())?;
 
-        let mut raw = RawBatch::default();
+        let mut raw =
+            RawBatch { ops: Vec::with_capacity(batch.writes.len() + batch.meta.len() + 1) };
         for (key, value) in batch.writes() {
             raw.put(StorageKey::Version { key, ts: batch.ts }.encode(), encode_value(value));
         }

@@ -374,7 +374,9 @@ pub type StockInfoView<'a> = StockInfo<&'a [u8]>;
 
 /// Encodes a row (or a procedure's arguments: the same format).
 pub fn encode<T: Serialize>(row: &T) -> Vec<u8> {
-    postcard::to_stdvec(row).expect("rows always serialize")
+    // Sized first: growing the buffer as it is written reallocates several times a row.
+    let size = postcard::experimental::serialized_size(row).expect("rows always serialize");
+    postcard::to_extend(row, Vec::with_capacity(size)).expect("rows always serialize")
 }
 
 /// Decodes a row, naming the table on failure.
