@@ -74,17 +74,21 @@ impl KeyEncoder {
     }
 
     /// Appends a variable-length byte string.
-    pub fn bytes(mut self, v: &[u8]) -> KeyEncoder {
-        self.buf.reserve(escaped_len(v) + 2);
-        let mut e = self.bytes_start(v);
+    pub fn bytes(self, v: &[u8]) -> KeyEncoder {
+        let mut e = self.escaped(v, 2);
         e.buf.extend_from_slice(&[ESCAPE, TERMINATOR]);
         e
     }
 
     /// Appends the start of a byte string: every [`KeyEncoder::bytes`] field whose value
     /// starts with `v` starts with these bytes, and no other does.
-    pub fn bytes_start(mut self, v: &[u8]) -> KeyEncoder {
-        self.buf.reserve(escaped_len(v));
+    pub fn bytes_start(self, v: &[u8]) -> KeyEncoder {
+        self.escaped(v, 0)
+    }
+
+    /// Appends `v` escaped, with room for `more` bytes after it.
+    fn escaped(mut self, v: &[u8], more: usize) -> KeyEncoder {
+        self.buf.reserve(escaped_len(v) + more);
         for &b in v {
             if b == ESCAPE {
                 self.buf.extend_from_slice(&[ESCAPE, ESCAPED_ZERO]);

@@ -235,7 +235,7 @@ impl Executor {
         Ok(self.validate(epoch, ts, entries))
     }
 
-    /// Phases A and B again, after a run that missed reads ([`Validated::missed`]), on a
+    /// Phases A and B again, after a run that missed reads ([`SnapshotRead::misses`]), on a
     /// snapshot that now answers them: the entries whose run missed are run again; the others
     /// keep their run, which read only what was answered then and is answered the same now
     /// (a run is a function of what it reads). Verdicts are computed afresh.
