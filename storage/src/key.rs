@@ -59,17 +59,21 @@ impl MetaKey {
     }
 }
 
+/// The engine key of `key`'s version at `ts` (tag, escaped key, terminator, timestamp), in a
+/// buffer with room for `more` bytes after it: allocated once.
+fn version_key(key: &[u8], ts: Timestamp, more: usize) -> KeyEncoder {
+    KeyEncoder::with_capacity(escaped_len(key) + 11 + more)
+        .u8(VERSION)
+        .bytes(key)
+        .u64_desc(ts.as_u64())
+}
+
 impl StorageKey<'_> {
     /// The engine bytes of this key.
     pub fn encode(&self) -> Vec<u8> {
         match self {
             StorageKey::Meta(meta) => meta.encode(KeyEncoder::new().u8(META)).finish(),
-            // Tag, escaped key, terminator, timestamp: allocated once.
-            StorageKey::Version { key, ts } => KeyEncoder::with_capacity(escaped_len(key) + 11)
-                .u8(VERSION)
-                .bytes(key)
-                .u64_desc(ts.as_u64())
-                .finish(),
+            StorageKey::Version { key, ts } => version_key(key, *ts, 0).finish(),
         }
     }
 
@@ -98,20 +102,18 @@ impl StorageKey<'_> {
 
     /// The bytes every version of `key` starts with, and no other key does.
     pub fn version_prefix(key: &[u8]) -> Vec<u8> {
-        KeyEncoder::with_capacity(key.len() + 3).u8(VERSION).bytes(key).finish()
+        KeyEncoder::with_capacity(escaped_len(key) + 3).u8(VERSION).bytes(key).finish()
     }
 
     /// The first engine key after every version of `key` (and before the next user key's).
     pub fn after_versions(key: &[u8]) -> Vec<u8> {
-        let mut after = StorageKey::Version { key, ts: Timestamp::ZERO }.encode();
-        after.push(0);
-        after
+        version_key(key, Timestamp::ZERO, 1).u8(0).finish()
     }
 
     /// The bytes every version of every user key starting with `prefix` starts with, and no
     /// other key does: how an engine tells such keys apart without decoding them.
     pub fn versions_under(prefix: &[u8]) -> Vec<u8> {
-        KeyEncoder::with_capacity(prefix.len() + 1).u8(VERSION).bytes_start(prefix).finish()
+        KeyEncoder::with_capacity(escaped_len(prefix) + 1).u8(VERSION).bytes_start(prefix).finish()
     }
 
     /// The first engine key of the version space.

@@ -585,7 +585,6 @@ impl Mvcc {
     }
 }
 
-/// The engine key just after every version of `key` and before the next user key.
 fn decode_version_key(k: &[u8]) -> Result<(Vec<u8>, Timestamp)> {
     StorageKey::decode_version(k).map_err(|e| StorageError::Corrupt(format!("{e} in {k:02x?}")))
 }
