@@ -18,11 +18,12 @@
 //! aborts it. An interactive transaction brings its sets and fails here if a key or range it
 //! read has a version in `Snap(e-1)` newer than its `read_ts`.
 //!
-//! **B. Verdicts.** For each local key, the lowest id that writes it. Entry `i` loses on this
-//! shard if a lower id writes a key `i` writes (write-after-write) or a key or range `i` reads
-//! (read-after-write). An entry that aborted in A writes nothing but still needs its reads
-//! fresh for the abort to be final. A multi-shard entry commits iff every participant's local
-//! verdict is commit.
+//! **B. Verdicts.** In id order: entry `i` loses on this shard if a lower id that won here
+//! writes a key `i` writes (write-after-write) or a key or range `i` reads (read-after-write).
+//! DESIGN.md counts every lower writer; one that lost here can commit nowhere in this window,
+//! so its writes are left out (README, "Departures from DESIGN.md"). An entry that aborted in
+//! A writes nothing but still needs its reads fresh for the abort to be final. A multi-shard
+//! entry commits iff every participant's local verdict is commit.
 //!
 //! **C. Apply.** Committed writes (local keys only) go into one [`VersionBatch`] at the window's
 //! timestamp. The caller writes it atomically with the watermark.
@@ -255,38 +256,38 @@ impl Executor {
         Ok(self.validate(epoch, ts, entries))
     }
 
-    /// Phase B: this shard's verdict on each entry run in phase A.
+    /// Phase B: this shard's verdict on each entry run in phase A, in id order. Only the
+    /// writes of lower entries that won here count against an entry: one that lost here
+    /// cannot commit in this window (a multi-shard entry's final verdict is the AND of its
+    /// participants'), so nothing it would have written is in any state a later entry's
+    /// position sees. A lower entry that won here counts whatever its final verdict: that
+    /// is not known yet, and counting it only ever makes an entry lose.
     fn validate(&self, epoch: Epoch, ts: Timestamp, mut entries: Vec<Executed>) -> Validated {
-        // B. The lowest writer of each local key.
-        let mut lowest_writer: BTreeMap<&[u8], usize> = BTreeMap::new();
-        for (i, e) in entries.iter().enumerate() {
-            for key in e.writes.keys().filter(|k| self.is_local(k)) {
-                lowest_writer.entry(key.as_slice()).or_insert(i);
-            }
-        }
+        // B. The local keys written by the entries that won here so far.
+        let mut written: BTreeSet<&[u8]> = BTreeSet::new();
         let mut verdicts = Vec::with_capacity(entries.len());
-        for (i, e) in entries.iter().enumerate() {
+        for e in &entries {
             if matches!(e.ran, Ran::Later) {
                 // Runs after every validated entry: it neither loses nor makes others lose.
                 verdicts.push(None);
                 continue;
             }
-            let lower_writes = |k: &[u8]| lowest_writer.get(k).is_some_and(|&w| w < i);
-            let waw = e.writes.keys().find(|k| self.is_local(k) && lower_writes(k));
-            let raw = e.reads.iter().find(|k| lower_writes(k)).cloned().or_else(|| {
-                e.scans.iter().find_map(|r| {
-                    lowest_writer
-                        .range::<[u8], _>(range_bounds(r))
-                        .find(|&(_, &w)| w < i)
-                        .map(|(k, _)| k.to_vec())
-                })
-            });
+            let waw = e.writes.keys().find(|k| self.is_local(k) && written.contains(k.as_slice()));
+            let raw =
+                e.reads.iter().find(|k| written.contains(k.as_slice())).cloned().or_else(|| {
+                    e.scans.iter().find_map(|r| {
+                        written.range::<[u8], _>(range_bounds(r)).next().map(|k| k.to_vec())
+                    })
+                });
             let conflict = match (&e.ran, waw, raw) {
                 (Ran::Stale(k), _, _) => Some(k.clone()),
                 (_, Some(k), _) => Some(k.clone()),
                 (_, _, Some(k)) => Some(k),
                 _ => None,
             };
+            if conflict.is_none() {
+                written.extend(e.writes.keys().filter(|k| self.is_local(k)).map(Vec::as_slice));
+            }
             verdicts.push(conflict);
         }
         for (e, conflict) in entries.iter_mut().zip(verdicts) {

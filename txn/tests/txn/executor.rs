@@ -737,3 +737,37 @@ fn a_scan_with_a_bound_over_the_key_limit_aborts_on_every_participant() {
     }
     assert_eq!(cluster.shards[0].get(&key(0, 0), Timestamp::MAX).unwrap(), None);
 }
+
+/// Only lower entries that won on a shard count against an entry there: entry 1 loses to
+/// entry 0 on shard 0 (both write `k0/0`), so its write of `k0/1` is never applied in this
+/// window, and entry 2, which writes `k0/1` after it, commits instead of being deferred
+/// behind it. Entry 1 is deferred and commits in the next window.
+#[test]
+fn a_lower_entry_that_lost_here_does_not_make_a_later_one_lose() {
+    let mut cluster = Cluster::new();
+    let rmw = |keys: &[Vec<u8>]| {
+        let args = encode_keys(keys);
+        let ranges = ReadModifyWrite.ranges(&args).unwrap();
+        Request::Procedure { name: "rmw".into(), args, ranges }
+    };
+    let txn = |index| TxnId { epoch: Epoch(1), index };
+    let first = cluster.run_window(&[
+        (txn(0), rmw(&[key(0, 0), key(1, 0)])),
+        (txn(1), rmw(&[key(0, 0), key(0, 1), key(1, 1)])),
+        (txn(2), rmw(&[key(0, 1), key(1, 2)])),
+    ]);
+    let committed = |decided: &[Vec<Decided>]| -> BTreeSet<TxnId> {
+        let all = decided.iter().flatten();
+        all.filter(|d| matches!(d.outcome, Outcome::Committed { .. })).map(|d| d.txn).collect()
+    };
+    assert_eq!(committed(&first), BTreeSet::from([txn(0), txn(2)]));
+    let deferred: Vec<TxnId> = cluster.deferred[0].iter().map(|t| t.txn).collect();
+    assert_eq!(deferred, [txn(1)]);
+    let second = cluster.run_window(&[]);
+    assert_eq!(committed(&second), BTreeSet::from([txn(1)]));
+    // In that order: entries 0 and 2 set k0/0 and k0/1 to 1 (window 1); entry 1 then reads
+    // 1, 1 and 0 (sum 2) and adds 1 + 2 to each (window 2).
+    let value =
+        |k: Vec<u8>| num(cluster.shards[0].get(&k, Timestamp::MAX).unwrap().map(|v| v.value));
+    assert_eq!((value(key(0, 0)), value(key(0, 1))), (4, 4));
+}
