@@ -578,7 +578,7 @@ impl Step {
             tasks.push(Task {
                 txn,
                 deferred: false,
-                request: Request::decode(&entry.payload),
+                request: Request::decode_shared(entry.payload),
                 participants: entry.participants,
             });
         }
