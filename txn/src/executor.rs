@@ -272,7 +272,8 @@ impl Executor {
                 verdicts.push(None);
                 continue;
             }
-            let waw = e.writes.keys().find(|k| self.is_local(k) && written.contains(k.as_slice()));
+            // `written` holds local keys only.
+            let waw = e.writes.keys().find(|k| written.contains(k.as_slice()));
             let raw =
                 e.reads.iter().find(|k| written.contains(k.as_slice())).cloned().or_else(|| {
                     e.scans.iter().find_map(|r| {

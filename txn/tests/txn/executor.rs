@@ -539,6 +539,13 @@ fn apply(state: &mut BTreeMap<Vec<u8>, Vec<u8>>, writes: BTreeMap<Vec<u8>, Optio
     }
 }
 
+/// A call of [`ReadModifyWrite`] on `keys`.
+fn rmw(keys: &[Vec<u8>]) -> Request {
+    let args = encode_keys(keys);
+    let ranges = ReadModifyWrite.ranges(&args).unwrap();
+    Request::Procedure { name: "rmw".into(), args, ranges }
+}
+
 /// `count` random entries for the next window of `cluster`, recorded in `submitted`.
 fn random_window(
     rng: &mut StdRng,
@@ -671,11 +678,6 @@ fn applying_the_same_windows_twice_gives_byte_identical_shards_with(plan: Plan) 
 #[test]
 fn a_run_again_after_misses_runs_only_the_entries_that_missed() {
     let cluster = Cluster::new();
-    let rmw = |keys: &[Vec<u8>]| {
-        let args = encode_keys(keys);
-        let ranges = ReadModifyWrite.ranges(&args).unwrap();
-        Request::Procedure { name: "rmw".into(), args, ranges }
-    };
     let txn = |index| TxnId { epoch: Epoch(1), index };
     let requests = [
         (txn(0), rmw(&[key(0, 0), key(1, 0)])),
@@ -745,11 +747,6 @@ fn a_scan_with_a_bound_over_the_key_limit_aborts_on_every_participant() {
 #[test]
 fn a_lower_entry_that_lost_here_does_not_make_a_later_one_lose() {
     let mut cluster = Cluster::new();
-    let rmw = |keys: &[Vec<u8>]| {
-        let args = encode_keys(keys);
-        let ranges = ReadModifyWrite.ranges(&args).unwrap();
-        Request::Procedure { name: "rmw".into(), args, ranges }
-    };
     let txn = |index| TxnId { epoch: Epoch(1), index };
     let first = cluster.run_window(&[
         (txn(0), rmw(&[key(0, 0), key(1, 0)])),
