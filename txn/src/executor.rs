@@ -25,8 +25,14 @@
 //! A writes nothing but still needs its reads fresh for the abort to be final. A multi-shard
 //! entry commits iff every participant's local verdict is commit.
 //!
+//! Adds to counters ([`Context::add`], not in DESIGN.md) are writes that read nothing: a
+//! lower winner's add to a key makes a later read of it lose, and a later put or delete of
+//! it, but a later add loses only to a lower put or delete of the key. So any number of a
+//! window's entries may add to one counter and all commit.
+//!
 //! **C. Apply.** Committed writes (local keys only) go into one [`VersionBatch`] at the window's
-//! timestamp. The caller writes it atomically with the watermark.
+//! timestamp, in id order, each add on the counter the lower winners left. The caller writes
+//! it atomically with the watermark.
 //!
 //! **D. Fallback.** Interactive losers get [`Outcome::Conflict`]. Single-shard procedures that
 //! lost are re-executed one by one in id order against the state so far (the snapshot plus
@@ -55,7 +61,9 @@ use sequencer::{ShardId, TxnId};
 use storage::{Epoch, KeyRange, Limits, StorageError, VersionBatch};
 
 use crate::outcome::{AbortReason, Decided, Outcome, Phase, SerialPosition};
-use crate::procedure::{Context, ProcError, Registry, Rows};
+use crate::procedure::{
+    COUNTER_BYTES, Context, ProcError, Registry, Rows, add_by_reading, counter,
+};
 use crate::request::{InteractiveCommit, MalformedEntry, Request};
 use crate::shard_map::ShardMap;
 use crate::snapshot::scan_over;
@@ -150,6 +158,10 @@ struct Executed {
     scans: Vec<KeyRange>,
     /// Every write (all shards); only local ones are applied here.
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Every add to a counter it did not read (all shards; keys not in `writes`), summed by
+    /// key ([`Context::add`]). Kept if the run aborted after them: it found counters there,
+    /// which a lower put or delete may have changed.
+    adds: BTreeMap<Vec<u8>, i64>,
     ran: Ran,
     /// This shard's verdict.
     local_commit: bool,
@@ -263,8 +275,10 @@ impl Executor {
     /// position sees. A lower entry that won here counts whatever its final verdict: that
     /// is not known yet, and counting it only ever makes an entry lose.
     fn validate(&self, epoch: Epoch, ts: Timestamp, mut entries: Vec<Executed>) -> Validated {
-        // B. The local keys written by the entries that won here so far.
+        // B. The local keys written (put, deleted or added to) by the entries that won here
+        // so far, and of those the keys put or deleted.
         let mut written: BTreeSet<&[u8]> = BTreeSet::new();
+        let mut replaced: BTreeSet<&[u8]> = BTreeSet::new();
         let mut verdicts = Vec::with_capacity(entries.len());
         for e in &entries {
             if matches!(e.ran, Ran::Later) {
@@ -272,8 +286,13 @@ impl Executor {
                 verdicts.push(None);
                 continue;
             }
-            // `written` holds local keys only.
-            let waw = e.writes.keys().find(|k| written.contains(k.as_slice()));
+            // `written` holds local keys only. An add conflicts only with a lower put or
+            // delete: adds commute, and it read nothing a lower add changed.
+            let waw = e
+                .writes
+                .keys()
+                .find(|k| written.contains(k.as_slice()))
+                .or_else(|| e.adds.keys().find(|k| replaced.contains(k.as_slice())));
             let raw =
                 e.reads.iter().find(|k| written.contains(k.as_slice())).cloned().or_else(|| {
                     e.scans.iter().find_map(|r| {
@@ -287,7 +306,11 @@ impl Executor {
                 _ => None,
             };
             if conflict.is_none() {
+                replaced.extend(e.writes.keys().filter(|k| self.is_local(k)).map(Vec::as_slice));
                 written.extend(e.writes.keys().filter(|k| self.is_local(k)).map(Vec::as_slice));
+                if matches!(e.ran, Ran::Output(_)) {
+                    written.extend(e.adds.keys().filter(|k| self.is_local(k)).map(Vec::as_slice));
+                }
             }
             verdicts.push(conflict);
         }
@@ -309,6 +332,7 @@ impl Executor {
             reads: Vec::new(),
             scans: Vec::new(),
             writes: BTreeMap::new(),
+            adds: BTreeMap::new(),
             ran: Ran::Output(Vec::new()),
             local_commit: false,
             conflict_key: None,
@@ -339,6 +363,9 @@ impl Executor {
                 if matches!(e.ran, Ran::Output(_)) {
                     e.writes = ctx.writes;
                 }
+                // Kept even if it aborted: an abort after an add is right only if the value
+                // added to is still a counter where the entry stands (see `validate`).
+                e.adds = ctx.adds;
                 e.reads = ctx.reads.into_iter().filter(|k| self.is_local(k)).collect();
                 e.scans = self.clip_scans(&ctx.scans);
             }
@@ -347,7 +374,7 @@ impl Executor {
                 e.reads = commit.reads.iter().filter(|k| self.is_local(k)).cloned().collect();
                 e.scans = self.clip_scans(&commit.scans);
                 e.writes = commit.writes.iter().cloned().collect();
-                if let Some(reason) = self.check_write_limits(&e.writes) {
+                if let Some(reason) = self.check_write_limits(&e.writes, &e.adds) {
                     e.ran = Ran::Aborted(reason);
                     e.writes.clear();
                 }
@@ -371,7 +398,7 @@ impl Executor {
             return Ok(Ran::Aborted(AbortReason::UnknownProcedure(name.to_string())));
         };
         Ok(match procedure.run(ctx, args) {
-            Ok(output) => match self.check_write_limits(&ctx.writes) {
+            Ok(output) => match self.check_write_limits(&ctx.writes, &ctx.adds) {
                 Some(reason) => Ran::Aborted(reason),
                 None => Ran::Output(output),
             },
@@ -384,13 +411,18 @@ impl Executor {
         })
     }
 
-    /// Whether the transaction's writes together exceed the batch limit.
+    /// Whether the transaction's writes (each add a counter's worth) together exceed the
+    /// batch limit.
     fn check_write_limits(
         &self,
         writes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+        adds: &BTreeMap<Vec<u8>, i64>,
     ) -> Option<AbortReason> {
+        const A_COUNTER: [u8; COUNTER_BYTES] = [0; COUNTER_BYTES];
         let writes = writes.iter().map(|(k, v)| (k.as_slice(), v.as_deref()));
-        self.limits.check_writes(writes).err().map(|e| AbortReason::TooLarge(e.to_string()))
+        let adds = adds.keys().map(|k| (k.as_slice(), Some(&A_COUNTER[..])));
+        let all = writes.chain(adds);
+        self.limits.check_writes(all).err().map(|e| AbortReason::TooLarge(e.to_string()))
     }
 
     /// Phase A for an interactive transaction: nothing it read (on this shard) may have
@@ -443,6 +475,19 @@ impl Executor {
                 (true, Ran::Output(output)) => {
                     for (k, v) in e.writes.into_iter().filter(|(k, _)| self.is_local(k)) {
                         state.insert(k, v);
+                    }
+                    // Added to what the lower winners left. None of them put or deleted the
+                    // key (that would have made this entry lose), so it holds the counter
+                    // phase A checked in `Snap(e-1)`, plus their adds.
+                    for (k, delta) in e.adds.into_iter().filter(|(k, _)| self.is_local(k)) {
+                        let base = match state.get(&k) {
+                            Some(v) => v.clone(),
+                            None => snapshot.get(&k)?,
+                        };
+                        let base = counter(&k, base.as_deref()).map_err(|why| {
+                            ExecError(format!("entry {txn} validated an add that fails: {why}"))
+                        })?;
+                        state.insert(k, Some(base.wrapping_add(delta).to_le_bytes().to_vec()));
                     }
                     let position = at(Phase::Validated, &e.task);
                     outcomes.push(decided(txn, Outcome::Committed { ts, output }, position));
@@ -659,6 +704,9 @@ struct ProcContext<'a> {
     reads: Vec<Vec<u8>>,
     scans: Vec<KeyRange>,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Adds to counters it has not read, summed by key (phase A only; never a key of
+    /// `writes`).
+    adds: BTreeMap<Vec<u8>, i64>,
 }
 
 impl<'a> ProcContext<'a> {
@@ -680,6 +728,7 @@ impl<'a> ProcContext<'a> {
             reads: Vec::new(),
             scans: Vec::new(),
             writes: BTreeMap::new(),
+            adds: BTreeMap::new(),
         }
     }
 
@@ -687,6 +736,17 @@ impl<'a> ProcContext<'a> {
         self.limits.check_key(key).map_err(|e| ProcError::TooLarge(e.to_string()))?;
         if !self.declared.contains(key) {
             return Err(ProcError::OutsideDeclaredRanges { key: key.to_vec() });
+        }
+        Ok(())
+    }
+
+    /// Turns the procedure's adds to `key`, about to be read, into a write of their sum on
+    /// the snapshot's counter.
+    fn read_adds(&mut self, key: &[u8]) -> Result<(), ProcError> {
+        if let Some(delta) = self.adds.remove(key) {
+            let base = self.snapshot.get(key).map_err(storage)?;
+            let sum = counter(key, base.as_deref())?.wrapping_add(delta);
+            self.writes.insert(key.to_vec(), Some(sum.to_le_bytes().to_vec()));
         }
         Ok(())
     }
@@ -707,6 +767,7 @@ impl Context for ProcContext<'_> {
         if self.record {
             self.reads.push(key.to_vec());
         }
+        self.read_adds(key)?;
         match self.pending(key) {
             Some(v) => Ok(v),
             None => self.snapshot.get(key).map_err(storage),
@@ -722,6 +783,11 @@ impl Context for ProcContext<'_> {
         }
         if self.record {
             self.scans.push(range.clone());
+        }
+        let added: Vec<Vec<u8>> =
+            self.adds.range::<[u8], _>(range_bounds(range)).map(|(k, _)| k.clone()).collect();
+        for key in added {
+            self.read_adds(&key)?;
         }
         // Pending writes in the range, own writes over the window's state.
         let mut pending: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
@@ -739,13 +805,40 @@ impl Context for ProcContext<'_> {
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), ProcError> {
         self.check_key(key)?;
         self.limits.check_value(key, value).map_err(|e| ProcError::TooLarge(e.to_string()))?;
+        self.adds.remove(key);
         self.writes.insert(key.to_vec(), Some(value.to_vec()));
         Ok(())
     }
 
     fn delete(&mut self, key: &[u8]) -> Result<(), ProcError> {
         self.check_key(key)?;
+        self.adds.remove(key);
         self.writes.insert(key.to_vec(), None);
+        Ok(())
+    }
+
+    /// In phase A, on a key the procedure has not written: recorded as an add, not as a read
+    /// and a write (see [`Context::add`]). The snapshot's value must be a counter, alike on
+    /// every participant; if it is not, the procedure aborts with the key recorded as read,
+    /// so that the abort stands only if no lower entry of the window changed the key. Its
+    /// adds apply in phase C, on what the lower winners left: none of them put or deleted
+    /// the key, or this entry would have lost. In phase D it reads and writes.
+    fn add(&mut self, key: &[u8], delta: i64) -> Result<(), ProcError> {
+        self.check_key(key)?;
+        if self.window_state.is_some() || self.writes.contains_key(key) {
+            return add_by_reading(self, key, delta);
+        }
+        if !self.adds.contains_key(key) {
+            let value = self.snapshot.get(key).map_err(storage)?;
+            if let Err(why) = counter(key, value.as_deref()) {
+                if self.record {
+                    self.reads.push(key.to_vec());
+                }
+                return Err(why);
+            }
+        }
+        let sum = self.adds.entry(key.to_vec()).or_insert(0);
+        *sum = sum.wrapping_add(delta);
         Ok(())
     }
 

@@ -40,7 +40,9 @@ pub use crate::outcome::{
     AbortReason, Decided, Outcome, OutcomeCounters, Phase, SerialPosition, outcome_from_proto,
     outcome_to_proto,
 };
-pub use crate::procedure::{Context, ProcError, Procedure, Registry, Rows};
+pub use crate::procedure::{
+    COUNTER_BYTES, Context, ProcError, Procedure, Registry, Rows, add_by_reading, counter,
+};
 pub use crate::request::{
     InteractiveCommit, MalformedEntry, Request, participants, procedure_request, range_from_proto,
     range_to_proto, refused,

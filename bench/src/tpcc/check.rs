@@ -108,11 +108,12 @@ pub fn facts(
 ) -> Result<(Vec<WarehouseFacts>, Vec<DistrictFacts>), ProcError> {
     let (mut wf, mut df) = (Vec::new(), Vec::new());
     for w in 1..=warehouses {
-        let warehouse: Warehouse = get(r, &warehouse_key(w))?;
+        let _: Warehouse = get(r, &warehouse_key(w))?;
+        let ytd = ytd(r, &warehouse_ytd_key(w))?;
         let mut district_ytd = 0;
         for d in 1..=DISTRICTS {
             let district: District = get(r, &district_key(w, d))?;
-            district_ytd += district.ytd;
+            district_ytd += self::ytd(r, &district_ytd_key(w, d))?;
             let mut max_o = 0;
             let mut ol_cnt_sum = 0u64;
             for (key, value) in r.range(&orders(w, d), usize::MAX)? {
@@ -140,7 +141,15 @@ pub fn facts(
                 delivery_cursor: Some(u32_value(r.read(&delivery_cursor_key(w, d))?)?),
             });
         }
-        wf.push(WarehouseFacts { w, ytd: warehouse.ytd, district_ytd });
+        wf.push(WarehouseFacts { w, ytd, district_ytd });
     }
     Ok((wf, df))
+}
+
+/// The year-to-date counter at `key` (which must exist).
+fn ytd(r: &mut impl Reader, key: &[u8]) -> Result<i64, ProcError> {
+    match r.read(key)? {
+        Some(value) => txn::counter(key, Some(&value)),
+        None => Err(ProcError::abort(format!("no year-to-date counter at {key:?}"))),
+    }
 }

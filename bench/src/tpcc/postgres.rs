@@ -384,13 +384,18 @@ const T: Type = Type::TEXT;
 /// onto its counters.
 type StockInfos = HashMap<(u32, u32), schema::StockInfo>;
 
+/// W_YTD and D_YTD from the same loader slice, by key, for joining onto their rows.
+type Ytds = HashMap<Vec<u8>, i64>;
+
 /// A loaded key and value as a PostgreSQL row: its table tag and columns. The indexes and the
 /// delivery cursor have no row (PostgreSQL indexes the tables itself); STOCK's two parts make
-/// one row, at its counters' key.
+/// one row, at its counters' key, and WAREHOUSE's and DISTRICT's year-to-date counters join
+/// their rows.
 fn columns(
     key: &[u8],
     value: &[u8],
     stock_infos: &mut StockInfos,
+    ytds: &mut Ytds,
 ) -> Result<Option<(u8, Vec<Value>)>, String> {
     fn v<T: ToSql + Send + Sync + 'static>(x: T) -> Value {
         Box::new(x)
@@ -403,19 +408,23 @@ fn columns(
     let mut k = KeyDecoder::new(key);
     let (w, table) = (k.u32().map_err(bad)?, k.u8().map_err(bad)?);
     let next = |k: &mut KeyDecoder| k.u32().map_err(bad);
+    let mut ytd = |at: Vec<u8>| {
+        ytds.remove(&at).ok_or_else(|| format!("loader wrote {key:?} without its year-to-date"))
+    };
     let mut row = vec![i(w)];
     match table {
         tag::WAREHOUSE => {
             let r: schema::Warehouse = schema::decode(value)?;
             row.push(v(r.name));
             row.extend(addr(r.address));
-            row.extend([v(r.tax), v(r.ytd)]);
+            row.extend([v(r.tax), v(ytd(schema::warehouse_ytd_key(w))?)]);
         }
         tag::DISTRICT => {
             let r: schema::District = schema::decode(value)?;
-            row.extend([i(next(&mut k)?), v(r.name)]);
+            let d = next(&mut k)?;
+            row.extend([i(d), v(r.name)]);
             row.extend(addr(r.address));
-            row.extend([v(r.tax), v(r.ytd), i(r.next_o_id)]);
+            row.extend([v(r.tax), v(ytd(schema::district_ytd_key(w, d))?), i(r.next_o_id)]);
         }
         tag::CUSTOMER => {
             let r: schema::Customer = schema::decode(value)?;
@@ -473,20 +482,32 @@ async fn copy_part(client: &Client, part: &Load, now: Timestamp) -> Result<(), S
     txns::LoadProc.run(&mut ctx, &schema::encode(part)).map_err(|e| e.to_string())?;
     let mut by_table: Vec<Vec<Vec<Value>>> = TABLES.iter().map(|_| Vec::new()).collect();
     let mut stock_infos = StockInfos::new();
+    let mut ytds = Ytds::new();
     for (key, value) in &ctx.rows {
         let mut k = KeyDecoder::new(key);
-        if let (Ok(w), Ok(tag::STOCK_INFO), Ok(item)) = (k.u32(), k.u8(), k.u32()) {
-            stock_infos.insert((w, item), schema::decode(value)?);
+        match (k.u32(), k.u8()) {
+            (Ok(w), Ok(tag::STOCK_INFO)) => {
+                let item = k.u32().map_err(|e| format!("loader key {key:?}: {e}"))?;
+                stock_infos.insert((w, item), schema::decode(value)?);
+            }
+            (Ok(_), Ok(tag::WAREHOUSE_YTD | tag::DISTRICT_YTD)) => {
+                let ytd = txn::counter(key, Some(value)).map_err(|e| e.to_string())?;
+                ytds.insert(key.clone(), ytd);
+            }
+            _ => {}
         }
     }
     for (key, value) in &ctx.rows {
-        if let Some((table, row)) = columns(key, value, &mut stock_infos)? {
+        if let Some((table, row)) = columns(key, value, &mut stock_infos, &mut ytds)? {
             let at = TABLES.iter().position(|t| t.0 == table).expect("every row's table is known");
             by_table[at].push(row);
         }
     }
     if let Some((w, item)) = stock_infos.keys().next() {
         return Err(format!("loader wrote the rest of stock ({w}, {item}) without its counters"));
+    }
+    if let Some(key) = ytds.keys().next() {
+        return Err(format!("loader wrote the year-to-date {key:?} without its row"));
     }
     for ((_, name, types), rows) in TABLES.iter().zip(by_table) {
         if rows.is_empty() {

@@ -13,7 +13,10 @@
 //! shard. STOCK is split by column (a vertical partition, which clause 1.6 allows): the four
 //! counters New-Order updates ([`Stock`], about 12 bytes) apart from the district texts and
 //! data no transaction changes ([`StockInfo`], about 290 bytes), so each of New-Order's ten
-//! stock updates writes a version of the counters alone. Money is in cents, rates in basis
+//! stock updates writes a version of the counters alone. Likewise W_YTD and D_YTD are counters
+//! of their own ([`warehouse_ytd_key`], [`district_ytd_key`]), which Payment adds to
+//! ([`txn::Context::add`]) without reading: Payments of one warehouse then do not conflict on
+//! its row, nor on their district's, which they only read. Money is in cents, rates in basis
 //! points (1/10,000), timestamps in microseconds.
 
 use serde::de::DeserializeOwned;
@@ -49,6 +52,10 @@ pub mod tag {
     pub const DELIVERY_CURSOR: u8 = 11;
     /// The rest of STOCK (S_DIST_01 .. S_DIST_10, S_DATA).
     pub const STOCK_INFO: u8 = 12;
+    /// W_YTD, a counter.
+    pub const WAREHOUSE_YTD: u8 = 13;
+    /// D_YTD, a counter.
+    pub const DISTRICT_YTD: u8 = 14;
 }
 
 fn table(w: u32, t: u8) -> KeyEncoder {
@@ -90,9 +97,17 @@ pub fn warehouse_range(w: u32) -> KeyRange {
 pub fn warehouse_key(w: u32) -> Vec<u8> {
     table(w, tag::WAREHOUSE).finish()
 }
+/// W_YTD of warehouse `w`: a counter ([`txn::counter`]).
+pub fn warehouse_ytd_key(w: u32) -> Vec<u8> {
+    table(w, tag::WAREHOUSE_YTD).finish()
+}
 /// DISTRICT (w, d).
 pub fn district_key(w: u32, d: u32) -> Vec<u8> {
     table(w, tag::DISTRICT).u32(d).finish()
+}
+/// D_YTD of district (w, d): a counter ([`txn::counter`]).
+pub fn district_ytd_key(w: u32, d: u32) -> Vec<u8> {
+    table(w, tag::DISTRICT_YTD).u32(d).finish()
 }
 /// Every district of warehouse `w`.
 pub fn districts(w: u32) -> KeyRange {
@@ -218,10 +233,8 @@ pub struct Warehouse<T = String> {
     pub name: T,
     /// W_STREET_1 .. W_ZIP.
     pub address: Address<T>,
-    /// W_TAX, basis points.
+    /// W_TAX, basis points. (W_YTD is a counter of its own, [`warehouse_ytd_key`].)
     pub tax: i64,
-    /// W_YTD, cents.
-    pub ytd: i64,
 }
 
 /// DISTRICT.
@@ -231,10 +244,8 @@ pub struct District {
     pub name: String,
     /// D_STREET_1 .. D_ZIP.
     pub address: Address,
-    /// D_TAX, basis points.
+    /// D_TAX, basis points. (D_YTD is a counter of its own, [`district_ytd_key`].)
     pub tax: i64,
-    /// D_YTD, cents.
-    pub ytd: i64,
     /// D_NEXT_O_ID.
     pub next_o_id: u32,
 }

@@ -107,7 +107,78 @@ fn registry() -> Registry {
     r.register(Arc::new(ReadModifyWrite));
     r.register(Arc::new(ScanSum));
     r.register(Arc::new(LongScan));
+    r.register(Arc::new(Count));
     r
+}
+
+/// Shard `shard`'s counter `i` (outside the `k{shard}/` keys the other procedures read as
+/// decimal text).
+fn counter_key(shard: u32, i: u32) -> Vec<u8> {
+    format!("k{shard}c{i}").into_bytes()
+}
+
+/// Runs `op key delta` steps separated by `;`: `a` adds `delta` to the counter at `key`
+/// (aborting, as "not a counter", if it holds anything else), `r` reads the key, `p` puts a
+/// value that is not a counter, `d` deletes. Returns what it read.
+struct Count;
+
+impl Count {
+    fn steps(args: &[u8]) -> Vec<(char, Vec<u8>, i64)> {
+        let args = String::from_utf8(args.to_vec()).unwrap();
+        args.split(';')
+            .map(|step| {
+                let mut parts = step.split(' ');
+                let op = parts.next().unwrap().chars().next().unwrap();
+                let key = parts.next().unwrap().as_bytes().to_vec();
+                (op, key, parts.next().unwrap().parse().unwrap())
+            })
+            .collect()
+    }
+
+    fn call(steps: &[(char, Vec<u8>, i64)]) -> Request {
+        let text: Vec<String> = steps
+            .iter()
+            .map(|(op, k, d)| format!("{op} {} {d}", String::from_utf8_lossy(k)))
+            .collect();
+        let args = text.join(";").into_bytes();
+        let ranges = Count.ranges(&args).unwrap();
+        Request::Procedure { name: "count".into(), args, ranges }
+    }
+}
+
+impl Procedure for Count {
+    fn name(&self) -> &str {
+        "count"
+    }
+    fn ranges(&self, args: &[u8]) -> Result<Vec<KeyRange>, ProcError> {
+        Ok(Count::steps(args).iter().map(|(_, k, _)| point(k)).collect())
+    }
+    fn run(&self, ctx: &mut dyn Context, args: &[u8]) -> Result<Vec<u8>, ProcError> {
+        let mut seen = Vec::new();
+        for (op, key, delta) in Count::steps(args) {
+            match op {
+                'a' => match ctx.add(&key, delta) {
+                    Err(ProcError::Abort(_)) => {
+                        return Err(ProcError::abort(format!(
+                            "not a counter: {}",
+                            String::from_utf8_lossy(&key)
+                        )));
+                    }
+                    other => other?,
+                },
+                'r' => seen.push(match ctx.get(&key)? {
+                    None => "-".to_string(),
+                    Some(v) if v.len() == 8 => {
+                        i64::from_le_bytes(v.try_into().unwrap()).to_string()
+                    }
+                    Some(v) => String::from_utf8_lossy(&v).into_owned(),
+                }),
+                'p' => ctx.put(&key, b"junk")?,
+                _ => ctx.delete(&key)?,
+            }
+        }
+        Ok(seen.join(",").into_bytes())
+    }
 }
 
 /// Declares shard 0's key 0 and everything from shard 1's keys on, and scans a range inside
@@ -168,6 +239,17 @@ impl Context for Serial<'_> {
     }
     fn now(&self) -> Timestamp {
         self.now
+    }
+    /// A read and a write, as in any serial execution.
+    fn add(&mut self, key: &[u8], delta: i64) -> Result<(), ProcError> {
+        let n = match self.get(key)? {
+            None => 0,
+            Some(v) => match <[u8; 8]>::try_from(v.as_slice()) {
+                Ok(bytes) => i64::from_le_bytes(bytes),
+                Err(_) => return Err(ProcError::abort("not a counter")),
+            },
+        };
+        self.put(key, &n.wrapping_add(delta).to_le_bytes())
     }
 }
 
@@ -386,6 +468,7 @@ fn every_window_equals_a_serial_execution_in_the_documented_order() {
             assert!(paths.deferred > 0 && paths.conflicts > 0, "{plan:?}: {paths:?}");
             assert!(paths.user_aborts > 0 && paths.validated > 0, "{plan:?}: {paths:?}");
             assert!(paths.runs_again > 0, "{plan:?}: {paths:?}");
+            assert!(paths.counts > 0 && paths.not_counters > 0, "{plan:?}: {paths:?}");
             match plan {
                 Plan::Snapshot => assert!(paths.fallbacks > 0 && paths.serial == 0, "{paths:?}"),
                 Plan::Serial => assert!(paths.serial > 0 && paths.fallbacks == 0, "{paths:?}"),
@@ -404,6 +487,9 @@ struct Paths {
     conflicts: u64,
     user_aborts: u64,
     runs_again: u64,
+    /// `count` calls committed, and aborted for adding to a value that is not a counter.
+    counts: u64,
+    not_counters: u64,
 }
 
 fn check_seed(seed: u64, plan: Plan, paths: &mut Paths) {
@@ -445,6 +531,17 @@ fn check_seed(seed: u64, plan: Plan, paths: &mut Paths) {
         .filter_map(|(txn, (outcome, position))| position.map(|p| (p, *txn, outcome.clone())))
         .collect();
     serial.sort_by_key(|(position, txn, _)| (*position, *txn));
+    for (txn, (outcome, _)) in &decisions {
+        if matches!(&submitted[txn], Submitted::Procedure { name, .. } if name == "count") {
+            match outcome {
+                Outcome::Committed { .. } => paths.counts += 1,
+                Outcome::Aborted(AbortReason::User(why)) if why.starts_with("not a counter") => {
+                    paths.not_counters += 1
+                }
+                _ => {}
+            }
+        }
+    }
     for (outcome, position) in decisions.values() {
         match (outcome, position) {
             (Outcome::Conflict { .. }, _) => paths.conflicts += 1,
@@ -557,7 +654,7 @@ fn random_window(
     let mut entries = Vec::new();
     for index in 0..count {
         let txn = TxnId { epoch, index };
-        let request = match rng.random_range(0..10) {
+        let request = match rng.random_range(0..12) {
             0..5 => {
                 let keys: Vec<Vec<u8>> =
                     (0..rng.random_range(1..4)).map(|_| random_key(rng)).collect();
@@ -571,6 +668,26 @@ fn random_window(
                     args: args.clone(),
                     ranges: ReadModifyWrite.ranges(&args).unwrap(),
                 }
+            }
+            10.. => {
+                // Mostly adds, to two counters a shard: many entries of a window add to one.
+                let steps: Vec<(char, Vec<u8>, i64)> = (0..rng.random_range(1..5))
+                    .map(|_| {
+                        let op = match rng.random_range(0..20) {
+                            0..12 => 'a',
+                            12..16 => 'r',
+                            16 => 'p',
+                            _ => 'd',
+                        };
+                        let key = counter_key(rng.random_range(0..SHARDS), rng.random_range(0..2));
+                        (op, key, rng.random_range(-50..50))
+                    })
+                    .collect();
+                let call = Count::call(&steps);
+                let Request::Procedure { args, .. } = &call else { unreachable!() };
+                submitted
+                    .insert(txn, Submitted::Procedure { name: "count".into(), args: args.clone() });
+                call
             }
             5..7 => {
                 let args = format!("k{}/", rng.random_range(0..SHARDS)).into_bytes();
@@ -767,4 +884,53 @@ fn a_lower_entry_that_lost_here_does_not_make_a_later_one_lose() {
     let value =
         |k: Vec<u8>| num(cluster.shards[0].get(&k, Timestamp::MAX).unwrap().map(|v| v.value));
     assert_eq!((value(key(0, 0)), value(key(0, 1))), (4, 4));
+}
+
+/// Adds to one counter do not conflict: five multi-shard entries adding to `k0c0` (and each
+/// to `k1c0`) all commit in their window, where five that read the counter first commit one
+/// a window. A lower put of a counter makes an add lose, and the add then aborts in the next
+/// window, since the value is no longer a counter.
+#[test]
+fn adds_to_one_counter_commit_together_and_lose_only_to_a_put() {
+    let mut cluster = Cluster::new();
+    let txn = |epoch, index| TxnId { epoch: Epoch(epoch), index };
+    let committed = |decided: &[Vec<Decided>]| -> BTreeSet<TxnId> {
+        let all = decided.iter().flatten();
+        all.filter(|d| matches!(d.outcome, Outcome::Committed { .. })).map(|d| d.txn).collect()
+    };
+    let counter = |cluster: &Cluster, s: u32| {
+        let v = cluster.shards[s as usize].get(&counter_key(s, 0), Timestamp::MAX).unwrap();
+        i64::from_le_bytes(v.unwrap().value.try_into().unwrap())
+    };
+    let add = |n: i64| Count::call(&[('a', counter_key(0, 0), n), ('a', counter_key(1, 0), 1)]);
+    let adds: Vec<(TxnId, Request)> = (0..5).map(|i| (txn(1, i), add(i64::from(i) + 1))).collect();
+    assert_eq!(committed(&cluster.run_window(&adds)).len(), 5, "every add commits");
+    assert!(cluster.deferred.iter().all(Vec::is_empty));
+    assert_eq!((counter(&cluster, 0), counter(&cluster, 1)), (15, 5));
+
+    // Reading first: each reads what a lower one wrote, so one commits a window.
+    let read_add = |n: i64| {
+        let k = counter_key(0, 0);
+        Count::call(&[('r', k.clone(), 0), ('a', k, n), ('a', counter_key(1, 0), 1)])
+    };
+    let reads: Vec<(TxnId, Request)> = (0..3).map(|i| (txn(2, i), read_add(1))).collect();
+    let mut windows = vec![committed(&cluster.run_window(&reads)).len()];
+    while cluster.deferred.iter().any(|d| !d.is_empty()) {
+        windows.push(committed(&cluster.run_window(&[])).len());
+    }
+    assert_eq!(windows, [1, 1, 1]);
+    assert_eq!((counter(&cluster, 0), counter(&cluster, 1)), (18, 8));
+
+    // A put, then an add: the add loses, and next window finds no counter.
+    let e = cluster.epoch + 1;
+    let put = Count::call(&[('p', counter_key(0, 0), 0), ('a', counter_key(1, 0), 1)]);
+    let first = cluster.run_window(&[(txn(e, 0), put), (txn(e, 1), add(1))]);
+    assert_eq!(committed(&first), BTreeSet::from([txn(e, 0)]));
+    let second = cluster.run_window(&[]);
+    let outcomes: Vec<&Outcome> = second.iter().flatten().map(|d| &d.outcome).collect();
+    assert_eq!(outcomes.len(), 2, "both participants decide it: {outcomes:?}");
+    for outcome in outcomes {
+        let expected = AbortReason::User("not a counter: k0c0".into());
+        assert_eq!(outcome, &Outcome::Aborted(expected));
+    }
 }
