@@ -40,8 +40,8 @@
 //! are deferred to the front of the next window, identically on every participant.
 //!
 //! **The plan for single-shard procedures** ([`Plan`]). DESIGN.md runs them in phase A like
-//! every other entry ([`Plan::Snapshot`]). Under contention (TPC-C: every New-Order writes its
-//! district row, every Payment its warehouse row) nearly all of them lose in B and run twice.
+//! every other entry ([`Plan::Snapshot`]). Under contention (TPC-C: every New-Order reads and
+//! writes its district row) nearly all of them lose in B and run twice.
 //! The default, [`Plan::Serial`], skips them in A and B and runs each once in D, in id order,
 //! where a loser would have run: the serial order keeps its documented shape (validated
 //! entries, then single-shard procedures in id order), nothing they write makes a validated
