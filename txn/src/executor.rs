@@ -306,8 +306,10 @@ impl Executor {
                 _ => None,
             };
             if conflict.is_none() {
-                replaced.extend(e.writes.keys().filter(|k| self.is_local(k)).map(Vec::as_slice));
-                written.extend(e.writes.keys().filter(|k| self.is_local(k)).map(Vec::as_slice));
+                for k in e.writes.keys().filter(|k| self.is_local(k)) {
+                    replaced.insert(k.as_slice());
+                    written.insert(k.as_slice());
+                }
                 if matches!(e.ran, Ran::Output(_)) {
                     written.extend(e.adds.keys().filter(|k| self.is_local(k)).map(Vec::as_slice));
                 }
