@@ -1,6 +1,6 @@
 //! The 64-bit FNV-1a hash: cheap, stable across builds and platforms, and spreading keys that
-//! share long prefixes. The row cache picks stripes with it; the RocksDB engine names the
-//! column family it keeps apart with it, so its values must never change.
+//! share long prefixes. The RocksDB engine names the column family it keeps apart with it, so
+//! its values must never change.
 
 /// FNV-1a's starting value.
 pub(crate) const START: u64 = 0xcbf2_9ce4_8422_2325;

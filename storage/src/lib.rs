@@ -43,6 +43,7 @@ mod behind;
 mod cache;
 mod engine;
 mod error;
+#[cfg(feature = "rocksdb")]
 mod fnv;
 mod key;
 pub mod keycode;

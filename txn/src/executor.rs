@@ -80,6 +80,9 @@ pub trait SnapshotRead {
         range: &KeyRange,
         after: Timestamp,
     ) -> Result<Option<Vec<u8>>, StorageError>;
+    /// A hint that `keys` are about to be read: a snapshot may bring what it holds of them
+    /// closer (the shards' [`storage::Mvcc::prefetch`]). Changes nothing any read returns.
+    fn prefetch(&self, _keys: &[&[u8]]) {}
     /// How many reads so far it could not answer yet (read as absent, and recorded to be
     /// asked for). An entry whose run missed a read is run again once the answers are in
     /// ([`Executor::execute_again`]); a snapshot that answers everything returns 0.
@@ -342,10 +345,7 @@ impl Executor {
             task,
         };
         let misses = snapshot.misses();
-        if self.plan == Plan::Serial
-            && !e.task.multi_shard()
-            && matches!(e.task.request, Ok(Request::Procedure { .. }))
-        {
+        if !self.runs_on_snapshot(&e.task) {
             e.ran = Ran::Later;
             return Ok(e);
         }
@@ -360,6 +360,7 @@ impl Executor {
         match &e.task.request {
             Err(why) => e.ran = Ran::Aborted(AbortReason::Malformed(why.to_string())),
             Ok(Request::Procedure { name, args, ranges }) => {
+                snapshot.prefetch(&declared_points(ranges));
                 let mut ctx = ProcContext::new(ranges, snapshot, None, ts, self.limits, true);
                 e.ran = self.run_procedure(name, args, &mut ctx)?;
                 if matches!(e.ran, Ran::Output(_)) {
@@ -384,6 +385,13 @@ impl Executor {
         }
         e.missed = snapshot.misses() != misses;
         Ok(e)
+    }
+
+    /// Whether phase A runs `task` on the snapshot (else phase D runs it, serially).
+    fn runs_on_snapshot(&self, task: &Task) -> bool {
+        self.plan != Plan::Serial
+            || task.multi_shard()
+            || !matches!(task.request, Ok(Request::Procedure { .. }))
     }
 
     fn clip_scans(&self, scans: &[KeyRange]) -> Vec<KeyRange> {
@@ -522,6 +530,7 @@ impl Executor {
             let Ok(request @ Request::Procedure { name, args, ranges }) = &task.request else {
                 unreachable!("only procedures fall back");
             };
+            snapshot.prefetch(&declared_points(ranges));
             let phase = if first_run { Phase::Serial } else { Phase::Fallback };
             // A loser passed this check in phase A; an entry first run here has not had it.
             let checked = if first_run { request.check(&self.limits) } else { Ok(()) };
@@ -603,6 +612,13 @@ impl Validated {
             .filter(|(_, reads)| !reads.points.is_empty() || !reads.scans.is_empty())
             .collect()
     }
+}
+
+/// The keys a procedure declared as points, which it is likely to read: a hint for
+/// [`SnapshotRead::prefetch`], just before it runs (earlier, on this project's machine, what
+/// was fetched had left the processor's caches again by the time it was read).
+fn declared_points(ranges: &[KeyRange]) -> Vec<&[u8]> {
+    ranges.iter().filter_map(KeyRange::as_point).collect()
 }
 
 fn range_bounds(r: &KeyRange) -> (std::ops::Bound<&[u8]>, std::ops::Bound<&[u8]>) {

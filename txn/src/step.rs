@@ -896,6 +896,11 @@ impl SnapshotRead for Snap<'_> {
         Ok(None)
     }
 
+    fn prefetch(&self, keys: &[&[u8]]) {
+        let local = keys.iter().filter(|key| self.map.shard_of(key) == self.shard);
+        self.mvcc.prefetch(local.copied());
+    }
+
     fn scan(&self, range: &KeyRange, limit: usize) -> Result<Rows, StorageError> {
         scan_shards(self.map, range, limit, |shard, part, left| {
             if shard == self.shard {

@@ -7,6 +7,7 @@
 //! - `files`: RocksDB keeps a bounded number of table files open.
 //! - `behind`: writes queued behind read as written, with the writer held back.
 //! - `apart`: RocksDB keeping some keys in a column family of their own.
+//! - `row_cache`: the row cache's table: whole through rewrites, evictions and growth.
 
 mod apart;
 mod behind;
@@ -16,4 +17,5 @@ mod files;
 mod keys;
 mod model;
 mod released;
+mod row_cache;
 mod suite;
