@@ -31,17 +31,20 @@
 //!
 //! Each stripe is a hash table of its own, with open addressing and linear probing: a slot
 //! holds the key's hash and its entry, one allocation with the version and the key. A lookup
-//! therefore waits for memory twice at most (the slot, then the entry and its value, in one
-//! allocation), and [`RowCache::prefetch`] does those two steps for many keys at once, so
-//! that their misses overlap: a shard prefetches the keys a procedure declared before running
-//! it, and a batch's keys before writing them through. (A general-purpose cache, `quick_cache`
-//! and before it an LRU list, took four dependent misses a lookup here, a fifth of a shard
-//! thread's time; README, Figures.) A stripe evicts by CLOCK (second chance): a hit sets a bit
-//! in the slot, and the hand, sweeping the slots, takes the first entry whose bit is clear,
-//! clearing the bits it passes. A table doubles when it is 70% full, moving slots only (their
-//! hashes are kept), never entries; it starts with room for the entries its budget holds at
+//! therefore waits for memory about twice (the slot, then the entry with its value), and
+//! [`RowCache::prefetch`] does those two steps for many keys at once, so that their misses
+//! overlap: a shard prefetches the keys a procedure declared just before running it, and a
+//! batch's keys before writing them through. (A general-purpose cache, `quick_cache`, took
+//! four dependent misses a lookup here: with its write-throughs, 45% of a TPC-C shard
+//! thread's time; README, Figures, "The row cache's own table".)
+//!
+//! A stripe evicts by CLOCK (second chance): a hit sets a bit in the slot, and the hand,
+//! sweeping the slots, takes the first entry whose bit is clear, clearing the bits it passes.
+//! A table doubles when it is 70% full, moving slots only (their hashes are kept), never
+//! entries, and never shrinks; it starts with room for the entries its budget holds at
 //! [`BYTES_PER_ENTRY_GUESS`] (at most [`MAX_FIRST_ENTRIES`]), so small rows make it grow a few
-//! times while a cache fills.
+//! times while a cache fills. A slot at the lowest load a grown table has (35%) is about 70
+//! bytes an entry, within [`ENTRY_OVERHEAD`], so the tables stay inside the budget's count.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
