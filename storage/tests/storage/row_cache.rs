@@ -21,7 +21,9 @@ fn a_small_row_cache_stays_whole_through_rewrites_evictions_and_growth() {
         let f = Fixture::with_cache(Kind::Memory, 64 << 10);
         let mvcc = f.mvcc();
         let mut newest: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
-        let key = |rng: &mut StdRng| format!("k{}", rng.random_range(0..600)).into_bytes();
+        // Twice as many rows as the budget holds, whatever stripes the per-process hash seed
+        // puts them in: every stripe stays full.
+        let key = |rng: &mut StdRng| format!("k{}", rng.random_range(0..1_200)).into_bytes();
         for window in 1..=1_500u64 {
             let mut batch = VersionBatch::new(Epoch(window), ts(window));
             for _ in 0..rng.random_range(0..8) {
@@ -52,12 +54,12 @@ fn a_small_row_cache_stays_whole_through_rewrites_evictions_and_growth() {
         let stats = mvcc.cache_stats();
         eprintln!("{stats:?}");
         assert!(stats.hits > 5_000 && stats.misses > 1_000, "{stats:?}");
-        assert!(stats.bytes > (64 << 10) * 9 / 10, "the budget was never reached: {stats:?}");
+        assert!(stats.bytes > (64 << 10) * 17 / 20, "the budget was never reached: {stats:?}");
     }
 }
 
 /// When a full cache admits rows read from the engine, the rows read since they were cached
-/// stay and rows never read leave (CLOCK): of rows cached alike, the read half all stays.
+/// stay and rows never read leave (CLOCK): of rows cached alike, nearly all the read half stays.
 #[test]
 fn eviction_keeps_the_rows_that_are_read() {
     // Rows weigh a 6- or 7-byte key, 100 bytes of value and 96 of overhead: about 3,200 fit.
@@ -88,6 +90,8 @@ fn eviction_keeps_the_rows_that_are_read() {
     let kept = |from: usize| (from..1_600).step_by(2).filter(|&i| hit(i)).count();
     let (kept_read, kept_unread) = (kept(0), kept(1));
     eprintln!("of 800 each, kept {kept_read} read, {kept_unread} unread");
-    assert!(kept_read >= 790 && kept_unread <= 700, "read {kept_read}, unread {kept_unread}");
+    // Which rows share a stripe follows the per-process hash seed: a crowded stripe's hand
+    // may come round twice. Measured: 791-797 read rows kept, 92-121 unread.
+    assert!(kept_read >= 760 && kept_unread <= 400, "read {kept_read}, unread {kept_unread}");
     mvcc.check_row_cache().unwrap();
 }
