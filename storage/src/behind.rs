@@ -34,7 +34,7 @@ use std::thread::JoinHandle;
 
 use clock::Timestamp;
 
-use crate::engine::{Cursor, Engine, EngineMemory, RawBatch, RawOp};
+use crate::engine::{Cursor, Engine, EngineMemory, RawBatch};
 use crate::{Result, StorageError};
 
 /// The default depth of a [`WriteBehind`] queue for a shard's windows: one batch being written
@@ -63,30 +63,28 @@ struct State {
     /// Why the writer stopped, if a write failed.
     failed: Option<String>,
     stopping: bool,
+    /// The last batch written that no reader held any more, emptied: the memory of the next
+    /// one ([`Engine::spare_batch`]).
+    spare: Option<RawBatch>,
 }
 
 /// A batch waiting to be written, with its writes sorted by key for reads.
 struct Queued {
     raw: RawBatch,
-    /// Indices into `raw.ops` in key order, one per key: its last write in the batch.
+    /// Indices of `raw`'s writes in key order, one per key: its last write in the batch.
     sorted: Vec<usize>,
-}
-
-fn key_of(op: &RawOp) -> &[u8] {
-    match op {
-        RawOp::Put(k, _) | RawOp::Delete(k) => k,
-    }
 }
 
 impl Queued {
     fn new(raw: RawBatch) -> Queued {
-        let mut order: Vec<usize> = (0..raw.ops.len()).collect();
+        let key = |i: usize| raw.get(i).key();
+        let mut order: Vec<usize> = (0..raw.len()).collect();
         // Stable: equal keys keep their order, so the last of each run is the last write.
-        order.sort_by(|&a, &b| key_of(&raw.ops[a]).cmp(key_of(&raw.ops[b])));
+        order.sort_by(|&a, &b| key(a).cmp(key(b)));
         let mut sorted: Vec<usize> = Vec::with_capacity(order.len());
         for i in order {
             match sorted.last_mut() {
-                Some(last) if key_of(&raw.ops[*last]) == key_of(&raw.ops[i]) => *last = i,
+                Some(last) if key(*last) == key(i) => *last = i,
                 _ => sorted.push(i),
             }
         }
@@ -98,20 +96,17 @@ impl Queued {
     }
 
     fn key(&self, pos: usize) -> &[u8] {
-        key_of(&self.raw.ops[self.sorted[pos]])
+        self.raw.get(self.sorted[pos]).key()
     }
 
     /// The value written at `pos`; `None` for a delete.
     fn value(&self, pos: usize) -> Option<&[u8]> {
-        match &self.raw.ops[self.sorted[pos]] {
-            RawOp::Put(_, v) => Some(v),
-            RawOp::Delete(_) => None,
-        }
+        self.raw.get(self.sorted[pos]).value()
     }
 
     /// The position of the first key at or after `key`.
     fn lower_bound(&self, key: &[u8]) -> usize {
-        self.sorted.partition_point(|&i| key_of(&self.raw.ops[i]) < key)
+        self.sorted.partition_point(|&i| self.raw.get(i).key() < key)
     }
 
     /// What the batch writes at exactly `key`, if anything (`Some(None)`: a delete).
@@ -209,10 +204,16 @@ impl Shared {
                 }
             };
             let written = self.engine.write_ref(&next.raw, false);
+            drop(next);
             let mut state = lock(&self.state);
             match written {
                 Ok(()) => {
-                    state.queued.pop_front();
+                    // Kept for the next batch unless a reader (a cursor) still holds it.
+                    let done = state.queued.pop_front().and_then(Arc::into_inner);
+                    if let Some(Queued { mut raw, .. }) = done {
+                        raw.clear();
+                        state.spare = Some(raw);
+                    }
                 }
                 Err(e) => state.failed = Some(e.to_string()),
             }
@@ -298,6 +299,10 @@ impl Engine for WriteBehind {
         drop(state);
         self.shared.changed.notify_all();
         Ok(())
+    }
+
+    fn spare_batch(&self) -> RawBatch {
+        lock(&self.shared.state).spare.take().unwrap_or_default()
     }
 
     fn flush(&self) -> Result<()> {

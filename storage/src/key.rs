@@ -62,10 +62,11 @@ impl MetaKey {
 /// The engine key of `key`'s version at `ts` (tag, escaped key, terminator, timestamp), in a
 /// buffer with room for `more` bytes after it: allocated once.
 fn version_key(key: &[u8], ts: Timestamp, more: usize) -> KeyEncoder {
-    KeyEncoder::with_capacity(escaped_len(key) + 11 + more)
-        .u8(VERSION)
-        .bytes(key)
-        .u64_desc(ts.as_u64())
+    version_fields(KeyEncoder::with_capacity(escaped_len(key) + 11 + more), key, ts)
+}
+
+fn version_fields(e: KeyEncoder, key: &[u8], ts: Timestamp) -> KeyEncoder {
+    e.u8(VERSION).bytes(key).u64_desc(ts.as_u64())
 }
 
 impl StorageKey<'_> {
@@ -75,6 +76,16 @@ impl StorageKey<'_> {
             StorageKey::Meta(meta) => meta.encode(KeyEncoder::new().u8(META)).finish(),
             StorageKey::Version { key, ts } => version_key(key, *ts, 0).finish(),
         }
+    }
+
+    /// Appends the engine bytes of this key to `out` ([`StorageKey::encode`] into a buffer
+    /// shared with other keys).
+    pub fn encode_onto(&self, out: &mut Vec<u8>) {
+        let e = KeyEncoder::onto(std::mem::take(out));
+        *out = match self {
+            StorageKey::Meta(meta) => meta.encode(e.u8(META)).finish(),
+            StorageKey::Version { key, ts } => version_fields(e, key, *ts).finish(),
+        };
     }
 
     /// The epoch of an encoded `MetaKey::OutcomesOf` key.

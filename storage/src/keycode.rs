@@ -43,6 +43,12 @@ impl KeyEncoder {
         KeyEncoder { buf: Vec::with_capacity(n) }
     }
 
+    /// A key appended to `buf`'s bytes ([`KeyEncoder::finish`] gives them back, the key after
+    /// them): for keys written into a buffer shared with others.
+    pub fn onto(buf: Vec<u8>) -> KeyEncoder {
+        KeyEncoder { buf }
+    }
+
     /// Appends a one-byte field (a tag).
     pub fn u8(mut self, v: u8) -> KeyEncoder {
         self.buf.push(v);

@@ -37,10 +37,10 @@ impl Engine for MemoryEngine {
     fn write(&self, batch: RawBatch, _sync: bool) -> Result<()> {
         // One lock for the whole batch: readers see all of it or none of it.
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        for op in batch.ops {
+        for op in batch.iter() {
             match op {
-                RawOp::Put(k, v) => map.insert(k, v),
-                RawOp::Delete(k) => map.remove(&k),
+                RawOp::Put(k, v) => map.insert(k.to_vec(), v.to_vec()),
+                RawOp::Delete(k) => map.remove(k),
             };
         }
         Ok(())

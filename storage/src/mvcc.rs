@@ -44,6 +44,8 @@ use crate::range::KeyRange;
 use crate::{Result, StorageError};
 use clock::Epoch;
 
+/// A version key's bytes beyond its user key's: tag, terminator, timestamp.
+const VERSION_KEY_BYTES: usize = 11;
 const TOMBSTONE: u8 = 0x00;
 const VALUE: u8 = 0x01;
 /// Deletions per engine batch when collecting garbage.
@@ -280,7 +282,7 @@ impl Mvcc {
             return Ok(false);
         }
         let mut raw = RawBatch::default();
-        raw.put(StorageKey::Meta(MetaKey::GcHorizon).encode(), to.as_u64().to_be_bytes().to_vec());
+        raw.put(StorageKey::Meta(MetaKey::GcHorizon).encode(), to.as_u64().to_be_bytes());
         self.engine.write(raw, true)?;
         self.horizon.store(to.as_u64(), Ordering::SeqCst);
         self.engine.set_gc_horizon(to);
@@ -491,10 +493,19 @@ impl Mvcc {
         // checked on its own (a window refused here could never be applied, on any replica).
         self.limits.check_each(batch.writes())?;
 
-        let mut raw =
-            RawBatch { ops: Vec::with_capacity(batch.writes.len() + batch.meta.len() + 1) };
+        // Room for the versions' keys and values (about: escapes can make a key longer),
+        // then the bookkeeping, in one buffer.
+        let bytes: usize = batch
+            .writes()
+            .map(|(key, value)| key.len() + VERSION_KEY_BYTES + 1 + value.map_or(0, <[u8]>::len))
+            .sum();
+        let mut raw = self.engine.spare_batch();
+        raw.reserve(batch.writes.len() + batch.meta.len() + 1, bytes + 256);
         for (key, value) in batch.writes() {
-            raw.put(StorageKey::Version { key, ts: batch.ts }.encode(), encode_value(value));
+            raw.put_with(
+                |out| StorageKey::Version { key, ts: batch.ts }.encode_onto(out),
+                |out| encode_value_onto(value, out),
+            );
         }
         for (key, value) in &batch.meta {
             match value {
@@ -556,13 +567,13 @@ impl Mvcc {
             } else {
                 doomed.delete(k);
             }
-            if doomed.ops.len() >= GC_BATCH {
-                stats.versions_removed += doomed.ops.len() as u64;
+            if doomed.len() >= GC_BATCH {
+                stats.versions_removed += doomed.len() as u64;
                 self.engine.write(std::mem::take(&mut doomed), false)?;
             }
             entry = cursor.next()?;
         }
-        stats.versions_removed += doomed.ops.len() as u64;
+        stats.versions_removed += doomed.len() as u64;
         if !doomed.is_empty() {
             self.engine.write(doomed, false)?;
         }
@@ -606,14 +617,12 @@ fn decode_version_key(k: &[u8]) -> Result<(Vec<u8>, Timestamp)> {
     StorageKey::decode_version(k).map_err(|e| StorageError::Corrupt(format!("{e} in {k:02x?}")))
 }
 
-fn encode_value(value: Option<&[u8]>) -> Vec<u8> {
+fn encode_value_onto(value: Option<&[u8]>, out: &mut Vec<u8>) {
     match value {
-        None => vec![TOMBSTONE],
+        None => out.push(TOMBSTONE),
         Some(v) => {
-            let mut out = Vec::with_capacity(v.len() + 1);
             out.push(VALUE);
             out.extend_from_slice(v);
-            out
         }
     }
 }

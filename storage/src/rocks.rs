@@ -664,7 +664,7 @@ impl Engine for RocksEngine {
     /// RocksDB copies each key and value into its own batch: a reference is enough.
     fn write_ref(&self, batch: &RawBatch, sync: bool) -> Result<()> {
         let mut wb = WriteBatch::default();
-        for op in &batch.ops {
+        for op in batch.iter() {
             match op {
                 RawOp::Put(k, v) => match self.apart_family(k) {
                     Some(family) => wb.put_cf(family, k, v),

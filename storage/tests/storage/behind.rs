@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use storage::{Cursor, Engine, MemoryEngine, RawBatch, StorageError, WriteBehind};
+use storage::{Cursor, Engine, MemoryEngine, RawBatch, RawOp, StorageError, WriteBehind};
 
 use crate::common::seeds;
 
@@ -223,7 +223,7 @@ fn a_failed_write_is_reported_and_what_was_queued_stays_visible() {
     let (gate, behind) = held(4);
     let _opens = OpensOnDrop(gate.clone());
     let mut batch = RawBatch::default();
-    batch.put(b"k".to_vec(), b"1".to_vec());
+    batch.put(b"k", b"1");
     gate.fail_next();
     behind.write(batch.clone(), false).unwrap();
     gate.release(1);
@@ -274,14 +274,14 @@ fn a_synced_write_waits_for_what_was_queued_before_it() {
     let (gate, behind) = held(4);
     let _opens = OpensOnDrop(gate.clone());
     let mut first = RawBatch::default();
-    first.put(b"a".to_vec(), b"1".to_vec());
-    first.put(b"b".to_vec(), b"1".to_vec());
+    first.put(b"a", b"1");
+    first.put(b"b", b"1");
     behind.write(first, false).unwrap();
     let mut second = RawBatch::default();
-    second.delete(b"b".to_vec());
+    second.delete(b"b");
     behind.write(second, false).unwrap();
     let mut synced = RawBatch::default();
-    synced.put(b"c".to_vec(), b"2".to_vec());
+    synced.put(b"c", b"2");
     std::thread::scope(|s| {
         let writing = s.spawn(|| behind.write(synced, true));
         gate.release(3);
@@ -290,4 +290,61 @@ fn a_synced_write_waits_for_what_was_queued_before_it() {
     assert_eq!(gate.written(), 3);
     let all = listing(&mut *gate.inner.cursor(), None, usize::MAX);
     assert_eq!(all, vec![(b"a".to_vec(), b"1".to_vec()), (b"c".to_vec(), b"2".to_vec())]);
+}
+
+/// A batch's writes read back as added, in order, whatever their sizes (empty keys and values
+/// among them), and a batch collected from another's writes equals it.
+#[test]
+fn a_batch_holds_its_writes_in_order() {
+    let mut batch = RawBatch::default();
+    batch.put(b"k1", b"v1");
+    batch.delete(b"gone");
+    batch.put(b"", b"");
+    batch.put(b"k1", vec![7u8; 300]);
+    batch.delete(b"");
+    let ops: Vec<RawOp> = batch.iter().collect();
+    let long = vec![7u8; 300];
+    assert_eq!(
+        ops,
+        [
+            RawOp::Put(b"k1", b"v1"),
+            RawOp::Delete(b"gone"),
+            RawOp::Put(b"", b""),
+            RawOp::Put(b"k1", &long),
+            RawOp::Delete(b""),
+        ]
+    );
+    assert_eq!(batch.len(), 5);
+    assert_eq!(batch.get(3).value(), Some(&long[..]));
+    assert_eq!(batch.get(4).key(), b"");
+    assert_eq!(batch.iter().collect::<RawBatch>(), batch);
+}
+
+/// Once written, a batch's memory comes back through `spare_batch` for the next one, empty:
+/// a window's batch carries only its own writes.
+#[test]
+fn a_written_batch_comes_back_empty_for_the_next() {
+    let (gate, behind) = held(2);
+    let _open = OpensOnDrop(gate.clone());
+    let mut first = behind.spare_batch();
+    for i in 0..100u32 {
+        first.put(i.to_be_bytes(), b"first");
+    }
+    let room = first.byte_capacity();
+    behind.write(first, false).unwrap();
+    gate.release(1);
+    behind.settle().unwrap();
+
+    let mut second = behind.spare_batch();
+    assert!(second.is_empty(), "the spare batch still holds {second:?}");
+    assert!(second.byte_capacity() >= room, "the written batch's memory was not kept");
+    second.delete(7u32.to_be_bytes());
+    behind.write(second, false).unwrap();
+    // Taken: the next batch is a new one until this one is written.
+    assert_eq!(behind.spare_batch().byte_capacity(), 0);
+    gate.release(1);
+    behind.settle().unwrap();
+    assert_eq!(gate.get(&7u32.to_be_bytes()).unwrap(), None);
+    assert_eq!(gate.get(&8u32.to_be_bytes()).unwrap().as_deref(), Some(&b"first"[..]));
+    assert_eq!(gate.written(), 2);
 }

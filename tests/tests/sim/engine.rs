@@ -44,7 +44,7 @@ impl SimEngine {
             let batch = match keep {
                 Keep::Durable if i >= written.durable => break,
                 Keep::TornWatermark if i >= written.durable => {
-                    RawBatch { ops: batch.ops.iter().filter(|op| !is_meta(op)).cloned().collect() }
+                    batch.iter().filter(|op| !is_meta(*op)).collect()
                 }
                 _ => batch.clone(),
             };
@@ -55,11 +55,8 @@ impl SimEngine {
 }
 
 /// Bookkeeping keys (the watermark among them) start with 0x00; versions with 0x01.
-fn is_meta(op: &RawOp) -> bool {
-    let key = match op {
-        RawOp::Put(k, _) | RawOp::Delete(k) => k,
-    };
-    key.first() == Some(&0)
+fn is_meta(op: RawOp) -> bool {
+    op.key().first() == Some(&0)
 }
 
 impl Engine for SimEngine {
