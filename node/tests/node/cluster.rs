@@ -58,17 +58,31 @@ pub(crate) fn sealdb_start() -> Vec<String> {
     vec![env!("CARGO_BIN_EXE_sealdb").into(), "start".into()]
 }
 
-/// Waits until every shard replica answers the sequencer's status report.
+/// How long [`wait_ready`] waits. A cluster comes up in a second or two alone; CI runs this
+/// binary's tests side by side on two cores, each starting its own processes, and one wait of
+/// 30 s ran out there once (its cluster came up in 4.5 s on a rerun).
+const READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// Waits until every shard replica answers the sequencer's status report; panics with the
+/// last report (or why there was none) after [`READY_WITHIN`].
 pub(crate) async fn wait_ready(sequencer: &str, clock: &Clock, tls: Option<&Tls>) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + READY_WITHIN;
     loop {
-        if let Ok(s) = cluster_status(sequencer, clock, tls).await
-            && s.shards.len() == s.shard_addrs.iter().map(|a| replica_addrs(a).len()).sum::<usize>()
-            && s.shards.iter().all(|r| r.failure.is_empty())
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the cluster did not come up in 30 s");
+        let last = match cluster_status(sequencer, clock, tls).await {
+            Ok(s)
+                if s.shards.len()
+                    == s.shard_addrs.iter().map(|a| replica_addrs(a).len()).sum::<usize>()
+                    && s.shards.iter().all(|r| r.failure.is_empty()) =>
+            {
+                return;
+            }
+            Ok(s) => format!("{s:?}"),
+            Err(e) => format!("no status: {e}"),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "the cluster at {sequencer} did not come up in {READY_WITHIN:?}; last: {last}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
