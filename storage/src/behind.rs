@@ -41,6 +41,11 @@ use crate::{Result, StorageError};
 /// while the next is queued keeps the writer busy; more only hold more memory.
 pub const DEFAULT_WRITE_BEHIND: usize = 2;
 
+/// The largest batch (bytes of keys and values it has room for) a [`WriteBehind`] keeps for
+/// the next one once written ([`Engine::spare_batch`]): a window's batch is kept, a bulk
+/// load's is freed rather than held for good.
+pub const MAX_SPARE_BATCH_BYTES: usize = 8 << 20;
+
 /// An engine whose unsynced writes are written behind, by a thread of their own (see the
 /// module's documentation).
 pub struct WriteBehind {
@@ -208,9 +213,12 @@ impl Shared {
             let mut state = lock(&self.state);
             match written {
                 Ok(()) => {
-                    // Kept for the next batch unless a reader (a cursor) still holds it.
+                    // Kept for the next batch unless a reader (a cursor) still holds it,
+                    // or it is too large to hold on to.
                     let done = state.queued.pop_front().and_then(Arc::into_inner);
-                    if let Some(Queued { mut raw, .. }) = done {
+                    if let Some(Queued { mut raw, .. }) = done
+                        && raw.byte_capacity() <= MAX_SPARE_BATCH_BYTES
+                    {
                         raw.clear();
                         state.spare = Some(raw);
                     }

@@ -33,10 +33,9 @@ impl<'a> RawOp<'a> {
 /// Writes applied atomically, in order: after a crash, all of them or none are present.
 ///
 /// Every key and value lies in one buffer, one after another, so a window's batch is a few
-/// allocations, not two a write. A shard builds its batches on its own thread and a write
-/// -behind thread frees them; each block freed on another thread costs its next user on the
-/// shard thread a cache miss, and a write apiece made allocation a tenth of the shard thread's
-/// time (the README's figures).
+/// allocations, not two a write: a shard builds its batches on its own thread and a
+/// write-behind thread drops them, and with two allocations a write, allocation was 15% of
+/// the shard thread's profile (10% with one buffer; the README's figures).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct RawBatch {
     /// The keys and values, in the order written.

@@ -54,7 +54,7 @@ mod range;
 #[cfg(feature = "rocksdb")]
 mod rocks;
 
-pub use crate::behind::{DEFAULT_WRITE_BEHIND, WriteBehind};
+pub use crate::behind::{DEFAULT_WRITE_BEHIND, MAX_SPARE_BATCH_BYTES, WriteBehind};
 pub use crate::cache::CacheStats;
 pub use crate::engine::{Cursor, Engine, EngineMemory, RawBatch, RawOp};
 pub use crate::error::StorageError;

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use storage::{Cursor, Engine, MemoryEngine, RawBatch, RawOp, StorageError, WriteBehind};
+use storage::{
+    Cursor, Engine, MAX_SPARE_BATCH_BYTES, MemoryEngine, RawBatch, RawOp, StorageError, WriteBehind,
+};
 
 use crate::common::seeds;
 
@@ -347,4 +349,13 @@ fn a_written_batch_comes_back_empty_for_the_next() {
     assert_eq!(gate.get(&7u32.to_be_bytes()).unwrap(), None);
     assert_eq!(gate.get(&8u32.to_be_bytes()).unwrap().as_deref(), Some(&b"first"[..]));
     assert_eq!(gate.written(), 2);
+
+    // A batch larger than the bound is freed once written, not kept.
+    let mut bulk = behind.spare_batch();
+    assert!(bulk.byte_capacity() >= room);
+    bulk.put(b"bulk", vec![0u8; MAX_SPARE_BATCH_BYTES + 1]);
+    behind.write(bulk, false).unwrap();
+    gate.release(1);
+    behind.settle().unwrap();
+    assert_eq!(behind.spare_batch().byte_capacity(), 0, "a bulk batch's memory was kept");
 }
