@@ -40,11 +40,18 @@
 //!
 //! A stripe evicts by CLOCK (second chance): a hit sets a bit in the slot, and the hand,
 //! sweeping the slots, takes the first entry whose bit is clear, clearing the bits it passes.
-//! A table doubles when it is 70% full, moving slots only (their hashes are kept), never
-//! entries, and never shrinks; it starts with room for the entries its budget holds at
-//! [`BYTES_PER_ENTRY_GUESS`] (at most [`MAX_FIRST_ENTRIES`]), so small rows make it grow a few
-//! times while a cache fills. A slot at the lowest load a grown table has (35%) is about 70
-//! bytes an entry, within [`ENTRY_OVERHEAD`], so the tables stay inside the budget's count.
+//!
+//! A table doubles when it is 70% full and never shrinks. Its slots move into the doubled
+//! table a few with each insert that follows, and a slot a lookup finds in the old table moves
+//! at once, so that no call moves them all (on a stripe of hundreds of thousands of entries
+//! that took 15-20 ms; README, Figures); they move by their kept hashes, never reading a key
+//! or moving an entry. While slots are left in the old table, eviction takes them first: no
+//! lookup has touched them since the table grew. A table starts with room for the entries its
+//! budget holds at [`BYTES_PER_ENTRY_GUESS`] (at most [`MAX_FIRST_ENTRIES`]), so small rows
+//! make it grow a few times while a cache fills. A slot at the lowest load a grown table has
+//! (35%) is about 70 bytes an entry, within [`ENTRY_OVERHEAD`], so the tables stay inside the
+//! budget's count, except while an old table empties (about 100 bytes an entry then, for the
+//! next few inserts per slot).
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -176,6 +183,8 @@ pub struct CacheStats {
     pub entries: u64,
     /// Entries its tables hold before they next grow.
     pub room: u64,
+    /// Tables growing now: slots of the table before are still moving into the doubled one.
+    pub growing: u64,
 }
 
 impl std::ops::Add for CacheStats {
@@ -190,6 +199,7 @@ impl std::ops::Add for CacheStats {
             table_bytes: self.table_bytes + other.table_bytes,
             entries: self.entries + other.entries,
             room: self.room + other.room,
+            growing: self.growing + other.growing,
         }
     }
 }
@@ -197,12 +207,16 @@ impl std::ops::Add for CacheStats {
 struct Stripe {
     /// A power of two of slots.
     slots: Vec<Slot>,
-    /// Entries held.
+    /// While the table grows: the table before, whose entries move into `slots` a few at a
+    /// time (empty otherwise). Every slot below `drained` is empty; no key is in both.
+    old: Vec<Slot>,
+    drained: usize,
+    /// Entries held, in both tables.
     len: usize,
     /// What they weigh, and the most they may.
     weight: u64,
     budget: u64,
-    /// CLOCK's hand: the next slot it looks at.
+    /// CLOCK's hand: the next slot of `slots` it looks at.
     hand: usize,
     /// Reads answered from this stripe, and reads it could not answer (counted under the
     /// stripe's lock, which the read holds anyway).
@@ -210,11 +224,65 @@ struct Stripe {
     misses: u64,
 }
 
+/// Slots of a growing table's old one that each insert looks at, moving the entries there.
+/// Emptying an old table of `n` slots looks at its `n` slots and once more at each slot an
+/// entry moves back into (at most `0.7 n`), and at least `0.7 n` inserts come before the new
+/// table (`2 n` slots) must grow in turn: 2.4 an insert would do.
+const MOVES_PER_INSERT: usize = 4;
+
+/// The slot of `slots` (a power of two of them, linear probing) holding `key`, whose hash is
+/// `hash`.
+fn probe(slots: &[Slot], hash: u64, key: &[u8]) -> Option<usize> {
+    let mask = slots.len().checked_sub(1)?;
+    let mut i = hash as usize & mask;
+    loop {
+        let slot = &slots[i];
+        let entry = slot.entry.as_deref()?;
+        if slot.hash & !REFERENCED == hash && entry_key(entry) == key {
+            return Some(i);
+        }
+        i = (i + 1) & mask;
+    }
+}
+
+/// Puts `slot` in the first free one of `slots` from its home on; returns where.
+fn place_in(slots: &mut [Slot], slot: Slot) -> usize {
+    let mask = slots.len() - 1;
+    let mut i = slot.hash as usize & mask;
+    while slots[i].entry.is_some() {
+        i = (i + 1) & mask;
+    }
+    slots[i] = slot;
+    i
+}
+
+/// Takes the slot at `i` out of `slots`, and moves later slots of the same run back into the
+/// hole so that every entry stays reachable from its home slot (linear probing's deletion: no
+/// tombstones). Slots move only back into the hole, never before `i`'s run.
+fn take_from(slots: &mut [Slot], i: usize) -> Slot {
+    let mask = slots.len() - 1;
+    let taken = std::mem::take(&mut slots[i]);
+    let mut hole = i;
+    let mut j = (i + 1) & mask;
+    while slots[j].entry.is_some() {
+        let home = slots[j].hash as usize & mask;
+        // The entry at `j` may move to the hole if the hole lies on its way from home.
+        if j.wrapping_sub(home) & mask >= j.wrapping_sub(hole) & mask {
+            slots.swap(hole, j);
+            hole = j;
+        }
+        j = (j + 1) & mask;
+    }
+    taken
+}
+
 impl Stripe {
     fn new(budget: u64, entries: usize) -> Stripe {
         let slots = (entries * 10 / MAX_LOAD_TENTHS).next_power_of_two().max(8);
         Stripe {
             slots: std::iter::repeat_with(Slot::default).take(slots).collect(),
+            old: Vec::new(),
+            drained: 0,
             len: 0,
             weight: 0,
             budget,
@@ -228,79 +296,88 @@ impl Stripe {
         self.slots.len() - 1
     }
 
-    /// The slot holding `key`, whose hash is `hash`.
-    fn find(&self, hash: u64, key: &[u8]) -> Option<usize> {
-        let mask = self.mask();
-        let mut i = hash as usize & mask;
-        loop {
-            let slot = &self.slots[i];
-            let entry = slot.entry.as_deref()?;
-            if slot.hash & !REFERENCED == hash && entry_key(entry) == key {
-                return Some(i);
-            }
-            i = (i + 1) & mask;
+    /// The slot of `slots` holding `key`, whose hash is `hash`; an entry still in the old
+    /// table of a growing one moves to `slots` first.
+    fn find(&mut self, hash: u64, key: &[u8]) -> Option<usize> {
+        if let Some(i) = probe(&self.slots, hash, key) {
+            return Some(i);
         }
+        let j = probe(&self.old, hash, key)?;
+        let slot = take_from(&mut self.old, j);
+        Some(place_in(&mut self.slots, slot))
     }
 
     /// Puts `entry` of a key not held, with its hash, doubling the table first if it is full.
     fn insert(&mut self, hash: u64, entry: Box<[u8]>, referenced: bool) {
+        self.move_old(MOVES_PER_INSERT);
         if (self.len + 1) * 10 > self.slots.len() * MAX_LOAD_TENTHS {
             self.grow();
         }
         self.weight += entry_weight(&entry);
         self.len += 1;
         let hash = if referenced { hash | REFERENCED } else { hash };
-        self.place(Slot { hash, entry: Some(entry) });
+        place_in(&mut self.slots, Slot { hash, entry: Some(entry) });
     }
 
-    /// Puts a slot in the first free one from its home on.
-    fn place(&mut self, slot: Slot) {
-        let mask = self.mask();
-        let mut i = slot.hash as usize & mask;
-        while self.slots[i].entry.is_some() {
-            i = (i + 1) & mask;
-        }
-        self.slots[i] = slot;
-    }
-
-    /// Twice the slots: each moves to its place in the new table (hashes are kept, so no key
-    /// is read and no entry moves).
+    /// Twice the slots. The entries stay in the old table and move a few at a time, with each
+    /// insert (and each lookup of one of them), so that no single call moves them all: on a
+    /// stripe of hundreds of thousands of entries that took 15-20 ms (README, Figures).
     fn grow(&mut self) {
+        // The last growth's moves are done by now (see MOVES_PER_INSERT); if not, they finish.
+        self.move_old(usize::MAX);
         let doubled = std::iter::repeat_with(Slot::default).take(self.slots.len() * 2).collect();
-        let old = std::mem::replace(&mut self.slots, doubled);
-        for slot in old.into_iter().filter(|slot| slot.entry.is_some()) {
-            self.place(slot);
-        }
+        self.old = std::mem::replace(&mut self.slots, doubled);
+        self.drained = 0;
         self.hand = 0;
     }
 
-    /// Takes the entry in slot `i` out, and moves later slots of the same run back into the
-    /// hole so that every entry stays reachable from its home slot (linear probing's
-    /// deletion: no tombstones). Returns whether it was referenced.
+    /// Moves the old table's entries into `slots`, looking at up to `slots_at_most` of its
+    /// slots; lets the old table go once it is empty.
+    fn move_old(&mut self, slots_at_most: usize) {
+        for _ in 0..slots_at_most {
+            if self.drained == self.old.len() {
+                break;
+            }
+            match self.old[self.drained].entry.is_some() {
+                // Later slots of its run may move back into it: looked at again.
+                true => {
+                    let slot = take_from(&mut self.old, self.drained);
+                    place_in(&mut self.slots, slot);
+                }
+                false => self.drained += 1,
+            }
+        }
+        if self.drained == self.old.len() && !self.old.is_empty() {
+            self.old = Vec::new();
+            self.drained = 0;
+        }
+    }
+
+    /// Takes the entry in slot `i` of `slots` out. Returns whether it was referenced.
     fn remove(&mut self, i: usize) -> bool {
-        let mask = self.mask();
-        let taken = std::mem::take(&mut self.slots[i]);
+        let taken = take_from(&mut self.slots, i);
         self.weight -= taken.entry.as_deref().map_or(0, entry_weight);
         self.len -= 1;
-        let mut hole = i;
-        let mut j = (i + 1) & mask;
-        while self.slots[j].entry.is_some() {
-            let home = self.slots[j].hash as usize & mask;
-            // The entry at `j` may move to the hole if the hole lies on its way from home.
-            if j.wrapping_sub(home) & mask >= j.wrapping_sub(hole) & mask {
-                self.slots.swap(hole, j);
-                hole = j;
-            }
-            j = (j + 1) & mask;
-        }
         taken.hash & REFERENCED != 0
     }
 
-    /// Evicts one entry by CLOCK. False if there is none.
+    /// Evicts one entry: while the table grows, the first one left in the old table (no
+    /// lookup has touched it since the growth began, or it would have moved); otherwise by
+    /// CLOCK. False if there is none.
     fn evict_one(&mut self) -> bool {
         if self.len == 0 {
             return false;
         }
+        while self.drained < self.old.len() {
+            if self.old[self.drained].entry.is_some() {
+                let taken = take_from(&mut self.old, self.drained);
+                self.weight -= taken.entry.as_deref().map_or(0, entry_weight);
+                self.len -= 1;
+                return true;
+            }
+            self.drained += 1;
+        }
+        self.move_old(0);
         // Two sweeps at most: the first clears every bit it passes.
         loop {
             let i = self.hand;
@@ -334,7 +411,8 @@ impl Stripe {
     }
 
     /// Reads a byte of each cache line of the entry with `hash`, if it is in one of the first
-    /// slots from its home ([`RowCache::prefetch`]).
+    /// slots from its home ([`RowCache::prefetch`]; entries still in a growing table's old
+    /// one are not looked for).
     fn touch_entry(&self, hash: u64) -> u64 {
         let mask = self.mask();
         let mut i = hash as usize & mask;
@@ -349,6 +427,44 @@ impl Stripe {
             i = (i + 1) & mask;
         }
         0
+    }
+
+    /// Checks the stripe's tables ([`RowCache::check`]); `stripe` is its index, `locate`
+    /// gives a key's hash and stripe.
+    fn check(&self, stripe: usize, locate: impl Fn(&[u8]) -> (u64, usize)) -> Result<(), String> {
+        let (mut len, mut weight) = (0, 0);
+        for (old, slots) in [(false, &self.slots), (true, &self.old)] {
+            for (i, slot) in slots.iter().enumerate() {
+                let Some(entry) = slot.entry.as_deref() else { continue };
+                let key = entry_key(entry);
+                let (hash, home) = locate(key);
+                let found = probe(slots, hash, key).and_then(|i| slots[i].entry.as_deref());
+                let twice = old && probe(&self.slots, hash, key).is_some();
+                let passed = old && i < self.drained;
+                if home != stripe
+                    || slot.hash & !REFERENCED != hash
+                    || found != Some(entry)
+                    || twice
+                    || passed
+                {
+                    return Err(format!(
+                        "stripe {stripe}: entry of {key:02x?} misplaced, unreachable or twice"
+                    ));
+                }
+                len += 1;
+                weight += entry_weight(entry);
+            }
+        }
+        if (len, weight) != (self.len, self.weight) {
+            let counted = (self.len, self.weight);
+            return Err(format!(
+                "stripe {stripe}: holds {len} entries of {weight} bytes, counted {counted:?}"
+            ));
+        }
+        if self.weight > self.budget || len * 10 > self.slots.len() * MAX_LOAD_TENTHS {
+            return Err(format!("stripe {stripe}: over its budget or its table's load"));
+        }
+        Ok(())
     }
 }
 
@@ -379,9 +495,11 @@ impl RowCache {
             stats.hits += stripe.hits;
             stats.misses += stripe.misses;
             stats.bytes += stripe.weight;
-            stats.table_bytes += (stripe.slots.len() * std::mem::size_of::<Slot>()) as u64;
+            let slots = stripe.slots.len() + stripe.old.len();
+            stats.table_bytes += (slots * std::mem::size_of::<Slot>()) as u64;
             stats.entries += stripe.len as u64;
             stats.room += (stripe.slots.len() * MAX_LOAD_TENTHS / 10) as u64;
+            stats.growing += u64::from(!stripe.old.is_empty());
         }
         stats
     }
@@ -536,30 +654,7 @@ impl RowCache {
     /// key's hash; the counts and weights add up, within the budget and the table's load.
     pub(crate) fn check(&self) -> Result<(), String> {
         for n in 0..self.stripes.len() {
-            let stripe = self.lock(n);
-            let (mut len, mut weight) = (0, 0);
-            for slot in &stripe.slots {
-                let Some(entry) = slot.entry.as_deref() else { continue };
-                let key = entry_key(entry);
-                let (hash, home) = self.locate(key);
-                let found = stripe.find(hash, key).and_then(|i| stripe.slots[i].entry.as_deref());
-                if home != n || slot.hash & !REFERENCED != hash || found != Some(entry) {
-                    return Err(format!(
-                        "stripe {n}: entry of {key:02x?} misplaced or unreachable"
-                    ));
-                }
-                len += 1;
-                weight += entry_weight(entry);
-            }
-            if (len, weight) != (stripe.len, stripe.weight) {
-                let counted = (stripe.len, stripe.weight);
-                return Err(format!(
-                    "stripe {n}: holds {len} entries of {weight} bytes, counted {counted:?}"
-                ));
-            }
-            if stripe.weight > stripe.budget || len * 10 > stripe.slots.len() * MAX_LOAD_TENTHS {
-                return Err(format!("stripe {n}: over its budget or its table's load"));
-            }
+            self.lock(n).check(n, |key| self.locate(key))?;
         }
         Ok(())
     }

@@ -46,7 +46,7 @@ fn a_small_row_cache_stays_whole_through_rewrites_evictions_and_growth() {
                 let want = newest.get(&k).cloned().flatten();
                 assert_eq!(got, want, "seed {seed} window {window}: get {k:?}");
             }
-            if window % 100 == 0 {
+            if window % 10 == 0 {
                 mvcc.check_row_cache()
                     .unwrap_or_else(|e| panic!("seed {seed} window {window}: {e}"));
             }
@@ -94,4 +94,41 @@ fn eviction_keeps_the_rows_that_are_read() {
     // may come round twice. Measured: 791-797 read rows kept, 92-121 unread.
     assert!(kept_read >= 760 && kept_unread <= 400, "read {kept_read}, unread {kept_unread}");
     mvcc.check_row_cache().unwrap();
+}
+
+/// Tables that double while rows keep coming, and reads of rows still in the table before:
+/// every read returns the row, and the tables (both, while one grows) stay whole, checked
+/// after every window, many of them with tables growing.
+#[test]
+fn tables_grow_a_step_at_a_time() {
+    for seed in seeds(3) {
+        eprintln!("row cache growth seed {seed} (rerun with SEALDB_SEED={seed})");
+        let mut rng = StdRng::seed_from_u64(seed);
+        // Room for every row: tables grow from a few hundred slots a stripe to thousands, and
+        // nothing is evicted until the last windows.
+        let f = Fixture::with_cache(Kind::Memory, 4 << 20);
+        let mvcc = f.mvcc();
+        let row = |i: u32| format!("row{i}").into_bytes();
+        let value = |i: u32| i.to_le_bytes().repeat(1 + i as usize % 5);
+        let (mut rows, mut seen_growing) = (0u32, 0);
+        for window in 1..=800u64 {
+            let mut batch = VersionBatch::new(Epoch(window), ts(window));
+            for _ in 0..rng.random_range(20..80) {
+                batch.put(row(rows), value(rows));
+                rows += 1;
+            }
+            mvcc.apply(&batch).unwrap();
+            for _ in 0..20 {
+                let i = rng.random_range(0..rows);
+                let got = mvcc.get(&row(i), ts(window)).unwrap().map(|v| v.value);
+                assert_eq!(got, Some(value(i)), "seed {seed} window {window}: row {i}");
+            }
+            mvcc.check_row_cache().unwrap_or_else(|e| panic!("seed {seed} window {window}: {e}"));
+            seen_growing += u64::from(mvcc.cache_stats().growing > 0);
+        }
+        let stats = mvcc.cache_stats();
+        eprintln!("{rows} rows, {seen_growing} windows with a table growing, {stats:?}");
+        assert!(seen_growing > 50, "tables were seen growing after {seen_growing} windows only");
+        assert!(stats.hits > 10_000, "{stats:?}");
+    }
 }
