@@ -352,6 +352,11 @@ impl Stripe {
                 false => self.drained += 1,
             }
         }
+        self.let_old_go_if_empty();
+    }
+
+    /// Lets a growing table's old one go once every slot of it has been passed.
+    fn let_old_go_if_empty(&mut self) {
         if self.drained == self.old.len() && !self.old.is_empty() {
             self.old = Vec::new();
             self.drained = 0;
@@ -382,7 +387,7 @@ impl Stripe {
             }
             self.drained += 1;
         }
-        self.move_old(0);
+        self.let_old_go_if_empty();
         // Two sweeps at most: the first clears every bit it passes.
         loop {
             let i = self.hand;

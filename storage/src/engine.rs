@@ -53,11 +53,6 @@ struct Span {
 }
 
 impl RawBatch {
-    /// An empty batch with room for `ops` writes of `bytes` bytes of keys and values.
-    pub fn with_capacity(ops: usize, bytes: usize) -> RawBatch {
-        RawBatch { bytes: Vec::with_capacity(bytes), ops: Vec::with_capacity(ops) }
-    }
-
     /// Adds a put.
     pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         self.put_with(
