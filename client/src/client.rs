@@ -209,7 +209,7 @@ impl Client {
     /// committed, durable and past commit-wait.
     pub async fn call(&self, name: &str, args: &[u8]) -> Result<Vec<u8>, TxnError> {
         let request = procedure_request(&self.procedures, name, args)?;
-        Outcome::into_output(self.run(&request).await?)
+        Outcome::into_output(self.run(request).await?)
     }
 
     /// [`Client::call`] under client id `id` (from [`Client::new_id`]): a caller that gets
@@ -222,7 +222,7 @@ impl Client {
         args: &[u8],
     ) -> Result<Vec<u8>, TxnError> {
         let request = procedure_request(&self.procedures, name, args)?;
-        Outcome::into_output(self.run_as(id, &request).await?)
+        Outcome::into_output(self.run_as(id, request).await?)
     }
 
     /// A client id no other call of any client uses: a random salt per client, and a counter.
@@ -257,17 +257,17 @@ impl Client {
     }
 
     /// Logs `request` and waits for its outcome (past commit-wait if committed).
-    async fn run(&self, request: &Request) -> Result<Outcome, TxnError> {
+    async fn run(&self, request: Request) -> Result<Outcome, TxnError> {
         self.run_as(self.new_id(), request).await
     }
 
     /// [`Client::run`] under client id `id`: the outcome pushed by the lowest participant's
     /// watch, asked for when it will not come, and also asked for when it has not come after
     /// `HEDGE` (a replica behind or paused), the first answer taken.
-    async fn run_as(&self, id: ClientId, request: &Request) -> Result<Outcome, TxnError> {
-        let participants = participants(&self.map, request)?;
+    async fn run_as(&self, id: ClientId, request: Request) -> Result<Outcome, TxnError> {
+        let participants = participants(&self.map, &request)?;
         let shard = participants[0];
-        let entry = Entry::new(id, participants, request.encode().into());
+        let entry = Entry::new(id, participants, request.into_payload());
         // Before submitting: the outcome may come before the receipt. Only this client's
         // ids are pushed to its watch.
         let waiter = match (id.0 >> 64) as u64 == self.salt {
@@ -754,7 +754,7 @@ impl RemoteTransaction<'_> {
         let read_ts = self.buffer.read_ts;
         match self.buffer.into_request(true) {
             None => Ok(read_ts),
-            Some(request) => commit_ts(self.client.run(&request).await?),
+            Some(request) => commit_ts(self.client.run(request).await?),
         }
     }
 }

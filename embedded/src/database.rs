@@ -741,13 +741,13 @@ impl Database {
     /// Calls the registered procedure `name` with `args`; returns its output once committed.
     /// Blocks the calling thread; inside an async runtime, use [`Database::call_async`].
     pub fn call(&self, name: &str, args: &[u8]) -> Result<Vec<u8>, TxnError> {
-        Outcome::into_output(self.submit(&self.procedure_request(name, args)?)?)
+        Outcome::into_output(self.submit(self.procedure_request(name, args)?)?)
     }
 
     /// [`Database::call`] for async callers: waits without holding a thread, so many
     /// concurrent callers cost tasks, not threads.
     pub async fn call_async(&self, name: &str, args: &[u8]) -> Result<Vec<u8>, TxnError> {
-        Outcome::into_output(self.submit_async(&self.procedure_request(name, args)?).await?)
+        Outcome::into_output(self.submit_async(self.procedure_request(name, args)?).await?)
     }
 
     fn procedure_request(&self, name: &str, args: &[u8]) -> Result<Request, TxnError> {
@@ -755,7 +755,7 @@ impl Database {
     }
 
     /// Logs `request`, waits for its outcome and for commit-wait.
-    pub(crate) fn submit(&self, request: &Request) -> Result<Outcome, TxnError> {
+    pub(crate) fn submit(&self, request: Request) -> Result<Outcome, TxnError> {
         let outcome =
             self.start(request)?.blocking_recv().map_err(|_| TxnError::OutcomeUnknown)??;
         if let Some(ts) = self.commit_wait_for(&outcome) {
@@ -766,7 +766,7 @@ impl Database {
     }
 
     /// [`Database::submit`] for async callers.
-    pub(crate) async fn submit_async(&self, request: &Request) -> Result<Outcome, TxnError> {
+    pub(crate) async fn submit_async(&self, request: Request) -> Result<Outcome, TxnError> {
         let outcome = self.start(request)?.await.map_err(|_| TxnError::OutcomeUnknown)??;
         if let Some(ts) = self.commit_wait_for(&outcome) {
             while let Some(left) = self.inner.clock.commit_wait_remaining(ts) {
@@ -786,10 +786,10 @@ impl Database {
 
     /// Registers for `request`'s outcome and submits it. The receiver gets the outcome, or why
     /// the entry was never logged; if it is dropped unanswered, the outcome is unknown.
-    fn start(&self, request: &Request) -> Result<oneshot::Receiver<Reply>, TxnError> {
+    fn start(&self, request: Request) -> Result<oneshot::Receiver<Reply>, TxnError> {
         self.check_running()?;
         request.check(&self.inner.limits).map_err(refused)?;
-        let participants = participants(&self.inner.map, request)?;
+        let participants = participants(&self.inner.map, &request)?;
         let client = ClientId(
             (u128::from(self.inner.client_salt) << 64)
                 | u128::from(self.inner.next_client.fetch_add(1, Ordering::Relaxed)),
@@ -797,7 +797,7 @@ impl Database {
         let sequencer = self.sequencer.as_ref().ok_or(TxnError::ShuttingDown)?;
         let (tx, rx) = oneshot::channel();
         self.inner.waiters.insert(client, tx);
-        let entry = Entry::new(client, participants, request.encode().into());
+        let entry = Entry::new(client, participants, request.into_payload());
         // One wake-up per transaction: the receipt matters only if the entry was not logged.
         let inner = self.inner.clone();
         sequencer.submit_then(

@@ -170,7 +170,7 @@ impl Transaction<'_> {
         let read_ts = self.buffer.read_ts;
         match self.buffer.into_request(self.complete) {
             None => Ok(read_ts),
-            Some(request) => commit_ts(self.db.submit(&request)?),
+            Some(request) => commit_ts(self.db.submit(request)?),
         }
     }
 }
@@ -233,7 +233,7 @@ impl StoreTransaction for Transaction<'_> {
         let read_ts = self.buffer.read_ts;
         match self.buffer.into_request(self.complete) {
             None => Ok(read_ts),
-            Some(request) => commit_ts(self.db.submit_async(&request).await?),
+            Some(request) => commit_ts(self.db.submit_async(request).await?),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! [`Request`]: what a log entry asks a shard to do, and its encoding in the log (the
 //! `sealdb.v1.Entry` protobuf message).
 
+use std::sync::Arc;
+
 use clock::Timestamp;
 use prost::Message;
 use proto::v1;
@@ -88,32 +90,37 @@ impl Request {
         }
     }
 
-    /// The log payload.
-    pub fn encode(&self) -> Vec<u8> {
+    /// The log payload, encoded straight into the shared buffer an [`sequencer::Entry`]
+    /// holds. Consumes the request: its keys and values move into the message instead of
+    /// being copied (a call's keys were copied twice more on their way to the log: into the
+    /// message, then from a vector into the shared buffer).
+    pub fn into_payload(self) -> Arc<[u8]> {
         let kind = match self {
             Request::Procedure { name, args, ranges } => {
                 v1::entry::Kind::Procedure(v1::ProcedureCall {
-                    name: name.clone(),
-                    args: args.clone(),
-                    ranges: ranges.iter().map(range_to_proto).collect(),
+                    name,
+                    args,
+                    ranges: ranges.into_iter().map(range_into_proto).collect(),
                 })
             }
             Request::Interactive(c) => v1::entry::Kind::Interactive(v1::InteractiveCommit {
                 read_ts: c.read_ts.as_u64(),
                 reads: c
                     .reads
-                    .iter()
-                    .map(|k| v1::ReadVersion { key: k.clone(), version_ts: 0 })
+                    .into_iter()
+                    .map(|key| v1::ReadVersion { key, version_ts: 0 })
                     .collect(),
-                scans: c.scans.iter().map(range_to_proto).collect(),
-                writes: c
-                    .writes
-                    .iter()
-                    .map(|(k, v)| v1::Write { key: k.clone(), value: v.clone() })
-                    .collect(),
+                scans: c.scans.into_iter().map(range_into_proto).collect(),
+                writes: c.writes.into_iter().map(|(key, value)| v1::Write { key, value }).collect(),
             }),
         };
-        v1::Entry { client_id: Vec::new(), kind: Some(kind) }.encode_to_vec()
+        let entry = v1::Entry { client_id: Vec::new(), kind: Some(kind) };
+        // One allocation of exactly the encoded length (`repeat_n` is of known length).
+        let mut payload: Arc<[u8]> = std::iter::repeat_n(0, entry.encoded_len()).collect();
+        let mut buf = Arc::get_mut(&mut payload).expect("a payload just made has no other owner");
+        entry.encode(&mut buf).expect("the buffer holds the encoded length");
+        debug_assert!(buf.is_empty(), "the encoding filled the buffer");
+        payload
     }
 
     /// Decodes a log payload. An undecodable payload is a deterministic error: every shard
@@ -171,9 +178,21 @@ pub fn refused(reason: AbortReason) -> TxnError {
     }
 }
 
-/// The shards `request` touches, in order; refused if none.
+/// The shards `request` touches, in order; refused if none. The shards of
+/// [`Request::ranges`], found without copying them.
 pub fn participants(map: &ShardMap, request: &Request) -> Result<Vec<ShardId>, TxnError> {
-    let mut p: Vec<ShardId> = request.ranges().iter().flat_map(|r| map.shards_of(r)).collect();
+    let mut p: Vec<ShardId> = Vec::new();
+    match request {
+        Request::Procedure { ranges, .. } => {
+            p.extend(ranges.iter().flat_map(|r| map.shards_in(r)));
+        }
+        Request::Interactive(c) => {
+            // A key's point range lies in the key's shard.
+            p.extend(c.reads.iter().map(|k| map.shard_of(k)));
+            p.extend(c.scans.iter().flat_map(|r| map.shards_in(r)));
+            p.extend(c.writes.iter().map(|(k, _)| map.shard_of(k)));
+        }
+    }
     p.sort_unstable();
     p.dedup();
     if p.is_empty() {
@@ -186,7 +205,12 @@ pub fn participants(map: &ShardMap, request: &Request) -> Result<Vec<ShardId>, T
 
 /// A key range on the wire.
 pub fn range_to_proto(r: &KeyRange) -> v1::KeyRange {
-    v1::KeyRange { start: r.start.clone(), end: r.end.clone() }
+    range_into_proto(r.clone())
+}
+
+/// [`range_to_proto`] of a range given up.
+fn range_into_proto(r: KeyRange) -> v1::KeyRange {
+    v1::KeyRange { start: r.start, end: r.end }
 }
 
 /// A key range from the wire.
@@ -196,8 +220,6 @@ pub fn range_from_proto(r: v1::KeyRange) -> KeyRange {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     /// A payload decodes to the same request, or the same refusal, from a slice or shared.
@@ -215,7 +237,7 @@ mod tests {
             writes: vec![(b"w".to_vec(), Some(b"v".to_vec())), (b"x".to_vec(), None)],
         });
         for request in [procedure, interactive] {
-            let payload: Arc<[u8]> = request.encode().into();
+            let payload = request.clone().into_payload();
             assert_eq!(Request::decode(&payload), Ok(request.clone()));
             assert_eq!(Request::decode_shared(payload), Ok(request));
         }
@@ -223,6 +245,60 @@ mod tests {
             let refused = Request::decode(&garbage);
             assert!(refused.is_err(), "{garbage:?}");
             assert_eq!(Request::decode_shared(garbage), refused);
+        }
+    }
+
+    /// The participants found without copying are the shards of [`Request::ranges`], over
+    /// maps and requests drawn at random (keys over a small alphabet, so they fall on and
+    /// beside splits; empty keys and ranges among them).
+    #[test]
+    fn participants_are_the_shards_of_the_request_ranges() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        for seed in 0..20u64 {
+            eprintln!("seed {seed}");
+            let mut rng = StdRng::seed_from_u64(seed);
+            let key = |rng: &mut StdRng| -> Vec<u8> {
+                (0..rng.random_range(0..3)).map(|_| rng.random_range(b'a'..b'e')).collect()
+            };
+            let mut splits: Vec<Vec<u8>> = (0..rng.random_range(0..6))
+                .map(|_| key(&mut rng))
+                .filter(|k| !k.is_empty())
+                .collect();
+            splits.sort();
+            splits.dedup();
+            let map = ShardMap::new(splits).expect("sorted, distinct, non-empty splits");
+            let range = |rng: &mut StdRng| match rng.random_range(0..4) {
+                0 => KeyRange::point(&key(rng)),
+                1 => KeyRange::prefix(&key(rng)),
+                2 => KeyRange { start: key(rng), end: Some(key(rng)) },
+                _ => KeyRange::from(key(rng)),
+            };
+            for _ in 0..200 {
+                let request = match rng.random_bool(0.5) {
+                    true => Request::Procedure {
+                        name: "p".into(),
+                        args: Vec::new(),
+                        ranges: (0..rng.random_range(0..4)).map(|_| range(&mut rng)).collect(),
+                    },
+                    false => Request::Interactive(InteractiveCommit {
+                        read_ts: Timestamp::from_u64(1),
+                        reads: (0..rng.random_range(0..3)).map(|_| key(&mut rng)).collect(),
+                        scans: (0..rng.random_range(0..3)).map(|_| range(&mut rng)).collect(),
+                        writes: (0..rng.random_range(0..3))
+                            .map(|_| (key(&mut rng), None))
+                            .collect(),
+                    }),
+                };
+                let mut expected: Vec<ShardId> =
+                    request.ranges().iter().flat_map(|r| map.shards_of(r)).collect();
+                expected.sort_unstable();
+                expected.dedup();
+                match participants(&map, &request) {
+                    Ok(found) => assert_eq!(found, expected, "{request:?} over {map:?}"),
+                    Err(_) => assert!(expected.is_empty(), "{request:?} over {map:?}"),
+                }
+            }
         }
     }
 }

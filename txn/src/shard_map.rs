@@ -73,19 +73,26 @@ impl ShardMap {
 
     /// The shards owning some key of `range`, in order.
     pub fn shards_of(&self, range: &KeyRange) -> Vec<ShardId> {
-        if range.is_empty() {
-            return Vec::new();
-        }
-        let first = self.shard_of(&range.start).0;
-        let last = match &range.end {
-            // The last key below `end` belongs to the shard of `end`, unless `end` is a split.
-            Some(end) => {
-                let s = self.shard_of(end).0;
-                if s > 0 && self.splits[s as usize - 1] == *end { s - 1 } else { s }
-            }
-            None => self.len() - 1,
-        };
-        (first..=last.max(first)).map(ShardId).collect()
+        self.shards_in(range).collect()
+    }
+
+    /// [`ShardMap::shards_of`] without collecting them: consecutive shards, none for an
+    /// empty range.
+    pub fn shards_in(&self, range: &KeyRange) -> impl Iterator<Item = ShardId> + use<> {
+        let span = (!range.is_empty()).then(|| {
+            let first = self.shard_of(&range.start).0;
+            let last = match &range.end {
+                // The last key below `end` belongs to the shard of `end`, unless `end` is a
+                // split.
+                Some(end) => {
+                    let s = self.shard_of(end).0;
+                    if s > 0 && self.splits[s as usize - 1] == *end { s - 1 } else { s }
+                }
+                None => self.len() - 1,
+            };
+            first..=last.max(first)
+        });
+        span.into_iter().flatten().map(ShardId)
     }
 
     /// `range` cut down to the keys `shard` owns.

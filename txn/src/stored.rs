@@ -180,7 +180,7 @@ pub(crate) fn encode_deferred(deferred: &[(Task, ClientId)]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&(deferred.len() as u32).to_le_bytes());
     for (task, client) in deferred {
-        let payload = task.request.as_ref().map(Request::encode).unwrap_or_default();
+        let payload = task.request.clone().map(Request::into_payload).unwrap_or_default();
         out.extend_from_slice(&task.txn.epoch.0.to_le_bytes());
         out.extend_from_slice(&task.txn.index.to_le_bytes());
         out.extend_from_slice(&client.0.to_le_bytes());

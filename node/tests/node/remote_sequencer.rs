@@ -69,7 +69,7 @@ fn sized_entry(id: u128, shards: &[u32], value: &[u8]) -> Entry {
         })
         .collect();
     let commit = InteractiveCommit { read_ts: Timestamp::ZERO, writes, ..Default::default() };
-    let payload: Arc<[u8]> = Request::Interactive(commit).encode().into();
+    let payload = Request::Interactive(commit).into_payload();
     Entry::new(ClientId(id), shards.iter().map(|&s| ShardId(s)).collect(), payload)
 }
 

@@ -58,7 +58,7 @@ async fn shard_client(
 fn writing(keys: &[&[u8]], value: &[u8]) -> Arc<[u8]> {
     let writes = keys.iter().map(|k| (k.to_vec(), Some(value.to_vec()))).collect();
     let commit = InteractiveCommit { read_ts: clock().now(), writes, ..Default::default() };
-    Request::Interactive(commit).encode().into()
+    Request::Interactive(commit).into_payload()
 }
 
 /// Defect: twelve clients each putting a 1 MiB value on one shard at once made a window
@@ -113,7 +113,7 @@ async fn an_oversize_key_in_declared_ranges_is_refused_before_it_is_logged() {
     };
     let before = logged_entries(&local).await;
     let sequencer = RemoteSequencer::connect(&local.cluster.sequencer, clock()).await.unwrap();
-    let entry = Entry::new(ClientId(1), vec![ShardId(0), ShardId(1)], call.encode().into());
+    let entry = Entry::new(ClientId(1), vec![ShardId(0), ShardId(1)], call.into_payload());
     match sequencer.submit(&entry).await {
         Err(RemoteError::Refused { kind: RefusalKind::TooLarge, why }) => {
             assert!(why.contains("exceeds the limit") && why.len() < 200, "{why}")

@@ -80,7 +80,7 @@ fn entry(map: &ShardMap, client: u128, name: &str, args: Vec<u8>) -> Entry {
     let ranges = registry.get(name).unwrap().ranges(&args).unwrap();
     let participants = ranges.iter().flat_map(|r| map.shards_of(r)).collect();
     let request = Request::Procedure { name: name.into(), args, ranges };
-    Entry::new(ClientId(client), participants, request.encode().into())
+    Entry::new(ClientId(client), participants, request.into_payload())
 }
 
 fn transfer(from: u8, to: u8, amount: u64) -> Entry {
@@ -489,7 +489,7 @@ fn an_ask_of_a_shard_that_shares_no_entry_is_not_marked_pushed() {
         args: encode_list_ops(&[ListOp::Append(a, 1), ListOp::Append(c, 1)]),
         ranges: [a, c].iter().map(|k| KeyRange::point(&list_key(*k))).collect(),
     };
-    let entry = Entry::new(ClientId(7), vec![A, B], request.encode().into());
+    let entry = Entry::new(ClientId(7), vec![A, B], request.into_payload());
     let commands = Shard::new(A, 3).window(1, &[entry]);
     assert_eq!(
         commands,

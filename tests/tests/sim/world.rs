@@ -1101,7 +1101,7 @@ impl World {
         self.owners.insert(client_id, (client, op));
         let participants =
             request.ranges().iter().flat_map(|r| self.map.shards_of(r)).collect::<Vec<_>>();
-        let entry = Entry::new(client_id, participants, request.encode().into());
+        let entry = Entry::new(client_id, participants, request.into_payload());
         match self.group {
             Some(_) => {
                 self.clients[client].unreceipted = Some(entry);

@@ -418,7 +418,7 @@ impl Cluster {
                 if participants.contains(&s) {
                     let participants = participants.into_iter().collect();
                     // Through the log encoding, as a shard receives it.
-                    let request = Request::decode(&request.encode());
+                    let request = Request::decode(&request.clone().into_payload());
                     tasks.push(Task { txn: *txn, deferred: false, participants, request });
                 }
             }
