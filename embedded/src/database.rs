@@ -60,7 +60,9 @@ pub struct Options {
     pub shards: u32,
     /// Which shard owns which keys (default: [`ShardMap::uniform`] over `shards`).
     pub shard_map: Option<ShardMap>,
-    /// When windows are sealed.
+    /// When windows are sealed. Deduplication is off whatever `dedup_windows` says: the
+    /// database submits each call once, under an id of its own, so remembering ids would
+    /// only cost memory and time (and keep the log's windows for as long).
     pub sealer: SealerConfig,
     /// Maximum clock offset; commit-wait lasts about this long (default 0 in one process).
     pub max_offset: Duration,
@@ -541,8 +543,9 @@ impl Database {
                 }
             })
             .collect();
-        let (sequencer, _) = Sequencer::start(path.join("log"), clock.clone(), options.sealer)
-            .map_err(sequencer_error)?;
+        let sealer = SealerConfig { dedup_windows: 0, ..options.sealer };
+        let (sequencer, _) =
+            Sequencer::start(path.join("log"), clock.clone(), sealer).map_err(sequencer_error)?;
         let inner = Arc::new(Inner {
             clock,
             map: map.clone(),

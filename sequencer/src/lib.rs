@@ -27,7 +27,8 @@
 //! - Epochs are consecutive; window timestamps strictly increase, across restarts too (the
 //!   log's last timestamp is observed by the clock on start).
 //! - A client id resubmitted while its entry is open or in one of the last `dedup_windows`
-//!   windows gets the original's receipt, marked duplicate: a retry never commits twice.
+//!   windows gets the original's receipt, marked duplicate: a retry never commits twice
+//!   (`dedup_windows` 0 turns this off, for a submitter that never retries).
 //! - When idle, a [`Delivery::Tick`] every `window_interval` moves shards' safe time. A
 //!   [`Feedback`] handle asks for a logged (possibly empty) window instead, for entries that
 //!   were deferred to the next window, and reports applied windows.

@@ -20,7 +20,8 @@
 //!   pass it goes into the next window ([`Sealer::fits`]), and a larger one is refused.
 //! - A client id is in at most one entry among the open window and the recent windows
 //!   (the last `dedup_windows` of them, stamped within `dedup_retention` of the newest): a
-//!   resubmission gets the original's id instead of a new entry.
+//!   resubmission gets the original's id instead of a new entry. With `dedup_windows` 0
+//!   nothing is deduplicated.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -43,7 +44,9 @@ pub struct SealerConfig {
     /// than this is refused.
     pub max_window_bytes: usize,
     /// How many recent windows' client ids are remembered for deduplication, at most (default
-    /// 200,000: about 17 minutes at the default interval).
+    /// 200,000: about 17 minutes at the default interval). 0 turns deduplication off, in the
+    /// open window too: every submission is an entry of its own (the embedded database's,
+    /// whose ids are its own and never submitted twice).
     pub dedup_windows: usize,
     /// How long client ids are remembered for deduplication, by window timestamps (default
     /// 60 s, the retention of outcomes): a client that resubmits later than this may have
@@ -188,18 +191,23 @@ impl Sealer {
     /// Adds `entry` to the open window, unless its client id was seen recently. Refuses an
     /// entry larger than a window may hold, returning its size.
     pub fn submit(&mut self, entry: Entry, now: Duration) -> Result<Admission, usize> {
-        if let Some((txn, ts)) = self.sealed_ids.get(entry.client_id) {
-            return Ok(Admission::DuplicateSealed(txn, ts));
-        }
-        if let Some(&index) = self.open_ids.get(&entry.client_id) {
-            return Ok(Admission::DuplicateOpen { index });
+        let deduplicate = self.deduplicates();
+        if deduplicate {
+            if let Some((txn, ts)) = self.sealed_ids.get(entry.client_id) {
+                return Ok(Admission::DuplicateSealed(txn, ts));
+            }
+            if let Some(&index) = self.open_ids.get(&entry.client_id) {
+                return Ok(Admission::DuplicateOpen { index });
+            }
         }
         let size = entry.size();
         if size > self.config.max_window_bytes {
             return Err(size);
         }
         let index = self.open.len() as u32;
-        self.open_ids.insert(entry.client_id, index);
+        if deduplicate {
+            self.open_ids.insert(entry.client_id, index);
+        }
         self.open_bytes += size;
         self.open.push(entry);
         self.open_since.get_or_insert(now);
@@ -278,7 +286,15 @@ impl Sealer {
         self.last_sealed_at = now;
     }
 
+    /// Whether client ids are deduplicated ([`SealerConfig::dedup_windows`] above 0).
+    fn deduplicates(&self) -> bool {
+        self.config.dedup_windows > 0
+    }
+
     fn remember(&mut self, window: &Window) {
+        if !self.deduplicates() {
+            return;
+        }
         let ids: Vec<ClientId> = window.entries.iter().map(|e| e.client_id).collect();
         for (i, id) in ids.iter().enumerate() {
             self.sealed_ids.insert(*id, window.txn_id(i), window.ts);
@@ -483,6 +499,19 @@ mod tests {
         }
         assert_eq!(s.submit(entry(1), Duration::ZERO), Ok(Admission::Queued { index: 0 }));
         assert!(matches!(s.submit(entry(3), Duration::ZERO), Ok(Admission::DuplicateSealed(..))));
+    }
+
+    /// With `dedup_windows` 0 nothing is remembered: an id submitted again, to the open
+    /// window or after it was sealed, is a new entry, and no window is kept for its ids.
+    #[test]
+    fn with_no_dedup_windows_every_submission_is_an_entry() {
+        let config = SealerConfig { dedup_windows: 0, ..config() };
+        let mut s = Sealer::new(config, &[], Duration::ZERO);
+        assert_eq!(s.submit(entry(1), Duration::ZERO), Ok(Admission::Queued { index: 0 }));
+        assert_eq!(s.submit(entry(1), Duration::ZERO), Ok(Admission::Queued { index: 1 }));
+        assert_eq!(s.seal(ts(1), Duration::ZERO).entries.len(), 2);
+        assert_eq!(s.submit(entry(1), Duration::ZERO), Ok(Admission::Queued { index: 0 }));
+        assert_eq!(s.oldest_remembered(), None);
     }
 
     /// Random submissions (new ids over the whole 128 bits, and resubmissions of recent and
