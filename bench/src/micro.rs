@@ -192,7 +192,7 @@ pub fn run_cluster(opts: &MicroOptions, target: &ClusterTarget) -> Result<Report
     let cluster = target.start(dir, ShardMap::uniform, |_| None)?;
     // The client's share of the cores, as TPC-C's: one thread beside a local cluster of four
     // nodes on two cores. Two threads made 121,000-140,000 txn/s at 2,048 and 4,096 clients
-    // where one made 127,000-156,000 (six rounds alternating; README, Figures).
+    // where one made 127,000-156,000 (six pairs of runs alternating; README, Figures).
     let runtime = match cluster.client_runtime() {
         Ok(runtime) => runtime,
         Err(e) => {

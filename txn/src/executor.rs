@@ -635,8 +635,8 @@ fn range_bounds(r: &KeyRange) -> (std::ops::Bound<&[u8]>, std::ops::Bound<&[u8]>
 /// batch read them in order), and a Bloom filter of their keys. Most reads are of keys no
 /// entry of the window wrote (an item, a stock row); the filter answers those without a
 /// search of the tree, which compares the key with a score of others, each behind a
-/// pointer. A key the filter wrongly passes (about one in a hundred at 16 bits a key,
-/// whatever a client makes its keys) is searched for, as every read was before.
+/// pointer. A key the filter wrongly passes (about one in seventy at 16 bits a key and two
+/// bits set; whatever a client makes its keys) is searched for, as every read was before.
 #[derive(Default)]
 struct WindowState {
     values: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
