@@ -337,7 +337,9 @@ impl Backend for Postgres {
     }
 }
 
-/// A procedure context that records the loader's writes; the loader never reads.
+/// A procedure context that records the loader's writes. The loader reads only the
+/// customer-by-last-name rows other slices wrote, to add to them; here it finds none, and
+/// PostgreSQL ignores those rows (it builds its own index on the customer table).
 struct Collect {
     now: Timestamp,
     rows: Vec<(Vec<u8>, Vec<u8>)>,

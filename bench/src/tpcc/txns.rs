@@ -7,6 +7,8 @@
 //! generates the rows, so the log holds a few bytes per thousand rows and replay rebuilds
 //! the same data.
 
+use std::collections::BTreeMap;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::de::DeserializeOwned;
@@ -95,11 +97,12 @@ pub fn find_customer(
     let c = match who {
         CustomerRef::Id(c) => *c,
         CustomerRef::Last(last) => {
-            let named = r.range(&customers_named(w, d, last), usize::MAX)?;
-            if named.is_empty() {
-                return Err(ProcError::abort(format!("no customer named {last}")));
-            }
-            customer_of_name_key(&named[named.len().div_ceil(2) - 1].0)
+            let bytes = r.read(&customers_named_key(w, d, last))?;
+            let named: Option<NamedView> =
+                bytes.as_deref().map(view).transpose().map_err(ProcError::Abort)?;
+            named
+                .and_then(|named| named.middle())
+                .ok_or_else(|| ProcError::abort(format!("no customer named {last}")))?
         }
     };
     Ok((c, row(r, &customer_key(w, d, c))?))
@@ -108,7 +111,9 @@ pub fn find_customer(
 fn customer_ranges(w: u32, d: u32, who: &CustomerRef) -> Vec<KeyRange> {
     match who {
         CustomerRef::Id(c) => vec![KeyRange::point(&customer_key(w, d, *c))],
-        CustomerRef::Last(last) => vec![customers_named(w, d, last), customers(w, d)],
+        CustomerRef::Last(last) => {
+            vec![KeyRange::point(&customers_named_key(w, d, last)), customers(w, d)]
+        }
     }
 }
 
@@ -551,6 +556,9 @@ impl Procedure for LoadProc {
                 }
             }
             LoadPart::Customers { d, from, to } => {
+                // This slice's customers by last name, added to the index's rows (which
+                // other slices of the district add to) once each at the end.
+                let mut named: BTreeMap<String, Vec<(String, u32)>> = BTreeMap::new();
                 for c in from..to {
                     let n = if c <= 1_000 {
                         c - 1
@@ -573,7 +581,10 @@ impl Procedure for LoadProc {
                         delivery_cnt: 0,
                         data: random::astring(&mut rng, 300, 500),
                     };
-                    ctx.put(&customer_name_key(w, d, &customer.last, &customer.first, c), b"")?;
+                    named
+                        .entry(customer.last.clone())
+                        .or_default()
+                        .push((customer.first.clone(), c));
                     put(ctx, &customer_key(w, d, c), &customer)?;
                     let history = History {
                         c_id: c,
@@ -588,6 +599,17 @@ impl Procedure for LoadProc {
                     // Loaded history ids live apart from the driver's (top bit set).
                     let h_id = 1 << 63 | u64::from(d) << 32 | u64::from(c);
                     put(ctx, &history_key(w, h_id), &history)?;
+                }
+                for (last, customers) in named {
+                    let key = customers_named_key(w, d, &last);
+                    let mut row: Named = match ctx.get(&key)? {
+                        Some(bytes) => decode(&bytes).map_err(ProcError::Abort)?,
+                        None => Named::default(),
+                    };
+                    for (first, c) in customers {
+                        row.insert(&first, c);
+                    }
+                    put(ctx, &key, &row)?;
                 }
             }
             LoadPart::Orders { d, from, to } => {

@@ -181,6 +181,51 @@ fn the_checks_catch_changes_made_behind_the_transactions_backs() {
     );
 }
 
+/// The customer-by-last-name index holds, for each district and last name, exactly the
+/// customers the customer table has of that name, by first name then id, though the loader
+/// writes a district's customers in several slices; and a lookup by name finds the one TPC-C
+/// picks, counted against the table itself.
+#[test]
+fn the_name_index_lists_the_customer_tables_names_across_load_slices() {
+    use std::collections::BTreeMap;
+
+    use bench::tpcc::txns::{CustomerRef, find_customer};
+    use storage::KeyRange;
+    use storage::keycode::KeyEncoder;
+
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Sealdb::open(Some(dir.path()), 1, 1).unwrap();
+    // 1,100 customers a district: three loader slices (500, 500, 100).
+    let pop = Population { items: 2_000, customers: 1_100 };
+    backend.load(1, pop, 11).unwrap();
+    let db = &backend.db;
+    let mut snapshot = db.snapshot(ReadAt::Latest).unwrap();
+    for d in [1, 10] {
+        let mut by_name: BTreeMap<String, Vec<(String, u32)>> = BTreeMap::new();
+        let rows = snapshot.scan(&schema::customers(1, d), usize::MAX).unwrap();
+        assert_eq!(rows.len(), 1_100);
+        for (c, (_, value)) in (1..).zip(&rows) {
+            let customer: schema::Customer = schema::decode(value).unwrap();
+            by_name.entry(customer.last).or_default().push((customer.first, c));
+        }
+        let index = KeyEncoder::new().u32(1).u8(schema::tag::CUSTOMER_BY_NAME).u32(d).finish();
+        let index_rows = snapshot.scan(&KeyRange::prefix(&index), usize::MAX).unwrap();
+        assert_eq!(index_rows.len(), by_name.len(), "one index row per last name");
+        for (last, mut customers) in by_name {
+            customers.sort();
+            let key = schema::customers_named_key(1, d, &last);
+            let row: schema::Named = schema::decode(&snapshot.get(&key).unwrap().unwrap()).unwrap();
+            assert_eq!(row.customers, customers, "district {d}, {last}");
+            let middle = customers[customers.len().div_ceil(2) - 1].1;
+            let (found, customer) =
+                find_customer(&mut snapshot, 1, d, &CustomerRef::Last(last.clone())).unwrap();
+            assert_eq!((found, customer.last), (middle, last));
+        }
+    }
+    let missing = find_customer(&mut snapshot, 1, 1, &CustomerRef::Last("NOBODY".into()));
+    assert!(missing.is_err(), "a name no customer has aborts");
+}
+
 /// The rows New-Order only reads are decoded as views that borrow their text as bytes
 /// (`schema::WarehouseView` and the rest: the same types with `&[u8]` for `String`): each
 /// view must read every row its owned form encodes, field for field, or New-Order would
