@@ -95,6 +95,17 @@ impl VersionBatch {
         VersionBatch { window, ts, writes: BTreeMap::new(), meta: BTreeMap::new() }
     }
 
+    /// A batch for `window`, writing at `ts` each of `writes` (`None`: a delete; of a key
+    /// given twice, the later): built at once, which for writes already in key order (as a
+    /// window's executor gives them) costs a pass rather than a search of the batch a key.
+    pub fn with_writes(
+        window: Epoch,
+        ts: Timestamp,
+        writes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
+    ) -> VersionBatch {
+        VersionBatch { window, ts, writes: writes.into_iter().collect(), meta: BTreeMap::new() }
+    }
+
     /// Also writes the bookkeeping record `key` (not the watermark, which the batch sets).
     pub fn put_meta(&mut self, key: MetaKey, value: Vec<u8>) {
         assert_ne!(key, MetaKey::AppliedWindow, "the watermark is the batch's own");

@@ -463,3 +463,32 @@ fn the_row_cache_tables_grow_with_its_entries() {
     let tables = huge.table_bytes;
     assert!(tables > 0 && tables <= bound, "a 1 TiB budget made {tables} bytes of tables");
 }
+
+/// A batch built at once from its writes holds what one built write by write holds: every
+/// key once, with the last value given for it, in key order, however the writes came.
+#[test]
+fn a_batch_built_at_once_holds_what_one_built_write_by_write_does() {
+    for seed in seeds(20) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = (0..rng.random_range(0..200))
+            .map(|i: u32| {
+                let key = (0..rng.random_range(0..3)).map(|_| rng.random_range(0..4u8)).collect();
+                (key, rng.random_bool(0.8).then(|| i.to_le_bytes().to_vec()))
+            })
+            .collect();
+        let mut one_by_one = VersionBatch::new(Epoch(3), ts(3));
+        for (key, value) in writes.clone() {
+            match value {
+                Some(value) => one_by_one.put(key, value),
+                None => one_by_one.delete(key),
+            }
+        }
+        let mut sorted = writes.clone();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        for writes in [writes, sorted] {
+            let at_once = VersionBatch::with_writes(Epoch(3), ts(3), writes);
+            assert!(at_once.writes().eq(one_by_one.writes()), "seed {seed}");
+            assert_eq!((at_once.window(), at_once.ts()), (Epoch(3), ts(3)));
+        }
+    }
+}
