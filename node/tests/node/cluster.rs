@@ -21,6 +21,8 @@ use txn::{ReadAt, TxnError};
 pub(crate) const SHARDS: usize = 3;
 const KEYS: u64 = 10;
 const CLIENTS: u64 = 8;
+/// Commits a workload makes before it is stopped and its history checked.
+const MIN_COMMITS: u64 = 100;
 
 /// A local cluster of `SHARDS` shards with 2 ms windows and a 1 ms bound, each node run by
 /// `command` (followed by `--config FILE`), over TLS with the certificates in `tls_dir`.
@@ -421,6 +423,8 @@ pub(crate) struct Clients {
     pub(crate) history: Arc<Recorder>,
     /// Set to stop.
     pub(crate) stop: Arc<AtomicBool>,
+    /// Calls answered with a commit so far.
+    committed: Arc<AtomicU64>,
     workers: Vec<tokio::task::JoinHandle<HashMap<&'static str, u64>>>,
 }
 
@@ -435,10 +439,16 @@ impl Clients {
         let history = Arc::new(Recorder::new());
         let next_value = Arc::new(AtomicU64::new(1));
         let stop = Arc::new(AtomicBool::new(false));
+        let committed = Arc::new(AtomicU64::new(0));
         let workers: Vec<_> = (0..clients)
             .map(|process| {
-                let (client, history, next_value, stop) =
-                    (client.clone(), history.clone(), next_value.clone(), stop.clone());
+                let (client, history, next_value, stop, committed) = (
+                    client.clone(),
+                    history.clone(),
+                    next_value.clone(),
+                    stop.clone(),
+                    committed.clone(),
+                );
                 tokio::spawn(async move {
                     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1000) + process);
                     let mut outcomes: HashMap<&'static str, u64> = HashMap::new();
@@ -471,6 +481,7 @@ impl Clients {
                                     .collect();
                                 history.complete(process, Completion::Ok, &done);
                                 *outcomes.entry("ok").or_default() += 1;
+                                committed.fetch_add(1, Ordering::SeqCst);
                             }
                             Err(TxnError::OutcomeUnknown) => {
                                 // May or may not have committed: Jepsen's "info".
@@ -487,11 +498,14 @@ impl Clients {
             })
             .collect();
 
-        Clients { history, stop, workers }
+        Clients { history, stop, committed, workers }
     }
 
-    /// Stops the clients and checks the history: every acknowledged append in its list once,
-    /// no value twice, and strictly serializable by `adya`.
+    /// Waits (at most a minute, and not once every client has ended) for the clients to have
+    /// committed `MIN_COMMITS` calls in all, so the history checked has something in it
+    /// however soon the test's faults were over; then stops them and checks the history:
+    /// every acknowledged append in its list once, no value twice, and strictly serializable
+    /// by `adya`.
     /// What the clients' calls came to: "ok" and "unknown" counts.
     pub(crate) async fn finish(
         self,
@@ -499,7 +513,14 @@ impl Clients {
         seed: u64,
         name: &str,
     ) -> BTreeMap<&'static str, u64> {
-        let Clients { history, stop, workers } = self;
+        let Clients { history, stop, committed, workers } = self;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while committed.load(Ordering::SeqCst) < MIN_COMMITS
+            && !workers.iter().all(|w| w.is_finished())
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         stop.store(true, Ordering::SeqCst);
         let mut totals: BTreeMap<&'static str, u64> = BTreeMap::new();
         for w in workers {
@@ -509,7 +530,7 @@ impl Clients {
         }
         eprintln!("seed {seed}: {totals:?}");
         assert!(
-            totals.get("ok").copied().unwrap_or(0) > 100,
+            totals.get("ok").copied().unwrap_or(0) >= MIN_COMMITS,
             "seed {seed}: too few commits: {totals:?}"
         );
 
