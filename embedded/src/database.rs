@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use clock::{Clock, SystemClock, Timestamp};
 use sequencer::{
-    ClientId, Delivery, Entry, Feedback, SealerConfig, Sequencer, SequencerError, ShardId, TxnId,
+    ClientId, Delivery, Feedback, SealerConfig, Sequencer, SequencerError, ShardId, TxnId,
 };
 use storage::{
     Engine, Epoch, KeyRange, Limits, MemoryEngine, Mvcc, RocksEngine, RocksOptions, StorageError,
@@ -800,7 +800,8 @@ impl Database {
         let sequencer = self.sequencer.as_ref().ok_or(TxnError::ShuttingDown)?;
         let (tx, rx) = oneshot::channel();
         self.inner.waiters.insert(client, tx);
-        let entry = Entry::new(client, participants, request.into_payload());
+        // A procedure call goes with its payload, so the shard thread need not decode it.
+        let entry = request.into_entry(client, participants);
         // One wake-up per transaction: the receipt matters only if the entry was not logged.
         let inner = self.inner.clone();
         sequencer.submit_then(

@@ -722,7 +722,7 @@ fn decode(body: &[u8]) -> Result<Window, String> {
         }
         let plen = u32::from_le_bytes(r.take()?) as usize;
         let payload: Arc<[u8]> = r.bytes(plen)?.into();
-        entries.push(Entry { client_id, participants, payload });
+        entries.push(Entry { client_id, participants, payload, decoded: None });
     }
     if !r.0.is_empty() {
         return Err("trailing bytes in record".into());

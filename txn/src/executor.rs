@@ -57,6 +57,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use clock::Timestamp;
 use indexmap::IndexMap;
@@ -104,7 +105,7 @@ pub struct Task {
     /// Its participant shards.
     pub participants: Vec<ShardId>,
     /// The decoded request, or why it could not be decoded.
-    pub request: Result<Request, MalformedEntry>,
+    pub request: Result<Arc<Request>, MalformedEntry>,
 }
 
 impl Task {
@@ -360,7 +361,7 @@ impl Executor {
             e.ran = Ran::Aborted(reason);
             return Ok(e);
         }
-        match &e.task.request {
+        match e.task.request.as_deref() {
             Err(why) => e.ran = Ran::Aborted(AbortReason::Malformed(why.to_string())),
             Ok(Request::Procedure { name, args, ranges }) => {
                 snapshot.prefetch(&declared_points(ranges));
@@ -394,7 +395,7 @@ impl Executor {
     fn runs_on_snapshot(&self, task: &Task) -> bool {
         self.plan != Plan::Serial
             || task.multi_shard()
-            || !matches!(task.request, Ok(Request::Procedure { .. }))
+            || !matches!(task.request.as_deref(), Ok(Request::Procedure { .. }))
     }
 
     fn clip_scans(&self, scans: &[KeyRange]) -> Vec<KeyRange> {
@@ -512,7 +513,7 @@ impl Executor {
                 }
                 (true, Ran::Stale(_)) => unreachable!("a stale read never wins a local verdict"),
                 (true, Ran::Later) => unreachable!("an entry run later has no verdict yet"),
-                (false, ran) => match (&e.task.request, ran) {
+                (false, ran) => match (e.task.request.as_deref(), ran) {
                     // Refused for size on every shard alike: retrying cannot help.
                     (Ok(Request::Interactive(_)), Ran::Aborted(reason)) => {
                         outcomes.push(decided(txn, Outcome::Aborted(reason), None));
@@ -530,7 +531,8 @@ impl Executor {
         // D. Single-shard losers (or, with the serial plan, every single-shard procedure), one
         // by one on the state so far.
         for (task, first_run) in fallbacks {
-            let Ok(request @ Request::Procedure { name, args, ranges }) = &task.request else {
+            let Ok(request @ Request::Procedure { name, args, ranges }) = task.request.as_deref()
+            else {
                 unreachable!("only procedures fall back");
             };
             snapshot.prefetch(&declared_points(ranges));
@@ -592,7 +594,7 @@ impl Validated {
     pub fn shared_reads(&self) -> BTreeMap<ShardId, RunReads> {
         let mut by_peer: BTreeMap<ShardId, (RunReads, BTreeSet<&[u8]>)> = BTreeMap::new();
         for e in self.entries.iter().filter(|e| e.task.multi_shard()) {
-            let Ok(Request::Procedure { ranges, .. }) = &e.task.request else { continue };
+            let Ok(Request::Procedure { ranges, .. }) = e.task.request.as_deref() else { continue };
             for p in e.task.participants.iter().filter(|p| **p != self.shard) {
                 let (reads, declared) = by_peer.entry(*p).or_default();
                 declared.extend(ranges.iter().filter_map(KeyRange::as_point));
@@ -752,13 +754,19 @@ impl WindowState {
 /// check is a binary search rather than a pass over every range.
 struct Declared<'a> {
     ranges: &'a [KeyRange],
-    /// With many ranges: them sorted by start, and for each the greatest end among it and
-    /// those before it (`None`: unbounded).
-    index: Option<DeclaredIndex<'a>>,
+    /// With many ranges: them sorted by start, each with the greatest end among it and those
+    /// before it.
+    index: Option<Vec<DeclaredStart<'a>>>,
 }
 
-/// Declared ranges by start, with the greatest end so far at each (`None`: unbounded).
-type DeclaredIndex<'a> = (Vec<&'a KeyRange>, Vec<Option<&'a [u8]>>);
+/// A declared range's start in [`Declared`]'s index.
+struct DeclaredStart<'a> {
+    /// `start`'s [`sort_prefix`]: most comparisons end on it, without reading the key.
+    prefix: u128,
+    start: &'a [u8],
+    /// The greatest end of this range and those before it (`None`: unbounded).
+    reach: Option<&'a [u8]>,
+}
 
 /// Above this many declared ranges, [`Declared`] builds its index.
 const DECLARED_SCAN: usize = 16;
@@ -768,23 +776,33 @@ impl<'a> Declared<'a> {
         if ranges.len() <= DECLARED_SCAN {
             return Declared { ranges, index: None };
         }
-        let mut sorted: Vec<&KeyRange> = ranges.iter().collect();
-        sorted.sort_by(|a, b| a.start.cmp(&b.start));
-        let mut greatest: Option<Option<&[u8]>> = None;
-        let ends = sorted
+        let mut index: Vec<DeclaredStart<'a>> = ranges
             .iter()
-            .map(|r| {
-                let end = r.end.as_deref();
-                let g = match greatest {
-                    None => end,
-                    Some(None) => None,
-                    Some(Some(g)) => end.map(|e| e.max(g)),
-                };
-                greatest = Some(g);
-                g
+            .map(|r| DeclaredStart {
+                prefix: sort_prefix(&r.start),
+                start: &r.start,
+                reach: r.end.as_deref(),
             })
             .collect();
-        Declared { ranges, index: Some((sorted, ends)) }
+        // Calls made by `procedure_request` declare their ranges sorted already.
+        index.sort_by(|a, b| (a.prefix, a.start).cmp(&(b.prefix, b.start)));
+        // Each range's own end becomes the greatest so far.
+        let mut greatest: Option<Option<&[u8]>> = None;
+        for d in &mut index {
+            let g = match greatest {
+                None => d.reach,
+                Some(None) => None,
+                Some(Some(g)) => d.reach.map(|e| e.max(g)),
+            };
+            greatest = Some(g);
+            d.reach = g;
+        }
+        Declared { ranges, index: Some(index) }
+    }
+
+    /// How many indexed ranges start at or before `key` (whose prefix is `prefix`).
+    fn starting_by(index: &[DeclaredStart<'_>], prefix: u128, key: &[u8]) -> usize {
+        index.partition_point(|d| d.prefix < prefix || (d.prefix == prefix && d.start <= key))
     }
 
     /// Whether some declared range starting at or before `start` ends at or after `end`
@@ -799,9 +817,9 @@ impl<'a> Declared<'a> {
             None => {
                 self.ranges.iter().any(|r| r.start.as_slice() <= start && reaches(r.end.as_deref()))
             }
-            Some((sorted, ends)) => {
-                let at = sorted.partition_point(|r| r.start.as_slice() <= start);
-                at.checked_sub(1).is_some_and(|i| reaches(ends[i]))
+            Some(index) => {
+                let at = Self::starting_by(index, sort_prefix(start), start);
+                at.checked_sub(1).is_some_and(|i| reaches(index[i].reach))
             }
         }
     }
@@ -811,9 +829,9 @@ impl<'a> Declared<'a> {
             None => self.ranges.iter().any(|r| r.contains(key)),
             // `holds(key, key + [0])` (the point range of `key`), without building its end:
             // `key + [0] <= end` exactly when `key < end`.
-            Some((sorted, ends)) => {
-                let at = sorted.partition_point(|r| r.start.as_slice() <= key);
-                at.checked_sub(1).is_some_and(|i| ends[i].is_none_or(|end| key < end))
+            Some(index) => {
+                let at = Self::starting_by(index, sort_prefix(key), key);
+                at.checked_sub(1).is_some_and(|i| index[i].reach.is_none_or(|end| key < end))
             }
         }
     }
@@ -985,13 +1003,16 @@ mod tests {
     use super::*;
 
     /// The index many declared ranges get answers as the range-by-range check does, for
-    /// overlapping, nested, unbounded and point ranges alike (seeded, exhaustive over a small
-    /// key space).
+    /// overlapping, nested, unbounded and point ranges alike, declared in any order (seeded,
+    /// exhaustive over a small key space).
     #[test]
     fn declared_ranges_answer_the_same_indexed_or_not() {
+        // Short keys (`[a]` and `[a, 0]` tie on their 16-byte prefixes), and long ones sharing
+        // their first 16 bytes.
         let keys: Vec<Vec<u8>> = (0..=4u8)
             .flat_map(|a| std::iter::once(vec![a]).chain((0..=4u8).map(move |b| vec![a, b])))
-            .chain([Vec::new()])
+            .chain([Vec::new(), vec![2; 16]])
+            .chain((0..=2u8).map(|b| [vec![2; 16], vec![b]].concat()))
             .collect();
         let mut seed = 7u64;
         let mut next = |n: usize| {

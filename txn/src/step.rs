@@ -69,7 +69,7 @@ use storage::{Epoch, KeyRange, MetaKey, Mvcc, StorageError, VersionBatch};
 use crate::executor::{ExecError, Executor, SnapshotRead, Task, Validated};
 use crate::outcome::Decided;
 use crate::procedure::Rows;
-use crate::request::Request;
+use crate::request::{MalformedEntry, Request};
 use crate::shard_map::ShardMap;
 use crate::snapshot::scan_shards;
 use crate::stored::{
@@ -573,14 +573,10 @@ impl Step {
             tasks.push(task);
         }
         let entries = slice.len();
-        for (txn, entry) in slice {
+        for (txn, mut entry) in slice {
             clients.insert(txn, entry.client_id);
-            tasks.push(Task {
-                txn,
-                deferred: false,
-                request: Request::decode_shared(entry.payload),
-                participants: entry.participants,
-            });
+            let participants = std::mem::take(&mut entry.participants);
+            tasks.push(Task { txn, deferred: false, request: decoded(entry), participants });
         }
         let participants: Participants =
             tasks.iter().map(|t| (t.txn, t.participants.clone())).collect();
@@ -639,7 +635,7 @@ impl Step {
                 asks.entry(*p).or_default().1 = true;
                 pushes.entry(*p).or_default();
             }
-            let Ok(Request::Procedure { ranges, .. }) = &task.request else { continue };
+            let Ok(Request::Procedure { ranges, .. }) = task.request.as_deref() else { continue };
             for key in ranges.iter().filter_map(KeyRange::as_point) {
                 // A key over the limit is never read: the entry aborts before it runs.
                 if limits.check_key(key).is_err() {
@@ -843,6 +839,23 @@ enum Moved {
     Applied,
 }
 
+/// An entry's request: the one its maker kept ([`Entry::decoded`]: the embedded database's
+/// callers built it, on threads of their own), else its payload decoded here. Debug builds
+/// check the two agree, as replay (which decodes) needs them to.
+fn decoded(entry: Entry) -> Result<Arc<Request>, MalformedEntry> {
+    match entry.decoded.and_then(|d| d.downcast::<Request>().ok()) {
+        Some(request) => {
+            debug_assert_eq!(
+                Request::decode_shared(entry.payload).as_ref(),
+                Ok(&*request),
+                "an entry's kept request differs from its payload's"
+            );
+            Ok(request)
+        }
+        None => Request::decode_shared(entry.payload).map(Arc::new),
+    }
+}
+
 /// The first round's asks, by peer: the points, and whether the peer pushes them.
 type Asks = BTreeMap<ShardId, (BTreeSet<Vec<u8>>, bool)>;
 
@@ -932,5 +945,47 @@ impl SnapshotRead for Snap<'_> {
 
     fn misses(&self) -> usize {
         self.missed.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(key: &[u8]) -> Request {
+        Request::Procedure {
+            name: "put".into(),
+            args: key.to_vec(),
+            ranges: vec![KeyRange::point(key)],
+        }
+    }
+
+    /// An entry's kept request is taken as it is (no payload decoded); without one, or with
+    /// something else kept, the payload is decoded; a payload that does not decode is
+    /// malformed, as before.
+    #[test]
+    fn a_kept_request_is_taken_else_the_payload_is_decoded() {
+        let entry =
+            |r: &Request| Entry::new(ClientId(1), vec![ShardId(0)], r.clone().into_payload());
+        let kept = Arc::new(request(b"k"));
+        let got = decoded(entry(&kept).with_decoded(kept.clone())).unwrap();
+        assert!(Arc::ptr_eq(&got, &kept), "the kept request was not taken");
+
+        let got = decoded(entry(&request(b"j"))).unwrap();
+        assert_eq!(*got, request(b"j"));
+        let other: Arc<dyn std::any::Any + Send + Sync> = Arc::new(7u32);
+        assert_eq!(*decoded(entry(&request(b"j")).with_decoded(other)).unwrap(), request(b"j"));
+
+        let garbage = Entry::new(ClientId(1), vec![ShardId(0)], Arc::from(&b"\xff\xff"[..]));
+        assert!(decoded(garbage).is_err());
+    }
+
+    /// Debug builds check a kept request against the payload's.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "kept request differs")]
+    fn a_kept_request_that_is_not_the_payloads_is_caught_in_debug_builds() {
+        let entry = Entry::new(ClientId(1), vec![ShardId(0)], request(b"k").into_payload());
+        let _ = decoded(entry.with_decoded(Arc::new(request(b"j"))));
     }
 }

@@ -10,6 +10,7 @@
 //!   any replica).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clock::{Epoch, Timestamp};
@@ -180,7 +181,8 @@ pub(crate) fn encode_deferred(deferred: &[(Task, ClientId)]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&(deferred.len() as u32).to_le_bytes());
     for (task, client) in deferred {
-        let payload = task.request.clone().map(Request::into_payload).unwrap_or_default();
+        let payload =
+            task.request.as_deref().cloned().map(Request::into_payload).unwrap_or_default();
         out.extend_from_slice(&task.txn.epoch.0.to_le_bytes());
         out.extend_from_slice(&task.txn.index.to_le_bytes());
         out.extend_from_slice(&client.0.to_le_bytes());
@@ -220,7 +222,7 @@ pub(crate) fn decode_deferred(bytes: &[u8]) -> Result<Vec<(Task, ClientId)>, Ste
             participants.push(ShardId(u32_of(take(4)?)));
         }
         let len = u32_of(take(4)?) as usize;
-        let request = Request::decode(take(len)?);
+        let request = Request::decode(take(len)?).map(Arc::new);
         out.push((
             Task { txn: TxnId { epoch, index }, deferred: true, participants, request },
             client,

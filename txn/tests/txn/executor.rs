@@ -418,7 +418,7 @@ impl Cluster {
                 if participants.contains(&s) {
                     let participants = participants.into_iter().collect();
                     // Through the log encoding, as a shard receives it.
-                    let request = Request::decode(&request.clone().into_payload());
+                    let request = Request::decode(&request.clone().into_payload()).map(Arc::new);
                     tasks.push(Task { txn: *txn, deferred: false, participants, request });
                 }
             }
@@ -805,7 +805,7 @@ fn a_run_again_after_misses_runs_only_the_entries_that_missed() {
         let participants = vec![ShardId(0), ShardId(1)];
         let task = |(txn, request): &(TxnId, Request)| {
             let (txn, participants) = (*txn, participants.clone());
-            Task { txn, deferred: false, participants, request: Ok(request.clone()) }
+            Task { txn, deferred: false, participants, request: Ok(Arc::new(request.clone())) }
         };
         requests.iter().map(task).collect::<Vec<_>>()
     };
