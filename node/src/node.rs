@@ -342,10 +342,15 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn free_port() -> Result<u16, NodeError> {
+/// `count` distinct free ports: each is held bound until all are found, since a port let go
+/// at once may be handed out again by the next bind (a local cluster was once configured with
+/// one port twice).
+fn free_ports(count: u32) -> Result<Vec<u16>, NodeError> {
     let port = |e| NodeError::io("finding a free port", e);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(port)?;
-    Ok(listener.local_addr().map_err(port)?.port())
+    let held = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").map_err(port))
+        .collect::<Result<Vec<_>, _>>()?;
+    held.iter().map(|l| Ok(l.local_addr().map_err(port)?.port())).collect()
 }
 
 impl LocalProcesses {
@@ -381,7 +386,7 @@ impl LocalProcesses {
                 let why = format!("{count} nodes from port {p}: out of range");
                 return Err(NodeError::Config(why));
             }
-            None => (0..count).map(|_| free_port()).collect::<Result<_, _>>()?,
+            None => free_ports(count)?,
         };
         let addr = |p: &u16| format!("127.0.0.1:{p}");
         let n = spec.sequencers as usize;
@@ -675,6 +680,20 @@ impl Drop for LocalProcesses {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Ports found for one cluster are distinct (each held until all are found).
+    #[test]
+    fn free_ports_are_distinct() {
+        for _ in 0..20 {
+            let mut ports = super::free_ports(64).unwrap();
+            ports.sort_unstable();
+            ports.dedup();
+            assert_eq!(ports.len(), 64);
         }
     }
 }
