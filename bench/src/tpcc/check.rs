@@ -112,7 +112,8 @@ pub fn facts(
         let ytd = ytd(r, &warehouse_ytd_key(w))?;
         let mut district_ytd = 0;
         for d in 1..=DISTRICTS {
-            let district: District = get(r, &district_key(w, d))?;
+            let _: District = get(r, &district_key(w, d))?;
+            let next_o_id = u32_value(r.read(&district_next_key(w, d))?, "D_NEXT_O_ID")?;
             district_ytd += self::ytd(r, &district_ytd_key(w, d))?;
             let mut max_o = 0;
             let mut ol_cnt_sum = 0u64;
@@ -133,12 +134,15 @@ pub fn facts(
             df.push(DistrictFacts {
                 w,
                 d,
-                next_o_id: district.next_o_id,
+                next_o_id,
                 max_o,
                 new_orders,
                 ol_cnt_sum,
                 lines: r.range(&district_order_lines(w, d), usize::MAX)?.len() as u64,
-                delivery_cursor: Some(u32_value(r.read(&delivery_cursor_key(w, d))?)?),
+                delivery_cursor: Some(u32_value(
+                    r.read(&delivery_cursor_key(w, d))?,
+                    "delivery cursor",
+                )?),
             });
         }
         wf.push(WarehouseFacts { w, ytd, district_ytd });

@@ -382,22 +382,62 @@ const I: Type = Type::INT4;
 const B: Type = Type::INT8;
 const T: Type = Type::TEXT;
 
-/// STOCK's unchanging columns from the same loader slice, by (warehouse, item), for joining
-/// onto its counters.
-type StockInfos = HashMap<(u32, u32), schema::StockInfo>;
+/// The parts of rows sealdb keeps apart, from the same loader slice, for joining onto their
+/// rows: STOCK's unchanging columns by (warehouse, item), W_YTD and D_YTD by key, CUSTOMER's
+/// balance by (warehouse, district, customer), D_NEXT_O_ID by (warehouse, district).
+#[derive(Default)]
+struct Parts {
+    stock_infos: HashMap<(u32, u32), schema::StockInfo>,
+    ytds: HashMap<Vec<u8>, i64>,
+    balances: HashMap<(u32, u32, u32), schema::CustomerBalance>,
+    nexts: HashMap<(u32, u32), u32>,
+}
 
-/// W_YTD and D_YTD from the same loader slice, by key, for joining onto their rows.
-type Ytds = HashMap<Vec<u8>, i64>;
+impl Parts {
+    /// Keeps `key`'s value if it is a part of another row; says whether it was.
+    fn keep(&mut self, key: &[u8], value: &[u8]) -> Result<bool, String> {
+        let bad = |e: storage::keycode::DecodeError| format!("loader key {key:?}: {e}");
+        let mut k = KeyDecoder::new(key);
+        let (w, table) = (k.u32().map_err(bad)?, k.u8().map_err(bad)?);
+        match table {
+            tag::STOCK_INFO => {
+                self.stock_infos.insert((w, k.u32().map_err(bad)?), schema::decode(value)?);
+            }
+            tag::WAREHOUSE_YTD | tag::DISTRICT_YTD => {
+                let ytd = txn::counter(key, Some(value)).map_err(|e| e.to_string())?;
+                self.ytds.insert(key.to_vec(), ytd);
+            }
+            tag::CUSTOMER_BALANCE => {
+                let (d, c) = (k.u32().map_err(bad)?, k.u32().map_err(bad)?);
+                self.balances.insert((w, d, c), schema::decode(value)?);
+            }
+            tag::DISTRICT_NEXT => {
+                let next = txns::u32_value(Some(value.to_vec()), "D_NEXT_O_ID")
+                    .map_err(|e| e.to_string())?;
+                self.nexts.insert((w, k.u32().map_err(bad)?), next);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The first part no row took, if any.
+    fn left(&self) -> Option<String> {
+        let stock = self.stock_infos.keys().next().map(|(w, i)| format!("stock ({w}, {i})"));
+        let ytd = self.ytds.keys().next().map(|key| format!("the year-to-date {key:?}"));
+        let balance = self.balances.keys().next().map(|k| format!("the balance of customer {k:?}"));
+        let next = self.nexts.keys().next().map(|k| format!("D_NEXT_O_ID of district {k:?}"));
+        stock.or(ytd).or(balance).or(next)
+    }
+}
 
 /// A loaded key and value as a PostgreSQL row: its table tag and columns. The indexes and the
-/// delivery cursor have no row (PostgreSQL indexes the tables itself); STOCK's two parts make
-/// one row, at its counters' key, and WAREHOUSE's and DISTRICT's year-to-date counters join
-/// their rows.
+/// delivery cursor have no row (PostgreSQL indexes the tables itself); the rows sealdb splits
+/// ([`Parts`]) are joined again, at the key of the row they belong to.
 fn columns(
     key: &[u8],
     value: &[u8],
-    stock_infos: &mut StockInfos,
-    ytds: &mut Ytds,
+    parts: &mut Parts,
 ) -> Result<Option<(u8, Vec<Value>)>, String> {
     fn v<T: ToSql + Send + Sync + 'static>(x: T) -> Value {
         Box::new(x)
@@ -410,9 +450,8 @@ fn columns(
     let mut k = KeyDecoder::new(key);
     let (w, table) = (k.u32().map_err(bad)?, k.u8().map_err(bad)?);
     let next = |k: &mut KeyDecoder| k.u32().map_err(bad);
-    let mut ytd = |at: Vec<u8>| {
-        ytds.remove(&at).ok_or_else(|| format!("loader wrote {key:?} without its year-to-date"))
-    };
+    let missing = |what: &str| format!("loader wrote {key:?} without its {what}");
+    let mut ytd = |at: Vec<u8>| parts.ytds.remove(&at).ok_or_else(|| missing("year-to-date"));
     let mut row = vec![i(w)];
     match table {
         tag::WAREHOUSE => {
@@ -426,15 +465,18 @@ fn columns(
             let d = next(&mut k)?;
             row.extend([i(d), v(r.name)]);
             row.extend(addr(r.address));
-            row.extend([v(r.tax), v(ytd(schema::district_ytd_key(w, d))?), i(r.next_o_id)]);
+            let next_o_id = parts.nexts.remove(&(w, d)).ok_or_else(|| missing("D_NEXT_O_ID"))?;
+            row.extend([v(r.tax), v(ytd(schema::district_ytd_key(w, d))?), i(next_o_id)]);
         }
         tag::CUSTOMER => {
             let r: schema::Customer = schema::decode(value)?;
-            row.extend([i(next(&mut k)?), i(next(&mut k)?), v(r.first), v(r.middle), v(r.last)]);
+            let (d, c) = (next(&mut k)?, next(&mut k)?);
+            let b = parts.balances.remove(&(w, d, c)).ok_or_else(|| missing("balance"))?;
+            row.extend([i(d), i(c), v(r.first), v(r.middle), v(r.last)]);
             row.extend(addr(r.address));
             row.extend([v(r.phone), v(r.since as i64), v(r.credit), v(r.credit_lim)]);
-            row.extend([v(r.discount), v(r.balance), v(r.ytd_payment)]);
-            row.extend([i(r.payment_cnt), i(r.delivery_cnt), v(r.data)]);
+            row.extend([v(r.discount), v(b.balance), v(b.ytd_payment)]);
+            row.extend([i(b.payment_cnt), i(b.delivery_cnt), v(r.data)]);
         }
         tag::HISTORY => {
             let r: schema::History = schema::decode(value)?;
@@ -467,7 +509,8 @@ fn columns(
         tag::STOCK => {
             let r: schema::Stock = schema::decode(value)?;
             let item = next(&mut k)?;
-            let info = stock_infos
+            let info = parts
+                .stock_infos
                 .remove(&(w, item))
                 .ok_or_else(|| format!("loader wrote stock ({w}, {item}) without the rest"))?;
             row.extend([i(item), v(r.quantity), v(info.dist), v(r.ytd)]);
@@ -483,33 +526,21 @@ async fn copy_part(client: &Client, part: &Load, now: Timestamp) -> Result<(), S
     let mut ctx = Collect { now, rows: Vec::new() };
     txns::LoadProc.run(&mut ctx, &schema::encode(part)).map_err(|e| e.to_string())?;
     let mut by_table: Vec<Vec<Vec<Value>>> = TABLES.iter().map(|_| Vec::new()).collect();
-    let mut stock_infos = StockInfos::new();
-    let mut ytds = Ytds::new();
+    let mut parts = Parts::default();
+    let mut rows = Vec::with_capacity(ctx.rows.len());
     for (key, value) in &ctx.rows {
-        let mut k = KeyDecoder::new(key);
-        match (k.u32(), k.u8()) {
-            (Ok(w), Ok(tag::STOCK_INFO)) => {
-                let item = k.u32().map_err(|e| format!("loader key {key:?}: {e}"))?;
-                stock_infos.insert((w, item), schema::decode(value)?);
-            }
-            (Ok(_), Ok(tag::WAREHOUSE_YTD | tag::DISTRICT_YTD)) => {
-                let ytd = txn::counter(key, Some(value)).map_err(|e| e.to_string())?;
-                ytds.insert(key.clone(), ytd);
-            }
-            _ => {}
+        if !parts.keep(key, value)? {
+            rows.push((key, value));
         }
     }
-    for (key, value) in &ctx.rows {
-        if let Some((table, row)) = columns(key, value, &mut stock_infos, &mut ytds)? {
+    for (key, value) in rows {
+        if let Some((table, row)) = columns(key, value, &mut parts)? {
             let at = TABLES.iter().position(|t| t.0 == table).expect("every row's table is known");
             by_table[at].push(row);
         }
     }
-    if let Some((w, item)) = stock_infos.keys().next() {
-        return Err(format!("loader wrote the rest of stock ({w}, {item}) without its counters"));
-    }
-    if let Some(key) = ytds.keys().next() {
-        return Err(format!("loader wrote the year-to-date {key:?} without its row"));
+    if let Some(part) = parts.left() {
+        return Err(format!("loader wrote {part} without the row it belongs to"));
     }
     for ((_, name, types), rows) in TABLES.iter().zip(by_table) {
         if rows.is_empty() {

@@ -17,7 +17,13 @@
 //! of their own ([`warehouse_ytd_key`], [`district_ytd_key`]), which Payment adds to
 //! ([`txn::Context::add`]) without reading: Payments of one warehouse then do not conflict on
 //! its row, nor on their district's, which they only read. Money is in cents, rates in basis
-//! points (1/10,000), timestamps in microseconds.
+//! points (1/10,000), timestamps in microseconds. CUSTOMER and DISTRICT are split the same
+//! way: the four columns Payment and Delivery update ([`CustomerBalance`], about 20 bytes)
+//! apart from the rest of the customer (about 650 bytes, C_DATA among it, which only a
+//! bad-credit customer's Payment rewrites), and D_NEXT_O_ID ([`district_next_key`]) apart
+//! from the district's name, address and tax, which no transaction changes. So a Payment
+//! writes a version of the customer's counters alone, and a New-Order four bytes for its
+//! district.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -56,6 +62,11 @@ pub mod tag {
     pub const WAREHOUSE_YTD: u8 = 13;
     /// D_YTD, a counter.
     pub const DISTRICT_YTD: u8 = 14;
+    /// CUSTOMER's balance and counters (C_BALANCE, C_YTD_PAYMENT, C_PAYMENT_CNT,
+    /// C_DELIVERY_CNT).
+    pub const CUSTOMER_BALANCE: u8 = 15;
+    /// D_NEXT_O_ID.
+    pub const DISTRICT_NEXT: u8 = 16;
 }
 
 fn table(w: u32, t: u8) -> KeyEncoder {
@@ -109,6 +120,10 @@ pub fn district_key(w: u32, d: u32) -> Vec<u8> {
 pub fn district_ytd_key(w: u32, d: u32) -> Vec<u8> {
     table(w, tag::DISTRICT_YTD).u32(d).finish()
 }
+/// D_NEXT_O_ID of district (w, d): a little-endian `u32`.
+pub fn district_next_key(w: u32, d: u32) -> Vec<u8> {
+    table(w, tag::DISTRICT_NEXT).u32(d).finish()
+}
 /// Every district of warehouse `w`.
 pub fn districts(w: u32) -> KeyRange {
     KeyRange::prefix(&table(w, tag::DISTRICT).finish())
@@ -121,6 +136,14 @@ pub fn customer_key(w: u32, d: u32, c: u32) -> Vec<u8> {
 pub fn customers(w: u32, d: u32) -> KeyRange {
     KeyRange::prefix(&table(w, tag::CUSTOMER).u32(d).finish())
 }
+/// CUSTOMER (w, d, c): its balance and counters.
+pub fn customer_balance_key(w: u32, d: u32, c: u32) -> Vec<u8> {
+    table(w, tag::CUSTOMER_BALANCE).u32(d).u32(c).finish()
+}
+/// The balances of every customer of district (w, d).
+pub fn customer_balances(w: u32, d: u32) -> KeyRange {
+    KeyRange::prefix(&table(w, tag::CUSTOMER_BALANCE).u32(d).finish())
+}
 /// The customer-by-last-name index's row of (w, d, `last`): every customer of the district
 /// called so ([`Named`]).
 pub fn customers_named_key(w: u32, d: u32, last: &str) -> Vec<u8> {
@@ -129,6 +152,10 @@ pub fn customers_named_key(w: u32, d: u32, last: &str) -> Vec<u8> {
 /// HISTORY (w, h_id): the specification gives history no key; `h_id` is unique per run.
 pub fn history_key(w: u32, h_id: u64) -> Vec<u8> {
     table(w, tag::HISTORY).u64(h_id).finish()
+}
+/// Every HISTORY row of warehouse `w`.
+pub fn histories(w: u32) -> KeyRange {
+    KeyRange::prefix(&table(w, tag::HISTORY).finish())
 }
 /// NEW-ORDER (w, d, o).
 pub fn new_order_key(w: u32, d: u32, o: u32) -> Vec<u8> {
@@ -230,20 +257,21 @@ pub struct Warehouse<T = String> {
     pub tax: i64,
 }
 
-/// DISTRICT.
+/// DISTRICT, unchanged after the load (`T`: the text's type, as in [`Address`]). D_YTD is a
+/// counter of its own ([`district_ytd_key`]), D_NEXT_O_ID a row of its own
+/// ([`district_next_key`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct District {
+pub struct District<T = String> {
     /// D_NAME.
-    pub name: String,
+    pub name: T,
     /// D_STREET_1 .. D_ZIP.
-    pub address: Address,
-    /// D_TAX, basis points. (D_YTD is a counter of its own, [`district_ytd_key`].)
+    pub address: Address<T>,
+    /// D_TAX, basis points.
     pub tax: i64,
-    /// D_NEXT_O_ID.
-    pub next_o_id: u32,
 }
 
-/// CUSTOMER (`T`: the text's type, as in [`Address`]).
+/// CUSTOMER but its balance and counters ([`CustomerBalance`]) (`T`: the text's type, as in
+/// [`Address`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Customer<T = String> {
     /// C_FIRST.
@@ -264,6 +292,13 @@ pub struct Customer<T = String> {
     pub credit_lim: i64,
     /// C_DISCOUNT, basis points.
     pub discount: i64,
+    /// C_DATA.
+    pub data: T,
+}
+
+/// CUSTOMER's columns Payment and Delivery update ([`customer_balance_key`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CustomerBalance {
     /// C_BALANCE, cents.
     pub balance: i64,
     /// C_YTD_PAYMENT, cents.
@@ -272,8 +307,6 @@ pub struct Customer<T = String> {
     pub payment_cnt: u32,
     /// C_DELIVERY_CNT.
     pub delivery_cnt: u32,
-    /// C_DATA.
-    pub data: T,
 }
 
 /// HISTORY.
@@ -402,6 +435,8 @@ pub struct StockInfo<T = String> {
 /// bytes; postcard encodes a `&[u8]` as it does a `str`). New-Order reads ten items and ten
 /// stock rows a call, and the customer's text alone is up to 600 bytes.
 pub type WarehouseView<'a> = Warehouse<&'a [u8]>;
+/// See [`WarehouseView`].
+pub type DistrictView<'a> = District<&'a [u8]>;
 /// See [`WarehouseView`].
 pub type CustomerView<'a> = Customer<&'a [u8]>;
 /// See [`WarehouseView`].

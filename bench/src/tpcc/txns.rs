@@ -94,26 +94,38 @@ pub fn find_customer(
     d: u32,
     who: &CustomerRef,
 ) -> Result<(u32, Customer), ProcError> {
-    let c = match who {
-        CustomerRef::Id(c) => *c,
+    let c = customer_id(r, w, d, who)?;
+    Ok((c, row(r, &customer_key(w, d, c))?))
+}
+
+/// Resolves a customer reference in district (w, d) to an id.
+fn customer_id(r: &mut impl Reader, w: u32, d: u32, who: &CustomerRef) -> Result<u32, ProcError> {
+    match who {
+        CustomerRef::Id(c) => Ok(*c),
         CustomerRef::Last(last) => {
             let bytes = r.read(&customers_named_key(w, d, last))?;
             let named: Option<NamedView> =
                 bytes.as_deref().map(view).transpose().map_err(ProcError::Abort)?;
             named
                 .and_then(|named| named.middle())
-                .ok_or_else(|| ProcError::abort(format!("no customer named {last}")))?
+                .ok_or_else(|| ProcError::abort(format!("no customer named {last}")))
         }
-    };
-    Ok((c, row(r, &customer_key(w, d, c))?))
+    }
 }
 
+/// What a Payment reads of its customer: the row and its balance (both tables of the
+/// district when the customer is named by last name, as its id is read in the call).
 fn customer_ranges(w: u32, d: u32, who: &CustomerRef) -> Vec<KeyRange> {
     match who {
-        CustomerRef::Id(c) => vec![KeyRange::point(&customer_key(w, d, *c))],
-        CustomerRef::Last(last) => {
-            vec![KeyRange::point(&customers_named_key(w, d, last)), customers(w, d)]
-        }
+        CustomerRef::Id(c) => vec![
+            KeyRange::point(&customer_key(w, d, *c)),
+            KeyRange::point(&customer_balance_key(w, d, *c)),
+        ],
+        CustomerRef::Last(last) => vec![
+            KeyRange::point(&customers_named_key(w, d, last)),
+            customers(w, d),
+            customer_balances(w, d),
+        ],
     }
 }
 
@@ -204,6 +216,7 @@ impl Procedure for NewOrderProc {
         let mut r = vec![
             KeyRange::point(&warehouse_key(w)),
             KeyRange::point(&district_key(w, d)),
+            KeyRange::point(&district_next_key(w, d)),
             KeyRange::point(&customer_key(w, d, t.c)),
             new_orders(w, d),
             orders(w, d),
@@ -223,10 +236,11 @@ impl Procedure for NewOrderProc {
         // The rows New-Order only reads are decoded as views, their text borrowed.
         let warehouse = row_bytes(&mut ctx, &warehouse_key(w), "Warehouse")?;
         let warehouse: WarehouseView = view(&warehouse).map_err(ProcError::Abort)?;
-        let mut district: District = row(&mut ctx, &district_key(w, d))?;
-        let o = district.next_o_id;
-        district.next_o_id += 1;
-        put(ctx, &district_key(w, d), &district)?;
+        let district = row_bytes(&mut ctx, &district_key(w, d), "District")?;
+        let district: DistrictView = view(&district).map_err(ProcError::Abort)?;
+        let next = district_next_key(w, d);
+        let o = u32_value(ctx.get(&next)?, "D_NEXT_O_ID")?;
+        ctx.put(&next, &(o + 1).to_le_bytes())?;
         let customer = row_bytes(&mut ctx, &customer_key(w, d, t.c), "Customer")?;
         let customer: CustomerView = view(&customer).map_err(ProcError::Abort)?;
         let entry_d = now_micros(ctx);
@@ -302,21 +316,32 @@ impl Procedure for PaymentProc {
         let t: Payment = args(a)?;
         // The year-to-date totals are added to, not read: Payments of one warehouse do not
         // conflict on them (see the schema).
-        let warehouse: Warehouse = row(&mut ctx, &warehouse_key(t.w))?;
+        let warehouse = row_bytes(&mut ctx, &warehouse_key(t.w), "Warehouse")?;
+        let warehouse: WarehouseView = view(&warehouse).map_err(ProcError::Abort)?;
         ctx.add(&warehouse_ytd_key(t.w), t.amount)?;
-        let district: District = row(&mut ctx, &district_key(t.w, t.d))?;
+        let district = row_bytes(&mut ctx, &district_key(t.w, t.d), "District")?;
+        let district: DistrictView = view(&district).map_err(ProcError::Abort)?;
         ctx.add(&district_ytd_key(t.w, t.d), t.amount)?;
-        let (c, mut customer) = find_customer(&mut ctx, t.c_w, t.c_d, &t.customer)?;
-        customer.balance -= t.amount;
-        customer.ytd_payment += t.amount;
-        customer.payment_cnt += 1;
-        if customer.credit == "BC" {
+        let c = customer_id(&mut ctx, t.c_w, t.c_d, &t.customer)?;
+        let key = customer_balance_key(t.c_w, t.c_d, c);
+        let mut balance: CustomerBalance = row(&mut ctx, &key)?;
+        balance.balance -= t.amount;
+        balance.ytd_payment += t.amount;
+        balance.payment_cnt += 1;
+        put(ctx, &key, &balance)?;
+        // The rest of the row is read as a view; a customer of bad credit has it written
+        // again, with the payment at the head of C_DATA.
+        let key = customer_key(t.c_w, t.c_d, c);
+        let bytes = row_bytes(&mut ctx, &key, "Customer")?;
+        let customer: CustomerView = view(&bytes).map_err(ProcError::Abort)?;
+        if customer.credit == b"BC" {
+            let mut customer: Customer = decode(&bytes).map_err(ProcError::Abort)?;
             let mut data =
                 format!("{c} {} {} {} {} {}|{}", t.c_d, t.c_w, t.d, t.w, t.amount, customer.data);
             data.truncate(500);
             customer.data = data;
+            put(ctx, &key, &customer)?;
         }
-        put(ctx, &customer_key(t.c_w, t.c_d, c), &customer)?;
         let history = History {
             c_id: c,
             c_d_id: t.c_d,
@@ -325,7 +350,10 @@ impl Procedure for PaymentProc {
             w_id: t.w,
             date: now_micros(ctx),
             amount: t.amount,
-            data: format!("{}    {}", warehouse.name, district.name),
+            data: [warehouse.name, b"    ", district.name]
+                .concat()
+                .try_into()
+                .map_err(|e| ProcError::abort(format!("corrupt name: {e}")))?,
         };
         put(ctx, &history_key(t.w, t.h_id), &history)?;
         Ok(c.to_le_bytes().to_vec())
@@ -349,7 +377,7 @@ impl Procedure for DeliveryProc {
                 new_orders(t.w, d),
                 orders(t.w, d),
                 district_order_lines(t.w, d),
-                customers(t.w, d),
+                customer_balances(t.w, d),
             ]);
         }
         Ok(r)
@@ -361,7 +389,7 @@ impl Procedure for DeliveryProc {
         let mut delivered = 0u32;
         for d in 1..=DISTRICTS {
             let cursor = delivery_cursor_key(w, d);
-            let o = u32_value(ctx.get(&cursor)?)?;
+            let o = u32_value(ctx.get(&cursor)?, "delivery cursor")?;
             if ctx.get(&new_order_key(w, d, o))?.is_none() {
                 continue; // nothing undelivered in this district
             }
@@ -377,10 +405,11 @@ impl Procedure for DeliveryProc {
                 sum += line.amount;
                 put(ctx, &key, &line)?;
             }
-            let mut customer: Customer = row(&mut ctx, &customer_key(w, d, order.c_id))?;
-            customer.balance += sum;
-            customer.delivery_cnt += 1;
-            put(ctx, &customer_key(w, d, order.c_id), &customer)?;
+            let key = customer_balance_key(w, d, order.c_id);
+            let mut balance: CustomerBalance = row(&mut ctx, &key)?;
+            balance.balance += sum;
+            balance.delivery_cnt += 1;
+            put(ctx, &key, &balance)?;
             delivered += 1;
         }
         Ok(delivered.to_le_bytes().to_vec())
@@ -391,6 +420,7 @@ impl Procedure for DeliveryProc {
 /// last order (0 if the customer has none).
 pub fn order_status(r: &mut impl Reader, t: &OrderStatus) -> Result<usize, ProcError> {
     let (c, _customer) = find_customer(r, t.w, t.d, &t.customer)?;
+    let _balance: CustomerBalance = row(r, &customer_balance_key(t.w, t.d, c))?;
     let Some((key, _)) = r.range(&customer_orders(t.w, t.d, c), 1)?.pop() else { return Ok(0) };
     let o = order_of_customer_order_key(&key);
     let _order: Order = row(r, &order_key(t.w, t.d, o))?;
@@ -404,8 +434,7 @@ pub fn order_status(r: &mut impl Reader, t: &OrderStatus) -> Result<usize, ProcE
 /// Stock-Level (clause 2.8.2) on a snapshot: distinct items of the district's last 20 orders
 /// whose stock is below the threshold.
 pub fn stock_level(r: &mut impl Reader, t: &StockLevel) -> Result<usize, ProcError> {
-    let district: District = row(r, &district_key(t.w, t.d))?;
-    let next = district.next_o_id;
+    let next = u32_value(r.read(&district_next_key(t.w, t.d))?, "D_NEXT_O_ID")?;
     let lines =
         r.range(&order_lines_between(t.w, t.d, next.saturating_sub(20), next), usize::MAX)?;
     let mut items = std::collections::BTreeSet::new();
@@ -520,9 +549,9 @@ impl Procedure for LoadProc {
                         name: random::astring(&mut rng, 6, 10),
                         address: address(&mut rng),
                         tax: random::tax(&mut rng),
-                        next_o_id: pop.customers + 1,
                     };
                     put(ctx, &district_key(w, d), &district)?;
+                    ctx.put(&district_next_key(w, d), &(pop.customers + 1).to_le_bytes())?;
                     ctx.put(&district_ytd_key(w, d), &3_000_000i64.to_le_bytes())?;
                     let first_new = pop.customers - pop.new_orders() + 1;
                     ctx.put(&delivery_cursor_key(w, d), &first_new.to_le_bytes())?;
@@ -575,17 +604,20 @@ impl Procedure for LoadProc {
                         credit: if rng.random_range(0..10) == 0 { "BC" } else { "GC" }.into(),
                         credit_lim: 5_000_000,
                         discount: rng.random_range(0..=5_000),
+                        data: random::astring(&mut rng, 300, 500),
+                    };
+                    let balance = CustomerBalance {
                         balance: -1_000,
                         ytd_payment: 1_000,
                         payment_cnt: 1,
                         delivery_cnt: 0,
-                        data: random::astring(&mut rng, 300, 500),
                     };
                     named
                         .entry(customer.last.clone())
                         .or_default()
                         .push((customer.first.clone(), c));
                     put(ctx, &customer_key(w, d, c), &customer)?;
+                    put(ctx, &customer_balance_key(w, d, c), &balance)?;
                     let history = History {
                         c_id: c,
                         c_d_id: d,
@@ -651,10 +683,10 @@ impl Procedure for LoadProc {
     }
 }
 
-/// A stored `u32` (the delivery cursor); missing or malformed aborts.
-pub fn u32_value(v: Option<Vec<u8>>) -> Result<u32, ProcError> {
+/// A stored `u32` (D_NEXT_O_ID, the delivery cursor: `what`); missing or malformed aborts.
+pub fn u32_value(v: Option<Vec<u8>>, what: &str) -> Result<u32, ProcError> {
     v.and_then(|v| Some(u32::from_le_bytes(v.try_into().ok()?)))
-        .ok_or_else(|| ProcError::abort("missing or malformed delivery cursor"))
+        .ok_or_else(|| ProcError::abort(format!("missing or malformed {what}")))
 }
 
 /// A small deterministic hash (FNV-1a), for seeding: std's hashers are randomly keyed.
