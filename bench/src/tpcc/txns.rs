@@ -399,8 +399,12 @@ impl Procedure for DeliveryProc {
             order.carrier_id = Some(t.carrier);
             put(ctx, &order_key(w, d, o), &order)?;
             let mut sum = 0;
-            for (key, value) in ctx.scan(&order_lines(w, d, o), usize::MAX)? {
-                let mut line: OrderLine = decode(&value).map_err(ProcError::Abort)?;
+            // The order's lines by key, 1 to O_OL_CNT (condition 4 holds the count), not a
+            // scan: each is a point read the row cache answers, where a scan seeks in every
+            // sorted run of the engine's.
+            for n in 1..=order.ol_cnt {
+                let key = order_line_key(w, d, o, n);
+                let mut line: OrderLine = row(&mut ctx, &key)?;
                 line.delivery_d = Some(now);
                 sum += line.amount;
                 put(ctx, &key, &line)?;
@@ -423,12 +427,14 @@ pub fn order_status(r: &mut impl Reader, t: &OrderStatus) -> Result<usize, ProcE
     let _balance: CustomerBalance = row(r, &customer_balance_key(t.w, t.d, c))?;
     let Some((key, _)) = r.range(&customer_orders(t.w, t.d, c), 1)?.pop() else { return Ok(0) };
     let o = order_of_customer_order_key(&key);
-    let _order: Order = row(r, &order_key(t.w, t.d, o))?;
-    let lines = r.range(&order_lines(t.w, t.d, o), usize::MAX)?;
-    for (_, value) in &lines {
-        let _: OrderLine = decode(value).map_err(ProcError::Abort)?;
+    let order: Order = row(r, &order_key(t.w, t.d, o))?;
+    // Its lines by key, as Delivery reads them.
+    let keys: Vec<Vec<u8>> = (1..=order.ol_cnt).map(|n| order_line_key(t.w, t.d, o, n)).collect();
+    for (key, value) in keys.iter().zip(r.read_many(&keys)?) {
+        let value = value.ok_or_else(|| ProcError::abort(format!("no order line at {key:?}")))?;
+        let _: OrderLine = decode(&value).map_err(ProcError::Abort)?;
     }
-    Ok(lines.len())
+    Ok(keys.len())
 }
 
 /// Stock-Level (clause 2.8.2) on a snapshot: distinct items of the district's last 20 orders

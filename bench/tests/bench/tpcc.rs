@@ -182,15 +182,18 @@ fn the_checks_catch_changes_made_behind_the_transactions_backs() {
 }
 
 /// Every customer's balance and counters agree with the rows its Payments and Deliveries
-/// left elsewhere, by TPC-C's consistency conditions 10 and 12 (clause 3.3.2): C_BALANCE is
+/// left elsewhere, by TPC-C's consistency conditions 7, 10 and 12 (clause 3.3.2): an order
+/// has a carrier exactly when each of its lines has a delivery date; C_BALANCE is
 /// the sum of the customer's delivered order lines' amounts less the sum of its HISTORY
 /// amounts, and C_BALANCE + C_YTD_PAYMENT that sum of delivered amounts; C_PAYMENT_CNT counts
 /// its HISTORY rows (one loaded, one a Payment) and C_DELIVERY_CNT its orders delivered in
-/// the run. Two warehouses on two shards, so remote Payments cross them.
+/// the run; and Order-Status finds as many lines of a customer's last order as the table
+/// has. Two warehouses on two shards, so remote Payments cross them.
 #[test]
 fn customer_balances_agree_with_history_and_delivered_order_lines() {
     use std::collections::HashMap;
 
+    use bench::tpcc::txns::{CustomerRef, OrderStatus, order_status};
     use schema::{CustomerBalance, History, Order, OrderLine, decode};
 
     let dir = tempfile::tempdir().unwrap();
@@ -202,6 +205,7 @@ fn customer_balances_agree_with_history_and_delivered_order_lines() {
 
     let snapshot = backend.db.snapshot(ReadAt::Latest).unwrap();
     let scan = |range| snapshot.scan(&range, usize::MAX).unwrap();
+    let mut status = backend.db.snapshot(ReadAt::Latest).unwrap();
     // (w, d, c) -> (amounts paid, HISTORY rows), from every warehouse's history.
     let mut paid: HashMap<(u32, u32, u32), (i64, u32)> = HashMap::new();
     for w in 1..=2 {
@@ -228,11 +232,25 @@ fn customer_balances_agree_with_history_and_delivered_order_lines() {
             }
             for (key, value) in scan(schema::district_order_lines(w, d)) {
                 let line: OrderLine = decode(&value).unwrap();
+                let o = u32::from_be_bytes(key[key.len() - 8..key.len() - 4].try_into().unwrap());
+                let order = &orders[&o];
+                let at = format!("warehouse {w} district {d} order {o}: {order:?}, {line:?}");
+                assert_eq!(
+                    line.delivery_d.is_some(),
+                    order.carrier_id.is_some(),
+                    "condition 7, {at}"
+                );
                 if line.delivery_d.is_some() {
-                    let o =
-                        u32::from_be_bytes(key[key.len() - 8..key.len() - 4].try_into().unwrap());
-                    delivered.entry(orders[&o].c_id).or_default().0 += line.amount;
+                    delivered.entry(order.c_id).or_default().0 += line.amount;
                 }
+            }
+            // Order-Status counts the lines of a customer's last order as the table holds them.
+            for c in 1..=5 {
+                let last =
+                    orders.iter().filter(|(_, order)| order.c_id == c).map(|(o, _)| *o).max();
+                let lines = last.map_or(0, |o| scan(schema::order_lines(w, d, o)).len());
+                let t = OrderStatus { w, d, customer: CustomerRef::Id(c) };
+                assert_eq!(order_status(&mut status, &t).unwrap(), lines, "({w}, {d}, {c})");
             }
             let balances = scan(schema::customer_balances(w, d));
             assert_eq!(balances.len(), SMALL.customers as usize, "warehouse {w} district {d}");
