@@ -48,6 +48,13 @@ impl SnapshotRead for ShardsAt<'_> {
         Ok(shard.get(key, self.at)?.map(|v| v.value))
     }
 
+    fn prefetch(&self, keys: &[&[u8]]) {
+        for (i, shard) in self.shards.iter().enumerate() {
+            let own = keys.iter().filter(|key| self.map.shard_of(key).0 as usize == i);
+            shard.prefetch(own.copied());
+        }
+    }
+
     fn scan(&self, range: &KeyRange, limit: usize) -> Result<Rows, StorageError> {
         scan_shards(self.map, range, limit, |shard, part, left| {
             let found = self.shards[shard.0 as usize].scan(part, self.at, left)?;

@@ -51,6 +51,9 @@ impl Reader for Snapshot<'_> {
     fn range(&mut self, range: &KeyRange, limit: usize) -> Result<Rows, ProcError> {
         self.scan(range, limit).map_err(|e| ProcError::Storage(e.to_string()))
     }
+    fn read_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, ProcError> {
+        self.get_many(keys).map_err(|e| ProcError::Storage(e.to_string()))
+    }
 }
 
 /// The row at `key`; a missing or undecodable row aborts the transaction.
