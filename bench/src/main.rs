@@ -194,6 +194,11 @@ enum Workload {
         /// growth does not slow reads of the rest.
         #[arg(long)]
         rocksdb_one_family: bool,
+        /// Run each shard's RocksDB flushes and compactions at normal CPU priority
+        /// (embedded). By default they run at the lowest, and take what the shard threads
+        /// leave idle.
+        #[arg(long)]
+        rocksdb_normal_priority: bool,
         /// How the embedded database's clients run: tasks on one thread calling its async API
         /// (async), or one thread each making blocking calls (threads).
         #[arg(long, value_enum, default_value = "async")]
@@ -371,6 +376,7 @@ fn main() -> ExitCode {
             rocksdb_l0_trigger,
             write_behind,
             rocksdb_one_family,
+            rocksdb_normal_priority,
             driver,
             rocksdb_file_mib,
             backup_after,
@@ -440,6 +446,7 @@ fn main() -> ExitCode {
                     || rocksdb_background_mib.is_some()
                     || rocksdb_l0_trigger != storage::DEFAULT_L0_COMPACTION_TRIGGER
                     || rocksdb_one_family
+                    || rocksdb_normal_priority
                     || driver == bench::Driver::Threads
                     || write_behind != storage::DEFAULT_WRITE_BEHIND)
                     && (target.is_some() || pg_url.is_some()) =>
@@ -540,6 +547,7 @@ fn main() -> ExitCode {
                             rocksdb_table_file_bytes: rocksdb_file_mib << 20,
                             write_behind,
                             appended_apart: !rocksdb_one_family,
+                            rocksdb_low_priority_background: !rocksdb_normal_priority,
                             driver,
                         };
                         bench::tpcc::run_sealdb(&opts, &embedded)

@@ -122,6 +122,11 @@ pub struct Options {
     /// this-many engine-key bytes (default 0: off; see
     /// [`storage::RocksOptions::apart_hint_bytes`]). Any value stores and reads the same.
     pub rocksdb_apart_hint_bytes: usize,
+    /// Whether RocksDB's flush and compaction threads run at the lowest CPU priority (default
+    /// true; see [`storage::RocksOptions::low_priority_background`]): on a machine with no
+    /// core to spare they take what the shard threads leave idle instead of preempting them.
+    /// Process-wide once lowered.
+    pub rocksdb_low_priority_background: bool,
 }
 
 impl Default for Options {
@@ -147,6 +152,7 @@ impl Default for Options {
             write_behind: storage::DEFAULT_WRITE_BEHIND,
             rocksdb_apart: Vec::new(),
             rocksdb_apart_hint_bytes: 0,
+            rocksdb_low_priority_background: true,
         }
     }
 }
@@ -523,6 +529,7 @@ impl Database {
                     max_open_files: storage::open_files_allowance(map.len() as usize),
                     apart: options.rocksdb_apart.clone(),
                     apart_hint_bytes: options.rocksdb_apart_hint_bytes,
+                    low_priority_background: options.rocksdb_low_priority_background,
                 };
                 Arc::new(RocksEngine::open_with(dir, rocks).map_err(storage)?)
             };

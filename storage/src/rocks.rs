@@ -54,7 +54,7 @@ use rocksdb::compaction_filter::{CompactionFilter, Decision};
 use rocksdb::compaction_filter_factory::{CompactionFilterContext, CompactionFilterFactory};
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB,
-    DBCompressionType, DBRawIterator, DEFAULT_COLUMN_FAMILY_NAME, FlushOptions, Options,
+    DBCompressionType, DBRawIterator, DEFAULT_COLUMN_FAMILY_NAME, Env, FlushOptions, Options,
     ReadOptions, SliceTransform, Snapshot, WriteBatch, WriteOptions,
 };
 
@@ -141,6 +141,13 @@ pub struct RocksOptions {
     /// appended under. At most [`MAX_APART_HINT_BYTES`]. Only a speed-up: what is stored and
     /// read is the same with any value.
     pub apart_hint_bytes: usize,
+    /// Whether RocksDB's flush and compaction threads run at the lowest CPU priority (nice
+    /// 19; default true), so that on a busy machine they take the time a shard's thread
+    /// leaves idle instead of preempting it: each window waits on that thread, while a flush
+    /// or compaction may fall behind for a while (RocksDB slows writes if it falls far
+    /// behind). The threads are RocksDB's process-wide pools: once one engine in a process
+    /// has lowered them they stay low, for every engine in it.
+    pub low_priority_background: bool,
 }
 
 /// The most [`RocksOptions::apart_hint_bytes`] takes.
@@ -201,6 +208,7 @@ impl Default for RocksOptions {
             max_open_files: open_files_allowance(1),
             apart: Vec::new(),
             apart_hint_bytes: 0,
+            low_priority_background: true,
         }
     }
 }
@@ -347,6 +355,14 @@ impl RocksEngine {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
+        if options.low_priority_background {
+            // The default environment: its thread pools are the process's. Each thread
+            // lowers itself before its next job.
+            let mut env = Env::new().map_err(|e| engine_error(&path, e))?;
+            env.lower_thread_pool_cpu_priority();
+            env.lower_high_priority_thread_pool_cpu_priority();
+            opts.set_env(&env);
+        }
         opts.set_bytes_per_sync(options.bytes_per_sync);
         if let Some(rate) = options.background_bytes_per_sec {
             // Refilled every 100 ms; flushes go before compactions.

@@ -379,6 +379,7 @@ impl Sealdb {
                 false => Vec::new(),
             },
             rocksdb_apart_hint_bytes: schema::appended_hint_bytes(),
+            rocksdb_low_priority_background: embedded.rocksdb_low_priority_background,
             ..Options::default()
         });
         let map = shard_map(warehouses, shards);
@@ -1199,6 +1200,8 @@ pub struct Embedded {
     /// Whether each shard's RocksDB keeps the appended tables in a column family of their
     /// own ([`schema::appended_prefixes`]).
     pub appended_apart: bool,
+    /// Whether each shard's RocksDB flushes and compacts at the lowest CPU priority.
+    pub rocksdb_low_priority_background: bool,
     /// How the clients run: tasks on one thread (default), or a thread each.
     pub driver: crate::Driver,
 }
@@ -1220,6 +1223,7 @@ impl Default for Embedded {
             rocksdb_table_file_bytes: TABLE_FILE_BYTES,
             write_behind: defaults.write_behind,
             appended_apart: true,
+            rocksdb_low_priority_background: defaults.rocksdb_low_priority_background,
             driver: crate::Driver::Async,
         }
     }

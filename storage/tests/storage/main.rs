@@ -8,6 +8,7 @@
 //! - `behind`: writes queued behind read as written, with the writer held back.
 //! - `apart`: RocksDB keeping some keys in a column family of their own.
 //! - `row_cache`: the row cache's table: whole through rewrites, evictions and growth.
+//! - `priority`: RocksDB's background threads at the lowest CPU priority.
 
 mod apart;
 mod behind;
@@ -16,6 +17,7 @@ mod crash;
 mod files;
 mod keys;
 mod model;
+mod priority;
 mod released;
 mod row_cache;
 mod suite;
