@@ -62,6 +62,20 @@ pub fn row<T: DeserializeOwned>(r: &mut impl Reader, key: &[u8]) -> Result<T, Pr
     decode(&bytes).map_err(ProcError::Abort)
 }
 
+/// The rows at `keys`, in their order, read at once ([`Reader::read_many`]); a missing or
+/// undecodable row aborts the transaction, as [`row`]'s does.
+fn rows<T: DeserializeOwned>(r: &mut impl Reader, keys: &[Vec<u8>]) -> Result<Vec<T>, ProcError> {
+    let table = std::any::type_name::<T>();
+    keys.iter()
+        .zip(r.read_many(keys)?)
+        .map(|(key, value)| {
+            let value =
+                value.ok_or_else(|| ProcError::abort(format!("no {table} row at {key:?}")))?;
+            decode(&value).map_err(ProcError::Abort)
+        })
+        .collect()
+}
+
 /// The bytes of the row of `table` at `key`, for a [`view`] of it; a missing row aborts the
 /// transaction.
 fn row_bytes(r: &mut impl Reader, key: &[u8], table: &str) -> Result<Vec<u8>, ProcError> {
@@ -433,11 +447,8 @@ pub fn order_status(r: &mut impl Reader, t: &OrderStatus) -> Result<usize, ProcE
     let order: Order = row(r, &order_key(t.w, t.d, o))?;
     // Its lines by key, as Delivery reads them.
     let keys: Vec<Vec<u8>> = (1..=order.ol_cnt).map(|n| order_line_key(t.w, t.d, o, n)).collect();
-    for (key, value) in keys.iter().zip(r.read_many(&keys)?) {
-        let value = value.ok_or_else(|| ProcError::abort(format!("no order line at {key:?}")))?;
-        let _: OrderLine = decode(&value).map_err(ProcError::Abort)?;
-    }
-    Ok(keys.len())
+    let lines: Vec<OrderLine> = rows(r, &keys)?;
+    Ok(lines.len())
 }
 
 /// Stock-Level (clause 2.8.2) on a snapshot: distinct items of the district's last 20 orders
@@ -452,13 +463,8 @@ pub fn stock_level(r: &mut impl Reader, t: &StockLevel) -> Result<usize, ProcErr
         items.insert(line.i_id);
     }
     let keys: Vec<Vec<u8>> = items.into_iter().map(|i| stock_key(t.w, i)).collect();
-    let mut low = 0;
-    for (key, value) in keys.iter().zip(r.read_many(&keys)?) {
-        let value = value.ok_or_else(|| ProcError::abort(format!("no stock row at {key:?}")))?;
-        let stock: Stock = decode(&value).map_err(ProcError::Abort)?;
-        low += usize::from(stock.quantity < t.threshold);
-    }
-    Ok(low)
+    let stocks: Vec<Stock> = rows(r, &keys)?;
+    Ok(stocks.iter().filter(|stock| stock.quantity < t.threshold).count())
 }
 
 /// A slice of the initial population (clause 4.3.3.1), generated on the shard.
