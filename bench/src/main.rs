@@ -189,6 +189,11 @@ enum Workload {
         /// a thread of their own while the shard goes on (embedded; 0: on the shard's thread).
         #[arg(long, default_value_t = storage::DEFAULT_WRITE_BEHIND)]
         write_behind: usize,
+        /// MiB of each shard's writes to RocksDB's main column family held as sorted runs
+        /// and ingested as one table file, instead of inserted into its memtable (embedded;
+        /// 0: inserted).
+        #[arg(long, default_value_t = storage::DEFAULT_HELD_BYTES >> 20)]
+        held_run_mib: usize,
         /// Keep every table in one RocksDB column family (embedded). By default the tables
         /// New-Order and Payment append to are kept in one of their own, so that their
         /// growth does not slow reads of the rest.
@@ -375,6 +380,7 @@ fn main() -> ExitCode {
             rocksdb_background_mib,
             rocksdb_l0_trigger,
             write_behind,
+            held_run_mib,
             rocksdb_one_family,
             rocksdb_normal_priority,
             driver,
@@ -448,11 +454,13 @@ fn main() -> ExitCode {
                     || rocksdb_one_family
                     || rocksdb_normal_priority
                     || driver == bench::Driver::Threads
-                    || write_behind != storage::DEFAULT_WRITE_BEHIND)
+                    || write_behind != storage::DEFAULT_WRITE_BEHIND
+                    || held_run_mib != storage::DEFAULT_HELD_BYTES >> 20)
                     && (target.is_some() || pg_url.is_some()) =>
                 {
                     return usage_error(
-                        "--plan, --no-rocksdb-wal, --write-behind, --driver threads and \
+                        "--plan, --no-rocksdb-wal, --write-behind, --held-run-mib, --driver \
+                         threads and \
                          --rocksdb-* options other than --rocksdb-file-mib are for the embedded \
                          database",
                     );
@@ -546,6 +554,7 @@ fn main() -> ExitCode {
                             rocksdb_l0_compaction_trigger: rocksdb_l0_trigger,
                             rocksdb_table_file_bytes: rocksdb_file_mib << 20,
                             write_behind,
+                            held_run_bytes: held_run_mib << 20,
                             appended_apart: !rocksdb_one_family,
                             rocksdb_low_priority_background: !rocksdb_normal_priority,
                             driver,

@@ -114,6 +114,12 @@ pub struct Options {
     /// loses them from the engine only: the shard reopens at its last written window and
     /// replays the rest from the log, which keeps every window after the last flush.
     pub write_behind: usize,
+    /// Bytes of each shard's writes to RocksDB's main column family held as sorted runs
+    /// and ingested as one table file, instead of inserted into its memtable (default
+    /// [`storage::DEFAULT_HELD_BYTES`]; 0 inserts them; see [`storage::WriteBehind::holding`]).
+    /// Needs `write_behind` above 0. A process killed loses what is held from the engine
+    /// only, as with `write_behind`: the shard replays it from the log.
+    pub held_run_bytes: usize,
     /// User-key prefixes whose versions each shard's RocksDB keeps in a column family of
     /// their own (default none; see [`storage::RocksOptions::apart`]): tables that grow by
     /// appends and are seldom read back. A database must be reopened with the same list.
@@ -150,6 +156,7 @@ impl Default for Options {
             rocksdb_l0_compaction_trigger: storage::DEFAULT_L0_COMPACTION_TRIGGER,
             rocksdb_table_file_bytes: storage::DEFAULT_TABLE_FILE_BYTES,
             write_behind: storage::DEFAULT_WRITE_BEHIND,
+            held_run_bytes: storage::DEFAULT_HELD_BYTES,
             rocksdb_apart: Vec::new(),
             rocksdb_apart_hint_bytes: 0,
             rocksdb_low_priority_background: true,
@@ -533,7 +540,8 @@ impl Database {
                 };
                 Arc::new(RocksEngine::open_with(dir, rocks).map_err(storage)?)
             };
-            let engine = WriteBehind::over(engine, options.write_behind).map_err(storage)?;
+            let engine = WriteBehind::over(engine, options.write_behind, options.held_run_bytes);
+            let engine = engine.map_err(storage)?;
             let mvcc = Mvcc::open_with_cache(engine, options.limits, options.row_cache_bytes);
             shards.push(Arc::new(mvcc.map_err(storage)?));
         }

@@ -111,6 +111,11 @@ impl RawBatch {
         self.bytes.reserve(bytes);
     }
 
+    /// Bytes of keys and values the batch holds.
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
     /// Bytes of keys and values the batch has room for without allocating.
     pub fn byte_capacity(&self) -> usize {
         self.bytes.capacity()
@@ -228,6 +233,29 @@ pub trait Engine: Send + Sync + 'static {
     /// it): engines that copy a batch anyway take it by reference; others get a clone.
     fn write_ref(&self, batch: &RawBatch, sync: bool) -> Result<()> {
         self.write(batch.clone(), sync)
+    }
+
+    /// Whether the engine can take `key`'s writes as sorted runs ([`Engine::ingest`]) from a
+    /// holder that keeps them meanwhile (a [`WriteBehind`](crate::WriteBehind) with runs held),
+    /// instead of as writes. By default none.
+    fn ingests(&self, key: &[u8]) -> bool {
+        let _ = key;
+        false
+    }
+
+    /// [`Engine::write_ref`], unsynced, of `batch`'s writes to keys the engine does not take
+    /// by ingest ([`Engine::ingests`]): the holder keeps the rest for [`Engine::ingest`].
+    fn write_uningested(&self, batch: &RawBatch) -> Result<()> {
+        self.write_ref(batch, false)
+    }
+
+    /// Makes every write completed before the call durable against a machine crash, then
+    /// applies `entries` (keys the engine [`Engine::ingests`], strictly increasing; a `Delete`
+    /// removes its key) atomically and durably, as a write after all of those. Engines that
+    /// ingest nothing refuse.
+    fn ingest(&self, entries: &mut dyn Iterator<Item = RawOp<'_>>) -> Result<()> {
+        let _ = entries;
+        Err(crate::StorageError::Engine("this engine takes no sorted runs".into()))
     }
 
     /// Makes every completed write durable against a machine crash.

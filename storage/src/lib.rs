@@ -54,7 +54,10 @@ mod range;
 #[cfg(feature = "rocksdb")]
 mod rocks;
 
-pub use crate::behind::{DEFAULT_WRITE_BEHIND, MAX_SPARE_BATCH_BYTES, WriteBehind};
+pub use crate::behind::{
+    DEFAULT_HELD_BYTES, DEFAULT_WRITE_BEHIND, INGEST_NICE, MAX_FROZEN, MAX_SPARE_BATCH_BYTES,
+    MERGE_FAN_IN, WriteBehind,
+};
 pub use crate::cache::CacheStats;
 pub use crate::engine::{Cursor, Engine, EngineMemory, RawBatch, RawOp};
 pub use crate::error::StorageError;

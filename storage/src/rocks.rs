@@ -54,8 +54,9 @@ use rocksdb::compaction_filter::{CompactionFilter, Decision};
 use rocksdb::compaction_filter_factory::{CompactionFilterContext, CompactionFilterFactory};
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB,
-    DBCompressionType, DBRawIterator, DEFAULT_COLUMN_FAMILY_NAME, Env, FlushOptions, Options,
-    ReadOptions, SliceTransform, Snapshot, WriteBatch, WriteOptions,
+    DBCompressionType, DBRawIterator, DEFAULT_COLUMN_FAMILY_NAME, Env, FlushOptions,
+    IngestExternalFileOptions, Options, ReadOptions, SliceTransform, Snapshot, SstFileWriter,
+    WriteBatch, WriteOptions,
 };
 
 use crate::engine::{Cursor, Engine, EngineMemory, RawBatch, RawOp};
@@ -88,6 +89,10 @@ pub struct RocksEngine {
     horizon: Arc<AtomicU64>,
     /// Whether unsynced writes go through RocksDB's write-ahead log.
     wal: bool,
+    /// The default family's options, which the table files it ingests are written with.
+    main_options: Options,
+    /// Table files written for ingest so far: each one's name.
+    ingests: AtomicU64,
 }
 
 /// How to open a [`RocksEngine`].
@@ -379,6 +384,7 @@ impl RocksEngine {
         } else {
             opts.set_max_open_files(-1);
         }
+        let main_options = opts.clone();
         let mut families =
             vec![ColumnFamilyDescriptor::new(DEFAULT_COLUMN_FAMILY_NAME, opts.clone())];
         if let Some(apart) = &apart {
@@ -396,6 +402,7 @@ impl RocksEngine {
             families.push(ColumnFamilyDescriptor::new(apart.family.clone(), family));
         }
         check_families(&path, &opts, apart.as_ref())?;
+        remove_unfinished_ingests(&path)?;
         let db =
             DB::open_cf_descriptors(&opts, &path, families).map_err(|e| engine_error(&path, e))?;
         Ok(RocksEngine {
@@ -405,6 +412,8 @@ impl RocksEngine {
             apart,
             horizon,
             wal: options.wal,
+            main_options,
+            ingests: AtomicU64::new(0),
         })
     }
 
@@ -455,6 +464,27 @@ fn family_options(options: &RocksOptions, cache: &Cache, horizon: &Arc<AtomicU64
     opts.set_block_based_table_factory(&table);
     opts.set_compaction_filter_factory(GcFilterFactory { horizon: horizon.clone() });
     opts
+}
+
+/// Table files being written for ingest ([`Engine::ingest`]) are named this, then a number,
+/// in the database directory; RocksDB moves each into its own files as it ingests it.
+const INGEST_FILE: &str = "sealdb-ingest-";
+
+/// Removes what a process that stopped while writing a table file for ingest left of it:
+/// nothing in it was ingested.
+fn remove_unfinished_ingests(path: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StorageError::Engine(format!("{}: {e}", path.display()))),
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(INGEST_FILE) {
+            std::fs::remove_file(entry.path())
+                .map_err(|e| StorageError::Engine(format!("{}: {e}", entry.path().display())))?;
+        }
+    }
+    Ok(())
 }
 
 /// Refuses to open an existing database at `path` whose second column family is not the one
@@ -526,6 +556,31 @@ impl RocksEngine {
 
     fn error(&self, e: rocksdb::Error) -> StorageError {
         engine_error(&self.path, e)
+    }
+
+    /// Writes `batch` (without the keys the engine [`Engine::ingests`], if `uningested`), each
+    /// key into its family.
+    fn write_ops(&self, batch: &RawBatch, sync: bool, uningested: bool) -> Result<()> {
+        let mut wb = WriteBatch::default();
+        for op in batch.iter() {
+            let family = self.apart_family(op.key());
+            if uningested && family.is_none() {
+                continue;
+            }
+            match (op, family) {
+                (RawOp::Put(k, v), Some(family)) => wb.put_cf(family, k, v),
+                (RawOp::Put(k, v), None) => wb.put(k, v),
+                (RawOp::Delete(k), Some(family)) => wb.delete_cf(family, k),
+                (RawOp::Delete(k), None) => wb.delete(k),
+            }
+        }
+        if wb.is_empty() {
+            return Ok(());
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        opts.disable_wal(!sync && !self.wal);
+        self.db.write_opt(wb, &opts).map_err(|e| self.error(e))
     }
 
     fn flush_families(&self, wait: bool) -> Result<()> {
@@ -679,23 +734,59 @@ impl Engine for RocksEngine {
 
     /// RocksDB copies each key and value into its own batch: a reference is enough.
     fn write_ref(&self, batch: &RawBatch, sync: bool) -> Result<()> {
-        let mut wb = WriteBatch::default();
-        for op in batch.iter() {
-            match op {
-                RawOp::Put(k, v) => match self.apart_family(k) {
-                    Some(family) => wb.put_cf(family, k, v),
-                    None => wb.put(k, v),
-                },
-                RawOp::Delete(k) => match self.apart_family(k) {
-                    Some(family) => wb.delete_cf(family, k),
-                    None => wb.delete(k),
-                },
-            }
+        self.write_ops(batch, sync, false)
+    }
+
+    /// The default family's keys: its table files can be written whole, in key order, and
+    /// ingested, with no memtable insert. The family kept apart stays on its memtable (its
+    /// appended rows are inserted at a hint, and scanned).
+    fn ingests(&self, key: &[u8]) -> bool {
+        self.apart.as_ref().is_none_or(|apart| !apart.holds(key))
+    }
+
+    fn write_uningested(&self, batch: &RawBatch) -> Result<()> {
+        self.write_ops(batch, false, true)
+    }
+
+    /// Syncs the write-ahead log (or, without one, flushes the memtables), writes `entries`
+    /// into a table file and ingests it into the default family: its entries are newer than
+    /// every write before, and it goes into the lowest level it overlaps nothing in (level 0
+    /// for a window's keys, which span the tables).
+    fn ingest(&self, entries: &mut dyn Iterator<Item = RawOp<'_>>) -> Result<()> {
+        match self.wal {
+            true => self.db.flush_wal(true).map_err(|e| self.error(e))?,
+            false => self.flush_families(true)?,
         }
-        let mut opts = WriteOptions::default();
-        opts.set_sync(sync);
-        opts.disable_wal(!sync && !self.wal);
-        self.db.write_opt(wb, &opts).map_err(|e| self.error(e))
+        let n = self.ingests.fetch_add(1, Ordering::SeqCst);
+        let file = self.path.join(format!("{INGEST_FILE}{n}"));
+        let mut writer = SstFileWriter::create(&self.main_options);
+        writer.open(&file).map_err(|e| self.error(e))?;
+        let mut any = false;
+        for op in entries {
+            any = true;
+            match op {
+                RawOp::Put(k, v) => writer.put(k, v),
+                RawOp::Delete(k) => writer.delete(k),
+            }
+            .map_err(|e| self.error(e))?;
+        }
+        if !any {
+            drop(writer);
+            return std::fs::remove_file(&file)
+                .map_err(|e| StorageError::Engine(format!("{}: {e}", file.display())));
+        }
+        writer.finish().map_err(|e| self.error(e))?;
+        let mut opts = IngestExternalFileOptions::default();
+        opts.set_move_files(true);
+        let ingested = self.db.ingest_external_file_cf_opts(
+            self.handle(DEFAULT_COLUMN_FAMILY_NAME),
+            &opts,
+            vec![&file],
+        );
+        // RocksDB removes the file once it has linked it into its own; one left by a failed
+        // ingest goes now, or at the next open if it cannot.
+        let _ = std::fs::remove_file(&file);
+        ingested.map_err(|e| self.error(e))
     }
 
     fn flush(&self) -> Result<()> {

@@ -374,6 +374,7 @@ impl Sealdb {
             rocksdb_l0_compaction_trigger: embedded.rocksdb_l0_compaction_trigger,
             rocksdb_table_file_bytes: embedded.rocksdb_table_file_bytes,
             write_behind: embedded.write_behind,
+            held_run_bytes: embedded.held_run_bytes,
             rocksdb_apart: match embedded.appended_apart {
                 true => schema::appended_prefixes(warehouses),
                 false => Vec::new(),
@@ -1197,6 +1198,8 @@ pub struct Embedded {
     pub rocksdb_table_file_bytes: u64,
     /// Windows each shard may have applied and not yet written into its storage.
     pub write_behind: usize,
+    /// Bytes of each shard's main-family writes held as sorted runs and ingested.
+    pub held_run_bytes: usize,
     /// Whether each shard's RocksDB keeps the appended tables in a column family of their
     /// own ([`schema::appended_prefixes`]).
     pub appended_apart: bool,
@@ -1222,6 +1225,7 @@ impl Default for Embedded {
             rocksdb_l0_compaction_trigger: defaults.rocksdb_l0_compaction_trigger,
             rocksdb_table_file_bytes: TABLE_FILE_BYTES,
             write_behind: defaults.write_behind,
+            held_run_bytes: defaults.held_run_bytes,
             appended_apart: true,
             rocksdb_low_priority_background: defaults.rocksdb_low_priority_background,
             driver: crate::Driver::Async,

@@ -620,7 +620,7 @@ async fn open_caught_up(
             ..Default::default()
         };
         let engine = Arc::new(RocksEngine::open_with(dir, rocks)?);
-        let engine = storage::WriteBehind::over(engine, config.write_behind)?;
+        let engine = storage::WriteBehind::over(engine, config.write_behind, 0)?;
         let mvcc = Mvcc::open_with_cache(engine, config.limits, config.row_cache_bytes)?;
         if let Some(expected) = expected {
             checkpoint::installed(dir, &mvcc, expected)?;

@@ -1,7 +1,9 @@
 //! [`WriteBehind`] with its writer held back on purpose: the engine underneath (a gate over a
 //! memory engine) writes a queued batch only when the test lets it, so reads are answered
 //! with a known part of the writes still queued. Every answer must be the one an engine that
-//! took each write at once gives.
+//! took each write at once gives. The same with runs held ([`WriteBehind::holding`]): the gate
+//! ingests keys starting with `a` or `b`, and its ingests too wait while the test holds them
+//! back, so reads are answered from runs held, merged, and handed over.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -33,6 +35,11 @@ struct GateState {
     fail_next: bool,
     /// Writes made (or failed).
     written: usize,
+    /// Ingests wait while this is set.
+    ingest_closed: bool,
+    /// Ingests made, and the entries they held.
+    ingests: usize,
+    ingested_entries: usize,
 }
 
 impl Gate {
@@ -56,6 +63,12 @@ impl Gate {
 
     fn written(&self) -> usize {
         self.lock().written
+    }
+
+    /// Holds ingests back (`true`) or lets them through.
+    fn close_ingest(&self, closed: bool) {
+        self.lock().ingest_closed = closed;
+        self.changed.notify_all();
     }
 
     /// Waits until `n` writes have been made.
@@ -97,6 +110,34 @@ impl Engine for Gate {
     fn flush(&self) -> storage::Result<()> {
         Ok(())
     }
+
+    fn ingests(&self, key: &[u8]) -> bool {
+        ingested_key(key)
+    }
+
+    fn write_uningested(&self, batch: &RawBatch) -> storage::Result<()> {
+        self.write(batch.iter().filter(|op| !ingested_key(op.key())).collect(), false)
+    }
+
+    /// Checks the contract (keys it ingests, strictly increasing) and writes the entries.
+    fn ingest(&self, entries: &mut dyn Iterator<Item = RawOp<'_>>) -> storage::Result<()> {
+        let batch: RawBatch = entries.collect();
+        let keys: Vec<&[u8]> = batch.iter().map(RawOp::key).collect();
+        assert!(keys.iter().all(|k| ingested_key(k)), "ingested {batch:?}");
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "ingested out of order: {batch:?}");
+        let mut state = self.lock();
+        while state.ingest_closed {
+            state = self.changed.wait(state).unwrap();
+        }
+        state.ingests += 1;
+        state.ingested_entries += batch.len();
+        self.inner.write(batch, false)
+    }
+}
+
+/// The keys the gate ingests.
+fn ingested_key(key: &[u8]) -> bool {
+    matches!(key.first(), Some(b'a' | b'b'))
 }
 
 /// Opens the gate when dropped, so that a failing test's `WriteBehind` (declared before it,
@@ -106,12 +147,27 @@ struct OpensOnDrop(Arc<Gate>);
 impl Drop for OpensOnDrop {
     fn drop(&mut self) {
         self.0.open();
+        self.0.close_ingest(false);
     }
 }
 
 fn held(depth: usize) -> (Arc<Gate>, WriteBehind) {
+    holding(depth, 0)
+}
+
+/// Waits (at most 60 s) until the flush `behind` began has finished.
+fn wait_flushed(behind: &WriteBehind) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !behind.flushed().unwrap() {
+        assert!(std::time::Instant::now() < deadline, "the flush did not finish in 60 s");
+        std::thread::yield_now();
+    }
+}
+
+/// A write-behind over a gate, holding runs of up to `hold` bytes.
+fn holding(depth: usize, hold: usize) -> (Arc<Gate>, WriteBehind) {
     let gate = Arc::new(Gate::default());
-    let behind = WriteBehind::new(gate.clone(), depth).unwrap();
+    let behind = WriteBehind::holding(gate.clone(), depth, hold).unwrap();
     (gate, behind)
 }
 
@@ -139,15 +195,27 @@ fn listing(cursor: &mut dyn Cursor, from: Option<&[u8]>, limit: usize) -> Vec<(V
 fn queued_writes_read_as_if_written() {
     for seed in seeds(16) {
         eprintln!("write-behind seed {seed} (rerun with SEALDB_SEED={seed})");
-        run(seed);
+        run(seed, 0);
     }
 }
 
-fn run(seed: u64) {
+/// The same with runs held: small enough a hold that sets are handed over every few batches,
+/// and large enough that runs are merged in tiers first.
+#[test]
+fn held_runs_read_as_if_written() {
+    for seed in seeds(16) {
+        for hold in [64, 4 << 10] {
+            eprintln!("held runs seed {seed}, hold {hold} (rerun with SEALDB_SEED={seed})");
+            run(seed, hold);
+        }
+    }
+}
+
+fn run(seed: u64, hold: usize) {
     const DEPTH: usize = 32;
     let mut rng = StdRng::seed_from_u64(seed);
     let plain = MemoryEngine::new();
-    let (gate, behind) = held(DEPTH);
+    let (gate, behind) = holding(DEPTH, hold);
     let _opens = OpensOnDrop(gate.clone());
     let (mut queued, mut released) = (0usize, 0usize);
     // Reads whose answer the engine underneath did not have yet: the queue answered them.
@@ -159,6 +227,11 @@ fn run(seed: u64) {
                 if queued - released == DEPTH {
                     released += 1;
                     gate.release(1);
+                }
+                // A full queue waits for the writer, which may wait for an ingest to hand
+                // runs over.
+                if queued - gate.written() >= DEPTH - 1 {
+                    gate.close_ingest(false);
                 }
                 let mut batch = RawBatch::default();
                 for _ in 0..rng.random_range(0..6) {
@@ -172,11 +245,29 @@ fn run(seed: u64) {
                 behind.write(batch, false).unwrap();
                 queued += 1;
             }
-            40..50 => {
+            40..48 => {
                 let n = rng.random_range(0..=queued - released);
                 released += n;
                 gate.release(n);
+                gate.close_ingest(false);
                 gate.wait_written(released);
+                // Ingests held back while the test reads.
+                gate.close_ingest(hold > 0 && rng.random_bool(0.7));
+            }
+            48..50 => {
+                // A flush covers every write that returned: held runs are ingested.
+                gate.release(queued - released);
+                released = queued;
+                gate.close_ingest(false);
+                match rng.random_bool(0.5) {
+                    true => behind.flush().unwrap(),
+                    false => {
+                        behind.begin_flush().unwrap();
+                        wait_flushed(&behind);
+                    }
+                }
+                let all = |e: &dyn Engine| listing(&mut *e.cursor(), None, usize::MAX);
+                assert_eq!(all(&gate.inner), all(&plain), "{at}: flushed");
             }
             50..70 => {
                 let key = random_key(&mut rng);
@@ -212,7 +303,11 @@ fn run(seed: u64) {
     assert!(answered_from_queue > 10, "seed {seed}: the queue answered {answered_from_queue}");
     // Everything written underneath, in order: the same contents as the plain engine.
     gate.open();
-    behind.settle().unwrap();
+    gate.close_ingest(false);
+    behind.drain().unwrap();
+    if hold > 0 {
+        assert!(gate.lock().ingests > 1, "seed {seed}: {} ingests", gate.lock().ingests);
+    }
     assert_eq!(gate.written(), queued);
     let all = |e: &dyn Engine| listing(&mut *e.cursor(), None, usize::MAX);
     assert_eq!(all(&gate.inner), all(&plain), "seed {seed}");
@@ -358,4 +453,53 @@ fn a_written_batch_comes_back_empty_for_the_next() {
     gate.release(1);
     behind.settle().unwrap();
     assert_eq!(behind.spare_batch().byte_capacity(), 0, "a bulk batch's memory was kept");
+}
+
+/// A synced write goes to the engine at once, and an ingest is newer than every write before
+/// it: a run still holding an older write of the same key is ingested first, so the synced
+/// write stays the newest.
+#[test]
+fn a_synced_write_of_a_held_key_stays_newer_than_the_runs() {
+    let (gate, behind) = holding(4, 1 << 20);
+    let _opens = OpensOnDrop(gate.clone());
+    gate.open();
+    let mut old = RawBatch::default();
+    old.put(b"a1", b"unsynced");
+    old.put(b"c1", b"unsynced");
+    behind.write(old, false).unwrap();
+    behind.settle().unwrap();
+    assert_eq!(gate.lock().ingests, 0, "held, not yet ingested");
+    let mut synced = RawBatch::default();
+    synced.put(b"a1", b"synced");
+    behind.write(synced, true).unwrap();
+    assert_eq!(gate.lock().ingests, 1, "the run was ingested before the synced write");
+    drop(behind);
+    assert_eq!(gate.inner.get(b"a1").unwrap().as_deref(), Some(&b"synced"[..]));
+    assert_eq!(gate.inner.get(b"c1").unwrap().as_deref(), Some(&b"unsynced"[..]));
+}
+
+/// A flush begun has finished only once the runs held when it began are ingested; runs held
+/// later do not hold it back.
+#[test]
+fn a_flush_begun_waits_for_the_runs_held_before_it() {
+    let (gate, behind) = holding(4, 1 << 20);
+    let _opens = OpensOnDrop(gate.clone());
+    gate.open();
+    gate.close_ingest(true);
+    let batch = |key: &[u8]| {
+        let mut b = RawBatch::default();
+        b.put(key, b"v");
+        b
+    };
+    behind.write(batch(b"a1"), false).unwrap();
+    behind.begin_flush().unwrap();
+    behind.write(batch(b"b2"), false).unwrap();
+    behind.settle().unwrap();
+    assert!(!behind.flushed().unwrap(), "finished with its run not ingested");
+    assert_eq!(behind.get(b"a1").unwrap().as_deref(), Some(&b"v"[..]), "read from the set");
+    gate.close_ingest(false);
+    wait_flushed(&behind);
+    assert_eq!(gate.inner.get(b"a1").unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(gate.inner.get(b"b2").unwrap(), None, "held after the flush began: not handed over");
+    assert_eq!(behind.get(b"b2").unwrap().as_deref(), Some(&b"v"[..]));
 }

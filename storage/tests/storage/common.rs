@@ -18,7 +18,14 @@ pub enum Kind {
     RocksBehind,
     /// RocksDB with the keys under [`APART`] in a column family of their own.
     RocksApart,
+    /// `RocksApart` behind a queue that holds the default family's writes as runs
+    /// ([`WriteBehind::holding`]), [`HELD_BYTES`] of them, ingested as table files.
+    RocksHeld,
 }
+
+/// The runs `RocksHeld` holds: small, so that the tests' writes are merged, handed over and
+/// ingested many times.
+pub const HELD_BYTES: usize = 4 << 10;
 
 /// User-key prefixes the `RocksApart` engine keeps apart: keys the suite and the model write
 /// fall on both sides, interleaved, and one prefix lies under another.
@@ -30,9 +37,14 @@ pub fn apart() -> Vec<Vec<u8>> {
 }
 
 impl Kind {
+    /// Whether the keys under [`APART`] are in a column family of their own.
+    pub fn keeps_apart(self) -> bool {
+        matches!(self, Kind::RocksApart | Kind::RocksHeld)
+    }
+
     /// Whether RocksDB is underneath.
     pub fn is_rocks(self) -> bool {
-        matches!(self, Kind::Rocks | Kind::RocksBehind | Kind::RocksApart)
+        matches!(self, Kind::Rocks | Kind::RocksBehind | Kind::RocksApart | Kind::RocksHeld)
     }
 }
 
@@ -82,9 +94,9 @@ impl Fixture {
     pub fn reopen(&mut self) {
         self.mvcc = None;
         let options = RocksOptions {
-            apart: if self.kind == Kind::RocksApart { apart() } else { Vec::new() },
+            apart: if self.kind.keeps_apart() { apart() } else { Vec::new() },
             // Short, so that keys of different prefixes share hints and long keys go past them.
-            apart_hint_bytes: if self.kind == Kind::RocksApart { 3 } else { 0 },
+            apart_hint_bytes: if self.kind.keeps_apart() { 3 } else { 0 },
             ..Default::default()
         };
         let engine: Arc<dyn Engine> = match self.kind.is_rocks() {
@@ -95,6 +107,7 @@ impl Fixture {
             Kind::MemoryBehind | Kind::RocksBehind => {
                 Arc::new(WriteBehind::new(engine, 4).unwrap())
             }
+            Kind::RocksHeld => Arc::new(WriteBehind::holding(engine, 4, HELD_BYTES).unwrap()),
             Kind::Memory | Kind::Rocks | Kind::RocksApart => engine,
         };
         self.mvcc = Some(Mvcc::open_with_cache(engine, self.limits, self.cache_bytes).unwrap());

@@ -19,13 +19,17 @@ use std::time::{Duration, Instant};
 use clock::Timestamp;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use storage::{Epoch, Limits, Mvcc, RocksEngine, RocksOptions, VersionBatch};
+use storage::{Epoch, Limits, Mvcc, RocksEngine, RocksOptions, VersionBatch, WriteBehind};
 
 use crate::common::{seeds, ts};
 
 const DIR_VAR: &str = "SEALDB_CRASH_CHILD_DIR";
 /// Set (to anything) when the child keeps [`APART_KEYS`] in a column family of their own.
 const APART_VAR: &str = "SEALDB_CRASH_CHILD_APART";
+/// Set (to anything) when the child holds the default family's writes as runs
+/// ([`WriteBehind::holding`], [`CHILD_HELD_BYTES`] of them) and ingests them.
+const HELD_VAR: &str = "SEALDB_CRASH_CHILD_HELD";
+const CHILD_HELD_BYTES: usize = 16 << 10;
 /// Prefixes of some of the keys, for the runs that keep them apart: a window writes on both
 /// sides.
 const APART_KEYS: &[&[u8]] = &[b"key-00", b"key-03"];
@@ -80,7 +84,14 @@ fn open(dir: &std::path::Path, apart: bool) -> Mvcc {
 #[ignore = "child process of rocksdb_batches_survive_sigkill_whole_or_not_at_all"]
 fn child() {
     let dir = std::env::var(DIR_VAR).expect("run by the crash test");
-    let mvcc = open(std::path::Path::new(&dir), child_apart());
+    let mvcc = match std::env::var_os(HELD_VAR) {
+        None => open(std::path::Path::new(&dir), child_apart()),
+        Some(_) => {
+            let engine = Arc::new(RocksEngine::open_with(&dir, options(true)).unwrap());
+            let held = WriteBehind::holding(engine, 2, CHILD_HELD_BYTES).unwrap();
+            Mvcc::open(Arc::new(held), Limits::default()).unwrap()
+        }
+    };
     let mut e = mvcc.applied().map_or(0, |w| w.window.0);
     println!("{READY}");
     loop {
@@ -119,9 +130,22 @@ fn spawn_child(
     db: &std::path::Path,
     apart: bool,
 ) -> (Child, Lines<BufReader<ChildStdout>>) {
+    spawn_child_with(name, db, apart, false)
+}
+
+/// [`spawn_child`], holding runs ([`HELD_VAR`]) if `held`.
+fn spawn_child_with(
+    name: &str,
+    db: &std::path::Path,
+    apart: bool,
+    held: bool,
+) -> (Child, Lines<BufReader<ChildStdout>>) {
     let mut command = Command::new(std::env::current_exe().unwrap());
     if apart {
         command.env(APART_VAR, "1");
+    }
+    if held {
+        command.env(HELD_VAR, "1");
     }
     let mut child = command
         .args(["--exact", name, "--ignored", "--nocapture", "--test-threads=1"])
@@ -170,7 +194,7 @@ fn background_flush_survives_sigkill(apart: bool) {
         Some(Epoch(BEFORE_FLUSH)),
         "the windows before the flush, and none after, survive the kill"
     );
-    check_windows_whole(&mvcc, 0, BEFORE_FLUSH, &mut BTreeMap::new(), 0);
+    check_windows_whole(&mvcc, 0, BEFORE_FLUSH, &mut BTreeMap::new(), 0, false);
 }
 
 /// Windows the fill child applies: each writes every key with a value of [`FILL_VALUE_BYTES`],
@@ -242,7 +266,21 @@ fn rocksdb_batches_across_families_survive_sigkill_whole_or_not_at_all() {
     batches_survive_sigkill(true);
 }
 
+/// With the default family's writes held as runs and ingested as table files: what survives
+/// is, in the default family (which holds the watermark), the windows up to the last ingest,
+/// each whole; the family kept apart, written through its log before the runs are handed
+/// over, may hold windows after the watermark, each as that window wrote it, which replay
+/// writes again the same.
+#[test]
+fn held_runs_survive_sigkill_as_whole_windows_up_to_the_watermark() {
+    batches_survive_sigkill_with(true, true);
+}
+
 fn batches_survive_sigkill(apart: bool) {
+    batches_survive_sigkill_with(apart, false);
+}
+
+fn batches_survive_sigkill_with(apart: bool, held: bool) {
     let seed = seeds(1)[0];
     eprintln!("crash test seed {seed} (rerun with SEALDB_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
@@ -251,8 +289,10 @@ fn batches_survive_sigkill(apart: bool) {
     // What the windows checked so far wrote, and the last window checked.
     let mut state: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
     let mut last_watermark = 0;
+    // Keys kept apart found with versions above the watermark, over the rounds.
+    let mut ahead = 0;
     for round in 0..ROUNDS {
-        let (mut child, mut lines) = spawn_child("crash::child", &db, apart);
+        let (mut child, mut lines) = spawn_child_with("crash::child", &db, apart, held);
         assert!(
             lines.any(|l| l.is_ok_and(|l| l.contains(READY))),
             "round {round}: child never opened the database"
@@ -265,23 +305,60 @@ fn batches_survive_sigkill(apart: bool) {
         let mvcc = open(&db, apart);
         let watermark = mvcc.applied().map_or(0, |w| w.window.0);
         assert!(watermark >= last_watermark, "round {round}: watermark went back");
-        check_windows_whole(&mvcc, last_watermark, watermark, &mut state, round);
+        if held {
+            ahead += check_apart_ahead(&mvcc, watermark, round);
+        }
+        check_windows_whole(&mvcc, last_watermark, watermark, &mut state, round, held);
         last_watermark = watermark;
     }
     assert!(
         last_watermark > ROUNDS as u64,
         "the children applied only {last_watermark} windows: the test did not exercise crashes"
     );
+    if held {
+        eprintln!("{ahead} keys kept apart were found ahead of the watermark over {ROUNDS} rounds");
+        assert!(ahead > 0, "no kill fell between a window's write and its runs' ingest");
+    }
+}
+
+/// The versions above the watermark, which only keys kept apart may have: each is what a
+/// window after the watermark wrote (a version stamped `ts(e)` holds window `e`'s write).
+/// Returns how many keys have one.
+fn check_apart_ahead(mvcc: &Mvcc, watermark: u64, round: usize) -> usize {
+    let mut ahead = 0;
+    for i in 0..KEYS {
+        let k = key(i);
+        let Some(newest) = mvcc.last_write(&k, Timestamp::MAX).unwrap() else { continue };
+        if newest <= ts(watermark) {
+            continue;
+        }
+        let name = String::from_utf8_lossy(&k).into_owned();
+        assert!(
+            APART_KEYS.iter().any(|p| k.starts_with(p)),
+            "round {round}: {name}, in the default family, has a version at {newest:?}, above \
+             watermark {watermark}"
+        );
+        let e = newest.as_u64() / ts(1).as_u64();
+        assert_eq!(newest, ts(e), "round {round}: {name} at {newest:?}");
+        let batch = batch_for(e);
+        let wrote = batch.writes().find(|(w, _)| *w == k.as_slice()).map(|(_, v)| v);
+        let read = mvcc.get(&k, newest).unwrap().map(|v| v.value);
+        assert_eq!(wrote, Some(read.as_deref()), "round {round}: {name} at window {e}");
+        ahead += 1;
+    }
+    ahead
 }
 
 /// Windows `from + 1 ..= watermark` are wholly present (earlier ones were checked in earlier
-/// rounds and are in `state`), and nothing after the watermark is.
+/// rounds and are in `state`), and nothing after the watermark is (`apart_ahead`: nothing
+/// read at the watermark; [`check_apart_ahead`] checks what is above it).
 fn check_windows_whole(
     mvcc: &Mvcc,
     from: u64,
     watermark: u64,
     state: &mut BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     round: usize,
+    apart_ahead: bool,
 ) {
     if watermark > 0 {
         assert_eq!(mvcc.applied().unwrap().ts, ts(watermark), "round {round}");
@@ -304,13 +381,17 @@ fn check_windows_whole(
     // Absent: no version anywhere above the watermark's timestamp.
     for i in 0..KEYS {
         let k = key(i);
-        let newest = mvcc.last_write(&k, Timestamp::MAX).unwrap();
+        let read_at = match apart_ahead {
+            true => ts(watermark),
+            false => Timestamp::MAX,
+        };
+        let newest = mvcc.last_write(&k, read_at).unwrap();
         assert!(
             newest <= Some(ts(watermark)),
             "round {round}: {} has a version at {newest:?}, above watermark {watermark}",
             name(&k)
         );
-        let got = mvcc.get(&k, Timestamp::MAX).unwrap().map(|v| v.value);
+        let got = mvcc.get(&k, read_at).unwrap().map(|v| v.value);
         assert_eq!(
             got,
             state.get(&k).cloned().flatten(),

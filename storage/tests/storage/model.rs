@@ -92,6 +92,7 @@ fn run(seed: u64) {
         Fixture::new(Kind::MemoryBehind),
         Fixture::with_cache(Kind::RocksBehind, 0),
         Fixture::with_cache(Kind::RocksApart, 0),
+        Fixture::with_cache(Kind::RocksHeld, 0),
     ];
     let mut model = Model::default();
     let mut window = 0u64;
@@ -333,7 +334,7 @@ fn race_reads_with_applies(
 #[test]
 fn point_reads_on_kept_iterators_see_every_apply_before_them() {
     const WINDOWS: u64 = 4_000;
-    for kind in [Kind::Rocks, Kind::RocksApart] {
+    for kind in [Kind::Rocks, Kind::RocksApart, Kind::RocksHeld] {
         let f = Fixture::with_cache(kind, 0);
         let mvcc = f.mvcc();
         let reads = race_reads_with_applies(mvcc, &format!("{kind:?}"), WINDOWS, |w| {

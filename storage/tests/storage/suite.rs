@@ -298,6 +298,11 @@ macro_rules! on_every_engine {
                 super::$name(&mut super::Fixture::new(super::Kind::RocksApart));
             } )*
         }
+        mod rocks_engine_held {
+            $( #[test] fn $name() {
+                super::$name(&mut super::Fixture::new(super::Kind::RocksHeld));
+            } )*
+        }
     };
 }
 
