@@ -28,6 +28,12 @@
 //!                                   # shard's own work (0: as fast as they go)
 //! write_behind = 2                  # optional (shard role): windows applied and not yet in
 //!                                   # RocksDB, written by a thread of their own (0-64; 0: none)
+//! held_run_mib = 0                  # optional (shard role): MiB of writes to RocksDB's main
+//!                                   # column family held as sorted runs and ingested as one
+//!                                   # table file, not inserted into its memtable (0-1024; 0,
+//!                                   # the default: inserted; needs write_behind above 0). A
+//!                                   # process killed replays what was held from the log
+//!                                   # before its storage is current again
 //! apart_hex = ["0000000104"]        # optional (shard role): key prefixes, in hex, whose rows
 //!                                   # RocksDB keeps in a column family of their own (tables
 //!                                   # that grow by appends); a shard and its replicas must
@@ -111,6 +117,7 @@ struct File {
     block_cache_mib: Option<u64>,
     table_file_mib: Option<u64>,
     write_behind: Option<usize>,
+    held_run_mib: Option<usize>,
     checkpoint_transfer_mib_per_s: Option<u64>,
     apart_hex: Option<Vec<String>>,
     apart_hint_bytes: Option<usize>,
@@ -229,6 +236,8 @@ pub struct NodeConfig {
     /// Windows applied and not yet written into RocksDB (shard role; 0: written on the apply
     /// thread).
     pub write_behind: usize,
+    /// Bytes of writes held as sorted runs and ingested as table files (shard role; 0: none).
+    pub held_run_bytes: usize,
     /// Bytes a second sent to each fellow catching up from this replica's checkpoint (shard
     /// role; 0: unlimited).
     pub checkpoint_transfer_bytes_per_s: u64,
@@ -473,6 +482,10 @@ impl NodeConfig {
         if write_behind > MAX_WRITE_BEHIND {
             return Err(format!("write_behind = {write_behind}: at most {MAX_WRITE_BEHIND}"));
         }
+        let held_run_mib = file.held_run_mib.unwrap_or(DEFAULT_HELD_RUN_MIB);
+        if held_run_mib > MAX_HELD_RUN_MIB {
+            return Err(format!("held_run_mib = {held_run_mib}: at most {MAX_HELD_RUN_MIB}"));
+        }
         let transfer_mib = file.checkpoint_transfer_mib_per_s.unwrap_or(0);
         if transfer_mib > MAX_TRANSFER_MIB_PER_S {
             return Err(format!(
@@ -521,6 +534,7 @@ impl NodeConfig {
             block_cache_bytes: (block_cache_mib << 20) as usize,
             table_file_bytes: table_file_mib << 20,
             write_behind,
+            held_run_bytes: held_run_mib << 20,
             checkpoint_transfer_bytes_per_s: transfer_mib << 20,
             apart,
             apart_hint_bytes,
@@ -543,6 +557,15 @@ const MAX_TABLE_FILE_MIB: u64 = 1 << 10;
 /// The most windows a shard may hold unwritten (`write_behind`): each is a window's batch in
 /// memory.
 const MAX_WRITE_BEHIND: usize = 64;
+
+/// A shard's default `held_run_mib`: none. A shard server killed with runs held reopens up
+/// to a flush interval behind and replays the rest; until it has, `Client::outcome` asked of
+/// it says "not decided" of a transaction it had decided (the README's departures).
+const DEFAULT_HELD_RUN_MIB: usize = 0;
+
+/// The most MiB a shard holds as runs (`held_run_mib`): up to three times this is in memory
+/// (held, handed over, being ingested).
+const MAX_HELD_RUN_MIB: usize = 1 << 10;
 
 /// The most key prefixes a shard keeps apart (`apart_hex`): each write looks its key up
 /// among them.
@@ -617,6 +640,7 @@ split_keys = ["g", "p"]
         assert_eq!((c.row_cache_bytes, c.block_cache_bytes), (128 << 20, 256 << 20));
         assert_eq!(c.table_file_bytes, 64 << 20);
         assert_eq!(c.write_behind, storage::DEFAULT_WRITE_BEHIND);
+        assert_eq!(c.held_run_bytes, 0);
         assert_eq!(c.checkpoint_transfer_bytes_per_s, 0, "unlimited unless set");
     }
 
@@ -657,6 +681,11 @@ split_keys = ["g", "p"]
         assert_eq!(NodeConfig::parse(&shard("write_behind = 0")).unwrap().write_behind, 0);
         assert!(error(&shard("write_behind = 65")).contains("write_behind = 65: at most 64"));
         assert!(error(&shard("write_behind = -1")).contains("write_behind"));
+        assert_eq!(
+            NodeConfig::parse(&shard("held_run_mib = 64")).unwrap().held_run_bytes,
+            64 << 20
+        );
+        assert!(error(&shard("held_run_mib = 1025")).contains("held_run_mib = 1025: at most 1024"));
         let c = NodeConfig::parse(&shard("checkpoint_transfer_mib_per_s = 16")).unwrap();
         assert_eq!(c.checkpoint_transfer_bytes_per_s, 16 << 20);
         let rate = shard("checkpoint_transfer_mib_per_s = 18446744073709551615");

@@ -105,6 +105,7 @@ pub async fn run(
                 block_cache_bytes: config.block_cache_bytes,
                 table_file_bytes: config.table_file_bytes,
                 write_behind: config.write_behind,
+                held_run_bytes: config.held_run_bytes,
                 checkpoint_transfer_bytes_per_s: config.checkpoint_transfer_bytes_per_s,
                 apart: config.apart.clone(),
                 apart_hint_bytes: config.apart_hint_bytes,

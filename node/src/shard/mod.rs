@@ -155,6 +155,9 @@ pub struct ShardConfig {
     /// while the apply thread goes on ([`storage::WriteBehind`]; default
     /// [`storage::DEFAULT_WRITE_BEHIND`]; 0 writes each on the apply thread).
     pub write_behind: usize,
+    /// Bytes of writes to RocksDB's main column family held as sorted runs and ingested as
+    /// table files ([`storage::WriteBehind::holding`]; 0 inserts them into its memtable).
+    pub held_run_bytes: usize,
     /// Bytes a second sent to each fellow catching up from this replica's checkpoint (0:
     /// unlimited): a transfer that leaves the disk and network to the shard's own work.
     pub checkpoint_transfer_bytes_per_s: u64,
@@ -620,7 +623,8 @@ async fn open_caught_up(
             ..Default::default()
         };
         let engine = Arc::new(RocksEngine::open_with(dir, rocks)?);
-        let engine = storage::WriteBehind::over(engine, config.write_behind, 0)?;
+        let engine =
+            storage::WriteBehind::over(engine, config.write_behind, config.held_run_bytes)?;
         let mvcc = Mvcc::open_with_cache(engine, config.limits, config.row_cache_bytes)?;
         if let Some(expected) = expected {
             checkpoint::installed(dir, &mvcc, expected)?;

@@ -142,6 +142,7 @@ pub(crate) async fn start_shards(
             block_cache_bytes: storage::DEFAULT_BLOCK_CACHE_BYTES,
             table_file_bytes: storage::DEFAULT_TABLE_FILE_BYTES,
             write_behind: storage::DEFAULT_WRITE_BEHIND,
+            held_run_bytes: 0,
             checkpoint_transfer_bytes_per_s: 0,
             apart: Vec::new(),
             apart_hint_bytes: 0,
