@@ -148,14 +148,31 @@ struct Held {
 impl State {
     /// Every batch and run a read sees before the engine, newest first.
     fn newest_first(&self) -> impl Iterator<Item = &Arc<Queued>> {
-        let held = self.held.iter().rev().map(|h| &h.run);
-        let frozen = self.frozen.iter().rev().flat_map(|set| set.iter().rev());
-        self.queued.iter().rev().chain(held).chain(frozen)
+        self.newest_first_of(true)
     }
 
-    /// [`State::newest_first`], oldest first, taken.
-    fn oldest_first(&self) -> Vec<Arc<Queued>> {
-        let mut all: Vec<Arc<Queued>> = self.newest_first().cloned().collect();
+    /// The queued batches, newest first, then, if `runs`, the runs held and handed over: a
+    /// read of a key the engine does not ingest needs only the batches.
+    fn newest_first_of(&self, runs: bool) -> impl Iterator<Item = &Arc<Queued>> {
+        let held = self.held.iter().rev().map(|h| &h.run).take_while(move |_| runs);
+        let frozen = self.frozen.iter().rev().flat_map(|set| set.iter().rev());
+        self.queued.iter().rev().chain(held).chain(frozen.take_while(move |_| runs))
+    }
+
+    /// The batches, and if `runs` the runs, with a key from `start` up to `end` (`None`: no
+    /// end), oldest first, taken: what a read of those keys overlays.
+    fn oldest_first_within(
+        &self,
+        runs: bool,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Vec<Arc<Queued>> {
+        let within = |q: &&Arc<Queued>| {
+            let pos = q.lower_bound(start);
+            pos < q.len() && end.is_none_or(|end| q.key(pos) < end)
+        };
+        let mut all: Vec<Arc<Queued>> =
+            self.newest_first_of(runs).filter(within).cloned().collect();
         all.reverse();
         all
     }
@@ -185,6 +202,53 @@ struct Queued {
     raw: RawBatch,
     /// Indices of `raw`'s writes in key order, one per key: its last write in the batch.
     sorted: Vec<usize>,
+    /// A run's filter of its keys' version prefixes; a queued batch has none.
+    filter: Option<Filter>,
+}
+
+/// A Bloom filter of the version prefixes (a key without its timestamp; the whole key for
+/// other keys) of a run's keys, about 10 bits and 3 probes a key (about 1% false positives):
+/// a point read skips the runs without its key rather than searching each of up to
+/// [`MERGE_FAN_IN`] runs a tier.
+struct Filter {
+    bits: Vec<u64>,
+    hasher: foldhash::fast::FixedState,
+}
+
+impl Filter {
+    const PROBES: u32 = 3;
+
+    fn new<'a>(keys: impl ExactSizeIterator<Item = &'a [u8]>) -> Filter {
+        let words = (keys.len() * 10).div_ceil(64).max(1).next_power_of_two();
+        let mut filter =
+            Filter { bits: vec![0; words], hasher: foldhash::fast::FixedState::with_seed(0) };
+        for key in keys {
+            for bit in filter.probes(filter_prefix(key)) {
+                filter.bits[bit / 64] |= 1 << (bit % 64);
+            }
+        }
+        filter
+    }
+
+    /// Whether the run may have a key whose version prefix is `prefix`.
+    fn may_hold(&self, prefix: &[u8]) -> bool {
+        self.probes(prefix).all(|bit| self.bits[bit / 64] & (1 << (bit % 64)) != 0)
+    }
+
+    fn probes(&self, prefix: &[u8]) -> impl Iterator<Item = usize> + use<> {
+        use std::hash::BuildHasher;
+        let hash = self.hasher.hash_one(prefix);
+        let (h1, h2) = (hash, (hash >> 32) | 1);
+        let mask = self.bits.len() * 64 - 1;
+        (0..Self::PROBES)
+            .map(move |i| (h1.wrapping_add(h2.wrapping_mul(u64::from(i))) as usize) & mask)
+    }
+}
+
+/// What a run's filter holds for `key`: its version prefix, or the whole key if it is not a
+/// version key.
+fn filter_prefix(key: &[u8]) -> &[u8] {
+    crate::StorageKey::version_prefix_of(key).unwrap_or(key)
 }
 
 impl Queued {
@@ -200,7 +264,7 @@ impl Queued {
                 _ => sorted.push(i),
             }
         }
-        Queued { raw, sorted }
+        Queued { raw, sorted, filter: None }
     }
 
     /// A run of `ops`, which are in strictly increasing key order.
@@ -214,7 +278,13 @@ impl Queued {
             }
         }
         let sorted = (0..raw.len()).collect();
-        Queued { raw, sorted }
+        let filter = Some(Filter::new(raw.iter().map(RawOp::key)));
+        Queued { raw, sorted, filter }
+    }
+
+    /// Whether the batch or run may write a key whose version prefix is `prefix`.
+    fn may_hold(&self, prefix: &[u8]) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.may_hold(prefix))
     }
 
     /// The run of this batch's writes to keys `engine` ingests, if it has any.
@@ -376,14 +446,17 @@ impl WriteBehind {
     }
 
     /// The queued batches and runs held over the engine's cursor that `cursor` makes, for
-    /// reads of keys below `end` (`None`: every key).
+    /// reads of keys from `start` up to `end` (`None`: no end): those with no key there are
+    /// left out.
     fn merged<'a>(
         &'a self,
+        start: &[u8],
         end: Option<&[u8]>,
         cursor: impl FnOnce(&'a dyn Engine) -> Box<dyn Cursor + 'a>,
     ) -> Box<dyn Cursor + 'a> {
+        let runs = self.shared.hold > 0 && self.shared.engine.ingests_within(start, end);
         // The queue first: a batch that leaves it meanwhile is in the engine's cursor.
-        let queued = lock(&self.shared.state).oldest_first();
+        let queued = lock(&self.shared.state).oldest_first_within(runs, start, end);
         let engine = cursor(&*self.shared.engine);
         if queued.is_empty() {
             return engine;
@@ -592,8 +665,11 @@ impl Drop for WriteBehind {
 impl Engine for WriteBehind {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         {
+            let runs = self.shared.hold > 0 && self.shared.engine.ingests(key);
             let state = lock(&self.shared.state);
-            if let Some(found) = state.newest_first().find_map(|q| q.find(key)) {
+            let prefix = filter_prefix(key);
+            let mut held = state.newest_first_of(runs).filter(|q| q.may_hold(prefix));
+            if let Some(found) = held.find_map(|q| q.find(key)) {
                 return Ok(found.map(<[u8]>::to_vec));
             }
         }
@@ -603,13 +679,13 @@ impl Engine for WriteBehind {
     }
 
     fn cursor(&self) -> Box<dyn Cursor + '_> {
-        self.merged(None, |engine| engine.cursor())
+        self.merged(&[], None, |engine| engine.cursor())
     }
 
     /// The queue's entries past `end` are exact, the engine's may be any past it: the
     /// smallest of them is below `end` only if the queue's is, and then it is the right one.
     fn cursor_within(&self, start: &[u8], end: Option<&[u8]>) -> Box<dyn Cursor + '_> {
-        self.merged(end, |engine| engine.cursor_within(start, end))
+        self.merged(start, end, |engine| engine.cursor_within(start, end))
     }
 
     /// The engine's answer (on its filters), unless a batch or run writes in the prefix from
@@ -620,14 +696,24 @@ impl Engine for WriteBehind {
             let pos = q.lower_bound(from);
             (pos < q.len() && q.key(pos).starts_with(prefix)).then_some(pos)
         };
-        let sources = {
+        let runs = self.shared.hold > 0 && self.shared.engine.ingests(key);
+        // The filters hold version prefixes: they answer for a seek within one key's versions
+        // (a version prefix starts no other key but that key's versions).
+        let filtered = crate::StorageKey::version_prefix_of(key) == Some(prefix);
+        let sources: Vec<Arc<Queued>> = {
             let state = lock(&self.shared.state);
-            if !state.newest_first().any(|q| first_in_prefix(q, key).is_some()) {
-                drop(state);
-                return self.shared.engine.seek_in_prefix(key, prefix);
-            }
-            state.oldest_first()
+            let touching = state
+                .newest_first_of(runs)
+                .filter(|q| (!filtered || q.may_hold(prefix)) && first_in_prefix(q, key).is_some());
+            let mut sources: Vec<Arc<Queued>> = touching.cloned().collect();
+            sources.reverse();
+            sources
         };
+        if sources.is_empty() {
+            // Nothing queued or held in the prefix from `key` on; the engine may use its
+            // filters.
+            return self.shared.engine.seek_in_prefix(key, prefix);
+        }
         // Keys in the prefix lie together, `key` among them: the first at or after `key` in
         // any source is the first at or after it overall, or there is none.
         let mut from = key.to_vec();

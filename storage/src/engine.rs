@@ -237,10 +237,18 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Whether the engine can take `key`'s writes as sorted runs ([`Engine::ingest`]) from a
     /// holder that keeps them meanwhile (a [`WriteBehind`](crate::WriteBehind) with runs held),
-    /// instead of as writes. By default none.
+    /// instead of as writes. By default none. The versions of one user key are all ingested
+    /// or none ([`Engine::seek_in_prefix`] looks for them in one place).
     fn ingests(&self, key: &[u8]) -> bool {
         let _ = key;
         false
+    }
+
+    /// Whether the engine may ingest ([`Engine::ingests`]) a key from `start` up to `end`
+    /// (`None`: no end); by default, yes.
+    fn ingests_within(&self, start: &[u8], end: Option<&[u8]>) -> bool {
+        let _ = (start, end);
+        true
     }
 
     /// [`Engine::write_ref`], unsynced, of `batch`'s writes to keys the engine does not take

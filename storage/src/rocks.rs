@@ -744,6 +744,11 @@ impl Engine for RocksEngine {
         self.apart.as_ref().is_none_or(|apart| !apart.holds(key))
     }
 
+    /// Unless the family kept apart holds every key in the range.
+    fn ingests_within(&self, start: &[u8], end: Option<&[u8]>) -> bool {
+        self.family_of_range(start, end) != Some(true)
+    }
+
     fn write_uningested(&self, batch: &RawBatch) -> Result<()> {
         self.write_ops(batch, false, true)
     }
