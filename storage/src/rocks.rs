@@ -29,6 +29,11 @@
 //! caller's choice per batch (shards do not fsync: the sequencer's log is the source of truth,
 //! DESIGN.md section 6).
 //!
+//! The default family can also take a sorted run as a table file ([`Engine::ingest`]:
+//! written with `SstFileWriter`, moved into the database by `ingest_external_file`), so that
+//! a [`WriteBehind`](crate::WriteBehind) holding a shard's runs skips its memtable; the write-ahead
+//! log is synced first, so the family kept apart is never older than what is ingested.
+//!
 //! Garbage collection happens as RocksDB compacts: a compaction filter ([`GcFilter`]) drops
 //! each version that a newer version of the same key at or below the horizon shadows. Within
 //! one compaction, keys arrive in order and a key's versions newest first, so the filter keeps
@@ -402,9 +407,10 @@ impl RocksEngine {
             families.push(ColumnFamilyDescriptor::new(apart.family.clone(), family));
         }
         check_families(&path, &opts, apart.as_ref())?;
-        remove_unfinished_ingests(&path)?;
         let db =
             DB::open_cf_descriptors(&opts, &path, families).map_err(|e| engine_error(&path, e))?;
+        // Only once open: RocksDB's lock keeps another process's ingests from being removed.
+        remove_unfinished_ingests(&path)?;
         Ok(RocksEngine {
             db: Arc::new(db),
             kept: Default::default(),
