@@ -400,6 +400,9 @@ fn main() -> ExitCode {
             if !(1..=1024).contains(&rocksdb_file_mib) {
                 return usage_error("--rocksdb-file-mib must be 1 to 1024");
             }
+            if held_run_mib > 1024 {
+                return usage_error("--held-run-mib must be at most 1024");
+            }
             if rocksdb_background_mib == Some(0) {
                 return usage_error("--rocksdb-background-mib must be at least 1");
             }

@@ -563,6 +563,26 @@ fn storage_flags_for_a_running_cluster_are_a_usage_error() {
     }
 }
 
+/// `--held-run-mib` is bounded, and for the embedded database only: refused before anything
+/// starts (nothing listens at the cluster's address).
+#[test]
+fn held_run_mib_out_of_bounds_or_for_a_cluster_is_a_usage_error() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bench"))
+            .args(["tpcc", "--duration", "1"])
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stderr) = run(&["--held-run-mib", "1025"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--held-run-mib must be at most 1024"), "{stderr}");
+    let (code, stderr) = run(&["--held-run-mib", "0", "--cluster", "127.0.0.1:9"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("are for the embedded database"), "{stderr}");
+}
+
 /// The insert hint of the appended tables names one district: consecutive orders and order
 /// lines of a district share it, and another district's (or warehouse's) differ in it.
 #[test]
