@@ -1,7 +1,10 @@
 //! RocksDB's flush and compaction threads at the lowest CPU priority
-//! ([`RocksOptions::low_priority_background`]).
+//! ([`RocksOptions::low_priority_background`]), and a write-behind's ingest thread
+//! ([`storage::INGEST_NICE`]).
 
-use storage::{Engine, RawBatch, RocksEngine, RocksOptions};
+use std::sync::Arc;
+
+use storage::{Engine, INGEST_NICE, RawBatch, RocksEngine, RocksOptions, WriteBehind};
 
 /// The nice value of each of this process's threads whose name starts with `prefix`.
 fn nice_of_threads(prefix: &str) -> Vec<i64> {
@@ -45,4 +48,22 @@ fn flushes_and_compactions_run_at_the_lowest_priority() {
         let nice = nice_of_threads(pool);
         assert!(nice.contains(&19), "threads {pool}*: nice {nice:?}, expected one at 19");
     }
+}
+
+/// A write-behind holding runs ingests them on a thread that lowers itself to
+/// [`INGEST_NICE`] before its first job: once a set has been ingested, it has. (Other tests'
+/// ingest threads may be found too; without the lowering none is at 19.)
+#[test]
+fn the_ingest_thread_runs_at_the_lowest_priority() {
+    assert_eq!(INGEST_NICE, 19);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(RocksEngine::open_with(dir.path(), RocksOptions::default()).unwrap());
+    let behind = WriteBehind::holding(engine.clone(), 2, 1 << 20).unwrap();
+    let mut batch = RawBatch::default();
+    batch.put(b"k", b"v");
+    behind.write(batch, false).unwrap();
+    behind.drain().unwrap();
+    assert_eq!(engine.get(b"k").unwrap().as_deref(), Some(&b"v"[..]), "ingested");
+    let nice = nice_of_threads("sealdb-ingest");
+    assert!(nice.contains(&19), "threads sealdb-ingest*: nice {nice:?}, expected one at 19");
 }
