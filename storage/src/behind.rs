@@ -146,17 +146,16 @@ struct Held {
 }
 
 impl State {
-    /// Every batch and run a read sees before the engine, newest first.
-    fn newest_first(&self) -> impl Iterator<Item = &Arc<Queued>> {
-        self.newest_first_of(true)
+    /// The queued batches, newest first, then, if `runs`, the runs held and handed over
+    /// ([`State::runs`]): a read of a key the engine does not ingest needs only the batches.
+    fn newest_first_of(&self, runs: bool) -> impl Iterator<Item = &Arc<Queued>> {
+        self.queued.iter().rev().chain(self.runs().take_while(move |_| runs))
     }
 
-    /// The queued batches, newest first, then, if `runs`, the runs held and handed over: a
-    /// read of a key the engine does not ingest needs only the batches.
-    fn newest_first_of(&self, runs: bool) -> impl Iterator<Item = &Arc<Queued>> {
-        let held = self.held.iter().rev().map(|h| &h.run).take_while(move |_| runs);
-        let frozen = self.frozen.iter().rev().flat_map(|set| set.iter().rev());
-        self.queued.iter().rev().chain(held).chain(frozen.take_while(move |_| runs))
+    /// The runs held, then the sets handed over, newest first.
+    fn runs(&self) -> impl Iterator<Item = &Arc<Queued>> {
+        let held = self.held.iter().rev().map(|h| &h.run);
+        held.chain(self.frozen.iter().rev().flat_map(|set| set.iter().rev()))
     }
 
     /// The batches, and if `runs` the runs, with a key from `start` up to `end` (`None`: no
@@ -271,12 +270,7 @@ impl Queued {
     fn of_sorted<'a>(ops: impl Iterator<Item = RawOp<'a>>, reserve: (usize, usize)) -> Queued {
         let mut raw = RawBatch::default();
         raw.reserve(reserve.0, reserve.1);
-        for op in ops {
-            match op {
-                RawOp::Put(key, value) => raw.put(key, value),
-                RawOp::Delete(key) => raw.delete(key),
-            }
-        }
+        raw.extend(ops);
         let sorted = (0..raw.len()).collect();
         let filter = Some(Filter::new(raw.iter().map(RawOp::key)));
         Queued { raw, sorted, filter }
@@ -467,7 +461,7 @@ impl WriteBehind {
     /// Whether a run held, or handed over and not yet ingested, writes a key of `batch`.
     fn holds_any(&self, batch: &RawBatch) -> bool {
         let state = lock(&self.shared.state);
-        let runs: Vec<&Arc<Queued>> = state.newest_first().skip(state.queued.len()).collect();
+        let runs: Vec<&Arc<Queued>> = state.runs().collect();
         !runs.is_empty()
             && batch.iter().any(|op| {
                 self.shared.engine.ingests(op.key())
@@ -816,7 +810,7 @@ impl Engine for WriteBehind {
     fn estimated_entries(&self) -> Option<u64> {
         let held: usize = {
             let state = lock(&self.shared.state);
-            state.newest_first().skip(state.queued.len()).map(|r| r.len()).sum()
+            state.runs().map(|r| r.len()).sum()
         };
         Some(self.shared.engine.estimated_entries()? + held as u64)
     }

@@ -138,15 +138,21 @@ impl RawBatch {
     }
 }
 
+impl<'a> Extend<RawOp<'a>> for RawBatch {
+    fn extend<I: IntoIterator<Item = RawOp<'a>>>(&mut self, ops: I) {
+        for op in ops {
+            match op {
+                RawOp::Put(key, value) => self.put(key, value),
+                RawOp::Delete(key) => self.delete(key),
+            }
+        }
+    }
+}
+
 impl<'a> FromIterator<RawOp<'a>> for RawBatch {
     fn from_iter<I: IntoIterator<Item = RawOp<'a>>>(ops: I) -> RawBatch {
         let mut batch = RawBatch::default();
-        for op in ops {
-            match op {
-                RawOp::Put(key, value) => batch.put(key, value),
-                RawOp::Delete(key) => batch.delete(key),
-            }
-        }
+        batch.extend(ops);
         batch
     }
 }
