@@ -381,7 +381,8 @@ impl Executor {
                 e.reads = commit.reads.iter().filter(|k| self.is_local(k)).cloned().collect();
                 e.scans = self.clip_scans(&commit.scans);
                 e.writes = commit.writes.iter().cloned().collect();
-                if let Some(reason) = self.check_write_limits(&e.writes, &e.adds) {
+                let writes = e.writes.iter().map(|(k, v)| (k.as_slice(), v.as_deref()));
+                if let Some(reason) = self.check_write_limits(writes, &e.adds) {
                     e.ran = Ran::Aborted(reason);
                     e.writes.clear();
                 }
@@ -412,7 +413,7 @@ impl Executor {
             return Ok(Ran::Aborted(AbortReason::UnknownProcedure(name.to_string())));
         };
         Ok(match procedure.run(ctx, args) {
-            Ok(output) => match self.check_write_limits(&ctx.writes, &ctx.adds) {
+            Ok(output) => match self.check_write_limits(ctx.written(), &ctx.adds) {
                 Some(reason) => Ran::Aborted(reason),
                 None => Ran::Output(output),
             },
@@ -427,13 +428,12 @@ impl Executor {
 
     /// Whether the transaction's writes (each add a counter's worth) together exceed the
     /// batch limit.
-    fn check_write_limits(
+    fn check_write_limits<'w>(
         &self,
-        writes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-        adds: &BTreeMap<Vec<u8>, i64>,
+        writes: impl Iterator<Item = (&'w [u8], Option<&'w [u8]>)>,
+        adds: &'w BTreeMap<Vec<u8>, i64>,
     ) -> Option<AbortReason> {
         const A_COUNTER: [u8; COUNTER_BYTES] = [0; COUNTER_BYTES];
-        let writes = writes.iter().map(|(k, v)| (k.as_slice(), v.as_deref()));
         let adds = adds.keys().map(|k| (k.as_slice(), Some(&A_COUNTER[..])));
         let all = writes.chain(adds);
         self.limits.check_writes(all).err().map(|e| AbortReason::TooLarge(e.to_string()))
@@ -542,11 +542,18 @@ impl Executor {
             let ran = match checked {
                 Err(reason) => Ran::Aborted(reason),
                 Ok(()) => {
-                    let mut ctx =
-                        ProcContext::new(ranges, snapshot, Some(&state), ts, self.limits, false);
+                    // It writes into the state as it runs; an abort puts the state back.
+                    let mut ctx = ProcContext::new(
+                        ranges,
+                        snapshot,
+                        Some(&mut state),
+                        ts,
+                        self.limits,
+                        false,
+                    );
                     let ran = self.run_procedure(name, args, &mut ctx)?;
-                    if matches!(ran, Ran::Output(_)) {
-                        state.extend(std::mem::take(&mut ctx.writes));
+                    if !matches!(ran, Ran::Output(_)) {
+                        ctx.roll_back();
                     }
                     ran
                 }
@@ -649,6 +656,18 @@ struct WindowState {
     order: RefCell<Vec<(u128, usize)>>,
 }
 
+/// A procedure's run in phase D: what it changed in the [`WindowState`], so that an abort
+/// can undo it. It writes in place, rather than into a buffer of its own merged in when it
+/// commits: a New-Order writes two dozen keys and reads some back, and each went into an
+/// ordered buffer and then into the state (a tenth of the shard thread in the README's
+/// profile, twenty-fourth session).
+struct Run {
+    /// How many entries the state held when the run began: those after are keys it added.
+    from: usize,
+    /// The values of earlier keys it replaced, each with its position, in the order replaced.
+    replaced: Vec<(usize, Option<Vec<u8>>)>,
+}
+
 /// Up to this many entries not yet in the order are read past one by one by a scan; more
 /// are placed first.
 const UNPLACED_SCANNED: usize = 32;
@@ -672,8 +691,49 @@ impl WindowState {
         self.values.insert(key, value);
     }
 
-    fn extend(&mut self, writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>) {
-        self.values.extend(writes);
+    /// Begins a procedure's run in phase D, which writes into the state as it goes
+    /// ([`WindowState::write`]).
+    fn begin(&self) -> Run {
+        Run { from: self.values.len(), replaced: Vec::new() }
+    }
+
+    /// A write of `run`: the key's value replaced in place (an earlier run's value kept in
+    /// `run`, for [`WindowState::roll_back`]) or the key added at the end; a key already
+    /// written is not copied again.
+    fn write(&mut self, run: &mut Run, key: &[u8], value: Option<Vec<u8>>) {
+        match self.values.get_full_mut(key) {
+            Some((at, _, v)) => {
+                let earlier = std::mem::replace(v, value);
+                if at < run.from {
+                    run.replaced.push((at, earlier));
+                }
+            }
+            None => {
+                self.values.insert(key.to_vec(), value);
+            }
+        }
+    }
+
+    /// The keys `run` wrote, each once, with their values now.
+    fn written<'s>(&'s self, run: &Run) -> impl Iterator<Item = (&'s [u8], Option<&'s [u8]>)> {
+        let mut earlier: Vec<usize> = run.replaced.iter().map(|(at, _)| *at).collect();
+        earlier.sort_unstable();
+        earlier.dedup();
+        earlier.into_iter().chain(run.from..self.values.len()).map(|at| {
+            let (k, v) = self.values.get_index(at).expect("an entry of the state");
+            (k.as_slice(), v.as_deref())
+        })
+    }
+
+    /// Undoes `run`'s writes: the values it replaced back (in reverse, so a key replaced
+    /// twice gets the first one), the keys it added gone, and gone from the order too if a
+    /// scan had placed them.
+    fn roll_back(&mut self, run: Run) {
+        for (at, earlier) in run.replaced.into_iter().rev() {
+            *self.values.get_index_mut(at).expect("an entry of the state").1 = earlier;
+        }
+        self.values.truncate(run.from);
+        self.order.get_mut().retain(|&(_, at)| at < run.from);
     }
 
     fn key(&self, at: usize) -> &[u8] {
@@ -843,12 +903,13 @@ impl<'a> Declared<'a> {
 }
 
 /// The context a procedure runs against: declared ranges enforced, reads recorded, writes
-/// buffered, reads served from its own writes, then the window's state so far (fallback
-/// only), then the snapshot.
+/// buffered (phase A) or made in the window's state so far (phase D, undone if the run
+/// aborts), reads served from those, then the snapshot.
 struct ProcContext<'a> {
     declared: Declared<'a>,
     snapshot: &'a dyn SnapshotRead,
-    window_state: Option<&'a WindowState>,
+    /// Phase D: the window's state, which the run reads and writes, and what it changed there.
+    window_state: Option<(&'a mut WindowState, Run)>,
     now: Timestamp,
     limits: Limits,
     /// Whether to record reads and scans (for validation; phase D does not validate).
@@ -865,7 +926,7 @@ impl<'a> ProcContext<'a> {
     fn new(
         declared: &'a [KeyRange],
         snapshot: &'a dyn SnapshotRead,
-        window_state: Option<&'a WindowState>,
+        window_state: Option<&'a mut WindowState>,
         now: Timestamp,
         limits: Limits,
         record: bool,
@@ -873,7 +934,10 @@ impl<'a> ProcContext<'a> {
         ProcContext {
             declared: Declared::new(declared),
             snapshot,
-            window_state,
+            window_state: window_state.map(|state| {
+                let run = state.begin();
+                (state, run)
+            }),
             now,
             limits,
             record,
@@ -898,14 +962,40 @@ impl<'a> ProcContext<'a> {
         if let Some(delta) = self.adds.remove(key) {
             let base = self.snapshot.get(key).map_err(storage)?;
             let sum = counter(key, base.as_deref())?.wrapping_add(delta);
-            self.writes.insert(key.to_vec(), Some(sum.to_le_bytes().to_vec()));
+            self.write(key, Some(sum.to_le_bytes().to_vec()));
         }
         Ok(())
     }
 
-    /// The pending value of `key` in this procedure's writes or the window's state.
+    /// The pending value of `key`: in this procedure's writes (phase A) or the window's state
+    /// (phase D, its writes among them).
     fn pending(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
-        self.writes.get(key).or_else(|| self.window_state.and_then(|s| s.get(key))).cloned()
+        match &self.window_state {
+            Some((state, _)) => state.get(key).cloned(),
+            None => self.writes.get(key).cloned(),
+        }
+    }
+
+    fn write(&mut self, key: &[u8], value: Option<Vec<u8>>) {
+        match &mut self.window_state {
+            Some((state, run)) => state.write(run, key, value),
+            None => {
+                self.writes.insert(key.to_vec(), value);
+            }
+        }
+    }
+
+    /// Every key the procedure wrote, once, with its value.
+    fn written(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        let buffered = self.writes.iter().map(|(k, v)| (k.as_slice(), v.as_deref()));
+        buffered.chain(self.window_state.iter().flat_map(|(state, run)| state.written(run)))
+    }
+
+    /// Undoes the run's writes to the window's state (phase D), for a run that aborted.
+    fn roll_back(&mut self) {
+        if let Some((state, run)) = self.window_state.take() {
+            state.roll_back(run);
+        }
     }
 }
 
@@ -941,9 +1031,10 @@ impl Context for ProcContext<'_> {
         for key in added {
             self.read_adds(&key)?;
         }
-        // Pending writes in the range, own writes over the window's state.
+        // Pending writes in the range: the window's state (phase D, own writes among them)
+        // and own writes (phase A).
         let mut pending: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
-        if let Some(state) = self.window_state {
+        if let Some((state, _)) = &self.window_state {
             let in_range = state.range(range);
             pending.extend(in_range.into_iter().map(|(k, v)| (k.to_vec(), v.clone())));
         }
@@ -957,14 +1048,14 @@ impl Context for ProcContext<'_> {
         self.check_key(key)?;
         self.limits.check_value(key, value).map_err(|e| ProcError::TooLarge(e.to_string()))?;
         self.adds.remove(key);
-        self.writes.insert(key.to_vec(), Some(value.to_vec()));
+        self.write(key, Some(value.to_vec()));
         Ok(())
     }
 
     fn delete(&mut self, key: &[u8]) -> Result<(), ProcError> {
         self.check_key(key)?;
         self.adds.remove(key);
-        self.writes.insert(key.to_vec(), None);
+        self.write(key, None);
         Ok(())
     }
 
@@ -1048,8 +1139,8 @@ mod tests {
     /// The window state answers as an ordered map given the same writes would: each key's
     /// last value (deletions among them) or nothing, the entries of a range in key order
     /// (with few and with many entries not yet placed in the order), and at the end every
-    /// entry in key order. Keys that tie on their first 16 bytes are among them. Seeded; the
-    /// seed is printed.
+    /// entry in key order; a phase D run's writes, kept or rolled back, and the keys it wrote.
+    /// Keys that tie on their first 16 bytes are among them. Seeded; the seed is printed.
     #[test]
     fn the_window_state_answers_as_an_ordered_map_would() {
         use rand::{Rng, SeedableRng};
@@ -1081,12 +1172,31 @@ mod tests {
                         model.insert(k, v);
                     }
                     5 => {
-                        let writes: BTreeMap<Vec<u8>, Option<Vec<u8>>> = (0..rng
-                            .random_range(0..40))
-                            .map(|i| (key(&mut rng), Some(vec![i])))
+                        // A run: writes (some of keys it wrote already), its new keys
+                        // placed in the order now and then (as a scan would); then kept,
+                        // or rolled back to the state before it.
+                        let mut run = state.begin();
+                        let before = model.clone();
+                        let mut wrote: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+                        for i in 0..rng.random_range(0..40u8) {
+                            let (k, v) = (key(&mut rng), rng.random_bool(0.8).then(|| vec![i]));
+                            state.write(&mut run, &k, v.clone());
+                            model.insert(k.clone(), v.clone());
+                            wrote.insert(k, v);
+                            if rng.random_bool(0.1) {
+                                state.place();
+                            }
+                        }
+                        let mut written: Vec<(Vec<u8>, Option<Vec<u8>>)> = state
+                            .written(&run)
+                            .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
                             .collect();
-                        state.extend(writes.clone());
-                        model.extend(writes);
+                        written.sort();
+                        assert_eq!(written, wrote.into_iter().collect::<Vec<_>>(), "step {step}");
+                        if rng.random_bool(0.5) {
+                            state.roll_back(run);
+                            model = before;
+                        }
                     }
                     6..9 => {
                         let k = key(&mut rng);
