@@ -762,6 +762,10 @@ impl Engine for WriteBehind {
         self.shared.engine.flush()
     }
 
+    fn syncs_out_of_order(&self) -> bool {
+        self.shared.hold > 0
+    }
+
     /// Hands the runs held over for ingest (waiting only if [`MAX_FROZEN`] sets wait
     /// already) and begins the engine's flush.
     fn begin_flush(&self) -> Result<()> {

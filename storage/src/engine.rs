@@ -275,6 +275,14 @@ pub trait Engine: Send + Sync + 'static {
     /// Makes every completed write durable against a machine crash.
     fn flush(&self) -> Result<()>;
 
+    /// Whether a synced write can be durable while writes completed before it are not yet
+    /// (a [`WriteBehind`](crate::WriteBehind) holding runs: they become durable when
+    /// ingested). Then only a finished flush ([`Engine::flushed`]) says what is durable. By
+    /// default no: a synced write makes every write before it durable.
+    fn syncs_out_of_order(&self) -> bool {
+        false
+    }
+
     /// Starts [`Engine::flush`] without waiting for it: every write completed before the call
     /// is durable once [`Engine::flushed`] says so. Engines that cannot flush in the
     /// background flush here.

@@ -168,6 +168,12 @@ pub struct Mvcc {
     applied: Mutex<Option<Watermark>>,
     /// The watermark's timestamp, for readers that must not wait for an apply's lock.
     applied_ts: AtomicU64,
+    /// The watermark's timestamp when the last flush was begun ([`Mvcc::begin_flush`]), and
+    /// the greatest of those whose flush finished: every window up to it is durable. With an
+    /// engine that syncs out of order ([`Engine::syncs_out_of_order`]), the horizon is raised
+    /// above it only after a flush (see [`Mvcc::raise_horizon`]).
+    flush_began_ts: AtomicU64,
+    durable_ts: AtomicU64,
     /// Newest versions of recently used keys.
     cache: RowCache,
     /// Reads below this timestamp are refused: versions they would see may be gone.
@@ -217,6 +223,9 @@ impl Mvcc {
             limits,
             applied: Mutex::new(applied),
             applied_ts: AtomicU64::new(applied.map_or(0, |w| w.ts.as_u64())),
+            flush_began_ts: AtomicU64::new(applied.map_or(0, |w| w.ts.as_u64())),
+            // What was found on opening is durable.
+            durable_ts: AtomicU64::new(applied.map_or(0, |w| w.ts.as_u64())),
             cache: RowCache::new(cache_bytes),
             released: Mutex::new(Vec::new()),
         })
@@ -286,11 +295,22 @@ impl Mvcc {
     /// timestamp), storing it durably first; from then on reads below it are refused and the
     /// engine may drop the versions only they could see. Returns false if the horizon was
     /// already there.
+    ///
+    /// The durable horizon must never pass the durable watermark: a process killed reopens
+    /// at that watermark and replays the windows after it, reading at its timestamp. The
+    /// synced write of the horizon makes every write before it durable, except on an engine
+    /// that syncs out of order (runs held, [`Engine::syncs_out_of_order`]): there, if the
+    /// last flush that finished is older than `to`, everything applied is flushed first (a
+    /// shard's periodic flushes make that rare: its retention is longer than their interval).
     pub fn raise_horizon(&self, to: Timestamp) -> Result<bool> {
         let _raising = self.raising.lock().unwrap_or_else(|e| e.into_inner());
         let to = to.min(Timestamp::from_u64(self.applied_ts.load(Ordering::SeqCst)));
         if to <= self.horizon() {
             return Ok(false);
+        }
+        if self.engine.syncs_out_of_order() && to.as_u64() > self.durable_ts.load(Ordering::SeqCst)
+        {
+            self.flush()?;
         }
         let mut raw = RawBatch::default();
         raw.put(StorageKey::Meta(MetaKey::GcHorizon).encode(), to.as_u64().to_be_bytes());
@@ -593,17 +613,29 @@ impl Mvcc {
 
     /// Makes everything applied so far durable against a machine crash.
     pub fn flush(&self) -> Result<()> {
-        self.engine.flush()
+        let applied_ts = self.applied_ts.load(Ordering::SeqCst);
+        self.engine.flush()?;
+        self.durable_ts.fetch_max(applied_ts, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Starts [`Mvcc::flush`] in the background ([`Engine::begin_flush`]).
     pub fn begin_flush(&self) -> Result<()> {
-        self.engine.begin_flush()
+        // Taken before the flush begins: every window applied by then is in it.
+        let applied_ts = self.applied_ts.load(Ordering::SeqCst);
+        self.engine.begin_flush()?;
+        self.flush_began_ts.store(applied_ts, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Whether the flushes begun have finished ([`Engine::flushed`]).
     pub fn flushed(&self) -> Result<bool> {
-        self.engine.flushed()
+        let began = self.flush_began_ts.load(Ordering::SeqCst);
+        let flushed = self.engine.flushed()?;
+        if flushed {
+            self.durable_ts.fetch_max(began, Ordering::SeqCst);
+        }
+        Ok(flushed)
     }
 
     /// Writes a consistent copy of this shard's storage to `dir` (which must not exist) at a
