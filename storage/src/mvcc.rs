@@ -168,11 +168,12 @@ pub struct Mvcc {
     applied: Mutex<Option<Watermark>>,
     /// The watermark's timestamp, for readers that must not wait for an apply's lock.
     applied_ts: AtomicU64,
-    /// The watermark's timestamp when the last flush was begun ([`Mvcc::begin_flush`]), and
-    /// the greatest of those whose flush finished: every window up to it is durable. With an
-    /// engine that syncs out of order ([`Engine::syncs_out_of_order`]), the horizon is raised
-    /// above it only after a flush (see [`Mvcc::raise_horizon`]).
+    /// The watermark's timestamp when the last flush was begun ([`Mvcc::begin_flush`]).
     flush_began_ts: AtomicU64,
+    /// The greatest watermark timestamp a finished flush made durable (or found on opening):
+    /// every window up to it is durable. With an engine that syncs out of order
+    /// ([`Engine::syncs_out_of_order`]), the horizon is raised above it only after a flush
+    /// (see [`Mvcc::raise_horizon`]).
     durable_ts: AtomicU64,
     /// Newest versions of recently used keys.
     cache: RowCache,

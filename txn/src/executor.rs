@@ -659,8 +659,8 @@ struct WindowState {
 /// A procedure's run in phase D: what it changed in the [`WindowState`], so that an abort
 /// can undo it. It writes in place, rather than into a buffer of its own merged in when it
 /// commits: a New-Order writes two dozen keys and reads some back, and each went into an
-/// ordered buffer and then into the state (a tenth of the shard thread in the README's
-/// profile, twenty-fourth session).
+/// ordered buffer and then into the state (15% of the shard thread in the README's profile,
+/// twenty-fourth session).
 struct Run {
     /// How many entries the state held when the run began: those after are keys it added.
     from: usize,
@@ -697,9 +697,9 @@ impl WindowState {
         Run { from: self.values.len(), replaced: Vec::new() }
     }
 
-    /// A write of `run`: the key's value replaced in place (an earlier run's value kept in
-    /// `run`, for [`WindowState::roll_back`]) or the key added at the end; a key already
-    /// written is not copied again.
+    /// A write of `run`: the key's value replaced in place (for a key the state held before
+    /// the run, the value replaced kept in `run`, for [`WindowState::roll_back`]) or the key
+    /// added at the end; a key already in the state is not copied again.
     fn write(&mut self, run: &mut Run, key: &[u8], value: Option<Vec<u8>>) {
         match self.values.get_full_mut(key) {
             Some((at, _, v)) => {
