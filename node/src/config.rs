@@ -28,12 +28,12 @@
 //!                                   # shard's own work (0: as fast as they go)
 //! write_behind = 2                  # optional (shard role): windows applied and not yet in
 //!                                   # RocksDB, written by a thread of their own (0-64; 0: none)
-//! held_run_mib = 0                  # optional (shard role): MiB of writes to RocksDB's main
+//! held_run_mib = 64                 # optional (shard role): MiB of writes to RocksDB's main
 //!                                   # column family held as sorted runs and ingested as one
-//!                                   # table file, not inserted into its memtable (0-1024; 0,
-//!                                   # the default: inserted; needs write_behind above 0). A
-//!                                   # process killed replays what was held from the log
-//!                                   # before its storage is current again
+//!                                   # table file, not inserted into its memtable (0-1024,
+//!                                   # default 64; 0: inserted; with write_behind = 0 nothing
+//!                                   # is held). A process killed replays what was held from
+//!                                   # the log before its storage is current again
 //! apart_hex = ["0000000104"]        # optional (shard role): key prefixes, in hex, whose rows
 //!                                   # RocksDB keeps in a column family of their own (tables
 //!                                   # that grow by appends); a shard and its replicas must
@@ -558,10 +558,11 @@ const MAX_TABLE_FILE_MIB: u64 = 1 << 10;
 /// memory.
 const MAX_WRITE_BEHIND: usize = 64;
 
-/// A shard's default `held_run_mib`: none. A shard server killed with runs held reopens up
-/// to a flush interval behind and replays the rest; until it has, `Client::outcome` asked of
-/// it says "not decided" of a transaction it had decided (the README's departures).
-const DEFAULT_HELD_RUN_MIB: usize = 0;
+/// A shard's default `held_run_mib`, as the embedded database's. A shard server killed with
+/// runs held reopens up to a flush interval behind and replays the rest from the log; its
+/// reads wait for the windows they ask about, and its `Outcome` answers for those stamped
+/// before it started.
+const DEFAULT_HELD_RUN_MIB: usize = 64;
 
 /// The most MiB a shard holds as runs (`held_run_mib`): up to three times this is in memory
 /// (held, handed over, being ingested).
@@ -640,7 +641,7 @@ split_keys = ["g", "p"]
         assert_eq!((c.row_cache_bytes, c.block_cache_bytes), (128 << 20, 256 << 20));
         assert_eq!(c.table_file_bytes, 64 << 20);
         assert_eq!(c.write_behind, storage::DEFAULT_WRITE_BEHIND);
-        assert_eq!(c.held_run_bytes, 0);
+        assert_eq!(c.held_run_bytes, 64 << 20);
         assert_eq!(c.checkpoint_transfer_bytes_per_s, 0, "unlimited unless set");
     }
 

@@ -194,6 +194,9 @@ struct State {
     /// Its checkpoints, for fellow replicas that catch up from them (none in memory).
     checkpoints: Option<Checkpoints>,
     progress: Mutex<Progress>,
+    /// Its clock when it started: every window stamped before it was logged before this
+    /// replica could have answered for it (its `Outcome` answers wait for them).
+    started_at: Timestamp,
     /// Local verdicts of windows being applied, for peers that pull them.
     verdicts: Mutex<BTreeMap<Epoch, Vec<(TxnId, bool)>>>,
     /// What peers pushed for the next windows ([`push`]).
@@ -414,7 +417,9 @@ impl ShardNode {
                 config.replica, shard.0
             )));
         }
+        let started_at = clock.now();
         let state = Arc::new(State {
+            started_at,
             shard,
             replica: config.replica,
             map: config.map.clone(),

@@ -309,6 +309,10 @@ impl ShardRpc for ShardService {
         observe_request(&state.clock, r.hlc)?;
         state.check_running()?;
         let id = client_id(&r.client_id)?;
+        // A replica restarted answers once it has applied the windows stamped before it
+        // started (a replay, if its storage was behind): before, a transaction it had decided
+        // would read as not decided. After that, at once.
+        state.wait_for(|| (state.progress().safe >= state.started_at).then_some(())).await?;
         // Progress first: the outcome read after it is at least as new.
         let applied = state.progress().applied;
         let stored =

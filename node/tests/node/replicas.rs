@@ -85,9 +85,14 @@ async fn calls_go_on_while_one_replica_of_each_shard_is_killed_or_paused() {
         }
     }
     wait_ready(&sequencer, &clock, None).await;
-    let outcome = client.outcome(id).await.unwrap();
+    // Asked at once: a restarted replica may still be replaying (what it held as runs was
+    // lost with the process), and answers once it has applied the windows stamped before it
+    // started, so a client patient for longer than that replay finds the outcome.
+    let patient = Client::connect(&sequencer, clock.clone()).await.unwrap();
+    let patient = patient.with_patience(Duration::from_secs(60));
+    let outcome = patient.outcome(id).await.unwrap();
     assert!(matches!(outcome, Some(Outcome::Committed { .. })), "{outcome:?}");
-    assert_eq!(client.outcome(client.new_id()).await.unwrap(), None, "never submitted");
+    assert_eq!(patient.outcome(client.new_id()).await.unwrap(), None, "never submitted");
     let cli = std::process::Command::new(env!("CARGO_BIN_EXE_sealdb"))
         .args(["txn-status", &format!("{:032x}", id.0), "--addr", &sequencer])
         .output()
