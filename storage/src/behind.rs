@@ -33,12 +33,13 @@
 //! Inserting a window's writes into RocksDB's memtable, a skiplist, costs a search per key
 //! (most of the writer thread's time in the README's profiles), only for a flush to write
 //! the memtable out in key order later. A batch here is already sorted for reads. So for the
-//! keys the engine takes as table files ([`Engine::ingests`]: RocksDB's default family), the
-//! writer writes only the rest and keeps those keys' writes as a sorted run; runs are merged,
+//! keys the engine takes as table files ([`Engine::ingests`]: every key of a RocksDB engine,
+//! in both its families), the writer writes only the rest (none there) and keeps those keys'
+//! writes as a sorted run; runs are merged,
 //! [`MERGE_FAN_IN`] of one tier into one of the next, so a read checks a few runs, not one a
 //! window; and once the runs hold `hold` bytes (or at a flush) they are handed over as one
 //! set, which a thread of its own (`sealdb-ingest`, at nice [`INGEST_NICE`], as RocksDB's
-//! flushes) merges into one table file and ingests ([`Engine::ingest`]):
+//! flushes) merges into table files and ingests ([`Engine::ingest`]):
 //!
 //! ```text
 //!   queued (written by the writer, newest wins) -> held runs (merged in tiers) -> a set

@@ -265,8 +265,9 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Makes every write completed before the call durable against a machine crash, then
     /// applies `entries` (keys the engine [`Engine::ingests`], strictly increasing; a `Delete`
-    /// removes its key) atomically and durably, as a write after all of those. Engines that
-    /// ingest nothing refuse.
+    /// removes its key) atomically and durably, as a write after all of those (atomically
+    /// within each column family: a RocksDB engine ingests its two one after the other, in
+    /// the order its doc gives). Engines that ingest nothing refuse.
     fn ingest(&self, entries: &mut dyn Iterator<Item = RawOp<'_>>) -> Result<()> {
         let _ = entries;
         Err(crate::StorageError::Engine("this engine takes no sorted runs".into()))

@@ -29,10 +29,11 @@
 //! caller's choice per batch (shards do not fsync: the sequencer's log is the source of truth,
 //! DESIGN.md section 6).
 //!
-//! The default family can also take a sorted run as a table file ([`Engine::ingest`]:
-//! written with `SstFileWriter`, moved into the database by `ingest_external_file`), so that
-//! a [`WriteBehind`](crate::WriteBehind) holding a shard's runs skips its memtable; the write-ahead
-//! log is synced first, so the family kept apart is never older than what is ingested.
+//! Both families can also take a sorted run as table files ([`Engine::ingest`]: written with
+//! `SstFileWriter`, one a family, moved into the database by `ingest_external_file`), so that
+//! a [`WriteBehind`](crate::WriteBehind) holding a shard's runs skips the memtables; the
+//! write-ahead log (synced writes only, then) is synced first, and the family kept apart is
+//! ingested before the default one, so it is never older than what the default one holds.
 //!
 //! Garbage collection happens as RocksDB compacts: a compaction filter ([`GcFilter`]) drops
 //! each version that a newer version of the same key at or below the horizon shadows. Within
@@ -149,7 +150,8 @@ pub struct RocksOptions {
     /// then each cost a step instead of a search: choose the length of
     /// [`StorageKey::versions_under`](crate::StorageKey::versions_under) of the prefix rows are
     /// appended under. At most [`MAX_APART_HINT_BYTES`]. Only a speed-up: what is stored and
-    /// read is the same with any value.
+    /// read is the same with any value. Unused where a holder ingests the writes as runs
+    /// ([`Engine::ingest`]): they skip the memtable.
     pub apart_hint_bytes: usize,
     /// Whether RocksDB's flush and compaction threads run at the lowest CPU priority (nice
     /// 19; default true), so that on a busy machine they take the time a shard's thread
@@ -659,6 +661,46 @@ impl RocksEngine {
     }
 }
 
+/// A table file being written for [`Engine::ingest`] into one family: created at its first
+/// entry, so a family with none gets no file.
+struct IngestFile<'e> {
+    writer: Option<(SstFileWriter<'e>, PathBuf)>,
+}
+
+impl<'e> IngestFile<'e> {
+    fn new() -> IngestFile<'e> {
+        IngestFile { writer: None }
+    }
+
+    fn add(&mut self, engine: &'e RocksEngine, op: RawOp<'_>) -> Result<()> {
+        if self.writer.is_none() {
+            let n = engine.ingests.fetch_add(1, Ordering::SeqCst);
+            let file = engine.path.join(format!("{INGEST_FILE}{n}"));
+            let writer = SstFileWriter::create(&engine.main_options);
+            writer.open(&file).map_err(|e| engine.error(e))?;
+            self.writer = Some((writer, file));
+        }
+        let (writer, _) = self.writer.as_mut().expect("opened");
+        match op {
+            RawOp::Put(k, v) => writer.put(k, v),
+            RawOp::Delete(k) => writer.delete(k),
+        }
+        .map_err(|e| engine.error(e))
+    }
+
+    fn finish(self, engine: &RocksEngine, family: &ColumnFamily) -> Result<()> {
+        let Some((mut writer, file)) = self.writer else { return Ok(()) };
+        writer.finish().map_err(|e| engine.error(e))?;
+        let mut opts = IngestExternalFileOptions::default();
+        opts.set_move_files(true);
+        let ingested = engine.db.ingest_external_file_cf_opts(family, &opts, vec![&file]);
+        // RocksDB removes the file once it has linked it into its own; one left by a failed
+        // ingest goes now, or at the next open if it cannot.
+        let _ = std::fs::remove_file(&file);
+        ingested.map_err(|e| engine.error(e))
+    }
+}
+
 /// Iterators kept per column family and kind: about as many as threads read at once.
 const KEPT_ITERATORS: usize = 4;
 
@@ -743,61 +785,61 @@ impl Engine for RocksEngine {
         self.write_ops(batch, sync, false)
     }
 
-    /// The default family's keys: its table files can be written whole, in key order, and
-    /// ingested, with no memtable insert. The family kept apart stays on its memtable (its
-    /// appended rows are inserted at a hint, and scanned).
+    /// Every key: each family's table files can be written whole, in key order, and
+    /// ingested, with no memtable insert.
     fn ingests(&self, key: &[u8]) -> bool {
-        self.apart.as_ref().is_none_or(|apart| !apart.holds(key))
+        let _ = key;
+        true
     }
 
-    /// Unless the family kept apart holds every key in the range.
     fn ingests_within(&self, start: &[u8], end: Option<&[u8]>) -> bool {
-        self.family_of_range(start, end) != Some(true)
+        let _ = (start, end);
+        true
     }
 
     fn write_uningested(&self, batch: &RawBatch) -> Result<()> {
-        self.write_ops(batch, false, true)
+        let _ = batch;
+        Ok(())
     }
 
     /// Syncs the write-ahead log (or, without one, flushes the memtables), writes `entries`
-    /// into a table file and ingests it into the default family: its entries are newer than
-    /// every write before, and it goes into the lowest level it overlaps nothing in (level 0
-    /// for a window's keys, which span the tables).
+    /// into a table file a column family and ingests each: its entries are newer than every
+    /// write before, and it goes into the lowest level it overlaps nothing in (level 0 for a
+    /// window's keys, which span the tables). RocksDB's C API ingests into one family at a
+    /// time, so the two files are two steps: the family kept apart first, then the default
+    /// family, which holds the watermark. A crash between them leaves the family kept apart
+    /// ahead of the watermark, never behind it (README, Departures).
     fn ingest(&self, entries: &mut dyn Iterator<Item = RawOp<'_>>) -> Result<()> {
         match self.wal {
             true => self.db.flush_wal(true).map_err(|e| self.error(e))?,
             false => self.flush_families(true)?,
         }
-        let n = self.ingests.fetch_add(1, Ordering::SeqCst);
-        let file = self.path.join(format!("{INGEST_FILE}{n}"));
-        let mut writer = SstFileWriter::create(&self.main_options);
-        writer.open(&file).map_err(|e| self.error(e))?;
-        let mut any = false;
+        // One table file a family; the family kept apart first, so that a crash between the
+        // two leaves it ahead of the watermark (which the default family holds), never behind.
+        let mut main = IngestFile::new();
+        let mut apart = IngestFile::new();
+        // Keys come in order: the family found for one holds every key up to where the
+        // other's next begin.
+        let mut family: Option<(bool, Option<&[u8]>)> = None;
         for op in entries {
-            any = true;
-            match op {
-                RawOp::Put(k, v) => writer.put(k, v),
-                RawOp::Delete(k) => writer.delete(k),
+            let key = op.key();
+            let (kept_apart, _) = match family {
+                Some((held, until)) if until.is_none_or(|until| key < until) => (held, until),
+                _ => *family.insert(match self.apart.as_ref().map(|a| a.ahead(key)) {
+                    Some(Ahead::Here(main_from)) => (true, main_from),
+                    Some(Ahead::From(apart_from)) => (false, Some(apart_from)),
+                    Some(Ahead::Nowhere) | None => (false, None),
+                }),
+            };
+            match kept_apart {
+                true => apart.add(self, op)?,
+                false => main.add(self, op)?,
             }
-            .map_err(|e| self.error(e))?;
         }
-        if !any {
-            drop(writer);
-            return std::fs::remove_file(&file)
-                .map_err(|e| StorageError::Engine(format!("{}: {e}", file.display())));
+        if let Some(family) = &self.apart {
+            apart.finish(self, self.handle(&family.family))?;
         }
-        writer.finish().map_err(|e| self.error(e))?;
-        let mut opts = IngestExternalFileOptions::default();
-        opts.set_move_files(true);
-        let ingested = self.db.ingest_external_file_cf_opts(
-            self.handle(DEFAULT_COLUMN_FAMILY_NAME),
-            &opts,
-            vec![&file],
-        );
-        // RocksDB removes the file once it has linked it into its own; one left by a failed
-        // ingest goes now, or at the next open if it cannot.
-        let _ = std::fs::remove_file(&file);
-        ingested.map_err(|e| self.error(e))
+        main.finish(self, self.handle(DEFAULT_COLUMN_FAMILY_NAME))
     }
 
     fn flush(&self) -> Result<()> {

@@ -334,11 +334,11 @@ fn rocksdb_batches_across_families_survive_sigkill_whole_or_not_at_all() {
     batches_survive_sigkill(true);
 }
 
-/// With the default family's writes held as runs and ingested as table files: what survives
-/// is, in the default family (which holds the watermark), the windows up to the last ingest,
-/// each whole; the family kept apart, written through its log before the runs are handed
-/// over, may hold windows after the watermark, each as that window wrote it, which replay
-/// writes again the same.
+/// With the writes held as runs and ingested as table files, one a family, the family kept
+/// apart first: what survives is, in the default family (which holds the watermark), the
+/// windows up to the last ingest, each whole; the family kept apart, ingested just before,
+/// may hold windows after the watermark (a kill between the two ingests), each as that window
+/// wrote it, which replay writes again the same.
 #[test]
 fn held_runs_survive_sigkill_as_whole_windows_up_to_the_watermark() {
     batches_survive_sigkill_with(true, true);
