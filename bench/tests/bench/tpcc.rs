@@ -193,8 +193,8 @@ fn the_checks_catch_changes_made_behind_the_transactions_backs() {
 fn customer_balances_agree_with_history_and_delivered_order_lines() {
     use std::collections::HashMap;
 
-    use bench::tpcc::txns::{CustomerRef, OrderStatus, order_status};
-    use schema::{CustomerBalance, History, Order, OrderLine, decode};
+    use bench::tpcc::txns::{CustomerRef, OrderStatus, StockLevel, order_status, stock_level};
+    use schema::{CustomerBalance, History, Order, OrderLine, Stock, decode};
 
     let dir = tempfile::tempdir().unwrap();
     let backend = loaded(2, dir.path());
@@ -251,6 +251,26 @@ fn customer_balances_agree_with_history_and_delivered_order_lines() {
                 let lines = last.map_or(0, |o| scan(schema::order_lines(w, d, o)).len());
                 let t = OrderStatus { w, d, customer: CustomerRef::Id(c) };
                 assert_eq!(order_status(&mut status, &t).unwrap(), lines, "({w}, {d}, {c})");
+            }
+            // Stock-Level counts the distinct items of the district's last 20 orders, as a
+            // scan of their lines finds them, whose stock is below the threshold.
+            let next = snapshot.get(&schema::district_next_key(w, d)).unwrap().unwrap();
+            let next = u32::from_le_bytes(next.try_into().unwrap());
+            let items: std::collections::BTreeSet<u32> = (next - 20..next)
+                .flat_map(|o| scan(schema::order_lines(w, d, o)))
+                .map(|(_, value)| decode::<OrderLine>(&value).unwrap().i_id)
+                .collect();
+            let quantities: Vec<i64> = items
+                .iter()
+                .map(|&i| {
+                    let stock = snapshot.get(&schema::stock_key(w, i)).unwrap().unwrap();
+                    decode::<Stock>(&stock).unwrap().quantity
+                })
+                .collect();
+            for threshold in [10, 15, 20] {
+                let low = quantities.iter().filter(|&&q| q < threshold).count();
+                let t = StockLevel { w, d, threshold };
+                assert_eq!(stock_level(&mut status, &t).unwrap(), low, "({w}, {d}, {threshold})");
             }
             let balances = scan(schema::customer_balances(w, d));
             assert_eq!(balances.len(), SMALL.customers as usize, "warehouse {w} district {d}");
