@@ -228,8 +228,10 @@ pub(crate) struct Inner {
     failure: Mutex<Option<String>>,
     client_salt: u64,
     next_client: AtomicU64,
-    /// The newest commit timestamp returned to a caller. A transaction that began when every
-    /// shard was safe at or above it saw every commit that had returned before it began.
+    /// The newest commit timestamp returned to a caller, and at least the clock's time at
+    /// open (above every commit an earlier run returned). A transaction or `Latest` snapshot
+    /// that begins when every shard is safe at or above it sees every commit returned before
+    /// it began.
     pub(crate) returned_ts: AtomicU64,
     stats: StatCounters,
 }
@@ -561,6 +563,10 @@ impl Database {
         let sealer = SealerConfig { dedup_windows: 0, ..options.sealer };
         let (sequencer, _) =
             Sequencer::start(path.join("log"), clock.clone(), sealer).map_err(sequencer_error)?;
+        // Commits the last run returned are below the clock's start (it starts above every
+        // timestamp it gave before), so reads wait for a window of this run: until then the
+        // shards may not have replayed them.
+        let started = clock.try_now().map_err(|e| TxnError::Storage(e.to_string()))?.as_u64();
         let inner = Arc::new(Inner {
             clock,
             map: map.clone(),
@@ -582,7 +588,7 @@ impl Database {
             failure: Mutex::new(None),
             client_salt: RandomState::new().hash_one(std::process::id()),
             next_client: AtomicU64::new(0),
-            returned_ts: AtomicU64::new(0),
+            returned_ts: AtomicU64::new(started),
             stats: StatCounters::default(),
         });
         let mut threads = Vec::new();

@@ -96,7 +96,15 @@ impl Database {
         // sequencer stops on it too, failing the database).
         let now = self.clock().try_now().map_err(|e| TxnError::Storage(e.to_string()))?;
         match at {
-            ReadAt::Latest => Ok(now),
+            ReadAt::Latest => {
+                // Every commit returned so far is at or below `returned`: once every shard is
+                // safe there, the newest state they have all applied holds each of them, and
+                // is read at once instead of waiting for `now` (README, Departures). Read
+                // before the safe time, as `begin` does.
+                let returned = Timestamp::from_u64(self.inner.returned_ts.load(Ordering::SeqCst));
+                let safe = self.safe_ts();
+                Ok(if safe >= returned { safe } else { now })
+            }
             ReadAt::At(ts) => {
                 let oldest = now.saturating_sub(self.inner.retention);
                 match ts < oldest {

@@ -17,7 +17,8 @@ use crate::request::{InteractiveCommit, Request};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadAt {
     /// Everything acknowledged before the call: waits until every shard's safe time reaches
-    /// the current time (linearizable).
+    /// the current time (linearizable). The embedded database reads at the shards' safe time
+    /// instead, without waiting, when that already holds every commit it has returned.
     Latest,
     /// The state at a past timestamp within the retention window.
     At(Timestamp),
