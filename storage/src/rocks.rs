@@ -566,15 +566,11 @@ impl RocksEngine {
         engine_error(&self.path, e)
     }
 
-    /// Writes `batch` (without the keys the engine [`Engine::ingests`], if `uningested`), each
-    /// key into its family.
-    fn write_ops(&self, batch: &RawBatch, sync: bool, uningested: bool) -> Result<()> {
+    /// Writes `batch`, each key into its family.
+    fn write_ops(&self, batch: &RawBatch, sync: bool) -> Result<()> {
         let mut wb = WriteBatch::default();
         for op in batch.iter() {
             let family = self.apart_family(op.key());
-            if uningested && family.is_none() {
-                continue;
-            }
             match (op, family) {
                 (RawOp::Put(k, v), Some(family)) => wb.put_cf(family, k, v),
                 (RawOp::Put(k, v), None) => wb.put(k, v),
@@ -782,7 +778,7 @@ impl Engine for RocksEngine {
 
     /// RocksDB copies each key and value into its own batch: a reference is enough.
     fn write_ref(&self, batch: &RawBatch, sync: bool) -> Result<()> {
-        self.write_ops(batch, sync, false)
+        self.write_ops(batch, sync)
     }
 
     /// Every key: each family's table files can be written whole, in key order, and
@@ -819,18 +815,18 @@ impl Engine for RocksEngine {
         let mut main = IngestFile::new();
         let mut apart = IngestFile::new();
         // Keys come in order: the family found for one holds every key up to where the
-        // other's next begin.
-        let mut family: Option<(bool, Option<&[u8]>)> = None;
+        // other's next begin (`region`: kept apart or not, and up to which key).
+        let mut region: Option<(bool, Option<&[u8]>)> = None;
         for op in entries {
             let key = op.key();
-            let (kept_apart, _) = match family {
-                Some((held, until)) if until.is_none_or(|until| key < until) => (held, until),
-                _ => *family.insert(match self.apart.as_ref().map(|a| a.ahead(key)) {
+            if region.is_none_or(|(_, until)| until.is_some_and(|until| key >= until)) {
+                region = Some(match self.apart.as_ref().map(|a| a.ahead(key)) {
                     Some(Ahead::Here(main_from)) => (true, main_from),
                     Some(Ahead::From(apart_from)) => (false, Some(apart_from)),
                     Some(Ahead::Nowhere) | None => (false, None),
-                }),
-            };
+                });
+            }
+            let (kept_apart, _) = region.expect("set above");
             match kept_apart {
                 true => apart.add(self, op)?,
                 false => main.add(self, op)?,
