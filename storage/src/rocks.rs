@@ -95,7 +95,8 @@ pub struct RocksEngine {
     horizon: Arc<AtomicU64>,
     /// Whether unsynced writes go through RocksDB's write-ahead log.
     wal: bool,
-    /// The default family's options, which the table files it ingests are written with.
+    /// The default family's options, which the table files it ingests are written with, for
+    /// both families (the family kept apart differs only in its memtable's insert hint).
     main_options: Options,
     /// Table files written for ingest so far: each one's name.
     ingests: AtomicU64,
@@ -785,11 +786,6 @@ impl Engine for RocksEngine {
     /// ingested, with no memtable insert.
     fn ingests(&self, key: &[u8]) -> bool {
         let _ = key;
-        true
-    }
-
-    fn ingests_within(&self, start: &[u8], end: Option<&[u8]>) -> bool {
-        let _ = (start, end);
         true
     }
 
