@@ -38,9 +38,9 @@ use proto::v1::admin_client::AdminClient;
 use storage::KeyRange;
 
 use txn::{
-    Buffer, Outcome, ReadAt, Registry, Request, Rows, ShardMap, Store, StoreSnapshot,
-    StoreTransaction, TxnError, commit_ts, overlay, participants, procedure_request,
-    range_to_proto, rows_needed,
+    AbortReason, Buffer, Outcome, ReadAt, Registry, Request, Rows, ShardMap, Store, StoreSnapshot,
+    StoreTransaction, TxnError, commit_ts, declared_ranges, outcome_result_from_proto, overlay,
+    participants, procedure_request, range_to_proto, refused, rows_needed,
 };
 
 use crate::coalesce::{Coalescer, Limits};
@@ -436,6 +436,66 @@ impl Client {
             .map_err(read_error)
     }
 
+    /// Runs registered procedure `name` with `args` read-only at `ts` (see
+    /// [`Client::read_ts`]) on the one shard holding every range it declares: one `ReadCall`,
+    /// which waits for that shard's safe time; no window, no validation, no commit-wait. Its
+    /// output, or why it aborted (a write aborts it, and nothing changes). A call whose ranges
+    /// span shards is refused before anything is sent ([`AbortReason::Malformed`]): read its
+    /// keys through a [`RemoteSnapshot`] instead.
+    pub async fn read_call(
+        &self,
+        name: &str,
+        args: &[u8],
+        ts: Timestamp,
+    ) -> Result<Vec<u8>, TxnError> {
+        let (_, ranges) = declared_ranges(&self.procedures, name, args)?;
+        let shards: std::collections::BTreeSet<ShardId> =
+            ranges.iter().flat_map(|r| self.map.shards_in(r)).collect();
+        let shard = match (shards.first(), shards.len()) {
+            (Some(&shard), 1) => shard,
+            (None, _) => {
+                return Err(refused(AbortReason::Malformed(
+                    "a procedure call declares no key".into(),
+                )));
+            }
+            _ => {
+                let on: Vec<String> = shards.iter().map(|s| s.0.to_string()).collect();
+                return Err(refused(AbortReason::Malformed(format!(
+                    "procedure {name} declares keys of shards {}: a read-only call runs on one \
+                     shard (read them through a snapshot)",
+                    on.join(", ")
+                ))));
+            }
+        };
+        let request = v1::ReadCallRequest {
+            hlc: 0,
+            name: name.to_string(),
+            args: args.to_vec(),
+            read_ts: ts.as_u64(),
+        };
+        let outcome = self
+            .shards
+            .call(shard, &self.clock, tokio::time::sleep(self.patience), |mut c, hlc| {
+                let request = v1::ReadCallRequest { hlc, ..request.clone() };
+                async move {
+                    let r = c.read_call(with_deadline(request)).await?.into_inner();
+                    Ok((r.outcome, r.hlc))
+                }
+            })
+            .await
+            .map_err(read_error)?;
+        let bad = |why: &str| TxnError::Unavailable(format!("shard {}: {why}", shard.0));
+        match outcome.and_then(outcome_result_from_proto) {
+            Some(Outcome::Committed { output, .. }) => Ok(output),
+            Some(Outcome::Aborted(AbortReason::UnknownProcedure(name))) => {
+                Err(TxnError::UnknownProcedure(name))
+            }
+            Some(Outcome::Aborted(reason)) => Err(refused(reason)),
+            Some(Outcome::Conflict { .. }) => Err(bad("a read-only call answered a conflict")),
+            None => Err(bad("a read-only call answered no outcome")),
+        }
+    }
+
     /// One `Scan` request: up to `n` rows of `range`, all on `shard`, and whether there may
     /// be more.
     async fn scan_page(
@@ -702,6 +762,12 @@ impl RemoteSnapshot<'_> {
     /// Up to `limit` keys of `range` with values, in key order.
     pub async fn scan(&self, range: &KeyRange, limit: usize) -> Result<Rows, TxnError> {
         self.client.scan(range, self.ts, limit).await
+    }
+
+    /// Runs registered procedure `name` with `args` read-only at the snapshot's timestamp,
+    /// on the one shard holding its keys ([`Client::read_call`]).
+    pub async fn call(&self, name: &str, args: &[u8]) -> Result<Vec<u8>, TxnError> {
+        self.client.read_call(name, args, self.ts).await
     }
 }
 

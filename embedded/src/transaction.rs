@@ -62,19 +62,20 @@ impl Snapshot<'_> {
     pub fn scan(&self, range: &KeyRange, limit: usize) -> Result<Rows, TxnError> {
         self.view().scan(range, limit).map_err(storage_error)
     }
+
+    /// Runs registered procedure `name` with `args` read-only on this snapshot: its reads at
+    /// the snapshot's timestamp, within the ranges it declares, with no window and no
+    /// validation ([`txn::call_read_only`]). A write aborts it ([`TxnError::Aborted`]) and
+    /// changes nothing.
+    pub fn call(&self, name: &str, args: &[u8]) -> Result<Vec<u8>, TxnError> {
+        let (procedure, ranges) = txn::declared_ranges(&self.db.inner.registry, name, args)?;
+        let limits = &self.db.inner.limits;
+        txn::call_read_only(procedure.as_ref(), args, &ranges, &self.view(), self.ts, limits)
+    }
 }
 
 fn storage_error(e: storage::StorageError) -> TxnError {
-    match e {
-        storage::StorageError::KeyTooLarge { .. }
-        | storage::StorageError::ValueTooLarge { .. }
-        | storage::StorageError::BatchTooLarge { .. } => TxnError::TooLarge(e.to_string()),
-        // A transaction open for longer than the retention period: its snapshot is collected.
-        storage::StorageError::BelowHorizon { ts, horizon } => {
-            TxnError::OutsideRetention { ts, oldest: horizon }
-        }
-        other => TxnError::Storage(other.to_string()),
-    }
+    TxnError::from_storage(e)
 }
 
 fn check_key(db: &Database, key: &[u8]) -> Result<(), TxnError> {

@@ -217,6 +217,7 @@ pub(crate) enum ShardRpc {
     Get,
     GetMany,
     Scan,
+    ReadCall,
     Verdicts,
     Push,
     AwaitOutcome,
@@ -228,10 +229,11 @@ pub(crate) enum ShardRpc {
 }
 
 impl ShardRpc {
-    const ALL: [ShardRpc; 11] = [
+    const ALL: [ShardRpc; 12] = [
         ShardRpc::Get,
         ShardRpc::GetMany,
         ShardRpc::Scan,
+        ShardRpc::ReadCall,
         ShardRpc::Verdicts,
         ShardRpc::Push,
         ShardRpc::AwaitOutcome,
@@ -248,6 +250,7 @@ impl ShardRpc {
             ShardRpc::Get => "Get",
             ShardRpc::GetMany => "GetMany",
             ShardRpc::Scan => "Scan",
+            ShardRpc::ReadCall => "ReadCall",
             ShardRpc::Verdicts => "Verdicts",
             ShardRpc::Push => "Push",
             ShardRpc::AwaitOutcome => "AwaitOutcome",

@@ -58,4 +58,20 @@ impl TxnError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, TxnError::Conflict { .. })
     }
+
+    /// What a read of local storage that failed with `e` tells its caller: a key or value
+    /// over the limits, a timestamp already collected, or a storage failure.
+    pub fn from_storage(e: storage::StorageError) -> TxnError {
+        match e {
+            storage::StorageError::KeyTooLarge { .. }
+            | storage::StorageError::ValueTooLarge { .. }
+            | storage::StorageError::BatchTooLarge { .. } => TxnError::TooLarge(e.to_string()),
+            // A transaction open for longer than the retention period: its snapshot is
+            // collected.
+            storage::StorageError::BelowHorizon { ts, horizon } => {
+                TxnError::OutsideRetention { ts, oldest: horizon }
+            }
+            other => TxnError::Storage(other.to_string()),
+        }
+    }
 }

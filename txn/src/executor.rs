@@ -417,12 +417,7 @@ impl Executor {
                 Some(reason) => Ran::Aborted(reason),
                 None => Ran::Output(output),
             },
-            Err(ProcError::Abort(reason)) => Ran::Aborted(AbortReason::User(reason)),
-            Err(ProcError::OutsideDeclaredRanges { key }) => {
-                Ran::Aborted(AbortReason::OutsideDeclaredRanges(key))
-            }
-            Err(ProcError::TooLarge(what)) => Ran::Aborted(AbortReason::TooLarge(what)),
-            Err(ProcError::Storage(e)) => return Err(ExecError(e)),
+            Err(e) => Ran::Aborted(e.into_abort().map_err(ExecError)?),
         })
     }
 
@@ -812,7 +807,7 @@ impl WindowState {
 /// or a whole range, inside one of them? A few ranges are checked one by one, borrowed as they
 /// are; a call that declares many (thousands of list-append keys) gets an index once, so each
 /// check is a binary search rather than a pass over every range.
-struct Declared<'a> {
+pub(crate) struct Declared<'a> {
     ranges: &'a [KeyRange],
     /// With many ranges: them sorted by start, each with the greatest end among it and those
     /// before it.
@@ -832,7 +827,7 @@ struct DeclaredStart<'a> {
 const DECLARED_SCAN: usize = 16;
 
 impl<'a> Declared<'a> {
-    fn new(ranges: &'a [KeyRange]) -> Declared<'a> {
+    pub(crate) fn new(ranges: &'a [KeyRange]) -> Declared<'a> {
         if ranges.len() <= DECLARED_SCAN {
             return Declared { ranges, index: None };
         }
@@ -884,7 +879,7 @@ impl<'a> Declared<'a> {
         }
     }
 
-    fn contains(&self, key: &[u8]) -> bool {
+    pub(crate) fn contains(&self, key: &[u8]) -> bool {
         match &self.index {
             None => self.ranges.iter().any(|r| r.contains(key)),
             // `holds(key, key + [0])` (the point range of `key`), without building its end:
@@ -897,7 +892,7 @@ impl<'a> Declared<'a> {
     }
 
     /// Whether every key of `range` is in one declared range.
-    fn covers(&self, range: &KeyRange) -> bool {
+    pub(crate) fn covers(&self, range: &KeyRange) -> bool {
         self.holds(&range.start, range.end.as_deref())
     }
 }

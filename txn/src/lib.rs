@@ -13,6 +13,7 @@
 //!   returns [`Command`]s; [`Tally`] is its count of a window's verdict exchange.
 //! - [`Outcome`]: how each transaction ended; [`Decided`] adds its [`SerialPosition`] in the
 //!   serial order, which the tests check against a serial oracle.
+//! - [`call_read_only`]: a registered procedure run against one snapshot, off the log.
 //! - [`ShardMap`]: range partitioning of keys to shards.
 //! - [`Store`]: what the embedded database and the cluster client both offer (async), so code
 //!   written against one runs against the other; [`ReadAt`], [`Buffer`] and [`Retry`] are what
@@ -23,6 +24,7 @@ mod error;
 mod executor;
 mod outcome;
 mod procedure;
+mod read_only;
 mod request;
 mod shard_map;
 mod snapshot;
@@ -38,17 +40,20 @@ pub use crate::executor::{
 };
 pub use crate::outcome::{
     AbortReason, Decided, Outcome, OutcomeCounters, Phase, SerialPosition, outcome_from_proto,
-    outcome_to_proto,
+    outcome_result_from_proto, outcome_to_proto,
 };
 pub use crate::procedure::{
     COUNTER_BYTES, Context, ProcError, Procedure, Registry, Rows, add_by_reading, counter,
 };
+pub use crate::read_only::call_read_only;
 pub use crate::request::{
-    InteractiveCommit, MalformedEntry, Request, participants, procedure_request, range_from_proto,
-    range_to_proto, refused,
+    InteractiveCommit, MalformedEntry, Request, declared_ranges, participants, procedure_request,
+    range_from_proto, range_to_proto, refused,
 };
 pub use crate::shard_map::{InvalidShardMap, ShardMap};
-pub use crate::snapshot::{ShardsAt, first_rows, overlay, rows_needed, scan_over, scan_shards};
+pub use crate::snapshot::{
+    ShardAt, ShardsAt, first_rows, overlay, rows_needed, scan_over, scan_shards,
+};
 pub use crate::step::{Command, Distant, Event, GcFloor, Peers, Step, StepError};
 pub use crate::store::{Store, StoreSnapshot, StoreTransaction};
 pub use crate::stored::{

@@ -167,9 +167,15 @@ pub fn outcome_to_proto(txn: sequencer::TxnId, outcome: &Outcome) -> proto::v1::
 /// An outcome from the wire or storage, with its transaction; `None` if it has no result or
 /// no transaction.
 pub fn outcome_from_proto(o: proto::v1::Outcome) -> Option<(sequencer::TxnId, Outcome)> {
-    use proto::v1::outcome::Result as R;
     let txn = o.txn.map(|t| sequencer::TxnId { epoch: Epoch(t.epoch), index: t.index })?;
-    let outcome = match o.result? {
+    Some((txn, outcome_result_from_proto(o)?))
+}
+
+/// An outcome from the wire without its transaction (a read-only call's has none); `None` if
+/// it has no result.
+pub fn outcome_result_from_proto(o: proto::v1::Outcome) -> Option<Outcome> {
+    use proto::v1::outcome::Result as R;
+    Some(match o.result? {
         R::Committed(c) => {
             Outcome::Committed { ts: Timestamp::from_u64(o.commit_ts), output: c.output }
         }
@@ -181,6 +187,5 @@ pub fn outcome_from_proto(o: proto::v1::Outcome) -> Option<(sequencer::TxnId, Ou
             "malformed" => AbortReason::Malformed(a.reason),
             _ => AbortReason::User(a.reason),
         }),
-    };
-    Some((txn, outcome))
+    })
 }

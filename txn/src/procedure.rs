@@ -42,6 +42,17 @@ impl ProcError {
     pub fn abort(reason: impl Into<String>) -> ProcError {
         ProcError::Abort(reason.into())
     }
+
+    /// Why the call ends aborted, or, for a storage failure (not a result), its text.
+    pub(crate) fn into_abort(self) -> Result<crate::AbortReason, String> {
+        use crate::AbortReason;
+        match self {
+            ProcError::Abort(reason) => Ok(AbortReason::User(reason)),
+            ProcError::OutsideDeclaredRanges { key } => Ok(AbortReason::OutsideDeclaredRanges(key)),
+            ProcError::TooLarge(what) => Ok(AbortReason::TooLarge(what)),
+            ProcError::Storage(e) => Err(e),
+        }
+    }
 }
 
 /// Keys with their values, in key order: what a scan returns.

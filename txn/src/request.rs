@@ -11,7 +11,7 @@ use storage::{KeyRange, Limits};
 
 use crate::error::TxnError;
 use crate::outcome::AbortReason;
-use crate::procedure::Registry;
+use crate::procedure::{Procedure, Registry};
 use crate::shard_map::ShardMap;
 
 /// A read-write transaction as it travels through the log.
@@ -75,12 +75,7 @@ impl Request {
     pub fn check(&self, limits: &Limits) -> Result<(), AbortReason> {
         let too_large = |e: storage::StorageError| AbortReason::TooLarge(e.to_string());
         match self {
-            Request::Procedure { ranges, .. } => {
-                if ranges.is_empty() {
-                    return Err(AbortReason::Malformed("a procedure call declares no key".into()));
-                }
-                ranges.iter().try_for_each(|r| limits.check_range(r)).map_err(too_large)
-            }
+            Request::Procedure { ranges, .. } => check_ranges(ranges, limits),
             Request::Interactive(c) => {
                 c.reads.iter().try_for_each(|k| limits.check_key(k)).map_err(too_large)?;
                 c.scans.iter().try_for_each(|r| limits.check_range(r)).map_err(too_large)?;
@@ -221,14 +216,33 @@ pub fn procedure_request(
     name: &str,
     args: &[u8],
 ) -> Result<Request, TxnError> {
+    let (_, ranges) = declared_ranges(registry, name, args)?;
+    Ok(Request::Procedure { name: name.to_string(), args: args.to_vec(), ranges })
+}
+
+/// Procedure `name` and the key ranges a call of it with `args` declares, in key order (so
+/// the shards that check each key against them need not sort them; they still would for a
+/// caller that sent them otherwise).
+pub fn declared_ranges<'r>(
+    registry: &'r Registry,
+    name: &str,
+    args: &[u8],
+) -> Result<(&'r Arc<dyn Procedure>, Vec<KeyRange>), TxnError> {
     let procedure =
         registry.get(name).ok_or_else(|| TxnError::UnknownProcedure(name.to_string()))?;
     let mut ranges =
         procedure.ranges(args).map_err(|e| TxnError::Aborted(AbortReason::User(e.to_string())))?;
-    // In key order, so the shards that check each key against them need not sort them (they
-    // still would for a caller that sent them otherwise).
     ranges.sort_by(|a, b| a.start.cmp(&b.start));
-    Ok(Request::Procedure { name: name.to_string(), args: args.to_vec(), ranges })
+    Ok((procedure, ranges))
+}
+
+/// A procedure call's declared ranges, checked: at least one, each within the limits.
+pub(crate) fn check_ranges(ranges: &[KeyRange], limits: &Limits) -> Result<(), AbortReason> {
+    if ranges.is_empty() {
+        return Err(AbortReason::Malformed("a procedure call declares no key".into()));
+    }
+    let too_large = |e: storage::StorageError| AbortReason::TooLarge(e.to_string());
+    ranges.iter().try_for_each(|r| limits.check_range(r)).map_err(too_large)
 }
 
 /// The error a caller gets for a request [`Request::check`] refused.

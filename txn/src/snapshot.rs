@@ -23,6 +23,39 @@ pub struct ShardsAt<'a> {
     pub at: Timestamp,
 }
 
+/// One shard's state at `at`, for keys that shard owns: what a shard server's read-only call
+/// reads ([`crate::call_read_only`]). The shard must have applied every window up to `at`.
+#[derive(Clone, Copy)]
+pub struct ShardAt<'a> {
+    /// The shard's storage.
+    pub mvcc: &'a Mvcc,
+    /// The timestamp read at.
+    pub at: Timestamp,
+}
+
+impl SnapshotRead for ShardAt<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.mvcc.get(key, self.at)?.map(|v| v.value))
+    }
+
+    fn prefetch(&self, keys: &[&[u8]]) {
+        self.mvcc.prefetch(keys.iter().copied());
+    }
+
+    fn scan(&self, range: &KeyRange, limit: usize) -> Result<Rows, StorageError> {
+        let found = self.mvcc.scan(range, self.at, limit)?;
+        Ok(found.into_iter().map(|(k, v)| (k, v.value)).collect())
+    }
+
+    fn first_change(
+        &self,
+        range: &KeyRange,
+        after: Timestamp,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        self.mvcc.first_change(range, after, self.at)
+    }
+}
+
 /// Up to `limit` rows of `range`, in key order: each shard's part of it in turn, read by
 /// `scan_part(shard, part, rows still wanted)`.
 pub fn scan_shards(
@@ -42,10 +75,16 @@ pub fn scan_shards(
     Ok(rows)
 }
 
+impl ShardsAt<'_> {
+    /// Shard `shard` at the same timestamp.
+    fn shard(&self, shard: ShardId) -> ShardAt<'_> {
+        ShardAt { mvcc: &self.shards[shard.0 as usize], at: self.at }
+    }
+}
+
 impl SnapshotRead for ShardsAt<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        let shard = &self.shards[self.map.shard_of(key).0 as usize];
-        Ok(shard.get(key, self.at)?.map(|v| v.value))
+        self.shard(self.map.shard_of(key)).get(key)
     }
 
     fn prefetch(&self, keys: &[&[u8]]) {
@@ -56,10 +95,7 @@ impl SnapshotRead for ShardsAt<'_> {
     }
 
     fn scan(&self, range: &KeyRange, limit: usize) -> Result<Rows, StorageError> {
-        scan_shards(self.map, range, limit, |shard, part, left| {
-            let found = self.shards[shard.0 as usize].scan(part, self.at, left)?;
-            Ok(found.into_iter().map(|(k, v)| (k, v.value)).collect())
-        })
+        scan_shards(self.map, range, limit, |shard, part, left| self.shard(shard).scan(part, left))
     }
 
     fn first_change(
@@ -69,7 +105,7 @@ impl SnapshotRead for ShardsAt<'_> {
     ) -> Result<Option<Vec<u8>>, StorageError> {
         for shard in self.map.shards_of(range) {
             let part = self.map.clip(range, shard);
-            if let Some(key) = self.shards[shard.0 as usize].first_change(&part, after, self.at)? {
+            if let Some(key) = self.shard(shard).first_change(&part, after)? {
                 return Ok(Some(key));
             }
         }

@@ -14,7 +14,9 @@ use txn::{ProcError, ReadAt, Rows, TxnError};
 use super::shard_map;
 use super::txns::Reader;
 use super::{Backend, Done, Execution, Population, Report, Tasks, TpccOptions, Txn, check, drive};
-use super::{call_until_done, call_until_done_async, load_parts, procedure, run_parts, schema};
+use super::{
+    ReadOnly, call_until_done, call_until_done_async, load_parts, procedure, run_parts, schema,
+};
 use crate::{ClusterTarget, RunningCluster};
 use client::Client;
 
@@ -58,6 +60,14 @@ fn read<T>(
     f(&mut RemoteReader { client, handle, ts }).map_err(|e| e.to_string())
 }
 
+/// Runs `read_only` as a read-only call at the client's `Latest` timestamp: one `ReadCall`
+/// to the warehouse's shard.
+async fn read_call(client: &Client, read_only: &ReadOnly) -> Result<Done, String> {
+    let (name, args) = read_only.call();
+    let ts = client.read_ts(ReadAt::Latest);
+    client.read_call(name, &args, ts).await.map(|_| Done::Committed).map_err(|e| e.to_string())
+}
+
 impl RemoteSealdb {
     /// Connects to `cluster`, waiting up to 30 s for every shard to answer.
     pub fn connect(cluster: &RunningCluster) -> Result<RemoteSealdb, String> {
@@ -87,15 +97,9 @@ impl Tasks for RemoteSealdb {
                     call_until_done_async(name, &mut retries, || self.client.call(name, &args))
                         .await
                 }
-                // The read-only transactions are procedures over blocking reads: on a thread
-                // that may block.
-                Err(read_only) => {
-                    let (client, handle) = (self.client.clone(), self.runtime.handle().clone());
-                    let reads = tokio::task::spawn_blocking(move || {
-                        read(&client, &handle, |r| read_only.run(r))
-                    });
-                    reads.await.unwrap_or_else(|e| Err(format!("a read-only transaction: {e}")))
-                }
+                // The read-only transactions: one read-only call each, run by the warehouse's
+                // shard at the client's `Latest` timestamp.
+                Err(read_only) => read_call(&self.client, &read_only).await,
             };
             (done, retries)
         })
@@ -110,7 +114,7 @@ impl Backend for RemoteSealdb {
     fn execute(&self, txn: &Txn, retries: &mut u64) -> Result<Done, String> {
         match procedure(txn) {
             Ok((name, args)) => self.call(name, &args, retries),
-            Err(read_only) => read(&self.client, self.runtime.handle(), |r| read_only.run(r)),
+            Err(read_only) => self.runtime.block_on(read_call(&self.client, &read_only)),
         }
     }
 

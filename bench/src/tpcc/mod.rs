@@ -298,13 +298,16 @@ pub struct Sealdb {
     runtime: Option<tokio::runtime::Runtime>,
 }
 
-/// The benchmark's procedures: the loader and the three read-write transactions.
-fn procedure_list() -> [Arc<dyn txn::Procedure>; 4] {
+/// The benchmark's procedures: the loader, the three read-write transactions, and the two
+/// read-only ones (called on a snapshot).
+fn procedure_list() -> [Arc<dyn txn::Procedure>; 6] {
     [
         Arc::new(txns::LoadProc),
         Arc::new(txns::NewOrderProc),
         Arc::new(txns::PaymentProc),
         Arc::new(txns::DeliveryProc),
+        Arc::new(txns::ORDER_STATUS),
+        Arc::new(txns::STOCK_LEVEL),
     ]
 }
 
@@ -452,6 +455,14 @@ pub(crate) enum ReadOnly {
 }
 
 impl ReadOnly {
+    /// Its read-only procedure's name and arguments ([`txns::ReadOnlyProc`]).
+    pub(crate) fn call(&self) -> (&'static str, Vec<u8>) {
+        match self {
+            ReadOnly::OrderStatus(t) => (txns::ORDER_STATUS.name, schema::encode(t)),
+            ReadOnly::StockLevel(t) => (txns::STOCK_LEVEL.name, schema::encode(t)),
+        }
+    }
+
     /// Runs it on `r` (reads at one timestamp).
     pub(crate) fn run(&self, r: &mut impl txns::Reader) -> Result<Done, txn::ProcError> {
         match self {

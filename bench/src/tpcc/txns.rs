@@ -437,6 +437,42 @@ impl Procedure for DeliveryProc {
     }
 }
 
+/// Order-Status and Stock-Level as read-only procedures: run on a snapshot, off the log
+/// (`Snapshot::call` embedded; through a cluster, one `ReadCall` to the warehouse's shard
+/// instead of a round trip per step of reads). Each declares its warehouse's keys. Output:
+/// the transaction's count ([`order_status`], [`stock_level`]), a u64 little-endian.
+pub struct ReadOnlyProc {
+    pub(crate) name: &'static str,
+    run: fn(&mut dyn Context, &[u8]) -> Result<usize, ProcError>,
+    warehouse: fn(&[u8]) -> Result<u32, ProcError>,
+}
+
+/// `tpcc.order_status` ([`ReadOnlyProc`]).
+pub const ORDER_STATUS: ReadOnlyProc = ReadOnlyProc {
+    name: "tpcc.order_status",
+    run: |mut ctx, a| order_status(&mut ctx, &args::<OrderStatus>(a)?),
+    warehouse: |a| Ok(args::<OrderStatus>(a)?.w),
+};
+
+/// `tpcc.stock_level` ([`ReadOnlyProc`]).
+pub const STOCK_LEVEL: ReadOnlyProc = ReadOnlyProc {
+    name: "tpcc.stock_level",
+    run: |mut ctx, a| stock_level(&mut ctx, &args::<StockLevel>(a)?),
+    warehouse: |a| Ok(args::<StockLevel>(a)?.w),
+};
+
+impl Procedure for ReadOnlyProc {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn ranges(&self, a: &[u8]) -> Result<Vec<KeyRange>, ProcError> {
+        Ok(vec![warehouse_range((self.warehouse)(a)?)])
+    }
+    fn run(&self, ctx: &mut dyn Context, a: &[u8]) -> Result<Vec<u8>, ProcError> {
+        Ok(((self.run)(ctx, a)? as u64).to_le_bytes().to_vec())
+    }
+}
+
 /// Order-Status (clause 2.6.2) on a snapshot. Returns the number of lines of the customer's
 /// last order (0 if the customer has none).
 pub fn order_status(r: &mut impl Reader, t: &OrderStatus) -> Result<usize, ProcError> {

@@ -251,6 +251,9 @@ fn customer_balances_agree_with_history_and_delivered_order_lines() {
                 let lines = last.map_or(0, |o| scan(schema::order_lines(w, d, o)).len());
                 let t = OrderStatus { w, d, customer: CustomerRef::Id(c) };
                 assert_eq!(order_status(&mut status, &t).unwrap(), lines, "({w}, {d}, {c})");
+                // The same as a read-only call (as a cluster runs it).
+                let called = status.call("tpcc.order_status", &schema::encode(&t)).unwrap();
+                assert_eq!(called, (lines as u64).to_le_bytes(), "({w}, {d}, {c}) called");
             }
             // Stock-Level counts the distinct items of the district's last 20 orders, as a
             // scan of their lines finds them, whose stock is below the threshold.
@@ -271,6 +274,8 @@ fn customer_balances_agree_with_history_and_delivered_order_lines() {
                 let low = quantities.iter().filter(|&&q| q < threshold).count();
                 let t = StockLevel { w, d, threshold };
                 assert_eq!(stock_level(&mut status, &t).unwrap(), low, "({w}, {d}, {threshold})");
+                let called = status.call("tpcc.stock_level", &schema::encode(&t)).unwrap();
+                assert_eq!(called, (low as u64).to_le_bytes(), "({w}, {d}, {threshold}) called");
             }
             let balances = scan(schema::customer_balances(w, d));
             assert_eq!(balances.len(), SMALL.customers as usize, "warehouse {w} district {d}");

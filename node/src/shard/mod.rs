@@ -188,6 +188,8 @@ struct State {
     map: ShardMap,
     clock: Arc<Clock>,
     mvcc: Arc<Mvcc>,
+    /// The procedures, for read-only calls (`ReadCall`).
+    procedures: Registry,
     retention: Duration,
     /// How often it checkpoints its storage and reports that to the sequencer.
     flush_interval: Duration,
@@ -425,6 +427,7 @@ impl ShardNode {
             map: config.map.clone(),
             clock: clock.clone(),
             mvcc,
+            procedures: config.procedures.clone(),
             retention: config.retention,
             flush_interval: config.flush_interval,
             checkpoints,

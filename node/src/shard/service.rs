@@ -21,7 +21,8 @@ use client::{
     observe_request, refuse, require_node, stamp,
 };
 use txn::{
-    Outcome, outcome_to_proto, range_from_proto, range_to_proto, stored_outcome, stored_verdicts,
+    AbortReason, Outcome, ShardAt, TxnError, outcome_to_proto, range_from_proto, range_to_proto,
+    stored_outcome, stored_verdicts,
 };
 
 pub(super) struct ShardService {
@@ -155,6 +156,60 @@ impl ShardRpc for ShardService {
             .map_err(storage_status)?;
         let rows = rows.into_iter().map(|(key, v)| key_value(key, v)).collect();
         Ok(Response::new(v1::ScanResponse { hlc: stamp(&state.clock), rows, more }))
+    }
+
+    async fn read_call(
+        &self,
+        request: Request<v1::ReadCallRequest>,
+    ) -> Result<Response<v1::ReadCallResponse>, Status> {
+        self.state.counters.requests.count(Rpc::ReadCall);
+        let hlc = request.get_ref().hlc;
+        let state = self.admit_read(&request, 0, hlc)?;
+        let r = request.into_inner();
+        let at = Timestamp::from_u64(r.read_ts);
+        let answer = |result: Result<Vec<u8>, TxnError>| {
+            let outcome = match result {
+                Ok(output) => Outcome::Committed { ts: at, output },
+                Err(TxnError::Aborted(reason)) => Outcome::Aborted(reason),
+                Err(TxnError::TooLarge(why)) => Outcome::Aborted(AbortReason::TooLarge(why)),
+                Err(TxnError::UnknownProcedure(name)) => {
+                    Outcome::Aborted(AbortReason::UnknownProcedure(name))
+                }
+                Err(TxnError::OutsideRetention { .. }) => {
+                    return Err(refuse(
+                        Code::OutOfRange,
+                        RefusalKind::OutsideRetention,
+                        format!("read timestamp {at} is below the garbage-collection horizon"),
+                    ));
+                }
+                Err(e) => return Err(Status::internal(e.to_string())),
+            };
+            // The transaction id is not sent (a read-only call has none).
+            let mut outcome = outcome_to_proto(TxnId { epoch: Epoch(0), index: 0 }, &outcome);
+            outcome.txn = None;
+            Ok(Response::new(v1::ReadCallResponse {
+                hlc: stamp(&state.clock),
+                outcome: Some(outcome),
+            }))
+        };
+        let (procedure, ranges) = match txn::declared_ranges(&state.procedures, &r.name, &r.args) {
+            Ok(found) => found,
+            Err(e) => return answer(Err(e)),
+        };
+        if let Some(range) =
+            ranges.iter().find(|range| state.map.clip(range, state.shard) != **range)
+        {
+            return Err(malformed(format!(
+                "procedure {} declares range {}, not within shard {}",
+                r.name,
+                range.quoted(),
+                state.shard.0
+            )));
+        }
+        state.wait_safe(at, false).await?;
+        let snapshot = ShardAt { mvcc: &state.mvcc, at };
+        let limits = state.mvcc.limits();
+        answer(txn::call_read_only(procedure.as_ref(), &r.args, &ranges, &snapshot, at, &limits))
     }
 
     async fn verdicts(

@@ -13,7 +13,10 @@ use proto::v1::shard_client::ShardClient;
 use sequencer::{ClientId, Entry, ShardId};
 use storage::KeyRange;
 use txn::builtin::{put_args, registry};
-use txn::{Context, InteractiveCommit, ProcError, Procedure, ReadAt, Request, ShardMap, TxnError};
+use txn::{
+    AbortReason, Context, InteractiveCommit, ProcError, Procedure, ReadAt, Request, ShardMap,
+    TxnError,
+};
 
 use crate::cluster::{
     LocalCluster, clock, metric, offset_clock, offset_clock_bounded, scrape, start_cluster_with,
@@ -29,6 +32,7 @@ fn key_on(map: &ShardMap, shard: u32, name: &[u8]) -> Vec<u8> {
 async fn start() -> LocalCluster {
     let mut procedures = txn::builtin::registry();
     procedures.register(Arc::new(ScanRemote));
+    procedures.register(Arc::new(ReadPair));
     start_cluster_with(clock(), vec![clock(), clock(), clock()], procedures, false).await
 }
 
@@ -672,5 +676,89 @@ async fn a_sequencer_out_of_bounds_fences_itself_and_the_shards_stay_up() {
     assert_eq!(logged_entries(&local).await, before, "a fenced sequencer logs nothing");
     let mut shard0 = shard_client(&local, 0).await;
     assert!(shard0.status(v1::StatusRequest { hlc: 0 }).await.is_ok(), "shards are not fenced");
+    local.stop().await;
+}
+
+/// Reads `<args>a` and `<args>b`, which it declares, and answers their values joined by `|`
+/// (`-` for none); with `args` ending in `!`, then reads `<args>c`, which it does not.
+struct ReadPair;
+
+impl Procedure for ReadPair {
+    fn name(&self) -> &str {
+        "test.read_pair"
+    }
+    fn ranges(&self, base: &[u8]) -> Result<Vec<KeyRange>, ProcError> {
+        Ok(vec![KeyRange::point(&[base, b"a"].concat()), KeyRange::point(&[base, b"b"].concat())])
+    }
+    fn run(&self, ctx: &mut dyn Context, base: &[u8]) -> Result<Vec<u8>, ProcError> {
+        let mut values = Vec::new();
+        for name in [b"a", b"b"] {
+            values.push(ctx.get(&[base, name].concat())?.unwrap_or_else(|| b"-".to_vec()));
+        }
+        if base.ends_with(b"!") {
+            ctx.get(&[base, b"c"].concat())?;
+        }
+        Ok(values.join(&b'|'))
+    }
+}
+
+/// Read-only calls (`ReadCall`): one request to the shard holding the procedure's ranges,
+/// which reads at the timestamp asked; nothing is logged, and a write, a read outside the
+/// declared ranges, or ranges on two shards end the call with nothing changed. Over the wire,
+/// the wrong shard, an unknown procedure and a future timestamp are answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_call_reads_one_snapshot_on_its_shard_and_changes_nothing() {
+    let local = start().await;
+    let map = local.cluster.map.clone();
+    let client = Client::new(&local.cluster, clock()).unwrap();
+    let base = key_on(&map, 1, b"pair");
+    let key = |name: &[u8]| [base.as_slice(), name].concat();
+    client.call("kv.put", &put_args(&key(b"a"), b"1")).await.unwrap();
+    let before = client.read_ts(ReadAt::Latest);
+    client.call("kv.put", &put_args(&key(b"a"), b"2")).await.unwrap();
+    client.call("kv.put", &put_args(&key(b"b"), b"3")).await.unwrap();
+    let read_calls = |text: &str| metric(text, "sealdb_shard_requests_total{method=\"ReadCall\"}");
+    let calls = read_calls(&scrape(local.shards[1].metrics_source()).await);
+    let logged = logged_entries(&local).await;
+
+    let latest = client.snapshot(ReadAt::Latest).call("test.read_pair", &base).await.unwrap();
+    assert_eq!(latest, b"2|3");
+    let earlier = client.read_call("test.read_pair", &base, before).await.unwrap();
+    assert_eq!(earlier, b"1|-", "read at the timestamp asked");
+    assert_eq!(read_calls(&scrape(local.shards[1].metrics_source()).await), calls + 2.0);
+    assert_eq!(read_calls(&scrape(local.shards[0].metrics_source()).await), 0.0);
+
+    let now = client.read_ts(ReadAt::Latest);
+    let err = client.read_call("kv.put", &put_args(&key(b"a"), b"9"), now).await.unwrap_err();
+    assert!(
+        matches!(err, TxnError::Aborted(AbortReason::User(ref why)) if why.contains("cannot write")),
+        "{err:?}"
+    );
+    let outside = [base.as_slice(), b"!"].concat();
+    let err = client.read_call("test.read_pair", &outside, now).await.unwrap_err();
+    assert!(matches!(err, TxnError::Aborted(AbortReason::OutsideDeclaredRanges(_))), "{err:?}");
+    let err = client.read_call("test.scan_remote", b"", now).await.unwrap_err();
+    assert!(matches!(err, TxnError::Aborted(AbortReason::Malformed(_))), "{err:?}");
+    assert_eq!(logged_entries(&local).await, logged, "a read-only call logs nothing");
+    assert_eq!(read(&client, &key(b"a")).await.as_deref(), Some(&b"2"[..]));
+
+    let request = |name: &str, args: &[u8], ts: clock::Timestamp| v1::ReadCallRequest {
+        hlc: 0,
+        name: name.into(),
+        args: args.to_vec(),
+        read_ts: ts.as_u64(),
+    };
+    let mut shard0 = shard_client(&local, 0).await;
+    let status = shard0.read_call(request("test.read_pair", &base, now)).await.unwrap_err();
+    assert_eq!(refusal(&status), RefusalKind::Malformed, "{status:?}");
+    let answer = shard0.read_call(request("no.such", b"", now)).await.unwrap().into_inner();
+    match answer.outcome.and_then(|o| o.result) {
+        Some(v1::outcome::Result::Aborted(a)) => assert_eq!(a.kind, "unknown_procedure"),
+        other => panic!("an unknown procedure answered {other:?}"),
+    }
+    let future = now.saturating_add(Duration::from_secs(10));
+    let mut shard1 = shard_client(&local, 1).await;
+    let status = shard1.read_call(request("test.read_pair", &base, future)).await.unwrap_err();
+    assert_eq!(refusal(&status), RefusalKind::Future, "{status:?}");
     local.stop().await;
 }
