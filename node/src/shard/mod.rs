@@ -330,7 +330,20 @@ impl State {
                 format!("read timestamp {ts} is in the future (latest readable: {latest})"),
             ));
         }
-        self.wait_for(|| (self.progress().safe >= ts).then_some(())).await
+        self.wait_for(|| (self.progress().safe >= ts).then_some(())).await?;
+        // Commit-wait on the read side (README, Departures). A window is readable once
+        // applied, before its writes' commit-wait ends: a reader whose clock runs ahead may
+        // see a write that a reader starting after it, whose clock runs behind, would read
+        // below. So a read at `ts` answers only once this clock is past `ts + max_offset`:
+        // every clock is then past `ts`, and every later `Latest` read picks a timestamp above
+        // it. Bounded: `ts` is at most `max_offset` ahead (checked above). A peer's read for
+        // a window needs none: it reads the state before a window the log has ordered.
+        if !for_window {
+            while let Some(left) = self.clock.commit_wait_remaining(ts) {
+                tokio::time::sleep(left).await;
+            }
+        }
+        Ok(())
     }
 
     fn check_local(&self, key: &[u8]) -> Result<(), Status> {
