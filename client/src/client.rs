@@ -438,7 +438,8 @@ impl Client {
 
     /// Runs registered procedure `name` with `args` read-only at `ts` (see
     /// [`Client::read_ts`]) on the one shard holding every range it declares: one `ReadCall`,
-    /// which waits for that shard's safe time; no window, no validation, no commit-wait. Its
+    /// which waits as a read does (for that shard's safe time, and for its clock to pass `ts`
+    /// plus the bound); no window, no validation. Its
     /// output, or why it aborted (a write aborts it, and nothing changes). A call whose ranges
     /// span shards is refused before anything is sent ([`AbortReason::Malformed`]): read its
     /// keys through a [`RemoteSnapshot`] instead.

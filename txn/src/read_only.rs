@@ -1,9 +1,10 @@
 //! Read-only procedure calls: a registered [`Procedure`] run against reads at one timestamp,
-//! off the log. A call that only reads needs no window, no validation and no commit-wait, as
-//! a snapshot's reads need none: it is a snapshot read the procedure's code makes, wherever
-//! the data is. Embedded, a snapshot runs it over every shard (`embedded::Snapshot::call`);
-//! in a cluster, the one shard holding every range it declares runs it (`Shard.ReadCall`),
-//! in one round trip where the same reads from the client take one a step.
+//! off the log. A call that only reads needs no window and no validation, as a snapshot's
+//! reads need none: it is a snapshot read the procedure's code makes, wherever the data is,
+//! and waits as such a read does. Embedded, a snapshot runs it over every shard
+//! (`embedded::Snapshot::call`); in a cluster, the one shard holding every range it declares
+//! runs it (`Shard.ReadCall`), in one round trip where the same reads from the client take
+//! one a step.
 //!
 //! The procedure sees the same [`Context`] as in a window, with the snapshot's timestamp as
 //! [`Context::now`]. Its reads are checked against its declared ranges and the limits, as in
