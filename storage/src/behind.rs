@@ -695,14 +695,17 @@ impl Engine for WriteBehind {
         // The filters hold version prefixes: they answer for a seek within one key's versions
         // (a version prefix starts no other key but that key's versions).
         let filtered = crate::StorageKey::version_prefix_of(key) == Some(prefix);
-        let sources: Vec<Arc<Queued>> = {
+        // The sources with a key in the prefix from `key` on, oldest first, each with where
+        // its first such key is: searched once, under the lock, and used below.
+        let (sources, mut firsts): (Vec<Arc<Queued>>, Vec<Option<usize>>) = {
             let state = lock(&self.shared.state);
-            let touching = state
-                .newest_first_of(runs)
-                .filter(|q| (!filtered || q.may_hold(prefix)) && first_in_prefix(q, key).is_some());
-            let mut sources: Vec<Arc<Queued>> = touching.cloned().collect();
+            let touching = state.newest_first_of(runs).filter_map(|q| {
+                let pos = (!filtered || q.may_hold(prefix)).then(|| first_in_prefix(q, key))?;
+                pos.map(|pos| (q.clone(), Some(pos)))
+            });
+            let mut sources: Vec<(Arc<Queued>, Option<usize>)> = touching.collect();
             sources.reverse();
-            sources
+            sources.into_iter().unzip()
         };
         if sources.is_empty() {
             // Nothing queued or held in the prefix from `key` on; the engine may use its
@@ -715,20 +718,28 @@ impl Engine for WriteBehind {
         loop {
             let below = self.shared.engine.seek_in_prefix(&from, prefix)?;
             let mut smallest = below.as_ref().map(|(k, _)| k.as_slice());
-            for q in &sources {
-                if let Some(pos) = first_in_prefix(q, &from)
+            for (q, first) in sources.iter().zip(&firsts) {
+                if let Some(pos) = *first
                     && smallest.is_none_or(|s| q.key(pos) < s)
                 {
                     smallest = Some(q.key(pos));
                 }
             }
             let Some(found) = smallest.map(<[u8]>::to_vec) else { return Ok(None) };
-            match sources.iter().rev().find_map(|q| q.find(&found)) {
+            // A source holding `found` has it first from `from` on (nothing in any source
+            // lies between): the newest such source's write is the one that counts.
+            let newest = sources.iter().zip(&firsts).rev().find_map(|(q, first)| {
+                first.filter(|&pos| q.key(pos) == found).map(|pos| q.value(pos))
+            });
+            match newest {
                 Some(Some(value)) => return Ok(Some((found, value.to_vec()))),
                 // Deleted: the next key.
                 Some(None) => {
                     from = found;
                     from.push(0);
+                    for (q, first) in sources.iter().zip(&mut firsts) {
+                        *first = first_in_prefix(q, &from);
+                    }
                 }
                 None => return Ok(below),
             }
