@@ -488,9 +488,6 @@ impl Client {
         let bad = |why: &str| TxnError::Unavailable(format!("shard {}: {why}", shard.0));
         match outcome.and_then(outcome_result_from_proto) {
             Some(Outcome::Committed { output, .. }) => Ok(output),
-            Some(Outcome::Aborted(AbortReason::UnknownProcedure(name))) => {
-                Err(TxnError::UnknownProcedure(name))
-            }
             Some(Outcome::Aborted(reason)) => Err(refused(reason)),
             Some(Outcome::Conflict { .. }) => Err(bad("a read-only call answered a conflict")),
             None => Err(bad("a read-only call answered no outcome")),

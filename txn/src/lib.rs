@@ -40,7 +40,7 @@ pub use crate::executor::{
 };
 pub use crate::outcome::{
     AbortReason, Decided, Outcome, OutcomeCounters, Phase, SerialPosition, outcome_from_proto,
-    outcome_result_from_proto, outcome_to_proto,
+    outcome_result_from_proto, outcome_result_to_proto, outcome_to_proto,
 };
 pub use crate::procedure::{
     COUNTER_BYTES, Context, ProcError, Procedure, Registry, Rows, add_by_reading, counter,

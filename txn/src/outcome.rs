@@ -138,9 +138,14 @@ impl OutcomeCounters {
 
 /// An outcome on the wire and in storage.
 pub fn outcome_to_proto(txn: sequencer::TxnId, outcome: &Outcome) -> proto::v1::Outcome {
+    let id = Some(proto::v1::TxnId { epoch: txn.epoch.0, index: txn.index });
+    proto::v1::Outcome { txn: id, ..outcome_result_to_proto(outcome) }
+}
+
+/// An outcome on the wire without a transaction (a read-only call's has none).
+pub fn outcome_result_to_proto(outcome: &Outcome) -> proto::v1::Outcome {
     use proto::v1;
     use v1::outcome::Result as R;
-    let id = Some(v1::TxnId { epoch: txn.epoch.0, index: txn.index });
     let (commit_ts, result) = match outcome {
         Outcome::Committed { ts, output } => {
             (ts.as_u64(), R::Committed(v1::Committed { output: output.clone() }))
@@ -161,7 +166,7 @@ pub fn outcome_to_proto(txn: sequencer::TxnId, outcome: &Outcome) -> proto::v1::
             (0, R::Aborted(v1::Aborted { reason, kind: kind.into(), key }))
         }
     };
-    v1::Outcome { txn: id, commit_ts, result: Some(result) }
+    v1::Outcome { txn: None, commit_ts, result: Some(result) }
 }
 
 /// An outcome from the wire or storage, with its transaction; `None` if it has no result or

@@ -245,10 +245,12 @@ pub(crate) fn check_ranges(ranges: &[KeyRange], limits: &Limits) -> Result<(), A
     ranges.iter().try_for_each(|r| limits.check_range(r)).map_err(too_large)
 }
 
-/// The error a caller gets for a request [`Request::check`] refused.
+/// The error a caller gets for a request [`Request::check`] refused, or a read-only call that
+/// aborted ([`crate::call_read_only`]).
 pub fn refused(reason: AbortReason) -> TxnError {
     match reason {
         AbortReason::TooLarge(why) => TxnError::TooLarge(why),
+        AbortReason::UnknownProcedure(name) => TxnError::UnknownProcedure(name),
         reason => TxnError::Aborted(reason),
     }
 }

@@ -21,8 +21,8 @@ use client::{
     observe_request, refuse, require_node, stamp,
 };
 use txn::{
-    AbortReason, Outcome, ShardAt, TxnError, outcome_to_proto, range_from_proto, range_to_proto,
-    stored_outcome, stored_verdicts,
+    AbortReason, Outcome, ShardAt, TxnError, outcome_result_to_proto, outcome_to_proto,
+    range_from_proto, range_to_proto, stored_outcome, stored_verdicts,
 };
 
 pub(super) struct ShardService {
@@ -184,12 +184,9 @@ impl ShardRpc for ShardService {
                 }
                 Err(e) => return Err(Status::internal(e.to_string())),
             };
-            // The transaction id is not sent (a read-only call has none).
-            let mut outcome = outcome_to_proto(TxnId { epoch: Epoch(0), index: 0 }, &outcome);
-            outcome.txn = None;
             Ok(Response::new(v1::ReadCallResponse {
                 hlc: stamp(&state.clock),
-                outcome: Some(outcome),
+                outcome: Some(outcome_result_to_proto(&outcome)),
             }))
         };
         let (procedure, ranges) = match txn::declared_ranges(&state.procedures, &r.name, &r.args) {
