@@ -1,6 +1,7 @@
 //! Latency summaries and report output shared by the workloads.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -58,7 +59,11 @@ impl Latencies {
 /// 3-4% of the machine in a profile, and a quarter of the embedded database's throughput
 /// (README, "Libraries for solved problems").
 #[derive(Clone, Default)]
-pub struct SharedLatencies(Arc<Mutex<Latencies>>);
+pub struct SharedLatencies {
+    all: Arc<Mutex<Latencies>>,
+    /// Latencies recorded, buffered ones included (for progress lines).
+    recorded: Arc<AtomicU64>,
+}
 
 /// One client's buffer in front of [`SharedLatencies`]; what it holds is added when it is
 /// dropped, so a client that stops early loses nothing it recorded.
@@ -78,7 +83,12 @@ impl SharedLatencies {
 
     /// Everything recorded so far, by recorders since dropped or flushed.
     pub fn take(&self) -> Latencies {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *self.all.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// How many latencies recorders have recorded so far, buffered or not.
+    pub fn recorded(&self) -> u64 {
+        self.recorded.load(Ordering::Relaxed)
     }
 }
 
@@ -86,13 +96,14 @@ impl Recorder {
     /// Records one latency.
     pub fn record(&mut self, d: Duration) {
         self.pending.push(d);
+        self.shared.recorded.fetch_add(1, Ordering::Relaxed);
         if self.pending.len() >= SharedLatencies::BUFFER {
             self.flush();
         }
     }
 
     fn flush(&mut self) {
-        let mut all = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = self.shared.all.lock().unwrap_or_else(|e| e.into_inner());
         for d in self.pending.drain(..) {
             all.record(d);
         }

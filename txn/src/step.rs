@@ -773,17 +773,21 @@ impl Step {
                     .collect();
                 // Stored even when empty: the previous window's must not linger.
                 batch.put_meta(MetaKey::Deferred, encode_deferred(&deferred));
-                let decided = result
-                    .outcomes
-                    .into_iter()
-                    .filter(|d| {
-                        w.participants.get(&d.txn).and_then(|p| p.first()) == Some(&self.shard)
-                    })
-                    .map(|d| {
-                        let client = w.clients[&d.txn];
-                        (d, client)
-                    })
-                    .collect();
+                // Sized for every outcome: collected through the filter, it grew by
+                // doubling, copying each window's outcomes several times.
+                let mut decided = Vec::with_capacity(result.outcomes.len());
+                decided.extend(
+                    result
+                        .outcomes
+                        .into_iter()
+                        .filter(|d| {
+                            w.participants.get(&d.txn).and_then(|p| p.first()) == Some(&self.shard)
+                        })
+                        .map(|d| {
+                            let client = w.clients[&d.txn];
+                            (d, client)
+                        }),
+                );
                 w.stage = Stage::Decided(Box::new(Ready { batch, decided, finals, deferred }));
                 Ok(Moved::On)
             }
