@@ -361,13 +361,13 @@ impl SealedIds {
 
     /// The map a group is in: its key mixed (a multiplication by an odd constant), the top
     /// bits choosing.
-    fn map(&self, group: u64) -> usize {
+    fn map(group: u64) -> usize {
         (group.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - ID_MAPS.trailing_zeros())) as usize
     }
 
     fn get(&self, id: ClientId) -> Option<Logged> {
         let (group, low) = SealedIds::split(id);
-        match self.maps[self.map(group)].get(&group)? {
+        match self.maps[SealedIds::map(group)].get(&group)? {
             Group::One(l, logged) => (*l == low).then_some(*logged),
             Group::Many(ids) => ids.get(&low).copied(),
         }
@@ -375,7 +375,7 @@ impl SealedIds {
 
     fn insert(&mut self, id: ClientId, txn: TxnId, ts: Timestamp) {
         let (group, low) = SealedIds::split(id);
-        let map = self.map(group);
+        let map = SealedIds::map(group);
         match self.maps[map].entry(group) {
             hash_map::Entry::Vacant(v) => {
                 v.insert(Group::One(low, (txn, ts)));
@@ -395,7 +395,7 @@ impl SealedIds {
 
     fn remove(&mut self, id: ClientId) {
         let (group, low) = SealedIds::split(id);
-        let map = self.map(group);
+        let map = SealedIds::map(group);
         if let hash_map::Entry::Occupied(mut o) = self.maps[map].entry(group) {
             let empty = match o.get_mut() {
                 Group::One(l, _) => *l == low,
@@ -572,9 +572,10 @@ mod tests {
     }
 
     /// Random submissions (new ids over the whole 128 bits or under a few clients' salts,
-    /// numbered in order or not, and resubmissions of recent and older ones) against a model of what deduplication promises: an id in the open window
-    /// or in the last `dedup_windows` sealed ones is a duplicate with its first entry's
-    /// place, any other is queued. Seeded; the seed is printed.
+    /// numbered in order or not, and resubmissions of recent and older ones) against a model
+    /// of what deduplication promises: an id in the open window or in the last
+    /// `dedup_windows` sealed ones is a duplicate with its first entry's place, any other is
+    /// queued. Seeded; the seed is printed.
     #[test]
     fn deduplication_matches_a_model_of_the_recent_windows() {
         use rand::{Rng, SeedableRng};
