@@ -673,8 +673,10 @@ impl SequencerService {
     /// reach every shard that replays it, so it is refused here, before it is logged. The
     /// participants come from this node's shard map, never from the client: `claimed`, if
     /// given, must be exactly them (a client with another map is told so).
-    fn admit(&self, payload: &[u8], claimed: Vec<u32>) -> Result<Vec<ShardId>, Status> {
-        let request = TxnRequest::decode(payload).map_err(|e| malformed(e.to_string()))?;
+    fn admit(&self, payload: &Arc<[u8]>, claimed: Vec<u32>) -> Result<Vec<ShardId>, Status> {
+        // Decoded from the entry's own buffer: no copy of the payload to decode it from.
+        let request =
+            TxnRequest::decode_shared(payload.clone()).map_err(|e| malformed(e.to_string()))?;
         request.check(&self.limits).map_err(|reason| match reason {
             AbortReason::TooLarge(why) => refuse(Code::InvalidArgument, RefusalKind::TooLarge, why),
             reason => malformed(format!("{reason:?}")),
@@ -703,14 +705,22 @@ type PendingReceipt = oneshot::Receiver<Result<sequencer::Receipt, SequencerErro
 impl SequencerService {
     /// Checks one submission: its entry, to be queued.
     fn entry(&self, r: v1::SubmitRequest) -> Result<Entry, Status> {
-        if let Some(why) = self.fenced.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-            return Err(Status::failed_precondition(format!("the sequencer is fenced: {why}")));
-        }
         let id = ClientId::from_bytes(&r.client_id).ok_or_else(|| {
             malformed(format!("client_id must be 16 bytes, not {}", r.client_id.len()))
         })?;
-        let participants = self.admit(&r.payload, r.participants)?;
-        Ok(Entry::new(id, participants, r.payload.into()))
+        let payload: Arc<[u8]> = r.payload.into();
+        let participants = self.admit(&payload, r.participants)?;
+        Ok(Entry::new(id, participants, payload))
+    }
+
+    /// Why this sequencer refuses every submission, if it is fenced.
+    fn fenced(&self) -> Result<(), Status> {
+        match self.fenced.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            Some(why) => {
+                Err(Status::failed_precondition(format!("the sequencer is fenced: {why}")))
+            }
+            None => Ok(()),
+        }
     }
 
     /// Checks submissions and queues their entries for the next window, all in one message
@@ -720,9 +730,12 @@ impl SequencerService {
         requests: impl IntoIterator<Item = v1::SubmitRequest>,
     ) -> Vec<Result<PendingReceipt, Status>> {
         let mut queued = Vec::new();
+        // Checked once for the batch, as if it had come just before a fence.
+        let fenced = self.fenced();
         let pending = requests
             .into_iter()
             .map(|r| {
+                fenced.clone()?;
                 let entry = self.entry(r)?;
                 let (tx, rx) = oneshot::channel();
                 let on_receipt: sequencer::OnReceipt = Box::new(move |receipt| {
