@@ -88,6 +88,9 @@ const SUBMISSIONS: Limits = Limits { items: MAX_BATCH, bytes: 8 << 20, in_flight
 /// fewer HTTP/2 flushes a window.)
 const OUTCOME_REQUESTS: Limits = Limits { items: MAX_BATCH, bytes: usize::MAX, in_flight: 1 };
 
+/// A submitted entry, back with the sequencer's answer: submitted again without a copy.
+type Submitted = (Entry, Result<Receipt, RemoteError>);
+
 /// What a shard said of one transaction it was asked the outcome of.
 enum Awaited {
     /// Its outcome, or why the shard cannot give it.
@@ -106,7 +109,7 @@ enum Awaited {
 pub struct Client {
     sequencer: RemoteSequencer,
     /// Started on first use, in the runtime of the first call.
-    submissions: OnceLock<Coalescer<Entry, Result<Receipt, RemoteError>>>,
+    submissions: OnceLock<Coalescer<Entry, Submitted>>,
     shards: Arc<Replicas>,
     /// By shard, started on first use.
     outcomes: Vec<OnceLock<Coalescer<(TxnId, ClientId), Awaited>>>,
@@ -274,7 +277,7 @@ impl Client {
             true => self.watch(shard).wait(id.0 as u64),
             false => None,
         };
-        let receipt = self.submit(&entry).await?;
+        let receipt = self.submit(entry).await?;
         let txn = receipt.txn;
         tracing::debug!(%txn, "logged; awaiting the outcome");
         // A duplicate's original may have been decided, and pushed, before this call
@@ -315,12 +318,21 @@ impl Client {
     }
 
     /// Logs `entry`, resubmitting it after failures that leave its fate unknown.
-    async fn submit(&self, entry: &Entry) -> Result<Receipt, TxnError> {
+    async fn submit(&self, mut entry: Entry) -> Result<Receipt, TxnError> {
         let deadline = tokio::time::Instant::now() + self.patience;
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match self.submit_coalesced(entry).await {
+            let (back, submitted) = match self.submit_coalesced(entry).await {
+                Some(answer) => answer,
+                None => {
+                    let e = RemoteError::Unavailable("the client's submissions stopped".into());
+                    tracing::warn!(error = %e, attempts, "giving up on the sequencer");
+                    return Err(TxnError::OutcomeUnknown);
+                }
+            };
+            entry = back;
+            match submitted {
                 Ok(receipt) => return Ok(receipt),
                 // Refused for what the entry is: every attempt of it was, so none is logged.
                 Err(RemoteError::Refused { kind: RefusalKind::TooLarge, why }) => {
@@ -347,23 +359,23 @@ impl Client {
         }
     }
 
-    /// Submits `entry` in a batch with the other calls' (one attempt).
-    async fn submit_coalesced(&self, entry: &Entry) -> Result<Receipt, RemoteError> {
+    /// Submits `entry` in a batch with the other calls' (one attempt): the entry back with
+    /// its answer, or `None` if the client's submissions stopped (it is shutting down).
+    async fn submit_coalesced(&self, entry: Entry) -> Option<Submitted> {
         let submissions = self.submissions.get_or_init(|| {
             let sequencer = self.sequencer.clone();
             Coalescer::start(SUBMISSIONS, Entry::size, move |entries: Vec<Entry>| {
                 let sequencer = sequencer.clone();
                 async move {
-                    match sequencer.submit_many(&entries).await {
+                    let results = match sequencer.submit_many(&entries).await {
                         Ok(results) => results,
                         Err(e) => vec![Err(e); entries.len()],
-                    }
+                    };
+                    entries.into_iter().zip(results).collect()
                 }
             })
         });
-        submissions.call(entry.clone()).await.unwrap_or_else(|| {
-            Err(RemoteError::Unavailable("the client's submissions stopped".into()))
-        })
+        submissions.call(entry).await
     }
 
     /// The outcome of logged entry `txn` (client id `id`), from its lowest participant, asked
