@@ -325,9 +325,9 @@ impl Client {
             attempts += 1;
             let (back, submitted) = match self.submit_coalesced(entry).await {
                 Some(answer) => answer,
+                // Shutting down: an earlier attempt may have been logged.
                 None => {
-                    let e = RemoteError::Unavailable("the client's submissions stopped".into());
-                    tracing::warn!(error = %e, attempts, "giving up on the sequencer");
+                    tracing::warn!(attempts, "giving up on the sequencer: submissions stopped");
                     return Err(TxnError::OutcomeUnknown);
                 }
             };
