@@ -207,41 +207,63 @@ struct Queued {
 }
 
 /// A Bloom filter of the version prefixes (a key without its timestamp; the whole key for
-/// other keys) of a run's keys, about 10 bits and 3 probes a key (about 1% false positives):
-/// a point read skips the runs without its key rather than searching each of up to
-/// [`MERGE_FAN_IN`] runs a tier.
+/// other keys) of a run's keys, about 10 to 20 bits and 3 probes a key (1-2% false
+/// positives): a point read skips the runs without its key rather than searching each of up
+/// to [`MERGE_FAN_IN`] runs a tier. Blocked: a key's probes all fall in one cache line of
+/// bits, so a read that misses every run (a key not written lately) costs one miss in memory
+/// a run, not three; and every filter hashes alike, so a read hashes its prefix once
+/// ([`Probe`]) for all the runs it checks.
 struct Filter {
-    bits: Vec<u64>,
-    hasher: foldhash::fast::FixedState,
+    blocks: Vec<Block>,
+}
+
+/// One cache line of a filter's bits.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Block([u64; 8]);
+
+/// A version prefix's hash, as every [`Filter`] probes it.
+#[derive(Clone, Copy)]
+struct Probe(u64);
+
+impl Probe {
+    /// The same for every filter, so a prefix is hashed once a read.
+    const HASHER: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0);
+
+    fn of(prefix: &[u8]) -> Probe {
+        use std::hash::BuildHasher;
+        Probe(Probe::HASHER.hash_one(prefix))
+    }
 }
 
 impl Filter {
-    const PROBES: u32 = 3;
+    const BLOCK_BITS: usize = 512;
 
     fn new<'a>(keys: impl ExactSizeIterator<Item = &'a [u8]>) -> Filter {
-        let words = (keys.len() * 10).div_ceil(64).max(1).next_power_of_two();
-        let mut filter =
-            Filter { bits: vec![0; words], hasher: foldhash::fast::FixedState::with_seed(0) };
+        let blocks = (keys.len() * 10).div_ceil(Self::BLOCK_BITS).max(1).next_power_of_two();
+        let mut filter = Filter { blocks: vec![Block::default(); blocks] };
         for key in keys {
-            for bit in filter.probes(filter_prefix(key)) {
-                filter.bits[bit / 64] |= 1 << (bit % 64);
+            let (block, bits) = filter.place(Probe::of(filter_prefix(key)));
+            for bit in bits {
+                filter.blocks[block].0[bit / 64] |= 1 << (bit % 64);
             }
         }
         filter
     }
 
-    /// Whether the run may have a key whose version prefix is `prefix`.
-    fn may_hold(&self, prefix: &[u8]) -> bool {
-        self.probes(prefix).all(|bit| self.bits[bit / 64] & (1 << (bit % 64)) != 0)
+    /// Whether the run may have a key whose version prefix's probe is `probe`.
+    fn may_hold(&self, probe: Probe) -> bool {
+        let (block, bits) = self.place(probe);
+        let words = &self.blocks[block].0;
+        bits.iter().all(|&bit| words[bit / 64] & (1 << (bit % 64)) != 0)
     }
 
-    fn probes(&self, prefix: &[u8]) -> impl Iterator<Item = usize> + use<> {
-        use std::hash::BuildHasher;
-        let hash = self.hasher.hash_one(prefix);
-        let (h1, h2) = (hash, (hash >> 32) | 1);
-        let mask = self.bits.len() * 64 - 1;
-        (0..Self::PROBES)
-            .map(move |i| (h1.wrapping_add(h2.wrapping_mul(u64::from(i))) as usize) & mask)
+    /// The block `probe` falls in (from the hash's low bits) and its three bits there (from
+    /// three 9-bit pieces of its high half).
+    fn place(&self, probe: Probe) -> (usize, [usize; 3]) {
+        let block = probe.0 as usize & (self.blocks.len() - 1);
+        let high = (probe.0 >> 32) as usize;
+        (block, [high & 511, (high >> 9) & 511, (high >> 18) & 511])
     }
 }
 
@@ -277,9 +299,9 @@ impl Queued {
         Queued { raw, sorted, filter }
     }
 
-    /// Whether the batch or run may write a key whose version prefix is `prefix`.
-    fn may_hold(&self, prefix: &[u8]) -> bool {
-        self.filter.as_ref().is_none_or(|f| f.may_hold(prefix))
+    /// Whether the batch or run may write a key whose version prefix's probe is `probe`.
+    fn may_hold(&self, probe: Probe) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.may_hold(probe))
     }
 
     /// The run of this batch's writes to keys `engine` ingests, if it has any.
@@ -662,8 +684,8 @@ impl Engine for WriteBehind {
         {
             let runs = self.shared.hold > 0 && self.shared.engine.ingests(key);
             let state = lock(&self.shared.state);
-            let prefix = filter_prefix(key);
-            let mut held = state.newest_first_of(runs).filter(|q| q.may_hold(prefix));
+            let probe = Probe::of(filter_prefix(key));
+            let mut held = state.newest_first_of(runs).filter(|q| q.may_hold(probe));
             if let Some(found) = held.find_map(|q| q.find(key)) {
                 return Ok(found.map(<[u8]>::to_vec));
             }
@@ -697,10 +719,12 @@ impl Engine for WriteBehind {
         let filtered = crate::StorageKey::version_prefix_of(key) == Some(prefix);
         // The sources with a key in the prefix from `key` on, oldest first, each with where
         // its first such key is: searched once, under the lock, and used below.
+        let probe = filtered.then(|| Probe::of(prefix));
         let (sources, mut firsts): (Vec<Arc<Queued>>, Vec<Option<usize>>) = {
             let state = lock(&self.shared.state);
             let touching = state.newest_first_of(runs).filter_map(|q| {
-                let pos = (!filtered || q.may_hold(prefix)).then(|| first_in_prefix(q, key))?;
+                let held = probe.is_none_or(|probe| q.may_hold(probe));
+                let pos = held.then(|| first_in_prefix(q, key))?;
                 pos.map(|pos| (q.clone(), Some(pos)))
             });
             let mut sources: Vec<(Arc<Queued>, Option<usize>)> = touching.collect();
