@@ -97,16 +97,3 @@ impl std::fmt::Debug for Quoted<'_> {
         std::fmt::Display::fmt(self, f)
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::Quoted;
-
-    #[test]
-    fn a_long_key_is_quoted_by_its_first_bytes_and_its_length() {
-        assert_eq!(Quoted(b"acct/1").to_string(), "\"acct/1\"");
-        let long = vec![b'x'; 60 * 1024];
-        let quoted = Quoted(&long).to_string();
-        assert_eq!(quoted, format!("\"{}\"... (61440 bytes)", "x".repeat(32)));
-    }
-}

@@ -4,7 +4,7 @@ use clock::Timestamp;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use storage::keycode::{KeyDecoder, KeyEncoder};
-use storage::{KeyRange, MetaKey, StorageKey};
+use storage::{KeyRange, MetaKey, Quoted, StorageKey};
 
 use crate::common::seeds;
 
@@ -123,4 +123,15 @@ fn only_point_ranges_have_a_point() {
     assert_eq!(KeyRange::new("ab", "ab\x01").as_point(), None);
     assert_eq!(KeyRange::new("ab", "ac\0").as_point(), None);
     assert_eq!(KeyRange::from("ab").as_point(), None);
+}
+
+/// A key in a message is quoted whole when short, by its first bytes and its length when
+/// long. (Moved from a unit test in `range.rs`, which never ran: the library's own tests are
+/// off, all of them live in this binary.)
+#[test]
+fn a_long_key_is_quoted_by_its_first_bytes_and_its_length() {
+    assert_eq!(Quoted(b"acct/1").to_string(), "\"acct/1\"");
+    let long = vec![b'x'; 60 * 1024];
+    let quoted = Quoted(&long).to_string();
+    assert_eq!(quoted, format!("\"{}\"... (61440 bytes)", "x".repeat(32)));
 }
