@@ -683,8 +683,8 @@ impl Engine for WriteBehind {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         {
             let runs = self.shared.hold > 0 && self.shared.engine.ingests(key);
-            let state = lock(&self.shared.state);
             let probe = Probe::of(filter_prefix(key));
+            let state = lock(&self.shared.state);
             let mut held = state.newest_first_of(runs).filter(|q| q.may_hold(probe));
             if let Some(found) = held.find_map(|q| q.find(key)) {
                 return Ok(found.map(<[u8]>::to_vec));

@@ -783,9 +783,12 @@ async fn a_read_after_a_read_that_saw_a_write_sees_it_whatever_the_clocks() {
         writer.call("kv.put", &put_args(&key, b"old")).await.unwrap();
         let (w, k) = (writer.clone(), key.clone());
         let write = tokio::spawn(async move { w.call("kv.put", &put_args(&k, b"new")).await });
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while ahead.get(&key, ahead.read_ts(ReadAt::Latest)).await.unwrap().as_deref()
             != Some(&b"new"[..])
-        {}
+        {
+            assert!(std::time::Instant::now() < deadline, "round {round}: the write never showed");
+        }
         let after = behind.get(&key, behind.read_ts(ReadAt::Latest)).await.unwrap();
         assert_eq!(after.as_deref(), Some(&b"new"[..]), "round {round}: a later read lost it");
         write.await.unwrap().unwrap();
