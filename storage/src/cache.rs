@@ -9,13 +9,11 @@
 //!
 //! - **An entry is the key's newest version.** [`Mvcc::apply`](crate::Mvcc::apply) writes
 //!   every version it adds of a cached key through to the cache, after the engine write and
-//!   before the watermark moves. Keys enter the cache when read, and when written only while
-//!   the cache has room for them: a write never evicts, since a key nobody read (TPC-C's
-//!   order lines, say) would only push read ones out; but a fresh database's rows, written
-//!   by its load, are in the cache when reads begin instead of each costing a seek first. So
-//!   a cached version at `ts` answers any read at or above `ts` (nothing newer exists at or
-//!   below the watermark, and reads wait for the watermark); a read below `ts` goes to the
-//!   engine.
+//!   before the watermark moves. Keys enter the cache when read and when written, so a
+//!   fresh database's rows, written by its load, are in the cache when reads begin, and rows
+//!   written now are there when read soon after. So a cached version at `ts` answers any
+//!   read at or above `ts` (nothing newer exists at or below the watermark, and reads wait
+//!   for the watermark); a read below `ts` goes to the engine.
 //! - **A read fills the cache only if no batch was applied meanwhile.** A generation counter
 //!   is odd while a batch is being applied. A reader takes the generation before it reads
 //!   the engine, at or above the watermark, and inserts what it read only if the generation
@@ -38,8 +36,15 @@
 //! four dependent misses a lookup here: with its write-throughs, 45% of a TPC-C shard
 //! thread's time; README, Figures, "The row cache's own table".)
 //!
-//! A stripe evicts by CLOCK (second chance): a hit sets a bit in the slot, and the hand,
-//! sweeping the slots, takes the first entry whose bit is clear, clearing the bits it passes.
+//! A stripe evicts by CLOCK with a count of uses, as PostgreSQL's buffer sweep does: a hit
+//! raises the slot's count (to [`MAX_USES`] at most), and the hand, sweeping the slots,
+//! takes the first entry whose count is zero, lowering the counts it passes. An entry
+//! enters with one use, so it stays at least one sweep: its slot is wherever its hash falls,
+//! and the hand may be just before it. A row written and never read (TPC-C's history) leaves
+//! on the hand's second pass; rows read between passes stay. (Until 2026-12-06 a write
+//! entered only while the cache had room: once a long run filled it, every row written
+//! after was a miss on its first read, and TPC-C's standard mix fell to half its rate;
+//! README, Figures.)
 //!
 //! A table doubles when it is 70% full and never shrinks. Its slots move into the doubled
 //! table a few with each insert that follows, and a slot a lookup finds in the old table moves
@@ -73,8 +78,13 @@ const MAX_FIRST_ENTRIES: usize = 1 << 14;
 /// A table doubles when more than this many tenths of its slots are taken: with linear
 /// probing, a lookup at 70% load looks at about 2 slots if the key is there, 6 if not.
 const MAX_LOAD_TENTHS: usize = 7;
-/// The bit of a slot's hash that CLOCK uses: set on a hit, cleared by the passing hand.
-const REFERENCED: u64 = 1 << 63;
+/// The two bits of a slot's hash that CLOCK counts uses in: raised by a hit (up to
+/// [`MAX_USES`]), lowered by the passing hand, which evicts an entry it finds at zero.
+const USES: u64 = 0b11 << 62;
+/// One use, in [`USES`].
+const USE: u64 = 1 << 62;
+/// The most uses counted: an entry read often outlives this many sweeps of the hand unread.
+const MAX_USES: u64 = 3;
 
 /// An entry's header: the version's timestamp (8 bytes, little-endian), its state
 /// ([`NOTHING`], [`DELETED`] or [`VALUE`]), the key's length (4 bytes, little-endian); the key
@@ -84,18 +94,17 @@ const NOTHING: u8 = 0;
 const DELETED: u8 = 1;
 const VALUE: u8 = 2;
 
-/// What an entry of `key` holding `value_bytes` weighs in the budget.
-fn weight(key: &[u8], value_bytes: usize) -> u64 {
-    (key.len() + value_bytes + ENTRY_OVERHEAD) as u64
-}
-
 /// A key and its newest version, in one allocation (see [`HEADER`]).
 fn entry(key: &[u8], newest: &Newest) -> Box<[u8]> {
-    let (ts, state, value) = match newest {
-        Newest::Nothing => (0, NOTHING, &[][..]),
-        Newest::Version(ts, None) => (ts.as_u64(), DELETED, &[][..]),
-        Newest::Version(ts, Some(value)) => (ts.as_u64(), VALUE, value.as_slice()),
-    };
+    match newest {
+        Newest::Nothing => entry_of(key, 0, NOTHING, &[]),
+        Newest::Version(ts, None) => entry_of(key, ts.as_u64(), DELETED, &[]),
+        Newest::Version(ts, Some(value)) => entry_of(key, ts.as_u64(), VALUE, value),
+    }
+}
+
+/// The entry of `key` at `ts` in `state`, holding `value`.
+fn entry_of(key: &[u8], ts: u64, state: u8, value: &[u8]) -> Box<[u8]> {
     let mut e = Vec::with_capacity(HEADER + key.len() + value.len());
     e.extend_from_slice(&ts.to_le_bytes());
     e.push(state);
@@ -133,7 +142,7 @@ fn entry_weight(e: &[u8]) -> u64 {
     (e.len() - HEADER + ENTRY_OVERHEAD) as u64
 }
 
-/// A slot of a stripe's table: its key's hash (with [`REFERENCED`]) and its entry, or zero
+/// A slot of a stripe's table: its key's hash (with its [`USES`]) and its entry, or zero
 /// and `None`. A tuple, not a struct with named fields, since a vector of zeroed tuples is
 /// allocated zeroed (`vec![(0, None); n]`: the kernel's fresh pages, touched as slots fill)
 /// where one of structs is written slot by slot: 40 ms for 4 million slots on this project's
@@ -243,7 +252,7 @@ fn probe(slots: &[Slot], hash: u64, key: &[u8]) -> Option<usize> {
     loop {
         let slot = &slots[i];
         let entry = slot.1.as_deref()?;
-        if slot.0 & !REFERENCED == hash && entry_key(entry) == key {
+        if slot.0 & !USES == hash && entry_key(entry) == key {
             return Some(i);
         }
         i = (i + 1) & mask;
@@ -313,14 +322,14 @@ impl Stripe {
     }
 
     /// Puts `entry` of a key not held, with its hash, doubling the table first if it is full.
-    fn insert(&mut self, hash: u64, entry: Box<[u8]>, referenced: bool) {
+    fn insert(&mut self, hash: u64, entry: Box<[u8]>, uses: u64) {
         self.move_old(MOVES_PER_INSERT);
         if (self.len + 1) * 10 > self.slots.len() * MAX_LOAD_TENTHS {
             self.grow();
         }
         self.weight += entry_weight(&entry);
         self.len += 1;
-        let hash = if referenced { hash | REFERENCED } else { hash };
+        let hash = hash | uses.min(MAX_USES) << 62;
         place_in(&mut self.slots, (hash, Some(entry)));
     }
 
@@ -363,12 +372,12 @@ impl Stripe {
         }
     }
 
-    /// Takes the entry in slot `i` of `slots` out. Returns whether it was referenced.
-    fn remove(&mut self, i: usize) -> bool {
+    /// Takes the entry in slot `i` of `slots` out. Returns its uses.
+    fn remove(&mut self, i: usize) -> u64 {
         let taken = take_from(&mut self.slots, i);
         self.weight -= taken.1.as_deref().map_or(0, entry_weight);
         self.len -= 1;
-        taken.0 & REFERENCED != 0
+        taken.0 >> 62
     }
 
     /// Evicts one entry: while the table grows, the first one left in the old table (no
@@ -388,31 +397,31 @@ impl Stripe {
             self.drained += 1;
         }
         self.let_old_go_if_empty();
-        // Two sweeps at most: the first clears every bit it passes.
+        // MAX_USES + 1 sweeps at most: each lowers every count it passes.
         loop {
             let i = self.hand;
             let slot = &mut self.slots[i];
             if slot.1.is_some() {
-                if slot.0 & REFERENCED == 0 {
+                if slot.0 & USES == 0 {
                     // The slot may now hold an entry moved back into it: the hand stays.
                     self.remove(i);
                     return true;
                 }
-                slot.0 &= !REFERENCED;
+                slot.0 -= USE;
             }
             self.hand = (i + 1) & self.mask();
         }
     }
 
-    /// Puts `entry` (of a key not held), evicting others until it fits; not if it alone is
-    /// over the budget.
-    fn admit(&mut self, hash: u64, entry: Box<[u8]>, referenced: bool) {
+    /// Puts `entry` (of a key not held) with `uses`, evicting others until it fits; not if it
+    /// alone is over the budget.
+    fn admit(&mut self, hash: u64, entry: Box<[u8]>, uses: u64) {
         let weight = entry_weight(&entry);
         if weight > self.budget {
             return;
         }
         while self.weight + weight > self.budget && self.evict_one() {}
-        self.insert(hash, entry, referenced);
+        self.insert(hash, entry, uses);
     }
 
     /// Reads the slot at `hash`'s home ([`RowCache::prefetch`]).
@@ -430,7 +439,7 @@ impl Stripe {
         for _ in 0..4 {
             let slot = &self.slots[i];
             let Some(entry) = slot.1.as_deref() else { return 0 };
-            if slot.0 & !REFERENCED == hash {
+            if slot.0 & !USES == hash {
                 let lines = entry.iter().step_by(64).fold(0u64, |sum, &b| sum + u64::from(b));
                 return lines + u64::from(entry[entry.len() - 1]);
             }
@@ -452,7 +461,7 @@ impl Stripe {
                 let twice = old && probe(&self.slots, hash, key).is_some();
                 let passed = old && i < self.drained;
                 if home != stripe
-                    || slot.0 & !REFERENCED != hash
+                    || slot.0 & !USES != hash
                     || found != Some(entry)
                     || twice
                     || passed
@@ -514,9 +523,9 @@ impl RowCache {
         stats
     }
 
-    /// `key`'s hash, with the lowest bit set and [`REFERENCED`] clear; its stripe.
+    /// `key`'s hash, with the lowest bit set and [`USES`] clear; its stripe.
     fn locate(&self, key: &[u8]) -> (u64, usize) {
-        let hash = (self.hasher.hash_one(key) | 1) & !REFERENCED;
+        let hash = (self.hasher.hash_one(key) | 1) & !USES;
         (hash, (hash >> 32) as usize % self.stripes.len())
     }
 
@@ -579,7 +588,9 @@ impl RowCache {
             if entry[8] != NOTHING && entry_ts(entry) > at {
                 return None;
             }
-            slot.0 |= REFERENCED;
+            if slot.0 >> 62 < MAX_USES {
+                slot.0 += USE;
+            }
             Some(entry_newest(entry))
         });
         match found {
@@ -611,13 +622,13 @@ impl RowCache {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        // Evicting to make room, like any read's fill; an entry over the budget is not
-        // admitted, and any older one of the key leaves.
-        let referenced = match stripe.find(hash, key) {
+        // Evicting to make room; an entry over the budget is not admitted, and any older one
+        // of the key leaves. The read that fills is a use.
+        let uses = match stripe.find(hash, key) {
             Some(i) => stripe.remove(i),
-            None => false,
+            None => 0,
         };
-        stripe.admit(hash, entry(key, &newest), referenced);
+        stripe.admit(hash, entry(key, &newest), uses.max(1));
     }
 
     /// Marks the start of a batch's apply: fills taken before it are refused from now on.
@@ -626,32 +637,34 @@ impl RowCache {
     }
 
     /// Records a version the batch being applied wrote: in place of the key's cached one, or
-    /// as a new entry if the stripe has room for it without evicting anything (otherwise an
-    /// uncached key's next read goes to the engine, which has the version). `value` is `None`
-    /// for a deletion.
+    /// as a new entry, evicting as a read's fill does. A new entry counts one use, so that it
+    /// stays at least one sweep of the hand (its slot is wherever its hash falls, and the hand
+    /// may be just before it): a row written now is likely read soon (TPC-C's Delivery and
+    /// Stock-Level read the orders New-Order wrote seconds before). `value` is `None` for a
+    /// deletion.
     pub(crate) fn write_through(&self, key: &[u8], ts: Timestamp, value: Option<&[u8]>) {
         let Some((hash, mut stripe)) = self.stripe(key) else { return };
-        let newest = || Newest::Version(ts, value.map(<[u8]>::to_vec));
+        let (state, bytes) = match value {
+            Some(bytes) => (VALUE, bytes),
+            None => (DELETED, &[][..]),
+        };
         let Some(i) = stripe.find(hash, key) else {
-            if stripe.weight + weight(key, value.map_or(0, <[u8]>::len)) <= stripe.budget {
-                stripe.insert(hash, entry(key, &newest()), false);
-            }
+            stripe.admit(hash, entry_of(key, ts.as_u64(), state, bytes), 1);
             return;
         };
         let cached = stripe.slots[i].1.as_deref_mut().expect("found");
-        let bytes = value.unwrap_or_default();
         if entry_value(cached).len() == bytes.len() {
             // The same size: in place, in the old entry's memory; its weight is unchanged.
             cached[..8].copy_from_slice(&ts.as_u64().to_le_bytes());
-            cached[8] = if value.is_some() { VALUE } else { DELETED };
+            cached[8] = state;
             let at = cached.len() - bytes.len();
             cached[at..].copy_from_slice(bytes);
             return;
         }
         // Another size: replaced, evicting others until the stripe is within its budget again
         // (the entry itself leaves if it no longer fits at all).
-        let referenced = stripe.remove(i);
-        stripe.admit(hash, entry(key, &newest()), referenced);
+        let uses = stripe.remove(i);
+        stripe.admit(hash, entry_of(key, ts.as_u64(), state, bytes), uses);
     }
 
     /// Marks the end of a batch's apply.

@@ -1048,8 +1048,12 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
                     let t = w.shard_time_pct;
                     format!(
                         "; shards {:.0} µs a transaction, {:.0}% working, {:.0}% writing, \
-                         {:.0}% waiting for each other",
-                        w.shard_us_per_entry, t.working, t.writing, t.awaiting_peer
+                         {:.0}% waiting for each other; row caches answered {:.1}% of reads",
+                        w.shard_us_per_entry,
+                        t.working,
+                        t.writing,
+                        t.awaiting_peer,
+                        w.row_cache_hit_pct
                     )
                 });
                 eprintln!(
