@@ -348,6 +348,7 @@ enum Workload {
 
 fn main() -> ExitCode {
     node::allocator::keep_huge_pages();
+    node::allocator::collect_rarely();
     // As `sealdb` does: shards keep their table files open (`storage::RocksOptions`).
     storage::raise_open_files_limit();
     let workload = Cli::parse().workload;

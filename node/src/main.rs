@@ -137,6 +137,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     node::allocator::keep_huge_pages();
+    node::allocator::collect_rarely();
     // A shard holds a descriptor for each table file it has open (`storage::RocksOptions`).
     let open_files = storage::raise_open_files_limit();
     init_logging();
