@@ -59,8 +59,8 @@ fn a_small_row_cache_stays_whole_through_rewrites_evictions_and_growth() {
 }
 
 /// When a full cache takes more rows, the rows read since the hand last passed them stay and
-/// rows never read leave (CLOCK with a count of uses): of rows cached alike, the half read now
-/// and then all stay, the other half mostly leaves.
+/// rows not read again leave (CLOCK with a count of uses): of rows cached and read once alike,
+/// the half read again now and then all stay, the other half mostly leaves.
 #[test]
 fn eviction_keeps_the_rows_that_are_read() {
     // Rows weigh a 6- or 7-byte key, 100 bytes of value and 96 of overhead: about 3,200 fit.
@@ -79,7 +79,7 @@ fn eviction_keeps_the_rows_that_are_read() {
         }
         mvcc.apply(&batch).unwrap();
     };
-    // Half the budget, each row cached by its write.
+    // Half the budget, each row cached by its write (and read once here).
     write(1, 0..1_600);
     for i in 0..1_600 {
         assert!(hit(i, 1), "row {i} was not cached by its write");
