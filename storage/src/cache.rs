@@ -41,7 +41,13 @@
 //! takes the first entry whose count is zero, lowering the counts it passes. An entry
 //! enters with one use, so it stays at least one sweep: its slot is wherever its hash falls,
 //! and the hand may be just before it. A row written and never read (TPC-C's history) leaves
-//! on the hand's second pass; rows read between passes stay. (Until 2026-12-06 a write
+//! on the hand's second pass; rows read between passes stay. A full stripe keeps taking
+//! written rows only while they are read before they leave: it marks each entry a write put
+//! in ([`FRESH`]) until a read hits it, counts those read and those evicted unread, and
+//! refuses written rows (but one in [`FRESH_PROBE_EVERY`]) when fewer than one in
+//! [`FRESH_READ_ONE_IN`] was read: TPC-C's new-order-payment mix never reads its orders back,
+//! and churning the cache with them cost it a third of its rate once the cache was full.
+//! (Until 2026-12-06 a write
 //! entered only while the cache had room: once a long run filled it, every row written
 //! after was a miss on its first read, and TPC-C's standard mix fell to half its rate;
 //! README, Figures.)
@@ -85,6 +91,19 @@ const USES: u64 = 0b11 << 62;
 const USE: u64 = 1 << 62;
 /// The most uses counted: an entry read often outlives this many sweeps of the hand unread.
 const MAX_USES: u64 = 3;
+/// The bit of a slot's hash marking an entry a write put in that no read has hit since.
+const FRESH: u64 = 1 << 61;
+/// The bits of a slot's hash that are not the key's.
+const TAGS: u64 = USES | FRESH;
+/// A full stripe keeps admitting written rows while at least one in this many of those it
+/// evicted or saw read had been read.
+const FRESH_READ_ONE_IN: u64 = 8;
+/// A full stripe that refuses written rows still admits one in this many, to see whether
+/// they are read now.
+const FRESH_PROBE_EVERY: u64 = 16;
+/// The fresh entries' record is halved once it counts this many, so that it follows the
+/// workload.
+const FRESH_RECORD: u64 = 1024;
 
 /// An entry's header: the version's timestamp (8 bytes, little-endian), its state
 /// ([`NOTHING`], [`DELETED`] or [`VALUE`]), the key's length (4 bytes, little-endian); the key
@@ -199,6 +218,9 @@ pub struct CacheStats {
     pub room: u64,
     /// Tables growing now: slots of the table before are still moving into the doubled one.
     pub growing: u64,
+    /// Written rows a full cache did not take, since those it took were not read before they
+    /// left.
+    pub writes_refused: u64,
 }
 
 impl std::ops::Add for CacheStats {
@@ -214,6 +236,7 @@ impl std::ops::Add for CacheStats {
             entries: self.entries + other.entries,
             room: self.room + other.room,
             growing: self.growing + other.growing,
+            writes_refused: self.writes_refused + other.writes_refused,
         }
     }
 }
@@ -236,6 +259,14 @@ struct Stripe {
     /// stripe's lock, which the read holds anyway).
     hits: u64,
     misses: u64,
+    /// Entries written in (marked [`FRESH`]) and then read, and those evicted unread: whether
+    /// a full stripe should take written rows. Halved at [`FRESH_RECORD`].
+    fresh_read: u64,
+    fresh_unread: u64,
+    /// Written rows that did not fit a full stripe while it refused them, and of those the
+    /// ones it did not take.
+    written_unfit: u64,
+    writes_refused: u64,
 }
 
 /// Slots of a growing table's old one that each insert looks at, moving the entries there.
@@ -252,7 +283,7 @@ fn probe(slots: &[Slot], hash: u64, key: &[u8]) -> Option<usize> {
     loop {
         let slot = &slots[i];
         let entry = slot.1.as_deref()?;
-        if slot.0 & !USES == hash && entry_key(entry) == key {
+        if slot.0 & !TAGS == hash && entry_key(entry) == key {
             return Some(i);
         }
         i = (i + 1) & mask;
@@ -303,6 +334,10 @@ impl Stripe {
             hand: 0,
             hits: 0,
             misses: 0,
+            fresh_read: 0,
+            fresh_unread: 0,
+            written_unfit: 0,
+            writes_refused: 0,
         }
     }
 
@@ -321,8 +356,9 @@ impl Stripe {
         Some(place_in(&mut self.slots, slot))
     }
 
-    /// Puts `entry` of a key not held, with its hash, doubling the table first if it is full.
-    fn insert(&mut self, hash: u64, entry: Box<[u8]>, uses: u64) {
+    /// Puts `entry` of a key not held, with its hash, doubling the table first if it is full;
+    /// returns its slot.
+    fn insert(&mut self, hash: u64, entry: Box<[u8]>, uses: u64) -> usize {
         self.move_old(MOVES_PER_INSERT);
         if (self.len + 1) * 10 > self.slots.len() * MAX_LOAD_TENTHS {
             self.grow();
@@ -330,7 +366,7 @@ impl Stripe {
         self.weight += entry_weight(&entry);
         self.len += 1;
         let hash = hash | uses.min(MAX_USES) << 62;
-        place_in(&mut self.slots, (hash, Some(entry)));
+        place_in(&mut self.slots, (hash, Some(entry)))
     }
 
     /// Twice the slots. The entries stay in the old table and move a few at a time, with each
@@ -392,6 +428,7 @@ impl Stripe {
                 let taken = take_from(&mut self.old, self.drained);
                 self.weight -= taken.1.as_deref().map_or(0, entry_weight);
                 self.len -= 1;
+                self.record_fresh(taken.0, false);
                 return true;
             }
             self.drained += 1;
@@ -403,8 +440,10 @@ impl Stripe {
             let slot = &mut self.slots[i];
             if slot.1.is_some() {
                 if slot.0 & USES == 0 {
+                    let word = slot.0;
                     // The slot may now hold an entry moved back into it: the hand stays.
                     self.remove(i);
+                    self.record_fresh(word, false);
                     return true;
                 }
                 slot.0 -= USE;
@@ -414,14 +453,48 @@ impl Stripe {
     }
 
     /// Puts `entry` (of a key not held) with `uses`, evicting others until it fits; not if it
-    /// alone is over the budget.
-    fn admit(&mut self, hash: u64, entry: Box<[u8]>, uses: u64) {
+    /// alone is over the budget. Returns its slot, if put.
+    fn admit(&mut self, hash: u64, entry: Box<[u8]>, uses: u64) -> Option<usize> {
         let weight = entry_weight(&entry);
         if weight > self.budget {
-            return;
+            return None;
         }
         while self.weight + weight > self.budget && self.evict_one() {}
-        self.insert(hash, entry, uses);
+        Some(self.insert(hash, entry, uses))
+    }
+
+    /// Counts an entry whose slot word is `word` leaving or being read, if it was written in
+    /// and not read since ([`FRESH`]).
+    fn record_fresh(&mut self, word: u64, read: bool) {
+        if word & FRESH == 0 {
+            return;
+        }
+        match read {
+            true => self.fresh_read += 1,
+            false => self.fresh_unread += 1,
+        }
+        if self.fresh_read + self.fresh_unread >= FRESH_RECORD {
+            self.fresh_read /= 2;
+            self.fresh_unread /= 2;
+        }
+    }
+
+    /// Whether a written row of `weight` that is not cached should enter: always while it
+    /// fits; in a full stripe, while the rows written in are read before they leave (at least
+    /// one in [`FRESH_READ_ONE_IN`]), and otherwise one in [`FRESH_PROBE_EVERY`], to notice
+    /// when they are read again.
+    fn takes_written(&mut self, weight: u64) -> bool {
+        if self.weight + weight <= self.budget
+            || self.fresh_read * FRESH_READ_ONE_IN >= self.fresh_read + self.fresh_unread
+        {
+            return true;
+        }
+        self.written_unfit += 1;
+        if self.written_unfit.is_multiple_of(FRESH_PROBE_EVERY) {
+            return true;
+        }
+        self.writes_refused += 1;
+        false
     }
 
     /// Reads the slot at `hash`'s home ([`RowCache::prefetch`]).
@@ -439,7 +512,7 @@ impl Stripe {
         for _ in 0..4 {
             let slot = &self.slots[i];
             let Some(entry) = slot.1.as_deref() else { return 0 };
-            if slot.0 & !USES == hash {
+            if slot.0 & !TAGS == hash {
                 let lines = entry.iter().step_by(64).fold(0u64, |sum, &b| sum + u64::from(b));
                 return lines + u64::from(entry[entry.len() - 1]);
             }
@@ -461,7 +534,7 @@ impl Stripe {
                 let twice = old && probe(&self.slots, hash, key).is_some();
                 let passed = old && i < self.drained;
                 if home != stripe
-                    || slot.0 & !USES != hash
+                    || slot.0 & !TAGS != hash
                     || found != Some(entry)
                     || twice
                     || passed
@@ -513,6 +586,7 @@ impl RowCache {
             let stripe = stripe.lock().unwrap_or_else(|e| e.into_inner());
             stats.hits += stripe.hits;
             stats.misses += stripe.misses;
+            stats.writes_refused += stripe.writes_refused;
             stats.bytes += stripe.weight;
             let slots = stripe.slots.len() + stripe.old.len();
             stats.table_bytes += (slots * std::mem::size_of::<Slot>()) as u64;
@@ -523,9 +597,9 @@ impl RowCache {
         stats
     }
 
-    /// `key`'s hash, with the lowest bit set and [`USES`] clear; its stripe.
+    /// `key`'s hash, with the lowest bit set and [`TAGS`] clear; its stripe.
     fn locate(&self, key: &[u8]) -> (u64, usize) {
-        let hash = (self.hasher.hash_one(key) | 1) & !USES;
+        let hash = (self.hasher.hash_one(key) | 1) & !TAGS;
         (hash, (hash >> 32) as usize % self.stripes.len())
     }
 
@@ -588,10 +662,16 @@ impl RowCache {
             if entry[8] != NOTHING && entry_ts(entry) > at {
                 return None;
             }
-            if slot.0 >> 62 < MAX_USES {
+            let word = slot.0;
+            if word >> 62 < MAX_USES {
                 slot.0 += USE;
             }
-            Some(entry_newest(entry))
+            slot.0 &= !FRESH;
+            Some((entry_newest(entry), word))
+        });
+        let found = found.map(|(newest, word)| {
+            stripe.record_fresh(word, true);
+            newest
         });
         match found {
             Some(_) => stripe.hits += 1,
@@ -640,8 +720,9 @@ impl RowCache {
     /// as a new entry, evicting as a read's fill does. A new entry counts one use, so that it
     /// stays at least one sweep of the hand (its slot is wherever its hash falls, and the hand
     /// may be just before it): a row written now is likely read soon (TPC-C's Delivery and
-    /// Stock-Level read the orders New-Order wrote seconds before). `value` is `None` for a
-    /// deletion.
+    /// Stock-Level read the orders New-Order wrote seconds before), unless the stripe is full
+    /// and written rows have been leaving unread ([`Stripe::takes_written`]). `value` is
+    /// `None` for a deletion.
     pub(crate) fn write_through(&self, key: &[u8], ts: Timestamp, value: Option<&[u8]>) {
         let Some((hash, mut stripe)) = self.stripe(key) else { return };
         let (state, bytes) = match value {
@@ -649,7 +730,11 @@ impl RowCache {
             None => (DELETED, &[][..]),
         };
         let Some(i) = stripe.find(hash, key) else {
-            stripe.admit(hash, entry_of(key, ts.as_u64(), state, bytes), 1);
+            if stripe.takes_written((key.len() + bytes.len() + ENTRY_OVERHEAD) as u64)
+                && let Some(i) = stripe.admit(hash, entry_of(key, ts.as_u64(), state, bytes), 1)
+            {
+                stripe.slots[i].0 |= FRESH;
+            }
             return;
         };
         let cached = stripe.slots[i].1.as_deref_mut().expect("found");
