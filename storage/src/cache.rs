@@ -158,7 +158,12 @@ fn entry_newest(e: &[u8]) -> Newest {
 
 /// What an entry weighs in the budget.
 fn entry_weight(e: &[u8]) -> u64 {
-    (e.len() - HEADER + ENTRY_OVERHEAD) as u64
+    weight(e.len() - HEADER)
+}
+
+/// What an entry whose key and value are `bytes` long weighs in the budget.
+fn weight(bytes: usize) -> u64 {
+    (bytes + ENTRY_OVERHEAD) as u64
 }
 
 /// A slot of a stripe's table: its key's hash (with its [`USES`]) and its entry, or zero
@@ -730,7 +735,7 @@ impl RowCache {
             None => (DELETED, &[][..]),
         };
         let Some(i) = stripe.find(hash, key) else {
-            if stripe.takes_written((key.len() + bytes.len() + ENTRY_OVERHEAD) as u64)
+            if stripe.takes_written(weight(key.len() + bytes.len()))
                 && let Some(i) = stripe.admit(hash, entry_of(key, ts.as_u64(), state, bytes), 1)
             {
                 stripe.slots[i].0 |= FRESH;
