@@ -40,13 +40,19 @@
 //! raises the slot's count (to [`MAX_USES`] at most), and the hand, sweeping the slots,
 //! takes the first entry whose count is zero, lowering the counts it passes. An entry
 //! enters with one use, so it stays at least one sweep: its slot is wherever its hash falls,
-//! and the hand may be just before it. A row written and never read (TPC-C's history) leaves
+//! and the hand may be just before it. The hand sweeps from the first entry on, not from the
+//! first eviction: while the stripe has room it turns once for each budget's worth of bytes
+//! admitted ([`Stripe::age`]), so a stripe that fills evicts what was not used lately, not
+//! whatever it finds first. A row written and never read (TPC-C's history) leaves
 //! on the hand's second pass; rows read between passes stay. A full stripe keeps taking
 //! written rows only while they are read before they leave: it marks each entry a write put
-//! in ([`FRESH`]) until a read hits it, counts those read and those evicted unread, and
-//! refuses written rows (but one in [`FRESH_PROBE_EVERY`]) when fewer than one in
-//! [`FRESH_READ_ONE_IN`] was read: TPC-C's new-order-payment mix never reads its orders back,
-//! and churning the cache with them cost it a third of its rate once the cache was full.
+//! in ([`FRESH`]) until a read hits it, counts those it takes and those read, and refuses
+//! written rows (but one in [`FRESH_PROBE_EVERY`]) when fewer than one in
+//! [`FRESH_READ_ONE_IN`] of those taken was read: TPC-C's new-order-payment mix never reads
+//! its orders back, and churning the cache with them cost it a third of its rate once the
+//! cache was full. (It counted written rows evicted unread until 2026-12-06: those are the
+//! oldest, so a cache that filled over a load nobody read refused the rows written then,
+//! read seconds later.)
 //! (Until 2026-12-06 a write
 //! entered only while the cache had room: once a long run filled it, every row written
 //! after was a miss on its first read, and TPC-C's standard mix fell to half its rate;
@@ -56,8 +62,9 @@
 //! table a few with each insert that follows, and a slot a lookup finds in the old table moves
 //! at once, so that no call moves them all (on a stripe of hundreds of thousands of entries
 //! that took 15-20 ms; README, Figures); they move by their kept hashes, never reading a key
-//! or moving an entry. While slots are left in the old table, eviction takes them first: no
-//! lookup has touched them since the table grew. A table starts with room for the entries its
+//! or moving an entry. While slots are left in the old table, eviction sweeps them first, as
+//! the hand would: an entry with a use left moves with one less, the first with none is
+//! evicted. A table starts with room for the entries its
 //! budget holds at [`BYTES_PER_ENTRY_GUESS`] (at most [`MAX_FIRST_ENTRIES`]), so small rows
 //! make it grow a few times while a cache fills. A slot at the lowest load a grown table has
 //! (35%) is about 70 bytes an entry, within [`ENTRY_OVERHEAD`], so the tables stay inside the
@@ -96,12 +103,15 @@ const FRESH: u64 = 1 << 61;
 /// The bits of a slot's hash that are not the key's.
 const TAGS: u64 = USES | FRESH;
 /// A full stripe keeps admitting written rows while at least one in this many of those it
-/// evicted or saw read had been read.
+/// took lately was read.
 const FRESH_READ_ONE_IN: u64 = 8;
+/// A full stripe takes this many written rows before it judges whether they are read: a row
+/// is read some time after it is written.
+const FRESH_JUDGED_AFTER: u64 = 32;
 /// A full stripe that refuses written rows still admits one in this many, to see whether
 /// they are read now.
 const FRESH_PROBE_EVERY: u64 = 16;
-/// The fresh entries' record is halved once it counts this many, so that it follows the
+/// The written rows' record is halved once it counts this many, so that it follows the
 /// workload.
 const FRESH_RECORD: u64 = 1024;
 
@@ -260,14 +270,19 @@ struct Stripe {
     budget: u64,
     /// CLOCK's hand: the next slot of `slots` it looks at.
     hand: usize,
+    /// While the stripe has room, the hand still sweeps, a slot for each
+    /// `budget / slots.len()` bytes admitted ([`Stripe::age`]); this is what is owed of the
+    /// next slot, in slot-bytes.
+    aging: u128,
     /// Reads answered from this stripe, and reads it could not answer (counted under the
     /// stripe's lock, which the read holds anyway).
     hits: u64,
     misses: u64,
-    /// Entries written in (marked [`FRESH`]) and then read, and those evicted unread: whether
-    /// a full stripe should take written rows. Halved at [`FRESH_RECORD`].
+    /// Written rows taken in while the stripe was full, and entries written in (marked
+    /// [`FRESH`]) then read: whether a full stripe should take written rows. Halved when they
+    /// count [`FRESH_RECORD`] together.
+    fresh_taken: u64,
     fresh_read: u64,
-    fresh_unread: u64,
     /// Written rows that did not fit a full stripe while it refused them, and of those the
     /// ones it did not take.
     written_unfit: u64,
@@ -337,10 +352,11 @@ impl Stripe {
             weight: 0,
             budget,
             hand: 0,
+            aging: 0,
             hits: 0,
             misses: 0,
+            fresh_taken: 0,
             fresh_read: 0,
-            fresh_unread: 0,
             written_unfit: 0,
             writes_refused: 0,
         }
@@ -421,22 +437,30 @@ impl Stripe {
         taken.0 >> 62
     }
 
-    /// Evicts one entry: while the table grows, the first one left in the old table (no
-    /// lookup has touched it since the growth began, or it would have moved); otherwise by
-    /// CLOCK. False if there is none.
+    /// Evicts one entry: while the table grows, the old table's entries are swept first, in
+    /// the order they move, as CLOCK's hand would (the first with no use left is evicted, the
+    /// others move into the new table with a use less); otherwise by CLOCK. False if there is
+    /// none. (Until 2026-12-06 the first entry left in the old table was evicted whatever its
+    /// count: a table that doubled in a full cache evicted the rows written a moment before
+    /// and not yet read, in TPC-C the orders Delivery was about to read.)
     fn evict_one(&mut self) -> bool {
         if self.len == 0 {
             return false;
         }
         while self.drained < self.old.len() {
-            if self.old[self.drained].1.is_some() {
-                let taken = take_from(&mut self.old, self.drained);
-                self.weight -= taken.1.as_deref().map_or(0, entry_weight);
-                self.len -= 1;
-                self.record_fresh(taken.0, false);
-                return true;
+            if self.old[self.drained].1.is_none() {
+                self.drained += 1;
+                continue;
             }
-            self.drained += 1;
+            let mut taken = take_from(&mut self.old, self.drained);
+            if taken.0 & USES != 0 {
+                taken.0 -= USE;
+                place_in(&mut self.slots, taken);
+                continue;
+            }
+            self.weight -= taken.1.as_deref().map_or(0, entry_weight);
+            self.len -= 1;
+            return true;
         }
         self.let_old_go_if_empty();
         // MAX_USES + 1 sweeps at most: each lowers every count it passes.
@@ -445,10 +469,8 @@ impl Stripe {
             let slot = &mut self.slots[i];
             if slot.1.is_some() {
                 if slot.0 & USES == 0 {
-                    let word = slot.0;
                     // The slot may now hold an entry moved back into it: the hand stays.
                     self.remove(i);
-                    self.record_fresh(word, false);
                     return true;
                 }
                 slot.0 -= USE;
@@ -464,33 +486,70 @@ impl Stripe {
         if weight > self.budget {
             return None;
         }
+        if self.weight + weight <= self.budget {
+            self.age(weight);
+        }
         while self.weight + weight > self.budget && self.evict_one() {}
         Some(self.insert(hash, entry, uses))
     }
 
-    /// Counts an entry whose slot word is `word` leaving or being read, if it was written in
-    /// and not read since ([`FRESH`]).
-    fn record_fresh(&mut self, word: u64, read: bool) {
-        if word & FRESH == 0 {
-            return;
+    /// Sweeps the hand on as an entry of `weight` enters a stripe with room for it, lowering
+    /// the counts it passes (and evicting nothing): one turn of the table for each budget's
+    /// worth of bytes admitted. So by the time the stripe is full, the counts say how recently
+    /// each entry was used, as they do once evictions move the hand. Without it, the first
+    /// eviction found every entry counted at least once, lowered them all in one turn, and
+    /// the turn after took rows written a moment before as readily as rows loaded long before
+    /// and never read: in TPC-C's standard mix, the orders Delivery reads about ten seconds
+    /// after New-Order wrote them missed for minutes after the cache filled (README, Figures).
+    fn age(&mut self, weight: u64) {
+        self.aging += self.slots.len() as u128 * u128::from(weight);
+        let budget = u128::from(self.budget.max(1));
+        let steps = (self.aging / budget).min(self.slots.len() as u128) as usize;
+        self.aging %= budget;
+        let mask = self.mask();
+        for _ in 0..steps {
+            let slot = &mut self.slots[self.hand];
+            if slot.1.is_some() && slot.0 & USES != 0 {
+                slot.0 -= USE;
+            }
+            self.hand = (self.hand + 1) & mask;
         }
-        match read {
-            true => self.fresh_read += 1,
-            false => self.fresh_unread += 1,
+    }
+
+    /// Counts a written row a full stripe took in, marked [`FRESH`]. (Rows taken while it
+    /// had room are not counted: they were all taken, and a load's rows, read or not long
+    /// after, would stand for what is written now.)
+    fn took_written(&mut self) {
+        self.fresh_taken += 1;
+        self.halve_fresh_record_at_its_limit();
+    }
+
+    /// Counts a read of an entry whose slot word was `word`, if it was written in and not
+    /// read since ([`FRESH`]).
+    fn read_written(&mut self, word: u64) {
+        if word & FRESH != 0 {
+            self.fresh_read += 1;
+            self.halve_fresh_record_at_its_limit();
         }
-        if self.fresh_read + self.fresh_unread >= FRESH_RECORD {
+    }
+
+    /// Halves the record of written rows taken and read once it counts [`FRESH_RECORD`].
+    fn halve_fresh_record_at_its_limit(&mut self) {
+        if self.fresh_taken + self.fresh_read >= FRESH_RECORD {
+            self.fresh_taken /= 2;
             self.fresh_read /= 2;
-            self.fresh_unread /= 2;
         }
     }
 
     /// Whether a written row of `weight` that is not cached should enter: always while it
     /// fits; in a full stripe, while the rows written in are read before they leave (at least
-    /// one in [`FRESH_READ_ONE_IN`]), and otherwise one in [`FRESH_PROBE_EVERY`], to notice
-    /// when they are read again.
+    /// one in [`FRESH_READ_ONE_IN`] of those taken lately, once it has taken
+    /// [`FRESH_JUDGED_AFTER`]), and otherwise one in
+    /// [`FRESH_PROBE_EVERY`], to notice when they are read again.
     fn takes_written(&mut self, weight: u64) -> bool {
         if self.weight + weight <= self.budget
-            || self.fresh_read * FRESH_READ_ONE_IN >= self.fresh_read + self.fresh_unread
+            || self.fresh_taken < FRESH_JUDGED_AFTER
+            || self.fresh_read * FRESH_READ_ONE_IN >= self.fresh_taken
         {
             return true;
         }
@@ -675,7 +734,7 @@ impl RowCache {
             Some((entry_newest(entry), word))
         });
         let found = found.map(|(newest, word)| {
-            stripe.record_fresh(word, true);
+            stripe.read_written(word);
             newest
         });
         match found {
@@ -735,10 +794,15 @@ impl RowCache {
             None => (DELETED, &[][..]),
         };
         let Some(i) = stripe.find(hash, key) else {
-            if stripe.takes_written(weight(key.len() + bytes.len()))
+            let weight = weight(key.len() + bytes.len());
+            let full = stripe.weight + weight > stripe.budget;
+            if stripe.takes_written(weight)
                 && let Some(i) = stripe.admit(hash, entry_of(key, ts.as_u64(), state, bytes), 1)
             {
                 stripe.slots[i].0 |= FRESH;
+                if full {
+                    stripe.took_written();
+                }
             }
             return;
         };
