@@ -316,6 +316,9 @@ pub struct Stats {
     pub row_cache_hits: u64,
     /// See `row_cache_hits`.
     pub row_cache_misses: u64,
+    /// Written rows the shards' full row caches did not take, since those they took were not
+    /// read before they left ([`storage::CacheStats::writes_refused`]).
+    pub row_cache_writes_refused: u64,
     /// Memory the shards' storage engines hold now.
     pub engine_memory: storage::EngineMemory,
 }
@@ -726,6 +729,7 @@ impl Database {
             row_cache_bytes: cache.bytes,
             row_cache_hits: cache.hits,
             row_cache_misses: cache.misses,
+            row_cache_writes_refused: cache.writes_refused,
             engine_memory: self
                 .inner
                 .shards

@@ -838,6 +838,9 @@ pub struct EngineWork {
     pub shard_us_per_entry: f64,
     /// Point reads the shards' row caches answered, in percent of their point reads.
     pub row_cache_hit_pct: f64,
+    /// Written rows the shards' full row caches refused, in percent of the entries: a
+    /// cache full of rows written and never read takes new ones only now and then.
+    pub row_cache_refused_per_entry: f64,
 }
 
 /// [`embedded::ShardTime`] as shares of the shard threads' time, in percent.
@@ -893,6 +896,9 @@ impl EngineWork {
                 let misses = after.row_cache_misses - before.row_cache_misses;
                 hits as f64 * 100.0 / (hits + misses).max(1) as f64
             },
+            row_cache_refused_per_entry: (after.row_cache_writes_refused
+                - before.row_cache_writes_refused) as f64
+                / entries.max(1) as f64,
         }
     }
 }
@@ -1048,12 +1054,14 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
                     let t = w.shard_time_pct;
                     format!(
                         "; shards {:.0} µs a transaction, {:.0}% working, {:.0}% writing, \
-                         {:.0}% waiting for each other; row caches answered {:.1}% of reads",
+                         {:.0}% waiting for each other; row caches answered {:.1}% of reads, \
+                         refused {:.2} written rows a transaction",
                         w.shard_us_per_entry,
                         t.working,
                         t.writing,
                         t.awaiting_peer,
-                        w.row_cache_hit_pct
+                        w.row_cache_hit_pct,
+                        w.row_cache_refused_per_entry
                     )
                 });
                 eprintln!(
