@@ -316,8 +316,8 @@ pub struct Stats {
     pub row_cache_hits: u64,
     /// See `row_cache_hits`.
     pub row_cache_misses: u64,
-    /// Written rows the shards' full row caches did not take, since those they took were not
-    /// read before they left ([`storage::CacheStats::writes_refused`]).
+    /// Written rows the shards' full row caches did not take, since too few of those they took
+    /// lately were read ([`storage::CacheStats::writes_refused`]).
     pub row_cache_writes_refused: u64,
     /// Memory the shards' storage engines hold now.
     pub engine_memory: storage::EngineMemory,

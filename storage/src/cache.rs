@@ -233,8 +233,8 @@ pub struct CacheStats {
     pub room: u64,
     /// Tables growing now: slots of the table before are still moving into the doubled one.
     pub growing: u64,
-    /// Written rows a full cache did not take, since those it took were not read before they
-    /// left.
+    /// Written rows a full cache did not take, since too few of those it took lately were
+    /// read.
     pub writes_refused: u64,
 }
 

@@ -838,8 +838,8 @@ pub struct EngineWork {
     pub shard_us_per_entry: f64,
     /// Point reads the shards' row caches answered, in percent of their point reads.
     pub row_cache_hit_pct: f64,
-    /// Written rows the shards' full row caches refused, in percent of the entries: a
-    /// cache full of rows written and never read takes new ones only now and then.
+    /// Written rows the shards' full row caches refused, per log entry: a cache full of rows
+    /// written and not read takes new ones only now and then.
     pub row_cache_refused_per_entry: f64,
 }
 
