@@ -52,11 +52,9 @@
 //! its orders back, and churning the cache with them cost it a third of its rate once the
 //! cache was full. (It counted written rows evicted unread until 2026-12-06: those are the
 //! oldest, so a cache that filled over a load nobody read refused the rows written then,
-//! read seconds later.)
-//! (Until 2026-12-06 a write
-//! entered only while the cache had room: once a long run filled it, every row written
-//! after was a miss on its first read, and TPC-C's standard mix fell to half its rate;
-//! README, Figures.)
+//! read seconds later.) (Until 2026-12-06 a write entered only while the cache had room:
+//! once a long run filled it, every row written after was a miss on its first read, and
+//! TPC-C's standard mix fell to half its rate; README, Figures.)
 //!
 //! A table doubles when it is 70% full and never shrinks. Its slots move into the doubled
 //! table a few with each insert that follows, and a slot a lookup finds in the old table moves
@@ -541,13 +539,13 @@ impl Stripe {
         }
     }
 
-    /// Whether a written row of `weight` that is not cached should enter: always while it
-    /// fits; in a full stripe, while the rows written in are read before they leave (at least
+    /// Whether a written row that is not cached should enter: always while it fits (not
+    /// `full`); in a full stripe, while the rows written in are read before they leave (at least
     /// one in [`FRESH_READ_ONE_IN`] of those taken lately, once it has taken
     /// [`FRESH_JUDGED_AFTER`]), and otherwise one in
     /// [`FRESH_PROBE_EVERY`], to notice when they are read again.
-    fn takes_written(&mut self, weight: u64) -> bool {
-        if self.weight + weight <= self.budget
+    fn takes_written(&mut self, full: bool) -> bool {
+        if !full
             || self.fresh_taken < FRESH_JUDGED_AFTER
             || self.fresh_read * FRESH_READ_ONE_IN >= self.fresh_taken
         {
@@ -785,8 +783,8 @@ impl RowCache {
     /// stays at least one sweep of the hand (its slot is wherever its hash falls, and the hand
     /// may be just before it): a row written now is likely read soon (TPC-C's Delivery and
     /// Stock-Level read the orders New-Order wrote seconds before), unless the stripe is full
-    /// and written rows have been leaving unread ([`Stripe::takes_written`]). `value` is
-    /// `None` for a deletion.
+    /// and too few of the written rows it took lately were read ([`Stripe::takes_written`]).
+    /// `value` is `None` for a deletion.
     pub(crate) fn write_through(&self, key: &[u8], ts: Timestamp, value: Option<&[u8]>) {
         let Some((hash, mut stripe)) = self.stripe(key) else { return };
         let (state, bytes) = match value {
@@ -796,7 +794,7 @@ impl RowCache {
         let Some(i) = stripe.find(hash, key) else {
             let weight = weight(key.len() + bytes.len());
             let full = stripe.weight + weight > stripe.budget;
-            if stripe.takes_written(weight)
+            if stripe.takes_written(full)
                 && let Some(i) = stripe.admit(hash, entry_of(key, ts.as_u64(), state, bytes), 1)
             {
                 stripe.slots[i].0 |= FRESH;

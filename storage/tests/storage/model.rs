@@ -534,8 +534,8 @@ fn a_full_cache_whose_tables_grow_keeps_recent_rows() {
     seen.check(100, 995);
 }
 
-/// Rows written and never read stop taking a full cache's room once those it took have left
-/// unread (TPC-C's new-order-payment mix never reads its orders back): it takes one in 16 then,
+/// Rows written and never read stop taking a full cache's room once few of those it took are
+/// read (TPC-C's new-order-payment mix never reads its orders back): it takes one in 16 then,
 /// and takes them all again once they are read.
 #[test]
 fn a_full_row_cache_stops_taking_written_rows_nobody_reads() {
@@ -571,7 +571,8 @@ fn a_full_row_cache_stops_taking_written_rows_nobody_reads() {
     }
     let read = mvcc.cache_stats();
     eprintln!("read back: {read:?}, {fresh} of 8000 fresh rows hit");
-    // Measured: 32 of 32 (4,954 of the 8,000 over the phase, while it learns).
+    // Measured: 32 of 32 (5,647-5,757 of the 8,000 over the phase, while it learns; 1,602-1,605
+    // refused in the first part; three runs).
     assert!(last >= 30, "the last window's rows were not taken: {last} of 32 hit");
     assert!(read.bytes as usize <= BUDGET, "{read:?} over {BUDGET}");
     mvcc.check_row_cache().unwrap();
