@@ -204,6 +204,12 @@ enum Workload {
         /// leave idle.
         #[arg(long)]
         rocksdb_normal_priority: bool,
+        /// Lets the embedded database's shard threads share the CPUs with its other threads
+        /// and the clients'. By default each shard thread has a CPU of its own when there
+        /// are more CPUs than shards (`embedded::Options::own_cores`), and the clients keep
+        /// off those CPUs.
+        #[arg(long)]
+        shared_cores: bool,
         /// How the embedded database's clients run: tasks on one thread calling its async API
         /// (async), or one thread each making blocking calls (threads).
         #[arg(long, value_enum, default_value = "async")]
@@ -384,6 +390,7 @@ fn main() -> ExitCode {
             held_run_mib,
             rocksdb_one_family,
             rocksdb_normal_priority,
+            shared_cores,
             driver,
             rocksdb_file_mib,
             backup_after,
@@ -457,6 +464,7 @@ fn main() -> ExitCode {
                     || rocksdb_l0_trigger != storage::DEFAULT_L0_COMPACTION_TRIGGER
                     || rocksdb_one_family
                     || rocksdb_normal_priority
+                    || shared_cores
                     || driver == bench::Driver::Threads
                     || write_behind != storage::DEFAULT_WRITE_BEHIND
                     || held_run_mib != storage::DEFAULT_HELD_BYTES >> 20)
@@ -464,7 +472,7 @@ fn main() -> ExitCode {
                 {
                     return usage_error(
                         "--plan, --no-rocksdb-wal, --write-behind, --held-run-mib, --driver \
-                         threads and \
+                         threads, --shared-cores and \
                          --rocksdb-* options other than --rocksdb-file-mib are for the embedded \
                          database",
                     );
@@ -561,6 +569,7 @@ fn main() -> ExitCode {
                             held_run_bytes: held_run_mib << 20,
                             appended_apart: !rocksdb_one_family,
                             rocksdb_low_priority_background: !rocksdb_normal_priority,
+                            own_cores: !shared_cores,
                             driver,
                         };
                         bench::tpcc::run_sealdb(&opts, &embedded)

@@ -53,6 +53,8 @@ use txn::{
     stored_verdicts,
 };
 
+use crate::cores::CorePlan;
+
 /// How to open a [`Database`].
 #[derive(Clone)]
 pub struct Options {
@@ -133,6 +135,17 @@ pub struct Options {
     /// core to spare they take what the shard threads leave idle instead of preempting them.
     /// Process-wide once lowered.
     pub rocksdb_low_priority_background: bool,
+    /// Whether each shard thread runs on a CPU of its own (Linux; default false). If the
+    /// opening thread may use more CPUs than there are shards, each shard thread is moved to
+    /// one of the last of them, and the database's other threads (the sequencer, the
+    /// answering thread, each shard's write-behind and ingest threads) run on the others;
+    /// RocksDB's background threads, at the lowest priority, may run on all of them. So
+    /// nothing of the database's preempts a shard thread, while the time it leaves idle is
+    /// still used. With as many shards as CPUs (the default shard count) it does nothing.
+    /// The application's threads stay where they are: [`Database::keep_off_shard_cpus`]
+    /// moves one. Off by default: two databases in one process would pin their shards to
+    /// the same CPUs (README, Figures, "A core for the shard thread").
+    pub own_cores: bool,
 }
 
 impl Default for Options {
@@ -160,6 +173,7 @@ impl Default for Options {
             rocksdb_apart: Vec::new(),
             rocksdb_apart_hint_bytes: 0,
             rocksdb_low_priority_background: true,
+            own_cores: false,
         }
     }
 }
@@ -430,6 +444,8 @@ pub struct Database {
     /// The database directory.
     path: std::path::PathBuf,
     _temp: Option<tempfile::TempDir>,
+    /// The shard threads' CPUs and the others', if [`Options::own_cores`] reserved them.
+    cores: Option<CorePlan>,
 }
 
 /// What [`Database::backup`] wrote (and [`restore`] found): a database directory.
@@ -525,7 +541,18 @@ impl Database {
         let clock = Clock::open(path.join("clock"), Arc::new(SystemClock), options.max_offset)
             .map_err(|e| TxnError::Storage(e.to_string()))?;
         let clock = Arc::new(clock);
-        let mut shards = Vec::new();
+        let cores = match options.own_cores {
+            true => CorePlan::new(map.len() as usize),
+            false => None,
+        };
+        if options.own_cores && cores.is_none() {
+            tracing::warn!(
+                shards = map.len(),
+                "own_cores: this thread may not use more CPUs than there are shards; the shard \
+                 threads share them with the others"
+            );
+        }
+        let mut engines = Vec::new();
         for s in map.shards() {
             let engine: Arc<dyn Engine> = if options.in_memory {
                 Arc::new(MemoryEngine::new())
@@ -545,6 +572,14 @@ impl Database {
                 };
                 Arc::new(RocksEngine::open_with(dir, rocks).map_err(storage)?)
             };
+            engines.push(engine);
+        }
+        // Threads started from here on keep off the shards' CPUs (a shard's moves to its own
+        // when it starts); RocksDB's background threads, started by the first open above,
+        // may use every CPU.
+        let narrowed = cores.as_ref().map(CorePlan::narrow);
+        let mut shards = Vec::new();
+        for engine in engines {
             let engine = WriteBehind::over(engine, options.write_behind, options.held_run_bytes);
             let engine = engine.map_err(storage)?;
             let mvcc = Mvcc::open_with_cache(engine, options.limits, options.row_cache_bytes);
@@ -610,9 +645,15 @@ impl Database {
             let feedback = sequencer.feedback().ok_or(TxnError::ShuttingDown)?;
             let inner = inner.clone();
             let answers = answers.clone();
+            let cores = cores.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("sealdb-shard-{}", s.0))
                 .spawn(move || {
+                    if let Some(cores) = cores
+                        && !cores.pin_shard(s.0 as usize)
+                    {
+                        tracing::warn!(shard = s.0, "own_cores: could not move to its CPU");
+                    }
                     let shard_loop = ShardLoop {
                         inner: inner.clone(),
                         answers: answers.clone(),
@@ -651,7 +692,22 @@ impl Database {
             .spawn(move || answer(&answering, answered))
             .map_err(|e| TxnError::Storage(e.to_string()))?;
         threads.push(thread);
-        Ok(Database { inner, sequencer: Some(sequencer), threads, path, _temp: temp })
+        drop(narrowed);
+        Ok(Database { inner, sequencer: Some(sequencer), threads, path, _temp: temp, cores })
+    }
+
+    /// The CPU each shard thread runs on, by shard, if [`Options::own_cores`] reserved them.
+    pub fn shard_cpus(&self) -> Option<Vec<usize>> {
+        let cores = self.cores.as_ref()?;
+        self.inner.map.shards().map(|s| cores.shard_cpu(s.0 as usize)).collect()
+    }
+
+    /// Moves the calling thread off the CPUs [`Options::own_cores`] reserved for the shard
+    /// threads, for good (threads it starts after inherit that); an application calls it on
+    /// the threads that call the database most, so that they do not preempt a shard thread
+    /// either. False if no CPUs are reserved or the system refused.
+    pub fn keep_off_shard_cpus(&self) -> bool {
+        self.cores.as_ref().is_some_and(CorePlan::keep_off)
     }
 
     /// The shard map.

@@ -7,6 +7,7 @@
 //!   interactive transactions ([`Transaction`]). It implements [`txn::Store`].
 //! - Storage is RocksDB (or memory, [`Options::in_memory`]); the log is the sequencer's.
 
+mod cores;
 mod database;
 mod transaction;
 

@@ -249,6 +249,9 @@ pub trait Backend: Send + Sync {
     fn tasks(&self) -> Option<&dyn Tasks> {
         None
     }
+    /// Called on each thread that runs clients, before they start: the embedded database
+    /// keeps it off its shards' CPUs, if it reserved any.
+    fn enter_client_thread(&self) {}
 }
 
 /// A backend whose clients run as futures on one runtime, not each on a thread that blocks on
@@ -384,6 +387,7 @@ impl Sealdb {
             },
             rocksdb_apart_hint_bytes: schema::appended_hint_bytes(),
             rocksdb_low_priority_background: embedded.rocksdb_low_priority_background,
+            own_cores: embedded.own_cores,
             ..Options::default()
         });
         let map = shard_map(warehouses, shards);
@@ -621,6 +625,10 @@ impl Backend for Sealdb {
 
     fn tasks(&self) -> Option<&dyn Tasks> {
         self.runtime.is_some().then_some(self as &dyn Tasks)
+    }
+
+    fn enter_client_thread(&self) {
+        self.db.keep_off_shard_cpus();
     }
 }
 
@@ -978,6 +986,7 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
             .tasks()
         {
             Some(tasks) => vec![s.spawn(move || {
+                backend.enter_client_thread();
                 let clients = (0..opts.clients)
                     .map(|c| client(generator(c), running, |txn| tasks.execute(txn)));
                 tasks.handle().block_on(futures::future::join_all(clients))
@@ -985,6 +994,7 @@ pub fn drive(backend: &dyn Backend, opts: &TpccOptions, load_s: f64) -> Result<R
             None => (0..opts.clients)
                 .map(|c| {
                     s.spawn(move || {
+                        backend.enter_client_thread();
                         let execute = |txn: Txn| {
                             let mut tried = 0;
                             let done = backend.execute(&txn, &mut tried);
@@ -1228,6 +1238,9 @@ pub struct Embedded {
     pub appended_apart: bool,
     /// Whether each shard's RocksDB flushes and compacts at the lowest CPU priority.
     pub rocksdb_low_priority_background: bool,
+    /// Whether each shard thread has a CPU of its own, the clients' threads keeping off it
+    /// (default true; [`embedded::Options::own_cores`]).
+    pub own_cores: bool,
     /// How the clients run: tasks on one thread (default), or a thread each.
     pub driver: crate::Driver,
 }
@@ -1251,6 +1264,7 @@ impl Default for Embedded {
             held_run_bytes: defaults.held_run_bytes,
             appended_apart: true,
             rocksdb_low_priority_background: defaults.rocksdb_low_priority_background,
+            own_cores: true,
             driver: crate::Driver::Async,
         }
     }
@@ -1277,8 +1291,15 @@ pub fn run_sealdb(opts: &TpccOptions, embedded: &Embedded) -> Result<Report, Str
     } else {
         String::new()
     };
+    let cores = match backend.db.shard_cpus() {
+        Some(cpus) => format!("shard threads on CPUs {cpus:?}, the clients on the others"),
+        None if embedded.own_cores => {
+            "shard threads share the CPUs (no more CPUs than shards)".into()
+        }
+        None => "shard threads share the CPUs (--shared-cores)".into(),
+    };
     eprintln!(
-        "  database in {}; transparent huge pages: {}{off}",
+        "  database in {}; transparent huge pages: {}{off}; {cores}",
         dir.display(),
         node::allocator::transparent_huge_pages().as_deref().unwrap_or("unknown")
     );

@@ -690,3 +690,60 @@ fn a_snapshots_get_many_answers_each_key_as_get_does() {
     let refused = latest.get_many(&[key(1), long.clone()]).unwrap_err();
     assert_eq!(refused, latest.get(&long).unwrap_err());
 }
+
+/// `cpus`: the CPUs the shard thread running it may use, as Linux lists them.
+struct Cpus;
+
+impl Procedure for Cpus {
+    fn name(&self) -> &str {
+        "cpus"
+    }
+    fn ranges(&self, _: &[u8]) -> Result<Vec<KeyRange>, ProcError> {
+        Ok(vec![point(b"a/cpus")])
+    }
+    fn run(&self, _: &mut dyn Context, _: &[u8]) -> Result<Vec<u8>, ProcError> {
+        Ok(format!("{:?}", allowed_cpus()).into_bytes())
+    }
+}
+
+/// The CPUs the calling thread may use (`Cpus_allowed_list`, such as `0-3,6`).
+fn allowed_cpus() -> Vec<usize> {
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap();
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',') {
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        cpus.extend(first.parse::<usize>().unwrap()..=last.parse().unwrap());
+    }
+    cpus
+}
+
+#[test]
+fn with_own_cores_a_shard_thread_runs_on_a_cpu_the_callers_can_keep_off() {
+    let caller = allowed_cpus();
+    let own = |shards| {
+        let options = Options { shards, own_cores: true, ..Options::in_memory() };
+        Database::open("unused", options.procedure(Arc::new(Cpus))).unwrap()
+    };
+    let all = own(caller.len() as u32);
+    assert_eq!(all.shard_cpus(), None, "as many shards as CPUs: none reserved");
+    assert!(!all.keep_off_shard_cpus());
+    drop(all);
+    if caller.len() < 2 {
+        eprintln!("one CPU ({caller:?}): nothing to reserve");
+        return;
+    }
+    let db = own(1);
+    let shard_cpu = *caller.last().unwrap();
+    assert_eq!(db.shard_cpus(), Some(vec![shard_cpu]));
+    let on = String::from_utf8(db.call("cpus", b"").unwrap()).unwrap();
+    assert_eq!(on, format!("{:?}", [shard_cpu]), "the shard thread's CPUs");
+    assert_eq!(allowed_cpus(), caller, "opening leaves the opening thread's CPUs as they were");
+    let off = std::thread::scope(|s| {
+        s.spawn(|| (db.keep_off_shard_cpus(), allowed_cpus())).join().unwrap()
+    });
+    assert_eq!(off, (true, caller[..caller.len() - 1].to_vec()), "a caller kept off");
+
+    let shared = Database::open("unused", Options { shards: 1, ..Options::in_memory() }).unwrap();
+    assert_eq!(shared.shard_cpus(), None, "own_cores is off by default");
+}
