@@ -29,8 +29,7 @@ impl CorePlan {
     /// calling thread may use; `None` if it may use `shards` or fewer (or its set cannot be
     /// read).
     pub(crate) fn new(shards: usize) -> Option<CorePlan> {
-        let allowed = sched_getaffinity(None).ok()?;
-        let cpus: Vec<usize> = (0..CpuSet::MAX_CPU).filter(|&c| allowed.is_set(c)).collect();
+        let cpus = cpus_of(&sched_getaffinity(None).ok()?);
         if cpus.len() <= shards {
             return None;
         }
@@ -74,6 +73,11 @@ impl Drop for Narrowed {
     }
 }
 
+/// The CPUs in `set`, in order.
+fn cpus_of(set: &CpuSet) -> Vec<usize> {
+    (0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect()
+}
+
 fn set_of(cpus: &[usize]) -> CpuSet {
     let mut set = CpuSet::new();
     for &cpu in cpus {
@@ -87,8 +91,7 @@ mod tests {
     use super::*;
 
     fn allowed() -> Vec<usize> {
-        let set = sched_getaffinity(None).unwrap();
-        (0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect()
+        cpus_of(&sched_getaffinity(None).unwrap())
     }
 
     /// Runs `f` on a thread of its own, whose CPUs it may change.
