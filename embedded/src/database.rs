@@ -1122,6 +1122,13 @@ impl ShardLoop {
                     self.spent(Spent::Writing, since);
                 }
                 Command::Applied { window, ts, decided, .. } => {
+                    // Counted before the progress is published: whoever sees the window
+                    // applied (a `Latest` snapshot) sees it counted.
+                    if self.shard == ShardId(0) {
+                        let stats = &self.inner.stats;
+                        stats.windows.fetch_add(1, Ordering::Relaxed);
+                        stats.entries.fetch_add(self.window_entries as u64, Ordering::Relaxed);
+                    }
                     self.set_progress(Some(window), ts);
                     self.confirm_flush()?;
                     if self.flush_pending.is_none()
@@ -1137,10 +1144,6 @@ impl ShardLoop {
                         self.confirm_flush()?;
                     }
                     let stats = &self.inner.stats;
-                    if self.shard == ShardId(0) {
-                        stats.windows.fetch_add(1, Ordering::Relaxed);
-                        stats.entries.fetch_add(self.window_entries as u64, Ordering::Relaxed);
-                    }
                     let mut outcomes = Vec::with_capacity(decided.len());
                     for (decided, client) in decided {
                         stats.outcomes.count(&decided);
